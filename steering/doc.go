@@ -1,0 +1,12 @@
+// Package steering owns nfsteer's decision: the service map (tenants, their
+// ordered chains of services, and each service's instances), its validation,
+// the stream affinity code of a flow, the deterministic assignment of a
+// primary and a secondary instance to every affinity slot, and the next hop a
+// node gives a new flow.
+//
+// Everything here is pure computation over an immutable compiled [Table]: it
+// needs no privilege, touches no kernel state and is safe for concurrent use.
+// The same map gives the same decision on every node, which is what lets a
+// gateway and the service-instance hosts steer one flow consistently without
+// talking to each other.
+package steering

@@ -1,0 +1,40 @@
+package steering
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrInvalidMap is wrapped by every error that refuses a map, so callers can
+// tell a bad map (keep the last good one) from an I/O failure.
+var ErrInvalidMap = errors.New("invalid service map")
+
+// FieldError names one field of a map and why it is refused.
+type FieldError struct {
+	// Field is a dotted path into the map, such as "tenants.acme.chain[1]".
+	Field  string
+	Reason string
+}
+
+func (e FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// ValidationError lists every problem found in a map. It wraps
+// [ErrInvalidMap].
+type ValidationError struct {
+	Problems []FieldError
+}
+
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v: ", ErrInvalidMap)
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+func (e *ValidationError) Unwrap() error { return ErrInvalidMap }

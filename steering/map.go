@@ -1,0 +1,117 @@
+package steering
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Map is the service map as an operator writes it: tenants, their chains of
+// services, and the services' instances. Values are kept as written so that a
+// map can be shown and written back unchanged; [Compile] turns a valid Map
+// into the [Table] the data plane uses.
+type Map struct {
+	// Slots is the number of affinity slots, a power of two. Zero means
+	// DefaultSlots.
+	Slots    int                 `yaml:"slots,omitempty" json:"slots,omitempty"`
+	Services map[string]*Service `yaml:"services" json:"services"`
+	Tenants  map[string]*Tenant  `yaml:"tenants" json:"tenants"`
+}
+
+// Service is one kind of network function with several interchangeable
+// instances.
+type Service struct {
+	// Function is what the service does to traffic; only FunctionForward
+	// is known so far. Empty means FunctionForward.
+	Function string `yaml:"function,omitempty" json:"function,omitempty"`
+	// Instances maps an instance name (which is also the --node name of the
+	// host that runs it) to its addresses on the service network.
+	Instances map[string]Addresses `yaml:"instances" json:"instances"`
+}
+
+// Addresses is an instance's list of addresses, at most one per family. In
+// YAML it is either a single scalar or a list.
+type Addresses []string
+
+// UnmarshalYAML accepts "10.0.0.1" as well as [10.0.0.1, "fd00::1"].
+func (a *Addresses) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		*a = Addresses{n.Value}
+		return nil
+	case yaml.SequenceNode:
+		var s []string
+		if err := n.Decode(&s); err != nil {
+			return err
+		}
+		*a = s
+		return nil
+	default:
+		return fmt.Errorf("line %d: an instance takes an address or a list of addresses", n.Line)
+	}
+}
+
+// Tenant is one customer: the source prefixes its traffic comes from and the
+// ordered chain of services that traffic must cross.
+type Tenant struct {
+	Prefixes []string `yaml:"prefixes" json:"prefixes"`
+	Chain    []string `yaml:"chain" json:"chain"`
+}
+
+// Known service functions.
+const (
+	FunctionForward = "forward"
+)
+
+// Limits of a map. They follow from the kernel fast path: a node's mark has
+// 12 bits per direction for the next hop (see package rules).
+const (
+	DefaultSlots = 256
+	MaxSlots     = 1 << 16
+	MaxChain     = 8
+	MaxInstances = 4000
+)
+
+// Parse decodes a YAML map strictly (unknown fields are errors) and
+// validates it. The error wraps [ErrInvalidMap] for any problem with the
+// document itself.
+func Parse(b []byte) (*Map, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var m Map
+	if err := dec.Decode(&m); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: the document is empty", ErrInvalidMap)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// LoadFile reads and parses a map file.
+func LoadFile(path string) (*Map, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading map: %w", err)
+	}
+	m, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// SlotCount returns the effective number of slots.
+func (m *Map) SlotCount() int {
+	if m.Slots == 0 {
+		return DefaultSlots
+	}
+	return m.Slots
+}

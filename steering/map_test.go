@@ -1,0 +1,134 @@
+package steering
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func mustLoad(t testing.TB, path string) *Map {
+	t.Helper()
+	m, err := LoadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestParseLabMap(t *testing.T) {
+	m := mustLoad(t, "testdata/lab.yaml")
+	want := &Map{
+		Slots: 256,
+		Services: map[string]*Service{
+			"fw": {Function: "forward", Instances: map[string]Addresses{
+				"fw-1": {"10.200.0.11", "fd00:200::11"},
+				"fw-2": {"10.200.0.12", "fd00:200::12"},
+			}},
+			"dlp": {Function: "forward", Instances: map[string]Addresses{
+				"dlp-1": {"10.200.0.21"}, "dlp-2": {"10.200.0.22"},
+			}},
+		},
+		Tenants: map[string]*Tenant{
+			"acme":   {Prefixes: []string{"10.10.1.0/24", "fd00:10::/64"}, Chain: []string{"fw"}},
+			"globex": {Prefixes: []string{"10.20.1.0/24"}, Chain: []string{"fw", "dlp"}},
+		},
+	}
+	if diff := cmp.Diff(want, m); diff != "" {
+		t.Errorf("Parse (-want +got):\n%s", diff)
+	}
+}
+
+// TestValidateRefuses checks that each kind of bad map is refused with an
+// error naming the field and the reason.
+func TestValidateRefuses(t *testing.T) {
+	good, err := os.ReadFile("testdata/lab.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		old, new   string // replace old by new in the lab map
+		wantField  string
+		wantReason string
+	}{
+		{"unknown service in chain", "chain: [fw, dlp]", "chain: [fw, ids]", "tenants.globex.chain[1]", `unknown service "ids"`},
+		{"service twice in chain", "chain: [fw, dlp]", "chain: [fw, fw]", "tenants.globex.chain[1]", "appears twice"},
+		{"empty chain", "chain: [fw, dlp]", "chain: []", "tenants.globex.chain", "chain is empty"},
+		{"overlapping tenants", "prefixes: [10.20.1.0/24]", "prefixes: [10.10.0.0/16]", "tenants.acme.prefixes[0]", "overlaps 10.10.0.0/16"},
+		{"bad CIDR", "prefixes: [10.20.1.0/24]", "prefixes: [10.20.1.0/33]", "tenants.globex.prefixes[0]", "is not a CIDR prefix"},
+		{"host bits", "prefixes: [10.20.1.0/24]", "prefixes: [10.20.1.7/24]", "tenants.globex.prefixes[0]", "host bits set"},
+		{"no prefixes", "prefixes: [10.20.1.0/24]", "prefixes: []", "tenants.globex.prefixes", "no prefixes"},
+		{"duplicate instance address", "dlp-2: 10.200.0.22", "dlp-2: 10.200.0.21", "services.dlp.instances.dlp-2[0]", "duplicate instance address 10.200.0.21"},
+		{"bad address", "dlp-2: 10.200.0.22", "dlp-2: 10.200.0.x", "services.dlp.instances.dlp-2[0]", "not an IP address"},
+		{"two addresses of one family", "dlp-2: 10.200.0.22", "dlp-2: [10.200.0.22, 10.200.0.23]", "services.dlp.instances.dlp-2[1]", "second IPv4 address"},
+		{"empty service", "instances: {dlp-1: 10.200.0.21, dlp-2: 10.200.0.22}", "instances: {}", "services.dlp.instances", "service has no instances"},
+		{"unknown function", "function: forward\n    instances: {dlp", "function: teleport\n    instances: {dlp", "services.dlp.function", `unknown function "teleport"`},
+		{"IPv6 tenant without IPv6 instance", "chain: [fw]}", "chain: [fw, dlp]}", "tenants.acme.chain[1]", `instance "dlp-1" of service "dlp" has no IPv6 address`},
+		{"slots not a power of two", "slots: 256", "slots: 100", "slots", "not a power of two"},
+		{"duplicate instance name", "dlp-2: 10.200.0.22", "fw-1: 10.200.0.22", "services.fw.instances.fw-1", `also used in service "dlp"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := strings.Replace(string(good), tt.old, tt.new, 1)
+			if doc == string(good) {
+				t.Fatalf("test case does not change the map: %q not found", tt.old)
+			}
+			_, err := Parse([]byte(doc))
+			if !errors.Is(err, ErrInvalidMap) {
+				t.Fatalf("Parse: got %v, want an error wrapping ErrInvalidMap", err)
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("Parse: got %T (%v), want *ValidationError", err, err)
+			}
+			for _, p := range ve.Problems {
+				if p.Field == tt.wantField && strings.Contains(p.Reason, tt.wantReason) {
+					return
+				}
+			}
+			t.Errorf("Parse: %v\nwant a problem at %s containing %q", err, tt.wantField, tt.wantReason)
+		})
+	}
+}
+
+func TestParseRefusesUnknownFieldsAndJunk(t *testing.T) {
+	for _, doc := range []string{"", "slots: 256\nservics: {}\n", "tenants: [1, 2]", "services: {fw: {instances: {a: {x: 1}}}}"} {
+		if _, err := Parse([]byte(doc)); !errors.Is(err, ErrInvalidMap) {
+			t.Errorf("Parse(%q) = %v, want ErrInvalidMap", doc, err)
+		}
+	}
+}
+
+// FuzzParse checks that no document panics the parser, and that a document
+// it accepts always compiles and decides.
+func FuzzParse(f *testing.F) {
+	good, _ := os.ReadFile("testdata/lab.yaml")
+	f.Add(good)
+	f.Add([]byte("slots: 2\nservices: {s: {instances: {i: 10.0.0.1}}}\ntenants: {t: {prefixes: [10.1.0.0/16], chain: [s]}}"))
+	f.Add([]byte("tenants: {t: {prefixes: ['::/0'], chain: []}}"))
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		m, err := Parse(doc)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidMap) {
+				t.Fatalf("error does not wrap ErrInvalidMap: %v", err)
+			}
+			return
+		}
+		tab, err := Compile(m)
+		if err != nil {
+			t.Fatalf("valid map does not compile: %v", err)
+		}
+		for i := range tab.Tenants() {
+			for _, p := range tab.Tenants()[i].Prefixes {
+				if got := tab.TenantOf(p.Addr()); got != i {
+					t.Fatalf("TenantOf(%s) = %d, want %d", p.Addr(), got, i)
+				}
+				f := Flow{Src: p.Addr(), Dst: p.Addr(), Proto: 6}
+				_ = tab.Decide(Node{Instance: -1}, &f, false, nil)
+			}
+		}
+	})
+}

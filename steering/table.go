@@ -1,0 +1,317 @@
+package steering
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// Table is a compiled, immutable service map: what the packet path reads.
+// It is safe for concurrent use. A new map is a new Table, swapped in whole.
+type Table struct {
+	slots     uint32
+	tenants   []TenantInfo
+	services  []ServiceInfo
+	instances []Instance
+	byName    map[string]int
+	// Tenant lookup: for each family, the distinct prefix lengths present,
+	// longest first, and a map from masked prefix to tenant index. A lookup
+	// masks the address once per length, which allocates nothing.
+	lens     [2][]int
+	prefixes map[netip.Prefix]int
+}
+
+// TenantInfo is a compiled tenant.
+type TenantInfo struct {
+	Name     string
+	Prefixes []netip.Prefix
+	// Chain holds indexes into the table's services, in chain order.
+	Chain []int
+}
+
+// ServiceInfo is a compiled service.
+type ServiceInfo struct {
+	Name     string
+	Function string
+	// Instances holds indexes into the table's instances, sorted by name.
+	Instances []int
+	// Roles has one entry per slot.
+	Roles []Roles
+}
+
+// Instance is one service instance. ID is its number on this table, from 1,
+// stable for a given map: instances are numbered in order of service name,
+// then instance name.
+type Instance struct {
+	Name    string
+	Service int
+	ID      uint16
+	V4, V6  netip.Addr
+}
+
+// Addr returns the instance's address in the family of a, if it has one.
+func (in *Instance) Addr(is4 bool) (netip.Addr, bool) {
+	if is4 {
+		return in.V4, in.V4.IsValid()
+	}
+	return in.V6, in.V6.IsValid()
+}
+
+// Compile validates m and builds its Table.
+func Compile(m *Map) (*Table, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Table{
+		slots:    uint32(m.SlotCount()),
+		byName:   map[string]int{},
+		prefixes: map[netip.Prefix]int{},
+	}
+	svcIndex := map[string]int{}
+	for _, sname := range sortedKeys(m.Services) {
+		svc := m.Services[sname]
+		si := ServiceInfo{Name: sname, Function: svc.Function}
+		if si.Function == "" {
+			si.Function = FunctionForward
+		}
+		names := sortedKeys(svc.Instances)
+		for _, iname := range names {
+			in := Instance{Name: iname, Service: len(t.services), ID: uint16(len(t.instances) + 1)}
+			for _, s := range svc.Instances[iname] {
+				a := netip.MustParseAddr(s).Unmap() // validated above
+				if a.Is4() {
+					in.V4 = a
+				} else {
+					in.V6 = a
+				}
+			}
+			t.byName[iname] = len(t.instances)
+			si.Instances = append(si.Instances, len(t.instances))
+			t.instances = append(t.instances, in)
+		}
+		si.Roles = assignRoles(sname, names, int(t.slots))
+		svcIndex[sname] = len(t.services)
+		t.services = append(t.services, si)
+	}
+	for _, tname := range sortedKeys(m.Tenants) {
+		tm := m.Tenants[tname]
+		ti := TenantInfo{Name: tname}
+		for _, s := range tm.Prefixes {
+			p := netip.MustParsePrefix(s)
+			ti.Prefixes = append(ti.Prefixes, p)
+			t.prefixes[p] = len(t.tenants)
+			f := familyIndex(p.Addr())
+			if !slices.Contains(t.lens[f], p.Bits()) {
+				t.lens[f] = append(t.lens[f], p.Bits())
+			}
+		}
+		for _, sname := range tm.Chain {
+			ti.Chain = append(ti.Chain, svcIndex[sname])
+		}
+		t.tenants = append(t.tenants, ti)
+	}
+	for f := range t.lens {
+		slices.Sort(t.lens[f])
+		slices.Reverse(t.lens[f])
+	}
+	return t, nil
+}
+
+// Slots returns the number of affinity slots.
+func (t *Table) Slots() uint32 { return t.slots }
+
+// Instances returns every instance, indexed by ID-1. The slice must not be
+// modified.
+func (t *Table) Instances() []Instance { return t.instances }
+
+// Services returns every service. The slice must not be modified.
+func (t *Table) Services() []ServiceInfo { return t.services }
+
+// Tenants returns every tenant. The slice must not be modified.
+func (t *Table) Tenants() []TenantInfo { return t.tenants }
+
+// InstanceByName returns the instance called name.
+func (t *Table) InstanceByName(name string) (*Instance, bool) {
+	i, ok := t.byName[name]
+	if !ok {
+		return nil, false
+	}
+	return &t.instances[i], true
+}
+
+// InstanceByID returns the instance numbered id.
+func (t *Table) InstanceByID(id uint16) (*Instance, bool) {
+	if id == 0 || int(id) > len(t.instances) {
+		return nil, false
+	}
+	return &t.instances[id-1], true
+}
+
+// TenantOf returns the index of the tenant whose prefixes hold a, or -1.
+func (t *Table) TenantOf(a netip.Addr) int {
+	a = a.Unmap()
+	for _, bits := range t.lens[familyIndex(a)] {
+		p, _ := a.Prefix(bits)
+		if i, ok := t.prefixes[p]; ok {
+			return i
+		}
+	}
+	return -1
+}
+
+// RolesFor returns which instances of service svc hold the primary and
+// secondary roles for slot.
+func (t *Table) RolesFor(svc int, slot uint32) (primary, secondary *Instance) {
+	s := &t.services[svc]
+	r := s.Roles[slot%t.slots]
+	if r.Primary != NoInstance {
+		primary = &t.instances[s.Instances[r.Primary]]
+	}
+	if r.Secondary != NoInstance {
+		secondary = &t.instances[s.Instances[r.Secondary]]
+	}
+	return primary, secondary
+}
+
+// Node says who is deciding: a gateway, or the host of one instance.
+type Node struct {
+	// Instance is the index of the node's instance in the table, or -1 for
+	// a gateway.
+	Instance int
+}
+
+// NodeFor returns the role of the node called name on t: the instance of
+// that name, or a gateway.
+func (t *Table) NodeFor(name string) Node {
+	if i, ok := t.byName[name]; ok {
+		return Node{Instance: i}
+	}
+	return Node{Instance: -1}
+}
+
+// Kind is what a decision tells the node to do with a new flow.
+type Kind uint8
+
+// Decision kinds.
+const (
+	// NoTenant: neither address belongs to a tenant; route normally.
+	NoTenant Kind = iota
+	// EndOfChain: this node is the last service of the chain in this
+	// direction; route normally.
+	EndOfChain
+	// Steer: send the flow to Decision.Instance.
+	Steer
+	// NotInChain: this node's service is not in the tenant's chain (a
+	// misrouted packet); route normally.
+	NotInChain
+	// NoAddress: the next instance has no address of the flow's family.
+	// Validation prevents it; kept so the packet path never guesses.
+	NoAddress
+)
+
+var kindNames = [...]string{"no-tenant", "end-of-chain", "steer", "not-in-chain", "no-address"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", k)
+}
+
+// Pins records, for each position of a tenant's chain, the ID of the
+// instance a flow was given there (0: none yet). A flow keeps its pins for
+// its whole life, whatever later maps say.
+type Pins [MaxChain]uint16
+
+// Decision is the outcome of [Table.Decide].
+type Decision struct {
+	Kind    Kind
+	Tenant  int  // index into Tenants, or -1
+	Reverse bool // the packet travels the chain backwards (towards the tenant)
+	Code    uint32
+	Slot    uint32
+	// Hop is the position in the tenant's chain of the next service.
+	Hop int
+	// Instance is the next hop when Kind is Steer.
+	Instance *Instance
+}
+
+// Decide tells node n what to do with the first packet of f in one
+// direction. reply says the packet belongs to the reply direction of its
+// connection as the kernel tracks it; it breaks the tie when both addresses
+// belong to tenants, and is otherwise only a hint: a packet whose source
+// belongs to a tenant travels the chain forwards, one whose destination
+// does travels it backwards.
+//
+// pins, when not nil, are the flow's earlier choices; a pinned instance
+// still in the table wins over the slot's current primary.
+//
+// Decide allocates nothing.
+func (t *Table) Decide(n Node, f *Flow, reply bool, pins *Pins) Decision {
+	d := Decision{Tenant: -1}
+	src, dst := t.TenantOf(f.Src), t.TenantOf(f.Dst)
+	switch {
+	case src >= 0 && (dst < 0 || !reply):
+		d.Tenant = src
+	case dst >= 0:
+		d.Tenant, d.Reverse = dst, true
+	default:
+		return d
+	}
+	chain := t.tenants[d.Tenant].Chain
+	d.Code = AffinityCode(f)
+	d.Slot = d.Code & (t.slots - 1)
+
+	// Position of this node in the chain, in travel order.
+	pos := -1
+	if n.Instance >= 0 {
+		svc := t.instances[n.Instance].Service
+		pos = slices.Index(chain, svc)
+		if pos < 0 {
+			d.Kind = NotInChain
+			return d
+		}
+	}
+	var next int
+	if d.Reverse {
+		if pos < 0 {
+			next = len(chain) - 1
+		} else {
+			next = pos - 1
+		}
+	} else {
+		next = pos + 1
+	}
+	if next < 0 || next >= len(chain) {
+		d.Kind = EndOfChain
+		return d
+	}
+	d.Hop = next
+	var in *Instance
+	if pins != nil && pins[next] != 0 {
+		if p, ok := t.InstanceByID(pins[next]); ok && p.Service == chain[next] {
+			in = p
+		}
+	}
+	if in == nil {
+		in, _ = t.RolesFor(chain[next], d.Slot)
+	}
+	d.Instance = in
+	if _, ok := in.Addr(f.Dst.Unmap().Is4()); !ok {
+		d.Kind = NoAddress
+		return d
+	}
+	d.Kind = Steer
+	return d
+}
+
+// PinsFor returns the instances currently holding the primary role for slot
+// along tenant's whole chain.
+func (t *Table) PinsFor(tenant int, slot uint32) Pins {
+	var p Pins
+	for i, svc := range t.tenants[tenant].Chain {
+		in, _ := t.RolesFor(svc, slot)
+		p[i] = in.ID
+	}
+	return p
+}

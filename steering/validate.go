@@ -1,0 +1,218 @@
+package steering
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Validate checks everything the data plane relies on and returns a
+// *[ValidationError] naming each offending field, or nil.
+func (m *Map) Validate() error {
+	var v validator
+	v.slots(m.Slots)
+	addrOwner := map[netip.Addr]string{}
+	instOwner := map[string]string{}
+	total := 0
+	for _, sname := range sortedKeys(m.Services) {
+		svc := m.Services[sname]
+		field := "services." + sname
+		v.name(field, sname)
+		if svc == nil {
+			v.add(field, "is empty")
+			continue
+		}
+		switch svc.Function {
+		case "", FunctionForward:
+		default:
+			v.add(field+".function", fmt.Sprintf("unknown function %q (known: %s)", svc.Function, FunctionForward))
+		}
+		if len(svc.Instances) == 0 {
+			v.add(field+".instances", "service has no instances")
+		}
+		for _, iname := range sortedKeys(svc.Instances) {
+			ifield := field + ".instances." + iname
+			v.name(ifield, iname)
+			if other, dup := instOwner[iname]; dup {
+				v.add(ifield, fmt.Sprintf("instance name is also used in service %q (instance names are node names and must be unique)", other))
+			}
+			instOwner[iname] = sname
+			total++
+			addrs := svc.Instances[iname]
+			if len(addrs) == 0 {
+				v.add(ifield, "instance has no address")
+			}
+			var fam [2]bool
+			for i, s := range addrs {
+				afield := fmt.Sprintf("%s[%d]", ifield, i)
+				a, err := netip.ParseAddr(s)
+				if err != nil || a.Zone() != "" {
+					v.add(afield, fmt.Sprintf("%q is not an IP address", s))
+					continue
+				}
+				a = a.Unmap()
+				if !a.IsGlobalUnicast() && !a.IsPrivate() {
+					v.add(afield, fmt.Sprintf("%s is not a unicast address", a))
+				}
+				f := familyIndex(a)
+				if fam[f] {
+					v.add(afield, fmt.Sprintf("second %s address; an instance has at most one per family", familyName(a)))
+				}
+				fam[f] = true
+				if owner, dup := addrOwner[a]; dup {
+					v.add(afield, fmt.Sprintf("duplicate instance address %s (also %s)", a, owner))
+				}
+				addrOwner[a] = ifield
+			}
+		}
+	}
+	if total > MaxInstances {
+		v.add("services", fmt.Sprintf("%d instances; at most %d fit in a node's mark", total, MaxInstances))
+	}
+
+	var all []ownedPrefix
+	for _, tname := range sortedKeys(m.Tenants) {
+		t := m.Tenants[tname]
+		field := "tenants." + tname
+		v.name(field, tname)
+		if t == nil {
+			v.add(field, "is empty")
+			continue
+		}
+		if len(t.Prefixes) == 0 {
+			v.add(field+".prefixes", "tenant has no prefixes")
+		}
+		var fam [2]bool
+		for i, s := range t.Prefixes {
+			pfield := fmt.Sprintf("%s.prefixes[%d]", field, i)
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				v.add(pfield, fmt.Sprintf("%q is not a CIDR prefix", s))
+				continue
+			}
+			if p.Addr().Is4In6() {
+				v.add(pfield, fmt.Sprintf("%s: write IPv4 prefixes in dotted form", p))
+				continue
+			}
+			if p != p.Masked() {
+				v.add(pfield, fmt.Sprintf("%s has host bits set (did you mean %s?)", p, p.Masked()))
+				continue
+			}
+			fam[familyIndex(p.Addr())] = true
+			all = append(all, ownedPrefix{p, pfield})
+		}
+		if len(t.Chain) == 0 {
+			v.add(field+".chain", "chain is empty")
+		}
+		if len(t.Chain) > MaxChain {
+			v.add(field+".chain", fmt.Sprintf("%d services; a chain has at most %d", len(t.Chain), MaxChain))
+		}
+		seen := map[string]bool{}
+		for i, sname := range t.Chain {
+			cfield := fmt.Sprintf("%s.chain[%d]", field, i)
+			if seen[sname] {
+				v.add(cfield, fmt.Sprintf("service %q appears twice in the chain", sname))
+			}
+			seen[sname] = true
+			svc, ok := m.Services[sname]
+			if !ok {
+				v.add(cfield, fmt.Sprintf("unknown service %q", sname))
+				continue
+			}
+			if svc == nil {
+				continue
+			}
+			for _, iname := range sortedKeys(svc.Instances) {
+				var has [2]bool
+				for _, s := range svc.Instances[iname] {
+					if a, err := netip.ParseAddr(s); err == nil {
+						has[familyIndex(a.Unmap())] = true
+					}
+				}
+				for f, need := range fam {
+					if need && !has[f] {
+						v.add(cfield, fmt.Sprintf("tenant has %s prefixes but instance %q of service %q has no %s address", famNames[f], iname, sname, famNames[f]))
+					}
+				}
+			}
+		}
+	}
+	v.overlaps(all)
+	return v.err()
+}
+
+type ownedPrefix struct {
+	p     netip.Prefix
+	field string
+}
+
+type validator struct{ problems []FieldError }
+
+func (v *validator) add(field, reason string) {
+	v.problems = append(v.problems, FieldError{Field: field, Reason: reason})
+}
+
+func (v *validator) err() error {
+	if len(v.problems) == 0 {
+		return nil
+	}
+	return &ValidationError{Problems: v.problems}
+}
+
+func (v *validator) slots(n int) {
+	if n == 0 {
+		return
+	}
+	if n < 1 || n > MaxSlots || n&(n-1) != 0 {
+		v.add("slots", fmt.Sprintf("%d is not a power of two between 1 and %d", n, MaxSlots))
+	}
+}
+
+// name refuses names that would be ambiguous in logs, keys and CLI output.
+func (v *validator) name(field, name string) {
+	if name == "" || len(name) > 64 || strings.IndexFunc(name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+	}) >= 0 {
+		v.add(field, fmt.Sprintf("name %q must be 1-64 letters, digits, '-', '_' or '.'", name))
+	}
+}
+
+// overlaps reports every pair of overlapping prefixes. After sorting by
+// address and then length, any overlap shows up between neighbours, because
+// a prefix's addresses are contiguous.
+func (v *validator) overlaps(all []ownedPrefix) {
+	sort.Slice(all, func(i, j int) bool {
+		if c := all[i].p.Addr().Compare(all[j].p.Addr()); c != 0 {
+			return c < 0
+		}
+		return all[i].p.Bits() < all[j].p.Bits()
+	})
+	for i := 1; i < len(all); i++ {
+		a, b := all[i-1], all[i]
+		if a.p.Overlaps(b.p) {
+			v.add(b.field, fmt.Sprintf("%s overlaps %s (%s)", b.p, a.p, a.field))
+		}
+	}
+}
+
+var famNames = [2]string{"IPv4", "IPv6"}
+
+func familyIndex(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
+}
+
+func familyName(a netip.Addr) string { return famNames[familyIndex(a)] }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
