@@ -1,0 +1,170 @@
+package nfq
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/nfsteer/nfsteer/steering"
+)
+
+// IP protocol numbers the parser knows.
+const (
+	ProtoICMP   = 1
+	ProtoTCP    = 6
+	ProtoUDP    = 17
+	ProtoICMPv6 = 58
+	protoDCCP   = 33
+	protoSCTP   = 132
+	protoUDPLit = 136
+)
+
+// Packet is what the steering decision needs to know of one packet.
+type Packet struct {
+	steering.Flow
+	// TCPFlags holds the TCP flags byte (SYN = 0x02, ACK = 0x10) for TCP.
+	TCPFlags uint8
+	// ICMPType holds the ICMP or ICMPv6 type.
+	ICMPType uint8
+}
+
+// IsV4 reports whether p is an IPv4 packet.
+func (p *Packet) IsV4() bool { return p.Src.Is4() }
+
+// maxExtHeaders bounds the IPv6 extension header walk; real packets carry a
+// handful, and a hostile chain must not make the packet path loop.
+const maxExtHeaders = 16
+
+// Parse decodes an IPv4 or IPv6 packet (as NFQUEUE delivers it, from the IP
+// header on) into p. It never panics and allocates nothing. On error p is
+// partly filled and the error is one of the package's sentinels. Fragments
+// give ErrFragment: their ports are unknown or apply to one piece only, and
+// the kernel's conntrack normally reassembles before the queue anyway.
+func Parse(b []byte, p *Packet) error {
+	*p = Packet{}
+	if len(b) < 1 {
+		return ErrTruncated
+	}
+	switch b[0] >> 4 {
+	case 4:
+		return parse4(b, p)
+	case 6:
+		return parse6(b, p)
+	}
+	return ErrVersion
+}
+
+func parse4(b []byte, p *Packet) error {
+	if len(b) < 20 {
+		return ErrTruncated
+	}
+	ihl := int(b[0]&0x0f) * 4
+	if ihl < 20 {
+		return ErrHeaderLen
+	}
+	total := int(binary.BigEndian.Uint16(b[2:4]))
+	if total == 0 && len(b) > 0xffff {
+		total = len(b) // BIG TCP aggregate (the queue has the GSO flag)
+	}
+	if total < ihl {
+		return ErrTotalLen
+	}
+	if total > len(b) {
+		return ErrTruncated
+	}
+	b = b[:total] // drop link-layer padding
+	p.Src = netip.AddrFrom4([4]byte(b[12:16]))
+	p.Dst = netip.AddrFrom4([4]byte(b[16:20]))
+	p.Proto = b[9]
+	if frag := binary.BigEndian.Uint16(b[6:8]); frag&0x3fff != 0 { // MF or offset
+		return ErrFragment
+	}
+	return parseL4(b[ihl:], p)
+}
+
+func parse6(b []byte, p *Packet) error {
+	if len(b) < 40 {
+		return ErrTruncated
+	}
+	payload := int(binary.BigEndian.Uint16(b[4:6]))
+	if payload == 0 && len(b) > 40+0xffff {
+		payload = len(b) - 40 // jumbogram / BIG TCP
+	}
+	if 40+payload > len(b) {
+		return ErrTruncated
+	}
+	b = b[:40+payload]
+	p.Src = netip.AddrFrom16([16]byte(b[8:24]))
+	p.Dst = netip.AddrFrom16([16]byte(b[24:40]))
+	next, off := b[6], 40
+	for i := 0; ; i++ {
+		if i == maxExtHeaders {
+			return ErrExtHeaders
+		}
+		var hlen int
+		switch next {
+		case 0, 43, 60, 135, 139, 140: // hop-by-hop, routing, dest opts, mobility, HIP, shim6
+			if off+8 > len(b) {
+				return ErrTruncated
+			}
+			hlen = (int(b[off+1]) + 1) * 8
+		case 51: // AH counts in 4-byte units, minus 2
+			if off+8 > len(b) {
+				return ErrTruncated
+			}
+			hlen = (int(b[off+1]) + 2) * 4
+		case 44: // fragment
+			if off+8 > len(b) {
+				return ErrTruncated
+			}
+			p.Proto = b[off]
+			return ErrFragment
+		default:
+			p.Proto = next
+			return parseL4(b[off:], p)
+		}
+		if off+hlen > len(b) {
+			return ErrExtHeaders
+		}
+		next = b[off]
+		off += hlen
+	}
+}
+
+func parseL4(b []byte, p *Packet) error {
+	switch p.Proto {
+	case ProtoTCP:
+		if len(b) < 20 {
+			return ErrTruncated
+		}
+		if doff := int(b[12]>>4) * 4; doff < 20 || doff > len(b) {
+			return ErrL4Header
+		}
+		p.TCPFlags = b[13]
+		fallthrough
+	case ProtoUDP, protoUDPLit, protoSCTP, protoDCCP:
+		if len(b) < 8 {
+			return ErrTruncated
+		}
+		p.SrcPort = binary.BigEndian.Uint16(b[0:2])
+		p.DstPort = binary.BigEndian.Uint16(b[2:4])
+	case ProtoICMP, ProtoICMPv6:
+		if len(b) < 8 {
+			return ErrTruncated
+		}
+		p.ICMPType = b[0]
+		if isEcho(p.Proto, p.ICMPType) {
+			// Request and reply carry the same identifier: using it as both
+			// ports keeps the affinity code symmetric.
+			id := binary.BigEndian.Uint16(b[4:6])
+			p.SrcPort, p.DstPort = id, id
+		}
+	}
+	return nil
+}
+
+func isEcho(proto, typ uint8) bool {
+	if proto == ProtoICMP {
+		return typ == 8 || typ == 0
+	}
+	return typ == 128 || typ == 129
+}
