@@ -1,0 +1,13 @@
+package rules
+
+// Kernel installs and removes nfsteer's kernel state in one network
+// namespace. Implementations must make Apply idempotent (applying the same
+// Spec twice changes nothing the second time, and applying a new Spec
+// replaces the old one) and Remove complete (it removes whatever any Spec
+// installed, and is safe to call when nothing is installed).
+type Kernel interface {
+	Apply(Spec) error
+	Remove() error
+	// Show describes what nfsteer owns right now, one item per line.
+	Show() ([]string, error)
+}

@@ -1,0 +1,444 @@
+//go:build linux
+
+package rules
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Linux is the Kernel of the caller's network namespace. Its methods are
+// not safe for concurrent use: one agent owns one namespace's state.
+type Linux struct {
+	fams [2]family
+}
+
+type family struct {
+	name   string // "IPv4" or "IPv6"
+	ipt    *iptables.IPTables
+	save   string // iptables-save binary
+	nft    bool   // the iptables binary is the nf_tables variant
+	nftFam string // nft family of the table: ip or ip6
+	nlFam  int
+}
+
+// NewLinux finds the iptables binaries and returns the Kernel of the
+// caller's network namespace.
+func NewLinux() (*Linux, error) {
+	var k Linux
+	for i, p := range []struct {
+		proto           iptables.Protocol
+		name, bin, save string
+		nftFam          string
+		nlFam           int
+	}{
+		{iptables.ProtocolIPv4, "IPv4", "iptables", "iptables-save", "ip", netlink.FAMILY_V4},
+		{iptables.ProtocolIPv6, "IPv6", "ip6tables", "ip6tables-save", "ip6", netlink.FAMILY_V6},
+	} {
+		ipt, err := iptables.New(iptables.IPFamily(p.proto), iptables.Timeout(10))
+		if err != nil {
+			return nil, fmt.Errorf("finding %s: %w", p.bin, err)
+		}
+		v, err := exec.Command(p.bin, "-V").Output()
+		if err != nil {
+			return nil, fmt.Errorf("running %s -V: %w", p.bin, err)
+		}
+		k.fams[i] = family{name: p.name, ipt: ipt, save: p.save, nft: bytes.Contains(v, []byte("nf_tables")), nftFam: p.nftFam, nlFam: p.nlFam}
+	}
+	return &k, nil
+}
+
+// Apply installs s, replacing whatever nfsteer had installed before.
+func (k *Linux) Apply(s Spec) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	s = s.WithDefaults()
+	jumps, own := s.IPTablesRules()
+	for _, f := range k.fams {
+		if err := f.applyIPTables(jumps, own); err != nil {
+			return fmt.Errorf("installing %s rules: %w", f.name, err)
+		}
+	}
+	return k.applyRouting(s)
+}
+
+func (f family) applyIPTables(jumps, own []Rule) error {
+	exists, err := f.ipt.ChainExists(table, chainPre)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		// Remember whether the table is ours to delete again: an nf_tables
+		// table that nobody had before stays visible in iptables-save after
+		// its chains are gone.
+		out, err := exec.Command(f.save, "-t", table).Output()
+		if err != nil {
+			return fmt.Errorf("running %s: %w", f.save, err)
+		}
+		if len(bytes.TrimSpace(out)) == 0 {
+			if err := f.ipt.NewChain(table, chainOwner); err != nil {
+				return err
+			}
+		}
+	}
+	for _, c := range []string{chainPre, chainPost} {
+		var want [][]string
+		for _, r := range own {
+			if r.Chain == c {
+				want = append(want, r.Args)
+			}
+		}
+		if err := f.syncChain(c, want); err != nil {
+			return fmt.Errorf("chain %s: %w", c, err)
+		}
+	}
+	// Jumps last, so packets never reach a half-built chain. Stale jumps
+	// (an interface no longer outer) go first.
+	for _, builtin := range []string{"PREROUTING", "POSTROUTING"} {
+		var want [][]string
+		for _, r := range jumps {
+			if r.Chain == builtin {
+				want = append(want, r.Args)
+			}
+		}
+		if err := f.deleteJumps(builtin, want); err != nil {
+			return err
+		}
+		for i := len(want) - 1; i >= 0; i-- {
+			ok, err := f.ipt.Exists(table, builtin, want[i]...)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				if err := f.ipt.Insert(table, builtin, 1, want[i]...); err != nil {
+					return fmt.Errorf("adding jump to %s: %w", builtin, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// syncChain makes chain hold exactly want, in order. When it already does,
+// nothing is written, so a repeated Apply does not open a window in which
+// the chain is empty.
+func (f family) syncChain(chain string, want [][]string) error {
+	exists, err := f.ipt.ChainExists(table, chain)
+	if err != nil {
+		return err
+	}
+	if exists {
+		have, err := f.ipt.List(table, chain)
+		if err != nil {
+			return err
+		}
+		same := len(have) == len(want)+1 // List starts with "-N chain"
+		for i := 0; same && i < len(want); i++ {
+			same, err = f.ipt.Exists(table, chain, want[i]...)
+			if err != nil {
+				return err
+			}
+		}
+		if same {
+			return nil
+		}
+	}
+	if err := f.ipt.ClearChain(table, chain); err != nil { // creates it if missing
+		return err
+	}
+	for _, args := range want {
+		if err := f.ipt.Append(table, chain, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteJumps deletes every rule of a built-in chain that jumps to one of
+// nfsteer's chains and is not in keep.
+func (f family) deleteJumps(builtin string, keep [][]string) error {
+	have, err := f.ipt.List(table, builtin)
+	if err != nil {
+		return err
+	}
+	// have[0] is the policy line; rule n is have[n]. Delete from the end so
+	// the numbers of the rest stay valid.
+	for n := len(have) - 1; n >= 1; n-- {
+		if !strings.Contains(have[n], "-j NFSTEER-") {
+			continue
+		}
+		if slices.ContainsFunc(keep, func(args []string) bool { return sameRule(have[n], builtin, args) }) {
+			continue
+		}
+		if err := f.ipt.DeleteById(table, builtin, n); err != nil {
+			return fmt.Errorf("deleting %q: %w", have[n], err)
+		}
+	}
+	return nil
+}
+
+// sameRule compares an `iptables -S` line with rule arguments. The jumps are
+// simple enough (interface, comment, target) that iptables prints them the
+// way they were given, apart from quoting.
+func sameRule(line, chain string, args []string) bool {
+	return strings.ReplaceAll(line, `"`, "") == "-A "+chain+" "+strings.Join(args, " ")
+}
+
+// Remove deletes everything nfsteer owns in this namespace.
+func (k *Linux) Remove() error {
+	var errs []error
+	for _, f := range k.fams {
+		if err := f.remove(); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s rules: %w", f.name, err))
+		}
+	}
+	if err := k.removeRouting(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (f family) remove() error {
+	for _, builtin := range []string{"PREROUTING", "POSTROUTING"} {
+		if err := f.deleteJumps(builtin, nil); err != nil {
+			return err
+		}
+	}
+	for _, c := range []string{chainPre, chainPost} {
+		ok, err := f.ipt.ChainExists(table, c)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := f.ipt.ClearAndDeleteChain(table, c); err != nil {
+				return err
+			}
+		}
+	}
+	owned, err := f.ipt.ChainExists(table, chainOwner)
+	if err != nil || !owned {
+		return err
+	}
+	if err := f.ipt.DeleteChain(table, chainOwner); err != nil {
+		return err
+	}
+	if !f.nft {
+		return nil // a legacy table lives as long as its module; nothing to do
+	}
+	pristine, err := f.pristine()
+	if err != nil || !pristine {
+		return err
+	}
+	if out, err := exec.Command("nft", "delete", "table", f.nftFam, table).CombinedOutput(); err != nil {
+		return fmt.Errorf("deleting the empty %s table nfsteer created: %v: %s", table, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// pristine reports whether the table holds nothing but empty built-in
+// chains with ACCEPT policies: the same, to every packet and to
+// iptables-save's reader, as no table.
+func (f family) pristine() (bool, error) {
+	all, err := f.ipt.List(table, "")
+	if err != nil {
+		return false, err
+	}
+	for _, l := range all {
+		if !strings.HasPrefix(l, "-P ") || !strings.HasSuffix(l, " ACCEPT") {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func (k *Linux) applyRouting(s Spec) error {
+	wantRules, wantRoutes := s.Routing()
+	for _, r := range wantRoutes {
+		nr := toNetlinkRoute(r)
+		if err := netlink.RouteReplace(nr); err != nil {
+			return fmt.Errorf("adding route via %s in table %d: %w", r.Via, r.Table, err)
+		}
+	}
+	for _, f := range k.fams {
+		have, err := ourRoutes(f.nlFam)
+		if err != nil {
+			return err
+		}
+		for _, h := range have {
+			r := Route{Table: h.Table, Via: addrOf(h.Gw)}
+			if !slices.Contains(wantRoutes, r) {
+				if err := netlink.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
+					return fmt.Errorf("deleting stale route in table %d: %w", h.Table, err)
+				}
+			}
+		}
+		haveRules, err := ourRules(f.nlFam)
+		if err != nil {
+			return err
+		}
+		fam := 4
+		if f.nlFam == netlink.FAMILY_V6 {
+			fam = 6
+		}
+		for _, h := range haveRules {
+			if !slices.Contains(wantRules, fromNetlinkRule(fam, h)) {
+				if err := netlink.RuleDel(&h); err != nil {
+					return fmt.Errorf("deleting stale ip rule to table %d: %w", h.Table, err)
+				}
+			}
+		}
+		for _, w := range wantRules {
+			if w.Family != fam {
+				continue
+			}
+			found := slices.ContainsFunc(haveRules, func(h netlink.Rule) bool { return fromNetlinkRule(fam, h) == w })
+			if found {
+				continue
+			}
+			if err := netlink.RuleAdd(toNetlinkRule(f.nlFam, w)); err != nil {
+				return fmt.Errorf("adding ip rule fwmark %#x/%#x to table %d: %w", w.Mark, w.Mask, w.Table, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (k *Linux) removeRouting() error {
+	var errs []error
+	for _, f := range k.fams {
+		rules, err := ourRules(f.nlFam)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, r := range rules {
+			if err := netlink.RuleDel(&r); err != nil {
+				errs = append(errs, fmt.Errorf("deleting ip rule to table %d: %w", r.Table, err))
+			}
+		}
+		routes, err := ourRoutes(f.nlFam)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, r := range routes {
+			if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("deleting route in table %d: %w", r.Table, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Show lists nfsteer's chains, jumps, ip rules and routes.
+func (k *Linux) Show() ([]string, error) {
+	var out []string
+	for _, f := range k.fams {
+		for _, c := range []string{"PREROUTING", "POSTROUTING", chainPre, chainPost} {
+			ok, err := f.ipt.ChainExists(table, c)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+			lines, err := f.ipt.List(table, c)
+			if err != nil {
+				return nil, err
+			}
+			for _, l := range lines {
+				if strings.HasPrefix(l, "-A ") && (strings.HasPrefix(c, "NFSTEER-") || strings.Contains(l, "-j NFSTEER-")) {
+					out = append(out, fmt.Sprintf("%s mangle %s", f.name, l))
+				}
+			}
+		}
+		rules, err := ourRules(f.nlFam)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rules {
+			out = append(out, fmt.Sprintf("%s rule pref %d fwmark %#x/%#x lookup %d proto %d", f.name, r.Priority, r.Mark, *r.Mask, r.Table, r.Protocol))
+		}
+		routes, err := ourRoutes(f.nlFam)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range routes {
+			out = append(out, fmt.Sprintf("%s route default via %s table %d proto %d", f.name, r.Gw, r.Table, r.Protocol))
+		}
+	}
+	return out, nil
+}
+
+func ourRules(fam int) ([]netlink.Rule, error) {
+	all, err := netlink.RuleList(fam)
+	if err != nil {
+		return nil, fmt.Errorf("listing ip rules: %w", err)
+	}
+	var ours []netlink.Rule
+	for _, r := range all {
+		if r.Protocol == RouteProtocol {
+			ours = append(ours, r)
+		}
+	}
+	return ours, nil
+}
+
+func ourRoutes(fam int) ([]netlink.Route, error) {
+	routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_UNSPEC},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
+	}
+	return routes, nil
+}
+
+func toNetlinkRoute(r Route) *netlink.Route {
+	bits := 128
+	fam := netlink.FAMILY_V6
+	if r.Via.Is4() {
+		bits, fam = 32, netlink.FAMILY_V4
+	}
+	zero := net.IP(make([]byte, bits/8))
+	return &netlink.Route{
+		Family:   fam,
+		Dst:      &net.IPNet{IP: zero, Mask: net.CIDRMask(0, bits)},
+		Gw:       net.IP(r.Via.AsSlice()),
+		Table:    r.Table,
+		Protocol: RouteProtocol,
+	}
+}
+
+func toNetlinkRule(fam int, r IPRule) *netlink.Rule {
+	nr := netlink.NewRule()
+	nr.Family = fam
+	nr.Mark = r.Mark
+	mask := r.Mask
+	nr.Mask = &mask
+	nr.Table = r.Table
+	nr.Priority = r.Priority
+	nr.Protocol = RouteProtocol
+	return nr
+}
+
+func fromNetlinkRule(fam int, r netlink.Rule) IPRule {
+	ir := IPRule{Family: fam, Mark: r.Mark, Table: r.Table, Priority: r.Priority}
+	if r.Mask != nil {
+		ir.Mask = *r.Mask
+	}
+	return ir
+}
+
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}

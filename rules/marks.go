@@ -1,0 +1,40 @@
+package rules
+
+// Mark layout (see the package documentation).
+const (
+	OrigMask   uint32 = 0x00000fff
+	ReplyMask  uint32 = 0x00fff000
+	ReplyShift        = 12
+	// MarkPass in a half means: decided, route normally.
+	MarkPass uint32 = 1
+	// MaxID is the highest instance ID a half can carry.
+	MaxID = 4093
+)
+
+// MarkMask returns the mask of the half for one direction.
+func MarkMask(reply bool) uint32 {
+	if reply {
+		return ReplyMask
+	}
+	return OrigMask
+}
+
+// HalfValue is the value a half carries to send a flow to instance id.
+func HalfValue(id uint16) uint32 { return uint32(id) + 1 }
+
+// SetHalf returns mark with the half of one direction set to v, keeping
+// every other bit.
+func SetHalf(mark uint32, reply bool, v uint32) uint32 {
+	if reply {
+		return mark&^ReplyMask | v<<ReplyShift&ReplyMask
+	}
+	return mark&^OrigMask | v&OrigMask
+}
+
+// Half returns the value of one direction's half of mark.
+func Half(mark uint32, reply bool) uint32 {
+	if reply {
+		return mark & ReplyMask >> ReplyShift
+	}
+	return mark & OrigMask
+}

@@ -1,0 +1,208 @@
+package rules
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/nfsteer/nfsteer/nfq"
+)
+
+// Defaults for a Spec's numbers. They are what makes nfsteer's state
+// recognisable in `ip rule`, `ip route show table all` and
+// /proc/net/netfilter/nfnetlink_queue.
+const (
+	DefaultQueueBase    = 4200
+	DefaultTableBase    = 8000
+	DefaultRulePriority = 8000
+	// RouteProtocol tags nfsteer's ip rules and routes ("proto 110").
+	RouteProtocol = 110
+	// Comment tags the jumps nfsteer adds to built-in chains.
+	Comment = "nfsteer"
+
+	chainPre   = "NFSTEER-PRE"
+	chainPost  = "NFSTEER-POST"
+	chainOwner = "NFSTEER-OWNS-TABLE"
+	table      = "mangle"
+)
+
+// Spec is what a node wants installed. The zero values of the numbers mean
+// their defaults.
+type Spec struct {
+	// Outer lists the interfaces whose traffic is steered (a gateway's).
+	// Empty means every interface (an instance host).
+	Outer []string
+	// QueueBase is the first queue number. Queues per direction are
+	// numbered from QueueBase (original) and QueueBase+Queues (reply).
+	QueueBase uint16
+	Queues    int
+	// FailClosed drops new flows while no agent reads the queues; otherwise
+	// they pass unsteered (--queue-bypass).
+	FailClosed   bool
+	TableBase    int
+	RulePriority int
+	// Hops are the instances this node may send flows to.
+	Hops []Hop
+}
+
+// Hop is one next-hop instance: its ID (the mark value minus one) and its
+// addresses on the service network.
+type Hop struct {
+	ID     uint16
+	Name   string
+	V4, V6 netip.Addr
+}
+
+// WithDefaults returns s with zero numbers replaced by their defaults.
+func (s Spec) WithDefaults() Spec {
+	if s.QueueBase == 0 {
+		s.QueueBase = DefaultQueueBase
+	}
+	if s.Queues == 0 {
+		s.Queues = 1
+	}
+	if s.TableBase == 0 {
+		s.TableBase = DefaultTableBase
+	}
+	if s.RulePriority == 0 {
+		s.RulePriority = DefaultRulePriority
+	}
+	return s
+}
+
+// Validate checks the numbers fit.
+func (s Spec) Validate() error {
+	s = s.WithDefaults()
+	if s.Queues < 1 || s.Queues > 64 {
+		return fmt.Errorf("queues %d: want 1 to 64 per direction", s.Queues)
+	}
+	if int(s.QueueBase)+2*s.Queues > 0xffff {
+		return fmt.Errorf("queue base %d: queues run past 65535", s.QueueBase)
+	}
+	for _, h := range s.Hops {
+		if h.ID == 0 || h.ID > MaxID {
+			return fmt.Errorf("instance %s: ID %d out of range 1-%d", h.Name, h.ID, MaxID)
+		}
+	}
+	for _, o := range s.Outer {
+		if o == "" || len(o) > 15 || strings.ContainsAny(o, " /") {
+			return fmt.Errorf("outer interface %q is not an interface name", o)
+		}
+	}
+	return nil
+}
+
+// QueueSet returns the queues the agent must read, with their directions.
+func (s Spec) QueueSet() []nfq.Queue {
+	s = s.WithDefaults()
+	var q []nfq.Queue
+	for i := 0; i < 2*s.Queues; i++ {
+		q = append(q, nfq.Queue{Num: s.QueueBase + uint16(i), Reply: i >= s.Queues})
+	}
+	return q
+}
+
+// Table returns the routing table number of instance id.
+func (s Spec) Table(id uint16) int { return s.WithDefaults().TableBase + int(id) }
+
+// Rule is one iptables rule: the chain it goes in and its match and target.
+type Rule struct {
+	Chain string
+	Args  []string
+}
+
+func (r Rule) String() string { return "-A " + r.Chain + " " + strings.Join(r.Args, " ") }
+
+// IPTablesRules returns, in order, the rules of nfsteer's own chains and
+// the jumps from the built-in chains, in table mangle. They are the same for
+// IPv4 and IPv6.
+func (s Spec) IPTablesRules() (jumps, own []Rule) {
+	s = s.WithDefaults()
+	hex := func(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }
+	tag := []string{"-m", "comment", "--comment", Comment}
+	if len(s.Outer) == 0 {
+		jumps = append(jumps, Rule{"PREROUTING", append(tag, "-j", chainPre)})
+	}
+	for _, o := range s.Outer {
+		jumps = append(jumps, Rule{"PREROUTING", append([]string{"-i", o}, append(tag, "-j", chainPre)...)})
+	}
+	jumps = append(jumps, Rule{"POSTROUTING", append(tag, "-j", chainPost)})
+
+	queue := func(first uint16) []string {
+		a := []string{"-j", "NFQUEUE"}
+		if s.Queues == 1 {
+			a = append(a, "--queue-num", strconv.Itoa(int(first)))
+		} else {
+			a = append(a, "--queue-balance", fmt.Sprintf("%d:%d", first, int(first)+s.Queues-1))
+		}
+		if !s.FailClosed {
+			a = append(a, "--queue-bypass")
+		}
+		return a
+	}
+	ct := func(dir string) []string { return []string{"-m", "conntrack", "--ctdir", dir} }
+	cat := func(parts ...[]string) []string {
+		var out []string
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	om, rm := hex(OrigMask), hex(ReplyMask)
+	own = []Rule{
+		// Only forwarded unicast is steered: traffic to the node itself
+		// (management, Redis) and broadcast never wait for the agent.
+		{chainPre, []string{"-m", "addrtype", "!", "--dst-type", "UNICAST", "-j", "RETURN"}},
+		{chainPre, cat(ct("ORIGINAL"), []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", om, "--ctmask", om})},
+		{chainPre, cat(ct("REPLY"), []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", rm, "--ctmask", rm})},
+		{chainPre, cat(ct("ORIGINAL"), []string{"-m", "mark", "--mark", "0x0/" + om}, queue(s.QueueBase))},
+		{chainPre, cat(ct("REPLY"), []string{"-m", "mark", "--mark", "0x0/" + rm}, queue(s.QueueBase+uint16(s.Queues)))},
+		{chainPost, cat(ct("ORIGINAL"), []string{"-m", "mark", "!", "--mark", "0x0/" + om, "-j", "CONNMARK", "--save-mark", "--nfmask", om, "--ctmask", om})},
+		{chainPost, cat(ct("REPLY"), []string{"-m", "mark", "!", "--mark", "0x0/" + rm, "-j", "CONNMARK", "--save-mark", "--nfmask", rm, "--ctmask", rm})},
+	}
+	return jumps, own
+}
+
+// Route is one default route of an instance's table.
+type Route struct {
+	Table int
+	Via   netip.Addr
+}
+
+// IPRule is one policy routing rule: packets whose mark&Mask == Mark look
+// up Table.
+type IPRule struct {
+	Family     int // 4 or 6
+	Mark, Mask uint32
+	Table      int
+	Priority   int
+}
+
+// Routing returns the ip rules and routes that send marked packets to their
+// instance: per instance and family, one route and two rules (one per mark
+// half).
+func (s Spec) Routing() ([]IPRule, []Route) {
+	s = s.WithDefaults()
+	var rules []IPRule
+	var routes []Route
+	for _, h := range s.Hops {
+		t := s.Table(h.ID)
+		v := HalfValue(h.ID)
+		for _, a := range []netip.Addr{h.V4, h.V6} {
+			if !a.IsValid() {
+				continue
+			}
+			fam := 6
+			if a.Is4() {
+				fam = 4
+			}
+			routes = append(routes, Route{Table: t, Via: a})
+			rules = append(rules,
+				IPRule{Family: fam, Mark: SetHalf(0, false, v), Mask: OrigMask, Table: t, Priority: s.RulePriority},
+				IPRule{Family: fam, Mark: SetHalf(0, true, v), Mask: ReplyMask, Table: t, Priority: s.RulePriority},
+			)
+		}
+	}
+	return rules, routes
+}

@@ -1,0 +1,91 @@
+package rules
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/nfq"
+)
+
+func TestMarkHalves(t *testing.T) {
+	m := SetHalf(0xab000000, false, HalfValue(7))
+	m = SetHalf(m, true, HalfValue(4000))
+	if m != 0xab000000|8|4001<<12 {
+		t.Fatalf("mark = %#x", m)
+	}
+	if Half(m, false) != 8 || Half(m, true) != 4001 {
+		t.Errorf("halves of %#x = %d, %d; want 8, 4001", m, Half(m, false), Half(m, true))
+	}
+	if got := SetHalf(m, false, 0); got != 0xab000000|4001<<12 {
+		t.Errorf("clearing the original half gives %#x", got)
+	}
+}
+
+func TestIPTablesRules(t *testing.T) {
+	jumps, own := Spec{Outer: []string{"ca0", "srv0"}, Queues: 2, FailClosed: true}.IPTablesRules()
+	var got []string
+	for _, r := range append(jumps, own...) {
+		got = append(got, r.String())
+	}
+	want := []string{
+		"-A PREROUTING -i ca0 -m comment --comment nfsteer -j NFSTEER-PRE",
+		"-A PREROUTING -i srv0 -m comment --comment nfsteer -j NFSTEER-PRE",
+		"-A POSTROUTING -m comment --comment nfsteer -j NFSTEER-POST",
+		"-A NFSTEER-PRE -m addrtype ! --dst-type UNICAST -j RETURN",
+		"-A NFSTEER-PRE -m conntrack --ctdir ORIGINAL -j CONNMARK --restore-mark --nfmask 0xfff --ctmask 0xfff",
+		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j CONNMARK --restore-mark --nfmask 0xfff000 --ctmask 0xfff000",
+		"-A NFSTEER-PRE -m conntrack --ctdir ORIGINAL -m mark --mark 0x0/0xfff -j NFQUEUE --queue-balance 4200:4201",
+		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -m mark --mark 0x0/0xfff000 -j NFQUEUE --queue-balance 4202:4203",
+		"-A NFSTEER-POST -m conntrack --ctdir ORIGINAL -m mark ! --mark 0x0/0xfff -j CONNMARK --save-mark --nfmask 0xfff --ctmask 0xfff",
+		"-A NFSTEER-POST -m conntrack --ctdir REPLY -m mark ! --mark 0x0/0xfff000 -j CONNMARK --save-mark --nfmask 0xfff000 --ctmask 0xfff000",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("IPTablesRules (-want +got):\n%s", diff)
+	}
+
+	_, own = Spec{}.IPTablesRules()
+	if q := own[3].String(); !strings.HasSuffix(q, "--queue-num 4200 --queue-bypass") {
+		t.Errorf("fail-open single queue rule = %q, want --queue-num 4200 --queue-bypass", q)
+	}
+}
+
+func TestQueueSet(t *testing.T) {
+	want := []nfq.Queue{{Num: 10}, {Num: 11}, {Num: 12, Reply: true}, {Num: 13, Reply: true}}
+	if diff := cmp.Diff(want, Spec{QueueBase: 10, Queues: 2}.QueueSet()); diff != "" {
+		t.Errorf("QueueSet (-want +got):\n%s", diff)
+	}
+}
+
+func TestRouting(t *testing.T) {
+	s := Spec{Hops: []Hop{{ID: 3, Name: "fw-1", V4: netip.MustParseAddr("10.200.0.11"), V6: netip.MustParseAddr("fd00:200::11")}}}
+	rules, routes := s.Routing()
+	wantRules := []IPRule{
+		{Family: 4, Mark: 4, Mask: OrigMask, Table: 8003, Priority: 8000},
+		{Family: 4, Mark: 4 << 12, Mask: ReplyMask, Table: 8003, Priority: 8000},
+		{Family: 6, Mark: 4, Mask: OrigMask, Table: 8003, Priority: 8000},
+		{Family: 6, Mark: 4 << 12, Mask: ReplyMask, Table: 8003, Priority: 8000},
+	}
+	wantRoutes := []Route{{8003, netip.MustParseAddr("10.200.0.11")}, {8003, netip.MustParseAddr("fd00:200::11")}}
+	if diff := cmp.Diff(wantRules, rules); diff != "" {
+		t.Errorf("rules (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantRoutes, routes, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("routes (-want +got):\n%s", diff)
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	for _, s := range []Spec{
+		{Queues: 65},
+		{QueueBase: 65535},
+		{Hops: []Hop{{ID: 0, Name: "x"}}},
+		{Hops: []Hop{{ID: MaxID + 1, Name: "x"}}},
+		{Outer: []string{"a very long interface name"}},
+	} {
+		if err := s.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil, want an error", s)
+		}
+	}
+}
