@@ -1,0 +1,52 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/steering"
+)
+
+// Config is an agent's configuration.
+type Config struct {
+	// Node is this node's name: an instance name from the map makes the
+	// node that instance's host; any other name makes it a gateway.
+	Node string
+	// MapFile is the service map.
+	MapFile string
+	// Rules holds everything about the kernel side except the hops, which
+	// come from the map.
+	Rules rules.Spec
+	// KeepRules leaves the rules installed on exit, so that a fail-closed
+	// node keeps dropping new flows while no agent runs.
+	KeepRules bool
+	// LogFlows logs every decision (off the packet path, best effort).
+	LogFlows bool
+	// SessionTTL bounds how long a decided flow's pins are remembered.
+	SessionTTL time.Duration
+	Logger     *slog.Logger
+}
+
+// SpecFor returns the complete rules for node on t: base with the hops the
+// node may steer to, which is every instance but its own.
+func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error) {
+	s := base
+	s.Hops = nil
+	self := t.NodeFor(node)
+	gateway := self.Instance < 0
+	if gateway && len(base.Outer) == 0 {
+		return s, fmt.Errorf("node %q is not an instance in the map, so it is a gateway: give its --outer interfaces", node)
+	}
+	if !gateway && len(base.Outer) > 0 {
+		return s, fmt.Errorf("node %q is an instance host: it steers on every interface, --outer does not apply", node)
+	}
+	for i, in := range t.Instances() {
+		if i == self.Instance {
+			continue
+		}
+		s.Hops = append(s.Hops, rules.Hop{ID: in.ID, Name: in.Name, V4: in.V4, V6: in.V6})
+	}
+	return s, s.Validate()
+}

@@ -1,0 +1,245 @@
+// Command nfsteer is the nfsteer agent and its command-line tools. It only
+// builds the command line; the work is done by the packages it calls.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/nfsteer/nfsteer/agent"
+	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/urfave/cli/v2"
+)
+
+var version = "dev"
+
+func main() {
+	app := &cli.App{
+		Name:    "nfsteer",
+		Usage:   "steer tenants' flows through chains of network services",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log as `text` or json", EnvVars: []string{"NFSTEER_LOG_FORMAT"}},
+		},
+		Before: func(c *cli.Context) error {
+			var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+			switch c.String("log-format") {
+			case "json":
+				h = slog.NewJSONHandler(os.Stderr, nil)
+			case "text":
+			default:
+				return cli.Exit(fmt.Sprintf("--log-format %q: want text or json", c.String("log-format")), 2)
+			}
+			slog.SetDefault(slog.New(h))
+			return nil
+		},
+		Commands: []*cli.Command{agentCommand(), rulesCommand(), mapCommand()},
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "nfsteer: %v\n", err)
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			os.Exit(ec.ExitCode())
+		}
+		os.Exit(1)
+	}
+}
+
+// nodeFlags are the flags that say what a node is and how its rules look;
+// the agent and `rules install` share them so both install the same thing.
+func nodeFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "node", Required: true, Usage: "this node's `NAME`; an instance name from the map makes it that instance's host", EnvVars: []string{"NFSTEER_NODE"}},
+		&cli.StringFlag{Name: "map", Required: true, Usage: "service map `FILE` (YAML)", EnvVars: []string{"NFSTEER_MAP"}},
+		&cli.StringSliceFlag{Name: "outer", Usage: "a gateway's steered `IFACE` (repeat for several)", EnvVars: []string{"NFSTEER_OUTER"}},
+		&cli.IntFlag{Name: "queues", Value: 1, Usage: "NFQUEUE queues per direction", EnvVars: []string{"NFSTEER_QUEUES"}},
+		&cli.StringFlag{Name: "fail", Value: "open", Usage: "with no agent reading the queues, new flows pass (`open`) or are dropped (closed)", EnvVars: []string{"NFSTEER_FAIL"}},
+		&cli.UintFlag{Name: "queue-base", Value: rules.DefaultQueueBase, Usage: "first NFQUEUE number"},
+		&cli.IntFlag{Name: "table-base", Value: rules.DefaultTableBase, Usage: "routing table of instance ID n is this plus n"},
+		&cli.IntFlag{Name: "rule-priority", Value: rules.DefaultRulePriority, Usage: "priority of nfsteer's ip rules"},
+	}
+}
+
+func specFromFlags(c *cli.Context) (rules.Spec, error) {
+	s := rules.Spec{
+		Outer:        c.StringSlice("outer"),
+		QueueBase:    uint16(c.Uint("queue-base")),
+		Queues:       c.Int("queues"),
+		TableBase:    c.Int("table-base"),
+		RulePriority: c.Int("rule-priority"),
+	}
+	switch c.String("fail") {
+	case "open":
+	case "closed":
+		s.FailClosed = true
+	default:
+		return s, cli.Exit(fmt.Sprintf("--fail %q: want open or closed", c.String("fail")), 2)
+	}
+	if c.Uint("queue-base") > 0xffff {
+		return s, cli.Exit("--queue-base: at most 65535", 2)
+	}
+	return s, nil
+}
+
+func agentCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "run the steering agent of this node until SIGTERM or SIGINT",
+		Description: `Installs the node's rules, steers the first packet of every new flow,
+and removes the rules on exit.
+
+Example, a gateway steering what arrives on eth1 and eth2:
+   nfsteer agent --node gw-1 --map /etc/nfsteer/map.yaml --outer eth1 --outer eth2
+Example, the host of instance fw-1:
+   nfsteer agent --node fw-1 --map /etc/nfsteer/map.yaml`,
+		Flags: append(nodeFlags(),
+			&cli.BoolFlag{Name: "keep-rules", Usage: "leave the rules installed on exit (a fail-closed node then keeps dropping new flows)"},
+			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
+		),
+		Action: func(c *cli.Context) error {
+			spec, err := specFromFlags(c)
+			if err != nil {
+				return err
+			}
+			k, err := rules.NewLinux()
+			if err != nil {
+				return err
+			}
+			a, err := agent.New(agent.Config{
+				Node: c.String("node"), MapFile: c.String("map"), Rules: spec,
+				KeepRules: c.Bool("keep-rules"), LogFlows: c.Bool("log-flows"),
+			}, k)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			err = a.Run(ctx, func(h nfq.Handler, qs []nfq.Queue) agent.Task {
+				return nfq.NewReader(nfq.Config{Queues: qs, FailOpen: !spec.FailClosed}, h).Run
+			})
+			if err != nil {
+				return err
+			}
+			slog.Info("stopped", "node", c.String("node"), "sessions", a.Sessions())
+			return nil
+		},
+	}
+}
+
+func rulesCommand() *cli.Command {
+	kernel := func(c *cli.Context) (*rules.Linux, rules.Spec, error) {
+		spec, err := specFromFlags(c)
+		if err != nil {
+			return nil, spec, err
+		}
+		k, err := rules.NewLinux()
+		return k, spec, err
+	}
+	return &cli.Command{
+		Name:  "rules",
+		Usage: "install, remove or show the kernel rules nfsteer owns in this network namespace",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "install",
+				Usage: "install a node's rules without running the agent (installing twice is installing once)",
+				Description: `Example:
+   nfsteer rules install --node gw-1 --map map.yaml --outer eth1 --fail closed`,
+				Flags: nodeFlags(),
+				Action: func(c *cli.Context) error {
+					k, base, err := kernel(c)
+					if err != nil {
+						return err
+					}
+					m, err := steering.LoadFile(c.String("map"))
+					if err != nil {
+						return err
+					}
+					t, err := steering.Compile(m)
+					if err != nil {
+						return err
+					}
+					spec, err := agent.SpecFor(t, c.String("node"), base)
+					if err != nil {
+						return err
+					}
+					return k.Apply(spec)
+				},
+			},
+			{
+				Name:        "remove",
+				Usage:       "remove every chain, rule, ip rule and route nfsteer owns; nothing else is touched",
+				Description: "Example:\n   nfsteer rules remove",
+				Action: func(c *cli.Context) error {
+					k, err := rules.NewLinux()
+					if err != nil {
+						return err
+					}
+					return k.Remove()
+				},
+			},
+			{
+				Name:        "show",
+				Usage:       "list what nfsteer owns",
+				Description: "Example:\n   nfsteer rules show",
+				Action: func(c *cli.Context) error {
+					k, err := rules.NewLinux()
+					if err != nil {
+						return err
+					}
+					lines, err := k.Show()
+					if err != nil {
+						return err
+					}
+					for _, l := range lines {
+						fmt.Fprintln(c.App.Writer, l)
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func mapCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "map",
+		Usage: "work with service map files",
+		Subcommands: []*cli.Command{{
+			Name:        "check",
+			Usage:       "validate a map file and print its slot table summary",
+			Description: "Example:\n   nfsteer map check -f map.yaml",
+			Flags:       []cli.Flag{&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"}},
+			Action: func(c *cli.Context) error {
+				m, err := steering.LoadFile(c.String("file"))
+				if err != nil {
+					return cli.Exit(err, 1)
+				}
+				t, err := steering.Compile(m)
+				if err != nil {
+					return cli.Exit(err, 1)
+				}
+				w := c.App.Writer
+				fmt.Fprintf(w, "map is valid: %d slots, %d services, %d instances, %d tenants\n",
+					t.Slots(), len(t.Services()), len(t.Instances()), len(t.Tenants()))
+				for si, s := range t.Services() {
+					primary := map[string]int{}
+					for slot := uint32(0); slot < t.Slots(); slot++ {
+						p, _ := t.RolesFor(si, slot)
+						primary[p.Name]++
+					}
+					for _, ii := range s.Instances {
+						in := t.Instances()[ii]
+						fmt.Fprintf(w, "  %-10s %-10s id %-4d primary for %d slots\n", s.Name, in.Name, in.ID, primary[in.Name])
+					}
+				}
+				return nil
+			},
+		}},
+	}
+}
