@@ -12,6 +12,7 @@ import (
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
+	"golang.org/x/sync/errgroup"
 )
 
 // state is one map version as the packet path sees it. It is swapped whole.
@@ -82,23 +83,35 @@ func (a *Agent) Spec() (rules.Spec, error) {
 	return SpecFor(a.state.Load().table, a.cfg.Node, a.cfg.Rules)
 }
 
-// Run installs the rules, steers until ctx is done, and removes the rules
-// again (unless KeepRules). The queue reader, the session expiry and the
-// flow log run as tasks of one group: if one fails, all stop.
-func (a *Agent) Run(ctx context.Context, queues func(nfq.Handler, []nfq.Queue) Task) (err error) {
+// QueueReader is the agent's packet input (an *nfq.Reader in production).
+type QueueReader interface {
+	Run(ctx context.Context) error
+	// Bound is closed when the queues are bound.
+	Bound() <-chan struct{}
+}
+
+// Run steers until ctx is done. It binds the queues first and installs the
+// rules only then, so no flow slips past an agent that is starting; on the
+// way out it removes the rules (unless KeepRules). The queue reader, the
+// session expiry and the flow log run as tasks of one group: if one fails,
+// all stop, and Run waits for all of them.
+func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue) QueueReader) (err error) {
 	spec, err := a.Spec()
 	if err != nil {
 		return err
 	}
-	if err := a.kernel.Apply(spec); err != nil {
-		return fmt.Errorf("installing rules: %w", err)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	reader := newReader(a, spec.QueueSet())
+	g, gctx := errgroup.WithContext(ctx)
+	for _, t := range []Task{reader.Run, a.sessions.Run, a.logFlows} {
+		g.Go(func() error { return t(gctx) })
 	}
-	role := "gateway"
-	if n := a.state.Load().node; n.Instance >= 0 {
-		role = "instance " + a.state.Load().table.Instances()[n.Instance].Name
+	select {
+	case <-reader.Bound():
+	case <-gctx.Done():
+		return g.Wait()
 	}
-	a.log.Info("rules installed", "role", role, "outer", spec.Outer, "queues", spec.WithDefaults().Queues,
-		"fail_closed", spec.FailClosed, "hops", len(spec.Hops))
 	defer func() {
 		if a.cfg.KeepRules {
 			a.log.Info("leaving rules installed")
@@ -110,11 +123,17 @@ func (a *Agent) Run(ctx context.Context, queues func(nfq.Handler, []nfq.Queue) T
 		}
 		a.log.Info("rules removed")
 	}()
-	return runTasks(ctx,
-		queues(a, spec.QueueSet()),
-		a.sessions.Run,
-		a.logFlows,
-	)
+	if err := a.kernel.Apply(spec); err != nil {
+		cancel()
+		return errors.Join(fmt.Errorf("installing rules: %w", err), g.Wait())
+	}
+	role := "gateway"
+	if n := a.state.Load().node; n.Instance >= 0 {
+		role = "instance " + a.state.Load().table.Instances()[n.Instance].Name
+	}
+	a.log.Info("ready", "role", role, "outer", spec.Outer, "queues", spec.WithDefaults().Queues,
+		"fail_closed", spec.FailClosed, "hops", len(spec.Hops))
+	return g.Wait()
 }
 
 // Handle decides the first packet of a flow in one direction. It is the

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -50,3 +51,7 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 	}
 	return s, s.Validate()
 }
+
+// Task is one long-running part of the agent. It returns nil when ctx is
+// done, or an error that stops the others.
+type Task func(ctx context.Context) error

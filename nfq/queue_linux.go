@@ -46,6 +46,7 @@ type Stats struct {
 type Reader struct {
 	cfg     Config
 	handler Handler
+	bound   chan struct{}
 	Stats   Stats
 }
 
@@ -57,8 +58,13 @@ func NewReader(cfg Config, h Handler) *Reader {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Reader{cfg: cfg, handler: h}
+	return &Reader{cfg: cfg, handler: h, bound: make(chan struct{})}
 }
+
+// Bound is closed once every queue is bound, that is when rules sending
+// packets to the queues can be installed without packets bypassing (or,
+// fail-closed, being dropped by) an absent reader.
+func (r *Reader) Bound() <-chan struct{} { return r.bound }
 
 // Run binds every queue and answers packets until ctx is done. It returns
 // an error if a queue cannot be bound (another process holds it, or the
@@ -79,6 +85,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		opened = append(opened, nf)
 	}
+	close(r.bound)
 	<-ctx.Done()
 	return nil
 }

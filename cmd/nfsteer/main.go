@@ -120,8 +120,8 @@ Example, the host of instance fw-1:
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			err = a.Run(ctx, func(h nfq.Handler, qs []nfq.Queue) agent.Task {
-				return nfq.NewReader(nfq.Config{Queues: qs, FailOpen: !spec.FailClosed}, h).Run
+			err = a.Run(ctx, func(h nfq.Handler, qs []nfq.Queue) agent.QueueReader {
+				return nfq.NewReader(nfq.Config{Queues: qs, FailOpen: !spec.FailClosed}, h)
 			})
 			if err != nil {
 				return err

@@ -1,0 +1,488 @@
+//go:build linux
+
+package lab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// Addresses of the lab's hosts.
+const (
+	AcmeClient    = "10.10.1.2"
+	AcmeClient6   = "fd00:10::2"
+	GlobexClient  = "10.20.1.2"
+	OtherClient   = "10.30.1.2"
+	Server        = "10.99.0.2"
+	Server6       = "fd00:99::2"
+	ServiceSubnet = "10.200.0.0/24"
+)
+
+// Map is the lab's service map.
+const Map = `slots: 256
+services:
+  fw:
+    function: forward
+    instances:
+      fw-1: [10.200.0.11, "fd00:200::11"]
+      fw-2: [10.200.0.12, "fd00:200::12"]
+  dlp:
+    function: forward
+    instances: {dlp-1: 10.200.0.21, dlp-2: 10.200.0.22}
+tenants:
+  acme:   {prefixes: [10.10.1.0/24, "fd00:10::/64"], chain: [fw]}
+  globex: {prefixes: [10.20.1.0/24], chain: [fw, dlp]}
+`
+
+// Instances lists the lab's instance nodes with their service-network
+// addresses.
+var Instances = []struct{ Name, V4, V6 string }{
+	{"fw-1", "10.200.0.11", "fd00:200::11"},
+	{"fw-2", "10.200.0.12", "fd00:200::12"},
+	{"dlp-1", "10.200.0.21", "fd00:200::21"},
+	{"dlp-2", "10.200.0.22", "fd00:200::22"},
+}
+
+// Outer are the gateway's steered interfaces.
+var Outer = []string{"ca0", "cg0", "cx0", "srv0"}
+
+// Lab is one running lab. Its methods are safe for concurrent use.
+type Lab struct {
+	Prefix  string
+	Bin     string // the nfsteer binary
+	Dir     string // scratch directory: map file, agent logs
+	MapFile string
+
+	mu     sync.Mutex // guards ns and agents
+	ns     []string
+	agents []*Agent
+}
+
+// New builds a lab and registers its removal with tb. It skips the test
+// when not root, unless CI is set, where a skip would hide a broken run.
+func New(tb testing.TB, bin string) *Lab {
+	tb.Helper()
+	RequireRoot(tb)
+	l, err := Up(bin, tb.TempDir())
+	if l != nil {
+		tb.Cleanup(func() {
+			if tb.Failed() {
+				l.dumpLogs(tb)
+			}
+			if err := l.Close(); err != nil {
+				tb.Errorf("tearing the lab down: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		tb.Fatalf("building the lab: %v", err)
+	}
+	return l
+}
+
+// RequireRoot skips tb when not running as root, and fails it instead when
+// CI is set.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		tb.Fatal("integration tests need root (network namespaces, iptables); CI must run them as root")
+	}
+	tb.Skip("skipping: integration tests need root (network namespaces, iptables)")
+}
+
+// Up builds a lab with scratch files in dir. On error the returned lab (if
+// not nil) holds what was built and must still be closed.
+func Up(bin, dir string) (*Lab, error) {
+	var r [3]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return nil, err
+	}
+	l := &Lab{Prefix: "nfs" + hex.EncodeToString(r[:]), Bin: bin, Dir: dir, MapFile: filepath.Join(dir, "map.yaml")}
+	if err := os.WriteFile(l.MapFile, []byte(Map), 0o644); err != nil {
+		return nil, err
+	}
+	return l, l.build()
+}
+
+// NS returns the full name of the lab namespace called short ("gw",
+// "fw-1", ...).
+func (l *Lab) NS(short string) string { return l.Prefix + "-" + short }
+
+func (l *Lab) build() error {
+	hosts := []string{"ca", "cg", "cx", "gw", "srv", "sw"}
+	for _, in := range Instances {
+		hosts = append(hosts, in.Name)
+	}
+	for _, h := range hosts {
+		if err := run("ip", "netns", "add", l.NS(h)); err != nil {
+			return err
+		}
+		l.mu.Lock()
+		l.ns = append(l.ns, l.NS(h))
+		l.mu.Unlock()
+		if err := l.Run(h, "ip", "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+		if err := l.sysctls(h); err != nil {
+			return err
+		}
+	}
+	type link struct {
+		host, hostIf, peer, peerIf string
+		addrs                      []string // on the host side
+		peerAddrs                  []string
+	}
+	links := []link{
+		{"ca", "eth0", "gw", "ca0", []string{"10.10.1.2/24", "fd00:10::2/64"}, []string{"10.10.1.1/24", "fd00:10::1/64"}},
+		{"cg", "eth0", "gw", "cg0", []string{"10.20.1.2/24", "fd00:20::2/64"}, []string{"10.20.1.1/24", "fd00:20::1/64"}},
+		{"cx", "eth0", "gw", "cx0", []string{"10.30.1.2/24", "fd00:30::2/64"}, []string{"10.30.1.1/24", "fd00:30::1/64"}},
+		{"srv", "eth0", "gw", "srv0", []string{"10.99.0.2/24", "fd00:99::2/64"}, []string{"10.99.0.1/24", "fd00:99::1/64"}},
+		{"gw", "svc0", "sw", "p-gw", []string{"10.200.0.1/24", "fd00:200::1/64"}, nil},
+	}
+	for _, in := range Instances {
+		links = append(links, link{in.Name, "eth0", "sw", "p-" + in.Name, []string{in.V4 + "/24", in.V6 + "/64"}, nil})
+	}
+	if err := l.Run("sw", "ip", "link", "add", "br0", "type", "bridge"); err != nil {
+		return err
+	}
+	if err := l.Run("sw", "ip", "link", "set", "br0", "up"); err != nil {
+		return err
+	}
+	for _, k := range links {
+		if err := run("ip", "link", "add", k.hostIf, "netns", l.NS(k.host), "type", "veth", "peer", "name", k.peerIf, "netns", l.NS(k.peer)); err != nil {
+			return err
+		}
+		for _, side := range []struct {
+			host, dev string
+			addrs     []string
+		}{{k.host, k.hostIf, k.addrs}, {k.peer, k.peerIf, k.peerAddrs}} {
+			for _, a := range side.addrs {
+				if err := l.Run(side.host, "ip", "addr", "add", a, "dev", side.dev, "nodad"); err != nil {
+					return err
+				}
+			}
+			if err := l.Run(side.host, "ip", "link", "set", side.dev, "up"); err != nil {
+				return err
+			}
+			if side.host == "sw" {
+				if err := l.Run("sw", "ip", "link", "set", side.dev, "master", "br0"); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	routes := map[string][2]string{
+		"ca": {"10.10.1.1", "fd00:10::1"}, "cg": {"10.20.1.1", "fd00:20::1"},
+		"cx": {"10.30.1.1", "fd00:30::1"}, "srv": {"10.99.0.1", "fd00:99::1"},
+	}
+	for _, in := range Instances {
+		routes[in.Name] = [2]string{"10.200.0.1", "fd00:200::1"}
+	}
+	for h, gw := range routes {
+		if err := l.Run(h, "ip", "route", "add", "default", "via", gw[0]); err != nil {
+			return err
+		}
+		if err := l.Run(h, "ip", "-6", "route", "add", "default", "via", gw[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sysctls makes every host a router that does not second-guess the lab:
+// traffic comes back from instances with tenant source addresses on the
+// service interface (no reverse-path filter), and instances forward out of
+// the interface they received on (no redirects).
+func (l *Lab) sysctls(h string) error {
+	for _, kv := range []string{
+		"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0",
+		"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+	} {
+		if err := l.Run(h, "sysctl", "-qw", kv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close stops every agent and deletes every namespace, and with them every
+// link, rule and route the lab or its agents created. It is safe to call
+// twice.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	agents, ns := l.agents, l.ns
+	l.agents, l.ns = nil, nil
+	l.mu.Unlock()
+	var errs []error
+	for _, a := range agents {
+		a.Kill()
+	}
+	for i := len(ns) - 1; i >= 0; i-- {
+		if err := run("ip", "netns", "del", ns[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs a command in the namespace of host and returns an error holding
+// its output if it fails.
+func (l *Lab) Run(host string, args ...string) error {
+	_, err := l.Output(host, args...)
+	return err
+}
+
+// Output runs a command in the namespace of host and returns its stdout.
+func (l *Lab) Output(host string, args ...string) (string, error) {
+	return output("ip", append([]string{"netns", "exec", l.NS(host)}, args...)...)
+}
+
+func run(name string, args ...string) error {
+	_, err := output(name, args...)
+	return err
+}
+
+func output(name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+// Agent is an nfsteer process running in a lab namespace.
+type Agent struct {
+	Node string
+	Log  string // path of its combined output
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// StartAgent runs `nfsteer agent` for node in its namespace (the gateway is
+// node "gw", steering the lab's outer interfaces) and waits until it says it
+// is ready.
+func (l *Lab) StartAgent(node string, extra ...string) (*Agent, error) {
+	host := node
+	args := []string{"netns", "exec", l.NS(host), l.Bin, "agent", "--node", node, "--map", l.MapFile, "--log-flows"}
+	if node == "gw" {
+		for _, o := range Outer {
+			args = append(args, "--outer", o)
+		}
+	}
+	args = append(args, extra...)
+	a := &Agent{Node: node, Log: filepath.Join(l.Dir, fmt.Sprintf("agent-%s-%d.log", node, time.Now().UnixNano())), done: make(chan struct{})}
+	f, err := os.Create(a.Log)
+	if err != nil {
+		return nil, err
+	}
+	a.cmd = exec.Command("ip", args...)
+	a.cmd.Stdout, a.cmd.Stderr = f, f
+	if err := a.cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting agent %s: %w", node, err)
+	}
+	l.mu.Lock()
+	l.agents = append(l.agents, a)
+	l.mu.Unlock()
+	go func() {
+		a.err = a.cmd.Wait()
+		f.Close()
+		close(a.done)
+	}()
+	deadline := time.After(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(a.Log)
+		if bytes.Contains(b, []byte("msg=ready")) {
+			return a, nil
+		}
+		select {
+		case <-a.done:
+			return nil, fmt.Errorf("agent %s exited before it was ready (%v):\n%s", node, a.err, b)
+		case <-deadline:
+			a.Kill()
+			return nil, fmt.Errorf("agent %s not ready after 15s:\n%s", node, b)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// StartAll starts the agents of the gateway and of every instance.
+func (l *Lab) StartAll(extra ...string) error {
+	for _, n := range append([]string{"gw"}, instanceNames()...) {
+		if _, err := l.StartAgent(n, extra...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func instanceNames() []string {
+	var n []string
+	for _, in := range Instances {
+		n = append(n, in.Name)
+	}
+	return n
+}
+
+// Stop sends SIGTERM and waits for the agent to exit; it returns the
+// agent's exit error.
+func (a *Agent) Stop() error {
+	if a.cmd.Process == nil {
+		return nil
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+		return a.err
+	case <-time.After(10 * time.Second):
+		a.Kill()
+		return fmt.Errorf("agent %s ignored SIGTERM for 10s", a.Node)
+	}
+}
+
+// Kill ends the agent with SIGKILL (rules stay behind, as after a crash)
+// and waits for it. It is safe to call on a stopped agent.
+func (a *Agent) Kill() {
+	if a.cmd.Process != nil {
+		_ = a.cmd.Process.Kill()
+	}
+	<-a.done
+}
+
+// Output returns what the agent has logged so far.
+func (a *Agent) Output() string {
+	b, _ := os.ReadFile(a.Log)
+	return string(b)
+}
+
+func (l *Lab) dumpLogs(tb testing.TB) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, a := range l.agents {
+		tb.Logf("---- agent %s log ----\n%s", a.Node, a.Output())
+	}
+}
+
+// Count installs, in host's namespace, a named nft counter of arriving
+// packets that match expr (nft syntax, such as "ip saddr 10.10.1.2 ip ttl
+// 63"). Read it with Packets. The counters live in the lab's own nft table
+// "nfslab", apart from nfsteer's iptables chains.
+func (l *Lab) Count(host, name, expr string) error {
+	script := fmt.Sprintf(`table inet nfslab {
+	counter %[1]s {}
+	chain count { type filter hook prerouting priority -300; }
+}
+add rule inet nfslab count %[2]s counter name %[1]s
+`, name, expr)
+	cmd := exec.Command("ip", "netns", "exec", l.NS(host), "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("adding counter %s in %s: %w: %s", name, host, err, out)
+	}
+	return nil
+}
+
+var packetsRe = regexp.MustCompile(`packets (\d+) bytes (\d+)`)
+
+// Packets returns the packets and bytes counted by counter name in host.
+func (l *Lab) Packets(host, name string) (packets, bytes uint64, err error) {
+	out, err := l.Output(host, "nft", "list", "counter", "inet", "nfslab", name)
+	if err != nil {
+		return 0, 0, err
+	}
+	m := packetsRe.FindStringSubmatch(out)
+	if m == nil {
+		return 0, 0, fmt.Errorf("counter %s in %s: no packets in %q", name, host, out)
+	}
+	p, _ := strconv.ParseUint(m[1], 10, 64)
+	b, _ := strconv.ParseUint(m[2], 10, 64)
+	return p, b, nil
+}
+
+// inNS runs fn on a thread switched into host's namespace. Sockets fn
+// creates stay in that namespace after the thread switches back, so the
+// test can use them from any goroutine.
+func (l *Lab) inNS(host string, fn func() error) error {
+	target, err := netns.GetFromName(l.NS(host))
+	if err != nil {
+		return fmt.Errorf("opening namespace %s: %w", host, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// A fresh locked thread that is never unlocked: if switching back
+		// failed, the runtime discards the thread instead of reusing it in
+		// the wrong namespace.
+		runtime.LockOSThread()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("entering namespace %s: %w", host, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Listen opens a listener ("tcp", "udp", "tcp6"...) in host's namespace.
+func (l *Lab) Listen(host, network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := l.inNS(host, func() (err error) { ln, err = net.Listen(network, addr); return err })
+	return ln, err
+}
+
+// ListenPacket opens a packet socket in host's namespace.
+func (l *Lab) ListenPacket(host, network, addr string) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := l.inNS(host, func() (err error) { pc, err = net.ListenPacket(network, addr); return err })
+	return pc, err
+}
+
+// Dial connects from host's namespace. local, if not empty, is the source
+// address and port ("10.10.1.2:40001"), which lets a test know a flow's
+// 5-tuple, and so its counters, in advance.
+func (l *Lab) Dial(ctx context.Context, host, network, local, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := l.inNS(host, func() (err error) {
+		var d net.Dialer
+		if local != "" {
+			if strings.HasPrefix(network, "udp") {
+				d.LocalAddr, err = net.ResolveUDPAddr(network, local)
+			} else {
+				d.LocalAddr, err = net.ResolveTCPAddr(network, local)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}

@@ -1,0 +1,36 @@
+//go:build linux
+
+// Package tests holds nfsteer's integration tests and benchmarks: real
+// agents, real iptables and real traffic in network namespaces built by
+// package lab. They need root; under CI=true a skip is a failure.
+package tests
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// bin is the nfsteer binary under test, built once for the whole run.
+var bin string
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		dir, err := os.MkdirTemp("", "nfsteer-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		bin = filepath.Join(dir, "nfsteer")
+		build := exec.Command("go", "build", "-o", bin, "../cmd/nfsteer")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building nfsteer:", err)
+			return 1
+		}
+		return m.Run()
+	}())
+}
