@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -82,11 +83,13 @@ func (f family) applyIPTables(jumps, own []Rule) error {
 		// Remember whether the table is ours to delete again: an nf_tables
 		// table that nobody had before stays visible in iptables-save after
 		// its chains are gone.
-		out, err := exec.Command(f.save, "-t", table).Output()
+		// Ask for all tables: with -t, the nf_tables iptables-save prints an
+		// empty table even where none exists.
+		out, err := exec.Command(f.save).Output()
 		if err != nil {
 			return fmt.Errorf("running %s: %w", f.save, err)
 		}
-		if len(bytes.TrimSpace(out)) == 0 {
+		if !bytes.Contains(out, []byte("\n*"+table+"\n")) && !bytes.HasPrefix(out, []byte("*"+table+"\n")) {
 			if err := f.ipt.NewChain(table, chainOwner); err != nil {
 				return err
 			}
@@ -250,17 +253,28 @@ func (f family) remove() error {
 // chains with ACCEPT policies: the same, to every packet and to
 // iptables-save's reader, as no table.
 func (f family) pristine() (bool, error) {
-	all, err := f.ipt.List(table, "")
+	out, err := exec.Command(f.save).Output()
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("running %s: %w", f.save, err)
 	}
-	for _, l := range all {
-		if !strings.HasPrefix(l, "-P ") || !strings.HasSuffix(l, " ACCEPT") {
+	in := false
+	for _, l := range strings.Split(string(out), "\n") {
+		switch {
+		case l == "*"+table:
+			in = true
+		case !in || strings.HasPrefix(l, "#"):
+		case l == "COMMIT":
+			return true, nil
+		case !strings.HasPrefix(l, ":") || !builtin.MatchString(l):
 			return false, nil
 		}
 	}
-	return true, nil
+	return !in, nil
 }
+
+// builtin matches a built-in chain of the mangle table with the default
+// policy, as iptables-save prints it.
+var builtin = regexp.MustCompile(`^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT( \[\d+:\d+\])?$`)
 
 func (k *Linux) applyRouting(s Spec) error {
 	wantRules, wantRoutes := s.Routing()

@@ -207,6 +207,44 @@ func (l *Lab) build() error {
 			return err
 		}
 	}
+	return l.settle(hosts)
+}
+
+// settle waits until every interface that is up has its IPv6 link-local
+// address: the kernel adds them (and their routes) asynchronously, and a
+// test comparing routing tables must not see them arrive.
+func (l *Lab) settle(hosts []string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for _, h := range hosts {
+		for {
+			links, err := l.Output(h, "ip", "-o", "link", "show", "up")
+			if err != nil {
+				return err
+			}
+			addrs, err := l.Output(h, "ip", "-6", "-o", "addr", "show", "scope", "link")
+			if err != nil {
+				return err
+			}
+			missing := ""
+			for _, line := range strings.Split(strings.TrimSpace(links), "\n") {
+				f := strings.Fields(line)
+				if len(f) < 2 {
+					continue
+				}
+				name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")
+				if name != "lo" && !strings.Contains(addrs, " "+name+" ") {
+					missing = name
+				}
+			}
+			if missing == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: interface %s has no IPv6 link-local address after 10s", h, missing)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	return nil
 }
 
@@ -290,8 +328,11 @@ type Agent struct {
 // is ready.
 func (l *Lab) StartAgent(node string, extra ...string) (*Agent, error) {
 	host := node
+	if strings.HasPrefix(node, "gw") {
+		host = "gw"
+	}
 	args := []string{"netns", "exec", l.NS(host), l.Bin, "agent", "--node", node, "--map", l.MapFile, "--log-flows"}
-	if node == "gw" {
+	if host == "gw" {
 		for _, o := range Outer {
 			args = append(args, "--outer", o)
 		}
@@ -349,6 +390,19 @@ func instanceNames() []string {
 		n = append(n, in.Name)
 	}
 	return n
+}
+
+// Agents returns the agents started for node.
+func (l *Lab) Agents(node string) []*Agent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*Agent
+	for _, a := range l.agents {
+		if a.Node == node {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Stop sends SIGTERM and waits for the agent to exit; it returns the

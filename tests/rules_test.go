@@ -1,0 +1,254 @@
+//go:build linux
+
+package tests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// snapshot is everything nfsteer may touch in a namespace, as the
+// operator's tools print it. Counters and timestamps are left out: they
+// change with traffic, not with rules.
+func snapshot(t testing.TB, l *lab.Lab, host string) string {
+	t.Helper()
+	var b strings.Builder
+	counters := regexp.MustCompile(`\[\d+:\d+\]`)
+	for _, cmd := range [][]string{
+		{"iptables-save"}, {"ip6tables-save"},
+		{"ip", "rule"}, {"ip", "-6", "rule"},
+		{"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+	} {
+		out, err := l.Output(host, cmd...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "## %s\n", strings.Join(cmd, " "))
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "# ") {
+				continue
+			}
+			b.WriteString(counters.ReplaceAllString(line, "[-]") + "\n")
+		}
+	}
+	return b.String()
+}
+
+func nfsteer(t testing.TB, l *lab.Lab, host string, args ...string) string {
+	t.Helper()
+	out, err := l.Output(host, append([]string{l.Bin}, args...)...)
+	if err != nil {
+		t.Fatalf("nfsteer %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+func gatewayArgs(l *lab.Lab, cmd ...string) []string {
+	args := append(cmd, "--node", "gw", "--map", l.MapFile)
+	for _, o := range lab.Outer {
+		args = append(args, "--outer", o)
+	}
+	return args
+}
+
+// TestRulesOwnership installs and removes the rules of a gateway and of an
+// instance host, both in a namespace that had no mangle table and in one
+// where someone else's rules, ip rules and routes live: installing twice is
+// installing once, and after remove every listing is exactly as before.
+func TestRulesOwnership(t *testing.T) {
+	l := lab.New(t, bin)
+	foreign := [][]string{
+		{"iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "eth0", "-j", "MARK", "--set-xmark", "0x1000000/0xff000000"},
+		{"ip6tables", "-t", "mangle", "-N", "SOMEONE-ELSE"},
+		{"iptables", "-t", "filter", "-A", "FORWARD", "-j", "ACCEPT"},
+		{"ip", "rule", "add", "pref", "8000", "fwmark", "0x5", "lookup", "8005"},
+		{"ip", "route", "add", "default", "via", "10.200.0.1", "table", "8005"},
+		{"ip", "-6", "rule", "add", "pref", "100", "from", "fd00:200::/64", "lookup", "main"},
+	}
+	for _, tc := range []struct {
+		name, host string
+		args       []string
+		foreign    bool
+	}{
+		{"gateway, empty namespace", "gw", gatewayArgs(l, "rules", "install"), false},
+		{"instance host, empty namespace", "fw-1", []string{"rules", "install", "--node", "fw-1", "--map", l.MapFile, "--fail", "closed"}, false},
+		{"instance host, with others' state", "fw-2", []string{"rules", "install", "--node", "fw-2", "--map", l.MapFile}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.foreign {
+				for _, cmd := range foreign {
+					if err := l.Run(tc.host, cmd...); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			before := snapshot(t, l, tc.host)
+			nfsteer(t, l, tc.host, tc.args...)
+			once := snapshot(t, l, tc.host)
+			if once == before {
+				t.Fatal("install changed nothing")
+			}
+			shown := nfsteer(t, l, tc.host, "rules", "show")
+			for _, want := range []string{"-j NFSTEER-PRE", "NFQUEUE", "fwmark", "proto 110"} {
+				if !strings.Contains(shown, want) {
+					t.Errorf("rules show does not list %q:\n%s", want, shown)
+				}
+			}
+			nfsteer(t, l, tc.host, tc.args...)
+			if diff := cmp.Diff(once, snapshot(t, l, tc.host)); diff != "" {
+				t.Errorf("second install changed the state (-first +second):\n%s", diff)
+			}
+			nfsteer(t, l, tc.host, "rules", "remove")
+			if diff := cmp.Diff(before, snapshot(t, l, tc.host)); diff != "" {
+				t.Errorf("after remove (-before +after):\n%s", diff)
+			}
+			nfsteer(t, l, tc.host, "rules", "remove") // nothing left to remove is fine
+			if shown := nfsteer(t, l, tc.host, "rules", "show"); shown != "" {
+				t.Errorf("rules show after remove:\n%s", shown)
+			}
+		})
+	}
+}
+
+// TestAgentStopsCleanlyOnSIGTERM: the agent exits 0 on SIGTERM and leaves
+// the namespace exactly as it found it.
+func TestAgentStopsCleanlyOnSIGTERM(t *testing.T) {
+	l := lab.New(t, bin)
+	before := snapshot(t, l, "gw")
+	a, err := l.StartAgent("gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snapshot(t, l, "gw") == before {
+		t.Fatal("the running agent installed nothing")
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatalf("agent exit after SIGTERM: %v\n%s", err, a.Output())
+	}
+	if !strings.Contains(a.Output(), "rules removed") {
+		t.Errorf("agent log does not say it removed its rules:\n%s", a.Output())
+	}
+	if diff := cmp.Diff(before, snapshot(t, l, "gw")); diff != "" {
+		t.Errorf("after SIGTERM (-before +after):\n%s", diff)
+	}
+}
+
+// reachable reports whether a TCP connection from the acme client to the
+// server opens within timeout.
+func reachable(t testing.TB, l *lab.Lab, port int, timeout time.Duration) bool {
+	t.Helper()
+	ln, err := l.Listen("srv", "tcp", fmt.Sprintf("10.99.0.2:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := l.Dial(ctx, "ca", "tcp", "", fmt.Sprintf("10.99.0.2:%d", port))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// TestFailOpenAndClosed: with the rules installed and no agent reading the
+// queues, new flows pass unsteered when failing open and are dropped when
+// failing closed; a fail-closed agent that starts lets them through.
+func TestFailOpenAndClosed(t *testing.T) {
+	l := lab.New(t, bin)
+	for _, in := range lab.Instances {
+		if err := l.Count(in.Name, "acme", "ip saddr 10.10.1.2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steered := func() uint64 {
+		var n uint64
+		for _, in := range lab.Instances {
+			p, _, err := l.Packets(in.Name, "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += p
+		}
+		return n
+	}
+
+	t.Run("open", func(t *testing.T) {
+		nfsteer(t, l, "gw", gatewayArgs(l, "rules", "install", "--fail", "open")...)
+		defer nfsteer(t, l, "gw", "rules", "remove")
+		if !reachable(t, l, 6001, 3*time.Second) {
+			t.Fatal("fail-open: a new flow was blocked while no agent ran")
+		}
+		if n := steered(); n != 0 {
+			t.Errorf("fail-open without an agent: %d packets reached instances, want the flow routed directly", n)
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		nfsteer(t, l, "gw", gatewayArgs(l, "rules", "install", "--fail", "closed")...)
+		defer nfsteer(t, l, "gw", "rules", "remove")
+		if reachable(t, l, 6002, 2*time.Second) {
+			t.Fatal("fail-closed: a new flow got through while no agent ran")
+		}
+		a, err := l.StartAgent("gw", "--fail", "closed", "--keep-rules")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, in := range lab.Instances {
+			if _, err := l.StartAgent(in.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !reachable(t, l, 6003, 3*time.Second) {
+			t.Fatal("fail-closed with the agent running: the flow was blocked")
+		}
+		if steered() == 0 {
+			t.Error("fail-closed with the agent running: the flow crossed no instance")
+		}
+		a.Kill()
+		if reachable(t, l, 6004, 2*time.Second) {
+			t.Fatal("fail-closed: a new flow got through after the agent was killed")
+		}
+	})
+}
+
+
+// TestBadMapInstallsNothing: an agent given an invalid map exits non-zero
+// with an error naming the field, and the namespace is untouched.
+func TestBadMapInstallsNothing(t *testing.T) {
+	l := lab.New(t, bin)
+	bad := strings.Replace(lab.Map, "chain: [fw, dlp]", "chain: [fw, ids]", 1)
+	path := l.Dir + "/bad.yaml"
+	if err := os.WriteFile(path, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, l, "gw")
+	for _, cmd := range [][]string{
+		{"agent", "--node", "gw", "--map", path, "--outer", "ca0"},
+		{"rules", "install", "--node", "gw", "--map", path, "--outer", "ca0"},
+	} {
+		out, err := l.Output("gw", append([]string{l.Bin}, cmd...)...)
+		if err == nil {
+			t.Fatalf("nfsteer %s accepted a bad map: %s", cmd[0], out)
+		}
+		if !strings.Contains(err.Error(), `tenants.globex.chain[1]: unknown service "ids"`) {
+			t.Errorf("nfsteer %s: error does not name the field and reason: %v", cmd[0], err)
+		}
+	}
+	if diff := cmp.Diff(before, snapshot(t, l, "gw")); diff != "" {
+		t.Errorf("a refused map changed the namespace (-before +after):\n%s", diff)
+	}
+}
