@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
@@ -85,18 +86,29 @@ func countFlow(t testing.TB, l *lab.Lab, name string, f steering.Flow, chain []s
 }
 
 // check asserts from the instances' own counters that the flow crossed
-// exactly its chain's instances, in order, in both directions.
+// exactly its chain's instances, in order, in both directions. Counters are
+// read until two readings agree, so a late ACK cannot land between them.
 func (fc flowCounters) check(t testing.TB, l *lab.Lab) {
 	t.Helper()
+	names := []string{"_f", "_r", "_f_ttl", "_r_ttl"}
+	read := func(inst string) [4]uint64 {
+		var v [4]uint64
+		for i, n := range names {
+			v[i], _, _ = l.Packets(inst, fc.name+n) // the TTL counters exist only on the chain
+		}
+		return v
+	}
 	for _, in := range lab.Instances {
-		fwd, _, err := l.Packets(in.Name, fc.name+"_f")
-		if err != nil {
-			t.Fatal(err)
+		v := read(in.Name)
+		for try := 0; try < 20; try++ {
+			time.Sleep(50 * time.Millisecond)
+			again := read(in.Name)
+			if again == v {
+				break
+			}
+			v = again
 		}
-		rev, _, err := l.Packets(in.Name, fc.name+"_r")
-		if err != nil {
-			t.Fatal(err)
-		}
+		fwd, rev, fwdTTL, revTTL := v[0], v[1], v[2], v[3]
 		inChain := false
 		for _, c := range fc.chain {
 			inChain = inChain || c == in.Name
@@ -107,8 +119,6 @@ func (fc flowCounters) check(t testing.TB, l *lab.Lab) {
 			}
 			continue
 		}
-		fwdTTL, _, _ := l.Packets(in.Name, fc.name+"_f_ttl")
-		revTTL, _, _ := l.Packets(in.Name, fc.name+"_r_ttl")
 		if fwd == 0 || rev == 0 {
 			t.Errorf("%s: %s is on the chain %v but saw %d packets forward, %d back", fc.name, in.Name, fc.chain, fwd, rev)
 		}

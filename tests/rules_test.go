@@ -225,7 +225,6 @@ func TestFailOpenAndClosed(t *testing.T) {
 	})
 }
 
-
 // TestBadMapInstallsNothing: an agent given an invalid map exits non-zero
 // with an error naming the field, and the namespace is untouched.
 func TestBadMapInstallsNothing(t *testing.T) {

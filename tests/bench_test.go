@@ -1,0 +1,153 @@
+//go:build linux
+
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// iperf runs one iperf3 TCP test from the globex client to the server and
+// returns the received throughput in Gbit/s.
+func iperf(b *testing.B, l *lab.Lab, port int, seconds int) float64 {
+	b.Helper()
+	srv := exec.Command("ip", "netns", "exec", l.NS("srv"), "iperf3", "-s", "-1", "-p", fmt.Sprint(port))
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	var out string
+	var err error
+	for try := 0; try < 50; try++ { // until the server listens
+		out, err = l.Output("cg", "iperf3", "-c", lab.Server, "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J")
+		if err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		b.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		b.Fatalf("parsing iperf3 output: %v", err)
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e9
+}
+
+// staticChain routes globex's traffic through the same instances as
+// nfsteer would, with fixed policy routes and no agent: the cost of the
+// extra hops alone.
+func staticChain(b *testing.B, l *lab.Lab, fw, dlp string) {
+	b.Helper()
+	addr := map[string]string{}
+	for _, in := range lab.Instances {
+		addr[in.Name] = in.V4
+	}
+	for _, c := range [][]string{
+		{"gw", "ip", "rule", "add", "pref", "100", "iif", "cg0", "lookup", "100"},
+		{"gw", "ip", "route", "add", "default", "via", addr[fw], "table", "100"},
+		{"gw", "ip", "rule", "add", "pref", "101", "iif", "srv0", "to", "10.20.1.0/24", "lookup", "101"},
+		{"gw", "ip", "route", "add", "default", "via", addr[dlp], "table", "101"},
+		{fw, "ip", "route", "add", "10.99.0.0/24", "via", addr[dlp]},
+		{dlp, "ip", "route", "add", "10.20.1.0/24", "via", addr[fw]},
+	} {
+		if err := l.Run(c[0], c[1:]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return fmt.Sprintf("%d CPUs (%s), kernel %s, %s", runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version())
+}
+
+// BenchmarkChainThroughput measures one TCP stream (iperf3, 5 s) from the
+// globex client to the server, three ways in one lab and one run:
+//
+//   - plain: no nfsteer, the gateway forwards straight to the server (the
+//     baseline the target is set against);
+//   - static-chain: no nfsteer, fixed policy routes through the same fw and
+//     dlp instances (what the extra hops cost by themselves);
+//   - nfsteer: agents on every node steering the flow through its chain.
+//
+// It reports each in Gbit/s and the ratios nfsteer/plain and
+// nfsteer/static-chain.
+func BenchmarkChainThroughput(b *testing.B) {
+	const seconds = 5
+	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench . -benchtime 1x ./tests/...)\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.New(b, bin)
+		plain := iperf(b, l, 5301, seconds)
+
+		// Find the instances nfsteer picks for this run's flow by running it
+		// once, then route the static chain the same way.
+		if err := l.StartAll(); err != nil {
+			b.Fatal(err)
+		}
+		steered := iperf(b, l, 5302, seconds)
+		var fw, dlp string
+		for _, in := range lab.Instances {
+			for _, a := range l.Agents(in.Name) {
+				if strings.Contains(a.Output(), "src=10.20.1.2") && strings.Contains(a.Output(), "dst=10.99.0.2:5302") {
+					if strings.HasPrefix(in.Name, "fw") {
+						fw = in.Name
+					} else {
+						dlp = in.Name
+					}
+				}
+			}
+		}
+		for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+			if err := a.Stop(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if fw == "" || dlp == "" {
+			b.Fatalf("could not tell which instances carried the flow (fw %q, dlp %q)", fw, dlp)
+		}
+		staticChain(b, l, fw, dlp)
+		static := iperf(b, l, 5303, seconds)
+
+		b.ReportMetric(plain, "plain-Gbit/s")
+		b.ReportMetric(static, "static-chain-Gbit/s")
+		b.ReportMetric(steered, "nfsteer-Gbit/s")
+		b.ReportMetric(steered/plain, "nfsteer/plain")
+		b.ReportMetric(steered/static, "nfsteer/static-chain")
+		fmt.Printf("plain %.2f Gbit/s, static chain via %s,%s %.2f Gbit/s, nfsteer chain %.2f Gbit/s: nfsteer/plain %.3f, nfsteer/static-chain %.3f\n",
+			plain, fw, dlp, static, steered, steered/plain, steered/static)
+		l.Close()
+	}
+}
+
+func allInstanceAgents(l *lab.Lab) []*lab.Agent {
+	var out []*lab.Agent
+	for _, in := range lab.Instances {
+		out = append(out, l.Agents(in.Name)...)
+	}
+	return out
+}

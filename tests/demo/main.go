@@ -1,0 +1,200 @@
+//go:build linux
+
+// Command demo brings nfsteer's namespace lab up, starts an agent on the
+// gateway and on every service instance, sends each tenant's flows, and
+// shows from counters inside the instances' namespaces which instances each
+// flow crossed, in which order, in both directions. Then it tears the lab
+// down. Run it as root through `make demo`.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+type flow struct {
+	label, host, client, server string
+	port                        int
+	v6                          bool
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "demo failed:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("the demo builds network namespaces: run it as root")
+	}
+	bin, err := filepath.Abs("bin/nfsteer")
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "nfsteer-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	fmt.Println("== building the lab: 3 clients, a gateway, fw-1 fw-2 dlp-1 dlp-2 on a service bridge, a server")
+	l, err := lab.Up(bin, dir)
+	if l != nil {
+		// Tear down on every way out, Ctrl-C included.
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() { <-sig; l.Close(); os.Exit(130) }()
+		defer func() {
+			fmt.Println("== tearing the lab down")
+			l.Close()
+		}()
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   namespaces %s-*; the map:\n\n%s\n", l.Prefix, indent(lab.Map))
+	fmt.Println("== starting nfsteer agents: gw (gateway, --outer ca0 cg0 cx0 srv0) and one per instance")
+	if err := l.StartAll(); err != nil {
+		return err
+	}
+
+	flows := []flow{
+		{"acme    tcp  10.10.1.2 -> 10.99.0.2", "ca", "10.10.1.2", "10.99.0.2", 7001, false},
+		{"acme    tcp6 fd00:10::2 -> fd00:99::2", "ca", "fd00:10::2", "fd00:99::2", 7002, true},
+		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7003, false},
+		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7004, false},
+		{"other   tcp  10.30.1.2 -> 10.99.0.2", "cx", "10.30.1.2", "10.99.0.2", 7005, false},
+	}
+	for i, f := range flows {
+		ip := "ip"
+		if f.v6 {
+			ip = "ip6"
+		}
+		for _, in := range lab.Instances {
+			for _, c := range []struct{ name, expr string }{
+				{fmt.Sprintf("f%d", i), fmt.Sprintf("%s saddr %s tcp sport %d", ip, f.client, f.port)},
+				{fmt.Sprintf("r%d", i), fmt.Sprintf("%s daddr %s tcp dport %d", ip, f.client, f.port)},
+			} {
+				if err := l.Count(in.Name, c.name, c.expr); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	fmt.Println("== sending 4 MiB over each flow (client port fixed so the flows differ)")
+	for _, f := range flows {
+		if err := send(l, f); err != nil {
+			return fmt.Errorf("%s: %w", f.label, err)
+		}
+	}
+
+	fmt.Println("\n== what the instances counted (nft counters in their own namespaces, not the agents' word)")
+	fmt.Println("   each hop is instance(packets); forward runs the chain in order, the reply backwards")
+	for i, f := range flows {
+		fwd, rev := crossed(l, fmt.Sprintf("f%d", i)), crossed(l, fmt.Sprintf("r%d", i))
+		if fwd == "" {
+			fwd, rev = "no instance (not a tenant: routed directly)", "no instance"
+		}
+		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, fwd, rev)
+	}
+
+	fmt.Println("\n== the gateway agent's decisions (first packet of each direction only; the rest stayed in the kernel)")
+	for _, a := range l.Agents("gw") {
+		for _, line := range strings.Split(a.Output(), "\n") {
+			if strings.Contains(line, "msg=flow") && strings.Contains(line, ":70") {
+				fmt.Println("   " + line[strings.Index(line, "proto="):])
+			}
+		}
+	}
+	out, _ := l.Output("gw", "cat", "/proc/net/netfilter/nfnetlink_queue")
+	fmt.Printf("\n== kernel queue counters on the gateway (queue, portid, waiting, mode, range, dropped, user-dropped, last id):\n%s", indent(out))
+	return nil
+}
+
+// crossed lists the instances whose counter saw packets, in the order the
+// direction crosses the chain (the integration tests prove that order with
+// TTL counters).
+func crossed(l *lab.Lab, counter string) string {
+	type hop struct {
+		name    string
+		packets uint64
+	}
+	var hops []hop
+	for _, in := range lab.Instances {
+		p, _, err := l.Packets(in.Name, counter)
+		if err != nil || p == 0 {
+			continue
+		}
+		hops = append(hops, hop{in.Name, p})
+	}
+	// The lab's chains are [fw] and [fw, dlp]: forward (f*) crosses fw
+	// first, the reply (r*) dlp first.
+	if len(hops) == 2 && (strings.HasPrefix(counter, "f") == strings.HasPrefix(hops[0].name, "dlp")) {
+		hops[0], hops[1] = hops[1], hops[0]
+	}
+	var parts []string
+	for _, h := range hops {
+		parts = append(parts, fmt.Sprintf("%s(%d)", h.name, h.packets))
+	}
+	return strings.Join(parts, " -> ")
+}
+
+func send(l *lab.Lab, f flow) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ln, err := l.Listen("srv", "tcp", net.JoinHostPort(f.server, fmt.Sprint(f.port+1000)))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	done := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		done <- n
+	}()
+	c, err := l.Dial(ctx, f.host, "tcp", net.JoinHostPort(f.client, fmt.Sprint(f.port)), ln.Addr().String())
+	if err != nil {
+		return err
+	}
+	const size = 4 << 20
+	if _, err := io.CopyN(c, zero{}, size); err != nil {
+		return err
+	}
+	c.(*net.TCPConn).CloseWrite()
+	select {
+	case n := <-done:
+		c.Close()
+		if n != size {
+			return fmt.Errorf("server got %d of %d bytes", n, size)
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
+type zero struct{}
+
+func (zero) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+func indent(s string) string {
+	return "   " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n   ") + "\n"
+}
