@@ -1,4 +1,5 @@
 # nfsteer. Targets that touch the kernel (test, demo, bench) need root.
+SHELL   := /bin/bash
 GO      ?= go
 BIN     := bin/nfsteer
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -29,17 +30,14 @@ integration: build
 
 # Everything CI runs: vet, unit tests, a short fuzz run, and the namespace
 # integration tests (root).
-test: SHELL := /bin/bash
 test: deps vet unit fuzz integration
 
 deps:
 	@./scripts/deps.sh
 
-demo: SHELL := /bin/bash
 demo: deps build
 	$(GO) run ./tests/demo
 
-bench: SHELL := /bin/bash
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./tests/... | tee /tmp/nfsteer-bench.txt
 
