@@ -55,3 +55,18 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 // Task is one long-running part of the agent. It returns nil when ctx is
 // done, or an error that stops the others.
 type Task func(ctx context.Context) error
+
+// LoadSpec reads and compiles the map file at path and returns the complete
+// rules for node: what the agent installs, and what `rules install` installs
+// without an agent.
+func LoadSpec(path, node string, base rules.Spec) (rules.Spec, error) {
+	m, err := steering.LoadFile(path)
+	if err != nil {
+		return base, err
+	}
+	t, err := steering.Compile(m)
+	if err != nil {
+		return base, err
+	}
+	return SpecFor(t, node, base)
+}

@@ -156,15 +156,7 @@ func rulesCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					m, err := steering.LoadFile(c.String("map"))
-					if err != nil {
-						return err
-					}
-					t, err := steering.Compile(m)
-					if err != nil {
-						return err
-					}
-					spec, err := agent.SpecFor(t, c.String("node"), base)
+					spec, err := agent.LoadSpec(c.String("map"), c.String("node"), base)
 					if err != nil {
 						return err
 					}
