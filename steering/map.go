@@ -25,8 +25,8 @@ type Map struct {
 // Service is one kind of network function with several interchangeable
 // instances.
 type Service struct {
-	// Function is what the service does to traffic; only FunctionForward
-	// is known so far. Empty means FunctionForward.
+	// Function is what the service does to traffic: FunctionForward or
+	// FunctionFirewall. Empty means FunctionForward.
 	Function string `yaml:"function,omitempty" json:"function,omitempty"`
 	// Instances maps an instance name (which is also the --node name of the
 	// host that runs it) to its addresses on the service network.
@@ -60,11 +60,21 @@ func (a *Addresses) UnmarshalYAML(n *yaml.Node) error {
 type Tenant struct {
 	Prefixes []string `yaml:"prefixes" json:"prefixes"`
 	Chain    []string `yaml:"chain" json:"chain"`
+	// Allow lists what the tenant's flows may open through a service whose
+	// function is FunctionFirewall. Without rules such a service admits
+	// nothing.
+	Allow []Allow `yaml:"allow,omitempty" json:"allow,omitempty"`
 }
 
 // Known service functions.
 const (
+	// FunctionForward passes every flow.
 	FunctionForward = "forward"
+	// FunctionFirewall admits a flow only on its opening packet and only
+	// if one of the tenant's allow rules matches; a mid-stream packet of a
+	// flow it does not know is dropped, unless the flow's mirrored session
+	// names this instance as its secondary (a takeover).
+	FunctionFirewall = "firewall"
 )
 
 // Limits of a map. They follow from the kernel fast path: a node's mark has

@@ -1,5 +1,7 @@
 package steering
 
+import "slices"
+
 // Roles of one slot of one service: the index (into the service's sorted
 // instance list) of the instance holding the primary role and of the one
 // holding the secondary role. NoInstance marks a role nobody holds (a
@@ -25,7 +27,14 @@ const NoInstance = 0xffff
 // weight = splitmix64(FNV-1a-64(service "\x00" instance "\x00" slot as 4
 // big-endian bytes)); ties (vanishingly rare) go to the lower index, which is
 // the lexically smaller name.
-func assignRoles(service string, instances []string, slots int) []Roles {
+//
+// Instances with skip set take no role; if that leaves none, skip is
+// ignored (a service whose instances are all out still gets roles, and its
+// traffic still goes somewhere, rather than around it).
+func assignRoles(service string, instances []string, skip []bool, slots int) []Roles {
+	if !slices.Contains(skip, false) {
+		skip = nil
+	}
 	roles := make([]Roles, slots)
 	base := make([]uint64, len(instances))
 	for i, name := range instances {
@@ -38,6 +47,9 @@ func assignRoles(service string, instances []string, slots int) []Roles {
 		first, second := uint16(NoInstance), uint16(NoInstance)
 		var w1, w2 uint64
 		for i, b := range base {
+			if skip != nil && skip[i] {
+				continue
+			}
 			w := weight(b, uint32(s))
 			switch {
 			case first == NoInstance || w > w1:

@@ -9,11 +9,13 @@ import (
 // Table is a compiled, immutable service map: what the packet path reads.
 // It is safe for concurrent use. A new map is a new Table, swapped in whole.
 type Table struct {
+	version   uint64
 	slots     uint32
 	tenants   []TenantInfo
 	services  []ServiceInfo
 	instances []Instance
 	byName    map[string]int
+	byID      []int32 // instance index by ID, -1 where none
 	// Tenant lookup: for each family, the distinct prefix lengths present,
 	// longest first, and a map from masked prefix to tenant index. A lookup
 	// masks the address once per length, which allocates nothing.
@@ -27,6 +29,7 @@ type TenantInfo struct {
 	Prefixes []netip.Prefix
 	// Chain holds indexes into the table's services, in chain order.
 	Chain []int
+	Allow []AllowRule
 }
 
 // ServiceInfo is a compiled service.
@@ -39,14 +42,16 @@ type ServiceInfo struct {
 	Roles []Roles
 }
 
-// Instance is one service instance. ID is its number on this table, from 1,
-// stable for a given map: instances are numbered in order of service name,
-// then instance name.
+// Instance is one service instance. ID is its number, from the published
+// map's IDs (stable across versions).
 type Instance struct {
 	Name    string
 	Service int
 	ID      uint16
 	V4, V6  netip.Addr
+	// Down: the controller found the instance dead. Drained: an operator
+	// took it out of new-flow steering. Either way it holds no role.
+	Down, Drained bool
 }
 
 // Addr returns the instance's address in the family of a, if it has one.
@@ -57,15 +62,31 @@ func (in *Instance) Addr(is4 bool) (netip.Addr, bool) {
 	return in.V6, in.V6.IsValid()
 }
 
-// Compile validates m and builds its Table.
+// Compile validates m and builds its Table, numbering instances afresh
+// (see [Local]). Nodes sharing a map through Redis use [CompilePublished].
 func Compile(m *Map) (*Table, error) {
-	if err := m.Validate(); err != nil {
+	p, err := Local(m)
+	if err != nil {
 		return nil, err
 	}
+	return CompilePublished(p)
+}
+
+// CompilePublished validates p and builds its Table.
+func CompilePublished(p *Published) (*Table, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	m := p.Map
 	t := &Table{
+		version:  p.Version,
 		slots:    uint32(m.SlotCount()),
 		byName:   map[string]int{},
+		byID:     make([]int32, MaxID+1),
 		prefixes: map[netip.Prefix]int{},
+	}
+	for i := range t.byID {
+		t.byID[i] = -1
 	}
 	svcIndex := map[string]int{}
 	for _, sname := range sortedKeys(m.Services) {
@@ -75,8 +96,11 @@ func Compile(m *Map) (*Table, error) {
 			si.Function = FunctionForward
 		}
 		names := sortedKeys(svc.Instances)
-		for _, iname := range names {
-			in := Instance{Name: iname, Service: len(t.services), ID: uint16(len(t.instances) + 1)}
+		skip := make([]bool, len(names))
+		for i, iname := range names {
+			in := Instance{Name: iname, Service: len(t.services), ID: p.IDs[iname],
+				Down: slices.Contains(p.Down, iname), Drained: slices.Contains(p.Drained, iname)}
+			skip[i] = in.Down || in.Drained
 			for _, s := range svc.Instances[iname] {
 				a := netip.MustParseAddr(s).Unmap() // validated above
 				if a.Is4() {
@@ -86,10 +110,11 @@ func Compile(m *Map) (*Table, error) {
 				}
 			}
 			t.byName[iname] = len(t.instances)
+			t.byID[in.ID] = int32(len(t.instances))
 			si.Instances = append(si.Instances, len(t.instances))
 			t.instances = append(t.instances, in)
 		}
-		si.Roles = assignRoles(sname, names, int(t.slots))
+		si.Roles = assignRoles(sname, names, skip, int(t.slots))
 		svcIndex[sname] = len(t.services)
 		t.services = append(t.services, si)
 	}
@@ -108,6 +133,10 @@ func Compile(m *Map) (*Table, error) {
 		for _, sname := range tm.Chain {
 			ti.Chain = append(ti.Chain, svcIndex[sname])
 		}
+		var v validator
+		for i, a := range tm.Allow {
+			ti.Allow = append(ti.Allow, compileAllow(&v, fmt.Sprint(i), a))
+		}
 		t.tenants = append(t.tenants, ti)
 	}
 	for f := range t.lens {
@@ -117,11 +146,15 @@ func Compile(m *Map) (*Table, error) {
 	return t, nil
 }
 
+// Version returns the version of the published map the table was compiled
+// from (0 for a map read from a file).
+func (t *Table) Version() uint64 { return t.version }
+
 // Slots returns the number of affinity slots.
 func (t *Table) Slots() uint32 { return t.slots }
 
-// Instances returns every instance, indexed by ID-1. The slice must not be
-// modified.
+// Instances returns every instance, in order of service name and then
+// instance name. The slice must not be modified.
 func (t *Table) Instances() []Instance { return t.instances }
 
 // Services returns every service. The slice must not be modified.
@@ -141,10 +174,10 @@ func (t *Table) InstanceByName(name string) (*Instance, bool) {
 
 // InstanceByID returns the instance numbered id.
 func (t *Table) InstanceByID(id uint16) (*Instance, bool) {
-	if id == 0 || int(id) > len(t.instances) {
+	if int(id) >= len(t.byID) || t.byID[id] < 0 {
 		return nil, false
 	}
-	return &t.instances[id-1], true
+	return &t.instances[t.byID[id]], true
 }
 
 // TenantOf returns the index of the tenant whose prefixes hold a, or -1.

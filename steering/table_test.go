@@ -78,8 +78,8 @@ func names(n int) []string {
 }
 
 func TestRolesDistinctAndDeterministic(t *testing.T) {
-	a := assignRoles("fw", names(5), 1024)
-	b := assignRoles("fw", names(5), 1024)
+	a := assignRoles("fw", names(5), nil, 1024)
+	b := assignRoles("fw", names(5), nil, 1024)
 	if diff := cmp.Diff(a, b); diff != "" {
 		t.Fatalf("two computations differ (-first +second):\n%s", diff)
 	}
@@ -95,7 +95,7 @@ func TestRolesDistinctAndDeterministic(t *testing.T) {
 			t.Errorf("instance %d is primary for %d of 1024 slots, want about %d", i, n, 1024/5)
 		}
 	}
-	if got := assignRoles("fw", names(1), 4); got[0] != (Roles{0, NoInstance}) {
+	if got := assignRoles("fw", names(1), nil, 4); got[0] != (Roles{0, NoInstance}) {
 		t.Errorf("single instance roles = %+v, want primary 0 and no secondary", got[0])
 	}
 }
@@ -106,11 +106,11 @@ func TestRolesDistinctAndDeterministic(t *testing.T) {
 func TestRolesMinimalDisruption(t *testing.T) {
 	const slots = 4096
 	before := names(6)
-	old := assignRoles("dlp", before, slots)
+	old := assignRoles("dlp", before, nil, slots)
 
 	t.Run("add", func(t *testing.T) {
 		after := append(append([]string{}, before...), "inst-99")
-		now := assignRoles("dlp", after, slots)
+		now := assignRoles("dlp", after, nil, slots)
 		moved := 0
 		for s := range old {
 			oldName, newName := before[old[s].Primary], after[now[s].Primary]
@@ -129,7 +129,7 @@ func TestRolesMinimalDisruption(t *testing.T) {
 	t.Run("remove", func(t *testing.T) {
 		gone := 2
 		after := append(append([]string{}, before[:gone]...), before[gone+1:]...)
-		now := assignRoles("dlp", after, slots)
+		now := assignRoles("dlp", after, nil, slots)
 		for s := range old {
 			oldName, newName := before[old[s].Primary], after[now[s].Primary]
 			switch {

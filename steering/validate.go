@@ -25,9 +25,9 @@ func (m *Map) Validate() error {
 			continue
 		}
 		switch svc.Function {
-		case "", FunctionForward:
+		case "", FunctionForward, FunctionFirewall:
 		default:
-			v.add(field+".function", fmt.Sprintf("unknown function %q (known: %s)", svc.Function, FunctionForward))
+			v.add(field+".function", fmt.Sprintf("unknown function %q (known: %s, %s)", svc.Function, FunctionForward, FunctionFirewall))
 		}
 		if len(svc.Instances) == 0 {
 			v.add(field+".instances", "service has no instances")
@@ -108,6 +108,9 @@ func (m *Map) Validate() error {
 		}
 		if len(t.Chain) > MaxChain {
 			v.add(field+".chain", fmt.Sprintf("%d services; a chain has at most %d", len(t.Chain), MaxChain))
+		}
+		for i, a := range t.Allow {
+			compileAllow(&v, fmt.Sprintf("%s.allow[%d]", field, i), a)
 		}
 		seen := map[string]bool{}
 		for i, sname := range t.Chain {

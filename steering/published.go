@@ -1,0 +1,130 @@
+package steering
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+)
+
+// Published is one version of the map as nfsteer shares it between nodes:
+// the operator's map plus what the publisher adds to it. It is the unit of
+// change: nodes swap from one Published to the next whole.
+type Published struct {
+	// Version increases by one with every change; nodes never go back.
+	Version uint64 `json:"version"`
+	// Map is the operator's map.
+	Map *Map `json:"map"`
+	// IDs numbers every instance of Map (1 to MaxID). Numbers are kept from
+	// version to version, because they live on in the conntrack marks and
+	// routing tables of established flows.
+	IDs map[string]uint16 `json:"ids"`
+	// Down lists instances the controller has found dead: they hold no
+	// role, so their slots go to their secondaries, but flows pinned to
+	// them keep their pins until a node moves them.
+	Down []string `json:"down,omitempty"`
+	// Drained lists instances that take no new flows (an operator's
+	// decision); they keep the flows they have.
+	Drained []string `json:"drained,omitempty"`
+}
+
+// MaxID is the highest instance ID: the mark has 12 bits per direction,
+// value 1 means "pass" and value ID+1 means "steer to ID".
+const MaxID = 4093
+
+// AssignIDs returns IDs for every instance of m: an instance keeps its ID
+// from prev, new instances get the lowest free IDs in order of name.
+func AssignIDs(m *Map, prev map[string]uint16) (map[string]uint16, error) {
+	ids := map[string]uint16{}
+	used := map[uint16]bool{}
+	var fresh []string
+	for _, svc := range m.Services {
+		if svc == nil {
+			continue
+		}
+		for name := range svc.Instances {
+			if id, ok := prev[name]; ok && id >= 1 && id <= MaxID && !used[id] {
+				ids[name] = id
+				used[id] = true
+			} else {
+				fresh = append(fresh, name)
+			}
+		}
+	}
+	slices.Sort(fresh)
+	next := uint16(1)
+	for _, name := range fresh {
+		for used[next] {
+			next++
+		}
+		if next > MaxID {
+			return nil, fmt.Errorf("%w: no free instance ID for %q (at most %d)", ErrInvalidMap, name, MaxID)
+		}
+		ids[name] = next
+		used[next] = true
+	}
+	return ids, nil
+}
+
+// Validate checks the map and that IDs, Down and Drained agree with it.
+func (p *Published) Validate() error {
+	if p.Map == nil {
+		return fmt.Errorf("%w: version %d has no map", ErrInvalidMap, p.Version)
+	}
+	if err := p.Map.Validate(); err != nil {
+		return err
+	}
+	var v validator
+	seen := map[uint16]string{}
+	names := map[string]bool{}
+	for _, svc := range p.Map.Services {
+		for name := range svc.Instances {
+			names[name] = true
+			id, ok := p.IDs[name]
+			switch {
+			case !ok:
+				v.add("ids."+name, "instance has no ID")
+			case id < 1 || id > MaxID:
+				v.add("ids."+name, fmt.Sprintf("ID %d out of range 1-%d", id, MaxID))
+			case seen[id] != "":
+				v.add("ids."+name, fmt.Sprintf("ID %d is also %s's", id, seen[id]))
+			default:
+				seen[id] = name
+			}
+		}
+	}
+	for name := range p.IDs {
+		if !names[name] {
+			v.add("ids."+name, "no such instance in the map")
+		}
+	}
+	for field, list := range map[string][]string{"down": p.Down, "drained": p.Drained} {
+		for i, name := range list {
+			if !names[name] {
+				v.add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("no instance %q in the map", name))
+			}
+		}
+	}
+	return v.err()
+}
+
+// DecodePublished decodes and validates a published map (JSON).
+func DecodePublished(b []byte) (*Published, error) {
+	var p Published
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Local wraps a map read from a file, for a node without Redis: version 0,
+// IDs assigned afresh.
+func Local(m *Map) (*Published, error) {
+	ids, err := AssignIDs(m, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Published{Map: m, IDs: ids}, nil
+}
