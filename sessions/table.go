@@ -19,11 +19,7 @@ type Key struct {
 
 // KeyOf returns the direction-independent key of f.
 func KeyOf(f *steering.Flow) Key {
-	k := Key{A: f.Src, B: f.Dst, PA: f.SrcPort, PB: f.DstPort, Proto: f.Proto}
-	if c := k.A.Compare(k.B); c > 0 || c == 0 && k.PA > k.PB {
-		k.A, k.B, k.PA, k.PB = k.B, k.A, k.PB, k.PA
-	}
-	return k
+	return Key{A: f.Src, B: f.Dst, PA: f.SrcPort, PB: f.DstPort, Proto: f.Proto}.ordered()
 }
 
 // Session is what a node remembers of one flow.
@@ -34,6 +30,15 @@ type Session struct {
 	Pins   steering.Pins
 	// Created is when the node decided the flow, in Unix nanoseconds.
 	Created int64
+	// Seen is when the flow was last known alive (decided, or found in
+	// conntrack), in Unix nanoseconds.
+	Seen int64
+	// Rule is, on a firewall instance, the allow rule that admitted the
+	// flow (the firewall's state for it); -1 elsewhere.
+	Rule int16
+	// TakenOver says the flow came to this node as the secondary of a dead
+	// instance, with its state from Redis.
+	TakenOver bool
 }
 
 // Table is the local flow table. It is safe for concurrent use.
@@ -45,9 +50,9 @@ type Table struct {
 }
 
 // NewTable returns an empty table whose sessions expire ttl after they
-// were created. The agent only sees a flow's first packets (the rest stay
-// in the kernel), so the TTL only has to outlive the gap between a flow's
-// first packet and its first reply.
+// were last seen. The agent only sees a flow's first packets (the rest stay
+// in the kernel); the agent marks live flows seen from conntrack, so the
+// TTL bounds how long a finished flow is remembered.
 func NewTable(ttl time.Duration) *Table {
 	return &Table{ttl: ttl, sessions: map[Key]Session{}}
 }
@@ -73,6 +78,44 @@ func (t *Table) Put(s Session) Session {
 	return s
 }
 
+// Set records s, replacing any session of its key.
+func (t *Table) Set(s Session) {
+	t.mu.Lock()
+	t.sessions[s.Key] = s
+	t.mu.Unlock()
+}
+
+// Update calls fn on the session of k, if there is one, and stores what fn
+// leaves in it. fn runs under the table's lock and must be quick.
+func (t *Table) Update(k Key, fn func(*Session)) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.sessions[k]
+	if ok {
+		fn(&s)
+		t.sessions[k] = s
+	}
+	return ok
+}
+
+// Delete forgets the session of k.
+func (t *Table) Delete(k Key) {
+	t.mu.Lock()
+	delete(t.sessions, k)
+	t.mu.Unlock()
+}
+
+// All returns a copy of every session.
+func (t *Table) All() []Session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Session, 0, len(t.sessions))
+	for _, s := range t.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
 // Len returns the number of sessions.
 func (t *Table) Len() int {
 	t.mu.Lock()
@@ -80,14 +123,14 @@ func (t *Table) Len() int {
 	return len(t.sessions)
 }
 
-// Expire removes sessions created before now-ttl and returns how many.
+// Expire removes sessions not seen since now-ttl and returns how many.
 func (t *Table) Expire(now time.Time) int {
 	cut := now.Add(-t.ttl).UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
 	for k, s := range t.sessions {
-		if s.Created < cut {
+		if max(s.Created, s.Seen) < cut {
 			delete(t.sessions, k)
 			n++
 		}

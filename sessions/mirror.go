@@ -1,0 +1,213 @@
+package sessions
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/nfsteer/nfsteer/steering"
+)
+
+// OpKind is what a mirror operation does to a session's Redis entry.
+type OpKind uint8
+
+// Operations.
+const (
+	// OpCreate writes the session unless one exists for its key (the first
+	// writer wins); the writer reports the existing one.
+	OpCreate OpKind = iota
+	// OpState writes this node's function state into the session and
+	// refreshes it: the primary's job.
+	OpState
+	// OpTakeover makes this node the holder of the session at Op.Hop,
+	// which it took over from a dead or drained primary.
+	OpTakeover
+	// OpRefresh extends the life of a live session.
+	OpRefresh
+	// OpDelete removes a finished session.
+	OpDelete
+)
+
+// Op is one mirror operation. It is a value without pointers of its own, so
+// the packet path can queue it without allocating.
+type Op struct {
+	Kind    OpKind
+	Hop     int8
+	Session Session
+}
+
+// Outcome is what the writer found for one Op: for OpCreate, whether the
+// session already existed and with which pins.
+type Outcome struct {
+	Existed bool
+	Pins    steering.Pins
+}
+
+// Writer writes a batch of operations to Redis, in one round trip where
+// it can. An error means nothing can be assumed written: the batch will be
+// written again, so every operation must be idempotent.
+type Writer interface {
+	Write(ctx context.Context, ops []Op) ([]Outcome, error)
+}
+
+// MirrorStats count what the mirror did; fields are updated atomically.
+type MirrorStats struct {
+	Queued, Written, Dropped, Failures, Resyncs atomic.Uint64
+	// Depth is the number of operations waiting.
+	Depth atomic.Int64
+	// LastLatency is the duration of the last successful write, in ns.
+	LastLatency atomic.Int64
+}
+
+// MirrorConfig configures a [Mirror].
+type MirrorConfig struct {
+	// Queue bounds the operations waiting to be written (default 65536).
+	Queue int
+	// Batch bounds the operations written in one round trip (default 512).
+	Batch int
+	// Resync returns the operations that rewrite everything this node
+	// knows; it is called after Redis came back from a failure that cost
+	// operations, and on demand ([Mirror.Resync]).
+	Resync func() []Op
+	// Existing is told about creates that lost the race to another writer.
+	Existing func(Op, Outcome)
+	Logger   *slog.Logger
+}
+
+// Mirror writes session operations to Redis off the packet path: through a
+// bounded queue, in batches, pipelined. When Redis is slow or down the queue
+// fills and then drops (counted); the mirror retries its batch with backoff
+// and, once Redis answers again, rewrites every live session if anything
+// was dropped or Redis may have lost data. [Mirror.Enqueue] never blocks.
+type Mirror struct {
+	cfg    MirrorConfig
+	w      Writer
+	ops    chan Op
+	resync atomic.Bool // set when something was lost: rewrite all on recovery
+	Stats  MirrorStats
+}
+
+// NewMirror returns a mirror writing through w. Run it with [Mirror.Run].
+func NewMirror(w Writer, cfg MirrorConfig) *Mirror {
+	if cfg.Queue <= 0 {
+		cfg.Queue = 65536
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 512
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Mirror{cfg: cfg, w: w, ops: make(chan Op, cfg.Queue)}
+}
+
+// Enqueue queues op without blocking; it reports false, and counts a drop,
+// if the queue is full. It is safe for concurrent use and allocates nothing.
+func (m *Mirror) Enqueue(op Op) bool {
+	select {
+	case m.ops <- op:
+		m.Stats.Queued.Add(1)
+		m.Stats.Depth.Add(1)
+		return true
+	default:
+		m.Stats.Dropped.Add(1)
+		m.resync.Store(true)
+		return false
+	}
+}
+
+// Resync asks for every session to be written again, as after Redis lost
+// its data.
+func (m *Mirror) Resync() { m.resync.Store(true) }
+
+// Run writes until ctx is done.
+func (m *Mirror) Run(ctx context.Context) error {
+	batch := make([]Op, 0, m.cfg.Batch)
+	var lastDropLog uint64
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return nil
+		case op := <-m.ops:
+			batch = append(batch, op)
+		case <-time.After(time.Second):
+			// Idle: a pending resync still has to happen.
+		}
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case op := <-m.ops:
+				batch = append(batch, op)
+			default:
+				break fill
+			}
+		}
+		m.Stats.Depth.Add(-int64(len(batch)))
+		if !m.write(ctx, batch) {
+			return nil
+		}
+		if d := m.Stats.Dropped.Load(); d != lastDropLog {
+			m.cfg.Logger.Warn("session mirror dropped operations (queue full); they are rewritten by a resync", "dropped_total", d)
+			lastDropLog = d
+		}
+		if m.resync.Swap(false) && m.cfg.Resync != nil {
+			all := m.cfg.Resync()
+			m.Stats.Resyncs.Add(1)
+			m.cfg.Logger.Info("rewriting sessions to Redis", "sessions", len(all))
+			for len(all) > 0 {
+				n := min(len(all), m.cfg.Batch)
+				if !m.write(ctx, all[:n]) {
+					return nil
+				}
+				all = all[n:]
+			}
+		}
+	}
+}
+
+// write writes batch, retrying with backoff until it succeeds or ctx is
+// done (then it reports false). While it retries, new operations queue up
+// and, past the queue's bound, are dropped and left to the resync.
+func (m *Mirror) write(ctx context.Context, batch []Op) bool {
+	if len(batch) == 0 {
+		return true
+	}
+	backoff := 50 * time.Millisecond
+	failed := false
+	for {
+		start := time.Now()
+		out, err := m.w.Write(ctx, batch)
+		if err == nil {
+			m.Stats.LastLatency.Store(int64(time.Since(start)))
+			m.Stats.Written.Add(uint64(len(batch)))
+			if failed {
+				m.cfg.Logger.Info("session mirror writing again")
+				// Redis may have restarted empty: write everything again.
+				m.resync.Store(true)
+			}
+			if m.cfg.Existing != nil {
+				for i, o := range out {
+					if o.Existed && i < len(batch) {
+						m.cfg.Existing(batch[i], o)
+					}
+				}
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if n := m.Stats.Failures.Add(1); n == 1 || !failed {
+			m.cfg.Logger.Warn("session mirror cannot write; packets keep flowing, retrying", "ops", len(batch), "err", err)
+		}
+		failed = true
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
