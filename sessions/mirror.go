@@ -32,8 +32,11 @@ const (
 // Op is one mirror operation. It is a value without pointers of its own, so
 // the packet path can queue it without allocating.
 type Op struct {
-	Kind    OpKind
+	Kind OpKind
+	// Hop and From, for OpTakeover: the chain position taken over and the
+	// ID of the instance that held it.
 	Hop     int8
+	From    uint16
 	Session Session
 }
 

@@ -1,0 +1,15 @@
+package store
+
+import "errors"
+
+var (
+	// ErrNoMap: Redis holds no map (never applied, or Redis lost its data).
+	ErrNoMap = errors.New("no map in Redis")
+	// ErrStaleVersion: a map version was offered that is not newer than
+	// the live one.
+	ErrStaleVersion = errors.New("map version is not newer than the live version")
+	// ErrMalformed: an entry in Redis cannot be decoded.
+	ErrMalformed = errors.New("malformed entry")
+	// ErrNoSession: the flow has no session in Redis.
+	ErrNoSession = errors.New("no such session")
+)

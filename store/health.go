@@ -1,0 +1,117 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Report is what an agent tells the controller with every heartbeat.
+type Report struct {
+	Node       string `json:"node"`
+	MapVersion uint64 `json:"map_version"`
+	Sessions   int    `json:"sessions"`
+	// Queue health, for the controller's scores.
+	QueueBacklog uint64 `json:"queue_backlog"`
+	QueueDrops   uint64 `json:"queue_drops"`
+	LatencyUS    int64  `json:"latency_us"`
+	MirrorDepth  int64  `json:"mirror_depth"`
+	MirrorDrops  uint64 `json:"mirror_drops"`
+}
+
+// Beat is a node's last heartbeat.
+type Beat struct {
+	At     time.Time // Redis's clock
+	Report Report
+}
+
+// beatScript stamps a heartbeat with Redis's own clock, so that nodes'
+// clocks never decide whether an instance is alive. KEYS: at, report.
+// ARGV: node, report.
+var beatScript = redis.NewScript(`
+local t = redis.call('TIME')
+local ms = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ms)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return ms
+`)
+
+// Heartbeat records that node is alive, with its report.
+func (s *Store) Heartbeat(ctx context.Context, r Report) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := beatScript.Run(ctx, s.rdb, []string{keyBeatAt, keyBeatReport}, r.Node, b).Err(); err != nil {
+		return fmt.Errorf("heartbeat to %s: %w", s.addr, err)
+	}
+	return nil
+}
+
+// Beats returns every node's last heartbeat and Redis's current time.
+func (s *Store) Beats(ctx context.Context) (map[string]Beat, time.Time, error) {
+	pipe := s.rdb.Pipeline()
+	now := pipe.Time(ctx)
+	at := pipe.HGetAll(ctx, keyBeatAt)
+	rep := pipe.HGetAll(ctx, keyBeatReport)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, time.Time{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, err)
+	}
+	out := map[string]Beat{}
+	for node, ms := range at.Val() {
+		n, err := strconv.ParseInt(ms, 10, 64)
+		if err != nil {
+			continue
+		}
+		b := Beat{At: time.UnixMilli(n)}
+		_ = json.Unmarshal([]byte(rep.Val()[node]), &b.Report)
+		out[node] = b
+	}
+	return out, now.Val(), nil
+}
+
+// leaseScript takes or renews the controller lease. KEYS: lease. ARGV:
+// holder, ttl ms. Returns 1 if the caller holds it.
+var leaseScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+`)
+
+// Lease takes or renews the controller lease for holder; it reports
+// whether holder has it for the next ttl.
+func (s *Store) Lease(ctx context.Context, holder string, ttl time.Duration) (bool, error) {
+	n, err := leaseScript.Run(ctx, s.rdb, []string{keyLease}, holder, ttl.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("controller lease at %s: %w", s.addr, err)
+	}
+	return n == 1, nil
+}
+
+// LeaseHolder returns who holds the controller lease ("" if nobody).
+func (s *Store) LeaseHolder(ctx context.Context) (string, error) {
+	h, err := s.rdb.Get(ctx, keyLease).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	return h, err
+}
+
+// ReleaseLease gives the lease up if holder has it, so a standby takes
+// over at once on a clean stop.
+func (s *Store) ReleaseLease(ctx context.Context, holder string) error {
+	return redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`).
+		Run(ctx, s.rdb, []string{keyLease}, holder).Err()
+}

@@ -1,0 +1,362 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/redis/go-redis/v9"
+)
+
+// Record is a session as Redis holds it.
+type Record struct {
+	Flow    string `json:"flow"`
+	Tenant  string `json:"tenant"`
+	Code    uint32 `json:"code"`
+	Slot    uint32 `json:"slot"`
+	Version uint64 `json:"version"` // map version the first writer decided on
+	Created int64  `json:"created"` // Unix ms
+	Updated int64  `json:"updated"` // Unix ms
+	// Hops has one entry per position of the tenant's chain.
+	Hops []Hop `json:"hops"`
+	// State holds each service function's own state for the flow, by
+	// service name.
+	State map[string]string `json:"state,omitempty"`
+	// TTL is how long Redis keeps the entry unless refreshed.
+	TTL time.Duration `json:"ttl"`
+}
+
+// Hop is the instances holding the session's roles at one position.
+type Hop struct {
+	Service   string `json:"service"`
+	Primary   string `json:"primary"`
+	Secondary string `json:"secondary,omitempty"`
+}
+
+type meta struct {
+	Flow    string `json:"flow"`
+	Tenant  string `json:"tenant"`
+	Code    uint32 `json:"code"`
+	Slot    uint32 `json:"slot"`
+	Version uint64 `json:"version"`
+	Created int64  `json:"created"`
+	Hops    int    `json:"hops"`
+	// Chain names the service at each hop.
+	Chain []string `json:"chain"`
+}
+
+// createScript writes a session unless one already exists (it tests the
+// meta field, not the key: a function's state may have arrived first). It
+// returns {1} if it created it, else {0, p0, p1, ...} with the existing
+// pins. KEYS: session. ARGV: ttl ms, hop count, then field/value pairs.
+var createScript = redis.NewScript(`
+if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return {1}
+end
+local out = {0}
+for i = 0, tonumber(ARGV[2]) - 1 do
+  out[#out + 1] = redis.call('HGET', KEYS[1], 'p' .. i) or ''
+end
+return out
+`)
+
+// takeoverScript moves the primary role at one hop from old to new, unless
+// someone else already holds it. KEYS: session. ARGV: hop, old, new, new
+// secondary, ttl ms, updated. Returns 1 (taken), 0 (no session), -1 (held by
+// another).
+var takeoverScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'p' .. ARGV[1])
+if not cur then return 0 end
+if cur ~= ARGV[2] and cur ~= ARGV[3] then return -1 end
+redis.call('HSET', KEYS[1], 'p' .. ARGV[1], ARGV[3], 's' .. ARGV[1], ARGV[4], 'updated', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+`)
+
+// Sessions mirrors a node's sessions; it implements sessions.Writer.
+type Sessions struct {
+	s *Store
+	// Table returns the map the node runs on, to name pinned instances and
+	// find secondaries.
+	Table func() *steering.Table
+	// Service is this node's service (empty on a gateway); it names the
+	// function state an OpState writes.
+	Service string
+	TTL     time.Duration
+}
+
+// NewSessions returns the session writer and reader of a node.
+func (s *Store) NewSessions(table func() *steering.Table, service string, ttl time.Duration) *Sessions {
+	return &Sessions{s: s, Table: table, Service: service, TTL: ttl}
+}
+
+type roleEntry struct{ instance, role string }
+
+// hops names the instances of a session on table t: the pinned ones as
+// primaries and, for each, the instance that would take over from it.
+func hops(t *steering.Table, sess *sessions.Session) ([]Hop, bool) {
+	ti := -1
+	for i, tn := range t.Tenants() {
+		if tn.Name == sess.Tenant {
+			ti = i
+			break
+		}
+	}
+	if ti < 0 {
+		return nil, false
+	}
+	slot := sess.Code & (t.Slots() - 1)
+	chain := t.Tenants()[ti].Chain
+	out := make([]Hop, len(chain))
+	for i, svc := range chain {
+		out[i].Service = t.Services()[svc].Name
+		pr, sec := t.RolesFor(svc, slot)
+		pinned := pr
+		if in, ok := t.InstanceByID(sess.Pins[i]); ok && sess.Pins[i] != 0 {
+			pinned = in
+		}
+		out[i].Primary = pinned.Name
+		switch {
+		case pr != nil && pr.Name != pinned.Name:
+			out[i].Secondary = pr.Name
+		case sec != nil && sec.Name != pinned.Name:
+			out[i].Secondary = sec.Name
+		}
+	}
+	return out, true
+}
+
+func serviceNames(h []Hop) []string {
+	out := make([]string, len(h))
+	for i, x := range h {
+		out[i] = x.Service
+	}
+	return out
+}
+
+func indexEntries(h []Hop) []roleEntry {
+	var out []roleEntry
+	for _, x := range h {
+		out = append(out, roleEntry{x.Primary, RolePrimary})
+		if x.Secondary != "" {
+			out = append(out, roleEntry{x.Secondary, RoleSecondary})
+		}
+	}
+	return out
+}
+
+// Write writes a batch of mirror operations in one pipeline (two when
+// creates need their indexes).
+func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
+	t := w.Table()
+	now := time.Now()
+	nowMS := now.UnixMilli()
+	ttl := w.TTL.Milliseconds()
+	deadline := float64(now.Add(w.TTL).UnixMilli())
+	out := make([]sessions.Outcome, len(ops))
+	creates := make([]*redis.Cmd, len(ops))
+	hopsOf := make([][]Hop, len(ops))
+	pipe := w.s.rdb.Pipeline()
+	for i := range ops {
+		op := &ops[i]
+		flow := op.Session.Key.String()
+		key := sessionKey(flow)
+		h, ok := hops(t, &op.Session)
+		if !ok {
+			continue // the tenant is gone from the map: nothing to name
+		}
+		hopsOf[i] = h
+		switch op.Kind {
+		case sessions.OpCreate:
+			m, _ := json.Marshal(meta{Flow: flow, Tenant: op.Session.Tenant, Code: op.Session.Code,
+				Slot: op.Session.Code & (t.Slots() - 1), Version: t.Version(), Created: op.Session.Created / 1e6, Hops: len(h), Chain: serviceNames(h)})
+			args := []any{ttl, len(h), "meta", m, "updated", nowMS}
+			for j, x := range h {
+				args = append(args, "p"+strconv.Itoa(j), x.Primary, "s"+strconv.Itoa(j), x.Secondary)
+			}
+			creates[i] = createScript.Eval(ctx, pipe, []string{key}, args...)
+		case sessions.OpState:
+			if w.Service != "" {
+				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
+			}
+			pipe.PExpire(ctx, key, w.TTL)
+			w.index(ctx, pipe, flow, h, deadline)
+		case sessions.OpRefresh:
+			pipe.PExpire(ctx, key, w.TTL)
+			w.index(ctx, pipe, flow, h, deadline)
+		case sessions.OpTakeover:
+			hop := int(op.Hop)
+			if hop < 0 || hop >= len(h) {
+				continue
+			}
+			// This node (now pinned at hop) replaces op.From, unless
+			// Redis says a third instance got there first.
+			old := ""
+			if in, ok := t.InstanceByID(op.From); ok {
+				old = in.Name
+			}
+			takeoverScript.Eval(ctx, pipe, []string{key}, hop, old, h[hop].Primary, h[hop].Secondary, ttl, nowMS)
+			if w.Service != "" {
+				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session))
+			}
+			pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), flow)
+			w.index(ctx, pipe, flow, h, deadline)
+		case sessions.OpDelete:
+			pipe.Del(ctx, key)
+			for _, e := range indexEntries(h) {
+				pipe.ZRem(ctx, indexKey(e.instance, e.role), flow)
+			}
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
+	}
+	idx := w.s.rdb.Pipeline()
+	for i, c := range creates {
+		if c == nil {
+			continue
+		}
+		res, err := c.Slice()
+		if err != nil || len(res) == 0 {
+			return nil, fmt.Errorf("creating session %s: %w", ops[i].Session.Key, err)
+		}
+		if n, _ := res[0].(int64); n == 1 {
+			w.index(ctx, idx, ops[i].Session.Key.String(), hopsOf[i], deadline)
+			continue
+		}
+		out[i].Existed = true
+		for j := 1; j < len(res) && j-1 < len(out[i].Pins); j++ {
+			name, _ := res[j].(string)
+			if in, ok := t.InstanceByName(name); ok {
+				out[i].Pins[j-1] = in.ID
+			}
+		}
+	}
+	if idx.Len() > 0 {
+		if _, err := idx.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
+		}
+	}
+	return out, nil
+}
+
+func (w *Sessions) index(ctx context.Context, pipe redis.Pipeliner, flow string, h []Hop, deadline float64) {
+	for _, e := range indexEntries(h) {
+		pipe.ZAdd(ctx, indexKey(e.instance, e.role), redis.Z{Score: deadline, Member: flow})
+	}
+}
+
+// stateOf is the firewall's state of a session as stored: the allow rule
+// that admitted it, and whether it came by takeover.
+func stateOf(s *sessions.Session) string {
+	if s.Rule < 0 {
+		return `{"verdict":"none"}`
+	}
+	return fmt.Sprintf(`{"verdict":"allow","rule":%d,"takeover":%t}`, s.Rule, s.TakenOver)
+}
+
+// Get returns the session of flow as Redis holds it. A malformed entry gives
+// an error wrapping ErrMalformed that names the key.
+func (w *Sessions) Get(ctx context.Context, flow sessions.Key) (*Record, error) {
+	return w.s.Session(ctx, flow.String())
+}
+
+// Session returns the session of the named flow.
+func (s *Store) Session(ctx context.Context, flow string) (*Record, error) {
+	key := sessionKey(flow)
+	pipe := s.rdb.Pipeline()
+	all := pipe.HGetAll(ctx, key)
+	ttl := pipe.PTTL(ctx, key)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("reading session %s from %s: %w", key, s.addr, err)
+	}
+	f := all.Val()
+	if len(f) == 0 {
+		return nil, fmt.Errorf("%s: %w", key, ErrNoSession)
+	}
+	r, err := decodeRecord(f)
+	if err != nil {
+		return nil, fmt.Errorf("session %s: %w: %v", key, ErrMalformed, err)
+	}
+	r.TTL = ttl.Val()
+	return r, nil
+}
+
+func decodeRecord(f map[string]string) (*Record, error) {
+	var m meta
+	if err := json.Unmarshal([]byte(f["meta"]), &m); err != nil {
+		return nil, fmt.Errorf("field meta: %v", err)
+	}
+	if _, err := sessions.ParseKey(m.Flow); err != nil {
+		return nil, fmt.Errorf("field meta: flow: %v", err)
+	}
+	if m.Hops < 1 || m.Hops > steering.MaxChain {
+		return nil, fmt.Errorf("field meta: %d hops", m.Hops)
+	}
+	r := &Record{Flow: m.Flow, Tenant: m.Tenant, Code: m.Code, Slot: m.Slot, Version: m.Version, Created: m.Created}
+	r.Updated, _ = strconv.ParseInt(f["updated"], 10, 64)
+	for i := 0; i < m.Hops; i++ {
+		p, ok := f["p"+strconv.Itoa(i)]
+		if !ok || p == "" {
+			return nil, fmt.Errorf("field p%d missing", i)
+		}
+		h := Hop{Primary: p, Secondary: f["s"+strconv.Itoa(i)]}
+		if i < len(m.Chain) {
+			h.Service = m.Chain[i]
+		}
+		r.Hops = append(r.Hops, h)
+	}
+	for k, v := range f {
+		if svc, ok := strings.CutPrefix(k, "st:"); ok {
+			if r.State == nil {
+				r.State = map[string]string{}
+			}
+			r.State[svc] = v
+		}
+	}
+	return r, nil
+}
+
+// List returns the sessions for which instance holds role, read from the
+// instance's index (no keyspace scan). Entries that expired are pruned;
+// malformed ones are skipped and returned in bad.
+func (s *Store) List(ctx context.Context, instance, role string) (recs []*Record, bad []error, err error) {
+	key := indexKey(instance, role)
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	s.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+now)
+	flows, err := s.rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading index %s from %s: %w", key, s.addr, err)
+	}
+	for _, f := range flows {
+		r, err := s.Session(ctx, f)
+		switch {
+		case errors.Is(err, ErrNoSession):
+			continue
+		case errors.Is(err, ErrMalformed):
+			bad = append(bad, err)
+			continue
+		case err != nil:
+			return nil, nil, err
+		}
+		// The index may lag a takeover: trust the entry's own roles.
+		holds := false
+		for _, h := range r.Hops {
+			if role == RolePrimary && h.Primary == instance || role == RoleSecondary && h.Secondary == instance {
+				holds = true
+			}
+		}
+		if holds {
+			recs = append(recs, r)
+		}
+	}
+	return recs, bad, nil
+}

@@ -1,0 +1,111 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Key names. See the package documentation for the hash tags.
+const (
+	keyMapDoc     = "nfsteer:{map}:doc"
+	keyMapVersion = "nfsteer:{map}:version"
+	// Channel carries the number of every newly published map version.
+	Channel       = "nfsteer:map"
+	keyBeatAt     = "nfsteer:{hb}:at"
+	keyBeatReport = "nfsteer:{hb}:report"
+	keyLease      = "nfsteer:{ctl}:lease"
+)
+
+func sessionKey(flow string) string { return "nfsteer:s:{" + flow + "}" }
+
+func indexKey(instance, role string) string { return "nfsteer:i:{" + instance + "}:" + role }
+
+// Roles an instance can hold for a session.
+const (
+	RolePrimary   = "primary"
+	RoleSecondary = "secondary"
+)
+
+// Store is nfsteer's view of one Redis deployment. It is safe for
+// concurrent use.
+type Store struct {
+	rdb  redis.UniversalClient
+	addr string // for messages
+}
+
+// Open connects to the Redis at rawURL and checks that it answers.
+// redis:// and rediss:// (TLS) URLs name a single server; ?addr=host:port
+// parameters add Cluster nodes; ?master_name=NAME makes the addresses
+// Sentinels (go-redis's URL formats). unix:///path names a socket.
+func Open(ctx context.Context, rawURL string) (*Store, error) {
+	rdb, addr, err := client(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{rdb: rdb, addr: addr}
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("connecting to Redis at %s: %w", addr, err)
+	}
+	return s, nil
+}
+
+func client(rawURL string) (redis.UniversalClient, string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, "", fmt.Errorf("redis URL: %w", err)
+	}
+	addr := u.Host
+	if u.Scheme == "unix" {
+		addr = u.Path
+	}
+	q := u.Query()
+	switch {
+	case q.Has("master_name"):
+		o, err := redis.ParseFailoverURL(rawURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("redis URL %s: %w", redact(u), err)
+		}
+		return redis.NewFailoverClient(o), "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName, nil
+	case q.Has("addr"):
+		o, err := redis.ParseClusterURL(rawURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("redis URL %s: %w", redact(u), err)
+		}
+		return redis.NewClusterClient(o), "cluster " + strings.Join(o.Addrs, ","), nil
+	default:
+		o, err := redis.ParseURL(rawURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("redis URL %s: %w", redact(u), err)
+		}
+		return redis.NewClient(o), addr, nil
+	}
+}
+
+func redact(u *url.URL) string { return u.Redacted() }
+
+// Addr describes where the store connects, for messages.
+func (s *Store) Addr() string { return s.addr }
+
+// Client returns the underlying client.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+// Close closes the connections. It is safe to call twice.
+func (s *Store) Close() error {
+	err := s.rdb.Close()
+	if errors.Is(err, redis.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// Ping reports whether Redis answers.
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }

@@ -1,0 +1,370 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/nfsteer/nfsteer/tests/redislab"
+)
+
+const labMap = `slots: 256
+services:
+  fw:
+    function: firewall
+    instances: {fw-1: 10.200.0.11, fw-2: 10.200.0.12, fw-3: 10.200.0.13}
+  dlp:
+    instances: {dlp-1: 10.200.0.21, dlp-2: 10.200.0.22}
+tenants:
+  acme:
+    prefixes: [10.10.1.0/24]
+    chain: [fw, dlp]
+    allow: [{proto: tcp, dst: 10.99.0.0/24}]
+`
+
+// backends runs fn against a single server and a three-master Redis
+// Cluster, both real redis-server processes.
+func backends(t *testing.T, fn func(t *testing.T, url string)) {
+	t.Run("single", func(t *testing.T) { fn(t, redislab.Start(t, redislab.Options{}).URL) })
+	t.Run("cluster", func(t *testing.T) { fn(t, redislab.StartCluster(t, 3).URL) })
+}
+
+func open(t *testing.T, url string) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func parse(t *testing.T, y string) *steering.Map {
+	t.Helper()
+	m, err := steering.Parse([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func replace(m *steering.Map) store.Change {
+	return func(live *steering.Published) (*steering.Published, error) {
+		p := &steering.Published{Map: m}
+		if live != nil {
+			p.Down, p.Drained = live.Down, live.Drained
+		}
+		return p, nil
+	}
+}
+
+func TestMapVersions(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		if _, err := s.Live(ctx); !errors.Is(err, store.ErrNoMap) {
+			t.Fatalf("Live on empty Redis = %v, want ErrNoMap", err)
+		}
+		m := parse(t, labMap)
+		p1, err := s.Publish(ctx, replace(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m2 := parse(t, labMap)
+		delete(m2.Services["fw"].Instances, "fw-1")
+		m2.Services["fw"].Instances["fw-4"] = steering.Addresses{"10.200.0.14"}
+		p2, err := s.Publish(ctx, replace(m2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p1.Version != 1 || p2.Version != 2 {
+			t.Fatalf("versions %d, %d; want 1, 2", p1.Version, p2.Version)
+		}
+		if p2.IDs["fw-2"] != p1.IDs["fw-2"] || p2.IDs["fw-4"] != p1.IDs["fw-1"] {
+			t.Errorf("IDs not kept: v1 %v, v2 %v", p1.IDs, p2.IDs)
+		}
+		live, err := s.Live(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(p2, live); diff != "" {
+			t.Errorf("live map (-published +live):\n%s", diff)
+		}
+
+		// An explicit version that is not newer is refused, and nothing
+		// changes.
+		_, err = s.Publish(ctx, func(*steering.Published) (*steering.Published, error) {
+			return &steering.Published{Version: 2, Map: m}, nil
+		})
+		if !errors.Is(err, store.ErrStaleVersion) || !strings.Contains(err.Error(), "live version 2") {
+			t.Fatalf("publishing version 2 over 2: %v, want ErrStaleVersion naming the live version", err)
+		}
+		// An invalid change is refused before anything is written.
+		bad := parse(t, labMap)
+		bad.Tenants["acme"].Chain = []string{"fw", "nope"}
+		if _, err := s.Publish(ctx, replace(bad)); !errors.Is(err, steering.ErrInvalidMap) {
+			t.Fatalf("publishing an invalid map: %v, want ErrInvalidMap", err)
+		}
+		if v, _ := s.LiveVersion(ctx); v != 2 {
+			t.Fatalf("live version %d after refused changes, want 2", v)
+		}
+
+		// Concurrent publishers: every change lands, each on its own
+		// version.
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := s.Publish(ctx, replace(m2)); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if v, _ := s.LiveVersion(ctx); v != 10 {
+			t.Fatalf("live version %d after 8 concurrent publishes over 2, want 10", v)
+		}
+	})
+}
+
+func TestWatch(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx, cancel := context.WithCancel(context.Background())
+		s := open(t, url)
+		got := make(chan uint64, 100)
+		done := make(chan error)
+		go func() {
+			done <- s.Watch(ctx, time.Hour, func(_ context.Context, v uint64) { got <- v })
+		}()
+		defer func() { cancel(); <-done }()
+		// The first call comes with the subscription.
+		select {
+		case v := <-got:
+			if v != 0 {
+				t.Fatalf("first check announced %d, want 0 (subscribed)", v)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no check after subscribing")
+		}
+		if _, err := s.Publish(ctx, replace(parse(t, labMap))); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case v := <-got:
+			if v != 1 {
+				t.Fatalf("announced %d, want 1", v)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("publish not announced")
+		}
+	})
+}
+
+func flowKey(sport uint16) sessions.Key {
+	f := steering.Flow{Src: netip.MustParseAddr("10.10.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: sport, DstPort: 5201, Proto: 6}
+	return sessions.KeyOf(&f)
+}
+
+func TestSessions(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		p, err := steering.Local(parse(t, labMap))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tab, err := steering.CompilePublished(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		get := func() *steering.Table { return tab }
+		gw := s.NewSessions(get, "", time.Minute)
+		fwSide := s.NewSessions(get, "fw", time.Minute)
+		acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
+		newSession := func(sport uint16) sessions.Session {
+			k := flowKey(sport)
+			f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: 6}
+			code := steering.AffinityCode(&f)
+			return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: tab.PinsFor(acme, code&(tab.Slots()-1)), Created: time.Now().UnixNano(), Rule: -1}
+		}
+
+		// First writer wins: a second create with other pins reports the
+		// first one's.
+		a := newSession(40000)
+		out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: a}})
+		if err != nil || out[0].Existed {
+			t.Fatalf("first create: %v, %+v", err, out)
+		}
+		b := a
+		fw, _ := tab.InstanceByName("fw-1")
+		if b.Pins[0] == fw.ID {
+			fw, _ = tab.InstanceByName("fw-2")
+		}
+		b.Pins[0] = fw.ID
+		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: b}})
+		if err != nil || !out[0].Existed || out[0].Pins != a.Pins {
+			t.Fatalf("second create: %v, %+v; want Existed with pins %v", err, out, a.Pins)
+		}
+
+		// The primary writes its state; the record and the indexes show
+		// it.
+		a.Rule = 0
+		if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpState, Session: a}}); err != nil {
+			t.Fatal(err)
+		}
+		rec, err := gw.Get(ctx, a.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		primary, _ := tab.InstanceByID(a.Pins[0])
+		if rec.Hops[0].Primary != primary.Name || rec.Hops[0].Service != "fw" || rec.Hops[0].Secondary == "" ||
+			!strings.Contains(rec.State["fw"], `"verdict":"allow"`) || rec.TTL <= 0 {
+			t.Fatalf("record %+v", rec)
+		}
+		secondary := rec.Hops[0].Secondary
+		for _, c := range []struct{ inst, role string }{{primary.Name, store.RolePrimary}, {secondary, store.RoleSecondary}} {
+			recs, bad, err := s.List(ctx, c.inst, c.role)
+			if err != nil || len(bad) > 0 || len(recs) != 1 || recs[0].Flow != a.Key.String() {
+				t.Fatalf("List(%s, %s) = %v, %v, %v; want the one session", c.inst, c.role, recs, bad, err)
+			}
+		}
+
+		// The secondary takes over: Redis names it primary.
+		sec, _ := tab.InstanceByName(secondary)
+		taken := a
+		taken.Pins[0] = sec.ID
+		if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpTakeover, Hop: 0, From: primary.ID, Session: taken}}); err != nil {
+			t.Fatal(err)
+		}
+		recs, _, err := s.List(ctx, secondary, store.RolePrimary)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("after takeover, List(%s, primary) = %v, %v", secondary, recs, err)
+		}
+		if recs, _, _ := s.List(ctx, primary.Name, store.RolePrimary); len(recs) != 0 {
+			t.Fatalf("after takeover, %s still primary of %v", primary.Name, recs)
+		}
+
+		// A malformed entry is reported with its key, not half-read.
+		c := s.Client()
+		bad := flowKey(40001)
+		c.HSet(ctx, "nfsteer:s:{"+bad.String()+"}", "meta", "{not json", "p0", "fw-1")
+		c.ZAdd(ctx, "nfsteer:i:{"+secondary+"}:primary", redisZ(bad.String()))
+		if _, err := gw.Get(ctx, bad); !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), bad.String()) {
+			t.Fatalf("Get(malformed) = %v, want ErrMalformed naming the key", err)
+		}
+		recs, badErrs, err := s.List(ctx, secondary, store.RolePrimary)
+		if err != nil || len(recs) != 1 || len(badErrs) != 1 {
+			t.Fatalf("List with a malformed entry = %d records, %v, %v; want 1 record and 1 bad", len(recs), badErrs, err)
+		}
+
+		// Delete removes the entry and its index entries.
+		if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpDelete, Session: taken}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
+			t.Fatalf("Get after delete = %v, want ErrNoSession", err)
+		}
+	})
+}
+
+func TestConcurrentCreateFirstWriterWins(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, redislab.Start(t, redislab.Options{}).URL)
+	p, _ := steering.Local(parse(t, labMap))
+	tab, _ := steering.CompilePublished(p)
+	w := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
+	k := flowKey(41000)
+	var wg sync.WaitGroup
+	results := make([]sessions.Outcome, 16)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var pins steering.Pins
+			pins[0] = uint16(1 + i%3) // fw instances are IDs 3-5; any ID will do
+			pins[0] = tab.Instances()[2+i%3].ID
+			pins[1] = tab.Instances()[i%2].ID
+			out, err := w.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: sessions.Session{Key: k, Tenant: "acme", Code: 7, Pins: pins, Rule: -1}}})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if !out[0].Existed {
+				out[0].Pins = pins
+			}
+			results[i] = out[0]
+		}()
+	}
+	wg.Wait()
+	created := 0
+	for _, r := range results {
+		if !r.Existed {
+			created++
+		}
+		if r.Pins != results[0].Pins {
+			t.Fatalf("writers ended with different pins: %v vs %v", r.Pins, results[0].Pins)
+		}
+	}
+	if created != 1 {
+		t.Fatalf("%d writers created the session, want 1", created)
+	}
+}
+
+func TestHeartbeatsAndLease(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		if err := s.Heartbeat(ctx, store.Report{Node: "fw-1", MapVersion: 3}); err != nil {
+			t.Fatal(err)
+		}
+		beats, now, err := s.Beats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, ok := beats["fw-1"]
+		if !ok || b.Report.MapVersion != 3 || now.Sub(b.At) < 0 || now.Sub(b.At) > time.Second {
+			t.Fatalf("beats %+v at %v", beats, now)
+		}
+		if ok, err := s.Lease(ctx, "a", time.Second); !ok || err != nil {
+			t.Fatalf("first Lease = %v, %v", ok, err)
+		}
+		if ok, _ := s.Lease(ctx, "b", time.Second); ok {
+			t.Fatal("second holder got the lease")
+		}
+		if err := s.ReleaseLease(ctx, "a"); err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := s.Lease(ctx, "b", time.Second); !ok {
+			t.Fatal("lease not free after release")
+		}
+	})
+}
+
+func TestOpenErrors(t *testing.T) {
+	srv := redislab.Start(t, redislab.Options{Password: "sesame"})
+	ctx := context.Background()
+	_, err := store.Open(ctx, "redis://"+srv.Addr)
+	if err == nil || !strings.Contains(err.Error(), srv.Addr) || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("no password: %v, want an error naming %s and NOAUTH", err, srv.Addr)
+	}
+	_, err = store.Open(ctx, "redis://:wrong@"+srv.Addr)
+	if err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Errorf("wrong password: %v, want WRONGPASS", err)
+	}
+	if _, err := store.Open(ctx, srv.URL); err != nil {
+		t.Errorf("right password: %v", err)
+	}
+	_, err = store.Open(ctx, "redis://127.0.0.1:1")
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Errorf("unreachable: %v, want an error naming the address", err)
+	}
+}

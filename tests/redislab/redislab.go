@@ -1,0 +1,222 @@
+// Package redislab starts real redis-server processes for tests: a single
+// server on a free loopback port or inside a network namespace, and a
+// three-master Redis Cluster. Every process and directory is removed when
+// the test ends, pass or fail.
+//
+// It needs the redis-server binary (Debian package redis-server); tests
+// skip without it, except under CI, where that is a failure.
+package redislab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is one running redis-server.
+type Server struct {
+	// Addr is host:port; URL is redis://Addr.
+	Addr, URL string
+	// NS is the network namespace it runs in ("" for the caller's).
+	NS   string
+	args []string
+	log  string
+
+	mu   sync.Mutex // guards cmd and done
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Options for [Start].
+type Options struct {
+	// NS runs the server in that network namespace, listening on Bind.
+	NS   string
+	Bind string // default 127.0.0.1
+	Port int    // default: a free port (loopback only)
+	// Password sets requirepass.
+	Password string
+	// Extra are more redis-server arguments ("--cluster-enabled", "yes").
+	Extra []string
+}
+
+// Require skips tb when redis-server is missing, or fails it under CI.
+func Require(tb testing.TB) string {
+	tb.Helper()
+	p, err := exec.LookPath("redis-server")
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		tb.Fatal("redis-server not found; CI must install the redis-server package")
+	}
+	tb.Skip("skipping: redis-server not installed (apt-get install redis-server)")
+	return ""
+}
+
+// Start runs a redis-server and stops it when tb ends.
+func Start(tb testing.TB, o Options) *Server {
+	tb.Helper()
+	bin := Require(tb)
+	if o.Bind == "" {
+		o.Bind = "127.0.0.1"
+	}
+	if o.Port == 0 {
+		o.Port = freePort(tb)
+	}
+	dir := tb.TempDir()
+	s := &Server{
+		Addr: net.JoinHostPort(o.Bind, strconv.Itoa(o.Port)),
+		NS:   o.NS,
+		log:  filepath.Join(dir, "redis.log"),
+	}
+	s.URL = "redis://" + s.Addr
+	if o.Password != "" {
+		s.URL = "redis://:" + o.Password + "@" + s.Addr
+	}
+	s.args = []string{bin, "--port", strconv.Itoa(o.Port), "--bind", o.Bind, "--dir", dir,
+		"--save", "", "--appendonly", "no", "--protected-mode", "no", "--logfile", s.log}
+	if o.Password != "" {
+		s.args = append(s.args, "--requirepass", o.Password)
+	}
+	s.args = append(s.args, o.Extra...)
+	tb.Cleanup(s.Stop)
+	if err := s.start(); err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func (s *Server) start() error {
+	args := s.args
+	name := args[0]
+	if s.NS != "" {
+		name, args = "ip", append([]string{"netns", "exec", s.NS}, args...)
+	} else {
+		args = args[1:]
+	}
+	cmd := exec.Command(name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting redis-server: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+	// Wait until it accepts connections (from the caller's namespace if
+	// it shares it; else by its log).
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			b, _ := os.ReadFile(s.log)
+			return fmt.Errorf("redis-server exited at start: %s%s", out.String(), b)
+		default:
+		}
+		b, _ := os.ReadFile(s.log)
+		if bytes.Contains(b, []byte("Ready to accept connections")) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("redis-server on %s not ready after 10s", s.Addr)
+}
+
+// Kill ends the server with SIGKILL (its data is lost: no persistence) and
+// waits for it.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// Restart starts a killed server again on the same address, empty.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	if err := s.start(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Stop kills the server; it is safe to call twice.
+func (s *Server) Stop() { s.Kill() }
+
+// Client returns a client of the server (from the caller's namespace),
+// closed when tb ends.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	tb.Helper()
+	o, err := redis.ParseURL(s.URL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := redis.NewClient(o)
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Cluster is a running Redis Cluster.
+type Cluster struct {
+	Nodes []*Server
+	// URL names every master, in go-redis's cluster URL form.
+	URL string
+}
+
+// StartCluster runs a Redis Cluster of masters masters (no replicas) on
+// loopback and waits until every slot is served.
+func StartCluster(tb testing.TB, masters int) *Cluster {
+	tb.Helper()
+	c := &Cluster{}
+	var addrs []string
+	for range masters {
+		n := Start(tb, Options{Extra: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}})
+		c.Nodes = append(c.Nodes, n)
+		addrs = append(addrs, n.Addr)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	c.URL = "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for {
+		out, _ := exec.CommandContext(ctx, "redis-cli", "-h", "127.0.0.1", "-p", strings.Split(addrs[0], ":")[1], "cluster", "info").Output()
+		if bytes.Contains(out, []byte("cluster_state:ok")) {
+			return c
+		}
+		if ctx.Err() != nil {
+			tb.Fatalf("cluster not ok after 15s: %s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
