@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -19,6 +21,11 @@ import (
 type state struct {
 	table *steering.Table
 	node  steering.Node
+	spec  rules.Spec
+	// service is the node's service index (-1 on a gateway); firewall says
+	// its function is the firewall.
+	service  int
+	firewall bool
 }
 
 // Counters are the agent's decision counters, updated atomically.
@@ -28,6 +35,15 @@ type Counters struct {
 	Fragments   atomic.Uint64
 	FlowLogged  atomic.Uint64
 	FlowLogLost atomic.Uint64
+	// Firewall verdicts.
+	Admitted, Denied, TakenOver, Unknown atomic.Uint64
+	// LookupErrors counts takeover lookups that failed (Redis down, or a
+	// malformed entry); LookupsShed counts packets dropped because too
+	// many lookups were pending.
+	LookupErrors, LookupsShed atomic.Uint64
+	// Maps counts map switches; MapsRefused, versions that failed
+	// validation; Repinned, connections moved off dead instances.
+	Maps, MapsRefused, Repinned atomic.Uint64
 }
 
 // Agent steers the flows of one node. Create it with [New] and start it
@@ -39,6 +55,21 @@ type Agent struct {
 	state    atomic.Pointer[state]
 	sessions *sessions.Table
 	flows    chan flowEvent // decisions on their way to the log, never blocking
+
+	// Redis side; all nil without Redis. mirror is nil with NoMirror.
+	store  *store.Store
+	sw     *store.Sessions
+	mirror *sessions.Mirror
+
+	ctMu sync.Mutex // guards ct, which is not safe for concurrent use
+	ct   rules.Conntrack
+
+	switchMu sync.Mutex // serialises map switches
+
+	lookupMu sync.Mutex // guards pending
+	pending  map[sessions.Key][]waiter
+	lookups  chan sessions.Key
+
 	Counters Counters
 }
 
@@ -48,40 +79,140 @@ type flowEvent struct {
 	decision steering.Decision
 }
 
-// New loads the map and prepares an agent that installs its rules through k.
-func New(cfg Config, k rules.Kernel) (*Agent, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.SessionTTL == 0 {
-		cfg.SessionTTL = 5 * time.Minute
-	}
+// waiter is a packet held in its queue while Redis is asked about its flow.
+type waiter struct {
+	later nfq.Later
+	flow  steering.Flow
+	mark  uint32
+	reply bool
+}
+
+const maxPendingLookups = 4096
+
+// New prepares an agent that installs its rules through k and, if ct is
+// not nil, moves established flows off dead instances through ct. With
+// Redis it takes the live map from there, falling back to the map file
+// when Redis is unreachable or holds none.
+func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
+	cfg.defaults()
 	if cfg.Node == "" {
 		return nil, errors.New("a node name is required")
 	}
-	m, err := steering.LoadFile(cfg.MapFile)
-	if err != nil {
-		return nil, err
-	}
-	t, err := steering.Compile(m)
-	if err != nil {
-		return nil, err
+	if cfg.MapFile == "" && cfg.RedisURL == "" {
+		return nil, errors.New("a map file or a Redis URL is required")
 	}
 	a := &Agent{
 		cfg:      cfg,
 		log:      cfg.Logger.With("node", cfg.Node),
 		kernel:   k,
+		ct:       ct,
 		sessions: sessions.NewTable(cfg.SessionTTL),
 		flows:    make(chan flowEvent, 1024),
+		pending:  map[sessions.Key][]waiter{},
+		lookups:  make(chan sessions.Key, maxPendingLookups),
 	}
-	a.state.Store(&state{table: t, node: t.NodeFor(cfg.Node)})
+	p, err := a.initialMap()
+	if err != nil {
+		if a.store != nil {
+			a.store.Close()
+		}
+		return nil, err
+	}
+	if err := a.install(p, false); err != nil {
+		if a.store != nil {
+			a.store.Close()
+		}
+		return nil, err
+	}
+	if a.store != nil {
+		svc := ""
+		if st := a.state.Load(); st.service >= 0 {
+			svc = st.table.Services()[st.service].Name
+		}
+		a.sw = a.store.NewSessions(func() *steering.Table { return a.state.Load().table }, svc, cfg.RedisSessionTTL)
+		if !cfg.NoMirror {
+			a.mirror = sessions.NewMirror(a.sw, sessions.MirrorConfig{
+				Resync: a.resyncOps, Existing: a.adopt, Logger: a.log,
+			})
+		}
+	}
 	return a, nil
 }
 
-// Spec returns the rules the agent installs for its current map.
-func (a *Agent) Spec() (rules.Spec, error) {
-	return SpecFor(a.state.Load().table, a.cfg.Node, a.cfg.Rules)
+func (a *Agent) initialMap() (*steering.Published, error) {
+	fromFile := func() (*steering.Published, error) {
+		m, err := steering.LoadFile(a.cfg.MapFile)
+		if err != nil {
+			return nil, err
+		}
+		return steering.Local(m)
+	}
+	if a.cfg.RedisURL == "" {
+		return fromFile()
+	}
+	s, err := store.Dial(a.cfg.RedisURL)
+	if err != nil {
+		return nil, err
+	}
+	a.store = s
+	ctx := context.Background()
+	if err := s.Check(ctx); err != nil {
+		if a.cfg.MapFile == "" {
+			return nil, fmt.Errorf("%w (and no --map to start on)", err)
+		}
+		a.log.Warn("Redis unreachable; starting on the map file and retrying", "err", err, "map", a.cfg.MapFile)
+		return fromFile()
+	}
+	p, err := s.Live(ctx)
+	switch {
+	case err == nil:
+		return p, nil
+	case a.cfg.MapFile != "":
+		a.log.Warn("no usable map in Redis; starting on the map file", "err", err, "map", a.cfg.MapFile)
+		return fromFile()
+	default:
+		return nil, fmt.Errorf("%w at %s (apply one with `nfsteer apply`, or give --map)", err, s.Addr())
+	}
 }
+
+// install compiles p and makes it the node's map. With apply, the kernel
+// gets the new routes first, so the packet path never steers to an
+// instance it cannot reach yet.
+func (a *Agent) install(p *steering.Published, apply bool) error {
+	t, err := steering.CompilePublished(p)
+	if err != nil {
+		return err
+	}
+	spec, err := SpecFor(t, a.cfg.Node, a.cfg.Rules)
+	if err != nil {
+		return err
+	}
+	st := &state{table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1}
+	if st.node.Instance >= 0 {
+		st.service = t.Instances()[st.node.Instance].Service
+		st.firewall = t.Services()[st.service].Function == steering.FunctionFirewall
+	}
+	if old := a.state.Load(); old != nil && old.node.Instance >= 0 != (st.node.Instance >= 0) {
+		return fmt.Errorf("version %d would turn node %s from %s; restart the agent to change roles", p.Version, a.cfg.Node, roleName(old))
+	}
+	if apply {
+		if err := a.kernel.Apply(spec); err != nil {
+			return fmt.Errorf("installing rules of version %d: %w", p.Version, err)
+		}
+	}
+	a.state.Store(st)
+	return nil
+}
+
+func roleName(st *state) string {
+	if st.node.Instance < 0 {
+		return "a gateway into an instance host"
+	}
+	return "an instance host into a gateway"
+}
+
+// Spec returns the rules the agent installs for its current map.
+func (a *Agent) Spec() rules.Spec { return a.state.Load().spec }
 
 // QueueReader is the agent's packet input (an *nfq.Reader in production).
 type QueueReader interface {
@@ -92,19 +223,32 @@ type QueueReader interface {
 
 // Run steers until ctx is done. It binds the queues first and installs the
 // rules only then, so no flow slips past an agent that is starting; on the
-// way out it removes the rules (unless KeepRules). The queue reader, the
-// session expiry and the flow log run as tasks of one group: if one fails,
-// all stop, and Run waits for all of them.
+// way out it removes the rules (unless KeepRules). The queue reader and
+// every background task (session expiry, flow log, and with Redis the map
+// watch, heartbeats, mirror and takeover lookups) run in one group: if one
+// fails, all stop, and Run waits for all of them.
 func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue) QueueReader) (err error) {
-	spec, err := a.Spec()
-	if err != nil {
-		return err
-	}
+	defer func() {
+		if a.store != nil {
+			a.store.Close()
+		}
+	}()
+	spec := a.Spec()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	reader := newReader(a, spec.QueueSet())
 	g, gctx := errgroup.WithContext(ctx)
-	for _, t := range []Task{reader.Run, a.sessions.Run, a.logFlows} {
+	tasks := []Task{reader.Run, a.sessions.Run, a.logFlows}
+	if a.ct != nil {
+		tasks = append(tasks, a.refresh)
+	}
+	if a.store != nil {
+		tasks = append(tasks, a.watchMap, a.heartbeat, a.lookupWorker, a.lookupWorker)
+	}
+	if a.mirror != nil {
+		tasks = append(tasks, a.mirror.Run)
+	}
+	for _, t := range tasks {
 		g.Go(func() error { return t(gctx) })
 	}
 	select {
@@ -123,23 +267,32 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		}
 		a.log.Info("rules removed")
 	}()
-	if err := a.kernel.Apply(spec); err != nil {
+	a.switchMu.Lock()
+	err = a.kernel.Apply(a.Spec())
+	a.switchMu.Unlock()
+	if err != nil {
 		cancel()
 		return errors.Join(fmt.Errorf("installing rules: %w", err), g.Wait())
 	}
+	st := a.state.Load()
 	role := "gateway"
-	if n := a.state.Load().node; n.Instance >= 0 {
-		role = "instance " + a.state.Load().table.Instances()[n.Instance].Name
+	if st.node.Instance >= 0 {
+		role = "instance " + st.table.Instances()[st.node.Instance].Name
+	}
+	redis := "none"
+	if a.store != nil {
+		redis = a.store.Addr()
 	}
 	a.log.Info("ready", "role", role, "outer", spec.Outer, "queues", spec.WithDefaults().Queues,
-		"fail_closed", spec.FailClosed, "hops", len(spec.Hops))
+		"fail_closed", spec.FailClosed, "hops", len(spec.Hops), "map_version", st.table.Version(),
+		"redis", redis, "mirror", a.mirror != nil)
 	return g.Wait()
 }
 
 // Handle decides the first packet of a flow in one direction. It is the
 // packet path: it reads the current map and the session table from memory,
-// allocates nothing, and hands logging to another goroutine without
-// waiting.
+// allocates nothing, and hands logging, mirroring and Redis lookups to
+// other goroutines without waiting.
 func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.Result {
 	if perr != nil {
 		// Unparseable or a fragment: let it through unsteered and undecided,
@@ -160,29 +313,70 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 		pins = &sess.Pins
 	}
 	d := st.table.Decide(st.node, &p.Flow, reply, pins)
-	if !known && d.Tenant >= 0 {
-		a.sessions.Put(sessions.Session{
-			Key:     key,
-			Tenant:  st.table.Tenants()[d.Tenant].Name,
-			Code:    d.Code,
-			Pins:    st.table.PinsFor(d.Tenant, d.Slot),
-			Created: time.Now().UnixNano(),
-		})
-	}
-	a.Counters.Decisions[d.Kind].Add(1)
-	v := rules.MarkPass
-	if d.Kind == steering.Steer {
-		v = rules.HalfValue(d.Instance.ID)
-	}
-	if a.cfg.LogFlows {
-		ev := flowEvent{flow: p.Flow, reply: reply, decision: d}
-		select {
-		case a.flows <- ev:
-		default:
-			a.Counters.FlowLogLost.Add(1)
+	if !known && d.Tenant >= 0 && d.Kind != steering.NotInChain {
+		if st.firewall {
+			if reply || d.Reverse || !p.Opening() {
+				// Mid-stream, or opened from outside: only a mirrored
+				// session naming this instance can let it through.
+				return a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply})
+			}
+			rule := st.table.Permit(d.Tenant, &p.Flow)
+			if rule < 0 {
+				a.Counters.Denied.Add(1)
+				a.logFlow(p, reply, d)
+				return nfq.Result{Verdict: nfq.Drop}
+			}
+			a.Counters.Admitted.Add(1)
+			a.newSession(st, key, d, int16(rule))
+		} else {
+			a.newSession(st, key, d, -1)
 		}
 	}
-	return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(mark, reply, v)}
+	a.Counters.Decisions[d.Kind].Add(1)
+	a.logFlow(p, reply, d)
+	return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(mark, reply, markValue(d))}
+}
+
+func markValue(d steering.Decision) uint32 {
+	if d.Kind == steering.Steer {
+		return rules.HalfValue(d.Instance.ID)
+	}
+	return rules.MarkPass
+}
+
+// newSession records a flow decided here and queues its mirror writes:
+// gateways create sessions, a firewall also writes its verdict.
+func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16) {
+	now := time.Now().UnixNano()
+	s := a.sessions.Put(sessions.Session{
+		Key:     key,
+		Tenant:  st.table.Tenants()[d.Tenant].Name,
+		Code:    d.Code,
+		Pins:    st.table.PinsFor(d.Tenant, d.Slot),
+		Created: now,
+		Seen:    now,
+		Rule:    rule,
+	})
+	if a.mirror == nil {
+		return
+	}
+	if st.node.Instance < 0 || st.firewall {
+		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpCreate, Session: s})
+	}
+	if st.firewall {
+		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpState, Session: s})
+	}
+}
+
+func (a *Agent) logFlow(p *nfq.Packet, reply bool, d steering.Decision) {
+	if !a.cfg.LogFlows {
+		return
+	}
+	select {
+	case a.flows <- flowEvent{flow: p.Flow, reply: reply, decision: d}:
+	default:
+		a.Counters.FlowLogLost.Add(1)
+	}
 }
 
 // logFlows writes decisions to the log, away from the packet path.

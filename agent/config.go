@@ -15,8 +15,29 @@ type Config struct {
 	// Node is this node's name: an instance name from the map makes the
 	// node that instance's host; any other name makes it a gateway.
 	Node string
-	// MapFile is the service map.
+	// MapFile is the service map for a node without Redis, and the map a
+	// node with Redis starts on when Redis is unreachable or empty.
 	MapFile string
+	// RedisURL, if set, makes the node share the map and its sessions
+	// through Redis (see package store).
+	RedisURL string
+	// NoMirror keeps sessions out of Redis (the map still comes from
+	// there). Without the mirror a secondary cannot take over established
+	// flows.
+	NoMirror bool
+	// RedisSessionTTL is how long a session lives in Redis unless its
+	// primary refreshes it (default 2m).
+	RedisSessionTTL time.Duration
+	// RefreshInterval is how often the node checks conntrack for its live
+	// flows and refreshes their sessions (default 10s).
+	RefreshInterval time.Duration
+	// HeartbeatInterval is how often the node reports to Redis (default
+	// 50ms, which the controller's default of 4 misses turns into a
+	// failover in about 200ms).
+	HeartbeatInterval time.Duration
+	// MapPoll is how often the node checks the map version besides the
+	// announcements (default 1s).
+	MapPoll time.Duration
 	// Rules holds everything about the kernel side except the hops, which
 	// come from the map.
 	Rules rules.Spec
@@ -55,6 +76,27 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 // Task is one long-running part of the agent. It returns nil when ctx is
 // done, or an error that stops the others.
 type Task func(ctx context.Context) error
+
+func (c *Config) defaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.SessionTTL == 0 {
+		c.SessionTTL = 5 * time.Minute
+	}
+	if c.RedisSessionTTL == 0 {
+		c.RedisSessionTTL = 2 * time.Minute
+	}
+	if c.RefreshInterval == 0 {
+		c.RefreshInterval = 10 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 50 * time.Millisecond
+	}
+	if c.MapPoll == 0 {
+		c.MapPoll = time.Second
+	}
+}
 
 // LoadSpec reads and compiles the map file at path and returns the complete
 // rules for node: what the agent installs, and what `rules install` installs

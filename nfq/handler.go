@@ -9,6 +9,10 @@ const (
 	Accept Verdict = iota
 	// Drop discards the packet.
 	Drop
+	// Defer leaves the packet queued: the handler will answer it later
+	// through [Packet.Later], from another goroutine. The kernel holds it
+	// meanwhile (up to the queue's length).
+	Defer
 )
 
 // Result is a handler's answer for one packet.

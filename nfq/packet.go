@@ -25,6 +25,20 @@ type Packet struct {
 	TCPFlags uint8
 	// ICMPType holds the ICMP or ICMPv6 type.
 	ICMPType uint8
+	later    Later
+}
+
+// Later returns the handle that answers this packet after its handler
+// returned Defer.
+func (p *Packet) Later() Later { return p.later }
+
+// Opening reports whether p can open a flow: a TCP SYN without ACK, or any
+// packet of a protocol without a handshake (UDP, ICMP echo...).
+func (p *Packet) Opening() bool {
+	if p.Proto == ProtoTCP {
+		return p.TCPFlags&0x12 == 0x02
+	}
+	return true
 }
 
 // IsV4 reports whether p is an IPv4 packet.

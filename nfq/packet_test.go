@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/nfsteer/nfsteer/steering"
 )
 
@@ -150,7 +151,7 @@ func TestParse(t *testing.T) {
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Parse error = %v, want %v", err, tt.wantErr)
 			}
-			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmpopts.IgnoreUnexported(Packet{})); diff != "" {
 				t.Errorf("Parse (-want +got):\n%s", diff)
 			}
 		})

@@ -37,6 +37,7 @@ type Stats struct {
 	Packets       atomic.Uint64
 	Accepted      atomic.Uint64
 	Dropped       atomic.Uint64
+	Deferred      atomic.Uint64
 	VerdictErrors atomic.Uint64
 	ReadErrors    atomic.Uint64
 }
@@ -145,20 +146,42 @@ func (w *worker) hook(a nfqueue.Attribute) int {
 		mark = *a.Mark
 	}
 	err := Parse(payload, &w.pkt)
+	w.pkt.later = Later{w: w, id: *a.PacketID}
 	res := w.r.handler.Handle(&w.pkt, err, mark, w.reply)
+	if res.Verdict == Defer {
+		w.r.Stats.Deferred.Add(1)
+		return 0
+	}
+	w.verdict(*a.PacketID, res)
+	return 0
+}
+
+func (w *worker) verdict(id uint32, res Result) {
 	var verr error
 	switch res.Verdict {
 	case Drop:
 		w.r.Stats.Dropped.Add(1)
-		verr = w.nf.SetVerdict(*a.PacketID, nfqueue.NfDrop)
+		verr = w.nf.SetVerdict(id, nfqueue.NfDrop)
 	default:
 		w.r.Stats.Accepted.Add(1)
-		verr = w.nf.SetVerdictWithMark(*a.PacketID, nfqueue.NfAccept, int(res.Mark))
+		verr = w.nf.SetVerdictWithMark(id, nfqueue.NfAccept, int(res.Mark))
 	}
 	if verr != nil {
 		w.r.Stats.VerdictErrors.Add(1)
 	}
-	return 0
+}
+
+// Set answers the deferred packet. It is safe for concurrent use; a
+// packet must be answered once. A Defer result is taken as Accept with the
+// mark it carries, so a packet is never left queued.
+func (l Later) Set(res Result) {
+	if l.w == nil {
+		return
+	}
+	if res.Verdict == Defer {
+		res.Verdict = Accept
+	}
+	l.w.verdict(l.id, res)
 }
 
 func (w *worker) onError(ctx context.Context) nfqueue.ErrorFunc {

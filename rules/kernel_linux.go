@@ -22,6 +22,10 @@ import (
 // not safe for concurrent use: one agent owns one namespace's state.
 type Linux struct {
 	fams [2]family
+	// applied is the last iptables rule set Apply installed: a map change
+	// that only changes routing does not run iptables (milliseconds per
+	// call) again.
+	applied []Rule
 }
 
 type family struct {
@@ -66,10 +70,15 @@ func (k *Linux) Apply(s Spec) error {
 	}
 	s = s.WithDefaults()
 	jumps, own := s.IPTablesRules()
-	for _, f := range k.fams {
-		if err := f.applyIPTables(jumps, own); err != nil {
-			return fmt.Errorf("installing %s rules: %w", f.name, err)
+	all := append(slices.Clone(jumps), own...)
+	if !slices.EqualFunc(all, k.applied, func(a, b Rule) bool { return a.Chain == b.Chain && slices.Equal(a.Args, b.Args) }) {
+		k.applied = nil
+		for _, f := range k.fams {
+			if err := f.applyIPTables(jumps, own); err != nil {
+				return fmt.Errorf("installing %s rules: %w", f.name, err)
+			}
 		}
+		k.applied = all
 	}
 	return k.applyRouting(s)
 }
@@ -200,6 +209,7 @@ func sameRule(line, chain string, args []string) bool {
 
 // Remove deletes everything nfsteer owns in this namespace.
 func (k *Linux) Remove() error {
+	k.applied = nil
 	var errs []error
 	for _, f := range k.fams {
 		if err := f.remove(); err != nil {

@@ -348,3 +348,7 @@ func (t *Table) PinsFor(tenant int, slot uint32) Pins {
 	}
 	return p
 }
+
+// ChainPos returns the position of service svc in the tenant's chain, or
+// -1.
+func (ti *TenantInfo) ChainPos(svc int) int { return slices.Index(ti.Chain, svc) }

@@ -44,18 +44,35 @@ type Store struct {
 // parameters add Cluster nodes; ?master_name=NAME makes the addresses
 // Sentinels (go-redis's URL formats). unix:///path names a socket.
 func Open(ctx context.Context, rawURL string) (*Store, error) {
+	s, err := Dial(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Check(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Dial is Open without the check: the store connects when first used, and
+// reconnects by itself after Redis comes back.
+func Dial(rawURL string) (*Store, error) {
 	rdb, addr, err := client(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{rdb: rdb, addr: addr}
+	return &Store{rdb: rdb, addr: addr}, nil
+}
+
+// Check pings Redis (within 3 s) and returns an error naming its address.
+func (s *Store) Check(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := rdb.Ping(pctx).Err(); err != nil {
-		rdb.Close()
-		return nil, fmt.Errorf("connecting to Redis at %s: %w", addr, err)
+	if err := s.rdb.Ping(pctx).Err(); err != nil {
+		return fmt.Errorf("connecting to Redis at %s: %w", s.addr, err)
 	}
-	return s, nil
+	return nil
 }
 
 func client(rawURL string) (redis.UniversalClient, string, error) {

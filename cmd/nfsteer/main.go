@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/nfsteer/nfsteer/agent"
 	"github.com/nfsteer/nfsteer/nfq"
@@ -39,7 +40,7 @@ func main() {
 			slog.SetDefault(slog.New(h))
 			return nil
 		},
-		Commands: []*cli.Command{agentCommand(), rulesCommand(), mapCommand()},
+		Commands: []*cli.Command{agentCommand(), applyCommand(), controllerCommand(), rulesCommand(), mapCommand()},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "nfsteer: %v\n", err)
@@ -56,7 +57,7 @@ func main() {
 func nodeFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "node", Required: true, Usage: "this node's `NAME`; an instance name from the map makes it that instance's host", EnvVars: []string{"NFSTEER_NODE"}},
-		&cli.StringFlag{Name: "map", Required: true, Usage: "service map `FILE` (YAML)", EnvVars: []string{"NFSTEER_MAP"}},
+		&cli.StringFlag{Name: "map", Usage: "service map `FILE` (YAML): the map without Redis, the fallback with it", EnvVars: []string{"NFSTEER_MAP"}},
 		&cli.StringSliceFlag{Name: "outer", Usage: "a gateway's steered `IFACE` (repeat for several)", EnvVars: []string{"NFSTEER_OUTER"}},
 		&cli.IntFlag{Name: "queues", Value: 1, Usage: "NFQUEUE queues per direction", EnvVars: []string{"NFSTEER_QUEUES"}},
 		&cli.StringFlag{Name: "fail", Value: "open", Usage: "with no agent reading the queues, new flows pass (`open`) or are dropped (closed)", EnvVars: []string{"NFSTEER_FAIL"}},
@@ -101,20 +102,36 @@ Example, the host of instance fw-1:
 		Flags: append(nodeFlags(),
 			&cli.BoolFlag{Name: "keep-rules", Usage: "leave the rules installed on exit (a fail-closed node then keeps dropping new flows)"},
 			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
+			redisFlag(),
+			&cli.BoolFlag{Name: "mirror", Value: true, Usage: "mirror sessions to Redis (--mirror=false: a secondary cannot take established flows over)", EnvVars: []string{"NFSTEER_MIRROR"}},
+			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
+			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack and refreshed in Redis", EnvVars: []string{"NFSTEER_REFRESH"}},
+			&cli.DurationFlag{Name: "session-ttl", Value: 2 * time.Minute, Usage: "life of a session in Redis between refreshes", EnvVars: []string{"NFSTEER_SESSION_TTL"}},
 		),
 		Action: func(c *cli.Context) error {
 			spec, err := specFromFlags(c)
 			if err != nil {
 				return err
 			}
+			if c.String("map") == "" && c.String("redis") == "" {
+				return cli.Exit("give --map FILE, --redis URL, or both", 2)
+			}
 			k, err := rules.NewLinux()
 			if err != nil {
 				return err
 			}
+			ct, err := rules.NewConntrack()
+			if err != nil {
+				return err
+			}
+			defer ct.Close()
 			a, err := agent.New(agent.Config{
 				Node: c.String("node"), MapFile: c.String("map"), Rules: spec,
 				KeepRules: c.Bool("keep-rules"), LogFlows: c.Bool("log-flows"),
-			}, k)
+				RedisURL: c.String("redis"), NoMirror: !c.Bool("mirror"),
+				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
+				RedisSessionTTL: c.Duration("session-ttl"),
+			}, k, ct)
 			if err != nil {
 				return err
 			}
@@ -201,8 +218,8 @@ func rulesCommand() *cli.Command {
 func mapCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "map",
-		Usage: "work with service map files",
-		Subcommands: []*cli.Command{{
+		Usage: "work with service maps",
+		Subcommands: []*cli.Command{mapShowCommand(), {
 			Name:        "check",
 			Usage:       "validate a map file and print its slot table summary",
 			Description: "Example:\n   nfsteer map check -f map.yaml",

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/tests/redislab"
 	"github.com/vishvananda/netns"
 )
 
@@ -34,6 +35,11 @@ const (
 	Server        = "10.99.0.2"
 	Server6       = "fd00:99::2"
 	ServiceSubnet = "10.200.0.0/24"
+	// Control is the address of host "ctl" on the service network, where
+	// tests run Redis and the controller.
+	Control = "10.200.0.250"
+	// RedisURL is where StartRedis's server listens.
+	RedisURL = "redis://" + Control + ":6379"
 )
 
 // Map is the lab's service map.
@@ -78,10 +84,14 @@ type Lab struct {
 
 // New builds a lab and registers its removal with tb. It skips the test
 // when not root, unless CI is set, where a skip would hide a broken run.
-func New(tb testing.TB, bin string) *Lab {
+func New(tb testing.TB, bin string) *Lab { return NewWithMap(tb, bin, Map) }
+
+// NewWithMap is New with another service map (it must use the lab's
+// instances and addresses).
+func NewWithMap(tb testing.TB, bin, m string) *Lab {
 	tb.Helper()
 	RequireRoot(tb)
-	l, err := Up(bin, tb.TempDir())
+	l, err := UpWithMap(bin, tb.TempDir(), m)
 	if l != nil {
 		tb.Cleanup(func() {
 			if tb.Failed() {
@@ -113,13 +123,16 @@ func RequireRoot(tb testing.TB) {
 
 // Up builds a lab with scratch files in dir. On error the returned lab (if
 // not nil) holds what was built and must still be closed.
-func Up(bin, dir string) (*Lab, error) {
+func Up(bin, dir string) (*Lab, error) { return UpWithMap(bin, dir, Map) }
+
+// UpWithMap is Up with another service map.
+func UpWithMap(bin, dir, m string) (*Lab, error) {
 	var r [3]byte
 	if _, err := rand.Read(r[:]); err != nil {
 		return nil, err
 	}
 	l := &Lab{Prefix: "nfs" + hex.EncodeToString(r[:]), Bin: bin, Dir: dir, MapFile: filepath.Join(dir, "map.yaml")}
-	if err := os.WriteFile(l.MapFile, []byte(Map), 0o644); err != nil {
+	if err := os.WriteFile(l.MapFile, []byte(m), 0o644); err != nil {
 		return nil, err
 	}
 	return l, l.build()
@@ -130,7 +143,7 @@ func Up(bin, dir string) (*Lab, error) {
 func (l *Lab) NS(short string) string { return l.Prefix + "-" + short }
 
 func (l *Lab) build() error {
-	hosts := []string{"ca", "cg", "cx", "gw", "srv", "sw"}
+	hosts := []string{"ca", "cg", "cx", "gw", "srv", "sw", "ctl"}
 	for _, in := range Instances {
 		hosts = append(hosts, in.Name)
 	}
@@ -159,6 +172,7 @@ func (l *Lab) build() error {
 		{"cx", "eth0", "gw", "cx0", []string{"10.30.1.2/24", "fd00:30::2/64"}, []string{"10.30.1.1/24", "fd00:30::1/64"}},
 		{"srv", "eth0", "gw", "srv0", []string{"10.99.0.2/24", "fd00:99::2/64"}, []string{"10.99.0.1/24", "fd00:99::1/64"}},
 		{"gw", "svc0", "sw", "p-gw", []string{"10.200.0.1/24", "fd00:200::1/64"}, nil},
+		{"ctl", "eth0", "sw", "p-ctl", []string{Control + "/24"}, nil},
 	}
 	for _, in := range Instances {
 		links = append(links, link{in.Name, "eth0", "sw", "p-" + in.Name, []string{in.V4 + "/24", in.V6 + "/64"}, nil})
@@ -338,6 +352,18 @@ func (l *Lab) StartAgent(node string, extra ...string) (*Agent, error) {
 		}
 	}
 	args = append(args, extra...)
+	return l.start(node, args, "msg=ready")
+}
+
+// StartController runs `nfsteer controller` against the lab's Redis in
+// host "ctl" and waits until it logs started; name tells several apart.
+func (l *Lab) StartController(name string, extra ...string) (*Agent, error) {
+	args := append([]string{"netns", "exec", l.NS("ctl"), l.Bin, "controller", "--redis", RedisURL}, extra...)
+	return l.start(name, args, "msg=started")
+}
+
+// start runs `ip args...` as process node and waits for ready in its log.
+func (l *Lab) start(node string, args []string, ready string) (*Agent, error) {
 	a := &Agent{Node: node, Log: filepath.Join(l.Dir, fmt.Sprintf("agent-%s-%d.log", node, time.Now().UnixNano())), done: make(chan struct{})}
 	f, err := os.Create(a.Log)
 	if err != nil {
@@ -360,7 +386,7 @@ func (l *Lab) StartAgent(node string, extra ...string) (*Agent, error) {
 	deadline := time.After(15 * time.Second)
 	for {
 		b, _ := os.ReadFile(a.Log)
-		if bytes.Contains(b, []byte("msg=ready")) {
+		if bytes.Contains(b, []byte(ready)) {
 			return a, nil
 		}
 		select {
@@ -539,4 +565,16 @@ func (l *Lab) Dial(ctx context.Context, host, network, local, addr string) (net.
 		return err
 	})
 	return c, err
+}
+
+// StartRedis runs a redis-server in host "ctl", listening on Control:6379,
+// and stops it when tb ends.
+func (l *Lab) StartRedis(tb testing.TB) *redislab.Server {
+	tb.Helper()
+	return redislab.Start(tb, redislab.Options{NS: l.NS("ctl"), Bind: Control, Port: 6379})
+}
+
+// Nfsteer runs the nfsteer command line in host ("ctl" reaches Redis).
+func (l *Lab) Nfsteer(host string, args ...string) (string, error) {
+	return l.Output(host, append([]string{l.Bin}, args...)...)
 }

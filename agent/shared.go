@@ -1,0 +1,440 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+)
+
+// watchMap follows the live map in Redis: every announced, resubscribed or
+// polled version newer than the node's is validated, installed and, if it
+// took instances away, the flows pinned to them are moved.
+func (a *Agent) watchMap(ctx context.Context) error {
+	refused := uint64(0)
+	return a.store.Watch(ctx, a.cfg.MapPoll, func(ctx context.Context, announced uint64) {
+		cur := a.state.Load().table.Version()
+		if announced != 0 && announced <= cur {
+			return
+		}
+		v, err := a.store.LiveVersion(ctx)
+		if err != nil || v <= cur || v == refused {
+			return
+		}
+		start := time.Now()
+		p, err := a.store.Live(ctx)
+		if err != nil {
+			if errors.Is(err, steering.ErrInvalidMap) {
+				a.Counters.MapsRefused.Add(1)
+				refused = v
+				a.log.Error("refusing map version from Redis; keeping the last good one", "version", v, "current", cur, "err", err)
+			}
+			return
+		}
+		if p.Version <= cur {
+			return
+		}
+		a.switchMap(p, start)
+	})
+}
+
+// switchMap installs p and moves flows off instances it took away.
+func (a *Agent) switchMap(p *steering.Published, start time.Time) {
+	a.switchMu.Lock()
+	defer a.switchMu.Unlock()
+	old := a.state.Load()
+	if err := a.install(p, true); err != nil {
+		a.Counters.MapsRefused.Add(1)
+		a.log.Error("refusing map version; keeping the last good one", "version", p.Version, "err", err)
+		return
+	}
+	a.Counters.Maps.Add(1)
+	switched := time.Now()
+	moved := a.repin(old.table, a.state.Load().table)
+	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(),
+		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "down", p.Down)
+}
+
+// repin moves every established flow pinned to an instance that t no
+// longer steers to (down, or gone) to the instance holding the primary role
+// of the flow's slot on t, which was its secondary: conntrack marks first
+// (the kernel steers by them), then the local sessions.
+func (a *Agent) repin(old, t *steering.Table) int {
+	if a.ct == nil {
+		return 0
+	}
+	gone := func(id uint16) (*steering.Instance, bool) {
+		if in, ok := t.InstanceByID(id); ok {
+			return in, in.Down
+		}
+		in, ok := old.InstanceByID(id)
+		return in, ok
+	}
+	// Quick exit: nothing pinned can be gone if t lost no instance.
+	any := false
+	for _, in := range old.Instances() {
+		if _, g := gone(in.ID); g {
+			any = true
+			break
+		}
+	}
+	if !any {
+		return 0
+	}
+	type move struct {
+		service string
+		to      uint16
+	}
+	moves := map[sessions.Key][]move{}
+	a.ctMu.Lock()
+	n, err := a.ct.Walk(func(f steering.Flow, mark uint32) (uint32, bool) {
+		changed := false
+		for _, reply := range []bool{false, true} {
+			h := rules.Half(mark, reply)
+			if h <= rules.MarkPass {
+				continue
+			}
+			in, g := gone(uint16(h - 1))
+			if !g {
+				continue
+			}
+			svc := serviceIndex(t, old.Services()[in.Service].Name)
+			if svc < 0 {
+				continue // the whole service is gone: nothing to move to
+			}
+			code := steering.AffinityCode(&f)
+			to, _ := t.RolesFor(svc, code&(t.Slots()-1))
+			if to == nil || to.Down {
+				continue
+			}
+			mark = rules.SetHalf(mark, reply, rules.HalfValue(to.ID))
+			k := sessions.KeyOf(&f)
+			moves[k] = append(moves[k], move{old.Services()[in.Service].Name, to.ID})
+			changed = true
+		}
+		return mark, changed
+	})
+	a.ctMu.Unlock()
+	if err != nil {
+		a.log.Warn("moving flows off dead instances", "err", err)
+	}
+	for k, ms := range moves {
+		a.sessions.Update(k, func(s *sessions.Session) {
+			ti := tenantIndex(t, s.Tenant)
+			if ti < 0 {
+				return
+			}
+			for _, m := range ms {
+				for i, svc := range t.Tenants()[ti].Chain {
+					if t.Services()[svc].Name == m.service {
+						s.Pins[i] = m.to
+					}
+				}
+			}
+		})
+	}
+	a.Counters.Repinned.Add(uint64(n))
+	return n
+}
+
+func serviceIndex(t *steering.Table, name string) int {
+	for i, s := range t.Services() {
+		if s.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func tenantIndex(t *steering.Table, name string) int {
+	for i, tn := range t.Tenants() {
+		if tn.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// heartbeat reports the node alive, with its health, every interval.
+func (a *Agent) heartbeat(ctx context.Context) error {
+	tick := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		r := store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.sessions.Len()}
+		if a.mirror != nil {
+			r.MirrorDepth = a.mirror.Stats.Depth.Load()
+			r.MirrorDrops = a.mirror.Stats.Dropped.Load()
+		}
+		if qs, err := nfq.ReadKernelQueueStats(); err == nil {
+			for _, q := range qs {
+				r.QueueBacklog += uint64(q.Waiting)
+				r.QueueDrops += uint64(q.QueueDropped) + uint64(q.UserDropped)
+			}
+		}
+		hctx, cancel := context.WithTimeout(ctx, max(a.cfg.HeartbeatInterval, 100*time.Millisecond))
+		err := a.store.Heartbeat(hctx, r)
+		cancel()
+		switch {
+		case err != nil && !failing && ctx.Err() == nil:
+			a.log.Warn("heartbeat failed; steering goes on", "err", err)
+			failing = true
+		case err == nil && failing:
+			a.log.Info("heartbeat reaches Redis again")
+			failing = false
+		}
+	}
+}
+
+// deferToRedis holds a packet the firewall cannot admit from memory while
+// a lookup worker asks Redis whether this instance may take the flow over.
+// Packets of a flow already being looked up join that lookup.
+func (a *Agent) deferToRedis(key sessions.Key, w waiter) nfq.Result {
+	if a.mirror == nil {
+		// Nothing is mirrored, so nothing can be found.
+		a.Counters.Unknown.Add(1)
+		return nfq.Result{Verdict: nfq.Drop}
+	}
+	a.lookupMu.Lock()
+	if ws, ok := a.pending[key]; ok {
+		a.pending[key] = append(ws, w)
+		a.lookupMu.Unlock()
+		return nfq.Result{Verdict: nfq.Defer}
+	}
+	if len(a.pending) >= maxPendingLookups {
+		a.lookupMu.Unlock()
+		a.Counters.LookupsShed.Add(1)
+		return nfq.Result{Verdict: nfq.Drop}
+	}
+	a.pending[key] = []waiter{w}
+	a.lookupMu.Unlock()
+	select {
+	case a.lookups <- key:
+		return nfq.Result{Verdict: nfq.Defer}
+	default:
+		a.lookupMu.Lock()
+		delete(a.pending, key)
+		a.lookupMu.Unlock()
+		a.Counters.LookupsShed.Add(1)
+		return nfq.Result{Verdict: nfq.Drop}
+	}
+}
+
+// lookupWorker answers deferred packets.
+func (a *Agent) lookupWorker(ctx context.Context) error {
+	for {
+		var key sessions.Key
+		select {
+		case <-ctx.Done():
+			// Nobody will answer what is still pending: let it go rather
+			// than leave it queued. The kernel drops it with the queue.
+			return nil
+		case key = <-a.lookups:
+		}
+		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		rec, err := a.sw.Get(lctx, key)
+		cancel()
+		st := a.state.Load()
+		var sess sessions.Session
+		var from uint16
+		ok := false
+		switch {
+		case err == nil:
+			sess, from, ok = takeover(st, a.cfg.Node, key, rec)
+			if !ok {
+				a.log.Info("firewall: mirrored session is not this instance's to take", "flow", key.String(), "hops", rec.Hops)
+			}
+		case errors.Is(err, store.ErrNoSession):
+		case errors.Is(err, store.ErrMalformed):
+			a.Counters.LookupErrors.Add(1)
+			a.log.Warn("firewall: ignoring malformed session in Redis", "err", err)
+		default:
+			a.Counters.LookupErrors.Add(1)
+			a.log.Warn("firewall: session lookup failed", "flow", key.String(), "err", err)
+		}
+		if ok {
+			sess = a.sessions.Put(sess)
+			a.Counters.TakenOver.Add(1)
+			if from != 0 {
+				a.mirror.Enqueue(sessions.Op{Kind: sessions.OpTakeover, Hop: int8(st.table.Tenants()[tenantIndex(st.table, sess.Tenant)].ChainPos(st.service)), From: from, Session: sess})
+			} else {
+				a.mirror.Enqueue(sessions.Op{Kind: sessions.OpState, Session: sess})
+			}
+			a.log.Info("firewall: took over flow", "flow", key.String(), "from_id", from)
+		} else {
+			a.Counters.Unknown.Add(1)
+		}
+		a.lookupMu.Lock()
+		ws := a.pending[key]
+		delete(a.pending, key)
+		a.lookupMu.Unlock()
+		for _, w := range ws {
+			if !ok {
+				w.later.Set(nfq.Result{Verdict: nfq.Drop})
+				continue
+			}
+			d := st.table.Decide(st.node, &w.flow, w.reply, &sess.Pins)
+			w.later.Set(nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+		}
+	}
+}
+
+// takeover decides whether node may carry the flow Redis describes in rec:
+// the firewall of rec must have admitted it, and node must hold one of its
+// roles at the node's position, or the recorded primary must be one this
+// node's map no longer steers to while node now holds the slot's primary
+// role. It returns the local session to record and, if node takes the
+// primary role from another instance, that instance's ID.
+func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sessions.Session, uint16, bool) {
+	t := st.table
+	ti := tenantIndex(t, rec.Tenant)
+	if ti < 0 || st.service < 0 {
+		return sessions.Session{}, 0, false
+	}
+	pos := t.Tenants()[ti].ChainPos(st.service)
+	if pos < 0 || pos >= len(rec.Hops) {
+		return sessions.Session{}, 0, false
+	}
+	svc := t.Services()[st.service].Name
+	if !strings.Contains(rec.State[svc], `"verdict":"allow"`) {
+		return sessions.Session{}, 0, false
+	}
+	h := rec.Hops[pos]
+	mine := h.Primary == node || h.Secondary == node
+	if !mine {
+		pr, _ := t.RolesFor(st.service, rec.Code&(t.Slots()-1))
+		cur, ok := t.InstanceByName(h.Primary)
+		mine = pr != nil && pr.Name == node && (!ok || cur.Down || cur.Drained)
+	}
+	if !mine {
+		return sessions.Session{}, 0, false
+	}
+	s := sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: 0, TakenOver: true}
+	for i, hop := range rec.Hops {
+		if i >= len(s.Pins) {
+			break
+		}
+		if in, ok := t.InstanceByName(hop.Primary); ok {
+			s.Pins[i] = in.ID
+		}
+	}
+	self, _ := t.InstanceByName(node)
+	var from uint16
+	if h.Primary != node {
+		from = s.Pins[pos]
+	}
+	s.Pins[pos] = self.ID
+	return s, from, true
+}
+
+// resyncOps rewrites everything this node knows to Redis after Redis lost
+// data or operations were dropped.
+func (a *Agent) resyncOps() []sessions.Op {
+	st := a.state.Load()
+	var ops []sessions.Op
+	for _, s := range a.sessions.All() {
+		switch {
+		case st.node.Instance < 0:
+			ops = append(ops, sessions.Op{Kind: sessions.OpCreate, Session: s})
+		case st.firewall:
+			ops = append(ops, sessions.Op{Kind: sessions.OpCreate, Session: s}, sessions.Op{Kind: sessions.OpState, Session: s})
+		default:
+			ops = append(ops, sessions.Op{Kind: sessions.OpRefresh, Session: s})
+		}
+	}
+	return ops
+}
+
+// adopt is told that another node created a session first: the flow takes
+// that node's pins, here too.
+func (a *Agent) adopt(op sessions.Op, o sessions.Outcome) {
+	if o.Pins == op.Session.Pins {
+		return
+	}
+	var changes [][2]uint16
+	a.sessions.Update(op.Session.Key, func(s *sessions.Session) {
+		for i := range s.Pins {
+			if o.Pins[i] != 0 && o.Pins[i] != s.Pins[i] {
+				changes = append(changes, [2]uint16{s.Pins[i], o.Pins[i]})
+				s.Pins[i] = o.Pins[i]
+			}
+		}
+	})
+	if a.ct == nil || len(changes) == 0 {
+		return
+	}
+	a.ctMu.Lock()
+	defer a.ctMu.Unlock()
+	_, err := a.ct.Walk(func(f steering.Flow, mark uint32) (uint32, bool) {
+		if sessions.KeyOf(&f) != op.Session.Key {
+			return mark, false
+		}
+		for _, reply := range []bool{false, true} {
+			for _, c := range changes {
+				if rules.Half(mark, reply) == rules.HalfValue(c[0]) {
+					mark = rules.SetHalf(mark, reply, rules.HalfValue(c[1]))
+				}
+			}
+		}
+		return mark, true
+	})
+	if err != nil {
+		a.log.Warn("adopting the first writer's pins", "flow", op.Session.Key.String(), "err", err)
+	}
+}
+
+// refresh walks conntrack every RefreshInterval: live flows are marked
+// seen and, where this node holds an instance of their chain, refreshed in
+// Redis; sessions whose connection is gone are forgotten, and deleted from
+// Redis by the instance that held them.
+func (a *Agent) refresh(ctx context.Context) error {
+	tick := time.NewTicker(a.cfg.RefreshInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		live := map[sessions.Key]bool{}
+		a.ctMu.Lock()
+		_, err := a.ct.Walk(func(f steering.Flow, mark uint32) (uint32, bool) {
+			live[sessions.KeyOf(&f)] = true
+			return mark, false
+		})
+		a.ctMu.Unlock()
+		if err != nil {
+			a.log.Warn("reading conntrack", "err", err)
+			continue
+		}
+		st := a.state.Load()
+		now := time.Now()
+		grace := now.Add(-2 * a.cfg.RefreshInterval).UnixNano()
+		for _, s := range a.sessions.All() {
+			held := st.node.Instance >= 0
+			switch {
+			case live[s.Key]:
+				a.sessions.Update(s.Key, func(s *sessions.Session) { s.Seen = now.UnixNano() })
+				if held && a.mirror != nil {
+					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpRefresh, Session: s})
+				}
+			case max(s.Created, s.Seen) < grace:
+				a.sessions.Delete(s.Key)
+				if held && st.firewall && a.mirror != nil {
+					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s})
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nfsteer/nfsteer/controller"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+)
+
+func redisFlag() cli.Flag {
+	return &cli.StringFlag{Name: "redis", Usage: "Redis `URL` (redis://, rediss://, unix://; ?addr= for Cluster, ?master_name= for Sentinel)", EnvVars: []string{"NFSTEER_REDIS"}}
+}
+
+func openStore(c *cli.Context) (*store.Store, error) {
+	if c.String("redis") == "" {
+		return nil, cli.Exit("--redis URL (or NFSTEER_REDIS) is required", 2)
+	}
+	return store.Open(c.Context, c.String("redis"))
+}
+
+func applyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "apply",
+		Usage: "validate a map file and publish it to Redis as the next version",
+		Description: `The whole map is written as one new version, atomically, and announced to
+every agent. Instances keep their IDs; instances the controller marked down
+stay down.
+
+Example:
+   nfsteer apply --redis redis://10.0.0.5:6379 -f /etc/nfsteer/map.yaml`,
+		Flags: []cli.Flag{
+			redisFlag(),
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"},
+			&cli.Uint64Flag{Name: "version", Usage: "publish as exactly this `VERSION` (refused unless newer than the live one)"},
+		},
+		Action: func(c *cli.Context) error {
+			m, err := steering.LoadFile(c.String("file"))
+			if err != nil {
+				return cli.Exit(err, 1)
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			p, err := s.Publish(c.Context, func(live *steering.Published) (*steering.Published, error) {
+				next := &steering.Published{Version: c.Uint64("version"), Map: m}
+				if live != nil {
+					next.Down, next.Drained = keep(live.Down, m), keep(live.Drained, m)
+				}
+				return next, nil
+			})
+			if err != nil {
+				return cli.Exit(err, 1)
+			}
+			fmt.Fprintf(c.App.Writer, "published map version %d (%d services, %d tenants)\n", p.Version, len(p.Map.Services), len(p.Map.Tenants))
+			return nil
+		},
+	}
+}
+
+// keep returns the names in list that are still instances of m.
+func keep(list []string, m *steering.Map) []string {
+	var out []string
+	for _, n := range list {
+		for _, svc := range m.Services {
+			if _, ok := svc.Instances[n]; ok {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+func mapShowCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "show",
+		Usage: "print the live map from Redis",
+		Description: `Prints the live version's map as YAML (what apply takes), after a header with
+the version, instance IDs and instances marked down. --output json prints the
+whole published document.
+
+Example:
+   nfsteer map show --redis redis://10.0.0.5:6379`,
+		Flags: []cli.Flag{redisFlag(), &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "yaml", Usage: "`yaml` or json"}},
+		Action: func(c *cli.Context) error {
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			p, err := s.Live(c.Context)
+			if err != nil {
+				return cli.Exit(fmt.Errorf("reading the live map from %s: %w", s.Addr(), err), 1)
+			}
+			w := c.App.Writer
+			switch c.String("output") {
+			case "json":
+				e := json.NewEncoder(w)
+				e.SetIndent("", "  ")
+				return e.Encode(p)
+			case "yaml":
+				fmt.Fprintf(w, "# version %d\n# ids %v\n# down %v\n# drained %v\n", p.Version, p.IDs, p.Down, p.Drained)
+				e := yaml.NewEncoder(w)
+				e.SetIndent(2)
+				return e.Encode(p.Map)
+			default:
+				return cli.Exit(fmt.Sprintf("--output %q: want yaml or json", c.String("output")), 2)
+			}
+		},
+	}
+}
+
+func controllerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "controller",
+		Usage: "mark instances down and up from their heartbeats, publishing each change (one active, others standby)",
+		Description: `Example:
+   nfsteer controller --redis redis://10.0.0.5:6379`,
+		Flags: []cli.Flag{
+			redisFlag(),
+			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
+			&cli.IntFlag{Name: "misses", Value: 4, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
+			&cli.DurationFlag{Name: "lease", Value: 2 * time.Second, Usage: "controller lease `TTL` (how long a dead controller blocks its standby)"},
+		},
+		Action: func(c *cli.Context) error {
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			ctl := controller.New(s, controller.Config{Interval: c.Duration("heartbeat"), Misses: c.Int("misses"), LeaseTTL: c.Duration("lease")})
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return ctl.Run(ctx)
+		},
+	}
+}
+

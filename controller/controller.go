@@ -1,0 +1,208 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+)
+
+// Config configures a [Controller].
+type Config struct {
+	// Interval is the agents' heartbeat interval (default 50ms); an
+	// instance is down after Misses intervals without one (default 4).
+	Interval time.Duration
+	Misses   int
+	// LeaseTTL is how long a dead active controller blocks its standbys
+	// (default 2s).
+	LeaseTTL time.Duration
+	// ID names this controller in the lease (default host name and pid).
+	ID     string
+	Logger *slog.Logger
+}
+
+// Controller watches instance health. Its counters may be read at any time.
+type Controller struct {
+	cfg Config
+	s   *store.Store
+	log *slog.Logger
+
+	active  bool      // holds the lease; only Run's goroutine touches it
+	since   time.Time // when it became active
+	lastMap *steering.Published
+
+	// Failovers counts instances marked down; Recoveries, marked up.
+	Failovers, Recoveries, Publishes atomic.Uint64
+}
+
+// New returns a controller working on s.
+func New(s *store.Store, cfg Config) *Controller {
+	if cfg.Interval == 0 {
+		cfg.Interval = 50 * time.Millisecond
+	}
+	if cfg.Misses == 0 {
+		cfg.Misses = 4
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 2 * time.Second
+	}
+	if cfg.ID == "" {
+		h, _ := os.Hostname()
+		cfg.ID = fmt.Sprintf("%s/%d", h, os.Getpid())
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Controller{cfg: cfg, s: s, log: cfg.Logger.With("controller", cfg.ID)}
+}
+
+// DeadAfter is how long an instance may stay silent before it is down.
+func (c *Controller) DeadAfter() time.Duration { return c.cfg.Interval * time.Duration(c.cfg.Misses) }
+
+// Run works until ctx is done, then gives the lease up so a standby takes
+// over at once.
+func (c *Controller) Run(ctx context.Context) error {
+	tick := time.NewTicker(max(c.cfg.Interval/2, 10*time.Millisecond))
+	defer tick.Stop()
+	defer func() {
+		if c.active {
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = c.s.ReleaseLease(rctx, c.cfg.ID)
+			c.log.Info("lease released")
+		}
+	}()
+	c.log.Info("started", "dead_after", c.DeadAfter().String(), "lease_ttl", c.cfg.LeaseTTL.String())
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		err := c.tick(ctx)
+		if err != nil && ctx.Err() == nil && err.Error() != lastErr {
+			c.log.Warn("controller step failed", "err", err)
+		}
+		if err != nil {
+			lastErr = err.Error()
+		} else {
+			lastErr = ""
+		}
+	}
+}
+
+func (c *Controller) tick(ctx context.Context) error {
+	ok, err := c.s.Lease(ctx, c.cfg.ID, c.cfg.LeaseTTL)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if c.active {
+			c.log.Warn("lease lost; standing by")
+		}
+		c.active = false
+		return nil
+	}
+	if !c.active {
+		c.active, c.since = true, time.Now()
+		c.log.Info("active")
+	}
+	return c.step(ctx)
+}
+
+// step compares heartbeats with the live map's down list and publishes a
+// new version when they disagree.
+func (c *Controller) step(ctx context.Context) error {
+	live, err := c.s.Live(ctx)
+	if errors.Is(err, store.ErrNoMap) {
+		if c.lastMap == nil {
+			return nil
+		}
+		// Redis lost its data: put the last map back, as a newer version
+		// so no node sees the number go back.
+		restored := *c.lastMap
+		restored.Version = c.lastMap.Version + 1
+		p, err := c.s.Publish(ctx, func(*steering.Published) (*steering.Published, error) { r := restored; return &r, nil })
+		if err != nil {
+			return fmt.Errorf("restoring the map: %w", err)
+		}
+		c.log.Warn("Redis held no map; restored the last one", "version", p.Version)
+		c.lastMap = p
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c.lastMap = live
+	beats, now, err := c.s.Beats(ctx)
+	if err != nil {
+		return err
+	}
+	down := c.down(live, beats, now)
+	if slices.Equal(down, sorted(live.Down)) {
+		return nil
+	}
+	p, err := c.s.Publish(ctx, func(cur *steering.Published) (*steering.Published, error) {
+		if cur == nil {
+			return nil, store.ErrNoMap
+		}
+		next := *cur
+		next.Version = 0
+		next.Down = c.down(cur, beats, now)
+		return &next, nil
+	})
+	if err != nil {
+		return fmt.Errorf("publishing health: %w", err)
+	}
+	c.Publishes.Add(1)
+	for _, n := range p.Down {
+		if !slices.Contains(live.Down, n) {
+			c.Failovers.Add(1)
+			c.log.Warn("instance down", "instance", n, "version", p.Version, "last_beat", beats[n].At.Format(time.RFC3339Nano))
+		}
+	}
+	for _, n := range live.Down {
+		if !slices.Contains(p.Down, n) {
+			c.Recoveries.Add(1)
+			c.log.Info("instance up", "instance", n, "version", p.Version)
+		}
+	}
+	c.lastMap = p
+	return nil
+}
+
+// down lists, sorted, the instances of p whose heartbeats are older than
+// DeadAfter by Redis's clock. An instance never heard from counts as
+// silent since this controller became active.
+func (c *Controller) down(p *steering.Published, beats map[string]store.Beat, now time.Time) []string {
+	var out []string
+	for _, svc := range p.Map.Services {
+		for name := range svc.Instances {
+			last := c.since.Add(now.Sub(time.Now())) // the activation, on Redis's clock
+			if b, ok := beats[name]; ok {
+				last = b.At
+			}
+			if now.Sub(last) > c.DeadAfter() {
+				out = append(out, name)
+			}
+		}
+	}
+	return sorted(out)
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	if s == nil {
+		s = []string{}
+	}
+	return s
+}

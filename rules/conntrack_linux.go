@@ -1,0 +1,71 @@
+//go:build linux
+
+package rules
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+)
+
+// LinuxConntrack is the Conntrack of the caller's network namespace
+// (ctnetlink; needs CAP_NET_ADMIN). It is not safe for concurrent use.
+type LinuxConntrack struct {
+	c *conntrack.Conn
+}
+
+// NewConntrack opens ctnetlink in the caller's network namespace.
+func NewConntrack() (*LinuxConntrack, error) {
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening ctnetlink: %w", err)
+	}
+	return &LinuxConntrack{c: c}, nil
+}
+
+// Walk implements Conntrack. A connection that ended between the dump and
+// its update is not an error.
+func (k *LinuxConntrack) Walk(fn func(f steering.Flow, mark uint32) (uint32, bool)) (int, error) {
+	flows, err := k.c.Dump(nil)
+	if err != nil {
+		return 0, fmt.Errorf("dumping conntrack: %w", err)
+	}
+	changed := 0
+	var errs []error
+	for _, ct := range flows {
+		o := ct.TupleOrig
+		f := steering.Flow{Src: o.IP.SourceAddress, Dst: o.IP.DestinationAddress, Proto: o.Proto.Protocol,
+			SrcPort: o.Proto.SourcePort, DstPort: o.Proto.DestinationPort}
+		if o.Proto.ICMPv4 || o.Proto.ICMPv6 {
+			f.SrcPort, f.DstPort = o.Proto.ICMPID, o.Proto.ICMPID
+		}
+		mark, change := fn(f, ct.Mark)
+		if !change || mark == ct.Mark {
+			continue
+		}
+		// Only the tuples and the mark: an update carrying status bits or
+		// timeouts is refused or changes more than we mean to.
+		err := k.c.Update(conntrack.Flow{TupleOrig: ct.TupleOrig, TupleReply: ct.TupleReply, Mark: mark})
+		switch {
+		case err == nil:
+			changed++
+		case errors.Is(err, unix.ENOENT):
+		default:
+			errs = append(errs, fmt.Errorf("re-marking %v: %w", f, err))
+		}
+	}
+	return changed, errors.Join(errs...)
+}
+
+// Close closes the ctnetlink socket. It is safe to call twice.
+func (k *LinuxConntrack) Close() error {
+	if k.c == nil {
+		return nil
+	}
+	err := k.c.Close()
+	k.c = nil
+	return err
+}

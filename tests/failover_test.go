@@ -1,0 +1,320 @@
+//go:build linux
+
+package tests
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// firewallMap is the lab's map with fw as a stateful firewall.
+const firewallMap = `slots: 256
+services:
+  fw:
+    function: firewall
+    instances:
+      fw-1: [10.200.0.11, "fd00:200::11"]
+      fw-2: [10.200.0.12, "fd00:200::12"]
+  dlp:
+    instances:
+      dlp-1: [10.200.0.21, "fd00:200::21"]
+      dlp-2: [10.200.0.22, "fd00:200::22"]
+tenants:
+  acme:
+    prefixes: [10.10.1.0/24, "fd00:10::/64"]
+    chain: [fw, dlp]
+    allow:
+      - {proto: tcp, dst: 10.99.0.0/24, ports: ["5201", "8000-8100"]}
+      - {proto: udp, dst: 10.99.0.0/24}
+  globex: {prefixes: [10.20.1.0/24], chain: [fw]}
+`
+
+// redisLab is a lab whose agents share the map and sessions through a real
+// redis-server in host ctl, with a controller watching heartbeats.
+func redisLab(t *testing.T, agentArgs ...string) *lab.Lab {
+	t.Helper()
+	l := lab.NewWithMap(t, bin, firewallMap)
+	l.StartRedis(t)
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll(append([]string{"--redis", lab.RedisURL, "--refresh", "500ms"}, agentArgs...)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.StartController("controller"); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// slowTransfer streams n random bytes from the acme client to the server
+// at rate chunks of 16 KiB per tick, and reports the longest pause between
+// two arrivals at the server. It fails t unless the server gets exactly
+// what was sent.
+type transferResult struct {
+	err     error
+	maxGap  time.Duration
+	gapAt   time.Time
+	ok      bool
+	elapsed time.Duration
+}
+
+func slowTransfer(t *testing.T, l *lab.Lab, local, addr string, n int64, tick time.Duration, deadline time.Duration) transferResult {
+	t.Helper()
+	ln, err := l.Listen("srv", "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type srvResult struct {
+		sum    [32]byte
+		n      int64
+		err    error
+		maxGap time.Duration
+		gapAt  time.Time
+	}
+	got := make(chan srvResult, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- srvResult{err: err}
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(deadline))
+		h := sha256.New()
+		var r srvResult
+		buf := make([]byte, 64<<10)
+		last := time.Now()
+		for {
+			m, err := c.Read(buf)
+			now := time.Now()
+			if m > 0 {
+				if g := now.Sub(last); g > r.maxGap && r.n > 0 {
+					r.maxGap, r.gapAt = g, last
+				}
+				last = now
+				h.Write(buf[:m])
+				r.n += int64(m)
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				r.err = err
+				break
+			}
+		}
+		copy(r.sum[:], h.Sum(nil))
+		got <- r
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := l.Dial(ctx, "ca", "tcp", local, addr)
+	if err != nil {
+		t.Fatalf("connecting %s -> %s: %v", local, addr, err)
+	}
+	defer c.Close()
+	start := time.Now()
+	h := sha256.New()
+	chunk := make([]byte, 16<<10)
+	c.SetWriteDeadline(time.Now().Add(deadline))
+	var sent int64
+	var sendErr error
+	for sent < n {
+		rand.Read(chunk)
+		if _, sendErr = c.Write(chunk); sendErr != nil {
+			break
+		}
+		h.Write(chunk)
+		sent += int64(len(chunk))
+		time.Sleep(tick)
+	}
+	if sendErr == nil {
+		c.(*net.TCPConn).CloseWrite()
+	}
+	r := <-got
+	res := transferResult{maxGap: r.maxGap, gapAt: r.gapAt, elapsed: time.Since(start)}
+	switch {
+	case sendErr != nil:
+		res.err = fmt.Errorf("sending after %d bytes: %w", sent, sendErr)
+	case r.err != nil:
+		res.err = fmt.Errorf("receiving after %d bytes: %w", r.n, r.err)
+	case r.n != sent || r.sum != [32]byte(h.Sum(nil)):
+		res.err = fmt.Errorf("server received %d bytes (sha256 %x), client sent %d (sha256 %x)", r.n, r.sum[:4], sent, h.Sum(nil)[:4])
+	default:
+		res.ok = true
+	}
+	return res
+}
+
+// udpStream sends a datagram every interval until stop, and returns the
+// longest gap between arrivals at the server and the counts.
+func udpStream(t *testing.T, l *lab.Lab, local, addr string, interval time.Duration, stop <-chan struct{}) (sent, received int, maxGap time.Duration) {
+	t.Helper()
+	pc, err := l.ListenPacket("srv", "udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	var mu sync.Mutex
+	go func() {
+		buf := make([]byte, 2048)
+		last := time.Time{}
+		for {
+			_, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			now := time.Now()
+			mu.Lock()
+			if !last.IsZero() && now.Sub(last) > maxGap {
+				maxGap = now.Sub(last)
+			}
+			last = now
+			received++
+			mu.Unlock()
+		}
+	}()
+	c, err := l.Dial(context.Background(), "ca", "udp", local, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			time.Sleep(200 * time.Millisecond)
+			mu.Lock()
+			defer mu.Unlock()
+			return sent, received, maxGap
+		case <-tick.C:
+			c.Write([]byte("datagram"))
+			sent++
+		}
+	}
+}
+
+func flowOf(t *testing.T, proto uint8, local, remote string) steering.Flow {
+	t.Helper()
+	a, b := netip.MustParseAddrPort(local), netip.MustParseAddrPort(remote)
+	return steering.Flow{Src: a.Addr(), Dst: b.Addr(), SrcPort: a.Port(), DstPort: b.Port(), Proto: proto}
+}
+
+// primaryFW finds the firewall instance holding flow f's primary role, and
+// its secondary, on the firewall map.
+func primaryFW(t *testing.T, f steering.Flow) (primary, secondary string) {
+	t.Helper()
+	m, err := steering.Parse([]byte(firewallMap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, s := tab.RolesFor(1, steering.AffinityCode(&f)&(tab.Slots()-1)) // services: dlp, fw
+	return p.Name, s.Name
+}
+
+// TestFailoverToSecondary kills the primary firewall of a running TCP
+// transfer and UDP stream (SIGKILL and link down). The transfer must
+// finish byte-exact with no reset, the secondary must carry the rest, and
+// Redis must name the secondary as the session's primary.
+func TestFailoverToSecondary(t *testing.T) {
+	res, l, primary, secondary, udp := runFailover(t)
+	if !res.ok {
+		t.Fatalf("transfer broke across the failover: %v", res.err)
+	}
+	t.Logf("failover gap: TCP %v (longest pause in delivery), UDP %v; %d/%d datagrams arrived; transfer took %v",
+		res.maxGap.Round(time.Millisecond), udp.gap.Round(time.Millisecond), udp.received, udp.sent, res.elapsed.Round(time.Millisecond))
+	fmt.Printf("BENCH failover_gap_tcp_ms=%d failover_gap_udp_ms=%d\n", res.maxGap.Milliseconds(), udp.gap.Milliseconds())
+	if udp.received < udp.sent*8/10 {
+		t.Errorf("UDP stream lost %d of %d datagrams", udp.sent-udp.received, udp.sent)
+	}
+	// The secondary carried the rest: its counter moved after the kill.
+	if p, _, err := l.Packets(secondary, "flowafter"); err != nil || p < 100 {
+		t.Errorf("secondary %s counted %d packets of the flow after the kill (%v); want it to carry the rest", secondary, p, err)
+	}
+	// Redis names the new primary.
+	f := flowOf(t, 6, failoverLocal, failoverServer)
+	k := sessions.KeyOf(&f)
+	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "HGET", "nfsteer:s:{"+k.String()+"}", "p0")
+	if err != nil || strings.TrimSpace(out) != secondary {
+		t.Errorf("Redis holds %q (%v) as the flow's primary firewall, want %s", strings.TrimSpace(out), err, secondary)
+	}
+	out, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
+	if !strings.Contains(out, k.String()) {
+		t.Errorf("index of %s as primary holds %q, want the flow %s", secondary, out, k)
+	}
+	_ = primary
+}
+
+// TestFailoverNeedsTheMirror is the same failover with mirroring off: the
+// secondary knows nothing of the flow and its firewall drops it mid-stream,
+// so the transfer must break. This is what proves the mirror saves it.
+func TestFailoverNeedsTheMirror(t *testing.T) {
+	res, _, _, _, _ := runFailover(t, "--mirror=false")
+	if res.ok {
+		t.Fatal("transfer survived the failover without the mirror; the firewall should have dropped the unknown mid-stream flow")
+	}
+	t.Logf("without the mirror the transfer broke, as it must: %v", res.err)
+}
+
+const (
+	failoverLocal  = "10.10.1.2:40555"
+	failoverServer = "10.99.0.2:5201"
+)
+
+type udpResult struct {
+	sent, received int
+	gap            time.Duration
+}
+
+func runFailover(t *testing.T, agentArgs ...string) (transferResult, *lab.Lab, string, string, udpResult) {
+	l := redisLab(t, agentArgs...)
+	f := flowOf(t, 6, failoverLocal, failoverServer)
+	primary, secondary := primaryFW(t, f)
+	t.Logf("flow %v: primary firewall %s, secondary %s", sessions.KeyOf(&f), primary, secondary)
+	if err := l.Count(secondary, "flowafter", fmt.Sprintf("ip saddr %s tcp sport %d", f.Src, f.SrcPort)); err != nil {
+		t.Fatal(err)
+	}
+	killed := make(chan struct{})
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		for _, a := range l.Agents(primary) {
+			a.Kill()
+		}
+		if err := l.Run(primary, "ip", "link", "set", "eth0", "down"); err != nil {
+			t.Error(err)
+		}
+		t.Logf("killed %s's agent and took its link down", primary)
+		close(killed)
+	}()
+	stopUDP := make(chan struct{})
+	udpDone := make(chan udpResult, 1)
+	go func() {
+		s, r, g := udpStream(t, l, "10.10.1.2:40556", "10.99.0.2:8053", 5*time.Millisecond, stopUDP)
+		udpDone <- udpResult{s, r, g}
+	}()
+	// 16 KiB every 2 ms: about 8 MB/s for 4 s.
+	res := slowTransfer(t, l, failoverLocal, failoverServer, 32<<20, 2*time.Millisecond, 15*time.Second)
+	<-killed
+	close(stopUDP)
+	return res, l, primary, secondary, <-udpDone
+}
