@@ -32,8 +32,8 @@ type Config struct {
 	// flows and refreshes their sessions (default 10s).
 	RefreshInterval time.Duration
 	// HeartbeatInterval is how often the node reports to Redis (default
-	// 50ms, which the controller's default of 4 misses turns into a
-	// failover in about 200ms).
+	// 50ms, which the controller's default of 3 misses turns into a
+	// failover in about 150ms).
 	HeartbeatInterval time.Duration
 	// MapPoll is how often the node checks the map version besides the
 	// announcements (default 1s).

@@ -17,7 +17,7 @@ import (
 // Config configures a [Controller].
 type Config struct {
 	// Interval is the agents' heartbeat interval (default 50ms); an
-	// instance is down after Misses intervals without one (default 4).
+	// instance is down after Misses intervals without one (default 3).
 	Interval time.Duration
 	Misses   int
 	// LeaseTTL is how long a dead active controller blocks its standbys
@@ -48,7 +48,7 @@ func New(s *store.Store, cfg Config) *Controller {
 		cfg.Interval = 50 * time.Millisecond
 	}
 	if cfg.Misses == 0 {
-		cfg.Misses = 4
+		cfg.Misses = 3
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 2 * time.Second

@@ -308,8 +308,16 @@ func runFailover(t *testing.T, agentArgs ...string) (transferResult, *lab.Lab, s
 	}()
 	stopUDP := make(chan struct{})
 	udpDone := make(chan udpResult, 1)
+	// A UDP flow on the same primary, so the kill hits both.
+	udpLocal := ""
+	for port := 41000; udpLocal == ""; port++ {
+		local := fmt.Sprintf("10.10.1.2:%d", port)
+		if p, _ := primaryFW(t, flowOf(t, 17, local, "10.99.0.2:8053")); p == primary {
+			udpLocal = local
+		}
+	}
 	go func() {
-		s, r, g := udpStream(t, l, "10.10.1.2:40556", "10.99.0.2:8053", 5*time.Millisecond, stopUDP)
+		s, r, g := udpStream(t, l, udpLocal, "10.99.0.2:8053", 5*time.Millisecond, stopUDP)
 		udpDone <- udpResult{s, r, g}
 	}()
 	// 16 KiB every 2 ms: about 8 MB/s for 4 s.
@@ -317,4 +325,50 @@ func runFailover(t *testing.T, agentArgs ...string) (transferResult, *lab.Lab, s
 	<-killed
 	close(stopUDP)
 	return res, l, primary, secondary, <-udpDone
+}
+
+// TestUnreachableRedisAtStart: without a map file the agent refuses to
+// start and names the address; with one it starts on it.
+func TestUnreachableRedisAtStart(t *testing.T) {
+	l := lab.NewWithMap(t, bin, firewallMap)
+	out, err := l.Nfsteer("gw", "agent", "--node", "gw", "--redis", lab.RedisURL, "--outer", "ca0")
+	if err == nil || !strings.Contains(err.Error()+out, lab.Control+":6379") {
+		t.Fatalf("agent without Redis and map: err %v, output %q; want a failure naming %s:6379", err, out, lab.Control)
+	}
+	a, err := l.StartAgent("gw", "--redis", lab.RedisURL)
+	if err != nil {
+		t.Fatalf("agent with --map and no Redis did not start: %v", err)
+	}
+	if !strings.Contains(a.Output(), "Redis unreachable; starting on the map file") {
+		t.Errorf("agent did not say it fell back to the map file:\n%s", a.Output())
+	}
+}
+
+// TestRefusesBadMapFromRedis: a map written to Redis by hand that fails
+// validation is refused and logged, and the agent keeps the last good one;
+// apply refuses a version older than the live one.
+func TestRefusesBadMapFromRedis(t *testing.T) {
+	l := redisLab(t)
+	out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile, "--version", "1")
+	if err == nil || !strings.Contains(out+err.Error(), "not newer than the live version") {
+		t.Fatalf("apply --version 1 over a live version: %v %q, want a refusal", err, out)
+	}
+	doc := `{"version":99,"map":{"services":{"fw":{"instances":{"fw-1":["10.200.0.11"]}}},` +
+		`"tenants":{"x":{"prefixes":["10.50.0.0/24"],"chain":["nope"]}}},"ids":{"fw-1":1}}`
+	if _, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "SET", "nfsteer:{map}:doc", doc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "SET", "nfsteer:{map}:version", "99"); err != nil {
+		t.Fatal(err)
+	}
+	gw := l.Agents("gw")[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(gw.Output(), "refusing map version from Redis") {
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway did not refuse the hand-written map:\n%s", gw.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Still steering on the last good map: an allowed flow crosses.
+	transfer(t, l, "ca", "10.10.1.2:40777", "10.99.0.2:5201", 1<<20)
 }

@@ -128,7 +128,7 @@ func controllerCommand() *cli.Command {
 		Flags: []cli.Flag{
 			redisFlag(),
 			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
-			&cli.IntFlag{Name: "misses", Value: 4, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
+			&cli.IntFlag{Name: "misses", Value: 3, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
 			&cli.DurationFlag{Name: "lease", Value: 2 * time.Second, Usage: "controller lease `TTL` (how long a dead controller blocks its standby)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -144,4 +144,3 @@ func controllerCommand() *cli.Command {
 		},
 	}
 }
-
