@@ -126,7 +126,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	}
 	for k, ms := range moves {
 		a.sessions.Update(k, func(s *sessions.Session) {
-			ti := tenantIndex(t, s.Tenant)
+			ti := t.TenantByName(s.Tenant)
 			if ti < 0 {
 				return
 			}
@@ -146,15 +146,6 @@ func (a *Agent) repin(old, t *steering.Table) int {
 func serviceIndex(t *steering.Table, name string) int {
 	for i, s := range t.Services() {
 		if s.Name == name {
-			return i
-		}
-	}
-	return -1
-}
-
-func tenantIndex(t *steering.Table, name string) int {
-	for i, tn := range t.Tenants() {
-		if tn.Name == name {
 			return i
 		}
 	}
@@ -267,7 +258,7 @@ func (a *Agent) lookupWorker(ctx context.Context) error {
 			sess = a.sessions.Put(sess)
 			a.Counters.TakenOver.Add(1)
 			if from != 0 {
-				a.mirror.Enqueue(sessions.Op{Kind: sessions.OpTakeover, Hop: int8(st.table.Tenants()[tenantIndex(st.table, sess.Tenant)].ChainPos(st.service)), From: from, Session: sess})
+				a.mirror.Enqueue(sessions.Op{Kind: sessions.OpTakeover, Hop: int8(st.table.Tenants()[st.table.TenantByName(sess.Tenant)].ChainPos(st.service)), From: from, Session: sess})
 			} else {
 				a.mirror.Enqueue(sessions.Op{Kind: sessions.OpState, Session: sess})
 			}
@@ -298,7 +289,7 @@ func (a *Agent) lookupWorker(ctx context.Context) error {
 // primary role from another instance, that instance's ID.
 func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sessions.Session, uint16, bool) {
 	t := st.table
-	ti := tenantIndex(t, rec.Tenant)
+	ti := t.TenantByName(rec.Tenant)
 	if ti < 0 || st.service < 0 {
 		return sessions.Session{}, 0, false
 	}

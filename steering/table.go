@@ -352,3 +352,8 @@ func (t *Table) PinsFor(tenant int, slot uint32) Pins {
 // ChainPos returns the position of service svc in the tenant's chain, or
 // -1.
 func (ti *TenantInfo) ChainPos(svc int) int { return slices.Index(ti.Chain, svc) }
+
+// TenantByName returns the index of the tenant called name, or -1.
+func (t *Table) TenantByName(name string) int {
+	return slices.IndexFunc(t.tenants, func(ti TenantInfo) bool { return ti.Name == name })
+}

@@ -103,13 +103,7 @@ type roleEntry struct{ instance, role string }
 // hops names the instances of a session on table t: the pinned ones as
 // primaries and, for each, the instance that would take over from it.
 func hops(t *steering.Table, sess *sessions.Session) ([]Hop, bool) {
-	ti := -1
-	for i, tn := range t.Tenants() {
-		if tn.Name == sess.Tenant {
-			ti = i
-			break
-		}
-	}
+	ti := t.TenantByName(sess.Tenant)
 	if ti < 0 {
 		return nil, false
 	}

@@ -290,7 +290,6 @@ func TestConcurrentCreateFirstWriterWins(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var pins steering.Pins
-			pins[0] = uint16(1 + i%3) // fw instances are IDs 3-5; any ID will do
 			pins[0] = tab.Instances()[2+i%3].ID
 			pins[1] = tab.Instances()[i%2].ID
 			out, err := w.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: sessions.Session{Key: k, Tenant: "acme", Code: 7, Pins: pins, Rule: -1}}})
