@@ -41,6 +41,9 @@ type Counters struct {
 	// malformed entry); LookupsShed counts packets dropped because too
 	// many lookups were pending.
 	LookupErrors, LookupsShed atomic.Uint64
+	// Joined counts flows a gateway took up mid-stream with the pins
+	// another gateway had given them.
+	Joined atomic.Uint64
 	// Maps counts map switches; MapsRefused, versions that failed
 	// validation; Repinned, connections moved off dead instances.
 	Maps, MapsRefused, Repinned atomic.Uint64
@@ -318,7 +321,10 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			if reply || d.Reverse || !p.Opening() {
 				// Mid-stream, or opened from outside: only a mirrored
 				// session naming this instance can let it through.
-				return a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply})
+				if a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply}) {
+					return nfq.Result{Verdict: nfq.Defer}
+				}
+				return nfq.Result{Verdict: nfq.Drop}
 			}
 			rule := st.table.Permit(d.Tenant, &p.Flow)
 			if rule < 0 {
@@ -328,6 +334,13 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			}
 			a.Counters.Admitted.Add(1)
 			a.newSession(st, key, d, int16(rule))
+		} else if st.node.Instance < 0 && a.mirror != nil && !p.Opening() &&
+			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply}) {
+			// Mid-stream at this gateway: the flow opened through another
+			// gateway (ECMP upstream moved it), perhaps on an older map.
+			// Its pins are in Redis; the map decides only if they are not,
+			// or if too many lookups are pending.
+			return nfq.Result{Verdict: nfq.Defer}
 		} else {
 			a.newSession(st, key, d, -1)
 		}

@@ -101,41 +101,44 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	}
 }
 
-// deferToRedis holds a packet the firewall cannot admit from memory while
-// a lookup worker asks Redis whether this instance may take the flow over.
-// Packets of a flow already being looked up join that lookup.
-func (a *Agent) deferToRedis(key sessions.Key, w waiter) nfq.Result {
+// deferToRedis holds a packet memory cannot decide while a lookup worker
+// asks Redis about its flow; packets of a flow already being looked up join
+// that lookup. It reports false, holding nothing, when nothing can be
+// looked up (no mirror) or too many lookups are pending: the caller decides
+// without Redis.
+func (a *Agent) deferToRedis(key sessions.Key, w waiter) bool {
 	if a.mirror == nil {
 		// Nothing is mirrored, so nothing can be found.
 		a.Counters.Unknown.Add(1)
-		return nfq.Result{Verdict: nfq.Drop}
+		return false
 	}
 	a.lookupMu.Lock()
 	if ws, ok := a.pending[key]; ok {
 		a.pending[key] = append(ws, w)
 		a.lookupMu.Unlock()
-		return nfq.Result{Verdict: nfq.Defer}
+		return true
 	}
 	if len(a.pending) >= maxPendingLookups {
 		a.lookupMu.Unlock()
 		a.Counters.LookupsShed.Add(1)
-		return nfq.Result{Verdict: nfq.Drop}
+		return false
 	}
 	a.pending[key] = []waiter{w}
 	a.lookupMu.Unlock()
 	select {
 	case a.lookups <- key:
-		return nfq.Result{Verdict: nfq.Defer}
+		return true
 	default:
 		a.lookupMu.Lock()
 		delete(a.pending, key)
 		a.lookupMu.Unlock()
 		a.Counters.LookupsShed.Add(1)
-		return nfq.Result{Verdict: nfq.Drop}
+		return false
 	}
 }
 
-// lookupWorker answers deferred packets.
+// lookupWorker answers deferred packets: a firewall's with a takeover
+// decision, a gateway's with the pins another gateway gave the flow.
 func (a *Agent) lookupWorker(ctx context.Context) error {
 	for {
 		var key sessions.Key
@@ -149,49 +152,111 @@ func (a *Agent) lookupWorker(ctx context.Context) error {
 		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		rec, err := a.sw.Get(lctx, key)
 		cancel()
-		st := a.state.Load()
-		var sess sessions.Session
-		var from uint16
-		ok := false
 		switch {
-		case err == nil:
-			sess, from, ok = takeover(st, a.cfg.Node, key, rec)
-			if !ok {
-				a.log.Info("firewall: mirrored session is not this instance's to take", "flow", key.String(), "hops", rec.Hops)
-			}
-		case errors.Is(err, store.ErrNoSession):
+		case err == nil, errors.Is(err, store.ErrNoSession):
 		case errors.Is(err, store.ErrMalformed):
 			a.Counters.LookupErrors.Add(1)
-			a.log.Warn("firewall: ignoring malformed session in Redis", "err", err)
+			a.log.Warn("ignoring malformed session in Redis", "err", err)
+			rec = nil
 		default:
 			a.Counters.LookupErrors.Add(1)
-			a.log.Warn("firewall: session lookup failed", "flow", key.String(), "err", err)
-		}
-		if ok {
-			sess = a.sessions.Put(sess)
-			a.Counters.TakenOver.Add(1)
-			if from != 0 {
-				a.mirror.Enqueue(sessions.Op{Kind: sessions.OpTakeover, Hop: int8(st.table.Tenants()[st.table.TenantByName(sess.Tenant)].ChainPos(st.service)), From: from, Session: sess})
-			} else {
-				a.mirror.Enqueue(sessions.Op{Kind: sessions.OpState, Session: sess})
-			}
-			a.log.Info("firewall: took over flow", "flow", key.String(), "from_id", from)
-		} else {
-			a.Counters.Unknown.Add(1)
+			a.log.Warn("session lookup failed", "flow", key.String(), "err", err)
+			rec = nil
 		}
 		a.lookupMu.Lock()
 		ws := a.pending[key]
 		delete(a.pending, key)
 		a.lookupMu.Unlock()
-		for _, w := range ws {
-			if !ok {
-				w.later.Set(nfq.Result{Verdict: nfq.Drop})
-				continue
-			}
-			d := st.table.Decide(st.node, &w.flow, w.reply, &sess.Pins)
-			w.later.Set(nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+		st := a.state.Load()
+		if st.firewall {
+			a.answerFirewall(st, key, rec, ws)
+		} else {
+			a.answerGateway(st, key, rec, ws)
 		}
 	}
+}
+
+// answerFirewall admits the waiting packets of a flow if rec lets this
+// instance take it over, and drops them otherwise.
+func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *store.Record, ws []waiter) {
+	var sess sessions.Session
+	var from uint16
+	ok := false
+	if rec != nil {
+		sess, from, ok = takeover(st, a.cfg.Node, key, rec)
+		if !ok {
+			a.log.Info("firewall: mirrored session is not this instance's to take", "flow", key.String(), "hops", rec.Hops)
+		}
+	}
+	if ok {
+		sess = a.sessions.Put(sess)
+		a.Counters.TakenOver.Add(1)
+		if from != 0 {
+			a.mirror.Enqueue(sessions.Op{Kind: sessions.OpTakeover, Hop: int8(st.table.Tenants()[st.table.TenantByName(sess.Tenant)].ChainPos(st.service)), From: from, Session: sess})
+		} else {
+			a.mirror.Enqueue(sessions.Op{Kind: sessions.OpState, Session: sess})
+		}
+		a.log.Info("firewall: took over flow", "flow", key.String(), "from_id", from)
+	} else {
+		a.Counters.Unknown.Add(1)
+	}
+	for _, w := range ws {
+		if !ok {
+			w.later.Set(nfq.Result{Verdict: nfq.Drop})
+			continue
+		}
+		d := st.table.Decide(st.node, &w.flow, w.reply, &sess.Pins)
+		w.later.Set(nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+	}
+}
+
+// answerGateway steers the waiting packets of a flow that is new to this
+// gateway along the pins rec names, or, without a usable record (none yet,
+// Redis down, malformed), along the map as for any new flow: a gateway
+// never drops what policy did not ask it to.
+func (a *Agent) answerGateway(st *state, key sessions.Key, rec *store.Record, ws []waiter) {
+	var pins steering.Pins
+	found := rec != nil && pinsFromRecord(st.table, rec, &pins)
+	if found {
+		a.Counters.Joined.Add(1)
+	}
+	for i, w := range ws {
+		var d steering.Decision
+		if found {
+			d = st.table.Decide(st.node, &w.flow, w.reply, &pins)
+			if i == 0 && d.Tenant >= 0 {
+				now := time.Now().UnixNano()
+				a.sessions.Put(sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Pins: pins,
+					Created: rec.Created * 1e6, Seen: now})
+			}
+		} else {
+			if s, ok := a.sessions.Get(key); ok {
+				d = st.table.Decide(st.node, &w.flow, w.reply, &s.Pins)
+			} else {
+				d = st.table.Decide(st.node, &w.flow, w.reply, nil)
+				if d.Tenant >= 0 && d.Kind != steering.NotInChain {
+					a.newSession(st, key, d, -1)
+				}
+			}
+		}
+		a.Counters.Decisions[d.Kind].Add(1)
+		w.later.Set(nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+	}
+}
+
+// pinsFromRecord fills pins with the primaries rec names, as IDs on t. It
+// reports false if rec's tenant or chain does not match t's.
+func pinsFromRecord(t *steering.Table, rec *store.Record, pins *steering.Pins) bool {
+	ti := t.TenantByName(rec.Tenant)
+	if ti < 0 || len(rec.Hops) != len(t.Tenants()[ti].Chain) {
+		return false
+	}
+	for i, h := range rec.Hops {
+		if in, ok := t.InstanceByName(h.Primary); ok && i < len(pins) {
+			pins[i] = in.ID
+		}
+	}
+	return true
 }
 
 // takeover decides whether node may carry the flow Redis describes in rec:

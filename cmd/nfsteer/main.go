@@ -40,7 +40,7 @@ func main() {
 			slog.SetDefault(slog.New(h))
 			return nil
 		},
-		Commands: []*cli.Command{agentCommand(), applyCommand(), controllerCommand(), rulesCommand(), mapCommand()},
+		Commands: []*cli.Command{agentCommand(), applyCommand(), controllerCommand(), rulesCommand(), mapCommand(), instanceCommand()},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "nfsteer: %v\n", err)

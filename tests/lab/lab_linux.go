@@ -38,6 +38,11 @@ const (
 	// Control is the address of host "ctl" on the service network, where
 	// tests run Redis and the controller.
 	Control = "10.200.0.250"
+	// Gateway2 is the service-network address of the second gateway, gw2.
+	// The acme client reaches it over its second link, where gw2's side is
+	// Gateway2Outer (see [Lab.Via]).
+	Gateway2      = "10.200.0.2"
+	Gateway2Outer = "10.10.2.1"
 	// RedisURL is where StartRedis's server listens.
 	RedisURL = "redis://" + Control + ":6379"
 )
@@ -143,7 +148,7 @@ func UpWithMap(bin, dir, m string) (*Lab, error) {
 func (l *Lab) NS(short string) string { return l.Prefix + "-" + short }
 
 func (l *Lab) build() error {
-	hosts := []string{"ca", "cg", "cx", "gw", "srv", "sw", "ctl"}
+	hosts := []string{"ca", "cg", "cx", "gw", "gw2", "srv", "sw", "ctl"}
 	for _, in := range Instances {
 		hosts = append(hosts, in.Name)
 	}
@@ -173,6 +178,10 @@ func (l *Lab) build() error {
 		{"srv", "eth0", "gw", "srv0", []string{"10.99.0.2/24", "fd00:99::2/64"}, []string{"10.99.0.1/24", "fd00:99::1/64"}},
 		{"gw", "svc0", "sw", "p-gw", []string{"10.200.0.1/24", "fd00:200::1/64"}, nil},
 		{"ctl", "eth0", "sw", "p-ctl", []string{Control + "/24"}, nil},
+		// gw2 is a second gateway for acme: what ECMP upstream of two
+		// gateways looks like, with the client choosing the path.
+		{"ca", "eth1", "gw2", "ca0", []string{"10.10.2.2/24"}, []string{Gateway2Outer + "/24"}},
+		{"gw2", "svc0", "sw", "p-gw2", []string{Gateway2 + "/24", "fd00:200::2/64"}, nil},
 	}
 	for _, in := range Instances {
 		links = append(links, link{in.Name, "eth0", "sw", "p-" + in.Name, []string{in.V4 + "/24", in.V6 + "/64"}, nil})
@@ -212,6 +221,10 @@ func (l *Lab) build() error {
 	}
 	for _, in := range Instances {
 		routes[in.Name] = [2]string{"10.200.0.1", "fd00:200::1"}
+	}
+	routes["gw2"] = [2]string{"10.200.0.1", "fd00:200::1"}
+	if err := l.Run("gw2", "ip", "route", "add", "10.10.1.0/24", "via", "10.10.2.2"); err != nil {
+		return err
 	}
 	for h, gw := range routes {
 		if err := l.Run(h, "ip", "route", "add", "default", "via", gw[0]); err != nil {
@@ -341,18 +354,30 @@ type Agent struct {
 // node "gw", steering the lab's outer interfaces) and waits until it says it
 // is ready.
 func (l *Lab) StartAgent(node string, extra ...string) (*Agent, error) {
-	host := node
-	if strings.HasPrefix(node, "gw") {
-		host = "gw"
+	host, outer := node, []string(nil)
+	switch {
+	case node == "gw2":
+		outer = []string{"ca0"}
+	case strings.HasPrefix(node, "gw"):
+		host, outer = "gw", Outer
 	}
 	args := []string{"netns", "exec", l.NS(host), l.Bin, "agent", "--node", node, "--map", l.MapFile, "--log-flows"}
-	if host == "gw" {
-		for _, o := range Outer {
-			args = append(args, "--outer", o)
-		}
+	for _, o := range outer {
+		args = append(args, "--outer", o)
 	}
 	args = append(args, extra...)
 	return l.start(node, args, "msg=ready")
+}
+
+// Via sends the acme client's IPv4 traffic to the server through gateway
+// gw ("gw" or "gw2") from now on, connections already open included, as an
+// upstream ECMP router does when its paths change.
+func (l *Lab) Via(gw string) error {
+	next, dev := "10.10.1.1", "eth0"
+	if gw == "gw2" {
+		next, dev = "10.10.2.1", "eth1"
+	}
+	return l.Run("ca", "ip", "route", "replace", "10.99.0.0/24", "via", next, "dev", dev, "src", AcmeClient)
 }
 
 // StartController runs `nfsteer controller` against the lab's Redis in
