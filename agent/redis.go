@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/nfsteer/nfsteer/nfq"
@@ -97,6 +97,10 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		case err == nil && failing:
 			a.log.Info("heartbeat reaches Redis again")
 			failing = false
+			if a.mirror != nil {
+				// Redis may be a new, empty server.
+				a.mirror.Resync()
+			}
 		}
 	}
 }
@@ -276,7 +280,11 @@ func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sess
 		return sessions.Session{}, 0, false
 	}
 	svc := t.Services()[st.service].Name
-	if !strings.Contains(rec.State[svc], `"verdict":"allow"`) {
+	var verdict struct {
+		Verdict string `json:"verdict"`
+		Rule    int16  `json:"rule"`
+	}
+	if json.Unmarshal([]byte(rec.State[svc]), &verdict) != nil || verdict.Verdict != "allow" {
 		return sessions.Session{}, 0, false
 	}
 	h := rec.Hops[pos]
@@ -289,7 +297,7 @@ func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sess
 	if !mine {
 		return sessions.Session{}, 0, false
 	}
-	s := sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: 0, TakenOver: true}
+	s := sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: verdict.Rule, TakenOver: true}
 	for i, hop := range rec.Hops {
 		if i >= len(s.Pins) {
 			break

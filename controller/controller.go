@@ -34,8 +34,14 @@ type Controller struct {
 	s   *store.Store
 	log *slog.Logger
 
-	active  bool      // holds the lease; only Run's goroutine touches it
-	since   time.Time // when it became active
+	// Only Run's goroutine touches these.
+	active bool // holds the lease
+	// since is when the controller last started seeing Redis whole: it
+	// became active, Redis came back after an error, or Redis came back
+	// empty. Silence before since is not held against an instance, since
+	// its heartbeats could not land either.
+	since   time.Time
+	blind   bool // the last tick could not reach Redis
 	lastMap *steering.Published
 
 	// Failovers counts instances marked down; Recoveries, marked up.
@@ -102,6 +108,7 @@ func (c *Controller) Run(ctx context.Context) error {
 func (c *Controller) tick(ctx context.Context) error {
 	ok, err := c.s.Lease(ctx, c.cfg.ID, c.cfg.LeaseTTL)
 	if err != nil {
+		c.blind = true
 		return err
 	}
 	if !ok {
@@ -115,7 +122,15 @@ func (c *Controller) tick(ctx context.Context) error {
 		c.active, c.since = true, time.Now()
 		c.log.Info("active")
 	}
-	return c.step(ctx)
+	if c.blind {
+		c.blind, c.since = false, time.Now()
+		c.log.Info("Redis reachable again; judging heartbeats from now on")
+	}
+	if err := c.step(ctx); err != nil {
+		c.blind = true
+		return err
+	}
+	return nil
 }
 
 // step compares heartbeats with the live map's down list and publishes a
@@ -135,7 +150,7 @@ func (c *Controller) step(ctx context.Context) error {
 			return fmt.Errorf("restoring the map: %w", err)
 		}
 		c.log.Warn("Redis held no map; restored the last one", "version", p.Version)
-		c.lastMap = p
+		c.lastMap, c.since = p, time.Now() // the heartbeats went with the data
 		return nil
 	}
 	if err != nil {
@@ -180,14 +195,22 @@ func (c *Controller) step(ctx context.Context) error {
 }
 
 // down lists, sorted, the instances of p whose heartbeats are older than
-// DeadAfter by Redis's clock. An instance never heard from counts as
-// silent since this controller became active.
+// DeadAfter by Redis's clock. Silence counts from since at the earliest.
 func (c *Controller) down(p *steering.Published, beats map[string]store.Beat, now time.Time) []string {
 	var out []string
+	since := c.since.Add(now.Sub(time.Now())) // on Redis's clock
 	for _, svc := range p.Map.Services {
 		for name := range svc.Instances {
-			last := c.since.Add(now.Sub(time.Now())) // the activation, on Redis's clock
-			if b, ok := beats[name]; ok {
+			b, heard := beats[name]
+			if slices.Contains(p.Down, name) {
+				// Down stays down until a fresh heartbeat says otherwise.
+				if !heard || now.Sub(b.At) > c.DeadAfter() {
+					out = append(out, name)
+				}
+				continue
+			}
+			last := since
+			if heard && b.At.After(last) {
 				last = b.At
 			}
 			if now.Sub(last) > c.DeadAfter() {

@@ -45,6 +45,9 @@ type Op struct {
 type Outcome struct {
 	Existed bool
 	Pins    steering.Pins
+	// Lost says a refresh found no session to refresh: Redis lost it (a
+	// restart without persistence, say). The mirror then rewrites all.
+	Lost bool
 }
 
 // Writer writes a batch of operations to Redis, in one round trip where
@@ -190,12 +193,17 @@ func (m *Mirror) write(ctx context.Context, batch []Op) bool {
 				// Redis may have restarted empty: write everything again.
 				m.resync.Store(true)
 			}
-			if m.cfg.Existing != nil {
-				for i, o := range out {
-					if o.Existed && i < len(batch) {
-						m.cfg.Existing(batch[i], o)
-					}
+			lost := 0
+			for i, o := range out {
+				if o.Existed && i < len(batch) && m.cfg.Existing != nil {
+					m.cfg.Existing(batch[i], o)
 				}
+				if o.Lost {
+					lost++
+				}
+			}
+			if lost > 0 && !m.resync.Swap(true) {
+				m.cfg.Logger.Warn("Redis lost sessions this node holds; rewriting them all", "missing", lost)
 			}
 			return true
 		}

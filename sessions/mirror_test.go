@@ -71,3 +71,41 @@ func TestMirrorSurvivesOutage(t *testing.T) {
 		t.Fatalf("%d distinct sessions written, want %d", len(seen), len(live))
 	}
 }
+
+// lossyWriter says every refresh found nothing: Redis lost its data.
+type lossyWriter struct{ flakyWriter }
+
+func (w *lossyWriter) Write(ctx context.Context, ops []Op) ([]Outcome, error) {
+	out, err := w.flakyWriter.Write(ctx, ops)
+	for i := range out {
+		out[i].Lost = ops[i].Kind == OpRefresh
+	}
+	return out, err
+}
+
+// A refresh that finds its session gone makes the mirror rewrite every
+// session, with no write having failed.
+func TestMirrorRewritesWhatRedisLost(t *testing.T) {
+	w := &lossyWriter{}
+	resyncs := make(chan struct{}, 4)
+	m := NewMirror(w, MirrorConfig{Resync: func() []Op {
+		resyncs <- struct{}{}
+		return []Op{{Kind: OpCreate}}
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	m.Enqueue(Op{Kind: OpCreate})
+	select {
+	case <-resyncs:
+		t.Fatal("resync after a plain create")
+	case <-time.After(100 * time.Millisecond):
+	}
+	m.Enqueue(Op{Kind: OpRefresh})
+	select {
+	case <-resyncs:
+	case <-time.After(3 * time.Second):
+		t.Fatal("no resync after a refresh found its session lost")
+	}
+}

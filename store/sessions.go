@@ -157,6 +157,7 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	deadline := float64(now.Add(w.TTL).UnixMilli())
 	out := make([]sessions.Outcome, len(ops))
 	creates := make([]*redis.Cmd, len(ops))
+	refreshes := make([]*redis.BoolCmd, len(ops))
 	hopsOf := make([][]Hop, len(ops))
 	pipe := w.s.rdb.Pipeline()
 	for i := range ops {
@@ -184,7 +185,7 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			pipe.PExpire(ctx, key, w.TTL)
 			w.index(ctx, pipe, flow, h, deadline)
 		case sessions.OpRefresh:
-			pipe.PExpire(ctx, key, w.TTL)
+			refreshes[i] = pipe.PExpire(ctx, key, w.TTL)
 			w.index(ctx, pipe, flow, h, deadline)
 		case sessions.OpTakeover:
 			hop := int(op.Hop)
@@ -212,6 +213,11 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
+	}
+	for i, c := range refreshes {
+		if c != nil && c.Err() == nil && !c.Val() {
+			out[i].Lost = true
+		}
 	}
 	idx := w.s.rdb.Pipeline()
 	for i, c := range creates {

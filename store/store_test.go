@@ -197,10 +197,16 @@ func TestSessions(t *testing.T) {
 			return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: tab.PinsFor(acme, code&(tab.Slots()-1)), Created: time.Now().UnixNano(), Rule: -1}
 		}
 
+		// A refresh of a session Redis does not hold says it was lost.
+		out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpRefresh, Session: newSession(39999)}})
+		if err != nil || !out[0].Lost {
+			t.Fatalf("refresh of a missing session: %v, %+v; want Lost", err, out)
+		}
+
 		// First writer wins: a second create with other pins reports the
 		// first one's.
 		a := newSession(40000)
-		out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: a}})
+		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: a}})
 		if err != nil || out[0].Existed {
 			t.Fatalf("first create: %v, %+v", err, out)
 		}

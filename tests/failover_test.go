@@ -18,6 +18,7 @@ import (
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
+	"github.com/nfsteer/nfsteer/tests/redislab"
 )
 
 // firewallMap is the lab's map with fw as a stateful firewall.
@@ -46,8 +47,15 @@ tenants:
 // redis-server in host ctl, with a controller watching heartbeats.
 func redisLab(t *testing.T, agentArgs ...string) *lab.Lab {
 	t.Helper()
+	l, _ := redisLabServer(t, agentArgs...)
+	return l
+}
+
+// redisLabServer is redisLab that also returns the Redis server.
+func redisLabServer(t *testing.T, agentArgs ...string) (*lab.Lab, *redislab.Server) {
+	t.Helper()
 	l := lab.NewWithMap(t, bin, firewallMap)
-	l.StartRedis(t)
+	srv := l.StartRedis(t)
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
@@ -57,7 +65,7 @@ func redisLab(t *testing.T, agentArgs ...string) *lab.Lab {
 	if _, err := l.StartController("controller"); err != nil {
 		t.Fatal(err)
 	}
-	return l
+	return l, srv
 }
 
 // slowTransfer streams n random bytes from the acme client to the server

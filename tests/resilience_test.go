@@ -1,0 +1,196 @@
+//go:build linux
+
+package tests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// heldConn is a TCP connection from the acme client to the server that the
+// test keeps open, to prove later that it still carries data.
+type heldConn struct {
+	c    net.Conn
+	got  chan string
+	flow string // its session key
+}
+
+func holdConn(t *testing.T, l *lab.Lab, local, addr string) *heldConn {
+	t.Helper()
+	ln, err := l.Listen("srv", "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	h := &heldConn{got: make(chan string, 16)}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			h.got <- string(buf[:n])
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if h.c, err = l.Dial(ctx, "ca", "tcp", local, addr); err != nil {
+		t.Fatalf("connecting %s -> %s: %v", local, addr, err)
+	}
+	t.Cleanup(func() { h.c.Close() })
+	f := flowOf(t, 6, local, addr)
+	h.flow = sessions.KeyOf(&f).String()
+	h.ping(t, "hello")
+	return h
+}
+
+// ping sends msg and fails t unless the server receives it within 3s.
+func (h *heldConn) ping(t *testing.T, msg string) {
+	t.Helper()
+	if _, err := io.WriteString(h.c, msg); err != nil {
+		t.Fatalf("flow %s: writing: %v", h.flow, err)
+	}
+	select {
+	case got := <-h.got:
+		if got != msg {
+			t.Fatalf("flow %s: server got %q, want %q", h.flow, got, msg)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatalf("flow %s: %q did not reach the server", h.flow, msg)
+	}
+}
+
+// redisHas reports whether Redis in the lab holds the session of flow.
+func redisHas(l *lab.Lab, flow string) bool {
+	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "HEXISTS", "nfsteer:s:{"+flow+"}", "meta")
+	return err == nil && strings.TrimSpace(out) == "1"
+}
+
+// TestRedisRestartMidTraffic kills redis-server while a transfer and a UDP
+// stream run and connections are held open, opens a new connection while
+// Redis is gone, and starts Redis again, empty. Forwarding must lose
+// nothing (byte-exact transfer, every datagram, every held connection
+// still carrying data), and the sessions alive at the end must be in Redis
+// again: the mirror rewrites them and the controller restores the map.
+func TestRedisRestartMidTraffic(t *testing.T) {
+	l, srv := redisLabServer(t)
+	before := holdConn(t, l, "10.10.1.2:40701", "10.99.0.2:8001")
+	if !waitFor(3*time.Second, func() bool { return redisHas(l, before.flow) }) {
+		t.Fatalf("session %s never reached Redis", before.flow)
+	}
+	var during *heldConn
+	restarted := make(chan struct{})
+	go func() {
+		defer close(restarted)
+		time.Sleep(700 * time.Millisecond)
+		srv.Kill()
+		t.Log("redis-server killed")
+		time.Sleep(1500 * time.Millisecond)
+		srv.Restart(t)
+		t.Log("redis-server started again, empty")
+	}()
+	stopUDP := make(chan struct{})
+	udpDone := make(chan udpResult, 1)
+	go func() {
+		s, r, g := udpStream(t, l, "10.10.1.2:41500", "10.99.0.2:8053", 5*time.Millisecond, stopUDP)
+		udpDone <- udpResult{s, r, g}
+	}()
+	time.Sleep(1200 * time.Millisecond) // Redis is down now
+	during = holdConn(t, l, "10.10.1.2:40702", "10.99.0.2:8002")
+	res := slowTransfer(t, l, "10.10.1.2:40703", "10.99.0.2:5201", 24<<20, 2*time.Millisecond, 15*time.Second)
+	<-restarted
+	close(stopUDP)
+	udp := <-udpDone
+	if !res.ok {
+		t.Fatalf("transfer broke while Redis restarted: %v", res.err)
+	}
+	if udp.received < udp.sent-2 {
+		t.Errorf("UDP stream lost %d of %d datagrams while Redis restarted", udp.sent-udp.received, udp.sent)
+	}
+	before.ping(t, "after")
+	during.ping(t, "after")
+	for _, h := range []*heldConn{before, during} {
+		if !waitFor(5*time.Second, func() bool { return redisHas(l, h.flow) }) {
+			t.Errorf("session %s, alive at the end, is not in Redis again", h.flow)
+		}
+	}
+	out, err := l.Nfsteer("ctl", "map", "show", "--redis", lab.RedisURL)
+	if err != nil || !strings.Contains(out, "# version 2") {
+		t.Errorf("map after the restart: %v\n%s\nwant the controller to have restored it as version 2", err, out)
+	}
+	// Heartbeats could not land while Redis was gone: that is no reason
+	// to fail instances over.
+	if out := l.Agents("controller")[0].Output(); strings.Contains(out, `msg="instance down"`) {
+		t.Errorf("the controller marked instances down because Redis restarted:\n%s", out)
+	}
+	t.Logf("transfer byte-exact, longest pause %v; UDP %d/%d; both held connections carry data and are back in Redis",
+		res.maxGap.Round(time.Millisecond), udp.received, udp.sent)
+}
+
+// TestStandbyControllerTakesOver kills the active controller and then an
+// instance: the standby must take the lease and publish the instance down
+// as one whole new version.
+func TestStandbyControllerTakesOver(t *testing.T) {
+	l := redisLab(t) // its controller is active
+	standby, err := l.StartController("standby")
+	if err != nil {
+		t.Fatal(err)
+	}
+	active := l.Agents("controller")[0]
+	if strings.Contains(standby.Output(), "msg=active") {
+		t.Fatal("the second controller became active while the first held the lease")
+	}
+	active.Kill()
+	killedAt := time.Now()
+	for _, a := range l.Agents("fw-2") {
+		a.Kill()
+	}
+	if !waitFor(5*time.Second, func() bool {
+		out := standby.Output()
+		return strings.Contains(out, `msg="instance down"`) && strings.Contains(out, "instance=fw-2")
+	}) {
+		t.Fatalf("standby did not take over and mark fw-2 down:\n%s", standby.Output())
+	}
+	took := time.Since(killedAt)
+	out, err := l.Nfsteer("ctl", "map", "show", "--redis", lab.RedisURL, "-o", "json")
+	if err != nil || !strings.Contains(out, `"down": [`) || !strings.Contains(out, `"fw-2"`) {
+		t.Fatalf("live map after the takeover: %v\n%s", err, out)
+	}
+	// The gateway switched to it whole and steers new flows around fw-2.
+	gw := l.Agents("gw")[0]
+	if !waitFor(3*time.Second, func() bool { return strings.Contains(gw.Output(), "down=[fw-2]") }) {
+		t.Fatalf("gateway never switched to the map with fw-2 down:\n%s", gw.Output())
+	}
+	for port := 40800; port < 40808; port++ {
+		transfer(t, l, "ca", fmt.Sprintf("10.10.1.2:%d", port), "10.99.0.2:5201", 64<<10)
+	}
+	t.Logf("standby active and fw-2 down %v after the active controller was killed (lease TTL 2s)", took.Round(time.Millisecond))
+}
+
+// waitFor polls cond every 20ms until it holds or d has passed.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
