@@ -19,9 +19,10 @@ import (
 
 // state is one map version as the packet path sees it. It is swapped whole.
 type state struct {
-	table *steering.Table
-	node  steering.Node
-	spec  rules.Spec
+	published *steering.Published
+	table     *steering.Table
+	node      steering.Node
+	spec      rules.Spec
 	// service is the node's service index (-1 on a gateway); firewall says
 	// its function is the firewall.
 	service  int
@@ -182,7 +183,11 @@ func (a *Agent) initialMap() (*steering.Published, error) {
 // gets the new routes first, so the packet path never steers to an
 // instance it cannot reach yet.
 func (a *Agent) install(p *steering.Published, apply bool) error {
-	t, err := steering.CompilePublished(p)
+	var prev *steering.Table
+	if old := a.state.Load(); old != nil {
+		prev = old.table
+	}
+	t, err := steering.CompileNext(prev, p)
 	if err != nil {
 		return err
 	}
@@ -190,7 +195,7 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	if err != nil {
 		return err
 	}
-	st := &state{table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1}
+	st := &state{published: p, table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1}
 	if st.node.Instance >= 0 {
 		st.service = t.Instances()[st.node.Instance].Service
 		st.firewall = t.Services()[st.service].Function == steering.FunctionFirewall

@@ -32,7 +32,11 @@ func (a *Agent) watchMap(ctx context.Context) error {
 			return
 		}
 		start := time.Now()
-		p, err := a.store.Live(ctx)
+		b, err := a.store.LiveRaw(ctx)
+		if err != nil {
+			return
+		}
+		p, err := steering.DecodePublishedAfter(b, a.state.Load().published)
 		if err != nil {
 			if errors.Is(err, steering.ErrInvalidMap) {
 				a.Counters.MapsRefused.Add(1)

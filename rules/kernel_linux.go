@@ -26,6 +26,13 @@ type Linux struct {
 	// that only changes routing does not run iptables (milliseconds per
 	// call) again.
 	applied []Rule
+	// appliedRules and appliedRoutes are the routing Apply last installed
+	// in full: a map version that keeps every hop (a drain, a tenant
+	// added) does not dump and compare thousands of rules and routes
+	// again. Something else deleting them is not repaired until the hops
+	// change or the agent restarts.
+	appliedRules  []IPRule
+	appliedRoutes []Route
 }
 
 type family struct {
@@ -80,7 +87,16 @@ func (k *Linux) Apply(s Spec) error {
 		}
 		k.applied = all
 	}
-	return k.applyRouting(s)
+	wantRules, wantRoutes := s.Routing()
+	if k.appliedRoutes != nil && slices.Equal(wantRules, k.appliedRules) && slices.Equal(wantRoutes, k.appliedRoutes) {
+		return nil
+	}
+	k.appliedRules, k.appliedRoutes = nil, nil
+	if err := k.applyRouting(s); err != nil {
+		return err
+	}
+	k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
+	return nil
 }
 
 func (f family) applyIPTables(jumps, own []Rule) error {
@@ -209,7 +225,7 @@ func sameRule(line, chain string, args []string) bool {
 
 // Remove deletes everything nfsteer owns in this namespace.
 func (k *Linux) Remove() error {
-	k.applied = nil
+	k.applied, k.appliedRules, k.appliedRoutes = nil, nil, nil
 	var errs []error
 	for _, f := range k.fams {
 		if err := f.remove(); err != nil {

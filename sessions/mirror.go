@@ -72,6 +72,11 @@ type MirrorConfig struct {
 	Queue int
 	// Batch bounds the operations written in one round trip (default 512).
 	Batch int
+	// Linger is how long the mirror waits for a batch to fill once it has
+	// an operation in hand (default 2ms; negative: not at all). A few
+	// milliseconds of delay in Redis buys far fewer round trips, and CPU,
+	// at a high rate of new flows.
+	Linger time.Duration
 	// Resync returns the operations that rewrite everything this node
 	// knows; it is called after Redis came back from a failure that cost
 	// operations, and on demand ([Mirror.Resync]).
@@ -105,6 +110,9 @@ func NewMirror(w Writer, cfg MirrorConfig) *Mirror {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Linger == 0 {
+		cfg.Linger = 2 * time.Millisecond
+	}
 	return &Mirror{cfg: cfg, w: w, ops: make(chan Op, cfg.Queue)}
 }
 
@@ -130,6 +138,8 @@ func (m *Mirror) Resync() { m.resync.Store(true) }
 // Run writes until ctx is done.
 func (m *Mirror) Run(ctx context.Context) error {
 	batch := make([]Op, 0, m.cfg.Batch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	var lastDropLog uint64
 	for {
 		batch = batch[:0]
@@ -141,14 +151,34 @@ func (m *Mirror) Run(ctx context.Context) error {
 		case <-time.After(time.Second):
 			// Idle: a pending resync still has to happen.
 		}
+		var lingerC <-chan time.Time
+		if len(batch) > 0 && m.cfg.Linger > 0 {
+			linger.Reset(m.cfg.Linger)
+			lingerC = linger.C
+		}
 	fill:
 		for len(batch) < cap(batch) {
+			if lingerC == nil {
+				select {
+				case op := <-m.ops:
+					batch = append(batch, op)
+					continue
+				default:
+					break fill
+				}
+			}
 			select {
 			case op := <-m.ops:
 				batch = append(batch, op)
-			default:
+			case <-lingerC:
+				lingerC = nil
 				break fill
+			case <-ctx.Done():
+				return nil
 			}
+		}
+		if lingerC != nil {
+			linger.Stop()
 		}
 		m.Stats.Depth.Add(-int64(len(batch)))
 		if !m.write(ctx, batch) {

@@ -25,10 +25,19 @@ type ValidationError struct {
 	Problems []FieldError
 }
 
+// maxProblemsShown bounds the message of a ValidationError: a map with one
+// systematic mistake can have thousands of problems, and the first few say
+// what is wrong. Problems holds them all.
+const maxProblemsShown = 10
+
 func (e *ValidationError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%v: ", ErrInvalidMap)
 	for i, p := range e.Problems {
+		if i == maxProblemsShown {
+			fmt.Fprintf(&b, "; and %d more", len(e.Problems)-i)
+			break
+		}
 		if i > 0 {
 			b.WriteString("; ")
 		}

@@ -1,6 +1,7 @@
 package steering
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -25,6 +26,14 @@ type Published struct {
 	// Drained lists instances that take no new flows (an operator's
 	// decision); they keep the flows they have.
 	Drained []string `json:"drained,omitempty"`
+
+	// mapJSON is Map as it was decoded, and mapValid says Map passed
+	// validation. Only DecodePublishedAfter sets them, and a Map is never
+	// changed once decoded: edits that change the map build a new one. A
+	// version that changes only IDs, Down or Drained (a failover, a drain)
+	// then costs neither decoding nor validating the map again.
+	mapJSON  []byte
+	mapValid bool
 }
 
 // MaxID is the highest instance ID: the mark has 12 bits per direction,
@@ -70,8 +79,10 @@ func (p *Published) Validate() error {
 	if p.Map == nil {
 		return fmt.Errorf("%w: version %d has no map", ErrInvalidMap, p.Version)
 	}
-	if err := p.Map.Validate(); err != nil {
-		return err
+	if !p.mapValid {
+		if err := p.Map.Validate(); err != nil {
+			return err
+		}
 	}
 	var v validator
 	seen := map[uint16]string{}
@@ -108,15 +119,38 @@ func (p *Published) Validate() error {
 }
 
 // DecodePublished decodes and validates a published map (JSON).
-func DecodePublished(b []byte) (*Published, error) {
-	var p Published
-	if err := json.Unmarshal(b, &p); err != nil {
+func DecodePublished(b []byte) (*Published, error) { return DecodePublishedAfter(b, nil) }
+
+// DecodePublishedAfter is DecodePublished for the version that follows
+// prev (which may be nil): if its map is byte for byte prev's, prev's
+// decoded and validated Map is reused.
+func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
+	var raw struct {
+		Version uint64            `json:"version"`
+		Map     json.RawMessage   `json:"map"`
+		IDs     map[string]uint16 `json:"ids"`
+		Down    []string          `json:"down"`
+		Drained []string          `json:"drained"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
+	}
+	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, mapJSON: raw.Map}
+	switch {
+	case len(raw.Map) == 0 || string(raw.Map) == "null":
+	case prev != nil && prev.mapValid && bytes.Equal(raw.Map, prev.mapJSON):
+		p.Map, p.mapValid = prev.Map, true
+	default:
+		p.Map = new(Map)
+		if err := json.Unmarshal(raw.Map, p.Map); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
+		}
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return &p, nil
+	p.mapValid = true
+	return p, nil
 }
 
 // Local wraps a map read from a file, for a node without Redis: version 0,

@@ -21,6 +21,9 @@ type Table struct {
 	// masks the address once per length, which allocates nothing.
 	lens     [2][]int
 	prefixes map[netip.Prefix]int
+	// m is the map the table was compiled from, which CompileNext compares
+	// to reuse what did not change.
+	m *Map
 }
 
 // TenantInfo is a compiled tenant.
@@ -40,6 +43,8 @@ type ServiceInfo struct {
 	Instances []int
 	// Roles has one entry per slot.
 	Roles []Roles
+	// skip is which instances held no role when Roles was computed.
+	skip []bool
 }
 
 // Instance is one service instance. ID is its number, from the published
@@ -73,12 +78,22 @@ func Compile(m *Map) (*Table, error) {
 }
 
 // CompilePublished validates p and builds its Table.
-func CompilePublished(p *Published) (*Table, error) {
+func CompilePublished(p *Published) (*Table, error) { return CompileNext(nil, p) }
+
+// CompileNext is CompilePublished for the version after prev (which may be
+// nil). What p shares with prev is reused, not recomputed: the tenants
+// when the map is the same (only IDs, Down or Drained changed), and a
+// service's roles when its instances and which of them are down or drained
+// are the same. A failover thus recomputes one service's slots. prev is
+// not changed; tables share only what they never change.
+func CompileNext(prev *Table, p *Published) (*Table, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	m := p.Map
+	same := prev != nil && prev.m == m
 	t := &Table{
+		m:        m,
 		version:  p.Version,
 		slots:    uint32(m.SlotCount()),
 		byName:   map[string]int{},
@@ -114,9 +129,18 @@ func CompilePublished(p *Published) (*Table, error) {
 			si.Instances = append(si.Instances, len(t.instances))
 			t.instances = append(t.instances, in)
 		}
-		si.Roles = assignRoles(sname, names, skip, int(t.slots))
+		si.skip = skip
+		if same && slices.Equal(skip, prev.services[len(t.services)].skip) {
+			si.Roles = prev.services[len(t.services)].Roles
+		} else {
+			si.Roles = assignRoles(sname, names, skip, int(t.slots))
+		}
 		svcIndex[sname] = len(t.services)
 		t.services = append(t.services, si)
+	}
+	if same {
+		t.tenants, t.prefixes, t.lens = prev.tenants, prev.prefixes, prev.lens
+		return t, nil
 	}
 	for _, tname := range sortedKeys(m.Tenants) {
 		tm := m.Tenants[tname]

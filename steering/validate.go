@@ -15,6 +15,9 @@ func (m *Map) Validate() error {
 	v.slots(m.Slots)
 	addrOwner := map[netip.Addr]string{}
 	instOwner := map[string]string{}
+	// lacks[svc][f] lists, sorted, the instances of svc with no address of
+	// family f: computed once here, not per tenant.
+	lacks := map[string]*[2][]string{}
 	total := 0
 	for _, sname := range sortedKeys(m.Services) {
 		svc := m.Services[sname]
@@ -65,6 +68,14 @@ func (m *Map) Validate() error {
 					v.add(afield, fmt.Sprintf("duplicate instance address %s (also %s)", a, owner))
 				}
 				addrOwner[a] = ifield
+			}
+			for f, has := range fam {
+				if !has {
+					if lacks[sname] == nil {
+						lacks[sname] = &[2][]string{}
+					}
+					lacks[sname][f] = append(lacks[sname][f], iname)
+				}
 			}
 		}
 	}
@@ -127,17 +138,12 @@ func (m *Map) Validate() error {
 			if svc == nil {
 				continue
 			}
-			for _, iname := range sortedKeys(svc.Instances) {
-				var has [2]bool
-				for _, s := range svc.Instances[iname] {
-					if a, err := netip.ParseAddr(s); err == nil {
-						has[familyIndex(a.Unmap())] = true
-					}
+			for f, need := range fam {
+				if !need || lacks[sname] == nil {
+					continue
 				}
-				for f, need := range fam {
-					if need && !has[f] {
-						v.add(cfield, fmt.Sprintf("tenant has %s prefixes but instance %q of service %q has no %s address", famNames[f], iname, sname, famNames[f]))
-					}
+				for _, iname := range lacks[sname][f] {
+					v.add(cfield, fmt.Sprintf("tenant has %s prefixes but instance %q of service %q has no %s address", famNames[f], iname, sname, famNames[f]))
 				}
 			}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/urfave/cli/v2"
@@ -34,7 +35,7 @@ func instanceCommand() *cli.Command {
 				if err != nil {
 					return cli.Exit(fmt.Errorf("%s %s: %w", name, inst, err), 1)
 				}
-				fmt.Fprintf(c.App.Writer, "%s %s in map version %d\n", inst, done, p.Version)
+				fmt.Fprintf(c.App.Writer, "%s %s in map version %d at %s\n", inst, done, p.Version, time.Now().Format(time.RFC3339Nano))
 				return nil
 			},
 		}

@@ -61,7 +61,8 @@ Example:
 			if err != nil {
 				return cli.Exit(err, 1)
 			}
-			fmt.Fprintf(c.App.Writer, "published map version %d (%d services, %d tenants)\n", p.Version, len(p.Map.Services), len(p.Map.Tenants))
+			fmt.Fprintf(c.App.Writer, "published map version %d (%d services, %d tenants) at %s\n",
+				p.Version, len(p.Map.Services), len(p.Map.Tenants), time.Now().Format(time.RFC3339Nano))
 			return nil
 		},
 	}

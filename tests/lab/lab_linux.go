@@ -531,10 +531,11 @@ func (l *Lab) Packets(host, name string) (packets, bytes uint64, err error) {
 	return p, b, nil
 }
 
-// inNS runs fn on a thread switched into host's namespace. Sockets fn
+// InNS runs fn on a thread switched into host's namespace. Sockets fn
 // creates stay in that namespace after the thread switches back, so the
-// test can use them from any goroutine.
-func (l *Lab) inNS(host string, fn func() error) error {
+// test can use them from any goroutine; goroutines fn starts do not run in
+// the namespace.
+func (l *Lab) InNS(host string, fn func() error) error {
 	target, err := netns.GetFromName(l.NS(host))
 	if err != nil {
 		return fmt.Errorf("opening namespace %s: %w", host, err)
@@ -558,14 +559,14 @@ func (l *Lab) inNS(host string, fn func() error) error {
 // Listen opens a listener ("tcp", "udp", "tcp6"...) in host's namespace.
 func (l *Lab) Listen(host, network, addr string) (net.Listener, error) {
 	var ln net.Listener
-	err := l.inNS(host, func() (err error) { ln, err = net.Listen(network, addr); return err })
+	err := l.InNS(host, func() (err error) { ln, err = net.Listen(network, addr); return err })
 	return ln, err
 }
 
 // ListenPacket opens a packet socket in host's namespace.
 func (l *Lab) ListenPacket(host, network, addr string) (net.PacketConn, error) {
 	var pc net.PacketConn
-	err := l.inNS(host, func() (err error) { pc, err = net.ListenPacket(network, addr); return err })
+	err := l.InNS(host, func() (err error) { pc, err = net.ListenPacket(network, addr); return err })
 	return pc, err
 }
 
@@ -574,7 +575,7 @@ func (l *Lab) ListenPacket(host, network, addr string) (net.PacketConn, error) {
 // 5-tuple, and so its counters, in advance.
 func (l *Lab) Dial(ctx context.Context, host, network, local, addr string) (net.Conn, error) {
 	var c net.Conn
-	err := l.inNS(host, func() (err error) {
+	err := l.InNS(host, func() (err error) {
 		var d net.Dialer
 		if local != "" {
 			if strings.HasPrefix(network, "udp") {

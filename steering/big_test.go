@@ -1,0 +1,52 @@
+package steering
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+)
+
+// BigMap returns a map of instances instances spread over 10 services and
+// tenants tenants with 3-service chains, all IPv6: instances on
+// fd00:200::/64, one /64 per tenant in fd10::/48. 1,000 and 10,000 is the
+// size the propagation target is set for.
+func bigMap(instances, tenants int) *Map {
+	m := &Map{Slots: 4096, Services: map[string]*Service{}, Tenants: map[string]*Tenant{}}
+	const services = 10
+	for s := 0; s < services; s++ {
+		m.Services[fmt.Sprintf("svc%d", s)] = &Service{Instances: map[string]Addresses{}}
+	}
+	for i := 0; i < instances; i++ {
+		m.Services[fmt.Sprintf("svc%d", i%services)].Instances[fmt.Sprintf("i%04d", i)] = Addresses{fmt.Sprintf("fd00:200::1:%x", i)}
+	}
+	for t := 0; t < tenants; t++ {
+		m.Tenants[fmt.Sprintf("t%05d", t)] = &Tenant{
+			Prefixes: []string{fmt.Sprintf("fd10:0:0:%x::/64", t)},
+			Chain:    []string{fmt.Sprintf("svc%d", t%services), fmt.Sprintf("svc%d", (t+1)%services), fmt.Sprintf("svc%d", (t+2)%services)},
+		}
+	}
+	return m
+}
+
+func BenchmarkBigMap(b *testing.B) {
+	p, err := Local(bigMap(1000, 10000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	doc, _ := json.Marshal(p)
+	b.Logf("document: %d bytes", len(doc))
+	b.Run("decode", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := DecodePublished(doc); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("compile", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := CompilePublished(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,236 @@
+//go:build linux
+
+package tests
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/tests/lab"
+	"gopkg.in/yaml.v3"
+)
+
+// BenchmarkNewFlows measures new TCP connections per second from the acme
+// client through its [fw(firewall), dlp] chain in the Redis lab, with the
+// session mirror off and on, alternating, in one lab and one run. Each
+// connection is a handshake through every node (two packets in userspace on
+// each) and a reset. It reports both rates (median of the samples) and the
+// ratio on/off; the target is at least 0.9.
+func BenchmarkNewFlows(b *testing.B) {
+	const window, rounds, dialers = 3 * time.Second, 2, 8
+	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlows -benchtime 1x ./tests)\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.NewWithMap(b, bin, firewallMap)
+		l.StartRedis(b)
+		if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
+			b.Fatalf("apply: %v\n%s", err, out)
+		}
+		ln, err := l.Listen("srv", "tcp", "10.99.0.2:8000")
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		rates := map[bool][]float64{}
+		for r := 0; r < 2*rounds; r++ {
+			mirror := r%2 == 1
+			if err := l.StartAll("--redis", lab.RedisURL, "--log-flows=false", fmt.Sprintf("--mirror=%t", mirror)); err != nil {
+				b.Fatal(err)
+			}
+			n, failed := dialFor(b, l, dialers, window)
+			rate := float64(n) / window.Seconds()
+			rates[mirror] = append(rates[mirror], rate)
+			fmt.Printf("mirror=%t: %d connections in %v (%.0f/s), %d failed\n", mirror, n, window, rate, failed)
+			for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+				a.Stop() // stopping a stopped agent of an earlier round is a no-op
+			}
+		}
+		ln.Close()
+		off, on := median(rates[false]), median(rates[true])
+		b.ReportMetric(off, "flows/s-mirror-off")
+		b.ReportMetric(on, "flows/s-mirror-on")
+		b.ReportMetric(on/off, "on/off")
+		fmt.Printf("new flows/s: mirror off %.0f, mirror on %.0f: on/off %.3f (target >= 0.9)\n", off, on, on/off)
+		l.Close()
+	}
+}
+
+// dialFor opens and resets TCP connections from the acme client to the
+// server with n parallel dialers for d, and returns how many connected and
+// how many failed.
+func dialFor(b *testing.B, l *lab.Lab, n int, d time.Duration) (ok, failed int64) {
+	var okN, failN atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(d)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// One thread in the client's namespace dials in a loop.
+			err := l.InNS("ca", func() error {
+				dl := net.Dialer{Timeout: time.Second}
+				for time.Now().Before(stop) {
+					c, err := dl.Dial("tcp", "10.99.0.2:8000")
+					if err != nil {
+						failN.Add(1)
+						continue
+					}
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+					okN.Add(1)
+				}
+				return nil
+			})
+			if err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	return okN.Load(), failN.Load()
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+// propagationMap returns the lab's firewall map grown to instances
+// instances and tenants tenants: the lab's own fw and dlp instances and
+// acme and globex, plus IPv6-only instances on the service network in 10
+// services and IPv6 tenants with three-service chains.
+func propagationMap(b *testing.B, instances, tenants int, extra string) []byte {
+	m, err := steering.Parse([]byte(firewallMap))
+	if err != nil {
+		b.Fatal(err)
+	}
+	m.Slots = 4096
+	for s := 0; s < 10; s++ {
+		m.Services[fmt.Sprintf("svc%d", s)] = &steering.Service{Instances: map[string]steering.Addresses{}}
+	}
+	for i := len(lab.Instances); i < instances; i++ {
+		m.Services[fmt.Sprintf("svc%d", i%10)].Instances[fmt.Sprintf("i%04d", i)] = steering.Addresses{fmt.Sprintf("fd00:200::1:%x", i)}
+	}
+	for t := len(m.Tenants); t < tenants; t++ {
+		m.Tenants[fmt.Sprintf("t%05d", t)] = &steering.Tenant{
+			Prefixes: []string{fmt.Sprintf("fd10:0:0:%x::/64", t)},
+			Chain:    []string{fmt.Sprintf("svc%d", t%10), fmt.Sprintf("svc%d", (t+1)%10), fmt.Sprintf("svc%d", (t+2)%10)},
+		}
+	}
+	if extra != "" {
+		m.Tenants[extra] = &steering.Tenant{Prefixes: []string{"fd20::/64"}, Chain: []string{"svc0"}}
+	}
+	out, err := yaml.Marshal(m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+var (
+	publishedAt = regexp.MustCompile(`version (\d+).* at (\S+)`)
+	switchedAt  = regexp.MustCompile(`msg="map switched" node=(\S+) version=(\d+) .*at=(\d+)`)
+)
+
+// BenchmarkMapPropagation measures how long a new map version takes from
+// its publication in Redis to being installed on every agent of the lab
+// (gateway and four instance hosts), on a map of 1,000 instances and
+// 10,000 tenants: a whole map applied (one tenant added or removed), and a
+// health change (an instance drained or undrained). The time runs from the
+// moment the publisher's write returned to the moment each agent's routes,
+// rules and table were switched, as the agent logs it; both clocks are this
+// machine's.
+func BenchmarkMapPropagation(b *testing.B) {
+	const rounds = 10
+	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench MapPropagation -benchtime 1x ./tests)\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.NewWithMap(b, bin, firewallMap)
+		l.StartRedis(b)
+		dir := b.TempDir()
+		files := [2]string{filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")}
+		for j, extra := range []string{"", "extra"} {
+			if err := os.WriteFile(files[j], propagationMap(b, 1000, 10000, extra), 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+		st, _ := os.Stat(files[0])
+		if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", files[0]); err != nil {
+			b.Fatalf("apply: %v\n%s", err, out)
+		}
+		start := time.Now()
+		if err := l.StartAll("--redis", lab.RedisURL, "--log-flows=false"); err != nil {
+			b.Fatal(err)
+		}
+		fmt.Printf("map: 1000 instances, 10000 tenants, %d bytes of YAML; 5 agents started in %v\n", st.Size(), time.Since(start).Round(time.Millisecond))
+		agents := append(l.Agents("gw"), allInstanceAgents(l)...)
+		lat := map[string][]time.Duration{}
+		for r := 0; r < 2*rounds; r++ {
+			kind, args := "apply", []string{"apply", "--redis", lab.RedisURL, "-f", files[(r/2+1)%2]}
+			if r%2 == 1 {
+				kind, args = "drain", []string{"instance", "drain", "--redis", lab.RedisURL, "i0100"}
+				if r%4 == 3 {
+					args[1] = "undrain"
+				}
+			}
+			out, err := l.Nfsteer("ctl", args...)
+			if err != nil {
+				b.Fatalf("%v: %v\n%s", args, err, out)
+			}
+			m := publishedAt.FindStringSubmatch(out)
+			if m == nil {
+				b.Fatalf("no version and time in %q", out)
+			}
+			at, err := time.Parse(time.RFC3339Nano, m[2])
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, a := range agents {
+				var got time.Time
+				if !waitFor(10*time.Second, func() bool {
+					for _, sm := range switchedAt.FindAllStringSubmatch(a.Output(), -1) {
+						if sm[2] == m[1] {
+							ns, _ := strconv.ParseInt(sm[3], 10, 64)
+							got = time.Unix(0, ns)
+							return true
+						}
+					}
+					return false
+				}) {
+					b.Fatalf("agent %s did not switch to version %s:\n%s", a.Node, m[1], a.Output())
+				}
+				lat[kind] = append(lat[kind], got.Sub(at))
+			}
+		}
+		for _, kind := range []string{"apply", "drain"} {
+			xs := lat[kind]
+			slices.Sort(xs)
+			p50, p99 := xs[len(xs)/2], xs[min(len(xs)-1, len(xs)*99/100)]
+			b.ReportMetric(float64(p50.Microseconds())/1000, kind+"-p50-ms")
+			b.ReportMetric(float64(p99.Microseconds())/1000, kind+"-p99-ms")
+			fmt.Printf("propagation, %s: %d samples (%d versions x %d agents), p50 %v, p99 %v (target p99 < 10ms)\n",
+				kind, len(xs), rounds, len(agents), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond))
+		}
+		l.Close()
+	}
+}
