@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nfsteer/nfsteer/metrics"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
@@ -48,6 +49,12 @@ type Counters struct {
 	// Maps counts map switches; MapsRefused, versions that failed
 	// validation; Repinned, connections moved off dead instances.
 	Maps, MapsRefused, Repinned atomic.Uint64
+	// LastSwitch is how long the last map switch took, in ns.
+	LastSwitch atomic.Int64
+	// NewFlows counts flows this node recorded first.
+	NewFlows atomic.Uint64
+	// Steered counts steering decisions by next-hop instance ID.
+	Steered [steering.MaxID + 1]atomic.Uint64
 }
 
 // Agent steers the flows of one node. Create it with [New] and start it
@@ -227,6 +234,8 @@ type QueueReader interface {
 	Run(ctx context.Context) error
 	// Bound is closed when the queues are bound.
 	Bound() <-chan struct{}
+	// Counters returns the reader's counters.
+	Counters() *nfq.Stats
 }
 
 // Run steers until ctx is done. It binds the queues first and installs the
@@ -247,6 +256,14 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	reader := newReader(a, spec.QueueSet())
 	g, gctx := errgroup.WithContext(ctx)
 	tasks := []Task{reader.Run, a.sessions.Run, a.logFlows}
+	if a.cfg.MetricsAddr != "" {
+		ms, err := metrics.Listen(a.cfg.MetricsAddr, collector{a: a, reader: reader.Counters})
+		if err != nil {
+			return err
+		}
+		tasks = append(tasks, ms.Run)
+		a.log.Info("serving metrics", "addr", ms.Addr().String())
+	}
 	if a.ct != nil {
 		tasks = append(tasks, a.refresh)
 	}
@@ -350,9 +367,17 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			a.newSession(st, key, d, -1)
 		}
 	}
-	a.Counters.Decisions[d.Kind].Add(1)
+	a.count(d)
 	a.logFlow(p, reply, d)
 	return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(mark, reply, markValue(d))}
+}
+
+// count counts a decision, by kind and next hop.
+func (a *Agent) count(d steering.Decision) {
+	a.Counters.Decisions[d.Kind].Add(1)
+	if d.Kind == steering.Steer {
+		a.Counters.Steered[d.Instance.ID].Add(1)
+	}
 }
 
 func markValue(d steering.Decision) uint32 {
@@ -366,6 +391,7 @@ func markValue(d steering.Decision) uint32 {
 // gateways create sessions, a firewall also writes its verdict.
 func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16) {
 	now := time.Now().UnixNano()
+	a.Counters.NewFlows.Add(1)
 	s := a.sessions.Put(sessions.Session{
 		Key:     key,
 		Tenant:  st.table.Tenants()[d.Tenant].Name,

@@ -44,6 +44,9 @@ type Config struct {
 	// KeepRules leaves the rules installed on exit, so that a fail-closed
 	// node keeps dropping new flows while no agent runs.
 	KeepRules bool
+	// MetricsAddr, if set, is where the agent serves Prometheus metrics
+	// (/metrics).
+	MetricsAddr string
 	// LogFlows logs every decision (off the packet path, best effort).
 	LogFlows bool
 	// SessionTTL bounds how long a decided flow's pins are remembered.

@@ -64,6 +64,7 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time) {
 	}
 	a.Counters.Maps.Add(1)
 	switched := time.Now()
+	a.Counters.LastSwitch.Store(int64(switched.Sub(start)))
 	moved := a.repin(old.table, a.state.Load().table)
 	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(),
 		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "down", p.Down)
@@ -247,7 +248,7 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *store.Record, ws
 				}
 			}
 		}
-		a.Counters.Decisions[d.Kind].Add(1)
+		a.count(d)
 		w.later.Set(nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
 	}
 }

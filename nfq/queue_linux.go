@@ -67,6 +67,9 @@ func NewReader(cfg Config, h Handler) *Reader {
 // fail-closed, being dropped by) an absent reader.
 func (r *Reader) Bound() <-chan struct{} { return r.bound }
 
+// Counters returns the reader's Stats, for interfaces.
+func (r *Reader) Counters() *Stats { return &r.Stats }
+
 // Run binds every queue and answers packets until ctx is done. It returns
 // an error if a queue cannot be bound (another process holds it, or the
 // caller lacks CAP_NET_ADMIN), after releasing the ones it had bound.

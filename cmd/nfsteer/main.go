@@ -52,6 +52,10 @@ func main() {
 	}
 }
 
+func metricsFlag() cli.Flag {
+	return &cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics on `ADDR` (host:port), path /metrics", EnvVars: []string{"NFSTEER_METRICS"}}
+}
+
 // nodeFlags are the flags that say what a node is and how its rules look;
 // the agent and `rules install` share them so both install the same thing.
 func nodeFlags() []cli.Flag {
@@ -103,6 +107,7 @@ Example, the host of instance fw-1:
 			&cli.BoolFlag{Name: "keep-rules", Usage: "leave the rules installed on exit (a fail-closed node then keeps dropping new flows)"},
 			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
 			redisFlag(),
+			metricsFlag(),
 			&cli.BoolFlag{Name: "mirror", Value: true, Usage: "mirror sessions to Redis (--mirror=false: a secondary cannot take established flows over)", EnvVars: []string{"NFSTEER_MIRROR"}},
 			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack and refreshed in Redis", EnvVars: []string{"NFSTEER_REFRESH"}},
@@ -130,7 +135,7 @@ Example, the host of instance fw-1:
 				KeepRules: c.Bool("keep-rules"), LogFlows: c.Bool("log-flows"),
 				RedisURL: c.String("redis"), NoMirror: !c.Bool("mirror"),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
-				RedisSessionTTL: c.Duration("session-ttl"),
+				RedisSessionTTL: c.Duration("session-ttl"), MetricsAddr: c.String("metrics"),
 			}, k, ct)
 			if err != nil {
 				return err

@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"github.com/nfsteer/nfsteer/metrics"
+	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exports the agent's counters to Prometheus. It reads them at
+// scrape time, so the packet path only ever adds to atomics.
+type collector struct {
+	a *Agent
+	// reader is the queue reader's counters, once Run has created it.
+	reader func() *nfq.Stats
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("nfsteer_"+name, help, labels, nil)
+}
+
+var (
+	descQueued      = desc("packets_queued_total", "Packets the kernel queued to userspace (the first of each flow and direction).")
+	descVerdicts    = desc("verdicts_total", "Verdicts sent, by kind.", "verdict")
+	descDecisions   = desc("decisions_total", "Steering decisions, by kind.", "kind")
+	descSteered     = desc("steered_total", "New flows and directions steered to each next-hop instance.", "instance")
+	descNewFlows    = desc("new_flows_total", "Flows this node decided first and recorded.")
+	descSessions    = desc("sessions_active", "Flows in the local session table.")
+	descParseErrs   = desc("parse_errors_total", "Queued packets that could not be parsed (let through undecided).")
+	descFragments   = desc("fragments_total", "Queued non-first fragments (let through undecided).")
+	descFirewall    = desc("firewall_verdicts_total", "Firewall verdicts on flows new to this instance, by outcome.", "outcome")
+	descLookups     = desc("session_lookups_total", "Redis session lookups for packets memory could not decide, by outcome.", "outcome")
+	descKWaiting    = desc("kernel_queue_waiting", "Packets waiting in the kernel queues for a verdict.")
+	descKDropped    = desc("kernel_queue_dropped_total", "Packets the kernel could not queue (queue full: accepted when fail-open).")
+	descKUserDrop   = desc("kernel_queue_user_dropped_total", "Packets the kernel could not deliver to the agent's socket.")
+	descMirrorDepth = desc("mirror_queue_depth", "Session operations waiting to be written to Redis.")
+	descMirrorOps   = desc("mirror_operations_total", "Session operations by fate: queued, written, dropped (queue full).", "fate")
+	descMirrorFail  = desc("mirror_write_failures_total", "Batch writes to Redis that failed and were retried.")
+	descMirrorSync  = desc("mirror_resyncs_total", "Times every local session was rewritten to Redis.")
+	descMirrorLat   = desc("mirror_write_seconds", "Duration of the last successful batch write to Redis.")
+	descMapVersion  = desc("map_version", "Version of the map this node steers by (0: a map file).")
+	descMapSwitches = desc("map_switches_total", "Map versions installed after the first.")
+	descMapRefused  = desc("map_refused_total", "Map versions refused (invalid, or the node's role would change).")
+	descMapSwitch   = desc("map_switch_seconds", "Time from reading the last new version to having it installed.")
+	descRepinned    = desc("repinned_total", "Established connections moved off instances a map took away.")
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	a, k := c.a, &c.a.Counters
+	ctr := func(d *prometheus.Desc, v uint64, l ...string) { ch <- metrics.Counter(d, v, l...) }
+	if c.reader != nil {
+		if s := c.reader(); s != nil {
+			ctr(descQueued, s.Packets.Load())
+			ctr(descVerdicts, s.Accepted.Load(), "accept")
+			ctr(descVerdicts, s.Dropped.Load(), "drop")
+			ctr(descVerdicts, s.Deferred.Load(), "defer")
+		}
+	}
+	for kind := range k.Decisions {
+		ctr(descDecisions, k.Decisions[kind].Load(), steering.Kind(kind).String())
+	}
+	st := a.state.Load()
+	for _, in := range st.table.Instances() {
+		if int(in.ID) < len(k.Steered) {
+			ctr(descSteered, k.Steered[in.ID].Load(), in.Name)
+		}
+	}
+	ctr(descNewFlows, k.NewFlows.Load())
+	ch <- metrics.Gauge(descSessions, float64(a.sessions.Len()))
+	ctr(descParseErrs, k.ParseError.Load())
+	ctr(descFragments, k.Fragments.Load())
+	ctr(descFirewall, k.Admitted.Load(), "admitted")
+	ctr(descFirewall, k.Denied.Load(), "denied")
+	ctr(descFirewall, k.TakenOver.Load(), "taken_over")
+	ctr(descFirewall, k.Unknown.Load(), "unknown")
+	ctr(descLookups, k.Joined.Load(), "joined")
+	ctr(descLookups, k.LookupErrors.Load(), "error")
+	ctr(descLookups, k.LookupsShed.Load(), "shed")
+	if qs, err := nfq.ReadKernelQueueStats(); err == nil {
+		var waiting, dropped, user uint64
+		for _, q := range qs {
+			waiting += uint64(q.Waiting)
+			dropped += uint64(q.QueueDropped)
+			user += uint64(q.UserDropped)
+		}
+		ch <- metrics.Gauge(descKWaiting, float64(waiting))
+		ctr(descKDropped, dropped)
+		ctr(descKUserDrop, user)
+	}
+	if m := a.mirror; m != nil {
+		ch <- metrics.Gauge(descMirrorDepth, float64(m.Stats.Depth.Load()))
+		ctr(descMirrorOps, m.Stats.Queued.Load(), "queued")
+		ctr(descMirrorOps, m.Stats.Written.Load(), "written")
+		ctr(descMirrorOps, m.Stats.Dropped.Load(), "dropped")
+		ctr(descMirrorFail, m.Stats.Failures.Load())
+		ctr(descMirrorSync, m.Stats.Resyncs.Load())
+		ch <- metrics.Gauge(descMirrorLat, float64(m.Stats.LastLatency.Load())/1e9)
+	}
+	ch <- metrics.Gauge(descMapVersion, float64(st.table.Version()))
+	ctr(descMapSwitches, k.Maps.Load())
+	ctr(descMapRefused, k.MapsRefused.Load())
+	ch <- metrics.Gauge(descMapSwitch, float64(k.LastSwitch.Load())/1e9)
+	ctr(descRepinned, k.Repinned.Load())
+}

@@ -1,0 +1,102 @@
+//go:build linux
+
+package tests
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// scrape reads host's agent metrics from 127.0.0.1:9464 in its namespace
+// and returns every sample, by its name with labels.
+func scrape(t *testing.T, l *lab.Lab, host string) map[string]float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := l.Dial(ctx, host, "tcp", "", "127.0.0.1:9464")
+	if err != nil {
+		t.Fatalf("connecting to %s's metrics: %v", host, err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /metrics HTTP/1.0\r\n\r\n")
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(string(b)))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "nfsteer_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no nfsteer metrics from %s:\n%s", host, b)
+	}
+	return out
+}
+
+// TestMetricsMoveWithTraffic scrapes the gateway's /metrics before and
+// after sending new flows and checks that the numbers moved by what was
+// sent: queued packets, accept verdicts, new flows, steering per instance.
+func TestMetricsMoveWithTraffic(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	gw := l.Agents("gw")[0]
+	gw.Stop()
+	if _, err := l.StartAgent("gw", "--metrics", "127.0.0.1:9464"); err != nil {
+		t.Fatal(err)
+	}
+	before := scrape(t, l, "gw")
+	const flows = 6
+	for i := 0; i < flows; i++ {
+		transfer(t, l, "ca", fmt.Sprintf("10.10.1.2:%d", 42000+i), "10.99.0.2:5201", 4096)
+	}
+	after := scrape(t, l, "gw")
+	delta := func(name string) float64 { return after[name] - before[name] }
+	steered := 0.0
+	for name := range after {
+		if strings.HasPrefix(name, `nfsteer_steered_total{instance="fw-`) {
+			steered += delta(name)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		got  float64
+		min  float64
+	}{
+		{"new flows", delta("nfsteer_new_flows_total"), flows},
+		// SYN and SYN-ACK of each connection.
+		{"packets queued", delta("nfsteer_packets_queued_total"), 2 * flows},
+		{"accept verdicts", delta(`nfsteer_verdicts_total{verdict="accept"}`), 2 * flows},
+		{"flows steered to a fw instance", steered, flows},
+	} {
+		if c.got < c.min {
+			t.Errorf("%s moved by %v, want at least %v", c.name, c.got, c.min)
+		}
+	}
+	if after["nfsteer_sessions_active"] < flows {
+		t.Errorf("sessions_active %v, want at least %d", after["nfsteer_sessions_active"], flows)
+	}
+	if v := delta(`nfsteer_verdicts_total{verdict="drop"}`); v != 0 {
+		t.Errorf("%v packets dropped", v)
+	}
+	t.Logf("after %d flows: new_flows +%v, packets_queued +%v, steered to fw +%v", flows,
+		delta("nfsteer_new_flows_total"), delta("nfsteer_packets_queued_total"), steered)
+}
