@@ -78,16 +78,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ctr(descLookups, k.Joined.Load(), "joined")
 	ctr(descLookups, k.LookupErrors.Load(), "error")
 	ctr(descLookups, k.LookupsShed.Load(), "shed")
-	if qs, err := nfq.ReadKernelQueueStats(); err == nil {
-		var waiting, dropped, user uint64
-		for _, q := range qs {
-			waiting += uint64(q.Waiting)
-			dropped += uint64(q.QueueDropped)
-			user += uint64(q.UserDropped)
-		}
-		ch <- metrics.Gauge(descKWaiting, float64(waiting))
-		ctr(descKDropped, dropped)
-		ctr(descKUserDrop, user)
+	if q, ok := kernelQueues(); ok {
+		ch <- metrics.Gauge(descKWaiting, float64(q.waiting))
+		ctr(descKDropped, q.dropped)
+		ctr(descKUserDrop, q.userDropped)
 	}
 	if m := a.mirror; m != nil {
 		ch <- metrics.Gauge(descMirrorDepth, float64(m.Stats.Depth.Load()))
@@ -103,4 +97,22 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ctr(descMapRefused, k.MapsRefused.Load())
 	ch <- metrics.Gauge(descMapSwitch, float64(k.LastSwitch.Load())/1e9)
 	ctr(descRepinned, k.Repinned.Load())
+}
+
+// queueTotals sums the kernel's counters over this namespace's queues.
+type queueTotals struct{ waiting, dropped, userDropped uint64 }
+
+// kernelQueues reads the kernel's queue counters; ok is false if they
+// cannot be read (no queue bound yet, or no nfnetlink_queue).
+func kernelQueues() (t queueTotals, ok bool) {
+	qs, err := nfq.ReadKernelQueueStats()
+	if err != nil {
+		return t, false
+	}
+	for _, q := range qs {
+		t.waiting += uint64(q.Waiting)
+		t.dropped += uint64(q.QueueDropped)
+		t.userDropped += uint64(q.UserDropped)
+	}
+	return t, true
 }

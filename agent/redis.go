@@ -86,11 +86,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			r.MirrorDepth = a.mirror.Stats.Depth.Load()
 			r.MirrorDrops = a.mirror.Stats.Dropped.Load()
 		}
-		if qs, err := nfq.ReadKernelQueueStats(); err == nil {
-			for _, q := range qs {
-				r.QueueBacklog += uint64(q.Waiting)
-				r.QueueDrops += uint64(q.QueueDropped) + uint64(q.UserDropped)
-			}
+		if q, ok := kernelQueues(); ok {
+			r.QueueBacklog, r.QueueDrops = q.waiting, q.dropped+q.userDropped
 		}
 		hctx, cancel := context.WithTimeout(ctx, max(a.cfg.HeartbeatInterval, 100*time.Millisecond))
 		err := a.store.Heartbeat(hctx, r)

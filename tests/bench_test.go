@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,27 +124,25 @@ func machine() string {
 // nfsteer/static-chain.
 func BenchmarkChainThroughput(b *testing.B) {
 	const seconds, samples = 4, 3
-	median := func(port int) (float64, []float64) {
+	sample := func(port int) (float64, []float64) {
 		var xs []float64
 		for i := 0; i < samples; i++ {
 			xs = append(xs, iperf(b, l0, port+100*i, seconds))
 		}
-		sorted := append([]float64(nil), xs...)
-		slices.Sort(sorted)
-		return sorted[len(sorted)/2], xs
+		return median(xs), xs
 	}
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench . -benchtime 1x ./tests/...)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.New(b, bin)
 		l0 = l
-		plain, plainAll := median(5301)
+		plain, plainAll := sample(5301)
 
 		// Find the instances nfsteer picks for this run's flow by running it
 		// once, then route the static chain the same way.
 		if err := l.StartAll(); err != nil {
 			b.Fatal(err)
 		}
-		steered, steeredAll := median(5302)
+		steered, steeredAll := sample(5302)
 		var fw, dlp string
 		for _, in := range lab.Instances {
 			for _, a := range l.Agents(in.Name) {
@@ -167,7 +164,7 @@ func BenchmarkChainThroughput(b *testing.B) {
 			b.Fatalf("could not tell which instances carried the flow (fw %q, dlp %q)", fw, dlp)
 		}
 		staticChain(b, l, fw, dlp)
-		static, staticAll := median(5303)
+		static, staticAll := sample(5303)
 
 		b.ReportMetric(plain, "plain-Gbit/s")
 		b.ReportMetric(static, "static-chain-Gbit/s")
