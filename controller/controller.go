@@ -40,8 +40,11 @@ type Controller struct {
 	// became active, Redis came back after an error, or Redis came back
 	// empty. Silence before since is not held against an instance, since
 	// its heartbeats could not land either.
-	since   time.Time
-	blind   bool // the last tick could not reach Redis
+	since time.Time
+	// blind says the last lease renewal could not reach Redis. Only the
+	// lease call sets it: a step that fails for another reason (a change
+	// refused) must not restart the count of silence every tick.
+	blind   bool
 	lastMap *steering.Published
 
 	// Failovers counts instances marked down; Recoveries, marked up.
@@ -126,11 +129,7 @@ func (c *Controller) tick(ctx context.Context) error {
 		c.blind, c.since = false, time.Now()
 		c.log.Info("Redis reachable again; judging heartbeats from now on")
 	}
-	if err := c.step(ctx); err != nil {
-		c.blind = true
-		return err
-	}
-	return nil
+	return c.step(ctx)
 }
 
 // step compares heartbeats with the live map's down list and publishes a
