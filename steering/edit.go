@@ -1,14 +1,11 @@
 package steering
 
 import (
-	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 )
-
-// ErrUnknownName is wrapped by edits that name a tenant, service or
-// instance the map does not have.
-var ErrUnknownName = errors.New("no such name in the map")
 
 // This file holds the edits an operator makes to a published map between
 // versions. Each returns a new Published (the receiver is not changed) that
@@ -62,4 +59,155 @@ func (p *Published) Undrain(instance string) (*Published, error) {
 	q := p.clone()
 	q.Drained = slices.DeleteFunc(q.Drained, func(n string) bool { return n == instance })
 	return q, nil
+}
+
+// WithMap returns p carrying m instead of its map: unnumbered, with Down and
+// Drained keeping only instances m still has. IDs are kept; the publisher
+// assigns IDs to new instances and drops those of removed ones.
+func (p *Published) WithMap(m *Map) *Published {
+	q := &Published{Map: m, IDs: p.IDs}
+	for _, n := range p.Down {
+		if m.hasInstance(n) {
+			q.Down = append(q.Down, n)
+		}
+	}
+	for _, n := range p.Drained {
+		if m.hasInstance(n) {
+			q.Drained = append(q.Drained, n)
+		}
+	}
+	return q
+}
+
+func (m *Map) hasInstance(name string) bool {
+	for _, svc := range m.Services {
+		if svc != nil {
+			if _, ok := svc.Instances[name]; ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// The edits below never change m: a Map may be shared by published
+// versions and compiled tables. Each returns a new Map that shares what did
+// not change, and does not validate it (the publisher does, like any map).
+
+// shallow returns a copy of m whose Services and Tenants maps may be
+// changed; the values are still m's.
+func (m *Map) shallow() *Map {
+	return &Map{Slots: m.Slots, Services: maps.Clone(m.Services), Tenants: maps.Clone(m.Tenants)}
+}
+
+// AddTenant returns m with tenant name added.
+func (m *Map) AddTenant(name string, t Tenant) (*Map, error) {
+	if _, ok := m.Tenants[name]; ok {
+		return nil, fmt.Errorf("tenant %q: %w", name, ErrExists)
+	}
+	n := m.shallow()
+	if n.Tenants == nil {
+		n.Tenants = map[string]*Tenant{}
+	}
+	n.Tenants[name] = &t
+	return n, nil
+}
+
+// RemoveTenant returns m without tenant name.
+func (m *Map) RemoveTenant(name string) (*Map, error) {
+	if _, ok := m.Tenants[name]; !ok {
+		return nil, fmt.Errorf("%w: tenant %q", ErrUnknownName, name)
+	}
+	n := m.shallow()
+	delete(n.Tenants, name)
+	return n, nil
+}
+
+// AddService returns m with service name added.
+func (m *Map) AddService(name string, s Service) (*Map, error) {
+	if _, ok := m.Services[name]; ok {
+		return nil, fmt.Errorf("service %q: %w", name, ErrExists)
+	}
+	for inst := range s.Instances {
+		if m.hasInstance(inst) {
+			return nil, fmt.Errorf("instance %q: %w", inst, ErrExists)
+		}
+	}
+	n := m.shallow()
+	if n.Services == nil {
+		n.Services = map[string]*Service{}
+	}
+	n.Services[name] = &s
+	return n, nil
+}
+
+// RemoveService returns m without service name, which no tenant's chain
+// may name.
+func (m *Map) RemoveService(name string) (*Map, error) {
+	if _, ok := m.Services[name]; !ok {
+		return nil, fmt.Errorf("%w: service %q", ErrUnknownName, name)
+	}
+	if users := m.TenantsOf(name); len(users) > 0 {
+		return nil, fmt.Errorf("service %q: %w: in the chain of tenant %s (change their chains first)", name, ErrInUse, strings.Join(users, ", "))
+	}
+	n := m.shallow()
+	delete(n.Services, name)
+	return n, nil
+}
+
+// TenantsOf returns, sorted, the tenants whose chain names service.
+func (m *Map) TenantsOf(service string) []string {
+	var out []string
+	for name, t := range m.Tenants {
+		if t != nil && slices.Contains(t.Chain, service) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// AddInstance returns m with instance name, at addrs, added to service.
+func (m *Map) AddInstance(service, name string, addrs Addresses) (*Map, error) {
+	svc, ok := m.Services[service]
+	if !ok || svc == nil {
+		return nil, fmt.Errorf("%w: service %q", ErrUnknownName, service)
+	}
+	if m.hasInstance(name) {
+		return nil, fmt.Errorf("instance %q: %w", name, ErrExists)
+	}
+	n := m.shallow()
+	s := *svc
+	s.Instances = maps.Clone(svc.Instances)
+	if s.Instances == nil {
+		s.Instances = map[string]Addresses{}
+	}
+	s.Instances[name] = slices.Clone(addrs)
+	n.Services[service] = &s
+	return n, nil
+}
+
+// RemoveInstance returns m without instance name. The last instance of a
+// service some chain names cannot go.
+func (m *Map) RemoveInstance(name string) (*Map, error) {
+	for sname, svc := range m.Services {
+		if svc == nil {
+			continue
+		}
+		if _, ok := svc.Instances[name]; !ok {
+			continue
+		}
+		if len(svc.Instances) == 1 {
+			if users := m.TenantsOf(sname); len(users) > 0 {
+				return nil, fmt.Errorf("instance %q: %w: the last instance of service %q, which tenant %s need", name, ErrInUse, sname, strings.Join(users, ", "))
+			}
+		}
+		n := m.shallow()
+		s := *svc
+		s.Instances = maps.Clone(svc.Instances)
+		delete(s.Instances, name)
+		n.Services[sname] = &s
+		return n, nil
+	}
+	return nil, fmt.Errorf("%w: instance %q", ErrUnknownName, name)
 }

@@ -96,3 +96,112 @@ func TestCompileNextReuses(t *testing.T) {
 		t.Errorf("changed, invalid map after a valid one: %v, want ErrInvalidMap", err)
 	}
 }
+
+// Every edit leaves the map it started from unchanged, and a refused edit
+// says why with the sentinel a caller can branch on.
+func TestMapEdits(t *testing.T) {
+	type edit func(*Map) (*Map, error)
+	tests := []struct {
+		name string
+		edit edit
+		want []Change // Diff(before, after)
+		err  error
+	}{
+		{"add tenant", func(m *Map) (*Map, error) {
+			return m.AddTenant("initech", Tenant{Prefixes: []string{"10.30.0.0/24"}, Chain: []string{"dlp"}})
+		}, []Change{{Op: "add", Kind: "tenant", Name: "initech"}}, nil},
+		{"add tenant twice", func(m *Map) (*Map, error) { return m.AddTenant("acme", Tenant{}) }, nil, ErrExists},
+		{"remove tenant", func(m *Map) (*Map, error) { return m.RemoveTenant("globex") },
+			[]Change{{Op: "remove", Kind: "tenant", Name: "globex"}}, nil},
+		{"remove unknown tenant", func(m *Map) (*Map, error) { return m.RemoveTenant("nope") }, nil, ErrUnknownName},
+		{"add service", func(m *Map) (*Map, error) {
+			return m.AddService("ids", Service{Instances: map[string]Addresses{"ids-1": {"10.200.0.31"}}})
+		}, []Change{{Op: "add", Kind: "service", Name: "ids"}, {Op: "add", Kind: "instance", Name: "ids-1", To: "ids 10.200.0.31"}}, nil},
+		{"add service twice", func(m *Map) (*Map, error) { return m.AddService("fw", Service{}) }, nil, ErrExists},
+		{"add service reusing an instance name", func(m *Map) (*Map, error) {
+			return m.AddService("ids", Service{Instances: map[string]Addresses{"fw-1": {"10.200.0.31"}}})
+		}, nil, ErrExists},
+		{"remove service in a chain", func(m *Map) (*Map, error) { return m.RemoveService("dlp") }, nil, ErrInUse},
+		{"remove unknown service", func(m *Map) (*Map, error) { return m.RemoveService("ids") }, nil, ErrUnknownName},
+		{"add instance", func(m *Map) (*Map, error) { return m.AddInstance("fw", "fw-3", Addresses{"10.200.0.13", "fd00:200::13"}) },
+			[]Change{{Op: "add", Kind: "instance", Name: "fw-3", To: "fw 10.200.0.13,fd00:200::13"}}, nil},
+		{"add instance to unknown service", func(m *Map) (*Map, error) { return m.AddInstance("ids", "ids-1", nil) }, nil, ErrUnknownName},
+		{"add existing instance", func(m *Map) (*Map, error) { return m.AddInstance("dlp", "fw-1", nil) }, nil, ErrExists},
+		{"remove instance", func(m *Map) (*Map, error) { return m.RemoveInstance("dlp-2") },
+			[]Change{{Op: "remove", Kind: "instance", Name: "dlp-2", From: "dlp 10.200.0.22"}}, nil},
+		{"remove unknown instance", func(m *Map) (*Map, error) { return m.RemoveInstance("dlp-9") }, nil, ErrUnknownName},
+		{"remove the last instance of a used service", func(m *Map) (*Map, error) {
+			m, err := m.RemoveInstance("dlp-2")
+			if err != nil {
+				return nil, err
+			}
+			return m.RemoveInstance("dlp-1")
+		}, nil, ErrInUse},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := labMap(t)
+			before := Diff(nil, m)
+			got, err := tt.edit(m)
+			if diff := cmp.Diff(before, Diff(nil, m)); diff != "" {
+				t.Fatalf("the edit changed its receiver (-before +after):\n%s", diff)
+			}
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("error %v, want %v", err, tt.err)
+			}
+			if err != nil {
+				return
+			}
+			if err := got.Validate(); err != nil {
+				t.Fatalf("edited map does not validate: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, Diff(m, got)); diff != "" {
+				t.Errorf("Diff (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestDiffFields(t *testing.T) {
+	a := labMap(t)
+	b := labMap(t)
+	b.Slots = 512
+	b.Tenants["globex"].Chain = []string{"fw"}
+	b.Services["fw"].Function = FunctionFirewall
+	b.Services["dlp"].Instances["dlp-1"] = Addresses{"10.200.0.99"}
+	want := []string{
+		"~ slots: 256 -> 512",
+		"~ service fw function: forward -> firewall",
+		"~ instance dlp-1 service/addresses: dlp 10.200.0.21 -> dlp 10.200.0.99",
+		"~ tenant globex chain: [fw dlp] -> [fw]",
+	}
+	var got []string
+	for _, c := range Diff(a, b) {
+		got = append(got, c.String())
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Diff (-want +got):\n%s", diff)
+	}
+	if d := Diff(a, labMap(t)); len(d) != 0 {
+		t.Errorf("Diff of equal maps: %v", d)
+	}
+}
+
+func TestWithMapKeepsOnlyExistingLists(t *testing.T) {
+	p, err := Local(labMap(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Down, p.Drained = []string{"fw-1"}, []string{"dlp-2"}
+	m, err := p.Map.RemoveInstance("dlp-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := p.WithMap(m)
+	if !slices.Equal(q.Down, []string{"fw-1"}) || len(q.Drained) != 0 || q.Version != 0 {
+		t.Errorf("WithMap: down %v drained %v version %d; want [fw-1] [] 0", q.Down, q.Drained, q.Version)
+	}
+	if err := q.Validate(); err == nil {
+		t.Errorf("IDs still name dlp-2, Validate should refuse until the publisher reassigns them")
+	}
+}

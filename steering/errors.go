@@ -10,6 +10,17 @@ import (
 // tell a bad map (keep the last good one) from an I/O failure.
 var ErrInvalidMap = errors.New("invalid service map")
 
+// Errors of map edits (see edit.go); each is wrapped with the name at fault.
+var (
+	// ErrUnknownName: the edit names a tenant, service or instance the map
+	// does not have.
+	ErrUnknownName = errors.New("no such name in the map")
+	// ErrExists: the edit adds a name the map already has.
+	ErrExists = errors.New("already in the map")
+	// ErrInUse: the edit removes something the rest of the map still needs.
+	ErrInUse = errors.New("still in use")
+)
+
 // FieldError names one field of a map and why it is refused.
 type FieldError struct {
 	// Field is a dotted path into the map, such as "tenants.acme.chain[1]".

@@ -1,0 +1,139 @@
+package steering
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Change is one difference between two maps, as `nfsteer map diff` prints
+// it.
+type Change struct {
+	// Op is "add", "remove" or "change".
+	Op string `json:"op"`
+	// Kind is "tenant", "service", "instance" or "slots".
+	Kind string `json:"kind"`
+	Name string `json:"name,omitempty"`
+	// Field, From and To say what changed for Op "change".
+	Field string `json:"field,omitempty"`
+	From  string `json:"from,omitempty"`
+	To    string `json:"to,omitempty"`
+}
+
+func (c Change) String() string {
+	sign := map[string]string{"add": "+", "remove": "-", "change": "~"}[c.Op]
+	if c.Op == "change" && c.Name == "" {
+		return fmt.Sprintf("%s %s: %s -> %s", sign, c.Field, c.From, c.To)
+	}
+	if c.Op == "change" {
+		return fmt.Sprintf("%s %s %s %s: %s -> %s", sign, c.Kind, c.Name, c.Field, c.From, c.To)
+	}
+	return fmt.Sprintf("%s %s %s", sign, c.Kind, c.Name)
+}
+
+// Diff lists what turns map a into map b, sorted by kind and name. Either
+// may be nil (an empty map).
+func Diff(a, b *Map) []Change {
+	if a == nil {
+		a = &Map{}
+	}
+	if b == nil {
+		b = &Map{}
+	}
+	var out []Change
+	if a.SlotCount() != b.SlotCount() {
+		out = append(out, Change{Op: "change", Kind: "slots", Field: "slots", From: fmt.Sprint(a.SlotCount()), To: fmt.Sprint(b.SlotCount())})
+	}
+	for _, name := range unionKeys(a.Services, b.Services) {
+		sa, sb := a.Services[name], b.Services[name]
+		switch {
+		case sa == nil:
+			out = append(out, Change{Op: "add", Kind: "service", Name: name})
+		case sb == nil:
+			out = append(out, Change{Op: "remove", Kind: "service", Name: name})
+		case functionOf(sa) != functionOf(sb):
+			out = append(out, Change{Op: "change", Kind: "service", Name: name, Field: "function", From: functionOf(sa), To: functionOf(sb)})
+		}
+	}
+	ia, ib := instanceAddrs(a), instanceAddrs(b)
+	for _, name := range unionKeys(ia, ib) {
+		xa, inA := ia[name]
+		xb, inB := ib[name]
+		switch {
+		case !inA:
+			out = append(out, Change{Op: "add", Kind: "instance", Name: name, To: xb})
+		case !inB:
+			out = append(out, Change{Op: "remove", Kind: "instance", Name: name, From: xa})
+		case xa != xb:
+			out = append(out, Change{Op: "change", Kind: "instance", Name: name, Field: "service/addresses", From: xa, To: xb})
+		}
+	}
+	for _, name := range unionKeys(a.Tenants, b.Tenants) {
+		ta, tb := a.Tenants[name], b.Tenants[name]
+		switch {
+		case ta == nil:
+			out = append(out, Change{Op: "add", Kind: "tenant", Name: name})
+		case tb == nil:
+			out = append(out, Change{Op: "remove", Kind: "tenant", Name: name})
+		default:
+			for _, f := range []struct {
+				field    string
+				from, to string
+			}{
+				{"prefixes", list(ta.Prefixes), list(tb.Prefixes)},
+				{"chain", list(ta.Chain), list(tb.Chain)},
+				{"allow", allows(ta.Allow), allows(tb.Allow)},
+			} {
+				if f.from != f.to {
+					out = append(out, Change{Op: "change", Kind: "tenant", Name: name, Field: f.field, From: f.from, To: f.to})
+				}
+			}
+		}
+	}
+	return out
+}
+
+func functionOf(s *Service) string {
+	if s.Function == "" {
+		return FunctionForward
+	}
+	return s.Function
+}
+
+// instanceAddrs describes each instance as "service address,address".
+func instanceAddrs(m *Map) map[string]string {
+	out := map[string]string{}
+	for sname, svc := range m.Services {
+		if svc == nil {
+			continue
+		}
+		for name, addrs := range svc.Instances {
+			out[name] = sname + " " + strings.Join(addrs, ",")
+		}
+	}
+	return out
+}
+
+func list(s []string) string { return "[" + strings.Join(s, " ") + "]" }
+
+func allows(rules []Allow) string {
+	parts := make([]string, len(rules))
+	for i, r := range rules {
+		parts[i] = fmt.Sprintf("{%s %s %s}", r.Proto, r.Dst, strings.Join(r.Ports, ","))
+	}
+	return list(parts)
+}
+
+func unionKeys[V any](a, b map[string]V) []string {
+	var out []string
+	for k := range a {
+		out = append(out, k)
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
