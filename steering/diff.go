@@ -51,8 +51,8 @@ func Diff(a, b *Map) []Change {
 			out = append(out, Change{Op: "add", Kind: "service", Name: name})
 		case sb == nil:
 			out = append(out, Change{Op: "remove", Kind: "service", Name: name})
-		case functionOf(sa) != functionOf(sb):
-			out = append(out, Change{Op: "change", Kind: "service", Name: name, Field: "function", From: functionOf(sa), To: functionOf(sb)})
+		case functionName(sa.Function) != functionName(sb.Function):
+			out = append(out, Change{Op: "change", Kind: "service", Name: name, Field: "function", From: functionName(sa.Function), To: functionName(sb.Function)})
 		}
 	}
 	ia, ib := instanceAddrs(a), instanceAddrs(b)
@@ -91,13 +91,6 @@ func Diff(a, b *Map) []Change {
 		}
 	}
 	return out
-}
-
-func functionOf(s *Service) string {
-	if s.Function == "" {
-		return FunctionForward
-	}
-	return s.Function
 }
 
 // instanceAddrs describes each instance as "service address,address".

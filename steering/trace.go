@@ -1,0 +1,95 @@
+package steering
+
+import "fmt"
+
+// Trace is the path a flow would take through its tenant's chain, in both
+// directions, as [Table.Decide] would steer it on every node with no pins:
+// what `nfsteer trace` prints. It sends nothing.
+type Trace struct {
+	Flow    string `json:"flow"`
+	Tenant  string `json:"tenant,omitempty"`
+	Code    uint32 `json:"code"`
+	Slot    uint32 `json:"slot"`
+	Version uint64 `json:"version"`
+	// Forward is the path of the flow's first packet; Reply that of its
+	// answer. Each ends with the hop whose node routes the packet normally.
+	Forward []TraceHop `json:"forward"`
+	Reply   []TraceHop `json:"reply"`
+	// Verdict is what the chain's firewalls would do with the opening
+	// packet: "pass" when there is no firewall.
+	Verdict string `json:"verdict"`
+}
+
+// TraceHop is one node's decision.
+type TraceHop struct {
+	// Node is who decides: "gateway" or an instance name.
+	Node string `json:"node"`
+	// Decision is a Kind's name: "steer" sends the packet to Instance.
+	Decision string `json:"decision"`
+	Hop      int    `json:"hop"`
+	Service  string `json:"service,omitempty"`
+	Instance string `json:"instance,omitempty"`
+	ID       uint16 `json:"id,omitempty"`
+	Address  string `json:"address,omitempty"`
+	// Secondary holds the slot's secondary role: who takes the flow over
+	// if Instance dies.
+	Secondary string `json:"secondary,omitempty"`
+}
+
+// Trace computes f's path from a gateway (where the tenant's traffic
+// enters) along the chain and back.
+func (t *Table) Trace(f Flow) Trace {
+	tr := Trace{Flow: fmt.Sprintf("%d %s:%d > %s:%d", f.Proto, f.Src, f.SrcPort, f.Dst, f.DstPort), Version: t.version, Verdict: "pass"}
+	if ti := t.TenantOf(f.Src); ti >= 0 {
+		tr.Tenant = t.tenants[ti].Name
+		if r := t.Permit(ti, &f); r < 0 && t.hasFirewall(ti) {
+			tr.Verdict = "drop: no allow rule of the tenant matches the opening packet"
+		} else if r >= 0 && t.hasFirewall(ti) {
+			tr.Verdict = fmt.Sprintf("allow: rule %d", r)
+		}
+	}
+	tr.Code = AffinityCode(&f)
+	tr.Slot = tr.Code & (t.slots - 1)
+	back := Flow{Src: f.Dst, Dst: f.Src, SrcPort: f.DstPort, DstPort: f.SrcPort, Proto: f.Proto}
+	tr.Forward = t.walk(&f, false)
+	tr.Reply = t.walk(&back, true)
+	return tr
+}
+
+func (t *Table) hasFirewall(tenant int) bool {
+	for _, svc := range t.tenants[tenant].Chain {
+		if t.services[svc].Function == FunctionFirewall {
+			return true
+		}
+	}
+	return false
+}
+
+// walk follows Decide from the gateway until a node routes normally. A
+// chain has at most MaxChain services, so the loop ends; the bound guards
+// against a table that would send a flow in circles.
+func (t *Table) walk(f *Flow, reply bool) []TraceHop {
+	var out []TraceHop
+	n, name := Node{Instance: -1}, "gateway"
+	for range MaxChain + 1 {
+		d := t.Decide(n, f, reply, nil)
+		h := TraceHop{Node: name, Decision: d.Kind.String(), Hop: d.Hop}
+		if d.Kind != Steer {
+			h.Hop = -1
+			out = append(out, h)
+			return out
+		}
+		in := d.Instance
+		h.Service = t.services[in.Service].Name
+		h.Instance, h.ID = in.Name, in.ID
+		if a, ok := in.Addr(f.Dst.Unmap().Is4()); ok {
+			h.Address = a.String()
+		}
+		if _, s := t.RolesFor(in.Service, d.Slot); s != nil {
+			h.Secondary = s.Name
+		}
+		out = append(out, h)
+		n, name = t.NodeFor(in.Name), in.Name
+	}
+	return out
+}
