@@ -123,7 +123,9 @@ func TestMapEdits(t *testing.T) {
 		}, nil, ErrExists},
 		{"remove service in a chain", func(m *Map) (*Map, error) { return m.RemoveService("dlp") }, nil, ErrInUse},
 		{"remove unknown service", func(m *Map) (*Map, error) { return m.RemoveService("ids") }, nil, ErrUnknownName},
-		{"add instance", func(m *Map) (*Map, error) { return m.AddInstance("fw", "fw-3", Addresses{"10.200.0.13", "fd00:200::13"}) },
+		{"add instance", func(m *Map) (*Map, error) {
+			return m.AddInstance("fw", "fw-3", Addresses{"10.200.0.13", "fd00:200::13"})
+		},
 			[]Change{{Op: "add", Kind: "instance", Name: "fw-3", To: "fw 10.200.0.13,fd00:200::13"}}, nil},
 		{"add instance to unknown service", func(m *Map) (*Map, error) { return m.AddInstance("ids", "ids-1", nil) }, nil, ErrUnknownName},
 		{"add existing instance", func(m *Map) (*Map, error) { return m.AddInstance("dlp", "fw-1", nil) }, nil, ErrExists},
