@@ -31,19 +31,9 @@ func ParseKey(s string) (Key, error) {
 	if len(parts) != 3 {
 		return Key{}, fmt.Errorf("%q: %w", s, ErrBadKey)
 	}
-	var proto uint8
-	found := false
-	for n, name := range protoNames {
-		if strings.EqualFold(name, parts[0]) {
-			proto, found = n, true
-		}
-	}
-	if !found {
-		n, err := strconv.ParseUint(parts[0], 10, 8)
-		if err != nil {
-			return Key{}, fmt.Errorf("%q: unknown protocol %q: %w", s, parts[0], ErrBadKey)
-		}
-		proto = uint8(n)
+	proto, err := ParseProto(parts[0])
+	if err != nil {
+		return Key{}, fmt.Errorf("%q: %v: %w", s, err, ErrBadKey)
 	}
 	a, err := netip.ParseAddrPort(parts[1])
 	if err != nil {
@@ -58,6 +48,21 @@ func ParseKey(s string) (Key, error) {
 	}
 	k := Key{A: a.Addr(), PA: a.Port(), B: b.Addr(), PB: b.Port(), Proto: proto}
 	return k.ordered(), nil
+}
+
+// ParseProto returns the IP protocol number named s: a name a Key uses
+// (tcp, udp, icmp, icmpv6, sctp, dccp, any case) or a number 0-255.
+func ParseProto(s string) (uint8, error) {
+	for n, name := range protoNames {
+		if strings.EqualFold(name, s) {
+			return n, nil
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 8)
+	if err != nil {
+		return 0, fmt.Errorf("unknown protocol %q (want tcp, udp, icmp, icmpv6, sctp, dccp or 0-255)", s)
+	}
+	return uint8(n), nil
 }
 
 func (k Key) ordered() Key {

@@ -38,10 +38,7 @@ func assignRoles(service string, instances []string, skip []bool, slots int) []R
 	roles := make([]Roles, slots)
 	base := make([]uint64, len(instances))
 	for i, name := range instances {
-		h := fnvString(uint64(fnvOffset), service)
-		h = fnvByte(h, 0)
-		h = fnvString(h, name)
-		base[i] = fnvByte(h, 0)
+		base[i] = instanceBase(service, name)
 	}
 	for s := range roles {
 		first, second := uint16(NoInstance), uint16(NoInstance)
@@ -62,6 +59,15 @@ func assignRoles(service string, instances []string, skip []bool, slots int) []R
 		roles[s] = Roles{Primary: first, Secondary: second}
 	}
 	return roles
+}
+
+// instanceBase is the part of an instance's weight that does not depend on
+// the slot.
+func instanceBase(service, instance string) uint64 {
+	h := fnvString(uint64(fnvOffset), service)
+	h = fnvByte(h, 0)
+	h = fnvString(h, instance)
+	return fnvByte(h, 0)
 }
 
 func weight(base uint64, slot uint32) uint64 {

@@ -1,6 +1,10 @@
 package steering
 
-import "fmt"
+import (
+	"cmp"
+	"fmt"
+	"slices"
+)
 
 // Trace is the path a flow would take through its tenant's chain, in both
 // directions, as [Table.Decide] would steer it on every node with no pins:
@@ -34,6 +38,9 @@ type TraceHop struct {
 	// Secondary holds the slot's secondary role: who takes the flow over
 	// if Instance dies.
 	Secondary string `json:"secondary,omitempty"`
+	// Skipped lists, best first, the instances that rank above Instance
+	// for the slot but hold no role, each with why: "fw-1 (down)".
+	Skipped []string `json:"skipped,omitempty"`
 }
 
 // Trace computes f's path from a gateway (where the tenant's traffic
@@ -88,8 +95,47 @@ func (t *Table) walk(f *Flow, reply bool) []TraceHop {
 		if _, s := t.RolesFor(in.Service, d.Slot); s != nil {
 			h.Secondary = s.Name
 		}
+		h.Skipped = t.skippedFor(in, d.Slot)
 		out = append(out, h)
 		n, name = t.NodeFor(in.Name), in.Name
+	}
+	return out
+}
+
+// skippedFor lists the instances of in's service that outrank in for slot
+// (by the rendezvous weight roles are assigned by) but are down or drained.
+func (t *Table) skippedFor(in *Instance, slot uint32) []string {
+	s := &t.services[in.Service]
+	names := make([]string, len(s.Instances))
+	for k, ii := range s.Instances {
+		names[k] = t.instances[ii].Name
+	}
+	var mine uint64
+	type ranked struct {
+		w  uint64
+		in *Instance
+	}
+	var above []ranked
+	for k, ii := range s.Instances {
+		w := weight(instanceBase(s.Name, names[k]), slot)
+		if &t.instances[ii] == in {
+			mine = w
+			continue
+		}
+		above = append(above, ranked{w, &t.instances[ii]})
+	}
+	slices.SortFunc(above, func(a, b ranked) int { return cmp.Compare(b.w, a.w) })
+	var out []string
+	for _, r := range above {
+		if r.w < mine {
+			break
+		}
+		switch {
+		case r.in.Down:
+			out = append(out, r.in.Name+" (down)")
+		case r.in.Drained:
+			out = append(out, r.in.Name+" (drained)")
+		}
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -114,4 +115,47 @@ func (s *Store) LeaseHolder(ctx context.Context) (string, error) {
 func (s *Store) ReleaseLease(ctx context.Context, holder string) error {
 	return redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`).
 		Run(ctx, s.rdb, []string{keyLease}, holder).Err()
+}
+
+// RedisHealth is what `nfsteer status` says about Redis itself.
+type RedisHealth struct {
+	Addr string        `json:"addr"`
+	RTT  time.Duration `json:"rtt_ns"`
+	// Version and UsedMemory come from INFO (of the node that answered, in
+	// a cluster).
+	Version    string `json:"version"`
+	UsedMemory string `json:"used_memory"`
+	MapVersion uint64 `json:"map_version"`
+	// Controller holds the controller lease ("" if no controller runs).
+	Controller string `json:"controller"`
+}
+
+// Health measures a round trip to Redis and reads what status shows.
+func (s *Store) Health(ctx context.Context) (RedisHealth, error) {
+	h := RedisHealth{Addr: s.addr}
+	start := time.Now()
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return h, fmt.Errorf("pinging Redis at %s: %w", s.addr, err)
+	}
+	h.RTT = time.Since(start)
+	info, err := s.rdb.Info(ctx, "server", "memory").Result()
+	if err != nil {
+		return h, fmt.Errorf("reading INFO from %s: %w", s.addr, err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		switch k {
+		case "redis_version":
+			h.Version = v
+		case "used_memory_human":
+			h.UsedMemory = v
+		}
+	}
+	if h.MapVersion, err = s.LiveVersion(ctx); err != nil {
+		return h, err
+	}
+	if h.Controller, err = s.LeaseHolder(ctx); err != nil {
+		return h, fmt.Errorf("reading the controller lease from %s: %w", s.addr, err)
+	}
+	return h, nil
 }

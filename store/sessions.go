@@ -360,3 +360,15 @@ func (s *Store) List(ctx context.Context, instance, role string) (recs []*Record
 	}
 	return recs, bad, nil
 }
+
+// Count returns how many live sessions instance holds role for, from its
+// index (entries whose deadline passed are not counted). It is cheap: one
+// ZCOUNT.
+func (s *Store) Count(ctx context.Context, instance, role string) (int64, error) {
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	n, err := s.rdb.ZCount(ctx, indexKey(instance, role), now, "+inf").Result()
+	if err != nil {
+		return 0, fmt.Errorf("counting %s sessions of %s at %s: %w", role, instance, s.addr, err)
+	}
+	return n, nil
+}

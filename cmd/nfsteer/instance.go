@@ -2,52 +2,199 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
 )
 
 func instanceCommand() *cli.Command {
-	edit := func(name, usage, example, done string, change func(*steering.Published, string) (*steering.Published, error)) *cli.Command {
-		return &cli.Command{
-			Name:        name,
-			Usage:       usage,
-			ArgsUsage:   "INSTANCE",
-			Description: "Example:\n   " + example,
-			Flags:       []cli.Flag{redisFlag()},
-			Action: func(c *cli.Context) error {
-				if c.NArg() != 1 {
-					return cli.Exit(fmt.Sprintf("%s takes one instance name, got %d arguments", name, c.NArg()), 2)
-				}
-				inst := c.Args().First()
-				s, err := openStore(c)
-				if err != nil {
-					return err
-				}
-				defer s.Close()
-				p, err := s.Publish(c.Context, func(live *steering.Published) (*steering.Published, error) {
-					if live == nil {
-						return nil, fmt.Errorf("no live map in Redis at %s: apply one first", s.Addr())
-					}
-					return change(live, inst)
-				})
-				if err != nil {
-					return cli.Exit(fmt.Errorf("%s %s: %w", name, inst, err), 1)
-				}
-				fmt.Fprintf(c.App.Writer, "%s %s in map version %d at %s\n", inst, done, p.Version, time.Now().Format(time.RFC3339Nano))
-				return nil
-			},
-		}
-	}
 	return &cli.Command{
 		Name:  "instance",
-		Usage: "change instances in the live map",
+		Usage: "add, remove, list, drain or undrain the instances of the live map",
 		Subcommands: []*cli.Command{
-			edit("drain", "stop new flows to an instance; it keeps the flows it has",
-				"nfsteer instance drain --redis redis://10.0.0.5:6379 fw-2", "drained", (*steering.Published).Drain),
-			edit("undrain", "let a drained instance take new flows again",
-				"nfsteer instance undrain --redis redis://10.0.0.5:6379 fw-2", "takes new flows", (*steering.Published).Undrain),
+			{
+				Name:      "add",
+				Usage:     "add an instance to a service; it takes its share of new flows from the next version on",
+				ArgsUsage: "NAME ADDR [ADDR]",
+				Description: `Established flows keep their instances; only new flows land on the new one.
+
+Example:
+   nfsteer instance add --redis redis://10.0.0.5:6379 --service fw fw-3 10.200.0.13 fd00:200::13`,
+				Flags: []cli.Flag{
+					redisFlag(), outputFlag(),
+					&cli.StringFlag{Name: "service", Required: true, Usage: "the `SERVICE` the instance belongs to"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() < 2 || c.NArg() > 3 {
+						return cli.Exit(fmt.Sprintf("instance add takes NAME and one or two addresses, got %d arguments (see --help)", c.NArg()), 2)
+					}
+					args := c.Args().Slice()
+					return editMap(c, func(m *steering.Map) (*steering.Map, error) {
+						return m.AddInstance(c.String("service"), args[0], steering.Addresses(args[1:]))
+					})
+				},
+			},
+			{
+				Name:      "remove",
+				Usage:     "remove an instance that carries no flows (drain it first)",
+				ArgsUsage: "NAME",
+				Description: `Refused while Redis lists sessions for which the instance is primary,
+unless --force: their flows would lose their path. Drain the instance and
+wait for its flows to end (or drain --migrate them), then remove it.
+
+Example:
+   nfsteer instance drain --redis redis://10.0.0.5:6379 fw-2
+   nfsteer instance remove --redis redis://10.0.0.5:6379 fw-2`,
+				Flags: []cli.Flag{
+					redisFlag(), outputFlag(),
+					&cli.BoolFlag{Name: "force", Usage: "remove it even though it carries flows"},
+				},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "instance name")
+					if err != nil {
+						return err
+					}
+					if !c.Bool("force") {
+						s, err := openStore(c)
+						if err != nil {
+							return err
+						}
+						n, err := s.Count(c.Context, name, store.RolePrimary)
+						s.Close()
+						if err != nil {
+							return err
+						}
+						if n > 0 {
+							return fmt.Errorf("instance %q still carries %d sessions: drain it and wait, drain --migrate it, or remove --force", name, n)
+						}
+					}
+					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.RemoveInstance(name) })
+				},
+			},
+			{
+				Name:  "list",
+				Usage: "list instances with their state, slots, sessions and last heartbeat",
+				Description: `STATE is up, down (the controller found it dead) or drained. SLOTS is how
+many affinity slots it holds as primary. SESSIONS counts the live sessions
+Redis indexes for it as primary and secondary.
+
+Example:
+   nfsteer instance list --redis redis://10.0.0.5:6379`,
+				Flags:  []cli.Flag{redisFlag(), outputFlag()},
+				Action: instanceList,
+			},
+			drainCommand(),
+			{
+				Name:        "undrain",
+				Usage:       "let a drained instance take new flows again",
+				ArgsUsage:   "NAME",
+				Description: "Example:\n   nfsteer instance undrain --redis redis://10.0.0.5:6379 fw-2",
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "instance name")
+					if err != nil {
+						return err
+					}
+					return publishEdit(c, func(live *steering.Published) (*steering.Published, error) { return live.Undrain(name) })
+				},
+			},
 		},
 	}
+}
+
+func drainCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "drain",
+		Usage:     "stop new flows to an instance at once; it keeps the flows it has",
+		ArgsUsage: "NAME",
+		Description: `Example:
+   nfsteer instance drain --redis redis://10.0.0.5:6379 fw-2`,
+		Flags: []cli.Flag{redisFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			name, err := oneArg(c, "instance name")
+			if err != nil {
+				return err
+			}
+			return publishEdit(c, func(live *steering.Published) (*steering.Published, error) { return live.Drain(name) })
+		},
+	}
+}
+
+// instanceRow is one line of instance list.
+type instanceRow struct {
+	Name      string   `json:"name"`
+	Service   string   `json:"service"`
+	ID        uint16   `json:"id"`
+	Addresses []string `json:"addresses"`
+	State     string   `json:"state"`
+	Slots     int      `json:"primary_slots"`
+	Primary   int64    `json:"primary_sessions"`
+	Secondary int64    `json:"secondary_sessions"`
+	// HeartbeatAge is -1 when the instance's agent never beat.
+	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
+}
+
+func instanceList(c *cli.Context) error {
+	out, err := printerOf(c)
+	if err != nil {
+		return err
+	}
+	p, t, s, err := liveMap(c)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	beats, now, err := s.Beats(c.Context)
+	if err != nil {
+		return err
+	}
+	var list []instanceRow
+	for si, svc := range t.Services() {
+		slots := map[string]int{}
+		for slot := range t.Slots() {
+			if in, _ := t.RolesFor(si, slot); in != nil {
+				slots[in.Name]++
+			}
+		}
+		for _, ii := range svc.Instances {
+			in := t.Instances()[ii]
+			r := instanceRow{Name: in.Name, Service: svc.Name, ID: in.ID, Addresses: p.Map.Services[svc.Name].Instances[in.Name], State: "up", Slots: slots[in.Name], HeartbeatAge: -1}
+			switch {
+			case slices.Contains(p.Down, in.Name):
+				r.State = "down"
+			case slices.Contains(p.Drained, in.Name):
+				r.State = "drained"
+			}
+			if r.Primary, err = s.Count(c.Context, in.Name, store.RolePrimary); err != nil {
+				return err
+			}
+			if r.Secondary, err = s.Count(c.Context, in.Name, store.RoleSecondary); err != nil {
+				return err
+			}
+			if b, ok := beats[in.Name]; ok {
+				r.HeartbeatAge = now.Sub(b.At)
+			}
+			list = append(list, r)
+		}
+	}
+	return out.print(list, func(w io.Writer) {
+		row(w, "INSTANCE", "SERVICE", "ID", "ADDRESSES", "STATE", "SLOTS", "SESSIONS P/S", "HEARTBEAT")
+		for _, r := range list {
+			row(w, r.Name, r.Service, r.ID, strings.Join(r.Addresses, ","), r.State, r.Slots,
+				fmt.Sprintf("%d/%d", r.Primary, r.Secondary), age(r.HeartbeatAge))
+		}
+	})
+}
+
+// age prints a heartbeat age for people.
+func age(d time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return d.Round(time.Millisecond).String() + " ago"
 }

@@ -3,8 +3,10 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,25 +16,54 @@ import (
 	"github.com/nfsteer/nfsteer/agent"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
-	"github.com/nfsteer/nfsteer/steering"
 	"github.com/urfave/cli/v2"
 )
 
 var version = "dev"
 
-func main() {
+func main() { os.Exit(run(os.Args, os.Stdout, os.Stderr)) }
+
+// run runs the command line args and returns the exit status: 0 on success,
+// 2 for a usage error (an unknown command or flag, a missing or malformed
+// argument), 1 for anything else. Tests call it in-process.
+func run(args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.Run(interspersed(app, args))
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "nfsteer: %v\n", err)
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	// Every action's error is an ExitCoder (see harden); what is left
+	// came from parsing the command line.
+	return 2
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
-		Name:    "nfsteer",
-		Usage:   "steer tenants' flows through chains of network services",
-		Version: version,
+		Name:                 "nfsteer",
+		Usage:                "steer tenants' flows through chains of network services",
+		Version:              version,
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		// An allow rule ("{proto: tcp, ports: [...]}") holds commas; the
+		// commands split the lists that may be comma-separated themselves.
+		DisableSliceFlagSeparator: true,
+		// run reports errors and picks the exit status; urfave/cli must
+		// not exit the process (tests run commands in-process).
+		ExitErrHandler: func(*cli.Context, error) {},
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log as `text` or json", EnvVars: []string{"NFSTEER_LOG_FORMAT"}},
 		},
 		Before: func(c *cli.Context) error {
-			var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+			var h slog.Handler = slog.NewTextHandler(c.App.ErrWriter, nil)
 			switch c.String("log-format") {
 			case "json":
-				h = slog.NewJSONHandler(os.Stderr, nil)
+				h = slog.NewJSONHandler(c.App.ErrWriter, nil)
 			case "text":
 			default:
 				return cli.Exit(fmt.Sprintf("--log-format %q: want text or json", c.String("log-format")), 2)
@@ -40,16 +71,65 @@ func main() {
 			slog.SetDefault(slog.New(h))
 			return nil
 		},
-		Commands: []*cli.Command{agentCommand(), applyCommand(), controllerCommand(), rulesCommand(), mapCommand(), instanceCommand()},
+		Commands: []*cli.Command{
+			agentCommand(), controllerCommand(), rulesCommand(),
+			applyCommand(), mapCommand(), tenantCommand(), serviceCommand(), instanceCommand(),
+			sessionsCommand(), statusCommand(), traceCommand(), completionCommand(),
+		},
 	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "nfsteer: %v\n", err)
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			os.Exit(ec.ExitCode())
+	app.Action = needSubcommand
+	app.OnUsageError = usageError
+	harden(app.Commands)
+	return app
+}
+
+// harden gives every command the same error behaviour: usage errors exit 2,
+// an action's other errors exit 1 (or the status they carry) and, with
+// --output json, are also printed as a JSON object on standard output so
+// that a script reading it sees the failure.
+func harden(cmds []*cli.Command) {
+	for _, cmd := range cmds {
+		cmd.OnUsageError = usageError
+		if len(cmd.Subcommands) > 0 {
+			if cmd.Action == nil {
+				cmd.Action = needSubcommand
+			}
+			harden(cmd.Subcommands)
+			continue
 		}
-		os.Exit(1)
+		act := cmd.Action
+		if act == nil {
+			continue
+		}
+		cmd.Action = func(c *cli.Context) error {
+			err := act(c)
+			if err == nil {
+				return nil
+			}
+			code := 1
+			var ec cli.ExitCoder
+			if errors.As(err, &ec) {
+				code = ec.ExitCode()
+			}
+			if c.String("output") == "json" {
+				json.NewEncoder(c.App.Writer).Encode(map[string]any{"error": err.Error(), "exit": code})
+			}
+			return cli.Exit(err.Error(), code)
+		}
 	}
+}
+
+func usageError(c *cli.Context, err error, _ bool) error {
+	return cli.Exit(fmt.Sprintf("%v (see --help)", err), 2)
+}
+
+// needSubcommand is the action of a command that only groups others.
+func needSubcommand(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return cli.Exit(fmt.Sprintf("unknown command %q (see --help)", c.Args().First()), 2)
+	}
+	cli.ShowSubcommandHelp(c)
+	return cli.Exit("a subcommand is needed", 2)
 }
 
 func metricsFlag() cli.Flag {
@@ -73,7 +153,7 @@ func nodeFlags() []cli.Flag {
 
 func specFromFlags(c *cli.Context) (rules.Spec, error) {
 	s := rules.Spec{
-		Outer:        c.StringSlice("outer"),
+		Outer:        splitList(c.StringSlice("outer")),
 		QueueBase:    uint16(c.Uint("queue-base")),
 		Queues:       c.Int("queues"),
 		TableBase:    c.Int("table-base"),
@@ -217,43 +297,5 @@ func rulesCommand() *cli.Command {
 				},
 			},
 		},
-	}
-}
-
-func mapCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "map",
-		Usage: "work with service maps",
-		Subcommands: []*cli.Command{mapShowCommand(), {
-			Name:        "check",
-			Usage:       "validate a map file and print its slot table summary",
-			Description: "Example:\n   nfsteer map check -f map.yaml",
-			Flags:       []cli.Flag{&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"}},
-			Action: func(c *cli.Context) error {
-				m, err := steering.LoadFile(c.String("file"))
-				if err != nil {
-					return cli.Exit(err, 1)
-				}
-				t, err := steering.Compile(m)
-				if err != nil {
-					return cli.Exit(err, 1)
-				}
-				w := c.App.Writer
-				fmt.Fprintf(w, "map is valid: %d slots, %d services, %d instances, %d tenants\n",
-					t.Slots(), len(t.Services()), len(t.Instances()), len(t.Tenants()))
-				for si, s := range t.Services() {
-					primary := map[string]int{}
-					for slot := uint32(0); slot < t.Slots(); slot++ {
-						p, _ := t.RolesFor(si, slot)
-						primary[p.Name]++
-					}
-					for _, ii := range s.Instances {
-						in := t.Instances()[ii]
-						fmt.Fprintf(w, "  %-10s %-10s id %-4d primary for %d slots\n", s.Name, in.Name, in.ID, primary[in.Name])
-					}
-				}
-				return nil
-			},
-		}},
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os/signal"
 	"syscall"
@@ -12,7 +11,6 @@ import (
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
-	"gopkg.in/yaml.v3"
 )
 
 func redisFlag() cli.Flag {
@@ -52,10 +50,11 @@ Example:
 			}
 			defer s.Close()
 			p, err := s.Publish(c.Context, func(live *steering.Published) (*steering.Published, error) {
-				next := &steering.Published{Version: c.Uint64("version"), Map: m}
+				next := &steering.Published{Map: m}
 				if live != nil {
-					next.Down, next.Drained = keep(live.Down, m), keep(live.Drained, m)
+					next = live.WithMap(m)
 				}
+				next.Version = c.Uint64("version")
 				return next, nil
 			})
 			if err != nil {
@@ -64,58 +63,6 @@ Example:
 			fmt.Fprintf(c.App.Writer, "published map version %d (%d services, %d tenants) at %s\n",
 				p.Version, len(p.Map.Services), len(p.Map.Tenants), time.Now().Format(time.RFC3339Nano))
 			return nil
-		},
-	}
-}
-
-// keep returns the names in list that are still instances of m.
-func keep(list []string, m *steering.Map) []string {
-	var out []string
-	for _, n := range list {
-		for _, svc := range m.Services {
-			if _, ok := svc.Instances[n]; ok {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
-}
-
-func mapShowCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "show",
-		Usage: "print the live map from Redis",
-		Description: `Prints the live version's map as YAML (what apply takes), after a header with
-the version, instance IDs and instances marked down. --output json prints the
-whole published document.
-
-Example:
-   nfsteer map show --redis redis://10.0.0.5:6379`,
-		Flags: []cli.Flag{redisFlag(), &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "yaml", Usage: "`yaml` or json"}},
-		Action: func(c *cli.Context) error {
-			s, err := openStore(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			p, err := s.Live(c.Context)
-			if err != nil {
-				return cli.Exit(fmt.Errorf("reading the live map from %s: %w", s.Addr(), err), 1)
-			}
-			w := c.App.Writer
-			switch c.String("output") {
-			case "json":
-				e := json.NewEncoder(w)
-				e.SetIndent("", "  ")
-				return e.Encode(p)
-			case "yaml":
-				fmt.Fprintf(w, "# version %d\n# ids %v\n# down %v\n# drained %v\n", p.Version, p.IDs, p.Down, p.Drained)
-				e := yaml.NewEncoder(w)
-				e.SetIndent(2)
-				return e.Encode(p.Map)
-			default:
-				return cli.Exit(fmt.Sprintf("--output %q: want yaml or json", c.String("output")), 2)
-			}
 		},
 	}
 }

@@ -1,0 +1,322 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/nfsteer/nfsteer/tests/redislab"
+)
+
+// result is what one run of the command line gave.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// nfsteer runs the command line in-process against the Redis in NFSTEER_REDIS.
+func nfsteer(t *testing.T, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(append([]string{"nfsteer"}, args...), &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+// labRedis starts a redis-server holding the test map as version 1.
+func labRedis(t *testing.T) *store.Store {
+	t.Helper()
+	srv := redislab.Start(t, redislab.Options{})
+	t.Setenv("NFSTEER_REDIS", srv.URL)
+	if r := nfsteer(t, "apply", "-f", "testdata/lab.yaml"); r.code != 0 {
+		t.Fatalf("apply: %+v", r)
+	}
+	s, err := store.Open(context.Background(), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func liveVersion(t *testing.T, s *store.Store) uint64 {
+	t.Helper()
+	v, err := s.LiveVersion(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// Every wrong thing people type gives a message naming what was wrong, a
+// non-zero status (2 for usage errors), and leaves the live map version as
+// it was.
+func TestCLIRefusesBadInput(t *testing.T) {
+	s := labRedis(t)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{"no command", nil, 2, "a subcommand is needed"},
+		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"unknown subcommand", []string{"tenant", "rename"}, 2, `unknown command "rename"`},
+		{"unknown flag", []string{"tenant", "list", "--colour"}, 2, "flag provided but not defined: -colour"},
+		{"missing required flag", []string{"tenant", "add", "initech", "--chain", "fw"}, 2, `Required flag "prefix" not set`},
+		{"no name", []string{"tenant", "remove"}, 2, "takes one tenant name, got 0"},
+		{"bad output format", []string{"tenant", "list", "-o", "xml"}, 2, `--output "xml": want table or json`},
+		{"duplicate tenant", []string{"tenant", "add", "acme", "--prefix", "10.30.0.0/24", "--chain", "dlp"}, 1, `tenant "acme": already in the map`},
+		{"chain naming a missing service", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw,ids"}, 1, "tenants.initech.chain[1]"},
+		{"overlapping prefix", []string{"tenant", "add", "initech", "--prefix", "10.10.1.128/25", "--chain", "dlp"}, 1, "tenants.initech.prefixes[0]"},
+		{"malformed allow rule", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", "{proto: tcp"}, 2, "--allow"},
+		{"allow rule with a bad port", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, ports: ["99999"]}`}, 1, "tenants.initech.allow[0].ports[0]"},
+		{"unknown tenant", []string{"tenant", "remove", "initech"}, 1, `no such name in the map: tenant "initech"`},
+		{"duplicate service", []string{"service", "add", "fw", "--instance", "fw-9=10.200.0.19"}, 1, `service "fw": already in the map`},
+		{"service with a taken instance name", []string{"service", "add", "ids", "--instance", "fw-1=10.200.0.31"}, 1, `instance "fw-1": already in the map`},
+		{"service with a malformed instance", []string{"service", "add", "ids", "--instance", "ids-1"}, 2, "want NAME=ADDR"},
+		{"service with an unknown function", []string{"service", "add", "ids", "--function", "ips", "--instance", "ids-1=10.200.0.31"}, 1, `services.ids.function: unknown function "ips"`},
+		{"removing a service still in a chain", []string{"service", "remove", "dlp"}, 1, `service "dlp": still in use: in the chain of tenant acme, globex`},
+		{"unknown service", []string{"service", "remove", "ids"}, 1, `no such name in the map: service "ids"`},
+		{"instance of an unknown service", []string{"instance", "add", "--service", "ids", "ids-1", "10.200.0.31"}, 1, `service "ids"`},
+		{"duplicate instance", []string{"instance", "add", "--service", "dlp", "fw-1", "10.200.0.31"}, 1, `instance "fw-1": already in the map`},
+		{"instance with a bad address", []string{"instance", "add", "--service", "dlp", "dlp-3", "10.200.0.300"}, 1, `services.dlp.instances.dlp-3[0]: "10.200.0.300" is not an IP address`},
+		{"instance with a taken address", []string{"instance", "add", "--service", "dlp", "dlp-3", "10.200.0.21"}, 1, "duplicate instance address 10.200.0.21"},
+		{"instance without address", []string{"instance", "add", "--service", "dlp", "dlp-3"}, 2, "takes NAME and one or two addresses"},
+		{"drain of an unknown instance", []string{"instance", "drain", "fw-9"}, 1, `no such name in the map: instance "fw-9"`},
+		{"undrain of an unknown instance", []string{"instance", "undrain", "fw-9"}, 1, `instance "fw-9"`},
+		{"remove of an unknown instance", []string{"instance", "remove", "fw-9"}, 1, `instance "fw-9"`},
+		{"sessions of an unknown instance", []string{"sessions", "list", "--instance", "fw-9"}, 1, `instance "fw-9"`},
+		{"sessions of an unknown tenant", []string{"sessions", "list", "--tenant", "initech"}, 1, `tenant "initech"`},
+		{"sessions with a bad role", []string{"sessions", "list", "--role", "tertiary"}, 2, `--role "tertiary"`},
+		{"session with a bad flow", []string{"sessions", "show", "tcp/10.0.0.1/10.0.0.2:80"}, 2, "not a flow key"},
+		{"session that does not exist", []string{"sessions", "show", "tcp/10.10.1.2:1/10.99.0.2:80"}, 1, "no such session"},
+		{"trace with a bad address", []string{"trace", "--src", "10.10.1.x", "--dst", "10.99.0.2"}, 2, `--src "10.10.1.x": not an IP address`},
+		{"trace with mixed families", []string{"trace", "--src", "10.10.1.2", "--dst", "fd00::2"}, 2, "same family"},
+		{"trace with a bad protocol", []string{"trace", "--src", "10.10.1.2", "--dst", "10.99.0.2", "--proto", "quic"}, 2, `unknown protocol "quic"`},
+		{"trace with a bad port", []string{"trace", "--src", "10.10.1.2", "--dst", "10.99.0.2", "--dport", "70000"}, 2, "at most 65535"},
+		{"diff of a missing file", []string{"map", "diff", "-f", "testdata/nope.yaml"}, 1, "testdata/nope.yaml"},
+		{"map show in a bad format", []string{"map", "show", "--format", "svg"}, 2, `--format "svg"`},
+		{"completion of an unknown shell", []string{"completion", "fish"}, 2, `completion "fish"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := nfsteer(t, tt.args...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("nfsteer %s: exit %d, stderr %q; want exit %d and %q", strings.Join(tt.args, " "), r.code, r.stderr, tt.code, tt.want)
+			}
+			if v := liveVersion(t, s); v != 1 {
+				t.Errorf("live map version is %d after a refused command, want 1", v)
+			}
+		})
+	}
+}
+
+// With --output json an error is also a JSON object on standard output, so
+// a script parsing it does not read an empty document as success.
+func TestCLIJSONErrors(t *testing.T) {
+	labRedis(t)
+	for _, args := range [][]string{
+		{"tenant", "remove", "-o", "json", "initech"},
+		{"instance", "drain", "-o", "json", "fw-9"},
+		{"service", "remove", "-o", "json", "dlp"},
+	} {
+		r := nfsteer(t, args...)
+		var got struct {
+			Error string `json:"error"`
+			Exit  int    `json:"exit"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got.Error == "" || got.Exit != 1 || r.code != 1 {
+			t.Errorf("nfsteer %s: exit %d, stdout %q (%v); want a JSON error with exit 1", strings.Join(args, " "), r.code, r.stdout, err)
+		}
+	}
+}
+
+// decode runs a command with -o json and decodes its output.
+func decode[T any](t *testing.T, args ...string) T {
+	t.Helper()
+	r := nfsteer(t, append(args, "-o", "json")...)
+	var v T
+	if r.code != 0 {
+		t.Fatalf("nfsteer %s: exit %d: %s", strings.Join(args, " "), r.code, r.stderr)
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+		t.Fatalf("nfsteer %s: %v in %q", strings.Join(args, " "), err, r.stdout)
+	}
+	return v
+}
+
+// A day of edits: each is one new version, says what changed, and shows in
+// the lists.
+func TestCLIEdits(t *testing.T) {
+	s := labRedis(t)
+
+	type pub struct {
+		Version uint64            `json:"version"`
+		Changes []steering.Change `json:"changes"`
+	}
+	steps := []struct {
+		args []string
+		want []steering.Change
+	}{
+		{[]string{"service", "add", "ids", "--instance", "ids-1=10.200.0.31", "--instance", "ids-2=10.200.0.32"},
+			[]steering.Change{{Op: "add", Kind: "service", Name: "ids"}, {Op: "add", Kind: "instance", Name: "ids-1", To: "ids 10.200.0.31"}, {Op: "add", Kind: "instance", Name: "ids-2", To: "ids 10.200.0.32"}}},
+		{[]string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw,ids", "--allow", `{proto: udp, dst: 10.99.0.0/24}`},
+			[]steering.Change{{Op: "add", Kind: "tenant", Name: "initech"}}},
+		{[]string{"instance", "add", "--service", "ids", "ids-3", "10.200.0.33"},
+			[]steering.Change{{Op: "add", Kind: "instance", Name: "ids-3", To: "ids 10.200.0.33"}}},
+		{[]string{"instance", "drain", "ids-1"},
+			[]steering.Change{{Op: "change", Kind: "instance", Name: "ids-1", Field: "drained", From: "false", To: "true"}}},
+		{[]string{"instance", "remove", "ids-1"},
+			[]steering.Change{{Op: "remove", Kind: "instance", Name: "ids-1", From: "ids 10.200.0.31"}, {Op: "change", Kind: "instance", Name: "ids-1", Field: "drained", From: "true", To: "false"}}},
+	}
+	for i, st := range steps {
+		got := decode[pub](t, st.args...)
+		if got.Version != uint64(i+2) {
+			t.Errorf("nfsteer %s: version %d, want %d", strings.Join(st.args, " "), got.Version, i+2)
+		}
+		if diff := cmp.Diff(st.want, got.Changes); diff != "" {
+			t.Errorf("nfsteer %s: changes (-want +got):\n%s", strings.Join(st.args, " "), diff)
+		}
+	}
+
+	tenants := decode[[]struct {
+		Name  string   `json:"name"`
+		Chain []string `json:"chain"`
+	}](t, "tenant", "list")
+	if len(tenants) != 3 || tenants[2].Name != "initech" || !cmp.Equal(tenants[2].Chain, []string{"fw", "ids"}) {
+		t.Errorf("tenant list: %+v", tenants)
+	}
+	services := decode[[]struct {
+		Name      string   `json:"name"`
+		Instances []string `json:"instances"`
+		Tenants   []string `json:"tenants"`
+	}](t, "service", "list")
+	if len(services) != 3 || services[2].Name != "ids" || !cmp.Equal(services[2].Instances, []string{"ids-2", "ids-3"}) || !cmp.Equal(services[2].Tenants, []string{"initech"}) {
+		t.Errorf("service list: %+v", services)
+	}
+	insts := decode[[]instanceRow](t, "instance", "list")
+	slots := map[string]int{}
+	for _, in := range insts {
+		slots[in.Service] += in.Slots
+		if in.State != "up" || in.HeartbeatAge != -1 {
+			t.Errorf("instance %s: state %s, heartbeat age %v; want up, never", in.Name, in.State, in.HeartbeatAge)
+		}
+	}
+	if diff := cmp.Diff(map[string]int{"fw": 256, "dlp": 256, "ids": 256}, slots); diff != "" {
+		t.Errorf("every slot of every service has one primary (-want +got):\n%s", diff)
+	}
+
+	// The table output is for people, but it must hold the names.
+	r := nfsteer(t, "instance", "list")
+	for _, want := range []string{"INSTANCE", "ids-3", "10.200.0.33", "never"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("instance list lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	// export | apply is a round trip; diff against the export is empty.
+	exported := filepath.Join(t.TempDir(), "map.yaml")
+	r = nfsteer(t, "map", "export")
+	if r.code != 0 {
+		t.Fatalf("map export: %+v", r)
+	}
+	if err := os.WriteFile(exported, []byte(r.stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := nfsteer(t, "map", "diff", "-f", exported); r.code != 0 || !strings.Contains(r.stdout, "0 changes") {
+		t.Errorf("diff against the export: %+v; want exit 0, 0 changes", r)
+	}
+	if r := nfsteer(t, "map", "diff", "-f", "testdata/lab.yaml"); r.code != 3 || !strings.Contains(r.stdout, "- service ids") || !strings.Contains(r.stdout, "- tenant initech") {
+		t.Errorf("diff against the first map: %+v; want exit 3 and the removals", r)
+	}
+	before := liveVersion(t, s)
+	if r := nfsteer(t, "apply", "-f", exported); r.code != 0 {
+		t.Fatalf("apply of the export: %+v", r)
+	}
+	if v := liveVersion(t, s); v != before+1 {
+		t.Errorf("apply of the export: version %d, want %d", v, before+1)
+	}
+}
+
+// instance remove refuses while Redis lists sessions the instance is
+// primary for, unless --force.
+func TestCLIRemoveRefusesBusyInstance(t *testing.T) {
+	s := labRedis(t)
+	ctx := context.Background()
+	p, err := s.Live(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.CompilePublished(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := steering.Flow{Src: netip.MustParseAddr("10.20.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40000, DstPort: 80, Proto: 6}
+	code := steering.AffinityCode(&f)
+	globex := tab.TenantByName("globex")
+	pins := tab.PinsFor(globex, code&(tab.Slots()-1))
+	busy, _ := tab.InstanceByID(pins[0])
+	w := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
+	sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "globex", Code: code, Pins: pins, Created: time.Now().UnixNano(), Rule: -1}
+	if _, err := w.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: sess}}); err != nil {
+		t.Fatal(err)
+	}
+
+	r := nfsteer(t, "instance", "remove", busy.Name)
+	if r.code != 1 || !strings.Contains(r.stderr, "still carries 1 sessions") {
+		t.Errorf("remove of %s: %+v; want a refusal naming 1 session", busy.Name, r)
+	}
+	if v := liveVersion(t, s); v != 1 {
+		t.Errorf("refused remove published version %d", v)
+	}
+	listed := decode[[]store.Record](t, "sessions", "list", "--instance", busy.Name)
+	if len(listed) != 1 || listed[0].Flow != sess.Key.String() {
+		t.Errorf("sessions list --instance %s: %+v", busy.Name, listed)
+	}
+	shown := decode[store.Record](t, "sessions", "show", sess.Key.String())
+	if shown.Tenant != "globex" || shown.Hops[0].Primary != busy.Name {
+		t.Errorf("sessions show: %+v", shown)
+	}
+	if r := nfsteer(t, "instance", "remove", "--force", busy.Name); r.code != 0 {
+		t.Errorf("remove --force: %+v", r)
+	}
+}
+
+// trace on the live map follows the slot's primaries and says which
+// instance it passed over and why.
+func TestCLITrace(t *testing.T) {
+	labRedis(t)
+	args := []string{"trace", "--src", "10.10.1.2", "--sport", "40000", "--dst", "10.99.0.2", "--dport", "5201"}
+	tr := decode[steering.Trace](t, args...)
+	if tr.Tenant != "acme" || len(tr.Forward) != 3 || len(tr.Reply) != 3 || tr.Verdict != "allow: rule 0" {
+		t.Fatalf("trace: %+v", tr)
+	}
+	fw := tr.Forward[0].Instance
+	if tr.Reply[1].Instance != fw {
+		t.Errorf("reply crosses %s, forward %s: the path is not symmetric", tr.Reply[1].Instance, fw)
+	}
+	if r := nfsteer(t, "instance", "drain", fw); r.code != 0 {
+		t.Fatal(r)
+	}
+	after := decode[steering.Trace](t, args...)
+	if got := after.Forward[0]; got.Instance != tr.Forward[0].Secondary || !cmp.Equal(got.Skipped, []string{fw + " (drained)"}) {
+		t.Errorf("after draining %s: %+v; want its secondary %s and %s passed over", fw, got, tr.Forward[0].Secondary, fw)
+	}
+	r := nfsteer(t, args...)
+	if !strings.Contains(r.stdout, "passed over "+fw+" (drained)") || !strings.Contains(r.stdout, "tenant acme") {
+		t.Errorf("trace table:\n%s", r.stdout)
+	}
+	if r := nfsteer(t, "map", "show", "--format", "dot"); r.code != 0 || !strings.Contains(r.stdout, `"instance:`+fw+`" [shape=component, label="`+fw) {
+		t.Errorf("map show --format dot: %+v", r)
+	}
+}

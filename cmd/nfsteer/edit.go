@@ -1,0 +1,314 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+)
+
+// This file holds the commands that change the live map one name at a
+// time. Each goes through store.Publish like apply: the whole map is
+// validated and published as one new version, or nothing changes.
+
+// published is what an edit prints.
+type published struct {
+	Version uint64            `json:"version"`
+	At      time.Time         `json:"at"`
+	Changes []steering.Change `json:"changes"`
+}
+
+// publishEdit applies edit to the live map, publishes the result and prints
+// the version and what changed.
+func publishEdit(c *cli.Context, edit func(live *steering.Published) (*steering.Published, error)) error {
+	out, err := printerOf(c)
+	if err != nil {
+		return err
+	}
+	s, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	var before *steering.Published
+	p, err := s.Publish(c.Context, func(live *steering.Published) (*steering.Published, error) {
+		if live == nil {
+			return nil, fmt.Errorf("no live map in Redis at %s: publish one with nfsteer apply -f FILE first", s.Addr())
+		}
+		before = live
+		return edit(live)
+	})
+	if err != nil {
+		return err
+	}
+	r := published{Version: p.Version, At: time.Now(), Changes: steering.Diff(before.Map, p.Map)}
+	r.Changes = append(r.Changes, listChanges("down", before.Down, p.Down)...)
+	r.Changes = append(r.Changes, listChanges("drained", before.Drained, p.Drained)...)
+	return out.print(r, func(w io.Writer) {
+		fmt.Fprintf(w, "published map version %d at %s\n", r.Version, r.At.Format(time.RFC3339Nano))
+		for _, ch := range r.Changes {
+			fmt.Fprintln(w, "  "+ch.String())
+		}
+	})
+}
+
+// listChanges describes instances entering or leaving a Published list.
+func listChanges(field string, before, after []string) []steering.Change {
+	var out []steering.Change
+	for _, n := range after {
+		if !slices.Contains(before, n) {
+			out = append(out, steering.Change{Op: "change", Kind: "instance", Name: n, Field: field, From: "false", To: "true"})
+		}
+	}
+	for _, n := range before {
+		if !slices.Contains(after, n) {
+			out = append(out, steering.Change{Op: "change", Kind: "instance", Name: n, Field: field, From: "true", To: "false"})
+		}
+	}
+	return out
+}
+
+// editMap adapts an edit of the operator's map to publishEdit.
+func editMap(c *cli.Context, edit func(m *steering.Map) (*steering.Map, error)) error {
+	return publishEdit(c, func(live *steering.Published) (*steering.Published, error) {
+		m, err := edit(live.Map)
+		if err != nil {
+			return nil, err
+		}
+		return live.WithMap(m), nil
+	})
+}
+
+// oneArg returns the single NAME argument of a command.
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", cli.Exit(fmt.Sprintf("%s takes one %s, got %d arguments (see --help)", c.Command.FullName(), what, c.NArg()), 2)
+	}
+	return c.Args().First(), nil
+}
+
+// splitList splits repeated, comma-separated flag values.
+func splitList(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// liveMap reads the live map for the list commands.
+func liveMap(c *cli.Context) (*steering.Published, *steering.Table, *store.Store, error) {
+	s, err := openStore(c)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	p, err := s.Live(c.Context)
+	if err != nil {
+		s.Close()
+		return nil, nil, nil, fmt.Errorf("reading the live map from %s: %w", s.Addr(), err)
+	}
+	t, err := steering.CompilePublished(p)
+	if err != nil {
+		s.Close()
+		return nil, nil, nil, err
+	}
+	return p, t, s, nil
+}
+
+func tenantCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "tenant",
+		Usage: "add, remove or list the tenants of the live map",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "add a tenant with its prefixes, chain and firewall rules",
+				ArgsUsage: "NAME",
+				Description: `The tenant's flows cross the services of its chain in order. Allow rules
+are YAML flow mappings in the map file's format.
+
+Example:
+   nfsteer tenant add --redis redis://10.0.0.5:6379 initech \
+       --prefix 10.30.0.0/24 --prefix fd00:30::/64 --chain fw,dlp \
+       --allow '{proto: tcp, dst: 10.99.0.0/24, ports: ["443", "8000-8100"]}'`,
+				Flags: []cli.Flag{
+					redisFlag(), outputFlag(),
+					&cli.StringSliceFlag{Name: "prefix", Required: true, Usage: "a source `PREFIX` of the tenant (repeat, or separate with commas)"},
+					&cli.StringSliceFlag{Name: "chain", Required: true, Usage: "the `SERVICES` to cross, in order (repeat, or separate with commas)"},
+					&cli.StringSliceFlag{Name: "allow", Usage: "a firewall allow `RULE`, e.g. '{proto: udp, dst: 10.99.0.0/24}' (repeat)"},
+				},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "tenant name")
+					if err != nil {
+						return err
+					}
+					t := steering.Tenant{Prefixes: splitList(c.StringSlice("prefix")), Chain: splitList(c.StringSlice("chain"))}
+					for _, a := range c.StringSlice("allow") {
+						var rule steering.Allow
+						if err := yaml.Unmarshal([]byte(a), &rule); err != nil {
+							return cli.Exit(fmt.Sprintf("--allow %q: want a mapping like '{proto: tcp, dst: 10.0.0.0/8, ports: [\"443\"]}': %v", a, err), 2)
+						}
+						t.Allow = append(t.Allow, rule)
+					}
+					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.AddTenant(name, t) })
+				},
+			},
+			{
+				Name:        "remove",
+				Usage:       "remove a tenant: its new flows are no longer steered (established ones keep their path)",
+				ArgsUsage:   "NAME",
+				Description: "Example:\n   nfsteer tenant remove --redis redis://10.0.0.5:6379 initech",
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "tenant name")
+					if err != nil {
+						return err
+					}
+					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.RemoveTenant(name) })
+				},
+			},
+			{
+				Name:        "list",
+				Usage:       "list the tenants of the live map",
+				Description: "Example:\n   nfsteer tenant list --redis redis://10.0.0.5:6379 -o json",
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					out, err := printerOf(c)
+					if err != nil {
+						return err
+					}
+					p, _, s, err := liveMap(c)
+					if err != nil {
+						return err
+					}
+					defer s.Close()
+					type tenant struct {
+						Name string `json:"name"`
+						steering.Tenant
+					}
+					var list []tenant
+					for _, n := range sortedNames(p.Map.Tenants) {
+						list = append(list, tenant{n, *p.Map.Tenants[n]})
+					}
+					return out.print(list, func(w io.Writer) {
+						row(w, "TENANT", "PREFIXES", "CHAIN", "ALLOW RULES")
+						for _, t := range list {
+							row(w, t.Name, strings.Join(t.Prefixes, ","), strings.Join(t.Chain, " > "), len(t.Allow))
+						}
+					})
+				},
+			},
+		},
+	}
+}
+
+func serviceCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "service",
+		Usage: "add, remove or list the services of the live map",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "add a service with its instances",
+				ArgsUsage: "NAME",
+				Description: `Example:
+   nfsteer service add --redis redis://10.0.0.5:6379 ids --function forward \
+       --instance ids-1=10.200.0.31,fd00:200::31 --instance ids-2=10.200.0.32,fd00:200::32`,
+				Flags: []cli.Flag{
+					redisFlag(), outputFlag(),
+					&cli.StringFlag{Name: "function", Value: steering.FunctionForward, Usage: "what the service does: `forward` or firewall"},
+					&cli.StringSliceFlag{Name: "instance", Required: true, Usage: "an instance as `NAME=ADDR[,ADDR]` (repeat)"},
+				},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "service name")
+					if err != nil {
+						return err
+					}
+					svc := steering.Service{Function: c.String("function"), Instances: map[string]steering.Addresses{}}
+					for _, spec := range c.StringSlice("instance") {
+						in, addrs, ok := strings.Cut(spec, "=")
+						if !ok || in == "" || addrs == "" {
+							return cli.Exit(fmt.Sprintf("--instance %q: want NAME=ADDR[,ADDR]", spec), 2)
+						}
+						if _, dup := svc.Instances[in]; dup {
+							return cli.Exit(fmt.Sprintf("--instance %q: instance %q given twice", spec, in), 2)
+						}
+						svc.Instances[in] = splitList([]string{addrs})
+					}
+					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.AddService(name, svc) })
+				},
+			},
+			{
+				Name:        "remove",
+				Usage:       "remove a service no tenant's chain names",
+				ArgsUsage:   "NAME",
+				Description: "Example:\n   nfsteer service remove --redis redis://10.0.0.5:6379 ids",
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "service name")
+					if err != nil {
+						return err
+					}
+					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.RemoveService(name) })
+				},
+			},
+			{
+				Name:        "list",
+				Usage:       "list the services of the live map",
+				Description: "Example:\n   nfsteer service list --redis redis://10.0.0.5:6379",
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					out, err := printerOf(c)
+					if err != nil {
+						return err
+					}
+					p, _, s, err := liveMap(c)
+					if err != nil {
+						return err
+					}
+					defer s.Close()
+					type service struct {
+						Name      string   `json:"name"`
+						Function  string   `json:"function"`
+						Instances []string `json:"instances"`
+						Tenants   []string `json:"tenants"`
+					}
+					var list []service
+					for _, n := range sortedNames(p.Map.Services) {
+						svc := p.Map.Services[n]
+						fn := svc.Function
+						if fn == "" {
+							fn = steering.FunctionForward
+						}
+						list = append(list, service{n, fn, sortedNames(svc.Instances), p.Map.TenantsOf(n)})
+					}
+					return out.print(list, func(w io.Writer) {
+						row(w, "SERVICE", "FUNCTION", "INSTANCES", "IN THE CHAIN OF")
+						for _, s := range list {
+							row(w, s.Name, s.Function, strings.Join(s.Instances, ","), strings.Join(s.Tenants, ","))
+						}
+					})
+				},
+			},
+		},
+	}
+}
+
+func sortedNames[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,357 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/urfave/cli/v2"
+)
+
+// This file holds the commands that only look: sessions, status, trace.
+
+func sessionsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "sessions",
+		Usage: "list or show the sessions mirrored in Redis",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "list",
+				Usage: "list sessions by instance and role, or by tenant",
+				Description: `Sessions are read from the per-instance role indexes (no keyspace scan).
+Without --instance, every instance of the map is read (of the tenant's
+chain with --tenant).
+
+Example, what fw-1 carries:
+   nfsteer sessions list --redis redis://10.0.0.5:6379 --instance fw-1
+Example, what fw-2 would take over if its primaries died:
+   nfsteer sessions list --redis redis://10.0.0.5:6379 --instance fw-2 --role secondary`,
+				Flags: []cli.Flag{
+					redisFlag(), outputFlag(),
+					&cli.StringFlag{Name: "tenant", Usage: "only this `TENANT`'s sessions"},
+					&cli.StringFlag{Name: "instance", Usage: "only sessions this `INSTANCE` holds a role for"},
+					&cli.StringFlag{Name: "role", Value: store.RolePrimary, Usage: "the `ROLE` the instance holds: primary or secondary"},
+				},
+				Action: sessionsList,
+			},
+			{
+				Name:        "show",
+				Usage:       "show one session: its pins, roles, times and the functions' state",
+				ArgsUsage:   "FLOW",
+				Description: "FLOW is proto/addr:port/addr:port, endpoints in either order.\n\nExample:\n   nfsteer sessions show --redis redis://10.0.0.5:6379 tcp/10.10.1.2:40000/10.99.0.2:5201",
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
+				Action: func(c *cli.Context) error {
+					arg, err := oneArg(c, "flow")
+					if err != nil {
+						return err
+					}
+					k, err := sessions.ParseKey(arg)
+					if err != nil {
+						return cli.Exit(err.Error(), 2)
+					}
+					out, err := printerOf(c)
+					if err != nil {
+						return err
+					}
+					s, err := openStore(c)
+					if err != nil {
+						return err
+					}
+					defer s.Close()
+					r, err := s.Session(c.Context, k.String())
+					if err != nil {
+						return err
+					}
+					return out.print(r, func(w io.Writer) {
+						row(w, "flow", r.Flow)
+						row(w, "tenant", r.Tenant)
+						row(w, "code/slot", fmt.Sprintf("%#08x / %d", r.Code, r.Slot))
+						row(w, "decided on map version", r.Version)
+						row(w, "created", time.UnixMilli(r.Created).Format(time.RFC3339Nano))
+						row(w, "updated", time.UnixMilli(r.Updated).Format(time.RFC3339Nano))
+						row(w, "expires in", r.TTL.Round(time.Millisecond))
+						for i, h := range r.Hops {
+							row(w, fmt.Sprintf("hop %d (%s)", i, h.Service), "primary "+h.Primary+", secondary "+orDash(h.Secondary))
+						}
+						for _, svc := range sortedNames(r.State) {
+							row(w, "state of "+svc, r.State[svc])
+						}
+					})
+				},
+			},
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func sessionsList(c *cli.Context) error {
+	out, err := printerOf(c)
+	if err != nil {
+		return err
+	}
+	role := c.String("role")
+	if role != store.RolePrimary && role != store.RoleSecondary {
+		return cli.Exit(fmt.Sprintf("--role %q: want primary or secondary", role), 2)
+	}
+	p, t, s, err := liveMap(c)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	var instances []string
+	if in := c.String("instance"); in != "" {
+		if _, err := p.ServiceOf(in); err != nil {
+			return err
+		}
+		instances = []string{in}
+	} else {
+		services := t.Services()
+		if tn := c.String("tenant"); tn != "" {
+			ti := t.TenantByName(tn)
+			if ti < 0 {
+				return fmt.Errorf("%w: tenant %q", steering.ErrUnknownName, tn)
+			}
+			services = nil
+			for _, si := range t.Tenants()[ti].Chain {
+				services = append(services, t.Services()[si])
+			}
+		}
+		for _, svc := range services {
+			for _, ii := range svc.Instances {
+				instances = append(instances, t.Instances()[ii].Name)
+			}
+		}
+	} 
+	if tn := c.String("tenant"); tn != "" && t.TenantByName(tn) < 0 {
+		return fmt.Errorf("%w: tenant %q", steering.ErrUnknownName, tn)
+	}
+	seen := map[string]bool{}
+	list := []*store.Record{}
+	var bad []error
+	for _, in := range instances {
+		recs, b, err := s.List(c.Context, in, role)
+		if err != nil {
+			return err
+		}
+		bad = append(bad, b...)
+		for _, r := range recs {
+			if seen[r.Flow] || c.String("tenant") != "" && r.Tenant != c.String("tenant") {
+				continue
+			}
+			seen[r.Flow] = true
+			list = append(list, r)
+		}
+	}
+	slices.SortFunc(list, func(a, b *store.Record) int { return strings.Compare(a.Flow, b.Flow) })
+	for _, err := range bad {
+		fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
+	}
+	return out.print(list, func(w io.Writer) {
+		row(w, "FLOW", "TENANT", "SLOT", "HOPS (primary/secondary)", "AGE", "EXPIRES IN")
+		for _, r := range list {
+			hops := make([]string, len(r.Hops))
+			for i, h := range r.Hops {
+				hops[i] = h.Service + ":" + h.Primary + "/" + orDash(h.Secondary)
+			}
+			row(w, r.Flow, r.Tenant, r.Slot, strings.Join(hops, " "), time.Since(time.UnixMilli(r.Created)).Round(time.Second), r.TTL.Round(time.Second))
+		}
+	})
+}
+
+// agentStatus is one line of status.
+type agentStatus struct {
+	Node         string        `json:"node"`
+	Role         string        `json:"role"`
+	MapVersion   uint64        `json:"map_version"`
+	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
+	store.Report
+}
+
+type statusReport struct {
+	Redis  store.RedisHealth `json:"redis"`
+	Agents []agentStatus     `json:"agents"`
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show Redis's health, the live map version and every agent's last heartbeat",
+		Description: `An agent whose MAP column is behind the live version has not switched yet;
+a heartbeat older than a second or so belongs to a dead agent (the controller
+marks instances down after its --misses heartbeats).
+
+Example:
+   nfsteer status --redis redis://10.0.0.5:6379`,
+		Flags: []cli.Flag{redisFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			out, err := printerOf(c)
+			if err != nil {
+				return err
+			}
+			s, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			var st statusReport
+			if st.Redis, err = s.Health(c.Context); err != nil {
+				return err
+			}
+			var t *steering.Table
+			if p, err := s.Live(c.Context); err == nil {
+				t, _ = steering.CompilePublished(p)
+			} else if !errors.Is(err, store.ErrNoMap) {
+				return err
+			}
+			beats, now, err := s.Beats(c.Context)
+			if err != nil {
+				return err
+			}
+			for _, node := range sortedNames(beats) {
+				b := beats[node]
+				a := agentStatus{Node: node, Role: "gateway", MapVersion: b.Report.MapVersion, HeartbeatAge: now.Sub(b.At), Report: b.Report}
+				if t != nil {
+					if in, ok := t.InstanceByName(node); ok {
+						a.Role = "instance of " + t.Services()[in.Service].Name
+					}
+				}
+				st.Agents = append(st.Agents, a)
+			}
+			return out.print(st, func(w io.Writer) {
+				r := st.Redis
+				controller := r.Controller
+				if controller == "" {
+					controller = "none (no controller holds the lease: nothing marks dead instances down)"
+				}
+				fmt.Fprintf(w, "redis\t%s, version %s, %s used, round trip %s\n", r.Addr, r.Version, r.UsedMemory, r.RTT.Round(time.Microsecond))
+				fmt.Fprintf(w, "map\tversion %d\n", r.MapVersion)
+				fmt.Fprintf(w, "controller\t%s\n\n", controller)
+				row(w, "AGENT", "ROLE", "MAP", "HEARTBEAT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "LATENCY", "MIRROR DEPTH", "MIRROR DROPS")
+				for _, a := range st.Agents {
+					mv := fmt.Sprint(a.MapVersion)
+					if a.MapVersion < r.MapVersion {
+						mv += " (behind)"
+					}
+					row(w, a.Node, a.Role, mv, age(a.HeartbeatAge), a.Sessions, a.QueueBacklog, a.QueueDrops,
+						(time.Duration(a.LatencyUS) * time.Microsecond).String(), a.MirrorDepth, a.MirrorDrops)
+				}
+			})
+		},
+	}
+}
+
+func traceCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "trace",
+		Usage: "print, hop by hop and both ways, the instances a flow would cross and why; sends nothing",
+		Description: `The path is computed from the live map (or --map FILE) as every node's agent
+would compute it for a new flow: the tenant from the source prefix, the
+affinity code from the 5-tuple, the slot from the code, and at each service
+the instance holding the slot's primary role. The reply crosses the chain
+backwards through the same instances.
+
+Example:
+   nfsteer trace --redis redis://10.0.0.5:6379 --proto tcp \
+       --src 10.10.1.2 --sport 40000 --dst 10.99.0.2 --dport 443`,
+		Flags: []cli.Flag{
+			redisFlag(), outputFlag(),
+			&cli.StringFlag{Name: "map", Usage: "trace on this map `FILE` instead of the live map"},
+			&cli.StringFlag{Name: "src", Required: true, Usage: "source `ADDR` (a tenant's address for its flows)"},
+			&cli.StringFlag{Name: "dst", Required: true, Usage: "destination `ADDR`"},
+			&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "`PROTO`: tcp, udp, sctp, icmp, ... or a number"},
+			&cli.UintFlag{Name: "sport", Usage: "source `PORT` (the echo identifier for ICMP echo)"},
+			&cli.UintFlag{Name: "dport", Usage: "destination `PORT`"},
+		},
+		Action: func(c *cli.Context) error {
+			out, err := printerOf(c)
+			if err != nil {
+				return err
+			}
+			f, err := flowFromFlags(c)
+			if err != nil {
+				return err
+			}
+			var t *steering.Table
+			if file := c.String("map"); file != "" {
+				m, err := steering.LoadFile(file)
+				if err != nil {
+					return err
+				}
+				if t, err = steering.Compile(m); err != nil {
+					return err
+				}
+			} else {
+				_, live, s, err := liveMap(c)
+				if err != nil {
+					return err
+				}
+				s.Close()
+				t = live
+			}
+			tr := t.Trace(f)
+			return out.print(tr, func(w io.Writer) {
+				if tr.Tenant == "" {
+					fmt.Fprintf(w, "%s: no tenant's prefix holds %s: the flow is routed normally, through no service\n", tr.Flow, f.Src)
+					return
+				}
+				fmt.Fprintf(w, "flow %s\ntenant %s, affinity code %#08x, slot %d of %d, map version %d\nopening packet: %s\n",
+					tr.Flow, tr.Tenant, tr.Code, tr.Slot, t.Slots(), tr.Version, tr.Verdict)
+				for _, dir := range []struct {
+					name string
+					hops []steering.TraceHop
+				}{{"forward", tr.Forward}, {"reply", tr.Reply}} {
+					fmt.Fprintf(w, "\n%s:\n", dir.name)
+					row(w, "  AT", "DECISION", "HOP", "SERVICE", "INSTANCE", "ADDRESS", "WHY")
+					for _, h := range dir.hops {
+						if h.Decision != "steer" {
+							row(w, "  "+h.Node, h.Decision, "", "", "", "", "route normally")
+							continue
+						}
+						reason := "primary of slot " + fmt.Sprint(tr.Slot) + ", secondary " + orDash(h.Secondary)
+						if len(h.Skipped) > 0 {
+							reason += "; passed over " + strings.Join(h.Skipped, ", ")
+						}
+						row(w, "  "+h.Node, h.Decision, h.Hop, h.Service, h.Instance, h.Address, reason)
+					}
+				}
+			})
+		},
+	}
+}
+
+func flowFromFlags(c *cli.Context) (steering.Flow, error) {
+	var f steering.Flow
+	var err error
+	if f.Src, err = netip.ParseAddr(c.String("src")); err != nil {
+		return f, cli.Exit(fmt.Sprintf("--src %q: not an IP address", c.String("src")), 2)
+	}
+	if f.Dst, err = netip.ParseAddr(c.String("dst")); err != nil {
+		return f, cli.Exit(fmt.Sprintf("--dst %q: not an IP address", c.String("dst")), 2)
+	}
+	if f.Src.Is4() != f.Dst.Is4() {
+		return f, cli.Exit("--src and --dst: give two addresses of the same family", 2)
+	}
+	if f.Proto, err = sessions.ParseProto(c.String("proto")); err != nil {
+		return f, cli.Exit("--proto: "+err.Error(), 2)
+	}
+	for _, p := range []string{"sport", "dport"} {
+		if c.Uint(p) > 0xffff {
+			return f, cli.Exit(fmt.Sprintf("--%s %d: a port is at most 65535", p, c.Uint(p)), 2)
+		}
+	}
+	f.SrcPort, f.DstPort = uint16(c.Uint("sport")), uint16(c.Uint("dport"))
+	return f, nil
+}
