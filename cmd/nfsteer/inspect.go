@@ -134,7 +134,7 @@ func sessionsList(c *cli.Context) error {
 				instances = append(instances, t.Instances()[ii].Name)
 			}
 		}
-	} 
+	}
 	if tn := c.String("tenant"); tn != "" && t.TenantByName(tn) < 0 {
 		return fmt.Errorf("%w: tenant %q", steering.ErrUnknownName, tn)
 	}
