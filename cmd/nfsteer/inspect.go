@@ -111,32 +111,30 @@ func sessionsList(c *cli.Context) error {
 		return err
 	}
 	defer s.Close()
+	tenant := c.String("tenant")
+	ti := -1
+	if tenant != "" {
+		if ti = t.TenantByName(tenant); ti < 0 {
+			return fmt.Errorf("%w: tenant %q", steering.ErrUnknownName, tenant)
+		}
+	}
 	var instances []string
-	if in := c.String("instance"); in != "" {
-		if _, err := p.ServiceOf(in); err != nil {
+	switch {
+	case c.String("instance") != "":
+		if _, err := p.ServiceOf(c.String("instance")); err != nil {
 			return err
 		}
-		instances = []string{in}
-	} else {
-		services := t.Services()
-		if tn := c.String("tenant"); tn != "" {
-			ti := t.TenantByName(tn)
-			if ti < 0 {
-				return fmt.Errorf("%w: tenant %q", steering.ErrUnknownName, tn)
-			}
-			services = nil
-			for _, si := range t.Tenants()[ti].Chain {
-				services = append(services, t.Services()[si])
-			}
-		}
-		for _, svc := range services {
-			for _, ii := range svc.Instances {
+		instances = []string{c.String("instance")}
+	case ti >= 0:
+		for _, si := range t.Tenants()[ti].Chain {
+			for _, ii := range t.Services()[si].Instances {
 				instances = append(instances, t.Instances()[ii].Name)
 			}
 		}
-	}
-	if tn := c.String("tenant"); tn != "" && t.TenantByName(tn) < 0 {
-		return fmt.Errorf("%w: tenant %q", steering.ErrUnknownName, tn)
+	default:
+		for _, in := range t.Instances() {
+			instances = append(instances, in.Name)
+		}
 	}
 	seen := map[string]bool{}
 	list := []*store.Record{}
@@ -148,7 +146,7 @@ func sessionsList(c *cli.Context) error {
 		}
 		bad = append(bad, b...)
 		for _, r := range recs {
-			if seen[r.Flow] || c.String("tenant") != "" && r.Tenant != c.String("tenant") {
+			if seen[r.Flow] || tenant != "" && r.Tenant != tenant {
 				continue
 			}
 			seen[r.Flow] = true
