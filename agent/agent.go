@@ -66,6 +66,9 @@ type Agent struct {
 	state    atomic.Pointer[state]
 	sessions *sessions.Table
 	flows    chan flowEvent // decisions on their way to the log, never blocking
+	// queue is the queue reader's counters; Run sets it before it starts
+	// the tasks that read it.
+	queue *nfq.Stats
 
 	// Redis side; all nil without Redis. mirror is nil with NoMirror.
 	store  *store.Store
@@ -254,6 +257,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	reader := newReader(a, spec.QueueSet())
+	a.queue = reader.Counters()
 	g, gctx := errgroup.WithContext(ctx)
 	tasks := []Task{reader.Run, a.sessions.Run, a.logFlows}
 	if a.cfg.MetricsAddr != "" {

@@ -75,6 +75,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	tick := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	failing := false
+	var rtt time.Duration // of the last heartbeat
 	for {
 		select {
 		case <-ctx.Done():
@@ -89,8 +90,14 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		if q, ok := kernelQueues(); ok {
 			r.QueueBacklog, r.QueueDrops = q.waiting, q.dropped+q.userDropped
 		}
+		if a.queue != nil {
+			r.LatencyUS = a.queue.MaxLatency.Swap(0) / 1000
+		}
+		r.RTTUS = rtt.Microseconds()
 		hctx, cancel := context.WithTimeout(ctx, max(a.cfg.HeartbeatInterval, 100*time.Millisecond))
+		sent := time.Now()
 		err := a.store.Heartbeat(hctx, r)
+		rtt = time.Since(sent)
 		cancel()
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:
@@ -294,7 +301,7 @@ func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sess
 	if !mine {
 		pr, _ := t.RolesFor(st.service, rec.Code&(t.Slots()-1))
 		cur, ok := t.InstanceByName(h.Primary)
-		mine = pr != nil && pr.Name == node && (!ok || cur.Down || cur.Drained)
+		mine = pr != nil && pr.Name == node && (!ok || cur.Out())
 	}
 	if !mine {
 		return sessions.Session{}, 0, false

@@ -23,6 +23,11 @@ type Config struct {
 	// LeaseTTL is how long a dead active controller blocks its standbys
 	// (default 2s).
 	LeaseTTL time.Duration
+	// An instance whose health score (see Score) stays below ScoreOut for
+	// ScoreHold reports in a row takes no new flows until it scores at
+	// least ScoreIn for ScoreHold reports (defaults 50, 80, 3). A negative
+	// ScoreOut turns health scores off.
+	ScoreOut, ScoreIn, ScoreHold int
 	// ID names this controller in the lease (default host name and pid).
 	ID     string
 	Logger *slog.Logger
@@ -46,9 +51,22 @@ type Controller struct {
 	// refused) must not restart the count of silence every tick.
 	blind   bool
 	lastMap *steering.Published
+	// health judges every instance's reports; nil until the controller
+	// is active, then seeded from the live map's Unhealthy list.
+	health map[string]*health
+	// written is the scores last stored in Redis, for status.
+	written map[string]int
 
 	// Failovers counts instances marked down; Recoveries, marked up.
-	Failovers, Recoveries, Publishes atomic.Uint64
+	// TakenOut counts instances taken out of new-flow steering for their
+	// health score; PutBack, put back.
+	Failovers, Recoveries, Publishes, TakenOut, PutBack atomic.Uint64
+	// Active is 1 while this controller holds the lease.
+	Active atomic.Bool
+	// scores is the last score of each instance, for metrics;
+	// mapVersion, the live version last read.
+	scores     atomic.Pointer[map[string]int]
+	mapVersion atomic.Uint64
 }
 
 // New returns a controller working on s.
@@ -61,6 +79,15 @@ func New(s *store.Store, cfg Config) *Controller {
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 2 * time.Second
+	}
+	if cfg.ScoreOut == 0 {
+		cfg.ScoreOut = 50
+	}
+	if cfg.ScoreIn == 0 {
+		cfg.ScoreIn = max(80, cfg.ScoreOut)
+	}
+	if cfg.ScoreHold == 0 {
+		cfg.ScoreHold = 3
 	}
 	if cfg.ID == "" {
 		h, _ := os.Hostname()
@@ -119,10 +146,12 @@ func (c *Controller) tick(ctx context.Context) error {
 			c.log.Warn("lease lost; standing by")
 		}
 		c.active = false
+		c.Active.Store(false)
 		return nil
 	}
 	if !c.active {
-		c.active, c.since = true, time.Now()
+		c.active, c.since, c.health = true, time.Now(), nil
+		c.Active.Store(true)
 		c.log.Info("active")
 	}
 	if c.blind {
@@ -156,12 +185,17 @@ func (c *Controller) step(ctx context.Context) error {
 		return err
 	}
 	c.lastMap = live
+	c.mapVersion.Store(live.Version)
 	beats, now, err := c.s.Beats(ctx)
 	if err != nil {
 		return err
 	}
+	c.judge(live, beats)
+	if err := c.writeScores(ctx); err != nil {
+		return err
+	}
 	down := c.down(live, beats, now)
-	if slices.Equal(down, sorted(live.Down)) {
+	if slices.Equal(down, sorted(live.Down)) && slices.Equal(c.unhealthy(live, down), sorted(live.Unhealthy)) {
 		return nil
 	}
 	p, err := c.s.Publish(ctx, func(cur *steering.Published) (*steering.Published, error) {
@@ -171,6 +205,7 @@ func (c *Controller) step(ctx context.Context) error {
 		next := *cur
 		next.Version = 0
 		next.Down = c.down(cur, beats, now)
+		next.Unhealthy = c.unhealthy(cur, next.Down)
 		return &next, nil
 	})
 	if err != nil {
@@ -189,7 +224,20 @@ func (c *Controller) step(ctx context.Context) error {
 			c.log.Info("instance up", "instance", n, "version", p.Version)
 		}
 	}
+	for _, n := range p.Unhealthy {
+		if !slices.Contains(live.Unhealthy, n) {
+			c.TakenOut.Add(1)
+			c.log.Warn("instance unhealthy: no new flows", "instance", n, "score", c.health[n].score, "version", p.Version)
+		}
+	}
+	for _, n := range live.Unhealthy {
+		if !slices.Contains(p.Unhealthy, n) && !slices.Contains(p.Down, n) {
+			c.PutBack.Add(1)
+			c.log.Info("instance healthy again: takes new flows", "instance", n, "score", c.health[n].score, "version", p.Version)
+		}
+	}
 	c.lastMap = p
+	c.mapVersion.Store(p.Version)
 	return nil
 }
 
@@ -227,4 +275,78 @@ func sorted(s []string) []string {
 		s = []string{}
 	}
 	return s
+}
+
+// judge scores every instance's fresh report.
+func (c *Controller) judge(live *steering.Published, beats map[string]store.Beat) {
+	if c.health == nil {
+		c.health = map[string]*health{}
+		for _, n := range live.Unhealthy {
+			c.health[n] = &health{out: true}
+		}
+	}
+	scores := make(map[string]int, len(c.health))
+	for _, svc := range live.Map.Services {
+		for name := range svc.Instances {
+			h := c.health[name]
+			if h == nil {
+				h = &health{score: 100}
+				c.health[name] = h
+			}
+			if b, ok := beats[name]; ok && b.At.UnixMilli() != h.at {
+				if h.at == 0 {
+					// The first report seen: its drop total is history.
+					h.last = b.Report
+				}
+				h.at = b.At.UnixMilli()
+				h.judge(b.Report, c.cfg.ScoreOut, c.cfg.ScoreIn, c.cfg.ScoreHold)
+			}
+			scores[name] = h.score
+		}
+	}
+	c.scores.Store(&scores)
+}
+
+// unhealthy lists, sorted, the instances of p that health scores keep out
+// of new-flow steering; down instances are down, not unhealthy.
+func (c *Controller) unhealthy(p *steering.Published, down []string) []string {
+	out := []string{}
+	if c.cfg.ScoreOut < 0 {
+		return out
+	}
+	for _, svc := range p.Map.Services {
+		for name := range svc.Instances {
+			if h := c.health[name]; h != nil && h.out && !slices.Contains(down, name) {
+				out = append(out, name)
+			}
+		}
+	}
+	return sorted(out)
+}
+
+// writeScores stores the scores that changed, for nfsteer status.
+func (c *Controller) writeScores(ctx context.Context) error {
+	cur := *c.scores.Load()
+	changed := map[string]int{}
+	for n, s := range cur {
+		if old, ok := c.written[n]; !ok || old != s {
+			changed[n] = s
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	if err := c.s.SetScores(ctx, changed); err != nil {
+		return err
+	}
+	c.written = cur
+	return nil
+}
+
+// Scores returns each instance's last health score.
+func (c *Controller) Scores() map[string]int {
+	if p := c.scores.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

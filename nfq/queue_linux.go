@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/mdlayher/netlink"
@@ -40,6 +41,21 @@ type Stats struct {
 	Deferred      atomic.Uint64
 	VerdictErrors atomic.Uint64
 	ReadErrors    atomic.Uint64
+	// MaxLatency is the longest a packet spent in the agent, from read to
+	// verdict (nanoseconds), since someone last swapped it to zero: the
+	// heartbeat does, to report the slowest packet of each interval.
+	// Packets deferred to a Redis lookup are not counted.
+	MaxLatency atomic.Int64
+}
+
+// observe raises MaxLatency to d if d is longer.
+func (s *Stats) observe(d int64) {
+	for {
+		cur := s.MaxLatency.Load()
+		if d <= cur || s.MaxLatency.CompareAndSwap(cur, d) {
+			return
+		}
+	}
 }
 
 // Reader reads packets from a set of queues and answers them with a
@@ -139,6 +155,7 @@ func (w *worker) hook(a nfqueue.Attribute) int {
 	if a.PacketID == nil {
 		return 0
 	}
+	start := time.Now()
 	w.r.Stats.Packets.Add(1)
 	var payload []byte
 	if a.Payload != nil {
@@ -156,6 +173,7 @@ func (w *worker) hook(a nfqueue.Attribute) int {
 		return 0
 	}
 	w.verdict(*a.PacketID, res)
+	w.r.Stats.observe(int64(time.Since(start)))
 	return 0
 }
 

@@ -9,7 +9,7 @@ import (
 // WriteDot draws t as a Graphviz digraph: each tenant points along its
 // chain of services, each service to its instances, labelled with how many
 // slots the instance holds as primary and as secondary. Down instances are
-// red, drained ones dashed.
+// red, drained ones dashed, unhealthy ones orange.
 func (t *Table) WriteDot(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "digraph nfsteer {\n  rankdir=LR;\n  label=\"nfsteer map version %d, %d slots\";\n", t.version, t.slots)
@@ -38,18 +38,17 @@ func (t *Table) WriteDot(w io.Writer) error {
 		}
 		for k, ii := range s.Instances {
 			in := &t.instances[ii]
-			style := ""
+			style, state := "", ""
 			switch {
 			case in.Down:
 				style = ", color=red, fontcolor=red"
 			case in.Drained:
 				style = ", style=dashed"
+			case in.Unhealthy:
+				style = ", color=orange, fontcolor=orange"
 			}
-			state := ""
-			if in.Down {
-				state = " down"
-			} else if in.Drained {
-				state = " drained"
+			if in.Out() {
+				state = " " + in.State()
 			}
 			fmt.Fprintf(&b, "  %q [shape=component, label=\"%s\\nid %d%s\"%s];\n", "instance:"+in.Name, in.Name, in.ID, state, style)
 			fmt.Fprintf(&b, "  %q -> %q [label=\"primary %d, secondary %d\"%s];\n", "service:"+s.Name, "instance:"+in.Name, primary[k], secondary[k], style)

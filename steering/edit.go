@@ -18,6 +18,7 @@ func (p *Published) clone() *Published {
 	q.Version = 0
 	q.Down = slices.Clone(p.Down)
 	q.Drained = slices.Clone(p.Drained)
+	q.Unhealthy = slices.Clone(p.Unhealthy)
 	return &q
 }
 
@@ -74,6 +75,11 @@ func (p *Published) WithMap(m *Map) *Published {
 	for _, n := range p.Drained {
 		if m.hasInstance(n) {
 			q.Drained = append(q.Drained, n)
+		}
+	}
+	for _, n := range p.Unhealthy {
+		if m.hasInstance(n) {
+			q.Unhealthy = append(q.Unhealthy, n)
 		}
 	}
 	return q

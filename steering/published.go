@@ -26,6 +26,10 @@ type Published struct {
 	// Drained lists instances that take no new flows (an operator's
 	// decision); they keep the flows they have.
 	Drained []string `json:"drained,omitempty"`
+	// Unhealthy lists instances whose health score fell below the
+	// controller's threshold: like drained ones they take no new flows and
+	// keep the ones they have, but the controller puts them back.
+	Unhealthy []string `json:"unhealthy,omitempty"`
 
 	// mapJSON is Map as it was decoded, and mapValid says Map passed
 	// validation. Only DecodePublishedAfter sets them, and a Map is never
@@ -108,7 +112,7 @@ func (p *Published) Validate() error {
 			v.add("ids."+name, "no such instance in the map")
 		}
 	}
-	for field, list := range map[string][]string{"down": p.Down, "drained": p.Drained} {
+	for field, list := range map[string][]string{"down": p.Down, "drained": p.Drained, "unhealthy": p.Unhealthy} {
 		for i, name := range list {
 			if !names[name] {
 				v.add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("no instance %q in the map", name))
@@ -130,12 +134,13 @@ func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
 		Map     json.RawMessage   `json:"map"`
 		IDs     map[string]uint16 `json:"ids"`
 		Down    []string          `json:"down"`
-		Drained []string          `json:"drained"`
+		Drained   []string          `json:"drained"`
+		Unhealthy []string          `json:"unhealthy"`
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
 	}
-	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, mapJSON: raw.Map}
+	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, Unhealthy: raw.Unhealthy, mapJSON: raw.Map}
 	switch {
 	case len(raw.Map) == 0 || string(raw.Map) == "null":
 	case prev != nil && prev.mapValid && bytes.Equal(raw.Map, prev.mapJSON):

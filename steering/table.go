@@ -55,8 +55,25 @@ type Instance struct {
 	ID      uint16
 	V4, V6  netip.Addr
 	// Down: the controller found the instance dead. Drained: an operator
-	// took it out of new-flow steering. Either way it holds no role.
-	Down, Drained bool
+	// took it out of new-flow steering. Unhealthy: its health score is
+	// below the controller's threshold. Any of them: it holds no role.
+	Down, Drained, Unhealthy bool
+}
+
+// Out reports whether the instance holds no role: new flows avoid it.
+func (in *Instance) Out() bool { return in.Down || in.Drained || in.Unhealthy }
+
+// State names why an instance holds no role, or "up".
+func (in *Instance) State() string {
+	switch {
+	case in.Down:
+		return "down"
+	case in.Drained:
+		return "drained"
+	case in.Unhealthy:
+		return "unhealthy"
+	}
+	return "up"
 }
 
 // Addr returns the instance's address in the family of a, if it has one.
@@ -114,8 +131,9 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 		skip := make([]bool, len(names))
 		for i, iname := range names {
 			in := Instance{Name: iname, Service: len(t.services), ID: p.IDs[iname],
-				Down: slices.Contains(p.Down, iname), Drained: slices.Contains(p.Drained, iname)}
-			skip[i] = in.Down || in.Drained
+				Down: slices.Contains(p.Down, iname), Drained: slices.Contains(p.Drained, iname),
+				Unhealthy: slices.Contains(p.Unhealthy, iname)}
+			skip[i] = in.Out()
 			for _, s := range svc.Instances[iname] {
 				a := netip.MustParseAddr(s).Unmap() // validated above
 				if a.Is4() {

@@ -130,11 +130,8 @@ func (t *Table) skippedFor(in *Instance, slot uint32) []string {
 		if r.w < mine {
 			break
 		}
-		switch {
-		case r.in.Down:
-			out = append(out, r.in.Name+" (down)")
-		case r.in.Drained:
-			out = append(out, r.in.Name+" (drained)")
+		if r.in.Out() {
+			out = append(out, r.in.Name+" ("+r.in.State()+")")
 		}
 	}
 	return out

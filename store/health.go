@@ -17,12 +17,17 @@ type Report struct {
 	Node       string `json:"node"`
 	MapVersion uint64 `json:"map_version"`
 	Sessions   int    `json:"sessions"`
-	// Queue health, for the controller's scores.
+	// Queue health, for the controller's scores: packets waiting in the
+	// kernel queues, packets the kernel could not queue (a running total),
+	// and the slowest packet's time in the agent since the last report.
 	QueueBacklog uint64 `json:"queue_backlog"`
 	QueueDrops   uint64 `json:"queue_drops"`
 	LatencyUS    int64  `json:"latency_us"`
-	MirrorDepth  int64  `json:"mirror_depth"`
-	MirrorDrops  uint64 `json:"mirror_drops"`
+	// RTTUS is the round trip of the node's last heartbeat to Redis: a
+	// slow service link or an overloaded host shows here.
+	RTTUS       int64  `json:"rtt_us"`
+	MirrorDepth int64  `json:"mirror_depth"`
+	MirrorDrops uint64 `json:"mirror_drops"`
 }
 
 // Beat is a node's last heartbeat.
@@ -158,4 +163,34 @@ func (s *Store) Health(ctx context.Context) (RedisHealth, error) {
 		return h, fmt.Errorf("reading the controller lease from %s: %w", s.addr, err)
 	}
 	return h, nil
+}
+
+// SetScores records instances' health scores (the controller's).
+func (s *Store) SetScores(ctx context.Context, scores map[string]int) error {
+	if len(scores) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 2*len(scores))
+	for n, v := range scores {
+		args = append(args, n, v)
+	}
+	if err := s.rdb.HSet(ctx, keyScores, args...).Err(); err != nil {
+		return fmt.Errorf("writing health scores to %s: %w", s.addr, err)
+	}
+	return nil
+}
+
+// Scores returns the health scores the controller last recorded.
+func (s *Store) Scores(ctx context.Context) (map[string]int, error) {
+	all, err := s.rdb.HGetAll(ctx, keyScores).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading health scores from %s: %w", s.addr, err)
+	}
+	out := make(map[string]int, len(all))
+	for n, v := range all {
+		if i, err := strconv.Atoi(v); err == nil {
+			out[n] = i
+		}
+	}
+	return out, nil
 }

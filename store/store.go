@@ -20,6 +20,7 @@ const (
 	keyBeatAt     = "nfsteer:{hb}:at"
 	keyBeatReport = "nfsteer:{hb}:report"
 	keyLease      = "nfsteer:{ctl}:lease"
+	keyScores     = "nfsteer:{hb}:score"
 )
 
 func sessionKey(flow string) string { return "nfsteer:s:{" + flow + "}" }

@@ -171,8 +171,13 @@ func sessionsList(c *cli.Context) error {
 
 // agentStatus is one line of status.
 type agentStatus struct {
-	Node         string        `json:"node"`
-	Role         string        `json:"role"`
+	Node string `json:"node"`
+	Role string `json:"role"`
+	// State is an instance's: up, down, drained or unhealthy.
+	State string `json:"state,omitempty"`
+	// Score is the controller's health score of an instance, -1 if it
+	// has none.
+	Score        int           `json:"score"`
 	MapVersion   uint64        `json:"map_version"`
 	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
 	store.Report
@@ -218,12 +223,19 @@ Example:
 			if err != nil {
 				return err
 			}
+			scores, err := s.Scores(c.Context)
+			if err != nil {
+				return err
+			}
 			for _, node := range sortedNames(beats) {
 				b := beats[node]
-				a := agentStatus{Node: node, Role: "gateway", MapVersion: b.Report.MapVersion, HeartbeatAge: now.Sub(b.At), Report: b.Report}
+				a := agentStatus{Node: node, Role: "gateway", Score: -1, MapVersion: b.Report.MapVersion, HeartbeatAge: now.Sub(b.At), Report: b.Report}
 				if t != nil {
 					if in, ok := t.InstanceByName(node); ok {
-						a.Role = "instance of " + t.Services()[in.Service].Name
+						a.Role, a.State = "instance of "+t.Services()[in.Service].Name, in.State()
+						if sc, ok := scores[node]; ok {
+							a.Score = sc
+						}
 					}
 				}
 				st.Agents = append(st.Agents, a)
@@ -237,14 +249,18 @@ Example:
 				fmt.Fprintf(w, "redis\t%s, version %s, %s used, round trip %s\n", r.Addr, r.Version, r.UsedMemory, r.RTT.Round(time.Microsecond))
 				fmt.Fprintf(w, "map\tversion %d\n", r.MapVersion)
 				fmt.Fprintf(w, "controller\t%s\n\n", controller)
-				row(w, "AGENT", "ROLE", "MAP", "HEARTBEAT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "LATENCY", "MIRROR DEPTH", "MIRROR DROPS")
+				row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
 				for _, a := range st.Agents {
 					mv := fmt.Sprint(a.MapVersion)
 					if a.MapVersion < r.MapVersion {
 						mv += " (behind)"
 					}
-					row(w, a.Node, a.Role, mv, age(a.HeartbeatAge), a.Sessions, a.QueueBacklog, a.QueueDrops,
-						(time.Duration(a.LatencyUS) * time.Microsecond).String(), a.MirrorDepth, a.MirrorDrops)
+					score := ""
+					if a.Score >= 0 {
+						score = fmt.Sprint(a.Score)
+					}
+					row(w, a.Node, a.Role, a.State, score, mv, age(a.HeartbeatAge), micros(a.RTTUS), a.Sessions, a.QueueBacklog, a.QueueDrops,
+						micros(a.LatencyUS), a.MirrorDepth, a.MirrorDrops)
 				}
 			})
 		},
@@ -353,3 +369,5 @@ func flowFromFlags(c *cli.Context) (steering.Flow, error) {
 	f.SrcPort, f.DstPort = uint16(c.Uint("sport")), uint16(c.Uint("dport"))
 	return f, nil
 }
+
+func micros(us int64) string { return (time.Duration(us) * time.Microsecond).String() }

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"time"
 
@@ -163,13 +162,7 @@ func instanceList(c *cli.Context) error {
 		}
 		for _, ii := range svc.Instances {
 			in := t.Instances()[ii]
-			r := instanceRow{Name: in.Name, Service: svc.Name, ID: in.ID, Addresses: p.Map.Services[svc.Name].Instances[in.Name], State: "up", Slots: slots[in.Name], HeartbeatAge: -1}
-			switch {
-			case slices.Contains(p.Down, in.Name):
-				r.State = "down"
-			case slices.Contains(p.Drained, in.Name):
-				r.State = "drained"
-			}
+			r := instanceRow{Name: in.Name, Service: svc.Name, ID: in.ID, Addresses: p.Map.Services[svc.Name].Instances[in.Name], State: in.State(), Slots: slots[in.Name], HeartbeatAge: -1}
 			if r.Primary, err = s.Count(c.Context, in.Name, store.RolePrimary); err != nil {
 				return err
 			}

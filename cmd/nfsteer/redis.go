@@ -1,16 +1,17 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/nfsteer/nfsteer/controller"
+	"github.com/nfsteer/nfsteer/metrics"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sync/errgroup"
 )
 
 func redisFlag() cli.Flag {
@@ -78,6 +79,10 @@ func controllerCommand() *cli.Command {
 			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.IntFlag{Name: "misses", Value: 3, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
 			&cli.DurationFlag{Name: "lease", Value: 2 * time.Second, Usage: "controller lease `TTL` (how long a dead controller blocks its standby)"},
+			&cli.IntFlag{Name: "score-out", Value: 50, Usage: "an instance whose health score stays below `SCORE` takes no new flows (-1: scores off)", EnvVars: []string{"NFSTEER_SCORE_OUT"}},
+			&cli.IntFlag{Name: "score-in", Value: 80, Usage: "it takes new flows again once it scores at least `SCORE`", EnvVars: []string{"NFSTEER_SCORE_IN"}},
+			&cli.IntFlag{Name: "score-hold", Value: 3, Usage: "heartbeat reports in a row a score must hold to change anything", EnvVars: []string{"NFSTEER_SCORE_HOLD"}},
+			metricsFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			s, err := openStore(c)
@@ -85,10 +90,25 @@ func controllerCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
-			ctl := controller.New(s, controller.Config{Interval: c.Duration("heartbeat"), Misses: c.Int("misses"), LeaseTTL: c.Duration("lease")})
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			if c.Int("score-in") < c.Int("score-out") {
+				return cli.Exit("--score-in must be at least --score-out (the gap keeps instances from flapping)", 2)
+			}
+			ctl := controller.New(s, controller.Config{
+				Interval: c.Duration("heartbeat"), Misses: c.Int("misses"), LeaseTTL: c.Duration("lease"),
+				ScoreOut: c.Int("score-out"), ScoreIn: c.Int("score-in"), ScoreHold: c.Int("score-hold"),
+			})
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return ctl.Run(ctx)
+			g, ctx := errgroup.WithContext(ctx)
+			if addr := c.String("metrics"); addr != "" {
+				ms, err := metrics.Listen(addr, ctl.Collector())
+				if err != nil {
+					return err
+				}
+				g.Go(func() error { return ms.Run(ctx) })
+			}
+			g.Go(func() error { return ctl.Run(ctx) })
+			return g.Wait()
 		},
 	}
 }

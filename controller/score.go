@@ -1,0 +1,58 @@
+package controller
+
+import "github.com/nfsteer/nfsteer/store"
+
+// Score rates an instance's health from 0 to 100 from its agent's last two
+// heartbeat reports (prev may be the zero Report):
+//
+//	score   = max(0, 100 − latency − backlog − drops)
+//	latency = min(60, one point per millisecond of L above 5 ms), where L
+//	          is the larger of the slowest packet's time in the agent and
+//	          the heartbeat's round trip to Redis
+//	backlog = min(30, one point per 10 packets waiting in the kernel queues)
+//	drops   = min(60, 20 points per packet the kernel could not queue
+//	          since prev)
+//
+// A healthy agent answers in microseconds with an empty queue and scores
+// 100. 30 ms of extra delay on its service link costs 25 points; a queue
+// that stalls with 300 packets waiting costs 30 and, once it overflows,
+// drops cost up to 60 more.
+func Score(prev, cur store.Report) int {
+	l := max(cur.LatencyUS, cur.RTTUS)
+	latency := min(60, max(0, (l-5000)/1000))
+	backlog := min(30, int64(cur.QueueBacklog/10))
+	var drops int64
+	if cur.QueueDrops > prev.QueueDrops {
+		drops = min(60, 20*int64(cur.QueueDrops-prev.QueueDrops))
+	}
+	return int(max(0, 100-latency-backlog-drops))
+}
+
+// health is the controller's running judgement of one instance.
+type health struct {
+	at     int64 // Unix ms of the last report judged
+	last   store.Report
+	score  int
+	out    bool // taken out of new-flow steering
+	streak int  // consecutive reports on the other side of the threshold
+}
+
+// judge takes a fresh report into h and says whether h.out flipped. An
+// instance goes out after hold consecutive reports scoring below low and
+// comes back after hold consecutive reports at or above high: the gap and
+// the count keep it from flapping.
+func (h *health) judge(r store.Report, low, high, hold int) bool {
+	h.score = Score(h.last, r)
+	h.last = r
+	crossing := !h.out && h.score < low || h.out && h.score >= high
+	if !crossing {
+		h.streak = 0
+		return false
+	}
+	h.streak++
+	if h.streak < hold {
+		return false
+	}
+	h.out, h.streak = !h.out, 0
+	return true
+}
