@@ -130,10 +130,10 @@ func DecodePublished(b []byte) (*Published, error) { return DecodePublishedAfter
 // decoded and validated Map is reused.
 func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
 	var raw struct {
-		Version uint64            `json:"version"`
-		Map     json.RawMessage   `json:"map"`
-		IDs     map[string]uint16 `json:"ids"`
-		Down    []string          `json:"down"`
+		Version   uint64            `json:"version"`
+		Map       json.RawMessage   `json:"map"`
+		IDs       map[string]uint16 `json:"ids"`
+		Down      []string          `json:"down"`
 		Drained   []string          `json:"drained"`
 		Unhealthy []string          `json:"unhealthy"`
 	}
