@@ -293,13 +293,8 @@ func (c *Controller) judge(live *steering.Published, beats map[string]store.Beat
 				h = &health{score: 100}
 				c.health[name] = h
 			}
-			if b, ok := beats[name]; ok && b.At.UnixMilli() != h.at {
-				if h.at == 0 {
-					// The first report seen: its drop total is history.
-					h.last = b.Report
-				}
-				h.at = b.At.UnixMilli()
-				h.judge(b.Report, c.cfg.ScoreOut, c.cfg.ScoreIn, c.cfg.ScoreHold)
+			if b, ok := beats[name]; ok && !b.At.Equal(h.at) {
+				h.judge(b, c.cfg.Interval, c.cfg.ScoreOut, c.cfg.ScoreIn, c.cfg.ScoreHold)
 			}
 			scores[name] = h.score
 		}

@@ -1,24 +1,31 @@
 package controller
 
-import "github.com/nfsteer/nfsteer/store"
+import (
+	"time"
+
+	"github.com/nfsteer/nfsteer/store"
+)
 
 // Score rates an instance's health from 0 to 100 from its agent's last two
-// heartbeat reports (prev may be the zero Report):
+// heartbeat reports (prev may be the zero Report) and how late cur came
+// (the time between the two beats, by Redis's clock, less the heartbeat
+// interval):
 //
 //	score   = max(0, 100 − latency − backlog − drops)
 //	latency = min(60, one point per millisecond of L above 5 ms), where L
-//	          is the larger of the slowest packet's time in the agent and
-//	          the heartbeat's round trip to Redis
+//	          is the largest of the slowest packet's time in the agent,
+//	          the heartbeat's round trip to Redis, and its lateness
 //	backlog = min(30, one point per 10 packets waiting in the kernel queues)
 //	drops   = min(60, 20 points per packet the kernel could not queue
 //	          since prev)
 //
 // A healthy agent answers in microseconds with an empty queue and scores
-// 100. 30 ms of extra delay on its service link costs 25 points; a queue
-// that stalls with 300 packets waiting costs 30 and, once it overflows,
-// drops cost up to 60 more.
-func Score(prev, cur store.Report) int {
-	l := max(cur.LatencyUS, cur.RTTUS)
+// 100. 30 ms of extra delay on its service link costs 25 points; an agent
+// starved of CPU answers late and slowly; a queue that stalls with 300
+// packets waiting costs 30 and, once it overflows, drops cost up to 60
+// more.
+func Score(prev, cur store.Report, late time.Duration) int {
+	l := max(cur.LatencyUS, cur.RTTUS, late.Microseconds())
 	latency := min(60, max(0, (l-5000)/1000))
 	backlog := min(30, int64(cur.QueueBacklog/10))
 	var drops int64
@@ -30,20 +37,27 @@ func Score(prev, cur store.Report) int {
 
 // health is the controller's running judgement of one instance.
 type health struct {
-	at     int64 // Unix ms of the last report judged
+	at     time.Time // of the last report judged (Redis's clock)
 	last   store.Report
 	score  int
 	out    bool // taken out of new-flow steering
 	streak int  // consecutive reports on the other side of the threshold
 }
 
-// judge takes a fresh report into h and says whether h.out flipped. An
+// judge takes a fresh heartbeat into h and says whether h.out flipped. An
 // instance goes out after hold consecutive reports scoring below low and
 // comes back after hold consecutive reports at or above high: the gap and
 // the count keep it from flapping.
-func (h *health) judge(r store.Report, low, high, hold int) bool {
-	h.score = Score(h.last, r)
-	h.last = r
+func (h *health) judge(b store.Beat, interval time.Duration, low, high, hold int) bool {
+	var late time.Duration
+	if h.at.IsZero() {
+		// The first report seen: its drop total is history.
+		h.last = b.Report
+	} else {
+		late = b.At.Sub(h.at) - interval
+	}
+	h.score = Score(h.last, b.Report, late)
+	h.last, h.at = b.Report, b.At
 	crossing := !h.out && h.score < low || h.out && h.score >= high
 	if !crossing {
 		h.streak = 0

@@ -481,6 +481,9 @@ func (a *Agent) Kill() {
 	<-a.done
 }
 
+// Signal sends sig to the agent (SIGSTOP and SIGCONT stall it).
+func (a *Agent) Signal(sig os.Signal) error { return a.cmd.Process.Signal(sig) }
+
 // Output returns what the agent has logged so far.
 func (a *Agent) Output() string {
 	b, _ := os.ReadFile(a.Log)
