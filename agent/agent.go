@@ -28,6 +28,8 @@ type state struct {
 	// its function is the firewall.
 	service  int
 	firewall bool
+	// spare: the node waits to be added to the map and steers nothing.
+	spare bool
 }
 
 // Counters are the agent's decision counters, updated atomically.
@@ -202,15 +204,20 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 		return err
 	}
 	spec, err := SpecFor(t, a.cfg.Node, a.cfg.Rules)
+	spare := errors.Is(err, ErrNotInMap) && a.cfg.Spare
+	if spare {
+		// Queue new flows like an instance host, and let them all pass.
+		spec, err = a.cfg.Rules, nil
+	}
 	if err != nil {
 		return err
 	}
-	st := &state{published: p, table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1}
+	st := &state{published: p, table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1, spare: spare}
 	if st.node.Instance >= 0 {
 		st.service = t.Instances()[st.node.Instance].Service
 		st.firewall = t.Services()[st.service].Function == steering.FunctionFirewall
 	}
-	if old := a.state.Load(); old != nil && old.node.Instance >= 0 != (st.node.Instance >= 0) {
+	if old := a.state.Load(); old != nil && old.node.Instance >= 0 != (st.node.Instance >= 0) && !old.spare {
 		return fmt.Errorf("version %d would turn node %s from %s; restart the agent to change roles", p.Version, a.cfg.Node, roleName(old))
 	}
 	if apply {
@@ -305,8 +312,11 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	}
 	st := a.state.Load()
 	role := "gateway"
-	if st.node.Instance >= 0 {
+	switch {
+	case st.node.Instance >= 0:
 		role = "instance " + st.table.Instances()[st.node.Instance].Name
+	case st.spare:
+		role = "spare (not in the map yet: becomes an instance when a version adds it)"
 	}
 	redis := "none"
 	if a.store != nil {
@@ -335,6 +345,12 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 		return nfq.Result{Verdict: nfq.Accept, Mark: mark}
 	}
 	st := a.state.Load()
+	if st.spare {
+		// Not in the map yet (a spare, started with --spare): a spare
+		// only takes the instance role when a version adds it, and until
+		// then has no business with the flows crossing it.
+		return nfq.Result{Verdict: nfq.Accept, Mark: mark}
+	}
 	key := sessions.KeyOf(&p.Flow)
 	var pins *steering.Pins
 	sess, known := a.sessions.Get(key)

@@ -15,6 +15,12 @@ type Config struct {
 	// Node is this node's name: an instance name from the map makes the
 	// node that instance's host; any other name makes it a gateway.
 	Node string
+	// Spare lets a node the map does not name yet, with no outer
+	// interfaces, run as a spare: it steers nothing until a version adds
+	// it as an instance (elastic scale-out). Without Spare such a node is
+	// refused, since a mistyped instance name would otherwise steer
+	// nothing silently.
+	Spare bool
 	// MapFile is the service map for a node without Redis, and the map a
 	// node with Redis starts on when Redis is unreachable or empty.
 	MapFile string
@@ -62,7 +68,7 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 	self := t.NodeFor(node)
 	gateway := self.Instance < 0
 	if gateway && len(base.Outer) == 0 {
-		return s, fmt.Errorf("node %q is not an instance in the map, so it is a gateway: give its --outer interfaces", node)
+		return s, fmt.Errorf("node %q: %w, so it is a gateway: give its --outer interfaces (or --spare for a host about to be added)", node, ErrNotInMap)
 	}
 	if !gateway && len(base.Outer) > 0 {
 		return s, fmt.Errorf("node %q is an instance host: it steers on every interface, --outer does not apply", node)

@@ -154,3 +154,111 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 	}
 	t.Logf("fw-1 out of new-flow steering %v after its agent stalled, back %v after it recovered", out.Round(time.Millisecond), back.Round(time.Millisecond))
 }
+
+// TestScaleOut adds a third firewall while connections are open: its host
+// and agent come up first (a spare, not in the map), then `nfsteer instance
+// add` puts it in the map. New flows must land on it from that version on,
+// as many as the new map gives it, counted in its own namespace; the open
+// connections must keep their instances; and it must take about a third
+// of the slots.
+func TestScaleOut(t *testing.T) {
+	l := redisLab(t)
+	if err := l.AddInstanceHost("fw-3", "10.200.0.13", "fd00:200::13"); err != nil {
+		t.Fatal(err)
+	}
+	spare, err := l.StartAgent("fw-3", "--redis", lab.RedisURL, "--refresh", "500ms", "--spare")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(spare.Output(), "role=\"spare") {
+		t.Fatalf("fw-3's agent did not start as a spare:\n%s", spare.Output())
+	}
+	for _, fw := range []string{"fw-1", "fw-2", "fw-3"} {
+		if err := l.Count(fw, "new", "tcp dport 5201 tcp flags syn"); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Count(fw, "held", "tcp dport 8000-8001"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := map[string]*heldConn{}
+	for i, fw := range []string{"fw-1", "fw-2"} {
+		srv := fmt.Sprintf("10.99.0.2:%d", 8000+i)
+		held[fw] = holdConn(t, l, fmt.Sprintf("%s:%d", lab.AcmeClient, portsTo(t, fw, srv, 45000+500*i, 1)[0]), srv)
+	}
+
+	out, err := l.Nfsteer("ctl", "instance", "add", "--redis", lab.RedisURL, "--service", "fw", "fw-3", "10.200.0.13", "fd00:200::13", "-o", "json")
+	if err != nil {
+		t.Fatalf("instance add: %v\n%s", err, out)
+	}
+	var pub struct{ Version uint64 }
+	if err := json.Unmarshal([]byte(out), &pub); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range []string{"gw", "fw-3"} {
+		a := l.Agents(node)[0]
+		if !waitFor(5*time.Second, func() bool { return strings.Contains(a.Output(), fmt.Sprintf("version=%d ", pub.Version)) }) {
+			t.Fatalf("%s never switched to version %d:\n%s", node, pub.Version, a.Output())
+		}
+	}
+
+	// Which of 30 new flows the new map gives fw-3, computed as every node
+	// does, from the live map.
+	tab, err := steering.CompilePublished(liveMap(t, l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	acme := tab.TenantByName("acme")
+	want := 0
+	before := counted(t, l, "fw-3", "new")
+	for port := 46000; port < 46030; port++ {
+		local := fmt.Sprintf("%s:%d", lab.AcmeClient, port)
+		f := flowOf(t, 6, local, "10.99.0.2:5201")
+		if in, _ := tab.InstanceByID(tab.PinsFor(acme, steering.AffinityCode(&f)&(tab.Slots()-1))[0]); in.Name == "fw-3" {
+			want++
+		}
+		transfer(t, l, "ca", local, "10.99.0.2:5201", 8<<10)
+	}
+	if got := counted(t, l, "fw-3", "new") - before; got != uint64(want) || want == 0 {
+		t.Errorf("fw-3 saw %d new flows of 30, the map gives it %d", got, want)
+	}
+
+	// The open connections did not move.
+	heldBefore := map[string]uint64{}
+	for _, fw := range []string{"fw-1", "fw-2", "fw-3"} {
+		heldBefore[fw] = counted(t, l, fw, "held")
+	}
+	for fw, h := range held {
+		h.ping(t, "still through "+fw)
+	}
+	for _, fw := range []string{"fw-1", "fw-2"} {
+		if counted(t, l, fw, "held") == heldBefore[fw] {
+			t.Errorf("the connection pinned to %s no longer crosses it", fw)
+		}
+	}
+	if got := counted(t, l, "fw-3", "held") - heldBefore["fw-3"]; got != 0 {
+		t.Errorf("fw-3 saw %d packets of established connections, want 0", got)
+	}
+
+	out, err = l.Nfsteer("ctl", "instance", "list", "--redis", lab.RedisURL, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Name  string `json:"name"`
+		Slots int    `json:"primary_slots"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatal(err)
+	}
+	share := map[string]int{}
+	for _, r := range rows {
+		share[r.Name] = r.Slots
+	}
+	fair := tab.Slots() / 3
+	if s := share["fw-3"]; s < int(fair)*2/3 || s > int(fair)*4/3 {
+		t.Errorf("fw-3 holds %d slots, fair share %d", s, fair)
+	}
+	t.Logf("after instance add (version %d): fw-1 %d, fw-2 %d, fw-3 %d of %d slots (fair share %d); fw-3 took %d of 30 new flows, as the map says",
+		pub.Version, share["fw-1"], share["fw-2"], share["fw-3"], tab.Slots(), fair, want)
+}

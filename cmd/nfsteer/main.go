@@ -184,6 +184,7 @@ Example, a gateway steering what arrives on eth1 and eth2:
 Example, the host of instance fw-1:
    nfsteer agent --node fw-1 --map /etc/nfsteer/map.yaml`,
 		Flags: append(nodeFlags(),
+			&cli.BoolFlag{Name: "spare", Usage: "this host's instance is not in the map yet: steer nothing until a version adds it (then: nfsteer instance add)", EnvVars: []string{"NFSTEER_SPARE"}},
 			&cli.BoolFlag{Name: "keep-rules", Usage: "leave the rules installed on exit (a fail-closed node then keeps dropping new flows)"},
 			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
 			redisFlag(),
@@ -212,7 +213,7 @@ Example, the host of instance fw-1:
 			defer ct.Close()
 			a, err := agent.New(agent.Config{
 				Node: c.String("node"), MapFile: c.String("map"), Rules: spec,
-				KeepRules: c.Bool("keep-rules"), LogFlows: c.Bool("log-flows"),
+				KeepRules: c.Bool("keep-rules"), LogFlows: c.Bool("log-flows"), Spare: c.Bool("spare"),
 				RedisURL: c.String("redis"), NoMirror: !c.Bool("mirror"),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
 				RedisSessionTTL: c.Duration("session-ttl"), MetricsAddr: c.String("metrics"),

@@ -153,23 +153,9 @@ func (l *Lab) build() error {
 		hosts = append(hosts, in.Name)
 	}
 	for _, h := range hosts {
-		if err := run("ip", "netns", "add", l.NS(h)); err != nil {
+		if err := l.addHost(h); err != nil {
 			return err
 		}
-		l.mu.Lock()
-		l.ns = append(l.ns, l.NS(h))
-		l.mu.Unlock()
-		if err := l.Run(h, "ip", "link", "set", "lo", "up"); err != nil {
-			return err
-		}
-		if err := l.sysctls(h); err != nil {
-			return err
-		}
-	}
-	type link struct {
-		host, hostIf, peer, peerIf string
-		addrs                      []string // on the host side
-		peerAddrs                  []string
 	}
 	links := []link{
 		{"ca", "eth0", "gw", "ca0", []string{"10.10.1.2/24", "fd00:10::2/64"}, []string{"10.10.1.1/24", "fd00:10::1/64"}},
@@ -193,26 +179,8 @@ func (l *Lab) build() error {
 		return err
 	}
 	for _, k := range links {
-		if err := run("ip", "link", "add", k.hostIf, "netns", l.NS(k.host), "type", "veth", "peer", "name", k.peerIf, "netns", l.NS(k.peer)); err != nil {
+		if err := l.addLink(k); err != nil {
 			return err
-		}
-		for _, side := range []struct {
-			host, dev string
-			addrs     []string
-		}{{k.host, k.hostIf, k.addrs}, {k.peer, k.peerIf, k.peerAddrs}} {
-			for _, a := range side.addrs {
-				if err := l.Run(side.host, "ip", "addr", "add", a, "dev", side.dev, "nodad"); err != nil {
-					return err
-				}
-			}
-			if err := l.Run(side.host, "ip", "link", "set", side.dev, "up"); err != nil {
-				return err
-			}
-			if side.host == "sw" {
-				if err := l.Run("sw", "ip", "link", "set", side.dev, "master", "br0"); err != nil {
-					return err
-				}
-			}
 		}
 	}
 	routes := map[string][2]string{
@@ -235,6 +203,71 @@ func (l *Lab) build() error {
 		}
 	}
 	return l.settle(hosts)
+}
+
+func (l *Lab) addHost(h string) error {
+	if err := run("ip", "netns", "add", l.NS(h)); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.ns = append(l.ns, l.NS(h))
+	l.mu.Unlock()
+	if err := l.Run(h, "ip", "link", "set", "lo", "up"); err != nil {
+		return err
+	}
+	return l.sysctls(h)
+}
+
+// link is a veth pair between two hosts; a side in host "sw" joins the
+// bridge.
+type link struct {
+	host, hostIf, peer, peerIf string
+	addrs                      []string // on the host side
+	peerAddrs                  []string
+}
+
+func (l *Lab) addLink(k link) error {
+	if err := run("ip", "link", "add", k.hostIf, "netns", l.NS(k.host), "type", "veth", "peer", "name", k.peerIf, "netns", l.NS(k.peer)); err != nil {
+		return err
+	}
+	for _, side := range []struct {
+		host, dev string
+		addrs     []string
+	}{{k.host, k.hostIf, k.addrs}, {k.peer, k.peerIf, k.peerAddrs}} {
+		for _, a := range side.addrs {
+			if err := l.Run(side.host, "ip", "addr", "add", a, "dev", side.dev, "nodad"); err != nil {
+				return err
+			}
+		}
+		if err := l.Run(side.host, "ip", "link", "set", side.dev, "up"); err != nil {
+			return err
+		}
+		if side.host == "sw" {
+			if err := l.Run("sw", "ip", "link", "set", side.dev, "master", "br0"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// AddInstanceHost adds a host for a new instance to the running lab, on
+// the service network at v4 and v6, routed like the others. Its namespace
+// goes when the lab does.
+func (l *Lab) AddInstanceHost(name, v4, v6 string) error {
+	if err := l.addHost(name); err != nil {
+		return err
+	}
+	if err := l.addLink(link{name, "eth0", "sw", "p-" + name, []string{v4 + "/24", v6 + "/64"}, nil}); err != nil {
+		return err
+	}
+	if err := l.Run(name, "ip", "route", "add", "default", "via", "10.200.0.1"); err != nil {
+		return err
+	}
+	if err := l.Run(name, "ip", "-6", "route", "add", "default", "via", "fd00:200::1"); err != nil {
+		return err
+	}
+	return l.settle([]string{name})
 }
 
 // settle waits until every interface that is up has its IPv6 link-local
