@@ -22,7 +22,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	}
 	gone := func(id uint16) (*steering.Instance, bool) {
 		if in, ok := t.InstanceByID(id); ok {
-			return in, in.Down
+			return in, in.Down || in.Migrating
 		}
 		in, ok := old.InstanceByID(id)
 		return in, ok

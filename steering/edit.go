@@ -19,6 +19,7 @@ func (p *Published) clone() *Published {
 	q.Down = slices.Clone(p.Down)
 	q.Drained = slices.Clone(p.Drained)
 	q.Unhealthy = slices.Clone(p.Unhealthy)
+	q.Migrating = slices.Clone(p.Migrating)
 	return &q
 }
 
@@ -52,13 +53,29 @@ func (p *Published) Drain(instance string) (*Published, error) {
 	return q, nil
 }
 
-// Undrain returns p with instance taking new flows again.
+// Migrate returns p with instance drained and its established flows moving
+// to the instances that hold their slots' primary roles without it.
+func (p *Published) Migrate(instance string) (*Published, error) {
+	q, err := p.Drain(instance)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(q.Migrating, instance) {
+		q.Migrating = append(q.Migrating, instance)
+		slices.Sort(q.Migrating)
+	}
+	return q, nil
+}
+
+// Undrain returns p with instance taking new flows again (and no longer
+// migrating).
 func (p *Published) Undrain(instance string) (*Published, error) {
 	if _, err := p.ServiceOf(instance); err != nil {
 		return nil, err
 	}
 	q := p.clone()
 	q.Drained = slices.DeleteFunc(q.Drained, func(n string) bool { return n == instance })
+	q.Migrating = slices.DeleteFunc(q.Migrating, func(n string) bool { return n == instance })
 	return q, nil
 }
 
@@ -80,6 +97,11 @@ func (p *Published) WithMap(m *Map) *Published {
 	for _, n := range p.Unhealthy {
 		if m.hasInstance(n) {
 			q.Unhealthy = append(q.Unhealthy, n)
+		}
+	}
+	for _, n := range p.Migrating {
+		if m.hasInstance(n) {
+			q.Migrating = append(q.Migrating, n)
 		}
 	}
 	return q

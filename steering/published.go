@@ -30,6 +30,10 @@ type Published struct {
 	// controller's threshold: like drained ones they take no new flows and
 	// keep the ones they have, but the controller puts them back.
 	Unhealthy []string `json:"unhealthy,omitempty"`
+	// Migrating lists drained instances whose established flows move too:
+	// every node re-pins them, as for a down instance, to the slot's
+	// primary, which the operator's tool handed their sessions to first.
+	Migrating []string `json:"migrating,omitempty"`
 
 	// mapJSON is Map as it was decoded, and mapValid says Map passed
 	// validation. Only DecodePublishedAfter sets them, and a Map is never
@@ -112,7 +116,7 @@ func (p *Published) Validate() error {
 			v.add("ids."+name, "no such instance in the map")
 		}
 	}
-	for field, list := range map[string][]string{"down": p.Down, "drained": p.Drained, "unhealthy": p.Unhealthy} {
+	for field, list := range map[string][]string{"down": p.Down, "drained": p.Drained, "unhealthy": p.Unhealthy, "migrating": p.Migrating} {
 		for i, name := range list {
 			if !names[name] {
 				v.add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("no instance %q in the map", name))
@@ -136,11 +140,12 @@ func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
 		Down      []string          `json:"down"`
 		Drained   []string          `json:"drained"`
 		Unhealthy []string          `json:"unhealthy"`
+		Migrating []string          `json:"migrating"`
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
 	}
-	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, Unhealthy: raw.Unhealthy, mapJSON: raw.Map}
+	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, Unhealthy: raw.Unhealthy, Migrating: raw.Migrating, mapJSON: raw.Map}
 	switch {
 	case len(raw.Map) == 0 || string(raw.Map) == "null":
 	case prev != nil && prev.mapValid && bytes.Equal(raw.Map, prev.mapJSON):

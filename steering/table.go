@@ -58,16 +58,20 @@ type Instance struct {
 	// took it out of new-flow steering. Unhealthy: its health score is
 	// below the controller's threshold. Any of them: it holds no role.
 	Down, Drained, Unhealthy bool
+	// Migrating: drained, and its established flows move off it too.
+	Migrating bool
 }
 
 // Out reports whether the instance holds no role: new flows avoid it.
-func (in *Instance) Out() bool { return in.Down || in.Drained || in.Unhealthy }
+func (in *Instance) Out() bool { return in.Down || in.Drained || in.Unhealthy || in.Migrating }
 
 // State names why an instance holds no role, or "up".
 func (in *Instance) State() string {
 	switch {
 	case in.Down:
 		return "down"
+	case in.Migrating:
+		return "migrating"
 	case in.Drained:
 		return "drained"
 	case in.Unhealthy:
@@ -132,7 +136,7 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 		for i, iname := range names {
 			in := Instance{Name: iname, Service: len(t.services), ID: p.IDs[iname],
 				Down: slices.Contains(p.Down, iname), Drained: slices.Contains(p.Drained, iname),
-				Unhealthy: slices.Contains(p.Unhealthy, iname)}
+				Unhealthy: slices.Contains(p.Unhealthy, iname), Migrating: slices.Contains(p.Migrating, iname)}
 			skip[i] = in.Out()
 			for _, s := range svc.Instances[iname] {
 				a := netip.MustParseAddr(s).Unmap() // validated above
@@ -394,6 +398,11 @@ func (t *Table) PinsFor(tenant int, slot uint32) Pins {
 // ChainPos returns the position of service svc in the tenant's chain, or
 // -1.
 func (ti *TenantInfo) ChainPos(svc int) int { return slices.Index(ti.Chain, svc) }
+
+// ServiceByName returns the index of the service called name, or -1.
+func (t *Table) ServiceByName(name string) int {
+	return slices.IndexFunc(t.services, func(s ServiceInfo) bool { return s.Name == name })
+}
 
 // TenantByName returns the index of the tenant called name, or -1.
 func (t *Table) TenantByName(name string) int {

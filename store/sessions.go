@@ -372,3 +372,62 @@ func (s *Store) Count(ctx context.Context, instance, role string) (int64, error)
 	}
 	return n, nil
 }
+
+// Handover gives the sessions for which instance holds the primary role to
+// the instances that hold their slots' primary roles on next (a table on
+// which instance holds none): the record's pins and roles, and both
+// instances' indexes, change in Redis with the session's state untouched.
+// A node that then meets one of these flows finds it under its own primary
+// role. Entries another node changed meanwhile are left alone. It returns
+// how many sessions moved; malformed entries are skipped and returned in
+// bad.
+func (s *Store) Handover(ctx context.Context, instance string, next *steering.Table) (moved int, bad []error, err error) {
+	recs, bad, err := s.List(ctx, instance, RolePrimary)
+	if err != nil {
+		return 0, bad, err
+	}
+	now := time.Now()
+	for _, r := range recs {
+		pipe := s.rdb.Pipeline()
+		var takes []*redis.Cmd
+		ttl := max(r.TTL, time.Minute)
+		deadline := float64(now.Add(ttl).UnixMilli())
+		for hop, h := range r.Hops {
+			if h.Primary != instance {
+				continue
+			}
+			svc := next.ServiceByName(h.Service)
+			if svc < 0 {
+				continue
+			}
+			to, sec := next.RolesFor(svc, r.Slot)
+			if to == nil || to.Out() || to.Name == instance {
+				continue
+			}
+			secName := ""
+			if sec != nil && !sec.Out() {
+				secName = sec.Name
+			}
+			takes = append(takes, takeoverScript.Eval(ctx, pipe, []string{sessionKey(r.Flow)}, hop, instance, to.Name, secName, ttl.Milliseconds(), now.UnixMilli()))
+			pipe.ZRem(ctx, indexKey(instance, RolePrimary), r.Flow)
+			pipe.ZRem(ctx, indexKey(to.Name, RoleSecondary), r.Flow)
+			pipe.ZAdd(ctx, indexKey(to.Name, RolePrimary), redis.Z{Score: deadline, Member: r.Flow})
+			if secName != "" {
+				pipe.ZAdd(ctx, indexKey(secName, RoleSecondary), redis.Z{Score: deadline, Member: r.Flow})
+			}
+		}
+		if len(takes) == 0 {
+			continue
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return moved, bad, fmt.Errorf("handing session %s over at %s: %w", r.Flow, s.addr, err)
+		}
+		for _, c := range takes {
+			if n, _ := c.Int(); n == 1 {
+				moved++
+				break
+			}
+		}
+	}
+	return moved, bad, nil
+}

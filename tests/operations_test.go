@@ -4,6 +4,7 @@ package tests
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
@@ -261,4 +263,72 @@ func TestScaleOut(t *testing.T) {
 	}
 	t.Logf("after instance add (version %d): fw-1 %d, fw-2 %d, fw-3 %d of %d slots (fair share %d); fw-3 took %d of 30 new flows, as the map says",
 		pub.Version, share["fw-1"], share["fw-2"], share["fw-3"], tab.Slots(), fair, want)
+}
+
+// TestDrainMigrate drains the firewall carrying a long transfer with
+// --migrate: the transfer must finish byte-exact, the instance's own
+// counter of the flow must stop, and the other firewall's must carry the
+// rest. Redis must name the new instance as the session's primary, and
+// instance remove must then be allowed without --force.
+func TestDrainMigrate(t *testing.T) {
+	l := redisLab(t)
+	local, server := "10.10.1.2:47001", "10.99.0.2:5201"
+	f := flowOf(t, 6, local, server)
+	from, to := primaryFW(t, f)
+	match := fmt.Sprintf("ip saddr %s tcp sport %d", f.Src, f.SrcPort)
+	for _, fw := range []string{from, to} {
+		if err := l.Count(fw, "migrated", match); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type drained struct {
+		out string
+		err error
+		// fromThen is from's count of the flow's packets once every node
+		// switched, with a third of the transfer still to go.
+		fromThen uint64
+	}
+	done := make(chan drained, 1)
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		out, err := l.Nfsteer("ctl", "instance", "drain", "--redis", lab.RedisURL, "--migrate", from, "-o", "json")
+		time.Sleep(200 * time.Millisecond)
+		p, _, perr := l.Packets(from, "migrated")
+		done <- drained{out, errors.Join(err, perr), p}
+	}()
+	// 16 KiB every 2 ms: about 8 MB/s for 4 s.
+	res := slowTransfer(t, l, local, server, 32<<20, 2*time.Millisecond, 15*time.Second)
+	d := <-done
+	if d.err != nil {
+		t.Fatalf("drain --migrate: %v\n%s", d.err, d.out)
+	}
+	if !res.ok {
+		t.Fatalf("transfer broke across the migration: %v", res.err)
+	}
+	var m struct {
+		HandedOver int   `json:"handed_over"`
+		Version    int   `json:"version"`
+		Switched   int64 `json:"switched_ns"`
+	}
+	if err := json.Unmarshal([]byte(d.out), &m); err != nil || m.HandedOver != 1 || m.Switched < 0 {
+		t.Fatalf("drain --migrate said %s (%v); want 1 session handed over and every agent switched", d.out, err)
+	}
+	// The old instance's counter stopped: nothing more of the flow crossed
+	// it for the rest of the transfer.
+	toAfter := counted(t, l, to, "migrated")
+	if got := counted(t, l, from, "migrated"); got != d.fromThen || got == 0 {
+		t.Errorf("%s counted %d packets of the flow when the nodes switched, %d at the end; want it to stop", from, d.fromThen, got)
+	}
+	if toAfter < 1000 {
+		t.Errorf("%s carried %d packets of the flow after the migration, want the rest of the transfer", to, toAfter)
+	}
+	out, err := l.Nfsteer("ctl", "sessions", "show", "--redis", lab.RedisURL, sessions.KeyOf(&f).String(), "-o", "json")
+	if err != nil || !strings.Contains(out, `"primary": "`+to+`"`) {
+		t.Errorf("session after the migration: %v\n%s", err, out)
+	}
+	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, from); err != nil {
+		t.Errorf("instance remove after the migration: %v\n%s", err, out)
+	}
+	t.Logf("%s drained with --migrate mid-transfer: transfer byte-exact, longest pause %v; %s carried %d packets after, %s none; every agent switched %v after the version",
+		from, res.maxGap.Round(time.Millisecond), to, toAfter, from, time.Duration(m.Switched).Round(time.Millisecond))
 }

@@ -63,12 +63,15 @@ Example:
 						if err != nil {
 							return err
 						}
-						n, err := s.Count(c.Context, name, store.RolePrimary)
+						// The entries' own roles, not the index: a node
+						// refreshing a flow it has not re-pinned yet may
+						// index the old primary again.
+						recs, _, err := s.List(c.Context, name, store.RolePrimary)
 						s.Close()
 						if err != nil {
 							return err
 						}
-						if n > 0 {
+						if n := len(recs); n > 0 {
 							return fmt.Errorf("instance %q still carries %d sessions: drain it and wait, drain --migrate it, or remove --force", name, n)
 						}
 					}
@@ -109,19 +112,151 @@ Example:
 func drainCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "drain",
-		Usage:     "stop new flows to an instance at once; it keeps the flows it has",
+		Usage:     "stop new flows to an instance at once; it keeps the flows it has, or hands them over with --migrate",
 		ArgsUsage: "NAME",
-		Description: `Example:
-   nfsteer instance drain --redis redis://10.0.0.5:6379 fw-2`,
-		Flags: []cli.Flag{redisFlag(), outputFlag()},
+		Description: `Draining publishes a version in which the instance holds no role: new flows
+go to the other instances at once, established ones stay until they end.
+
+With --migrate the established flows move too, without breaking: their
+sessions (pins and the service's state) are handed over in Redis to the
+instances that hold their slots now, and only then is a version published
+in which every node re-pins the flows to them. --deadline D first lets flows
+end on their own for D, and migrates what is left.
+
+Example, before maintenance:
+   nfsteer instance drain --redis redis://10.0.0.5:6379 --migrate --deadline 5m fw-2
+   nfsteer instance remove --redis redis://10.0.0.5:6379 fw-2`,
+		Flags: []cli.Flag{
+			redisFlag(), outputFlag(),
+			&cli.BoolFlag{Name: "migrate", Usage: "hand the established flows over to the other instances too"},
+			&cli.DurationFlag{Name: "deadline", Usage: "with --migrate: let flows end on their own for `D` first"},
+		},
 		Action: func(c *cli.Context) error {
 			name, err := oneArg(c, "instance name")
 			if err != nil {
 				return err
 			}
-			return publishEdit(c, func(live *steering.Published) (*steering.Published, error) { return live.Drain(name) })
+			if !c.Bool("migrate") {
+				if c.IsSet("deadline") {
+					return cli.Exit("--deadline needs --migrate", 2)
+				}
+				return publishEdit(c, func(live *steering.Published) (*steering.Published, error) { return live.Drain(name) })
+			}
+			return migrate(c, name)
 		},
 	}
+}
+
+// migrated is what drain --migrate prints.
+type migrated struct {
+	Instance string `json:"instance"`
+	// Ended counts the sessions that ended on their own within the
+	// deadline; HandedOver, those handed to other instances.
+	Ended      int64     `json:"ended"`
+	HandedOver int       `json:"handed_over"`
+	Version    uint64    `json:"version"`
+	At         time.Time `json:"at"`
+	// Switched is how long after publishing every agent ran the version
+	// (-1: not all within 10s).
+	Switched time.Duration `json:"switched_ns"`
+}
+
+func migrate(c *cli.Context, name string) error {
+	out, err := printerOf(c)
+	if err != nil {
+		return err
+	}
+	s, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ctx := c.Context
+	r := migrated{Instance: name, Switched: -1}
+	// Stop new flows at once.
+	p, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
+		if live == nil {
+			return nil, fmt.Errorf("no live map in Redis at %s", s.Addr())
+		}
+		return live.Drain(name)
+	})
+	if err != nil {
+		return err
+	}
+	start, err := s.Count(ctx, name, store.RolePrimary)
+	if err != nil {
+		return err
+	}
+	left := start
+	for until := time.Now().Add(c.Duration("deadline")); left > 0 && time.Now().Before(until); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(time.Until(until), 500*time.Millisecond)):
+		}
+		if left, err = s.Count(ctx, name, store.RolePrimary); err != nil {
+			return err
+		}
+	}
+	r.Ended = start - left
+	// Hand the sessions over on the table of the version to come, then
+	// publish it.
+	next, err := p.Migrate(name)
+	if err != nil {
+		return err
+	}
+	next.Version = p.Version + 1
+	t, err := steering.CompilePublished(next)
+	if err != nil {
+		return err
+	}
+	var bad []error
+	if r.HandedOver, bad, err = s.Handover(ctx, name, t); err != nil {
+		return err
+	}
+	for _, err := range bad {
+		fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
+	}
+	p, err = s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
+		if live == nil {
+			return nil, fmt.Errorf("no live map in Redis at %s", s.Addr())
+		}
+		return live.Migrate(name)
+	})
+	if err != nil {
+		return err
+	}
+	r.Version, r.At = p.Version, time.Now()
+	for deadline := r.At.Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if allSwitched(c, s, p.Version) {
+			r.Switched = time.Since(r.At)
+			break
+		}
+	}
+	return out.print(r, func(w io.Writer) {
+		fmt.Fprintf(w, "%s drained; %d sessions ended on their own, %d handed over; migrating in map version %d at %s\n",
+			name, r.Ended, r.HandedOver, r.Version, r.At.Format(time.RFC3339Nano))
+		if r.Switched >= 0 {
+			fmt.Fprintf(w, "every agent runs version %d %s after it was published\n", r.Version, r.Switched.Round(time.Millisecond))
+		} else {
+			fmt.Fprintf(w, "not every agent reported version %d within 10s: see nfsteer status\n", r.Version)
+		}
+	})
+}
+
+// allSwitched reports whether every agent that heartbeats runs version v
+// or later.
+func allSwitched(c *cli.Context, s *store.Store, v uint64) bool {
+	beats, now, err := s.Beats(c.Context)
+	if err != nil {
+		return false
+	}
+	for _, b := range beats {
+		if now.Sub(b.At) < 5*time.Second && b.Report.MapVersion < v {
+			return false
+		}
+	}
+	return true
 }
 
 // instanceRow is one line of instance list.
