@@ -5,7 +5,10 @@ BIN     := bin/nfsteer
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 FUZZTIME ?= 10s
 
-.PHONY: build test unit fuzz integration demo bench deps vet clean
+PREFIX  ?= /usr/local
+DESTDIR ?=
+
+.PHONY: build test unit fuzz integration demo bench deps vet clean install install-check
 
 build: $(BIN)
 
@@ -29,9 +32,36 @@ fuzz:
 integration: build
 	$(GO) test -count=1 -timeout 10m -v ./tests/... 2>&1 | tee /tmp/nfsteer-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
 
-# Everything CI runs: vet, unit tests, a short fuzz run, and the namespace
-# integration tests (root).
-test: deps vet unit fuzz integration
+# Everything CI runs: vet, unit tests, a short fuzz run, the packaging
+# check, and the namespace integration tests (root).
+test: deps vet unit fuzz install-check integration
+
+# The binary, systemd units for the agent and the controller, example
+# settings (kept if present) and bash completion. DESTDIR stages it.
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/nfsteer
+	install -D -m 0644 packaging/nfsteer-agent.service $(DESTDIR)/etc/systemd/system/nfsteer-agent.service
+	install -D -m 0644 packaging/nfsteer-controller.service $(DESTDIR)/etc/systemd/system/nfsteer-controller.service
+	sed -i 's|/usr/local/bin/nfsteer|$(PREFIX)/bin/nfsteer|' $(DESTDIR)/etc/systemd/system/nfsteer-*.service
+	test -e $(DESTDIR)/etc/nfsteer/agent.yaml || install -D -m 0640 packaging/agent.yaml $(DESTDIR)/etc/nfsteer/agent.yaml
+	test -e $(DESTDIR)/etc/default/nfsteer-controller || install -D -m 0640 packaging/controller.env $(DESTDIR)/etc/default/nfsteer-controller
+	install -d $(DESTDIR)/usr/share/bash-completion/completions
+	$(BIN) completion bash > $(DESTDIR)/usr/share/bash-completion/completions/nfsteer
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; edit /etc/nfsteer/agent.yaml, then: systemctl enable --now nfsteer-agent"
+
+# Stage an install and check it: every file in place, the example config
+# accepted by the binary, the units well-formed where systemd can say.
+install-check: build
+	@d=$$(mktemp -d) && trap 'rm -rf $$d' EXIT && \
+	$(MAKE) --no-print-directory install DESTDIR=$$d PREFIX=/usr/local >/dev/null && \
+	for f in usr/local/bin/nfsteer etc/systemd/system/nfsteer-agent.service etc/systemd/system/nfsteer-controller.service \
+	         etc/nfsteer/agent.yaml etc/default/nfsteer-controller usr/share/bash-completion/completions/nfsteer; do \
+	  test -s $$d/$$f || { echo "install-check: $$f missing"; exit 1; }; done && \
+	$$d/usr/local/bin/nfsteer agent --config $$d/etc/nfsteer/agent.yaml --print-config | grep -q '^node: gw-1$$' && \
+	if command -v systemd-analyze >/dev/null; then \
+	  systemd-analyze verify --man=no $$d/etc/systemd/system/nfsteer-*.service 2>&1 | grep -v 'Command /usr/local/bin/nfsteer is not executable\|EnvironmentFile\|not found' || true; fi && \
+	echo "install-check: ok"
 
 deps:
 	@./scripts/deps.sh

@@ -81,6 +81,8 @@ type Agent struct {
 	ct   rules.Conntrack
 
 	switchMu sync.Mutex // serialises map switches
+	// logging says decisions are logged: Config.LogFlows, until Reload.
+	logging atomic.Bool
 
 	lookupMu sync.Mutex // guards pending
 	pending  map[sessions.Key][]waiter
@@ -127,6 +129,7 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 		pending:  map[sessions.Key][]waiter{},
 		lookups:  make(chan sessions.Key, maxPendingLookups),
 	}
+	a.logging.Store(cfg.LogFlows)
 	p, err := a.initialMap()
 	if err != nil {
 		if a.store != nil {
@@ -433,7 +436,7 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 }
 
 func (a *Agent) logFlow(p *nfq.Packet, reply bool, d steering.Decision) {
-	if !a.cfg.LogFlows {
+	if !a.logging.Load() {
 		return
 	}
 	select {
@@ -472,3 +475,30 @@ func (a *Agent) logFlows(ctx context.Context) error {
 
 // Sessions returns the number of flows in the local table.
 func (a *Agent) Sessions() int { return a.sessions.Len() }
+
+// Reload applies what can change without a restart (SIGHUP): whether
+// decisions are logged, and, on a node without Redis, the map file, which
+// is validated and installed like a new version (instances keep their
+// IDs). A bad file is refused and the running map kept. With Redis the map
+// comes from Redis, not the file.
+func (a *Agent) Reload(logFlows bool) error {
+	a.logging.Store(logFlows)
+	if a.store != nil || a.cfg.MapFile == "" {
+		return nil
+	}
+	start := time.Now()
+	m, err := steering.LoadFile(a.cfg.MapFile)
+	if err != nil {
+		return fmt.Errorf("reloading the map: %w", err)
+	}
+	cur := a.state.Load().published
+	ids, err := steering.AssignIDs(m, cur.IDs)
+	if err != nil {
+		return fmt.Errorf("reloading the map: %w", err)
+	}
+	p := &steering.Published{Map: m, IDs: ids}
+	if err := a.switchMap(p, start); err != nil {
+		return fmt.Errorf("reloading the map: %w", err)
+	}
+	return nil
+}

@@ -48,19 +48,20 @@ func (a *Agent) watchMap(ctx context.Context) error {
 		if p.Version <= cur {
 			return
 		}
-		a.switchMap(p, start)
+		_ = a.switchMap(p, start) // logged and counted
 	})
 }
 
-// switchMap installs p and moves flows off instances it took away.
-func (a *Agent) switchMap(p *steering.Published, start time.Time) {
+// switchMap installs p and moves flows off instances it took away. A map
+// it refuses is logged and returned; the node keeps the last good one.
+func (a *Agent) switchMap(p *steering.Published, start time.Time) error {
 	a.switchMu.Lock()
 	defer a.switchMu.Unlock()
 	old := a.state.Load()
 	if err := a.install(p, true); err != nil {
 		a.Counters.MapsRefused.Add(1)
 		a.log.Error("refusing map version; keeping the last good one", "version", p.Version, "err", err)
-		return
+		return err
 	}
 	a.Counters.Maps.Add(1)
 	switched := time.Now()
@@ -68,6 +69,7 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time) {
 	moved := a.repin(old.table, a.state.Load().table)
 	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(),
 		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "down", p.Down)
+	return nil
 }
 
 // heartbeat reports the node alive, with its health, every interval.

@@ -16,6 +16,7 @@ import (
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
+	"gopkg.in/yaml.v3"
 )
 
 // result is what one run of the command line gave.
@@ -318,5 +319,44 @@ func TestCLITrace(t *testing.T) {
 	}
 	if r := nfsteer(t, "map", "show", "--format", "dot"); r.code != 0 || !strings.Contains(r.stdout, `"instance:`+fw+`" [shape=component, label="`+fw) {
 		t.Errorf("map show --format dot: %+v", r)
+	}
+}
+
+// The agent's settings come from flags, then NFSTEER_* variables, then the
+// --config file.
+func TestAgentConfigPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(file, []byte("node: from-file\nqueues: 2\nheartbeat: 100ms\nouter: [eth1, eth2]\nredis: redis://file:6379\nlog-flows: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NFSTEER_QUEUES", "3")
+	t.Setenv("NFSTEER_REDIS", "redis://env:6379")
+	r := nfsteer(t, "agent", "--config", file, "--node", "from-flag", "--redis", "redis://flag:6379", "--print-config")
+	if r.code != 0 {
+		t.Fatalf("agent --print-config: %+v", r)
+	}
+	var got map[string]any
+	if err := yaml.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"node":      "from-flag",         // flag over env and file
+		"redis":     "redis://flag:6379", // flag over env and file
+		"queues":    3,                   // env over file
+		"heartbeat": "100ms",             // file over default
+		"outer":     []any{"eth1", "eth2"},
+		"log-flows": true,
+		"fail":      "open", // default
+	}
+	for k, v := range want {
+		if diff := cmp.Diff(v, got[k]); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", k, diff)
+		}
+	}
+	if r := nfsteer(t, "agent", "--config", filepath.Join(t.TempDir(), "nope.yaml"), "--print-config"); r.code != 2 || !strings.Contains(r.stderr, "nope.yaml") {
+		t.Errorf("missing config file: %+v", r)
+	}
+	if r := nfsteer(t, "agent", "--map", "x.yaml"); r.code != 2 || !strings.Contains(r.stderr, "--node NAME") {
+		t.Errorf("agent without a node: %+v", r)
 	}
 }

@@ -140,7 +140,7 @@ func metricsFlag() cli.Flag {
 // the agent and `rules install` share them so both install the same thing.
 func nodeFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "node", Required: true, Usage: "this node's `NAME`; an instance name from the map makes it that instance's host", EnvVars: []string{"NFSTEER_NODE"}},
+		&cli.StringFlag{Name: "node", Usage: "this node's `NAME`; an instance name from the map makes it that instance's host", EnvVars: []string{"NFSTEER_NODE"}},
 		&cli.StringFlag{Name: "map", Usage: "service map `FILE` (YAML): the map without Redis, the fallback with it", EnvVars: []string{"NFSTEER_MAP"}},
 		&cli.StringSliceFlag{Name: "outer", Usage: "a gateway's steered `IFACE` (repeat for several)", EnvVars: []string{"NFSTEER_OUTER"}},
 		&cli.IntFlag{Name: "queues", Value: 1, Usage: "NFQUEUE queues per direction", EnvVars: []string{"NFSTEER_QUEUES"}},
@@ -182,8 +182,16 @@ and removes the rules on exit.
 Example, a gateway steering what arrives on eth1 and eth2:
    nfsteer agent --node gw-1 --map /etc/nfsteer/map.yaml --outer eth1 --outer eth2
 Example, the host of instance fw-1:
-   nfsteer agent --node fw-1 --map /etc/nfsteer/map.yaml`,
-		Flags: append(nodeFlags(),
+   nfsteer agent --node fw-1 --map /etc/nfsteer/map.yaml
+Example, from a config file (what the systemd unit runs):
+   nfsteer agent --config /etc/nfsteer/agent.yaml
+
+Settings come from flags first, then NFSTEER_* variables, then the
+--config file (YAML, keys are the long flag names, e.g. "node: gw-1",
+"outer: [eth1, eth2]"). SIGHUP re-reads log-flows from the file and, on a
+node without Redis, the --map file (validated; a bad one is refused).`,
+		Before: func(c *cli.Context) error { return loadConfig(c.Command.Flags)(c) },
+		Flags: fromFile(append(nodeFlags(),
 			&cli.BoolFlag{Name: "spare", Usage: "this host's instance is not in the map yet: steer nothing until a version adds it (then: nfsteer instance add)", EnvVars: []string{"NFSTEER_SPARE"}},
 			&cli.BoolFlag{Name: "keep-rules", Usage: "leave the rules installed on exit (a fail-closed node then keeps dropping new flows)"},
 			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
@@ -193,8 +201,15 @@ Example, the host of instance fw-1:
 			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack and refreshed in Redis", EnvVars: []string{"NFSTEER_REFRESH"}},
 			&cli.DurationFlag{Name: "session-ttl", Value: 2 * time.Minute, Usage: "life of a session in Redis between refreshes", EnvVars: []string{"NFSTEER_SESSION_TTL"}},
-		),
+			&cli.BoolFlag{Name: "print-config", Usage: "print the settings the agent would run with (flags > NFSTEER_* > --config file) and exit"},
+		)),
 		Action: func(c *cli.Context) error {
+			if c.Bool("print-config") {
+				return printConfig(c)
+			}
+			if c.String("node") == "" {
+				return cli.Exit("--node NAME (or NFSTEER_NODE, or node: in --config) is required", 2)
+			}
 			spec, err := specFromFlags(c)
 			if err != nil {
 				return err
@@ -223,6 +238,28 @@ Example, the host of instance fw-1:
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			// SIGHUP reloads what can change without a restart.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			hupDone := make(chan struct{})
+			defer func() { stop(); <-hupDone }()
+			go func() {
+				defer close(hupDone)
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						logFlows := reloadedLogFlows(c)
+						if err := a.Reload(logFlows); err != nil {
+							slog.Error("SIGHUP: reload refused; running as before", "err", err)
+						} else {
+							slog.Info("SIGHUP: reloaded", "log_flows", logFlows, "map", c.String("map"))
+						}
+					}
+				}
+			}()
 			err = a.Run(ctx, func(h nfq.Handler, qs []nfq.Queue) agent.QueueReader {
 				return nfq.NewReader(nfq.Config{Queues: qs, FailOpen: !spec.FailClosed}, h)
 			})
@@ -255,6 +292,9 @@ func rulesCommand() *cli.Command {
    nfsteer rules install --node gw-1 --map map.yaml --outer eth1 --fail closed`,
 				Flags: nodeFlags(),
 				Action: func(c *cli.Context) error {
+					if c.String("node") == "" || c.String("map") == "" {
+						return cli.Exit("rules install needs --node NAME and --map FILE", 2)
+					}
 					k, base, err := kernel(c)
 					if err != nil {
 						return err
