@@ -19,9 +19,15 @@ import (
 // and returns every sample, by its name with labels.
 func scrape(t *testing.T, l *lab.Lab, host string) map[string]float64 {
 	t.Helper()
+	return scrapeAt(t, l, host, "127.0.0.1:9464")
+}
+
+// scrapeAt is scrape from addr.
+func scrapeAt(t *testing.T, l *lab.Lab, host, addr string) map[string]float64 {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	c, err := l.Dial(ctx, host, "tcp", "", "127.0.0.1:9464")
+	c, err := l.Dial(ctx, host, "tcp", "", addr)
 	if err != nil {
 		t.Fatalf("connecting to %s's metrics: %v", host, err)
 	}

@@ -70,7 +70,7 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Slow heartbeats must not read as death here: 10 misses (500 ms).
-	if _, err := l.StartController("controller", "--misses", "10"); err != nil {
+	if _, err := l.StartController("controller", "--misses", "10", "--metrics", "127.0.0.1:9465"); err != nil {
 		t.Fatal(err)
 	}
 	for _, fw := range []string{"fw-1", "fw-2"} {
@@ -127,6 +127,13 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 		t.Errorf("status does not show fw-1 unhealthy: %v\n%s", err, status)
 	}
 	t.Logf("status while fw-1 is stalled:\n%s", status)
+	m := scrapeAt(t, l, "ctl", "127.0.0.1:9465")
+	if m["nfsteer_controller_active"] != 1 || m["nfsteer_controller_unhealthy_total"] != 1 ||
+		m[`nfsteer_controller_instance_health_score{instance="fw-1"}`] >= 50 || m[`nfsteer_controller_instance_health_score{instance="fw-2"}`] < 80 {
+		t.Errorf("controller metrics while fw-1 is unhealthy: active %v, unhealthy_total %v, scores fw-1 %v fw-2 %v",
+			m["nfsteer_controller_active"], m["nfsteer_controller_unhealthy_total"],
+			m[`nfsteer_controller_instance_health_score{instance="fw-1"}`], m[`nfsteer_controller_instance_health_score{instance="fw-2"}`])
+	}
 
 	// New flows avoid fw-1; the established one still crosses it.
 	before1, before2, heldBefore := counted(t, l, "fw-1", "new"), counted(t, l, "fw-2", "new"), counted(t, l, "fw-1", "held")

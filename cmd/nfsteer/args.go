@@ -57,8 +57,11 @@ func command(cmds []*cli.Command, name string) *cli.Command {
 func takesValue(flags []cli.Flag, name string) bool {
 	for _, f := range flags {
 		if slices.Contains(f.Names(), name) {
-			_, isBool := f.(*cli.BoolFlag)
-			return !isBool
+			// Every urfave flag says so, wrapped ones (altsrc) included.
+			if tv, ok := f.(interface{ TakesValue() bool }); ok {
+				return tv.TakesValue()
+			}
+			return true
 		}
 	}
 	return false

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -358,5 +359,23 @@ func TestAgentConfigPrecedence(t *testing.T) {
 	}
 	if r := nfsteer(t, "agent", "--map", "x.yaml"); r.code != 2 || !strings.Contains(r.stderr, "--node NAME") {
 		t.Errorf("agent without a node: %+v", r)
+	}
+}
+
+// Arguments move behind the flags; a boolean flag, plain or read from the
+// config file, takes no value.
+func TestInterspersed(t *testing.T) {
+	app := newApp(io.Discard, io.Discard)
+	tests := []struct{ in, want []string }{
+		{[]string{"nfsteer", "instance", "drain", "fw-2", "-o", "json"}, []string{"nfsteer", "instance", "drain", "-o", "json", "fw-2"}},
+		{[]string{"nfsteer", "agent", "--node", "gw", "--log-flows", "--outer", "ca0", "--outer=cg0", "--spare"},
+			[]string{"nfsteer", "agent", "--node", "gw", "--log-flows", "--outer", "ca0", "--outer=cg0", "--spare"}},
+		{[]string{"nfsteer", "instance", "add", "fw-3", "10.0.0.3", "--service", "fw", "--", "-x"},
+			[]string{"nfsteer", "instance", "add", "--service", "fw", "fw-3", "10.0.0.3", "--", "-x"}},
+	}
+	for _, tt := range tests {
+		if diff := cmp.Diff(tt.want, interspersed(app, tt.in)); diff != "" {
+			t.Errorf("interspersed(%q) (-want +got):\n%s", tt.in, diff)
+		}
 	}
 }
