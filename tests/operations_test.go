@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -338,4 +339,48 @@ func TestDrainMigrate(t *testing.T) {
 	}
 	t.Logf("%s drained with --migrate mid-transfer: transfer byte-exact, longest pause %v; %s carried %d packets after, %s none; every agent switched %v after the version",
 		from, res.maxGap.Round(time.Millisecond), to, toAfter, from, time.Duration(m.Switched).Round(time.Millisecond))
+}
+
+// TestSIGHUPReloadsTheMapFile runs the lab without Redis, takes fw-1 out
+// of the map file and sends the gateway SIGHUP: new flows must avoid fw-1.
+// A broken file sent the same way must be refused, with the agent still
+// steering on the map it had.
+func TestSIGHUPReloadsTheMapFile(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	gw := l.Agents("gw")[0]
+	for _, fw := range []string{"fw-1", "fw-2"} {
+		if err := l.Count(fw, "new", "tcp dport 5201 tcp flags syn"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reload := func(m, want string) {
+		t.Helper()
+		if err := os.WriteFile(l.MapFile, []byte(m), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := gw.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		if !waitFor(5*time.Second, func() bool { return strings.Contains(gw.Output(), want) }) {
+			t.Fatalf("no %q after SIGHUP:\n%s", want, gw.Output())
+		}
+	}
+	reload(strings.Replace(lab.Map, `      fw-1: [10.200.0.11, "fd00:200::11"]`+"\n", "", 1), `msg="SIGHUP: reloaded"`)
+	for port := 48000; port < 48008; port++ {
+		transfer(t, l, "ca", fmt.Sprintf("%s:%d", lab.AcmeClient, port), "10.99.0.2:5201", 4096)
+	}
+	if got := counted(t, l, "fw-1", "new"); got != 0 {
+		t.Errorf("fw-1 saw %d new flows after it left the reloaded map", got)
+	}
+	if got := counted(t, l, "fw-2", "new"); got != 8 {
+		t.Errorf("fw-2 saw %d of 8 new flows", got)
+	}
+	reload("tenants: [not, a, map]\n", `msg="SIGHUP: reload refused; running as before"`)
+	transfer(t, l, "ca", fmt.Sprintf("%s:%d", lab.AcmeClient, 48100), "10.99.0.2:5201", 4096)
+	if got := counted(t, l, "fw-2", "new"); got != 9 {
+		t.Errorf("after a refused reload fw-2 saw %d of 9 new flows: the running map should have stayed", got)
+	}
 }
