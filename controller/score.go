@@ -44,11 +44,11 @@ type health struct {
 	streak int  // consecutive reports on the other side of the threshold
 }
 
-// judge takes a fresh heartbeat into h and says whether h.out flipped. An
+// judge takes a fresh heartbeat into h, updating its score and h.out. An
 // instance goes out after hold consecutive reports scoring below low and
 // comes back after hold consecutive reports at or above high: the gap and
 // the count keep it from flapping.
-func (h *health) judge(b store.Beat, interval time.Duration, low, high, hold int) bool {
+func (h *health) judge(b store.Beat, interval time.Duration, low, high, hold int) {
 	var late time.Duration
 	if h.at.IsZero() {
 		// The first report seen: its drop total is history.
@@ -61,12 +61,9 @@ func (h *health) judge(b store.Beat, interval time.Duration, low, high, hold int
 	crossing := !h.out && h.score < low || h.out && h.score >= high
 	if !crossing {
 		h.streak = 0
-		return false
+		return
 	}
-	h.streak++
-	if h.streak < hold {
-		return false
+	if h.streak++; h.streak >= hold {
+		h.out, h.streak = !h.out, 0
 	}
-	h.out, h.streak = !h.out, 0
-	return true
 }

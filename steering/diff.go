@@ -51,8 +51,8 @@ func Diff(a, b *Map) []Change {
 			out = append(out, Change{Op: "add", Kind: "service", Name: name})
 		case sb == nil:
 			out = append(out, Change{Op: "remove", Kind: "service", Name: name})
-		case functionName(sa.Function) != functionName(sb.Function):
-			out = append(out, Change{Op: "change", Kind: "service", Name: name, Field: "function", From: functionName(sa.Function), To: functionName(sb.Function)})
+		case sa.FunctionName() != sb.FunctionName():
+			out = append(out, Change{Op: "change", Kind: "service", Name: name, Field: "function", From: sa.FunctionName(), To: sb.FunctionName()})
 		}
 	}
 	ia, ib := instanceAddrs(a), instanceAddrs(b)

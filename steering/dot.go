@@ -24,7 +24,7 @@ func (t *Table) WriteDot(w io.Writer) error {
 		}
 	}
 	for _, s := range t.services {
-		fmt.Fprintf(&b, "  %q [shape=ellipse, label=%q];\n", "service:"+s.Name, s.Name+"\n("+functionName(s.Function)+")")
+		fmt.Fprintf(&b, "  %q [shape=ellipse, label=%q];\n", "service:"+s.Name, s.Name+"\n("+s.Function+")")
 		primary := make(map[int]int)
 		secondary := make(map[int]int)
 		for slot := range t.slots {
@@ -65,11 +65,4 @@ func prefixList(ti TenantInfo) string {
 		parts[i] = p.String()
 	}
 	return strings.Join(parts, "\n")
-}
-
-func functionName(f string) string {
-	if f == "" {
-		return FunctionForward
-	}
-	return f
 }

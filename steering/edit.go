@@ -16,27 +16,45 @@ import (
 func (p *Published) clone() *Published {
 	q := *p
 	q.Version = 0
-	q.Down = slices.Clone(p.Down)
-	q.Drained = slices.Clone(p.Drained)
-	q.Unhealthy = slices.Clone(p.Unhealthy)
-	q.Migrating = slices.Clone(p.Migrating)
+	for _, l := range q.lists() {
+		*l.names = slices.Clone(*l.names)
+	}
 	return &q
+}
+
+// namedList is one of a Published's lists of instances.
+type namedList struct {
+	field string // as in the JSON document
+	names *[]string
+}
+
+// lists returns p's lists of instances taken out of new-flow steering.
+func (p *Published) lists() []namedList {
+	return []namedList{{"down", &p.Down}, {"drained", &p.Drained}, {"unhealthy", &p.Unhealthy}, {"migrating", &p.Migrating}}
 }
 
 // ServiceOf returns the name of the service instance belongs to in p's
 // map, or an error wrapping [ErrUnknownName].
 func (p *Published) ServiceOf(instance string) (string, error) {
 	if p.Map != nil {
-		for name, svc := range p.Map.Services {
-			if svc == nil {
-				continue
-			}
-			if _, ok := svc.Instances[instance]; ok {
-				return name, nil
-			}
+		if name, ok := p.Map.serviceOf(instance); ok {
+			return name, nil
 		}
 	}
 	return "", fmt.Errorf("%w: instance %q", ErrUnknownName, instance)
+}
+
+// serviceOf returns the service instance belongs to.
+func (m *Map) serviceOf(instance string) (string, bool) {
+	for name, svc := range m.Services {
+		if svc == nil {
+			continue
+		}
+		if _, ok := svc.Instances[instance]; ok {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // Drain returns p with instance drained: it takes no new flows, keeps the
@@ -79,43 +97,26 @@ func (p *Published) Undrain(instance string) (*Published, error) {
 	return q, nil
 }
 
-// WithMap returns p carrying m instead of its map: unnumbered, with Down and
-// Drained keeping only instances m still has. IDs are kept; the publisher
-// assigns IDs to new instances and drops those of removed ones.
+// WithMap returns p carrying m instead of its map: unnumbered, with its
+// lists (Down, Drained, ...) keeping only instances m still has. IDs are
+// kept; the publisher assigns IDs to new instances and drops those of
+// removed ones.
 func (p *Published) WithMap(m *Map) *Published {
 	q := &Published{Map: m, IDs: p.IDs}
-	for _, n := range p.Down {
-		if m.hasInstance(n) {
-			q.Down = append(q.Down, n)
-		}
-	}
-	for _, n := range p.Drained {
-		if m.hasInstance(n) {
-			q.Drained = append(q.Drained, n)
-		}
-	}
-	for _, n := range p.Unhealthy {
-		if m.hasInstance(n) {
-			q.Unhealthy = append(q.Unhealthy, n)
-		}
-	}
-	for _, n := range p.Migrating {
-		if m.hasInstance(n) {
-			q.Migrating = append(q.Migrating, n)
+	from := p.lists()
+	for i, l := range q.lists() {
+		for _, n := range *from[i].names {
+			if m.hasInstance(n) {
+				*l.names = append(*l.names, n)
+			}
 		}
 	}
 	return q
 }
 
 func (m *Map) hasInstance(name string) bool {
-	for _, svc := range m.Services {
-		if svc != nil {
-			if _, ok := svc.Instances[name]; ok {
-				return true
-			}
-		}
-	}
-	return false
+	_, ok := m.serviceOf(name)
+	return ok
 }
 
 // The edits below never change m: a Map may be shared by published

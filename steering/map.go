@@ -33,6 +33,14 @@ type Service struct {
 	Instances map[string]Addresses `yaml:"instances" json:"instances"`
 }
 
+// FunctionName is the service's function, FunctionForward when empty.
+func (s *Service) FunctionName() string {
+	if s.Function == "" {
+		return FunctionForward
+	}
+	return s.Function
+}
+
 // Addresses is an instance's list of addresses, at most one per family. In
 // YAML it is either a single scalar or a list.
 type Addresses []string

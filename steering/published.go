@@ -116,10 +116,10 @@ func (p *Published) Validate() error {
 			v.add("ids."+name, "no such instance in the map")
 		}
 	}
-	for field, list := range map[string][]string{"down": p.Down, "drained": p.Drained, "unhealthy": p.Unhealthy, "migrating": p.Migrating} {
-		for i, name := range list {
+	for _, l := range p.lists() {
+		for i, name := range *l.names {
 			if !names[name] {
-				v.add(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("no instance %q in the map", name))
+				v.add(fmt.Sprintf("%s[%d]", l.field, i), fmt.Sprintf("no instance %q in the map", name))
 			}
 		}
 	}

@@ -127,10 +127,7 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 	svcIndex := map[string]int{}
 	for _, sname := range sortedKeys(m.Services) {
 		svc := m.Services[sname]
-		si := ServiceInfo{Name: sname, Function: svc.Function}
-		if si.Function == "" {
-			si.Function = FunctionForward
-		}
+		si := ServiceInfo{Name: sname, Function: svc.FunctionName()}
 		names := sortedKeys(svc.Instances)
 		skip := make([]bool, len(names))
 		for i, iname := range names {

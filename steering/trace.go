@@ -49,10 +49,12 @@ func (t *Table) Trace(f Flow) Trace {
 	tr := Trace{Flow: fmt.Sprintf("%d %s:%d > %s:%d", f.Proto, f.Src, f.SrcPort, f.Dst, f.DstPort), Version: t.version, Verdict: "pass"}
 	if ti := t.TenantOf(f.Src); ti >= 0 {
 		tr.Tenant = t.tenants[ti].Name
-		if r := t.Permit(ti, &f); r < 0 && t.hasFirewall(ti) {
-			tr.Verdict = "drop: no allow rule of the tenant matches the opening packet"
-		} else if r >= 0 && t.hasFirewall(ti) {
-			tr.Verdict = fmt.Sprintf("allow: rule %d", r)
+		if t.hasFirewall(ti) {
+			if r := t.Permit(ti, &f); r < 0 {
+				tr.Verdict = "drop: no allow rule of the tenant matches the opening packet"
+			} else {
+				tr.Verdict = fmt.Sprintf("allow: rule %d", r)
+			}
 		}
 	}
 	tr.Code = AffinityCode(&f)

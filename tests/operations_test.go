@@ -337,8 +337,8 @@ func TestDrainMigrate(t *testing.T) {
 	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, from); err != nil {
 		t.Errorf("instance remove after the migration: %v\n%s", err, out)
 	}
-	t.Logf("%s drained with --migrate mid-transfer: transfer byte-exact, longest pause %v; %s carried %d packets after, %s none; every agent switched %v after the version",
-		from, res.maxGap.Round(time.Millisecond), to, toAfter, from, time.Duration(m.Switched).Round(time.Millisecond))
+	t.Logf("%s drained with --migrate mid-transfer: transfer byte-exact, longest pause %v; %s carried %d packets of the flow, %s stopped at %d; every agent switched %v after the version",
+		from, res.maxGap.Round(time.Millisecond), to, toAfter, from, d.fromThen, time.Duration(m.Switched).Round(time.Millisecond))
 }
 
 // TestSIGHUPReloadsTheMapFile runs the lab without Redis, takes fw-1 out

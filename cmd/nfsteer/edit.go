@@ -85,6 +85,24 @@ func editMap(c *cli.Context, edit func(m *steering.Map) (*steering.Map, error)) 
 	})
 }
 
+// removeCommand is `KIND remove NAME`, publishing the map without it.
+func removeCommand(kind, usage, example string, remove func(*steering.Map, string) (*steering.Map, error)) *cli.Command {
+	return &cli.Command{
+		Name:        "remove",
+		Usage:       usage,
+		ArgsUsage:   "NAME",
+		Description: fmt.Sprintf("Example:\n   nfsteer %s remove --redis redis://10.0.0.5:6379 %s", kind, example),
+		Flags:       []cli.Flag{redisFlag(), outputFlag()},
+		Action: func(c *cli.Context) error {
+			name, err := oneArg(c, kind+" name")
+			if err != nil {
+				return err
+			}
+			return editMap(c, func(m *steering.Map) (*steering.Map, error) { return remove(m, name) })
+		},
+	}
+}
+
 // oneArg returns the single NAME argument of a command.
 func oneArg(c *cli.Context, what string) (string, error) {
 	if c.NArg() != 1 {
@@ -163,20 +181,7 @@ Example:
 					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.AddTenant(name, t) })
 				},
 			},
-			{
-				Name:        "remove",
-				Usage:       "remove a tenant: its new flows are no longer steered (established ones keep their path)",
-				ArgsUsage:   "NAME",
-				Description: "Example:\n   nfsteer tenant remove --redis redis://10.0.0.5:6379 initech",
-				Flags:       []cli.Flag{redisFlag(), outputFlag()},
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "tenant name")
-					if err != nil {
-						return err
-					}
-					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.RemoveTenant(name) })
-				},
-			},
+			removeCommand("tenant", "remove a tenant: its new flows are no longer steered (established ones keep their path)", "initech", (*steering.Map).RemoveTenant),
 			{
 				Name:        "list",
 				Usage:       "list the tenants of the live map",
@@ -248,20 +253,7 @@ func serviceCommand() *cli.Command {
 					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.AddService(name, svc) })
 				},
 			},
-			{
-				Name:        "remove",
-				Usage:       "remove a service no tenant's chain names",
-				ArgsUsage:   "NAME",
-				Description: "Example:\n   nfsteer service remove --redis redis://10.0.0.5:6379 ids",
-				Flags:       []cli.Flag{redisFlag(), outputFlag()},
-				Action: func(c *cli.Context) error {
-					name, err := oneArg(c, "service name")
-					if err != nil {
-						return err
-					}
-					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.RemoveService(name) })
-				},
-			},
+			removeCommand("service", "remove a service no tenant's chain names", "ids", (*steering.Map).RemoveService),
 			{
 				Name:        "list",
 				Usage:       "list the services of the live map",
@@ -286,11 +278,7 @@ func serviceCommand() *cli.Command {
 					var list []service
 					for _, n := range sortedNames(p.Map.Services) {
 						svc := p.Map.Services[n]
-						fn := svc.Function
-						if fn == "" {
-							fn = steering.FunctionForward
-						}
-						list = append(list, service{n, fn, sortedNames(svc.Instances), p.Map.TenantsOf(n)})
+						list = append(list, service{n, svc.FunctionName(), sortedNames(svc.Instances), p.Map.TenantsOf(n)})
 					}
 					return out.print(list, func(w io.Writer) {
 						row(w, "SERVICE", "FUNCTION", "INSTANCES", "IN THE CHAIN OF")
