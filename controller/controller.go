@@ -63,10 +63,10 @@ type Controller struct {
 	Failovers, Recoveries, Publishes, TakenOut, PutBack atomic.Uint64
 	// Active is 1 while this controller holds the lease.
 	Active atomic.Bool
-	// scores is the last score of each instance, for metrics;
-	// mapVersion, the live version last read.
-	scores     atomic.Pointer[map[string]int]
-	mapVersion atomic.Uint64
+	// scores is the last score of each instance, for metrics; live, the
+	// live map last read or published (never modified once stored).
+	scores atomic.Pointer[map[string]int]
+	live   atomic.Pointer[steering.Published]
 }
 
 // New returns a controller working on s.
@@ -185,7 +185,7 @@ func (c *Controller) step(ctx context.Context) error {
 		return err
 	}
 	c.lastMap = live
-	c.mapVersion.Store(live.Version)
+	c.live.Store(live)
 	beats, now, err := c.s.Beats(ctx)
 	if err != nil {
 		return err
@@ -237,7 +237,7 @@ func (c *Controller) step(ctx context.Context) error {
 		}
 	}
 	c.lastMap = p
-	c.mapVersion.Store(p.Version)
+	c.live.Store(p)
 	return nil
 }
 

@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"slices"
+
 	"github.com/nfsteer/nfsteer/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -23,6 +25,8 @@ var (
 	descPutBack    = desc("healthy_again_total", "Instances put back into new-flow steering.")
 	descPublishes  = desc("publishes_total", "Map versions published for health changes.")
 	descScore      = desc("instance_health_score", "Each instance's health score (0-100) from its last report.", "instance")
+	descDown       = desc("instance_down", "1 while the live map has the instance down (its heartbeats stopped).", "instance")
+	descUnhealthy  = desc("instance_unhealthy", "1 while the live map keeps the instance out of new-flow steering for its health score.", "instance")
 	descMapVersion = desc("map_version", "Live map version as last read.")
 )
 
@@ -30,11 +34,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByC
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ctl := c.c
-	active := 0.0
-	if ctl.Active.Load() {
-		active = 1
-	}
-	ch <- metrics.Gauge(descActive, active)
+	ch <- metrics.Gauge(descActive, flag(ctl.Active.Load()))
 	ch <- metrics.Counter(descFailovers, ctl.Failovers.Load())
 	ch <- metrics.Counter(descRecoveries, ctl.Recoveries.Load())
 	ch <- metrics.Counter(descTakenOut, ctl.TakenOut.Load())
@@ -43,5 +43,22 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for name, s := range ctl.Scores() {
 		ch <- metrics.Gauge(descScore, float64(s), name)
 	}
-	ch <- metrics.Gauge(descMapVersion, float64(ctl.mapVersion.Load()))
+	live := ctl.live.Load()
+	if live == nil {
+		return
+	}
+	ch <- metrics.Gauge(descMapVersion, float64(live.Version))
+	for _, svc := range live.Map.Services {
+		for name := range svc.Instances {
+			ch <- metrics.Gauge(descDown, flag(slices.Contains(live.Down, name)), name)
+			ch <- metrics.Gauge(descUnhealthy, flag(slices.Contains(live.Unhealthy, name)), name)
+		}
+	}
+}
+
+func flag(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -128,12 +128,19 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 		t.Errorf("status does not show fw-1 unhealthy: %v\n%s", err, status)
 	}
 	t.Logf("status while fw-1 is stalled:\n%s", status)
+	// The score is one report's: a heartbeat that lands in a run window
+	// can score 100 while the hysteresis still keeps fw-1 out, so the
+	// test reads what is out, and only the steady fw-2's score.
 	m := scrapeAt(t, l, "ctl", "127.0.0.1:9465")
+	gauge := func(name, inst string) float64 {
+		return m[fmt.Sprintf("nfsteer_controller_%s{instance=%q}", name, inst)]
+	}
 	if m["nfsteer_controller_active"] != 1 || m["nfsteer_controller_unhealthy_total"] != 1 ||
-		m[`nfsteer_controller_instance_health_score{instance="fw-1"}`] >= 50 || m[`nfsteer_controller_instance_health_score{instance="fw-2"}`] < 80 {
-		t.Errorf("controller metrics while fw-1 is unhealthy: active %v, unhealthy_total %v, scores fw-1 %v fw-2 %v",
+		gauge("instance_unhealthy", "fw-1") != 1 || gauge("instance_unhealthy", "fw-2") != 0 ||
+		gauge("instance_down", "fw-1") != 0 || gauge("instance_health_score", "fw-2") < 80 {
+		t.Errorf("controller metrics while fw-1 is unhealthy: active %v, unhealthy_total %v, unhealthy fw-1 %v fw-2 %v, down fw-1 %v, score fw-2 %v",
 			m["nfsteer_controller_active"], m["nfsteer_controller_unhealthy_total"],
-			m[`nfsteer_controller_instance_health_score{instance="fw-1"}`], m[`nfsteer_controller_instance_health_score{instance="fw-2"}`])
+			gauge("instance_unhealthy", "fw-1"), gauge("instance_unhealthy", "fw-2"), gauge("instance_down", "fw-1"), gauge("instance_health_score", "fw-2"))
 	}
 
 	// New flows avoid fw-1; the established one still crosses it.
