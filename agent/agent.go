@@ -497,7 +497,7 @@ func (a *Agent) Reload(logFlows bool) error {
 		return fmt.Errorf("reloading the map: %w", err)
 	}
 	p := &steering.Published{Map: m, IDs: ids}
-	if err := a.switchMap(p, start); err != nil {
+	if err := a.switchMap(p, start, "file"); err != nil {
 		return fmt.Errorf("reloading the map: %w", err)
 	}
 	return nil

@@ -19,24 +19,35 @@ import (
 
 // watchMap follows the live map in Redis: every announced, resubscribed or
 // polled version newer than the node's is validated, installed and, if it
-// took instances away, the flows pinned to them are moved.
+// took instances away, the flows pinned to them are moved. An announced
+// delta from the version the node holds is applied without reading the
+// map; anything else, including a delta refused, reads the whole document.
 func (a *Agent) watchMap(ctx context.Context) error {
 	refused := uint64(0)
-	return a.store.Watch(ctx, a.cfg.MapPoll, func(ctx context.Context, announced uint64) {
-		cur := a.state.Load().table.Version()
-		if announced != 0 && announced <= cur {
+	return a.store.Watch(ctx, a.cfg.MapPoll, func(ctx context.Context, an store.Announcement) {
+		start := time.Now()
+		held := a.state.Load().published
+		cur := held.Version
+		if an.Version != 0 && an.Version <= cur {
 			return
+		}
+		if d := an.Delta; d != nil && d.Base == cur && an.Version != refused {
+			if p, err := held.Apply(d); err == nil {
+				_ = a.switchMap(p, start, "delta") // logged and counted
+				return
+			}
+			// Not a delta this node can apply, or a bad one: the
+			// document decides, by the same validation as any map.
 		}
 		v, err := a.store.LiveVersion(ctx)
 		if err != nil || v <= cur || v == refused {
 			return
 		}
-		start := time.Now()
 		b, err := a.store.LiveRaw(ctx)
 		if err != nil {
 			return
 		}
-		p, err := steering.DecodePublishedAfter(b, a.state.Load().published)
+		p, err := steering.DecodePublishedAfter(b, held)
 		if err != nil {
 			if errors.Is(err, steering.ErrInvalidMap) {
 				a.Counters.MapsRefused.Add(1)
@@ -48,13 +59,14 @@ func (a *Agent) watchMap(ctx context.Context) error {
 		if p.Version <= cur {
 			return
 		}
-		_ = a.switchMap(p, start) // logged and counted
+		_ = a.switchMap(p, start, "document") // logged and counted
 	})
 }
 
 // switchMap installs p and moves flows off instances it took away. A map
-// it refuses is logged and returned; the node keeps the last good one.
-func (a *Agent) switchMap(p *steering.Published, start time.Time) error {
+// it refuses is logged and returned; the node keeps the last good one. via
+// says where p came from, for the log.
+func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) error {
 	a.switchMu.Lock()
 	defer a.switchMu.Unlock()
 	old := a.state.Load()
@@ -67,7 +79,7 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time) error {
 	switched := time.Now()
 	a.Counters.LastSwitch.Store(int64(switched.Sub(start)))
 	moved := a.repin(old.table, a.state.Load().table)
-	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(),
+	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(), "via", via,
 		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "down", p.Down)
 	return nil
 }

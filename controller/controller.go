@@ -164,7 +164,8 @@ func (c *Controller) tick(ctx context.Context) error {
 // step compares heartbeats with the live map's down list and publishes a
 // new version when they disagree.
 func (c *Controller) step(ctx context.Context) error {
-	live, err := c.s.Live(ctx)
+	// Every interval: read the map only when its version moved.
+	live, err := c.s.LiveAfter(ctx, c.lastMap)
 	if errors.Is(err, store.ErrNoMap) {
 		if c.lastMap == nil {
 			return nil
@@ -178,7 +179,7 @@ func (c *Controller) step(ctx context.Context) error {
 			return fmt.Errorf("restoring the map: %w", err)
 		}
 		c.log.Warn("Redis held no map; restored the last one", "version", p.Version)
-		c.lastMap, c.since = p, time.Now() // the heartbeats went with the data
+		c.lastMap, c.since = p.Published, time.Now() // the heartbeats went with the data
 		return nil
 	}
 	if err != nil {
@@ -236,8 +237,8 @@ func (c *Controller) step(ctx context.Context) error {
 			c.log.Info("instance healthy again: takes new flows", "instance", n, "score", c.health[n].score, "version", p.Version)
 		}
 	}
-	c.lastMap = p
-	c.live.Store(p)
+	c.lastMap = p.Published
+	c.live.Store(p.Published)
 	return nil
 }
 

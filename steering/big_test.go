@@ -49,4 +49,32 @@ func BenchmarkBigMap(b *testing.B) {
 			}
 		}
 	})
+	// What a node does with an announced delta: apply it to the version it
+	// holds, then compile against its table.
+	p.Version = 1
+	held, err := DecodePublished(doc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	table, err := CompilePublished(held)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, d := range map[string]*Delta{
+		"delta-tenant-added": {Tenants: map[string]*Tenant{"extra": {Prefixes: []string{"fd20::/64"}, Chain: []string{"svc0"}}}},
+		"delta-drain":        {Drained: []string{"i0100"}},
+	} {
+		d.Base, d.Version = held.Version, held.Version+1
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				q, err := held.Apply(d)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := CompileNext(table, q); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

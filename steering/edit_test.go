@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"net/netip"
 	"slices"
 	"testing"
 
@@ -87,7 +86,7 @@ func TestCompileNextReuses(t *testing.T) {
 			t.Errorf("service %s: roles reused %t, want %t", svc.Name, reused, want)
 		}
 	}
-	if diff := cmp.Diff(fresh.Tenants(), t2.Tenants(), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(fresh.Tenants(), t2.Tenants(), tableOpts...); diff != "" {
 		t.Errorf("tenants (-fresh +incremental):\n%s", diff)
 	}
 	// A changed map is decoded and validated afresh.

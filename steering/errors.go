@@ -21,6 +21,10 @@ var (
 	ErrInUse = errors.New("still in use")
 )
 
+// ErrNotBase is wrapped by [Published.Apply] when the delta does not
+// follow the version it is applied to: the caller reads the whole map.
+var ErrNotBase = errors.New("delta does not apply to this version")
+
 // FieldError names one field of a map and why it is refused.
 type FieldError struct {
 	// Field is a dotted path into the map, such as "tenants.acme.chain[1]".

@@ -1,7 +1,8 @@
 package steering
 
 import (
-	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -35,13 +36,20 @@ type Published struct {
 	// primary, which the operator's tool handed their sessions to first.
 	Migrating []string `json:"migrating,omitempty"`
 
-	// mapJSON is Map as it was decoded, and mapValid says Map passed
-	// validation. Only DecodePublishedAfter sets them, and a Map is never
-	// changed once decoded: edits that change the map build a new one. A
-	// version that changes only IDs, Down or Drained (a failover, a drain)
-	// then costs neither decoding nor validating the map again.
-	mapJSON  []byte
+	// mapSum is the SHA-256 of Map's JSON as published ("" if unknown),
+	// mapValid says Map passed validation, and index is what validating it
+	// learnt (nil if unknown). Only decoding, Encode and Apply set them,
+	// and a Map is never changed once decoded: edits that change the map
+	// build a new one. A version that changes only IDs or the lists (a
+	// failover, a drain) then costs neither decoding nor validating the
+	// map again, and one that changes a few tenants costs validating
+	// those.
+	mapSum   string
 	mapValid bool
+	index    *mapIndex
+	// after is set when Map came from applying a delta of tenants to
+	// another map: [CompileNext] compiles only the tenants it changed.
+	after *tenantChange
 }
 
 // MaxID is the highest instance ID: the mark has 12 bits per direction,
@@ -116,22 +124,27 @@ func (p *Published) Validate() error {
 			v.add("ids."+name, "no such instance in the map")
 		}
 	}
+	p.checkLists(&v, func(name string) bool { return names[name] })
+	return v.err()
+}
+
+// checkLists checks that every instance p's lists name exists.
+func (p *Published) checkLists(v *validator, exists func(string) bool) {
 	for _, l := range p.lists() {
 		for i, name := range *l.names {
-			if !names[name] {
+			if !exists(name) {
 				v.add(fmt.Sprintf("%s[%d]", l.field, i), fmt.Sprintf("no instance %q in the map", name))
 			}
 		}
 	}
-	return v.err()
 }
 
 // DecodePublished decodes and validates a published map (JSON).
 func DecodePublished(b []byte) (*Published, error) { return DecodePublishedAfter(b, nil) }
 
 // DecodePublishedAfter is DecodePublished for the version that follows
-// prev (which may be nil): if its map is byte for byte prev's, prev's
-// decoded and validated Map is reused.
+// prev (which may be nil): if its map is byte for byte prev's (the same
+// digest), prev's decoded and validated Map is reused.
 func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
 	var raw struct {
 		Version   uint64            `json:"version"`
@@ -145,22 +158,57 @@ func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
 	}
-	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, Unhealthy: raw.Unhealthy, Migrating: raw.Migrating, mapJSON: raw.Map}
+	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, Unhealthy: raw.Unhealthy, Migrating: raw.Migrating}
 	switch {
 	case len(raw.Map) == 0 || string(raw.Map) == "null":
-	case prev != nil && prev.mapValid && bytes.Equal(raw.Map, prev.mapJSON):
-		p.Map, p.mapValid = prev.Map, true
 	default:
+		p.mapSum = digest(raw.Map)
+		if prev != nil && prev.mapValid && prev.index != nil && prev.mapSum == p.mapSum {
+			p.Map, p.mapValid, p.index = prev.Map, true, prev.index
+			break
+		}
 		p.Map = new(Map)
 		if err := json.Unmarshal(raw.Map, p.Map); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
 		}
+		ix, err := p.Map.validate()
+		if err != nil {
+			return nil, err
+		}
+		p.mapValid, p.index = true, ix
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	p.mapValid = true
 	return p, nil
+}
+
+// Encode returns p's JSON document, as DecodePublished reads it, and
+// records the digest of its map for [NewDelta].
+func (p *Published) Encode() ([]byte, error) {
+	m, err := json.Marshal(p.Map)
+	if err != nil {
+		return nil, fmt.Errorf("encoding map: %w", err)
+	}
+	doc, err := json.Marshal(struct {
+		Version   uint64            `json:"version"`
+		Map       json.RawMessage   `json:"map"`
+		IDs       map[string]uint16 `json:"ids"`
+		Down      []string          `json:"down,omitempty"`
+		Drained   []string          `json:"drained,omitempty"`
+		Unhealthy []string          `json:"unhealthy,omitempty"`
+		Migrating []string          `json:"migrating,omitempty"`
+	}{p.Version, m, p.IDs, p.Down, p.Drained, p.Unhealthy, p.Migrating})
+	if err != nil {
+		return nil, fmt.Errorf("encoding map version %d: %w", p.Version, err)
+	}
+	p.mapSum = digest(m)
+	return doc, nil
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }
 
 // Local wraps a map read from a file, for a node without Redis: version 0,

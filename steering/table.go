@@ -3,6 +3,7 @@ package steering
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 )
 
@@ -33,6 +34,9 @@ type TenantInfo struct {
 	// Chain holds indexes into the table's services, in chain order.
 	Chain []int
 	Allow []AllowRule
+	// def is the definition compiled, which a later version reuses the
+	// compiled tenant for while it holds the same one.
+	def *Tenant
 }
 
 // ServiceInfo is a compiled service.
@@ -103,23 +107,26 @@ func CompilePublished(p *Published) (*Table, error) { return CompileNext(nil, p)
 
 // CompileNext is CompilePublished for the version after prev (which may be
 // nil). What p shares with prev is reused, not recomputed: the tenants
-// when the map is the same (only IDs, Down or Drained changed), and a
-// service's roles when its instances and which of them are down or drained
-// are the same. A failover thus recomputes one service's slots. prev is
-// not changed; tables share only what they never change.
+// when the map is the same (only IDs or the instance lists changed), every
+// tenant whose definition is the same object as before when only tenants
+// changed (see [Published.Apply]), and a service's roles when its
+// instances and which of them are out are the same. When only which
+// instances are out changed, roles are updated, not ranked afresh (see
+// updateRoles): a failover costs a few weights per slot of one service.
+// prev is not changed; tables share only what they never change.
 func CompileNext(prev *Table, p *Published) (*Table, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	m := p.Map
 	same := prev != nil && prev.m == m
+	sameServices := same || prev != nil && sharesServices(prev.m, m)
 	t := &Table{
-		m:        m,
-		version:  p.Version,
-		slots:    uint32(m.SlotCount()),
-		byName:   map[string]int{},
-		byID:     make([]int32, MaxID+1),
-		prefixes: map[netip.Prefix]int{},
+		m:       m,
+		version: p.Version,
+		slots:   uint32(m.SlotCount()),
+		byName:  map[string]int{},
+		byID:    make([]int32, MaxID+1),
 	}
 	for i := range t.byID {
 		t.byID[i] = -1
@@ -149,44 +156,109 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 			t.instances = append(t.instances, in)
 		}
 		si.skip = skip
-		if same && slices.Equal(skip, prev.services[len(t.services)].skip) {
-			si.Roles = prev.services[len(t.services)].Roles
-		} else {
+		switch {
+		case !sameServices:
 			si.Roles = assignRoles(sname, names, skip, int(t.slots))
+		case slices.Equal(skip, prev.services[len(t.services)].skip):
+			si.Roles = prev.services[len(t.services)].Roles
+		default:
+			ps := &prev.services[len(t.services)]
+			si.Roles = updateRoles(ps.Roles, sname, names, ps.skip, skip)
 		}
 		svcIndex[sname] = len(t.services)
 		t.services = append(t.services, si)
 	}
-	if same {
+	switch {
+	case same:
 		t.tenants, t.prefixes, t.lens = prev.tenants, prev.prefixes, prev.lens
-		return t, nil
+	case sameServices:
+		t.tenantsAfter(prev, p.after, svcIndex)
+	default:
+		for _, tname := range sortedKeys(m.Tenants) {
+			t.tenants = append(t.tenants, compileTenant(tname, m.Tenants[tname], svcIndex))
+		}
+		t.indexTenants()
 	}
-	for _, tname := range sortedKeys(m.Tenants) {
-		tm := m.Tenants[tname]
-		ti := TenantInfo{Name: tname}
-		for _, s := range tm.Prefixes {
-			p := netip.MustParsePrefix(s)
-			ti.Prefixes = append(ti.Prefixes, p)
-			t.prefixes[p] = len(t.tenants)
+	return t, nil
+}
+
+// sharesServices reports whether a and b have the same slot count and
+// the very same services (one map object, as [Published.Apply] leaves
+// them): a Map is never changed once compiled, so the same object means
+// the same services.
+func sharesServices(a, b *Map) bool {
+	return a.Slots == b.Slots && reflect.ValueOf(a.Services).UnsafePointer() == reflect.ValueOf(b.Services).UnsafePointer()
+}
+
+// tenantsAfter compiles the tenants of t.m, whose services are prev's,
+// reusing prev's compiled tenant wherever the definition is the same
+// object, and keeping prev's order (by name) without sorting every name
+// again. change, if it is relative to prev's map, says which are new.
+func (t *Table) tenantsAfter(prev *Table, change *tenantChange, svcIndex map[string]int) {
+	m := t.m
+	var added []string
+	if change != nil && change.base == prev.m {
+		added = change.added
+	} else {
+		for name := range m.Tenants {
+			if _, ok := prev.m.Tenants[name]; !ok {
+				added = append(added, name)
+			}
+		}
+		slices.Sort(added)
+	}
+	t.tenants = make([]TenantInfo, 0, len(m.Tenants))
+	for _, old := range prev.tenants {
+		for len(added) > 0 && added[0] < old.Name {
+			t.tenants = append(t.tenants, compileTenant(added[0], m.Tenants[added[0]], svcIndex))
+			added = added[1:]
+		}
+		switch tm, ok := m.Tenants[old.Name]; {
+		case !ok:
+		case tm == old.def:
+			t.tenants = append(t.tenants, old)
+		default:
+			t.tenants = append(t.tenants, compileTenant(old.Name, tm, svcIndex))
+		}
+	}
+	for _, name := range added {
+		t.tenants = append(t.tenants, compileTenant(name, m.Tenants[name], svcIndex))
+	}
+	t.indexTenants()
+}
+
+// compileTenant compiles a validated tenant.
+func compileTenant(name string, tm *Tenant, svcIndex map[string]int) TenantInfo {
+	ti := TenantInfo{Name: name, def: tm}
+	for _, s := range tm.Prefixes {
+		ti.Prefixes = append(ti.Prefixes, netip.MustParsePrefix(s))
+	}
+	for _, sname := range tm.Chain {
+		ti.Chain = append(ti.Chain, svcIndex[sname])
+	}
+	var v validator
+	for i, a := range tm.Allow {
+		ti.Allow = append(ti.Allow, compileAllow(&v, fmt.Sprint(i), a))
+	}
+	return ti
+}
+
+// indexTenants builds the prefix lookup of t.tenants.
+func (t *Table) indexTenants() {
+	t.prefixes = make(map[netip.Prefix]int, len(t.tenants))
+	for i, ti := range t.tenants {
+		for _, p := range ti.Prefixes {
+			t.prefixes[p] = i
 			f := familyIndex(p.Addr())
 			if !slices.Contains(t.lens[f], p.Bits()) {
 				t.lens[f] = append(t.lens[f], p.Bits())
 			}
 		}
-		for _, sname := range tm.Chain {
-			ti.Chain = append(ti.Chain, svcIndex[sname])
-		}
-		var v validator
-		for i, a := range tm.Allow {
-			ti.Allow = append(ti.Allow, compileAllow(&v, fmt.Sprint(i), a))
-		}
-		t.tenants = append(t.tenants, ti)
 	}
 	for f := range t.lens {
 		slices.Sort(t.lens[f])
 		slices.Reverse(t.lens[f])
 	}
-	return t, nil
 }
 
 // Version returns the version of the published map the table was compiled

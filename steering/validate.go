@@ -4,19 +4,46 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 )
 
 // Validate checks everything the data plane relies on and returns a
 // *[ValidationError] naming each offending field, or nil.
 func (m *Map) Validate() error {
+	_, err := m.validate()
+	return err
+}
+
+// validate is Validate, returning also the index [Published.Apply] needs
+// to check a change to a few tenants without checking the whole map again.
+func (m *Map) validate() (*mapIndex, error) {
 	var v validator
+	ix := &mapIndex{lacks: m.checkServices(&v)}
+	for _, tname := range sortedKeys(m.Tenants) {
+		ix.prefixes = append(ix.prefixes, m.checkTenant(&v, tname, ix.lacks)...)
+	}
+	v.overlaps(ix.prefixes)
+	return ix, v.err()
+}
+
+// mapIndex is what validating a map learnt that validating a change to its
+// tenants needs again.
+type mapIndex struct {
+	// lacks[svc][f] lists, sorted, the instances of svc with no address of
+	// family f.
+	lacks map[string]*[2][]string
+	// prefixes holds every tenant prefix, sorted by address and then
+	// length. In a valid map no two overlap.
+	prefixes []ownedPrefix
+}
+
+// checkServices checks the slot count and the services, and returns, per
+// service and family, the instances without an address of that family:
+// computed once here, not per tenant.
+func (m *Map) checkServices(v *validator) map[string]*[2][]string {
 	v.slots(m.Slots)
 	addrOwner := map[netip.Addr]string{}
 	instOwner := map[string]string{}
-	// lacks[svc][f] lists, sorted, the instances of svc with no address of
-	// family f: computed once here, not per tenant.
 	lacks := map[string]*[2][]string{}
 	total := 0
 	for _, sname := range sortedKeys(m.Services) {
@@ -82,79 +109,82 @@ func (m *Map) Validate() error {
 	if total > MaxInstances {
 		v.add("services", fmt.Sprintf("%d instances; at most %d fit in a node's mark", total, MaxInstances))
 	}
+	return lacks
+}
 
-	var all []ownedPrefix
-	for _, tname := range sortedKeys(m.Tenants) {
-		t := m.Tenants[tname]
-		field := "tenants." + tname
-		v.name(field, tname)
-		if t == nil {
-			v.add(field, "is empty")
+// checkTenant checks tenant tname of m on its own (everything but overlaps
+// with other tenants) and returns its well-formed prefixes.
+func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]string) []ownedPrefix {
+	t := m.Tenants[tname]
+	field := "tenants." + tname
+	v.name(field, tname)
+	if t == nil {
+		v.add(field, "is empty")
+		return nil
+	}
+	if len(t.Prefixes) == 0 {
+		v.add(field+".prefixes", "tenant has no prefixes")
+	}
+	var own []ownedPrefix
+	var fam [2]bool
+	for i, s := range t.Prefixes {
+		pfield := fmt.Sprintf("%s.prefixes[%d]", field, i)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			v.add(pfield, fmt.Sprintf("%q is not a CIDR prefix", s))
 			continue
 		}
-		if len(t.Prefixes) == 0 {
-			v.add(field+".prefixes", "tenant has no prefixes")
+		if p.Addr().Is4In6() {
+			v.add(pfield, fmt.Sprintf("%s: write IPv4 prefixes in dotted form", p))
+			continue
 		}
-		var fam [2]bool
-		for i, s := range t.Prefixes {
-			pfield := fmt.Sprintf("%s.prefixes[%d]", field, i)
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				v.add(pfield, fmt.Sprintf("%q is not a CIDR prefix", s))
+		if p != p.Masked() {
+			v.add(pfield, fmt.Sprintf("%s has host bits set (did you mean %s?)", p, p.Masked()))
+			continue
+		}
+		fam[familyIndex(p.Addr())] = true
+		own = append(own, ownedPrefix{p: p, field: pfield, tenant: tname})
+	}
+	if len(t.Chain) == 0 {
+		v.add(field+".chain", "chain is empty")
+	}
+	if len(t.Chain) > MaxChain {
+		v.add(field+".chain", fmt.Sprintf("%d services; a chain has at most %d", len(t.Chain), MaxChain))
+	}
+	for i, a := range t.Allow {
+		compileAllow(v, fmt.Sprintf("%s.allow[%d]", field, i), a)
+	}
+	seen := map[string]bool{}
+	for i, sname := range t.Chain {
+		cfield := fmt.Sprintf("%s.chain[%d]", field, i)
+		if seen[sname] {
+			v.add(cfield, fmt.Sprintf("service %q appears twice in the chain", sname))
+		}
+		seen[sname] = true
+		svc, ok := m.Services[sname]
+		if !ok {
+			v.add(cfield, fmt.Sprintf("unknown service %q", sname))
+			continue
+		}
+		if svc == nil {
+			continue
+		}
+		for f, need := range fam {
+			if !need || lacks[sname] == nil {
 				continue
 			}
-			if p.Addr().Is4In6() {
-				v.add(pfield, fmt.Sprintf("%s: write IPv4 prefixes in dotted form", p))
-				continue
-			}
-			if p != p.Masked() {
-				v.add(pfield, fmt.Sprintf("%s has host bits set (did you mean %s?)", p, p.Masked()))
-				continue
-			}
-			fam[familyIndex(p.Addr())] = true
-			all = append(all, ownedPrefix{p, pfield})
-		}
-		if len(t.Chain) == 0 {
-			v.add(field+".chain", "chain is empty")
-		}
-		if len(t.Chain) > MaxChain {
-			v.add(field+".chain", fmt.Sprintf("%d services; a chain has at most %d", len(t.Chain), MaxChain))
-		}
-		for i, a := range t.Allow {
-			compileAllow(&v, fmt.Sprintf("%s.allow[%d]", field, i), a)
-		}
-		seen := map[string]bool{}
-		for i, sname := range t.Chain {
-			cfield := fmt.Sprintf("%s.chain[%d]", field, i)
-			if seen[sname] {
-				v.add(cfield, fmt.Sprintf("service %q appears twice in the chain", sname))
-			}
-			seen[sname] = true
-			svc, ok := m.Services[sname]
-			if !ok {
-				v.add(cfield, fmt.Sprintf("unknown service %q", sname))
-				continue
-			}
-			if svc == nil {
-				continue
-			}
-			for f, need := range fam {
-				if !need || lacks[sname] == nil {
-					continue
-				}
-				for _, iname := range lacks[sname][f] {
-					v.add(cfield, fmt.Sprintf("tenant has %s prefixes but instance %q of service %q has no %s address", famNames[f], iname, sname, famNames[f]))
-				}
+			for _, iname := range lacks[sname][f] {
+				v.add(cfield, fmt.Sprintf("tenant has %s prefixes but instance %q of service %q has no %s address", famNames[f], iname, sname, famNames[f]))
 			}
 		}
 	}
-	v.overlaps(all)
-	return v.err()
+	return own
 }
 
 type ownedPrefix struct {
-	p     netip.Prefix
-	field string
+	p      netip.Prefix
+	field  string
+	tenant string
 }
 
 type validator struct{ problems []FieldError }
@@ -192,18 +222,21 @@ func (v *validator) name(field, name string) {
 // address and then length, any overlap shows up between neighbours, because
 // a prefix's addresses are contiguous.
 func (v *validator) overlaps(all []ownedPrefix) {
-	sort.Slice(all, func(i, j int) bool {
-		if c := all[i].p.Addr().Compare(all[j].p.Addr()); c != 0 {
-			return c < 0
-		}
-		return all[i].p.Bits() < all[j].p.Bits()
-	})
+	slices.SortFunc(all, comparePrefix)
 	for i := 1; i < len(all); i++ {
 		a, b := all[i-1], all[i]
 		if a.p.Overlaps(b.p) {
 			v.add(b.field, fmt.Sprintf("%s overlaps %s (%s)", b.p, a.p, a.field))
 		}
 	}
+}
+
+// comparePrefix orders prefixes by address and then length.
+func comparePrefix(a, b ownedPrefix) int {
+	if c := a.p.Addr().Compare(b.p.Addr()); c != 0 {
+		return c
+	}
+	return a.p.Bits() - b.p.Bits()
 }
 
 var famNames = [2]string{"IPv4", "IPv6"}

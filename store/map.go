@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,8 +15,10 @@ import (
 // publishScript replaces the map document only if the live version is the
 // one the caller based its change on, so concurrent publishers cannot lose
 // each other's changes and no version is ever reused or skipped back.
+// Readers never see a document without its version nor an announcement
+// before both are written: the script runs whole.
 // KEYS: doc, version. ARGV: expected live version, new version, document,
-// channel.
+// channel, announcement.
 var publishScript = redis.NewScript(`
 local live = tonumber(redis.call('GET', KEYS[2]) or '0')
 if live ~= tonumber(ARGV[1]) then
@@ -25,9 +26,40 @@ if live ~= tonumber(ARGV[1]) then
 end
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[4], ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return live
 `)
+
+// Announcement is what the channel says of each new version: its number
+// and, when it changes only tenants and the lists of instances out of
+// new-flow steering (a tenant added, a drain, a failover), the delta to
+// it from the version before, so that nodes holding that version switch
+// without reading the whole map.
+type Announcement struct {
+	Version uint64          `json:"version"`
+	Delta   *steering.Delta `json:"delta,omitempty"`
+}
+
+// maxDelta bounds an announced delta: a bigger change (thousands of
+// tenants) is announced by number, and nodes read the document.
+const maxDelta = 64 << 10
+
+// announce returns the announcement of next, which follows live.
+func announce(live, next *steering.Published) ([]byte, error) {
+	a := Announcement{Version: next.Version}
+	if d, ok := steering.NewDelta(live, next); ok {
+		a.Delta = d
+	}
+	b, err := json.Marshal(a)
+	if err == nil && len(b) > maxDelta {
+		a.Delta = nil
+		b, err = json.Marshal(a)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("encoding the announcement of version %d: %w", next.Version, err)
+	}
+	return b, nil
+}
 
 // LiveVersion returns the live map version, 0 if there is none.
 func (s *Store) LiveVersion(ctx context.Context) (uint64, error) {
@@ -67,43 +99,76 @@ func (s *Store) Live(ctx context.Context) (*steering.Published, error) {
 	return p, nil
 }
 
+// LiveAfter is Live for a reader holding held (which may be nil): when
+// the live version is still held's, it returns held without reading the
+// map, and a new version whose map is held's reuses it.
+func (s *Store) LiveAfter(ctx context.Context, held *steering.Published) (*steering.Published, error) {
+	v, err := s.LiveVersion(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if v == 0 {
+		return nil, ErrNoMap
+	}
+	if held != nil && v == held.Version {
+		return held, nil
+	}
+	b, err := s.LiveRaw(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p, err := steering.DecodePublishedAfter(b, held)
+	if err != nil {
+		return nil, fmt.Errorf("live map in Redis: %w", err)
+	}
+	return p, nil
+}
+
 // Change turns the live map (nil if there is none) into the next one. It
 // may be called more than once, if another publisher got in first.
 type Change func(live *steering.Published) (*steering.Published, error)
 
+// Publication is a version as published, and when.
+type Publication struct {
+	*steering.Published
+	// At is when the publisher sent the version to Redis, by its own clock:
+	// where propagation to the nodes starts.
+	At time.Time
+}
+
 // Publish applies change to the live map and publishes the result as the
 // next version: it keeps instance IDs, validates, writes the whole document
 // atomically and announces it. It returns the published map.
-func (s *Store) Publish(ctx context.Context, change Change) (*steering.Published, error) {
+func (s *Store) Publish(ctx context.Context, change Change) (Publication, error) {
 	for attempt := 0; ; attempt++ {
 		live, err := s.Live(ctx)
 		if err != nil && !errors.Is(err, ErrNoMap) {
-			return nil, err
+			return Publication{}, err
 		}
 		liveVersion, err := s.LiveVersion(ctx)
 		if err != nil {
-			return nil, err
+			return Publication{}, err
 		}
 		next, err := change(live)
 		if err != nil {
-			return nil, err
+			return Publication{}, err
 		}
 		var prevIDs map[string]uint16
 		if live != nil {
 			prevIDs = live.IDs
 		}
 		if next.IDs, err = steering.AssignIDs(next.Map, mergeIDs(prevIDs, next.IDs)); err != nil {
-			return nil, err
+			return Publication{}, err
 		}
 		if next.Version == 0 {
 			next.Version = liveVersion + 1
 		}
-		err = s.publish(ctx, liveVersion, next)
+		at, err := s.publish(ctx, liveVersion, live, next)
 		if err == nil {
-			return next, nil
+			return Publication{next, at}, nil
 		}
 		if !errors.Is(err, errConflict) || attempt >= 20 {
-			return nil, err
+			return Publication{}, err
 		}
 	}
 }
@@ -119,33 +184,44 @@ func mergeIDs(live, carried map[string]uint16) map[string]uint16 {
 
 var errConflict = errors.New("another publisher changed the map first")
 
-func (s *Store) publish(ctx context.Context, expect uint64, p *steering.Published) error {
+// publish writes p over the live version expect, whose map live is (nil
+// if unknown), and returns when it sent the write.
+func (s *Store) publish(ctx context.Context, expect uint64, live, p *steering.Published) (time.Time, error) {
 	if p.Version <= expect {
-		return fmt.Errorf("%w: offered version %d, live version %d", ErrStaleVersion, p.Version, expect)
+		return time.Time{}, fmt.Errorf("%w: offered version %d, live version %d", ErrStaleVersion, p.Version, expect)
 	}
 	if err := p.Validate(); err != nil {
-		return err
+		return time.Time{}, err
 	}
-	doc, err := json.Marshal(p)
+	doc, err := p.Encode()
 	if err != nil {
-		return fmt.Errorf("encoding map: %w", err)
+		return time.Time{}, err
 	}
+	if live != nil && live.Version != expect {
+		live = nil // read before another publisher's version: no delta
+	}
+	msg, err := announce(live, p)
+	if err != nil {
+		return time.Time{}, err
+	}
+	at := time.Now()
 	err = publishScript.Run(ctx, s.rdb, []string{keyMapDoc, keyMapVersion},
-		expect, p.Version, doc, Channel).Err()
+		expect, p.Version, doc, Channel, msg).Err()
 	if err != nil && strings.HasPrefix(err.Error(), "STALE") {
-		return errConflict
+		return time.Time{}, errConflict
 	}
 	if err != nil {
-		return fmt.Errorf("publishing map version %d to %s: %w", p.Version, s.addr, err)
+		return time.Time{}, fmt.Errorf("publishing map version %d to %s: %w", p.Version, s.addr, err)
 	}
-	return nil
+	return at, nil
 }
 
-// Watch calls check whenever the map may have changed: on every
-// announcement, after every (re)subscription (pub/sub loses what is sent
-// while disconnected) and every poll interval. It returns when ctx is done.
-// check runs on Watch's goroutine, one call at a time.
-func (s *Store) Watch(ctx context.Context, poll time.Duration, check func(ctx context.Context, announced uint64)) error {
+// Watch calls check whenever the map may have changed: with the
+// announcement of every new version, and with a zero Announcement after
+// every (re)subscription (pub/sub loses what is sent while disconnected)
+// and every poll interval. It returns when ctx is done. check runs on
+// Watch's goroutine, one call at a time, in the order of publication.
+func (s *Store) Watch(ctx context.Context, poll time.Duration, check func(ctx context.Context, a Announcement)) error {
 	ps := s.rdb.Subscribe(ctx, Channel)
 	defer ps.Close()
 	// A blocked receive does not watch ctx: closing the subscription is
@@ -157,12 +233,16 @@ func (s *Store) Watch(ctx context.Context, poll time.Duration, check func(ctx co
 		msg, err := ps.ReceiveTimeout(ctx, poll)
 		switch m := msg.(type) {
 		case *redis.Message:
-			v, _ := strconv.ParseUint(m.Payload, 10, 64)
-			check(ctx, v)
+			var a Announcement
+			if err := json.Unmarshal([]byte(m.Payload), &a); err != nil {
+				// Not ours to understand: look at the live version.
+				a = Announcement{}
+			}
+			check(ctx, a)
 			last = time.Now()
 			continue
 		case *redis.Subscription:
-			check(ctx, 0)
+			check(ctx, Announcement{})
 			last = time.Now()
 			continue
 		}
@@ -178,7 +258,7 @@ func (s *Store) Watch(ctx context.Context, poll time.Duration, check func(ctx co
 			}
 		}
 		if time.Since(last) >= poll {
-			check(ctx, 0)
+			check(ctx, Announcement{})
 			last = time.Now()
 		}
 	}

@@ -96,7 +96,10 @@ func TestMapVersions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff(p2, live, cmpopts.IgnoreUnexported(steering.Published{})); diff != "" {
+		if p2.At.IsZero() || p2.At.After(time.Now()) {
+			t.Errorf("published at %v, want when the write was sent", p2.At)
+		}
+		if diff := cmp.Diff(p2.Published, live, cmpopts.IgnoreUnexported(steering.Published{})); diff != "" {
 			t.Errorf("live map (-published +live):\n%s", diff)
 		}
 
@@ -137,35 +140,72 @@ func TestMapVersions(t *testing.T) {
 	})
 }
 
+// Watch passes on every announcement in order; a version that changes
+// only tenants and lists carries the delta from the version before, which
+// turns that version, as read from Redis, into the new live one.
 func TestWatch(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx, cancel := context.WithCancel(context.Background())
 		s := open(t, url)
-		got := make(chan uint64, 100)
+		got := make(chan store.Announcement, 100)
 		done := make(chan error)
 		go func() {
-			done <- s.Watch(ctx, time.Hour, func(_ context.Context, v uint64) { got <- v })
+			done <- s.Watch(ctx, time.Hour, func(_ context.Context, a store.Announcement) { got <- a })
 		}()
 		defer func() { cancel(); <-done }()
+		next := func() store.Announcement {
+			t.Helper()
+			select {
+			case a := <-got:
+				return a
+			case <-time.After(5 * time.Second):
+				t.Fatal("nothing announced")
+			}
+			return store.Announcement{}
+		}
 		// The first call comes with the subscription.
-		select {
-		case v := <-got:
-			if v != 0 {
-				t.Fatalf("first check announced %d, want 0 (subscribed)", v)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("no check after subscribing")
+		if a := next(); a.Version != 0 {
+			t.Fatalf("first check announced %d, want 0 (subscribed)", a.Version)
 		}
-		if _, err := s.Publish(ctx, replace(parse(t, labMap))); err != nil {
-			t.Fatal(err)
+		steps := []struct {
+			name   string
+			change store.Change
+			delta  bool
+		}{
+			{"first map", replace(parse(t, labMap)), false},
+			{"drain", func(p *steering.Published) (*steering.Published, error) { return p.Drain("fw-2") }, true},
+			{"tenant added", func(p *steering.Published) (*steering.Published, error) {
+				m, err := p.Map.AddTenant("globex", steering.Tenant{Prefixes: []string{"10.20.0.0/16"}, Chain: []string{"dlp"}})
+				return p.WithMap(m), err
+			}, true},
+			{"instance added", func(p *steering.Published) (*steering.Published, error) {
+				m, err := p.Map.AddInstance("dlp", "dlp-3", steering.Addresses{"10.200.0.23"})
+				return p.WithMap(m), err
+			}, false},
 		}
-		select {
-		case v := <-got:
-			if v != 1 {
-				t.Fatalf("announced %d, want 1", v)
+		var before *steering.Published
+		for i, st := range steps {
+			if _, err := s.Publish(ctx, st.change); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
 			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("publish not announced")
+			a := next()
+			if a.Version != uint64(i+1) || (a.Delta != nil) != st.delta {
+				t.Fatalf("%s: announced version %d with delta %t, want %d with delta %t", st.name, a.Version, a.Delta != nil, i+1, st.delta)
+			}
+			live, err := s.Live(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a.Delta != nil {
+				applied, err := before.Apply(a.Delta)
+				if err != nil {
+					t.Fatalf("%s: applying the announced delta: %v", st.name, err)
+				}
+				if diff := cmp.Diff(live, applied, cmpopts.IgnoreUnexported(steering.Published{})); diff != "" {
+					t.Errorf("%s: delta applied (-live +applied):\n%s", st.name, diff)
+				}
+			}
+			before = live
 		}
 	})
 }

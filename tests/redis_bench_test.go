@@ -158,9 +158,9 @@ var (
 // (gateway and four instance hosts), on a map of 1,000 instances and
 // 10,000 tenants: a whole map applied (one tenant added or removed), and a
 // health change (an instance drained or undrained). The time runs from the
-// moment the publisher's write returned to the moment each agent's routes,
-// rules and table were switched, as the agent logs it; both clocks are this
-// machine's.
+// moment the publisher sent the version to Redis (as it prints it) to the
+// moment each agent's routes, rules and table were switched (as the agent
+// logs it); both clocks are this machine's.
 func BenchmarkMapPropagation(b *testing.B) {
 	const rounds = 10
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench MapPropagation -benchtime 1x ./tests)\n", machine())

@@ -47,7 +47,7 @@ func publishEdit(c *cli.Context, edit func(live *steering.Published) (*steering.
 	if err != nil {
 		return err
 	}
-	r := published{Version: p.Version, At: time.Now(), Changes: steering.Diff(before.Map, p.Map)}
+	r := published{Version: p.Version, At: p.At, Changes: steering.Diff(before.Map, p.Map)}
 	r.Changes = append(r.Changes, listChanges("down", before.Down, p.Down)...)
 	r.Changes = append(r.Changes, listChanges("drained", before.Drained, p.Drained)...)
 	return out.print(r, func(w io.Writer) {

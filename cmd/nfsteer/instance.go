@@ -226,7 +226,7 @@ func migrate(c *cli.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	r.Version, r.At = p.Version, time.Now()
+	r.Version, r.At = p.Version, p.At
 	for deadline := r.At.Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if allSwitched(c, s, p.Version) {
 			r.Switched = time.Since(r.At)

@@ -62,7 +62,7 @@ Example:
 				return cli.Exit(err, 1)
 			}
 			fmt.Fprintf(c.App.Writer, "published map version %d (%d services, %d tenants) at %s\n",
-				p.Version, len(p.Map.Services), len(p.Map.Tenants), time.Now().Format(time.RFC3339Nano))
+				p.Version, len(p.Map.Services), len(p.Map.Tenants), p.At.Format(time.RFC3339Nano))
 			return nil
 		},
 	}

@@ -1,0 +1,154 @@
+package steering
+
+import (
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+)
+
+// Delta is the change from one published version to the next when that
+// change touches only tenants and the lists of instances out of new-flow
+// steering: what a tenant added, a drain or a failover publish. It is
+// small enough to travel in the announcement itself, so a node that holds
+// the base version switches without reading, decoding or validating the
+// whole map (see [Published.Apply]). A node that does not hold the base
+// reads the whole document instead.
+type Delta struct {
+	// Version is the version the delta makes; Base, the one it applies to
+	// (always Version-1).
+	Version uint64 `json:"version"`
+	Base    uint64 `json:"base"`
+	// MapSum is the digest of the new version's map as published, which
+	// lets the node recognise that map when it next reads the document.
+	MapSum string `json:"map_sum"`
+	// Tenants holds the tenants added or changed, whole; Removed, the
+	// names of those removed.
+	Tenants map[string]*Tenant `json:"tenants,omitempty"`
+	Removed []string           `json:"removed,omitempty"`
+	// The new version's lists, whole (they are short).
+	Down      []string `json:"down,omitempty"`
+	Drained   []string `json:"drained,omitempty"`
+	Unhealthy []string `json:"unhealthy,omitempty"`
+	Migrating []string `json:"migrating,omitempty"`
+}
+
+// NewDelta returns the delta from prev to next, or false if next changes
+// more than tenants and lists (services, slots or IDs) or does not follow
+// prev directly. next must have been encoded ([Published.Encode]), which
+// gives it its map digest.
+func NewDelta(prev, next *Published) (*Delta, bool) {
+	if prev == nil || prev.Map == nil || next.Map == nil || next.mapSum == "" ||
+		next.Version != prev.Version+1 || prev.Map.Slots != next.Map.Slots ||
+		!maps.Equal(prev.IDs, next.IDs) || !reflect.DeepEqual(prev.Map.Services, next.Map.Services) {
+		return nil, false
+	}
+	d := &Delta{Version: next.Version, Base: prev.Version, MapSum: next.mapSum,
+		Down: next.Down, Drained: next.Drained, Unhealthy: next.Unhealthy, Migrating: next.Migrating}
+	for name, t := range next.Map.Tenants {
+		if old, ok := prev.Map.Tenants[name]; !ok || old != t && !reflect.DeepEqual(old, t) {
+			if d.Tenants == nil {
+				d.Tenants = map[string]*Tenant{}
+			}
+			d.Tenants[name] = t
+		}
+	}
+	for name := range prev.Map.Tenants {
+		if _, ok := next.Map.Tenants[name]; !ok {
+			d.Removed = append(d.Removed, name)
+		}
+	}
+	slices.Sort(d.Removed)
+	return d, true
+}
+
+// Apply returns the version d makes of p, validated: the tenants d
+// changes are checked on their own and against the others' prefixes, and
+// everything else is p's, shared (p is not changed). It returns an error
+// wrapping [ErrNotBase] if p is not d's base or was not decoded from Redis
+// (the caller then reads the whole document), or one wrapping
+// [ErrInvalidMap] if the change is invalid.
+func (p *Published) Apply(d *Delta) (*Published, error) {
+	if d.Base != p.Version || d.Version != p.Version+1 || !p.mapValid || p.index == nil {
+		return nil, fmt.Errorf("%w: delta from version %d to %d, node holds %d", ErrNotBase, d.Base, d.Version, p.Version)
+	}
+	q := &Published{Version: d.Version, Map: p.Map, IDs: p.IDs,
+		Down: d.Down, Drained: d.Drained, Unhealthy: d.Unhealthy, Migrating: d.Migrating,
+		mapSum: d.MapSum, mapValid: true, index: p.index}
+	var v validator
+	if len(d.Tenants)+len(d.Removed) > 0 {
+		m := &Map{Slots: p.Map.Slots, Services: p.Map.Services, Tenants: maps.Clone(p.Map.Tenants)}
+		for i, name := range d.Removed {
+			if _, ok := m.Tenants[name]; !ok {
+				v.add(fmt.Sprintf("removed[%d]", i), fmt.Sprintf("no tenant %q to remove", name))
+			}
+			delete(m.Tenants, name)
+		}
+		maps.Copy(m.Tenants, d.Tenants)
+		q.Map, q.index = m, m.checkChange(&v, p.index, d)
+		q.after = &tenantChange{base: p.Map, added: addedTenants(p.Map, d)}
+	}
+	// The services, hence the instances and their IDs, are p's, which
+	// were valid: only the lists can name an unknown instance.
+	q.checkLists(&v, p.Map.hasInstance)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// checkChange checks the tenants d adds or changes in m (whose other
+// tenants were valid with index ix) and returns m's index. Every tenant is
+// checked on its own as [Map.Validate] does; each new prefix is checked
+// against the others through the sorted, disjoint prefix list: only its
+// neighbours there can overlap it.
+func (m *Map) checkChange(v *validator, ix *mapIndex, d *Delta) *mapIndex {
+	touched := map[string]bool{}
+	for _, name := range d.Removed {
+		touched[name] = true
+	}
+	var own []ownedPrefix
+	for _, name := range sortedKeys(d.Tenants) {
+		touched[name] = true
+		own = append(own, m.checkTenant(v, name, ix.lacks)...)
+	}
+	next := &mapIndex{lacks: ix.lacks, prefixes: make([]ownedPrefix, 0, len(ix.prefixes)+len(own))}
+	for _, op := range ix.prefixes {
+		if !touched[op.tenant] {
+			next.prefixes = append(next.prefixes, op)
+		}
+	}
+	for _, op := range own {
+		i, _ := slices.BinarySearchFunc(next.prefixes, op, comparePrefix)
+		switch {
+		case i > 0 && next.prefixes[i-1].p.Overlaps(op.p):
+			other := next.prefixes[i-1]
+			v.add(op.field, fmt.Sprintf("%s overlaps %s (%s)", op.p, other.p, other.field))
+		case i < len(next.prefixes) && next.prefixes[i].p.Overlaps(op.p):
+			other := next.prefixes[i]
+			v.add(op.field, fmt.Sprintf("%s overlaps %s (%s)", op.p, other.p, other.field))
+		default:
+			next.prefixes = slices.Insert(next.prefixes, i, op)
+		}
+	}
+	return next
+}
+
+// tenantChange says how a map differs from base, whose services it shares:
+// in its tenants only, and which of them are new. It spares compiling the
+// map's tenants looking for what changed among thousands.
+type tenantChange struct {
+	base  *Map
+	added []string // sorted
+}
+
+func addedTenants(base *Map, d *Delta) []string {
+	var added []string
+	for name := range d.Tenants {
+		if _, ok := base.Tenants[name]; !ok {
+			added = append(added, name)
+		}
+	}
+	slices.Sort(added)
+	return added
+}
