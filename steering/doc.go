@@ -2,7 +2,10 @@
 // ordered chains of services, and each service's instances), its validation,
 // the stream affinity code of a flow, the deterministic assignment of a
 // primary and a secondary instance to every affinity slot, and the next hop a
-// node gives a new flow.
+// node gives a new flow. It also owns how one published version of the map
+// follows another: the [Delta] of tenants and out-lists that nodes apply
+// without reading the whole map, checked and compiled for what it changes
+// only.
 //
 // Everything here is pure computation over an immutable compiled [Table]: it
 // needs no privilege, touches no kernel state and is safe for concurrent use.

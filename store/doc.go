@@ -4,7 +4,8 @@
 //
 //   - the service map, one JSON document per version, replaced atomically by
 //     a script that refuses a version that is not newer than the live one,
-//     and announced on a pub/sub channel;
+//     and announced on a pub/sub channel (an [Announcement], which carries
+//     the delta from the version before when it is small);
 //   - sessions, one hash per flow, created first-writer-wins, with per
 //     instance and role sorted-set indexes that list an instance's sessions
 //     without scanning the keyspace;
