@@ -27,7 +27,7 @@ import (
 // each) and a reset. It reports both rates (median of the samples) and the
 // ratio on/off; the target is at least 0.9.
 func BenchmarkNewFlows(b *testing.B) {
-	const window, rounds, dialers = 3 * time.Second, 2, 8
+	const window, rounds, dialers = 3 * time.Second, 3, 8
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlows -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.NewWithMap(b, bin, firewallMap)
