@@ -86,7 +86,6 @@ func (p *Published) Apply(d *Delta) (*Published, error) {
 		}
 		maps.Copy(m.Tenants, d.Tenants)
 		q.Map, q.index = m, m.checkChange(&v, p.index, d)
-		q.after = &tenantChange{base: p.Map, added: addedTenants(p.Map, d)}
 	}
 	// The services, hence the instances and their IDs, are p's, which
 	// were valid: only the lists can name an unknown instance.
@@ -118,37 +117,16 @@ func (m *Map) checkChange(v *validator, ix *mapIndex, d *Delta) *mapIndex {
 			next.prefixes = append(next.prefixes, op)
 		}
 	}
+prefixes:
 	for _, op := range own {
 		i, _ := slices.BinarySearchFunc(next.prefixes, op, comparePrefix)
-		switch {
-		case i > 0 && next.prefixes[i-1].p.Overlaps(op.p):
-			other := next.prefixes[i-1]
-			v.add(op.field, fmt.Sprintf("%s overlaps %s (%s)", op.p, other.p, other.field))
-		case i < len(next.prefixes) && next.prefixes[i].p.Overlaps(op.p):
-			other := next.prefixes[i]
-			v.add(op.field, fmt.Sprintf("%s overlaps %s (%s)", op.p, other.p, other.field))
-		default:
-			next.prefixes = slices.Insert(next.prefixes, i, op)
+		for _, j := range [2]int{i - 1, i} {
+			if j >= 0 && j < len(next.prefixes) && next.prefixes[j].p.Overlaps(op.p) {
+				v.overlap(op, next.prefixes[j])
+				continue prefixes
+			}
 		}
+		next.prefixes = slices.Insert(next.prefixes, i, op)
 	}
 	return next
-}
-
-// tenantChange says how a map differs from base, whose services it shares:
-// in its tenants only, and which of them are new. It spares compiling the
-// map's tenants looking for what changed among thousands.
-type tenantChange struct {
-	base  *Map
-	added []string // sorted
-}
-
-func addedTenants(base *Map, d *Delta) []string {
-	var added []string
-	for name := range d.Tenants {
-		if _, ok := base.Tenants[name]; !ok {
-			added = append(added, name)
-		}
-	}
-	slices.Sort(added)
-	return added
 }

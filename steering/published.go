@@ -47,9 +47,6 @@ type Published struct {
 	mapSum   string
 	mapValid bool
 	index    *mapIndex
-	// after is set when Map came from applying a delta of tenants to
-	// another map: [CompileNext] compiles only the tenants it changed.
-	after *tenantChange
 }
 
 // MaxID is the highest instance ID: the mark has 12 bits per direction,

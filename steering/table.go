@@ -172,7 +172,7 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 	case same:
 		t.tenants, t.prefixes, t.lens = prev.tenants, prev.prefixes, prev.lens
 	case sameServices:
-		t.tenantsAfter(prev, p.after, svcIndex)
+		t.tenantsAfter(prev, svcIndex)
 	default:
 		for _, tname := range sortedKeys(m.Tenants) {
 			t.tenants = append(t.tenants, compileTenant(tname, m.Tenants[tname], svcIndex))
@@ -193,20 +193,16 @@ func sharesServices(a, b *Map) bool {
 // tenantsAfter compiles the tenants of t.m, whose services are prev's,
 // reusing prev's compiled tenant wherever the definition is the same
 // object, and keeping prev's order (by name) without sorting every name
-// again. change, if it is relative to prev's map, says which are new.
-func (t *Table) tenantsAfter(prev *Table, change *tenantChange, svcIndex map[string]int) {
+// again.
+func (t *Table) tenantsAfter(prev *Table, svcIndex map[string]int) {
 	m := t.m
 	var added []string
-	if change != nil && change.base == prev.m {
-		added = change.added
-	} else {
-		for name := range m.Tenants {
-			if _, ok := prev.m.Tenants[name]; !ok {
-				added = append(added, name)
-			}
+	for name := range m.Tenants {
+		if _, ok := prev.m.Tenants[name]; !ok {
+			added = append(added, name)
 		}
-		slices.Sort(added)
 	}
+	slices.Sort(added)
 	t.tenants = make([]TenantInfo, 0, len(m.Tenants))
 	for _, old := range prev.tenants {
 		for len(added) > 0 && added[0] < old.Name {

@@ -224,11 +224,15 @@ func (v *validator) name(field, name string) {
 func (v *validator) overlaps(all []ownedPrefix) {
 	slices.SortFunc(all, comparePrefix)
 	for i := 1; i < len(all); i++ {
-		a, b := all[i-1], all[i]
-		if a.p.Overlaps(b.p) {
-			v.add(b.field, fmt.Sprintf("%s overlaps %s (%s)", b.p, a.p, a.field))
+		if all[i-1].p.Overlaps(all[i].p) {
+			v.overlap(all[i], all[i-1])
 		}
 	}
+}
+
+// overlap reports that p overlaps other.
+func (v *validator) overlap(p, other ownedPrefix) {
+	v.add(p.field, fmt.Sprintf("%s overlaps %s (%s)", p.p, other.p, other.field))
 }
 
 // comparePrefix orders prefixes by address and then length.

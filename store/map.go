@@ -87,12 +87,16 @@ func (s *Store) LiveRaw(ctx context.Context) ([]byte, error) {
 
 // Live returns the live map, validated. An invalid document (written by
 // hand, say) gives an error wrapping steering.ErrInvalidMap.
-func (s *Store) Live(ctx context.Context) (*steering.Published, error) {
+func (s *Store) Live(ctx context.Context) (*steering.Published, error) { return s.decodeLive(ctx, nil) }
+
+// decodeLive reads and decodes the live map document, reusing held's map
+// if the document has the same one.
+func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*steering.Published, error) {
 	b, err := s.LiveRaw(ctx)
 	if err != nil {
 		return nil, err
 	}
-	p, err := steering.DecodePublished(b)
+	p, err := steering.DecodePublishedAfter(b, held)
 	if err != nil {
 		return nil, fmt.Errorf("live map in Redis: %w", err)
 	}
@@ -113,15 +117,7 @@ func (s *Store) LiveAfter(ctx context.Context, held *steering.Published) (*steer
 	if held != nil && v == held.Version {
 		return held, nil
 	}
-	b, err := s.LiveRaw(ctx)
-	if err != nil {
-		return nil, err
-	}
-	p, err := steering.DecodePublishedAfter(b, held)
-	if err != nil {
-		return nil, fmt.Errorf("live map in Redis: %w", err)
-	}
-	return p, nil
+	return s.decodeLive(ctx, held)
 }
 
 // Change turns the live map (nil if there is none) into the next one. It
