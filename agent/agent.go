@@ -427,11 +427,11 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 	if a.mirror == nil {
 		return
 	}
-	if st.node.Instance < 0 || st.firewall {
+	switch {
+	case st.firewall:
+		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpCreateState, Session: s})
+	case st.node.Instance < 0:
 		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpCreate, Session: s})
-	}
-	if st.firewall {
-		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpState, Session: s})
 	}
 }
 

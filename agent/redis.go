@@ -348,7 +348,7 @@ func (a *Agent) resyncOps() []sessions.Op {
 		case st.node.Instance < 0:
 			ops = append(ops, sessions.Op{Kind: sessions.OpCreate, Session: s})
 		case st.firewall:
-			ops = append(ops, sessions.Op{Kind: sessions.OpCreate, Session: s}, sessions.Op{Kind: sessions.OpState, Session: s})
+			ops = append(ops, sessions.Op{Kind: sessions.OpCreateState, Session: s})
 		default:
 			ops = append(ops, sessions.Op{Kind: sessions.OpRefresh, Session: s})
 		}

@@ -17,6 +17,10 @@ const (
 	// OpCreate writes the session unless one exists for its key (the first
 	// writer wins); the writer reports the existing one.
 	OpCreate OpKind = iota
+	// OpCreateState is OpCreate and OpState in one round trip: what a
+	// stateful function writes for a flow it admits. The state is written
+	// whether or not the create wins.
+	OpCreateState
 	// OpState writes this node's function state into the session and
 	// refreshes it: the primary's job.
 	OpState
@@ -40,7 +44,7 @@ type Op struct {
 	Session Session
 }
 
-// Outcome is what the writer found for one Op: for OpCreate, whether the
+// Outcome is what the writer found for one Op: for the creates, whether the
 // session already existed and with which pins.
 type Outcome struct {
 	Existed bool
@@ -73,9 +77,12 @@ type MirrorConfig struct {
 	// Batch bounds the operations written in one round trip (default 512).
 	Batch int
 	// Linger is how long the mirror waits for a batch to fill once it has
-	// an operation in hand (default 2ms; negative: not at all). A few
+	// an operation in hand (default 10ms; negative: not at all). A few
 	// milliseconds of delay in Redis buys far fewer round trips, and CPU,
-	// at a high rate of new flows.
+	// at a high rate of new flows: at 2ms the mirror cost 20% of the
+	// new-flow rate in the lab, at 10ms 13% (BENCHMARKS.md). It is far
+	// below what detecting a dead instance takes (150ms by default), so a
+	// failover still finds the session mirrored.
 	Linger time.Duration
 	// Resync returns the operations that rewrite everything this node
 	// knows; it is called after Redis came back from a failure that cost
@@ -111,7 +118,7 @@ func NewMirror(w Writer, cfg MirrorConfig) *Mirror {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Linger == 0 {
-		cfg.Linger = 2 * time.Millisecond
+		cfg.Linger = 10 * time.Millisecond
 	}
 	return &Mirror{cfg: cfg, w: w, ops: make(chan Op, cfg.Queue)}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,17 +54,26 @@ type meta struct {
 
 // createScript writes a session unless one already exists (it tests the
 // meta field, not the key: a function's state may have arrived first). It
-// returns {1} if it created it, else {0, p0, p1, ...} with the existing
-// pins. KEYS: session. ARGV: ttl ms, hop count, then field/value pairs.
+// returns {1} if it created it, else {0, p0, s0, p1, s1, ...} with the
+// existing roles. A state field, if given, is written either way: a
+// stateful function records its verdict with the create, in one round
+// trip. KEYS: session. ARGV: ttl ms, hop count, state field (empty for
+// none), state value, updated, then the new session's field/value pairs.
 var createScript = redis.NewScript(`
 if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], ARGV[3], ARGV[4]) end
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   return {1}
 end
 local out = {0}
 for i = 0, tonumber(ARGV[2]) - 1 do
   out[#out + 1] = redis.call('HGET', KEYS[1], 'p' .. i) or ''
+  out[#out + 1] = redis.call('HGET', KEYS[1], 's' .. i) or ''
+end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4], 'updated', ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return out
 `)
@@ -147,9 +157,35 @@ func indexEntries(h []Hop) []roleEntry {
 	return out
 }
 
-// Write writes a batch of mirror operations in one pipeline (two when
-// creates need their indexes).
+// Write writes a batch of mirror operations in one pipeline. Index entries
+// are gathered per instance and role, so a batch costs each index one
+// ZADD, not one per session.
+//
+// Who indexes a new session: a gateway's create (OpCreate) indexes it in
+// the same pipeline, before it knows whether it won. When it lost to a
+// first writer whose roles differ (another gateway on another map
+// version), a second pipeline replaces the entries with the first
+// writer's. A function's create (OpCreateState) does not index: the
+// gateway in front of it does, and its own refreshes do within one
+// refresh interval. That keeps one flow from costing its indexes twice.
+//
+// Scripts go by digest (EVALSHA): sent whole, Redis hashes the body of
+// each one again. A server that does not know them (restarted, say) is
+// given them and the batch written again.
 func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
+	out, err := w.write(ctx, ops)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		for _, sc := range []*redis.Script{createScript, takeoverScript} {
+			if err := sc.Load(ctx, w.s.rdb).Err(); err != nil {
+				return nil, fmt.Errorf("loading session scripts into %s: %w", w.s.addr, err)
+			}
+		}
+		out, err = w.write(ctx, ops)
+	}
+	return out, err
+}
+
+func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
 	t := w.Table()
 	now := time.Now()
 	nowMS := now.UnixMilli()
@@ -160,6 +196,7 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	refreshes := make([]*redis.BoolCmd, len(ops))
 	hopsOf := make([][]Hop, len(ops))
 	pipe := w.s.rdb.Pipeline()
+	idx := indexBatch{}
 	for i := range ops {
 		op := &ops[i]
 		flow := op.Session.Key.String()
@@ -170,23 +207,30 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 		}
 		hopsOf[i] = h
 		switch op.Kind {
-		case sessions.OpCreate:
+		case sessions.OpCreate, sessions.OpCreateState:
 			m, _ := json.Marshal(meta{Flow: flow, Tenant: op.Session.Tenant, Code: op.Session.Code,
 				Slot: op.Session.Code & (t.Slots() - 1), Version: t.Version(), Created: op.Session.Created / 1e6, Hops: len(h), Chain: serviceNames(h)})
-			args := []any{ttl, len(h), "meta", m, "updated", nowMS}
+			stField, stValue := "", ""
+			if op.Kind == sessions.OpCreateState && w.Service != "" {
+				stField, stValue = "st:"+w.Service, stateOf(&op.Session)
+			}
+			args := []any{ttl, len(h), stField, stValue, nowMS, "meta", m, "updated", nowMS}
 			for j, x := range h {
 				args = append(args, "p"+strconv.Itoa(j), x.Primary, "s"+strconv.Itoa(j), x.Secondary)
 			}
-			creates[i] = createScript.Eval(ctx, pipe, []string{key}, args...)
+			creates[i] = createScript.EvalSha(ctx, pipe, []string{key}, args...)
+			if op.Kind == sessions.OpCreate {
+				idx.add(flow, h, deadline)
+			}
 		case sessions.OpState:
 			if w.Service != "" {
 				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
 			}
 			pipe.PExpire(ctx, key, w.TTL)
-			w.index(ctx, pipe, flow, h, deadline)
+			idx.add(flow, h, deadline)
 		case sessions.OpRefresh:
 			refreshes[i] = pipe.PExpire(ctx, key, w.TTL)
-			w.index(ctx, pipe, flow, h, deadline)
+			idx.add(flow, h, deadline)
 		case sessions.OpTakeover:
 			hop := int(op.Hop)
 			if hop < 0 || hop >= len(h) {
@@ -198,19 +242,22 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			if in, ok := t.InstanceByID(op.From); ok {
 				old = in.Name
 			}
-			takeoverScript.Eval(ctx, pipe, []string{key}, hop, old, h[hop].Primary, h[hop].Secondary, ttl, nowMS)
+			takeoverScript.EvalSha(ctx, pipe, []string{key}, hop, old, h[hop].Primary, h[hop].Secondary, ttl, nowMS)
 			if w.Service != "" {
 				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session))
 			}
+			idx.flush(ctx, pipe) // what was added before goes before the removal
 			pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), flow)
-			w.index(ctx, pipe, flow, h, deadline)
+			idx.add(flow, h, deadline)
 		case sessions.OpDelete:
+			idx.flush(ctx, pipe)
 			pipe.Del(ctx, key)
 			for _, e := range indexEntries(h) {
 				pipe.ZRem(ctx, indexKey(e.instance, e.role), flow)
 			}
 		}
 	}
+	idx.flush(ctx, pipe)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
 	}
@@ -219,7 +266,9 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			out[i].Lost = true
 		}
 	}
-	idx := w.s.rdb.Pipeline()
+	// What losing creates indexed that the first writer's roles lack, and
+	// what they lack of the first writer's.
+	var stale []indexEntry
 	for i, c := range creates {
 		if c == nil {
 			continue
@@ -229,28 +278,72 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			return nil, fmt.Errorf("creating session %s: %w", ops[i].Session.Key, err)
 		}
 		if n, _ := res[0].(int64); n == 1 {
-			w.index(ctx, idx, ops[i].Session.Key.String(), hopsOf[i], deadline)
 			continue
 		}
 		out[i].Existed = true
-		for j := 1; j < len(res) && j-1 < len(out[i].Pins); j++ {
-			name, _ := res[j].(string)
-			if in, ok := t.InstanceByName(name); ok {
-				out[i].Pins[j-1] = in.ID
+		first := make([]Hop, 0, len(hopsOf[i]))
+		for j := 1; j+1 < len(res); j += 2 {
+			p, _ := res[j].(string)
+			sec, _ := res[j+1].(string)
+			first = append(first, Hop{Primary: p, Secondary: sec})
+			if in, ok := t.InstanceByName(p); ok && len(first) <= len(out[i].Pins) {
+				out[i].Pins[len(first)-1] = in.ID
+			}
+		}
+		if ops[i].Kind != sessions.OpCreate {
+			continue
+		}
+		flow := ops[i].Session.Key.String()
+		ours, theirs := indexEntries(hopsOf[i]), indexEntries(first)
+		for _, e := range ours {
+			if !slices.Contains(theirs, e) {
+				stale = append(stale, indexEntry{e, flow})
+			}
+		}
+		for _, e := range theirs {
+			if !slices.Contains(ours, e) {
+				idx.addEntry(e, flow, deadline)
 			}
 		}
 	}
-	if idx.Len() > 0 {
-		if _, err := idx.Exec(ctx); err != nil {
+	if len(stale) > 0 || len(idx) > 0 {
+		pipe := w.s.rdb.Pipeline()
+		for _, e := range stale {
+			pipe.ZRem(ctx, indexKey(e.instance, e.role), e.flow)
+		}
+		idx.flush(ctx, pipe)
+		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
 		}
 	}
 	return out, nil
 }
 
-func (w *Sessions) index(ctx context.Context, pipe redis.Pipeliner, flow string, h []Hop, deadline float64) {
+type indexEntry struct {
+	roleEntry
+	flow string
+}
+
+// indexBatch gathers index entries by index key.
+type indexBatch map[string][]redis.Z
+
+// add indexes flow under every instance and role of h until deadline.
+func (b indexBatch) add(flow string, h []Hop, deadline float64) {
 	for _, e := range indexEntries(h) {
-		pipe.ZAdd(ctx, indexKey(e.instance, e.role), redis.Z{Score: deadline, Member: flow})
+		b.addEntry(e, flow, deadline)
+	}
+}
+
+func (b indexBatch) addEntry(e roleEntry, flow string, deadline float64) {
+	k := indexKey(e.instance, e.role)
+	b[k] = append(b[k], redis.Z{Score: deadline, Member: flow})
+}
+
+// flush queues what b holds on pipe, one ZADD per index, and empties b.
+func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner) {
+	for k, zs := range b {
+		pipe.ZAdd(ctx, k, zs...)
+		delete(b, k)
 	}
 }
 

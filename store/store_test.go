@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -260,6 +261,78 @@ func TestSessions(t *testing.T) {
 		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: b}})
 		if err != nil || !out[0].Existed || out[0].Pins != a.Pins {
 			t.Fatalf("second create: %v, %+v; want Existed with pins %v", err, out, a.Pins)
+		}
+		// It indexed its own roles before it knew it lost; those the first
+		// writer's lack are gone again.
+		if n, err := s.Count(ctx, fw.Name, store.RolePrimary); err != nil || n != 0 {
+			t.Fatalf("Count(%s, primary) after a lost create = %d, %v; want 0", fw.Name, n, err)
+		}
+
+		// A firewall's create carries its verdict: into the existing
+		// session (reporting its pins), or into a new one it creates.
+		b.Rule = 1
+		out, err = fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpCreateState, Session: b}})
+		if err != nil || !out[0].Existed || out[0].Pins != a.Pins {
+			t.Fatalf("create with state over an existing session: %v, %+v; want Existed with pins %v", err, out, a.Pins)
+		}
+		if rec, err := gw.Get(ctx, a.Key); err != nil || !strings.Contains(rec.State["fw"], `"rule":1`) {
+			t.Fatalf("state after create with state = %+v, %v; want rule 1", rec, err)
+		}
+		// Several creates in one batch share each index's ZADD: every
+		// session is indexed under its roles.
+		indexed := func(inst, role, flow string) bool {
+			t.Helper()
+			recs, _, err := s.List(ctx, inst, role)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return slices.ContainsFunc(recs, func(r *store.Record) bool { return r.Flow == flow })
+		}
+		var batch []sessions.Op
+		for sport := uint16(40100); sport < 40110; sport++ {
+			batch = append(batch, sessions.Op{Kind: sessions.OpCreate, Session: newSession(sport)})
+		}
+		out, err = gw.Write(ctx, batch)
+		if err != nil || len(out) != len(batch) {
+			t.Fatalf("batch of creates: %v, %+v", err, out)
+		}
+		for i, op := range batch {
+			rec, err := gw.Get(ctx, op.Session.Key)
+			if err != nil || out[i].Existed {
+				t.Fatalf("batch create %d: %+v, %v, %+v", i, rec, err, out[i])
+			}
+			for _, h := range rec.Hops {
+				if !indexed(h.Primary, store.RolePrimary, rec.Flow) || !indexed(h.Secondary, store.RoleSecondary, rec.Flow) {
+					t.Fatalf("batch session %s not indexed under %+v", rec.Flow, h)
+				}
+			}
+		}
+		// A firewall that creates first leaves the indexing to the
+		// gateway, whose losing create indexes the firewall's roles, not
+		// its own.
+		first := newSession(40200)
+		first.Rule = 0
+		if out, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpCreateState, Session: first}}); err != nil || out[0].Existed {
+			t.Fatalf("firewall's create: %v, %+v", err, out)
+		}
+		late := first
+		other, _ := tab.InstanceByName("fw-1")
+		if late.Pins[0] == other.ID {
+			other, _ = tab.InstanceByName("fw-2")
+		}
+		late.Pins[0] = other.ID
+		if out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: late}}); err != nil || !out[0].Existed || out[0].Pins != first.Pins {
+			t.Fatalf("gateway's late create: %v, %+v; want Existed with pins %v", err, out, first.Pins)
+		}
+		winner, _ := tab.InstanceByID(first.Pins[0])
+		if flow := first.Key.String(); !indexed(winner.Name, store.RolePrimary, flow) || indexed(other.Name, store.RolePrimary, flow) {
+			t.Fatalf("after a lost create, %s primary: %v, %s primary: %v; want the first writer's only",
+				winner.Name, indexed(winner.Name, store.RolePrimary, flow), other.Name, indexed(other.Name, store.RolePrimary, flow))
+		}
+		for _, op := range append(batch, sessions.Op{Session: first}) {
+			if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpDelete, Session: op.Session}}); err != nil {
+				t.Fatal(err)
+			}
 		}
 
 		// The primary writes its state; the record and the indexes show
