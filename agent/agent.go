@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -206,6 +207,16 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	if err != nil {
 		return err
 	}
+	old := a.state.Load()
+	if old != nil && t.SameInstances(old.table) {
+		// Same instances, IDs and addresses: the same rules and routes,
+		// already installed. A tenant change or a failover skips building
+		// and comparing a hop per instance.
+		st := *old
+		st.published, st.table = p, t
+		a.state.Store(&st)
+		return nil
+	}
 	spec, err := SpecFor(t, a.cfg.Node, a.cfg.Rules)
 	spare := errors.Is(err, ErrNotInMap) && a.cfg.Spare
 	if spare {
@@ -220,7 +231,7 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 		st.service = t.Instances()[st.node.Instance].Service
 		st.firewall = t.Services()[st.service].Function == steering.FunctionFirewall
 	}
-	if old := a.state.Load(); old != nil && old.node.Instance >= 0 != (st.node.Instance >= 0) && !old.spare {
+	if old != nil && old.node.Instance >= 0 != (st.node.Instance >= 0) && !old.spare {
 		return fmt.Errorf("version %d would turn node %s from %s; restart the agent to change roles", p.Version, a.cfg.Node, roleName(old))
 	}
 	if apply {
@@ -325,6 +336,10 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	if a.store != nil {
 		redis = a.store.Addr()
 	}
+	// Decoding and compiling a big map at start leaves garbage that the
+	// first map versions to arrive would otherwise pay for, collecting
+	// it while they switch.
+	runtime.GC()
 	a.log.Info("ready", "role", role, "outer", spec.Outer, "queues", spec.WithDefaults().Queues,
 		"fail_closed", spec.FailClosed, "hops", len(spec.Hops), "map_version", st.table.Version(),
 		"redis", redis, "mirror", a.mirror != nil)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"time"
 
 	"github.com/nfsteer/nfsteer/nfq"
@@ -59,7 +60,11 @@ func (a *Agent) watchMap(ctx context.Context) error {
 		if p.Version <= cur {
 			return
 		}
-		_ = a.switchMap(p, start, "document") // logged and counted
+		if a.switchMap(p, start, "document") == nil { // logged and counted
+			// As at start: collect the decoding's garbage now, not while
+			// the next versions switch.
+			runtime.GC()
+		}
 	})
 }
 

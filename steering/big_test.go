@@ -50,7 +50,9 @@ func BenchmarkBigMap(b *testing.B) {
 		}
 	})
 	// What a node does with an announced delta: apply it to the version it
-	// holds, then compile against its table.
+	// holds, then compile against its table. Each version follows the one
+	// before, as on a node: the tenant comes and goes, the instance is
+	// drained and undrained.
 	p.Version = 1
 	held, err := DecodePublished(doc)
 	if err != nil {
@@ -60,20 +62,37 @@ func BenchmarkBigMap(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for name, d := range map[string]*Delta{
-		"delta-tenant-added": {Tenants: map[string]*Tenant{"extra": {Prefixes: []string{"fd20::/64"}, Chain: []string{"svc0"}}}},
-		"delta-drain":        {Drained: []string{"i0100"}},
+	extra := &Tenant{Prefixes: []string{"fd20::/64"}, Chain: []string{"svc0"}}
+	for _, tt := range []struct {
+		name string
+		next func(on bool) *Delta
+	}{
+		{"delta-tenant-added", func(on bool) *Delta {
+			if on {
+				return &Delta{Tenants: map[string]*Tenant{"extra": extra}}
+			}
+			return &Delta{Removed: []string{"extra"}}
+		}},
+		{"delta-drain", func(on bool) *Delta {
+			if on {
+				return &Delta{Drained: []string{"i0100"}}
+			}
+			return &Delta{}
+		}},
 	} {
-		d.Base, d.Version = held.Version, held.Version+1
-		b.Run(name, func(b *testing.B) {
+		b.Run(tt.name, func(b *testing.B) {
+			on := true
 			for b.Loop() {
+				d := tt.next(on)
+				d.Base, d.Version = held.Version, held.Version+1
 				q, err := held.Apply(d)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := CompileNext(table, q); err != nil {
+				if table, err = CompileNext(table, q); err != nil {
 					b.Fatal(err)
 				}
+				held, on = q, !on
 			}
 		})
 	}

@@ -86,6 +86,7 @@ func (p *Published) Apply(d *Delta) (*Published, error) {
 		}
 		maps.Copy(m.Tenants, d.Tenants)
 		q.Map, q.index = m, m.checkChange(&v, p.index, d)
+		q.applied, q.appliedTo = d, p.Map
 	}
 	// The services, hence the instances and their IDs, are p's, which
 	// were valid: only the lists can name an unknown instance.
@@ -93,6 +94,7 @@ func (p *Published) Apply(d *Delta) (*Published, error) {
 	if err := v.err(); err != nil {
 		return nil, err
 	}
+	q.checked = true
 	return q, nil
 }
 

@@ -3,8 +3,11 @@ package steering
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -116,7 +119,7 @@ func TestDeltaMatchesDocument(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(wt.Tenants(), gt.Tenants(), tableOpts...); diff != "" {
+			if diff := tenantDiff(wt, gt, labAddrs); diff != "" {
 				t.Errorf("tenants (-document +delta):\n%s", diff)
 			}
 			if diff := cmp.Diff(wt.Services(), gt.Services(), tableOpts...); diff != "" {
@@ -124,12 +127,6 @@ func TestDeltaMatchesDocument(t *testing.T) {
 			}
 			if diff := cmp.Diff(wt.Instances(), gt.Instances(), tableOpts...); diff != "" {
 				t.Errorf("instances (-document +delta):\n%s", diff)
-			}
-			for _, a := range []string{"10.10.1.7", "10.20.1.7", "10.30.4.5", "fd00:10::9", "192.0.2.1"} {
-				addr := netip.MustParseAddr(a)
-				if w, g := wt.TenantOf(addr), gt.TenantOf(addr); w != g {
-					t.Errorf("TenantOf(%s): document %d, delta %d", a, w, g)
-				}
 			}
 			// A later read of the whole document recognises the map.
 			again, err := DecodePublishedAfter(doc, applied)
@@ -238,6 +235,10 @@ func FuzzApplyDelta(f *testing.F) {
 	}
 	base.Version = 1
 	prev := fromRedis(f, base)
+	prevTable, err := CompilePublished(prev)
+	if err != nil {
+		f.Fatal(err)
+	}
 	before, _ := json.Marshal(prev.Map)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var d Delta
@@ -277,8 +278,152 @@ func FuzzApplyDelta(f *testing.F) {
 				t.Fatalf("removed tenant %q still there", name)
 			}
 		}
-		if _, err := CompileNext(nil, q); err != nil {
+		want, err := CompileNext(nil, q)
+		if err != nil {
 			t.Fatalf("compiling an accepted delta: %v", err)
 		}
+		// Compiled on the base's table, only the changed tenants are
+		// touched; it must decide as the whole compile does.
+		got, err := CompileNext(prevTable, q)
+		if err != nil {
+			t.Fatalf("compiling an accepted delta on the base's table: %v", err)
+		}
+		addrs := slices.Clone(labAddrs)
+		for _, tm := range d.Tenants {
+			for _, s := range tm.Prefixes {
+				addrs = append(addrs, netip.MustParsePrefix(s).Addr())
+			}
+		}
+		if diff := tenantDiff(want, got, addrs); diff != "" {
+			t.Fatalf("tenants (-whole +incremental):\n%s", diff)
+		}
 	})
+}
+
+// labAddrs are addresses in and around the lab map's tenants.
+var labAddrs = func() []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []string{"10.10.1.7", "10.10.1.200", "10.20.1.7", "10.30.4.5", "fd00:10::9", "192.0.2.1", "::1"} {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}()
+
+// tenantDiff compares two tables' tenants as the packet path sees them:
+// the tenants in the map, each one's lookup by name, and the tenant (by
+// name: indexes are each table's own) each of addrs belongs to.
+func tenantDiff(want, got *Table, addrs []netip.Addr) string {
+	if diff := cmp.Diff(want.LiveTenants(), got.LiveTenants(), tableOpts...); diff != "" {
+		return diff
+	}
+	name := func(t *Table, i int) string {
+		if i < 0 {
+			return "(none)"
+		}
+		return t.Tenants()[i].Name
+	}
+	var out strings.Builder
+	if want.TenantCount() != got.TenantCount() {
+		fmt.Fprintf(&out, "TenantCount: -%d +%d\n", want.TenantCount(), got.TenantCount())
+	}
+	for _, ti := range want.LiveTenants() {
+		if g := got.TenantByName(ti.Name); g < 0 || got.Tenants()[g].Name != ti.Name {
+			fmt.Fprintf(&out, "TenantByName(%s): +%s\n", ti.Name, name(got, g))
+		}
+	}
+	for _, a := range addrs {
+		if w, g := name(want, want.TenantOf(a)), name(got, got.TenantOf(a)); w != g {
+			fmt.Fprintf(&out, "TenantOf(%s): -%s +%s\n", a, w, g)
+		}
+	}
+	return out.String()
+}
+
+// A node applies delta after delta to its table: tenants added, removed,
+// changed and prefixes moving between tenants, across the merges of the
+// lookups' overlays and the fresh builds that clear removed tenants'
+// entries. After each, the table must decide as one compiled from the
+// whole map, and removed tenants' entries must stay bounded.
+func TestTenantsAfterManyDeltas(t *testing.T) {
+	base, err := Local(bigMap(20, 300))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base.Version = 1
+	p := fromRedis(t, base)
+	table, err := CompilePublished(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var addrs []netip.Addr
+	for i := range 400 {
+		addrs = append(addrs, netip.MustParseAddr(fmt.Sprintf("fd10:0:0:%x::1", i)))
+	}
+	appended, fresh := 0, 0
+	for v := uint64(2); v < 400; v++ {
+		d := &Delta{Base: v - 1, Version: v, Tenants: map[string]*Tenant{}}
+		names := sortedKeys(p.Map.Tenants)
+		for range 1 + rng.IntN(6) {
+			switch name := names[rng.IntN(len(names))]; rng.IntN(4) {
+			case 0: // removed
+				if _, ok := d.Tenants[name]; !ok && !slices.Contains(d.Removed, name) && len(names) > 50 {
+					d.Removed = append(d.Removed, name)
+				}
+			case 1: // added, on a free /64 of its own
+				used := map[string]bool{}
+				for _, tm := range p.Map.Tenants {
+					used[tm.Prefixes[0]] = true
+				}
+				for _, tm := range d.Tenants {
+					used[tm.Prefixes[0]] = true
+				}
+				for i := range 400 {
+					if pfx := fmt.Sprintf("fd10:0:0:%x::/64", i); !used[pfx] {
+						d.Tenants[fmt.Sprintf("n%d-%d", v, i)] = &Tenant{Prefixes: []string{pfx}, Chain: []string{"svc1"}}
+						break
+					}
+				}
+			default: // changed: another chain, same prefixes
+				if !slices.Contains(d.Removed, name) {
+					tm := *p.Map.Tenants[name]
+					tm.Chain = []string{fmt.Sprintf("svc%d", rng.IntN(10))}
+					d.Tenants[name] = &tm
+				}
+			}
+		}
+		q, err := p.Apply(d)
+		if err != nil {
+			t.Fatalf("version %d: %v", v, err)
+		}
+		next, err := CompileNext(table, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := CompileNext(nil, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := tenantDiff(want, next, addrs); diff != "" {
+			t.Fatalf("version %d (-whole +incremental):\n%s", v, diff)
+		}
+		for _, name := range d.Removed {
+			if i := next.TenantByName(name); i >= 0 {
+				t.Fatalf("version %d: removed tenant %s found at %d", v, name, i)
+			}
+		}
+		if dead := len(next.Tenants()) - next.TenantCount(); dead > next.TenantCount()/4+64+2*len(d.Tenants) {
+			t.Fatalf("version %d: %d entries of removed tenants for %d tenants", v, dead, next.TenantCount())
+		}
+		if len(next.Tenants()) == next.TenantCount() && len(table.Tenants()) > table.TenantCount() {
+			fresh++ // the removed tenants' entries are gone
+		} else {
+			appended++
+		}
+		p, table = q, next
+	}
+	// Both ways of building were taken.
+	if appended == 0 || fresh == 0 {
+		t.Errorf("%d versions appended, %d built afresh; want both", appended, fresh)
+	}
 }

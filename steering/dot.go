@@ -14,7 +14,7 @@ func (t *Table) WriteDot(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "digraph nfsteer {\n  rankdir=LR;\n  label=\"nfsteer map version %d, %d slots\";\n", t.version, t.slots)
 	b.WriteString("  node [fontname=\"Helvetica\"];\n")
-	for _, ti := range t.tenants {
+	for _, ti := range t.LiveTenants() {
 		fmt.Fprintf(&b, "  %q [shape=box, style=filled, fillcolor=lightblue, label=%q];\n", "tenant:"+ti.Name, ti.Name+"\n"+prefixList(ti))
 		prev := "tenant:" + ti.Name
 		for pos, svc := range ti.Chain {

@@ -16,6 +16,9 @@ import (
 func (p *Published) clone() *Published {
 	q := *p
 	q.Version = 0
+	// An edit may go on to change the map: what it was made from says
+	// nothing of the result.
+	q.applied, q.appliedTo, q.checked = nil, nil, false
 	for _, l := range q.lists() {
 		*l.names = slices.Clone(*l.names)
 	}

@@ -47,6 +47,14 @@ type Published struct {
 	mapSum   string
 	mapValid bool
 	index    *mapIndex
+	// applied is the delta Apply made this version with, from a version
+	// whose map was appliedTo: what changed, so that compiling it against
+	// that version's table touches only the changed tenants.
+	applied   *Delta
+	appliedTo *Map
+	// checked says Apply made this version from a valid one and checked
+	// all it changed: it is valid whole.
+	checked bool
 }
 
 // MaxID is the highest instance ID: the mark has 12 bits per direction,
@@ -91,6 +99,9 @@ func AssignIDs(m *Map, prev map[string]uint16) (map[string]uint16, error) {
 func (p *Published) Validate() error {
 	if p.Map == nil {
 		return fmt.Errorf("%w: version %d has no map", ErrInvalidMap, p.Version)
+	}
+	if p.checked {
+		return nil
 	}
 	if !p.mapValid {
 		if err := p.Map.Validate(); err != nil {

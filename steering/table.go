@@ -17,14 +17,24 @@ type Table struct {
 	instances []Instance
 	byName    map[string]int
 	byID      []int32 // instance index by ID, -1 where none
+	// Tenants by index (see tenants.go: entries of removed tenants stay,
+	// unreachable), how many of them are in the map, and whether this
+	// table may append to the backing array.
+	live  int
+	arena *tenantArena
+	names overlay[string]
 	// Tenant lookup: for each family, the distinct prefix lengths present,
 	// longest first, and a map from masked prefix to tenant index. A lookup
 	// masks the address once per length, which allocates nothing.
 	lens     [2][]int
-	prefixes map[netip.Prefix]int
-	// m is the map the table was compiled from, which CompileNext compares
-	// to reuse what did not change.
-	m *Map
+	prefixes overlay[netip.Prefix]
+	// m is the map the table was compiled from, ids and out the IDs and
+	// lists of instances out of new-flow steering (down, drained,
+	// unhealthy, migrating) it was compiled with: CompileNext compares
+	// them to reuse what did not change.
+	m   *Map
+	ids map[string]uint16
+	out [4][]string
 }
 
 // TenantInfo is a compiled tenant.
@@ -121,17 +131,42 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 	m := p.Map
 	same := prev != nil && prev.m == m
 	sameServices := same || prev != nil && sharesServices(prev.m, m)
-	t := &Table{
-		m:       m,
-		version: p.Version,
-		slots:   uint32(m.SlotCount()),
-		byName:  map[string]int{},
-		byID:    make([]int32, MaxID+1),
+	t := &Table{m: m, version: p.Version, slots: uint32(m.SlotCount()), ids: p.IDs}
+	for i, l := range p.lists() {
+		t.out[i] = *l.names
 	}
+	if sameServices && sameMap(prev.ids, p.IDs) {
+		t.instancesAfter(prev)
+	} else {
+		t.compileInstances(p, prev, sameServices)
+	}
+	svcIndex := make(map[string]int, len(t.services))
+	for i, si := range t.services {
+		svcIndex[si.Name] = i
+	}
+	switch {
+	case same:
+		t.tenants, t.live, t.arena, t.names, t.prefixes, t.lens = prev.tenants, prev.live, prev.arena, prev.names, prev.prefixes, prev.lens
+	case sameServices && p.applied != nil && prev.m == p.appliedTo && t.tenantsDelta(prev, p.applied, svcIndex):
+	case sameServices:
+		t.tenantsFresh(prev, svcIndex)
+	default:
+		t.tenantsFresh(nil, svcIndex)
+	}
+	return t, nil
+}
+
+// compileInstances builds t's services and instances from p, reusing a
+// service's roles from prev (which may be nil) when its instances and
+// which of them are out are the same, and updating them when only which
+// are out changed (sameServices).
+func (t *Table) compileInstances(p *Published, prev *Table, sameServices bool) {
+	m := p.Map
+	t.byName = map[string]int{}
+	t.byID = make([]int32, MaxID+1)
 	for i := range t.byID {
 		t.byID[i] = -1
 	}
-	svcIndex := map[string]int{}
 	for _, sname := range sortedKeys(m.Services) {
 		svc := m.Services[sname]
 		si := ServiceInfo{Name: sname, Function: svc.FunctionName()}
@@ -165,21 +200,62 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 			ps := &prev.services[len(t.services)]
 			si.Roles = updateRoles(ps.Roles, sname, names, ps.skip, skip)
 		}
-		svcIndex[sname] = len(t.services)
 		t.services = append(t.services, si)
 	}
-	switch {
-	case same:
-		t.tenants, t.prefixes, t.lens = prev.tenants, prev.prefixes, prev.lens
-	case sameServices:
-		t.tenantsAfter(prev, svcIndex)
-	default:
-		for _, tname := range sortedKeys(m.Tenants) {
-			t.tenants = append(t.tenants, compileTenant(tname, m.Tenants[tname], svcIndex))
-		}
-		t.indexTenants()
+}
+
+// instancesAfter builds t's services and instances from prev's, whose
+// services and IDs t's map shares: only which instances are out can
+// differ. Unchanged, they are prev's; otherwise the instances are copied
+// with their new states, and the roles of services whose out instances
+// changed are updated.
+func (t *Table) instancesAfter(prev *Table) {
+	t.byName, t.byID = prev.byName, prev.byID
+	if listsEqual(t.out, prev.out) {
+		t.instances, t.services = prev.instances, prev.services
+		return
 	}
-	return t, nil
+	t.instances = slices.Clone(prev.instances)
+	for i := range t.instances {
+		in := &t.instances[i]
+		in.Down, in.Drained, in.Unhealthy, in.Migrating = false, false, false, false
+	}
+	for l, names := range t.out { // in the order of Published.lists
+		for _, name := range names {
+			in := &t.instances[t.byName[name]] // validated: every name is an instance
+			*[...]*bool{&in.Down, &in.Drained, &in.Unhealthy, &in.Migrating}[l] = true
+		}
+	}
+	t.services = slices.Clone(prev.services)
+	for s := range t.services {
+		si := &t.services[s]
+		skip := make([]bool, len(si.Instances))
+		for k, ii := range si.Instances {
+			skip[k] = t.instances[ii].Out()
+		}
+		if !slices.Equal(skip, si.skip) {
+			names := make([]string, len(si.Instances))
+			for k, ii := range si.Instances {
+				names[k] = t.instances[ii].Name
+			}
+			si.Roles = updateRoles(si.Roles, si.Name, names, si.skip, skip)
+		}
+		si.skip = skip
+	}
+}
+
+func listsEqual(a, b [4][]string) bool {
+	for i := range a {
+		if !slices.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameMap reports whether a and b are the very same map object.
+func sameMap[K comparable, V any](a, b map[K]V) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // sharesServices reports whether a and b have the same slot count and
@@ -188,39 +264,6 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 // the same services.
 func sharesServices(a, b *Map) bool {
 	return a.Slots == b.Slots && reflect.ValueOf(a.Services).UnsafePointer() == reflect.ValueOf(b.Services).UnsafePointer()
-}
-
-// tenantsAfter compiles the tenants of t.m, whose services are prev's,
-// reusing prev's compiled tenant wherever the definition is the same
-// object, and keeping prev's order (by name) without sorting every name
-// again.
-func (t *Table) tenantsAfter(prev *Table, svcIndex map[string]int) {
-	m := t.m
-	var added []string
-	for name := range m.Tenants {
-		if _, ok := prev.m.Tenants[name]; !ok {
-			added = append(added, name)
-		}
-	}
-	slices.Sort(added)
-	t.tenants = make([]TenantInfo, 0, len(m.Tenants))
-	for _, old := range prev.tenants {
-		for len(added) > 0 && added[0] < old.Name {
-			t.tenants = append(t.tenants, compileTenant(added[0], m.Tenants[added[0]], svcIndex))
-			added = added[1:]
-		}
-		switch tm, ok := m.Tenants[old.Name]; {
-		case !ok:
-		case tm == old.def:
-			t.tenants = append(t.tenants, old)
-		default:
-			t.tenants = append(t.tenants, compileTenant(old.Name, tm, svcIndex))
-		}
-	}
-	for _, name := range added {
-		t.tenants = append(t.tenants, compileTenant(name, m.Tenants[name], svcIndex))
-	}
-	t.indexTenants()
 }
 
 // compileTenant compiles a validated tenant.
@@ -239,24 +282,6 @@ func compileTenant(name string, tm *Tenant, svcIndex map[string]int) TenantInfo 
 	return ti
 }
 
-// indexTenants builds the prefix lookup of t.tenants.
-func (t *Table) indexTenants() {
-	t.prefixes = make(map[netip.Prefix]int, len(t.tenants))
-	for i, ti := range t.tenants {
-		for _, p := range ti.Prefixes {
-			t.prefixes[p] = i
-			f := familyIndex(p.Addr())
-			if !slices.Contains(t.lens[f], p.Bits()) {
-				t.lens[f] = append(t.lens[f], p.Bits())
-			}
-		}
-	}
-	for f := range t.lens {
-		slices.Sort(t.lens[f])
-		slices.Reverse(t.lens[f])
-	}
-}
-
 // Version returns the version of the published map the table was compiled
 // from (0 for a map read from a file).
 func (t *Table) Version() uint64 { return t.version }
@@ -271,8 +296,21 @@ func (t *Table) Instances() []Instance { return t.instances }
 // Services returns every service. The slice must not be modified.
 func (t *Table) Services() []ServiceInfo { return t.services }
 
-// Tenants returns every tenant. The slice must not be modified.
+// Tenants returns the tenants by index, as [Table.TenantOf] and
+// [Table.TenantByName] give it. The slice may also hold entries of tenants
+// a later version removed, which no lookup reaches: to list the map's
+// tenants use [Table.LiveTenants]. The slice must not be modified.
 func (t *Table) Tenants() []TenantInfo { return t.tenants }
+
+// TenantCount returns the number of tenants in the map.
+func (t *Table) TenantCount() int { return t.live }
+
+// SameInstances reports whether t has the very instances of u, with the
+// same IDs and addresses (which of them are out aside): t was compiled,
+// by CompileNext, from u's services and IDs.
+func (t *Table) SameInstances(u *Table) bool {
+	return u != nil && len(t.byID) > 0 && len(u.byID) > 0 && &t.byID[0] == &u.byID[0]
+}
 
 // InstanceByName returns the instance called name.
 func (t *Table) InstanceByName(name string) (*Instance, bool) {
@@ -296,8 +334,8 @@ func (t *Table) TenantOf(a netip.Addr) int {
 	a = a.Unmap()
 	for _, bits := range t.lens[familyIndex(a)] {
 		p, _ := a.Prefix(bits)
-		if i, ok := t.prefixes[p]; ok {
-			return i
+		if i, ok := t.prefixes.get(p); ok {
+			return int(i)
 		}
 	}
 	return -1
@@ -471,5 +509,8 @@ func (t *Table) ServiceByName(name string) int {
 
 // TenantByName returns the index of the tenant called name, or -1.
 func (t *Table) TenantByName(name string) int {
-	return slices.IndexFunc(t.tenants, func(ti TenantInfo) bool { return ti.Name == name })
+	if i, ok := t.names.get(name); ok {
+		return int(i)
+	}
+	return -1
 }

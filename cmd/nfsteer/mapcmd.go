@@ -165,7 +165,7 @@ func mapCheckCommand() *cli.Command {
 			}
 			w := c.App.Writer
 			fmt.Fprintf(w, "map is valid: %d slots, %d services, %d instances, %d tenants\n",
-				t.Slots(), len(t.Services()), len(t.Instances()), len(t.Tenants()))
+				t.Slots(), len(t.Services()), len(t.Instances()), t.TenantCount())
 			for si, s := range t.Services() {
 				primary := map[string]int{}
 				for slot := uint32(0); slot < t.Slots(); slot++ {
