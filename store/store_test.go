@@ -239,6 +239,17 @@ func TestSessions(t *testing.T) {
 			return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: tab.PinsFor(acme, code&(tab.Slots()-1)), Created: time.Now().UnixNano(), Rule: -1}
 		}
 
+		// otherFirewall returns s pinned at the firewall hop to the
+		// firewall it was not pinned to, and that firewall.
+		otherFirewall := func(s sessions.Session) (sessions.Session, *steering.Instance) {
+			fw, _ := tab.InstanceByName("fw-1")
+			if s.Pins[0] == fw.ID {
+				fw, _ = tab.InstanceByName("fw-2")
+			}
+			s.Pins[0] = fw.ID
+			return s, fw
+		}
+
 		// A refresh of a session Redis does not hold says it was lost.
 		out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpRefresh, Session: newSession(39999)}})
 		if err != nil || !out[0].Lost {
@@ -252,12 +263,7 @@ func TestSessions(t *testing.T) {
 		if err != nil || out[0].Existed {
 			t.Fatalf("first create: %v, %+v", err, out)
 		}
-		b := a
-		fw, _ := tab.InstanceByName("fw-1")
-		if b.Pins[0] == fw.ID {
-			fw, _ = tab.InstanceByName("fw-2")
-		}
-		b.Pins[0] = fw.ID
+		b, fw := otherFirewall(a)
 		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: b}})
 		if err != nil || !out[0].Existed || out[0].Pins != a.Pins {
 			t.Fatalf("second create: %v, %+v; want Existed with pins %v", err, out, a.Pins)
@@ -315,12 +321,7 @@ func TestSessions(t *testing.T) {
 		if out, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpCreateState, Session: first}}); err != nil || out[0].Existed {
 			t.Fatalf("firewall's create: %v, %+v", err, out)
 		}
-		late := first
-		other, _ := tab.InstanceByName("fw-1")
-		if late.Pins[0] == other.ID {
-			other, _ = tab.InstanceByName("fw-2")
-		}
-		late.Pins[0] = other.ID
+		late, other := otherFirewall(first)
 		if out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: late}}); err != nil || !out[0].Existed || out[0].Pins != first.Pins {
 			t.Fatalf("gateway's late create: %v, %+v; want Existed with pins %v", err, out, first.Pins)
 		}
