@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -165,20 +166,17 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 	t.live = prev.live - removed + len(d.Tenants) - replaced
 	t.names = prev.names.with(names)
 	t.prefixes = prev.prefixes.with(prefixes)
+	// The prefix lengths are prev's unless an added prefix brings a new
+	// one: then they are copied, never appended to in place.
 	t.lens = prev.lens
-	grown := false
-	for _, ti := range add {
-		for _, p := range ti.Prefixes {
-			if f := familyIndex(p.Addr()); !slices.Contains(t.lens[f], p.Bits()) {
-				if !grown {
-					t.lens = [2][]int{slices.Clone(prev.lens[0]), slices.Clone(prev.lens[1])}
-					grown = true
-				}
+	newLen := func(p netip.Prefix) bool { return !slices.Contains(prev.lens[familyIndex(p.Addr())], p.Bits()) }
+	if slices.ContainsFunc(add, func(ti TenantInfo) bool { return slices.ContainsFunc(ti.Prefixes, newLen) }) {
+		t.lens = [2][]int{slices.Clone(prev.lens[0]), slices.Clone(prev.lens[1])}
+		for _, ti := range add {
+			for _, p := range ti.Prefixes {
 				t.addLen(p)
 			}
 		}
-	}
-	if grown {
 		t.sortLens()
 	}
 	// Lengths whose last prefix went stay listed: one lookup more per
@@ -210,14 +208,6 @@ func (t *Table) LiveTenants() []TenantInfo {
 			out = append(out, ti)
 		}
 	}
-	slices.SortFunc(out, func(a, b TenantInfo) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b TenantInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
