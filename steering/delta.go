@@ -3,6 +3,7 @@ package steering
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 )
@@ -85,7 +86,7 @@ func (p *Published) Apply(d *Delta) (*Published, error) {
 			delete(m.Tenants, name)
 		}
 		maps.Copy(m.Tenants, d.Tenants)
-		q.Map, q.index = m, m.checkChange(&v, p.index, d)
+		q.Map, q.index = m, m.checkChange(&v, p.Map, p.index, d)
 		q.applied, q.appliedTo = d, p.Map
 	}
 	// The services, hence the instances and their IDs, are p's, which
@@ -99,36 +100,37 @@ func (p *Published) Apply(d *Delta) (*Published, error) {
 }
 
 // checkChange checks the tenants d adds or changes in m (whose other
-// tenants were valid with index ix) and returns m's index. Every tenant is
-// checked on its own as [Map.Validate] does; each new prefix is checked
-// against the others through the sorted, disjoint prefix list: only its
-// neighbours there can overlap it.
-func (m *Map) checkChange(v *validator, ix *mapIndex, d *Delta) *mapIndex {
-	touched := map[string]bool{}
-	for _, name := range d.Removed {
-		touched[name] = true
-	}
-	var own []ownedPrefix
-	for _, name := range sortedKeys(d.Tenants) {
-		touched[name] = true
-		own = append(own, m.checkTenant(v, name, ix.lacks)...)
-	}
-	next := &mapIndex{lacks: ix.lacks, prefixes: make([]ownedPrefix, 0, len(ix.prefixes)+len(own))}
-	for _, op := range ix.prefixes {
-		if !touched[op.tenant] {
-			next.prefixes = append(next.prefixes, op)
-		}
-	}
-prefixes:
-	for _, op := range own {
-		i, _ := slices.BinarySearchFunc(next.prefixes, op, comparePrefix)
-		for _, j := range [2]int{i - 1, i} {
-			if j >= 0 && j < len(next.prefixes) && next.prefixes[j].p.Overlaps(op.p) {
-				v.overlap(op, next.prefixes[j])
-				continue prefixes
+// tenants were valid with index ix, the index of old) and returns m's
+// index. Every tenant is checked on its own as [Map.Validate] does; each
+// new prefix is checked against the others through the sorted, disjoint
+// prefix index: only its neighbours there can overlap it.
+func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIndex {
+	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone()}
+	// Out with the prefixes of the tenants removed or changed...
+	for _, name := range slices.Concat(d.Removed, sortedKeys(d.Tenants)) {
+		if t := old.Tenants[name]; t != nil {
+			for _, s := range t.Prefixes {
+				if p, err := netip.ParsePrefix(s); err == nil { // it was valid
+					next.prefixes.remove(ownedPrefix{p: p}, name)
+				}
 			}
 		}
-		next.prefixes = slices.Insert(next.prefixes, i, op)
+	}
+	// ...and in with those of the tenants added or changed, if they
+	// overlap nothing.
+	for _, name := range sortedKeys(d.Tenants) {
+	prefixes:
+		for _, op := range m.checkTenant(v, name, ix.lacks) {
+			pos := next.prefixes.search(op)
+			before, at := next.prefixes.around(pos)
+			for _, other := range [2]*ownedPrefix{before, at} {
+				if other != nil && other.p.Overlaps(op.p) {
+					v.overlap(op, *other)
+					continue prefixes
+				}
+			}
+			next.prefixes.insert(pos, op)
+		}
 	}
 	return next
 }

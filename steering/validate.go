@@ -19,10 +19,12 @@ func (m *Map) Validate() error {
 func (m *Map) validate() (*mapIndex, error) {
 	var v validator
 	ix := &mapIndex{lacks: m.checkServices(&v)}
+	var all []ownedPrefix
 	for _, tname := range sortedKeys(m.Tenants) {
-		ix.prefixes = append(ix.prefixes, m.checkTenant(&v, tname, ix.lacks)...)
+		all = append(all, m.checkTenant(&v, tname, ix.lacks)...)
 	}
-	v.overlaps(ix.prefixes)
+	v.overlaps(all)
+	ix.prefixes = newPrefixIndex(all)
 	return ix, v.err()
 }
 
@@ -34,7 +36,7 @@ type mapIndex struct {
 	lacks map[string]*[2][]string
 	// prefixes holds every tenant prefix, sorted by address and then
 	// length. In a valid map no two overlap.
-	prefixes []ownedPrefix
+	prefixes *prefixIndex
 }
 
 // checkServices checks the slot count and the services, and returns, per
