@@ -82,6 +82,7 @@ type Agent struct {
 	ct   rules.Conntrack
 
 	switchMu sync.Mutex // serialises map switches
+	gc       *switchCollector
 	// logging says decisions are logged: Config.LogFlows, until Reload.
 	logging atomic.Bool
 
@@ -127,6 +128,7 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 		ct:       ct,
 		sessions: sessions.NewTable(cfg.SessionTTL),
 		flows:    make(chan flowEvent, 1024),
+		gc:       newSwitchCollector(),
 		pending:  map[sessions.Key][]waiter{},
 		lookups:  make(chan sessions.Key, maxPendingLookups),
 	}
@@ -293,7 +295,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		tasks = append(tasks, a.refresh)
 	}
 	if a.store != nil {
-		tasks = append(tasks, a.watchMap, a.heartbeat, a.lookupWorker, a.lookupWorker)
+		tasks = append(tasks, a.watchMap, a.gc.run, a.heartbeat, a.lookupWorker, a.lookupWorker)
 	}
 	if a.mirror != nil {
 		tasks = append(tasks, a.mirror.Run)

@@ -22,7 +22,8 @@ import (
 // polled version newer than the node's is validated, installed and, if it
 // took instances away, the flows pinned to them are moved. An announced
 // delta from the version the node holds is applied without reading the
-// map; anything else, including a delta refused, reads the whole document.
+// map; anything else, including a delta refused, reads the live map (the
+// document and the log of deltas after it).
 func (a *Agent) watchMap(ctx context.Context) error {
 	refused := uint64(0)
 	return a.store.Watch(ctx, a.cfg.MapPoll, func(ctx context.Context, an store.Announcement) {
@@ -33,8 +34,11 @@ func (a *Agent) watchMap(ctx context.Context) error {
 			return
 		}
 		if d := an.Delta; d != nil && d.Base == cur && an.Version != refused {
+			since := allocated()
 			if p, err := held.Apply(d); err == nil {
-				_ = a.switchMap(p, start, "delta") // logged and counted
+				if a.switchMap(p, start, "delta") == nil { // logged and counted
+					a.gc.afterSwitch(since)
+				}
 				return
 			}
 			// Not a delta this node can apply, or a bad one: the
@@ -44,11 +48,7 @@ func (a *Agent) watchMap(ctx context.Context) error {
 		if err != nil || v <= cur || v == refused {
 			return
 		}
-		b, err := a.store.LiveRaw(ctx)
-		if err != nil {
-			return
-		}
-		p, err := steering.DecodePublishedAfter(b, held)
+		p, err := a.store.LiveAfter(ctx, held)
 		if err != nil {
 			if errors.Is(err, steering.ErrInvalidMap) {
 				a.Counters.MapsRefused.Add(1)

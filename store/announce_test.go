@@ -32,9 +32,12 @@ func TestAnnounceBoundsTheDelta(t *testing.T) {
 		if _, err := next.Encode(); err != nil {
 			t.Fatal(err)
 		}
-		b, err := announce(live, next)
+		b, logged, err := announce(live, next)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if logged != tt.delta {
+			t.Errorf("%d tenants added: logged %t, want %t", tt.tenants, logged, tt.delta)
 		}
 		var a Announcement
 		if err := json.Unmarshal(b, &a); err != nil {

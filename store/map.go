@@ -25,8 +25,14 @@ type Announcement struct {
 // tenants) is announced by number, and nodes read the document.
 const maxDelta = 64 << 10
 
-// announce returns the announcement of next, which follows live.
-func announce(live, next *steering.Published) ([]byte, error) {
+// maxLog bounds the map's log: the version after that many deltas
+// rewrites the document and empties the log, so that a reader applies
+// at most maxLog deltas to the document it decodes.
+const maxLog = 64
+
+// announce returns the announcement of next, which follows live, and
+// whether it carries the delta.
+func announce(live, next *steering.Published) ([]byte, bool, error) {
 	a := Announcement{Version: next.Version}
 	if d, ok := steering.NewDelta(live, next); ok {
 		a.Delta = d
@@ -37,9 +43,9 @@ func announce(live, next *steering.Published) ([]byte, error) {
 		b, err = json.Marshal(a)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("encoding the announcement of version %d: %w", next.Version, err)
+		return nil, false, fmt.Errorf("encoding the announcement of version %d: %w", next.Version, err)
 	}
-	return b, nil
+	return b, a.Delta != nil, nil
 }
 
 // LiveVersion returns the live map version, 0 if there is none.
@@ -54,32 +60,52 @@ func (s *Store) LiveVersion(ctx context.Context) (uint64, error) {
 	return v, nil
 }
 
-// LiveRaw returns the live map document as stored.
-func (s *Store) LiveRaw(ctx context.Context) ([]byte, error) {
-	b, err := s.rdb.Get(ctx, keyMapDoc).Bytes()
+// Live returns the live map, validated. An invalid document or log
+// (written by hand, say) gives an error wrapping steering.ErrInvalidMap.
+func (s *Store) Live(ctx context.Context) (*steering.Published, error) { return s.decodeLive(ctx, nil) }
+
+// decodeLive reads the map document, the log of deltas after it and the
+// live version in one transaction, and returns the document with the
+// deltas applied, each validated as a node validates an announced one.
+// The document reuses held's map if it has the same one.
+func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*steering.Published, error) {
+	tx := s.rdb.TxPipeline()
+	docCmd := tx.Get(ctx, keyMapDoc)
+	logCmd := tx.LRange(ctx, keyMapLog, 0, -1)
+	versionCmd := tx.Get(ctx, keyMapVersion)
+	if _, err := tx.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("reading the map from %s: %w", s.addr, err)
+	}
+	doc, err := docCmd.Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, ErrNoMap
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading the map from %s: %w", s.addr, err)
 	}
-	return b, nil
-}
-
-// Live returns the live map, validated. An invalid document (written by
-// hand, say) gives an error wrapping steering.ErrInvalidMap.
-func (s *Store) Live(ctx context.Context) (*steering.Published, error) { return s.decodeLive(ctx, nil) }
-
-// decodeLive reads and decodes the live map document, reusing held's map
-// if the document has the same one.
-func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*steering.Published, error) {
-	b, err := s.LiveRaw(ctx)
-	if err != nil {
-		return nil, err
-	}
-	p, err := steering.DecodePublishedAfter(b, held)
+	p, err := steering.DecodePublishedAfter(doc, held)
 	if err != nil {
 		return nil, fmt.Errorf("live map in Redis: %w", err)
+	}
+	for i, entry := range logCmd.Val() {
+		var a Announcement
+		if err := json.Unmarshal([]byte(entry), &a); err != nil || a.Delta == nil {
+			return nil, fmt.Errorf("%w: live map in Redis: entry %d of %s is not a delta", steering.ErrInvalidMap, i, keyMapLog)
+		}
+		if a.Version <= p.Version {
+			continue // from before the document (written over it by hand)
+		}
+		q, err := p.Apply(a.Delta)
+		if errors.Is(err, steering.ErrNotBase) {
+			err = fmt.Errorf("%w: %w", steering.ErrInvalidMap, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("live map in Redis: version %d from %s: %w", a.Version, keyMapLog, err)
+		}
+		p = q
+	}
+	if v, _ := versionCmd.Uint64(); v != p.Version {
+		return nil, fmt.Errorf("%w: live map in Redis: live version %d, but the document and its log make version %d", steering.ErrInvalidMap, v, p.Version)
 	}
 	return p, nil
 }
@@ -177,18 +203,22 @@ func (s *Store) publish(ctx context.Context, expect uint64, live, p *steering.Pu
 	if live != nil && live.Version != expect {
 		live = nil // read before another publisher's version: no delta
 	}
-	msg, err := announce(live, p)
+	msg, logged, err := announce(live, p)
 	if err != nil {
 		return time.Time{}, err
 	}
-	// The document goes in a transaction, not as a script's argument: a
-	// script has Redis copy its 0.8 MB (10,000 tenants) twice more, which
-	// was most of the time from publication to the nodes' switch. WATCH
-	// makes the write conditional on the live version being expect, so
-	// that concurrent publishers cannot lose each other's changes and no
-	// version is reused or skipped back; EXEC makes it whole, so that no
-	// reader sees a document without its version nor an announcement
-	// before both.
+	// A version an announced delta makes is appended to the map's log,
+	// not written whole: 10,000 tenants are 0.8 MB of JSON, which Redis
+	// took milliseconds to read and store for every drain or tenant
+	// added, before any node could switch. Every maxLog versions, and for
+	// any version without a delta, the document is rewritten and the log
+	// emptied.
+	//
+	// WATCH makes the write conditional on the live version being expect,
+	// so that concurrent publishers cannot lose each other's changes and no
+	// version is reused or skipped back; MULTI/EXEC makes it whole, so that
+	// no reader sees a document, log and version that do not go together
+	// nor an announcement before them.
 	var at time.Time
 	err = s.rdb.Watch(ctx, func(tx *redis.Tx) error {
 		live, err := tx.Get(ctx, keyMapVersion).Uint64()
@@ -198,9 +228,18 @@ func (s *Store) publish(ctx context.Context, expect uint64, live, p *steering.Pu
 		if live != expect {
 			return errConflict
 		}
+		entries, err := tx.LLen(ctx, keyMapLog).Result()
+		if err != nil {
+			return err
+		}
 		at = time.Now()
 		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			pipe.Set(ctx, keyMapDoc, doc, 0)
+			if logged && entries < maxLog {
+				pipe.RPush(ctx, keyMapLog, msg)
+			} else {
+				pipe.Set(ctx, keyMapDoc, doc, 0)
+				pipe.Del(ctx, keyMapLog)
+			}
 			pipe.Set(ctx, keyMapVersion, p.Version, 0)
 			pipe.Publish(ctx, Channel, msg)
 			return nil

@@ -15,6 +15,9 @@ import (
 const (
 	keyMapDoc     = "nfsteer:{map}:doc"
 	keyMapVersion = "nfsteer:{map}:version"
+	// keyMapLog lists the announcements of the versions after the
+	// document's, oldest first.
+	keyMapLog = "nfsteer:{map}:log"
 	// Channel carries the number of every newly published map version.
 	Channel       = "nfsteer:map"
 	keyBeatAt     = "nfsteer:{hb}:at"

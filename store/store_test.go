@@ -488,3 +488,84 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("unreachable: %v, want an error naming the address", err)
 	}
 }
+
+// A version an announced delta makes goes into the map's log, not into a
+// rewritten document; readers fold the log into the document, and every
+// maxLog versions the document is rewritten. A log that does not make
+// the live version is refused whole.
+func TestMapLog(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		c := s.Client()
+		if _, err := s.Publish(ctx, replace(parse(t, labMap))); err != nil {
+			t.Fatal(err)
+		}
+		doc, err := c.Get(ctx, "nfsteer:{map}:doc").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		drain := func(name string) store.Change {
+			return func(p *steering.Published) (*steering.Published, error) { return p.Drain(name) }
+		}
+		undrain := func(name string) store.Change {
+			return func(p *steering.Published) (*steering.Published, error) { return p.Undrain(name) }
+		}
+		var last store.Publication
+		for i := range 65 { // maxLog, and one more
+			change := drain("fw-2")
+			if i%2 == 1 {
+				change = undrain("fw-2")
+			}
+			if last, err = s.Publish(ctx, change); err != nil {
+				t.Fatal(err)
+			}
+			if i != 3 {
+				continue
+			}
+			// Four versions logged; the document is version 1's.
+			if n, err := c.LLen(ctx, "nfsteer:{map}:log").Result(); err != nil || n != 4 {
+				t.Fatalf("log of %d entries (%v) after 4 drains, want 4", n, err)
+			}
+			if d, _ := c.Get(ctx, "nfsteer:{map}:doc").Result(); d != doc {
+				t.Fatal("document rewritten for a drain")
+			}
+			live, err := s.Live(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(last.Published, live, cmpopts.IgnoreUnexported(steering.Published{}), cmpopts.EquateEmpty()); diff != "" {
+				t.Fatalf("live map from the log (-published +live):\n%s", diff)
+			}
+		}
+		// Version 66 found 64 entries: it rewrote the document.
+		if n, _ := c.LLen(ctx, "nfsteer:{map}:log").Result(); n != 0 {
+			t.Errorf("log of %d entries after %d versions, want it emptied", n, last.Version)
+		}
+		if d, _ := c.Get(ctx, "nfsteer:{map}:doc").Result(); d == doc {
+			t.Errorf("document still version 1's at version %d", last.Version)
+		}
+		live, err := s.Live(ctx)
+		if err != nil || live.Version != 66 || !slices.Equal(live.Drained, last.Drained) {
+			t.Fatalf("live map after the rewrite: %+v, %v; want version 66, drained %v", live, err, last.Drained)
+		}
+
+		// A log that skips a version is refused, naming it; so is an entry
+		// that is not a delta.
+		if _, err := s.Publish(ctx, drain("fw-2")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(ctx, "nfsteer:{map}:version", 68, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Live(ctx); !errors.Is(err, steering.ErrInvalidMap) || !strings.Contains(err.Error(), "live version 68") {
+			t.Errorf("Live with the log one version short: %v, want ErrInvalidMap naming live version 68", err)
+		}
+		if err := c.RPush(ctx, "nfsteer:{map}:log", "not json").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Live(ctx); !errors.Is(err, steering.ErrInvalidMap) || !strings.Contains(err.Error(), "entry 1 of nfsteer:{map}:log") {
+			t.Errorf("Live with a malformed log entry: %v, want ErrInvalidMap naming entry 1", err)
+		}
+	})
+}

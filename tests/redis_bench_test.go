@@ -160,9 +160,11 @@ var (
 // health change (an instance drained or undrained). The time runs from the
 // moment the publisher sent the version to Redis (as it prints it) to the
 // moment each agent's routes, rules and table were switched (as the agent
-// logs it); both clocks are this machine's.
+// logs it); both clocks are this machine's. 40 versions of each kind
+// give 200 samples, so that p99 is a percentile and not the slowest
+// sample, which is printed too.
 func BenchmarkMapPropagation(b *testing.B) {
-	const rounds = 10
+	const rounds = 40
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench MapPropagation -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.NewWithMap(b, bin, firewallMap)
@@ -207,6 +209,10 @@ func BenchmarkMapPropagation(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			// The agents log when they switched; reading their logs only
+			// after they are done keeps this process off the CPUs while
+			// they work.
+			time.Sleep(50 * time.Millisecond)
 			for _, a := range agents {
 				var got time.Time
 				var work time.Duration
@@ -233,8 +239,8 @@ func BenchmarkMapPropagation(b *testing.B) {
 			p50, p99 := xs[len(xs)/2], xs[min(len(xs)-1, len(xs)*99/100)]
 			b.ReportMetric(float64(p50.Microseconds())/1000, kind+"-p50-ms")
 			b.ReportMetric(float64(p99.Microseconds())/1000, kind+"-p99-ms")
-			fmt.Printf("propagation, %s: %d samples (%d versions x %d agents), p50 %v, p99 %v (target p99 < 10ms)\n",
-				kind, len(xs), rounds, len(agents), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond))
+			fmt.Printf("propagation, %s: %d samples (%d versions x %d agents), p50 %v, p99 %v (target p99 < 10ms), slowest %v\n",
+				kind, len(xs), rounds, len(agents), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), xs[len(xs)-1].Round(10*time.Microsecond))
 			ws := took[kind]
 			slices.Sort(ws)
 			fmt.Printf("  of which the agents' own work: p50 %v, p99 %v\n",
