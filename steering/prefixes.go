@@ -32,12 +32,6 @@ func newPrefixIndex(sorted []ownedPrefix) *prefixIndex {
 	return x
 }
 
-// Len returns the number of prefixes.
-func (x *prefixIndex) Len() int { return x.n }
-
-// all returns every prefix, in order.
-func (x *prefixIndex) all() []ownedPrefix { return slices.Concat(x.chunks...) }
-
 // position is where a prefix is or would be inserted: chunk c, index i.
 type position struct{ c, i int }
 
