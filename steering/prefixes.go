@@ -7,13 +7,12 @@ import "slices"
 // one another share: a change to a few tenants copies the chunks it
 // touches and the list of chunks, not the 10,000 prefixes of a big map.
 // That copy was most of what a node allocated to apply a tenant delta.
-// A prefixIndex is never changed once a Published holds it; with returns
-// a new one.
+// A prefixIndex is never changed once a Published holds it: a change
+// works on a clone.
 type prefixIndex struct {
 	// chunks are non-empty and sorted; every prefix of a chunk sorts
 	// before every prefix of the next.
 	chunks [][]ownedPrefix
-	n      int
 }
 
 // prefixChunk is a chunk's size when built; a chunk that grows to twice
@@ -22,7 +21,7 @@ const prefixChunk = 64
 
 // newPrefixIndex returns the index of sorted, which it keeps.
 func newPrefixIndex(sorted []ownedPrefix) *prefixIndex {
-	x := &prefixIndex{n: len(sorted)}
+	x := &prefixIndex{}
 	for len(sorted) > 0 {
 		k := min(prefixChunk, len(sorted))
 		// Capped, so that growing a chunk copies it.
@@ -72,12 +71,11 @@ func (x *prefixIndex) around(pos position) (before, at *ownedPrefix) {
 // clone returns a copy of x that shares its chunks: changes to the copy
 // replace chunks, never write into them.
 func (x *prefixIndex) clone() *prefixIndex {
-	return &prefixIndex{chunks: slices.Clone(x.chunks), n: x.n}
+	return &prefixIndex{chunks: slices.Clone(x.chunks)}
 }
 
 // insert puts op at pos (from search), copying the chunk it goes into.
 func (x *prefixIndex) insert(pos position, op ownedPrefix) {
-	x.n++
 	if len(x.chunks) == 0 {
 		x.chunks = [][]ownedPrefix{{op}}
 		return
@@ -102,7 +100,6 @@ func (x *prefixIndex) remove(op ownedPrefix, tenant string) {
 	if comparePrefix(ch[pos.i], op) != 0 || ch[pos.i].tenant != tenant {
 		return
 	}
-	x.n--
 	if len(ch) == 1 {
 		x.chunks = slices.Delete(x.chunks, pos.c, pos.c+1)
 		return
