@@ -207,16 +207,22 @@ func StartCluster(tb testing.TB, masters int) *Cluster {
 		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	c.URL = "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
+	// Each node judges the cluster from its own gossip, so one node
+	// saying ok does not mean another will serve its slots yet: a client
+	// routed there would get CLUSTERDOWN. Wait for all of them.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	for {
-		out, _ := exec.CommandContext(ctx, "redis-cli", "-h", "127.0.0.1", "-p", strings.Split(addrs[0], ":")[1], "cluster", "info").Output()
-		if bytes.Contains(out, []byte("cluster_state:ok")) {
-			return c
+	for _, a := range addrs {
+		for {
+			out, _ := exec.CommandContext(ctx, "redis-cli", "-h", "127.0.0.1", "-p", strings.Split(a, ":")[1], "cluster", "info").Output()
+			if bytes.Contains(out, []byte("cluster_state:ok")) {
+				break
+			}
+			if ctx.Err() != nil {
+				tb.Fatalf("cluster node %s not ok after 15s: %s", a, out)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if ctx.Err() != nil {
-			tb.Fatalf("cluster not ok after 15s: %s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	return c
 }
