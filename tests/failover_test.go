@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/lab"
 	"github.com/nfsteer/nfsteer/tests/redislab"
 )
@@ -262,9 +264,13 @@ func TestFailoverToSecondary(t *testing.T) {
 	// Redis names the new primary.
 	f := flowOf(t, 6, failoverLocal, failoverServer)
 	k := sessions.KeyOf(&f)
-	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "HGET", "nfsteer:s:{"+k.String()+"}", "p0")
-	if err != nil || strings.TrimSpace(out) != secondary {
-		t.Errorf("Redis holds %q (%v) as the flow's primary firewall, want %s", strings.TrimSpace(out), err, secondary)
+	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "HGET", "nfsteer:s:{"+k.String()+"}", "meta")
+	var meta struct{ Hops []store.Hop }
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &meta)
+	}
+	if err != nil || len(meta.Hops) == 0 || meta.Hops[0].Primary != secondary {
+		t.Errorf("Redis holds %+v (%v) as the flow's hops, want %s as the firewall's primary", meta.Hops, err, secondary)
 	}
 	out, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
 	if !strings.Contains(out, k.String()) {
