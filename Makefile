@@ -29,6 +29,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./steering
 	$(GO) test -run '^$$' -fuzz '^FuzzApplyDelta$$' -fuzztime $(FUZZTIME) ./steering
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./sessions
+	$(GO) test -run '^$$' -fuzz '^FuzzQueuedRoundTrip$$' -fuzztime $(FUZZTIME) ./sessions
 
 integration: build
 	$(GO) test -count=1 -timeout 10m -v ./tests/... 2>&1 | tee /tmp/nfsteer-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}

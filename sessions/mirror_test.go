@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // flakyWriter fails while down is set and records what it wrote.
@@ -107,5 +109,71 @@ func TestMirrorRewritesWhatRedisLost(t *testing.T) {
 	case <-resyncs:
 	case <-time.After(3 * time.Second):
 		t.Fatal("no resync after a refresh found its session lost")
+	}
+}
+
+// batchWriter records the size of every batch.
+type batchWriter struct {
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (w *batchWriter) Write(_ context.Context, ops []Op) ([]Outcome, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.sizes = append(w.sizes, len(ops))
+	return make([]Outcome, len(ops)), nil
+}
+
+func (w *batchWriter) batches() []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]int(nil), w.sizes...)
+}
+
+// What arrives within the linger of the first operation goes in one batch;
+// a queue that already holds a whole batch is written without lingering.
+func TestMirrorLinger(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		linger time.Duration
+		batch  int
+		ops    int
+		gap    time.Duration
+		within time.Duration
+		want   []int
+	}{
+		{name: "trickle", linger: 300 * time.Millisecond, batch: 64, ops: 20, gap: time.Millisecond, within: 2 * time.Second, want: []int{20}},
+		{name: "full batch", linger: time.Hour, batch: 8, ops: 8, within: 2 * time.Second, want: []int{8}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &batchWriter{}
+			m := NewMirror(w, MirrorConfig{Batch: tc.batch, Linger: tc.linger})
+			if tc.gap == 0 {
+				for i := range tc.ops {
+					m.Enqueue(Op{Session: Session{Code: uint32(i)}})
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error)
+			go func() { done <- m.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			if tc.gap > 0 {
+				for i := range tc.ops {
+					m.Enqueue(Op{Session: Session{Code: uint32(i)}})
+					time.Sleep(tc.gap)
+				}
+			}
+			deadline := time.Now().Add(tc.within)
+			for m.Stats.Written.Load() < uint64(tc.ops) {
+				if time.Now().After(deadline) {
+					t.Fatalf("after %v: %d of %d ops written, batches %v", tc.within, m.Stats.Written.Load(), tc.ops, w.batches())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if diff := cmp.Diff(tc.want, w.batches()); diff != "" {
+				t.Errorf("batch sizes (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
