@@ -103,8 +103,8 @@ type Mirror struct {
 	w       Writer
 	ops     chan queued
 	tenants tenantNames
-	resync atomic.Bool // set when something was lost: rewrite all on recovery
-	Stats  MirrorStats
+	resync  atomic.Bool // set when something was lost: rewrite all on recovery
+	Stats   MirrorStats
 }
 
 // NewMirror returns a mirror writing through w. Run it with [Mirror.Run].
