@@ -14,11 +14,23 @@ var protoNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 58
 // order, IPv6 addresses in brackets: "tcp/10.10.1.2:40000/10.99.0.2:5201".
 // It is the flow's name in Redis keys and on the command line.
 func (k Key) String() string {
-	p, ok := protoNames[k.Proto]
-	if !ok {
-		p = strconv.Itoa(int(k.Proto))
+	var buf [128]byte // more than the longest: "icmpv6/" and two bracketed IPv6 addresses with ports
+	return string(k.AppendTo(buf[:0]))
+}
+
+// AppendTo appends k in [Key.String]'s form to b. The mirror names a flow
+// for every session it writes: this costs one allocation, the string,
+// where concatenating the parts cost five.
+func (k Key) AppendTo(b []byte) []byte {
+	if p, ok := protoNames[k.Proto]; ok {
+		b = append(b, p...)
+	} else {
+		b = strconv.AppendUint(b, uint64(k.Proto), 10)
 	}
-	return p + "/" + netip.AddrPortFrom(k.A, k.PA).String() + "/" + netip.AddrPortFrom(k.B, k.PB).String()
+	b = append(b, '/')
+	b = netip.AddrPortFrom(k.A, k.PA).AppendTo(b)
+	b = append(b, '/')
+	return netip.AddrPortFrom(k.B, k.PB).AppendTo(b)
 }
 
 // ErrBadKey is returned by [ParseKey] for anything that is not a flow key.

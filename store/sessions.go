@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -172,6 +173,8 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 type createCmds struct {
 	won   *redis.BoolCmd
 	first *redis.StringCmd
+	// hops is the end of the meta this writer sent: its roles.
+	hops []byte
 }
 
 func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
@@ -202,6 +205,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			creates[i] = createCmds{
 				won:   pipe.HSetNX(ctx, key, "meta", m),
 				first: pipe.HGet(ctx, key, "meta"),
+				hops:  m[bytes.LastIndex(m, []byte(`,"hops":`)):],
 			}
 			if op.Kind == sessions.OpCreateState && w.Service != "" {
 				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
@@ -260,15 +264,20 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 		if c.won == nil || c.won.Val() {
 			continue
 		}
-		// Lost: the session existed. A first writer's meta that does not
-		// decode (written by hand) leaves this node on its own pins; the
-		// entry is reported as malformed wherever it is read.
-		var m meta
-		if err := json.Unmarshal([]byte(c.first.Val()), &m); err != nil {
-			continue
+		// Lost: the session existed. Usually the first writer named the
+		// same roles, in the same encoding: then its meta ends as ours
+		// does and there is nothing to decode. A first writer's meta that
+		// does not decode (written by hand) leaves this node on its own
+		// pins; the entry is reported as malformed wherever it is read.
+		first := hopsOf[i]
+		if !strings.HasSuffix(c.first.Val(), string(c.hops)) {
+			var m meta
+			if err := json.Unmarshal([]byte(c.first.Val()), &m); err != nil {
+				continue
+			}
+			first = m.Hops
 		}
 		out[i].Existed = true
-		first := m.Hops
 		for j, x := range first {
 			if in, ok := t.InstanceByName(x.Primary); ok && j < len(out[i].Pins) {
 				out[i].Pins[j] = in.ID
@@ -308,26 +317,34 @@ type indexEntry struct {
 	flow string
 }
 
-// indexBatch gathers index entries by index key.
-type indexBatch map[string][]redis.Z
+// indexBatch gathers index entries by instance and role; the index's key
+// is named once per batch, at flush.
+type indexBatch map[roleEntry][]redis.Z
 
 // add indexes flow under every instance and role of h until deadline.
 func (b indexBatch) add(flow string, h []Hop, deadline float64) {
-	for _, e := range indexEntries(h) {
-		b.addEntry(e, flow, deadline)
+	var member any = flow // boxed once, not once per entry
+	for _, x := range h {
+		b.addMember(roleEntry{x.Primary, RolePrimary}, member, deadline)
+		if x.Secondary != "" {
+			b.addMember(roleEntry{x.Secondary, RoleSecondary}, member, deadline)
+		}
 	}
 }
 
 func (b indexBatch) addEntry(e roleEntry, flow string, deadline float64) {
-	k := indexKey(e.instance, e.role)
-	b[k] = append(b[k], redis.Z{Score: deadline, Member: flow})
+	b.addMember(e, flow, deadline)
+}
+
+func (b indexBatch) addMember(e roleEntry, member any, deadline float64) {
+	b[e] = append(b[e], redis.Z{Score: deadline, Member: member})
 }
 
 // flush queues what b holds on pipe, one ZADD per index, and empties b.
 func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner) {
-	for k, zs := range b {
-		pipe.ZAdd(ctx, k, zs...)
-		delete(b, k)
+	for e, zs := range b {
+		pipe.ZAdd(ctx, indexKey(e.instance, e.role), zs...)
+		delete(b, e)
 	}
 }
 
