@@ -25,9 +25,12 @@ import (
 // session mirror off and on, alternating, in one lab and one run. Each
 // connection is a handshake through every node (two packets in userspace on
 // each) and a reset. It reports both rates (median of the samples) and the
-// ratio on/off; the target is at least 0.9.
+// ratio on/off: the median of the ratios of each off sample and the on
+// sample right after it. This VM's host makes the rate drift by 20% over a
+// minute; a pair 4 s apart shares the drift, so its ratio mostly does not
+// see it. The target is at least 0.9.
 func BenchmarkNewFlows(b *testing.B) {
-	const window, rounds, dialers = 3 * time.Second, 3, 8
+	const window, rounds, dialers = 3 * time.Second, 5, 8
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlows -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.NewWithMap(b, bin, firewallMap)
@@ -64,10 +67,15 @@ func BenchmarkNewFlows(b *testing.B) {
 		}
 		ln.Close()
 		off, on := median(rates[false]), median(rates[true])
+		var pairs []float64
+		for r := range rates[true] {
+			pairs = append(pairs, rates[true][r]/rates[false][r])
+		}
+		ratio := median(pairs)
 		b.ReportMetric(off, "flows/s-mirror-off")
 		b.ReportMetric(on, "flows/s-mirror-on")
-		b.ReportMetric(on/off, "on/off")
-		fmt.Printf("new flows/s: mirror off %.0f, mirror on %.0f: on/off %.3f (target >= 0.9)\n", off, on, on/off)
+		b.ReportMetric(ratio, "on/off")
+		fmt.Printf("new flows/s: mirror off %.0f, mirror on %.0f (medians); on/off by pair %.3f (target >= 0.9)\n", off, on, ratio)
 		l.Close()
 	}
 }
