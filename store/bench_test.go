@@ -8,7 +8,6 @@ import (
 
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
-	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
 )
 
@@ -22,24 +21,8 @@ import (
 func BenchmarkSessionsWrite(b *testing.B) {
 	const batch = 16
 	ctx := context.Background()
-	srv := redislab.Start(b, redislab.Options{})
-	s, err := store.Open(ctx, srv.URL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	m, err := steering.Parse([]byte(labMap))
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := steering.Local(m)
-	if err != nil {
-		b.Fatal(err)
-	}
-	tab, err := steering.CompilePublished(p)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := open(b, redislab.Start(b, redislab.Options{}).URL)
+	tab := labTable(b)
 	get := func() *steering.Table { return tab }
 	gw := s.NewSessions(get, "", time.Minute)
 	fw := s.NewSessions(get, "fw", time.Minute)

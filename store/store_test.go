@@ -39,7 +39,7 @@ func backends(t *testing.T, fn func(t *testing.T, url string)) {
 	t.Run("cluster", func(t *testing.T) { fn(t, redislab.StartCluster(t, 3).URL) })
 }
 
-func open(t *testing.T, url string) *store.Store {
+func open(t testing.TB, url string) *store.Store {
 	t.Helper()
 	s, err := store.Open(context.Background(), url)
 	if err != nil {
@@ -49,13 +49,27 @@ func open(t *testing.T, url string) *store.Store {
 	return s
 }
 
-func parse(t *testing.T, y string) *steering.Map {
+func parse(t testing.TB, y string) *steering.Map {
 	t.Helper()
 	m, err := steering.Parse([]byte(y))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// labTable is the lab map compiled, as a node holds it.
+func labTable(t testing.TB) *steering.Table {
+	t.Helper()
+	p, err := steering.Local(parse(t, labMap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.CompilePublished(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
 }
 
 func replace(m *steering.Map) store.Change {
@@ -220,14 +234,7 @@ func TestSessions(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
 		s := open(t, url)
-		p, err := steering.Local(parse(t, labMap))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tab, err := steering.CompilePublished(p)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tab := labTable(t)
 		get := func() *steering.Table { return tab }
 		gw := s.NewSessions(get, "", time.Minute)
 		fwSide := s.NewSessions(get, "fw", time.Minute)
@@ -408,8 +415,7 @@ func TestSessions(t *testing.T) {
 func TestConcurrentCreateFirstWriterWins(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, redislab.Start(t, redislab.Options{}).URL)
-	p, _ := steering.Local(parse(t, labMap))
-	tab, _ := steering.CompilePublished(p)
+	tab := labTable(t)
 	w := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
 	k := flowKey(41000)
 	var wg sync.WaitGroup
