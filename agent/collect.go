@@ -84,6 +84,12 @@ func near(since uint64) bool {
 		{Name: "/gc/heap/goal:bytes"},
 	}
 	metrics.Read(s[:])
-	allocs, heap, live, goal := s[0].Value.Uint64(), s[1].Value.Uint64(), s[2].Value.Uint64(), s[3].Value.Uint64()
-	return goal > live && heap+4*(allocs-since) >= live+(goal-live)*7/10
+	return nearTrigger(s[0].Value.Uint64()-since, s[1].Value.Uint64(), s[2].Value.Uint64(), s[3].Value.Uint64())
+}
+
+// nearTrigger is near's arithmetic: a switch allocated perSwitch bytes; the
+// heap holds heap bytes, live of them kept by the last collection, whose
+// goal is goal.
+func nearTrigger(perSwitch, heap, live, goal uint64) bool {
+	return goal > live && heap+4*perSwitch >= live+(goal-live)*7/10
 }

@@ -1,0 +1,173 @@
+package agent
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/steering"
+)
+
+// handleMap is the lab's firewall map: acme's chain is [fw(firewall), dlp].
+const handleMap = `slots: 256
+services:
+  fw:
+    function: firewall
+    instances: {fw-1: 10.200.0.11, fw-2: 10.200.0.12}
+  dlp:
+    instances: {dlp-1: 10.200.0.21, dlp-2: 10.200.0.22}
+tenants:
+  acme:
+    prefixes: [10.10.1.0/24]
+    chain: [fw, dlp]
+    allow:
+      - {proto: tcp, dst: 10.99.0.0/24, ports: ["5201"]}
+`
+
+// newTestAgent is an agent for node on handleMap, without Redis, kernel or
+// conntrack: enough for the packet path, which touches none of them.
+func newTestAgent(t *testing.T, node string) *Agent {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "map.yaml")
+	if err := os.WriteFile(path, []byte(handleMap), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Node: node, MapFile: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if node == "gw" {
+		cfg.Rules.Outer = []string{"outer0"} // a gateway's steered interface
+	}
+	a, err := New(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func tcp(src, dst string, flags uint8) *nfq.Packet {
+	s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
+	return &nfq.Packet{Flow: steering.Flow{Src: s.Addr(), Dst: d.Addr(), SrcPort: s.Port(), DstPort: d.Port(), Proto: nfq.ProtoTCP}, TCPFlags: flags}
+}
+
+const (
+	syn    = 0x02
+	synAck = 0x12
+	ack    = 0x10
+)
+
+// TestHandle drives the packet path of a gateway and of a firewall
+// instance with packets, and checks each verdict and mark against what the
+// compiled map decides for the flow, and the counters.
+func TestHandle(t *testing.T) {
+	m, err := steering.Parse([]byte(handleMap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flow := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
+	code := steering.AffinityCode(&flow.Flow)
+	slot := code & (tab.Slots() - 1)
+	fw, _ := tab.RolesFor(tab.ServiceByName("fw"), slot)
+	dlp, _ := tab.RolesFor(tab.ServiceByName("dlp"), slot)
+	otherFW := "fw-1"
+	if fw.Name == otherFW {
+		otherFW = "fw-2"
+	}
+	steer := func(to *steering.Instance, reply bool) nfq.Result {
+		return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, reply, rules.HalfValue(to.ID))}
+	}
+	type step struct {
+		p     *nfq.Packet
+		perr  error
+		reply bool
+		want  nfq.Result
+	}
+	for _, tc := range []struct {
+		name  string
+		node  string
+		steps []step
+		// counters after the steps
+		admitted, denied, unknown, parseErrors, fragments uint64
+	}{
+		{
+			name:  "gateway steers to the slot's primary firewall",
+			node:  "gw",
+			steps: []step{{p: flow, want: steer(fw, false)}},
+		},
+		{
+			name:  "gateway steers a mid-stream packet by the map too (no Redis to ask)",
+			node:  "gw",
+			steps: []step{{p: tcp("10.10.1.2:40000", "10.99.0.2:5201", ack), want: steer(fw, false)}},
+		},
+		{
+			name: "firewall admits an allowed opening and steers it on to dlp, and its reply back",
+			node: fw.Name,
+			steps: []step{
+				{p: flow, want: steer(dlp, false)},
+				{p: tcp("10.99.0.2:5201", "10.10.1.2:40000", synAck), reply: true, want: nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, true, rules.MarkPass)}},
+			},
+			admitted: 1,
+		},
+		{
+			name:   "firewall drops an opening no rule allows",
+			node:   fw.Name,
+			steps:  []step{{p: tcp("10.10.1.2:40000", "10.99.0.2:22", syn), want: nfq.Result{Verdict: nfq.Drop}}},
+			denied: 1,
+		},
+		{
+			name:    "firewall drops a mid-stream packet of a flow it does not know (no mirror to ask)",
+			node:    fw.Name,
+			steps:   []step{{p: tcp("10.10.1.2:40000", "10.99.0.2:5201", ack), want: nfq.Result{Verdict: nfq.Drop}}},
+			unknown: 1,
+		},
+		{
+			name:        "an unparseable packet passes undecided, mark untouched",
+			node:        otherFW,
+			steps:       []step{{p: &nfq.Packet{}, perr: nfq.ErrTruncated, want: nfq.Result{Verdict: nfq.Accept, Mark: 0x5}}},
+			parseErrors: 1,
+		},
+		{
+			name:      "a fragment passes undecided",
+			node:      "gw",
+			steps:     []step{{p: &nfq.Packet{}, perr: nfq.ErrFragment, want: nfq.Result{Verdict: nfq.Accept, Mark: 0x5}}},
+			fragments: 1,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newTestAgent(t, tc.node)
+			for i, s := range tc.steps {
+				mark := uint32(0)
+				if s.perr != nil {
+					mark = 0x5
+				}
+				if diff := cmp.Diff(s.want, a.Handle(s.p, s.perr, mark, s.reply)); diff != "" {
+					t.Errorf("step %d: Handle (-want +got):\n%s", i, diff)
+				}
+			}
+			c := &a.Counters
+			got := [5]uint64{c.Admitted.Load(), c.Denied.Load(), c.Unknown.Load(), c.ParseError.Load(), c.Fragments.Load()}
+			want := [5]uint64{tc.admitted, tc.denied, tc.unknown, tc.parseErrors, tc.fragments}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("counters admitted, denied, unknown, parse errors, fragments (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// The packet path allocates nothing for a flow it knows.
+func TestHandleAllocatesNothing(t *testing.T) {
+	a := newTestAgent(t, "gw")
+	p := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
+	a.Handle(p, nil, 0, false)
+	if n := testing.AllocsPerRun(1000, func() { a.Handle(p, nil, 0, false) }); n != 0 {
+		t.Errorf("Handle allocates %v times per packet", n)
+	}
+}
