@@ -52,11 +52,18 @@ type Outcome struct {
 	// Lost says a refresh found no session to refresh: Redis lost it (a
 	// restart without persistence, say). The mirror then rewrites all.
 	Lost bool
+	// Refused, if not nil, says Redis refused this operation for good (a
+	// key of another type where the session or one of its indexes goes,
+	// written by hand) and names the key; the rest of the batch was
+	// written. The mirror counts and logs it, and does not retry it.
+	Refused error
 }
 
 // Writer writes a batch of operations to Redis, in one round trip where
 // it can. An error means nothing can be assumed written: the batch will be
-// written again, so every operation must be idempotent.
+// written again, so every operation must be idempotent. An operation
+// Redis will never take is reported in its [Outcome.Refused], not as an
+// error, so that it cannot hold up the others.
 type Writer interface {
 	Write(ctx context.Context, ops []Op) ([]Outcome, error)
 }
@@ -64,6 +71,8 @@ type Writer interface {
 // MirrorStats count what the mirror did; fields are updated atomically.
 type MirrorStats struct {
 	Queued, Written, Dropped, Failures, Resyncs atomic.Uint64
+	// Refused counts operations Redis refused for good ([Outcome.Refused]).
+	Refused atomic.Uint64
 	// Depth is the number of operations waiting.
 	Depth atomic.Int64
 	// LastLatency is the duration of the last successful write, in ns.
@@ -228,6 +237,11 @@ func (m *Mirror) write(ctx context.Context, batch []Op) bool {
 			}
 			lost := 0
 			for i, o := range out {
+				if o.Refused != nil {
+					m.Stats.Refused.Add(1)
+					m.cfg.Logger.Warn("Redis refused a session write; skipping it", "err", o.Refused)
+					continue
+				}
 				if o.Existed && i < len(batch) && m.cfg.Existing != nil {
 					m.cfg.Existing(batch[i], o)
 				}

@@ -177,3 +177,55 @@ func TestMirrorLinger(t *testing.T) {
 		})
 	}
 }
+
+// refusingWriter refuses, for good, every op whose session code is odd.
+type refusingWriter struct{ batchWriter }
+
+func (w *refusingWriter) Write(ctx context.Context, ops []Op) ([]Outcome, error) {
+	out, _ := w.batchWriter.Write(ctx, ops)
+	for i, op := range ops {
+		out[i].Existed = true
+		if op.Session.Code%2 == 1 {
+			out[i].Refused = errors.New("key of another type")
+		}
+	}
+	return out, nil
+}
+
+// An op Redis refuses for good is counted and not handed on, and the
+// mirror goes on writing; nothing is retried.
+func TestMirrorCountsRefused(t *testing.T) {
+	w := &refusingWriter{}
+	var existing []uint32
+	var mu sync.Mutex
+	m := NewMirror(w, MirrorConfig{Linger: -1, Existing: func(op Op, _ Outcome) {
+		mu.Lock()
+		existing = append(existing, op.Session.Code)
+		mu.Unlock()
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := range 10 {
+		m.Enqueue(Op{Session: Session{Code: uint32(i)}})
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for m.Stats.Written.Load() < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 10 written", m.Stats.Written.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := m.Stats.Refused.Load(); n != 5 {
+		t.Errorf("Refused = %d, want 5", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff([]uint32{0, 2, 4, 6, 8}, existing); diff != "" {
+		t.Errorf("ops handed to Existing (-want +got):\n%s", diff)
+	}
+	if m.Stats.Failures.Load() != 0 {
+		t.Errorf("%d failures counted for refusals; a refusal is not a failure", m.Stats.Failures.Load())
+	}
+}

@@ -249,8 +249,10 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 		}
 	}
 	idx.flush(ctx, pipe)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
+	if cmds, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		if !refused(cmds, ops, hopsOf, out) {
+			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
+		}
 	}
 	for i, c := range refreshes {
 		if c != nil && c.Err() == nil && !c.Val() {
@@ -261,7 +263,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	// what they lack of the first writer's.
 	var stale []indexEntry
 	for i, c := range creates {
-		if c.won == nil || c.won.Val() {
+		if c.won == nil || c.won.Err() != nil || c.won.Val() {
 			continue
 		}
 		// Lost: the session existed. Usually the first writer named the
@@ -305,11 +307,53 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			pipe.ZRem(ctx, indexKey(e.instance, e.role), e.flow)
 		}
 		idx.flush(ctx, pipe)
-		if _, err := pipe.Exec(ctx); err != nil {
+		if cmds, err := pipe.Exec(ctx); err != nil && !refused(cmds, ops, hopsOf, out) {
 			return nil, fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
 		}
 	}
 	return out, nil
+}
+
+// refused handles a batch in which Redis refused commands. If every
+// refusal is for good (WRONGTYPE: a key where a session or an index goes
+// holds another type, written by hand), it records each on the operations
+// whose session or index the key is, and reports true: the rest of the
+// batch was written, and writing it again would be refused again. Any
+// other error (a connection lost, a script Redis does not know, a cluster
+// still converging) reports false: the caller writes the batch again.
+func refused(cmds []redis.Cmder, ops []sessions.Op, hopsOf [][]Hop, out []sessions.Outcome) bool {
+	var keys []string
+	var errs []error
+	for _, c := range cmds {
+		err := c.Err()
+		if err == nil || errors.Is(err, redis.Nil) {
+			continue
+		}
+		k := 1 // the key's place in the command; a script's comes after its digest and key count
+		if n := c.Name(); n == "evalsha" || n == "eval" {
+			k = 3
+		}
+		if !redis.HasErrorPrefix(err, "WRONGTYPE") || len(c.Args()) <= k {
+			return false
+		}
+		keys = append(keys, fmt.Sprint(c.Args()[k]))
+		errs = append(errs, err)
+	}
+	// A rare path: the keys of each operation are named again here rather
+	// than remembered for every batch.
+	for i := range ops {
+		flow := ops[i].Session.Key.String()
+		mine := []string{sessionKey(flow)}
+		for _, e := range indexEntries(hopsOf[i]) {
+			mine = append(mine, indexKey(e.instance, e.role))
+		}
+		for j, k := range keys {
+			if out[i].Refused == nil && slices.Contains(mine, k) {
+				out[i].Refused = fmt.Errorf("session %s: key %s: %w: %v", flow, k, ErrMalformed, errs[j])
+			}
+		}
+	}
+	return true
 }
 
 type indexEntry struct {

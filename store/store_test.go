@@ -412,6 +412,63 @@ func TestSessions(t *testing.T) {
 	})
 }
 
+// A key of another type where a session or an index goes (written by
+// hand) makes Redis refuse the commands on it, for good: the writes of
+// that flow are refused and named, and the rest of the batch is written
+// instead of the whole batch failing, and being retried, forever.
+func TestSessionWriteRefusedForGood(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		tab := labTable(t)
+		gw := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
+		acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
+		session := func(sport uint16) sessions.Session {
+			k := flowKey(sport)
+			f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: 6}
+			code := steering.AffinityCode(&f)
+			return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: tab.PinsFor(acme, code&(tab.Slots()-1)), Created: time.Now().UnixNano(), Rule: -1}
+		}
+		badSession, good := session(41000), session(41001)
+		c := s.Client()
+		if err := c.Set(ctx, "nfsteer:s:{"+badSession.Key.String()+"}", "not a hash", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		ops := []sessions.Op{{Kind: sessions.OpCreate, Session: badSession}, {Kind: sessions.OpCreate, Session: good}}
+		out, err := gw.Write(ctx, ops)
+		if err != nil {
+			t.Fatalf("Write with one session key of another type: %v; want the batch written but that one", err)
+		}
+		if err := out[0].Refused; !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), badSession.Key.String()) {
+			t.Errorf("outcome of the session over a string key: %v; want ErrMalformed naming it", err)
+		}
+		if out[1].Refused != nil {
+			t.Errorf("outcome of the good session: %v", out[1].Refused)
+		}
+		if _, err := gw.Get(ctx, good.Key); err != nil {
+			t.Errorf("the good session of the batch: %v", err)
+		}
+
+		// An index key of another type refuses every session that
+		// indexes there, and only those.
+		rec, err := gw.Get(ctx, good.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		index := "nfsteer:i:{" + rec.Hops[0].Primary + "}:primary"
+		if err := c.Del(ctx, index).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(ctx, index, "not a sorted set", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpRefresh, Session: good}})
+		if err != nil || !errors.Is(out[0].Refused, store.ErrMalformed) || !strings.Contains(out[0].Refused.Error(), index) {
+			t.Errorf("refresh indexing into a string key: %v, %+v; want refused, naming %s", err, out, index)
+		}
+	})
+}
+
 func TestConcurrentCreateFirstWriterWins(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, redislab.Start(t, redislab.Options{}).URL)
