@@ -230,6 +230,16 @@ func flowKey(sport uint16) sessions.Key {
 	return sessions.KeyOf(&f)
 }
 
+// acmeSession is the session a node on tab records for acme's flow from
+// source port sport (flowKey), pinned as the map decides.
+func acmeSession(tab *steering.Table, sport uint16) sessions.Session {
+	k := flowKey(sport)
+	f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: 6}
+	code := steering.AffinityCode(&f)
+	pins := tab.PinsFor(tab.TenantOf(k.A), code&(tab.Slots()-1))
+	return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: pins, Created: time.Now().UnixNano(), Rule: -1}
+}
+
 func TestSessions(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
@@ -238,13 +248,7 @@ func TestSessions(t *testing.T) {
 		get := func() *steering.Table { return tab }
 		gw := s.NewSessions(get, "", time.Minute)
 		fwSide := s.NewSessions(get, "fw", time.Minute)
-		acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
-		newSession := func(sport uint16) sessions.Session {
-			k := flowKey(sport)
-			f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: 6}
-			code := steering.AffinityCode(&f)
-			return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: tab.PinsFor(acme, code&(tab.Slots()-1)), Created: time.Now().UnixNano(), Rule: -1}
-		}
+		newSession := func(sport uint16) sessions.Session { return acmeSession(tab, sport) }
 
 		// otherFirewall returns s pinned at the firewall hop to the
 		// firewall it was not pinned to, and that firewall.
@@ -422,14 +426,7 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		s := open(t, url)
 		tab := labTable(t)
 		gw := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
-		acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
-		session := func(sport uint16) sessions.Session {
-			k := flowKey(sport)
-			f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: 6}
-			code := steering.AffinityCode(&f)
-			return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: tab.PinsFor(acme, code&(tab.Slots()-1)), Created: time.Now().UnixNano(), Rule: -1}
-		}
-		badSession, good := session(41000), session(41001)
+		badSession, good := acmeSession(tab, 41000), acmeSession(tab, 41001)
 		c := s.Client()
 		if err := c.Set(ctx, "nfsteer:s:{"+badSession.Key.String()+"}", "not a hash", 0).Err(); err != nil {
 			t.Fatal(err)
