@@ -379,12 +379,11 @@ func (a *Agent) adopt(op sessions.Op, o sessions.Outcome) {
 	if a.ct == nil || len(changes) == 0 {
 		return
 	}
+	k := op.Session.Key
+	f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: k.Proto}
 	a.ctMu.Lock()
 	defer a.ctMu.Unlock()
-	_, err := a.ct.Walk(func(f steering.Flow, mark uint32) (uint32, bool) {
-		if sessions.KeyOf(&f) != op.Session.Key {
-			return mark, false
-		}
+	_, err := a.ct.Remark(f, func(mark uint32) (uint32, bool) {
 		for _, reply := range []bool{false, true} {
 			for _, c := range changes {
 				if rules.Half(mark, reply) == rules.HalfValue(c[0]) {

@@ -10,5 +10,12 @@ type Conntrack interface {
 	// direction and its mark; where fn asks for a change, the connection's
 	// mark becomes newMark. It returns how many marks changed.
 	Walk(fn func(f steering.Flow, mark uint32) (newMark uint32, change bool)) (changed int, err error)
+	// Remark calls fn for the one tracked connection of f, given in
+	// either direction, and where fn asks for a change, sets its mark to
+	// newMark; it reports whether the mark changed. A connection conntrack
+	// does not hold is not an error. It asks for that connection alone,
+	// where Walk reads them all: for a protocol without ports (ICMP, whose
+	// tuple holds a type and code f does not carry) it walks.
+	Remark(f steering.Flow, fn func(mark uint32) (newMark uint32, change bool)) (bool, error)
 	Close() error
 }

@@ -60,6 +60,53 @@ func (k *LinuxConntrack) Walk(fn func(f steering.Flow, mark uint32) (uint32, boo
 	return changed, errors.Join(errs...)
 }
 
+// Remark implements Conntrack.
+func (k *LinuxConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool)) (bool, error) {
+	switch f.Proto {
+	case unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_UDPLITE, unix.IPPROTO_SCTP, unix.IPPROTO_DCCP:
+	default:
+		n, err := k.Walk(func(g steering.Flow, mark uint32) (uint32, bool) {
+			if g == f || g == reversed(f) {
+				return fn(mark)
+			}
+			return mark, false
+		})
+		return n > 0, err
+	}
+	// The kernel finds a connection by either of its tuples, so the flow
+	// as a packet of it showed it will do; a node that saw the other
+	// direction first holds it the other way round.
+	var ct conntrack.Flow
+	var err error
+	for _, g := range [2]steering.Flow{f, reversed(f)} {
+		ct, err = k.c.Get(conntrack.Flow{TupleOrig: conntrack.Tuple{
+			IP:    conntrack.IPTuple{SourceAddress: g.Src, DestinationAddress: g.Dst},
+			Proto: conntrack.ProtoTuple{Protocol: g.Proto, SourcePort: g.SrcPort, DestinationPort: g.DstPort},
+		}})
+		if !errors.Is(err, unix.ENOENT) {
+			break
+		}
+	}
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("reading conntrack entry of %v: %w", f, err)
+	}
+	mark, change := fn(ct.Mark)
+	if !change || mark == ct.Mark {
+		return false, nil
+	}
+	err = k.c.Update(conntrack.Flow{TupleOrig: ct.TupleOrig, TupleReply: ct.TupleReply, Mark: mark})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	}
+	return false, fmt.Errorf("re-marking %v: %w", f, err)
+}
+
 // Close closes the ctnetlink socket. It is safe to call twice.
 func (k *LinuxConntrack) Close() error {
 	if k.c == nil {
@@ -68,4 +115,10 @@ func (k *LinuxConntrack) Close() error {
 	err := k.c.Close()
 	k.c = nil
 	return err
+}
+
+// reversed is f seen from its other end.
+func reversed(f steering.Flow) steering.Flow {
+	f.Src, f.Dst, f.SrcPort, f.DstPort = f.Dst, f.Src, f.DstPort, f.SrcPort
+	return f
 }
