@@ -521,6 +521,13 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	if err != nil {
 		return 0, bad, err
 	}
+	// Loaded once (on every master of a cluster), then called by digest
+	// for each session.
+	if len(recs) > 0 {
+		if err := takeoverScript.Load(ctx, s.rdb).Err(); err != nil {
+			return 0, bad, fmt.Errorf("loading the takeover script into %s: %w", s.addr, err)
+		}
+	}
 	now := time.Now()
 	for _, r := range recs {
 		pipe := s.rdb.Pipeline()
@@ -543,7 +550,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			if sec != nil && !sec.Out() {
 				secName = sec.Name
 			}
-			takes = append(takes, takeoverScript.Eval(ctx, pipe, []string{sessionKey(r.Flow)}, hop, instance, to.Name, secName, ttl.Milliseconds(), now.UnixMilli()))
+			takes = append(takes, takeoverScript.EvalSha(ctx, pipe, []string{sessionKey(r.Flow)}, hop, instance, to.Name, secName, ttl.Milliseconds(), now.UnixMilli()))
 			pipe.ZRem(ctx, indexKey(instance, RolePrimary), r.Flow)
 			pipe.ZRem(ctx, indexKey(to.Name, RoleSecondary), r.Flow)
 			pipe.ZAdd(ctx, indexKey(to.Name, RolePrimary), redis.Z{Score: deadline, Member: r.Flow})
