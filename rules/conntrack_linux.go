@@ -73,9 +73,10 @@ func (k *LinuxConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool))
 		})
 		return n > 0, err
 	}
-	// The kernel finds a connection by either of its tuples, so the flow
-	// as a packet of it showed it will do; a node that saw the other
-	// direction first holds it the other way round.
+	// The kernel finds a connection by either of its tuples. Without NAT
+	// the reply tuple is the original reversed, so f is found whichever
+	// way round it is; with NAT only f's original orientation matches, so
+	// f reversed is asked for too.
 	var ct conntrack.Flow
 	var err error
 	for _, g := range [2]steering.Flow{f, reversed(f)} {
