@@ -128,10 +128,10 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 		ct:       ct,
 		sessions: sessions.NewTable(cfg.SessionTTL),
 		flows:    make(chan flowEvent, 1024),
-		gc:       newSwitchCollector(),
 		pending:  map[sessions.Key][]waiter{},
 		lookups:  make(chan sessions.Key, maxPendingLookups),
 	}
+	a.gc = newSwitchCollector(func() { a.state.Load().published.Prepare() })
 	a.logging.Store(cfg.LogFlows)
 	p, err := a.initialMap()
 	if err != nil {
@@ -342,6 +342,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	// first map versions to arrive would otherwise pay for, collecting
 	// it while they switch.
 	runtime.GC()
+	st.published.Prepare()
 	a.log.Info("ready", "role", role, "outer", spec.Outer, "queues", spec.WithDefaults().Queues,
 		"fail_closed", spec.FailClosed, "hops", len(spec.Hops), "map_version", st.table.Version(),
 		"redis", redis, "mirror", a.mirror != nil)

@@ -7,7 +7,15 @@ import (
 	"time"
 )
 
-// This file decides when a node collects its garbage. Map switches are
+// This file holds the work a node does between map versions rather than
+// inside a switch: preparing the held version for the next delta, and
+// collecting garbage.
+//
+// Preparing ([steering.Published.Prepare]) copies the 10,000-entry tenant
+// map that a tenant delta would otherwise copy while the node waits for
+// the new version.
+//
+// The agent decides when it collects its garbage. Map switches are
 // most of what an agent allocates (the packet path allocates nothing), and
 // the runtime would start a collection inside a switch, stretching it from
 // a fraction of a millisecond to tens. So the agent collects between
@@ -24,16 +32,18 @@ import (
 // gcSettle is how long after a switch the agent waits to collect.
 const gcSettle = 20 * time.Millisecond
 
-// switchCollector runs collections between map switches. Its methods are
-// safe for concurrent use: the map watch reports switches, [run] collects.
+// switchCollector runs work between map switches. Its methods are safe
+// for concurrent use: the map watch reports switches, [run] does the work.
 type switchCollector struct {
 	// switched carries the allocation count at the start of a switch; it
 	// holds one, the earliest not yet handled.
 	switched chan uint64
+	// prepare readies the node's current version for the next switch.
+	prepare func()
 }
 
-func newSwitchCollector() *switchCollector {
-	return &switchCollector{switched: make(chan uint64, 1)}
+func newSwitchCollector(prepare func()) *switchCollector {
+	return &switchCollector{switched: make(chan uint64, 1), prepare: prepare}
 }
 
 // allocated returns how much the process has allocated since it started.
@@ -52,7 +62,8 @@ func (c *switchCollector) afterSwitch(since uint64) {
 	}
 }
 
-// run collects after switches until ctx is done.
+// run prepares for the next switch and collects after switches until ctx
+// is done.
 func (c *switchCollector) run(ctx context.Context) error {
 	for {
 		var since uint64
@@ -66,6 +77,7 @@ func (c *switchCollector) run(ctx context.Context) error {
 			return nil
 		case <-time.After(gcSettle):
 		}
+		c.prepare()
 		if near(since) {
 			runtime.GC()
 		}

@@ -64,6 +64,7 @@ func (a *Agent) watchMap(ctx context.Context) error {
 			// As at start: collect the decoding's garbage now, not while
 			// the next versions switch.
 			runtime.GC()
+			p.Prepare()
 		}
 	})
 }

@@ -172,9 +172,12 @@ func (c *Controller) step(ctx context.Context) error {
 		}
 		// Redis lost its data: put the last map back, as a newer version
 		// so no node sees the number go back.
-		restored := *c.lastMap
-		restored.Version = c.lastMap.Version + 1
-		p, err := c.s.Publish(ctx, func(*steering.Published) (*steering.Published, error) { r := restored; return &r, nil })
+		last := c.lastMap
+		p, err := c.s.Publish(ctx, func(*steering.Published) (*steering.Published, error) {
+			r := last.Clone()
+			r.Version = last.Version + 1
+			return r, nil
+		})
 		if err != nil {
 			return fmt.Errorf("restoring the map: %w", err)
 		}
@@ -203,11 +206,10 @@ func (c *Controller) step(ctx context.Context) error {
 		if cur == nil {
 			return nil, store.ErrNoMap
 		}
-		next := *cur
-		next.Version = 0
+		next := cur.Clone()
 		next.Down = c.down(cur, beats, now)
 		next.Unhealthy = c.unhealthy(cur, next.Down)
-		return &next, nil
+		return next, nil
 	})
 	if err != nil {
 		return fmt.Errorf("publishing health: %w", err)

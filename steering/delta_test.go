@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -246,6 +247,10 @@ func FuzzApplyDelta(f *testing.F) {
 			return
 		}
 		d.Base, d.Version = 1, 2
+		if len(b)%2 == 0 {
+			// Half the runs change a prepared copy of the tenants.
+			prev.Prepare()
+		}
 		q, err := prev.Apply(&d)
 		if after, _ := json.Marshal(prev.Map); string(after) != string(before) {
 			t.Fatalf("Apply changed the base map:\n%s", after)
@@ -425,5 +430,77 @@ func TestTenantsAfterManyDeltas(t *testing.T) {
 	// Both ways of building were taken.
 	if appended == 0 || fresh == 0 {
 		t.Errorf("%d versions appended, %d built afresh; want both", appended, fresh)
+	}
+}
+
+// A prepared version applies a delta as one not prepared does, its copy
+// serves one Apply only, and a refused delta leaves nothing behind: the
+// next Apply starts from the base again.
+func TestPrepare(t *testing.T) {
+	base, err := Local(labMap(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base.Version = 1
+	prev := fromRedis(t, base)
+	before, _ := json.Marshal(prev.Map)
+	initech := &Tenant{Prefixes: []string{"10.30.0.0/16"}, Chain: []string{"dlp"}}
+	bad := &Delta{Base: 1, Version: 2, Tenants: map[string]*Tenant{"initech": initech, "evil": {Prefixes: []string{"10.10.1.0/24"}, Chain: []string{"fw"}}}}
+	good := &Delta{Base: 1, Version: 2, Tenants: map[string]*Tenant{"initech": initech}, Removed: []string{"globex"}}
+
+	want, err := prev.Apply(good) // not prepared
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name    string
+		prepare bool
+		d       *Delta
+	}{
+		{"prepared, refused", true, bad},
+		{"after a refusal", false, good},
+		{"prepared", true, good},
+		{"prepared twice, refused", true, bad},
+		{"prepared again", true, good},
+	} {
+		if step.prepare {
+			prev.Prepare()
+			prev.Prepare() // a second call keeps the first copy
+		}
+		got, err := prev.Apply(step.d)
+		if after, _ := json.Marshal(prev.Map); string(after) != string(before) {
+			t.Fatalf("%s: Apply changed the base map:\n%s", step.name, after)
+		}
+		if step.d == bad {
+			if !errors.Is(err, ErrInvalidMap) {
+				t.Fatalf("%s: got %v, want an error wrapping ErrInvalidMap", step.name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if diff := cmp.Diff(want.Map, got.Map); diff != "" {
+			t.Errorf("%s: map (-not prepared +prepared):\n%s", step.name, diff)
+		}
+	}
+
+	// A node prepares while a delta arrives: both may run at once (this
+	// is for the race detector).
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 50 {
+				prev.Prepare()
+				if _, err := prev.Apply(good); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if after, _ := json.Marshal(prev.Map); string(after) != string(before) {
+		t.Fatalf("concurrent Apply changed the base map:\n%s", after)
 	}
 }

@@ -11,18 +11,18 @@ import (
 // versions. Each returns a new Published (the receiver is not changed) that
 // the publisher validates and numbers like any other version.
 
-// clone returns a copy of p, unnumbered (the publisher numbers it), whose
-// lists may be changed; the Map is shared.
-func (p *Published) clone() *Published {
-	q := *p
-	q.Version = 0
-	// An edit may go on to change the map: what it was made from says
-	// nothing of the result.
-	q.applied, q.appliedTo, q.checked = nil, nil, false
+// Clone returns a copy of p, unnumbered (the publisher numbers it), whose
+// lists may be changed; the Map is shared and must not be. Use it, not a
+// copy of the value, to make the next version from p.
+func (p *Published) Clone() *Published {
+	// An edit may go on to change the map: what it was made from (applied,
+	// appliedTo, checked) says nothing of the result.
+	q := &Published{Map: p.Map, IDs: p.IDs, Down: p.Down, Drained: p.Drained, Unhealthy: p.Unhealthy, Migrating: p.Migrating,
+		mapSum: p.mapSum, mapValid: p.mapValid, index: p.index}
 	for _, l := range q.lists() {
 		*l.names = slices.Clone(*l.names)
 	}
-	return &q
+	return q
 }
 
 // namedList is one of a Published's lists of instances.
@@ -66,7 +66,7 @@ func (p *Published) Drain(instance string) (*Published, error) {
 	if _, err := p.ServiceOf(instance); err != nil {
 		return nil, err
 	}
-	q := p.clone()
+	q := p.Clone()
 	if !slices.Contains(q.Drained, instance) {
 		q.Drained = append(q.Drained, instance)
 		slices.Sort(q.Drained)
@@ -94,7 +94,7 @@ func (p *Published) Undrain(instance string) (*Published, error) {
 	if _, err := p.ServiceOf(instance); err != nil {
 		return nil, err
 	}
-	q := p.clone()
+	q := p.Clone()
 	q.Drained = slices.DeleteFunc(q.Drained, func(n string) bool { return n == instance })
 	q.Migrating = slices.DeleteFunc(q.Migrating, func(n string) bool { return n == instance })
 	return q, nil

@@ -55,6 +55,8 @@ type Published struct {
 	// checked says Apply made this version from a valid one and checked
 	// all it changed: it is valid whole.
 	checked bool
+	// spare is the copy of Map.Tenants that Prepare made for Apply.
+	spare spareTenants
 }
 
 // MaxID is the highest instance ID: the mark has 12 bits per direction,
