@@ -52,7 +52,8 @@ func BenchmarkBigMap(b *testing.B) {
 	// What a node does with an announced delta: apply it to the version it
 	// holds, then compile against its table. Each version follows the one
 	// before, as on a node: the tenant comes and goes, the instance is
-	// drained and undrained.
+	// drained and undrained. A prepared version is one whose tenants were
+	// copied between versions, as agents do, outside the timed part.
 	p.Version = 1
 	held, err := DecodePublished(doc)
 	if err != nil {
@@ -63,17 +64,20 @@ func BenchmarkBigMap(b *testing.B) {
 		b.Fatal(err)
 	}
 	extra := &Tenant{Prefixes: []string{"fd20::/64"}, Chain: []string{"svc0"}}
+	tenantAdded := func(on bool) *Delta {
+		if on {
+			return &Delta{Tenants: map[string]*Tenant{"extra": extra}}
+		}
+		return &Delta{Removed: []string{"extra"}}
+	}
 	for _, tt := range []struct {
-		name string
-		next func(on bool) *Delta
+		name    string
+		prepare bool
+		next    func(on bool) *Delta
 	}{
-		{"delta-tenant-added", func(on bool) *Delta {
-			if on {
-				return &Delta{Tenants: map[string]*Tenant{"extra": extra}}
-			}
-			return &Delta{Removed: []string{"extra"}}
-		}},
-		{"delta-drain", func(on bool) *Delta {
+		{"delta-tenant-added", false, tenantAdded},
+		{"delta-tenant-added-prepared", true, tenantAdded},
+		{"delta-drain", false, func(on bool) *Delta {
 			if on {
 				return &Delta{Drained: []string{"i0100"}}
 			}
@@ -93,6 +97,11 @@ func BenchmarkBigMap(b *testing.B) {
 					b.Fatal(err)
 				}
 				held, on = q, !on
+				if tt.prepare {
+					b.StopTimer()
+					held.Prepare()
+					b.StartTimer()
+				}
 			}
 		})
 	}
