@@ -202,8 +202,10 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 		case sessions.OpCreate, sessions.OpCreateState:
 			m, _ := json.Marshal(meta{Flow: flow, Tenant: op.Session.Tenant, Code: op.Session.Code,
 				Slot: op.Session.Code & (t.Slots() - 1), Version: t.Version(), Created: op.Session.Created / 1e6, Hops: h})
+			won := pipe.HSetNX(ctx, key, "meta", m)
+			pipe.PExpire(ctx, key, w.TTL)
 			creates[i] = createCmds{
-				won:   pipe.HSetNX(ctx, key, "meta", m),
+				won:   won,
 				first: pipe.HGet(ctx, key, "meta"),
 				hops:  m[bytes.LastIndex(m, []byte(`,"hops":`)):],
 			}

@@ -274,6 +274,16 @@ func TestSessions(t *testing.T) {
 		if err != nil || out[0].Existed {
 			t.Fatalf("first create: %v, %+v", err, out)
 		}
+		// Every entry expires unless refreshed, from its create on: a
+		// flow that ends before its first refresh, on a node that dies,
+		// must not stay in Redis for good.
+		expires := func(k sessions.Key) {
+			t.Helper()
+			if rec, err := gw.Get(ctx, k); err != nil || rec.TTL <= 0 || rec.TTL > time.Minute {
+				t.Fatalf("session %s after its create: %+v, %v; want a TTL in (0, 1m]", k, rec, err)
+			}
+		}
+		expires(a.Key)
 		b, fw := otherFirewall(a)
 		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: b}})
 		if err != nil || !out[0].Existed || out[0].Pins != a.Pins {
@@ -332,6 +342,7 @@ func TestSessions(t *testing.T) {
 		if out, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpCreateState, Session: first}}); err != nil || out[0].Existed {
 			t.Fatalf("firewall's create: %v, %+v", err, out)
 		}
+		expires(first.Key)
 		late, other := otherFirewall(first)
 		if out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: late}}); err != nil || !out[0].Existed || out[0].Pins != first.Pins {
 			t.Fatalf("gateway's late create: %v, %+v; want Existed with pins %v", err, out, first.Pins)
