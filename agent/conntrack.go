@@ -44,7 +44,8 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	}
 	moves := map[sessions.Key][]move{}
 	a.ctMu.Lock()
-	n, err := a.ct.Walk(func(f steering.Flow, mark uint32) (uint32, bool) {
+	n, err := a.ct.Walk(func(c rules.Conn) (uint32, bool) {
+		f, mark := c.Flow, c.Mark
 		changed := false
 		for _, reply := range []bool{false, true} {
 			h := rules.Half(mark, reply)
@@ -105,8 +106,9 @@ func serviceIndex(t *steering.Table, name string) int {
 
 // refresh walks conntrack every RefreshInterval: live flows are marked
 // seen and, where this node holds an instance of their chain, refreshed in
-// Redis; sessions whose connection is gone are forgotten, and deleted from
-// Redis by the instance that held them.
+// Redis; sessions whose connection is gone or closed (TCP in TIME_WAIT or
+// CLOSE) are forgotten, and deleted from Redis by the instance that held
+// them.
 func (a *Agent) refresh(ctx context.Context) error {
 	tick := time.NewTicker(a.cfg.RefreshInterval)
 	defer tick.Stop()
@@ -118,9 +120,14 @@ func (a *Agent) refresh(ctx context.Context) error {
 		}
 		live := map[sessions.Key]bool{}
 		a.ctMu.Lock()
-		_, err := a.ct.Walk(func(f steering.Flow, mark uint32) (uint32, bool) {
-			live[sessions.KeyOf(&f)] = true
-			return mark, false
+		_, err := a.ct.Walk(func(c rules.Conn) (uint32, bool) {
+			// A closed connection waits out late segments in conntrack
+			// (TIME_WAIT: two minutes) but carries no more data: its
+			// session is over, not refreshed for those minutes.
+			if !c.Closed {
+				live[sessions.KeyOf(&c.Flow)] = true
+			}
+			return c.Mark, false
 		})
 		a.ctMu.Unlock()
 		if err != nil {

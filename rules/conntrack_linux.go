@@ -11,6 +11,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// TCP connection states in conntrack (enum tcp_conntrack in
+// linux/netfilter/nf_conntrack_tcp.h).
+const (
+	tcpTimeWait = 7
+	tcpClose    = 8
+)
+
 // LinuxConntrack is the Conntrack of the caller's network namespace
 // (ctnetlink; needs CAP_NET_ADMIN). It is not safe for concurrent use.
 type LinuxConntrack struct {
@@ -28,7 +35,7 @@ func NewConntrack() (*LinuxConntrack, error) {
 
 // Walk implements Conntrack. A connection that ended between the dump and
 // its update is not an error.
-func (k *LinuxConntrack) Walk(fn func(f steering.Flow, mark uint32) (uint32, bool)) (int, error) {
+func (k *LinuxConntrack) Walk(fn func(c Conn) (uint32, bool)) (int, error) {
 	flows, err := k.c.Dump(nil)
 	if err != nil {
 		return 0, fmt.Errorf("dumping conntrack: %w", err)
@@ -42,7 +49,8 @@ func (k *LinuxConntrack) Walk(fn func(f steering.Flow, mark uint32) (uint32, boo
 		if o.Proto.ICMPv4 || o.Proto.ICMPv6 {
 			f.SrcPort, f.DstPort = o.Proto.ICMPID, o.Proto.ICMPID
 		}
-		mark, change := fn(f, ct.Mark)
+		closed := ct.ProtoInfo.TCP != nil && (ct.ProtoInfo.TCP.State == tcpTimeWait || ct.ProtoInfo.TCP.State == tcpClose)
+		mark, change := fn(Conn{Flow: f, Mark: ct.Mark, Closed: closed})
 		if !change || mark == ct.Mark {
 			continue
 		}
@@ -65,11 +73,11 @@ func (k *LinuxConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool))
 	switch f.Proto {
 	case unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_UDPLITE, unix.IPPROTO_SCTP, unix.IPPROTO_DCCP:
 	default:
-		n, err := k.Walk(func(g steering.Flow, mark uint32) (uint32, bool) {
-			if g == f || g == reversed(f) {
-				return fn(mark)
+		n, err := k.Walk(func(c Conn) (uint32, bool) {
+			if c.Flow == f || c.Flow == reversed(f) {
+				return fn(c.Mark)
 			}
-			return mark, false
+			return c.Mark, false
 		})
 		return n > 0, err
 	}

@@ -194,3 +194,29 @@ func waitFor(d time.Duration, cond func() bool) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestClosedFlowsLeaveRedis closes one of two connections held through
+// acme's firewall. conntrack keeps the closed one for two minutes
+// (TIME_WAIT), but it carries nothing more: its session must leave Redis
+// within a few refresh intervals (500 ms in this lab), deleted by the
+// firewall that held it, while the open one stays and still carries data.
+func TestClosedFlowsLeaveRedis(t *testing.T) {
+	l := redisLab(t)
+	open := holdConn(t, l, "10.10.1.2:40711", "10.99.0.2:8011")
+	closed := holdConn(t, l, "10.10.1.2:40712", "10.99.0.2:8012")
+	for _, h := range []*heldConn{open, closed} {
+		if !waitFor(3*time.Second, func() bool { return redisHas(l, h.flow) }) {
+			t.Fatalf("session %s never reached Redis", h.flow)
+		}
+	}
+	closed.c.Close() // the server's reader sees EOF and closes too
+	start := time.Now()
+	if !waitFor(5*time.Second, func() bool { return !redisHas(l, closed.flow) }) {
+		t.Fatalf("session %s still in Redis 5s after its connection closed (conntrack holds it in TIME_WAIT)", closed.flow)
+	}
+	t.Logf("closed connection's session left Redis %v after the close", time.Since(start).Round(time.Millisecond))
+	open.ping(t, "still here")
+	if !redisHas(l, open.flow) {
+		t.Errorf("session %s, whose connection is open, left Redis too", open.flow)
+	}
+}
