@@ -112,7 +112,9 @@ func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*stee
 
 // LiveAfter is Live for a reader holding held (which may be nil): when
 // the live version is still held's, it returns held without reading the
-// map, and a new version whose map is held's reuses it.
+// map; when the log of deltas holds every version after held's (a node
+// that missed announcements), it applies them to held without reading the
+// document; and a new version whose map is held's reuses it.
 func (s *Store) LiveAfter(ctx context.Context, held *steering.Published) (*steering.Published, error) {
 	v, err := s.LiveVersion(ctx)
 	if err != nil {
@@ -124,7 +126,42 @@ func (s *Store) LiveAfter(ctx context.Context, held *steering.Published) (*steer
 	if held != nil && v == held.Version {
 		return held, nil
 	}
+	if held != nil && v > held.Version {
+		if p, ok := s.catchUp(ctx, held); ok {
+			return p, nil
+		}
+	}
 	return s.decodeLive(ctx, held)
+}
+
+// catchUp brings held to the live version with the log of deltas alone,
+// each delta validated as an announced one. It reports false if it cannot
+// (the log does not reach back to held, or an entry is refused): then the
+// document decides, and names what is wrong.
+func (s *Store) catchUp(ctx context.Context, held *steering.Published) (*steering.Published, bool) {
+	tx := s.rdb.TxPipeline()
+	logCmd := tx.LRange(ctx, keyMapLog, 0, -1)
+	versionCmd := tx.Get(ctx, keyMapVersion)
+	if _, err := tx.Exec(ctx); err != nil {
+		return nil, false
+	}
+	p := held
+	for _, entry := range logCmd.Val() {
+		var a Announcement
+		if json.Unmarshal([]byte(entry), &a) != nil || a.Delta == nil {
+			return nil, false
+		}
+		if a.Version <= p.Version {
+			continue
+		}
+		q, err := p.Apply(a.Delta)
+		if err != nil {
+			return nil, false
+		}
+		p = q
+	}
+	v, err := versionCmd.Uint64()
+	return p, err == nil && p != held && v == p.Version
 }
 
 // Change turns the live map (nil if there is none) into the next one. It

@@ -572,6 +572,54 @@ func TestOpenErrors(t *testing.T) {
 // rewritten document; readers fold the log into the document, and every
 // maxLog versions the document is rewritten. A log that does not make
 // the live version is refused whole.
+// A node that missed announcements catches up from the log of deltas
+// without the document: here the document is garbage, which reading it
+// would refuse. A node the log does not reach back to reads the document.
+func TestLiveAfterCatchesUpFromTheLog(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		c := s.Client()
+		if _, err := s.Publish(ctx, replace(parse(t, labMap))); err != nil {
+			t.Fatal(err)
+		}
+		held, err := s.Live(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last store.Publication
+		for _, name := range []string{"fw-2", "dlp-1", "dlp-2"} {
+			if last, err = s.Publish(ctx, func(p *steering.Published) (*steering.Published, error) { return p.Drain(name) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		doc, _ := c.Get(ctx, "nfsteer:{map}:doc").Result()
+		if err := c.Set(ctx, "nfsteer:{map}:doc", "{not a map", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.LiveAfter(ctx, held)
+		if err != nil {
+			t.Fatalf("LiveAfter version %d, with the log holding every later version: %v", held.Version, err)
+		}
+		if diff := cmp.Diff(last.Published, got, cmpopts.IgnoreUnexported(steering.Published{}), cmpopts.EquateEmpty()); diff != "" {
+			t.Fatalf("caught up from the log (-published +got):\n%s", diff)
+		}
+		// The log begins after the document: a node holding an older
+		// version than the document's needs the document.
+		old := held.Clone()
+		old.Version = held.Version - 1
+		if _, err := s.LiveAfter(ctx, old); !errors.Is(err, steering.ErrInvalidMap) {
+			t.Fatalf("LiveAfter from before the log, document garbage: %v; want ErrInvalidMap", err)
+		}
+		if err := c.Set(ctx, "nfsteer:{map}:doc", doc, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.LiveAfter(ctx, old); err != nil || got.Version != last.Version {
+			t.Fatalf("LiveAfter from before the log: %+v, %v; want version %d from the document", got, err, last.Version)
+		}
+	})
+}
+
 func TestMapLog(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
