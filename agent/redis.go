@@ -22,8 +22,9 @@ import (
 // polled version newer than the node's is validated, installed and, if it
 // took instances away, the flows pinned to them are moved. An announced
 // delta from the version the node holds is applied without reading the
-// map; anything else, including a delta refused, reads the live map (the
-// document and the log of deltas after it).
+// map; anything else, including a delta refused, reads the live map: the
+// log of deltas alone if it reaches back to the node's version (a node
+// that missed announcements), else the document and the log after it.
 func (a *Agent) watchMap(ctx context.Context) error {
 	refused := uint64(0)
 	return a.store.Watch(ctx, a.cfg.MapPoll, func(ctx context.Context, an store.Announcement) {
@@ -60,9 +61,11 @@ func (a *Agent) watchMap(ctx context.Context) error {
 		if p.Version <= cur {
 			return
 		}
-		if a.switchMap(p, start, "document") == nil { // logged and counted
-			// As at start: collect the decoding's garbage now, not while
-			// the next versions switch.
+		// "live": from the log of deltas after this node's version, or
+		// from the document.
+		if a.switchMap(p, start, "live") == nil { // logged and counted
+			// As at start: collect a decoded document's garbage now, not
+			// while the next versions switch.
 			runtime.GC()
 			p.Prepare()
 		}
