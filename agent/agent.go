@@ -179,6 +179,9 @@ func (a *Agent) initialMap() (*steering.Published, error) {
 	a.store = s
 	ctx := context.Background()
 	if err := s.Check(ctx); err != nil {
+		if errors.Is(err, store.ErrOldRedis) {
+			return nil, err // it will not get newer by retrying
+		}
 		if a.cfg.MapFile == "" {
 			return nil, fmt.Errorf("%w (and no --map to start on)", err)
 		}

@@ -10,9 +10,10 @@
 //     it is small); a version with a delta is appended to the log, and
 //     every 64 versions, or for any other change, the document is
 //     rewritten whole;
-//   - sessions, one hash per flow, created first-writer-wins, with per
-//     instance and role sorted-set indexes that list an instance's sessions
-//     without scanning the keyspace;
+//   - sessions: per flow, a record created first-writer-wins with its
+//     expiry in one command, and a hash of the functions' state; per
+//     instance and role, sorted-set indexes that list an instance's
+//     sessions without scanning the keyspace;
 //   - agents' heartbeats and reports, stamped with Redis's clock;
 //   - the controller lease.
 //

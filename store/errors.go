@@ -10,6 +10,8 @@ var (
 	ErrStaleVersion = errors.New("map version is not newer than the live version")
 	// ErrMalformed: an entry in Redis cannot be decoded.
 	ErrMalformed = errors.New("malformed entry")
+	// ErrOldRedis: the server is older than nfsteer needs.
+	ErrOldRedis = errors.New("nfsteer needs Redis 7.0 or newer")
 	// ErrNoSession: the flow has no session in Redis.
 	ErrNoSession = errors.New("no such session")
 )

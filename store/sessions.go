@@ -41,9 +41,11 @@ type Hop struct {
 	Secondary string `json:"secondary,omitempty"`
 }
 
-// meta is a session's `meta` field: everything but the update time and
-// the functions' state, so that one HSETNX creates a session whole, first
-// writer wins, without a script. A takeover rewrites it (takeoverScript).
+// meta is a session's record, the string at its sessionKey: everything
+// but the update time and the functions' state (at its stateKey), so that
+// one SET NX GET creates a session whole with its expiry, first writer
+// wins, and tells a writer that lost the winner's record. A takeover
+// rewrites it (takeoverScript).
 type meta struct {
 	Flow    string `json:"flow"`
 	Tenant  string `json:"tenant"`
@@ -55,13 +57,13 @@ type meta struct {
 }
 
 // takeoverScript moves the primary role at one hop from old to new, unless
-// someone else already holds it. KEYS: session. ARGV: hop, old, new, new
-// secondary, ttl ms, updated. Returns 1 (taken), 0 (no session), -1 (held by
-// another). It is the one session write that has to read before it
-// writes, and it is rare (a failover or a migration): creates, which are
-// per flow, go without a script.
+// someone else already holds it. KEYS: session, state. ARGV: hop, old,
+// new, new secondary, ttl ms, updated. Returns 1 (taken), 0 (no session),
+// -1 (held by another). It is the one session write that has to read
+// before it writes, and it is rare (a failover or a migration): creates,
+// which are per flow, go without a script.
 var takeoverScript = redis.NewScript(`
-local m = redis.call('HGET', KEYS[1], 'meta')
+local m = redis.call('GET', KEYS[1])
 if not m then return 0 end
 local ok, s = pcall(cjson.decode, m)
 if not ok or type(s.hops) ~= 'table' then return 0 end
@@ -70,8 +72,9 @@ if type(h) ~= 'table' then return 0 end
 if h.primary ~= ARGV[2] and h.primary ~= ARGV[3] then return -1 end
 h.primary = ARGV[3]
 if ARGV[4] == '' then h.secondary = nil else h.secondary = ARGV[4] end
-redis.call('HSET', KEYS[1], 'meta', cjson.encode(s), 'updated', ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SET', KEYS[1], cjson.encode(s), 'PX', ARGV[5])
+redis.call('HSET', KEYS[2], 'updated', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1
 `)
 
@@ -145,14 +148,13 @@ func indexEntries(h []Hop) []roleEntry {
 // gateway in front of it does, and its own refreshes do within one
 // refresh interval. That keeps one flow from costing its indexes twice.
 //
-// A create is native commands, no script: HSETNX of the meta field, which
-// holds the whole session but its times and state (first writer wins,
-// atomically), PEXPIRE, and HGET of the meta, which tells a loser the
-// first writer's roles in the same round trip. In Redis a script cost
-// about 38 µs a call against 2-3 µs a native command (COMMANDSTATS in the
-// new-flow benchmark), and creates are per flow. The price: HSETNX and
-// PEXPIRE are two commands, so a writer killed between them could leave
-// an entry with no expiry; any instance's refresh of the flow gives it one.
+// A create is one native command, no script: SET NX GET with the expiry
+// writes the record (the whole session but its update time and state)
+// unless one exists, atomically with its TTL, and replies with the
+// existing record if there was one: a loser learns the first writer's
+// roles in the same round trip. In Redis a script cost about 38 µs a call
+// against 2-3 µs a native command (COMMANDSTATS in the new-flow
+// benchmark), and creates are per flow.
 //
 // The takeover script goes by digest (EVALSHA): sent whole, Redis hashes
 // its body each time. A server that does not know it (restarted, say) is
@@ -168,14 +170,16 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	return out, err
 }
 
-// createCmds are the replies to a create: whether it wrote the session
-// and, in case it did not, the first writer's meta.
-type createCmds struct {
-	won   *redis.BoolCmd
-	first *redis.StringCmd
-	// hops is the end of the meta this writer sent: its roles.
+// createCmd is the reply to a create: nil (redis.Nil) if it wrote the
+// session, else the first writer's record.
+type createCmd struct {
+	first *redis.StatusCmd
+	// hops is the end of the record this writer sent: its roles.
 	hops []byte
 }
+
+// lost reports whether the create found a first writer's record.
+func (c createCmd) lost() bool { return c.first != nil && c.first.Err() == nil }
 
 func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
 	t := w.Table()
@@ -184,7 +188,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	ttl := w.TTL.Milliseconds()
 	deadline := float64(now.Add(w.TTL).UnixMilli())
 	out := make([]sessions.Outcome, len(ops))
-	creates := make([]createCmds, len(ops))
+	creates := make([]createCmd, len(ops))
 	refreshes := make([]*redis.BoolCmd, len(ops))
 	hopsOf := make([][]Hop, len(ops))
 	pipe := w.s.rdb.Pipeline()
@@ -192,7 +196,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	for i := range ops {
 		op := &ops[i]
 		flow := op.Session.Key.String()
-		key := sessionKey(flow)
+		key, stKey := sessionKey(flow), stateKey(flow)
 		h, ok := hops(t, &op.Session)
 		if !ok {
 			continue // the tenant is gone from the map: nothing to name
@@ -202,27 +206,27 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 		case sessions.OpCreate, sessions.OpCreateState:
 			m, _ := json.Marshal(meta{Flow: flow, Tenant: op.Session.Tenant, Code: op.Session.Code,
 				Slot: op.Session.Code & (t.Slots() - 1), Version: t.Version(), Created: op.Session.Created / 1e6, Hops: h})
-			won := pipe.HSetNX(ctx, key, "meta", m)
-			pipe.PExpire(ctx, key, w.TTL)
-			creates[i] = createCmds{
-				won:   won,
-				first: pipe.HGet(ctx, key, "meta"),
+			creates[i] = createCmd{
+				first: pipe.SetArgs(ctx, key, m, redis.SetArgs{Mode: "NX", Get: true, TTL: w.TTL}),
 				hops:  m[bytes.LastIndex(m, []byte(`,"hops":`)):],
 			}
 			if op.Kind == sessions.OpCreateState && w.Service != "" {
-				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
+				pipe.HSet(ctx, stKey, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
+				pipe.PExpire(ctx, stKey, w.TTL)
 			}
 			if op.Kind == sessions.OpCreate {
 				idx.add(flow, h, deadline)
 			}
 		case sessions.OpState:
 			if w.Service != "" {
-				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
+				pipe.HSet(ctx, stKey, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
 			}
 			pipe.PExpire(ctx, key, w.TTL)
+			pipe.PExpire(ctx, stKey, w.TTL)
 			idx.add(flow, h, deadline)
 		case sessions.OpRefresh:
 			refreshes[i] = pipe.PExpire(ctx, key, w.TTL)
+			pipe.PExpire(ctx, stKey, w.TTL)
 			idx.add(flow, h, deadline)
 		case sessions.OpTakeover:
 			hop := int(op.Hop)
@@ -235,24 +239,24 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			if in, ok := t.InstanceByID(op.From); ok {
 				old = in.Name
 			}
-			takeoverScript.EvalSha(ctx, pipe, []string{key}, hop, old, h[hop].Primary, h[hop].Secondary, ttl, nowMS)
+			takeoverScript.EvalSha(ctx, pipe, []string{key, stKey}, hop, old, h[hop].Primary, h[hop].Secondary, ttl, nowMS)
 			if w.Service != "" {
-				pipe.HSet(ctx, key, "st:"+w.Service, stateOf(&op.Session))
+				pipe.HSet(ctx, stKey, "st:"+w.Service, stateOf(&op.Session))
 			}
 			idx.flush(ctx, pipe) // what was added before goes before the removal
 			pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), flow)
 			idx.add(flow, h, deadline)
 		case sessions.OpDelete:
 			idx.flush(ctx, pipe)
-			pipe.Del(ctx, key)
+			pipe.Del(ctx, key, stKey)
 			for _, e := range indexEntries(h) {
 				pipe.ZRem(ctx, indexKey(e.instance, e.role), flow)
 			}
 		}
 	}
 	idx.flush(ctx, pipe)
-	if cmds, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		if !refused(cmds, ops, hopsOf, out) {
+	if cmds, err := pipe.Exec(ctx); err != nil {
+		if err := failed(cmds, err); err != nil && !refused(cmds, ops, hopsOf, out) {
 			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
 		}
 	}
@@ -265,14 +269,15 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 	// what they lack of the first writer's.
 	var stale []indexEntry
 	for i, c := range creates {
-		if c.won == nil || c.won.Err() != nil || c.won.Val() {
+		if !c.lost() {
 			continue
 		}
 		// Lost: the session existed. Usually the first writer named the
-		// same roles, in the same encoding: then its meta ends as ours
-		// does and there is nothing to decode. A first writer's meta that
-		// does not decode (written by hand) leaves this node on its own
-		// pins; the entry is reported as malformed wherever it is read.
+		// same roles, in the same encoding: then its record ends as ours
+		// does and there is nothing to decode. A first writer's record
+		// that does not decode (written by hand) leaves this node on its
+		// own pins; the entry is reported as malformed wherever it is
+		// read.
 		first := hopsOf[i]
 		if !strings.HasSuffix(c.first.Val(), string(c.hops)) {
 			var m meta
@@ -309,11 +314,29 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 			pipe.ZRem(ctx, indexKey(e.instance, e.role), e.flow)
 		}
 		idx.flush(ctx, pipe)
-		if cmds, err := pipe.Exec(ctx); err != nil && !refused(cmds, ops, hopsOf, out) {
-			return nil, fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
+		if cmds, err := pipe.Exec(ctx); err != nil {
+			if err := failed(cmds, err); err != nil && !refused(cmds, ops, hopsOf, out) {
+				return nil, fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
+			}
 		}
 	}
 	return out, nil
+}
+
+// failed returns the first error among cmds that is not redis.Nil, or err,
+// what Exec returned, if none is: Exec reports the first error of any
+// kind, and a create that won replies nil (redis.Nil), which would hide a
+// later command's error.
+func failed(cmds []redis.Cmder, err error) error {
+	for _, c := range cmds {
+		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+			return e
+		}
+	}
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
 }
 
 // refused handles a batch in which Redis refused commands. If every
@@ -345,7 +368,7 @@ func refused(cmds []redis.Cmder, ops []sessions.Op, hopsOf [][]Hop, out []sessio
 	// than remembered for every batch.
 	for i := range ops {
 		flow := ops[i].Session.Key.String()
-		mine := []string{sessionKey(flow)}
+		mine := []string{sessionKey(flow), stateKey(flow)}
 		for _, e := range indexEntries(hopsOf[i]) {
 			mine = append(mine, indexKey(e.instance, e.role))
 		}
@@ -409,20 +432,26 @@ func (w *Sessions) Get(ctx context.Context, flow sessions.Key) (*Record, error) 
 	return w.s.Session(ctx, flow.String())
 }
 
-// Session returns the session of the named flow.
+// Session returns the session of the named flow. A key of the wrong type
+// or a record that does not decode (written by hand) gives an error
+// wrapping ErrMalformed that names the key.
 func (s *Store) Session(ctx context.Context, flow string) (*Record, error) {
-	key := sessionKey(flow)
+	key, stKey := sessionKey(flow), stateKey(flow)
 	pipe := s.rdb.Pipeline()
-	all := pipe.HGetAll(ctx, key)
+	rec := pipe.Get(ctx, key)
+	st := pipe.HGetAll(ctx, stKey)
 	ttl := pipe.PTTL(ctx, key)
-	if _, err := pipe.Exec(ctx); err != nil {
+	cmds, err := pipe.Exec(ctx)
+	err = failed(cmds, err)
+	switch {
+	case redis.HasErrorPrefix(err, "WRONGTYPE"):
+		return nil, fmt.Errorf("session %s or %s: %w: %v", key, stKey, ErrMalformed, err)
+	case err != nil:
 		return nil, fmt.Errorf("reading session %s from %s: %w", key, s.addr, err)
-	}
-	f := all.Val()
-	if len(f) == 0 {
+	case errors.Is(rec.Err(), redis.Nil):
 		return nil, fmt.Errorf("%s: %w", key, ErrNoSession)
 	}
-	r, err := decodeRecord(f)
+	r, err := decodeRecord(rec.Val(), st.Val())
 	if err != nil {
 		return nil, fmt.Errorf("session %s: %w: %v", key, ErrMalformed, err)
 	}
@@ -430,20 +459,21 @@ func (s *Store) Session(ctx context.Context, flow string) (*Record, error) {
 	return r, nil
 }
 
-func decodeRecord(f map[string]string) (*Record, error) {
+// decodeRecord makes a Record of a session's record and its state hash.
+func decodeRecord(record string, f map[string]string) (*Record, error) {
 	var m meta
-	if err := json.Unmarshal([]byte(f["meta"]), &m); err != nil {
-		return nil, fmt.Errorf("field meta: %v", err)
+	if err := json.Unmarshal([]byte(record), &m); err != nil {
+		return nil, fmt.Errorf("record: %v", err)
 	}
 	if _, err := sessions.ParseKey(m.Flow); err != nil {
-		return nil, fmt.Errorf("field meta: flow: %v", err)
+		return nil, fmt.Errorf("record: flow: %v", err)
 	}
 	if len(m.Hops) < 1 || len(m.Hops) > steering.MaxChain {
-		return nil, fmt.Errorf("field meta: %d hops", len(m.Hops))
+		return nil, fmt.Errorf("record: %d hops", len(m.Hops))
 	}
 	for i, h := range m.Hops {
 		if h.Primary == "" {
-			return nil, fmt.Errorf("field meta: hop %d has no primary", i)
+			return nil, fmt.Errorf("record: hop %d has no primary", i)
 		}
 	}
 	r := &Record{Flow: m.Flow, Tenant: m.Tenant, Code: m.Code, Slot: m.Slot, Version: m.Version, Created: m.Created, Hops: m.Hops}
@@ -552,7 +582,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			if sec != nil && !sec.Out() {
 				secName = sec.Name
 			}
-			takes = append(takes, takeoverScript.EvalSha(ctx, pipe, []string{sessionKey(r.Flow)}, hop, instance, to.Name, secName, ttl.Milliseconds(), now.UnixMilli()))
+			takes = append(takes, takeoverScript.EvalSha(ctx, pipe, []string{sessionKey(r.Flow), stateKey(r.Flow)}, hop, instance, to.Name, secName, ttl.Milliseconds(), now.UnixMilli()))
 			pipe.ZRem(ctx, indexKey(instance, RolePrimary), r.Flow)
 			pipe.ZRem(ctx, indexKey(to.Name, RoleSecondary), r.Flow)
 			pipe.ZAdd(ctx, indexKey(to.Name, RolePrimary), redis.Z{Score: deadline, Member: r.Flow})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,7 +27,11 @@ const (
 	keyScores     = "nfsteer:{hb}:score"
 )
 
+// sessionKey names a session's record (a string: its meta JSON);
+// stateKey, the hash of the functions' state for it and its last update.
+// Both carry the flow's hash tag: one slot.
 func sessionKey(flow string) string { return "nfsteer:s:{" + flow + "}" }
+func stateKey(flow string) string   { return "nfsteer:st:{" + flow + "}" }
 
 func indexKey(instance, role string) string { return "nfsteer:i:{" + instance + "}:" + role }
 
@@ -69,14 +74,36 @@ func Dial(rawURL string) (*Store, error) {
 	return &Store{rdb: rdb, addr: addr}, nil
 }
 
-// Check pings Redis (within 3 s) and returns an error naming its address.
+// Check pings Redis (within 3 s) and checks that it is recent enough,
+// and returns an error naming its address.
 func (s *Store) Check(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	if err := s.rdb.Ping(pctx).Err(); err != nil {
 		return fmt.Errorf("connecting to Redis at %s: %w", s.addr, err)
 	}
-	return nil
+	info, err := s.rdb.Info(pctx, "server").Result()
+	if err != nil {
+		return fmt.Errorf("asking Redis at %s for its version: %w", s.addr, err)
+	}
+	return checkVersion(s.addr, info)
+}
+
+// checkVersion checks the version in the server section of INFO: creating
+// a session takes SET with both NX and GET, which Redis accepts since 7.0.
+func checkVersion(addr, info string) error {
+	for line := range strings.Lines(info) {
+		v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:")
+		if !ok {
+			continue
+		}
+		major, _, _ := strings.Cut(v, ".")
+		if n, err := strconv.Atoi(major); err != nil || n < 7 {
+			return fmt.Errorf("Redis at %s is version %s: %w", addr, v, ErrOldRedis)
+		}
+		return nil
+	}
+	return nil // not Redis's INFO (a compatible server): let it try
 }
 
 func client(rawURL string) (redis.UniversalClient, string, error) {

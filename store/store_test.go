@@ -404,17 +404,21 @@ func TestSessions(t *testing.T) {
 			t.Fatalf("after takeover, %s still primary of %v", primary.Name, recs)
 		}
 
-		// A malformed entry is reported with its key, not half-read.
+		// A malformed entry (a record that does not decode, a key of
+		// another type) is reported with its key, not half-read.
 		c := s.Client()
-		bad := flowKey(40001)
-		c.HSet(ctx, "nfsteer:s:{"+bad.String()+"}", "meta", "{not json", "p0", "fw-1")
-		c.ZAdd(ctx, "nfsteer:i:{"+secondary+"}:primary", redisZ(bad.String()))
-		if _, err := gw.Get(ctx, bad); !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), bad.String()) {
-			t.Fatalf("Get(malformed) = %v, want ErrMalformed naming the key", err)
+		bad, wrongType := flowKey(40001), flowKey(40002)
+		c.Set(ctx, "nfsteer:s:{"+bad.String()+"}", "{not json", 0)
+		c.HSet(ctx, "nfsteer:s:{"+wrongType.String()+"}", "meta", "a hash")
+		for _, k := range []sessions.Key{bad, wrongType} {
+			c.ZAdd(ctx, "nfsteer:i:{"+secondary+"}:primary", redisZ(k.String()))
+			if _, err := gw.Get(ctx, k); !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), k.String()) {
+				t.Fatalf("Get(malformed %s) = %v, want ErrMalformed naming the key", k, err)
+			}
 		}
 		recs, badErrs, err := s.List(ctx, secondary, store.RolePrimary)
-		if err != nil || len(recs) != 1 || len(badErrs) != 1 {
-			t.Fatalf("List with a malformed entry = %d records, %v, %v; want 1 record and 1 bad", len(recs), badErrs, err)
+		if err != nil || len(recs) != 1 || len(badErrs) != 2 {
+			t.Fatalf("List with two malformed entries = %d records, %v, %v; want 1 record and 2 bad", len(recs), badErrs, err)
 		}
 
 		// Delete removes the entry and its index entries.
@@ -439,7 +443,7 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		gw := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
 		badSession, good := acmeSession(tab, 41000), acmeSession(tab, 41001)
 		c := s.Client()
-		if err := c.Set(ctx, "nfsteer:s:{"+badSession.Key.String()+"}", "not a hash", 0).Err(); err != nil {
+		if err := c.HSet(ctx, "nfsteer:s:{"+badSession.Key.String()+"}", "meta", "not a record").Err(); err != nil {
 			t.Fatal(err)
 		}
 		ops := []sessions.Op{{Kind: sessions.OpCreate, Session: badSession}, {Kind: sessions.OpCreate, Session: good}}
@@ -448,7 +452,7 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 			t.Fatalf("Write with one session key of another type: %v; want the batch written but that one", err)
 		}
 		if err := out[0].Refused; !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), badSession.Key.String()) {
-			t.Errorf("outcome of the session over a string key: %v; want ErrMalformed naming it", err)
+			t.Errorf("outcome of the session over a hash key: %v; want ErrMalformed naming it", err)
 		}
 		if out[1].Refused != nil {
 			t.Errorf("outcome of the good session: %v", out[1].Refused)

@@ -264,13 +264,13 @@ func TestFailoverToSecondary(t *testing.T) {
 	// Redis names the new primary.
 	f := flowOf(t, 6, failoverLocal, failoverServer)
 	k := sessions.KeyOf(&f)
-	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "HGET", "nfsteer:s:{"+k.String()+"}", "meta")
-	var meta struct{ Hops []store.Hop }
+	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k.String()+"}")
+	var rec struct{ Hops []store.Hop }
 	if err == nil {
-		err = json.Unmarshal([]byte(out), &meta)
+		err = json.Unmarshal([]byte(out), &rec)
 	}
-	if err != nil || len(meta.Hops) == 0 || meta.Hops[0].Primary != secondary {
-		t.Errorf("Redis holds %+v (%v) as the flow's hops, want %s as the firewall's primary", meta.Hops, err, secondary)
+	if err != nil || len(rec.Hops) == 0 || rec.Hops[0].Primary != secondary {
+		t.Errorf("Redis holds %+v (%v) as the flow's hops, want %s as the firewall's primary", rec.Hops, err, secondary)
 	}
 	out, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
 	if !strings.Contains(out, k.String()) {

@@ -76,7 +76,7 @@ func (h *heldConn) ping(t *testing.T, msg string) {
 
 // redisHas reports whether Redis in the lab holds the session of flow.
 func redisHas(l *lab.Lab, flow string) bool {
-	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "HEXISTS", "nfsteer:s:{"+flow+"}", "meta")
+	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "EXISTS", "nfsteer:s:{"+flow+"}")
 	return err == nil && strings.TrimSpace(out) == "1"
 }
 
