@@ -446,16 +446,18 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		if err := c.HSet(ctx, "nfsteer:s:{"+badSession.Key.String()+"}", "meta", "not a record").Err(); err != nil {
 			t.Fatal(err)
 		}
-		ops := []sessions.Op{{Kind: sessions.OpCreate, Session: badSession}, {Kind: sessions.OpCreate, Session: good}}
+		// The good create comes first: its reply (nil: created) must not
+		// hide the refusal after it.
+		ops := []sessions.Op{{Kind: sessions.OpCreate, Session: good}, {Kind: sessions.OpCreate, Session: badSession}}
 		out, err := gw.Write(ctx, ops)
 		if err != nil {
 			t.Fatalf("Write with one session key of another type: %v; want the batch written but that one", err)
 		}
-		if err := out[0].Refused; !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), badSession.Key.String()) {
+		if err := out[1].Refused; !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), badSession.Key.String()) {
 			t.Errorf("outcome of the session over a hash key: %v; want ErrMalformed naming it", err)
 		}
-		if out[1].Refused != nil {
-			t.Errorf("outcome of the good session: %v", out[1].Refused)
+		if out[0].Refused != nil {
+			t.Errorf("outcome of the good session: %v", out[0].Refused)
 		}
 		if _, err := gw.Get(ctx, good.Key); err != nil {
 			t.Errorf("the good session of the batch: %v", err)
