@@ -158,15 +158,20 @@ func (m *Mirror) Run(ctx context.Context) error {
 	batch := make([]Op, 0, m.cfg.Batch)
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
+	// Reused, not a time.After per batch. Since Go 1.23 a Reset timer
+	// delivers nothing stale.
+	idle := time.NewTimer(time.Second)
+	defer idle.Stop()
 	var lastDropLog uint64
 	for {
 		batch = batch[:0]
+		idle.Reset(time.Second)
 		select {
 		case <-ctx.Done():
 			return nil
 		case q := <-m.ops:
 			batch = append(batch, m.tenants.unpack(&q))
-		case <-time.After(time.Second):
+		case <-idle.C:
 			// Idle: a pending resync still has to happen.
 		}
 		// Linger by sleeping, not by taking operations as they come: a
