@@ -574,10 +574,6 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-// A version an announced delta makes goes into the map's log, not into a
-// rewritten document; readers fold the log into the document, and every
-// maxLog versions the document is rewritten. A log that does not make
-// the live version is refused whole.
 // A node that missed announcements catches up from the log of deltas
 // without the document: here the document is garbage, which reading it
 // would refuse. A node the log does not reach back to reads the document.
@@ -626,6 +622,10 @@ func TestLiveAfterCatchesUpFromTheLog(t *testing.T) {
 	})
 }
 
+// A version an announced delta makes goes into the map's log, not into a
+// rewritten document; readers fold the log into the document, and every
+// maxLog versions the document is rewritten. A log that does not make
+// the live version is refused whole.
 func TestMapLog(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
