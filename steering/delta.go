@@ -79,12 +79,13 @@ func (p *Published) Apply(d *Delta) (*Published, error) {
 		mapSum: d.MapSum, mapValid: true, index: p.index}
 	var v validator
 	if len(d.Tenants)+len(d.Removed) > 0 {
-		tenants := p.spare.tenants.Swap(nil)
-		if tenants == nil {
-			tenants = &map[string]*Tenant{}
-			*tenants = maps.Clone(p.Map.Tenants)
+		var tenants map[string]*Tenant
+		if spare := p.spare.tenants.Swap(nil); spare != nil {
+			tenants = *spare // Prepare's copy, now this Apply's own
+		} else {
+			tenants = maps.Clone(p.Map.Tenants)
 		}
-		m := &Map{Slots: p.Map.Slots, Services: p.Map.Services, Tenants: *tenants}
+		m := &Map{Slots: p.Map.Slots, Services: p.Map.Services, Tenants: tenants}
 		for i, name := range d.Removed {
 			if _, ok := m.Tenants[name]; !ok {
 				v.add(fmt.Sprintf("removed[%d]", i), fmt.Sprintf("no tenant %q to remove", name))

@@ -12,8 +12,8 @@ import (
 // the publisher validates and numbers like any other version.
 
 // Clone returns a copy of p, unnumbered (the publisher numbers it), whose
-// lists may be changed; the Map is shared and must not be. Use it, not a
-// copy of the value, to make the next version from p.
+// lists may be changed; the Map is shared and must not be changed. Use it,
+// not a copy of the value, to make the next version from p.
 func (p *Published) Clone() *Published {
 	// An edit may go on to change the map: what it was made from (applied,
 	// appliedTo, checked) says nothing of the result.
