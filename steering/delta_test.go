@@ -31,6 +31,17 @@ func fromRedis(t testing.TB, p *Published) *Published {
 	return q
 }
 
+// version1 returns m as version 1, as a node holds it from Redis.
+func version1(t testing.TB, m *Map) *Published {
+	t.Helper()
+	p, err := Local(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Version = 1
+	return fromRedis(t, p)
+}
+
 var tableOpts = []cmp.Option{
 	cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
 	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
@@ -71,12 +82,7 @@ func TestDeltaMatchesDocument(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			base, err := Local(labMap(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			base.Version = 1
-			prev := fromRedis(t, base)
+			prev := version1(t, labMap(t))
 			prevTable, err := CompilePublished(prev)
 			if err != nil {
 				t.Fatal(err)
@@ -144,12 +150,7 @@ func TestDeltaMatchesDocument(t *testing.T) {
 // A change of services, slots or IDs, or a jump of versions, has no delta:
 // nodes read the whole document.
 func TestNoDeltaBeyondTenants(t *testing.T) {
-	base, err := Local(labMap(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	base.Version = 1
-	prev := fromRedis(t, base)
+	prev := version1(t, labMap(t))
 	added, err := prev.Map.AddInstance("fw", "fw-3", Addresses{"10.200.0.13"})
 	if err != nil {
 		t.Fatal(err)
@@ -173,12 +174,7 @@ func TestNoDeltaBeyondTenants(t *testing.T) {
 // A bad delta is refused naming what is wrong, as validating the whole map
 // would, and the version it was applied to is left as it was.
 func TestDeltaRefused(t *testing.T) {
-	base, err := Local(labMap(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	base.Version = 1
-	prev := fromRedis(t, base)
+	prev := version1(t, labMap(t))
 	tests := []struct {
 		name, delta string
 		sentinel    error
@@ -230,12 +226,7 @@ func FuzzApplyDelta(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	base, err := Local(labMap(f))
-	if err != nil {
-		f.Fatal(err)
-	}
-	base.Version = 1
-	prev := fromRedis(f, base)
+	prev := version1(f, labMap(f))
 	prevTable, err := CompilePublished(prev)
 	if err != nil {
 		f.Fatal(err)
@@ -350,12 +341,7 @@ func tenantDiff(want, got *Table, addrs []netip.Addr) string {
 // entries. After each, the table must decide as one compiled from the
 // whole map, and removed tenants' entries must stay bounded.
 func TestTenantsAfterManyDeltas(t *testing.T) {
-	base, err := Local(bigMap(20, 300))
-	if err != nil {
-		t.Fatal(err)
-	}
-	base.Version = 1
-	p := fromRedis(t, base)
+	p := version1(t, bigMap(20, 300))
 	table, err := CompilePublished(p)
 	if err != nil {
 		t.Fatal(err)
@@ -437,12 +423,7 @@ func TestTenantsAfterManyDeltas(t *testing.T) {
 // serves one Apply only, and a refused delta leaves nothing behind: the
 // next Apply starts from the base again.
 func TestPrepare(t *testing.T) {
-	base, err := Local(labMap(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	base.Version = 1
-	prev := fromRedis(t, base)
+	prev := version1(t, labMap(t))
 	before, _ := json.Marshal(prev.Map)
 	initech := &Tenant{Prefixes: []string{"10.30.0.0/16"}, Chain: []string{"dlp"}}
 	bad := &Delta{Base: 1, Version: 2, Tenants: map[string]*Tenant{"initech": initech, "evil": {Prefixes: []string{"10.10.1.0/24"}, Chain: []string{"fw"}}}}

@@ -82,6 +82,17 @@ func replace(m *steering.Map) store.Change {
 	}
 }
 
+// publishedLab opens the store at url with the lab map published as its
+// first version.
+func publishedLab(t testing.TB, url string) *store.Store {
+	t.Helper()
+	s := open(t, url)
+	if _, err := s.Publish(context.Background(), replace(parse(t, labMap))); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func TestMapVersions(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
@@ -580,11 +591,8 @@ func TestOpenErrors(t *testing.T) {
 func TestLiveAfterCatchesUpFromTheLog(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
-		s := open(t, url)
+		s := publishedLab(t, url)
 		c := s.Client()
-		if _, err := s.Publish(ctx, replace(parse(t, labMap))); err != nil {
-			t.Fatal(err)
-		}
 		held, err := s.Live(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -629,11 +637,8 @@ func TestLiveAfterCatchesUpFromTheLog(t *testing.T) {
 func TestMapLog(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
-		s := open(t, url)
+		s := publishedLab(t, url)
 		c := s.Client()
-		if _, err := s.Publish(ctx, replace(parse(t, labMap))); err != nil {
-			t.Fatal(err)
-		}
 		doc, err := c.Get(ctx, "nfsteer:{map}:doc").Result()
 		if err != nil {
 			t.Fatal(err)
