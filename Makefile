@@ -3,7 +3,12 @@ SHELL   := /bin/bash
 GO      ?= go
 BIN     := bin/nfsteer
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-FUZZTIME ?= 10s
+# Fuzz budgets are counts, not durations: a duration races the fuzzing
+# coordinator's deadline under load (golang/go#75804, "context deadline
+# exceeded" with no failing input). Minimizing a new input is capped too,
+# or it holds a worker for up to a minute and stops the run from fuzzing.
+FUZZTIME ?= 150000x
+FUZZMINIMIZE ?= 1000x
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -24,12 +29,12 @@ unit:
 
 # A short run of every fuzz target; failures are kept under testdata/fuzz.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./nfq
-	$(GO) test -run '^$$' -fuzz '^FuzzParseKernelQueueStats$$' -fuzztime $(FUZZTIME) ./nfq
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./steering
-	$(GO) test -run '^$$' -fuzz '^FuzzApplyDelta$$' -fuzztime $(FUZZTIME) ./steering
-	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./sessions
-	$(GO) test -run '^$$' -fuzz '^FuzzQueuedRoundTrip$$' -fuzztime $(FUZZTIME) ./sessions
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./nfq
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKernelQueueStats$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./nfq
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./steering
+	$(GO) test -run '^$$' -fuzz '^FuzzApplyDelta$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./steering
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./sessions
+	$(GO) test -run '^$$' -fuzz '^FuzzQueuedRoundTrip$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./sessions
 
 integration: build
 	$(GO) test -count=1 -timeout 10m -v ./tests/... 2>&1 | tee /tmp/nfsteer-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
