@@ -88,8 +88,8 @@ type MirrorConfig struct {
 	// Linger is how long the mirror waits for a batch to fill once it has
 	// an operation in hand (default 10ms; negative: not at all). A few
 	// milliseconds of delay in Redis buys far fewer round trips, and CPU,
-	// at a high rate of new flows: at 2ms the mirror cost 20% of the
-	// new-flow rate in the lab, at 10ms 13% (BENCHMARKS.md). It is far
+	// at a high rate of new flows: when it was introduced, 2ms cost 20%
+	// of the lab's new-flow rate and 10ms 13% (BENCHMARKS.md). It is far
 	// below what detecting a dead instance takes (150ms by default), so a
 	// failover still finds the session mirrored.
 	Linger time.Duration

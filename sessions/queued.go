@@ -11,9 +11,9 @@ import (
 // pointer in them (addresses as bytes, the tenant as a number). The queue
 // is large (65,536 operations, 6 MB) so that a slow Redis costs no
 // operation for a while; when it held Ops (8 MB), whose addresses and
-// tenant name are pointers, every collection had to scan all of it. A buffer of
-// pointer-free values is never scanned, and pages the queue has not
-// reached yet are never touched. In the new-flow benchmark that was worth
+// tenant name are pointers, every collection had to scan all of it. A
+// buffer of pointer-free values is never scanned, and pages the queue has
+// not reached yet are never touched. In the new-flow benchmark that was worth
 // 4-5% of the rate (BENCHMARKS.md).
 type queued struct {
 	a, b      [16]byte

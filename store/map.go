@@ -87,22 +87,8 @@ func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*stee
 	if err != nil {
 		return nil, fmt.Errorf("live map in Redis: %w", err)
 	}
-	for i, entry := range logCmd.Val() {
-		var a Announcement
-		if err := json.Unmarshal([]byte(entry), &a); err != nil || a.Delta == nil {
-			return nil, fmt.Errorf("%w: live map in Redis: entry %d of %s is not a delta", steering.ErrInvalidMap, i, keyMapLog)
-		}
-		if a.Version <= p.Version {
-			continue // from before the document (written over it by hand)
-		}
-		q, err := p.Apply(a.Delta)
-		if errors.Is(err, steering.ErrNotBase) {
-			err = fmt.Errorf("%w: %w", steering.ErrInvalidMap, err)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("live map in Redis: version %d from %s: %w", a.Version, keyMapLog, err)
-		}
-		p = q
+	if p, err = applyLog(p, logCmd.Val()); err != nil {
+		return nil, err
 	}
 	if v, _ := versionCmd.Uint64(); v != p.Version {
 		return nil, fmt.Errorf("%w: live map in Redis: live version %d, but the document and its log make version %d", steering.ErrInvalidMap, v, p.Version)
@@ -145,23 +131,37 @@ func (s *Store) catchUp(ctx context.Context, held *steering.Published) (*steerin
 	if _, err := tx.Exec(ctx); err != nil {
 		return nil, false
 	}
-	p := held
-	for _, entry := range logCmd.Val() {
-		var a Announcement
-		if json.Unmarshal([]byte(entry), &a) != nil || a.Delta == nil {
-			return nil, false
-		}
-		if a.Version <= p.Version {
-			continue
-		}
-		q, err := p.Apply(a.Delta)
-		if err != nil {
-			return nil, false
-		}
-		p = q
+	p, err := applyLog(held, logCmd.Val())
+	if err != nil {
+		return nil, false
 	}
 	v, err := versionCmd.Uint64()
 	return p, err == nil && p != held && v == p.Version
+}
+
+// applyLog applies to p the deltas of the log entries newer than it, each
+// validated as an announced one. An entry that is not a delta, or a delta
+// that does not follow (ErrNotBase) or is refused, is an error wrapping
+// steering.ErrInvalidMap that names it.
+func applyLog(p *steering.Published, entries []string) (*steering.Published, error) {
+	for i, entry := range entries {
+		var a Announcement
+		if err := json.Unmarshal([]byte(entry), &a); err != nil || a.Delta == nil {
+			return nil, fmt.Errorf("%w: live map in Redis: entry %d of %s is not a delta", steering.ErrInvalidMap, i, keyMapLog)
+		}
+		if a.Version <= p.Version {
+			continue // from before p (or the document, written over by hand)
+		}
+		q, err := p.Apply(a.Delta)
+		if errors.Is(err, steering.ErrNotBase) {
+			err = fmt.Errorf("%w: %w", steering.ErrInvalidMap, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("live map in Redis: version %d from %s: %w", a.Version, keyMapLog, err)
+		}
+		p = q
+	}
+	return p, nil
 }
 
 // Change turns the live map (nil if there is none) into the next one. It
