@@ -41,9 +41,6 @@ func (p *Packet) Opening() bool {
 	return true
 }
 
-// IsV4 reports whether p is an IPv4 packet.
-func (p *Packet) IsV4() bool { return p.Src.Is4() }
-
 // maxExtHeaders bounds the IPv6 extension header walk; real packets carry a
 // handful, and a hostile chain must not make the packet path loop.
 const maxExtHeaders = 16

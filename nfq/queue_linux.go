@@ -64,7 +64,7 @@ type Reader struct {
 	cfg     Config
 	handler Handler
 	bound   chan struct{}
-	Stats   Stats
+	stats   Stats
 }
 
 // NewReader returns a Reader for cfg that calls h for each packet.
@@ -83,8 +83,9 @@ func NewReader(cfg Config, h Handler) *Reader {
 // fail-closed, being dropped by) an absent reader.
 func (r *Reader) Bound() <-chan struct{} { return r.bound }
 
-// Counters returns the reader's Stats, for interfaces.
-func (r *Reader) Counters() *Stats { return &r.Stats }
+// Counters returns the reader's counters. They are updated atomically
+// and safe to read while the reader runs.
+func (r *Reader) Counters() *Stats { return &r.stats }
 
 // Run binds every queue and answers packets until ctx is done. It returns
 // an error if a queue cannot be bound (another process holds it, or the
@@ -156,7 +157,7 @@ func (w *worker) hook(a nfqueue.Attribute) int {
 		return 0
 	}
 	start := time.Now()
-	w.r.Stats.Packets.Add(1)
+	w.r.stats.Packets.Add(1)
 	var payload []byte
 	if a.Payload != nil {
 		payload = *a.Payload
@@ -169,11 +170,11 @@ func (w *worker) hook(a nfqueue.Attribute) int {
 	w.pkt.later = Later{w: w, id: *a.PacketID}
 	res := w.r.handler.Handle(&w.pkt, err, mark, w.reply)
 	if res.Verdict == Defer {
-		w.r.Stats.Deferred.Add(1)
+		w.r.stats.Deferred.Add(1)
 		return 0
 	}
 	w.verdict(*a.PacketID, res)
-	w.r.Stats.observe(int64(time.Since(start)))
+	w.r.stats.observe(int64(time.Since(start)))
 	return 0
 }
 
@@ -181,14 +182,14 @@ func (w *worker) verdict(id uint32, res Result) {
 	var verr error
 	switch res.Verdict {
 	case Drop:
-		w.r.Stats.Dropped.Add(1)
+		w.r.stats.Dropped.Add(1)
 		verr = w.nf.SetVerdict(id, nfqueue.NfDrop)
 	default:
-		w.r.Stats.Accepted.Add(1)
+		w.r.stats.Accepted.Add(1)
 		verr = w.nf.SetVerdictWithMark(id, nfqueue.NfAccept, int(res.Mark))
 	}
 	if verr != nil {
-		w.r.Stats.VerdictErrors.Add(1)
+		w.r.stats.VerdictErrors.Add(1)
 	}
 }
 
@@ -210,7 +211,7 @@ func (w *worker) onError(ctx context.Context) nfqueue.ErrorFunc {
 		if ctx.Err() != nil {
 			return 1
 		}
-		n := w.r.Stats.ReadErrors.Add(1)
+		n := w.r.stats.ReadErrors.Add(1)
 		var op *netlink.OpError
 		if errors.As(err, &op) && (op.Timeout() || errors.Is(op.Err, unix.ENOBUFS)) {
 			return 0

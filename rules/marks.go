@@ -1,5 +1,7 @@
 package rules
 
+import "github.com/nfsteer/nfsteer/steering"
+
 // Mark layout (see the package documentation).
 const (
 	OrigMask   uint32 = 0x00000fff
@@ -7,17 +9,14 @@ const (
 	ReplyShift        = 12
 	// MarkPass in a half means: decided, route normally.
 	MarkPass uint32 = 1
-	// MaxID is the highest instance ID a half can carry.
-	MaxID = 4093
+	// MaxID is the highest instance ID: the map's (steering.MaxID), which
+	// a half must be able to carry.
+	MaxID = steering.MaxID
 )
 
-// MarkMask returns the mask of the half for one direction.
-func MarkMask(reply bool) uint32 {
-	if reply {
-		return ReplyMask
-	}
-	return OrigMask
-}
+// A half carries HalfValue(MaxID) = MaxID+1; this fails to compile (a
+// negative constant converted to uint) if the map's IDs outgrow it.
+const _ = uint(OrigMask - (MaxID + 1))
 
 // HalfValue is the value a half carries to send a flow to instance id.
 func HalfValue(id uint16) uint32 { return uint32(id) + 1 }

@@ -136,7 +136,7 @@ type spareTenants struct {
 func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIndex {
 	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone()}
 	// Out with the prefixes of the tenants removed or changed...
-	for _, name := range slices.Concat(d.Removed, sortedKeys(d.Tenants)) {
+	for _, name := range slices.Concat(d.Removed, slices.Sorted(maps.Keys(d.Tenants))) {
 		if t := old.Tenants[name]; t != nil {
 			for _, s := range t.Prefixes {
 				if p, err := netip.ParsePrefix(s); err == nil { // it was valid
@@ -147,7 +147,7 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 	}
 	// ...and in with those of the tenants added or changed, if they
 	// overlap nothing.
-	for _, name := range sortedKeys(d.Tenants) {
+	for _, name := range slices.Sorted(maps.Keys(d.Tenants)) {
 	prefixes:
 		for _, op := range m.checkTenant(v, name, ix.lacks) {
 			pos := next.prefixes.search(op)

@@ -354,7 +354,7 @@ func TestTenantsAfterManyDeltas(t *testing.T) {
 	appended, fresh := 0, 0
 	for v := uint64(2); v < 400; v++ {
 		d := &Delta{Base: v - 1, Version: v, Tenants: map[string]*Tenant{}}
-		names := sortedKeys(p.Map.Tenants)
+		names := slices.Sorted(maps.Keys(p.Map.Tenants))
 		for range 1 + rng.IntN(6) {
 			switch name := names[rng.IntN(len(names))]; rng.IntN(4) {
 			case 0: // removed

@@ -149,6 +149,19 @@ func (p *Published) checkLists(v *validator, exists func(string) bool) {
 	}
 }
 
+// document is a Published as JSON, the one layout both Encode and
+// DecodePublished use. The map stays raw: its digest is taken over the
+// bytes published.
+type document struct {
+	Version   uint64            `json:"version"`
+	Map       json.RawMessage   `json:"map"`
+	IDs       map[string]uint16 `json:"ids"`
+	Down      []string          `json:"down,omitempty"`
+	Drained   []string          `json:"drained,omitempty"`
+	Unhealthy []string          `json:"unhealthy,omitempty"`
+	Migrating []string          `json:"migrating,omitempty"`
+}
+
 // DecodePublished decodes and validates a published map (JSON).
 func DecodePublished(b []byte) (*Published, error) { return DecodePublishedAfter(b, nil) }
 
@@ -156,15 +169,7 @@ func DecodePublished(b []byte) (*Published, error) { return DecodePublishedAfter
 // prev (which may be nil): if its map is byte for byte prev's (the same
 // digest), prev's decoded and validated Map is reused.
 func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
-	var raw struct {
-		Version   uint64            `json:"version"`
-		Map       json.RawMessage   `json:"map"`
-		IDs       map[string]uint16 `json:"ids"`
-		Down      []string          `json:"down"`
-		Drained   []string          `json:"drained"`
-		Unhealthy []string          `json:"unhealthy"`
-		Migrating []string          `json:"migrating"`
-	}
+	var raw document
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
 	}
@@ -200,15 +205,7 @@ func (p *Published) Encode() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding map: %w", err)
 	}
-	doc, err := json.Marshal(struct {
-		Version   uint64            `json:"version"`
-		Map       json.RawMessage   `json:"map"`
-		IDs       map[string]uint16 `json:"ids"`
-		Down      []string          `json:"down,omitempty"`
-		Drained   []string          `json:"drained,omitempty"`
-		Unhealthy []string          `json:"unhealthy,omitempty"`
-		Migrating []string          `json:"migrating,omitempty"`
-	}{p.Version, m, p.IDs, p.Down, p.Drained, p.Unhealthy, p.Migrating})
+	doc, err := json.Marshal(document{p.Version, m, p.IDs, p.Down, p.Drained, p.Unhealthy, p.Migrating})
 	if err != nil {
 		return nil, fmt.Errorf("encoding map version %d: %w", p.Version, err)
 	}

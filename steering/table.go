@@ -2,6 +2,7 @@ package steering
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -167,10 +168,10 @@ func (t *Table) compileInstances(p *Published, prev *Table, sameServices bool) {
 	for i := range t.byID {
 		t.byID[i] = -1
 	}
-	for _, sname := range sortedKeys(m.Services) {
+	for _, sname := range slices.Sorted(maps.Keys(m.Services)) {
 		svc := m.Services[sname]
 		si := ServiceInfo{Name: sname, Function: svc.FunctionName()}
-		names := sortedKeys(svc.Instances)
+		names := slices.Sorted(maps.Keys(svc.Instances))
 		skip := make([]bool, len(names))
 		for i, iname := range names {
 			in := Instance{Name: iname, Service: len(t.services), ID: p.IDs[iname],
@@ -288,6 +289,10 @@ func (t *Table) Version() uint64 { return t.version }
 
 // Slots returns the number of affinity slots.
 func (t *Table) Slots() uint32 { return t.slots }
+
+// SlotOf returns the slot of an affinity code: the code modulo the number
+// of slots, which is a power of two.
+func (t *Table) SlotOf(code uint32) uint32 { return code & (t.slots - 1) }
 
 // Instances returns every instance, in order of service name and then
 // instance name. The slice must not be modified.
@@ -442,7 +447,7 @@ func (t *Table) Decide(n Node, f *Flow, reply bool, pins *Pins) Decision {
 	}
 	chain := t.tenants[d.Tenant].Chain
 	d.Code = AffinityCode(f)
-	d.Slot = d.Code & (t.slots - 1)
+	d.Slot = t.SlotOf(d.Code)
 
 	// Position of this node in the chain, in travel order.
 	pos := -1

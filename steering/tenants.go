@@ -86,7 +86,7 @@ func appendTenants(ts []TenantInfo, arena *tenantArena, add []TenantInfo) ([]Ten
 // object.
 func (t *Table) tenantsFresh(prev *Table, svcIndex map[string]int) {
 	m := t.m
-	names := sortedKeys(m.Tenants)
+	names := slices.Sorted(maps.Keys(m.Tenants))
 	// Room to append the tenants of the next versions in place.
 	t.tenants = make([]TenantInfo, 0, len(names)+len(names)/8+64)
 	for _, name := range names {
@@ -152,7 +152,7 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 	}
 	var add []TenantInfo
 	next := int32(len(prev.tenants))
-	for _, name := range sortedKeys(d.Tenants) {
+	for _, name := range slices.Sorted(maps.Keys(d.Tenants)) {
 		drop(name)
 		ti := compileTenant(name, d.Tenants[name], svcIndex)
 		names[name] = next

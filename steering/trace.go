@@ -58,7 +58,7 @@ func (t *Table) Trace(f Flow) Trace {
 		}
 	}
 	tr.Code = AffinityCode(&f)
-	tr.Slot = tr.Code & (t.slots - 1)
+	tr.Slot = t.SlotOf(tr.Code)
 	back := Flow{Src: f.Dst, Dst: f.Src, SrcPort: f.DstPort, DstPort: f.SrcPort, Proto: f.Proto}
 	tr.Forward = t.walk(&f, false)
 	tr.Reply = t.walk(&back, true)

@@ -2,6 +2,7 @@ package steering
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -20,7 +21,7 @@ func (m *Map) validate() (*mapIndex, error) {
 	var v validator
 	ix := &mapIndex{lacks: m.checkServices(&v)}
 	var all []ownedPrefix
-	for _, tname := range sortedKeys(m.Tenants) {
+	for _, tname := range slices.Sorted(maps.Keys(m.Tenants)) {
 		all = append(all, m.checkTenant(&v, tname, ix.lacks)...)
 	}
 	v.overlaps(all)
@@ -48,7 +49,7 @@ func (m *Map) checkServices(v *validator) map[string]*[2][]string {
 	instOwner := map[string]string{}
 	lacks := map[string]*[2][]string{}
 	total := 0
-	for _, sname := range sortedKeys(m.Services) {
+	for _, sname := range slices.Sorted(maps.Keys(m.Services)) {
 		svc := m.Services[sname]
 		field := "services." + sname
 		v.name(field, sname)
@@ -64,7 +65,7 @@ func (m *Map) checkServices(v *validator) map[string]*[2][]string {
 		if len(svc.Instances) == 0 {
 			v.add(field+".instances", "service has no instances")
 		}
-		for _, iname := range sortedKeys(svc.Instances) {
+		for _, iname := range slices.Sorted(maps.Keys(svc.Instances)) {
 			ifield := field + ".instances." + iname
 			v.name(ifield, iname)
 			if other, dup := instOwner[iname]; dup {
@@ -255,12 +256,3 @@ func familyIndex(a netip.Addr) int {
 }
 
 func familyName(a netip.Addr) string { return famNames[familyIndex(a)] }
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}

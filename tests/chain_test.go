@@ -34,7 +34,7 @@ func expectedChain(t testing.TB, tab *steering.Table, f steering.Flow) []string 
 	if ti < 0 {
 		return nil
 	}
-	slot := steering.AffinityCode(&f) % tab.Slots()
+	slot := tab.SlotOf(steering.AffinityCode(&f))
 	var names []string
 	for _, svc := range tab.Tenants()[ti].Chain {
 		p, _ := tab.RolesFor(svc, slot)

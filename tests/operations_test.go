@@ -231,7 +231,7 @@ func TestScaleOut(t *testing.T) {
 	for port := 46000; port < 46030; port++ {
 		local := fmt.Sprintf("%s:%d", lab.AcmeClient, port)
 		f := flowOf(t, 6, local, "10.99.0.2:5201")
-		if in, _ := tab.InstanceByID(tab.PinsFor(acme, steering.AffinityCode(&f)&(tab.Slots()-1))[0]); in.Name == "fw-3" {
+		if in, _ := tab.InstanceByID(tab.PinsFor(acme, tab.SlotOf(steering.AffinityCode(&f)))[0]); in.Name == "fw-3" {
 			want++
 		}
 		transfer(t, l, "ca", local, "10.99.0.2:5201", 8<<10)
