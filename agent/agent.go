@@ -25,12 +25,10 @@ type state struct {
 	table     *steering.Table
 	node      steering.Node
 	spec      rules.Spec
-	// service is the node's service index (-1 on a gateway); firewall says
-	// its function is the firewall.
-	service  int
-	firewall bool
-	// spare: the node waits to be added to the map and steers nothing.
-	spare bool
+	role      Role
+	// service is the index of the node's service (-1 unless it hosts an
+	// instance).
+	service int
 }
 
 // Counters are the agent's decision counters, updated atomically.
@@ -63,20 +61,20 @@ type Counters struct {
 // Agent steers the flows of one node. Create it with [New] and start it
 // with [Agent.Run].
 type Agent struct {
-	cfg      Config
-	log      *slog.Logger
-	kernel   rules.Kernel
-	state    atomic.Pointer[state]
-	sessions *sessions.Table
-	flows    chan flowEvent // decisions on their way to the log, never blocking
+	cfg     Config
+	log     *slog.Logger
+	kernel  rules.Kernel
+	state   atomic.Pointer[state]
+	flows   *sessions.Flows
+	flowLog chan flowEvent // decisions on their way to the log, never blocking
 	// queue is the queue reader's counters; Run sets it before it starts
 	// the tasks that read it.
 	queue *nfq.Stats
 
 	// Redis side; all nil without Redis. mirror is nil with NoMirror.
-	store  *store.Store
-	sw     *store.Sessions
-	mirror *sessions.Mirror
+	store         *store.Store
+	redisSessions *store.Sessions
+	mirror        *sessions.Mirror
 
 	ctMu sync.Mutex // guards ct, which is not safe for concurrent use
 	ct   rules.Conntrack
@@ -122,14 +120,14 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 		return nil, errors.New("a map file or a Redis URL is required")
 	}
 	a := &Agent{
-		cfg:      cfg,
-		log:      cfg.Logger.With("node", cfg.Node),
-		kernel:   k,
-		ct:       ct,
-		sessions: sessions.NewTable(cfg.SessionTTL),
-		flows:    make(chan flowEvent, 1024),
-		pending:  map[sessions.Key][]waiter{},
-		lookups:  make(chan sessions.Key, maxPendingLookups),
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", cfg.Node),
+		kernel:  k,
+		ct:      ct,
+		flows:   sessions.NewFlows(cfg.SessionTTL),
+		flowLog: make(chan flowEvent, 1024),
+		pending: map[sessions.Key][]waiter{},
+		lookups: make(chan sessions.Key, maxPendingLookups),
 	}
 	a.gc = newSwitchCollector(func() { a.state.Load().published.Prepare() })
 	a.logging.Store(cfg.LogFlows)
@@ -151,9 +149,9 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 		if st := a.state.Load(); st.service >= 0 {
 			svc = st.table.Services()[st.service].Name
 		}
-		a.sw = a.store.NewSessions(func() *steering.Table { return a.state.Load().table }, svc, cfg.RedisSessionTTL)
+		a.redisSessions = a.store.NewSessions(svc, cfg.RedisSessionTTL)
 		if !cfg.NoMirror {
-			a.mirror = sessions.NewMirror(a.sw, sessions.MirrorConfig{
+			a.mirror = sessions.NewMirror(recordWriter{a}, sessions.MirrorConfig{
 				Resync: a.resyncOps, Existing: a.adopt, Logger: a.log,
 			})
 		}
@@ -231,13 +229,13 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	if err != nil {
 		return err
 	}
-	st := &state{published: p, table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1, spare: spare}
-	if st.node.Instance >= 0 {
+	st := &state{published: p, table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1}
+	st.role = roleOf(t, st.node, spare)
+	if st.role.hostsInstance() {
 		st.service = t.Instances()[st.node.Instance].Service
-		st.firewall = t.Services()[st.service].Function == steering.FunctionFirewall
 	}
-	if old != nil && old.node.Instance >= 0 != (st.node.Instance >= 0) && !old.spare {
-		return fmt.Errorf("version %d would turn node %s from %s; restart the agent to change roles", p.Version, a.cfg.Node, roleName(old))
+	if old != nil && old.role != Spare && old.role.hostsInstance() != st.role.hostsInstance() {
+		return fmt.Errorf("version %d would turn node %s from a %s into a %s; restart the agent to change roles", p.Version, a.cfg.Node, old.role, st.role)
 	}
 	if apply {
 		if err := a.kernel.Apply(spec); err != nil {
@@ -246,13 +244,6 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	}
 	a.state.Store(st)
 	return nil
-}
-
-func roleName(st *state) string {
-	if st.node.Instance < 0 {
-		return "a gateway into an instance host"
-	}
-	return "an instance host into a gateway"
 }
 
 // Spec returns the rules the agent installs for its current map.
@@ -285,7 +276,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	reader := newReader(a, spec.QueueSet())
 	a.queue = reader.Counters()
 	g, gctx := errgroup.WithContext(ctx)
-	tasks := []Task{reader.Run, a.sessions.Run, a.logFlows}
+	tasks := []Task{reader.Run, a.flows.Run, a.logFlows}
 	if a.cfg.MetricsAddr != "" {
 		ms, err := metrics.Listen(a.cfg.MetricsAddr, collector{a: a, reader: reader.Counters})
 		if err != nil {
@@ -330,12 +321,12 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		return errors.Join(fmt.Errorf("installing rules: %w", err), g.Wait())
 	}
 	st := a.state.Load()
-	role := "gateway"
-	switch {
-	case st.node.Instance >= 0:
-		role = "instance " + st.table.Instances()[st.node.Instance].Name
-	case st.spare:
-		role = "spare (not in the map yet: becomes an instance when a version adds it)"
+	role := st.role.String()
+	switch st.role {
+	case Forwarder, Firewall:
+		role += " instance " + st.table.Instances()[st.node.Instance].Name
+	case Spare:
+		role += " (not in the map yet: becomes an instance when a version adds it)"
 	}
 	redis := "none"
 	if a.store != nil {
@@ -369,7 +360,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 		return nfq.Result{Verdict: nfq.Accept, Mark: mark}
 	}
 	st := a.state.Load()
-	if st.spare {
+	if st.role == Spare {
 		// Not in the map yet (a spare, started with --spare): a spare
 		// only takes the instance role when a version adds it, and until
 		// then has no business with the flows crossing it.
@@ -377,13 +368,13 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 	}
 	key := sessions.KeyOf(&p.Flow)
 	var pins *steering.Pins
-	sess, known := a.sessions.Get(key)
+	sess, known := a.flows.Get(key)
 	if known {
 		pins = &sess.Pins
 	}
 	d := st.table.Decide(st.node, &p.Flow, reply, pins)
 	if !known && d.Tenant >= 0 && d.Kind != steering.NotInChain {
-		if st.firewall {
+		if st.role == Firewall {
 			if reply || d.Reverse || !p.Opening() {
 				// Mid-stream, or opened from outside: only a mirrored
 				// session naming this instance can let it through.
@@ -400,7 +391,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			}
 			a.Counters.Admitted.Add(1)
 			a.newSession(st, key, d, int16(rule))
-		} else if st.node.Instance < 0 && a.mirror != nil && !p.Opening() &&
+		} else if st.role == Gateway && a.mirror != nil && !p.Opening() &&
 			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply}) {
 			// Mid-stream at this gateway: the flow opened through another
 			// gateway (ECMP upstream moved it), perhaps on an older map.
@@ -436,7 +427,7 @@ func markValue(d steering.Decision) uint32 {
 func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16) {
 	now := time.Now().UnixNano()
 	a.Counters.NewFlows.Add(1)
-	s := a.sessions.Put(sessions.Session{
+	s := a.flows.Put(sessions.Session{
 		Key:     key,
 		Tenant:  st.table.Tenants()[d.Tenant].Name,
 		Code:    d.Code,
@@ -445,14 +436,8 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 		Seen:    now,
 		Rule:    rule,
 	})
-	if a.mirror == nil {
-		return
-	}
-	switch {
-	case st.firewall:
-		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpCreateState, Session: s})
-	case st.node.Instance < 0:
-		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpCreate, Session: s})
+	if kind, ok := st.role.createOp(); ok && a.mirror != nil {
+		a.mirror.Enqueue(sessions.Op{Kind: kind, Session: s})
 	}
 }
 
@@ -461,7 +446,7 @@ func (a *Agent) logFlow(p *nfq.Packet, reply bool, d steering.Decision) {
 		return
 	}
 	select {
-	case a.flows <- flowEvent{flow: p.Flow, reply: reply, decision: d}:
+	case a.flowLog <- flowEvent{flow: p.Flow, reply: reply, decision: d}:
 	default:
 		a.Counters.FlowLogLost.Add(1)
 	}
@@ -473,7 +458,7 @@ func (a *Agent) logFlows(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev := <-a.flows:
+		case ev := <-a.flowLog:
 			t := a.state.Load().table
 			d := ev.decision
 			attrs := []any{
@@ -495,7 +480,7 @@ func (a *Agent) logFlows(ctx context.Context) error {
 }
 
 // Sessions returns the number of flows in the local table.
-func (a *Agent) Sessions() int { return a.sessions.Len() }
+func (a *Agent) Sessions() int { return a.flows.Len() }
 
 // Reload applies what can change without a restart (SIGHUP): whether
 // decisions are logged, and, on a node without Redis, the map file, which

@@ -56,12 +56,12 @@ func (a *Agent) repin(old, t *steering.Table) int {
 			if !g {
 				continue
 			}
-			svc := serviceIndex(t, old.Services()[in.Service].Name)
+			svc := t.ServiceByName(old.Services()[in.Service].Name)
 			if svc < 0 {
 				continue // the whole service is gone: nothing to move to
 			}
 			code := steering.AffinityCode(&f)
-			to, _ := t.RolesFor(svc, code&(t.Slots()-1))
+			to, _ := t.RolesFor(svc, t.SlotOf(code))
 			if to == nil || to.Down {
 				continue
 			}
@@ -77,7 +77,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 		a.log.Warn("moving flows off dead instances", "err", err)
 	}
 	for k, ms := range moves {
-		a.sessions.Update(k, func(s *sessions.Session) {
+		a.flows.Update(k, func(s *sessions.Session) {
 			ti := t.TenantByName(s.Tenant)
 			if ti < 0 {
 				return
@@ -93,15 +93,6 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	}
 	a.Counters.Repinned.Add(uint64(n))
 	return n
-}
-
-func serviceIndex(t *steering.Table, name string) int {
-	for i, s := range t.Services() {
-		if s.Name == name {
-			return i
-		}
-	}
-	return -1
 }
 
 // refresh walks conntrack every RefreshInterval: live flows are marked
@@ -137,17 +128,16 @@ func (a *Agent) refresh(ctx context.Context) error {
 		st := a.state.Load()
 		now := time.Now()
 		grace := now.Add(-2 * a.cfg.RefreshInterval).UnixNano()
-		for _, s := range a.sessions.All() {
-			held := st.node.Instance >= 0
+		for _, s := range a.flows.All() {
 			switch {
 			case live[s.Key]:
-				a.sessions.Update(s.Key, func(s *sessions.Session) { s.Seen = now.UnixNano() })
-				if held && a.mirror != nil {
+				a.flows.Update(s.Key, func(s *sessions.Session) { s.Seen = now.UnixNano() })
+				if st.role.refreshes() && a.mirror != nil {
 					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpRefresh, Session: s})
 				}
 			case max(s.Created, s.Seen) < grace:
-				a.sessions.Delete(s.Key)
-				if held && st.firewall && a.mirror != nil {
+				a.flows.Delete(s.Key)
+				if st.role.deletes() && a.mirror != nil {
 					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s})
 				}
 			}

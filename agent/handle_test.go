@@ -74,7 +74,7 @@ func TestHandle(t *testing.T) {
 	}
 	flow := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
 	code := steering.AffinityCode(&flow.Flow)
-	slot := code & (tab.Slots() - 1)
+	slot := tab.SlotOf(code)
 	fw, _ := tab.RolesFor(tab.ServiceByName("fw"), slot)
 	dlp, _ := tab.RolesFor(tab.ServiceByName("dlp"), slot)
 	otherFW := "fw-1"

@@ -68,7 +68,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ctr(descNewFlows, k.NewFlows.Load())
-	ch <- metrics.Gauge(descSessions, float64(a.sessions.Len()))
+	ch <- metrics.Gauge(descSessions, float64(a.flows.Len()))
 	ctr(descParseErrs, k.ParseError.Load())
 	ctr(descFragments, k.Fragments.Load())
 	ctr(descFirewall, k.Admitted.Load(), "admitted")

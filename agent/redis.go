@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"runtime"
 	"time"
@@ -105,7 +104,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		r := store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.sessions.Len()}
+		r := store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.flows.Len()}
 		if a.mirror != nil {
 			r.MirrorDepth = a.mirror.Stats.Depth.Load()
 			r.MirrorDrops = a.mirror.Stats.Dropped.Load()
@@ -186,7 +185,7 @@ func (a *Agent) lookupWorker(ctx context.Context) error {
 		case key = <-a.lookups:
 		}
 		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		rec, err := a.sw.Get(lctx, key)
+		rec, err := a.redisSessions.Get(lctx, key)
 		cancel()
 		switch {
 		case err == nil, errors.Is(err, store.ErrNoSession):
@@ -204,7 +203,7 @@ func (a *Agent) lookupWorker(ctx context.Context) error {
 		delete(a.pending, key)
 		a.lookupMu.Unlock()
 		st := a.state.Load()
-		if st.firewall {
+		if st.role == Firewall {
 			a.answerFirewall(st, key, rec, ws)
 		} else {
 			a.answerGateway(st, key, rec, ws)
@@ -214,7 +213,7 @@ func (a *Agent) lookupWorker(ctx context.Context) error {
 
 // answerFirewall admits the waiting packets of a flow if rec lets this
 // instance take it over, and drops them otherwise.
-func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *store.Record, ws []waiter) {
+func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *sessions.Record, ws []waiter) {
 	var sess sessions.Session
 	var from uint16
 	ok := false
@@ -225,7 +224,7 @@ func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *store.Record, w
 		}
 	}
 	if ok {
-		sess = a.sessions.Put(sess)
+		sess = a.flows.Put(sess)
 		a.Counters.TakenOver.Add(1)
 		if from != 0 {
 			a.mirror.Enqueue(sessions.Op{Kind: sessions.OpTakeover, Hop: int8(st.table.Tenants()[st.table.TenantByName(sess.Tenant)].ChainPos(st.service)), From: from, Session: sess})
@@ -250,9 +249,12 @@ func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *store.Record, w
 // gateway along the pins rec names, or, without a usable record (none yet,
 // Redis down, malformed), along the map as for any new flow: a gateway
 // never drops what policy did not ask it to.
-func (a *Agent) answerGateway(st *state, key sessions.Key, rec *store.Record, ws []waiter) {
+func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record, ws []waiter) {
 	var pins steering.Pins
-	found := rec != nil && pinsFromRecord(st.table, rec, &pins)
+	found := false
+	if rec != nil {
+		pins, found = rec.Pins(st.table)
+	}
 	if found {
 		a.Counters.Joined.Add(1)
 	}
@@ -262,11 +264,11 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *store.Record, ws
 			d = st.table.Decide(st.node, &w.flow, w.reply, &pins)
 			if i == 0 && d.Tenant >= 0 {
 				now := time.Now().UnixNano()
-				a.sessions.Put(sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Pins: pins,
+				a.flows.Put(sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Pins: pins,
 					Created: rec.Created * 1e6, Seen: now})
 			}
 		} else {
-			if s, ok := a.sessions.Get(key); ok {
+			if s, ok := a.flows.Get(key); ok {
 				d = st.table.Decide(st.node, &w.flow, w.reply, &s.Pins)
 			} else {
 				d = st.table.Decide(st.node, &w.flow, w.reply, nil)
@@ -280,28 +282,13 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *store.Record, ws
 	}
 }
 
-// pinsFromRecord fills pins with the primaries rec names, as IDs on t. It
-// reports false if rec's tenant or chain does not match t's.
-func pinsFromRecord(t *steering.Table, rec *store.Record, pins *steering.Pins) bool {
-	ti := t.TenantByName(rec.Tenant)
-	if ti < 0 || len(rec.Hops) != len(t.Tenants()[ti].Chain) {
-		return false
-	}
-	for i, h := range rec.Hops {
-		if in, ok := t.InstanceByName(h.Primary); ok && i < len(pins) {
-			pins[i] = in.ID
-		}
-	}
-	return true
-}
-
 // takeover decides whether node may carry the flow Redis describes in rec:
 // the firewall of rec must have admitted it, and node must hold one of its
 // roles at the node's position, or the recorded primary must be one this
 // node's map no longer steers to while node now holds the slot's primary
 // role. It returns the local session to record and, if node takes the
 // primary role from another instance, that instance's ID.
-func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sessions.Session, uint16, bool) {
+func takeover(st *state, node string, key sessions.Key, rec *sessions.Record) (sessions.Session, uint16, bool) {
 	t := st.table
 	ti := t.TenantByName(rec.Tenant)
 	if ti < 0 || st.service < 0 {
@@ -312,17 +299,14 @@ func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sess
 		return sessions.Session{}, 0, false
 	}
 	svc := t.Services()[st.service].Name
-	var verdict struct {
-		Verdict string `json:"verdict"`
-		Rule    int16  `json:"rule"`
-	}
-	if json.Unmarshal([]byte(rec.State[svc]), &verdict) != nil || verdict.Verdict != "allow" {
+	verdict, err := sessions.ParseFirewallState(rec.State[svc])
+	if err != nil || !verdict.Admitted() {
 		return sessions.Session{}, 0, false
 	}
 	h := rec.Hops[pos]
 	mine := h.Primary == node || h.Secondary == node
 	if !mine {
-		pr, _ := t.RolesFor(st.service, rec.Code&(t.Slots()-1))
+		pr, _ := t.RolesFor(st.service, t.SlotOf(rec.Code))
 		cur, ok := t.InstanceByName(h.Primary)
 		mine = pr != nil && pr.Name == node && (!ok || cur.Out())
 	}
@@ -330,14 +314,7 @@ func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sess
 		return sessions.Session{}, 0, false
 	}
 	s := sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: verdict.Rule, TakenOver: true}
-	for i, hop := range rec.Hops {
-		if i >= len(s.Pins) {
-			break
-		}
-		if in, ok := t.InstanceByName(hop.Primary); ok {
-			s.Pins[i] = in.ID
-		}
-	}
+	s.Pins, _ = rec.Pins(t) // pos is in both chains: checked above
 	self, _ := t.InstanceByName(node)
 	var from uint16
 	if h.Primary != node {
@@ -350,33 +327,41 @@ func takeover(st *state, node string, key sessions.Key, rec *store.Record) (sess
 // resyncOps rewrites everything this node knows to Redis after Redis lost
 // data or operations were dropped.
 func (a *Agent) resyncOps() []sessions.Op {
-	st := a.state.Load()
+	kind := a.state.Load().role.resyncOp()
 	var ops []sessions.Op
-	for _, s := range a.sessions.All() {
-		switch {
-		case st.node.Instance < 0:
-			ops = append(ops, sessions.Op{Kind: sessions.OpCreate, Session: s})
-		case st.firewall:
-			ops = append(ops, sessions.Op{Kind: sessions.OpCreateState, Session: s})
-		default:
-			ops = append(ops, sessions.Op{Kind: sessions.OpRefresh, Session: s})
-		}
+	for _, s := range a.flows.All() {
+		ops = append(ops, sessions.Op{Kind: kind, Session: s})
 	}
 	return ops
+}
+
+// recordWriter is the mirror's writer: it names each batch of operations
+// on the map the node runs when the batch is written, and writes them
+// through the store.
+type recordWriter struct{ a *Agent }
+
+var _ sessions.Writer = recordWriter{}
+
+func (w recordWriter) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
+	return w.a.redisSessions.Write(ctx, sessions.Name(w.a.state.Load().table, ops))
 }
 
 // adopt is told that another node created a session first: the flow takes
 // that node's pins, here too.
 func (a *Agent) adopt(op sessions.Op, o sessions.Outcome) {
-	if o.Pins == op.Session.Pins {
+	if o.First == nil {
+		return
+	}
+	first, _ := o.First.Pins(a.state.Load().table)
+	if first == op.Session.Pins {
 		return
 	}
 	var changes [][2]uint16
-	a.sessions.Update(op.Session.Key, func(s *sessions.Session) {
+	a.flows.Update(op.Session.Key, func(s *sessions.Session) {
 		for i := range s.Pins {
-			if o.Pins[i] != 0 && o.Pins[i] != s.Pins[i] {
-				changes = append(changes, [2]uint16{s.Pins[i], o.Pins[i]})
-				s.Pins[i] = o.Pins[i]
+			if first[i] != 0 && first[i] != s.Pins[i] {
+				changes = append(changes, [2]uint16{s.Pins[i], first[i]})
+				s.Pins[i] = first[i]
 			}
 		}
 	})

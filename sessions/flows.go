@@ -41,24 +41,25 @@ type Session struct {
 	TakenOver bool
 }
 
-// Table is the local flow table. It is safe for concurrent use.
-type Table struct {
+// Flows is the node's table of the flows it decided. It is safe for
+// concurrent use.
+type Flows struct {
 	ttl time.Duration
 
 	mu       sync.Mutex // guards sessions
 	sessions map[Key]Session
 }
 
-// NewTable returns an empty table whose sessions expire ttl after they
+// NewFlows returns an empty table whose sessions expire ttl after they
 // were last seen. The agent only sees a flow's first packets (the rest stay
 // in the kernel); the agent marks live flows seen from conntrack, so the
 // TTL bounds how long a finished flow is remembered.
-func NewTable(ttl time.Duration) *Table {
-	return &Table{ttl: ttl, sessions: map[Key]Session{}}
+func NewFlows(ttl time.Duration) *Flows {
+	return &Flows{ttl: ttl, sessions: map[Key]Session{}}
 }
 
 // Get returns the session of k.
-func (t *Table) Get(k Key) (Session, bool) {
+func (t *Flows) Get(k Key) (Session, bool) {
 	t.mu.Lock()
 	s, ok := t.sessions[k]
 	t.mu.Unlock()
@@ -68,7 +69,7 @@ func (t *Table) Get(k Key) (Session, bool) {
 // Put records s, unless a session for its key exists: the first decision
 // wins, and its pins hold for the flow's life. It returns the session that
 // is now in the table.
-func (t *Table) Put(s Session) Session {
+func (t *Flows) Put(s Session) Session {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.sessions[s.Key]; ok {
@@ -78,16 +79,9 @@ func (t *Table) Put(s Session) Session {
 	return s
 }
 
-// Set records s, replacing any session of its key.
-func (t *Table) Set(s Session) {
-	t.mu.Lock()
-	t.sessions[s.Key] = s
-	t.mu.Unlock()
-}
-
 // Update calls fn on the session of k, if there is one, and stores what fn
 // leaves in it. fn runs under the table's lock and must be quick.
-func (t *Table) Update(k Key, fn func(*Session)) bool {
+func (t *Flows) Update(k Key, fn func(*Session)) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.sessions[k]
@@ -99,14 +93,14 @@ func (t *Table) Update(k Key, fn func(*Session)) bool {
 }
 
 // Delete forgets the session of k.
-func (t *Table) Delete(k Key) {
+func (t *Flows) Delete(k Key) {
 	t.mu.Lock()
 	delete(t.sessions, k)
 	t.mu.Unlock()
 }
 
 // All returns a copy of every session.
-func (t *Table) All() []Session {
+func (t *Flows) All() []Session {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]Session, 0, len(t.sessions))
@@ -117,14 +111,14 @@ func (t *Table) All() []Session {
 }
 
 // Len returns the number of sessions.
-func (t *Table) Len() int {
+func (t *Flows) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.sessions)
 }
 
 // Expire removes sessions not seen since now-ttl and returns how many.
-func (t *Table) Expire(now time.Time) int {
+func (t *Flows) Expire(now time.Time) int {
 	cut := now.Add(-t.ttl).UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -139,7 +133,7 @@ func (t *Table) Expire(now time.Time) int {
 }
 
 // Run expires sessions every ttl/4 until ctx is done.
-func (t *Table) Run(ctx context.Context) error {
+func (t *Flows) Run(ctx context.Context) error {
 	tick := time.NewTicker(max(t.ttl/4, time.Millisecond))
 	defer tick.Stop()
 	for {

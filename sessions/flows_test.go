@@ -22,7 +22,7 @@ func TestKeyIsDirectionless(t *testing.T) {
 }
 
 func TestFirstDecisionWinsAndExpires(t *testing.T) {
-	tab := NewTable(time.Minute)
+	tab := NewFlows(time.Minute)
 	now := time.Now()
 	k := Key{Proto: 6}
 	first := tab.Put(Session{Key: k, Tenant: "acme", Pins: steering.Pins{1}, Created: now.UnixNano()})
@@ -39,7 +39,7 @@ func TestFirstDecisionWinsAndExpires(t *testing.T) {
 }
 
 func TestGetPutAllocateNothing(t *testing.T) {
-	tab := NewTable(time.Minute)
+	tab := NewFlows(time.Minute)
 	k := Key{A: netip.MustParseAddr("fd00::1"), B: netip.MustParseAddr("fd00::2"), Proto: 6}
 	tab.Put(Session{Key: k})
 	if a := testing.AllocsPerRun(1000, func() { tab.Get(k); tab.Put(Session{Key: k}) }); a != 0 {

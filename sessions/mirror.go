@@ -44,11 +44,52 @@ type Op struct {
 	Session Session
 }
 
+// Named is an Op named on the map the node runs, as a store writes it:
+// instances by name, not by ID (see [Record]).
+type Named struct {
+	Kind OpKind
+	// Record is the session's record; it has no Hops when the session's
+	// tenant is gone from the map, and then nothing is written.
+	Record Record
+	// State is the node's function state of the session ([FirewallState]),
+	// for the kinds that write it.
+	State string
+	// Hop and From, for OpTakeover: the chain position taken over and the
+	// name of the instance that held it ("" if the map no longer has it).
+	Hop  int
+	From string
+}
+
+// Name names each of ops on t, in order; an op whose tenant t does not
+// have is named with no Hops.
+func Name(t *steering.Table, ops []Op) []Named {
+	out := make([]Named, len(ops))
+	for i := range ops {
+		op := &ops[i]
+		n := &out[i]
+		n.Kind, n.Hop = op.Kind, int(op.Hop)
+		n.Record, _ = NewRecord(t, &op.Session)
+		switch op.Kind {
+		case OpCreateState, OpState, OpTakeover:
+			n.State = op.Session.FirewallState()
+		}
+		if op.Kind == OpTakeover {
+			if in, ok := t.InstanceByID(op.From); ok {
+				n.From = in.Name
+			}
+		}
+	}
+	return out
+}
+
 // Outcome is what the writer found for one Op: for the creates, whether the
-// session already existed and with which pins.
+// session already existed and what its first writer recorded.
 type Outcome struct {
 	Existed bool
-	Pins    steering.Pins
+	// First is the first writer's record of a session that Existed: its
+	// roles (Hops) and tenant. Its pins on the node's map are
+	// First.Pins(table).
+	First *Record
 	// Lost says a refresh found no session to refresh: Redis lost it (a
 	// restart without persistence, say). The mirror then rewrites all.
 	Lost bool
@@ -70,6 +111,8 @@ type Writer interface {
 
 // MirrorStats count what the mirror did; fields are updated atomically.
 type MirrorStats struct {
+	// Written counts operations written, once their outcomes (refusals,
+	// creates that found a session) have been handled.
 	Queued, Written, Dropped, Failures, Resyncs atomic.Uint64
 	// Refused counts operations Redis refused for good ([Outcome.Refused]).
 	Refused atomic.Uint64
@@ -234,7 +277,6 @@ func (m *Mirror) write(ctx context.Context, batch []Op) bool {
 		out, err := m.w.Write(ctx, batch)
 		if err == nil {
 			m.Stats.LastLatency.Store(int64(time.Since(start)))
-			m.Stats.Written.Add(uint64(len(batch)))
 			if failed {
 				m.cfg.Logger.Info("session mirror writing again")
 				// Redis may have restarted empty: write everything again.
@@ -257,6 +299,9 @@ func (m *Mirror) write(ctx context.Context, batch []Op) bool {
 			if lost > 0 && !m.resync.Swap(true) {
 				m.cfg.Logger.Warn("Redis lost sessions this node holds; rewriting them all", "missing", lost)
 			}
+			// Counted last: whoever sees a batch written sees what it
+			// refused and what it found existing handled.
+			m.Stats.Written.Add(uint64(len(batch)))
 			return true
 		}
 		if ctx.Err() != nil {

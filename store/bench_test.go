@@ -23,9 +23,8 @@ func BenchmarkSessionsWrite(b *testing.B) {
 	ctx := context.Background()
 	s := open(b, redislab.Start(b, redislab.Options{}).URL)
 	tab := labTable(b)
-	get := func() *steering.Table { return tab }
-	gw := s.NewSessions(get, "", time.Minute)
-	fw := s.NewSessions(get, "fw", time.Minute)
+	gw := s.NewSessions("", time.Minute)
+	fw := s.NewSessions("fw", time.Minute)
 	acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
 	creates := make([]sessions.Op, batch)
 	verdicts := make([]sessions.Op, batch)
@@ -39,14 +38,14 @@ func BenchmarkSessionsWrite(b *testing.B) {
 				SrcPort: uint16(next), DstPort: 5201, Proto: 6}
 			code := steering.AffinityCode(&f)
 			sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "acme", Code: code,
-				Pins: tab.PinsFor(acme, code&(tab.Slots()-1)), Created: time.Now().UnixNano(), Rule: 0}
+				Pins: tab.PinsFor(acme, tab.SlotOf(code)), Created: time.Now().UnixNano(), Rule: 0}
 			creates[j] = sessions.Op{Kind: sessions.OpCreate, Session: sess}
 			verdicts[j] = sessions.Op{Kind: sessions.OpCreateState, Session: sess}
 		}
-		if _, err := gw.Write(ctx, creates); err != nil {
+		if _, err := gw.Write(ctx, sessions.Name(tab, creates)); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := fw.Write(ctx, verdicts); err != nil {
+		if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -16,44 +16,31 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Record is a session as Redis holds it.
-type Record struct {
-	Flow    string `json:"flow"`
-	Tenant  string `json:"tenant"`
-	Code    uint32 `json:"code"`
-	Slot    uint32 `json:"slot"`
-	Version uint64 `json:"version"` // map version the first writer decided on
-	Created int64  `json:"created"` // Unix ms
-	Updated int64  `json:"updated"` // Unix ms
-	// Hops has one entry per position of the tenant's chain.
-	Hops []Hop `json:"hops"`
-	// State holds each service function's own state for the flow, by
-	// service name.
-	State map[string]string `json:"state,omitempty"`
-	// TTL is how long Redis keeps the entry unless refreshed.
-	TTL time.Duration `json:"ttl"`
-}
-
-// Hop is the instances holding the session's roles at one position.
-type Hop struct {
-	Service   string `json:"service"`
-	Primary   string `json:"primary"`
-	Secondary string `json:"secondary,omitempty"`
-}
-
 // meta is a session's record, the string at its sessionKey: everything
 // but the update time and the functions' state (at its stateKey), so that
 // one SET NX GET creates a session whole with its expiry, first writer
 // wins, and tells a writer that lost the winner's record. A takeover
 // rewrites it (takeoverScript).
 type meta struct {
-	Flow    string `json:"flow"`
-	Tenant  string `json:"tenant"`
-	Code    uint32 `json:"code"`
-	Slot    uint32 `json:"slot"`
-	Version uint64 `json:"version"`
-	Created int64  `json:"created"`
-	Hops    []Hop  `json:"hops"`
+	Flow    string         `json:"flow"`
+	Tenant  string         `json:"tenant"`
+	Code    uint32         `json:"code"`
+	Slot    uint32         `json:"slot"`
+	Version uint64         `json:"version"`
+	Created int64          `json:"created"`
+	Hops    []sessions.Hop `json:"hops"`
+}
+
+// metaOf is the part of r a session's record string holds.
+func metaOf(r *sessions.Record) meta {
+	return meta{Flow: r.Flow, Tenant: r.Tenant, Code: r.Code, Slot: r.Slot, Version: r.Version, Created: r.Created, Hops: r.Hops}
+}
+
+// record is the Record m holds, updated when it was created until a state
+// write or a takeover says otherwise.
+func (m *meta) record() *sessions.Record {
+	return &sessions.Record{Flow: m.Flow, Tenant: m.Tenant, Code: m.Code, Slot: m.Slot, Version: m.Version,
+		Created: m.Created, Updated: m.Created, Hops: m.Hops}
 }
 
 // takeoverScript moves the primary role at one hop from old to new, unless
@@ -78,54 +65,26 @@ redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1
 `)
 
-// Sessions mirrors a node's sessions; it implements sessions.Writer.
+// Sessions writes a node's sessions to Redis and reads them back. It is
+// safe for concurrent use.
 type Sessions struct {
 	s *Store
-	// Table returns the map the node runs on, to name pinned instances and
-	// find secondaries.
-	Table func() *steering.Table
 	// Service is this node's service (empty on a gateway); it names the
-	// function state an OpState writes.
+	// function state the node writes.
 	Service string
 	TTL     time.Duration
 }
 
-// NewSessions returns the session writer and reader of a node.
-func (s *Store) NewSessions(table func() *steering.Table, service string, ttl time.Duration) *Sessions {
-	return &Sessions{s: s, Table: table, Service: service, TTL: ttl}
+// NewSessions returns the session writer and reader of a node that holds
+// an instance of service ("" on a gateway). Sessions live ttl in Redis
+// unless refreshed.
+func (s *Store) NewSessions(service string, ttl time.Duration) *Sessions {
+	return &Sessions{s: s, Service: service, TTL: ttl}
 }
 
 type roleEntry struct{ instance, role string }
 
-// hops names the instances of a session on table t: the pinned ones as
-// primaries and, for each, the instance that would take over from it.
-func hops(t *steering.Table, sess *sessions.Session) ([]Hop, bool) {
-	ti := t.TenantByName(sess.Tenant)
-	if ti < 0 {
-		return nil, false
-	}
-	slot := sess.Code & (t.Slots() - 1)
-	chain := t.Tenants()[ti].Chain
-	out := make([]Hop, len(chain))
-	for i, svc := range chain {
-		out[i].Service = t.Services()[svc].Name
-		pr, sec := t.RolesFor(svc, slot)
-		pinned := pr
-		if in, ok := t.InstanceByID(sess.Pins[i]); ok && sess.Pins[i] != 0 {
-			pinned = in
-		}
-		out[i].Primary = pinned.Name
-		switch {
-		case pr != nil && pr.Name != pinned.Name:
-			out[i].Secondary = pr.Name
-		case sec != nil && sec.Name != pinned.Name:
-			out[i].Secondary = sec.Name
-		}
-	}
-	return out, true
-}
-
-func indexEntries(h []Hop) []roleEntry {
+func indexEntries(h []sessions.Hop) []roleEntry {
 	var out []roleEntry
 	for _, x := range h {
 		out = append(out, roleEntry{x.Primary, RolePrimary})
@@ -136,9 +95,10 @@ func indexEntries(h []Hop) []roleEntry {
 	return out
 }
 
-// Write writes a batch of mirror operations in one pipeline. Index entries
-// are gathered per instance and role, so a batch costs each index one
-// ZADD, not one per session.
+// Write writes a batch of mirror operations, named by [sessions.Name], in
+// one pipeline; an operation without hops (its tenant left the map) is
+// skipped. Index entries are gathered per instance and role, so a batch
+// costs each index one ZADD, not one per session.
 //
 // Who indexes a new session: a gateway's create (OpCreate) indexes it in
 // the same pipeline, before it knows whether it won. When it lost to a
@@ -159,7 +119,7 @@ func indexEntries(h []Hop) []roleEntry {
 // The takeover script goes by digest (EVALSHA): sent whole, Redis hashes
 // its body each time. A server that does not know it (restarted, say) is
 // given it and the batch written again.
-func (w *Sessions) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
+func (w *Sessions) Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	out, err := w.write(ctx, ops)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		if err := takeoverScript.Load(ctx, w.s.rdb).Err(); err != nil {
@@ -181,94 +141,115 @@ type createCmd struct {
 // lost reports whether the create found a first writer's record.
 func (c createCmd) lost() bool { return c.first != nil && c.first.Err() == nil }
 
-func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
-	t := w.Table()
+// batch is one Write's first pipeline and what its replies are read for.
+type batch struct {
+	ctx       context.Context
+	pipe      redis.Pipeliner
+	idx       indexBatch
+	service   string
+	ttl       time.Duration
+	nowMS     int64
+	deadline  float64 // of index entries, Unix ms
+	creates   []createCmd
+	refreshes []*redis.BoolCmd
+}
+
+func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	now := time.Now()
-	nowMS := now.UnixMilli()
-	ttl := w.TTL.Milliseconds()
-	deadline := float64(now.Add(w.TTL).UnixMilli())
-	out := make([]sessions.Outcome, len(ops))
-	creates := make([]createCmd, len(ops))
-	refreshes := make([]*redis.BoolCmd, len(ops))
-	hopsOf := make([][]Hop, len(ops))
-	pipe := w.s.rdb.Pipeline()
-	idx := indexBatch{}
-	for i := range ops {
-		op := &ops[i]
-		flow := op.Session.Key.String()
-		key, stKey := sessionKey(flow), stateKey(flow)
-		h, ok := hops(t, &op.Session)
-		if !ok {
-			continue // the tenant is gone from the map: nothing to name
-		}
-		hopsOf[i] = h
-		switch op.Kind {
-		case sessions.OpCreate, sessions.OpCreateState:
-			m, _ := json.Marshal(meta{Flow: flow, Tenant: op.Session.Tenant, Code: op.Session.Code,
-				Slot: op.Session.Code & (t.Slots() - 1), Version: t.Version(), Created: op.Session.Created / 1e6, Hops: h})
-			creates[i] = createCmd{
-				first: pipe.SetArgs(ctx, key, m, redis.SetArgs{Mode: "NX", Get: true, TTL: w.TTL}),
-				hops:  m[bytes.LastIndex(m, []byte(`,"hops":`)):],
-			}
-			if op.Kind == sessions.OpCreateState && w.Service != "" {
-				pipe.HSet(ctx, stKey, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
-				pipe.PExpire(ctx, stKey, w.TTL)
-			}
-			if op.Kind == sessions.OpCreate {
-				idx.add(flow, h, deadline)
-			}
-		case sessions.OpState:
-			if w.Service != "" {
-				pipe.HSet(ctx, stKey, "st:"+w.Service, stateOf(&op.Session), "updated", nowMS)
-			}
-			pipe.PExpire(ctx, key, w.TTL)
-			pipe.PExpire(ctx, stKey, w.TTL)
-			idx.add(flow, h, deadline)
-		case sessions.OpRefresh:
-			refreshes[i] = pipe.PExpire(ctx, key, w.TTL)
-			pipe.PExpire(ctx, stKey, w.TTL)
-			idx.add(flow, h, deadline)
-		case sessions.OpTakeover:
-			hop := int(op.Hop)
-			if hop < 0 || hop >= len(h) {
-				continue
-			}
-			// This node (now pinned at hop) replaces op.From, unless
-			// Redis says a third instance got there first.
-			old := ""
-			if in, ok := t.InstanceByID(op.From); ok {
-				old = in.Name
-			}
-			takeoverScript.EvalSha(ctx, pipe, []string{key, stKey}, hop, old, h[hop].Primary, h[hop].Secondary, ttl, nowMS)
-			if w.Service != "" {
-				pipe.HSet(ctx, stKey, "st:"+w.Service, stateOf(&op.Session))
-			}
-			idx.flush(ctx, pipe) // what was added before goes before the removal
-			pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), flow)
-			idx.add(flow, h, deadline)
-		case sessions.OpDelete:
-			idx.flush(ctx, pipe)
-			pipe.Del(ctx, key, stKey)
-			for _, e := range indexEntries(h) {
-				pipe.ZRem(ctx, indexKey(e.instance, e.role), flow)
-			}
-		}
+	b := &batch{
+		ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
+		nowMS: now.UnixMilli(), deadline: float64(now.Add(w.TTL).UnixMilli()),
+		creates: make([]createCmd, len(ops)), refreshes: make([]*redis.BoolCmd, len(ops)),
 	}
-	idx.flush(ctx, pipe)
-	if cmds, err := pipe.Exec(ctx); err != nil {
-		if err := failed(cmds, err); err != nil && !refused(cmds, ops, hopsOf, out) {
+	for i := range ops {
+		b.queue(i, &ops[i])
+	}
+	b.idx.flush(ctx, b.pipe)
+	out := make([]sessions.Outcome, len(ops))
+	if cmds, err := b.pipe.Exec(ctx); err != nil {
+		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
 			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
 		}
 	}
-	for i, c := range refreshes {
+	for i, c := range b.refreshes {
 		if c != nil && c.Err() == nil && !c.Val() {
 			out[i].Lost = true
 		}
 	}
-	// What losing creates indexed that the first writer's roles lack, and
-	// what they lack of the first writer's.
-	var stale []indexEntry
-	for i, c := range creates {
+	stale, idx := b.reconcile(ops, out)
+	if err := w.reindex(ctx, stale, idx, ops, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// queue adds the commands of op (the i-th of the batch) to the pipeline.
+func (b *batch) queue(i int, op *sessions.Named) {
+	ctx, pipe, rec := b.ctx, b.pipe, &op.Record
+	h := rec.Hops
+	if len(h) == 0 {
+		return // the tenant is gone from the map: nothing to name
+	}
+	key, stKey := sessionKey(rec.Flow), stateKey(rec.Flow)
+	writeState := func() {
+		if b.service != "" {
+			pipe.HSet(ctx, stKey, "st:"+b.service, op.State, "updated", b.nowMS)
+		}
+	}
+	switch op.Kind {
+	case sessions.OpCreate, sessions.OpCreateState:
+		m, _ := json.Marshal(metaOf(rec))
+		b.creates[i] = createCmd{
+			first: pipe.SetArgs(ctx, key, m, redis.SetArgs{Mode: "NX", Get: true, TTL: b.ttl}),
+			hops:  m[bytes.LastIndex(m, []byte(`,"hops":`)):],
+		}
+		if op.Kind == sessions.OpCreateState && b.service != "" {
+			writeState()
+			pipe.PExpire(ctx, stKey, b.ttl)
+		}
+		if op.Kind == sessions.OpCreate {
+			b.idx.add(rec.Flow, h, b.deadline)
+		}
+	case sessions.OpState:
+		writeState()
+		pipe.PExpire(ctx, key, b.ttl)
+		pipe.PExpire(ctx, stKey, b.ttl)
+		b.idx.add(rec.Flow, h, b.deadline)
+	case sessions.OpRefresh:
+		b.refreshes[i] = pipe.PExpire(ctx, key, b.ttl)
+		pipe.PExpire(ctx, stKey, b.ttl)
+		b.idx.add(rec.Flow, h, b.deadline)
+	case sessions.OpTakeover:
+		hop := op.Hop
+		if hop < 0 || hop >= len(h) {
+			return
+		}
+		// This node (now pinned at hop) replaces op.From, unless Redis
+		// says a third instance got there first.
+		takeoverScript.EvalSha(ctx, pipe, []string{key, stKey}, hop, op.From, h[hop].Primary, h[hop].Secondary, b.ttl.Milliseconds(), b.nowMS)
+		if b.service != "" {
+			pipe.HSet(ctx, stKey, "st:"+b.service, op.State)
+		}
+		b.idx.flush(ctx, pipe) // what was added before goes before the removal
+		pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), rec.Flow)
+		b.idx.add(rec.Flow, h, b.deadline)
+	case sessions.OpDelete:
+		b.idx.flush(ctx, pipe)
+		pipe.Del(ctx, key, stKey)
+		for _, e := range indexEntries(h) {
+			pipe.ZRem(ctx, indexKey(e.instance, e.role), rec.Flow)
+		}
+	}
+}
+
+// reconcile reads the creates that lost: each outcome learns the first
+// writer's record. For a gateway's create whose roles differ from the
+// first writer's (another gateway on another map version), it returns the
+// index entries this batch added that the first writer's roles lack
+// (stale), and gathers in an index batch those it lacks of theirs.
+func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (stale []indexEntry, idx indexBatch) {
+	idx = indexBatch{}
+	for i, c := range b.creates {
 		if !c.lost() {
 			continue
 		}
@@ -278,49 +259,51 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Op) ([]sessions.Out
 		// that does not decode (written by hand) leaves this node on its
 		// own pins; the entry is reported as malformed wherever it is
 		// read.
-		first := hopsOf[i]
+		rec := &ops[i].Record
+		first := &sessions.Record{Flow: rec.Flow, Tenant: rec.Tenant, Hops: rec.Hops}
 		if !strings.HasSuffix(c.first.Val(), string(c.hops)) {
 			var m meta
 			if err := json.Unmarshal([]byte(c.first.Val()), &m); err != nil {
 				continue
 			}
-			first = m.Hops
+			first = m.record()
 		}
-		out[i].Existed = true
-		for j, x := range first {
-			if in, ok := t.InstanceByName(x.Primary); ok && j < len(out[i].Pins) {
-				out[i].Pins[j] = in.ID
-			}
-		}
+		out[i].Existed, out[i].First = true, first
 		if ops[i].Kind != sessions.OpCreate {
 			continue
 		}
-		flow := ops[i].Session.Key.String()
-		ours, theirs := indexEntries(hopsOf[i]), indexEntries(first)
+		ours, theirs := indexEntries(rec.Hops), indexEntries(first.Hops)
 		for _, e := range ours {
 			if !slices.Contains(theirs, e) {
-				stale = append(stale, indexEntry{e, flow})
+				stale = append(stale, indexEntry{e, rec.Flow})
 			}
 		}
 		for _, e := range theirs {
 			if !slices.Contains(ours, e) {
-				idx.addEntry(e, flow, deadline)
+				idx.addMember(e, rec.Flow, b.deadline)
 			}
 		}
 	}
-	if len(stale) > 0 || len(idx) > 0 {
-		pipe := w.s.rdb.Pipeline()
-		for _, e := range stale {
-			pipe.ZRem(ctx, indexKey(e.instance, e.role), e.flow)
-		}
-		idx.flush(ctx, pipe)
-		if cmds, err := pipe.Exec(ctx); err != nil {
-			if err := failed(cmds, err); err != nil && !refused(cmds, ops, hopsOf, out) {
-				return nil, fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
-			}
+	return stale, idx
+}
+
+// reindex removes stale index entries and adds idx's, in a second
+// pipeline.
+func (w *Sessions) reindex(ctx context.Context, stale []indexEntry, idx indexBatch, ops []sessions.Named, out []sessions.Outcome) error {
+	if len(stale) == 0 && len(idx) == 0 {
+		return nil
+	}
+	pipe := w.s.rdb.Pipeline()
+	for _, e := range stale {
+		pipe.ZRem(ctx, indexKey(e.instance, e.role), e.flow)
+	}
+	idx.flush(ctx, pipe)
+	if cmds, err := pipe.Exec(ctx); err != nil {
+		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
+			return fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // failed returns the first error among cmds that is not redis.Nil, or err,
@@ -346,7 +329,7 @@ func failed(cmds []redis.Cmder, err error) error {
 // batch was written, and writing it again would be refused again. Any
 // other error (a connection lost, a script Redis does not know, a cluster
 // still converging) reports false: the caller writes the batch again.
-func refused(cmds []redis.Cmder, ops []sessions.Op, hopsOf [][]Hop, out []sessions.Outcome) bool {
+func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) bool {
 	var keys []string
 	var errs []error
 	for _, c := range cmds {
@@ -367,9 +350,9 @@ func refused(cmds []redis.Cmder, ops []sessions.Op, hopsOf [][]Hop, out []sessio
 	// A rare path: the keys of each operation are named again here rather
 	// than remembered for every batch.
 	for i := range ops {
-		flow := ops[i].Session.Key.String()
+		flow := ops[i].Record.Flow
 		mine := []string{sessionKey(flow), stateKey(flow)}
-		for _, e := range indexEntries(hopsOf[i]) {
+		for _, e := range indexEntries(ops[i].Record.Hops) {
 			mine = append(mine, indexKey(e.instance, e.role))
 		}
 		for j, k := range keys {
@@ -391,7 +374,7 @@ type indexEntry struct {
 type indexBatch map[roleEntry][]redis.Z
 
 // add indexes flow under every instance and role of h until deadline.
-func (b indexBatch) add(flow string, h []Hop, deadline float64) {
+func (b indexBatch) add(flow string, h []sessions.Hop, deadline float64) {
 	var member any = flow // boxed once, not once per entry
 	for _, x := range h {
 		b.addMember(roleEntry{x.Primary, RolePrimary}, member, deadline)
@@ -399,10 +382,6 @@ func (b indexBatch) add(flow string, h []Hop, deadline float64) {
 			b.addMember(roleEntry{x.Secondary, RoleSecondary}, member, deadline)
 		}
 	}
-}
-
-func (b indexBatch) addEntry(e roleEntry, flow string, deadline float64) {
-	b.addMember(e, flow, deadline)
 }
 
 func (b indexBatch) addMember(e roleEntry, member any, deadline float64) {
@@ -417,25 +396,16 @@ func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner) {
 	}
 }
 
-// stateOf is the firewall's state of a session as stored: the allow rule
-// that admitted it, and whether it came by takeover.
-func stateOf(s *sessions.Session) string {
-	if s.Rule < 0 {
-		return `{"verdict":"none"}`
-	}
-	return fmt.Sprintf(`{"verdict":"allow","rule":%d,"takeover":%t}`, s.Rule, s.TakenOver)
-}
-
 // Get returns the session of flow as Redis holds it. A malformed entry gives
 // an error wrapping ErrMalformed that names the key.
-func (w *Sessions) Get(ctx context.Context, flow sessions.Key) (*Record, error) {
+func (w *Sessions) Get(ctx context.Context, flow sessions.Key) (*sessions.Record, error) {
 	return w.s.Session(ctx, flow.String())
 }
 
 // Session returns the session of the named flow. A key of the wrong type
 // or a record that does not decode (written by hand) gives an error
 // wrapping ErrMalformed that names the key.
-func (s *Store) Session(ctx context.Context, flow string) (*Record, error) {
+func (s *Store) Session(ctx context.Context, flow string) (*sessions.Record, error) {
 	key, stKey := sessionKey(flow), stateKey(flow)
 	pipe := s.rdb.Pipeline()
 	rec := pipe.Get(ctx, key)
@@ -460,24 +430,15 @@ func (s *Store) Session(ctx context.Context, flow string) (*Record, error) {
 }
 
 // decodeRecord makes a Record of a session's record and its state hash.
-func decodeRecord(record string, f map[string]string) (*Record, error) {
+func decodeRecord(record string, f map[string]string) (*sessions.Record, error) {
 	var m meta
 	if err := json.Unmarshal([]byte(record), &m); err != nil {
 		return nil, fmt.Errorf("record: %v", err)
 	}
-	if _, err := sessions.ParseKey(m.Flow); err != nil {
-		return nil, fmt.Errorf("record: flow: %v", err)
+	r := m.record()
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("record: %v", err)
 	}
-	if len(m.Hops) < 1 || len(m.Hops) > steering.MaxChain {
-		return nil, fmt.Errorf("record: %d hops", len(m.Hops))
-	}
-	for i, h := range m.Hops {
-		if h.Primary == "" {
-			return nil, fmt.Errorf("record: hop %d has no primary", i)
-		}
-	}
-	r := &Record{Flow: m.Flow, Tenant: m.Tenant, Code: m.Code, Slot: m.Slot, Version: m.Version, Created: m.Created, Hops: m.Hops}
-	r.Updated = m.Created // until a state write or a takeover says otherwise
 	if u, err := strconv.ParseInt(f["updated"], 10, 64); err == nil {
 		r.Updated = u
 	}
@@ -495,7 +456,7 @@ func decodeRecord(record string, f map[string]string) (*Record, error) {
 // List returns the sessions for which instance holds role, read from the
 // instance's index (no keyspace scan). Entries that expired are pruned;
 // malformed ones are skipped and returned in bad.
-func (s *Store) List(ctx context.Context, instance, role string) (recs []*Record, bad []error, err error) {
+func (s *Store) List(ctx context.Context, instance, role string) (recs []*sessions.Record, bad []error, err error) {
 	key := indexKey(instance, role)
 	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	s.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+now)

@@ -120,31 +120,26 @@ func client(rawURL string) (redis.UniversalClient, string, error) {
 	case q.Has("master_name"):
 		o, err := redis.ParseFailoverURL(rawURL)
 		if err != nil {
-			return nil, "", fmt.Errorf("redis URL %s: %w", redact(u), err)
+			return nil, "", fmt.Errorf("redis URL %s: %w", u.Redacted(), err)
 		}
 		return redis.NewFailoverClient(o), "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName, nil
 	case q.Has("addr"):
 		o, err := redis.ParseClusterURL(rawURL)
 		if err != nil {
-			return nil, "", fmt.Errorf("redis URL %s: %w", redact(u), err)
+			return nil, "", fmt.Errorf("redis URL %s: %w", u.Redacted(), err)
 		}
 		return redis.NewClusterClient(o), "cluster " + strings.Join(o.Addrs, ","), nil
 	default:
 		o, err := redis.ParseURL(rawURL)
 		if err != nil {
-			return nil, "", fmt.Errorf("redis URL %s: %w", redact(u), err)
+			return nil, "", fmt.Errorf("redis URL %s: %w", u.Redacted(), err)
 		}
 		return redis.NewClient(o), addr, nil
 	}
 }
 
-func redact(u *url.URL) string { return u.Redacted() }
-
 // Addr describes where the store connects, for messages.
 func (s *Store) Addr() string { return s.addr }
-
-// Client returns the underlying client.
-func (s *Store) Client() redis.UniversalClient { return s.rdb }
 
 // Close closes the connections. It is safe to call twice.
 func (s *Store) Close() error {
@@ -154,6 +149,3 @@ func (s *Store) Close() error {
 	}
 	return err
 }
-
-// Ping reports whether Redis answers.
-func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }

@@ -247,8 +247,18 @@ func acmeSession(tab *steering.Table, sport uint16) sessions.Session {
 	k := flowKey(sport)
 	f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: 6}
 	code := steering.AffinityCode(&f)
-	pins := tab.PinsFor(tab.TenantOf(k.A), code&(tab.Slots()-1))
+	pins := tab.PinsFor(tab.TenantOf(k.A), tab.SlotOf(code))
 	return sessions.Session{Key: k, Tenant: "acme", Code: code, Pins: pins, Created: time.Now().UnixNano(), Rule: -1}
+}
+
+// firstPins is what a node on tab pins a flow to after its create found
+// the session o reports.
+func firstPins(tab *steering.Table, o sessions.Outcome) steering.Pins {
+	if o.First == nil {
+		return steering.Pins{}
+	}
+	p, _ := o.First.Pins(tab)
+	return p
 }
 
 func TestSessions(t *testing.T) {
@@ -256,9 +266,8 @@ func TestSessions(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, url)
 		tab := labTable(t)
-		get := func() *steering.Table { return tab }
-		gw := s.NewSessions(get, "", time.Minute)
-		fwSide := s.NewSessions(get, "fw", time.Minute)
+		gw := s.NewSessions("", time.Minute)
+		fwSide := s.NewSessions("fw", time.Minute)
 		newSession := func(sport uint16) sessions.Session { return acmeSession(tab, sport) }
 
 		// otherFirewall returns s pinned at the firewall hop to the
@@ -273,7 +282,7 @@ func TestSessions(t *testing.T) {
 		}
 
 		// A refresh of a session Redis does not hold says it was lost.
-		out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpRefresh, Session: newSession(39999)}})
+		out, err := gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpRefresh, Session: newSession(39999)}}))
 		if err != nil || !out[0].Lost {
 			t.Fatalf("refresh of a missing session: %v, %+v; want Lost", err, out)
 		}
@@ -281,7 +290,7 @@ func TestSessions(t *testing.T) {
 		// First writer wins: a second create with other pins reports the
 		// first one's.
 		a := newSession(40000)
-		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: a}})
+		out, err = gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: a}}))
 		if err != nil || out[0].Existed {
 			t.Fatalf("first create: %v, %+v", err, out)
 		}
@@ -296,8 +305,8 @@ func TestSessions(t *testing.T) {
 		}
 		expires(a.Key)
 		b, fw := otherFirewall(a)
-		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: b}})
-		if err != nil || !out[0].Existed || out[0].Pins != a.Pins {
+		out, err = gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: b}}))
+		if err != nil || !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
 			t.Fatalf("second create: %v, %+v; want Existed with pins %v", err, out, a.Pins)
 		}
 		// It indexed its own roles before it knew it lost; those the first
@@ -309,8 +318,8 @@ func TestSessions(t *testing.T) {
 		// A firewall's create carries its verdict: into the existing
 		// session (reporting its pins), or into a new one it creates.
 		b.Rule = 1
-		out, err = fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpCreateState, Session: b}})
-		if err != nil || !out[0].Existed || out[0].Pins != a.Pins {
+		out, err = fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreateState, Session: b}}))
+		if err != nil || !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
 			t.Fatalf("create with state over an existing session: %v, %+v; want Existed with pins %v", err, out, a.Pins)
 		}
 		if rec, err := gw.Get(ctx, a.Key); err != nil || !strings.Contains(rec.State["fw"], `"rule":1`) {
@@ -324,13 +333,13 @@ func TestSessions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return slices.ContainsFunc(recs, func(r *store.Record) bool { return r.Flow == flow })
+			return slices.ContainsFunc(recs, func(r *sessions.Record) bool { return r.Flow == flow })
 		}
 		var batch []sessions.Op
 		for sport := uint16(40100); sport < 40110; sport++ {
 			batch = append(batch, sessions.Op{Kind: sessions.OpCreate, Session: newSession(sport)})
 		}
-		out, err = gw.Write(ctx, batch)
+		out, err = gw.Write(ctx, sessions.Name(tab, batch))
 		if err != nil || len(out) != len(batch) {
 			t.Fatalf("batch of creates: %v, %+v", err, out)
 		}
@@ -350,12 +359,12 @@ func TestSessions(t *testing.T) {
 		// its own.
 		first := newSession(40200)
 		first.Rule = 0
-		if out, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpCreateState, Session: first}}); err != nil || out[0].Existed {
+		if out, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreateState, Session: first}})); err != nil || out[0].Existed {
 			t.Fatalf("firewall's create: %v, %+v", err, out)
 		}
 		expires(first.Key)
 		late, other := otherFirewall(first)
-		if out, err := gw.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: late}}); err != nil || !out[0].Existed || out[0].Pins != first.Pins {
+		if out, err := gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: late}})); err != nil || !out[0].Existed || firstPins(tab, out[0]) != first.Pins {
 			t.Fatalf("gateway's late create: %v, %+v; want Existed with pins %v", err, out, first.Pins)
 		}
 		winner, _ := tab.InstanceByID(first.Pins[0])
@@ -364,7 +373,7 @@ func TestSessions(t *testing.T) {
 				winner.Name, indexed(winner.Name, store.RolePrimary, flow), other.Name, indexed(other.Name, store.RolePrimary, flow))
 		}
 		for _, op := range append(batch, sessions.Op{Session: first}) {
-			if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpDelete, Session: op.Session}}); err != nil {
+			if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpDelete, Session: op.Session}})); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -372,7 +381,7 @@ func TestSessions(t *testing.T) {
 		// The primary writes its state; the record and the indexes show
 		// it.
 		a.Rule = 0
-		if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpState, Session: a}}); err != nil {
+		if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpState, Session: a}})); err != nil {
 			t.Fatal(err)
 		}
 		rec, err := gw.Get(ctx, a.Key)
@@ -396,7 +405,7 @@ func TestSessions(t *testing.T) {
 		sec, _ := tab.InstanceByName(secondary)
 		taken := a
 		taken.Pins[0] = sec.ID
-		if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpTakeover, Hop: 0, From: primary.ID, Session: taken}}); err != nil {
+		if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpTakeover, Hop: 0, From: primary.ID, Session: taken}})); err != nil {
 			t.Fatal(err)
 		}
 		recs, _, err := s.List(ctx, secondary, store.RolePrimary)
@@ -408,7 +417,7 @@ func TestSessions(t *testing.T) {
 		want := *rec
 		want.Hops = slices.Clone(rec.Hops)
 		want.Hops[0].Primary, want.Hops[0].Secondary = secondary, primary.Name
-		if diff := cmp.Diff(&want, recs[0], cmpopts.IgnoreFields(store.Record{}, "Updated", "TTL")); diff != "" {
+		if diff := cmp.Diff(&want, recs[0], cmpopts.IgnoreFields(sessions.Record{}, "Updated", "TTL")); diff != "" {
 			t.Fatalf("record after takeover (-want +got):\n%s", diff)
 		}
 		if recs, _, _ := s.List(ctx, primary.Name, store.RolePrimary); len(recs) != 0 {
@@ -417,7 +426,7 @@ func TestSessions(t *testing.T) {
 
 		// A malformed entry (a record that does not decode, a key of
 		// another type) is reported with its key, not half-read.
-		c := s.Client()
+		c := store.ClientOf(s)
 		bad, wrongType := flowKey(40001), flowKey(40002)
 		c.Set(ctx, "nfsteer:s:{"+bad.String()+"}", "{not json", 0)
 		c.HSet(ctx, "nfsteer:s:{"+wrongType.String()+"}", "meta", "a hash")
@@ -433,7 +442,7 @@ func TestSessions(t *testing.T) {
 		}
 
 		// Delete removes the entry and its index entries.
-		if _, err := fwSide.Write(ctx, []sessions.Op{{Kind: sessions.OpDelete, Session: taken}}); err != nil {
+		if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpDelete, Session: taken}})); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
@@ -451,16 +460,16 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, url)
 		tab := labTable(t)
-		gw := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
+		gw := s.NewSessions("", time.Minute)
 		badSession, good := acmeSession(tab, 41000), acmeSession(tab, 41001)
-		c := s.Client()
+		c := store.ClientOf(s)
 		if err := c.HSet(ctx, "nfsteer:s:{"+badSession.Key.String()+"}", "meta", "not a record").Err(); err != nil {
 			t.Fatal(err)
 		}
 		// The good create comes first: its reply (nil: created) must not
 		// hide the refusal after it.
 		ops := []sessions.Op{{Kind: sessions.OpCreate, Session: good}, {Kind: sessions.OpCreate, Session: badSession}}
-		out, err := gw.Write(ctx, ops)
+		out, err := gw.Write(ctx, sessions.Name(tab, ops))
 		if err != nil {
 			t.Fatalf("Write with one session key of another type: %v; want the batch written but that one", err)
 		}
@@ -487,7 +496,7 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		if err := c.Set(ctx, index, "not a sorted set", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
-		out, err = gw.Write(ctx, []sessions.Op{{Kind: sessions.OpRefresh, Session: good}})
+		out, err = gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpRefresh, Session: good}}))
 		if err != nil || !errors.Is(out[0].Refused, store.ErrMalformed) || !strings.Contains(out[0].Refused.Error(), index) {
 			t.Errorf("refresh indexing into a string key: %v, %+v; want refused, naming %s", err, out, index)
 		}
@@ -498,10 +507,11 @@ func TestConcurrentCreateFirstWriterWins(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, redislab.Start(t, redislab.Options{}).URL)
 	tab := labTable(t)
-	w := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
+	w := s.NewSessions("", time.Minute)
 	k := flowKey(41000)
 	var wg sync.WaitGroup
-	results := make([]sessions.Outcome, 16)
+	results := make([]steering.Pins, 16)
+	existed := make([]bool, 16)
 	for i := range results {
 		wg.Add(1)
 		go func() {
@@ -509,25 +519,26 @@ func TestConcurrentCreateFirstWriterWins(t *testing.T) {
 			var pins steering.Pins
 			pins[0] = tab.Instances()[2+i%3].ID
 			pins[1] = tab.Instances()[i%2].ID
-			out, err := w.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: sessions.Session{Key: k, Tenant: "acme", Code: 7, Pins: pins, Rule: -1}}})
+			out, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: sessions.Session{Key: k, Tenant: "acme", Code: 7, Pins: pins, Rule: -1}}}))
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			if !out[0].Existed {
-				out[0].Pins = pins
+			results[i] = pins
+			if out[0].Existed {
+				results[i] = firstPins(tab, out[0])
 			}
-			results[i] = out[0]
+			existed[i] = out[0].Existed
 		}()
 	}
 	wg.Wait()
 	created := 0
-	for _, r := range results {
-		if !r.Existed {
+	for i, r := range results {
+		if !existed[i] {
 			created++
 		}
-		if r.Pins != results[0].Pins {
-			t.Fatalf("writers ended with different pins: %v vs %v", r.Pins, results[0].Pins)
+		if r != results[0] {
+			t.Fatalf("writers ended with different pins: %v vs %v", r, results[0])
 		}
 	}
 	if created != 1 {
@@ -592,7 +603,7 @@ func TestLiveAfterCatchesUpFromTheLog(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
 		s := publishedLab(t, url)
-		c := s.Client()
+		c := store.ClientOf(s)
 		held, err := s.Live(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -638,7 +649,7 @@ func TestMapLog(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
 		s := publishedLab(t, url)
-		c := s.Client()
+		c := store.ClientOf(s)
 		doc, err := c.Get(ctx, "nfsteer:{map}:doc").Result()
 		if err != nil {
 			t.Fatal(err)

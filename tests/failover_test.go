@@ -18,7 +18,6 @@ import (
 
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
-	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/lab"
 	"github.com/nfsteer/nfsteer/tests/redislab"
 )
@@ -238,7 +237,7 @@ func primaryFW(t *testing.T, f steering.Flow) (primary, secondary string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, s := tab.RolesFor(1, steering.AffinityCode(&f)&(tab.Slots()-1)) // services: dlp, fw
+	p, s := tab.RolesFor(1, tab.SlotOf(steering.AffinityCode(&f))) // services: dlp, fw
 	return p.Name, s.Name
 }
 
@@ -265,7 +264,7 @@ func TestFailoverToSecondary(t *testing.T) {
 	f := flowOf(t, 6, failoverLocal, failoverServer)
 	k := sessions.KeyOf(&f)
 	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k.String()+"}")
-	var rec struct{ Hops []store.Hop }
+	var rec struct{ Hops []sessions.Hop }
 	if err == nil {
 		err = json.Unmarshal([]byte(out), &rec)
 	}

@@ -266,11 +266,11 @@ func TestCLIRemoveRefusesBusyInstance(t *testing.T) {
 	f := steering.Flow{Src: netip.MustParseAddr("10.20.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40000, DstPort: 80, Proto: 6}
 	code := steering.AffinityCode(&f)
 	globex := tab.TenantByName("globex")
-	pins := tab.PinsFor(globex, code&(tab.Slots()-1))
+	pins := tab.PinsFor(globex, tab.SlotOf(code))
 	busy, _ := tab.InstanceByID(pins[0])
-	w := s.NewSessions(func() *steering.Table { return tab }, "", time.Minute)
+	w := s.NewSessions("", time.Minute)
 	sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "globex", Code: code, Pins: pins, Created: time.Now().UnixNano(), Rule: -1}
-	if _, err := w.Write(ctx, []sessions.Op{{Kind: sessions.OpCreate, Session: sess}}); err != nil {
+	if _, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: sess}})); err != nil {
 		t.Fatal(err)
 	}
 
@@ -281,11 +281,11 @@ func TestCLIRemoveRefusesBusyInstance(t *testing.T) {
 	if v := liveVersion(t, s); v != 1 {
 		t.Errorf("refused remove published version %d", v)
 	}
-	listed := decode[[]store.Record](t, "sessions", "list", "--instance", busy.Name)
+	listed := decode[[]sessions.Record](t, "sessions", "list", "--instance", busy.Name)
 	if len(listed) != 1 || listed[0].Flow != sess.Key.String() {
 		t.Errorf("sessions list --instance %s: %+v", busy.Name, listed)
 	}
-	shown := decode[store.Record](t, "sessions", "show", sess.Key.String())
+	shown := decode[sessions.Record](t, "sessions", "show", sess.Key.String())
 	if shown.Tenant != "globex" || shown.Hops[0].Primary != busy.Name {
 		t.Errorf("sessions show: %+v", shown)
 	}

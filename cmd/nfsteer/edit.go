@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -202,7 +203,7 @@ Example:
 						steering.Tenant
 					}
 					var list []tenant
-					for _, n := range sortedNames(p.Map.Tenants) {
+					for _, n := range slices.Sorted(maps.Keys(p.Map.Tenants)) {
 						list = append(list, tenant{n, *p.Map.Tenants[n]})
 					}
 					return out.print(list, func(w io.Writer) {
@@ -276,9 +277,9 @@ func serviceCommand() *cli.Command {
 						Tenants   []string `json:"tenants"`
 					}
 					var list []service
-					for _, n := range sortedNames(p.Map.Services) {
+					for _, n := range slices.Sorted(maps.Keys(p.Map.Services)) {
 						svc := p.Map.Services[n]
-						list = append(list, service{n, svc.FunctionName(), sortedNames(svc.Instances), p.Map.TenantsOf(n)})
+						list = append(list, service{n, svc.FunctionName(), slices.Sorted(maps.Keys(svc.Instances)), p.Map.TenantsOf(n)})
 					}
 					return out.print(list, func(w io.Writer) {
 						row(w, "SERVICE", "FUNCTION", "INSTANCES", "IN THE CHAIN OF")
@@ -290,13 +291,4 @@ func serviceCommand() *cli.Command {
 			},
 		},
 	}
-}
-
-func sortedNames[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -80,7 +81,7 @@ Example, what fw-2 would take over if its primaries died:
 						for i, h := range r.Hops {
 							row(w, fmt.Sprintf("hop %d (%s)", i, h.Service), "primary "+h.Primary+", secondary "+orDash(h.Secondary))
 						}
-						for _, svc := range sortedNames(r.State) {
+						for _, svc := range slices.Sorted(maps.Keys(r.State)) {
 							row(w, "state of "+svc, r.State[svc])
 						}
 					})
@@ -137,7 +138,7 @@ func sessionsList(c *cli.Context) error {
 		}
 	}
 	seen := map[string]bool{}
-	list := []*store.Record{}
+	list := []*sessions.Record{}
 	var bad []error
 	for _, in := range instances {
 		recs, b, err := s.List(c.Context, in, role)
@@ -153,7 +154,7 @@ func sessionsList(c *cli.Context) error {
 			list = append(list, r)
 		}
 	}
-	slices.SortFunc(list, func(a, b *store.Record) int { return strings.Compare(a.Flow, b.Flow) })
+	slices.SortFunc(list, func(a, b *sessions.Record) int { return strings.Compare(a.Flow, b.Flow) })
 	for _, err := range bad {
 		fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
 	}
@@ -227,7 +228,7 @@ Example:
 			if err != nil {
 				return err
 			}
-			for _, node := range sortedNames(beats) {
+			for _, node := range slices.Sorted(maps.Keys(beats)) {
 				b := beats[node]
 				a := agentStatus{Node: node, Role: "gateway", Score: -1, MapVersion: b.Report.MapVersion, HeartbeatAge: now.Sub(b.At), Report: b.Report}
 				if t != nil {
