@@ -28,15 +28,10 @@ type published struct {
 // publishEdit applies edit to the live map, publishes the result and prints
 // the version and what changed.
 func publishEdit(c *cli.Context, edit func(live *steering.Published) (*steering.Published, error)) error {
-	out, err := printerOf(c)
-	if err != nil {
-		return err
-	}
-	s, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	return withStore(c, func(out printer, s *store.Store) error { return publishWith(c, out, s, edit) })
+}
+
+func publishWith(c *cli.Context, out printer, s *store.Store, edit func(live *steering.Published) (*steering.Published, error)) error {
 	var before *steering.Published
 	p, err := s.Publish(c.Context, func(live *steering.Published) (*steering.Published, error) {
 		if live == nil {
@@ -125,25 +120,6 @@ func splitList(values []string) []string {
 	return out
 }
 
-// liveMap reads the live map for the list commands.
-func liveMap(c *cli.Context) (*steering.Published, *steering.Table, *store.Store, error) {
-	s, err := openStore(c)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	p, err := s.Live(c.Context)
-	if err != nil {
-		s.Close()
-		return nil, nil, nil, fmt.Errorf("reading the live map from %s: %w", s.Addr(), err)
-	}
-	t, err := steering.CompilePublished(p)
-	if err != nil {
-		s.Close()
-		return nil, nil, nil, err
-	}
-	return p, t, s, nil
-}
-
 func tenantCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "tenant",
@@ -189,33 +165,28 @@ Example:
 				Description: "Example:\n   nfsteer tenant list --redis redis://10.0.0.5:6379 -o json",
 				Flags:       []cli.Flag{redisFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
-					out, err := printerOf(c)
-					if err != nil {
-						return err
-					}
-					p, _, s, err := liveMap(c)
-					if err != nil {
-						return err
-					}
-					defer s.Close()
-					type tenant struct {
-						Name string `json:"name"`
-						steering.Tenant
-					}
-					var list []tenant
-					for _, n := range slices.Sorted(maps.Keys(p.Map.Tenants)) {
-						list = append(list, tenant{n, *p.Map.Tenants[n]})
-					}
-					return out.print(list, func(w io.Writer) {
-						row(w, "TENANT", "PREFIXES", "CHAIN", "ALLOW RULES")
-						for _, t := range list {
-							row(w, t.Name, strings.Join(t.Prefixes, ","), strings.Join(t.Chain, " > "), len(t.Allow))
-						}
-					})
+					return withLive(c, tenantList)
 				},
 			},
 		},
 	}
+}
+
+func tenantList(out printer, l live) error {
+	type tenant struct {
+		Name string `json:"name"`
+		steering.Tenant
+	}
+	var list []tenant
+	for _, n := range slices.Sorted(maps.Keys(l.p.Map.Tenants)) {
+		list = append(list, tenant{n, *l.p.Map.Tenants[n]})
+	}
+	return out.print(list, func(w io.Writer) {
+		row(w, "TENANT", "PREFIXES", "CHAIN", "ALLOW RULES")
+		for _, t := range list {
+			row(w, t.Name, strings.Join(t.Prefixes, ","), strings.Join(t.Chain, " > "), len(t.Allow))
+		}
+	})
 }
 
 func serviceCommand() *cli.Command {
@@ -260,35 +231,28 @@ func serviceCommand() *cli.Command {
 				Usage:       "list the services of the live map",
 				Description: "Example:\n   nfsteer service list --redis redis://10.0.0.5:6379",
 				Flags:       []cli.Flag{redisFlag(), outputFlag()},
-				Action: func(c *cli.Context) error {
-					out, err := printerOf(c)
-					if err != nil {
-						return err
-					}
-					p, _, s, err := liveMap(c)
-					if err != nil {
-						return err
-					}
-					defer s.Close()
-					type service struct {
-						Name      string   `json:"name"`
-						Function  string   `json:"function"`
-						Instances []string `json:"instances"`
-						Tenants   []string `json:"tenants"`
-					}
-					var list []service
-					for _, n := range slices.Sorted(maps.Keys(p.Map.Services)) {
-						svc := p.Map.Services[n]
-						list = append(list, service{n, svc.FunctionName(), slices.Sorted(maps.Keys(svc.Instances)), p.Map.TenantsOf(n)})
-					}
-					return out.print(list, func(w io.Writer) {
-						row(w, "SERVICE", "FUNCTION", "INSTANCES", "IN THE CHAIN OF")
-						for _, s := range list {
-							row(w, s.Name, s.Function, strings.Join(s.Instances, ","), strings.Join(s.Tenants, ","))
-						}
-					})
-				},
+				Action:      func(c *cli.Context) error { return withLive(c, serviceList) },
 			},
 		},
 	}
+}
+
+func serviceList(out printer, l live) error {
+	type service struct {
+		Name      string   `json:"name"`
+		Function  string   `json:"function"`
+		Instances []string `json:"instances"`
+		Tenants   []string `json:"tenants"`
+	}
+	var list []service
+	for _, n := range slices.Sorted(maps.Keys(l.p.Map.Services)) {
+		svc := l.p.Map.Services[n]
+		list = append(list, service{n, svc.FunctionName(), slices.Sorted(maps.Keys(svc.Instances)), l.p.Map.TenantsOf(n)})
+	}
+	return out.print(list, func(w io.Writer) {
+		row(w, "SERVICE", "FUNCTION", "INSTANCES", "IN THE CHAIN OF")
+		for _, s := range list {
+			row(w, s.Name, s.Function, strings.Join(s.Instances, ","), strings.Join(s.Tenants, ","))
+		}
+	})
 }

@@ -57,38 +57,36 @@ Example, what fw-2 would take over if its primaries died:
 					if err != nil {
 						return cli.Exit(err.Error(), 2)
 					}
-					out, err := printerOf(c)
-					if err != nil {
-						return err
-					}
-					s, err := openStore(c)
-					if err != nil {
-						return err
-					}
-					defer s.Close()
-					r, err := s.Session(c.Context, k.String())
-					if err != nil {
-						return err
-					}
-					return out.print(r, func(w io.Writer) {
-						row(w, "flow", r.Flow)
-						row(w, "tenant", r.Tenant)
-						row(w, "code/slot", fmt.Sprintf("%#08x / %d", r.Code, r.Slot))
-						row(w, "decided on map version", r.Version)
-						row(w, "created", time.UnixMilli(r.Created).Format(time.RFC3339Nano))
-						row(w, "updated", time.UnixMilli(r.Updated).Format(time.RFC3339Nano))
-						row(w, "expires in", r.TTL.Round(time.Millisecond))
-						for i, h := range r.Hops {
-							row(w, fmt.Sprintf("hop %d (%s)", i, h.Service), "primary "+h.Primary+", secondary "+orDash(h.Secondary))
+					return withStore(c, func(out printer, s *store.Store) error {
+						r, err := s.Session(c.Context, k.String())
+						if err != nil {
+							return err
 						}
-						for _, svc := range slices.Sorted(maps.Keys(r.State)) {
-							row(w, "state of "+svc, r.State[svc])
-						}
+						return printRecord(out, r)
 					})
 				},
 			},
 		},
 	}
+}
+
+// printRecord prints one session's record.
+func printRecord(out printer, r *sessions.Record) error {
+	return out.print(r, func(w io.Writer) {
+		row(w, "flow", r.Flow)
+		row(w, "tenant", r.Tenant)
+		row(w, "code/slot", fmt.Sprintf("%#08x / %d", r.Code, r.Slot))
+		row(w, "decided on map version", r.Version)
+		row(w, "created", time.UnixMilli(r.Created).Format(time.RFC3339Nano))
+		row(w, "updated", time.UnixMilli(r.Updated).Format(time.RFC3339Nano))
+		row(w, "expires in", r.TTL.Round(time.Millisecond))
+		for i, h := range r.Hops {
+			row(w, fmt.Sprintf("hop %d (%s)", i, h.Service), "primary "+h.Primary+", secondary "+orDash(h.Secondary))
+		}
+		for _, svc := range slices.Sorted(maps.Keys(r.State)) {
+			row(w, "state of "+svc, r.State[svc])
+		}
+	})
 }
 
 func orDash(s string) string {
@@ -99,19 +97,15 @@ func orDash(s string) string {
 }
 
 func sessionsList(c *cli.Context) error {
-	out, err := printerOf(c)
-	if err != nil {
-		return err
-	}
 	role := c.String("role")
 	if role != store.RolePrimary && role != store.RoleSecondary {
 		return cli.Exit(fmt.Sprintf("--role %q: want primary or secondary", role), 2)
 	}
-	p, t, s, err := liveMap(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	return withLive(c, func(out printer, l live) error { return listSessions(c, out, l, role) })
+}
+
+func listSessions(c *cli.Context, out printer, l live, role string) error {
+	p, t, s := l.p, l.t, l.s
 	tenant := c.String("tenant")
 	ti := -1
 	if tenant != "" {
@@ -201,71 +195,67 @@ Example:
    nfsteer status --redis redis://10.0.0.5:6379`,
 		Flags: []cli.Flag{redisFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
-			out, err := printerOf(c)
-			if err != nil {
-				return err
-			}
-			s, err := openStore(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			var st statusReport
-			if st.Redis, err = s.Health(c.Context); err != nil {
-				return err
-			}
-			var t *steering.Table
-			if p, err := s.Live(c.Context); err == nil {
-				t, _ = steering.CompilePublished(p)
-			} else if !errors.Is(err, store.ErrNoMap) {
-				return err
-			}
-			beats, now, err := s.Beats(c.Context)
-			if err != nil {
-				return err
-			}
-			scores, err := s.Scores(c.Context)
-			if err != nil {
-				return err
-			}
-			for _, node := range slices.Sorted(maps.Keys(beats)) {
-				b := beats[node]
-				a := agentStatus{Node: node, Role: "gateway", Score: -1, MapVersion: b.Report.MapVersion, HeartbeatAge: now.Sub(b.At), Report: b.Report}
-				if t != nil {
-					if in, ok := t.InstanceByName(node); ok {
-						a.Role, a.State = "instance of "+t.Services()[in.Service].Name, in.State()
-						if sc, ok := scores[node]; ok {
-							a.Score = sc
-						}
-					}
-				}
-				st.Agents = append(st.Agents, a)
-			}
-			return out.print(st, func(w io.Writer) {
-				r := st.Redis
-				controller := r.Controller
-				if controller == "" {
-					controller = "none (no controller holds the lease: nothing marks dead instances down)"
-				}
-				fmt.Fprintf(w, "redis\t%s, version %s, %s used, round trip %s\n", r.Addr, r.Version, r.UsedMemory, r.RTT.Round(time.Microsecond))
-				fmt.Fprintf(w, "map\tversion %d\n", r.MapVersion)
-				fmt.Fprintf(w, "controller\t%s\n\n", controller)
-				row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
-				for _, a := range st.Agents {
-					mv := fmt.Sprint(a.MapVersion)
-					if a.MapVersion < r.MapVersion {
-						mv += " (behind)"
-					}
-					score := ""
-					if a.Score >= 0 {
-						score = fmt.Sprint(a.Score)
-					}
-					row(w, a.Node, a.Role, a.State, score, mv, age(a.HeartbeatAge), micros(a.RTTUS), a.Sessions, a.QueueBacklog, a.QueueDrops,
-						micros(a.LatencyUS), a.MirrorDepth, a.MirrorDrops)
-				}
-			})
+			return withStore(c, func(out printer, s *store.Store) error { return status(c, out, s) })
 		},
 	}
+}
+
+func status(c *cli.Context, out printer, s *store.Store) error {
+	var st statusReport
+	var err error
+	if st.Redis, err = s.Health(c.Context); err != nil {
+		return err
+	}
+	var t *steering.Table
+	if p, err := s.Live(c.Context); err == nil {
+		t, _ = steering.CompilePublished(p)
+	} else if !errors.Is(err, store.ErrNoMap) {
+		return err
+	}
+	beats, now, err := s.Beats(c.Context)
+	if err != nil {
+		return err
+	}
+	scores, err := s.Scores(c.Context)
+	if err != nil {
+		return err
+	}
+	for _, node := range slices.Sorted(maps.Keys(beats)) {
+		b := beats[node]
+		a := agentStatus{Node: node, Role: "gateway", Score: -1, MapVersion: b.Report.MapVersion, HeartbeatAge: now.Sub(b.At), Report: b.Report}
+		if t != nil {
+			if in, ok := t.InstanceByName(node); ok {
+				a.Role, a.State = "instance of "+t.Services()[in.Service].Name, in.State()
+				if sc, ok := scores[node]; ok {
+					a.Score = sc
+				}
+			}
+		}
+		st.Agents = append(st.Agents, a)
+	}
+	return out.print(st, func(w io.Writer) {
+		r := st.Redis
+		controller := r.Controller
+		if controller == "" {
+			controller = "none (no controller holds the lease: nothing marks dead instances down)"
+		}
+		fmt.Fprintf(w, "redis\t%s, version %s, %s used, round trip %s\n", r.Addr, r.Version, r.UsedMemory, r.RTT.Round(time.Microsecond))
+		fmt.Fprintf(w, "map\tversion %d\n", r.MapVersion)
+		fmt.Fprintf(w, "controller\t%s\n\n", controller)
+		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
+		for _, a := range st.Agents {
+			mv := fmt.Sprint(a.MapVersion)
+			if a.MapVersion < r.MapVersion {
+				mv += " (behind)"
+			}
+			score := ""
+			if a.Score >= 0 {
+				score = fmt.Sprint(a.Score)
+			}
+			row(w, a.Node, a.Role, a.State, score, mv, age(a.HeartbeatAge), micros(a.RTTUS), a.Sessions, a.QueueBacklog, a.QueueDrops,
+				micros(a.LatencyUS), a.MirrorDepth, a.MirrorDrops)
+		}
+	})
 }
 
 func traceCommand() *cli.Command {
@@ -309,12 +299,13 @@ Example:
 					return err
 				}
 			} else {
-				_, live, s, err := liveMap(c)
+				err := withLive(c, func(_ printer, l live) error {
+					t = l.t
+					return nil
+				})
 				if err != nil {
 					return err
 				}
-				s.Close()
-				t = live
 			}
 			tr := t.Trace(f)
 			return out.print(tr, func(w io.Writer) {

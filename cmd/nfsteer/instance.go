@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nfsteer/nfsteer/drain"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
@@ -147,116 +148,26 @@ Example, before maintenance:
 	}
 }
 
-// migrated is what drain --migrate prints.
-type migrated struct {
-	Instance string `json:"instance"`
-	// Ended counts the sessions that ended on their own within the
-	// deadline; HandedOver, those handed to other instances.
-	Ended      int64     `json:"ended"`
-	HandedOver int       `json:"handed_over"`
-	Version    uint64    `json:"version"`
-	At         time.Time `json:"at"`
-	// Switched is how long after publishing every agent ran the version
-	// (-1: not all within 10s).
-	Switched time.Duration `json:"switched_ns"`
-}
-
+// migrate runs drain --migrate and prints what it did.
 func migrate(c *cli.Context, name string) error {
-	out, err := printerOf(c)
-	if err != nil {
-		return err
-	}
-	s, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	ctx := c.Context
-	r := migrated{Instance: name, Switched: -1}
-	// Stop new flows at once.
-	p, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
-		if live == nil {
-			return nil, fmt.Errorf("no live map in Redis at %s", s.Addr())
+	return withStore(c, func(out printer, s *store.Store) error {
+		r, err := drain.Migrate(c.Context, s, name, drain.Options{Deadline: c.Duration("deadline")})
+		for _, err := range r.Skipped {
+			fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
 		}
-		return live.Drain(name)
-	})
-	if err != nil {
-		return err
-	}
-	start, err := s.Count(ctx, name, store.RolePrimary)
-	if err != nil {
-		return err
-	}
-	left := start
-	for until := time.Now().Add(c.Duration("deadline")); left > 0 && time.Now().Before(until); {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(min(time.Until(until), 500*time.Millisecond)):
-		}
-		if left, err = s.Count(ctx, name, store.RolePrimary); err != nil {
+		if err != nil {
 			return err
 		}
-	}
-	r.Ended = start - left
-	// Hand the sessions over on the table of the version to come, then
-	// publish it.
-	next, err := p.Migrate(name)
-	if err != nil {
-		return err
-	}
-	next.Version = p.Version + 1
-	t, err := steering.CompilePublished(next)
-	if err != nil {
-		return err
-	}
-	var bad []error
-	if r.HandedOver, bad, err = s.Handover(ctx, name, t); err != nil {
-		return err
-	}
-	for _, err := range bad {
-		fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
-	}
-	p, err = s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
-		if live == nil {
-			return nil, fmt.Errorf("no live map in Redis at %s", s.Addr())
-		}
-		return live.Migrate(name)
+		return out.print(r, func(w io.Writer) {
+			fmt.Fprintf(w, "%s drained; %d sessions ended on their own, %d handed over; migrating in map version %d at %s\n",
+				name, r.Ended, r.HandedOver, r.Version, r.At.Format(time.RFC3339Nano))
+			if r.Switched >= 0 {
+				fmt.Fprintf(w, "every agent runs version %d %s after it was published\n", r.Version, r.Switched.Round(time.Millisecond))
+			} else {
+				fmt.Fprintf(w, "not every agent reported version %d within 10s: see nfsteer status\n", r.Version)
+			}
+		})
 	})
-	if err != nil {
-		return err
-	}
-	r.Version, r.At = p.Version, p.At
-	for deadline := r.At.Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if allSwitched(c, s, p.Version) {
-			r.Switched = time.Since(r.At)
-			break
-		}
-	}
-	return out.print(r, func(w io.Writer) {
-		fmt.Fprintf(w, "%s drained; %d sessions ended on their own, %d handed over; migrating in map version %d at %s\n",
-			name, r.Ended, r.HandedOver, r.Version, r.At.Format(time.RFC3339Nano))
-		if r.Switched >= 0 {
-			fmt.Fprintf(w, "every agent runs version %d %s after it was published\n", r.Version, r.Switched.Round(time.Millisecond))
-		} else {
-			fmt.Fprintf(w, "not every agent reported version %d within 10s: see nfsteer status\n", r.Version)
-		}
-	})
-}
-
-// allSwitched reports whether every agent that heartbeats runs version v
-// or later.
-func allSwitched(c *cli.Context, s *store.Store, v uint64) bool {
-	beats, now, err := s.Beats(c.Context)
-	if err != nil {
-		return false
-	}
-	for _, b := range beats {
-		if now.Sub(b.At) < 5*time.Second && b.Report.MapVersion < v {
-			return false
-		}
-	}
-	return true
 }
 
 // instanceRow is one line of instance list.
@@ -274,15 +185,11 @@ type instanceRow struct {
 }
 
 func instanceList(c *cli.Context) error {
-	out, err := printerOf(c)
-	if err != nil {
-		return err
-	}
-	p, t, s, err := liveMap(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	return withLive(c, func(out printer, l live) error { return listInstances(c, out, l) })
+}
+
+func listInstances(c *cli.Context, out printer, l live) error {
+	p, t, s := l.p, l.t, l.s
 	beats, now, err := s.Beats(c.Context)
 	if err != nil {
 		return err

@@ -48,23 +48,20 @@ Example:
 			if format != "yaml" && format != "json" && format != "dot" {
 				return cli.Exit(fmt.Sprintf("--format %q: want yaml, json or dot", format), 2)
 			}
-			p, t, s, err := liveMap(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			w := c.App.Writer
-			switch format {
-			case "json":
-				e := json.NewEncoder(w)
-				e.SetIndent("", "  ")
-				return e.Encode(p)
-			case "dot":
-				return t.WriteDot(w)
-			default:
-				fmt.Fprintf(w, "# version %d\n# ids %v\n# down %v\n# drained %v\n", p.Version, p.IDs, p.Down, p.Drained)
-				return writeYAML(w, p.Map)
-			}
+			return withLive(c, func(_ printer, l live) error {
+				w := c.App.Writer
+				switch format {
+				case "json":
+					e := json.NewEncoder(w)
+					e.SetIndent("", "  ")
+					return e.Encode(l.p)
+				case "dot":
+					return l.t.WriteDot(w)
+				default:
+					fmt.Fprintf(w, "# version %d\n# ids %v\n# down %v\n# drained %v\n", l.p.Version, l.p.IDs, l.p.Down, l.p.Drained)
+					return writeYAML(w, l.p.Map)
+				}
+			})
 		},
 	}
 }
@@ -89,12 +86,7 @@ func mapExportCommand() *cli.Command {
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml`,
 		Flags: []cli.Flag{redisFlag()},
 		Action: func(c *cli.Context) error {
-			p, _, s, err := liveMap(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			return writeYAML(c.App.Writer, p.Map)
+			return withLive(c, func(_ printer, l live) error { return writeYAML(c.App.Writer, l.p.Map) })
 		},
 	}
 }
@@ -114,38 +106,35 @@ Example:
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"},
 		},
 		Action: func(c *cli.Context) error {
-			out, err := printerOf(c)
-			if err != nil {
-				return err
-			}
 			m, err := steering.LoadFile(c.String("file"))
 			if err != nil {
 				return err
 			}
-			p, _, s, err := liveMap(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			changes := steering.Diff(p.Map, m)
-			if changes == nil {
-				changes = []steering.Change{}
-			}
-			err = out.print(struct {
-				Live    uint64            `json:"live_version"`
-				Changes []steering.Change `json:"changes"`
-			}{p.Version, changes}, func(w io.Writer) {
-				fmt.Fprintf(w, "live map version %d -> %s: %d changes\n", p.Version, c.String("file"), len(changes))
-				for _, ch := range changes {
-					fmt.Fprintln(w, ch.String())
-				}
-			})
-			if err == nil && len(changes) > 0 {
-				return cli.Exit("", 3)
-			}
-			return err
+			return withLive(c, func(out printer, l live) error { return printDiff(c, out, l.p, m) })
 		},
 	}
+}
+
+// printDiff prints what applying m would change in the live map p, and
+// exits 3 when something would.
+func printDiff(c *cli.Context, out printer, p *steering.Published, m *steering.Map) error {
+	changes := steering.Diff(p.Map, m)
+	if changes == nil {
+		changes = []steering.Change{}
+	}
+	err := out.print(struct {
+		Live    uint64            `json:"live_version"`
+		Changes []steering.Change `json:"changes"`
+	}{p.Version, changes}, func(w io.Writer) {
+		fmt.Fprintf(w, "live map version %d -> %s: %d changes\n", p.Version, c.String("file"), len(changes))
+		for _, ch := range changes {
+			fmt.Fprintln(w, ch.String())
+		}
+	})
+	if err == nil && len(changes) > 0 {
+		return cli.Exit("", 3)
+	}
+	return err
 }
 
 func mapCheckCommand() *cli.Command {

@@ -25,6 +25,45 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	return store.Open(c.Context, c.String("redis"))
 }
 
+// withStore runs a command that reads or changes Redis: fn gets the
+// command's printer (--output) and the store, which is closed when fn
+// returns.
+func withStore(c *cli.Context, fn func(out printer, s *store.Store) error) error {
+	out, err := printerOf(c)
+	if err != nil {
+		return err
+	}
+	s, err := openStore(c)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return fn(out, s)
+}
+
+// live is the live map as a command reads it: the published version, its
+// compiled table, and the store it came from.
+type live struct {
+	p *steering.Published
+	t *steering.Table
+	s *store.Store
+}
+
+// withLive is withStore for a command that reads the live map.
+func withLive(c *cli.Context, fn func(out printer, l live) error) error {
+	return withStore(c, func(out printer, s *store.Store) error {
+		p, err := s.Live(c.Context)
+		if err != nil {
+			return fmt.Errorf("reading the live map from %s: %w", s.Addr(), err)
+		}
+		t, err := steering.CompilePublished(p)
+		if err != nil {
+			return err
+		}
+		return fn(out, live{p, t, s})
+	})
+}
+
 func applyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "apply",
