@@ -9,33 +9,18 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/steering"
 )
 
-// handleMap is the lab's firewall map: acme's chain is [fw(firewall), dlp].
-const handleMap = `slots: 256
-services:
-  fw:
-    function: firewall
-    instances: {fw-1: 10.200.0.11, fw-2: 10.200.0.12}
-  dlp:
-    instances: {dlp-1: 10.200.0.21, dlp-2: 10.200.0.22}
-tenants:
-  acme:
-    prefixes: [10.10.1.0/24]
-    chain: [fw, dlp]
-    allow:
-      - {proto: tcp, dst: 10.99.0.0/24, ports: ["5201"]}
-`
-
-// newTestAgent is an agent for node on handleMap, without Redis, kernel or
+// newTestAgent is an agent for node on labmap.Firewall, without Redis, kernel or
 // conntrack: enough for the packet path, which touches none of them.
 func newTestAgent(t *testing.T, node string) *Agent {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "map.yaml")
-	if err := os.WriteFile(path, []byte(handleMap), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(labmap.Firewall), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg := Config{Node: node, MapFile: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -64,7 +49,7 @@ const (
 // instance with packets, and checks each verdict and mark against what the
 // compiled map decides for the flow, and the counters.
 func TestHandle(t *testing.T) {
-	m, err := steering.Parse([]byte(handleMap))
+	m, err := steering.Parse([]byte(labmap.Firewall))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,33 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 	"github.com/nfsteer/nfsteer/tests/redislab"
 )
-
-// firewallMap is the lab's map with fw as a stateful firewall.
-const firewallMap = `slots: 256
-services:
-  fw:
-    function: firewall
-    instances:
-      fw-1: [10.200.0.11, "fd00:200::11"]
-      fw-2: [10.200.0.12, "fd00:200::12"]
-  dlp:
-    instances:
-      dlp-1: [10.200.0.21, "fd00:200::21"]
-      dlp-2: [10.200.0.22, "fd00:200::22"]
-tenants:
-  acme:
-    prefixes: [10.10.1.0/24, "fd00:10::/64"]
-    chain: [fw, dlp]
-    allow:
-      - {proto: tcp, dst: 10.99.0.0/24, ports: ["5201", "8000-8100"]}
-      - {proto: udp, dst: 10.99.0.0/24}
-  globex: {prefixes: [10.20.1.0/24], chain: [fw]}
-`
 
 // redisLab is a lab whose agents share the map and sessions through a real
 // redis-server in host ctl, with a controller watching heartbeats.
@@ -55,7 +34,7 @@ func redisLab(t *testing.T, agentArgs ...string) *lab.Lab {
 // redisLabServer is redisLab that also returns the Redis server.
 func redisLabServer(t *testing.T, agentArgs ...string) (*lab.Lab, *redislab.Server) {
 	t.Helper()
-	l := lab.NewWithMap(t, bin, firewallMap)
+	l := lab.NewWithMap(t, bin, labmap.Firewall)
 	srv := l.StartRedis(t)
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
@@ -229,7 +208,7 @@ func flowOf(t *testing.T, proto uint8, local, remote string) steering.Flow {
 // its secondary, on the firewall map.
 func primaryFW(t *testing.T, f steering.Flow) (primary, secondary string) {
 	t.Helper()
-	m, err := steering.Parse([]byte(firewallMap))
+	m, err := steering.Parse([]byte(labmap.Firewall))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +322,7 @@ func runFailover(t *testing.T, agentArgs ...string) (transferResult, *lab.Lab, s
 // TestUnreachableRedisAtStart: without a map file the agent refuses to
 // start and names the address; with one it starts on it.
 func TestUnreachableRedisAtStart(t *testing.T) {
-	l := lab.NewWithMap(t, bin, firewallMap)
+	l := lab.NewWithMap(t, bin, labmap.Firewall)
 	out, err := l.Nfsteer("gw", "agent", "--node", "gw", "--redis", lab.RedisURL, "--outer", "ca0")
 	if err == nil || !strings.Contains(err.Error()+out, lab.Control+":6379") {
 		t.Fatalf("agent without Redis and map: err %v, output %q; want a failure naming %s:6379", err, out, lab.Control)

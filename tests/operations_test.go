@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
@@ -62,7 +63,7 @@ func counted(t *testing.T, l *lab.Lab, host, name string) uint64 {
 // steering while an established connection through it keeps working, and
 // puts it back once the agent runs freely again.
 func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
-	l := lab.NewWithMap(t, bin, firewallMap)
+	l := lab.NewWithMap(t, bin, labmap.Firewall)
 	l.StartRedis(t)
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)

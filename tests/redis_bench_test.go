@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 	"gopkg.in/yaml.v3"
@@ -33,7 +34,7 @@ func BenchmarkNewFlows(b *testing.B) {
 	const window, rounds, dialers = 3 * time.Second, 5, 8
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlows -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
-		l := lab.NewWithMap(b, bin, firewallMap)
+		l := lab.NewWithMap(b, bin, labmap.Firewall)
 		l.StartRedis(b)
 		if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 			b.Fatalf("apply: %v\n%s", err, out)
@@ -129,7 +130,7 @@ func median(xs []float64) float64 {
 // acme and globex, plus IPv6-only instances on the service network in 10
 // services and IPv6 tenants with three-service chains.
 func propagationMap(b *testing.B, instances, tenants int, extra string) []byte {
-	m, err := steering.Parse([]byte(firewallMap))
+	m, err := steering.Parse([]byte(labmap.Firewall))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func BenchmarkMapPropagation(b *testing.B) {
 	const rounds = 40
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench MapPropagation -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
-		l := lab.NewWithMap(b, bin, firewallMap)
+		l := lab.NewWithMap(b, bin, labmap.Firewall)
 		l.StartRedis(b)
 		dir := b.TempDir()
 		files := [2]string{filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")}

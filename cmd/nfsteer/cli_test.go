@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
@@ -34,12 +35,23 @@ func nfsteer(t *testing.T, args ...string) result {
 	return result{code, out.String(), errb.String()}
 }
 
-// labRedis starts a redis-server holding the test map as version 1.
+// labMapFile writes the lab map (labmap.Firewall) to a file of the test's
+// and returns its path.
+func labMapFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	if err := os.WriteFile(path, []byte(labmap.Firewall), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// labRedis starts a redis-server holding the lab map as version 1.
 func labRedis(t *testing.T) *store.Store {
 	t.Helper()
 	srv := redislab.Start(t, redislab.Options{})
 	t.Setenv("NFSTEER_REDIS", srv.URL)
-	if r := nfsteer(t, "apply", "-f", "testdata/lab.yaml"); r.code != 0 {
+	if r := nfsteer(t, "apply", "-f", labMapFile(t)); r.code != 0 {
 		t.Fatalf("apply: %+v", r)
 	}
 	s, err := store.Open(context.Background(), srv.URL)
@@ -87,7 +99,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"service with a taken instance name", []string{"service", "add", "ids", "--instance", "fw-1=10.200.0.31"}, 1, `instance "fw-1": already in the map`},
 		{"service with a malformed instance", []string{"service", "add", "ids", "--instance", "ids-1"}, 2, "want NAME=ADDR"},
 		{"service with an unknown function", []string{"service", "add", "ids", "--function", "ips", "--instance", "ids-1=10.200.0.31"}, 1, `services.ids.function: unknown function "ips"`},
-		{"removing a service still in a chain", []string{"service", "remove", "dlp"}, 1, `service "dlp": still in use: in the chain of tenant acme, globex`},
+		{"removing a service still in a chain", []string{"service", "remove", "dlp"}, 1, `service "dlp": still in use: in the chain of tenant acme (change their chains first)`},
 		{"unknown service", []string{"service", "remove", "ids"}, 1, `no such name in the map: service "ids"`},
 		{"instance of an unknown service", []string{"instance", "add", "--service", "ids", "ids-1", "10.200.0.31"}, 1, `service "ids"`},
 		{"duplicate instance", []string{"instance", "add", "--service", "dlp", "fw-1", "10.200.0.31"}, 1, `instance "fw-1": already in the map`},
@@ -238,7 +250,7 @@ func TestCLIEdits(t *testing.T) {
 	if r := nfsteer(t, "map", "diff", "-f", exported); r.code != 0 || !strings.Contains(r.stdout, "0 changes") {
 		t.Errorf("diff against the export: %+v; want exit 0, 0 changes", r)
 	}
-	if r := nfsteer(t, "map", "diff", "-f", "testdata/lab.yaml"); r.code != 3 || !strings.Contains(r.stdout, "- service ids") || !strings.Contains(r.stdout, "- tenant initech") {
+	if r := nfsteer(t, "map", "diff", "-f", labMapFile(t)); r.code != 3 || !strings.Contains(r.stdout, "- service ids") || !strings.Contains(r.stdout, "- tenant initech") {
 		t.Errorf("diff against the first map: %+v; want exit 3 and the removals", r)
 	}
 	before := liveVersion(t, s)
