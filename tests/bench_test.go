@@ -179,8 +179,8 @@ func BenchmarkChainThroughput(b *testing.B) {
 	}
 }
 
-func allInstanceAgents(l *lab.Lab) []*lab.Agent {
-	var out []*lab.Agent
+func allInstanceAgents(l *lab.Lab) []*lab.Process {
+	var out []*lab.Process
 	for _, in := range lab.Instances {
 		out = append(out, l.Agents(in.Name)...)
 	}

@@ -116,7 +116,7 @@ func countFromGW2(t *testing.T, l *lab.Lab, f steering.Flow, fws ...string) {
 // drained map, and then moves the client's traffic to gw2, as an upstream
 // ECMP router whose paths change would. The channel says when (and whether)
 // the flow moved.
-func drainThenMove(t *testing.T, l *lab.Lab, gw2 *lab.Agent, instance string, after time.Duration) <-chan error {
+func drainThenMove(t *testing.T, l *lab.Lab, gw2 *lab.Process, instance string, after time.Duration) <-chan error {
 	moved := make(chan error, 1)
 	go func() {
 		time.Sleep(after)

@@ -84,7 +84,7 @@ type Lab struct {
 
 	mu     sync.Mutex // guards ns and agents
 	ns     []string
-	agents []*Agent
+	agents []*Process
 }
 
 // New builds a lab and registers its removal with tb. It skips the test
@@ -374,8 +374,9 @@ func output(name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// Agent is an nfsteer process running in a lab namespace.
-type Agent struct {
+// Process is an nfsteer daemon (an agent or a controller) running in a lab
+// namespace. Node names it: the agent's node, or the controller's name.
+type Process struct {
 	Node string
 	Log  string // path of its combined output
 	cmd  *exec.Cmd
@@ -386,7 +387,7 @@ type Agent struct {
 // StartAgent runs `nfsteer agent` for node in its namespace (the gateway is
 // node "gw", steering the lab's outer interfaces) and waits until it says it
 // is ready.
-func (l *Lab) StartAgent(node string, extra ...string) (*Agent, error) {
+func (l *Lab) StartAgent(node string, extra ...string) (*Process, error) {
 	host, outer := node, []string(nil)
 	switch {
 	case node == "gw2":
@@ -415,14 +416,14 @@ func (l *Lab) Via(gw string) error {
 
 // StartController runs `nfsteer controller` against the lab's Redis in
 // host "ctl" and waits until it logs started; name tells several apart.
-func (l *Lab) StartController(name string, extra ...string) (*Agent, error) {
+func (l *Lab) StartController(name string, extra ...string) (*Process, error) {
 	args := append([]string{"netns", "exec", l.NS("ctl"), l.Bin, "controller", "--redis", RedisURL}, extra...)
 	return l.start(name, args, "msg=started")
 }
 
 // start runs `ip args...` as process node and waits for ready in its log.
-func (l *Lab) start(node string, args []string, ready string) (*Agent, error) {
-	a := &Agent{Node: node, Log: filepath.Join(l.Dir, fmt.Sprintf("agent-%s-%d.log", node, time.Now().UnixNano())), done: make(chan struct{})}
+func (l *Lab) start(node string, args []string, ready string) (*Process, error) {
+	a := &Process{Node: node, Log: filepath.Join(l.Dir, fmt.Sprintf("agent-%s-%d.log", node, time.Now().UnixNano())), done: make(chan struct{})}
 	f, err := os.Create(a.Log)
 	if err != nil {
 		return nil, err
@@ -477,10 +478,10 @@ func instanceNames() []string {
 }
 
 // Agents returns the agents started for node.
-func (l *Lab) Agents(node string) []*Agent {
+func (l *Lab) Agents(node string) []*Process {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []*Agent
+	var out []*Process
 	for _, a := range l.agents {
 		if a.Node == node {
 			out = append(out, a)
@@ -491,7 +492,7 @@ func (l *Lab) Agents(node string) []*Agent {
 
 // Stop sends SIGTERM and waits for the agent to exit; it returns the
 // agent's exit error.
-func (a *Agent) Stop() error {
+func (a *Process) Stop() error {
 	if a.cmd.Process == nil {
 		return nil
 	}
@@ -507,7 +508,7 @@ func (a *Agent) Stop() error {
 
 // Kill ends the agent with SIGKILL (rules stay behind, as after a crash)
 // and waits for it. It is safe to call on a stopped agent.
-func (a *Agent) Kill() {
+func (a *Process) Kill() {
 	if a.cmd.Process != nil {
 		_ = a.cmd.Process.Kill()
 	}
@@ -515,10 +516,10 @@ func (a *Agent) Kill() {
 }
 
 // Signal sends sig to the agent (SIGSTOP and SIGCONT stall it).
-func (a *Agent) Signal(sig os.Signal) error { return a.cmd.Process.Signal(sig) }
+func (a *Process) Signal(sig os.Signal) error { return a.cmd.Process.Signal(sig) }
 
 // Output returns what the agent has logged so far.
-func (a *Agent) Output() string {
+func (a *Process) Output() string {
 	b, _ := os.ReadFile(a.Log)
 	return string(b)
 }
