@@ -72,8 +72,8 @@ type Agent struct {
 	queue *nfq.Stats
 
 	// Redis side; all nil without Redis. mirror is nil with NoMirror.
-	store         *store.Store
-	redisSessions *store.Sessions
+	store         Store
+	redisSessions SessionStore
 	mirror        *sessions.Mirror
 
 	ctMu sync.Mutex // guards ct, which is not safe for concurrent use
@@ -87,6 +87,9 @@ type Agent struct {
 	lookupMu sync.Mutex // guards pending
 	pending  map[sessions.Key][]waiter
 	lookups  chan sessions.Key
+	// answer answers a deferred packet: through its queue in production
+	// (nfq.Later), to the test in unit tests.
+	answer func(w *waiter, r nfq.Result)
 
 	Counters Counters
 }
@@ -112,6 +115,11 @@ const maxPendingLookups = 4096
 // Redis it takes the live map from there, falling back to the map file
 // when Redis is unreachable or holds none.
 func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
+	return newAgent(cfg, k, ct, dialRedis)
+}
+
+// newAgent is New with the store that dial returns for cfg.RedisURL.
+func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url string) (Store, error)) (*Agent, error) {
 	cfg.defaults()
 	if cfg.Node == "" {
 		return nil, errors.New("a node name is required")
@@ -128,10 +136,11 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 		flowLog: make(chan flowEvent, 1024),
 		pending: map[sessions.Key][]waiter{},
 		lookups: make(chan sessions.Key, maxPendingLookups),
+		answer:  func(w *waiter, r nfq.Result) { w.later.Set(r) },
 	}
 	a.gc = newSwitchCollector(func() { a.state.Load().published.Prepare() })
 	a.logging.Store(cfg.LogFlows)
-	p, err := a.initialMap()
+	p, err := a.initialMap(dial)
 	if err != nil {
 		if a.store != nil {
 			a.store.Close()
@@ -149,7 +158,7 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 		if st := a.state.Load(); st.service >= 0 {
 			svc = st.table.Services()[st.service].Name
 		}
-		a.redisSessions = a.store.NewSessions(svc, cfg.RedisSessionTTL)
+		a.redisSessions = a.store.Sessions(svc, cfg.RedisSessionTTL)
 		if !cfg.NoMirror {
 			a.mirror = sessions.NewMirror(recordWriter{a}, sessions.MirrorConfig{
 				Resync: a.resyncOps, Existing: a.adopt, Logger: a.log,
@@ -159,7 +168,7 @@ func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
 	return a, nil
 }
 
-func (a *Agent) initialMap() (*steering.Published, error) {
+func (a *Agent) initialMap(dial func(string) (Store, error)) (*steering.Published, error) {
 	fromFile := func() (*steering.Published, error) {
 		m, err := steering.LoadFile(a.cfg.MapFile)
 		if err != nil {
@@ -170,7 +179,7 @@ func (a *Agent) initialMap() (*steering.Published, error) {
 	if a.cfg.RedisURL == "" {
 		return fromFile()
 	}
-	s, err := store.Dial(a.cfg.RedisURL)
+	s, err := dial(a.cfg.RedisURL)
 	if err != nil {
 		return nil, err
 	}

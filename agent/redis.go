@@ -235,13 +235,14 @@ func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *sessions.Record
 	} else {
 		a.Counters.Unknown.Add(1)
 	}
-	for _, w := range ws {
+	for i := range ws {
+		w := &ws[i]
 		if !ok {
-			w.later.Set(nfq.Result{Verdict: nfq.Drop})
+			a.answer(w, nfq.Result{Verdict: nfq.Drop})
 			continue
 		}
 		d := st.table.Decide(st.node, &w.flow, w.reply, &sess.Pins)
-		w.later.Set(nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
 	}
 }
 
@@ -258,7 +259,8 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 	if found {
 		a.Counters.Joined.Add(1)
 	}
-	for i, w := range ws {
+	for i := range ws {
+		w := &ws[i]
 		var d steering.Decision
 		if found {
 			d = st.table.Decide(st.node, &w.flow, w.reply, &pins)
@@ -278,7 +280,7 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 			}
 		}
 		a.count(d)
-		w.later.Set(nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
 	}
 }
 

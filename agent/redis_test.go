@@ -1,0 +1,446 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+)
+
+// nextVersion is p changed by edit as the version after it, encoded as a
+// publisher would, with its delta from p if it has one.
+func nextVersion(t testing.TB, p *steering.Published, edit func(*steering.Published) (*steering.Published, error)) (*steering.Published, *steering.Delta) {
+	t.Helper()
+	n, err := edit(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Version = p.Version + 1
+	if n.IDs, err = steering.AssignIDs(n.Map, p.IDs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Encode(); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := steering.NewDelta(p, n)
+	return n, d
+}
+
+func version(a *Agent) uint64 { return a.state.Load().table.Version() }
+
+// TestWatchMapSwitches follows the live map: an announced delta, a
+// version announced by number only, a version whose map is invalid and
+// one that would change the node's role. The refused ones leave the node
+// on its last good version.
+func TestWatchMapSwitches(t *testing.T) {
+	v1 := labVersion(t)
+	n := newFakeNode(t, "gw", v1, nil)
+	n.run(t)
+
+	v2, d := nextVersion(t, v1, func(p *steering.Published) (*steering.Published, error) { return p.Drain("fw-1") })
+	if d == nil {
+		t.Fatal("a drain has no delta")
+	}
+	n.store.publish(v2, d)
+	waitFor(t, "version 2 (delta)", func() bool { return version(n.Agent) == 2 })
+	if !strings.Contains(n.logs.String(), "version=2 from=1 via=delta") {
+		t.Errorf("version 2 not switched from its delta:\n%s", n.logs)
+	}
+	if in, _ := n.state.Load().table.InstanceByName("fw-1"); !in.Drained {
+		t.Errorf("fw-1 after the drain's delta: %+v; want drained", in)
+	}
+
+	v3, _ := nextVersion(t, v2, func(p *steering.Published) (*steering.Published, error) {
+		m, err := p.Map.AddInstance("dlp", "dlp-3", steering.Addresses{"10.200.0.23", "fd00:200::23"})
+		return p.WithMap(m), err
+	})
+	n.store.publish(v3, nil)
+	waitFor(t, "version 3 (document)", func() bool { return version(n.Agent) == 3 })
+	spec, applied := n.kernel.last()
+	if !slices.ContainsFunc(spec.Hops, func(h rules.Hop) bool { return h.Name == "dlp-3" }) {
+		t.Errorf("rules after an instance was added have hops %v; want dlp-3 among them", spec.Hops)
+	}
+
+	// A version whose IDs do not match its map is refused where it is read.
+	bad := v3.Clone()
+	bad.Version = 4
+	bad.IDs = map[string]uint16{"fw-1": 1}
+	n.store.publish(bad, nil)
+	waitFor(t, "the bad version refused", func() bool { return n.Counters.MapsRefused.Load() == 1 })
+
+	// A version naming the gateway as an instance would change its role.
+	v5, _ := nextVersion(t, v3, func(p *steering.Published) (*steering.Published, error) {
+		m, err := p.Map.AddInstance("dlp", "gw", steering.Addresses{"10.200.0.29", "fd00:200::29"})
+		return p.WithMap(m), err
+	})
+	v5.Version = 5
+	n.store.publish(v5, nil)
+	waitFor(t, "the role change refused", func() bool { return n.Counters.MapsRefused.Load() == 2 })
+	if v := version(n.Agent); v != 3 {
+		t.Errorf("node runs version %d after two refusals; want 3, the last good one", v)
+	}
+	if _, after := n.kernel.last(); after != applied {
+		t.Errorf("refused versions applied rules: %d applies, want %d", after, applied)
+	}
+	if got := n.Counters.Maps.Load(); got != 2 {
+		t.Errorf("Maps = %d, want 2 switches", got)
+	}
+}
+
+// TestHeartbeat: the node reports its name and version every interval,
+// and keeps steering through a store that fails.
+func TestHeartbeat(t *testing.T) {
+	n := newFakeNode(t, "fw-1", labVersion(t), nil)
+	n.run(t)
+	waitFor(t, "three heartbeats", func() bool { return len(n.store.reports()) >= 3 })
+	r := n.store.reports()[0]
+	if r.Node != "fw-1" || r.MapVersion != 1 {
+		t.Errorf("heartbeat %+v; want node fw-1 on version 1", r)
+	}
+	n.store.mu.Lock()
+	n.store.down = errors.New("connection refused")
+	n.store.mu.Unlock()
+	before := len(n.store.reports())
+	time.Sleep(30 * time.Millisecond)
+	n.store.mu.Lock()
+	n.store.down = nil
+	n.store.mu.Unlock()
+	waitFor(t, "heartbeats again", func() bool { return len(n.store.reports()) > before+2 })
+}
+
+// lab flow helpers: acme's client opening TCP to the server.
+var (
+	acmeOpen = "10.10.1.2:40000"
+	server   = "10.99.0.2:5201"
+)
+
+// roles returns the instances holding the firewall's primary and
+// secondary roles, and the dlp primary, for acme's flow.
+func roles(t testing.TB, a *Agent, f *steering.Flow) (fwP, fwS, dlp *steering.Instance) {
+	t.Helper()
+	tab := a.state.Load().table
+	slot := tab.SlotOf(steering.AffinityCode(f))
+	fwP, fwS = tab.RolesFor(tab.ServiceByName("fw"), slot)
+	dlp, _ = tab.RolesFor(tab.ServiceByName("dlp"), slot)
+	return fwP, fwS, dlp
+}
+
+// admitted is the record a firewall primary wrote for f, with the
+// firewall's verdict and the given roles at the firewall hop.
+func admitted(t testing.TB, a *Agent, f *steering.Flow, primary, secondary string, verdict string) *sessions.Record {
+	t.Helper()
+	_, _, dlp := roles(t, a, f)
+	return &sessions.Record{
+		Flow: sessions.KeyOf(f).String(), Tenant: "acme", Code: steering.AffinityCode(f), Slot: a.state.Load().table.SlotOf(steering.AffinityCode(f)),
+		Hops:  []sessions.Hop{{Service: "fw", Primary: primary, Secondary: secondary}, {Service: "dlp", Primary: dlp.Name}},
+		State: map[string]string{"fw": verdict},
+	}
+}
+
+// TestFirewallLooksUpMidStream: a firewall instance holds a mid-stream
+// packet of a flow it does not know while it asks Redis, and lets it
+// through only if the mirrored session was admitted and is its to take.
+func TestFirewallLooksUpMidStream(t *testing.T) {
+	probe := tcp(acmeOpen, server, ack)
+	allow := `{"verdict":"allow","rule":0,"takeover":false}`
+	for _, tc := range []struct {
+		name string
+		// record returns the session Redis holds for the flow (nil:
+		// none), given the instances holding its firewall roles.
+		record    func(a *Agent, primary, secondary string) *sessions.Record
+		storeDown bool
+		wantDrop  bool
+		// wantOp is the mirror operation the answer writes, if any.
+		wantOp    sessions.OpKind
+		wantWrite bool
+		counter   func(c *Counters) uint64
+	}{
+		{
+			name: "secondary takes the flow of its primary over",
+			record: func(a *Agent, p, s string) *sessions.Record {
+				return admitted(t, a, &probe.Flow, p, s, allow)
+			},
+			wantOp: sessions.OpTakeover, wantWrite: true,
+			counter: func(c *Counters) uint64 { return c.TakenOver.Load() },
+		},
+		{
+			name: "the recorded primary itself (after a restart) writes its state",
+			record: func(a *Agent, p, s string) *sessions.Record {
+				return admitted(t, a, &probe.Flow, s, p, allow)
+			},
+			wantOp: sessions.OpState, wantWrite: true,
+			counter: func(c *Counters) uint64 { return c.TakenOver.Load() },
+		},
+		{
+			name:     "no session in Redis",
+			record:   func(*Agent, string, string) *sessions.Record { return nil },
+			wantDrop: true,
+			counter:  func(c *Counters) uint64 { return c.Unknown.Load() },
+		},
+		{
+			name: "a session the firewall never admitted",
+			record: func(a *Agent, p, s string) *sessions.Record {
+				return admitted(t, a, &probe.Flow, p, s, `{"verdict":"none"}`)
+			},
+			wantDrop: true,
+			counter:  func(c *Counters) uint64 { return c.Unknown.Load() },
+		},
+		{
+			name: "a session that names two other instances",
+			record: func(a *Agent, p, s string) *sessions.Record {
+				return admitted(t, a, &probe.Flow, p, "fw-9", allow)
+			},
+			wantDrop: true,
+			counter:  func(c *Counters) uint64 { return c.Unknown.Load() },
+		},
+		{
+			name:      "Redis down",
+			record:    func(*Agent, string, string) *sessions.Record { return nil },
+			storeDown: true,
+			wantDrop:  true,
+			counter:   func(c *Counters) uint64 { return c.LookupErrors.Load() },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// This node is the flow's firewall secondary; the record names
+			// the primary.
+			probeNode := newFakeNode(t, "gw", labVersion(t), nil)
+			fwP, fwS, dlp := roles(t, probeNode.Agent, &probe.Flow)
+			n := newFakeNode(t, fwS.Name, labVersion(t), nil)
+			if rec := tc.record(n.Agent, fwP.Name, fwS.Name); rec != nil {
+				n.store.records[sessions.KeyOf(&probe.Flow)] = rec
+			}
+			n.store.down = map[bool]error{true: errors.New("connection refused")}[tc.storeDown]
+			n.run(t)
+			if got := n.Handle(probe, nil, 0, false); got.Verdict != nfq.Defer {
+				t.Fatalf("mid-stream packet of an unknown flow: %+v; want it deferred to Redis", got)
+			}
+			waitFor(t, "the deferred packet answered", func() bool { return len(n.answered()) == 1 })
+			want := nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, false, rules.HalfValue(dlp.ID))}
+			if tc.wantDrop {
+				want = nfq.Result{Verdict: nfq.Drop}
+			}
+			if diff := cmp.Diff(want, n.answered()[0]); diff != "" {
+				t.Errorf("answer (-want +got):\n%s", diff)
+			}
+			if got := tc.counter(&n.Counters); got != 1 {
+				t.Errorf("counter = %d, want 1", got)
+			}
+			if !tc.wantWrite {
+				return
+			}
+			waitFor(t, "the mirror's write", func() bool { return len(n.store.writes()) > 0 })
+			w := n.store.writes()[0]
+			if w.Kind != tc.wantOp || w.Record.Hops[0].Primary != fwS.Name {
+				t.Errorf("mirror wrote %+v; want kind %d naming %s primary", w, tc.wantOp, fwS.Name)
+			}
+			if tc.wantOp == sessions.OpTakeover && w.From != fwP.Name {
+				t.Errorf("takeover from %q, want %q", w.From, fwP.Name)
+			}
+			// A packet of the flow now passes from memory.
+			if got := n.Handle(probe, nil, 0, false); got != want {
+				t.Errorf("next packet of the flow: %+v, want %+v", got, want)
+			}
+		})
+	}
+}
+
+// TestGatewayJoinsMidStream: a gateway meeting a flow mid-stream takes the
+// pins another gateway gave it from Redis; without a record it decides by
+// the map, as for a new flow, and never drops.
+func TestGatewayJoinsMidStream(t *testing.T) {
+	probe := tcp(acmeOpen, server, ack)
+	for _, tc := range []struct {
+		name   string
+		record bool
+	}{
+		{"pins from Redis", true},
+		{"no record: the map decides", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newFakeNode(t, "gw", labVersion(t), nil)
+			fwP, fwS, _ := roles(t, n.Agent, &probe.Flow)
+			want := fwP
+			if tc.record {
+				// Another gateway pinned the flow to the secondary (an
+				// older map).
+				n.store.records[sessions.KeyOf(&probe.Flow)] = admitted(t, n.Agent, &probe.Flow, fwS.Name, fwP.Name, "")
+				want = fwS
+			}
+			n.run(t)
+			if got := n.Handle(probe, nil, 0, false); got.Verdict != nfq.Defer {
+				t.Fatalf("mid-stream packet at a gateway: %+v; want it deferred", got)
+			}
+			waitFor(t, "the deferred packet answered", func() bool { return len(n.answered()) == 1 })
+			wantRes := nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, false, rules.HalfValue(want.ID))}
+			if got := n.answered()[0]; got != wantRes {
+				t.Errorf("answer %+v, want %+v (to %s)", got, wantRes, want.Name)
+			}
+			if tc.record {
+				if n.Counters.Joined.Load() != 1 {
+					t.Errorf("Joined = %d, want 1", n.Counters.Joined.Load())
+				}
+				return
+			}
+			waitFor(t, "the gateway's create", func() bool { return len(n.store.writes()) > 0 })
+			if w := n.store.writes()[0]; w.Kind != sessions.OpCreate {
+				t.Errorf("mirror wrote %+v; want the gateway's create", w)
+			}
+		})
+	}
+}
+
+// TestTakeover is the takeover decision on its own: which mirrored
+// sessions a firewall instance may carry.
+func TestTakeover(t *testing.T) {
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	f := tcp(acmeOpen, server, ack).Flow
+	fwP, fwS, _ := roles(t, gw.Agent, &f)
+	allow := `{"verdict":"allow","rule":1,"takeover":false}`
+	key := sessions.KeyOf(&f)
+	down, _ := nextVersion(t, labVersion(t), func(p *steering.Published) (*steering.Published, error) {
+		q := p.Clone()
+		q.Down = []string{fwP.Name}
+		return q, nil
+	})
+	for _, tc := range []struct {
+		name     string
+		node     string
+		onDown   bool // the node runs the version in which fwP is down
+		rec      *sessions.Record
+		want     bool
+		wantFrom string
+	}{
+		{"the recorded secondary", fwS.Name, false, admitted(t, gw.Agent, &f, fwP.Name, fwS.Name, allow), true, fwP.Name},
+		{"the recorded primary", fwP.Name, false, admitted(t, gw.Agent, &f, fwP.Name, fwS.Name, allow), true, ""},
+		{"neither role", fwS.Name, false, admitted(t, gw.Agent, &f, fwP.Name, "fw-9", allow), false, ""},
+		{"neither role, but the slot's primary now that the recorded one is down", fwS.Name, true, admitted(t, gw.Agent, &f, fwP.Name, "fw-9", allow), true, fwP.Name},
+		{"not admitted", fwS.Name, false, admitted(t, gw.Agent, &f, fwP.Name, fwS.Name, `{"verdict":"none"}`), false, ""},
+		{"state that does not decode", fwS.Name, false, admitted(t, gw.Agent, &f, fwP.Name, fwS.Name, `{`), false, ""},
+		{"unknown tenant", fwS.Name, false, func() *sessions.Record {
+			r := admitted(t, gw.Agent, &f, fwP.Name, fwS.Name, allow)
+			r.Tenant = "initech"
+			return r
+		}(), false, ""},
+		{"too few hops for the node's position", "dlp-1", false, func() *sessions.Record {
+			r := admitted(t, gw.Agent, &f, fwP.Name, fwS.Name, allow)
+			r.Hops = r.Hops[:1]
+			return r
+		}(), false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := labVersion(t)
+			if tc.onDown {
+				p = down
+			}
+			n := newFakeNode(t, tc.node, p, nil)
+			st := n.state.Load()
+			s, from, ok := takeover(st, tc.node, key, tc.rec)
+			if ok != tc.want {
+				t.Fatalf("takeover = %v, want %v", ok, tc.want)
+			}
+			if !ok {
+				return
+			}
+			self, _ := st.table.InstanceByName(tc.node)
+			if s.Pins[0] != self.ID || !s.TakenOver || s.Rule != 1 || s.Tenant != "acme" || s.Key != key {
+				t.Errorf("session %+v; want pinned to %s (ID %d) at the firewall, taken over, rule 1", s, tc.node, self.ID)
+			}
+			gotFrom := ""
+			if in, ok := st.table.InstanceByID(from); ok {
+				gotFrom = in.Name
+			}
+			if gotFrom != tc.wantFrom {
+				t.Errorf("taken from %q, want %q", gotFrom, tc.wantFrom)
+			}
+		})
+	}
+}
+
+// TestAdoptFirstWritersPins: a gateway whose create lost to another
+// gateway's re-pins the flow, in conntrack and in memory, to the first
+// writer's instances.
+func TestAdoptFirstWritersPins(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	n := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, fwS, dlp := roles(t, n.Agent, &syn.Flow)
+	n.ct.conns = []rules.Conn{{Flow: syn.Flow, Mark: rules.SetHalf(0, false, rules.HalfValue(fwP.ID))}}
+	first := admitted(t, n.Agent, &syn.Flow, fwS.Name, fwP.Name, "")
+	n.store.existing[sessions.KeyOf(&syn.Flow).String()] = first
+	n.run(t)
+	if got := n.Handle(syn, nil, 0, false); got.Mark != rules.SetHalf(0, false, rules.HalfValue(fwP.ID)) {
+		t.Fatalf("SYN steered with mark %#x; want to %s, the map's primary", got.Mark, fwP.Name)
+	}
+	want := rules.SetHalf(0, false, rules.HalfValue(fwS.ID))
+	waitFor(t, "conntrack re-marked to the first writer's firewall", func() bool { return n.ct.mark(syn.Flow) == want })
+	s, _ := n.flows.Get(sessions.KeyOf(&syn.Flow))
+	if s.Pins[0] != fwS.ID || s.Pins[1] != dlp.ID {
+		t.Errorf("local pins %v; want [%d %d ...]", s.Pins, fwS.ID, dlp.ID)
+	}
+}
+
+// TestResyncOps: what each role rewrites after Redis lost data.
+func TestResyncOps(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, _, dlp := roles(t, gw.Agent, &syn.Flow)
+	for _, tc := range []struct {
+		node string
+		want sessions.OpKind
+	}{
+		{"gw", sessions.OpCreate},
+		{fwP.Name, sessions.OpCreateState},
+		{dlp.Name, sessions.OpRefresh},
+	} {
+		t.Run(tc.node, func(t *testing.T) {
+			n := newFakeNode(t, tc.node, labVersion(t), nil)
+			n.flows.Put(sessions.Session{Key: sessions.KeyOf(&syn.Flow), Tenant: "acme", Rule: -1})
+			ops := n.resyncOps()
+			if len(ops) != 1 || ops[0].Kind != tc.want {
+				t.Errorf("resync ops %+v; want one of kind %d", ops, tc.want)
+			}
+		})
+	}
+}
+
+// TestLookupsShed: with the lookup queue full, a gateway decides by the
+// map at once rather than hold more packets.
+func TestLookupsShed(t *testing.T) {
+	n := newFakeNode(t, "gw", labVersion(t), nil)
+	// No lookup worker runs: every deferral stays pending.
+	for i := range maxPendingLookups {
+		p := tcp(fmt.Sprintf("10.10.1.%d:%d", 2+i/60000, 1024+i%60000), server, ack)
+		if got := n.Handle(p, nil, 0, false); got.Verdict != nfq.Defer {
+			t.Fatalf("packet %d: %+v, want deferred", i, got)
+		}
+	}
+	p := tcp("10.10.1.200:999", server, ack)
+	if got := n.Handle(p, nil, 0, false); got.Verdict != nfq.Accept || rules.Half(got.Mark, false) <= rules.MarkPass {
+		t.Errorf("packet past the lookup bound: %+v; want steered by the map at once", got)
+	}
+	if n.Counters.LookupsShed.Load() != 1 {
+		t.Errorf("LookupsShed = %d, want 1", n.Counters.LookupsShed.Load())
+	}
+}
+
+// TestFlowLog: decisions are logged off the packet path, with the tenant
+// and next hop.
+func TestFlowLog(t *testing.T) {
+	n := newFakeNode(t, "gw", labVersion(t), func(c *Config) { c.LogFlows = true })
+	n.run(t)
+	n.Handle(tcp(acmeOpen, server, syn), nil, 0, false)
+	waitFor(t, "the decision logged", func() bool { return strings.Contains(n.logs.String(), "msg=flow") })
+	for _, want := range []string{"tenant=acme", "decision=steer", "next=fw-"} {
+		if !strings.Contains(n.logs.String(), want) {
+			t.Errorf("flow log %q lacks %q", n.logs, want)
+		}
+	}
+}

@@ -1,0 +1,228 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestRunInstallsOnceBoundAndRemoves: Run installs the node's rules once
+// its queues are bound, removes them when it stops (unless KeepRules), and
+// closes the store.
+func TestRunInstallsOnceBoundAndRemoves(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("KeepRules=%v", keep), func(t *testing.T) {
+			n := newFakeNode(t, "gw", labVersion(t), func(c *Config) { c.KeepRules = keep })
+			if _, applied := n.kernel.last(); applied != 0 {
+				t.Fatalf("New applied rules %d times; want none before the queues are bound", applied)
+			}
+			stop := n.run(t)
+			waitFor(t, "rules installed", func() bool { _, k := n.kernel.last(); return k == 1 })
+			spec, _ := n.kernel.last()
+			var hops []string
+			for _, h := range spec.Hops {
+				hops = append(hops, h.Name)
+			}
+			if diff := cmp.Diff([]string{"dlp-1", "dlp-2", "fw-1", "fw-2"}, hops); diff != "" {
+				t.Errorf("a gateway's hops (-want +got):\n%s", diff)
+			}
+			if err := stop(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			want := 1
+			if keep {
+				want = 0
+			}
+			n.kernel.mu.Lock()
+			removed := n.kernel.removed
+			n.kernel.mu.Unlock()
+			if removed != want {
+				t.Errorf("rules removed %d times, want %d", removed, want)
+			}
+			if n.store.closed == 0 {
+				t.Error("store not closed")
+			}
+		})
+	}
+}
+
+// TestRunFailsWhenRulesCannotBeInstalled: Run returns the kernel's error
+// and stops every task.
+func TestRunFailsWhenRulesCannotBeInstalled(t *testing.T) {
+	n := newFakeNode(t, "gw", labVersion(t), nil)
+	n.kernel.fail = errors.New("iptables: permission denied")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.Run(ctx, newFakeReader); err == nil || !strings.Contains(err.Error(), "installing rules: iptables: permission denied") {
+		t.Errorf("Run = %v; want the kernel's error", err)
+	}
+}
+
+// TestNewPicksItsMap: where a node's first map comes from, and what it
+// refuses to start on.
+func TestNewPicksItsMap(t *testing.T) {
+	file := writeMap(t, labmap.Firewall)
+	for _, tc := range []struct {
+		name     string
+		live     *steering.Published
+		down     error
+		mapFile  string
+		node     string
+		spare    bool
+		want     uint64 // the version it starts on
+		wantErr  string
+		wantRole Role
+	}{
+		{name: "the live map", live: labVersion(t), node: "gw", want: 1, wantRole: Gateway},
+		{name: "an instance host", live: labVersion(t), node: "dlp-1", want: 1, wantRole: Forwarder},
+		{name: "a firewall instance", live: labVersion(t), node: "fw-2", want: 1, wantRole: Firewall},
+		{name: "a spare", live: labVersion(t), node: "fw-9", spare: true, want: 1, wantRole: Spare},
+		{name: "a name not in the map without --spare", live: labVersion(t), node: "fw-9", wantErr: "not an instance in the map"},
+		{name: "Redis unreachable, the map file", down: errors.New("connection refused"), mapFile: file, node: "gw", want: 0, wantRole: Gateway},
+		{name: "Redis unreachable, no map file", down: errors.New("connection refused"), node: "gw", wantErr: "connection refused (and no --map to start on)"},
+		{name: "Redis too old, even with a map file", down: fmt.Errorf("Redis is 6.2: %w", store.ErrOldRedis), mapFile: file, node: "gw", wantErr: "Redis is 6.2"},
+		{name: "no live map, the map file", mapFile: file, node: "gw", want: 0, wantRole: Gateway},
+		{name: "no live map and no map file", node: "gw", wantErr: "nfsteer apply"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newFakeStore(tc.live)
+			s.down = tc.down
+			cfg := Config{Node: tc.node, RedisURL: "redis://fake", MapFile: tc.mapFile, Spare: tc.spare, Logger: discardLogger()}
+			if tc.node == "gw" {
+				cfg.Rules.Outer = []string{"outer0"}
+			}
+			a, err := newAgent(cfg, &fakeKernel{}, nil, func(string) (Store, error) { return s, nil })
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("New = %v; want an error containing %q", err, tc.wantErr)
+				}
+				if s.closed == 0 {
+					t.Error("the store of a node that did not start is not closed")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, r := version(a), a.state.Load().role; v != tc.want || r != tc.wantRole {
+				t.Errorf("started on version %d as %s; want version %d as %s", v, r, tc.want, tc.wantRole)
+			}
+		})
+	}
+	t.Run("neither map nor Redis", func(t *testing.T) {
+		if _, err := New(Config{Node: "gw"}, &fakeKernel{}, nil); err == nil {
+			t.Error("New without a map or Redis succeeded")
+		}
+	})
+	t.Run("no node name", func(t *testing.T) {
+		if _, err := New(Config{MapFile: file}, &fakeKernel{}, nil); err == nil {
+			t.Error("New without a node name succeeded")
+		}
+	})
+}
+
+// TestReloadMapFile: SIGHUP on a node without Redis installs the edited
+// file, instances keeping their IDs, and refuses a bad one, keeping the
+// running map.
+func TestReloadMapFile(t *testing.T) {
+	path := writeMap(t, labmap.Firewall)
+	k := &fakeKernel{}
+	a, err := New(Config{Node: "gw", MapFile: path, Logger: discardLogger(), Rules: rulesWithOuter()}, k, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idsBefore := a.state.Load().published.IDs
+	edited := strings.Replace(labmap.Firewall, `      fw-1: [10.200.0.11, "fd00:200::11"]`+"\n", "", 1)
+	if err := os.WriteFile(path, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reload(true); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	t2 := a.state.Load().table
+	if _, ok := t2.InstanceByName("fw-1"); ok {
+		t.Error("fw-1 still in the map after a reload without it")
+	}
+	if in, _ := t2.InstanceByName("fw-2"); in.ID != idsBefore["fw-2"] {
+		t.Errorf("fw-2 renumbered %d -> %d by a reload", idsBefore["fw-2"], in.ID)
+	}
+	if !a.logging.Load() {
+		t.Error("Reload(true) did not turn the flow log on")
+	}
+	if err := os.WriteFile(path, []byte("tenants: [not, a, map]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reload(false); err == nil {
+		t.Error("Reload of a bad file succeeded")
+	}
+	if a.state.Load().table != t2 {
+		t.Error("a refused reload changed the running map")
+	}
+}
+
+// TestMetrics: every counter the agent keeps is exported, and a scrape
+// is consistent (a pedantic registry checks descriptions against metrics).
+func TestMetrics(t *testing.T) {
+	n := newFakeNode(t, "gw", labVersion(t), nil)
+	n.Handle(tcp(acmeOpen, server, syn), nil, 0, false)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(collector{a: n.Agent})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			got[mf.GetName()] += v
+		}
+	}
+	for name, want := range map[string]float64{
+		"nfsteer_new_flows_total":         1,
+		"nfsteer_sessions_active":         1,
+		"nfsteer_map_version":             1,
+		"nfsteer_mirror_operations_total": 1, // queued
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+}
+
+// TestRoles: what each role mirrors, decided once.
+func TestRoles(t *testing.T) {
+	type mirrored struct {
+		Create             sessions.OpKind
+		Creates            bool
+		Resync             sessions.OpKind
+		Refreshes, Deletes bool
+		HostsInstance      bool
+		Name               string
+	}
+	got := map[Role]mirrored{}
+	for _, r := range []Role{Gateway, Forwarder, Firewall, Spare} {
+		k, ok := r.createOp()
+		got[r] = mirrored{k, ok, r.resyncOp(), r.refreshes(), r.deletes(), r.hostsInstance(), r.String()}
+	}
+	want := map[Role]mirrored{
+		Gateway:   {sessions.OpCreate, true, sessions.OpCreate, false, false, false, "gateway"},
+		Forwarder: {0, false, sessions.OpRefresh, true, false, true, "forwarder"},
+		Firewall:  {sessions.OpCreateState, true, sessions.OpCreateState, true, true, true, "firewall"},
+		Spare:     {0, false, sessions.OpRefresh, false, false, false, "spare"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("roles (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,60 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+)
+
+// Store is the shared store as an agent uses it: the live map and its
+// announcements, heartbeats, and the node's sessions. It is *store.Store in
+// production (see dialRedis) and a fake in unit tests. Implementations
+// must be safe for concurrent use.
+type Store interface {
+	// Check reports whether the store answers and can serve nfsteer.
+	Check(ctx context.Context) error
+	Live(ctx context.Context) (*steering.Published, error)
+	LiveVersion(ctx context.Context) (uint64, error)
+	// LiveAfter returns the live version for a node holding held.
+	LiveAfter(ctx context.Context, held *steering.Published) (*steering.Published, error)
+	// Watch calls check for every announcement, resubscription and poll
+	// until ctx is done.
+	Watch(ctx context.Context, poll time.Duration, check func(context.Context, store.Announcement)) error
+	Heartbeat(ctx context.Context, r store.Report) error
+	// Sessions returns the session store of a node that holds an
+	// instance of service ("" on a gateway).
+	Sessions(service string, ttl time.Duration) SessionStore
+	// Addr says where the store is, for messages.
+	Addr() string
+	Close() error
+}
+
+// SessionStore reads and writes a node's sessions in the shared store.
+type SessionStore interface {
+	Get(ctx context.Context, flow sessions.Key) (*sessions.Record, error)
+	Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error)
+}
+
+// redisStore is a *store.Store as the agent's Store.
+type redisStore struct{ *store.Store }
+
+var (
+	_ Store        = redisStore{}
+	_ SessionStore = (*store.Sessions)(nil)
+)
+
+func (s redisStore) Sessions(service string, ttl time.Duration) SessionStore {
+	return s.NewSessions(service, ttl)
+}
+
+// dialRedis returns the Store at a Redis URL. It does not connect yet.
+func dialRedis(url string) (Store, error) {
+	s, err := store.Dial(url)
+	if err != nil {
+		return nil, err
+	}
+	return redisStore{s}, nil
+}
