@@ -37,7 +37,7 @@ type Linux struct {
 
 type family struct {
 	name   string // "IPv4" or "IPv6"
-	ipt    *iptables.IPTables
+	ipt    chains // *iptables.IPTables
 	save   string // iptables-save binary
 	nft    bool   // the iptables binary is the nf_tables variant
 	nftFam string // nft family of the table: ip or ip6
@@ -120,107 +120,7 @@ func (f family) applyIPTables(jumps, own []Rule) error {
 			}
 		}
 	}
-	for _, c := range []string{chainPre, chainPost} {
-		var want [][]string
-		for _, r := range own {
-			if r.Chain == c {
-				want = append(want, r.Args)
-			}
-		}
-		if err := f.syncChain(c, want); err != nil {
-			return fmt.Errorf("chain %s: %w", c, err)
-		}
-	}
-	// Jumps last, so packets never reach a half-built chain. Stale jumps
-	// (an interface no longer outer) go first.
-	for _, builtin := range []string{"PREROUTING", "POSTROUTING"} {
-		var want [][]string
-		for _, r := range jumps {
-			if r.Chain == builtin {
-				want = append(want, r.Args)
-			}
-		}
-		if err := f.deleteJumps(builtin, want); err != nil {
-			return err
-		}
-		for i := len(want) - 1; i >= 0; i-- {
-			ok, err := f.ipt.Exists(table, builtin, want[i]...)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				if err := f.ipt.Insert(table, builtin, 1, want[i]...); err != nil {
-					return fmt.Errorf("adding jump to %s: %w", builtin, err)
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// syncChain makes chain hold exactly want, in order. When it already does,
-// nothing is written, so a repeated Apply does not open a window in which
-// the chain is empty.
-func (f family) syncChain(chain string, want [][]string) error {
-	exists, err := f.ipt.ChainExists(table, chain)
-	if err != nil {
-		return err
-	}
-	if exists {
-		have, err := f.ipt.List(table, chain)
-		if err != nil {
-			return err
-		}
-		same := len(have) == len(want)+1 // List starts with "-N chain"
-		for i := 0; same && i < len(want); i++ {
-			same, err = f.ipt.Exists(table, chain, want[i]...)
-			if err != nil {
-				return err
-			}
-		}
-		if same {
-			return nil
-		}
-	}
-	if err := f.ipt.ClearChain(table, chain); err != nil { // creates it if missing
-		return err
-	}
-	for _, args := range want {
-		if err := f.ipt.Append(table, chain, args...); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// deleteJumps deletes every rule of a built-in chain that jumps to one of
-// nfsteer's chains and is not in keep.
-func (f family) deleteJumps(builtin string, keep [][]string) error {
-	have, err := f.ipt.List(table, builtin)
-	if err != nil {
-		return err
-	}
-	// have[0] is the policy line; rule n is have[n]. Delete from the end so
-	// the numbers of the rest stay valid.
-	for n := len(have) - 1; n >= 1; n-- {
-		if !strings.Contains(have[n], "-j NFSTEER-") {
-			continue
-		}
-		if slices.ContainsFunc(keep, func(args []string) bool { return sameRule(have[n], builtin, args) }) {
-			continue
-		}
-		if err := f.ipt.DeleteById(table, builtin, n); err != nil {
-			return fmt.Errorf("deleting %q: %w", have[n], err)
-		}
-	}
-	return nil
-}
-
-// sameRule compares an `iptables -S` line with rule arguments. The jumps are
-// simple enough (interface, comment, target) that iptables prints them the
-// way they were given, apart from quoting.
-func sameRule(line, chain string, args []string) bool {
-	return strings.ReplaceAll(line, `"`, "") == "-A "+chain+" "+strings.Join(args, " ")
+	return syncChains(f.ipt, jumps, own)
 }
 
 // Remove deletes everything nfsteer owns in this namespace.
@@ -240,7 +140,7 @@ func (k *Linux) Remove() error {
 
 func (f family) remove() error {
 	for _, builtin := range []string{"PREROUTING", "POSTROUTING"} {
-		if err := f.deleteJumps(builtin, nil); err != nil {
+		if err := deleteJumps(f.ipt, builtin, nil); err != nil {
 			return err
 		}
 	}
@@ -482,3 +382,5 @@ func addrOf(ip net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(ip)
 	return a.Unmap()
 }
+
+var _ chains = (*iptables.IPTables)(nil)

@@ -1,0 +1,132 @@
+package rules
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// chains is the part of go-iptables that keeps nfsteer's chains and the
+// jumps to them in sync, in one family's mangle table:
+// *iptables.IPTables in production, a fake in unit tests. Its List
+// returns `iptables -S` lines.
+type chains interface {
+	ChainExists(table, chain string) (bool, error)
+	NewChain(table, chain string) error
+	ClearChain(table, chain string) error
+	DeleteChain(table, chain string) error
+	ClearAndDeleteChain(table, chain string) error
+	List(table, chain string) ([]string, error)
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Append(table, chain string, rulespec ...string) error
+	DeleteById(table, chain string, id int) error
+}
+
+// syncChains makes nfsteer's own chains hold exactly own, then the
+// built-in chains jump to them exactly as jumps say. Jumps go last, so
+// packets never reach a half-built chain; stale jumps (an interface no
+// longer outer) go before new ones are added. It is idempotent: when
+// everything is in place it only reads.
+func syncChains(ipt chains, jumps, own []Rule) error {
+	for _, c := range []string{chainPre, chainPost} {
+		if err := syncChain(ipt, c, argsOf(own, c)); err != nil {
+			return fmt.Errorf("chain %s: %w", c, err)
+		}
+	}
+	for _, builtin := range []string{"PREROUTING", "POSTROUTING"} {
+		want := argsOf(jumps, builtin)
+		if err := deleteJumps(ipt, builtin, want); err != nil {
+			return err
+		}
+		// Inserted at the top in reverse, so they end in want's order.
+		for i := len(want) - 1; i >= 0; i-- {
+			ok, err := ipt.Exists(table, builtin, want[i]...)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				if err := ipt.Insert(table, builtin, 1, want[i]...); err != nil {
+					return fmt.Errorf("adding jump to %s: %w", builtin, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// argsOf returns the arguments of the rules of chain, in order.
+func argsOf(rs []Rule, chain string) [][]string {
+	var out [][]string
+	for _, r := range rs {
+		if r.Chain == chain {
+			out = append(out, r.Args)
+		}
+	}
+	return out
+}
+
+// syncChain makes chain hold exactly want, in order. When it already does,
+// nothing is written, so a repeated Apply does not open a window in which
+// the chain is empty.
+func syncChain(ipt chains, chain string, want [][]string) error {
+	exists, err := ipt.ChainExists(table, chain)
+	if err != nil {
+		return err
+	}
+	if exists {
+		have, err := ipt.List(table, chain)
+		if err != nil {
+			return err
+		}
+		same := len(have) == len(want)+1 // List starts with "-N chain"
+		for i := 0; same && i < len(want); i++ {
+			same, err = ipt.Exists(table, chain, want[i]...)
+			if err != nil {
+				return err
+			}
+		}
+		if same {
+			return nil
+		}
+	}
+	if err := ipt.ClearChain(table, chain); err != nil { // creates it if missing
+		return err
+	}
+	for _, args := range want {
+		if err := ipt.Append(table, chain, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteJumps deletes every rule of a built-in chain that jumps to one of
+// nfsteer's chains and is not in keep.
+func deleteJumps(ipt chains, builtin string, keep [][]string) error {
+	have, err := ipt.List(table, builtin)
+	if err != nil {
+		return err
+	}
+	// have[0] is the policy line; rule n is have[n]. Delete from the end so
+	// the numbers of the rest stay valid.
+	for n := len(have) - 1; n >= 1; n-- {
+		if !strings.Contains(have[n], "-j NFSTEER-") {
+			continue
+		}
+		if slices.ContainsFunc(keep, func(args []string) bool { return sameRule(have[n], builtin, args) }) {
+			continue
+		}
+		if err := ipt.DeleteById(table, builtin, n); err != nil {
+			return fmt.Errorf("deleting %q: %w", have[n], err)
+		}
+	}
+	return nil
+}
+
+// sameRule compares an `iptables -S` line with rule arguments. The jumps are
+// simple enough (interface, comment, target) that iptables prints them the
+// way they were given, apart from quoting.
+func sameRule(line, chain string, args []string) bool {
+	return strings.ReplaceAll(line, `"`, "") == "-A "+chain+" "+strings.Join(args, " ")
+}

@@ -1,0 +1,184 @@
+package rules
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeIPTables is one family's mangle table in memory, printing rules as
+// `iptables -S` does (without quoting, which sameRule ignores). It counts
+// the calls that write.
+type fakeIPTables struct {
+	chains map[string][]string // chain -> rules, each its arguments joined by spaces
+	writes int
+}
+
+var _ chains = (*fakeIPTables)(nil)
+
+func newFakeIPTables() *fakeIPTables {
+	return &fakeIPTables{chains: map[string][]string{"PREROUTING": nil, "POSTROUTING": nil}}
+}
+
+func builtinChain(c string) bool { return c == "PREROUTING" || c == "POSTROUTING" }
+
+func (f *fakeIPTables) ChainExists(_, chain string) (bool, error) {
+	_, ok := f.chains[chain]
+	return ok, nil
+}
+
+func (f *fakeIPTables) NewChain(_, chain string) error {
+	if _, ok := f.chains[chain]; ok {
+		return fmt.Errorf("chain %s already exists", chain)
+	}
+	f.writes++
+	f.chains[chain] = nil
+	return nil
+}
+
+func (f *fakeIPTables) ClearChain(_, chain string) error {
+	f.writes++
+	f.chains[chain] = nil
+	return nil
+}
+
+func (f *fakeIPTables) DeleteChain(_, chain string) error {
+	if len(f.chains[chain]) > 0 {
+		return fmt.Errorf("chain %s is not empty", chain)
+	}
+	f.writes++
+	delete(f.chains, chain)
+	return nil
+}
+
+func (f *fakeIPTables) ClearAndDeleteChain(_, chain string) error {
+	f.writes++
+	delete(f.chains, chain)
+	return nil
+}
+
+func (f *fakeIPTables) List(_, chain string) ([]string, error) {
+	rs, ok := f.chains[chain]
+	if !ok {
+		return nil, fmt.Errorf("no chain %s", chain)
+	}
+	head := "-N " + chain
+	if builtinChain(chain) {
+		head = "-P " + chain + " ACCEPT"
+	}
+	out := []string{head}
+	for _, r := range rs {
+		out = append(out, "-A "+chain+" "+r)
+	}
+	return out, nil
+}
+
+func (f *fakeIPTables) Exists(_, chain string, spec ...string) (bool, error) {
+	return slices.Contains(f.chains[chain], strings.Join(spec, " ")), nil
+}
+
+func (f *fakeIPTables) Insert(_, chain string, pos int, spec ...string) error {
+	f.writes++
+	f.chains[chain] = slices.Insert(f.chains[chain], pos-1, strings.Join(spec, " "))
+	return nil
+}
+
+func (f *fakeIPTables) Append(_, chain string, spec ...string) error {
+	f.writes++
+	f.chains[chain] = append(f.chains[chain], strings.Join(spec, " "))
+	return nil
+}
+
+func (f *fakeIPTables) DeleteById(_, chain string, id int) error {
+	rs := f.chains[chain]
+	if id < 1 || id > len(rs) {
+		return fmt.Errorf("no rule %d in %s", id, chain)
+	}
+	f.writes++
+	f.chains[chain] = slices.Delete(rs, id-1, id)
+	return nil
+}
+
+// TestSyncChains: nfsteer's chains and jumps end exactly as the spec says,
+// whatever was there; other rules in the built-in chains are kept; a
+// second sync with nothing changed writes nothing.
+func TestSyncChains(t *testing.T) {
+	jump := func(in string) Rule {
+		return Rule{Chain: "PREROUTING", Args: []string{"-i", in, "-m", "comment", "--comment", "nfsteer", "-j", chainPre}}
+	}
+	post := Rule{Chain: "POSTROUTING", Args: []string{"-m", "comment", "--comment", "nfsteer", "-j", chainPost}}
+	own := []Rule{
+		{Chain: chainPre, Args: []string{"-j", "CONNMARK", "--restore-mark"}},
+		{Chain: chainPre, Args: []string{"-m", "mark", "--mark", "0", "-j", "NFQUEUE", "--queue-num", "0"}},
+		{Chain: chainPost, Args: []string{"-j", "CONNMARK", "--save-mark"}},
+	}
+	foreign := "-i eth9 -j ACCEPT"
+	for _, tc := range []struct {
+		name  string
+		start map[string][]string
+		jumps []Rule
+		want  map[string][]string
+	}{
+		{
+			name:  "from nothing",
+			jumps: []Rule{jump("ca0"), jump("srv0"), post},
+			want: map[string][]string{
+				"PREROUTING":  {strings.Join(jump("ca0").Args, " "), strings.Join(jump("srv0").Args, " ")},
+				"POSTROUTING": {strings.Join(post.Args, " ")},
+				chainPre:      {"-j CONNMARK --restore-mark", "-m mark --mark 0 -j NFQUEUE --queue-num 0"},
+				chainPost:     {"-j CONNMARK --save-mark"},
+			},
+		},
+		{
+			name: "a stale jump and a stale rule replaced; a foreign rule kept",
+			start: map[string][]string{
+				"PREROUTING":  {foreign, strings.Join(jump("old0").Args, " ")},
+				"POSTROUTING": nil,
+				chainPre:      {"-j CONNMARK --restore-mark", "-j NFQUEUE --queue-num 7"},
+				chainPost:     {"-j CONNMARK --save-mark"},
+			},
+			jumps: []Rule{jump("ca0"), post},
+			want: map[string][]string{
+				"PREROUTING":  {strings.Join(jump("ca0").Args, " "), foreign},
+				"POSTROUTING": {strings.Join(post.Args, " ")},
+				chainPre:      {"-j CONNMARK --restore-mark", "-m mark --mark 0 -j NFQUEUE --queue-num 0"},
+				chainPost:     {"-j CONNMARK --save-mark"},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeIPTables()
+			for c, rs := range tc.start {
+				f.chains[c] = slices.Clone(rs)
+			}
+			if err := syncChains(f, tc.jumps, own); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, f.chains); diff != "" {
+				t.Errorf("chains after sync (-want +got):\n%s", diff)
+			}
+			f.writes = 0
+			if err := syncChains(f, tc.jumps, own); err != nil {
+				t.Fatal(err)
+			}
+			if f.writes != 0 {
+				t.Errorf("a second sync of the same spec wrote %d times; want none (a rewrite opens a window with an empty chain)", f.writes)
+			}
+		})
+	}
+}
+
+// TestDeleteJumps: removing nfsteer deletes its jumps, and only them.
+func TestDeleteJumps(t *testing.T) {
+	f := newFakeIPTables()
+	f.chains["PREROUTING"] = []string{"-i a -j NFSTEER-PRE", "-i eth9 -j ACCEPT", `-i b -m comment --comment "nfsteer" -j NFSTEER-PRE`, "-j MARK --set-mark 1"}
+	if err := deleteJumps(f, "PREROUTING", nil); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"-i eth9 -j ACCEPT", "-j MARK --set-mark 1"}, f.chains["PREROUTING"]); diff != "" {
+		t.Errorf("PREROUTING after deleting the jumps (-want +got):\n%s", diff)
+	}
+}
