@@ -249,6 +249,9 @@ func firstPins(tab *steering.Table, o sessions.Outcome) steering.Pins {
 	return p
 }
 
+// TestSessions writes and reads sessions as the nodes do, one step a
+// subtest on one server; each step uses flows of its own, so a failing
+// step hides none of the others.
 func TestSessions(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
@@ -256,8 +259,23 @@ func TestSessions(t *testing.T) {
 		tab := labTable(t)
 		gw := s.NewSessions("", time.Minute)
 		fwSide := s.NewSessions("fw", time.Minute)
-		newSession := func(sport uint16) sessions.Session { return acmeSession(tab, sport) }
-
+		write := func(t *testing.T, w *store.Sessions, ops ...sessions.Op) []sessions.Outcome {
+			t.Helper()
+			out, err := w.Write(ctx, sessions.Name(tab, ops))
+			if err != nil || len(out) != len(ops) {
+				t.Fatalf("Write(%d ops) = %+v, %v", len(ops), out, err)
+			}
+			return out
+		}
+		op := func(kind sessions.OpKind, s sessions.Session) sessions.Op { return sessions.Op{Kind: kind, Session: s} }
+		get := func(t *testing.T, k sessions.Key) *sessions.Record {
+			t.Helper()
+			rec, err := gw.Get(ctx, k)
+			if err != nil {
+				t.Fatalf("Get(%s): %v", k, err)
+			}
+			return rec
+		}
 		// otherFirewall returns s pinned at the firewall hop to the
 		// firewall it was not pinned to, and that firewall.
 		otherFirewall := func(s sessions.Session) (sessions.Session, *steering.Instance) {
@@ -268,175 +286,184 @@ func TestSessions(t *testing.T) {
 			s.Pins[0] = fw.ID
 			return s, fw
 		}
-
-		// A refresh of a session Redis does not hold says it was lost.
-		out, err := gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpRefresh, Session: newSession(39999)}}))
-		if err != nil || !out[0].Lost {
-			t.Fatalf("refresh of a missing session: %v, %+v; want Lost", err, out)
-		}
-
-		// First writer wins: a second create with other pins reports the
-		// first one's.
-		a := newSession(40000)
-		out, err = gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: a}}))
-		if err != nil || out[0].Existed {
-			t.Fatalf("first create: %v, %+v", err, out)
-		}
-		// Every entry expires unless refreshed, from its create on: a
-		// flow that ends before its first refresh, on a node that dies,
-		// must not stay in Redis for good.
-		expires := func(k sessions.Key) {
+		// expires checks that an entry expires unless refreshed, from its
+		// create on: a flow that ends before its first refresh, on a node
+		// that dies, must not stay in Redis for good.
+		expires := func(t *testing.T, k sessions.Key) {
 			t.Helper()
-			if rec, err := gw.Get(ctx, k); err != nil || rec.TTL <= 0 || rec.TTL > time.Minute {
-				t.Fatalf("session %s after its create: %+v, %v; want a TTL in (0, 1m]", k, rec, err)
+			if rec := get(t, k); rec.TTL <= 0 || rec.TTL > time.Minute {
+				t.Errorf("session %s after its create has TTL %v; want (0, 1m]", k, rec.TTL)
 			}
 		}
-		expires(a.Key)
-		b, fw := otherFirewall(a)
-		out, err = gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: b}}))
-		if err != nil || !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
-			t.Fatalf("second create: %v, %+v; want Existed with pins %v", err, out, a.Pins)
-		}
-		// It indexed its own roles before it knew it lost; those the first
-		// writer's lack are gone again.
-		index := "nfsteer:i:{" + fw.Name + "}:primary"
-		if err := store.ClientOf(s).ZScore(ctx, index, b.Key.String()).Err(); !errors.Is(err, redis.Nil) {
-			t.Fatalf("ZSCORE %s %s after a lost create: %v; want no entry", index, b.Key, err)
-		}
-
-		// A firewall's create carries its verdict: into the existing
-		// session (reporting its pins), or into a new one it creates.
-		b.Rule = 1
-		out, err = fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreateState, Session: b}}))
-		if err != nil || !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
-			t.Fatalf("create with state over an existing session: %v, %+v; want Existed with pins %v", err, out, a.Pins)
-		}
-		if rec, err := gw.Get(ctx, a.Key); err != nil || !strings.Contains(rec.State["fw"], `"rule":1`) {
-			t.Fatalf("state after create with state = %+v, %v; want rule 1", rec, err)
-		}
-		// Several creates in one batch share each index's ZADD: every
-		// session is indexed under its roles.
-		indexed := func(inst, role, flow string) bool {
+		// indexed reports whether inst's role index lists flow.
+		indexed := func(t *testing.T, inst, role, flow string) bool {
 			t.Helper()
-			recs, _, err := s.List(ctx, inst, role)
-			if err != nil {
+			err := store.ClientOf(s).ZScore(ctx, "nfsteer:i:{"+inst+"}:"+role, flow).Err()
+			if err != nil && !errors.Is(err, redis.Nil) {
 				t.Fatal(err)
 			}
-			return slices.ContainsFunc(recs, func(r *sessions.Record) bool { return r.Flow == flow })
+			return err == nil
 		}
-		var batch []sessions.Op
-		for sport := uint16(40100); sport < 40110; sport++ {
-			batch = append(batch, sessions.Op{Kind: sessions.OpCreate, Session: newSession(sport)})
-		}
-		out, err = gw.Write(ctx, sessions.Name(tab, batch))
-		if err != nil || len(out) != len(batch) {
-			t.Fatalf("batch of creates: %v, %+v", err, out)
-		}
-		for i, op := range batch {
-			rec, err := gw.Get(ctx, op.Session.Key)
-			if err != nil || out[i].Existed {
-				t.Fatalf("batch create %d: %+v, %v, %+v", i, rec, err, out[i])
+
+		t.Run("a refresh of a session Redis does not hold says it was lost", func(t *testing.T) {
+			if out := write(t, gw, op(sessions.OpRefresh, acmeSession(tab, 39999))); !out[0].Lost {
+				t.Errorf("outcome %+v; want Lost", out[0])
 			}
-			for _, h := range rec.Hops {
-				if !indexed(h.Primary, store.RolePrimary, rec.Flow) || !indexed(h.Secondary, store.RoleSecondary, rec.Flow) {
-					t.Fatalf("batch session %s not indexed under %+v", rec.Flow, h)
+		})
+
+		t.Run("first writer wins", func(t *testing.T) {
+			a := acmeSession(tab, 40000)
+			if out := write(t, gw, op(sessions.OpCreate, a)); out[0].Existed {
+				t.Fatalf("first create found a session: %+v", out[0])
+			}
+			expires(t, a.Key)
+			b, fw := otherFirewall(a)
+			out := write(t, gw, op(sessions.OpCreate, b))
+			if !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
+				t.Errorf("second create: %+v; want Existed with pins %v", out[0], a.Pins)
+			}
+			// It indexed its own roles before it knew it lost; those the
+			// first writer's lack are gone again.
+			if indexed(t, fw.Name, store.RolePrimary, b.Key.String()) {
+				t.Errorf("%s still indexed as primary of %s after its create lost", fw.Name, b.Key)
+			}
+		})
+
+		t.Run("a firewall's create carries its verdict into an existing session", func(t *testing.T) {
+			a := acmeSession(tab, 40010)
+			write(t, gw, op(sessions.OpCreate, a))
+			b, _ := otherFirewall(a)
+			b.Rule = 1
+			out := write(t, fwSide, op(sessions.OpCreateState, b))
+			if !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
+				t.Errorf("create with state: %+v; want Existed with pins %v", out[0], a.Pins)
+			}
+			if rec := get(t, a.Key); !strings.Contains(rec.State["fw"], `"rule":1`) {
+				t.Errorf("state %v; want rule 1", rec.State)
+			}
+		})
+
+		t.Run("a batch of creates indexes every session under its roles", func(t *testing.T) {
+			var batch []sessions.Op
+			for sport := uint16(40100); sport < 40110; sport++ {
+				batch = append(batch, op(sessions.OpCreate, acmeSession(tab, sport)))
+			}
+			out := write(t, gw, batch...)
+			for i, o := range batch {
+				if out[i].Existed {
+					t.Errorf("batch create %d found a session", i)
+				}
+				rec := get(t, o.Session.Key)
+				for _, h := range rec.Hops {
+					if !indexed(t, h.Primary, store.RolePrimary, rec.Flow) || !indexed(t, h.Secondary, store.RoleSecondary, rec.Flow) {
+						t.Errorf("batch session %s not indexed under %+v", rec.Flow, h)
+					}
 				}
 			}
-		}
-		// A firewall that creates first leaves the indexing to the
-		// gateway, whose losing create indexes the firewall's roles, not
-		// its own.
-		first := newSession(40200)
-		first.Rule = 0
-		if out, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreateState, Session: first}})); err != nil || out[0].Existed {
-			t.Fatalf("firewall's create: %v, %+v", err, out)
-		}
-		expires(first.Key)
-		late, other := otherFirewall(first)
-		if out, err := gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: late}})); err != nil || !out[0].Existed || firstPins(tab, out[0]) != first.Pins {
-			t.Fatalf("gateway's late create: %v, %+v; want Existed with pins %v", err, out, first.Pins)
-		}
-		winner, _ := tab.InstanceByID(first.Pins[0])
-		if flow := first.Key.String(); !indexed(winner.Name, store.RolePrimary, flow) || indexed(other.Name, store.RolePrimary, flow) {
-			t.Fatalf("after a lost create, %s primary: %v, %s primary: %v; want the first writer's only",
-				winner.Name, indexed(winner.Name, store.RolePrimary, flow), other.Name, indexed(other.Name, store.RolePrimary, flow))
-		}
-		for _, op := range append(batch, sessions.Op{Session: first}) {
-			if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpDelete, Session: op.Session}})); err != nil {
-				t.Fatal(err)
+		})
+
+		t.Run("a firewall that creates first leaves the indexing to the gateway", func(t *testing.T) {
+			first := acmeSession(tab, 40200)
+			first.Rule = 0
+			if out := write(t, fwSide, op(sessions.OpCreateState, first)); out[0].Existed {
+				t.Fatalf("firewall's create found a session: %+v", out[0])
 			}
-		}
-
-		// The primary writes its state; the record and the indexes show
-		// it.
-		a.Rule = 0
-		if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpState, Session: a}})); err != nil {
-			t.Fatal(err)
-		}
-		rec, err := gw.Get(ctx, a.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		primary, _ := tab.InstanceByID(a.Pins[0])
-		if rec.Hops[0].Primary != primary.Name || rec.Hops[0].Service != "fw" || rec.Hops[0].Secondary == "" ||
-			!strings.Contains(rec.State["fw"], `"verdict":"allow"`) || rec.TTL <= 0 {
-			t.Fatalf("record %+v", rec)
-		}
-		secondary := rec.Hops[0].Secondary
-		for _, c := range []struct{ inst, role string }{{primary.Name, store.RolePrimary}, {secondary, store.RoleSecondary}} {
-			recs, bad, err := s.List(ctx, c.inst, c.role)
-			if err != nil || len(bad) > 0 || len(recs) != 1 || recs[0].Flow != a.Key.String() {
-				t.Fatalf("List(%s, %s) = %v, %v, %v; want the one session", c.inst, c.role, recs, bad, err)
+			expires(t, first.Key)
+			// The gateway's losing create indexes the firewall's roles,
+			// not its own.
+			late, other := otherFirewall(first)
+			if out := write(t, gw, op(sessions.OpCreate, late)); !out[0].Existed || firstPins(tab, out[0]) != first.Pins {
+				t.Fatalf("gateway's late create: %+v; want Existed with pins %v", out[0], first.Pins)
 			}
-		}
-
-		// The secondary takes over: Redis names it primary.
-		sec, _ := tab.InstanceByName(secondary)
-		taken := a
-		taken.Pins[0] = sec.ID
-		if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpTakeover, Hop: 0, From: primary.ID, Session: taken}})); err != nil {
-			t.Fatal(err)
-		}
-		recs, _, err := s.List(ctx, secondary, store.RolePrimary)
-		if err != nil || len(recs) != 1 {
-			t.Fatalf("after takeover, List(%s, primary) = %v, %v", secondary, recs, err)
-		}
-		// The script rewrote the meta through Lua's cjson: nothing but
-		// the roles at the hop taken over (and the times) may change.
-		want := *rec
-		want.Hops = slices.Clone(rec.Hops)
-		want.Hops[0].Primary, want.Hops[0].Secondary = secondary, primary.Name
-		if diff := cmp.Diff(&want, recs[0], cmpopts.IgnoreFields(sessions.Record{}, "Updated", "TTL")); diff != "" {
-			t.Fatalf("record after takeover (-want +got):\n%s", diff)
-		}
-		if recs, _, _ := s.List(ctx, primary.Name, store.RolePrimary); len(recs) != 0 {
-			t.Fatalf("after takeover, %s still primary of %v", primary.Name, recs)
-		}
-
-		// A malformed entry (a record that does not decode, a key of
-		// another type) is reported with its key, not half-read.
-		c := store.ClientOf(s)
-		bad, wrongType := flowKey(40001), flowKey(40002)
-		c.Set(ctx, "nfsteer:s:{"+bad.String()+"}", "{not json", 0)
-		c.HSet(ctx, "nfsteer:s:{"+wrongType.String()+"}", "meta", "a hash")
-		for _, k := range []sessions.Key{bad, wrongType} {
-			c.ZAdd(ctx, "nfsteer:i:{"+secondary+"}:primary", redisZ(k.String()))
-			if _, err := gw.Get(ctx, k); !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), k.String()) {
-				t.Fatalf("Get(malformed %s) = %v, want ErrMalformed naming the key", k, err)
+			winner, _ := tab.InstanceByID(first.Pins[0])
+			flow := first.Key.String()
+			if !indexed(t, winner.Name, store.RolePrimary, flow) || indexed(t, other.Name, store.RolePrimary, flow) {
+				t.Errorf("after a lost create, %s primary: %v, %s primary: %v; want the first writer's only",
+					winner.Name, indexed(t, winner.Name, store.RolePrimary, flow), other.Name, indexed(t, other.Name, store.RolePrimary, flow))
 			}
-		}
-		recs, badErrs, err := s.List(ctx, secondary, store.RolePrimary)
-		if err != nil || len(recs) != 1 || len(badErrs) != 2 {
-			t.Fatalf("List with two malformed entries = %d records, %v, %v; want 1 record and 2 bad", len(recs), badErrs, err)
-		}
+		})
 
-		// Delete removes the entry and its index entries.
-		if _, err := fwSide.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpDelete, Session: taken}})); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
-			t.Fatalf("Get after delete = %v, want ErrNoSession", err)
-		}
+		t.Run("the primary writes its state; the record and indexes show it", func(t *testing.T) {
+			a := acmeSession(tab, 40300)
+			a.Rule = 0
+			write(t, gw, op(sessions.OpCreate, a))
+			write(t, fwSide, op(sessions.OpState, a))
+			rec := get(t, a.Key)
+			primary, _ := tab.InstanceByID(a.Pins[0])
+			if rec.Hops[0].Primary != primary.Name || rec.Hops[0].Service != "fw" || rec.Hops[0].Secondary == "" ||
+				!strings.Contains(rec.State["fw"], `"verdict":"allow"`) || rec.TTL <= 0 {
+				t.Fatalf("record %+v", rec)
+			}
+			for _, c := range []struct{ inst, role string }{{primary.Name, store.RolePrimary}, {rec.Hops[0].Secondary, store.RoleSecondary}} {
+				recs, bad, err := s.List(ctx, c.inst, c.role)
+				if err != nil || len(bad) > 0 || !slices.ContainsFunc(recs, func(r *sessions.Record) bool { return r.Flow == rec.Flow }) {
+					t.Errorf("List(%s, %s) = %v, %v, %v; want the session among them", c.inst, c.role, recs, bad, err)
+				}
+			}
+		})
+
+		t.Run("the secondary takes over; then a delete removes all", func(t *testing.T) {
+			a := acmeSession(tab, 40400)
+			a.Rule = 0
+			write(t, gw, op(sessions.OpCreate, a))
+			write(t, fwSide, op(sessions.OpState, a))
+			rec := get(t, a.Key)
+			primary, _ := tab.InstanceByID(a.Pins[0])
+			secondary := rec.Hops[0].Secondary
+			sec, _ := tab.InstanceByName(secondary)
+			taken := a
+			taken.Pins[0] = sec.ID
+			write(t, fwSide, sessions.Op{Kind: sessions.OpTakeover, Hop: 0, From: primary.ID, Session: taken})
+			// The script rewrote the record through Lua's cjson: nothing
+			// but the roles at the hop taken over (and the times) may
+			// change.
+			want := *rec
+			want.Hops = slices.Clone(rec.Hops)
+			want.Hops[0].Primary, want.Hops[0].Secondary = secondary, primary.Name
+			if diff := cmp.Diff(&want, get(t, a.Key), cmpopts.IgnoreFields(sessions.Record{}, "Updated", "TTL", "State")); diff != "" {
+				t.Errorf("record after takeover (-want +got):\n%s", diff)
+			}
+			// The old primary's own index entry stays until it expires:
+			// List trusts each record's roles, not the index.
+			listed := func(inst string) bool {
+				recs, _, err := s.List(ctx, inst, store.RolePrimary)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return slices.ContainsFunc(recs, func(r *sessions.Record) bool { return r.Flow == rec.Flow })
+			}
+			if !listed(secondary) || listed(primary.Name) {
+				t.Errorf("after takeover, List(primary): %s %v, %s %v; want the new primary only",
+					secondary, listed(secondary), primary.Name, listed(primary.Name))
+			}
+			write(t, fwSide, op(sessions.OpDelete, taken))
+			if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
+				t.Errorf("Get after delete = %v, want ErrNoSession", err)
+			}
+			if indexed(t, secondary, store.RolePrimary, rec.Flow) || indexed(t, primary.Name, store.RoleSecondary, rec.Flow) {
+				t.Errorf("deleted session still indexed under its roles")
+			}
+		})
+
+		t.Run("a malformed entry is reported with its key, not half-read", func(t *testing.T) {
+			c := store.ClientOf(s)
+			good := acmeSession(tab, 40500)
+			write(t, gw, op(sessions.OpCreate, good))
+			inst := get(t, good.Key).Hops[0].Primary
+			bad, wrongType := flowKey(40001), flowKey(40002)
+			c.Set(ctx, "nfsteer:s:{"+bad.String()+"}", "{not json", 0)
+			c.HSet(ctx, "nfsteer:s:{"+wrongType.String()+"}", "meta", "a hash")
+			for _, k := range []sessions.Key{bad, wrongType} {
+				c.ZAdd(ctx, "nfsteer:i:{"+inst+"}:primary", redisZ(k.String()))
+				if _, err := gw.Get(ctx, k); !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), k.String()) {
+					t.Errorf("Get(malformed %s) = %v, want ErrMalformed naming the key", k, err)
+				}
+			}
+			recs, badErrs, err := s.List(ctx, inst, store.RolePrimary)
+			if err != nil || len(badErrs) != 2 || !slices.ContainsFunc(recs, func(r *sessions.Record) bool { return r.Flow == good.Key.String() }) {
+				t.Errorf("List with two malformed entries = %d records, %v, %v; want the good one and 2 bad", len(recs), badErrs, err)
+			}
+		})
 	})
 }
 
