@@ -66,7 +66,7 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 	s := base
 	s.Hops = nil
 	self := t.NodeFor(node)
-	gateway := self.Instance < 0
+	gateway := roleOf(t, self, false) == Gateway
 	if gateway && len(base.Outer) == 0 {
 		return s, fmt.Errorf("node %q: %w, so it is a gateway: give its --outer interfaces (or --spare for a host about to be added)", node, ErrNotInMap)
 	}
