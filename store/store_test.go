@@ -383,13 +383,22 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
-		t.Run("the primary writes its state; the record and indexes show it", func(t *testing.T) {
-			a := acmeSession(tab, 40300)
+		// admitted creates acme's session from sport as a gateway does
+		// and writes the firewall primary's verdict into it, as the
+		// primary does; it returns the session, its record and the
+		// primary.
+		admitted := func(t *testing.T, sport uint16) (sessions.Session, *sessions.Record, *steering.Instance) {
+			t.Helper()
+			a := acmeSession(tab, sport)
 			a.Rule = 0
 			write(t, gw, op(sessions.OpCreate, a))
 			write(t, fwSide, op(sessions.OpState, a))
-			rec := get(t, a.Key)
 			primary, _ := tab.InstanceByID(a.Pins[0])
+			return a, get(t, a.Key), primary
+		}
+
+		t.Run("the primary writes its state; the record and indexes show it", func(t *testing.T) {
+			_, rec, primary := admitted(t, 40300)
 			if rec.Hops[0].Primary != primary.Name || rec.Hops[0].Service != "fw" || rec.Hops[0].Secondary == "" ||
 				!strings.Contains(rec.State["fw"], `"verdict":"allow"`) || rec.TTL <= 0 {
 				t.Fatalf("record %+v", rec)
@@ -403,12 +412,7 @@ func TestSessions(t *testing.T) {
 		})
 
 		t.Run("the secondary takes over; then a delete removes all", func(t *testing.T) {
-			a := acmeSession(tab, 40400)
-			a.Rule = 0
-			write(t, gw, op(sessions.OpCreate, a))
-			write(t, fwSide, op(sessions.OpState, a))
-			rec := get(t, a.Key)
-			primary, _ := tab.InstanceByID(a.Pins[0])
+			a, rec, primary := admitted(t, 40400)
 			secondary := rec.Hops[0].Secondary
 			sec, _ := tab.InstanceByName(secondary)
 			taken := a
