@@ -54,6 +54,9 @@ type Counters struct {
 	LastSwitch atomic.Int64
 	// NewFlows counts flows this node recorded first.
 	NewFlows atomic.Uint64
+	// Unsteered is the kernel's count of new flows forwarded without a
+	// decision, as last read (see [rules.Kernel.Unsteered]).
+	Unsteered atomic.Uint64
 	// Steered counts steering decisions by next-hop instance ID.
 	Steered [steering.MaxID + 1]atomic.Uint64
 }
@@ -285,7 +288,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	reader := newReader(a, spec.QueueSet())
 	a.queue = reader.Counters()
 	g, gctx := errgroup.WithContext(ctx)
-	tasks := []Task{reader.Run, a.flows.Run, a.logFlows}
+	tasks := []Task{reader.Run, a.flows.Run, a.logFlows, a.countUnsteered}
 	if a.cfg.MetricsAddr != "" {
 		ms, err := metrics.Listen(a.cfg.MetricsAddr, collector{a: a, reader: reader.Counters})
 		if err != nil {
@@ -347,7 +350,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	runtime.GC()
 	st.published.Prepare()
 	a.log.Info("ready", "role", role, "outer", spec.Outer, "queues", spec.WithDefaults().Queues,
-		"fail_closed", spec.FailClosed, "hops", len(spec.Hops), "map_version", st.table.Version(),
+		"fail_closed", spec.FailClosed, "overload_bypass", spec.OverloadBypass, "hops", len(spec.Hops), "map_version", st.table.Version(),
 		"redis", redis, "mirror", a.mirror != nil)
 	return g.Wait()
 }
@@ -414,6 +417,33 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 	a.count(d)
 	a.logFlow(p, reply, d)
 	return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(mark, reply, markValue(d))}
+}
+
+// unsteeredEvery is how often the kernel's count of unsteered flows is
+// read: it runs iptables, tens of milliseconds.
+const unsteeredEvery = time.Second
+
+// countUnsteered reads the kernel's count of new flows forwarded without a
+// decision into Counters.Unsteered, off the packet path, and logs when it
+// grows.
+func (a *Agent) countUnsteered(ctx context.Context) error {
+	tick := time.NewTicker(unsteeredEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		n, err := a.kernel.Unsteered()
+		if err != nil {
+			continue // the rules are being replaced, or iptables is busy: next time
+		}
+		if old := a.Counters.Unsteered.Swap(n); n > old {
+			a.log.Warn("new flows left without a steering decision", "flows", n-old, "total", n,
+				"overload_bypass", a.Spec().OverloadBypass)
+		}
+	}
 }
 
 // count counts a decision, by kind and next hop.

@@ -31,6 +31,8 @@ type fakeKernel struct {
 	applied []rules.Spec
 	removed int
 	fail    error // returned by Apply when set
+	// unsteered is what Unsteered reports.
+	unsteered uint64
 }
 
 var _ rules.Kernel = (*fakeKernel)(nil)
@@ -53,6 +55,12 @@ func (k *fakeKernel) Remove() error {
 }
 
 func (k *fakeKernel) Show() ([]string, error) { return nil, nil }
+
+func (k *fakeKernel) Unsteered() (uint64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.unsteered, nil
+}
 
 // last returns the last spec applied and how many were.
 func (k *fakeKernel) last() (rules.Spec, int) {

@@ -31,8 +31,9 @@ var (
 	descFirewall    = desc("firewall_verdicts_total", "Firewall verdicts on flows new to this instance, by outcome.", "outcome")
 	descLookups     = desc("session_lookups_total", "Redis session lookups for packets memory could not decide, by outcome.", "outcome")
 	descKWaiting    = desc("kernel_queue_waiting", "Packets waiting in the kernel queues for a verdict.")
-	descKDropped    = desc("kernel_queue_dropped_total", "Packets the kernel could not queue (queue full: accepted when fail-open).")
+	descKDropped    = desc("kernel_queue_dropped_total", "Packets the kernel dropped because a queue was full (--overload drop). With --overload bypass they pass instead, uncounted here: see unsteered_flows_total.")
 	descKUserDrop   = desc("kernel_queue_user_dropped_total", "Packets the kernel could not deliver to the agent's socket.")
+	descUnsteered   = desc("unsteered_flows_total", "New flows forwarded without a steering decision (counted by a kernel rule): let around the chain by a full queue with --overload bypass, or by --fail open while no agent read the queues, or whose first packet the agent could not parse.")
 	descMirrorDepth = desc("mirror_queue_depth", "Session operations waiting to be written to Redis.")
 	descMirrorOps   = desc("mirror_operations_total", "Session operations by fate: queued, written, dropped (queue full), refused (by Redis, for good: a key of another type).", "fate")
 	descMirrorFail  = desc("mirror_write_failures_total", "Batch writes to Redis that failed and were retried.")
@@ -83,6 +84,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ctr(descKDropped, q.dropped)
 		ctr(descKUserDrop, q.userDropped)
 	}
+	ctr(descUnsteered, k.Unsteered.Load())
 	if m := a.mirror; m != nil {
 		ch <- metrics.Gauge(descMirrorDepth, float64(m.Stats.Depth.Load()))
 		ctr(descMirrorOps, m.Stats.Queued.Load(), "queued")

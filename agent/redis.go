@@ -116,6 +116,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			r.LatencyUS = a.queue.MaxLatency.Swap(0) / 1000
 		}
 		r.RTTUS = rtt.Microseconds()
+		r.Unsteered = a.Counters.Unsteered.Load()
 		hctx, cancel := context.WithTimeout(ctx, max(a.cfg.HeartbeatInterval, 100*time.Millisecond))
 		sent := time.Now()
 		err := a.store.Heartbeat(hctx, r)

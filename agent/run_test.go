@@ -226,3 +226,27 @@ func TestRoles(t *testing.T) {
 		t.Errorf("roles (-want +got):\n%s", diff)
 	}
 }
+
+// TestUnsteeredReported: the kernel's count of flows that left without a
+// decision reaches the heartbeat and the metrics.
+func TestUnsteeredReported(t *testing.T) {
+	n := newFakeNode(t, "gw", labVersion(t), nil)
+	n.kernel.mu.Lock()
+	n.kernel.unsteered = 5
+	n.kernel.mu.Unlock()
+	n.run(t)
+	deadline := time.Now().Add(3*unsteeredEvery + 2*time.Second)
+	for {
+		rs := n.store.reports()
+		if len(rs) > 0 && rs[len(rs)-1].Unsteered == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no heartbeat reported 5 unsteered flows; last reports %+v", rs[max(0, len(rs)-1):])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(n.logs.String(), "new flows left without a steering decision") {
+		t.Error("growth of the unsteered count not logged")
+	}
+}

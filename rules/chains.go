@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -21,6 +22,29 @@ type chains interface {
 	Insert(table, chain string, pos int, rulespec ...string) error
 	Append(table, chain string, rulespec ...string) error
 	DeleteById(table, chain string, id int) error
+	// ListWithCounters is List with each rule's "-c packets bytes".
+	ListWithCounters(table, chain string) ([]string, error)
+}
+
+// unsteeredIn returns the packet count of the UnsteeredComment rule among
+// lines, as ListWithCounters prints them (0 if it is not there).
+func unsteeredIn(lines []string) (uint64, error) {
+	for _, l := range lines {
+		if !strings.Contains(l, UnsteeredComment) {
+			continue
+		}
+		f := strings.Fields(l)
+		i := slices.Index(f, "-c")
+		if i < 0 || i+1 >= len(f) {
+			return 0, fmt.Errorf("no counters in %q", l)
+		}
+		n, err := strconv.ParseUint(f[i+1], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("counters in %q: %v", l, err)
+		}
+		return n, nil
+	}
+	return 0, nil
 }
 
 // syncChains makes nfsteer's own chains hold exactly own, then the

@@ -182,3 +182,34 @@ func TestDeleteJumps(t *testing.T) {
 		t.Errorf("PREROUTING after deleting the jumps (-want +got):\n%s", diff)
 	}
 }
+
+func (f *fakeIPTables) ListWithCounters(table, chain string) ([]string, error) {
+	lines, err := f.List(table, chain)
+	for i := range lines {
+		if strings.HasPrefix(lines[i], "-A ") {
+			lines[i] += " -c 0 0"
+		}
+	}
+	return lines, err
+}
+
+func TestUnsteeredIn(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		lines   []string
+		want    uint64
+		wantErr bool
+	}{
+		{"counted", []string{"-N NFSTEER-POST", "-A NFSTEER-POST -j CONNMARK --save-mark -c 900 1000", `-A NFSTEER-POST -m mark --mark 0x0/0xfff -m comment --comment "nfsteer-unsteered" -c 42 3360`}, 42, false},
+		{"no such rule (rules of an older version)", []string{"-N NFSTEER-POST"}, 0, false},
+		{"no counters", []string{`-A NFSTEER-POST -m comment --comment nfsteer-unsteered`}, 0, true},
+		{"bad counters", []string{`-A NFSTEER-POST -m comment --comment nfsteer-unsteered -c x 0`}, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := unsteeredIn(tc.lines)
+			if got != tc.want || (err != nil) != tc.wantErr {
+				t.Errorf("unsteeredIn = %d, %v; want %d, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}

@@ -10,4 +10,7 @@ type Kernel interface {
 	Remove() error
 	// Show describes what nfsteer owns right now, one item per line.
 	Show() ([]string, error)
+	// Unsteered returns how many new flows were forwarded without a
+	// steering decision since the rules were installed, in both families.
+	Unsteered() (uint64, error)
 }

@@ -279,6 +279,28 @@ func (k *Linux) removeRouting() error {
 	return errors.Join(errs...)
 }
 
+// Unsteered reads the counters of the rule counting new flows that left
+// without a decision. It runs iptables: call it from a slow path.
+func (k *Linux) Unsteered() (uint64, error) {
+	var total uint64
+	for _, f := range k.fams {
+		ok, err := f.ipt.ChainExists(table, chainPost)
+		if err != nil || !ok {
+			return total, err
+		}
+		lines, err := f.ipt.ListWithCounters(table, chainPost)
+		if err != nil {
+			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
+		}
+		n, err := unsteeredIn(lines)
+		if err != nil {
+			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
 // Show lists nfsteer's chains, jumps, ip rules and routes.
 func (k *Linux) Show() ([]string, error) {
 	var out []string

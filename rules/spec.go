@@ -20,6 +20,9 @@ const (
 	RouteProtocol = 110
 	// Comment tags the jumps nfsteer adds to built-in chains.
 	Comment = "nfsteer"
+	// UnsteeredComment tags the rule whose counters count new flows
+	// forwarded without a steering decision (see [Spec.IPTablesRules]).
+	UnsteeredComment = "nfsteer-unsteered"
 
 	chainPre   = "NFSTEER-PRE"
 	chainPost  = "NFSTEER-POST"
@@ -39,9 +42,15 @@ type Spec struct {
 	Queues    int
 	// FailClosed drops new flows while no agent reads the queues; otherwise
 	// they pass unsteered (--queue-bypass).
-	FailClosed   bool
-	TableBase    int
-	RulePriority int
+	FailClosed bool
+	// OverloadBypass lets new flows pass unsteered when a queue is full
+	// (the queue's fail-open flag): availability over inspection. Without
+	// it, the default, they are dropped (TCP retries them). It is the
+	// agent's setting, not a rule: the agent sets the flag when it binds
+	// the queues.
+	OverloadBypass bool
+	TableBase      int
+	RulePriority   int
 	// Hops are the instances this node may send flows to.
 	Hops []Hop
 }
@@ -160,6 +169,16 @@ func (s Spec) IPTablesRules() (jumps, own []Rule) {
 		{chainPre, cat(ct("REPLY"), []string{"-m", "mark", "--mark", "0x0/" + rm}, queue(s.QueueBase+uint16(s.Queues)))},
 		{chainPost, cat(ct("ORIGINAL"), []string{"-m", "mark", "!", "--mark", "0x0/" + om, "-j", "CONNMARK", "--save-mark", "--nfmask", om, "--ctmask", om})},
 		{chainPost, cat(ct("REPLY"), []string{"-m", "mark", "!", "--mark", "0x0/" + rm, "-j", "CONNMARK", "--save-mark", "--nfmask", rm, "--ctmask", rm})},
+		// Counts, and does nothing else: a forwarded new flow whose
+		// connection leaves with no decision saved went around the chain
+		// (the queue's fail-open or bypass, or a first packet the agent
+		// could not parse). The connmark, not the packet's mark: a
+		// gateway forwards a steered flow a second time when the chain
+		// hands it back, on an interface it does not steer, where nothing
+		// restores the packet's mark. A steered connection fails the
+		// first match.
+		{chainPost, []string{"-m", "connmark", "--mark", "0x0/" + om, "-m", "conntrack", "--ctstate", "NEW",
+			"-m", "addrtype", "!", "--src-type", "LOCAL", "-m", "comment", "--comment", UnsteeredComment}},
 	}
 	return jumps, own
 }

@@ -40,6 +40,7 @@ func TestIPTablesRules(t *testing.T) {
 		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -m mark --mark 0x0/0xfff000 -j NFQUEUE --queue-balance 4202:4203",
 		"-A NFSTEER-POST -m conntrack --ctdir ORIGINAL -m mark ! --mark 0x0/0xfff -j CONNMARK --save-mark --nfmask 0xfff --ctmask 0xfff",
 		"-A NFSTEER-POST -m conntrack --ctdir REPLY -m mark ! --mark 0x0/0xfff000 -j CONNMARK --save-mark --nfmask 0xfff000 --ctmask 0xfff000",
+		"-A NFSTEER-POST -m connmark --mark 0x0/0xfff -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m comment --comment nfsteer-unsteered",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("IPTablesRules (-want +got):\n%s", diff)

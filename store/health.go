@@ -23,6 +23,10 @@ type Report struct {
 	QueueBacklog uint64 `json:"queue_backlog"`
 	QueueDrops   uint64 `json:"queue_drops"`
 	LatencyUS    int64  `json:"latency_us"`
+	// Unsteered counts new flows the node forwarded without a steering
+	// decision (a running total, from its kernel rule's counters): with
+	// --overload bypass, those a full queue let around the chain.
+	Unsteered uint64 `json:"unsteered"`
 	// RTTUS is the round trip of the node's last heartbeat to Redis: a
 	// slow service link or an overloaded host shows here.
 	RTTUS       int64  `json:"rtt_us"`

@@ -101,6 +101,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"service with an unknown function", []string{"service", "add", "ids", "--function", "ips", "--instance", "ids-1=10.200.0.31"}, 1, `services.ids.function: unknown function "ips"`},
 		{"removing a service still in a chain", []string{"service", "remove", "dlp"}, 1, `service "dlp": still in use: in the chain of tenant acme (change their chains first)`},
 		{"unknown service", []string{"service", "remove", "ids"}, 1, `no such name in the map: service "ids"`},
+		{"an unknown overload policy", []string{"agent", "--node", "gw", "--overload", "maybe"}, 2, `--overload "maybe": want drop or bypass`},
 		{"instance of an unknown service", []string{"instance", "add", "--service", "ids", "ids-1", "10.200.0.31"}, 1, `service "ids"`},
 		{"duplicate instance", []string{"instance", "add", "--service", "dlp", "fw-1", "10.200.0.31"}, 1, `instance "fw-1": already in the map`},
 		{"instance with a bad address", []string{"instance", "add", "--service", "dlp", "dlp-3", "10.200.0.300"}, 1, `services.dlp.instances.dlp-3[0]: "10.200.0.300" is not an IP address`},

@@ -242,7 +242,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 		fmt.Fprintf(w, "redis\t%s, version %s, %s used, round trip %s\n", r.Addr, r.Version, r.UsedMemory, r.RTT.Round(time.Microsecond))
 		fmt.Fprintf(w, "map\tversion %d\n", r.MapVersion)
 		fmt.Fprintf(w, "controller\t%s\n\n", controller)
-		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
+		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
 		for _, a := range st.Agents {
 			mv := fmt.Sprint(a.MapVersion)
 			if a.MapVersion < r.MapVersion {
@@ -252,7 +252,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			if a.Score >= 0 {
 				score = fmt.Sprint(a.Score)
 			}
-			row(w, a.Node, a.Role, a.State, score, mv, age(a.HeartbeatAge), micros(a.RTTUS), a.Sessions, a.QueueBacklog, a.QueueDrops,
+			row(w, a.Node, a.Role, a.State, score, mv, age(a.HeartbeatAge), micros(a.RTTUS), a.Sessions, a.QueueBacklog, a.QueueDrops, a.Unsteered,
 				micros(a.LatencyUS), a.MirrorDepth, a.MirrorDrops)
 		}
 	})

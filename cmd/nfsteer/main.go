@@ -145,6 +145,7 @@ func nodeFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "outer", Usage: "a gateway's steered `IFACE` (repeat for several)", EnvVars: []string{"NFSTEER_OUTER"}},
 		&cli.IntFlag{Name: "queues", Value: 1, Usage: "NFQUEUE queues per direction", EnvVars: []string{"NFSTEER_QUEUES"}},
 		&cli.StringFlag{Name: "fail", Value: "open", Usage: "with no agent reading the queues, new flows pass (`open`) or are dropped (closed)", EnvVars: []string{"NFSTEER_FAIL"}},
+		&cli.StringFlag{Name: "overload", Value: "drop", Usage: "with a queue full, new flows are dropped (`drop`: TCP retries them) or pass around their chain, counted (bypass: availability over inspection)", EnvVars: []string{"NFSTEER_OVERLOAD"}},
 		&cli.UintFlag{Name: "queue-base", Value: rules.DefaultQueueBase, Usage: "first NFQUEUE number"},
 		&cli.IntFlag{Name: "table-base", Value: rules.DefaultTableBase, Usage: "routing table of instance ID n is this plus n"},
 		&cli.IntFlag{Name: "rule-priority", Value: rules.DefaultRulePriority, Usage: "priority of nfsteer's ip rules"},
@@ -165,6 +166,13 @@ func specFromFlags(c *cli.Context) (rules.Spec, error) {
 		s.FailClosed = true
 	default:
 		return s, cli.Exit(fmt.Sprintf("--fail %q: want open or closed", c.String("fail")), 2)
+	}
+	switch c.String("overload") {
+	case "drop":
+	case "bypass":
+		s.OverloadBypass = true
+	default:
+		return s, cli.Exit(fmt.Sprintf("--overload %q: want drop or bypass", c.String("overload")), 2)
 	}
 	if c.Uint("queue-base") > 0xffff {
 		return s, cli.Exit("--queue-base: at most 65535", 2)
@@ -261,7 +269,10 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 				}
 			}()
 			err = a.Run(ctx, func(h nfq.Handler, qs []nfq.Queue) agent.QueueReader {
-				return nfq.NewReader(nfq.Config{Queues: qs, FailOpen: !spec.FailClosed}, h)
+				// A full queue drops, unless the operator chose to let new
+				// flows around their chains (--overload bypass). That is
+				// not the same as --fail open, which is for no reader at all.
+				return nfq.NewReader(nfq.Config{Queues: qs, FailOpen: spec.OverloadBypass}, h)
 			})
 			if err != nil {
 				return err

@@ -1,0 +1,198 @@
+//go:build linux
+
+package tests
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/tests/lab"
+	"golang.org/x/sys/unix"
+)
+
+// flood sends n one-packet UDP flows from host, as fast as one raw socket
+// goes: every datagram from src to dst:dport with its own source port (so
+// its own 5-tuple), in rounds over the ports from 1024. It returns how
+// many it sent.
+func flood(t *testing.T, l *lab.Lab, host string, src, dst netip.Addr, dport uint16, n int) int {
+	t.Helper()
+	var fd int
+	err := l.InNS(host, func() (err error) {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW) // IP_HDRINCL
+		return err
+	})
+	if err != nil {
+		t.Fatalf("raw socket in %s: %v", host, err)
+	}
+	defer unix.Close(fd)
+	to := &unix.SockaddrInet4{Addr: dst.As4()}
+	pkt := make([]byte, 20+8+8)
+	// IPv4: version 4, header 5 words, TTL 64, UDP. The kernel fills in
+	// the total length, the ID and the checksum.
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, unix.IPPROTO_UDP
+	copy(pkt[12:16], src.AsSlice())
+	copy(pkt[16:20], dst.AsSlice())
+	binary.BigEndian.PutUint16(pkt[22:24], dport)
+	binary.BigEndian.PutUint16(pkt[24:26], 8+8) // UDP length; checksum 0: none
+	copy(pkt[28:], "nfsteer!")
+	sent := 0
+	for i := 0; i < n; i++ {
+		binary.BigEndian.PutUint16(pkt[20:22], uint16(1024+i%(65536-1024)))
+		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
+			if err == unix.ENOBUFS || err == unix.EAGAIN {
+				continue // the sender's own queue: not a flow the chain saw
+			}
+			t.Fatalf("sending flow %d: %v", i, err)
+		}
+		sent++
+	}
+	return sent
+}
+
+// kernelQueueDropped sums what host's queues dropped, as the kernel counts
+// it in /proc/net/netfilter/nfnetlink_queue: queue_dropped (the queue was
+// full) and queue_user_dropped (the agent's socket was).
+func kernelQueueDropped(t *testing.T, l *lab.Lab, host string) uint64 {
+	t.Helper()
+	out, err := l.Output(host, "cat", "/proc/net/netfilter/nfnetlink_queue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 7 {
+			continue
+		}
+		dropped, _ := strconv.ParseUint(f[5], 10, 64)
+		userDropped, _ := strconv.ParseUint(f[6], 10, 64)
+		total += dropped + userDropped
+	}
+	return total
+}
+
+var unsteeredRe = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s.*nfsteer-unsteered`)
+
+// unsteeredRule returns the packets counted by host's rule of new flows
+// forwarded without a decision, read with iptables in its namespace.
+func unsteeredRule(t *testing.T, l *lab.Lab, host string) uint64 {
+	t.Helper()
+	out, err := l.Output(host, "iptables", "-t", "mangle", "-L", "NFSTEER-POST", "-v", "-x", "-n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := unsteeredRe.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no unsteered rule in %s:\n%s", host, out)
+	}
+	n, _ := strconv.ParseUint(m[1], 10, 64)
+	return n
+}
+
+// TestOverloadNeverBypassesTheChain floods new flows far past what the
+// agents decide, and judges from the server's own counters, by TTL, which
+// flows crossed globex's whole chain (gateway, fw, dlp, gateway: TTL 60
+// at the server) and which did not.
+//
+// With the default --overload drop the queues overflow (the kernel counts
+// the drops) and not one flow reaches the server around its chain. With
+// --overload bypass, chosen explicitly, flows do go around, and the
+// kernel rules count at least as many as arrived off the chain.
+func TestOverloadNeverBypassesTheChain(t *testing.T) {
+	const flows = 40000
+	src, dst := netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.Server)
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		wantBypass bool
+	}{
+		{"default: drop", nil, false},
+		{"bypass, chosen by the operator", []string{"--overload", "bypass"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.New(t, bin)
+			if err := l.StartAll(append([]string{"--metrics", "127.0.0.1:9464"}, tc.args...)...); err != nil {
+				t.Fatal(err)
+			}
+			// A socket on the port, so the server answers nothing (no
+			// port unreachable back through the chain).
+			sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, "9999"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sink.Close()
+			match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9999", lab.GlobexClient, lab.Server)
+			if err := l.Count("srv", "onchain", match+" ip ttl 60"); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Count("srv", "offchain", match+" ip ttl != 60"); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			sent := flood(t, l, "cg", src, dst, 9999, flows)
+			rate := float64(sent) / time.Since(start).Seconds()
+			// Let the queues drain: what is still queued arrives on the chain.
+			var on, off uint64
+			for prev := uint64(1 << 63); ; prev = on + off {
+				time.Sleep(500 * time.Millisecond)
+				on, off = counted(t, l, "srv", "onchain"), counted(t, l, "srv", "offchain")
+				if on+off == prev {
+					break
+				}
+			}
+			dropped := kernelQueueDropped(t, l, "gw")
+			var unsteered uint64
+			for _, h := range append([]string{"gw"}, instanceNames()...) {
+				unsteered += unsteeredRule(t, l, h)
+			}
+			t.Logf("sent %d new flows in %s (%.0f/s): %d arrived on the chain, %d off it; gateway queue dropped %d; unsteered by the rules %d",
+				sent, time.Since(start).Round(time.Millisecond), rate, on, off, dropped, unsteered)
+			if on == 0 {
+				t.Fatal("no flow crossed the chain: the flood proves nothing")
+			}
+			if tc.wantBypass {
+				if off == 0 {
+					t.Fatal("no flow bypassed the chain with --overload bypass: the flood did not overload the agents")
+				}
+				if unsteered < off {
+					t.Errorf("%d flows arrived off the chain but the kernel rules counted %d unsteered", off, unsteered)
+				}
+				return
+			}
+			if off != 0 {
+				t.Errorf("%d of %d flows reached the server without crossing their chain", off, on+off)
+			}
+			if dropped == 0 {
+				t.Fatal("the gateway's queue dropped nothing: the flood did not overload it")
+			}
+			if unsteered != 0 {
+				t.Errorf("the kernel rules counted %d unsteered flows; want none", unsteered)
+			}
+			// The agent exports what the kernel dropped.
+			if !waitFor(3*time.Second, func() bool {
+				m := scrape(t, l, "gw")
+				return m["nfsteer_kernel_queue_dropped_total"]+m["nfsteer_kernel_queue_user_dropped_total"] >= float64(dropped)
+			}) {
+				m := scrape(t, l, "gw")
+				t.Errorf("the gateway's metrics show %v + %v queue drops; the kernel counted %d",
+					m["nfsteer_kernel_queue_dropped_total"], m["nfsteer_kernel_queue_user_dropped_total"], dropped)
+			}
+		})
+	}
+}
+
+// instanceNames lists the lab's instance hosts.
+func instanceNames() []string {
+	var out []string
+	for _, in := range lab.Instances {
+		out = append(out, in.Name)
+	}
+	return out
+}
