@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nfsteer/nfsteer/rules"
@@ -39,7 +40,9 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 		return q, nil
 	})
 	n.store.publish(v2, d)
-	waitFor(t, "version 2", func() bool { return version(n.Agent) == 2 })
+	// Flows move after the node runs the version; the switch is logged
+	// once they have.
+	waitFor(t, "version 2 and its moves", func() bool { return strings.Contains(n.logs.String(), "version=2 from=1") })
 
 	moved := 0
 	for i, f := range flows {
