@@ -402,7 +402,8 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 				return nfq.Result{Verdict: nfq.Drop}
 			}
 			a.Counters.Admitted.Add(1)
-			a.newSession(st, key, d, int16(rule))
+			sess = a.newSession(st, key, d, int16(rule))
+			pins = &sess.Pins
 		} else if st.role == Gateway && a.mirror != nil && !p.Opening() &&
 			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply}) {
 			// Mid-stream at this gateway: the flow opened through another
@@ -411,12 +412,28 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			// or if too many lookups are pending.
 			return nfq.Result{Verdict: nfq.Defer}
 		} else {
-			a.newSession(st, key, d, -1)
+			sess = a.newSession(st, key, d, -1)
+			pins = &sess.Pins
 		}
 	}
 	a.count(d)
 	a.logFlow(p, reply, d)
-	return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(mark, reply, markValue(d))}
+	return nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, mark, &p.Flow, reply, d, pins)}
+}
+
+// steerBoth returns the mark that steers a flow from this node in both
+// directions: d's hop for the packet's direction and, decided now on the
+// same pins, the hop the other direction takes here. The flow's first
+// packet the other way then stays in the kernel: a node crosses to
+// userspace once per flow, not once per direction. The save bit has the
+// kernel keep both halves in the connmark. Where the flow has no pins (a
+// flow of no tenant, or one this node is not in the chain of), the other
+// direction is decided as its first packet would be: on the map.
+func steerBoth(st *state, mark uint32, f *steering.Flow, reply bool, d steering.Decision, pins *steering.Pins) uint32 {
+	back := f.Reversed()
+	other := st.table.Decide(st.node, &back, !reply, pins)
+	mark = rules.SetHalf(mark, reply, markValue(d))
+	return rules.SetHalf(mark, !reply, markValue(other)) | rules.MarkSave
 }
 
 // unsteeredEvery is how often the kernel's count of unsteered flows is
@@ -462,8 +479,10 @@ func markValue(d steering.Decision) uint32 {
 }
 
 // newSession records a flow decided here and queues its mirror writes:
-// gateways create sessions, a firewall also writes its verdict.
-func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16) {
+// gateways create sessions, a firewall also writes its verdict. It returns
+// the session the table holds: another packet of the flow may have been
+// decided first.
+func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16) sessions.Session {
 	now := time.Now().UnixNano()
 	a.Counters.NewFlows.Add(1)
 	s := a.flows.Put(sessions.Session{
@@ -478,6 +497,7 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 	if kind, ok := st.role.createOp(); ok && a.mirror != nil {
 		a.mirror.Enqueue(sessions.Op{Kind: kind, Session: s})
 	}
+	return s
 }
 
 func (a *Agent) logFlow(p *nfq.Packet, reply bool, d steering.Decision) {

@@ -19,17 +19,14 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 	n := newFakeNode(t, "gw", labVersion(t), nil)
 	tab := n.state.Load().table
 	dead, _ := tab.InstanceByName("fw-1")
-	// Connections pinned both ways, half to fw-1 and half to fw-2, each
-	// decided here first.
+	// Connections decided here, about half to fw-1 and half to fw-2, as
+	// the kernel saves their verdicts: the gateway's reply half names the
+	// dlp instance the reply goes back through.
 	var flows []steering.Flow
 	for port := uint16(40000); len(flows) < 16; port++ {
 		p := tcp(fmt.Sprintf("10.10.1.2:%d", port), server, syn)
 		res := n.Handle(p, nil, 0, false)
-		// The reply direction (from the server back through dlp, then fw)
-		// is pinned to the same firewall.
-		s, _ := n.flows.Get(sessions.KeyOf(&p.Flow))
-		res.Mark = rules.SetHalf(res.Mark, true, rules.HalfValue(s.Pins[0]))
-		n.ct.conns = append(n.ct.conns, rules.Conn{Flow: p.Flow, Mark: res.Mark})
+		n.ct.conns = append(n.ct.conns, rules.Conn{Flow: p.Flow, Mark: res.Mark & rules.HopMask})
 		flows = append(flows, p.Flow)
 	}
 	before := slices.Clone(n.ct.conns)
@@ -56,9 +53,9 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 		}
 		moved++
 		to, _ := n.state.Load().table.RolesFor(tab.ServiceByName("fw"), tab.SlotOf(steering.AffinityCode(&f)))
-		want := rules.SetHalf(rules.SetHalf(was, false, rules.HalfValue(to.ID)), true, rules.HalfValue(to.ID))
+		want := rules.SetHalf(was, false, rules.HalfValue(to.ID)) // the reply half names dlp: kept
 		if now != want || to.Name == dead.Name {
-			t.Errorf("flow %d: mark %#x -> %#x; want %#x (both halves to %s)", i, was, now, want, to.Name)
+			t.Errorf("flow %d: mark %#x -> %#x; want %#x (to %s)", i, was, now, want, to.Name)
 		}
 		if s.Pins[0] != to.ID {
 			t.Errorf("flow %d: session pinned to %d at the firewall; want %d", i, s.Pins[0], to.ID)

@@ -66,9 +66,12 @@ func TestHandle(t *testing.T) {
 	if fw.Name == otherFW {
 		otherFW = "fw-2"
 	}
-	steer := func(to *steering.Instance, reply bool) nfq.Result {
-		return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, reply, rules.HalfValue(to.ID))}
+	// both is the verdict that steers a flow both ways from a node: to
+	// fwd in the original direction, back the other way.
+	both := func(fwd, back uint32) nfq.Result {
+		return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(rules.SetHalf(0, false, fwd), true, back) | rules.MarkSave}
 	}
+	id := func(in *steering.Instance) uint32 { return rules.HalfValue(in.ID) }
 	type step struct {
 		p     *nfq.Packet
 		perr  error
@@ -83,21 +86,25 @@ func TestHandle(t *testing.T) {
 		admitted, denied, unknown, parseErrors, fragments uint64
 	}{
 		{
+			// and the reply, when it comes, to the slot's primary dlp.
 			name:  "gateway steers to the slot's primary firewall",
 			node:  "gw",
-			steps: []step{{p: flow, want: steer(fw, false)}},
+			steps: []step{{p: flow, want: both(id(fw), id(dlp))}},
 		},
 		{
 			name:  "gateway steers a mid-stream packet by the map too (no Redis to ask)",
 			node:  "gw",
-			steps: []step{{p: tcp("10.10.1.2:40000", "10.99.0.2:5201", ack), want: steer(fw, false)}},
+			steps: []step{{p: tcp("10.10.1.2:40000", "10.99.0.2:5201", ack), want: both(id(fw), id(dlp))}},
 		},
 		{
 			name: "firewall admits an allowed opening and steers it on to dlp, and its reply back",
 			node: fw.Name,
+			// The reply leaves the chain at the firewall, its first
+			// service: routed normally. The kernel does not ask about it
+			// again; if it did, the answer would be the same.
 			steps: []step{
-				{p: flow, want: steer(dlp, false)},
-				{p: tcp("10.99.0.2:5201", "10.10.1.2:40000", synAck), reply: true, want: nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, true, rules.MarkPass)}},
+				{p: flow, want: both(id(dlp), rules.MarkPass)},
+				{p: tcp("10.99.0.2:5201", "10.10.1.2:40000", synAck), reply: true, want: both(id(dlp), rules.MarkPass)},
 			},
 			admitted: 1,
 		},

@@ -243,7 +243,7 @@ func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *sessions.Record
 			continue
 		}
 		d := st.table.Decide(st.node, &w.flow, w.reply, &sess.Pins)
-		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, w.mark, &w.flow, w.reply, d, &sess.Pins)})
 	}
 }
 
@@ -263,8 +263,10 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 	for i := range ws {
 		w := &ws[i]
 		var d steering.Decision
+		var p *steering.Pins
 		if found {
-			d = st.table.Decide(st.node, &w.flow, w.reply, &pins)
+			p = &pins
+			d = st.table.Decide(st.node, &w.flow, w.reply, p)
 			if i == 0 && d.Tenant >= 0 {
 				now := time.Now().UnixNano()
 				a.flows.Put(sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Pins: pins,
@@ -272,16 +274,18 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 			}
 		} else {
 			if s, ok := a.flows.Get(key); ok {
-				d = st.table.Decide(st.node, &w.flow, w.reply, &s.Pins)
+				p = &s.Pins
+				d = st.table.Decide(st.node, &w.flow, w.reply, p)
 			} else {
 				d = st.table.Decide(st.node, &w.flow, w.reply, nil)
 				if d.Tenant >= 0 && d.Kind != steering.NotInChain {
-					a.newSession(st, key, d, -1)
+					s := a.newSession(st, key, d, -1)
+					p = &s.Pins
 				}
 			}
 		}
 		a.count(d)
-		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(w.mark, w.reply, markValue(d))})
+		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, w.mark, &w.flow, w.reply, d, p)})
 	}
 }
 

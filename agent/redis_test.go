@@ -226,7 +226,9 @@ func TestFirewallLooksUpMidStream(t *testing.T) {
 				t.Fatalf("mid-stream packet of an unknown flow: %+v; want it deferred to Redis", got)
 			}
 			waitFor(t, "the deferred packet answered", func() bool { return len(n.answered()) == 1 })
-			want := nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, false, rules.HalfValue(dlp.ID))}
+			// On to dlp, and the reply, which leaves the chain here,
+			// routed normally.
+			want := nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(rules.SetHalf(0, false, rules.HalfValue(dlp.ID)), true, rules.MarkPass) | rules.MarkSave}
 			if tc.wantDrop {
 				want = nfq.Result{Verdict: nfq.Drop}
 			}
@@ -269,7 +271,7 @@ func TestGatewayJoinsMidStream(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newFakeNode(t, "gw", labVersion(t), nil)
-			fwP, fwS, _ := roles(t, n.Agent, &probe.Flow)
+			fwP, fwS, dlp := roles(t, n.Agent, &probe.Flow)
 			want := fwP
 			if tc.record {
 				// Another gateway pinned the flow to the secondary (an
@@ -282,7 +284,8 @@ func TestGatewayJoinsMidStream(t *testing.T) {
 				t.Fatalf("mid-stream packet at a gateway: %+v; want it deferred", got)
 			}
 			waitFor(t, "the deferred packet answered", func() bool { return len(n.answered()) == 1 })
-			wantRes := nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(0, false, rules.HalfValue(want.ID))}
+			// The reply goes back through dlp, the chain's last service.
+			wantRes := nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(rules.SetHalf(0, false, rules.HalfValue(want.ID)), true, rules.HalfValue(dlp.ID)) | rules.MarkSave}
 			if got := n.answered()[0]; got != wantRes {
 				t.Errorf("answer %+v, want %+v (to %s)", got, wantRes, want.Name)
 			}
@@ -378,7 +381,7 @@ func TestAdoptFirstWritersPins(t *testing.T) {
 	first := admitted(t, n.Agent, &syn.Flow, fwS.Name, fwP.Name, "")
 	n.store.existing[sessions.KeyOf(&syn.Flow).String()] = first
 	n.run(t)
-	if got := n.Handle(syn, nil, 0, false); got.Mark != rules.SetHalf(0, false, rules.HalfValue(fwP.ID)) {
+	if got := n.Handle(syn, nil, 0, false); rules.Half(got.Mark, false) != rules.HalfValue(fwP.ID) {
 		t.Fatalf("SYN steered with mark %#x; want to %s, the map's primary", got.Mark, fwP.Name)
 	}
 	want := rules.SetHalf(0, false, rules.HalfValue(fwS.ID))

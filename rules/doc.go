@@ -16,11 +16,18 @@
 // The packet mark carries a hop per conntrack direction: bits 0-11 for the
 // original direction, bits 12-23 for the reply direction. In each half, 0
 // means undecided (the packet goes to the queue), 1 means decided and
-// routed normally, and ID+1 means "send to instance ID". Bits 24-31 are left
-// to other software. Because the kernel here cannot set the connmark from a
-// verdict, the verdict sets the packet mark and a POSTROUTING rule saves the
-// packet's half into the connmark; PREROUTING restores only the half of the
-// packet's own direction, so each direction follows its own hop.
+// routed normally, and ID+1 means "send to instance ID". The agent decides
+// both halves at a flow's first packet, so the first packet the other way
+// stays in the kernel: one crossing per node per flow.
+//
+// Bit 24 (MarkReply) is set on reply-direction packets as they enter: the
+// ip rules match it with their half, so each direction follows its own hop
+// although both halves are in every packet. Bit 25 (MarkSave) is set by
+// the agent on the packets it decides. Because the kernel here cannot set
+// the connmark from a verdict, a POSTROUTING rule saves both halves into
+// the connmark from packets with MarkSave, once per decision; PREROUTING
+// restores them for connections that have them. Neither bit is saved.
+// Bits 26-31 are left to other software.
 //
 // The Linux implementation runs the iptables binaries (through
 // github.com/coreos/go-iptables) and speaks rtnetlink (through

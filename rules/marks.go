@@ -7,6 +7,17 @@ const (
 	OrigMask   uint32 = 0x00000fff
 	ReplyMask  uint32 = 0x00fff000
 	ReplyShift        = 12
+	// HopMask covers both halves: what the connmark holds.
+	HopMask = OrigMask | ReplyMask
+	// MarkReply is set on packets of the reply direction as they enter
+	// (PREROUTING), so that policy routing, which cannot see conntrack,
+	// follows the half of the packet's own direction. It is never saved.
+	MarkReply uint32 = 1 << 24
+	// MarkSave asks the kernel to save the packet's halves into the
+	// connmark (POSTROUTING): the agent sets it on the packets it decides.
+	// Packets of a flow already decided do not carry it, so the save runs
+	// once per decision, not per packet. It is never saved.
+	MarkSave uint32 = 1 << 25
 	// MarkPass in a half means: decided, route normally.
 	MarkPass uint32 = 1
 	// MaxID is the highest instance ID: the map's (steering.MaxID), which

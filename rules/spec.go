@@ -158,17 +158,26 @@ func (s Spec) IPTablesRules() (jumps, own []Rule) {
 		}
 		return out
 	}
-	om, rm := hex(OrigMask), hex(ReplyMask)
+	m, om := hex(HopMask), hex(OrigMask)
+	d, save := hex(MarkReply), hex(MarkSave)
+	unicast := []string{"-m", "addrtype", "--dst-type", "UNICAST"}
 	own = []Rule{
-		// Only forwarded unicast is steered: traffic to the node itself
+		// A decided flow: both halves back from conntrack, one rule and
+		// no conntrack lookup beyond the connmark.
+		{chainPre, []string{"-m", "connmark", "!", "--mark", "0x0/" + m, "-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}},
+		// Reply-direction packets carry the direction bit for the ip
+		// rules, which see only the mark.
+		{chainPre, cat(ct("REPLY"), []string{"-j", "MARK", "--or-mark", d})},
+		// Undecided in the packet's own direction: to the agent. Only
+		// forwarded unicast is steered: traffic to the node itself
 		// (management, Redis) and broadcast never wait for the agent.
-		{chainPre, []string{"-m", "addrtype", "!", "--dst-type", "UNICAST", "-j", "RETURN"}},
-		{chainPre, cat(ct("ORIGINAL"), []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", om, "--ctmask", om})},
-		{chainPre, cat(ct("REPLY"), []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", rm, "--ctmask", rm})},
-		{chainPre, cat(ct("ORIGINAL"), []string{"-m", "mark", "--mark", "0x0/" + om}, queue(s.QueueBase))},
-		{chainPre, cat(ct("REPLY"), []string{"-m", "mark", "--mark", "0x0/" + rm}, queue(s.QueueBase+uint16(s.Queues)))},
-		{chainPost, cat(ct("ORIGINAL"), []string{"-m", "mark", "!", "--mark", "0x0/" + om, "-j", "CONNMARK", "--save-mark", "--nfmask", om, "--ctmask", om})},
-		{chainPost, cat(ct("REPLY"), []string{"-m", "mark", "!", "--mark", "0x0/" + rm, "-j", "CONNMARK", "--save-mark", "--nfmask", rm, "--ctmask", rm})},
+		// The mark test comes first: a decided flow's packets fail it
+		// and skip the rest.
+		{chainPre, cat([]string{"-m", "mark", "--mark", "0x0/" + hex(OrigMask|MarkReply)}, unicast, queue(s.QueueBase))},
+		{chainPre, cat([]string{"-m", "mark", "--mark", d + "/" + hex(ReplyMask|MarkReply)}, unicast, queue(s.QueueBase+uint16(s.Queues)))},
+		// The agent decided this packet (both directions, usually):
+		// save its halves.
+		{chainPost, []string{"-m", "mark", "--mark", save + "/" + save, "-j", "CONNMARK", "--save-mark", "--nfmask", m, "--ctmask", m}},
 		// Counts, and does nothing else: a forwarded new flow whose
 		// connection leaves with no decision saved went around the chain
 		// (the queue's fail-open or bypass, or a first packet the agent
@@ -200,7 +209,8 @@ type IPRule struct {
 
 // Routing returns the ip rules and routes that send marked packets to their
 // instance: per instance and family, one route and two rules (one per mark
-// half).
+// half). A packet carries both halves; each rule also matches the
+// direction bit (MarkReply), so a packet follows its own direction's half.
 func (s Spec) Routing() ([]IPRule, []Route) {
 	s = s.WithDefaults()
 	var rules []IPRule
@@ -218,8 +228,8 @@ func (s Spec) Routing() ([]IPRule, []Route) {
 			}
 			routes = append(routes, Route{Table: t, Via: a})
 			rules = append(rules,
-				IPRule{Family: fam, Mark: SetHalf(0, false, v), Mask: OrigMask, Table: t, Priority: s.RulePriority},
-				IPRule{Family: fam, Mark: SetHalf(0, true, v), Mask: ReplyMask, Table: t, Priority: s.RulePriority},
+				IPRule{Family: fam, Mark: SetHalf(0, false, v), Mask: OrigMask | MarkReply, Table: t, Priority: s.RulePriority},
+				IPRule{Family: fam, Mark: SetHalf(0, true, v) | MarkReply, Mask: ReplyMask | MarkReply, Table: t, Priority: s.RulePriority},
 			)
 		}
 	}

@@ -33,13 +33,11 @@ func TestIPTablesRules(t *testing.T) {
 		"-A PREROUTING -i ca0 -m comment --comment nfsteer -j NFSTEER-PRE",
 		"-A PREROUTING -i srv0 -m comment --comment nfsteer -j NFSTEER-PRE",
 		"-A POSTROUTING -m comment --comment nfsteer -j NFSTEER-POST",
-		"-A NFSTEER-PRE -m addrtype ! --dst-type UNICAST -j RETURN",
-		"-A NFSTEER-PRE -m conntrack --ctdir ORIGINAL -j CONNMARK --restore-mark --nfmask 0xfff --ctmask 0xfff",
-		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j CONNMARK --restore-mark --nfmask 0xfff000 --ctmask 0xfff000",
-		"-A NFSTEER-PRE -m conntrack --ctdir ORIGINAL -m mark --mark 0x0/0xfff -j NFQUEUE --queue-balance 4200:4201",
-		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -m mark --mark 0x0/0xfff000 -j NFQUEUE --queue-balance 4202:4203",
-		"-A NFSTEER-POST -m conntrack --ctdir ORIGINAL -m mark ! --mark 0x0/0xfff -j CONNMARK --save-mark --nfmask 0xfff --ctmask 0xfff",
-		"-A NFSTEER-POST -m conntrack --ctdir REPLY -m mark ! --mark 0x0/0xfff000 -j CONNMARK --save-mark --nfmask 0xfff000 --ctmask 0xfff000",
+		"-A NFSTEER-PRE -m connmark ! --mark 0x0/0xffffff -j CONNMARK --restore-mark --nfmask 0xffffff --ctmask 0xffffff",
+		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j MARK --or-mark 0x1000000",
+		"-A NFSTEER-PRE -m mark --mark 0x0/0x1000fff -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4200:4201",
+		"-A NFSTEER-PRE -m mark --mark 0x1000000/0x1fff000 -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4202:4203",
+		"-A NFSTEER-POST -m mark --mark 0x2000000/0x2000000 -j CONNMARK --save-mark --nfmask 0xffffff --ctmask 0xffffff",
 		"-A NFSTEER-POST -m connmark --mark 0x0/0xfff -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m comment --comment nfsteer-unsteered",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -47,7 +45,7 @@ func TestIPTablesRules(t *testing.T) {
 	}
 
 	_, own = Spec{}.IPTablesRules()
-	if q := own[3].String(); !strings.HasSuffix(q, "--queue-num 4200 --queue-bypass") {
+	if q := own[2].String(); !strings.HasSuffix(q, "--queue-num 4200 --queue-bypass") {
 		t.Errorf("fail-open single queue rule = %q, want --queue-num 4200 --queue-bypass", q)
 	}
 }
@@ -63,10 +61,10 @@ func TestRouting(t *testing.T) {
 	s := Spec{Hops: []Hop{{ID: 3, Name: "fw-1", V4: netip.MustParseAddr("10.200.0.11"), V6: netip.MustParseAddr("fd00:200::11")}}}
 	rules, routes := s.Routing()
 	wantRules := []IPRule{
-		{Family: 4, Mark: 4, Mask: OrigMask, Table: 8003, Priority: 8000},
-		{Family: 4, Mark: 4 << 12, Mask: ReplyMask, Table: 8003, Priority: 8000},
-		{Family: 6, Mark: 4, Mask: OrigMask, Table: 8003, Priority: 8000},
-		{Family: 6, Mark: 4 << 12, Mask: ReplyMask, Table: 8003, Priority: 8000},
+		{Family: 4, Mark: 4, Mask: OrigMask | MarkReply, Table: 8003, Priority: 8000},
+		{Family: 4, Mark: 4<<12 | MarkReply, Mask: ReplyMask | MarkReply, Table: 8003, Priority: 8000},
+		{Family: 6, Mark: 4, Mask: OrigMask | MarkReply, Table: 8003, Priority: 8000},
+		{Family: 6, Mark: 4<<12 | MarkReply, Mask: ReplyMask | MarkReply, Table: 8003, Priority: 8000},
 	}
 	wantRoutes := []Route{{8003, netip.MustParseAddr("10.200.0.11")}, {8003, netip.MustParseAddr("fd00:200::11")}}
 	if diff := cmp.Diff(wantRules, rules); diff != "" {

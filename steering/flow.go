@@ -13,6 +13,11 @@ type Flow struct {
 	Proto            uint8
 }
 
+// Reversed returns f as its reply travels: the endpoints swapped.
+func (f Flow) Reversed() Flow {
+	return Flow{Src: f.Dst, Dst: f.Src, SrcPort: f.DstPort, DstPort: f.SrcPort, Proto: f.Proto}
+}
+
 // AffinityCode returns the stream affinity code of f: a 32-bit hash that is
 // the same for both directions of a flow and on every node, whatever its
 // byte order or Go version.
