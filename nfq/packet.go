@@ -41,6 +41,13 @@ func (p *Packet) Opening() bool {
 	return true
 }
 
+// DefaultCopyRange is how much of a queued packet the kernel copies to the
+// agent by default: room for an IPv4 header with options and a TCP header
+// with options (120 bytes), or an IPv6 header with a few extension headers.
+// Copying the whole packet, up to 64 KB with GSO, costs the kernel a copy
+// the decision never reads.
+const DefaultCopyRange = 256
+
 // maxExtHeaders bounds the IPv6 extension header walk; real packets carry a
 // handful, and a hostile chain must not make the packet path loop.
 const maxExtHeaders = 16
@@ -50,21 +57,28 @@ const maxExtHeaders = 16
 // partly filled and the error is one of the package's sentinels. Fragments
 // give ErrFragment: their ports are unknown or apply to one piece only, and
 // the kernel's conntrack normally reassembles before the queue anyway.
-func Parse(b []byte, p *Packet) error {
+func Parse(b []byte, p *Packet) error { return ParseCapture(b, len(b), p) }
+
+// ParseCapture is Parse for the first bytes of a packet of length bytes,
+// as the queue delivers it with a copy range shorter than the packet: the
+// headers the decision needs are in b, the packet's lengths are checked
+// against length. length below len(b) is taken as len(b).
+func ParseCapture(b []byte, length int, p *Packet) error {
 	*p = Packet{}
 	if len(b) < 1 {
 		return ErrTruncated
 	}
+	length = max(length, len(b))
 	switch b[0] >> 4 {
 	case 4:
-		return parse4(b, p)
+		return parse4(b, length, p)
 	case 6:
-		return parse6(b, p)
+		return parse6(b, length, p)
 	}
 	return ErrVersion
 }
 
-func parse4(b []byte, p *Packet) error {
+func parse4(b []byte, length int, p *Packet) error {
 	if len(b) < 20 {
 		return ErrTruncated
 	}
@@ -73,16 +87,16 @@ func parse4(b []byte, p *Packet) error {
 		return ErrHeaderLen
 	}
 	total := int(binary.BigEndian.Uint16(b[2:4]))
-	if total == 0 && len(b) > 0xffff {
-		total = len(b) // BIG TCP aggregate (the queue has the GSO flag)
+	if total == 0 && length > 0xffff {
+		total = length // BIG TCP aggregate (the queue has the GSO flag)
 	}
 	if total < ihl {
 		return ErrTotalLen
 	}
-	if total > len(b) {
+	if total > length {
 		return ErrTruncated
 	}
-	b = b[:total] // drop link-layer padding
+	b = b[:min(total, len(b))] // drop link-layer padding
 	p.Src = netip.AddrFrom4([4]byte(b[12:16]))
 	p.Dst = netip.AddrFrom4([4]byte(b[16:20]))
 	p.Proto = b[9]
@@ -92,18 +106,18 @@ func parse4(b []byte, p *Packet) error {
 	return parseL4(b[ihl:], p)
 }
 
-func parse6(b []byte, p *Packet) error {
+func parse6(b []byte, length int, p *Packet) error {
 	if len(b) < 40 {
 		return ErrTruncated
 	}
 	payload := int(binary.BigEndian.Uint16(b[4:6]))
-	if payload == 0 && len(b) > 40+0xffff {
-		payload = len(b) - 40 // jumbogram / BIG TCP
+	if payload == 0 && length > 40+0xffff {
+		payload = length - 40 // jumbogram / BIG TCP
 	}
-	if 40+payload > len(b) {
+	if 40+payload > length {
 		return ErrTruncated
 	}
-	b = b[:40+payload]
+	b = b[:min(40+payload, len(b))]
 	p.Src = netip.AddrFrom16([16]byte(b[8:24]))
 	p.Dst = netip.AddrFrom16([16]byte(b[24:40]))
 	next, off := b[6], 40

@@ -213,5 +213,49 @@ func FuzzParse(f *testing.F) {
 		if (p.Proto == ProtoICMP || p.Proto == ProtoICMPv6) && p.SrcPort != p.DstPort {
 			t.Fatalf("ICMP ports differ: %d/%d", p.SrcPort, p.DstPort)
 		}
+		// What a capture of the same packet decodes, it decodes the same.
+		for _, k := range []int{len(b) / 2, min(len(b), DefaultCopyRange)} {
+			var c Packet
+			if err := ParseCapture(b[:k], len(b), &c); err == nil && c != p {
+				t.Fatalf("capture of %d bytes of %d: %+v; the whole packet: %+v", k, len(b), c, p)
+			}
+		}
 	})
+}
+
+// TestParseCapture: the first bytes of a long packet, as the queue copies
+// them, decode as the whole packet does; too few bytes, or a packet
+// shorter than its header says, do not.
+func TestParseCapture(t *testing.T) {
+	payload := append(tcp(40000, 5201, 0x02), make([]byte, 1400)...)
+	for _, tc := range []struct {
+		name   string
+		pkt    []byte
+		keep   int
+		length int
+		want   error
+	}{
+		{"IPv4, 256 bytes of 1,440", ip4(6, "10.10.1.2", "10.99.0.2", payload), DefaultCopyRange, 1440, nil},
+		{"IPv6, 256 bytes of 1,460", ip6(6, "fd00:10::2", "fd00:99::2", payload), DefaultCopyRange, 1460, nil},
+		{"IPv4, the TCP header cut", ip4(6, "10.10.1.2", "10.99.0.2", payload), 30, 1440, ErrTruncated},
+		{"IPv4, longer than the packet was", ip4(6, "10.10.1.2", "10.99.0.2", payload), DefaultCopyRange, 1000, ErrTruncated},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var whole, got Packet
+			if err := Parse(tc.pkt, &whole); err != nil {
+				t.Fatal(err)
+			}
+			pkt := tc.pkt[:tc.length]
+			if tc.length > len(tc.pkt) {
+				pkt = tc.pkt
+			}
+			err := ParseCapture(pkt[:min(tc.keep, len(pkt))], tc.length, &got)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("ParseCapture = %v, want %v", err, tc.want)
+			}
+			if err == nil && got != whole {
+				t.Errorf("capture decodes %+v, the whole packet %+v", got, whole)
+			}
+		})
+	}
 }

@@ -23,6 +23,10 @@ type Config struct {
 	NetNS int
 	// MaxQueueLen is the kernel queue length per queue; 0 means 4096.
 	MaxQueueLen uint32
+	// CopyRange is how many bytes of each packet the kernel copies to the
+	// agent; 0 means DefaultCopyRange. The decision needs the IP and L4
+	// headers only.
+	CopyRange uint32
 	// FailOpen asks the kernel to accept packets, instead of dropping them,
 	// when a queue is full. It pairs with the rules' --queue-bypass, which
 	// covers the case of no reader at all.
@@ -72,6 +76,9 @@ func NewReader(cfg Config, h Handler) *Reader {
 	if cfg.MaxQueueLen == 0 {
 		cfg.MaxQueueLen = 4096
 	}
+	if cfg.CopyRange == 0 {
+		cfg.CopyRange = DefaultCopyRange
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -120,7 +127,7 @@ func (r *Reader) open(ctx context.Context, q Queue) (*nfqueue.Nfqueue, error) {
 		NfQueue:      q.Num,
 		NetNS:        r.cfg.NetNS,
 		MaxQueueLen:  r.cfg.MaxQueueLen,
-		MaxPacketLen: 0xffff,
+		MaxPacketLen: r.cfg.CopyRange,
 		Copymode:     nfqueue.NfQnlCopyPacket,
 		Flags:        flags,
 		AfFamily:     unix.AF_UNSPEC,
@@ -166,7 +173,11 @@ func (w *worker) hook(a nfqueue.Attribute) int {
 	if a.Mark != nil {
 		mark = *a.Mark
 	}
-	err := Parse(payload, &w.pkt)
+	length := len(payload)
+	if a.CapLen != nil { // the kernel copied CopyRange bytes of a longer packet
+		length = int(*a.CapLen)
+	}
+	err := ParseCapture(payload, length, &w.pkt)
 	w.pkt.later = Later{w: w, id: *a.PacketID}
 	res := w.r.handler.Handle(&w.pkt, err, mark, w.reply)
 	if res.Verdict == Defer {

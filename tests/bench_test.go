@@ -5,9 +5,11 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,4 +187,76 @@ func allInstanceAgents(l *lab.Lab) []*lab.Process {
 		out = append(out, l.Agents(in.Name)...)
 	}
 	return out
+}
+
+// connectTimes opens n TCP connections one after another from the globex
+// client to addr, each from a new port (a new flow), and returns how long
+// each connect took, sorted. It dials from a thread in the client's
+// namespace, so nothing but the handshake is timed.
+func connectTimes(b *testing.B, l *lab.Lab, addr string, n int) []time.Duration {
+	b.Helper()
+	var out []time.Duration
+	err := l.InNS("cg", func() error {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		for i := 0; i < n; i++ {
+			start := time.Now()
+			c, err := d.Dial("tcp", addr)
+			took := time.Since(start)
+			if err != nil {
+				return fmt.Errorf("connect %d: %w", i, err)
+			}
+			c.Close()
+			out = append(out, took)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// pct returns the p-th percentile of sorted ds.
+func pct(ds []time.Duration, p float64) time.Duration {
+	return ds[min(len(ds)-1, int(float64(len(ds))*p/100))]
+}
+
+// BenchmarkConnect measures the TCP connect time (SYN to SYN-ACK, as the
+// client sees it) from the globex client through its [fw, dlp] chain, and
+// through plain forwarding in the same lab and run: 500 connections each,
+// one at a time, p50 and p99.
+func BenchmarkConnect(b *testing.B) {
+	const n = 500
+	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench Connect -benchtime 1x ./tests)\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.New(b, bin)
+		ln, err := l.Listen("srv", "tcp", "10.99.0.2:5400")
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		plain := connectTimes(b, l, "10.99.0.2:5400", n)
+		if err := l.StartAll("--log-flows=false"); err != nil {
+			b.Fatal(err)
+		}
+		steered := connectTimes(b, l, "10.99.0.2:5400", n)
+		ln.Close()
+		us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+		b.ReportMetric(us(pct(plain, 50)), "plain-p50-µs")
+		b.ReportMetric(us(pct(plain, 99)), "plain-p99-µs")
+		b.ReportMetric(us(pct(steered, 50)), "nfsteer-p50-µs")
+		b.ReportMetric(us(pct(steered, 99)), "nfsteer-p99-µs")
+		fmt.Printf("TCP connect, %d each: plain p50 %.0f µs p99 %.0f µs; nfsteer chain p50 %.0f µs p99 %.0f µs\n",
+			n, us(pct(plain, 50)), us(pct(plain, 99)), us(pct(steered, 50)), us(pct(steered, 99)))
+		l.Close()
+	}
 }
