@@ -18,6 +18,12 @@ var bin string
 
 func TestMain(m *testing.M) {
 	os.Exit(func() int {
+		// NFSTEER_BIN runs the tests and benchmarks against another build
+		// (an earlier commit's, for a before-and-after in one lab).
+		if b := os.Getenv("NFSTEER_BIN"); b != "" {
+			bin = b
+			return m.Run()
+		}
 		dir, err := os.MkdirTemp("", "nfsteer-test-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -48,7 +48,7 @@ func portsTo(t *testing.T, primary, addr string, from, n int) []int {
 }
 
 // counted returns the packets counter name has seen in host.
-func counted(t *testing.T, l *lab.Lab, host, name string) uint64 {
+func counted(t testing.TB, l *lab.Lab, host, name string) uint64 {
 	t.Helper()
 	p, _, err := l.Packets(host, name)
 	if err != nil {

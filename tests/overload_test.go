@@ -17,43 +17,76 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// flood sends n one-packet UDP flows from host, as fast as one raw socket
-// goes: every datagram from src to dst:dport with its own source port (so
-// its own 5-tuple), in rounds over the ports from 1024. It returns how
-// many it sent.
-func flood(t *testing.T, l *lab.Lab, host string, src, dst netip.Addr, dport uint16, n int) int {
-	t.Helper()
-	var fd int
+// flooder sends one-packet UDP flows from a lab host through one raw
+// socket: every datagram from src to dst with its own source port and, past
+// 64,512 of them, the next of ports destination ports from dport, so each
+// is a new 5-tuple. Its flows continue across calls.
+type flooder struct {
+	fd    int
+	to    unix.SockaddrInet4
+	pkt   []byte
+	dport uint16
+	ports int
+	next  int
+}
+
+// newFlooder opens the raw socket in host's namespace; it is closed when
+// the test ends.
+func newFlooder(tb testing.TB, l *lab.Lab, host string, src, dst netip.Addr, dport uint16, ports int) *flooder {
+	tb.Helper()
+	f := &flooder{to: unix.SockaddrInet4{Addr: dst.As4()}, pkt: make([]byte, 20+8+8), dport: dport, ports: ports}
 	err := l.InNS(host, func() (err error) {
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW) // IP_HDRINCL
+		f.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW) // IP_HDRINCL
 		return err
 	})
 	if err != nil {
-		t.Fatalf("raw socket in %s: %v", host, err)
+		tb.Fatalf("raw socket in %s: %v", host, err)
 	}
-	defer unix.Close(fd)
-	to := &unix.SockaddrInet4{Addr: dst.As4()}
-	pkt := make([]byte, 20+8+8)
+	tb.Cleanup(func() { unix.Close(f.fd) })
 	// IPv4: version 4, header 5 words, TTL 64, UDP. The kernel fills in
 	// the total length, the ID and the checksum.
-	pkt[0], pkt[8], pkt[9] = 0x45, 64, unix.IPPROTO_UDP
-	copy(pkt[12:16], src.AsSlice())
-	copy(pkt[16:20], dst.AsSlice())
-	binary.BigEndian.PutUint16(pkt[22:24], dport)
-	binary.BigEndian.PutUint16(pkt[24:26], 8+8) // UDP length; checksum 0: none
-	copy(pkt[28:], "nfsteer!")
+	f.pkt[0], f.pkt[8], f.pkt[9] = 0x45, 64, unix.IPPROTO_UDP
+	copy(f.pkt[12:16], src.AsSlice())
+	copy(f.pkt[16:20], dst.AsSlice())
+	binary.BigEndian.PutUint16(f.pkt[24:26], 8+8) // UDP length; checksum 0: none
+	copy(f.pkt[28:], "nfsteer!")
+	return f
+}
+
+// send sends n flows at up to rate a second (0: as fast as it goes) and
+// returns how many the socket took.
+func (f *flooder) send(tb testing.TB, n, rate int) int {
+	tb.Helper()
+	const perPort = 65536 - 1024
+	start := time.Now()
 	sent := 0
 	for i := 0; i < n; i++ {
-		binary.BigEndian.PutUint16(pkt[20:22], uint16(1024+i%(65536-1024)))
-		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
+		if rate > 0 && i%64 == 0 {
+			// Paced in bursts of 64: wait for the time the next burst is due.
+			if due := start.Add(time.Duration(i) * time.Second / time.Duration(rate)); time.Until(due) > 0 {
+				time.Sleep(time.Until(due))
+			}
+		}
+		k := f.next
+		f.next++
+		binary.BigEndian.PutUint16(f.pkt[20:22], uint16(1024+k%perPort))
+		binary.BigEndian.PutUint16(f.pkt[22:24], f.dport+uint16(k/perPort%f.ports))
+		if err := unix.Sendto(f.fd, f.pkt, 0, &f.to); err != nil {
 			if err == unix.ENOBUFS || err == unix.EAGAIN {
 				continue // the sender's own queue: not a flow the chain saw
 			}
-			t.Fatalf("sending flow %d: %v", i, err)
+			tb.Fatalf("sending flow %d: %v", k, err)
 		}
 		sent++
 	}
 	return sent
+}
+
+// flood sends n flows from host as fast as one raw socket goes and returns
+// how many it sent.
+func flood(t *testing.T, l *lab.Lab, host string, src, dst netip.Addr, dport uint16, n int) int {
+	t.Helper()
+	return newFlooder(t, l, host, src, dst, dport, 1).send(t, n, 0)
 }
 
 // kernelQueueDropped sums what host's queues dropped, as the kernel counts

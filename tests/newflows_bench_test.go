@@ -1,0 +1,119 @@
+//go:build linux
+
+package tests
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// flowPorts is how many destination ports the rate benchmark spreads its
+// flows over, each with a socket at the server so that it answers nothing.
+const flowPorts = 8
+
+// rateStep is one offered rate and what came of it.
+type rateStep struct {
+	rate, sent    int
+	took          time.Duration
+	onChain, off  uint64
+	fractionOnWay float64
+}
+
+// offer sends rate new flows a second for d from the globex client and
+// counts, at the server, those that arrived with the TTL ttl (the path
+// they had to take) and those that did not.
+func offer(b *testing.B, l *lab.Lab, f *flooder, rate int, d time.Duration, on, off string) rateStep {
+	b.Helper()
+	on0, off0 := counted(b, l, "srv", on), counted(b, l, "srv", off)
+	start := time.Now()
+	s := rateStep{rate: rate}
+	s.sent = f.send(b, int(float64(rate)*d.Seconds()), rate)
+	s.took = time.Since(start)
+	// What is still queued arrives on its way: wait until arrivals stop.
+	var a, o uint64
+	for prev := uint64(1 << 63); ; prev = a + o {
+		time.Sleep(200 * time.Millisecond)
+		a, o = counted(b, l, "srv", on)-on0, counted(b, l, "srv", off)-off0
+		if a+o == prev {
+			break
+		}
+	}
+	s.onChain, s.off = a, o
+	s.fractionOnWay = float64(a) / float64(s.sent)
+	return s
+}
+
+// flushConntrack empties conntrack on every lab node, so each phase of a
+// benchmark starts with the table empty (one-packet UDP flows linger 30 s).
+func flushConntrack(b *testing.B, l *lab.Lab) {
+	b.Helper()
+	for _, h := range append([]string{"gw", "srv", "cg"}, instanceNames()...) {
+		if out, err := l.Output(h, "conntrack", "-F"); err != nil {
+			b.Fatalf("conntrack -F in %s: %v: %s", h, err, out)
+		}
+	}
+}
+
+// BenchmarkNewFlowRate offers one-packet UDP flows (each datagram its own
+// 5-tuple, from a raw socket in the globex client) at rising rates, for
+// 1 s each, and counts at the server, by TTL, the flows that arrived on
+// their way: through the gateway, fw, dlp and the gateway again (TTL 60)
+// with nfsteer, straight through the gateway (TTL 63) with plain
+// forwarding in the same lab and run, which shows the sender kept up. It
+// reports the highest rate with at least 99% of flows on their chain for
+// each, and that none arrived around the chain.
+func BenchmarkNewFlowRate(b *testing.B) {
+	rates := []int{2000, 5000, 10000, 15000, 20000, 25000, 30000, 40000}
+	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlowRate -benchtime 1x ./tests)\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.New(b, bin)
+		for p := 0; p < flowPorts; p++ {
+			sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, strconv.Itoa(9000+p)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sink.Close()
+		}
+		match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9000-%d", lab.GlobexClient, lab.Server, 9000+flowPorts-1)
+		for name, ttl := range map[string]string{"plain": "ip ttl 63", "notplain": "ip ttl != 63", "onchain": "ip ttl 60", "offchain": "ip ttl != 60"} {
+			if err := l.Count("srv", name, match+" "+ttl); err != nil {
+				b.Fatal(err)
+			}
+		}
+		f := newFlooder(b, l, "cg", netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.Server), 9000, flowPorts)
+		run := func(what, on, off string) (best int, steps []rateStep) {
+			for _, r := range rates {
+				s := offer(b, l, f, r, time.Second, on, off)
+				steps = append(steps, s)
+				fmt.Printf("%s: offered %d/s, sent %d in %s (%.0f/s), %d on their way (%.3f), %d off it\n",
+					what, r, s.sent, s.took.Round(time.Millisecond), float64(s.sent)/s.took.Seconds(), s.onChain, s.fractionOnWay, s.off)
+				if s.fractionOnWay >= 0.99 && s.off == 0 {
+					best = r
+				}
+			}
+			return best, steps
+		}
+		plain, _ := run("plain", "plain", "notplain")
+		flushConntrack(b, l)
+		if err := l.StartAll("--log-flows=false"); err != nil {
+			b.Fatal(err)
+		}
+		steered, steps := run("nfsteer", "onchain", "offchain")
+		var around uint64
+		for _, s := range steps {
+			around += s.off
+		}
+		b.ReportMetric(float64(plain), "plain-flows/s")
+		b.ReportMetric(float64(steered), "nfsteer-flows/s")
+		b.ReportMetric(float64(around), "flows-around-chain")
+		fmt.Printf("highest rate with 99%% of new flows on their way: plain %d/s, nfsteer %d/s (%.3f of plain); flows around the chain: %d\n",
+			plain, steered, float64(steered)/float64(max(plain, 1)), around)
+		l.Close()
+	}
+}
