@@ -4,10 +4,12 @@ package nfq
 
 import (
 	"context"
-	"errors"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
@@ -96,110 +98,228 @@ func (r *Reader) Counters() *Stats { return &r.stats }
 
 // Run binds every queue and answers packets until ctx is done. It returns
 // an error if a queue cannot be bound (another process holds it, or the
-// caller lacks CAP_NET_ADMIN), after releasing the ones it had bound.
+// caller lacks CAP_NET_ADMIN), after releasing the ones it had bound. Each
+// queue has its own worker goroutine, all stopped and waited for before
+// Run returns.
 func (r *Reader) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var opened []*nfqueue.Nfqueue
+	var workers []*worker
 	defer func() {
-		for _, q := range opened {
-			q.Close() // stops the library's goroutines and waits for them
+		for _, w := range workers {
+			w.nf.Close() // releases the queue: the kernel unbinds it
 		}
 	}()
 	for _, q := range r.cfg.Queues {
-		nf, err := r.open(ctx, q)
+		w, err := r.open(q)
 		if err != nil {
 			return fmt.Errorf("binding queue %d: %w", q.Num, err)
 		}
-		opened = append(opened, nf)
+		workers = append(workers, w)
+	}
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.run(ctx)
+		}()
 	}
 	close(r.bound)
 	<-ctx.Done()
+	for _, w := range workers {
+		// Wake the worker from its wait for packets.
+		w.nf.Con.SetReadDeadline(time.Now().Add(-time.Second))
+	}
+	wg.Wait()
 	return nil
 }
 
-func (r *Reader) open(ctx context.Context, q Queue) (*nfqueue.Nfqueue, error) {
-	flags := uint32(nfqueue.NfQaCfgFlagGSO)
-	if r.cfg.FailOpen {
-		flags |= nfqueue.NfQaCfgFlagFailOpen
-	}
-	nf, err := nfqueue.Open(&nfqueue.Config{
-		NfQueue:      q.Num,
-		NetNS:        r.cfg.NetNS,
-		MaxQueueLen:  r.cfg.MaxQueueLen,
-		MaxPacketLen: r.cfg.CopyRange,
-		Copymode:     nfqueue.NfQnlCopyPacket,
-		Flags:        flags,
-		AfFamily:     unix.AF_UNSPEC,
-	})
+// open binds queue q on a netlink socket of its own. go-nfqueue opens the
+// socket (in the configured namespace); the queue is bound here, and read
+// and answered by the worker, because the library's receive path costs
+// two receive calls and several allocations per packet and its verdicts
+// one send each, where the worker drains what is waiting on one wake-up
+// and answers it in one send.
+func (r *Reader) open(q Queue) (*worker, error) {
+	nf, err := nfqueue.Open(&nfqueue.Config{NfQueue: q.Num, NetNS: r.cfg.NetNS, AfFamily: unix.AF_UNSPEC})
 	if err != nil {
 		return nil, err
 	}
 	// An overrun socket buffer must not end the reader: the kernel then
-	// applies fail-open or drops, and we count it.
+	// drops (or, fail-open, accepts) and counts it.
 	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
 		nf.Close()
 		return nil, fmt.Errorf("setting NoENOBUFS: %w", err)
 	}
-	w := &worker{r: r, nf: nf, reply: q.Reply}
-	if err := nf.RegisterWithErrorFunc(ctx, w.hook, w.onError(ctx)); err != nil {
+	flags := uint32(nfqueue.NfQaCfgFlagGSO)
+	if r.cfg.FailOpen {
+		flags |= nfqueue.NfQaCfgFlagFailOpen
+	}
+	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+	for _, attrs := range [][]netlink.Attribute{
+		{{Type: cfgCmd, Data: []byte{cmdBind, 0, 0, 0}}},
+		{{Type: cfgParams, Data: append(be32(r.cfg.CopyRange), copyPacket)}},
+		{{Type: cfgFlags, Data: be32(flags)}, {Type: cfgMask, Data: be32(flags)}},
+		{{Type: cfgQueueLen, Data: be32(r.cfg.MaxQueueLen)}},
+	} {
+		if err := configure(nf.Con, q.Num, attrs); err != nil {
+			nf.Close()
+			return nil, err
+		}
+	}
+	w := &worker{r: r, nf: nf, queue: q.Num, reply: q.Reply,
+		in: make([]byte, int(r.cfg.CopyRange)+4096), out: make([]byte, 0, maxBatch*verdictLen)}
+	if w.raw, err = nf.Con.SyscallConn(); err != nil {
 		nf.Close()
 		return nil, err
 	}
-	return nf, nil
+	return w, nil
 }
 
-// worker is the packet path of one queue. Its hook runs on the library's
-// single reader goroutine for that queue, so its scratch packet needs no
-// lock.
+// configure sends one NFQNL_MSG_CONFIG for queue and waits for its ack.
+func configure(c *netlink.Conn, queue uint16, attrs []netlink.Attribute) error {
+	ab, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		return err
+	}
+	data := binary.BigEndian.AppendUint16([]byte{unix.AF_UNSPEC, unix.NFNETLINK_V0}, queue)
+	_, err = c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(subsysQueue<<8 | msgConfig), Flags: netlink.Request | netlink.Acknowledge},
+		Data:   append(data, ab...),
+	})
+	return err
+}
+
+// maxBatch bounds the packets a worker reads before it answers them: a
+// batch's first packet waits for the last one's decision.
+const maxBatch = 64
+
+// worker is the packet path of one queue: one goroutine reads every
+// packet waiting on the queue's socket, decides each, and answers them
+// all in one send.
 type worker struct {
 	r     *Reader
 	nf    *nfqueue.Nfqueue
+	raw   syscall.RawConn
+	queue uint16
 	reply bool
-	pkt   Packet
+	// in, pkt, q and out belong to the worker's goroutine.
+	in  []byte
+	pkt Packet
+	q   queued
+	out []byte // verdicts of the batch, sent together
+	// sendMu serialises writes to the socket: the worker's batches and
+	// deferred packets' verdicts from other goroutines.
+	sendMu sync.Mutex
 }
 
-func (w *worker) hook(a nfqueue.Attribute) int {
-	if a.PacketID == nil {
-		return 0
+// run reads and answers until ctx is done.
+func (w *worker) run(ctx context.Context) {
+	for {
+		var start time.Time
+		err := w.raw.Read(func(fd uintptr) bool {
+			for n := 0; n < maxBatch; n++ {
+				k, err := unix.Read(int(fd), w.in)
+				switch {
+				case err == unix.EAGAIN || err == unix.EINTR:
+					return n > 0 // nothing read yet: wait for the socket
+				case err == unix.ENOBUFS:
+					// The socket overran: the kernel counted what it dropped.
+					w.r.stats.ReadErrors.Add(1)
+					continue
+				case err != nil:
+					w.readError(err)
+					return true
+				}
+				if n == 0 {
+					start = time.Now()
+				}
+				w.datagram(w.in[:k])
+			}
+			return true
+		})
+		w.flush()
+		if !start.IsZero() {
+			w.r.stats.observe(int64(time.Since(start)))
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			w.readError(err)
+		}
 	}
-	start := time.Now()
+}
+
+// datagram decides every packet message in one datagram read from the
+// socket, and reads the kernel's errors about earlier verdicts.
+func (w *worker) datagram(b []byte) {
+	for len(b) > 0 {
+		typ, body, rest, err := nextMessage(b)
+		if err != nil {
+			w.readError(err)
+			return
+		}
+		b = rest
+		switch typ {
+		case subsysQueue<<8 | msgPacket:
+			if err := parseQueued(body, &w.q); err != nil {
+				w.readError(err)
+				continue
+			}
+			w.packet()
+		case nlmsgError:
+			// A verdict the kernel refused (the packet was gone).
+			if len(body) >= 4 && int32(binary.NativeEndian.Uint32(body[0:4])) != 0 {
+				w.r.stats.VerdictErrors.Add(1)
+			}
+		}
+	}
+}
+
+// packet decides the packet in w.q and queues its verdict.
+func (w *worker) packet() {
 	w.r.stats.Packets.Add(1)
-	var payload []byte
-	if a.Payload != nil {
-		payload = *a.Payload
-	}
-	var mark uint32
-	if a.Mark != nil {
-		mark = *a.Mark
-	}
-	length := len(payload)
-	if a.CapLen != nil { // the kernel copied CopyRange bytes of a longer packet
-		length = int(*a.CapLen)
-	}
-	err := ParseCapture(payload, length, &w.pkt)
-	w.pkt.later = Later{w: w, id: *a.PacketID}
-	res := w.r.handler.Handle(&w.pkt, err, mark, w.reply)
+	err := ParseCapture(w.q.payload, w.q.length, &w.pkt)
+	w.pkt.later = Later{w: w, id: w.q.id}
+	res := w.r.handler.Handle(&w.pkt, err, w.q.mark, w.reply)
 	if res.Verdict == Defer {
 		w.r.stats.Deferred.Add(1)
-		return 0
+		return
 	}
-	w.verdict(*a.PacketID, res)
-	w.r.stats.observe(int64(time.Since(start)))
-	return 0
+	w.count(res)
+	w.out = appendVerdict(w.out, w.queue, w.q.id, res.Verdict == Accept, res.Mark)
 }
 
-func (w *worker) verdict(id uint32, res Result) {
-	var verr error
-	switch res.Verdict {
-	case Drop:
+func (w *worker) count(res Result) {
+	if res.Verdict == Drop {
 		w.r.stats.Dropped.Add(1)
-		verr = w.nf.SetVerdict(id, nfqueue.NfDrop)
-	default:
+	} else {
 		w.r.stats.Accepted.Add(1)
-		verr = w.nf.SetVerdictWithMark(id, nfqueue.NfAccept, int(res.Mark))
 	}
-	if verr != nil {
+}
+
+// flush sends the batch's verdicts in one send.
+func (w *worker) flush() {
+	if len(w.out) == 0 {
+		return
+	}
+	w.send(w.out)
+	w.out = w.out[:0]
+}
+
+// send writes verdict messages to the kernel, which applies them (and
+// forwards the packets) inside the call.
+func (w *worker) send(b []byte) {
+	w.sendMu.Lock()
+	defer w.sendMu.Unlock()
+	var werr error
+	err := w.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Write(int(fd), b)
+		return werr != unix.EAGAIN
+	})
+	if err != nil || werr != nil {
 		w.r.stats.VerdictErrors.Add(1)
 	}
 }
@@ -214,24 +334,14 @@ func (l Later) Set(res Result) {
 	if res.Verdict == Defer {
 		res.Verdict = Accept
 	}
-	l.w.verdict(l.id, res)
+	l.w.count(res)
+	l.w.send(appendVerdict(make([]byte, 0, verdictLen), l.w.queue, l.id, res.Verdict == Accept, res.Mark))
 }
 
-func (w *worker) onError(ctx context.Context) nfqueue.ErrorFunc {
-	return func(err error) int {
-		if ctx.Err() != nil {
-			return 1
-		}
-		n := w.r.stats.ReadErrors.Add(1)
-		var op *netlink.OpError
-		if errors.As(err, &op) && (op.Timeout() || errors.Is(op.Err, unix.ENOBUFS)) {
-			return 0
-		}
-		// Anything else is unexpected but no reason to stop steering: keep
-		// reading, and log the first error and every 1000th after it.
-		if n%1000 == 1 {
-			w.r.cfg.Logger.Warn("reading from queue", "reply", w.reply, "errors", n, "err", err)
-		}
-		return 0
+// readError counts an error reading the queue and logs the first and
+// every 1000th after it: unexpected, but no reason to stop steering.
+func (w *worker) readError(err error) {
+	if n := w.r.stats.ReadErrors.Add(1); n%1000 == 1 {
+		w.r.cfg.Logger.Warn("reading from queue", "queue", w.queue, "reply", w.reply, "errors", n, "err", err)
 	}
 }
