@@ -92,7 +92,7 @@ func flood(t *testing.T, l *lab.Lab, host string, src, dst netip.Addr, dport uin
 // kernelQueueDropped sums what host's queues dropped, as the kernel counts
 // it in /proc/net/netfilter/nfnetlink_queue: queue_dropped (the queue was
 // full) and queue_user_dropped (the agent's socket was).
-func kernelQueueDropped(t *testing.T, l *lab.Lab, host string) uint64 {
+func kernelQueueDropped(t testing.TB, l *lab.Lab, host string) uint64 {
 	t.Helper()
 	out, err := l.Output(host, "cat", "/proc/net/netfilter/nfnetlink_queue")
 	if err != nil {
