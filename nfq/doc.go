@@ -1,13 +1,22 @@
 // Package nfq owns nfsteer's packet input: it reads the first packets of new
-// flows from NFQUEUE (github.com/florianl/go-nfqueue/v2), parses them into
-// flows, asks a [Handler] for a verdict and a mark, and answers the kernel.
+// flows from NFQUEUE, parses them into flows, asks a [Handler] for a verdict
+// and a mark, and answers the kernel.
 //
-// The parser ([Parse]) is portable and needs no privilege. Opening a queue
-// (Linux only) needs CAP_NET_ADMIN in the network namespace the queue lives
-// in.
+// github.com/florianl/go-nfqueue/v2 opens each queue's netlink socket (in
+// the configured namespace). The rest of the protocol, which is the packet
+// path, is here (wire.go): binding the queue, reading packet messages and
+// writing verdicts in place, allocating nothing. Each queue has a worker
+// goroutine that reads every packet waiting on one wake-up (up to 64),
+// decides each, and answers them all in one send. The library's own
+// receive loop made two receive calls and several allocations per packet,
+// and one send per verdict.
 //
-// The packet path is one goroutine per queue that must never block: the
-// handler it calls is expected to decide from memory and to hand anything
-// slow (logging, mirroring) to other goroutines. Parsing and verdicts
-// allocate nothing of ours; go-nfqueue allocates a little per packet itself.
+// The kernel copies only the first [DefaultCopyRange] bytes of each packet;
+// [ParseCapture] decodes such a capture, [Parse] a whole packet. Both are
+// portable and need no privilege. Opening a queue (Linux only) needs
+// CAP_NET_ADMIN in the network namespace the queue lives in.
+//
+// The packet path must never block: the handler it calls is expected to
+// decide from memory and to hand anything slow (logging, mirroring, Redis)
+// to other goroutines.
 package nfq
