@@ -189,6 +189,26 @@ func allInstanceAgents(l *lab.Lab) []*lab.Process {
 	return out
 }
 
+// closingServer listens on addr in the server's namespace and closes
+// every connection it accepts, until the listener is closed.
+func closingServer(tb testing.TB, l *lab.Lab, addr string) net.Listener {
+	tb.Helper()
+	ln, err := l.Listen("srv", "tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
+}
+
 // connectTimes opens n TCP connections one after another from the globex
 // client to addr, each from a new port (a new flow), and returns how long
 // each connect took, sorted. It dials from a thread in the client's
@@ -231,19 +251,7 @@ func BenchmarkConnect(b *testing.B) {
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench Connect -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.New(b, bin)
-		ln, err := l.Listen("srv", "tcp", "10.99.0.2:5400")
-		if err != nil {
-			b.Fatal(err)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		ln := closingServer(b, l, "10.99.0.2:5400")
 		plain := connectTimes(b, l, "10.99.0.2:5400", n)
 		if err := l.StartAll("--log-flows=false"); err != nil {
 			b.Fatal(err)

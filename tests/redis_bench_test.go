@@ -39,19 +39,7 @@ func BenchmarkNewFlows(b *testing.B) {
 		if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 			b.Fatalf("apply: %v\n%s", err, out)
 		}
-		ln, err := l.Listen("srv", "tcp", "10.99.0.2:8000")
-		if err != nil {
-			b.Fatal(err)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		ln := closingServer(b, l, "10.99.0.2:8000")
 		rates := map[bool][]float64{}
 		for r := 0; r < 2*rounds; r++ {
 			mirror := r%2 == 1
