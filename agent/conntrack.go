@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"math/rand/v2"
 	"time"
 
 	"github.com/nfsteer/nfsteer/rules"
@@ -101,22 +102,33 @@ func (a *Agent) repin(old, t *steering.Table) int {
 // CLOSE) are forgotten, and deleted from Redis by the instance that held
 // them.
 func (a *Agent) refresh(ctx context.Context) error {
+	// Nodes started together (a host's agents, a fleet after an upgrade)
+	// would all walk conntrack at the same moment, every interval: start
+	// at a random point of the first one.
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(rand.N(a.cfg.RefreshInterval)):
+	}
 	tick := time.NewTicker(a.cfg.RefreshInterval)
 	defer tick.Stop()
+	// Kept from round to round: a gateway's live set is as big as its
+	// flow table.
+	var live sessions.KeySet
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
-		live := map[sessions.Key]bool{}
+		live.Clear()
 		a.ctMu.Lock()
 		_, err := a.ct.Walk(func(c rules.Conn) (uint32, bool) {
 			// A closed connection waits out late segments in conntrack
 			// (TIME_WAIT: two minutes) but carries no more data: its
 			// session is over, not refreshed for those minutes.
 			if !c.Closed {
-				live[sessions.KeyOf(&c.Flow)] = true
+				live.Add(sessions.KeyOf(&c.Flow))
 			}
 			return c.Mark, false
 		})
@@ -128,19 +140,20 @@ func (a *Agent) refresh(ctx context.Context) error {
 		st := a.state.Load()
 		now := time.Now()
 		grace := now.Add(-2 * a.cfg.RefreshInterval).UnixNano()
-		for _, s := range a.flows.All() {
-			switch {
-			case live[s.Key]:
-				a.flows.Update(s.Key, func(s *sessions.Session) { s.Seen = now.UnixNano() })
-				if st.role.refreshes() && a.mirror != nil {
+		// Mirror writes are queued without blocking, as Sweep asks. A node
+		// that writes neither (a gateway, a node without Redis) passes no
+		// function: the pass then only marks and forgets.
+		var mirror func(sessions.Session, bool)
+		if a.mirror != nil && (st.role.refreshes() || st.role.deletes()) {
+			mirror = func(s sessions.Session, alive bool) {
+				switch {
+				case alive && st.role.refreshes():
 					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpRefresh, Session: s})
-				}
-			case max(s.Created, s.Seen) < grace:
-				a.flows.Delete(s.Key)
-				if st.role.deletes() && a.mirror != nil {
+				case !alive && st.role.deletes():
 					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s})
 				}
 			}
 		}
+		a.flows.Sweep(&live, now.UnixNano(), grace, mirror)
 	}
 }

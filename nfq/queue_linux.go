@@ -14,6 +14,7 @@ import (
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/mdlayher/netlink"
+	"github.com/nfsteer/nfsteer/internal/nlmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -256,7 +257,7 @@ func (w *worker) run(ctx context.Context) {
 // socket, and reads the kernel's errors about earlier verdicts.
 func (w *worker) datagram(b []byte) {
 	for len(b) > 0 {
-		typ, body, rest, err := nextMessage(b)
+		typ, _, body, rest, err := nlmsg.Next(b)
 		if err != nil {
 			w.readError(err)
 			return
@@ -269,7 +270,7 @@ func (w *worker) datagram(b []byte) {
 				continue
 			}
 			w.packet()
-		case nlmsgError:
+		case nlmsg.Error:
 			// A verdict the kernel refused (the packet was gone).
 			if len(body) >= 4 && int32(binary.NativeEndian.Uint32(body[0:4])) != 0 {
 				w.r.stats.VerdictErrors.Add(1)

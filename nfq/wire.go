@@ -3,6 +3,8 @@ package nfq
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/nfsteer/nfsteer/internal/nlmsg"
 )
 
 // This file reads and writes nfnetlink_queue's messages
@@ -12,12 +14,7 @@ import (
 
 // Message layout.
 const (
-	nlmsgHdrLen = 16 // struct nlmsghdr
-	nfgenHdrLen = 4  // struct nfgenmsg
-	nlaHdrLen   = 4  // struct nlattr
-
-	nlmsgError  = 2 // NLMSG_ERROR
-	nlmFRequest = 1
+	nfgenHdrLen = 4 // struct nfgenmsg
 
 	subsysQueue = 3 // NFNL_SUBSYS_QUEUE
 	msgPacket   = 0 // NFQNL_MSG_PACKET
@@ -43,31 +40,12 @@ const (
 	verdictAccept = 1 // NF_ACCEPT
 
 	// verdictLen is the length of one verdict message with a mark.
-	verdictLen = nlmsgHdrLen + nfgenHdrLen + nlaHdrLen + 8 + nlaHdrLen + 4
+	verdictLen = nlmsg.HeaderLen + nfgenHdrLen + nlmsg.AttrLen + 8 + nlmsg.AttrLen + 4
 )
 
-// Errors reading the kernel's messages.
-var (
-	errShortMessage = errors.New("netlink message shorter than its header says")
-	errShortAttr    = errors.New("netlink attribute shorter than its header says")
-	errNoPacketID   = errors.New("queued packet message without a packet header")
-)
-
-func align4(n int) int { return (n + 3) &^ 3 }
-
-// nextMessage splits the first netlink message off a datagram: its type,
-// its body (after the netlink header) and what follows it.
-func nextMessage(b []byte) (typ uint16, body, rest []byte, err error) {
-	if len(b) < nlmsgHdrLen {
-		return 0, nil, nil, errShortMessage
-	}
-	n := int(binary.NativeEndian.Uint32(b[0:4]))
-	if n < nlmsgHdrLen || n > len(b) {
-		return 0, nil, nil, errShortMessage
-	}
-	typ = binary.NativeEndian.Uint16(b[4:6])
-	return typ, b[nlmsgHdrLen:n], b[min(align4(n), len(b)):], nil
-}
+// errNoPacketID: a packet message without the packet's ID, which cannot
+// be answered.
+var errNoPacketID = errors.New("queued packet message without a packet header")
 
 // queued is one packet the kernel queued, as its message says. payload
 // aliases the datagram it was read from.
@@ -83,37 +61,37 @@ type queued struct {
 func parseQueued(body []byte, q *queued) error {
 	*q = queued{}
 	if len(body) < nfgenHdrLen {
-		return errShortMessage
+		return nlmsg.ErrShortMessage
 	}
-	b := body[nfgenHdrLen:]
 	haveID, haveLen := false, false
-	for len(b) >= nlaHdrLen {
-		n := int(binary.NativeEndian.Uint16(b[0:2]))
-		typ := binary.NativeEndian.Uint16(b[2:4]) & 0x3fff // without NLA_F_NESTED, NLA_F_NET_BYTEORDER
-		if n < nlaHdrLen || n > len(b) {
-			return errShortAttr
+	attrs := nlmsg.NewAttrs(body[nfgenHdrLen:])
+	for {
+		typ, v, ok, err := attrs.Next()
+		if err != nil {
+			return err
 		}
-		v := b[nlaHdrLen:n]
+		if !ok {
+			break
+		}
 		switch typ {
 		case attrPacketHdr:
 			if len(v) < 4 {
-				return errShortAttr
+				return nlmsg.ErrShortAttr
 			}
 			q.id, haveID = binary.BigEndian.Uint32(v[0:4]), true
 		case attrMark:
 			if len(v) < 4 {
-				return errShortAttr
+				return nlmsg.ErrShortAttr
 			}
 			q.mark = binary.BigEndian.Uint32(v[0:4])
 		case attrPayload:
 			q.payload = v
 		case attrCapLen:
 			if len(v) < 4 {
-				return errShortAttr
+				return nlmsg.ErrShortAttr
 			}
 			q.length, haveLen = int(binary.BigEndian.Uint32(v[0:4])), true
 		}
-		b = b[min(align4(n), len(b)):]
 	}
 	if !haveID {
 		return errNoPacketID
@@ -130,28 +108,24 @@ func appendVerdict(b []byte, queue uint16, id uint32, accept bool, mark uint32) 
 	n := len(b)
 	b = append(b, make([]byte, verdictLen)...)
 	m := b[n:]
-	binary.NativeEndian.PutUint32(m[0:4], verdictLen)
-	binary.NativeEndian.PutUint16(m[4:6], subsysQueue<<8|msgVerdict)
-	binary.NativeEndian.PutUint16(m[6:8], nlmFRequest)
-	// seq and pid 0; nfgenmsg: AF_UNSPEC, NFNETLINK_V0, the queue.
+	nlmsg.PutHeader(m, verdictLen, subsysQueue<<8|msgVerdict, nlmsg.FlagRequest, 0)
+	// nfgenmsg: AF_UNSPEC, NFNETLINK_V0, the queue.
 	binary.BigEndian.PutUint16(m[18:20], queue)
-	a := m[nlmsgHdrLen+nfgenHdrLen:]
-	binary.NativeEndian.PutUint16(a[0:2], nlaHdrLen+8)
-	binary.NativeEndian.PutUint16(a[2:4], attrVerdictHdr)
+	a := m[nlmsg.HeaderLen+nfgenHdrLen:]
+	nlmsg.PutAttrHeader(a, attrVerdictHdr, 8)
 	verdict := uint32(verdictDrop)
 	if accept {
 		verdict = verdictAccept
 	}
 	binary.BigEndian.PutUint32(a[4:8], verdict)
 	binary.BigEndian.PutUint32(a[8:12], id)
-	a = a[nlaHdrLen+8:]
+	a = a[nlmsg.AttrLen+8:]
 	if !accept {
 		// A drop needs no mark: one attribute less.
-		binary.NativeEndian.PutUint32(m[0:4], verdictLen-nlaHdrLen-4)
-		return b[:len(b)-nlaHdrLen-4]
+		binary.NativeEndian.PutUint32(m[0:4], verdictLen-nlmsg.AttrLen-4)
+		return b[:len(b)-nlmsg.AttrLen-4]
 	}
-	binary.NativeEndian.PutUint16(a[0:2], nlaHdrLen+4)
-	binary.NativeEndian.PutUint16(a[2:4], attrMark)
+	nlmsg.PutAttrHeader(a, attrMark, 4)
 	binary.BigEndian.PutUint32(a[4:8], mark)
 	return b
 }

@@ -6,16 +6,17 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/internal/nlmsg"
 )
 
 // packetMsg builds an NFQNL_MSG_PACKET message as the kernel sends it.
 func packetMsg(id, mark uint32, payload []byte, capLen uint32) []byte {
 	attr := func(typ uint16, v []byte) []byte {
-		a := make([]byte, nlaHdrLen, align4(nlaHdrLen+len(v)))
-		binary.NativeEndian.PutUint16(a[0:2], uint16(nlaHdrLen+len(v)))
+		a := make([]byte, nlmsg.AttrLen, nlmsg.Align(nlmsg.AttrLen+len(v)))
+		binary.NativeEndian.PutUint16(a[0:2], uint16(nlmsg.AttrLen+len(v)))
 		binary.NativeEndian.PutUint16(a[2:4], typ)
 		a = append(a, v...)
-		return a[:align4(len(a))]
+		return a[:nlmsg.Align(len(a))]
 	}
 	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 	body := []byte{2, 0, 0x10, 0x68} // nfgenmsg: AF_INET, v0, queue 4200
@@ -27,8 +28,8 @@ func packetMsg(id, mark uint32, payload []byte, capLen uint32) []byte {
 	if capLen != 0 {
 		body = append(body, attr(attrCapLen, be32(capLen))...)
 	}
-	m := make([]byte, nlmsgHdrLen, nlmsgHdrLen+len(body))
-	binary.NativeEndian.PutUint32(m[0:4], uint32(nlmsgHdrLen+len(body)))
+	m := make([]byte, nlmsg.HeaderLen, nlmsg.HeaderLen+len(body))
+	binary.NativeEndian.PutUint32(m[0:4], uint32(nlmsg.HeaderLen+len(body)))
 	binary.NativeEndian.PutUint16(m[4:6], subsysQueue<<8|msgPacket)
 	return append(m, body...)
 }
@@ -40,7 +41,7 @@ func TestParseQueued(t *testing.T) {
 	dgram := append(packetMsg(7, 0x1000000, syn, 0), packetMsg(8, 0, syn[:30], 1500)...)
 	var got []queued
 	for b := dgram; len(b) > 0; {
-		typ, body, rest, err := nextMessage(b)
+		typ, _, body, rest, err := nlmsg.Next(b)
 		if err != nil || typ != subsysQueue<<8|msgPacket {
 			t.Fatalf("nextMessage = %d, %v", typ, err)
 		}
@@ -64,16 +65,19 @@ func TestParseQueued(t *testing.T) {
 		msg  []byte
 		want error
 	}{
-		{"no packet header", func() []byte { m := packetMsg(1, 0, nil, 0); return append(m[:nlmsgHdrLen+4], m[nlmsgHdrLen+4+12:]...) }(), errNoPacketID},
+		{"no packet header", func() []byte {
+			m := packetMsg(1, 0, nil, 0)
+			return append(m[:nlmsg.HeaderLen+4], m[nlmsg.HeaderLen+4+12:]...)
+		}(), errNoPacketID},
 		{"an attribute longer than the message", func() []byte {
 			m := packetMsg(1, 0, syn, 0)
-			binary.NativeEndian.PutUint16(m[nlmsgHdrLen+4:], 200)
+			binary.NativeEndian.PutUint16(m[nlmsg.HeaderLen+4:], 200)
 			return m
-		}(), errShortAttr},
+		}(), nlmsg.ErrShortAttr},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			binary.NativeEndian.PutUint32(tc.msg[0:4], uint32(len(tc.msg)))
-			_, body, _, err := nextMessage(tc.msg)
+			_, _, body, _, err := nlmsg.Next(tc.msg)
 			if err == nil {
 				err = parseQueued(body, new(queued))
 			}
@@ -82,7 +86,7 @@ func TestParseQueued(t *testing.T) {
 			}
 		})
 	}
-	if _, _, _, err := nextMessage(make([]byte, 10)); !errors.Is(err, errShortMessage) {
+	if _, _, _, _, err := nlmsg.Next(make([]byte, 10)); !errors.Is(err, nlmsg.ErrShortMessage) {
 		t.Errorf("nextMessage of 10 bytes = %v", err)
 	}
 }
@@ -101,11 +105,11 @@ func TestAppendVerdict(t *testing.T) {
 	}
 	var got []verdict
 	for len(b) > 0 {
-		typ, body, rest, err := nextMessage(b)
+		typ, _, body, rest, err := nlmsg.Next(b)
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := verdict{Len: uint32(len(body) + nlmsgHdrLen), Type: uint32(typ), Flags: uint32(binary.NativeEndian.Uint16(b[6:8])),
+		v := verdict{Len: uint32(len(body) + nlmsg.HeaderLen), Type: uint32(typ), Flags: uint32(binary.NativeEndian.Uint16(b[6:8])),
 			Queue: binary.BigEndian.Uint16(body[2:4])}
 		a := body[nfgenHdrLen:]
 		v.Verdict, v.ID = binary.BigEndian.Uint32(a[4:8]), binary.BigEndian.Uint32(a[8:12])
@@ -136,7 +140,7 @@ func FuzzParseQueued(f *testing.F) {
 	f.Add(appendVerdict(nil, 1, 2, true, 3))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for len(b) > 0 {
-			_, body, rest, err := nextMessage(b)
+			_, _, body, rest, err := nlmsg.Next(b)
 			if err != nil {
 				return
 			}

@@ -3,25 +3,28 @@
 package rules
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"syscall"
 
+	"github.com/mdlayher/netlink"
+	"github.com/nfsteer/nfsteer/internal/nlmsg"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 )
 
-// TCP connection states in conntrack (enum tcp_conntrack in
-// linux/netfilter/nf_conntrack_tcp.h).
-const (
-	tcpTimeWait = 7
-	tcpClose    = 8
-)
-
 // LinuxConntrack is the Conntrack of the caller's network namespace
 // (ctnetlink; needs CAP_NET_ADMIN). It is not safe for concurrent use.
 type LinuxConntrack struct {
-	c *conntrack.Conn
+	c *conntrack.Conn // reads and updates single entries
+	// dump walks the table: a socket of its own, read in place (see
+	// ctdump.go), and its read buffer.
+	dump *netlink.Conn
+	raw  syscall.RawConn
+	buf  []byte
+	seq  uint32
 }
 
 // NewConntrack opens ctnetlink in the caller's network namespace.
@@ -30,42 +33,128 @@ func NewConntrack() (*LinuxConntrack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening ctnetlink: %w", err)
 	}
-	return &LinuxConntrack{c: c}, nil
+	d, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("opening ctnetlink: %w", err)
+	}
+	raw, err := d.SyscallConn()
+	if err != nil {
+		c.Close()
+		d.Close()
+		return nil, fmt.Errorf("opening ctnetlink: %w", err)
+	}
+	return &LinuxConntrack{c: c, dump: d, raw: raw, buf: make([]byte, 64<<10)}, nil
 }
 
-// Walk implements Conntrack. A connection that ended between the dump and
-// its update is not an error.
+// remark is a connection Walk re-marks after the dump.
+type remark struct {
+	e    ctEntry
+	mark uint32
+}
+
+// Walk implements Conntrack: it streams the table, calling fn for each
+// connection as its message is read, and re-marks what fn asks for once
+// the dump is over. A connection that ended between the dump and its
+// update is not an error.
 func (k *LinuxConntrack) Walk(fn func(c Conn) (uint32, bool)) (int, error) {
-	flows, err := k.c.Dump(nil)
-	if err != nil {
+	var changes []remark
+	if err := k.stream(func(e *ctEntry) {
+		if mark, change := fn(e.conn()); change && mark != e.mark {
+			changes = append(changes, remark{*e, mark})
+		}
+	}); err != nil {
 		return 0, fmt.Errorf("dumping conntrack: %w", err)
 	}
 	changed := 0
 	var errs []error
-	for _, ct := range flows {
-		o := ct.TupleOrig
-		f := steering.Flow{Src: o.IP.SourceAddress, Dst: o.IP.DestinationAddress, Proto: o.Proto.Protocol,
-			SrcPort: o.Proto.SourcePort, DstPort: o.Proto.DestinationPort}
-		if o.Proto.ICMPv4 || o.Proto.ICMPv6 {
-			f.SrcPort, f.DstPort = o.Proto.ICMPID, o.Proto.ICMPID
-		}
-		closed := ct.ProtoInfo.TCP != nil && (ct.ProtoInfo.TCP.State == tcpTimeWait || ct.ProtoInfo.TCP.State == tcpClose)
-		mark, change := fn(Conn{Flow: f, Mark: ct.Mark, Closed: closed})
-		if !change || mark == ct.Mark {
-			continue
-		}
-		// Only the tuples and the mark: an update carrying status bits or
+	for _, ch := range changes {
+		// Only the tuple and the mark: an update carrying status bits or
 		// timeouts is refused or changes more than we mean to.
-		err := k.c.Update(conntrack.Flow{TupleOrig: ct.TupleOrig, TupleReply: ct.TupleReply, Mark: mark})
+		err := k.c.Update(conntrack.Flow{TupleOrig: tupleOf(&ch.e), Mark: ch.mark})
 		switch {
 		case err == nil:
 			changed++
 		case errors.Is(err, unix.ENOENT):
 		default:
-			errs = append(errs, fmt.Errorf("re-marking %v: %w", f, err))
+			errs = append(errs, fmt.Errorf("re-marking %v: %w", ch.e.flow, err))
 		}
 	}
 	return changed, errors.Join(errs...)
+}
+
+// stream dumps the table and calls fn with each entry as it is read. fn
+// must not keep the entry.
+func (k *LinuxConntrack) stream(fn func(*ctEntry)) error {
+	k.seq++
+	var werr error
+	if err := k.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Write(int(fd), dumpRequest(k.seq))
+		return werr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	if werr != nil {
+		return werr
+	}
+	var e ctEntry
+	var derr error
+	done := false
+	for !done && derr == nil {
+		err := k.raw.Read(func(fd uintptr) bool {
+			n, err := unix.Read(int(fd), k.buf)
+			if err == unix.EAGAIN || err == unix.EINTR {
+				return false
+			}
+			if err != nil {
+				derr = err
+				return true
+			}
+			for b := k.buf[:n]; len(b) > 0; {
+				typ, _, body, rest, err := nlmsg.Next(b)
+				if err != nil {
+					derr = err
+					return true
+				}
+				b = rest
+				switch typ {
+				case nlmsg.Done:
+					done = true
+					return true
+				case nlmsg.Error:
+					if len(body) >= 4 {
+						if code := int32(binary.NativeEndian.Uint32(body)); code != 0 {
+							derr = unix.Errno(-code)
+							return true
+						}
+					}
+				case subsysCtnetlink<<8 | ctMsgNew:
+					if parseCT(body, &e) == nil {
+						fn(&e)
+					}
+				}
+			}
+			return true
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return derr
+}
+
+// tupleOf is the original tuple of e, as ti-mo/conntrack takes it.
+func tupleOf(e *ctEntry) conntrack.Tuple {
+	t := conntrack.Tuple{
+		IP:    conntrack.IPTuple{SourceAddress: e.flow.Src, DestinationAddress: e.flow.Dst},
+		Proto: conntrack.ProtoTuple{Protocol: e.flow.Proto, SourcePort: e.flow.SrcPort, DestinationPort: e.flow.DstPort},
+	}
+	if e.icmp {
+		t.Proto.SourcePort, t.Proto.DestinationPort = 0, 0
+		t.Proto.ICMPID, t.Proto.ICMPType, t.Proto.ICMPCode = e.flow.SrcPort, e.icmpType, e.icmpCode
+		t.Proto.ICMPv4, t.Proto.ICMPv6 = e.flow.Src.Is4(), !e.flow.Src.Is4()
+	}
+	return t
 }
 
 // Remark implements Conntrack.
@@ -116,13 +205,13 @@ func (k *LinuxConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool))
 	return false, fmt.Errorf("re-marking %v: %w", f, err)
 }
 
-// Close closes the ctnetlink socket. It is safe to call twice.
+// Close closes the ctnetlink sockets. It is safe to call twice.
 func (k *LinuxConntrack) Close() error {
 	if k.c == nil {
 		return nil
 	}
-	err := k.c.Close()
-	k.c = nil
+	err := errors.Join(k.c.Close(), k.dump.Close())
+	k.c, k.dump = nil, nil
 	return err
 }
 

@@ -43,59 +43,118 @@ type Session struct {
 
 // Flows is the node's table of the flows it decided. It is safe for
 // concurrent use.
+//
+// It holds a session as a value without pointers (addresses as bytes, the
+// tenant as a number), keyed the same way: a gateway tracks hundreds of
+// thousands of flows, and a map whose keys and values hold no pointers is
+// never scanned by the collector and takes about half the memory of one
+// of Sessions (BenchmarkSustainedNewFlows).
 type Flows struct {
 	ttl time.Duration
 
-	mu       sync.Mutex // guards sessions
-	sessions map[Key]Session
+	mu      sync.Mutex // guards entries
+	entries map[flowKey]entry
+	tenants tenantNames
+}
+
+// flowKey is a Key without pointers.
+type flowKey struct {
+	a, b   [16]byte
+	pa, pb uint16
+	fa, fb family
+	proto  uint8
+}
+
+func packKey(k Key) flowKey {
+	p := flowKey{pa: k.PA, pb: k.PB, proto: k.Proto}
+	p.a, p.fa = packAddr(k.A)
+	p.b, p.fb = packAddr(k.B)
+	return p
+}
+
+func (p *flowKey) key() Key {
+	return Key{A: unpackAddr(p.a, p.fa), B: unpackAddr(p.b, p.fb), PA: p.pa, PB: p.pb, Proto: p.proto}
+}
+
+// entry is a Session without its key and without pointers.
+type entry struct {
+	created, seen int64
+	tenant, code  uint32
+	pins          steering.Pins
+	rule          int16
+	takenOver     bool
+}
+
+func (t *Flows) pack(s *Session) entry {
+	return entry{created: s.Created, seen: s.Seen, tenant: t.tenants.id(s.Tenant), code: s.Code, pins: s.Pins,
+		rule: s.Rule, takenOver: s.TakenOver}
+}
+
+func (t *Flows) unpack(k Key, e *entry) Session {
+	return Session{Key: k, Tenant: t.tenants.name(e.tenant), Code: e.code, Pins: e.pins, Created: e.created,
+		Seen: e.seen, Rule: e.rule, TakenOver: e.takenOver}
 }
 
 // NewFlows returns an empty table whose sessions expire ttl after they
-// were last seen. The agent only sees a flow's first packets (the rest stay
-// in the kernel); the agent marks live flows seen from conntrack, so the
-// TTL bounds how long a finished flow is remembered.
+// were last seen. The agent only sees a flow's first packet (the rest stay
+// in the kernel); it marks live flows seen from conntrack and forgets
+// those conntrack forgot, so the TTL only bounds how long a flow is
+// remembered on a node that cannot read conntrack.
 func NewFlows(ttl time.Duration) *Flows {
-	return &Flows{ttl: ttl, sessions: map[Key]Session{}}
+	return &Flows{ttl: ttl, entries: map[flowKey]entry{}}
 }
 
 // Get returns the session of k.
 func (t *Flows) Get(k Key) (Session, bool) {
+	pk := packKey(k)
 	t.mu.Lock()
-	s, ok := t.sessions[k]
+	e, ok := t.entries[pk]
 	t.mu.Unlock()
-	return s, ok
+	if !ok {
+		return Session{}, false
+	}
+	return t.unpack(k, &e), true
 }
 
 // Put records s, unless a session for its key exists: the first decision
 // wins, and its pins hold for the flow's life. It returns the session that
 // is now in the table.
 func (t *Flows) Put(s Session) Session {
+	pk := packKey(s.Key)
+	e := t.pack(&s)
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if old, ok := t.sessions[s.Key]; ok {
-		return old
+	old, ok := t.entries[pk]
+	if !ok {
+		t.entries[pk] = e
 	}
-	t.sessions[s.Key] = s
+	t.mu.Unlock()
+	if ok {
+		return t.unpack(s.Key, &old)
+	}
 	return s
 }
 
 // Update calls fn on the session of k, if there is one, and stores what fn
-// leaves in it. fn runs under the table's lock and must be quick.
+// leaves in it (its key aside). fn runs under the table's lock and must be
+// quick.
 func (t *Flows) Update(k Key, fn func(*Session)) bool {
+	pk := packKey(k)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ok := t.sessions[k]
+	e, ok := t.entries[pk]
 	if ok {
+		s := t.unpack(k, &e)
 		fn(&s)
-		t.sessions[k] = s
+		t.entries[pk] = t.pack(&s)
 	}
 	return ok
 }
 
 // Delete forgets the session of k.
 func (t *Flows) Delete(k Key) {
+	pk := packKey(k)
 	t.mu.Lock()
-	delete(t.sessions, k)
+	delete(t.entries, pk)
 	t.mu.Unlock()
 }
 
@@ -103,18 +162,62 @@ func (t *Flows) Delete(k Key) {
 func (t *Flows) All() []Session {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]Session, 0, len(t.sessions))
-	for _, s := range t.sessions {
-		out = append(out, s)
+	out := make([]Session, 0, len(t.entries))
+	for pk, e := range t.entries {
+		out = append(out, t.unpack(pk.key(), &e))
 	}
 	return out
+}
+
+// KeySet is a set of flow keys without pointers, for sets as large as the
+// flow table (every live connection). The zero value is empty. It is not
+// safe for concurrent use.
+type KeySet struct{ m map[flowKey]struct{} }
+
+// Add adds k.
+func (s *KeySet) Add(k Key) {
+	if s.m == nil {
+		s.m = map[flowKey]struct{}{}
+	}
+	s.m[packKey(k)] = struct{}{}
+}
+
+// Clear empties the set and keeps its memory for the next round.
+func (s *KeySet) Clear() { clear(s.m) }
+
+// Len returns the number of keys.
+func (s *KeySet) Len() int { return len(s.m) }
+
+// Sweep goes once through the table: a session whose key is in live is
+// marked seen at now, and fn is called with it and true; a session not in
+// live and not seen since before is removed, and fn is called with it and
+// false. fn may be nil; it runs under the table's lock: it must be quick
+// and must not use the table. Sweeping holds the lock for one pass instead
+// of copying the table and locking it once per session.
+func (t *Flows) Sweep(live *KeySet, now, before int64, fn func(s Session, alive bool)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for pk, e := range t.entries {
+		if _, ok := live.m[pk]; ok {
+			e.seen = now
+			t.entries[pk] = e
+			if fn != nil {
+				fn(t.unpack(pk.key(), &e), true)
+			}
+		} else if max(e.created, e.seen) < before {
+			delete(t.entries, pk)
+			if fn != nil {
+				fn(t.unpack(pk.key(), &e), false)
+			}
+		}
+	}
 }
 
 // Len returns the number of sessions.
 func (t *Flows) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.sessions)
+	return len(t.entries)
 }
 
 // Expire removes sessions not seen since now-ttl and returns how many.
@@ -123,9 +226,9 @@ func (t *Flows) Expire(now time.Time) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for k, s := range t.sessions {
-		if max(s.Created, s.Seen) < cut {
-			delete(t.sessions, k)
+	for k, e := range t.entries {
+		if max(e.created, e.seen) < cut {
+			delete(t.entries, k)
 			n++
 		}
 	}

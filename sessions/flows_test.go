@@ -1,9 +1,14 @@
 package sessions
 
 import (
+	"cmp"
+	"slices"
+
 	"net/netip"
 	"testing"
 	"time"
+
+	gocmp "github.com/google/go-cmp/cmp"
 
 	"github.com/nfsteer/nfsteer/steering"
 )
@@ -35,6 +40,34 @@ func TestFirstDecisionWinsAndExpires(t *testing.T) {
 	}
 	if n := tab.Expire(now.Add(61 * time.Second)); n != 1 || tab.Len() != 0 {
 		t.Fatalf("Expire after ttl removed %d, %d left", n, tab.Len())
+	}
+}
+
+// TestFlowsKeepSessions: what goes in comes out whole, IPv4 and IPv6,
+// through every method.
+func TestFlowsKeepSessions(t *testing.T) {
+	tab := NewFlows(time.Minute)
+	s4 := Session{Key: Key{A: netip.MustParseAddr("10.10.1.2"), B: netip.MustParseAddr("10.99.0.2"), PA: 40000, PB: 5201, Proto: 6},
+		Tenant: "acme", Code: 0xdeadbeef, Pins: steering.Pins{3, 7}, Created: 1, Seen: 2, Rule: 1, TakenOver: true}
+	s6 := Session{Key: Key{A: netip.MustParseAddr("fd00:10::2"), B: netip.MustParseAddr("fd00:99::2"), PA: 1, PB: 2, Proto: 17},
+		Tenant: "globex", Code: 9, Pins: steering.Pins{4}, Created: 3, Seen: 4, Rule: -1}
+	tab.Put(s4)
+	tab.Put(s6)
+	for _, want := range []Session{s4, s6} {
+		if got, ok := tab.Get(want.Key); !ok || got != want {
+			t.Errorf("Get(%v) = %+v, %v; want %+v", want.Key, got, ok, want)
+		}
+	}
+	tab.Update(s6.Key, func(s *Session) { s.Seen = 10; s.Pins[1] = 5 })
+	s6.Seen, s6.Pins[1] = 10, 5
+	all := tab.All()
+	slices.SortFunc(all, func(a, b Session) int { return cmp.Compare(a.Code, b.Code) })
+	if diff := gocmp.Diff([]Session{s6, s4}, all, gocmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("All (-want +got):\n%s", diff)
+	}
+	tab.Delete(s4.Key)
+	if _, ok := tab.Get(s4.Key); ok || tab.Len() != 1 {
+		t.Errorf("after Delete: %d sessions, deleted one still there: %v", tab.Len(), ok)
 	}
 }
 

@@ -61,8 +61,8 @@ func unpackAddr(b [16]byte, f family) netip.Addr {
 	return netip.Addr{}
 }
 
-// tenantNames numbers tenant names for queued operations. It is safe for
-// concurrent use. Names are never forgotten: there are as many as tenants
+// tenantNames numbers tenant names for queued operations and the flow
+// table's entries, which keep the number. It is safe for concurrent use. Names are never forgotten: there are as many as tenants
 // the node has seen, which the map bounds.
 type tenantNames struct {
 	mu    sync.Mutex // guards ids and names

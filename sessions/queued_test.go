@@ -13,6 +13,16 @@ import (
 // field with a pointer in it (a string, an address) would undo that
 // without failing anything else.
 func TestQueuedHasNoPointers(t *testing.T) {
+	noPointers(t, reflect.TypeFor[queued](), "queued")
+	// The same for the flow table's keys and values, which a gateway
+	// holds hundreds of thousands of.
+	noPointers(t, reflect.TypeFor[flowKey](), "flowKey")
+	noPointers(t, reflect.TypeFor[entry](), "entry")
+}
+
+// noPointers fails t for every field of ty that holds a pointer.
+func noPointers(t *testing.T, ty reflect.Type, name string) {
+	t.Helper()
 	var walk func(reflect.Type, string)
 	walk = func(ty reflect.Type, path string) {
 		switch ty.Kind() {
@@ -25,10 +35,10 @@ func TestQueuedHasNoPointers(t *testing.T) {
 		case reflect.Bool, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 			reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		default:
-			t.Errorf("%s is a %s: queued must hold no pointers", path, ty.Kind())
+			t.Errorf("%s is a %s: %s must hold no pointers", path, ty.Kind(), name)
 		}
 	}
-	walk(reflect.TypeFor[queued](), "queued")
+	walk(ty, name)
 }
 
 func TestQueuedRoundTrip(t *testing.T) {

@@ -17,13 +17,13 @@ import (
 
 // scrape reads host's agent metrics from 127.0.0.1:9464 in its namespace
 // and returns every sample, by its name with labels.
-func scrape(t *testing.T, l *lab.Lab, host string) map[string]float64 {
+func scrape(t testing.TB, l *lab.Lab, host string) map[string]float64 {
 	t.Helper()
 	return scrapeAt(t, l, host, "127.0.0.1:9464")
 }
 
 // scrapeAt is scrape from addr.
-func scrapeAt(t *testing.T, l *lab.Lab, host, addr string) map[string]float64 {
+func scrapeAt(t testing.TB, l *lab.Lab, host, addr string) map[string]float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,6 +130,55 @@ func BenchmarkNewFlowRate(b *testing.B) {
 		b.ReportMetric(float64(around), "flows-around-chain")
 		fmt.Printf("highest rate with 99%% of new flows on their way: plain %d/s, nfsteer %d/s (%.3f of plain); flows around the chain: %d\n",
 			plain, steered, float64(steered)/float64(max(plain, 1)), around)
+		l.Close()
+	}
+}
+
+// BenchmarkSustainedNewFlows offers 10,000 one-packet UDP flows a second
+// for 20 s through globex's chain and reports the share that arrived on
+// the chain (TTL 60 at the server), the flows that arrived around it, and
+// the gateway agent's memory per tracked flow: its RSS growth over the run
+// divided by the flows in its session table at the end.
+func BenchmarkSustainedNewFlows(b *testing.B) {
+	const rate, seconds = 10000, 20
+	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench SustainedNewFlows -benchtime 1x ./tests)\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.New(b, bin)
+		sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, "9000"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9000-9003", lab.GlobexClient, lab.Server)
+		for name, ttl := range map[string]string{"onchain": "ip ttl 60", "offchain": "ip ttl != 60"} {
+			if err := l.Count("srv", name, match+" "+ttl); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := l.StartAll(append([]string{"--log-flows=false", "--metrics", "127.0.0.1:9464"}, strings.Fields(os.Getenv("NFSTEER_BENCH_ARGS"))...)...); err != nil {
+			b.Fatal(err)
+		}
+		gw := l.Agents("gw")[0]
+		rss0, err := gw.RSS()
+		if err != nil {
+			b.Fatal(err)
+		}
+		sessions0 := scrape(b, l, "gw")["nfsteer_sessions_active"]
+		f := newFlooder(b, l, "cg", netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.Server), 9000, 4)
+		s := offer(b, l, f, rate, seconds*time.Second, "onchain", "offchain")
+		rss1, err := gw.RSS()
+		if err != nil {
+			b.Fatal(err)
+		}
+		tracked := scrape(b, l, "gw")["nfsteer_sessions_active"] - sessions0
+		perFlow := float64(rss1-rss0) / tracked
+		b.ReportMetric(s.fractionOnWay, "on-chain")
+		b.ReportMetric(float64(s.off), "flows-around-chain")
+		b.ReportMetric(perFlow, "B/tracked-flow")
+		fmt.Printf("sustained %d new flows/s for %d s: sent %d in %s, %.4f on their chain, %d around it; queues dropped %v\n",
+			rate, seconds, s.sent, s.took.Round(time.Millisecond), s.fractionOnWay, s.off, s.dropped)
+		fmt.Printf("gateway agent: RSS %d MB -> %d MB with %.0f more flows tracked: %.0f B per tracked flow (target 256)\n",
+			rss0>>20, rss1>>20, tracked, perFlow)
+		sink.Close()
 		l.Close()
 	}
 }

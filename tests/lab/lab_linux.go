@@ -518,6 +518,22 @@ func (a *Process) Kill() {
 // Signal sends sig to the agent (SIGSTOP and SIGCONT stall it).
 func (a *Process) Signal(sig os.Signal) error { return a.cmd.Process.Signal(sig) }
 
+// RSS returns the process's resident memory in bytes, from /proc. `ip
+// netns exec` execs the command, so the process is nfsteer itself.
+func (a *Process) RSS() (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for process %d", a.cmd.Process.Pid)
+}
+
 // Output returns what the agent has logged so far.
 func (a *Process) Output() string {
 	b, _ := os.ReadFile(a.Log)
