@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -37,7 +38,9 @@ type Spec struct {
 	// Empty means every interface (an instance host).
 	Outer []string
 	// QueueBase is the first queue number. Queues per direction are
-	// numbered from QueueBase (original) and QueueBase+Queues (reply).
+	// numbered from QueueBase (original) and QueueBase+Queues (reply);
+	// 0 queues means one per CPU (at most 64), each read by its own
+	// worker, packets spread by the CPU that handles them.
 	QueueBase uint16
 	Queues    int
 	// FailClosed drops new flows while no agent reads the queues; otherwise
@@ -69,7 +72,7 @@ func (s Spec) WithDefaults() Spec {
 		s.QueueBase = DefaultQueueBase
 	}
 	if s.Queues == 0 {
-		s.Queues = 1
+		s.Queues = min(runtime.NumCPU(), 64)
 	}
 	if s.TableBase == 0 {
 		s.TableBase = DefaultTableBase
@@ -143,7 +146,9 @@ func (s Spec) IPTablesRules() (jumps, own []Rule) {
 		if s.Queues == 1 {
 			a = append(a, "--queue-num", strconv.Itoa(int(first)))
 		} else {
-			a = append(a, "--queue-balance", fmt.Sprintf("%d:%d", first, int(first)+s.Queues-1))
+			// By the CPU that handles the packet: each queue, and its
+			// reader, keeps to one CPU's packets.
+			a = append(a, "--queue-balance", fmt.Sprintf("%d:%d", first, int(first)+s.Queues-1), "--queue-cpu-fanout")
 		}
 		if !s.FailClosed {
 			a = append(a, "--queue-bypass")

@@ -35,8 +35,8 @@ func TestIPTablesRules(t *testing.T) {
 		"-A POSTROUTING -m comment --comment nfsteer -j NFSTEER-POST",
 		"-A NFSTEER-PRE -m connmark ! --mark 0x0/0xffffff -j CONNMARK --restore-mark --nfmask 0xffffff --ctmask 0xffffff",
 		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j MARK --or-mark 0x1000000",
-		"-A NFSTEER-PRE -m mark --mark 0x0/0x1000fff -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4200:4201",
-		"-A NFSTEER-PRE -m mark --mark 0x1000000/0x1fff000 -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4202:4203",
+		"-A NFSTEER-PRE -m mark --mark 0x0/0x1000fff -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4200:4201 --queue-cpu-fanout",
+		"-A NFSTEER-PRE -m mark --mark 0x1000000/0x1fff000 -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4202:4203 --queue-cpu-fanout",
 		"-A NFSTEER-POST -m mark --mark 0x2000000/0x2000000 -j CONNMARK --save-mark --nfmask 0xffffff --ctmask 0xffffff",
 		"-A NFSTEER-POST -m connmark --mark 0x0/0xfff -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m comment --comment nfsteer-unsteered",
 	}
@@ -44,7 +44,7 @@ func TestIPTablesRules(t *testing.T) {
 		t.Errorf("IPTablesRules (-want +got):\n%s", diff)
 	}
 
-	_, own = Spec{}.IPTablesRules()
+	_, own = Spec{Queues: 1}.IPTablesRules()
 	if q := own[2].String(); !strings.HasSuffix(q, "--queue-num 4200 --queue-bypass") {
 		t.Errorf("fail-open single queue rule = %q, want --queue-num 4200 --queue-bypass", q)
 	}

@@ -253,7 +253,7 @@ func BenchmarkConnect(b *testing.B) {
 		l := lab.New(b, bin)
 		ln := closingServer(b, l, "10.99.0.2:5400")
 		plain := connectTimes(b, l, "10.99.0.2:5400", n)
-		if err := l.StartAll("--log-flows=false"); err != nil {
+		if err := l.StartAll(append([]string{"--log-flows=false"}, strings.Fields(os.Getenv("NFSTEER_BENCH_ARGS"))...)...); err != nil {
 			b.Fatal(err)
 		}
 		steered := connectTimes(b, l, "10.99.0.2:5400", n)

@@ -117,7 +117,7 @@ func BenchmarkNewFlowRate(b *testing.B) {
 			return best, steps
 		}
 		plain, _ := run("plain", "plain", "notplain")
-		if err := l.StartAll("--log-flows=false"); err != nil {
+		if err := l.StartAll(append([]string{"--log-flows=false"}, strings.Fields(os.Getenv("NFSTEER_BENCH_ARGS"))...)...); err != nil {
 			b.Fatal(err)
 		}
 		steered, steps := run("nfsteer", "onchain", "offchain")

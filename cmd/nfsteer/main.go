@@ -143,7 +143,7 @@ func nodeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "node", Usage: "this node's `NAME`; an instance name from the map makes it that instance's host", EnvVars: []string{"NFSTEER_NODE"}},
 		&cli.StringFlag{Name: "map", Usage: "service map `FILE` (YAML): the map without Redis, the fallback with it", EnvVars: []string{"NFSTEER_MAP"}},
 		&cli.StringSliceFlag{Name: "outer", Usage: "a gateway's steered `IFACE` (repeat for several)", EnvVars: []string{"NFSTEER_OUTER"}},
-		&cli.IntFlag{Name: "queues", Value: 1, Usage: "NFQUEUE queues per direction", EnvVars: []string{"NFSTEER_QUEUES"}},
+		&cli.IntFlag{Name: "queues", Usage: "NFQUEUE queues per direction, each with its own reader (0: one per CPU)", EnvVars: []string{"NFSTEER_QUEUES"}},
 		&cli.StringFlag{Name: "fail", Value: "open", Usage: "with no agent reading the queues, new flows pass (`open`) or are dropped (closed)", EnvVars: []string{"NFSTEER_FAIL"}},
 		&cli.StringFlag{Name: "overload", Value: "drop", Usage: "with a queue full, new flows are dropped (`drop`: TCP retries them) or pass around their chain, counted (bypass: availability over inspection)", EnvVars: []string{"NFSTEER_OVERLOAD"}},
 		&cli.UintFlag{Name: "queue-base", Value: rules.DefaultQueueBase, Usage: "first NFQUEUE number"},
