@@ -64,34 +64,27 @@ func parseQueued(body []byte, q *queued) error {
 		return nlmsg.ErrShortMessage
 	}
 	haveID, haveLen := false, false
-	attrs := nlmsg.NewAttrs(body[nfgenHdrLen:])
-	for {
-		typ, v, ok, err := attrs.Next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
+	err := nlmsg.ForEach(body[nfgenHdrLen:], func(typ uint16, v []byte) error {
+		if typ != attrPayload && len(v) < 4 {
+			// Too short for its value: a packet header missing leaves the
+			// message without an ID, refused below; a mark or length
+			// missing reads as none.
+			return nil
 		}
 		switch typ {
 		case attrPacketHdr:
-			if len(v) < 4 {
-				return nlmsg.ErrShortAttr
-			}
 			q.id, haveID = binary.BigEndian.Uint32(v[0:4]), true
 		case attrMark:
-			if len(v) < 4 {
-				return nlmsg.ErrShortAttr
-			}
 			q.mark = binary.BigEndian.Uint32(v[0:4])
 		case attrPayload:
 			q.payload = v
 		case attrCapLen:
-			if len(v) < 4 {
-				return nlmsg.ErrShortAttr
-			}
 			q.length, haveLen = int(binary.BigEndian.Uint32(v[0:4])), true
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if !haveID {
 		return errNoPacketID

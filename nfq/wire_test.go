@@ -86,6 +86,11 @@ func TestParseQueued(t *testing.T) {
 			}
 		})
 	}
+	_, _, body, _, _ := nlmsg.Next(dgram)
+	var q queued
+	if n := testing.AllocsPerRun(100, func() { parseQueued(body, &q) }); n != 0 {
+		t.Errorf("parseQueued allocates %v times", n)
+	}
 	if _, _, _, _, err := nlmsg.Next(make([]byte, 10)); !errors.Is(err, nlmsg.ErrShortMessage) {
 		t.Errorf("nextMessage of 10 bytes = %v", err)
 	}

@@ -82,31 +82,41 @@ func parseCT(body []byte, e *ctEntry) error {
 		return nlmsg.ErrShortMessage
 	}
 	tuple := false
-	attrs := nlmsg.NewAttrs(body[nfgenLen:])
-	for {
-		typ, v, ok, err := attrs.Next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
-		}
+	err := nlmsg.ForEach(body[nfgenLen:], func(typ uint16, v []byte) error {
 		switch typ {
 		case ctaTupleOrig:
-			if err := parseTuple(v, e); err != nil {
-				return err
-			}
 			tuple = true
+			return nlmsg.ForEach(v, func(typ uint16, v []byte) error {
+				switch typ {
+				case ctaTupleIP:
+					return nlmsg.ForEach(v, e.ip)
+				case ctaTupleProto:
+					return nlmsg.ForEach(v, e.proto)
+				}
+				return nil
+			})
 		case ctaMark:
 			if len(v) < 4 {
 				return nlmsg.ErrShortAttr
 			}
 			e.mark = binary.BigEndian.Uint32(v)
 		case ctaProtoinfo:
-			if err := parseProtoinfo(v, e); err != nil {
-				return err
-			}
+			return nlmsg.ForEach(v, func(typ uint16, v []byte) error {
+				if typ != ctaProtoinfoTCP {
+					return nil
+				}
+				return nlmsg.ForEach(v, func(typ uint16, v []byte) error {
+					if typ == ctaProtoinfoTCPState && len(v) >= 1 {
+						e.tcp, e.tcpState = true, v[0]
+					}
+					return nil
+				})
+			})
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if !tuple {
 		return errNoTuple
@@ -114,112 +124,59 @@ func parseCT(body []byte, e *ctEntry) error {
 	return nil
 }
 
-func parseTuple(b []byte, e *ctEntry) error {
-	attrs := nlmsg.NewAttrs(b)
-	for {
-		typ, v, ok, err := attrs.Next()
-		if err != nil || !ok {
-			return err
+// ip reads one attribute of a tuple's addresses.
+func (e *ctEntry) ip(typ uint16, v []byte) error {
+	var a netip.Addr
+	switch typ {
+	case ctaIPv4Src, ctaIPv4Dst:
+		if len(v) < 4 {
+			return nlmsg.ErrShortAttr
 		}
-		switch typ {
-		case ctaTupleIP:
-			if err := parseIP(v, e); err != nil {
-				return err
-			}
-		case ctaTupleProto:
-			if err := parseProto(v, e); err != nil {
-				return err
-			}
+		a = netip.AddrFrom4([4]byte(v[:4]))
+	case ctaIPv6Src, ctaIPv6Dst:
+		if len(v) < 16 {
+			return nlmsg.ErrShortAttr
 		}
+		a = netip.AddrFrom16([16]byte(v[:16]))
+	default:
+		return nil
 	}
+	if typ == ctaIPv4Src || typ == ctaIPv6Src {
+		e.flow.Src = a
+	} else {
+		e.flow.Dst = a
+	}
+	return nil
 }
 
-func parseIP(b []byte, e *ctEntry) error {
-	attrs := nlmsg.NewAttrs(b)
-	for {
-		typ, v, ok, err := attrs.Next()
-		if err != nil || !ok {
-			return err
+// proto reads one attribute of a tuple's protocol part.
+func (e *ctEntry) proto(typ uint16, v []byte) error {
+	switch typ {
+	case ctaProtoNum, ctaProtoICMPType, ctaProtoICMPCode, ctaProtoICMPv6Type, ctaProtoICMPv6Code:
+		if len(v) < 1 {
+			return nlmsg.ErrShortAttr
 		}
-		var a netip.Addr
-		switch typ {
-		case ctaIPv4Src, ctaIPv4Dst:
-			if len(v) < 4 {
-				return nlmsg.ErrShortAttr
-			}
-			a = netip.AddrFrom4([4]byte(v[:4]))
-		case ctaIPv6Src, ctaIPv6Dst:
-			if len(v) < 16 {
-				return nlmsg.ErrShortAttr
-			}
-			a = netip.AddrFrom16([16]byte(v[:16]))
-		default:
-			continue
-		}
-		if typ == ctaIPv4Src || typ == ctaIPv6Src {
-			e.flow.Src = a
-		} else {
-			e.flow.Dst = a
+	case ctaProtoSrcPort, ctaProtoDstPort, ctaProtoICMPID, ctaProtoICMPv6ID:
+		if len(v) < 2 {
+			return nlmsg.ErrShortAttr
 		}
 	}
-}
-
-func parseProto(b []byte, e *ctEntry) error {
-	attrs := nlmsg.NewAttrs(b)
-	for {
-		typ, v, ok, err := attrs.Next()
-		if err != nil || !ok {
-			return err
-		}
-		switch typ {
-		case ctaProtoNum, ctaProtoICMPType, ctaProtoICMPCode, ctaProtoICMPv6Type, ctaProtoICMPv6Code:
-			if len(v) < 1 {
-				return nlmsg.ErrShortAttr
-			}
-		case ctaProtoSrcPort, ctaProtoDstPort, ctaProtoICMPID, ctaProtoICMPv6ID:
-			if len(v) < 2 {
-				return nlmsg.ErrShortAttr
-			}
-		}
-		switch typ {
-		case ctaProtoNum:
-			e.flow.Proto = v[0]
-		case ctaProtoSrcPort:
-			e.flow.SrcPort = binary.BigEndian.Uint16(v)
-		case ctaProtoDstPort:
-			e.flow.DstPort = binary.BigEndian.Uint16(v)
-		case ctaProtoICMPID, ctaProtoICMPv6ID:
-			id := binary.BigEndian.Uint16(v)
-			e.flow.SrcPort, e.flow.DstPort, e.icmp = id, id, true
-		case ctaProtoICMPType, ctaProtoICMPv6Type:
-			e.icmpType, e.icmp = v[0], true
-		case ctaProtoICMPCode, ctaProtoICMPv6Code:
-			e.icmpCode, e.icmp = v[0], true
-		}
+	switch typ {
+	case ctaProtoNum:
+		e.flow.Proto = v[0]
+	case ctaProtoSrcPort:
+		e.flow.SrcPort = binary.BigEndian.Uint16(v)
+	case ctaProtoDstPort:
+		e.flow.DstPort = binary.BigEndian.Uint16(v)
+	case ctaProtoICMPID, ctaProtoICMPv6ID:
+		id := binary.BigEndian.Uint16(v)
+		e.flow.SrcPort, e.flow.DstPort, e.icmp = id, id, true
+	case ctaProtoICMPType, ctaProtoICMPv6Type:
+		e.icmpType, e.icmp = v[0], true
+	case ctaProtoICMPCode, ctaProtoICMPv6Code:
+		e.icmpCode, e.icmp = v[0], true
 	}
-}
-
-func parseProtoinfo(b []byte, e *ctEntry) error {
-	attrs := nlmsg.NewAttrs(b)
-	for {
-		typ, v, ok, err := attrs.Next()
-		if err != nil || !ok {
-			return err
-		}
-		if typ != ctaProtoinfoTCP {
-			continue
-		}
-		tcp := nlmsg.NewAttrs(v)
-		for {
-			t, w, ok, err := tcp.Next()
-			if err != nil || !ok {
-				return err
-			}
-			if t == ctaProtoinfoTCPState && len(w) >= 1 {
-				e.tcp, e.tcpState = true, w[0]
-			}
-		}
-	}
+	return nil
 }
 
 // dumpRequest is the message that asks for the whole table, both

@@ -67,6 +67,22 @@ func (a *Attrs) Next() (typ uint16, v []byte, ok bool, err error) {
 	return typ, v, true, nil
 }
 
+// ForEach calls fn with each attribute in b, in order, until fn returns an
+// error or the attributes end; it returns fn's error, or ErrShortAttr for
+// a run cut short.
+func ForEach(b []byte, fn func(typ uint16, v []byte) error) error {
+	a := NewAttrs(b)
+	for {
+		typ, v, ok, err := a.Next()
+		if err != nil || !ok {
+			return err
+		}
+		if err := fn(typ, v); err != nil {
+			return err
+		}
+	}
+}
+
 // PutHeader writes a netlink header for a message of n bytes into b.
 func PutHeader(b []byte, n int, typ, flags uint16, seq uint32) {
 	binary.NativeEndian.PutUint32(b[0:4], uint32(n))
