@@ -103,6 +103,9 @@ func parse4(b []byte, length int, p *Packet) error {
 	if frag := binary.BigEndian.Uint16(b[6:8]); frag&0x3fff != 0 { // MF or offset
 		return ErrFragment
 	}
+	if ihl > len(b) {
+		return ErrTruncated // a capture that ends inside the options
+	}
 	return parseL4(b[ihl:], p)
 }
 

@@ -238,6 +238,15 @@ func TestParseCapture(t *testing.T) {
 		{"IPv4, 256 bytes of 1,440", ip4(6, "10.10.1.2", "10.99.0.2", payload), DefaultCopyRange, 1440, nil},
 		{"IPv6, 256 bytes of 1,460", ip6(6, "fd00:10::2", "fd00:99::2", payload), DefaultCopyRange, 1460, nil},
 		{"IPv4, the TCP header cut", ip4(6, "10.10.1.2", "10.99.0.2", payload), 30, 1440, ErrTruncated},
+		// Found by FuzzParse: a capture shorter than the IPv4 header's
+		// options used to panic.
+		{"IPv4, the capture ends inside the options", func() []byte {
+			b := ip4(6, "10.10.1.2", "10.99.0.2", payload)
+			b = append(b[:20:20], append([]byte{1, 1, 1, 1, 1, 1, 1, 1}, b[20:]...)...) // 8 bytes of NOP options
+			b[0] = 0x47                                                                 // 28-byte header
+			binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+			return b
+		}(), 24, 1448, ErrTruncated},
 		{"IPv4, longer than the packet was", ip4(6, "10.10.1.2", "10.99.0.2", payload), DefaultCopyRange, 1000, ErrTruncated},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
