@@ -110,7 +110,7 @@ func run() error {
 		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, fwd, rev)
 	}
 
-	fmt.Println("\n== the gateway agent's decisions (first packet of each direction only; the rest stayed in the kernel)")
+	fmt.Println("\n== the gateway agent's decisions (one packet per flow, which decides both directions; the rest, replies included, stayed in the kernel)")
 	for _, a := range l.Agents("gw") {
 		for _, line := range strings.Split(a.Output(), "\n") {
 			if strings.Contains(line, "msg=flow") && strings.Contains(line, ":70") {
