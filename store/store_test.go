@@ -37,15 +37,6 @@ func open(t testing.TB, url string) *store.Store {
 	return s
 }
 
-func parse(t testing.TB, y string) *steering.Map {
-	t.Helper()
-	m, err := steering.Parse([]byte(y))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // labTable is the lab map compiled, as a node holds it.
 func labTable(t testing.TB) *steering.Table {
 	t.Helper()
