@@ -30,9 +30,10 @@ type Config struct {
 	// agent; 0 means DefaultCopyRange. The decision needs the IP and L4
 	// headers only.
 	CopyRange uint32
-	// FailOpen asks the kernel to accept packets, instead of dropping them,
-	// when a queue is full. It pairs with the rules' --queue-bypass, which
-	// covers the case of no reader at all.
+	// FailOpen asks the kernel to accept packets unsteered, instead of
+	// dropping them, when a queue or the reader's socket is full: the
+	// agent's --overload bypass. It is not the rules' --queue-bypass,
+	// which covers the case of no reader at all.
 	FailOpen bool
 	// Logger receives unexpected read errors (rate-limited); nil means
 	// slog.Default().
