@@ -185,9 +185,6 @@ func (s *KeySet) Add(k Key) {
 // Clear empties the set and keeps its memory for the next round.
 func (s *KeySet) Clear() { clear(s.m) }
 
-// Len returns the number of keys.
-func (s *KeySet) Len() int { return len(s.m) }
-
 // Sweep goes once through the table: a session whose key is in live is
 // marked seen at now, and fn is called with it and true; a session not in
 // live and not seen since before is removed, and fn is called with it and
