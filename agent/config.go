@@ -37,9 +37,10 @@ type Config struct {
 	// RefreshInterval is how often the node checks conntrack for its live
 	// flows and refreshes their sessions (default 10s).
 	RefreshInterval time.Duration
-	// HeartbeatInterval is how often the node reports to Redis (default
-	// 50ms, which the controller's default of 3 misses turns into a
-	// failover in about 150ms).
+	// HeartbeatInterval is how often the node tells Redis it is alive
+	// (default 25ms, which the controller's default of 4 misses turns into
+	// a failover in about 100ms). It reports its health every
+	// store.ReportEvery.
 	HeartbeatInterval time.Duration
 	// MapPoll is how often the node checks the map version besides the
 	// announcements (default 1s).
@@ -100,7 +101,7 @@ func (c *Config) defaults() {
 		c.RefreshInterval = 10 * time.Second
 	}
 	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 50 * time.Millisecond
+		c.HeartbeatInterval = 25 * time.Millisecond
 	}
 	if c.MapPoll == 0 {
 		c.MapPoll = time.Second

@@ -150,7 +150,8 @@ type fakeStore struct {
 	mu       sync.Mutex // guards the fields below
 	live     *steering.Published
 	down     error // returned by every call when set (Redis unreachable)
-	beats    []store.Report
+	alive    int            // heartbeats
+	beats    []store.Report // the reports among them
 	records  map[sessions.Key]*sessions.Record
 	written  []sessions.Named
 	existing map[string]*sessions.Record // what a create of a flow finds
@@ -220,13 +221,16 @@ func (s *fakeStore) Watch(ctx context.Context, _ time.Duration, check func(conte
 	}
 }
 
-func (s *fakeStore) Heartbeat(_ context.Context, r store.Report) error {
+func (s *fakeStore) Heartbeat(_ context.Context, node string, r *store.Report) error {
 	if err := s.err(); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.beats = append(s.beats, r)
+	s.alive++
+	if r != nil {
+		s.beats = append(s.beats, *r)
+	}
 	return nil
 }
 
@@ -289,6 +293,12 @@ func (s *fakeStore) reports() []store.Report {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.beats)
+}
+
+func (s *fakeStore) heartbeats() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.alive
 }
 
 // logBuffer collects a node's log. It is safe for concurrent use.

@@ -92,36 +92,32 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) er
 	return nil
 }
 
-// heartbeat reports the node alive, with its health, every interval.
+// heartbeat reports the node alive every interval, with its health every
+// store.ReportEvery.
 func (a *Agent) heartbeat(ctx context.Context) error {
 	tick := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	failing := false
 	var rtt time.Duration // of the last heartbeat
+	var reported time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
-		r := store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.flows.Len()}
-		if a.mirror != nil {
-			r.MirrorDepth = a.mirror.Stats.Depth.Load()
-			r.MirrorDrops = a.mirror.Stats.Dropped.Load()
+		var r *store.Report
+		if time.Since(reported) >= store.ReportEvery-a.cfg.HeartbeatInterval/2 {
+			r = a.report(rtt)
 		}
-		if q, ok := kernelQueues(); ok {
-			r.QueueBacklog, r.QueueDrops = q.waiting, q.dropped+q.userDropped
-		}
-		if a.queue != nil {
-			r.LatencyUS = a.queue.MaxLatency.Swap(0) / 1000
-		}
-		r.RTTUS = rtt.Microseconds()
-		r.Unsteered = a.Counters.Unsteered.Load()
 		hctx, cancel := context.WithTimeout(ctx, max(a.cfg.HeartbeatInterval, 100*time.Millisecond))
 		sent := time.Now()
-		err := a.store.Heartbeat(hctx, r)
+		err := a.store.Heartbeat(hctx, a.cfg.Node, r)
 		rtt = time.Since(sent)
 		cancel()
+		if err == nil && r != nil {
+			reported = sent
+		}
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:
 			a.log.Warn("heartbeat failed; steering goes on", "err", err)
@@ -135,6 +131,25 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// report is the node's health for the controller; rtt is the last
+// heartbeat's round trip.
+func (a *Agent) report(rtt time.Duration) *store.Report {
+	r := &store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.flows.Len()}
+	if a.mirror != nil {
+		r.MirrorDepth = a.mirror.Stats.Depth.Load()
+		r.MirrorDrops = a.mirror.Stats.Dropped.Load()
+	}
+	if q, ok := kernelQueues(); ok {
+		r.QueueBacklog, r.QueueDrops = q.waiting, q.dropped+q.userDropped
+	}
+	if a.queue != nil {
+		r.LatencyUS = a.queue.MaxLatency.Swap(0) / 1000
+	}
+	r.RTTUS = rtt.Microseconds()
+	r.Unsteered = a.Counters.Unsteered.Load()
+	return r
 }
 
 // deferToRedis holds a packet memory cannot decide while a lookup worker

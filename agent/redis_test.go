@@ -13,6 +13,7 @@ import (
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
 )
 
 // nextVersion is p changed by edit as the version after it, encoded as a
@@ -97,25 +98,32 @@ func TestWatchMapSwitches(t *testing.T) {
 	}
 }
 
-// TestHeartbeat: the node reports its name and version every interval,
-// and keeps steering through a store that fails.
+// TestHeartbeat: the node says it is alive every interval and reports its
+// name and version every store.ReportEvery, and keeps steering through a
+// store that fails.
 func TestHeartbeat(t *testing.T) {
 	n := newFakeNode(t, "fw-1", labVersion(t), nil)
 	n.run(t)
-	waitFor(t, "three heartbeats", func() bool { return len(n.store.reports()) >= 3 })
+	start := time.Now()
+	waitFor(t, "two reports", func() bool { return len(n.store.reports()) >= 2 })
+	took := time.Since(start)
 	r := n.store.reports()[0]
 	if r.Node != "fw-1" || r.MapVersion != 1 {
 		t.Errorf("heartbeat %+v; want node fw-1 on version 1", r)
 	}
+	// 5 ms beats: many more than reports, which come every ReportEvery.
+	if beats, reports := n.store.heartbeats(), len(n.store.reports()); beats < 4*reports || took < store.ReportEvery/2 {
+		t.Errorf("%d heartbeats carried %d reports in %v; want a report every %v, a heartbeat every 5ms", beats, reports, took, store.ReportEvery)
+	}
 	n.store.mu.Lock()
 	n.store.down = errors.New("connection refused")
 	n.store.mu.Unlock()
-	before := len(n.store.reports())
+	before := n.store.heartbeats()
 	time.Sleep(30 * time.Millisecond)
 	n.store.mu.Lock()
 	n.store.down = nil
 	n.store.mu.Unlock()
-	waitFor(t, "heartbeats again", func() bool { return len(n.store.reports()) > before+2 })
+	waitFor(t, "heartbeats again", func() bool { return n.store.heartbeats() > before+2 })
 }
 
 // lab flow helpers: acme's client opening TCP to the server.

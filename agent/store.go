@@ -23,7 +23,8 @@ type Store interface {
 	// Watch calls check for every announcement, resubscription and poll
 	// until ctx is done.
 	Watch(ctx context.Context, poll time.Duration, check func(context.Context, store.Announcement)) error
-	Heartbeat(ctx context.Context, r store.Report) error
+	// Heartbeat says node is alive and, if r is not nil, how it is.
+	Heartbeat(ctx context.Context, node string, r *store.Report) error
 	// Sessions returns the session store of a node that holds an
 	// instance of service ("" on a gateway).
 	Sessions(service string, ttl time.Duration) SessionStore

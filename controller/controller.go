@@ -16,8 +16,10 @@ import (
 
 // Config configures a [Controller].
 type Config struct {
-	// Interval is the agents' heartbeat interval (default 50ms); an
-	// instance is down after Misses intervals without one (default 3).
+	// Interval is the agents' heartbeat interval (default 25ms); an
+	// instance is down after Misses intervals without one (default 4).
+	// The controller reads the heartbeats every half interval and the
+	// agents' reports every store.ReportEvery.
 	Interval time.Duration
 	Misses   int
 	// LeaseTTL is how long a dead active controller blocks its standbys
@@ -51,6 +53,12 @@ type Controller struct {
 	// refused) must not restart the count of silence every tick.
 	blind   bool
 	lastMap *steering.Published
+	// judged is when the agents' reports were last read and scored.
+	judged time.Time
+	// silence is, per instance, the oldest its last heartbeat was (by
+	// Redis's clock) when the controller looked, since its last report
+	// was judged: how late its beats came, whatever the reports say.
+	silence map[string]time.Duration
 	// health judges every instance's reports; nil until the controller
 	// is active, then seeded from the live map's Unhealthy list.
 	health map[string]*health
@@ -72,10 +80,10 @@ type Controller struct {
 // New returns a controller working on s.
 func New(s *store.Store, cfg Config) *Controller {
 	if cfg.Interval == 0 {
-		cfg.Interval = 50 * time.Millisecond
+		cfg.Interval = 25 * time.Millisecond
 	}
 	if cfg.Misses == 0 {
-		cfg.Misses = 3
+		cfg.Misses = 4
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 2 * time.Second
@@ -105,7 +113,7 @@ func (c *Controller) DeadAfter() time.Duration { return c.cfg.Interval * time.Du
 // Run works until ctx is done, then gives the lease up so a standby takes
 // over at once.
 func (c *Controller) Run(ctx context.Context) error {
-	tick := time.NewTicker(max(c.cfg.Interval/2, 10*time.Millisecond))
+	tick := time.NewTicker(max(c.cfg.Interval/2, 5*time.Millisecond))
 	defer tick.Stop()
 	defer func() {
 		if c.active {
@@ -150,12 +158,12 @@ func (c *Controller) tick(ctx context.Context) error {
 		return nil
 	}
 	if !c.active {
-		c.active, c.since, c.health = true, time.Now(), nil
+		c.active, c.since, c.health, c.silence = true, time.Now(), nil, nil
 		c.Active.Store(true)
 		c.log.Info("active")
 	}
 	if c.blind {
-		c.blind, c.since = false, time.Now()
+		c.blind, c.since, c.silence = false, time.Now(), nil
 		c.log.Info("Redis reachable again; judging heartbeats from now on")
 	}
 	return c.step(ctx)
@@ -190,13 +198,26 @@ func (c *Controller) step(ctx context.Context) error {
 	}
 	c.lastMap = live
 	c.live.Store(live)
-	beats, now, err := c.s.Beats(ctx)
+	if time.Since(c.judged) >= store.ReportEvery {
+		beats, _, err := c.s.Beats(ctx)
+		if err != nil {
+			return err
+		}
+		c.judged = time.Now()
+		c.judge(live, beats)
+		if err := c.writeScores(ctx); err != nil {
+			return err
+		}
+	}
+	beats, now, err := c.s.BeatTimes(ctx)
 	if err != nil {
 		return err
 	}
-	c.judge(live, beats)
-	if err := c.writeScores(ctx); err != nil {
-		return err
+	if c.silence == nil {
+		c.silence = map[string]time.Duration{}
+	}
+	for name, at := range beats {
+		c.silence[name] = max(c.silence[name], now.Sub(at))
 	}
 	down := c.down(live, beats, now)
 	if slices.Equal(down, sorted(live.Down)) && slices.Equal(c.unhealthy(live, down), sorted(live.Unhealthy)) {
@@ -218,7 +239,7 @@ func (c *Controller) step(ctx context.Context) error {
 	for _, n := range p.Down {
 		if !slices.Contains(live.Down, n) {
 			c.Failovers.Add(1)
-			c.log.Warn("instance down", "instance", n, "version", p.Version, "last_beat", beats[n].At.Format(time.RFC3339Nano))
+			c.log.Warn("instance down", "instance", n, "version", p.Version, "last_beat", beats[n].Format(time.RFC3339Nano))
 		}
 	}
 	for _, n := range live.Down {
@@ -246,7 +267,7 @@ func (c *Controller) step(ctx context.Context) error {
 
 // down lists, sorted, the instances of p whose heartbeats are older than
 // DeadAfter by Redis's clock. Silence counts from since at the earliest.
-func (c *Controller) down(p *steering.Published, beats map[string]store.Beat, now time.Time) []string {
+func (c *Controller) down(p *steering.Published, beats map[string]time.Time, now time.Time) []string {
 	var out []string
 	since := c.since.Add(now.Sub(time.Now())) // on Redis's clock
 	for _, svc := range p.Map.Services {
@@ -254,14 +275,14 @@ func (c *Controller) down(p *steering.Published, beats map[string]store.Beat, no
 			b, heard := beats[name]
 			if slices.Contains(p.Down, name) {
 				// Down stays down until a fresh heartbeat says otherwise.
-				if !heard || now.Sub(b.At) > c.DeadAfter() {
+				if !heard || now.Sub(b) > c.DeadAfter() {
 					out = append(out, name)
 				}
 				continue
 			}
 			last := since
-			if heard && b.At.After(last) {
-				last = b.At
+			if heard && b.After(last) {
+				last = b
 			}
 			if now.Sub(last) > c.DeadAfter() {
 				out = append(out, name)
@@ -296,8 +317,9 @@ func (c *Controller) judge(live *steering.Published, beats map[string]store.Beat
 				h = &health{score: 100}
 				c.health[name] = h
 			}
-			if b, ok := beats[name]; ok && !b.At.Equal(h.at) {
-				h.judge(b, c.cfg.Interval, c.cfg.ScoreOut, c.cfg.ScoreIn, c.cfg.ScoreHold)
+			if b, ok := beats[name]; ok && !b.ReportAt.IsZero() && !b.ReportAt.Equal(h.at) {
+				h.judge(b, c.silence[name]-c.cfg.Interval, c.cfg.ScoreOut, c.cfg.ScoreIn, c.cfg.ScoreHold)
+				delete(c.silence, name)
 			}
 			scores[name] = h.score
 		}

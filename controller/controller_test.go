@@ -6,7 +6,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/steering"
-	"github.com/nfsteer/nfsteer/store"
 )
 
 func TestDown(t *testing.T) {
@@ -20,24 +19,24 @@ tenants:
 		t.Fatal(err)
 	}
 	now := time.Now()
-	beat := func(ago time.Duration) store.Beat { return store.Beat{At: now.Add(-ago)} }
+	beat := func(ago time.Duration) time.Time { return now.Add(-ago) }
 	for _, tc := range []struct {
 		name     string
 		sinceAgo time.Duration // how long ago the controller started seeing Redis
-		beats    map[string]store.Beat
+		beats    map[string]time.Time
 		down     []string // live
 		want     []string
 	}{
 		{"silent past the limit", time.Minute,
-			map[string]store.Beat{"fw-1": beat(10 * time.Millisecond), "fw-2": beat(time.Second), "fw-3": beat(0)}, nil, []string{"fw-2"}},
+			map[string]time.Time{"fw-1": beat(10 * time.Millisecond), "fw-2": beat(time.Second), "fw-3": beat(0)}, nil, []string{"fw-2"}},
 		{"never heard of", time.Minute,
-			map[string]store.Beat{"fw-1": beat(0), "fw-2": beat(0)}, nil, []string{"fw-3"}},
+			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, []string{"fw-3"}},
 		{"never heard of, but Redis only just came back", 50 * time.Millisecond,
-			map[string]store.Beat{"fw-1": beat(0), "fw-2": beat(0)}, nil, []string{}},
+			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, []string{}},
 		{"old beats from before an outage", 50 * time.Millisecond,
-			map[string]store.Beat{"fw-1": beat(5 * time.Second), "fw-2": beat(5 * time.Second), "fw-3": beat(5 * time.Second)}, nil, []string{}},
+			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(5 * time.Second), "fw-3": beat(5 * time.Second)}, nil, []string{}},
 		{"down stays down until a fresh beat", 50 * time.Millisecond,
-			map[string]store.Beat{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)}, []string{"fw-1", "fw-2"}, []string{"fw-1"}},
+			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)}, []string{"fw-1", "fw-2"}, []string{"fw-1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := New(nil, Config{})

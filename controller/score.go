@@ -7,9 +7,9 @@ import (
 )
 
 // Score rates an instance's health from 0 to 100 from its agent's last two
-// heartbeat reports (prev may be the zero Report) and how late cur came
-// (the time between the two beats, by Redis's clock, less the heartbeat
-// interval):
+// heartbeat reports (prev may be the zero Report) and how late its
+// heartbeats came since prev (the longest silence the controller saw, by
+// Redis's clock, less the heartbeat interval):
 //
 //	score   = max(0, 100 − latency − backlog − drops)
 //	latency = min(60, one point per millisecond of L above 5 ms), where L
@@ -44,20 +44,18 @@ type health struct {
 	streak int  // consecutive reports on the other side of the threshold
 }
 
-// judge takes a fresh heartbeat into h, updating its score and h.out. An
-// instance goes out after hold consecutive reports scoring below low and
-// comes back after hold consecutive reports at or above high: the gap and
-// the count keep it from flapping.
-func (h *health) judge(b store.Beat, interval time.Duration, low, high, hold int) {
-	var late time.Duration
+// judge takes a fresh report into h, with how late the heartbeats came
+// since the last one, updating its score and h.out. An instance goes out
+// after hold consecutive reports scoring below low and comes back after
+// hold consecutive reports at or above high: the gap and the count keep it
+// from flapping.
+func (h *health) judge(b store.Beat, late time.Duration, low, high, hold int) {
 	if h.at.IsZero() {
-		// The first report seen: its drop total is history.
-		h.last = b.Report
-	} else {
-		late = b.At.Sub(h.at) - interval
+		// The first report seen: its drop total and silence are history.
+		h.last, late = b.Report, 0
 	}
 	h.score = Score(h.last, b.Report, late)
-	h.last, h.at = b.Report, b.At
+	h.last, h.at = b.Report, b.ReportAt
 	crossing := !h.out && h.score < low || h.out && h.score >= high
 	if !crossing {
 		h.streak = 0

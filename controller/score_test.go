@@ -50,7 +50,7 @@ func TestJudgeHysteresis(t *testing.T) {
 	at := time.Unix(1e9, 0)
 	for _, r := range reports {
 		at = at.Add(50 * time.Millisecond)
-		h.judge(store.Beat{At: at, Report: r}, 50*time.Millisecond, 50, 80, 3)
+		h.judge(store.Beat{At: at, ReportAt: at, Report: r}, 0, 50, 80, 3)
 		got = append(got, h.out)
 	}
 	want := []bool{false, false, false, false, true, true, true, true, true, true, false, false}

@@ -133,7 +133,7 @@ type MirrorConfig struct {
 	// milliseconds of delay in Redis buys far fewer round trips, and CPU,
 	// at a high rate of new flows: when it was introduced, 2ms cost 20%
 	// of the lab's new-flow rate and 10ms 13% (BENCHMARKS.md). It is far
-	// below what detecting a dead instance takes (150ms by default), so a
+	// below what detecting a dead instance takes (100ms by default), so a
 	// failover still finds the session mirrored.
 	Linger time.Duration
 	// Resync returns the operations that rewrite everything this node

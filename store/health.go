@@ -34,36 +34,70 @@ type Report struct {
 	MirrorDrops uint64 `json:"mirror_drops"`
 }
 
+// ReportEvery is how often an agent attaches its Report to a heartbeat.
+// Beats in between only say the node is alive: they are what failure
+// detection reads, and cost Redis less.
+const ReportEvery = 100 * time.Millisecond
+
 // Beat is a node's last heartbeat.
 type Beat struct {
-	At     time.Time // Redis's clock
-	Report Report
+	At time.Time // of the last heartbeat, by Redis's clock
+	// Report is the node's last report, stamped ReportAt by Redis's clock
+	// (zero if it sent none).
+	Report   Report
+	ReportAt time.Time
 }
 
 // beatScript stamps a heartbeat with Redis's own clock, so that nodes'
-// clocks never decide whether an instance is alive. KEYS: at, report.
-// ARGV: node, report.
+// clocks never decide whether an instance is alive. A report, when there
+// is one, is kept with its stamp: "ms json". KEYS: at, report. ARGV:
+// node[, report].
 var beatScript = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], ms)
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[2] then
+  redis.call('HSET', KEYS[2], ARGV[1], ms .. ' ' .. ARGV[2])
+end
 return ms
 `)
 
-// Heartbeat records that node is alive, with its report.
-func (s *Store) Heartbeat(ctx context.Context, r Report) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
+// Heartbeat records that node is alive and, if r is not nil, its report.
+func (s *Store) Heartbeat(ctx context.Context, node string, r *Report) error {
+	args := []any{node}
+	if r != nil {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		args = append(args, b)
 	}
-	if err := beatScript.Run(ctx, s.rdb, []string{keyBeatAt, keyBeatReport}, r.Node, b).Err(); err != nil {
+	if err := beatScript.Run(ctx, s.rdb, []string{keyBeatAt, keyBeatReport}, args...).Err(); err != nil {
 		return fmt.Errorf("heartbeat to %s: %w", s.addr, err)
 	}
 	return nil
 }
 
-// Beats returns every node's last heartbeat and Redis's current time.
+// BeatTimes returns when every node last beat and Redis's current time:
+// the cheap read that failure detection makes every few milliseconds.
+func (s *Store) BeatTimes(ctx context.Context) (map[string]time.Time, time.Time, error) {
+	pipe := s.rdb.Pipeline()
+	now := pipe.Time(ctx)
+	at := pipe.HGetAll(ctx, keyBeatAt)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, time.Time{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, err)
+	}
+	out := make(map[string]time.Time, len(at.Val()))
+	for node, ms := range at.Val() {
+		if n, err := strconv.ParseInt(ms, 10, 64); err == nil {
+			out[node] = time.UnixMilli(n)
+		}
+	}
+	return out, now.Val(), nil
+}
+
+// Beats returns every node's last heartbeat and report, and Redis's
+// current time.
 func (s *Store) Beats(ctx context.Context) (map[string]Beat, time.Time, error) {
 	pipe := s.rdb.Pipeline()
 	now := pipe.Time(ctx)
@@ -79,7 +113,11 @@ func (s *Store) Beats(ctx context.Context) (map[string]Beat, time.Time, error) {
 			continue
 		}
 		b := Beat{At: time.UnixMilli(n)}
-		_ = json.Unmarshal([]byte(rep.Val()[node]), &b.Report)
+		if stamp, doc, ok := strings.Cut(rep.Val()[node], " "); ok {
+			if n, err := strconv.ParseInt(stamp, 10, 64); err == nil && json.Unmarshal([]byte(doc), &b.Report) == nil {
+				b.ReportAt = time.UnixMilli(n)
+			}
+		}
 		out[node] = b
 	}
 	return out, now.Val(), nil

@@ -561,7 +561,10 @@ func TestHeartbeatsAndLease(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
 		s := open(t, url)
-		if err := s.Heartbeat(ctx, store.Report{Node: "fw-1", MapVersion: 3}); err != nil {
+		if err := s.Heartbeat(ctx, "fw-1", &store.Report{Node: "fw-1", MapVersion: 3}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Heartbeat(ctx, "fw-2", nil); err != nil {
 			t.Fatal(err)
 		}
 		beats, now, err := s.Beats(ctx)
@@ -569,8 +572,18 @@ func TestHeartbeatsAndLease(t *testing.T) {
 			t.Fatal(err)
 		}
 		b, ok := beats["fw-1"]
-		if !ok || b.Report.MapVersion != 3 || now.Sub(b.At) < 0 || now.Sub(b.At) > time.Second {
+		if !ok || b.Report.MapVersion != 3 || now.Sub(b.At) < 0 || now.Sub(b.At) > time.Second || !b.ReportAt.Equal(b.At) {
 			t.Fatalf("beats %+v at %v", beats, now)
+		}
+		if b, ok := beats["fw-2"]; !ok || !b.ReportAt.IsZero() || now.Sub(b.At) > time.Second {
+			t.Fatalf("fw-2 beat without a report: %+v at %v", b, now)
+		}
+		times, now2, err := s.BeatTimes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(times) != 2 || !times["fw-1"].Equal(beats["fw-1"].At) || now2.Before(now) {
+			t.Fatalf("BeatTimes = %v at %v; want fw-1 and fw-2 as Beats says", times, now2)
 		}
 		if ok, err := s.Lease(ctx, "a", time.Second); !ok || err != nil {
 			t.Fatalf("first Lease = %v, %v", ok, err)

@@ -71,8 +71,8 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 	if err := l.StartAll("--redis", lab.RedisURL); err != nil {
 		t.Fatal(err)
 	}
-	// Slow heartbeats must not read as death here: 10 misses (500 ms).
-	if _, err := l.StartController("controller", "--misses", "10", "--metrics", "127.0.0.1:9465"); err != nil {
+	// Slow heartbeats must not read as death here: 20 misses (500 ms).
+	if _, err := l.StartController("controller", "--misses", "20", "--metrics", "127.0.0.1:9465"); err != nil {
 		t.Fatal(err)
 	}
 	for _, fw := range []string{"fw-1", "fw-2"} {

@@ -115,8 +115,8 @@ func controllerCommand() *cli.Command {
    nfsteer controller --redis redis://10.0.0.5:6379`,
 		Flags: []cli.Flag{
 			redisFlag(),
-			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
-			&cli.IntFlag{Name: "misses", Value: 3, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
+			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
+			&cli.IntFlag{Name: "misses", Value: 4, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
 			&cli.DurationFlag{Name: "lease", Value: 2 * time.Second, Usage: "controller lease `TTL` (how long a dead controller blocks its standby)"},
 			&cli.IntFlag{Name: "score-out", Value: 50, Usage: "an instance whose health score stays below `SCORE` takes no new flows (-1: scores off)", EnvVars: []string{"NFSTEER_SCORE_OUT"}},
 			&cli.IntFlag{Name: "score-in", Value: 80, Usage: "it takes new flows again once it scores at least `SCORE`", EnvVars: []string{"NFSTEER_SCORE_IN"}},
