@@ -149,7 +149,7 @@ func (r *fakeReader) Counters() *nfq.Stats          { return &r.stats }
 type fakeStore struct {
 	mu       sync.Mutex // guards the fields below
 	live     *steering.Published
-	down     error // returned by every call when set (Redis unreachable)
+	down     error          // returned by every call when set (Redis unreachable)
 	alive    int            // heartbeats
 	beats    []store.Report // the reports among them
 	records  map[sessions.Key]*sessions.Record
