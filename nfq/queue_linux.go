@@ -159,18 +159,17 @@ func (r *Reader) open(q Queue) (*worker, error) {
 		flags |= nfqueue.NfQaCfgFlagFailOpen
 	}
 	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
-	for _, attrs := range [][]netlink.Attribute{
-		{{Type: cfgCmd, Data: []byte{cmdBind, 0, 0, 0}}},
-		{{Type: cfgParams, Data: append(be32(r.cfg.CopyRange), copyPacket)}},
-		{{Type: cfgFlags, Data: be32(flags)}, {Type: cfgMask, Data: be32(flags)}},
-		{{Type: cfgQueueLen, Data: be32(r.cfg.MaxQueueLen)}},
-	} {
-		if err := configure(nf.Con, q.Num, attrs); err != nil {
-			nf.Close()
-			return nil, err
-		}
+	early, err := bind(nf.Con, q.Num, []netlink.Attribute{
+		{Type: cfgCmd, Data: []byte{cmdBind, 0, 0, 0}},
+		{Type: cfgParams, Data: append(be32(r.cfg.CopyRange), copyPacket)},
+		{Type: cfgQueueLen, Data: be32(r.cfg.MaxQueueLen)},
+		{Type: cfgFlags, Data: be32(flags)}, {Type: cfgMask, Data: be32(flags)},
+	})
+	if err != nil {
+		nf.Close()
+		return nil, err
 	}
-	w := &worker{r: r, nf: nf, queue: q.Num, reply: q.Reply,
+	w := &worker{r: r, nf: nf, queue: q.Num, reply: q.Reply, early: early,
 		in: make([]byte, int(r.cfg.CopyRange)+4096), out: make([]byte, 0, maxBatch*verdictLen)}
 	if w.raw, err = nf.Con.SyscallConn(); err != nil {
 		nf.Close()
@@ -179,18 +178,42 @@ func (r *Reader) open(q Queue) (*worker, error) {
 	return w, nil
 }
 
-// configure sends one NFQNL_MSG_CONFIG for queue and waits for its ack.
-func configure(c *netlink.Conn, queue uint16, attrs []netlink.Attribute) error {
+// bind binds queue and sets its parameters in one NFQNL_MSG_CONFIG (the
+// kernel binds first, then applies the rest), and waits for its ack. The
+// queue is live from the moment the kernel binds it: an agent starting
+// while its rules already queue traffic (a restart that kept them) finds
+// packets ahead of the ack. Those are returned, as read, for the worker to
+// answer before anything else.
+func bind(c *netlink.Conn, queue uint16, attrs []netlink.Attribute) (early [][]byte, err error) {
 	ab, err := netlink.MarshalAttributes(attrs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	data := binary.BigEndian.AppendUint16([]byte{unix.AF_UNSPEC, unix.NFNETLINK_V0}, queue)
-	_, err = c.Execute(netlink.Message{
+	req, err := c.Send(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(subsysQueue<<8 | msgConfig), Flags: netlink.Request | netlink.Acknowledge},
 		Data:   append(data, ab...),
 	})
-	return err
+	if err != nil {
+		return nil, err
+	}
+	for {
+		// Receive returns the kernel's refusal of the request as an error.
+		msgs, err := c.Receive()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			if m.Header.Type == netlink.Error && m.Header.Sequence == req.Header.Sequence {
+				return early, nil
+			}
+			b, err := m.MarshalBinary()
+			if err != nil {
+				return nil, err
+			}
+			early = append(early, b)
+		}
+	}
 }
 
 // maxBatch bounds the packets a worker reads before it answers them: a
@@ -206,11 +229,13 @@ type worker struct {
 	raw   syscall.RawConn
 	queue uint16
 	reply bool
-	// in, pkt, q and out belong to the worker's goroutine.
-	in  []byte
-	pkt Packet
-	q   queued
-	out []byte // verdicts of the batch, sent together
+	// early holds what arrived while the queue was being bound; in, pkt,
+	// q and out belong to the worker's goroutine.
+	early [][]byte
+	in    []byte
+	pkt   Packet
+	q     queued
+	out   []byte // verdicts of the batch, sent together
 	// sendMu serialises writes to the socket: the worker's batches and
 	// deferred packets' verdicts from other goroutines.
 	sendMu sync.Mutex
@@ -218,6 +243,14 @@ type worker struct {
 
 // run reads and answers until ctx is done.
 func (w *worker) run(ctx context.Context) {
+	for _, b := range w.early {
+		w.datagram(b)
+		if len(w.out) >= maxBatch*verdictLen {
+			w.flush()
+		}
+	}
+	w.flush()
+	w.early = nil
 	for {
 		var start time.Time
 		err := w.raw.Read(func(fd uintptr) bool {
