@@ -272,7 +272,8 @@ type QueueReader interface {
 
 // Run steers until ctx is done. It binds the queues first and installs the
 // rules only then, so no flow slips past an agent that is starting; on the
-// way out it removes the rules (unless KeepRules). The queue reader and
+// way out it removes the rules, or keeps them and announces its restart
+// (KeepRules). The queue reader and
 // every background task (session expiry, flow log, and with Redis the map
 // watch, heartbeats, mirror and takeover lookups) run in one group: if one
 // fails, all stop, and Run waits for all of them.
@@ -317,6 +318,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	defer func() {
 		if a.cfg.KeepRules {
 			a.log.Info("leaving rules installed")
+			a.announceRestart()
 			return
 		}
 		if rerr := a.kernel.Remove(); rerr != nil {
@@ -353,6 +355,22 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		"fail_closed", spec.FailClosed, "overload_bypass", spec.OverloadBypass, "hops", len(spec.Hops), "map_version", st.table.Version(),
 		"redis", redis, "mirror", a.mirror != nil)
 	return g.Wait()
+}
+
+// announceRestart tells the controller that this node stopped with its
+// rules in place and will be back within the restart grace, so its silence
+// until then is no failure. Run calls it on the way out.
+func (a *Agent) announceRestart() {
+	if a.store == nil || a.cfg.RestartGrace < 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := a.store.Restarting(ctx, a.cfg.Node, a.cfg.RestartGrace); err != nil {
+		a.log.Warn("could not announce the restart; the controller will fail this node over", "err", err)
+		return
+	}
+	a.log.Info("restart announced: no failover unless the agent is not back in time", "within", a.cfg.RestartGrace.String())
 }
 
 // Handle decides the first packet of a flow in one direction. It is the

@@ -48,9 +48,14 @@ type Config struct {
 	// Rules holds everything about the kernel side except the hops, which
 	// come from the map.
 	Rules rules.Spec
-	// KeepRules leaves the rules installed on exit, so that a fail-closed
-	// node keeps dropping new flows while no agent runs.
-	KeepRules bool
+	// KeepRules leaves the rules installed on exit: established flows keep
+	// their path and, failing closed, new flows are dropped until an agent
+	// reads again, so a restart lets no flow around its chain. With Redis,
+	// the stopping agent also tells the controller it will be back within
+	// RestartGrace (default 10s; negative: say nothing), so a restart
+	// fails nothing over.
+	KeepRules    bool
+	RestartGrace time.Duration
 	// MetricsAddr, if set, is where the agent serves Prometheus metrics
 	// (/metrics).
 	MetricsAddr string
@@ -102,6 +107,9 @@ func (c *Config) defaults() {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = 25 * time.Millisecond
+	}
+	if c.RestartGrace == 0 {
+		c.RestartGrace = 10 * time.Second
 	}
 	if c.MapPoll == 0 {
 		c.MapPoll = time.Second

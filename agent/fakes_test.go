@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -152,6 +153,7 @@ type fakeStore struct {
 	down     error          // returned by every call when set (Redis unreachable)
 	alive    int            // heartbeats
 	beats    []store.Report // the reports among them
+	restarts []string       // restart notices
 	records  map[sessions.Key]*sessions.Record
 	written  []sessions.Named
 	existing map[string]*sessions.Record // what a create of a flow finds
@@ -231,6 +233,16 @@ func (s *fakeStore) Heartbeat(_ context.Context, node string, r *store.Report) e
 	if r != nil {
 		s.beats = append(s.beats, *r)
 	}
+	return nil
+}
+
+func (s *fakeStore) Restarting(_ context.Context, node string, grace time.Duration) error {
+	if err := s.err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restarts = append(s.restarts, fmt.Sprintf("%s within %v", node, grace))
 	return nil
 }
 

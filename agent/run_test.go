@@ -19,8 +19,8 @@ import (
 )
 
 // TestRunInstallsOnceBoundAndRemoves: Run installs the node's rules once
-// its queues are bound, removes them when it stops (unless KeepRules), and
-// closes the store.
+// its queues are bound, removes them when it stops or, with KeepRules,
+// keeps them and announces its restart, and closes the store.
 func TestRunInstallsOnceBoundAndRemoves(t *testing.T) {
 	for _, keep := range []bool{false, true} {
 		t.Run(fmt.Sprintf("KeepRules=%v", keep), func(t *testing.T) {
@@ -50,6 +50,16 @@ func TestRunInstallsOnceBoundAndRemoves(t *testing.T) {
 			n.kernel.mu.Unlock()
 			if removed != want {
 				t.Errorf("rules removed %d times, want %d", removed, want)
+			}
+			var restarts []string
+			if keep {
+				restarts = []string{"gw within 10s"}
+			}
+			n.store.mu.Lock()
+			got := n.store.restarts
+			n.store.mu.Unlock()
+			if diff := cmp.Diff(restarts, got); diff != "" {
+				t.Errorf("restart notices (-want +got):\n%s", diff)
 			}
 			if n.store.closed == 0 {
 				t.Error("store not closed")

@@ -25,6 +25,8 @@ type Store interface {
 	Watch(ctx context.Context, poll time.Duration, check func(context.Context, store.Announcement)) error
 	// Heartbeat says node is alive and, if r is not nil, how it is.
 	Heartbeat(ctx context.Context, node string, r *store.Report) error
+	// Restarting says node stopped on purpose and will beat again within grace.
+	Restarting(ctx context.Context, node string, grace time.Duration) error
 	// Sessions returns the session store of a node that holds an
 	// instance of service ("" on a gateway).
 	Sessions(service string, ttl time.Duration) SessionStore

@@ -209,17 +209,17 @@ func (c *Controller) step(ctx context.Context) error {
 			return err
 		}
 	}
-	beats, now, err := c.s.BeatTimes(ctx)
+	pulse, err := c.s.Pulse(ctx)
 	if err != nil {
 		return err
 	}
 	if c.silence == nil {
 		c.silence = map[string]time.Duration{}
 	}
-	for name, at := range beats {
-		c.silence[name] = max(c.silence[name], now.Sub(at))
+	for name, at := range pulse.At {
+		c.silence[name] = max(c.silence[name], pulse.Now.Sub(at))
 	}
-	down := c.down(live, beats, now)
+	down := c.down(live, pulse)
 	if slices.Equal(down, sorted(live.Down)) && slices.Equal(c.unhealthy(live, down), sorted(live.Unhealthy)) {
 		return nil
 	}
@@ -228,7 +228,7 @@ func (c *Controller) step(ctx context.Context) error {
 			return nil, store.ErrNoMap
 		}
 		next := cur.Clone()
-		next.Down = c.down(cur, beats, now)
+		next.Down = c.down(cur, pulse)
 		next.Unhealthy = c.unhealthy(cur, next.Down)
 		return next, nil
 	})
@@ -239,7 +239,7 @@ func (c *Controller) step(ctx context.Context) error {
 	for _, n := range p.Down {
 		if !slices.Contains(live.Down, n) {
 			c.Failovers.Add(1)
-			c.log.Warn("instance down", "instance", n, "version", p.Version, "last_beat", beats[n].Format(time.RFC3339Nano))
+			c.log.Warn("instance down", "instance", n, "version", p.Version, "last_beat", pulse.At[n].Format(time.RFC3339Nano))
 		}
 	}
 	for _, n := range live.Down {
@@ -266,13 +266,16 @@ func (c *Controller) step(ctx context.Context) error {
 }
 
 // down lists, sorted, the instances of p whose heartbeats are older than
-// DeadAfter by Redis's clock. Silence counts from since at the earliest.
-func (c *Controller) down(p *steering.Published, beats map[string]time.Time, now time.Time) []string {
+// DeadAfter by Redis's clock. Silence counts from since at the earliest,
+// and an instance whose agent announced a restart is not down before the
+// time it gave.
+func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
 	var out []string
+	now := pulse.Now
 	since := c.since.Add(now.Sub(time.Now())) // on Redis's clock
 	for _, svc := range p.Map.Services {
 		for name := range svc.Instances {
-			b, heard := beats[name]
+			b, heard := pulse.At[name]
 			if slices.Contains(p.Down, name) {
 				// Down stays down until a fresh heartbeat says otherwise.
 				if !heard || now.Sub(b) > c.DeadAfter() {
@@ -284,7 +287,7 @@ func (c *Controller) down(p *steering.Published, beats map[string]time.Time, now
 			if heard && b.After(last) {
 				last = b
 			}
-			if now.Sub(last) > c.DeadAfter() {
+			if now.Sub(last) > c.DeadAfter() && !now.Before(pulse.RestartBy[name]) {
 				out = append(out, name)
 			}
 		}

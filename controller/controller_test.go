@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
 )
 
 func TestDown(t *testing.T) {
@@ -21,27 +22,37 @@ tenants:
 	now := time.Now()
 	beat := func(ago time.Duration) time.Time { return now.Add(-ago) }
 	for _, tc := range []struct {
-		name     string
-		sinceAgo time.Duration // how long ago the controller started seeing Redis
-		beats    map[string]time.Time
-		down     []string // live
-		want     []string
+		name      string
+		sinceAgo  time.Duration // how long ago the controller started seeing Redis
+		beats     map[string]time.Time
+		restartBy map[string]time.Time
+		down      []string // live
+		want      []string
 	}{
 		{"silent past the limit", time.Minute,
-			map[string]time.Time{"fw-1": beat(10 * time.Millisecond), "fw-2": beat(time.Second), "fw-3": beat(0)}, nil, []string{"fw-2"}},
+			map[string]time.Time{"fw-1": beat(10 * time.Millisecond), "fw-2": beat(time.Second), "fw-3": beat(0)}, nil, nil, []string{"fw-2"}},
 		{"never heard of", time.Minute,
-			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, []string{"fw-3"}},
+			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, nil, []string{"fw-3"}},
 		{"never heard of, but Redis only just came back", 50 * time.Millisecond,
-			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, []string{}},
+			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, nil, []string{}},
 		{"old beats from before an outage", 50 * time.Millisecond,
-			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(5 * time.Second), "fw-3": beat(5 * time.Second)}, nil, []string{}},
+			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(5 * time.Second), "fw-3": beat(5 * time.Second)}, nil, nil, []string{}},
 		{"down stays down until a fresh beat", 50 * time.Millisecond,
-			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)}, []string{"fw-1", "fw-2"}, []string{"fw-1"}},
+			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)}, nil, []string{"fw-1", "fw-2"}, []string{"fw-1"}},
+		{"restarting, within the time it gave", time.Minute,
+			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)},
+			map[string]time.Time{"fw-1": now.Add(time.Second)}, nil, []string{}},
+		{"restarting, past the time it gave", time.Minute,
+			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)},
+			map[string]time.Time{"fw-1": now.Add(-time.Millisecond)}, nil, []string{"fw-1"}},
+		{"a restart notice does not bring a down instance back", time.Minute,
+			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)},
+			map[string]time.Time{"fw-1": now.Add(time.Second)}, []string{"fw-1"}, []string{"fw-1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := New(nil, Config{})
 			c.since = now.Add(-tc.sinceAgo)
-			got := c.down(&steering.Published{Map: m, Down: tc.down}, tc.beats, now)
+			got := c.down(&steering.Published{Map: m, Down: tc.down}, store.Pulse{Now: now, At: tc.beats, RestartBy: tc.restartBy})
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("down (-want +got):\n%s", diff)
 			}

@@ -49,13 +49,14 @@ type Beat struct {
 }
 
 // beatScript stamps a heartbeat with Redis's own clock, so that nodes'
-// clocks never decide whether an instance is alive. A report, when there
-// is one, is kept with its stamp: "ms json". KEYS: at, report. ARGV:
-// node[, report].
+// clocks never decide whether an instance is alive, and ends any restart
+// the node announced. A report, when there is one, is kept with its stamp:
+// "ms json". KEYS: at, report, restart. ARGV: node[, report].
 var beatScript = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], ms)
+redis.call('HDEL', KEYS[3], ARGV[1])
 if ARGV[2] then
   redis.call('HSET', KEYS[2], ARGV[1], ms .. ' ' .. ARGV[2])
 end
@@ -72,28 +73,62 @@ func (s *Store) Heartbeat(ctx context.Context, node string, r *Report) error {
 		}
 		args = append(args, b)
 	}
-	if err := beatScript.Run(ctx, s.rdb, []string{keyBeatAt, keyBeatReport}, args...).Err(); err != nil {
+	if err := beatScript.Run(ctx, s.rdb, []string{keyBeatAt, keyBeatReport, keyRestart}, args...).Err(); err != nil {
 		return fmt.Errorf("heartbeat to %s: %w", s.addr, err)
 	}
 	return nil
 }
 
-// BeatTimes returns when every node last beat and Redis's current time:
-// the cheap read that failure detection makes every few milliseconds.
-func (s *Store) BeatTimes(ctx context.Context) (map[string]time.Time, time.Time, error) {
+// restartScript records until when a node is restarting, by Redis's
+// clock. KEYS: restart. ARGV: node, grace ms.
+var restartScript = redis.NewScript(`
+local t = redis.call('TIME')
+local ms = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ms)
+return ms
+`)
+
+// Restarting tells the controller that node stopped on purpose, with its
+// rules left in place, and will beat again within grace: until then its
+// silence is not a failure. Its next heartbeat ends the notice.
+func (s *Store) Restarting(ctx context.Context, node string, grace time.Duration) error {
+	if err := restartScript.Run(ctx, s.rdb, []string{keyRestart}, node, grace.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("announcing %s's restart to %s: %w", node, s.addr, err)
+	}
+	return nil
+}
+
+// Pulse is what failure detection reads every few milliseconds.
+type Pulse struct {
+	Now time.Time // Redis's clock
+	// At is when each node last beat; RestartBy, until when each node
+	// that announced a restart said it would be back.
+	At, RestartBy map[string]time.Time
+}
+
+// Pulse reads the heartbeats' times and the restart notices: the cheap
+// read failure detection makes, without the reports.
+func (s *Store) Pulse(ctx context.Context) (Pulse, error) {
 	pipe := s.rdb.Pipeline()
 	now := pipe.Time(ctx)
 	at := pipe.HGetAll(ctx, keyBeatAt)
+	restart := pipe.HGetAll(ctx, keyRestart)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, time.Time{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, err)
+		return Pulse{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, err)
 	}
-	out := make(map[string]time.Time, len(at.Val()))
-	for node, ms := range at.Val() {
-		if n, err := strconv.ParseInt(ms, 10, 64); err == nil {
-			out[node] = time.UnixMilli(n)
+	return Pulse{Now: now.Val(), At: millis(at.Val()), RestartBy: millis(restart.Val())}, nil
+}
+
+// millis parses a hash of Redis times in milliseconds, skipping what is
+// not one.
+func millis(h map[string]string) map[string]time.Time {
+	out := make(map[string]time.Time, len(h))
+	for k, v := range h {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			out[k] = time.UnixMilli(n)
 		}
 	}
-	return out, now.Val(), nil
+	return out
 }
 
 // Beats returns every node's last heartbeat and report, and Redis's
@@ -107,12 +142,8 @@ func (s *Store) Beats(ctx context.Context) (map[string]Beat, time.Time, error) {
 		return nil, time.Time{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, err)
 	}
 	out := map[string]Beat{}
-	for node, ms := range at.Val() {
-		n, err := strconv.ParseInt(ms, 10, 64)
-		if err != nil {
-			continue
-		}
-		b := Beat{At: time.UnixMilli(n)}
+	for node, at := range millis(at.Val()) {
+		b := Beat{At: at}
 		if stamp, doc, ok := strings.Cut(rep.Val()[node], " "); ok {
 			if n, err := strconv.ParseInt(stamp, 10, 64); err == nil && json.Unmarshal([]byte(doc), &b.Report) == nil {
 				b.ReportAt = time.UnixMilli(n)

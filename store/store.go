@@ -23,6 +23,9 @@ const (
 	Channel       = "nfsteer:map"
 	keyBeatAt     = "nfsteer:{hb}:at"
 	keyBeatReport = "nfsteer:{hb}:report"
+	// keyRestart holds, per node, until when (Redis time, ms) a stopping
+	// agent said it would be back.
+	keyRestart = "nfsteer:{hb}:restart"
 	keyLease      = "nfsteer:{ctl}:lease"
 	keyScores     = "nfsteer:{hb}:score"
 )

@@ -578,12 +578,25 @@ func TestHeartbeatsAndLease(t *testing.T) {
 		if b, ok := beats["fw-2"]; !ok || !b.ReportAt.IsZero() || now.Sub(b.At) > time.Second {
 			t.Fatalf("fw-2 beat without a report: %+v at %v", b, now)
 		}
-		times, now2, err := s.BeatTimes(ctx)
+		if err := s.Restarting(ctx, "fw-2", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.Pulse(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(times) != 2 || !times["fw-1"].Equal(beats["fw-1"].At) || now2.Before(now) {
-			t.Fatalf("BeatTimes = %v at %v; want fw-1 and fw-2 as Beats says", times, now2)
+		if len(p.At) != 2 || !p.At["fw-1"].Equal(beats["fw-1"].At) || p.Now.Before(now) {
+			t.Fatalf("Pulse = %+v; want fw-1 and fw-2 as Beats says", p)
+		}
+		if by := p.RestartBy["fw-2"]; len(p.RestartBy) != 1 || by.Sub(p.Now) < 9*time.Second || by.Sub(p.Now) > 10*time.Second {
+			t.Fatalf("restart notices %v at %v; want fw-2's, 10s ahead", p.RestartBy, p.Now)
+		}
+		// The next heartbeat ends the notice.
+		if err := s.Heartbeat(ctx, "fw-2", nil); err != nil {
+			t.Fatal(err)
+		}
+		if p, err := s.Pulse(ctx); err != nil || len(p.RestartBy) != 0 {
+			t.Fatalf("after fw-2's heartbeat: restart notices %v (%v); want none", p.RestartBy, err)
 		}
 		if ok, err := s.Lease(ctx, "a", time.Second); !ok || err != nil {
 			t.Fatalf("first Lease = %v, %v", ok, err)

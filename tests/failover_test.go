@@ -319,6 +319,77 @@ func runFailover(t *testing.T, agentArgs ...string) (transferResult, *lab.Lab, s
 	return res, l, primary, secondary, <-udpDone
 }
 
+// TestRestartingAnInstanceAgentMovesNothing restarts the agent of a
+// running transfer's primary firewall, as `systemctl restart` does: SIGTERM,
+// one second (the unit's RestartSec), start. By default the agent keeps its
+// rules and announces its restart, so the transfer finishes byte-exact, the
+// firewall keeps carrying it, and the controller fails nothing over. With
+// --restart-grace=-1s (no announcement) the same restart is a failover: the
+// test tells the two apart.
+func TestRestartingAnInstanceAgentMovesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		failover bool
+	}{
+		{"default: restart announced", nil, false},
+		{"no announcement", []string{"--restart-grace=-1s"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := redisLab(t, tc.args...)
+			const local = "10.10.1.2:40777"
+			f := flowOf(t, 6, local, failoverServer)
+			primary, secondary := primaryFW(t, f)
+			match := fmt.Sprintf("ip saddr %s tcp sport %d", f.Src, f.SrcPort)
+			for _, h := range []string{primary, secondary} {
+				if err := l.Count(h, "carried", match); err != nil {
+					t.Fatal(err)
+				}
+			}
+			version := liveMap(t, l).Version
+			type restart struct {
+				atRestart uint64
+				err       error
+			}
+			restarted := make(chan restart, 1)
+			go func() {
+				time.Sleep(time.Second)
+				_, err := l.Restart(l.Agents(primary)[0], time.Second)
+				p, _, _ := l.Packets(primary, "carried")
+				restarted <- restart{p, err}
+			}()
+			res := slowTransfer(t, l, local, failoverServer, 24<<20, 2*time.Millisecond, 15*time.Second)
+			r := <-restarted
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if !res.ok {
+				t.Fatalf("transfer broke across the restart: %v", res.err)
+			}
+			onPrimary, _, _ := l.Packets(primary, "carried")
+			onSecondary, _, _ := l.Packets(secondary, "carried")
+			live := liveMap(t, l)
+			t.Logf("longest pause %v; %s counted %d packets (%d when its agent was back), %s %d; map version %d -> %d, down %v",
+				res.maxGap.Round(time.Millisecond), primary, onPrimary, r.atRestart, secondary, onSecondary, version, live.Version, live.Down)
+			if tc.failover {
+				if onSecondary == 0 || live.Version == version {
+					t.Errorf("an unannounced restart failed nothing over: the test cannot tell")
+				}
+				return
+			}
+			if onPrimary <= r.atRestart {
+				t.Errorf("%s stopped carrying the flow after its agent's restart (%d packets then, %d at the end)", primary, r.atRestart, onPrimary)
+			}
+			if onSecondary != 0 {
+				t.Errorf("%d packets of the flow crossed the secondary %s; a restart must move no flow", onSecondary, secondary)
+			}
+			if live.Version != version || len(live.Down) != 0 {
+				t.Errorf("the restart published version %d (from %d) with down %v; want nothing published", live.Version, version, live.Down)
+			}
+		})
+	}
+}
+
 // TestUnreachableRedisAtStart: without a map file the agent refuses to
 // start and names the address; with one it starts on it.
 func TestUnreachableRedisAtStart(t *testing.T) {

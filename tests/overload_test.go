@@ -154,32 +154,11 @@ func TestOverloadNeverBypassesTheChain(t *testing.T) {
 			if err := l.StartAll(append([]string{"--metrics", "127.0.0.1:9464"}, tc.args...)...); err != nil {
 				t.Fatal(err)
 			}
-			// A socket on the port, so the server answers nothing (no
-			// port unreachable back through the chain).
-			sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, "9999"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sink.Close()
-			match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9999", lab.GlobexClient, lab.Server)
-			if err := l.Count("srv", "onchain", match+" ip ttl 60"); err != nil {
-				t.Fatal(err)
-			}
-			if err := l.Count("srv", "offchain", match+" ip ttl != 60"); err != nil {
-				t.Fatal(err)
-			}
+			arrived := countByChain(t, l)
 			start := time.Now()
 			sent := flood(t, l, "cg", src, dst, 9999, flows)
 			rate := float64(sent) / time.Since(start).Seconds()
-			// Let the queues drain: what is still queued arrives on the chain.
-			var on, off uint64
-			for prev := uint64(1 << 63); ; prev = on + off {
-				time.Sleep(500 * time.Millisecond)
-				on, off = counted(t, l, "srv", "onchain"), counted(t, l, "srv", "offchain")
-				if on+off == prev {
-					break
-				}
-			}
+			on, off := arrived(true)
 			dropped := kernelQueueDropped(t, l, "gw")
 			var unsteered uint64
 			for _, h := range append([]string{"gw"}, instanceNames()...) {
@@ -218,6 +197,85 @@ func TestOverloadNeverBypassesTheChain(t *testing.T) {
 					m["nfsteer_kernel_queue_dropped_total"], m["nfsteer_kernel_queue_user_dropped_total"], dropped)
 			}
 		})
+	}
+}
+
+// countByChain counts, at the server, globex's one-packet flows to UDP
+// port 9999 by what they crossed: TTL 60 is the whole chain (gateway, fw,
+// dlp, gateway), anything else went around some of it. The returned
+// function reads the counts; with settle, once they stop moving (what is
+// still queued arrives on the chain).
+func countByChain(t *testing.T, l *lab.Lab) func(settle bool) (on, off uint64) {
+	t.Helper()
+	// A socket on the port, so the server answers nothing (no port
+	// unreachable back through the chain).
+	sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, "9999"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9999", lab.GlobexClient, lab.Server)
+	if err := l.Count("srv", "onchain", match+" ip ttl 60"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Count("srv", "offchain", match+" ip ttl != 60"); err != nil {
+		t.Fatal(err)
+	}
+	return func(settle bool) (on, off uint64) {
+		on, off = counted(t, l, "srv", "onchain"), counted(t, l, "srv", "offchain")
+		for prev := uint64(1 << 63); settle && on+off != prev; {
+			prev = on + off
+			time.Sleep(500 * time.Millisecond)
+			on, off = counted(t, l, "srv", "onchain"), counted(t, l, "srv", "offchain")
+		}
+		return on, off
+	}
+}
+
+// TestAgentsKilledDuringAFloodLetNothingAround floods new flows at a rate
+// the agents keep up with, SIGKILLs the gateway's agent and every instance
+// agent mid-flood, and starts them again. With the default flags (fail
+// closed, rules kept) the queues drop what no agent reads: not one flow
+// reaches the server around its chain, and flows cross it again once the
+// agents are back. (With --fail open, 2,938 of 20,000 went around.)
+func TestAgentsKilledDuringAFloodLetNothingAround(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	arrived := countByChain(t, l)
+	src, dst := netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.Server)
+	f := newFlooder(t, l, "cg", src, dst, 9999, 1)
+	const rate, seconds = 4000, 5
+	sent := make(chan int, 1)
+	go func() { sent <- f.send(t, rate*seconds, rate) }()
+
+	time.Sleep(time.Second)
+	agents := append(l.Agents("gw"), allInstanceAgents(l)...)
+	for _, a := range agents {
+		a.Kill()
+	}
+	killed, _ := arrived(false)
+	time.Sleep(500 * time.Millisecond)
+	for _, a := range agents {
+		if _, err := l.Restart(a, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back, _ := arrived(false)
+	n := <-sent
+	on, off := arrived(true)
+	var unsteered uint64
+	for _, h := range append([]string{"gw"}, instanceNames()...) {
+		unsteered += unsteeredRule(t, l, h)
+	}
+	t.Logf("sent %d flows; on the chain %d (%d before the kill, %d when the agents were back), off it %d; unsteered by the rules %d",
+		n, on, killed, back, off, unsteered)
+	if off != 0 || unsteered != 0 {
+		t.Errorf("%d flows reached the server around their chain (%d counted unsteered) while the agents were killed and restarted", off, unsteered)
+	}
+	if killed == 0 || on <= back {
+		t.Errorf("flows on the chain: %d before the kill, %d when the agents were back, %d at the end; want them crossing before and after", killed, back, on)
 	}
 }
 

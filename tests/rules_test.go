@@ -118,26 +118,44 @@ func TestRulesOwnership(t *testing.T) {
 	}
 }
 
-// TestAgentStopsCleanlyOnSIGTERM: the agent exits 0 on SIGTERM and leaves
-// the namespace exactly as it found it.
+// TestAgentStopsCleanlyOnSIGTERM: the agent exits 0 on SIGTERM. By default
+// it leaves its rules as they were while it ran, so a restart lets no flow
+// around its chain; with --keep-rules=false it leaves the namespace exactly
+// as it found it.
 func TestAgentStopsCleanlyOnSIGTERM(t *testing.T) {
-	l := lab.New(t, bin)
-	before := snapshot(t, l, "gw")
-	a, err := l.StartAgent("gw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if snapshot(t, l, "gw") == before {
-		t.Fatal("the running agent installed nothing")
-	}
-	if err := a.Stop(); err != nil {
-		t.Fatalf("agent exit after SIGTERM: %v\n%s", err, a.Output())
-	}
-	if !strings.Contains(a.Output(), "rules removed") {
-		t.Errorf("agent log does not say it removed its rules:\n%s", a.Output())
-	}
-	if diff := cmp.Diff(before, snapshot(t, l, "gw")); diff != "" {
-		t.Errorf("after SIGTERM (-before +after):\n%s", diff)
+	for _, tc := range []struct {
+		name, log string
+		args      []string
+		keep      bool
+	}{
+		{"default: rules kept", "leaving rules installed", nil, true},
+		{"--keep-rules=false", "rules removed", []string{"--keep-rules=false"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.New(t, bin)
+			before := snapshot(t, l, "gw")
+			a, err := l.StartAgent("gw", tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			running := snapshot(t, l, "gw")
+			if running == before {
+				t.Fatal("the running agent installed nothing")
+			}
+			if err := a.Stop(); err != nil {
+				t.Fatalf("agent exit after SIGTERM: %v\n%s", err, a.Output())
+			}
+			if !strings.Contains(a.Output(), tc.log) {
+				t.Errorf("agent log does not say %q:\n%s", tc.log, a.Output())
+			}
+			want := before
+			if tc.keep {
+				want = running
+			}
+			if diff := cmp.Diff(want, snapshot(t, l, "gw")); diff != "" {
+				t.Errorf("after SIGTERM (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -203,7 +221,7 @@ func TestFailOpenAndClosed(t *testing.T) {
 		if reachable(t, l, 6002, 2*time.Second) {
 			t.Fatal("fail-closed: a new flow got through while no agent ran")
 		}
-		a, err := l.StartAgent("gw", "--fail", "closed", "--keep-rules")
+		a, err := l.StartAgent("gw", "--fail", "closed")
 		if err != nil {
 			t.Fatal(err)
 		}

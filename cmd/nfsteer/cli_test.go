@@ -93,6 +93,8 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"chain naming a missing service", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw,ids"}, 1, "tenants.initech.chain[1]"},
 		{"overlapping prefix", []string{"tenant", "add", "initech", "--prefix", "10.10.1.128/25", "--chain", "dlp"}, 1, "tenants.initech.prefixes[0]"},
 		{"malformed allow rule", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", "{proto: tcp"}, 2, "--allow"},
+		{"allow rule with an unknown key (it would open every port)", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, dst: 10.99.0.0/24, port: 443}`}, 2, `unknown key "port"`},
+		{"allow rule with ports not a list", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, ports: 443}`}, 2, "`443` where a list is wanted"},
 		{"allow rule with a bad port", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, ports: ["99999"]}`}, 1, "tenants.initech.allow[0].ports[0]"},
 		{"unknown tenant", []string{"tenant", "remove", "initech"}, 1, `no such name in the map: tenant "initech"`},
 		{"duplicate service", []string{"service", "add", "fw", "--instance", "fw-9=10.200.0.19"}, 1, `service "fw": already in the map`},
@@ -360,7 +362,7 @@ func TestAgentConfigPrecedence(t *testing.T) {
 		"heartbeat": "100ms",             // file over default
 		"outer":     []any{"eth1", "eth2"},
 		"log-flows": true,
-		"fail":      "open", // default
+		"fail":      "closed", // default
 	}
 	for k, v := range want {
 		if diff := cmp.Diff(v, got[k]); diff != "" {

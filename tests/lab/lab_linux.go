@@ -379,7 +379,10 @@ func output(name string, args ...string) (string, error) {
 type Process struct {
 	Node string
 	Log  string // path of its combined output
-	cmd  *exec.Cmd
+	// args and ready are how it was started, for Restart.
+	args  []string
+	ready string
+	cmd   *exec.Cmd
 	done chan struct{}
 	err  error
 }
@@ -423,7 +426,8 @@ func (l *Lab) StartController(name string, extra ...string) (*Process, error) {
 
 // start runs `ip args...` as process node and waits for ready in its log.
 func (l *Lab) start(node string, args []string, ready string) (*Process, error) {
-	a := &Process{Node: node, Log: filepath.Join(l.Dir, fmt.Sprintf("agent-%s-%d.log", node, time.Now().UnixNano())), done: make(chan struct{})}
+	a := &Process{Node: node, Log: filepath.Join(l.Dir, fmt.Sprintf("agent-%s-%d.log", node, time.Now().UnixNano())),
+		args: args, ready: ready, done: make(chan struct{})}
 	f, err := os.Create(a.Log)
 	if err != nil {
 		return nil, err
@@ -504,6 +508,22 @@ func (a *Process) Stop() error {
 		a.Kill()
 		return fmt.Errorf("agent %s ignored SIGTERM for 10s", a.Node)
 	}
+}
+
+// Restart does what `systemctl restart` does to a: SIGTERM, wait for the
+// exit, wait pause (the unit's RestartSec), then start the same command
+// again and wait until it is ready. An agent that already exited (killed)
+// is only started again.
+func (l *Lab) Restart(a *Process, pause time.Duration) (*Process, error) {
+	select {
+	case <-a.done:
+	default:
+		if err := a.Stop(); err != nil {
+			return nil, fmt.Errorf("stopping %s: %w", a.Node, err)
+		}
+	}
+	time.Sleep(pause)
+	return l.start(a.Node, a.args, a.ready)
 }
 
 // Kill ends the agent with SIGKILL (rules stay behind, as after a crash)
