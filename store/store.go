@@ -26,8 +26,8 @@ const (
 	// keyRestart holds, per node, until when (Redis time, ms) a stopping
 	// agent said it would be back.
 	keyRestart = "nfsteer:{hb}:restart"
-	keyLease      = "nfsteer:{ctl}:lease"
-	keyScores     = "nfsteer:{hb}:score"
+	keyLease   = "nfsteer:{ctl}:lease"
+	keyScores  = "nfsteer:{hb}:score"
 )
 
 // sessionKey names a session's record (a string: its meta JSON);

@@ -383,8 +383,8 @@ type Process struct {
 	args  []string
 	ready string
 	cmd   *exec.Cmd
-	done chan struct{}
-	err  error
+	done  chan struct{}
+	err   error
 }
 
 // StartAgent runs `nfsteer agent` for node in its namespace (the gateway is
