@@ -1,10 +1,14 @@
 package steering
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Allow is one of a tenant's firewall rules as the operator writes it: a
@@ -27,6 +31,30 @@ type AllowRule struct {
 }
 
 var protoNumbers = map[string]uint8{"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
+
+// ParseAllow decodes one allow rule written as in a map file (a YAML
+// mapping such as {proto: tcp, dst: 10.99.0.0/24, ports: ["443"]}) as
+// strictly as [Parse] decodes the file: an unknown key, a value of the
+// wrong type or anything after the rule is an error wrapping
+// [ErrInvalidMap]. Every way into the map reads rules the same way, so a
+// typo cannot widen a firewall. The rule's values are validated with the
+// map it joins, which names the tenant in its errors.
+func ParseAllow(s string) (Allow, error) {
+	dec := yaml.NewDecoder(strings.NewReader(s))
+	dec.KnownFields(true)
+	var a Allow
+	if err := dec.Decode(&a); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Allow{}, fmt.Errorf("%w: the rule is empty", ErrInvalidMap)
+		}
+		return Allow{}, fmt.Errorf("%w: %v", ErrInvalidMap, yamlError(err))
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return Allow{}, fmt.Errorf("%w: more than one rule", ErrInvalidMap)
+	}
+	return a, nil
+}
 
 // compileAllow checks one rule; field names it in errors.
 func compileAllow(v *validator, field string, a Allow) AllowRule {

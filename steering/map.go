@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -105,12 +107,57 @@ func Parse(b []byte) (*Map, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%w: the document is empty", ErrInvalidMap)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
+		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, yamlError(err))
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	return &m, nil
+}
+
+var (
+	unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	wrongType    = regexp.MustCompile(`cannot unmarshal !!(\w+) (?:(.*) )?into (\S+)`)
+)
+
+// wanted names, for people, what a Go type decodes from.
+func wanted(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "[]"):
+		return "a list"
+	case strings.HasPrefix(goType, "map["), strings.Contains(goType, "."):
+		return "a mapping"
+	case goType == "string":
+		return "a string"
+	case goType == "bool":
+		return "true or false"
+	case strings.Contains(goType, "int"):
+		return "a whole number"
+	}
+	return goType
+}
+
+// yamlError says what the YAML decoder found in the map's words, not Go's:
+// "unknown key "port"" rather than "field port not found in type
+// steering.Allow", one problem per line as the decoder lists them.
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	lines := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		e = unknownField.ReplaceAllString(e, `unknown key "$1"`)
+		lines[i] = wrongType.ReplaceAllStringFunc(e, func(m string) string {
+			sub := wrongType.FindStringSubmatch(m)
+			got := sub[2]
+			if got == "" {
+				got = map[string]string{"seq": "a list", "map": "a mapping"}[sub[1]]
+			}
+			return fmt.Sprintf("%s where %s is wanted", got, wanted(sub[3]))
+		})
+	}
+	return errors.New(strings.Join(lines, "; "))
 }
 
 // LoadFile reads and parses a map file.

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"gopkg.in/yaml.v3"
 )
 
 func mustLoad(t testing.TB, path string) *Map {
@@ -100,6 +102,69 @@ func TestParseRefusesUnknownFieldsAndJunk(t *testing.T) {
 			t.Errorf("Parse(%q) = %v, want ErrInvalidMap", doc, err)
 		}
 	}
+}
+
+func TestParseAllow(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     Allow
+		err      string // in the error; "" for none
+	}{
+		{"full rule", `{proto: tcp, dst: 10.99.0.0/24, ports: ["443", "8000-8100"]}`,
+			Allow{Proto: "tcp", Dst: "10.99.0.0/24", Ports: []string{"443", "8000-8100"}}, ""},
+		{"block form", "proto: udp\ndst: fd00::/64\n", Allow{Proto: "udp", Dst: "fd00::/64"}, ""},
+		{"a typo that would open every port", `{proto: tcp, dst: 10.99.0.0/24, port: 443}`, Allow{}, `unknown key "port"`},
+		{"a port that is not a list", `{proto: tcp, ports: 443}`, Allow{}, "`443` where a list is wanted"},
+		{"a list where a string goes", `{proto: [tcp]}`, Allow{}, "a list where a string is wanted"},
+		{"two rules in one", "{proto: tcp}\n---\n{proto: udp}\n", Allow{}, "more than one rule"},
+		{"empty", "", Allow{}, "the rule is empty"},
+		{"not a mapping", "tcp", Allow{}, "where a mapping is wanted"},
+		{"unclosed", "{proto: tcp", Allow{}, "did not find expected"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseAllow(tc.in)
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("ParseAllow(%q): %v", tc.in, err)
+				}
+				if diff := cmp.Diff(tc.want, got); diff != "" {
+					t.Errorf("ParseAllow(%q) (-want +got):\n%s", tc.in, diff)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrInvalidMap) || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseAllow(%q) = %+v, %v; want an ErrInvalidMap saying %q", tc.in, got, err, tc.err)
+			}
+		})
+	}
+}
+
+// FuzzParseAllow checks that no input panics the rule parser, and that a
+// rule it accepts fits in a map the way the map file would write it.
+func FuzzParseAllow(f *testing.F) {
+	f.Add(`{proto: tcp, dst: 10.99.0.0/24, ports: ["443"]}`)
+	f.Add(`{proto: tcp, port: 443}`)
+	f.Add("proto: udp\n---\nproto: tcp\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		a, err := ParseAllow(in)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidMap) {
+				t.Fatalf("error does not wrap ErrInvalidMap: %v", err)
+			}
+			return
+		}
+		b, err := yaml.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParseAllow(string(b))
+		if err != nil {
+			t.Fatalf("ParseAllow(%q) accepted %+v, whose YAML %q it refuses: %v", in, a, b, err)
+		}
+		if diff := cmp.Diff(a, back, cmpopts.EquateEmpty()); diff != "" {
+			t.Fatalf("round trip of %q (-first +second):\n%s", in, diff)
+		}
+	})
 }
 
 // FuzzParse checks that no document panics the parser, and that a document

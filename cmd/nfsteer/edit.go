@@ -11,7 +11,6 @@ import (
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
-	"gopkg.in/yaml.v3"
 )
 
 // This file holds the commands that change the live map one name at a
@@ -149,9 +148,9 @@ Example:
 					}
 					t := steering.Tenant{Prefixes: splitList(c.StringSlice("prefix")), Chain: splitList(c.StringSlice("chain"))}
 					for _, a := range c.StringSlice("allow") {
-						var rule steering.Allow
-						if err := yaml.Unmarshal([]byte(a), &rule); err != nil {
-							return cli.Exit(fmt.Sprintf("--allow %q: want a mapping like '{proto: tcp, dst: 10.0.0.0/8, ports: [\"443\"]}': %v", a, err), 2)
+						rule, err := steering.ParseAllow(a)
+						if err != nil {
+							return cli.Exit(fmt.Sprintf("--allow %q: %v (want a mapping like '{proto: tcp, dst: 10.0.0.0/8, ports: [\"443\"]}')", a, err), 2)
 						}
 						t.Allow = append(t.Allow, rule)
 					}
