@@ -485,3 +485,48 @@ func TestPrepare(t *testing.T) {
 		t.Fatalf("concurrent Apply changed the base map:\n%s", after)
 	}
 }
+
+// TestDecodePublishedIsStrict: a document from Redis is read as strictly as
+// a map file. An allow rule with a misspelt key would otherwise admit every
+// port on every node that reads it.
+func TestDecodePublishedIsStrict(t *testing.T) {
+	doc, err := version1(t, labMap(t)).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodePublished(doc); err != nil {
+		t.Fatalf("the document as encoded: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(doc map[string]any)
+		raw  func(doc []byte) []byte
+		want string
+	}{
+		{"unknown field in the document", func(d map[string]any) { d["drained_too"] = []string{"fw-1"} }, nil, `unknown field "drained_too"`},
+		{"unknown field in an allow rule", func(d map[string]any) {
+			acme := d["map"].(map[string]any)["tenants"].(map[string]any)["acme"].(map[string]any)
+			acme["allow"] = []any{map[string]any{"proto": "tcp", "port": 443}}
+		}, nil, `unknown field "port"`},
+		{"data after the document", nil, func(doc []byte) []byte { return append(doc, []byte(` {"version": 9}`)...) }, "data after the JSON value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := doc
+			if tc.edit != nil {
+				var d map[string]any
+				if err := json.Unmarshal(doc, &d); err != nil {
+					t.Fatal(err)
+				}
+				tc.edit(d)
+				b, _ = json.Marshal(d)
+			}
+			if tc.raw != nil {
+				b = tc.raw(b)
+			}
+			_, err := DecodePublished(b)
+			if !errors.Is(err, ErrInvalidMap) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("DecodePublished = %v; want an ErrInvalidMap saying %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,10 +1,13 @@
 package steering
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 )
 
@@ -162,6 +165,22 @@ type document struct {
 	Migrating []string          `json:"migrating,omitempty"`
 }
 
+// DecodeJSON decodes one JSON value into v as strictly as [Parse] reads a
+// map file: an unknown field or anything after the value is an error. What
+// comes from Redis (documents, deltas, the log) is read with it, so that
+// no way into the map is looser than another.
+func DecodeJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("data after the JSON value")
+	}
+	return nil
+}
+
 // DecodePublished decodes and validates a published map (JSON).
 func DecodePublished(b []byte) (*Published, error) { return DecodePublishedAfter(b, nil) }
 
@@ -170,7 +189,7 @@ func DecodePublished(b []byte) (*Published, error) { return DecodePublishedAfter
 // digest), prev's decoded and validated Map is reused.
 func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
 	var raw document
-	if err := json.Unmarshal(b, &raw); err != nil {
+	if err := DecodeJSON(b, &raw); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
 	}
 	p := &Published{Version: raw.Version, IDs: raw.IDs, Down: raw.Down, Drained: raw.Drained, Unhealthy: raw.Unhealthy, Migrating: raw.Migrating}
@@ -183,7 +202,7 @@ func DecodePublishedAfter(b []byte, prev *Published) (*Published, error) {
 			break
 		}
 		p.Map = new(Map)
-		if err := json.Unmarshal(raw.Map, p.Map); err != nil {
+		if err := DecodeJSON(raw.Map, p.Map); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidMap, err)
 		}
 		ix, err := p.Map.validate()

@@ -146,7 +146,7 @@ func (s *Store) catchUp(ctx context.Context, held *steering.Published) (*steerin
 func applyLog(p *steering.Published, entries []string) (*steering.Published, error) {
 	for i, entry := range entries {
 		var a Announcement
-		if err := json.Unmarshal([]byte(entry), &a); err != nil || a.Delta == nil {
+		if err := steering.DecodeJSON([]byte(entry), &a); err != nil || a.Delta == nil {
 			return nil, fmt.Errorf("%w: live map in Redis: entry %d of %s is not a delta", steering.ErrInvalidMap, i, keyMapLog)
 		}
 		if a.Version <= p.Version {
@@ -310,7 +310,7 @@ func (s *Store) Watch(ctx context.Context, poll time.Duration, check func(ctx co
 		switch m := msg.(type) {
 		case *redis.Message:
 			var a Announcement
-			if err := json.Unmarshal([]byte(m.Payload), &a); err != nil {
+			if err := steering.DecodeJSON([]byte(m.Payload), &a); err != nil {
 				// Not ours to understand: look at the live version.
 				a = Announcement{}
 			}
