@@ -232,6 +232,12 @@ func (c *Controller) step(ctx context.Context) error {
 		next.Unhealthy = c.unhealthy(cur, next.Down)
 		return next, nil
 	})
+	if errors.Is(err, store.ErrUnchanged) {
+		// Another publisher got there first with the same lists.
+		c.lastMap = p.Published
+		c.live.Store(p.Published)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("publishing health: %w", err)
 	}

@@ -2,6 +2,7 @@ package drain
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -92,7 +93,7 @@ func Migrate(ctx context.Context, s Store, instance string, o Options) (Result, 
 		}
 		return live.Drain(instance)
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, store.ErrUnchanged) { // drained already: go on
 		return r, err
 	}
 	if r.Ended, err = waitForFlows(ctx, s, instance, o); err != nil {
@@ -118,7 +119,7 @@ func Migrate(ctx context.Context, s Store, instance string, o Options) (Result, 
 		}
 		return live.Migrate(instance)
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, store.ErrUnchanged) {
 		return r, err
 	}
 	r.Version, r.At = p.Version, p.At

@@ -1,6 +1,7 @@
 package steering
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -115,6 +116,35 @@ func (p *Published) WithMap(m *Map) *Published {
 		}
 	}
 	return q
+}
+
+// SameAs reports whether p and q say the same thing, whatever their
+// numbers: the same map and the same instances out of new-flow steering.
+// Publishing q over p would change nothing on any node.
+func (p *Published) SameAs(q *Published) bool {
+	if p.MapDigest() != q.MapDigest() {
+		return false
+	}
+	for i, l := range q.lists() {
+		a, b := slices.Sorted(slices.Values(*p.lists()[i].names)), slices.Sorted(slices.Values(*l.names))
+		if !slices.Equal(a, b) {
+			return false
+		}
+	}
+	return true
+}
+
+// MapDigest is the SHA-256 of p's map as published (its JSON): two
+// versions with the same digest carry the same map.
+func (p *Published) MapDigest() string {
+	if p.mapSum != "" {
+		return p.mapSum
+	}
+	b, err := json.Marshal(p.Map)
+	if err != nil {
+		return ""
+	}
+	return digest(b)
 }
 
 func (m *Map) hasInstance(name string) bool {

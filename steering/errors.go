@@ -21,6 +21,15 @@ var (
 	ErrInUse = errors.New("still in use")
 )
 
+// Errors of a whole-map apply (see apply.go).
+var (
+	// ErrWouldRemove: the file lacks names the live map has, and removing
+	// them was not asked for.
+	ErrWouldRemove = errors.New("apply would remove")
+	// ErrMovedOn: the live map changed after the file was made from it.
+	ErrMovedOn = errors.New("the live map has moved on")
+)
+
 // ErrNotBase is wrapped by [Published.Apply] when the delta does not
 // follow the version it is applied to: the caller reads the whole map.
 var ErrNotBase = errors.New("delta does not apply to this version")

@@ -12,6 +12,9 @@ var (
 	ErrMalformed = errors.New("malformed entry")
 	// ErrOldRedis: the server is older than nfsteer needs.
 	ErrOldRedis = errors.New("nfsteer needs Redis 7.0 or newer")
+	// ErrUnchanged: a change would publish what the live version already
+	// says, so nothing was published.
+	ErrUnchanged = errors.New("the live map already says so: nothing published")
 	// ErrNoSession: the flow has no session in Redis.
 	ErrNoSession = errors.New("no such session")
 )

@@ -178,7 +178,9 @@ type Publication struct {
 
 // Publish applies change to the live map and publishes the result as the
 // next version: it keeps instance IDs, validates, writes the whole document
-// atomically and announces it. It returns the published map.
+// atomically and announces it. It returns the published map. A change that
+// would publish what the live version already says publishes nothing: it
+// returns the live version and ErrUnchanged.
 func (s *Store) Publish(ctx context.Context, change Change) (Publication, error) {
 	for attempt := 0; ; attempt++ {
 		live, err := s.Live(ctx)
@@ -192,6 +194,12 @@ func (s *Store) Publish(ctx context.Context, change Change) (Publication, error)
 		next, err := change(live)
 		if err != nil {
 			return Publication{}, err
+		}
+		if next.Version != 0 && next.Version <= liveVersion {
+			return Publication{}, fmt.Errorf("%w: offered version %d, live version %d", ErrStaleVersion, next.Version, liveVersion)
+		}
+		if live != nil && next.SameAs(live) {
+			return Publication{Published: live}, ErrUnchanged
 		}
 		var prevIDs map[string]uint16
 		if live != nil {
@@ -227,9 +235,6 @@ var errConflict = errors.New("another publisher changed the map first")
 // publish writes p over the live version expect, whose map live is (nil
 // if unknown), and returns when it sent the write.
 func (s *Store) publish(ctx context.Context, expect uint64, live, p *steering.Published) (time.Time, error) {
-	if p.Version <= expect {
-		return time.Time{}, fmt.Errorf("%w: offered version %d, live version %d", ErrStaleVersion, p.Version, expect)
-	}
 	if err := p.Validate(); err != nil {
 		return time.Time{}, err
 	}

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -129,11 +130,18 @@ func TestMapVersions(t *testing.T) {
 		// Concurrent publishers: every change lands, each on its own
 		// version.
 		var wg sync.WaitGroup
-		for range 8 {
+		for i := range 8 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := s.Publish(ctx, replace(m2)); err != nil {
+				_, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
+					m, err := live.Map.AddTenant(fmt.Sprintf("t%d", i), steering.Tenant{Prefixes: []string{fmt.Sprintf("10.%d.0.0/16", 150+i)}, Chain: []string{"fw"}})
+					if err != nil {
+						return nil, err
+					}
+					return live.WithMap(m), nil
+				})
+				if err != nil {
 					t.Error(err)
 				}
 			}()
@@ -141,6 +149,14 @@ func TestMapVersions(t *testing.T) {
 		wg.Wait()
 		if v, _ := s.LiveVersion(ctx); v != 10 {
 			t.Fatalf("live version %d after 8 concurrent publishes over 2, want 10", v)
+		}
+		// A change that changes nothing publishes nothing.
+		p, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) { return live.Clone(), nil })
+		if !errors.Is(err, store.ErrUnchanged) || p.Published == nil || p.Version != 10 {
+			t.Fatalf("publishing the live map again: %+v, %v; want ErrUnchanged and version 10", p, err)
+		}
+		if v, _ := s.LiveVersion(ctx); v != 10 {
+			t.Fatalf("live version %d after an unchanged publish, want 10", v)
 		}
 	})
 }
@@ -738,7 +754,7 @@ func TestMapLog(t *testing.T) {
 
 		// A log that skips a version is refused, naming it; so is an entry
 		// that is not a delta.
-		if _, err := s.Publish(ctx, drain("fw-2")); err != nil {
+		if _, err := s.Publish(ctx, drain("fw-1")); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Set(ctx, "nfsteer:{map}:version", 68, 0).Err(); err != nil {

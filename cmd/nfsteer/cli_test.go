@@ -257,11 +257,76 @@ func TestCLIEdits(t *testing.T) {
 		t.Errorf("diff against the first map: %+v; want exit 3 and the removals", r)
 	}
 	before := liveVersion(t, s)
-	if r := nfsteer(t, "apply", "-f", exported); r.code != 0 {
-		t.Fatalf("apply of the export: %+v", r)
+	if r := nfsteer(t, "apply", "-f", exported); r.code != 0 || !strings.Contains(r.stdout, "unchanged") {
+		t.Fatalf("apply of the export: %+v; want unchanged", r)
 	}
-	if v := liveVersion(t, s); v != before+1 {
-		t.Errorf("apply of the export: version %d, want %d", v, before+1)
+	if v := liveVersion(t, s); v != before {
+		t.Errorf("apply of the export: version %d, want %d (nothing published)", v, before)
+	}
+}
+
+// TestCLIApplyGuards: apply prints what it changes, publishes nothing when
+// nothing changes, removes nothing without --prune, loses no one else's
+// edit, and drain of a drained instance publishes nothing.
+func TestCLIApplyGuards(t *testing.T) {
+	s := labRedis(t)
+	export := func() string {
+		t.Helper()
+		r := nfsteer(t, "map", "export")
+		if r.code != 0 {
+			t.Fatalf("map export: %+v", r)
+		}
+		path := filepath.Join(t.TempDir(), "map.yaml")
+		if err := os.WriteFile(path, []byte(r.stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	mine := export() // version 1
+	// A colleague adds wonka: version 2.
+	if r := nfsteer(t, "tenant", "add", "wonka", "--prefix", "10.40.0.0/24", "--chain", "fw"); r.code != 0 {
+		t.Fatalf("tenant add: %+v", r)
+	}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		code    int
+		want    string // in stdout+stderr
+		publish bool
+	}{
+		{"an export the map moved on from", []string{"apply", "-f", mine}, 1, "the file was exported from version 1 and the map has changed since (live version 2)", false},
+		{"the same, forced to the live version, removing wonka without --prune", []string{"apply", "-f", mine, "--base-version", "2"}, 1, "the file does not have tenant wonka: add them to the file, or give --prune", false},
+		{"the same, with a base version that is not live", []string{"apply", "-f", mine, "--base-version", "1", "--prune"}, 1, "the file was made from version 1 and the live map is at version 2", false},
+		{"a dry run with --prune", []string{"apply", "-f", mine, "--base-version", "2", "--prune", "--dry-run"}, 0, "dry run: would publish the version after 2 with 1 changes; nothing published\n  - tenant wonka", false},
+		{"the same for real", []string{"apply", "-f", mine, "--base-version", "2", "--prune"}, 0, "published map version 3", true},
+		{"again: nothing changes", []string{"apply", "-f", mine, "--base-version", "3"}, 0, "unchanged: the live map (version 3) already says this", false},
+		{"drain", []string{"instance", "drain", "fw-1"}, 0, "~ instance fw-1 drained: false -> true", true},
+		{"drain of a drained instance", []string{"instance", "drain", "fw-1"}, 0, "unchanged", false},
+		{"undrain", []string{"instance", "undrain", "fw-1"}, 0, "~ instance fw-1 drained: true -> false", true},
+		{"undrain of an undrained instance", []string{"instance", "undrain", "fw-1"}, 0, "unchanged", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := liveVersion(t, s)
+			r := nfsteer(t, tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stdout+r.stderr, tc.want) {
+				t.Errorf("nfsteer %s: exit %d, stdout %q, stderr %q; want exit %d and %q", strings.Join(tc.args, " "), r.code, r.stdout, r.stderr, tc.code, tc.want)
+			}
+			want := before
+			if tc.publish {
+				want++
+			}
+			if v := liveVersion(t, s); v != want {
+				t.Errorf("live version %d after nfsteer %s, want %d", v, strings.Join(tc.args, " "), want)
+			}
+		})
+	}
+	// A version that only marks an instance down does not stale an export.
+	fresh := export()
+	if r := nfsteer(t, "instance", "drain", "fw-2"); r.code != 0 {
+		t.Fatalf("drain: %+v", r)
+	}
+	if r := nfsteer(t, "apply", "-f", fresh, "-o", "json"); r.code != 0 || !strings.Contains(r.stdout, `"unchanged": true`) {
+		t.Errorf("apply of an export after a drain: %+v; want it taken (unchanged)", r)
 	}
 }
 

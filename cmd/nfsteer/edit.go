@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -39,6 +40,10 @@ func publishWith(c *cli.Context, out printer, s *store.Store, edit func(live *st
 		before = live
 		return edit(live)
 	})
+	if errors.Is(err, store.ErrUnchanged) {
+		r := applied{Version: p.Version, Unchanged: true, Changes: []steering.Change{}}
+		return out.print(r, r.table)
+	}
 	if err != nil {
 		return err
 	}

@@ -79,6 +79,8 @@ func mapExportCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "export",
 		Usage: "write the live map as a YAML file that apply takes back unchanged",
+		// The header records the version exported, so that apply refuses the
+		// file if someone else changes the map in between.
 		Description: `Example, edit the live map by hand:
    nfsteer map export --redis redis://10.0.0.5:6379 > map.yaml
    vi map.yaml
@@ -86,7 +88,10 @@ func mapExportCommand() *cli.Command {
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml`,
 		Flags: []cli.Flag{redisFlag()},
 		Action: func(c *cli.Context) error {
-			return withLive(c, func(_ printer, l live) error { return writeYAML(c.App.Writer, l.p.Map) })
+			return withLive(c, func(_ printer, l live) error {
+				fmt.Fprint(c.App.Writer, steering.ExportHeader(l.p))
+				return writeYAML(c.App.Writer, l.p.Map)
+			})
 		},
 	}
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -68,42 +71,113 @@ func applyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "apply",
 		Usage: "validate a map file and publish it to Redis as the next version",
-		Description: `The whole map is written as one new version, atomically, and announced to
-every agent. Instances keep their IDs; instances the controller marked down
-stay down.
+		Description: `Prints every change (as map diff does) and publishes the whole map as one
+new version, atomically, announced to every agent. Instances keep their
+IDs; instances the controller marked down stay down. A file that changes
+nothing publishes nothing and says "unchanged".
+
+Guards, each refusing with the live version untouched:
+  - a file that lacks tenants, services or instances the live map has is
+    refused, naming them, unless --prune;
+  - a file written by map export is refused if the live map has changed
+    since the export (another operator's edit would be lost); versions
+    that only mark instances down or drained do not count. --base-version
+    N checks against version N instead.
 
 Example:
-   nfsteer apply --redis redis://10.0.0.5:6379 -f /etc/nfsteer/map.yaml`,
+   nfsteer map export --redis redis://10.0.0.5:6379 > map.yaml
+   vi map.yaml
+   nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml --dry-run
+   nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml`,
 		Flags: []cli.Flag{
-			redisFlag(),
+			redisFlag(), outputFlag(),
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"},
+			&cli.BoolFlag{Name: "prune", Usage: "remove the tenants, services and instances the file does not have"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes and publish nothing"},
+			&cli.Uint64Flag{Name: "base-version", Usage: "refuse unless the live map is still at `VERSION` (overrides the file's export header)"},
 			&cli.Uint64Flag{Name: "version", Usage: "publish as exactly this `VERSION` (refused unless newer than the live one)"},
 		},
 		Action: func(c *cli.Context) error {
-			m, err := steering.LoadFile(c.String("file"))
-			if err != nil {
-				return cli.Exit(err, 1)
+			if c.NArg() > 0 {
+				return cli.Exit(fmt.Sprintf("apply takes no arguments, got %q (the file goes with -f)", c.Args().Slice()), 2)
 			}
-			s, err := openStore(c)
+			file, err := os.ReadFile(c.String("file"))
 			if err != nil {
-				return err
+				return cli.Exit(fmt.Errorf("reading map: %w", err), 1)
 			}
-			defer s.Close()
-			p, err := s.Publish(c.Context, func(live *steering.Published) (*steering.Published, error) {
-				next := &steering.Published{Map: m}
-				if live != nil {
-					next = live.WithMap(m)
+			m, err := steering.Parse(file)
+			if err != nil {
+				return cli.Exit(fmt.Errorf("%s: %w", c.String("file"), err), 1)
+			}
+			o := steering.ApplyOptions{Prune: c.Bool("prune")}
+			o.Base, _ = steering.BaseOf(file)
+			if c.IsSet("base-version") {
+				o.Base = steering.Base{Version: c.Uint64("base-version")}
+			}
+			return withStore(c, func(out printer, s *store.Store) error {
+				var changes []steering.Change
+				plan := func(live *steering.Published) (*steering.Published, error) {
+					next, ch, err := steering.PlanApply(live, m, o)
+					if err != nil {
+						return nil, err
+					}
+					changes = ch
+					next.Version = c.Uint64("version")
+					return next, nil
 				}
-				next.Version = c.Uint64("version")
-				return next, nil
+				r := applied{Changes: []steering.Change{}}
+				if c.Bool("dry-run") {
+					live, err := s.Live(c.Context)
+					if err != nil && !errors.Is(err, store.ErrNoMap) {
+						return err
+					}
+					next, err := plan(live)
+					if err != nil {
+						return cli.Exit(err, 1)
+					}
+					r.DryRun, r.Unchanged = true, live != nil && next.SameAs(live)
+					if live != nil {
+						r.Version = live.Version
+					}
+				} else {
+					p, err := s.Publish(c.Context, plan)
+					switch {
+					case errors.Is(err, store.ErrUnchanged):
+						r.Unchanged = true
+					case err != nil:
+						return cli.Exit(err, 1)
+					}
+					r.Version, r.At = p.Version, p.At
+				}
+				r.Changes = append(r.Changes, changes...)
+				return out.print(r, r.table)
 			})
-			if err != nil {
-				return cli.Exit(err, 1)
-			}
-			fmt.Fprintf(c.App.Writer, "published map version %d (%d services, %d tenants) at %s\n",
-				p.Version, len(p.Map.Services), len(p.Map.Tenants), p.At.Format(time.RFC3339Nano))
-			return nil
 		},
+	}
+}
+
+// applied is what apply prints.
+type applied struct {
+	// Version is the version published, or the live one when nothing was.
+	Version   uint64            `json:"version"`
+	At        time.Time         `json:"at,omitzero"`
+	Unchanged bool              `json:"unchanged"`
+	DryRun    bool              `json:"dry_run"`
+	Changes   []steering.Change `json:"changes"`
+}
+
+func (r applied) table(w io.Writer) {
+	switch {
+	case r.Unchanged:
+		fmt.Fprintf(w, "unchanged: the live map (version %d) already says this; nothing published\n", r.Version)
+		return
+	case r.DryRun:
+		fmt.Fprintf(w, "dry run: would publish the version after %d with %d changes; nothing published\n", r.Version, len(r.Changes))
+	default:
+		fmt.Fprintf(w, "published map version %d at %s with %d changes\n", r.Version, r.At.Format(time.RFC3339Nano), len(r.Changes))
+	}
+	for _, ch := range r.Changes {
+		fmt.Fprintln(w, "  "+ch.String())
 	}
 }
 
