@@ -330,7 +330,9 @@ func (c *Controller) judge(live *steering.Published, beats map[string]store.Beat
 				h.judge(b, c.silence[name]-c.cfg.Interval, c.cfg.ScoreOut, c.cfg.ScoreIn, c.cfg.ScoreHold)
 				delete(c.silence, name)
 			}
-			scores[name] = h.score
+			if !h.at.IsZero() { // an instance that never reported has no score
+				scores[name] = h.score
+			}
 		}
 	}
 	c.scores.Store(&scores)

@@ -28,6 +28,9 @@ type Options struct {
 	// Deadline is how long flows may end on their own before the rest
 	// are handed over.
 	Deadline time.Duration
+	// Force drains the instance even if it is its service's last in
+	// service (see steering.Published.KeepsInService).
+	Force bool
 	// Poll is how often the sessions left are counted while waiting
 	// (default 500ms).
 	Poll time.Duration
@@ -91,7 +94,14 @@ func Migrate(ctx context.Context, s Store, instance string, o Options) (Result, 
 		if live == nil {
 			return nil, fmt.Errorf("no live map in Redis at %s", s.Addr())
 		}
-		return live.Drain(instance)
+		next, err := live.Drain(instance)
+		if err != nil {
+			return nil, err
+		}
+		if err := live.KeepsInService(next); err != nil && !o.Force {
+			return nil, err
+		}
+		return next, nil
 	})
 	if err != nil && !errors.Is(err, store.ErrUnchanged) { // drained already: go on
 		return r, err

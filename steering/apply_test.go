@@ -90,3 +90,48 @@ func FuzzBaseOf(f *testing.F) {
 		}
 	})
 }
+
+func TestKeepsInService(t *testing.T) {
+	live := version1(t, labMap(t)) // fw: fw-1, fw-2; dlp: dlp-1, dlp-2
+	with := func(down, drained []string) *Published {
+		q := live.Clone()
+		q.Down, q.Drained = down, drained
+		return q
+	}
+	for _, tc := range []struct {
+		name       string
+		from, next *Published
+		want       string // "" for no error
+	}{
+		{"one of two drained", live, with(nil, []string{"fw-1"}), ""},
+		{"the last one drained", with([]string{"fw-2"}, nil), with([]string{"fw-2"}, []string{"fw-1"}),
+			"service fw (in the chain of acme, globex) would have no instance in service: fw-1 drained, fw-2 down"},
+		{"already in fallback: no worse", with([]string{"fw-1", "fw-2"}, nil), with([]string{"fw-1", "fw-2"}, []string{"fw-1"}), ""},
+		{"two services at once", live, with([]string{"fw-1", "dlp-1"}, []string{"fw-2", "dlp-2"}), "service dlp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.from.KeepsInService(tc.next)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrNoneInService) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("KeepsInService = %v; want ErrNoneInService saying %q", err, tc.want)
+			}
+		})
+	}
+	// The table says so too.
+	tab, err := CompilePublished(with([]string{"fw-2"}, []string{"fw-1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := &tab.Services()[tab.ServiceByName("fw")]
+	if !fw.Fallback() || tab.Services()[tab.ServiceByName("dlp")].Fallback() {
+		t.Error("Fallback: want fw in fallback and dlp not")
+	}
+	if got := tab.Instances()[fw.Instances[0]].States(); !cmp.Equal(got, []string{"drained"}) {
+		t.Errorf("fw-1 States = %v", got)
+	}
+}

@@ -118,6 +118,60 @@ func (p *Published) WithMap(m *Map) *Published {
 	return q
 }
 
+// KeepsInService returns an error wrapping [ErrNoneInService] when next
+// leaves a service that some tenant's chain uses with no instance in
+// service (every one down, drained, unhealthy or migrating) while p did
+// not: its new flows would fall back to out-of-service instances
+// ([ServiceInfo.Fallback]). The error names each such service, the
+// tenants using it and why each instance is out.
+func (p *Published) KeepsInService(next *Published) error {
+	var problems []string
+	for _, sname := range slices.Sorted(maps.Keys(next.Map.Services)) {
+		users := next.Map.chainsUsing(sname)
+		if len(users) == 0 || next.outOf(sname) == nil || (p.Map.Services[sname] != nil && p.outOf(sname) != nil) {
+			continue
+		}
+		problems = append(problems, fmt.Sprintf("service %s (in the chain of %s) would have no instance in service: %s",
+			sname, strings.Join(users, ", "), strings.Join(next.outOf(sname), ", ")))
+	}
+	if problems == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %s; its new flows would go to instances that are out. Bring one back first, or give --force",
+		ErrNoneInService, strings.Join(problems, "; "))
+}
+
+// outOf describes why each instance of service is out ("fw-2 down"), or
+// returns nil if one is in service (or the service has none).
+func (p *Published) outOf(service string) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(p.Map.Services[service].Instances)) {
+		var why []string
+		for _, l := range p.lists() {
+			if slices.Contains(*l.names, name) {
+				why = append(why, l.field)
+			}
+		}
+		if why == nil {
+			return nil
+		}
+		out = append(out, name+" "+strings.Join(why, "+"))
+	}
+	return out
+}
+
+// chainsUsing lists, sorted, the tenants whose chain has service.
+func (m *Map) chainsUsing(service string) []string {
+	var out []string
+	for name, t := range m.Tenants {
+		if t != nil && slices.Contains(t.Chain, service) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // SameAs reports whether p and q say the same thing, whatever their
 // numbers: the same map and the same instances out of new-flow steering.
 // Publishing q over p would change nothing on any node.

@@ -19,6 +19,9 @@ var (
 	ErrExists = errors.New("already in the map")
 	// ErrInUse: the edit removes something the rest of the map still needs.
 	ErrInUse = errors.New("still in use")
+	// ErrNoneInService: the edit would leave a service that tenants'
+	// chains use with no instance in service.
+	ErrNoneInService = errors.New("no instance left in service")
 )
 
 // Errors of a whole-map apply (see apply.go).

@@ -80,6 +80,33 @@ type Instance struct {
 // Out reports whether the instance holds no role: new flows avoid it.
 func (in *Instance) Out() bool { return in.Down || in.Drained || in.Unhealthy || in.Migrating }
 
+// States names every reason the instance holds no role ("down",
+// "migrating", "drained", "unhealthy"), or is ["up"].
+func (in *Instance) States() []string {
+	var out []string
+	for _, s := range []struct {
+		on   bool
+		name string
+	}{{in.Down, "down"}, {in.Migrating, "migrating"}, {in.Drained, "drained"}, {in.Unhealthy, "unhealthy"}} {
+		if s.on {
+			out = append(out, s.name)
+		}
+	}
+	if out == nil {
+		out = []string{"up"}
+	}
+	return out
+}
+
+// Fallback reports whether every instance of the service is out (down,
+// drained, unhealthy or migrating). Its roles then fall back to all its
+// instances, out or not: a tenant's flows must cross the service, and
+// dropping them is a policy nfsteer does not make up, so they go to
+// instances that may be dead. `nfsteer instance drain` and `remove`
+// refuse to cause this without --force, and trace, instance list and
+// status show it.
+func (s *ServiceInfo) Fallback() bool { return len(s.skip) > 0 && !slices.Contains(s.skip, false) }
+
 // State names why an instance holds no role, or "up".
 func (in *Instance) State() string {
 	switch {

@@ -41,6 +41,9 @@ type TraceHop struct {
 	// Skipped lists, best first, the instances that rank above Instance
 	// for the slot but hold no role, each with why: "fw-1 (down)".
 	Skipped []string `json:"skipped,omitempty"`
+	// Fallback says every instance of Service is out, so Instance was
+	// chosen among out-of-service instances (see [ServiceInfo.Fallback]).
+	Fallback bool `json:"fallback,omitempty"`
 }
 
 // Trace computes f's path from a gateway (where the tenant's traffic
@@ -98,6 +101,7 @@ func (t *Table) walk(f *Flow, reply bool) []TraceHop {
 			h.Secondary = s.Name
 		}
 		h.Skipped = t.skippedFor(in, d.Slot)
+		h.Fallback = t.services[in.Service].Fallback()
 		out = append(out, h)
 		n, name = t.NodeFor(in.Name), in.Name
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -154,9 +155,12 @@ func (s *Store) Beats(ctx context.Context) (map[string]Beat, time.Time, error) {
 	return out, now.Val(), nil
 }
 
-// leaseScript takes or renews the controller lease. KEYS: lease. ARGV:
+// leaseScript takes or renews the controller lease, and records that the
+// caller is there (for status: the standbys). KEYS: lease, seen. ARGV:
 // holder, ttl ms. Returns 1 if the caller holds it.
 var leaseScript = redis.NewScript(`
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[2], ARGV[1], t[1] * 1000 + math.floor(t[2] / 1000))
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -172,7 +176,7 @@ return 0
 // Lease takes or renews the controller lease for holder; it reports
 // whether holder has it for the next ttl.
 func (s *Store) Lease(ctx context.Context, holder string, ttl time.Duration) (bool, error) {
-	n, err := leaseScript.Run(ctx, s.rdb, []string{keyLease}, holder, ttl.Milliseconds()).Int()
+	n, err := leaseScript.Run(ctx, s.rdb, []string{keyLease, keyControllers}, holder, ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("controller lease at %s: %w", s.addr, err)
 	}
@@ -186,6 +190,54 @@ func (s *Store) LeaseHolder(ctx context.Context) (string, error) {
 		return "", nil
 	}
 	return h, err
+}
+
+// Controller is a controller as status shows it.
+type Controller struct {
+	ID     string `json:"id"`
+	Active bool   `json:"active"` // holds the lease
+	// AgeS is how long ago, in seconds, it last tried to take the lease.
+	AgeS float64 `json:"last_seen_s"`
+}
+
+// controllerGone is how long a controller may be silent before Controllers
+// forgets it: standbys try for the lease every few milliseconds.
+const controllerGone = 10 * time.Second
+
+// Controllers lists the controllers running now, the lease holder first,
+// and forgets those silent for longer than controllerGone.
+func (s *Store) Controllers(ctx context.Context) ([]Controller, error) {
+	pipe := s.rdb.Pipeline()
+	now := pipe.Time(ctx)
+	seen := pipe.HGetAll(ctx, keyControllers)
+	holder := pipe.Get(ctx, keyLease)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("reading the controllers from %s: %w", s.addr, err)
+	}
+	var out []Controller
+	var gone []string
+	for id, at := range millis(seen.Val()) {
+		age := now.Val().Sub(at)
+		if age > controllerGone {
+			gone = append(gone, id)
+			continue
+		}
+		out = append(out, Controller{ID: id, Active: id == holder.Val(), AgeS: age.Seconds()})
+	}
+	if len(gone) > 0 {
+		// Best effort: a restarted controller has a new ID.
+		s.rdb.HDel(ctx, keyControllers, gone...)
+	}
+	slices.SortFunc(out, func(a, b Controller) int {
+		if a.Active != b.Active {
+			if a.Active {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
 }
 
 // ReleaseLease gives the lease up if holder has it, so a standby takes

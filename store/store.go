@@ -27,7 +27,10 @@ const (
 	// agent said it would be back.
 	keyRestart = "nfsteer:{hb}:restart"
 	keyLease   = "nfsteer:{ctl}:lease"
-	keyScores  = "nfsteer:{hb}:score"
+	// keyControllers holds when (Redis time, ms) each controller last
+	// tried for the lease.
+	keyControllers = "nfsteer:{ctl}:seen"
+	keyScores      = "nfsteer:{hb}:score"
 )
 
 // sessionKey names a session's record (a string: its meta JSON);

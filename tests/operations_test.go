@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -125,8 +126,9 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 		t.Fatalf("a slow instance was marked down, not unhealthy: %v", p.Down)
 	}
 	status, err := l.Nfsteer("ctl", "status", "--redis", lab.RedisURL)
-	if err != nil || !strings.Contains(status, "unhealthy") {
-		t.Errorf("status does not show fw-1 unhealthy: %v\n%s", err, status)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(status, "instance fw-1 is unhealthy") {
+		t.Errorf("status does not say fw-1 is unhealthy with exit 4 (degraded): %v\n%s", err, status)
 	}
 	t.Logf("status while fw-1 is stalled:\n%s", status)
 	// The score is one report's: a heartbeat that lands in a run window

@@ -8,11 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
@@ -456,6 +458,161 @@ func TestInterspersed(t *testing.T) {
 	for _, tt := range tests {
 		if diff := cmp.Diff(tt.want, interspersed(app, tt.in)); diff != "" {
 			t.Errorf("interspersed(%q) (-want +got):\n%s", tt.in, diff)
+		}
+	}
+}
+
+// TestCLIFallbackIsRefusedAndShown: with fw-2 down, draining fw-1 would
+// leave the firewall with no instance in service, so its new flows would
+// fall back to out-of-service instances. The drain is refused, naming the
+// service, unless --force; once forced, trace and instance list say so.
+func TestCLIFallbackIsRefusedAndShown(t *testing.T) {
+	s := labRedis(t)
+	ctx := context.Background()
+	if _, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
+		next := live.Clone()
+		next.Down = []string{"fw-2"}
+		return next, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := liveVersion(t, s)
+	for _, args := range [][]string{
+		{"instance", "drain", "fw-1"},
+		{"instance", "drain", "--migrate", "fw-1"},
+		{"instance", "remove", "fw-1"},
+	} {
+		r := nfsteer(t, args...)
+		want := "service fw (in the chain of acme, globex) would have no instance in service: fw-1 drained, fw-2 down"
+		if strings.HasSuffix(strings.Join(args, " "), "remove fw-1") {
+			want = "service fw (in the chain of acme, globex) would have no instance in service: fw-2 down"
+		}
+		if r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "--force") {
+			t.Errorf("nfsteer %s: exit %d, stderr %q; want exit 1 and %q", strings.Join(args, " "), r.code, r.stderr, want)
+		}
+		if v := liveVersion(t, s); v != before {
+			t.Fatalf("live version %d after a refused %s, want %d", v, strings.Join(args, " "), before)
+		}
+	}
+	if r := nfsteer(t, "instance", "drain", "--force", "fw-1"); r.code != 0 {
+		t.Fatalf("drain --force: %+v", r)
+	}
+	r := nfsteer(t, "trace", "--src", "10.10.1.2", "--dst", "10.99.0.2", "--dport", "443")
+	if r.code != 0 || !strings.Contains(r.stdout, "FALLBACK: no instance of fw is in service") {
+		t.Errorf("trace in fallback: %+v", r)
+	}
+	r = nfsteer(t, "instance", "list")
+	for _, want := range []string{"drained (fallback)", "down (fallback)", "fallback: no instance of fw is in service"} {
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Errorf("instance list in fallback lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// TestCLIStatus: status tells on-call what is wrong and says so in its exit
+// code: 0 healthy, 4 degraded, with one JSON document either way.
+func TestCLIStatus(t *testing.T) {
+	s := labRedis(t)
+	ctx := context.Background()
+	status := func() (result, statusReport) {
+		t.Helper()
+		r := nfsteer(t, "status", "-o", "json")
+		dec := json.NewDecoder(strings.NewReader(r.stdout))
+		var st statusReport
+		if err := dec.Decode(&st); err != nil {
+			t.Fatalf("status -o json: %v\n%s", err, r.stdout)
+		}
+		if dec.More() || r.stderr != "" {
+			t.Errorf("status -o json printed more than one document, or to stderr: %+v", r)
+		}
+		return r, st
+	}
+	// No controller and no agent has ever reported.
+	r, st := status()
+	if r.code != exitDegraded || !slices.Contains(st.Degraded, "no controller holds the lease: nothing marks dead instances down") ||
+		!slices.Contains(st.Degraded, "instance fw-1: its agent never reported") {
+		t.Errorf("status with nothing running: exit %d, degraded %q", r.code, st.Degraded)
+	}
+	for _, a := range st.Agents {
+		if a.Score != nil || a.HeartbeatAgeS != nil {
+			t.Errorf("agent %s never reported but has score %v, heartbeat age %v; want null", a.Node, a.Score, a.HeartbeatAgeS)
+		}
+	}
+	// Every agent beats, a controller holds the lease and a standby waits:
+	// healthy.
+	for _, ctl := range []string{"ctl-a", "ctl-b"} {
+		if _, err := s.Lease(ctx, ctl, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat := func() {
+		for _, n := range []string{"gw", "fw-1", "fw-2", "dlp-1", "dlp-2"} {
+			if err := s.Heartbeat(ctx, n, &store.Report{Node: n, MapVersion: liveVersion(t, s)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	beat()
+	r, st = status()
+	if r.code != 0 || len(st.Degraded) != 0 {
+		t.Errorf("status with everything running: exit %d, degraded %q", r.code, st.Degraded)
+	}
+	if want := []store.Controller{{ID: "ctl-a", Active: true}, {ID: "ctl-b"}}; !cmp.Equal(want, st.Controllers, cmpopts.IgnoreFields(store.Controller{}, "AgeS")) {
+		t.Errorf("controllers %+v; want ctl-a active and ctl-b standing by", st.Controllers)
+	}
+	// fw-2 down and fw-1 drained (forced): the firewall is in fallback.
+	if _, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
+		next := live.Clone()
+		next.Down, next.Drained = []string{"fw-2"}, []string{"fw-1", "fw-2"}
+		return next, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	beat()
+	r, st = status()
+	want := []string{
+		"service fw has no instance in service: its new flows go to instances that are out (fallback)",
+		"instance fw-2 is down+drained",
+	}
+	if r.code != exitDegraded || !cmp.Equal(want, st.Degraded) {
+		t.Errorf("status in fallback: exit %d, degraded (-want +got):\n%s", r.code, cmp.Diff(want, st.Degraded))
+	}
+	fw := st.Services[slices.IndexFunc(st.Services, func(s serviceStatus) bool { return s.Name == "fw" })]
+	if diff := cmp.Diff(serviceStatus{Name: "fw", InService: 0, Out: map[string]int{"down": 1, "drained": 2}, Fallback: true}, fw); diff != "" {
+		t.Errorf("fw's summary (-want +got):\n%s", diff)
+	}
+	r = nfsteer(t, "status")
+	for _, w := range []string{"ctl-a (active), ctl-b (standby)", "0 (FALLBACK)", "1 down, 2 drained", "DEGRADED:"} {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("status lacks %q:\n%s", w, r.stdout)
+		}
+	}
+	if r.code != exitDegraded || r.stderr != "" {
+		t.Errorf("status: exit %d, stderr %q; want 4 and nothing", r.code, r.stderr)
+	}
+}
+
+// TestCLIOneDocument: map diff -o json prints one JSON document even when
+// it exits 3, and nothing on standard error.
+func TestCLIOneDocument(t *testing.T) {
+	labRedis(t)
+	other := filepath.Join(t.TempDir(), "other.yaml")
+	m := strings.Replace(labmap.Firewall, "10.10.1.0/24", "10.10.9.0/24", 1)
+	if err := os.WriteFile(other, []byte(m), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"map", "diff", "-f", other, "-o", "json"}, {"map", "diff", "-f", other}} {
+		r := nfsteer(t, args...)
+		if r.code != 3 || r.stderr != "" {
+			t.Errorf("nfsteer %s: exit %d, stderr %q; want 3 and nothing", strings.Join(args, " "), r.code, r.stderr)
+		}
+		if args[len(args)-1] != "json" {
+			continue
+		}
+		dec := json.NewDecoder(strings.NewReader(r.stdout))
+		var v map[string]any
+		if err := dec.Decode(&v); err != nil || dec.More() {
+			t.Errorf("map diff -o json: %v, more %v:\n%s", err, dec.More(), r.stdout)
 		}
 	}
 }

@@ -164,35 +164,65 @@ func listSessions(c *cli.Context, out printer, l live, role string) error {
 	})
 }
 
-// agentStatus is one line of status.
+// agentStatus is one line of status: a node that beat, or an instance of
+// the map whose agent never did.
 type agentStatus struct {
 	Node string `json:"node"`
 	Role string `json:"role"`
-	// State is an instance's: up, down, drained or unhealthy.
+	// State is an instance's states joined by "+": up, down, drained,
+	// unhealthy, migrating.
 	State string `json:"state,omitempty"`
-	// Score is the controller's health score of an instance, -1 if it
-	// has none.
-	Score        int           `json:"score"`
-	MapVersion   uint64        `json:"map_version"`
-	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
-	store.Report
+	// Score is the controller's health score of an instance; null when it
+	// has none (never reported, or no controller).
+	Score      *int   `json:"score"`
+	MapVersion uint64 `json:"map_version"`
+	// HeartbeatAgeS is the age of its last heartbeat in seconds; null
+	// when it never beat.
+	HeartbeatAgeS *float64      `json:"heartbeat_age_s"`
+	Report        *store.Report `json:"report"`
+}
+
+// serviceStatus sums up one service's instances.
+type serviceStatus struct {
+	Name      string `json:"name"`
+	InService int    `json:"in_service"`
+	// Out counts the instances out of new-flow steering, by state.
+	Out map[string]int `json:"out"`
+	// Fallback: none in service, so new flows go to instances that are out.
+	Fallback bool `json:"fallback"`
 }
 
 type statusReport struct {
-	Redis  store.RedisHealth `json:"redis"`
-	Agents []agentStatus     `json:"agents"`
+	Redis       store.RedisHealth  `json:"redis"`
+	Controllers []store.Controller `json:"controllers"`
+	Services    []serviceStatus    `json:"services"`
+	Agents      []agentStatus      `json:"agents"`
+	// Degraded says what is wrong, one line each; empty when healthy.
+	Degraded []string `json:"degraded"`
 }
+
+// exitDegraded is status's exit code when something needs on-call.
+const exitDegraded = 4
+
+// silentAfter is how old a heartbeat may be before status calls its agent
+// silent: a few dozen heartbeats.
+const silentAfter = time.Second
 
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
-		Usage: "show Redis's health, the live map version and every agent's last heartbeat",
-		Description: `An agent whose MAP column is behind the live version has not switched yet;
-a heartbeat older than a second or so belongs to a dead agent (the controller
-marks instances down after its --misses heartbeats).
+		Usage: "show Redis, the controllers, each service's instances and every agent; exit 4 when degraded",
+		Description: `Exit status: 0 healthy; 4 degraded, with the reasons listed last (an
+instance down or unhealthy, a service with no instance in service, an agent
+silent or behind the live version, no active controller); 1 when Redis
+cannot be read. Drained instances are an operator's choice, not a fault.
+
+An agent whose MAP column is behind the live version has not switched yet;
+a heartbeat older than a second belongs to a dead or stalled agent (the
+controller marks instances down after its --misses heartbeats).
 
 Example:
-   nfsteer status --redis redis://10.0.0.5:6379`,
+   nfsteer status --redis redis://10.0.0.5:6379 || page-on-call`,
 		Flags: []cli.Flag{redisFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
 			return withStore(c, func(out printer, s *store.Store) error { return status(c, out, s) })
@@ -201,14 +231,19 @@ Example:
 }
 
 func status(c *cli.Context, out printer, s *store.Store) error {
-	var st statusReport
+	st := statusReport{Controllers: []store.Controller{}, Services: []serviceStatus{}, Agents: []agentStatus{}, Degraded: []string{}}
 	var err error
 	if st.Redis, err = s.Health(c.Context); err != nil {
 		return err
 	}
+	if st.Controllers, err = s.Controllers(c.Context); err != nil {
+		return err
+	}
 	var t *steering.Table
 	if p, err := s.Live(c.Context); err == nil {
-		t, _ = steering.CompilePublished(p)
+		if t, err = steering.CompilePublished(p); err != nil {
+			return err
+		}
 	} else if !errors.Is(err, store.ErrNoMap) {
 		return err
 	}
@@ -220,42 +255,134 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 	if err != nil {
 		return err
 	}
-	for _, node := range slices.Sorted(maps.Keys(beats)) {
-		b := beats[node]
-		a := agentStatus{Node: node, Role: "gateway", Score: -1, MapVersion: b.Report.MapVersion, HeartbeatAge: now.Sub(b.At), Report: b.Report}
+	degraded := func(format string, a ...any) { st.Degraded = append(st.Degraded, fmt.Sprintf(format, a...)) }
+	if st.Redis.Controller == "" {
+		degraded("no controller holds the lease: nothing marks dead instances down")
+	}
+	nodes := slices.Collect(maps.Keys(beats))
+	if t != nil {
+		for _, svc := range t.Services() {
+			ss := serviceStatus{Name: svc.Name, Out: map[string]int{}, Fallback: svc.Fallback()}
+			for _, ii := range svc.Instances {
+				in := t.Instances()[ii]
+				if !in.Out() {
+					ss.InService++
+				}
+				for _, state := range in.States() {
+					if state != "up" {
+						ss.Out[state]++
+					}
+				}
+				if !slices.Contains(nodes, in.Name) {
+					nodes = append(nodes, in.Name)
+				}
+			}
+			if ss.Fallback {
+				degraded("service %s has no instance in service: its new flows go to instances that are out (fallback)", svc.Name)
+			}
+			st.Services = append(st.Services, ss)
+		}
+	}
+	slices.Sort(nodes)
+	for _, node := range nodes {
+		a := agentStatus{Node: node, Role: "gateway"}
+		b, heard := beats[node]
+		if heard {
+			age := now.Sub(b.At).Seconds()
+			a.HeartbeatAgeS, a.MapVersion = &age, b.Report.MapVersion
+			if !b.ReportAt.IsZero() {
+				a.Report = &b.Report
+			}
+		}
+		var in *steering.Instance
 		if t != nil {
-			if in, ok := t.InstanceByName(node); ok {
-				a.Role, a.State = "instance of "+t.Services()[in.Service].Name, in.State()
+			if i, ok := t.InstanceByName(node); ok {
+				in = i
+				a.Role, a.State = "instance of "+t.Services()[in.Service].Name, strings.Join(in.States(), "+")
 				if sc, ok := scores[node]; ok {
-					a.Score = sc
+					a.Score = &sc
 				}
 			}
 		}
+		switch {
+		case in != nil && (in.Down || in.Unhealthy):
+			degraded("instance %s is %s", node, a.State)
+		case !heard && in != nil && !in.Drained:
+			degraded("instance %s: its agent never reported", node)
+		case heard && now.Sub(b.At) > silentAfter && (in == nil || !in.Out()):
+			degraded("%s: silent for %s", node, now.Sub(b.At).Round(time.Millisecond))
+		case heard && a.MapVersion < st.Redis.MapVersion && now.Sub(b.At) <= silentAfter:
+			degraded("%s runs map version %d, behind the live %d", node, a.MapVersion, st.Redis.MapVersion)
+		}
 		st.Agents = append(st.Agents, a)
 	}
-	return out.print(st, func(w io.Writer) {
+	err = out.print(st, func(w io.Writer) {
 		r := st.Redis
-		controller := r.Controller
-		if controller == "" {
-			controller = "none (no controller holds the lease: nothing marks dead instances down)"
-		}
 		fmt.Fprintf(w, "redis\t%s, version %s, %s used, round trip %s\n", r.Addr, r.Version, r.UsedMemory, r.RTT.Round(time.Microsecond))
 		fmt.Fprintf(w, "map\tversion %d\n", r.MapVersion)
-		fmt.Fprintf(w, "controller\t%s\n\n", controller)
+		var ctl []string
+		for _, cs := range st.Controllers {
+			role := "standby"
+			if cs.Active {
+				role = "active"
+			}
+			ctl = append(ctl, fmt.Sprintf("%s (%s)", cs.ID, role))
+		}
+		if len(ctl) == 0 {
+			ctl = []string{"none running"}
+		}
+		fmt.Fprintf(w, "controllers\t%s\n\n", strings.Join(ctl, ", "))
+		if len(st.Services) > 0 {
+			row(w, "SERVICE", "IN SERVICE", "OUT")
+			for _, ss := range st.Services {
+				var outs []string
+				for _, state := range slices.Sorted(maps.Keys(ss.Out)) {
+					outs = append(outs, fmt.Sprintf("%d %s", ss.Out[state], state))
+				}
+				in := fmt.Sprint(ss.InService)
+				if ss.Fallback {
+					in += " (FALLBACK)"
+				}
+				row(w, ss.Name, in, strings.Join(outs, ", "))
+			}
+			fmt.Fprintln(w)
+		}
 		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
 		for _, a := range st.Agents {
-			mv := fmt.Sprint(a.MapVersion)
-			if a.MapVersion < r.MapVersion {
-				mv += " (behind)"
+			score, mv, hb := "unknown", "", "never"
+			if a.Score != nil {
+				score = fmt.Sprint(*a.Score)
 			}
-			score := ""
-			if a.Score >= 0 {
-				score = fmt.Sprint(a.Score)
+			if a.Role == "gateway" {
+				score = ""
 			}
-			row(w, a.Node, a.Role, a.State, score, mv, age(a.HeartbeatAge), micros(a.RTTUS), a.Sessions, a.QueueBacklog, a.QueueDrops, a.Unsteered,
-				micros(a.LatencyUS), a.MirrorDepth, a.MirrorDrops)
+			if a.HeartbeatAgeS != nil {
+				hb = age(time.Duration(*a.HeartbeatAgeS * float64(time.Second)))
+				mv = fmt.Sprint(a.MapVersion)
+				if a.MapVersion < r.MapVersion {
+					mv += " (behind)"
+				}
+			}
+			rep := a.Report
+			if rep == nil {
+				rep = &store.Report{}
+			}
+			row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTUS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered,
+				micros(rep.LatencyUS), rep.MirrorDepth, rep.MirrorDrops)
+		}
+		if len(st.Degraded) == 0 {
+			fmt.Fprintln(w, "\nhealthy")
+			return
+		}
+		fmt.Fprintln(w, "\nDEGRADED:")
+		for _, d := range st.Degraded {
+			fmt.Fprintln(w, "  "+d)
 		}
 	})
+	if err == nil && len(st.Degraded) > 0 {
+		return cli.Exit("", exitDegraded)
+	}
+	return err
 }
 
 func traceCommand() *cli.Command {
@@ -327,6 +454,9 @@ Example:
 							continue
 						}
 						reason := "primary of slot " + fmt.Sprint(tr.Slot) + ", secondary " + orDash(h.Secondary)
+						if h.Fallback {
+							reason += "; FALLBACK: no instance of " + h.Service + " is in service, this one is out"
+						}
 						if len(h.Skipped) > 0 {
 							reason += "; passed over " + strings.Join(h.Skipped, ", ")
 						}

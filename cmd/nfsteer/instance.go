@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,7 +53,7 @@ Example:
    nfsteer instance remove --redis redis://10.0.0.5:6379 fw-2`,
 				Flags: []cli.Flag{
 					redisFlag(), outputFlag(),
-					&cli.BoolFlag{Name: "force", Usage: "remove it even though it carries flows"},
+					&cli.BoolFlag{Name: "force", Usage: "remove it even though it carries flows, or is its service's last instance in service"},
 				},
 				Action: func(c *cli.Context) error {
 					name, err := oneArg(c, "instance name")
@@ -76,7 +77,13 @@ Example:
 							return fmt.Errorf("instance %q still carries %d sessions: drain it and wait, drain --migrate it, or remove --force", name, n)
 						}
 					}
-					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.RemoveInstance(name) })
+					return publishEdit(c, func(live *steering.Published) (*steering.Published, error) {
+						m, err := live.Map.RemoveInstance(name)
+						if err != nil {
+							return nil, err
+						}
+						return keepInService(c, live, live.WithMap(m))
+					})
 				},
 			},
 			{
@@ -124,6 +131,10 @@ instances that hold their slots now, and only then is a version published
 in which every node re-pins the flows to them. --deadline D first lets flows
 end on their own for D, and migrates what is left.
 
+A drain that would leave a service in some tenant's chain with no instance
+in service (the others down, drained or unhealthy) is refused without
+--force: its new flows would fall back to out-of-service instances.
+
 Example, before maintenance:
    nfsteer instance drain --redis redis://10.0.0.5:6379 --migrate --deadline 5m fw-2
    nfsteer instance remove --redis redis://10.0.0.5:6379 fw-2`,
@@ -131,6 +142,7 @@ Example, before maintenance:
 			redisFlag(), outputFlag(),
 			&cli.BoolFlag{Name: "migrate", Usage: "hand the established flows over to the other instances too"},
 			&cli.DurationFlag{Name: "deadline", Usage: "with --migrate: let flows end on their own for `D` first"},
+			&cli.BoolFlag{Name: "force", Usage: "drain it even though it is its service's last instance in service"},
 		},
 		Action: func(c *cli.Context) error {
 			name, err := oneArg(c, "instance name")
@@ -141,17 +153,32 @@ Example, before maintenance:
 				if c.IsSet("deadline") {
 					return cli.Exit("--deadline needs --migrate", 2)
 				}
-				return publishEdit(c, func(live *steering.Published) (*steering.Published, error) { return live.Drain(name) })
+				return publishEdit(c, func(live *steering.Published) (*steering.Published, error) {
+					next, err := live.Drain(name)
+					if err != nil {
+						return nil, err
+					}
+					return keepInService(c, live, next)
+				})
 			}
 			return migrate(c, name)
 		},
 	}
 }
 
+// keepInService returns next, or refuses it without --force when it leaves
+// a service in use with no instance in service.
+func keepInService(c *cli.Context, live, next *steering.Published) (*steering.Published, error) {
+	if err := live.KeepsInService(next); err != nil && !c.Bool("force") {
+		return nil, err
+	}
+	return next, nil
+}
+
 // migrate runs drain --migrate and prints what it did.
 func migrate(c *cli.Context, name string) error {
 	return withStore(c, func(out printer, s *store.Store) error {
-		r, err := drain.Migrate(c.Context, s, name, drain.Options{Deadline: c.Duration("deadline")})
+		r, err := drain.Migrate(c.Context, s, name, drain.Options{Deadline: c.Duration("deadline"), Force: c.Bool("force")})
 		for _, err := range r.Skipped {
 			fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
 		}
@@ -176,10 +203,16 @@ type instanceRow struct {
 	Service   string   `json:"service"`
 	ID        uint16   `json:"id"`
 	Addresses []string `json:"addresses"`
-	State     string   `json:"state"`
-	Slots     int      `json:"primary_slots"`
-	Primary   int64    `json:"primary_sessions"`
-	Secondary int64    `json:"secondary_sessions"`
+	// State is every state the instance is in, joined by "+" ("up",
+	// "down+drained"); States lists them.
+	State  string   `json:"state"`
+	States []string `json:"states"`
+	// Fallback says every instance of the service is out, so the roles
+	// fell back to out-of-service instances: new flows still come here.
+	Fallback  bool  `json:"fallback"`
+	Slots     int   `json:"primary_slots"`
+	Primary   int64 `json:"primary_sessions"`
+	Secondary int64 `json:"secondary_sessions"`
 	// HeartbeatAge is -1 when the instance's agent never beat.
 	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
 }
@@ -204,7 +237,8 @@ func listInstances(c *cli.Context, out printer, l live) error {
 		}
 		for _, ii := range svc.Instances {
 			in := t.Instances()[ii]
-			r := instanceRow{Name: in.Name, Service: svc.Name, ID: in.ID, Addresses: p.Map.Services[svc.Name].Instances[in.Name], State: in.State(), Slots: slots[in.Name], HeartbeatAge: -1}
+			r := instanceRow{Name: in.Name, Service: svc.Name, ID: in.ID, Addresses: p.Map.Services[svc.Name].Instances[in.Name],
+				State: strings.Join(in.States(), "+"), States: in.States(), Fallback: svc.Fallback(), Slots: slots[in.Name], HeartbeatAge: -1}
 			if r.Primary, err = s.Count(c.Context, in.Name, store.RolePrimary); err != nil {
 				return err
 			}
@@ -219,9 +253,20 @@ func listInstances(c *cli.Context, out printer, l live) error {
 	}
 	return out.print(list, func(w io.Writer) {
 		row(w, "INSTANCE", "SERVICE", "ID", "ADDRESSES", "STATE", "SLOTS", "SESSIONS P/S", "HEARTBEAT")
+		var fallback []string
 		for _, r := range list {
-			row(w, r.Name, r.Service, r.ID, strings.Join(r.Addresses, ","), r.State, r.Slots,
+			state := r.State
+			if r.Fallback {
+				state += " (fallback)"
+				if !slices.Contains(fallback, r.Service) {
+					fallback = append(fallback, r.Service)
+				}
+			}
+			row(w, r.Name, r.Service, r.ID, strings.Join(r.Addresses, ","), state, r.Slots,
 				fmt.Sprintf("%d/%d", r.Primary, r.Secondary), age(r.HeartbeatAge))
+		}
+		for _, svc := range fallback {
+			fmt.Fprintf(w, "fallback: no instance of %s is in service, so its new flows go to out-of-service instances anyway\n", svc)
 		}
 	})
 }

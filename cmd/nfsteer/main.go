@@ -32,7 +32,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "nfsteer: %v\n", err)
+	if msg := err.Error(); msg != "" { // "": an exit status, not an error
+		fmt.Fprintf(stderr, "nfsteer: %s\n", msg)
+	}
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
 		return ec.ExitCode()
@@ -103,8 +105,10 @@ func harden(cmds []*cli.Command) {
 		}
 		cmd.Action = func(c *cli.Context) error {
 			err := act(c)
-			if err == nil {
-				return nil
+			if err == nil || err.Error() == "" {
+				// No error, or only an exit status (map diff's 3, status's
+				// 4) after the command printed its one document.
+				return err
 			}
 			code := 1
 			var ec cli.ExitCoder
