@@ -112,6 +112,17 @@ func checkVersion(addr, info string) error {
 	return nil // not Redis's INFO (a compatible server): let it try
 }
 
+// CheckURL reports whether rawURL is a Redis URL Open would take, without
+// connecting: agents and the controller check their settings before they
+// start anything.
+func CheckURL(rawURL string) error {
+	c, _, err := client(rawURL)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
 func client(rawURL string) (redis.UniversalClient, string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {

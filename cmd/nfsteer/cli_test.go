@@ -616,3 +616,76 @@ func TestCLIOneDocument(t *testing.T) {
 		}
 	}
 }
+
+// TestSettingsAreStrict: every agent and controller setting is checked
+// before anything starts, from a flag or the --config file alike; errors
+// name the key and the file; --print-config shows no secret.
+func TestSettingsAreStrict(t *testing.T) {
+	dir := t.TempDir()
+	file := func(body string) string {
+		t.Helper()
+		f, err := os.CreateTemp(dir, "agent-*.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(body); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		return f.Name()
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // in stderr, with {file} for the config file
+		body string // of the config file, if any
+	}{
+		{"a misspelt key", nil, `--config {file}: line 2: unknown key "redsi" (did you mean "redis"?)`, "node: gw\nredsi: redis://10.0.0.5:6379\n"},
+		{"a list where one value goes", nil, "--config {file}: line 1: node: want a single value, not a list", "node: [gw]\nredis: redis://r:6379\n"},
+		{"a mapping where a list goes", nil, "--config {file}: line 2: outer: want a list such as [eth1, eth2], not a mapping", "node: gw\nouter: {eth1: x}\n"},
+		{"a word where a number goes", nil, `--config {file}: line 2: queues: want a whole number, not "two"`, "node: gw\nqueues: two\n"},
+		{"a bad duration", nil, `--config {file}: line 2: heartbeat: want a duration such as 25ms or 10s, not "fast"`, "node: gw\nheartbeat: fast\n"},
+		{"a key set twice", nil, `--config {file}: line 2: "node" set twice`, "node: gw\nnode: gw2\n"},
+		{"a bad value in the file", nil, `fail "sometimes": want open or closed (in {file})`, "node: gw\nredis: redis://r:6379\nfail: sometimes\n"},
+		{"a negative heartbeat in the file", nil, "heartbeat -5ms: want at least 1ms (in {file})", "node: gw\nredis: redis://r:6379\nheartbeat: -5ms\n"},
+		{"a flag wins, and is named", []string{"--heartbeat", "0s"}, "--heartbeat 0s: want at least 1ms", "node: gw\nredis: redis://r:6379\nheartbeat: 50ms\n"},
+		{"a session ttl below the refresh", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-ttl", "5s", "--refresh", "10s"}, "--session-ttl 5s: want more than --refresh (10s)", ""},
+		{"a bad Redis URL", []string{"--node", "gw", "--redis", "http://r:6379"}, "--redis http://r:6379: redis: invalid URL scheme: http", ""},
+		{"too many queues", []string{"--node", "gw", "--map", "m.yaml", "--queues", "5000"}, "--queues 5000: want 0 to 1024", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"agent", "--print-config"}, tc.args...)
+			want := tc.want
+			if tc.body != "" {
+				f := file(tc.body)
+				args = append(args, "--config", f)
+				want = strings.ReplaceAll(want, "{file}", f)
+			}
+			r := nfsteer(t, args...)
+			if r.code != 2 || !strings.Contains(r.stderr, want) || r.stdout != "" {
+				t.Errorf("nfsteer %s: exit %d, stdout %q, stderr %q; want exit 2, nothing printed, and %q", strings.Join(args, " "), r.code, r.stdout, r.stderr, want)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--heartbeat", "-5ms"}, "--heartbeat -5ms: want at least 1ms"},
+		{[]string{"--misses", "0"}, "--misses 0: want at least 1"},
+		{[]string{"--lease", "10ms"}, "--lease 10ms: want at least 200ms"},
+		{[]string{"--score-out", "120"}, "--score-out 120: want 0 to 100"},
+		{[]string{"--score-in", "20"}, "--score-in 20: want --score-out (50) to 100"},
+		{[]string{"--score-hold", "0"}, "--score-hold 0: want at least 1"},
+	} {
+		args := append([]string{"controller", "--redis", "redis://127.0.0.1:1"}, tc.args...)
+		if r := nfsteer(t, args...); r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("nfsteer %s: exit %d, stderr %q; want exit 2 and %q", strings.Join(args, " "), r.code, r.stderr, tc.want)
+		}
+	}
+	// The password stays out of --print-config.
+	r := nfsteer(t, "agent", "--node", "gw", "--redis", "redis://:sesame@10.0.0.5:6379", "--print-config")
+	if r.code != 0 || strings.Contains(r.stdout, "sesame") || !strings.Contains(r.stdout, "redis: redis://:xxxxx@10.0.0.5:6379") {
+		t.Errorf("print-config with a password: %+v", r)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/nfsteer/nfsteer/agent"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
 )
 
@@ -169,19 +170,63 @@ func specFromFlags(c *cli.Context) (rules.Spec, error) {
 	case "closed":
 		s.FailClosed = true
 	default:
-		return s, cli.Exit(fmt.Sprintf("--fail %q: want open or closed", c.String("fail")), 2)
+		return s, settingError(c, "fail", fmt.Sprintf("%q: want open or closed", c.String("fail")))
 	}
 	switch c.String("overload") {
 	case "drop":
 	case "bypass":
 		s.OverloadBypass = true
 	default:
-		return s, cli.Exit(fmt.Sprintf("--overload %q: want drop or bypass", c.String("overload")), 2)
+		return s, settingError(c, "overload", fmt.Sprintf("%q: want drop or bypass", c.String("overload")))
 	}
-	if c.Uint("queue-base") > 0xffff {
-		return s, cli.Exit("--queue-base: at most 65535", 2)
+	for _, r := range []struct {
+		name      string
+		v, lo, hi int
+	}{
+		{"queues", c.Int("queues"), 0, 1024},
+		{"queue-base", int(c.Uint("queue-base")), 0, 0xffff - 2*1024},
+		{"table-base", c.Int("table-base"), 1, 1<<31 - 1 - rules.MaxID},
+		{"rule-priority", c.Int("rule-priority"), 1, 32765},
+	} {
+		if r.v < r.lo || r.v > r.hi {
+			return s, settingError(c, r.name, fmt.Sprintf("%d: want %d to %d", r.v, r.lo, r.hi))
+		}
 	}
 	return s, nil
+}
+
+// checkAgent checks every agent setting, wherever it came from, before
+// anything starts (or --print-config prints it), and returns the rules'
+// part.
+func checkAgent(c *cli.Context) (rules.Spec, error) {
+	if c.String("node") == "" {
+		return rules.Spec{}, cli.Exit("--node NAME (or NFSTEER_NODE, or node: in --config) is required", 2)
+	}
+	spec, err := specFromFlags(c)
+	if err != nil {
+		return spec, err
+	}
+	if c.String("map") == "" && c.String("redis") == "" {
+		return spec, cli.Exit("give --map FILE, --redis URL, or both", 2)
+	}
+	if u := c.String("redis"); u != "" {
+		if err := store.CheckURL(u); err != nil {
+			return spec, settingError(c, "redis", fmt.Sprintf("%s: %v", redactURL(c.String("redis")), errors.Unwrap(err)))
+		}
+	}
+	for _, d := range []struct {
+		name string
+		min  time.Duration
+	}{{"heartbeat", time.Millisecond}, {"refresh", 10 * time.Millisecond}, {"session-ttl", time.Second}} {
+		if v := c.Duration(d.name); v < d.min {
+			return spec, settingError(c, d.name, fmt.Sprintf("%v: want at least %v", v, d.min))
+		}
+	}
+	if c.Duration("session-ttl") <= c.Duration("refresh") {
+		return spec, settingError(c, "session-ttl", fmt.Sprintf("%v: want more than --refresh (%v), or live sessions expire from Redis between refreshes",
+			c.Duration("session-ttl"), c.Duration("refresh")))
+	}
+	return spec, nil
 }
 
 func agentCommand() *cli.Command {
@@ -189,7 +234,7 @@ func agentCommand() *cli.Command {
 		Name:  "agent",
 		Usage: "run the steering agent of this node until SIGTERM or SIGINT",
 		Description: `Installs the node's rules, steers the first packet of every new flow,
-and removes the rules on exit.
+and on exit leaves the rules in place for the next agent (--keep-rules).
 
 Example, a gateway steering what arrives on eth1 and eth2:
    nfsteer agent --node gw-1 --map /etc/nfsteer/map.yaml --outer eth1 --outer eth2
@@ -217,18 +262,12 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			&cli.BoolFlag{Name: "print-config", Usage: "print the settings the agent would run with (flags > NFSTEER_* > --config file) and exit"},
 		)),
 		Action: func(c *cli.Context) error {
-			if c.Bool("print-config") {
-				return printConfig(c)
-			}
-			if c.String("node") == "" {
-				return cli.Exit("--node NAME (or NFSTEER_NODE, or node: in --config) is required", 2)
-			}
-			spec, err := specFromFlags(c)
+			spec, err := checkAgent(c)
 			if err != nil {
 				return err
 			}
-			if c.String("map") == "" && c.String("redis") == "" {
-				return cli.Exit("give --map FILE, --redis URL, or both", 2)
+			if c.Bool("print-config") {
+				return printConfig(c)
 			}
 			k, err := rules.NewLinux()
 			if err != nil {

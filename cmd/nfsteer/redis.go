@@ -156,6 +156,30 @@ Example:
 	}
 }
 
+// checkController checks the controller's settings before it starts.
+func checkController(c *cli.Context) error {
+	hb, misses, lease := c.Duration("heartbeat"), c.Int("misses"), c.Duration("lease")
+	switch {
+	case hb < time.Millisecond:
+		return settingError(c, "heartbeat", fmt.Sprintf("%v: want at least 1ms", hb))
+	case misses < 1:
+		return settingError(c, "misses", fmt.Sprintf("%d: want at least 1", misses))
+	case lease < max(200*time.Millisecond, 8*hb):
+		return settingError(c, "lease", fmt.Sprintf("%v: want at least %v (200ms and 8 heartbeats): the active controller renews it every half heartbeat, and a lease that lapses between renewals lets a standby take over while it runs",
+			lease, max(200*time.Millisecond, 8*hb)))
+	case c.Int("score-out") < -1 || c.Int("score-out") > 100:
+		return settingError(c, "score-out", fmt.Sprintf("%d: want 0 to 100, or -1 for no scores", c.Int("score-out")))
+	case c.Int("score-in") > 100 || c.Int("score-in") < c.Int("score-out"):
+		return settingError(c, "score-in", fmt.Sprintf("%d: want --score-out (%d) to 100: the gap keeps instances from flapping", c.Int("score-in"), c.Int("score-out")))
+	case c.Int("score-hold") < 1:
+		return settingError(c, "score-hold", fmt.Sprintf("%d: want at least 1", c.Int("score-hold")))
+	}
+	if err := store.CheckURL(c.String("redis")); err != nil {
+		return settingError(c, "redis", fmt.Sprintf("%s: %v", redactURL(c.String("redis")), errors.Unwrap(err)))
+	}
+	return nil
+}
+
 // applied is what apply prints.
 type applied struct {
 	// Version is the version published, or the live one when nothing was.
@@ -198,14 +222,14 @@ func controllerCommand() *cli.Command {
 			metricsFlag(),
 		},
 		Action: func(c *cli.Context) error {
+			if err := checkController(c); err != nil {
+				return err
+			}
 			s, err := openStore(c)
 			if err != nil {
 				return err
 			}
 			defer s.Close()
-			if c.Int("score-in") < c.Int("score-out") {
-				return cli.Exit("--score-in must be at least --score-out (the gap keeps instances from flapping)", 2)
-			}
 			ctl := controller.New(s, controller.Config{
 				Interval: c.Duration("heartbeat"), Misses: c.Int("misses"), LeaseTTL: c.Duration("lease"),
 				ScoreOut: c.Int("score-out"), ScoreIn: c.Int("score-in"), ScoreHold: c.Int("score-hold"),
