@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -105,4 +106,45 @@ func editDistance(a, b string) int {
 		prev2, prev, cur = prev, cur, prev2
 	}
 	return prev[len(b)]
+}
+
+// commandPath checks the words of args that name commands, before the
+// parser sees them: a word where a subcommand is expected must be one, or
+// the error says which word is wrong and suggests the command meant.
+// Without it, "nfsteer instnce list --redis URL" blamed the flag --redis.
+// "help TOPIC..." is checked the same way.
+func commandPath(app *cli.App, args []string) error {
+	flags, cmds, path := app.Flags, app.Commands, "nfsteer"
+	help := false
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return nil
+		case strings.HasPrefix(a, "-") && a != "-":
+			if !strings.Contains(a, "=") && takesValue(flags, strings.TrimLeft(a, "-")) {
+				i++
+			}
+			continue
+		case len(cmds) == 0:
+			return nil // a leaf command's arguments
+		case a == "help" && !help && path == "nfsteer":
+			help = true
+			continue
+		}
+		c := command(cmds, a)
+		if c == nil {
+			var names []string
+			for _, c := range cmds {
+				names = append(names, c.Name)
+			}
+			msg := fmt.Sprintf("unknown command %q for %s", a, path)
+			if near := closest(a, names); near != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", near)
+			}
+			return fmt.Errorf("%s; the commands are %s", msg, strings.Join(names, ", "))
+		}
+		flags, cmds, path = c.Flags, c.Subcommands, path+" "+c.Name
+	}
+	return nil
 }

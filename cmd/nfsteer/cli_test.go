@@ -88,7 +88,11 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{"unknown subcommand", []string{"tenant", "rename"}, 2, `unknown command "rename"`},
 		{"unknown flag", []string{"tenant", "list", "--colour"}, 2, "flag provided but not defined: -colour"},
-		{"missing required flag", []string{"tenant", "add", "initech", "--chain", "fw"}, 2, `Required flag "prefix" not set`},
+		{"missing required flag", []string{"tenant", "add", "initech", "--chain", "fw"}, 2, "nfsteer tenant add needs --prefix (see --help)"},
+		{"a typo in a command", []string{"instnce", "list", "--redis", "redis://127.0.0.1:1"}, 2, `unknown command "instnce" for nfsteer (did you mean "instance"?)`},
+		{"a typo in a subcommand", []string{"tenant", "lst"}, 2, `unknown command "lst" for nfsteer tenant (did you mean "list"?)`},
+		{"help on nothing", []string{"help", "nope"}, 2, `unknown command "nope" for nfsteer`},
+		{"an argument to a command that takes none", []string{"tenant", "list", "foo"}, 2, `nfsteer tenant list takes no arguments, got ["foo"]`},
 		{"no name", []string{"tenant", "remove"}, 2, "takes one tenant name, got 0"},
 		{"bad output format", []string{"tenant", "list", "-o", "xml"}, 2, `--output "xml": want table or json`},
 		{"duplicate tenant", []string{"tenant", "add", "acme", "--prefix", "10.30.0.0/24", "--chain", "dlp"}, 1, `tenant "acme": already in the map`},
@@ -98,6 +102,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"allow rule with an unknown key (it would open every port)", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, dst: 10.99.0.0/24, port: 443}`}, 2, `unknown key "port"`},
 		{"allow rule with ports not a list", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, ports: 443}`}, 2, "`443` where a list is wanted"},
 		{"allow rule with a bad port", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, ports: ["99999"]}`}, 1, "tenants.initech.allow[0].ports[0]"},
+		{"unreachable Redis (go-redis logs nothing of its own)", []string{"tenant", "list", "--redis", "redis://127.0.0.1:1"}, 1, "connecting to Redis at 127.0.0.1:1"},
 		{"unknown tenant", []string{"tenant", "remove", "initech"}, 1, `no such name in the map: tenant "initech"`},
 		{"duplicate service", []string{"service", "add", "fw", "--instance", "fw-9=10.200.0.19"}, 1, `service "fw": already in the map`},
 		{"service with a taken instance name", []string{"service", "add", "ids", "--instance", "fw-1=10.200.0.31"}, 1, `instance "fw-1": already in the map`},
@@ -105,6 +110,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"service with an unknown function", []string{"service", "add", "ids", "--function", "ips", "--instance", "ids-1=10.200.0.31"}, 1, `services.ids.function: unknown function "ips"`},
 		{"removing a service still in a chain", []string{"service", "remove", "dlp"}, 1, `service "dlp": still in use: in the chain of tenant acme (change their chains first)`},
 		{"unknown service", []string{"service", "remove", "ids"}, 1, `no such name in the map: service "ids"`},
+		{"an outer interface that does not exist", []string{"agent", "--node", "gw", "--map", "m.yaml", "--outer", "nfsteer-nope0"}, 2, "--outer nfsteer-nope0: no such interface in this network namespace"},
 		{"an unknown overload policy", []string{"agent", "--node", "gw", "--overload", "maybe"}, 2, `--overload "maybe": want drop or bypass`},
 		{"instance of an unknown service", []string{"instance", "add", "--service", "ids", "ids-1", "10.200.0.31"}, 1, `service "ids"`},
 		{"duplicate instance", []string{"instance", "add", "--service", "dlp", "fw-1", "10.200.0.31"}, 1, `instance "fw-1": already in the map`},
@@ -132,6 +138,9 @@ func TestCLIRefusesBadInput(t *testing.T) {
 			r := nfsteer(t, tt.args...)
 			if r.code != tt.code || !strings.Contains(r.stderr, tt.want) {
 				t.Errorf("nfsteer %s: exit %d, stderr %q; want exit %d and %q", strings.Join(tt.args, " "), r.code, r.stderr, tt.code, tt.want)
+			}
+			if strings.Count(r.stderr, "\n") != 1 {
+				t.Errorf("nfsteer %s: an error of %d lines; want one:\n%s", strings.Join(tt.args, " "), strings.Count(r.stderr, "\n"), r.stderr)
 			}
 			if v := liveVersion(t, s); v != 1 {
 				t.Errorf("live map version is %d after a refused command, want 1", v)
@@ -687,5 +696,25 @@ func TestSettingsAreStrict(t *testing.T) {
 	r := nfsteer(t, "agent", "--node", "gw", "--redis", "redis://:sesame@10.0.0.5:6379", "--print-config")
 	if r.code != 0 || strings.Contains(r.stdout, "sesame") || !strings.Contains(r.stdout, "redis: redis://:xxxxx@10.0.0.5:6379") {
 		t.Errorf("print-config with a password: %+v", r)
+	}
+}
+
+// TestCompletion: shell completion offers the live map's names.
+func TestCompletion(t *testing.T) {
+	labRedis(t)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"tenant", "remove"}, []string{"acme", "globex"}},
+		{[]string{"service", "remove"}, []string{"dlp", "fw"}},
+		{[]string{"instance", "drain"}, []string{"dlp-1", "dlp-2", "fw-1", "fw-2"}},
+		{[]string{"instance", "undrain"}, []string{"dlp-1", "dlp-2", "fw-1", "fw-2"}},
+		{[]string{"instance", "remove"}, []string{"dlp-1", "dlp-2", "fw-1", "fw-2"}},
+	} {
+		r := nfsteer(t, append(tc.args, "--generate-bash-completion")...)
+		if got := strings.Fields(r.stdout); r.code != 0 || !cmp.Equal(tc.want, got) {
+			t.Errorf("completing nfsteer %s: exit %d, %q; want %q", strings.Join(tc.args, " "), r.code, got, tc.want)
+		}
 	}
 }

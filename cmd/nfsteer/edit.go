@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -88,11 +89,12 @@ func editMap(c *cli.Context, edit func(m *steering.Map) (*steering.Map, error)) 
 // removeCommand is `KIND remove NAME`, publishing the map without it.
 func removeCommand(kind, usage, example string, remove func(*steering.Map, string) (*steering.Map, error)) *cli.Command {
 	return &cli.Command{
-		Name:        "remove",
-		Usage:       usage,
-		ArgsUsage:   "NAME",
-		Description: fmt.Sprintf("Example:\n   nfsteer %s remove --redis redis://10.0.0.5:6379 %s", kind, example),
-		Flags:       []cli.Flag{redisFlag(), outputFlag()},
+		Name:         "remove",
+		Usage:        usage,
+		ArgsUsage:    "NAME",
+		Description:  fmt.Sprintf("Example:\n   nfsteer %s remove --redis redis://10.0.0.5:6379 %s", kind, example),
+		BashComplete: completeNames(kind),
+		Flags:        []cli.Flag{redisFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
 			name, err := oneArg(c, kind+" name")
 			if err != nil {
@@ -103,10 +105,48 @@ func removeCommand(kind, usage, example string, remove func(*steering.Map, strin
 	}
 }
 
+// completeNames completes a command's NAME argument with the names of kind
+// ("tenant", "service" or "instance") in the live map. It prints nothing
+// when Redis does not answer within a second: completion must not hang a
+// shell.
+func completeNames(kind string) cli.BashCompleteFunc {
+	return func(c *cli.Context) {
+		if c.NArg() > 0 || c.String("redis") == "" {
+			return
+		}
+		ctx, cancel := context.WithTimeout(c.Context, time.Second)
+		defer cancel()
+		s, err := store.Open(ctx, c.String("redis"))
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		p, err := s.Live(ctx)
+		if err != nil {
+			return
+		}
+		var names []string
+		switch kind {
+		case "tenant":
+			names = slices.Collect(maps.Keys(p.Map.Tenants))
+		case "service":
+			names = slices.Collect(maps.Keys(p.Map.Services))
+		case "instance":
+			for _, svc := range p.Map.Services {
+				names = append(names, slices.Collect(maps.Keys(svc.Instances))...)
+			}
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			fmt.Fprintln(c.App.Writer, n)
+		}
+	}
+}
+
 // oneArg returns the single NAME argument of a command.
 func oneArg(c *cli.Context, what string) (string, error) {
 	if c.NArg() != 1 {
-		return "", cli.Exit(fmt.Sprintf("%s takes one %s, got %d arguments (see --help)", c.Command.FullName(), what, c.NArg()), 2)
+		return "", cli.Exit(fmt.Sprintf("%s takes one %s, got %d arguments (see --help)", c.Command.HelpName, what, c.NArg()), 2)
 	}
 	return c.Args().First(), nil
 }

@@ -41,9 +41,10 @@ Example:
 				},
 			},
 			{
-				Name:      "remove",
-				Usage:     "remove an instance that carries no flows (drain it first)",
-				ArgsUsage: "NAME",
+				Name:         "remove",
+				Usage:        "remove an instance that carries no flows (drain it first)",
+				BashComplete: completeNames("instance"),
+				ArgsUsage:    "NAME",
 				Description: `Refused while Redis lists sessions for which the instance is primary,
 unless --force: their flows would lose their path. Drain the instance and
 wait for its flows to end (or drain --migrate them), then remove it.
@@ -100,11 +101,12 @@ Example:
 			},
 			drainCommand(),
 			{
-				Name:        "undrain",
-				Usage:       "let a drained instance take new flows again",
-				ArgsUsage:   "NAME",
-				Description: "Example:\n   nfsteer instance undrain --redis redis://10.0.0.5:6379 fw-2",
-				Flags:       []cli.Flag{redisFlag(), outputFlag()},
+				Name:         "undrain",
+				Usage:        "let a drained instance take new flows again",
+				BashComplete: completeNames("instance"),
+				ArgsUsage:    "NAME",
+				Description:  "Example:\n   nfsteer instance undrain --redis redis://10.0.0.5:6379 fw-2",
+				Flags:        []cli.Flag{redisFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
 					name, err := oneArg(c, "instance name")
 					if err != nil {
@@ -119,9 +121,10 @@ Example:
 
 func drainCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "drain",
-		Usage:     "stop new flows to an instance at once; it keeps the flows it has, or hands them over with --migrate",
-		ArgsUsage: "NAME",
+		Name:         "drain",
+		BashComplete: completeNames("instance"),
+		Usage:        "stop new flows to an instance at once; it keeps the flows it has, or hands them over with --migrate",
+		ArgsUsage:    "NAME",
 		Description: `Draining publishes a version in which the instance holds no role: new flows
 go to the other instances at once, established ones stay until they end.
 

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -29,6 +31,10 @@ func main() { os.Exit(run(os.Args, os.Stdout, os.Stderr)) }
 // argument), 1 for anything else. Tests call it in-process.
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
+	if err := commandPath(app, args); err != nil {
+		fmt.Fprintf(stderr, "nfsteer: %v\n", err)
+		return 2
+	}
 	err := app.Run(interspersed(app, args))
 	if err == nil {
 		return 0
@@ -104,7 +110,17 @@ func harden(cmds []*cli.Command) {
 		if act == nil {
 			continue
 		}
+		required := optional(cmd.Flags)
+		takesArgs := cmd.ArgsUsage != ""
 		cmd.Action = func(c *cli.Context) error {
+			if !takesArgs && c.NArg() > 0 {
+				return cli.Exit(fmt.Sprintf("%s takes no arguments, got %q (see --help)", c.Command.HelpName, c.Args().Slice()), 2)
+			}
+			for _, name := range required {
+				if !c.IsSet(name) {
+					return cli.Exit(fmt.Sprintf("%s needs --%s (see --help)", c.Command.HelpName, name), 2)
+				}
+			}
 			err := act(c)
 			if err == nil || err.Error() == "" {
 				// No error, or only an exit status (map diff's 3, status's
@@ -122,6 +138,23 @@ func harden(cmds []*cli.Command) {
 			return cli.Exit(err.Error(), code)
 		}
 	}
+}
+
+// optional makes flags' Required false and returns their names, for the
+// command's action to check: urfave/cli prints the whole help page above
+// a missing required flag, and a usage error is one line.
+func optional(flags []cli.Flag) []string {
+	var names []string
+	for _, f := range flags {
+		if r, ok := f.(cli.RequiredFlag); !ok || !r.IsRequired() {
+			continue
+		}
+		// Every urfave flag type is a pointer to a struct with a Required
+		// field.
+		reflect.ValueOf(f).Elem().FieldByName("Required").SetBool(false)
+		names = append(names, f.Names()[0])
+	}
+	return names
 }
 
 func usageError(c *cli.Context, err error, _ bool) error {
@@ -268,6 +301,11 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			}
 			if c.Bool("print-config") {
 				return printConfig(c)
+			}
+			for _, o := range spec.Outer {
+				if _, err := net.InterfaceByName(o); err != nil {
+					return settingError(c, "outer", o+": no such interface in this network namespace")
+				}
 			}
 			k, err := rules.NewLinux()
 			if err != nil {
