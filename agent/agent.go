@@ -16,6 +16,7 @@ import (
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -50,8 +51,6 @@ type Counters struct {
 	// Maps counts map switches; MapsRefused, versions that failed
 	// validation; Repinned, connections moved off dead instances.
 	Maps, MapsRefused, Repinned atomic.Uint64
-	// LastSwitch is how long the last map switch took, in ns.
-	LastSwitch atomic.Int64
 	// NewFlows counts flows this node recorded first.
 	NewFlows atomic.Uint64
 	// Unsteered is the kernel's count of new flows forwarded without a
@@ -93,6 +92,12 @@ type Agent struct {
 	// answer answers a deferred packet: through its queue in production
 	// (nfq.Later), to the test in unit tests.
 	answer func(w *waiter, r nfq.Result)
+
+	// ready is set once the rules are in place (the metrics' /readyz).
+	ready atomic.Bool
+	// switchSeconds and mirrorSeconds time map switches and the mirror's
+	// batch writes; they are safe for concurrent use.
+	switchSeconds, mirrorSeconds prometheus.Histogram
 
 	Counters Counters
 }
@@ -142,6 +147,7 @@ func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url stri
 		answer:  func(w *waiter, r nfq.Result) { w.later.Set(r) },
 	}
 	a.gc = newSwitchCollector(func() { a.state.Load().published.Prepare() })
+	a.newHistograms()
 	a.logging.Store(cfg.LogFlows)
 	p, err := a.initialMap(dial)
 	if err != nil {
@@ -165,6 +171,7 @@ func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url stri
 		if !cfg.NoMirror {
 			a.mirror = sessions.NewMirror(recordWriter{a}, sessions.MirrorConfig{
 				Resync: a.resyncOps, Existing: a.adopt, Logger: a.log,
+				Written: func(d time.Duration) { a.mirrorSeconds.Observe(d.Seconds()) },
 			})
 		}
 	}
@@ -291,7 +298,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	g, gctx := errgroup.WithContext(ctx)
 	tasks := []Task{reader.Run, a.flows.Run, a.logFlows, a.countUnsteered}
 	if a.cfg.MetricsAddr != "" {
-		ms, err := metrics.Listen(a.cfg.MetricsAddr, collector{a: a, reader: reader.Counters})
+		ms, err := metrics.Listen(a.cfg.MetricsAddr, a.ready.Load, collector{a: a, reader: reader.Counters})
 		if err != nil {
 			return err
 		}
@@ -334,6 +341,8 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		cancel()
 		return errors.Join(fmt.Errorf("installing rules: %w", err), g.Wait())
 	}
+	a.ready.Store(true)
+	defer a.ready.Store(false)
 	st := a.state.Load()
 	role := st.role.String()
 	switch st.role {

@@ -23,7 +23,7 @@ var (
 	descQueued      = desc("packets_queued_total", "Packets the kernel queued to userspace (the first of each flow and direction).")
 	descVerdicts    = desc("verdicts_total", "Verdicts sent, by kind.", "verdict")
 	descDecisions   = desc("decisions_total", "Steering decisions, by kind.", "kind")
-	descSteered     = desc("steered_total", "New flows and directions steered to each next-hop instance.", "instance")
+	descSteered     = desc("steered_total", "New flows and directions steered to each next-hop instance.", "service_instance")
 	descNewFlows    = desc("new_flows_total", "Flows this node decided first and recorded.")
 	descSessions    = desc("sessions_active", "Flows in the local session table.")
 	descParseErrs   = desc("parse_errors_total", "Queued packets that could not be parsed (let through undecided).")
@@ -38,15 +38,23 @@ var (
 	descMirrorOps   = desc("mirror_operations_total", "Session operations by fate: queued, written, dropped (queue full), refused (by Redis, for good: a key of another type).", "fate")
 	descMirrorFail  = desc("mirror_write_failures_total", "Batch writes to Redis that failed and were retried.")
 	descMirrorSync  = desc("mirror_resyncs_total", "Times every local session was rewritten to Redis.")
-	descMirrorLat   = desc("mirror_write_seconds", "Duration of the last successful batch write to Redis.")
 	descMapVersion  = desc("map_version", "Version of the map this node steers by (0: a map file).")
 	descMapSwitches = desc("map_switches_total", "Map versions installed after the first.")
 	descMapRefused  = desc("map_refused_total", "Map versions refused (invalid, or the node's role would change).")
-	descMapSwitch   = desc("map_switch_seconds", "Time from reading the last new version to having it installed.")
 	descRepinned    = desc("repinned_total", "Established connections moved off instances a map took away.")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+// newHistograms makes the agent's duration histograms.
+func (a *Agent) newHistograms() {
+	a.switchSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nfsteer_map_switch_seconds", Help: "Time from reading a new map version to having it installed.", Buckets: metrics.DurationBuckets,
+	})
+	a.mirrorSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nfsteer_mirror_write_seconds", Help: "Duration of the session mirror's successful batch writes to Redis.", Buckets: metrics.DurationBuckets,
+	})
+}
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	a, k := c.a, &c.a.Counters
@@ -93,12 +101,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ctr(descMirrorOps, m.Stats.Refused.Load(), "refused")
 		ctr(descMirrorFail, m.Stats.Failures.Load())
 		ctr(descMirrorSync, m.Stats.Resyncs.Load())
-		ch <- metrics.Gauge(descMirrorLat, float64(m.Stats.LastLatency.Load())/1e9)
 	}
 	ch <- metrics.Gauge(descMapVersion, float64(st.table.Version()))
 	ctr(descMapSwitches, k.Maps.Load())
 	ctr(descMapRefused, k.MapsRefused.Load())
-	ch <- metrics.Gauge(descMapSwitch, float64(k.LastSwitch.Load())/1e9)
+	a.switchSeconds.Collect(ch)
+	if a.mirror != nil {
+		a.mirrorSeconds.Collect(ch)
+	}
 	ctr(descRepinned, k.Repinned.Load())
 }
 

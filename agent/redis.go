@@ -85,7 +85,7 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) er
 	}
 	a.Counters.Maps.Add(1)
 	switched := time.Now()
-	a.Counters.LastSwitch.Store(int64(switched.Sub(start)))
+	a.switchSeconds.Observe(switched.Sub(start).Seconds())
 	moved := a.repin(old.table, a.state.Load().table)
 	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(), "via", via,
 		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "down", p.Down)

@@ -71,6 +71,8 @@ type Controller struct {
 	Failovers, Recoveries, Publishes, TakenOut, PutBack atomic.Uint64
 	// Active is 1 while this controller holds the lease.
 	Active atomic.Bool
+	// reading is whether the last lease attempt reached Redis.
+	reading atomic.Bool
 	// scores is the last score of each instance, for metrics; live, the
 	// live map last read or published (never modified once stored).
 	scores atomic.Pointer[map[string]int]
@@ -145,6 +147,7 @@ func (c *Controller) Run(ctx context.Context) error {
 
 func (c *Controller) tick(ctx context.Context) error {
 	ok, err := c.s.Lease(ctx, c.cfg.ID, c.cfg.LeaseTTL)
+	c.reading.Store(err == nil)
 	if err != nil {
 		c.blind = true
 		return err
@@ -373,6 +376,11 @@ func (c *Controller) writeScores(ctx context.Context) error {
 	c.written = cur
 	return nil
 }
+
+// Ready reports whether the controller reads Redis: it holds the lease and
+// acts, or stands by; false before its first lease attempt and while Redis
+// is unreachable. It is the metrics' /readyz.
+func (c *Controller) Ready() bool { return c.reading.Load() }
 
 // Scores returns each instance's last health score.
 func (c *Controller) Scores() map[string]int {

@@ -24,9 +24,9 @@ var (
 	descTakenOut   = desc("unhealthy_total", "Instances taken out of new-flow steering for a low health score.")
 	descPutBack    = desc("healthy_again_total", "Instances put back into new-flow steering.")
 	descPublishes  = desc("publishes_total", "Map versions published for health changes.")
-	descScore      = desc("instance_health_score", "Each instance's health score (0-100) from its last report.", "instance")
-	descDown       = desc("instance_down", "1 while the live map has the instance down (its heartbeats stopped).", "instance")
-	descUnhealthy  = desc("instance_unhealthy", "1 while the live map keeps the instance out of new-flow steering for its health score.", "instance")
+	descScore      = desc("instance_health_score", "Each instance's health score (0-100) from its last report.", "service_instance")
+	descDown       = desc("instance_down", "1 while the live map has the instance down (its heartbeats stopped).", "service_instance")
+	descUnhealthy  = desc("instance_unhealthy", "1 while the live map keeps the instance out of new-flow steering for its health score.", "service_instance")
 	descMapVersion = desc("map_version", "Live map version as last read.")
 )
 

@@ -118,8 +118,6 @@ type MirrorStats struct {
 	Refused atomic.Uint64
 	// Depth is the number of operations waiting.
 	Depth atomic.Int64
-	// LastLatency is the duration of the last successful write, in ns.
-	LastLatency atomic.Int64
 }
 
 // MirrorConfig configures a [Mirror].
@@ -142,6 +140,9 @@ type MirrorConfig struct {
 	Resync func() []Op
 	// Existing is told about creates that lost the race to another writer.
 	Existing func(Op, Outcome)
+	// Written, if set, is told how long each successful batch write took
+	// (for metrics).
+	Written func(time.Duration)
 	Logger   *slog.Logger
 }
 
@@ -276,7 +277,9 @@ func (m *Mirror) write(ctx context.Context, batch []Op) bool {
 		start := time.Now()
 		out, err := m.w.Write(ctx, batch)
 		if err == nil {
-			m.Stats.LastLatency.Store(int64(time.Since(start)))
+			if m.cfg.Written != nil {
+				m.cfg.Written(time.Since(start))
+			}
 			if failed {
 				m.cfg.Logger.Info("session mirror writing again")
 				// Redis may have restarted empty: write everything again.

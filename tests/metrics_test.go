@@ -74,7 +74,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	delta := func(name string) float64 { return after[name] - before[name] }
 	steered := 0.0
 	for name := range after {
-		if strings.HasPrefix(name, `nfsteer_steered_total{instance="fw-`) {
+		if strings.HasPrefix(name, `nfsteer_steered_total{service_instance="fw-`) {
 			steered += delta(name)
 		}
 	}
@@ -101,4 +101,39 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	}
 	t.Logf("after %d flows: new_flows +%v, packets_queued +%v, steered to fw +%v", flows,
 		delta("nfsteer_new_flows_total"), delta("nfsteer_packets_queued_total"), steered)
+	// The agent is ready: its rules are in place.
+	if got := httpGet(t, l, "gw", "127.0.0.1:9464", "/readyz"); !strings.HasPrefix(got, "HTTP/1.0 200") {
+		t.Errorf("/readyz of a running agent: %q", got)
+	}
+	if after[`nfsteer_map_switch_seconds_count`] != 0 || !hasPrefix(after, "nfsteer_build_info{") {
+		t.Errorf("want nfsteer_build_info and an empty map switch histogram; got %v", after)
+	}
+}
+
+// httpGet returns the whole response to GET path from addr in host's
+// namespace.
+func httpGet(t testing.TB, l *lab.Lab, host, addr, path string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := l.Dial(ctx, host, "tcp", "", addr)
+	if err != nil {
+		t.Fatalf("connecting to %s's %s: %v", host, addr, err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET %s HTTP/1.0\r\n\r\n", path)
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func hasPrefix(m map[string]float64, prefix string) bool {
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
 }

@@ -136,7 +136,7 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 	// test reads what is out, and only the steady fw-2's score.
 	m := scrapeAt(t, l, "ctl", "127.0.0.1:9465")
 	gauge := func(name, inst string) float64 {
-		return m[fmt.Sprintf("nfsteer_controller_%s{instance=%q}", name, inst)]
+		return m[fmt.Sprintf("nfsteer_controller_%s{service_instance=%q}", name, inst)]
 	}
 	if m["nfsteer_controller_active"] != 1 || m["nfsteer_controller_unhealthy_total"] != 1 ||
 		gauge("instance_unhealthy", "fw-1") != 1 || gauge("instance_unhealthy", "fw-2") != 0 ||

@@ -238,7 +238,7 @@ func controllerCommand() *cli.Command {
 			defer stop()
 			g, ctx := errgroup.WithContext(ctx)
 			if addr := c.String("metrics"); addr != "" {
-				ms, err := metrics.Listen(addr, ctl.Collector())
+				ms, err := metrics.Listen(addr, ctl.Ready, ctl.Collector())
 				if err != nil {
 					return err
 				}
