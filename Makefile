@@ -13,7 +13,7 @@ FUZZMINIMIZE ?= 1000x
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build test unit fuzz integration demo bench deps vet clean install install-check
+.PHONY: build test unit fuzz integration demo bench deps vet clean install uninstall install-check
 
 build: $(BIN)
 
@@ -49,31 +49,58 @@ integration: build
 # check, and the namespace integration tests (root).
 test: deps vet unit fuzz install-check integration
 
-# The binary, systemd units for the agent and the controller, example
-# settings (kept if present) and bash completion. DESTDIR stages it.
+# The binary, systemd units for the agent and the controller (in the
+# systemd unit directory: they are the package's, /etc/systemd/system is
+# the administrator's), example settings (kept if present), an example map
+# and bash completion. DESTDIR stages it.
+UNITDIR ?= $(shell pkg-config systemd --variable=systemdsystemunitdir 2>/dev/null || echo /usr/lib/systemd/system)
+INSTALLED = $(PREFIX)/bin/nfsteer $(UNITDIR)/nfsteer-agent.service $(UNITDIR)/nfsteer-controller.service \
+	/usr/share/nfsteer/map.example.yaml /usr/share/bash-completion/completions/nfsteer
+
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/nfsteer
-	install -D -m 0644 packaging/nfsteer-agent.service $(DESTDIR)/etc/systemd/system/nfsteer-agent.service
-	install -D -m 0644 packaging/nfsteer-controller.service $(DESTDIR)/etc/systemd/system/nfsteer-controller.service
-	sed -i 's|/usr/local/bin/nfsteer|$(PREFIX)/bin/nfsteer|' $(DESTDIR)/etc/systemd/system/nfsteer-*.service
+	install -D -m 0644 packaging/nfsteer-agent.service $(DESTDIR)$(UNITDIR)/nfsteer-agent.service
+	install -D -m 0644 packaging/nfsteer-controller.service $(DESTDIR)$(UNITDIR)/nfsteer-controller.service
+	sed -i 's|/usr/local/bin/nfsteer|$(PREFIX)/bin/nfsteer|' $(DESTDIR)$(UNITDIR)/nfsteer-*.service
+	install -D -m 0644 packaging/map.example.yaml $(DESTDIR)/usr/share/nfsteer/map.example.yaml
 	test -e $(DESTDIR)/etc/nfsteer/agent.yaml || install -D -m 0640 packaging/agent.yaml $(DESTDIR)/etc/nfsteer/agent.yaml
+	test -e $(DESTDIR)/etc/default/nfsteer-agent || install -D -m 0640 packaging/agent.env $(DESTDIR)/etc/default/nfsteer-agent
 	test -e $(DESTDIR)/etc/default/nfsteer-controller || install -D -m 0640 packaging/controller.env $(DESTDIR)/etc/default/nfsteer-controller
 	install -d $(DESTDIR)/usr/share/bash-completion/completions
 	$(BIN) completion bash > $(DESTDIR)/usr/share/bash-completion/completions/nfsteer
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "installed; edit /etc/nfsteer/agent.yaml, then: systemctl enable --now nfsteer-agent"
+	@echo "installed; write /etc/nfsteer/agent.yaml (and a map: /usr/share/nfsteer/map.example.yaml), then: systemctl enable --now nfsteer-agent"
+
+# Removes what install put in place, but not the settings under /etc
+# (like apt remove, not purge), nor the rules of a running agent: stop it
+# and run `nfsteer rules remove` first.
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	  systemctl disable --now nfsteer-agent nfsteer-controller 2>/dev/null || true; fi
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)/usr/share/nfsteer 2>/dev/null
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "uninstalled; settings kept in /etc/nfsteer and /etc/default/nfsteer-*"
 
 # Stage an install and check it: every file in place, the example config
-# accepted by the binary, the units well-formed where systemd can say.
+# and map accepted by the binary, the units well-formed where systemd can
+# say; then uninstall it and check that only the settings are left.
 install-check: build
 	@d=$$(mktemp -d) && trap 'rm -rf $$d' EXIT && \
-	$(MAKE) --no-print-directory install DESTDIR=$$d PREFIX=/usr/local >/dev/null && \
-	for f in usr/local/bin/nfsteer etc/systemd/system/nfsteer-agent.service etc/systemd/system/nfsteer-controller.service \
-	         etc/nfsteer/agent.yaml etc/default/nfsteer-controller usr/share/bash-completion/completions/nfsteer; do \
+	$(MAKE) --no-print-directory install DESTDIR=$$d PREFIX=/usr/local UNITDIR=/usr/lib/systemd/system >/dev/null && \
+	for f in usr/local/bin/nfsteer usr/lib/systemd/system/nfsteer-agent.service usr/lib/systemd/system/nfsteer-controller.service \
+	         etc/nfsteer/agent.yaml etc/default/nfsteer-agent etc/default/nfsteer-controller usr/share/nfsteer/map.example.yaml \
+	         usr/share/bash-completion/completions/nfsteer; do \
 	  test -s $$d/$$f || { echo "install-check: $$f missing"; exit 1; }; done && \
 	$$d/usr/local/bin/nfsteer agent --config $$d/etc/nfsteer/agent.yaml --print-config | grep -q '^node: gw-1$$' && \
+	$$d/usr/local/bin/nfsteer map check -f $$d/usr/share/nfsteer/map.example.yaml >/dev/null && \
+	grep -q '^ReadWritePaths=/run$$' $$d/usr/lib/systemd/system/nfsteer-agent.service && \
 	if command -v systemd-analyze >/dev/null; then \
-	  systemd-analyze verify --man=no $$d/etc/systemd/system/nfsteer-*.service 2>&1 | grep -v 'Command /usr/local/bin/nfsteer is not executable\|EnvironmentFile\|not found' || true; fi && \
+	  systemd-analyze verify --man=no $$d/usr/lib/systemd/system/nfsteer-*.service 2>&1 | grep -v 'Command /usr/local/bin/nfsteer is not executable\|EnvironmentFile\|not found' || true; fi && \
+	$(MAKE) --no-print-directory uninstall DESTDIR=$$d PREFIX=/usr/local UNITDIR=/usr/lib/systemd/system >/dev/null && \
+	left=$$(cd $$d && find . -type f | sort | tr '\n' ' ') && \
+	test "$$left" = "./etc/default/nfsteer-agent ./etc/default/nfsteer-controller ./etc/nfsteer/agent.yaml " || \
+	  { echo "install-check: uninstall left $$left"; exit 1; } && \
 	echo "install-check: ok"
 
 deps:
