@@ -143,7 +143,7 @@ type MirrorConfig struct {
 	// Written, if set, is told how long each successful batch write took
 	// (for metrics).
 	Written func(time.Duration)
-	Logger   *slog.Logger
+	Logger  *slog.Logger
 }
 
 // Mirror writes session operations to Redis off the packet path: through a
