@@ -4,11 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
-)
 
-var protoNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 58: "icmpv6", 132: "sctp"}
+	"github.com/nfsteer/nfsteer/steering"
+)
 
 // String formats k as "proto/addr:port/addr:port" with the endpoints in key
 // order, IPv6 addresses in brackets: "tcp/10.10.1.2:40000/10.99.0.2:5201".
@@ -22,11 +21,7 @@ func (k Key) String() string {
 // for every session it writes: this costs one allocation, the string,
 // where concatenating the parts cost five.
 func (k Key) AppendTo(b []byte) []byte {
-	if p, ok := protoNames[k.Proto]; ok {
-		b = append(b, p...)
-	} else {
-		b = strconv.AppendUint(b, uint64(k.Proto), 10)
-	}
+	b = steering.AppendProto(b, k.Proto)
 	b = append(b, '/')
 	b = netip.AddrPortFrom(k.A, k.PA).AppendTo(b)
 	b = append(b, '/')
@@ -43,7 +38,7 @@ func ParseKey(s string) (Key, error) {
 	if len(parts) != 3 {
 		return Key{}, fmt.Errorf("%q: %w", s, ErrBadKey)
 	}
-	proto, err := ParseProto(parts[0])
+	proto, err := steering.ParseProto(parts[0])
 	if err != nil {
 		return Key{}, fmt.Errorf("%q: %v: %w", s, err, ErrBadKey)
 	}
@@ -60,21 +55,6 @@ func ParseKey(s string) (Key, error) {
 	}
 	k := Key{A: a.Addr(), PA: a.Port(), B: b.Addr(), PB: b.Port(), Proto: proto}
 	return k.ordered(), nil
-}
-
-// ParseProto returns the IP protocol number named s: a name a Key uses
-// (tcp, udp, icmp, icmpv6, sctp, dccp, any case) or a number 0-255.
-func ParseProto(s string) (uint8, error) {
-	for n, name := range protoNames {
-		if strings.EqualFold(name, s) {
-			return n, nil
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 8)
-	if err != nil {
-		return 0, fmt.Errorf("unknown protocol %q (want tcp, udp, icmp, icmpv6, sctp, dccp or 0-255)", s)
-	}
-	return uint8(n), nil
 }
 
 func (k Key) ordered() Key {

@@ -30,8 +30,6 @@ type AllowRule struct {
 	Ports [][2]uint16
 }
 
-var protoNumbers = map[string]uint8{"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
-
 // ParseAllow decodes one allow rule written as in a map file (a YAML
 // mapping such as {proto: tcp, dst: 10.99.0.0/24, ports: ["443"]}) as
 // strictly as [Parse] decodes the file: an unknown key, a value of the
@@ -60,9 +58,9 @@ func ParseAllow(s string) (Allow, error) {
 func compileAllow(v *validator, field string, a Allow) AllowRule {
 	var r AllowRule
 	if a.Proto != "" && a.Proto != "any" {
-		p, ok := protoNumbers[strings.ToLower(a.Proto)]
+		p, ok := protoByName(a.Proto)
 		if !ok {
-			v.add(field+".proto", fmt.Sprintf("unknown protocol %q (known: any, tcp, udp, icmp, icmpv6, sctp)", a.Proto))
+			v.add(field+".proto", fmt.Sprintf("unknown protocol %q (known: any, tcp, udp, icmp, icmpv6, sctp, dccp)", a.Proto))
 		}
 		r.Proto = p
 	}

@@ -109,12 +109,24 @@ func instanceAddrs(m *Map) map[string]string {
 
 func list(s []string) string { return "[" + strings.Join(s, " ") + "]" }
 
+// allows writes rules as the map file does: "[{proto: tcp, dst:
+// 10.99.0.0/24, ports: [443]}]".
 func allows(rules []Allow) string {
 	parts := make([]string, len(rules))
 	for i, r := range rules {
-		parts[i] = fmt.Sprintf("{%s %s %s}", r.Proto, r.Dst, strings.Join(r.Ports, ","))
+		var fields []string
+		if r.Proto != "" {
+			fields = append(fields, "proto: "+r.Proto)
+		}
+		if r.Dst != "" {
+			fields = append(fields, "dst: "+r.Dst)
+		}
+		if len(r.Ports) > 0 {
+			fields = append(fields, "ports: ["+strings.Join(r.Ports, ", ")+"]")
+		}
+		parts[i] = "{" + strings.Join(fields, ", ") + "}"
 	}
-	return list(parts)
+	return "[" + strings.Join(parts, ", ") + "]"
 }
 
 func unionKeys[V any](a, b map[string]V) []string {

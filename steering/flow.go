@@ -1,7 +1,10 @@
 package steering
 
 import (
+	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 )
 
 // Flow is the 5-tuple of one packet as it travels: Src is its sender.
@@ -11,6 +14,53 @@ type Flow struct {
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
 	Proto            uint8
+}
+
+// protoNames names the IP protocols nfsteer writes by name.
+var protoNames = map[uint8]string{1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 58: "icmpv6", 132: "sctp"}
+
+// AppendProto appends protocol p's name (tcp, udp, icmp, icmpv6, sctp,
+// dccp) or, for the others, its number.
+func AppendProto(b []byte, p uint8) []byte {
+	if name, ok := protoNames[p]; ok {
+		return append(b, name...)
+	}
+	return strconv.AppendUint(b, uint64(p), 10)
+}
+
+// ParseProto returns the IP protocol number named s: a name AppendProto
+// writes (any case) or a number 0-255.
+func ParseProto(s string) (uint8, error) {
+	if p, ok := protoByName(s); ok {
+		return p, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 8)
+	if err != nil {
+		return 0, fmt.Errorf("unknown protocol %q (want tcp, udp, icmp, icmpv6, sctp, dccp or 0-255)", s)
+	}
+	return uint8(n), nil
+}
+
+func protoByName(s string) (uint8, bool) {
+	for n, name := range protoNames {
+		if strings.EqualFold(name, s) {
+			return n, true
+		}
+	}
+	return 0, false
+}
+
+// String writes f in nfsteer's one notation for flows, the source first
+// and IPv6 addresses in brackets: "tcp/10.10.1.2:40000/10.99.0.2:5201",
+// "udp/[fd00:10::5]:5353/[fd00:99::2]:53". Session keys, trace and every
+// command's output use it.
+func (f Flow) String() string {
+	var buf [128]byte
+	b := AppendProto(buf[:0], f.Proto)
+	b = append(b, '/')
+	b = netip.AddrPortFrom(f.Src, f.SrcPort).AppendTo(b)
+	b = append(b, '/')
+	return string(netip.AddrPortFrom(f.Dst, f.DstPort).AppendTo(b))
 }
 
 // Reversed returns f as its reply travels: the endpoints swapped.

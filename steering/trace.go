@@ -49,7 +49,7 @@ type TraceHop struct {
 // Trace computes f's path from a gateway (where the tenant's traffic
 // enters) along the chain and back.
 func (t *Table) Trace(f Flow) Trace {
-	tr := Trace{Flow: fmt.Sprintf("%d %s:%d > %s:%d", f.Proto, f.Src, f.SrcPort, f.Dst, f.DstPort), Version: t.version, Verdict: "pass"}
+	tr := Trace{Flow: f.String(), Version: t.version, Verdict: "pass"}
 	if ti := t.TenantOf(f.Src); ti >= 0 {
 		tr.Tenant = t.tenants[ti].Name
 		if t.hasFirewall(ti) {

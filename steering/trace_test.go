@@ -29,7 +29,7 @@ func TestTrace(t *testing.T) {
 	}
 	end := func(node string) TraceHop { return TraceHop{Node: node, Decision: "end-of-chain", Hop: -1} }
 	want := Trace{
-		Flow: "6 10.20.1.2:40000 > 10.99.0.2:443", Tenant: "globex", Code: AffinityCode(&f), Slot: AffinityCode(&f) % 256, Verdict: "pass",
+		Flow: "tcp/10.20.1.2:40000/10.99.0.2:443", Tenant: "globex", Code: AffinityCode(&f), Slot: AffinityCode(&f) % 256, Verdict: "pass",
 		Forward: []TraceHop{hop("gateway", 0, "fw", fw, fw2), hop(fw.Name, 1, "dlp", dlp, dlp2), end(dlp.Name)},
 		Reply:   []TraceHop{hop("gateway", 1, "dlp", dlp, dlp2), hop(dlp.Name, 0, "fw", fw, fw2), end(fw.Name)},
 	}
@@ -90,5 +90,23 @@ func TestWriteDot(t *testing.T) {
 	}
 	if !strings.HasPrefix(out, "digraph nfsteer {") || !strings.HasSuffix(out, "}\n") {
 		t.Errorf("not one digraph:\n%s", out)
+	}
+}
+
+func TestFlowString(t *testing.T) {
+	for _, tc := range []struct {
+		f    Flow
+		want string
+	}{
+		{Flow{Src: netip.MustParseAddr("10.10.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40000, DstPort: 5201, Proto: 6}, "tcp/10.10.1.2:40000/10.99.0.2:5201"},
+		{Flow{Src: netip.MustParseAddr("fd00:10::5"), Dst: netip.MustParseAddr("fd00:99::2"), SrcPort: 5353, DstPort: 53, Proto: 17}, "udp/[fd00:10::5]:5353/[fd00:99::2]:53"},
+		{Flow{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), Proto: 47}, "47/10.0.0.1:0/10.0.0.2:0"},
+	} {
+		if got := tc.f.String(); got != tc.want {
+			t.Errorf("%+v.String() = %q, want %q", tc.f, got, tc.want)
+		}
+		if p, err := ParseProto(strings.SplitN(tc.want, "/", 2)[0]); err != nil || p != tc.f.Proto {
+			t.Errorf("ParseProto of %q's protocol = %d, %v", tc.want, p, err)
+		}
 	}
 }

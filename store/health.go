@@ -249,18 +249,18 @@ func (s *Store) ReleaseLease(ctx context.Context, holder string) error {
 
 // RedisHealth is what `nfsteer status` says about Redis itself.
 type RedisHealth struct {
-	Addr string        `json:"addr"`
-	RTT  time.Duration `json:"rtt_ns"`
-	// Version and UsedMemory come from INFO (of the node that answered, in
-	// a cluster).
-	Version    string `json:"version"`
-	UsedMemory string `json:"used_memory"`
-	MapVersion uint64 `json:"map_version"`
+	Addr string
+	RTT  time.Duration
+	// Version and UsedMemory (bytes) come from INFO (of the node that
+	// answered, in a cluster).
+	Version    string
+	UsedMemory uint64
+	MapVersion uint64
 	// Controller holds the controller lease ("" if no controller runs).
-	Controller string `json:"controller"`
+	Controller string
 }
 
-// Health measures a round trip to Redis and reads what status shows.
+// Health pings Redis and reads what status shows of it.
 func (s *Store) Health(ctx context.Context) (RedisHealth, error) {
 	h := RedisHealth{Addr: s.addr}
 	start := time.Now()
@@ -277,8 +277,8 @@ func (s *Store) Health(ctx context.Context) (RedisHealth, error) {
 		switch k {
 		case "redis_version":
 			h.Version = v
-		case "used_memory_human":
-			h.UsedMemory = v
+		case "used_memory":
+			h.UsedMemory, _ = strconv.ParseUint(v, 10, 64)
 		}
 	}
 	if h.MapVersion, err = s.LiveVersion(ctx); err != nil {

@@ -324,11 +324,11 @@ func TestDrainMigrate(t *testing.T) {
 		t.Fatalf("transfer broke across the migration: %v", res.err)
 	}
 	var m struct {
-		HandedOver int   `json:"handed_over"`
-		Version    int   `json:"version"`
-		Switched   int64 `json:"switched_ns"`
+		HandedOver int      `json:"handed_over"`
+		Version    int      `json:"version"`
+		Switched   *float64 `json:"switched_s"`
 	}
-	if err := json.Unmarshal([]byte(d.out), &m); err != nil || m.HandedOver != 1 || m.Switched < 0 {
+	if err := json.Unmarshal([]byte(d.out), &m); err != nil || m.HandedOver != 1 || m.Switched == nil {
 		t.Fatalf("drain --migrate said %s (%v); want 1 session handed over and every agent switched", d.out, err)
 	}
 	// The old instance's counter stopped: nothing more of the flow crossed
@@ -348,7 +348,7 @@ func TestDrainMigrate(t *testing.T) {
 		t.Errorf("instance remove after the migration: %v\n%s", err, out)
 	}
 	t.Logf("%s drained with --migrate mid-transfer: transfer byte-exact, longest pause %v; %s carried %d packets of the flow, %s stopped at %d; every agent switched %v after the version",
-		from, res.maxGap.Round(time.Millisecond), to, toAfter, from, d.fromThen, time.Duration(m.Switched).Round(time.Millisecond))
+		from, res.maxGap.Round(time.Millisecond), to, toAfter, from, d.fromThen, time.Duration(*m.Switched*float64(time.Second)).Round(time.Millisecond))
 }
 
 // TestSIGHUPReloadsTheMapFile runs the lab without Redis, takes fw-1 out

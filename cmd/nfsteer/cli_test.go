@@ -94,7 +94,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"help on nothing", []string{"help", "nope"}, 2, `unknown command "nope" for nfsteer`},
 		{"an argument to a command that takes none", []string{"tenant", "list", "foo"}, 2, `nfsteer tenant list takes no arguments, got ["foo"]`},
 		{"no name", []string{"tenant", "remove"}, 2, "takes one tenant name, got 0"},
-		{"bad output format", []string{"tenant", "list", "-o", "xml"}, 2, `--output "xml": want table or json`},
+		{"bad output format", []string{"tenant", "list", "-o", "xml"}, 2, `--output "xml": want table, json or yaml`},
 		{"duplicate tenant", []string{"tenant", "add", "acme", "--prefix", "10.30.0.0/24", "--chain", "dlp"}, 1, `tenant "acme": already in the map`},
 		{"chain naming a missing service", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw,ids"}, 1, "tenants.initech.chain[1]"},
 		{"overlapping prefix", []string{"tenant", "add", "initech", "--prefix", "10.10.1.128/25", "--chain", "dlp"}, 1, "tenants.initech.prefixes[0]"},
@@ -236,8 +236,8 @@ func TestCLIEdits(t *testing.T) {
 	slots := map[string]int{}
 	for _, in := range insts {
 		slots[in.Service] += in.Slots
-		if in.State != "up" || in.HeartbeatAge != -1 {
-			t.Errorf("instance %s: state %s, heartbeat age %v; want up, never", in.Name, in.State, in.HeartbeatAge)
+		if in.State != "up" || in.HeartbeatAgeS != nil {
+			t.Errorf("instance %s: state %s, heartbeat age %v; want up, never (null)", in.Name, in.State, in.HeartbeatAgeS)
 		}
 	}
 	if diff := cmp.Diff(map[string]int{"fw": 256, "dlp": 256, "ids": 256}, slots); diff != "" {
@@ -372,12 +372,12 @@ func TestCLIRemoveRefusesBusyInstance(t *testing.T) {
 	if v := liveVersion(t, s); v != 1 {
 		t.Errorf("refused remove published version %d", v)
 	}
-	listed := decode[[]sessions.Record](t, "sessions", "list", "--instance", busy.Name)
+	listed := decode[[]sessionView](t, "sessions", "list", "--instance", busy.Name)
 	if len(listed) != 1 || listed[0].Flow != sess.Key.String() {
 		t.Errorf("sessions list --instance %s: %+v", busy.Name, listed)
 	}
-	shown := decode[sessions.Record](t, "sessions", "show", sess.Key.String())
-	if shown.Tenant != "globex" || shown.Hops[0].Primary != busy.Name {
+	shown := decode[sessionView](t, "sessions", "show", sess.Key.String())
+	if shown.Tenant != "globex" || shown.Hops[0].Primary != busy.Name || time.Since(shown.Created) > time.Minute || shown.ExpiresInS <= 0 || shown.ExpiresInS > 60 {
 		t.Errorf("sessions show: %+v", shown)
 	}
 	if r := nfsteer(t, "instance", "remove", "--force", busy.Name); r.code != 0 {
@@ -716,5 +716,61 @@ func TestCompletion(t *testing.T) {
 		if got := strings.Fields(r.stdout); r.code != 0 || !cmp.Equal(tc.want, got) {
 			t.Errorf("completing nfsteer %s: exit %d, %q; want %q", strings.Join(tc.args, " "), r.code, got, tc.want)
 		}
+	}
+}
+
+// TestCLIOutputFormats: every command that prints takes -o json and -o
+// yaml, and the two say the same thing: one document, the same fields.
+func TestCLIOutputFormats(t *testing.T) {
+	labRedis(t)
+	mapFile := labMapFile(t)
+	for _, args := range [][]string{
+		{"tenant", "list"}, {"service", "list"}, {"instance", "list"}, {"status"},
+		{"map", "check", "-f", mapFile}, {"map", "diff", "-f", mapFile}, {"sessions", "list"},
+		{"trace", "--src", "fd00:10::5", "--dst", "fd00:99::2", "--dport", "443", "--sport", "5353", "--proto", "udp"},
+		{"apply", "-f", mapFile, "--dry-run"},
+	} {
+		j := nfsteer(t, append(args, "-o", "json")...)
+		y := nfsteer(t, append(args, "-o", "yaml")...)
+		var fromJSON, fromYAML any
+		dec := json.NewDecoder(strings.NewReader(j.stdout))
+		if err := dec.Decode(&fromJSON); err != nil || dec.More() {
+			t.Errorf("nfsteer %s -o json: %v, or more than one document:\n%s", strings.Join(args, " "), err, j.stdout)
+			continue
+		}
+		if err := yaml.Unmarshal([]byte(y.stdout), &fromYAML); err != nil {
+			t.Errorf("nfsteer %s -o yaml: %v:\n%s", strings.Join(args, " "), err, y.stdout)
+			continue
+		}
+		// Through JSON again, so that numbers compare alike.
+		b, _ := json.Marshal(fromYAML)
+		var again any
+		json.Unmarshal(b, &again)
+		// What two runs may measure differently.
+		measured := cmpopts.IgnoreMapEntries(func(k string, _ any) bool { return k == "rtt_s" || k == "used_memory_bytes" })
+		if diff := cmp.Diff(fromJSON, again, measured); diff != "" || j.code != y.code {
+			t.Errorf("nfsteer %s: -o json (exit %d) and -o yaml (exit %d) differ (-json +yaml):\n%s", strings.Join(args, " "), j.code, y.code, diff)
+		}
+	}
+	// One flow notation, IPv6 in brackets.
+	tr := decode[steering.Trace](t, "trace", "--src", "fd00:10::5", "--dst", "fd00:99::2", "--dport", "443", "--sport", "5353", "--proto", "udp")
+	if tr.Flow != "udp/[fd00:10::5]:5353/[fd00:99::2]:443" {
+		t.Errorf("trace flow %q; want udp/[fd00:10::5]:5353/[fd00:99::2]:443", tr.Flow)
+	}
+	// No Go formatting: the map's header and a diff of allow rules.
+	r := nfsteer(t, "map", "show")
+	if !strings.Contains(r.stdout, "# instance ids: dlp-1=") || strings.Contains(r.stdout, "map[") || !strings.Contains(r.stdout, "# down: none") {
+		t.Errorf("map show header:\n%s", r.stdout)
+	}
+	if r := nfsteer(t, "tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, dst: 10.99.0.0/24, ports: ["443"]}`); !strings.Contains(r.stdout, "+ tenant initech") {
+		t.Errorf("tenant add: %+v", r)
+	}
+	changed := filepath.Join(t.TempDir(), "changed.yaml")
+	exp := nfsteer(t, "map", "export")
+	if err := os.WriteFile(changed, []byte(strings.Replace(exp.stdout, `- "443"`, `- "8443"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := nfsteer(t, "map", "diff", "-f", changed); !strings.Contains(r.stdout, `~ tenant initech allow: [{proto: tcp, dst: 10.99.0.0/24, ports: [443]}] -> [{proto: tcp, dst: 10.99.0.0/24, ports: [8443]}]`) {
+		t.Errorf("diff of an allow rule:\n%s", r.stdout)
 	}
 }

@@ -70,9 +70,34 @@ Example, what fw-2 would take over if its primaries died:
 	}
 }
 
+// sessionView is a session as the sessions commands print it.
+type sessionView struct {
+	Flow    string         `json:"flow"`
+	Tenant  string         `json:"tenant"`
+	Code    uint32         `json:"code"`
+	Slot    uint32         `json:"slot"`
+	Version uint64         `json:"version"`
+	Created time.Time      `json:"created"`
+	Updated time.Time      `json:"updated"`
+	Hops    []sessions.Hop `json:"hops"`
+	// State is each service function's own state, by service name.
+	State map[string]string `json:"state"`
+	// ExpiresInS is how long Redis keeps the session unless refreshed.
+	ExpiresInS float64 `json:"expires_in_s"`
+}
+
+func viewSession(r *sessions.Record) sessionView {
+	v := sessionView{Flow: r.Flow, Tenant: r.Tenant, Code: r.Code, Slot: r.Slot, Version: r.Version,
+		Created: time.UnixMilli(r.Created).UTC(), Updated: time.UnixMilli(r.Updated).UTC(), Hops: r.Hops, State: r.State, ExpiresInS: seconds(r.TTL)}
+	if v.State == nil {
+		v.State = map[string]string{}
+	}
+	return v
+}
+
 // printRecord prints one session's record.
 func printRecord(out printer, r *sessions.Record) error {
-	return out.print(r, func(w io.Writer) {
+	return out.print(viewSession(r), func(w io.Writer) {
 		row(w, "flow", r.Flow)
 		row(w, "tenant", r.Tenant)
 		row(w, "code/slot", fmt.Sprintf("%#08x / %d", r.Code, r.Slot))
@@ -152,7 +177,11 @@ func listSessions(c *cli.Context, out printer, l live, role string) error {
 	for _, err := range bad {
 		fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
 	}
-	return out.print(list, func(w io.Writer) {
+	views := make([]sessionView, len(list))
+	for i, r := range list {
+		views[i] = viewSession(r)
+	}
+	return out.print(views, func(w io.Writer) {
 		row(w, "FLOW", "TENANT", "SLOT", "HOPS (primary/secondary)", "AGE", "EXPIRES IN")
 		for _, r := range list {
 			hops := make([]string, len(r.Hops))
@@ -178,8 +207,38 @@ type agentStatus struct {
 	MapVersion uint64 `json:"map_version"`
 	// HeartbeatAgeS is the age of its last heartbeat in seconds; null
 	// when it never beat.
-	HeartbeatAgeS *float64      `json:"heartbeat_age_s"`
-	Report        *store.Report `json:"report"`
+	HeartbeatAgeS *float64 `json:"heartbeat_age_s"`
+	// Report is its last report; null when it sent none.
+	Report *reportView `json:"report"`
+}
+
+// reportView is an agent's report as status prints it.
+type reportView struct {
+	Sessions     int     `json:"sessions"`
+	QueueBacklog uint64  `json:"queue_backlog"`
+	QueueDrops   uint64  `json:"queue_drops"`
+	Unsteered    uint64  `json:"unsteered"`
+	SlowestS     float64 `json:"slowest_packet_s"`
+	RTTS         float64 `json:"rtt_s"`
+	MirrorDepth  int64   `json:"mirror_depth"`
+	MirrorDrops  uint64  `json:"mirror_drops"`
+}
+
+func viewReport(r store.Report) *reportView {
+	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered,
+		SlowestS: seconds(time.Duration(r.LatencyUS) * time.Microsecond), RTTS: seconds(time.Duration(r.RTTUS) * time.Microsecond),
+		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops}
+}
+
+// redisView is Redis as status prints it.
+type redisView struct {
+	Addr            string  `json:"addr"`
+	RTTS            float64 `json:"rtt_s"`
+	Version         string  `json:"version"`
+	UsedMemoryBytes uint64  `json:"used_memory_bytes"`
+	MapVersion      uint64  `json:"map_version"`
+	// Controller holds the controller lease; null if no one does.
+	Controller *string `json:"controller"`
 }
 
 // serviceStatus sums up one service's instances.
@@ -193,7 +252,7 @@ type serviceStatus struct {
 }
 
 type statusReport struct {
-	Redis       store.RedisHealth  `json:"redis"`
+	Redis       redisView          `json:"redis"`
 	Controllers []store.Controller `json:"controllers"`
 	Services    []serviceStatus    `json:"services"`
 	Agents      []agentStatus      `json:"agents"`
@@ -232,12 +291,19 @@ Example:
 
 func status(c *cli.Context, out printer, s *store.Store) error {
 	st := statusReport{Controllers: []store.Controller{}, Services: []serviceStatus{}, Agents: []agentStatus{}, Degraded: []string{}}
-	var err error
-	if st.Redis, err = s.Health(c.Context); err != nil {
+	h, err := s.Health(c.Context)
+	if err != nil {
 		return err
+	}
+	st.Redis = redisView{Addr: h.Addr, RTTS: seconds(h.RTT), Version: h.Version, UsedMemoryBytes: h.UsedMemory, MapVersion: h.MapVersion}
+	if h.Controller != "" {
+		st.Redis.Controller = &h.Controller
 	}
 	if st.Controllers, err = s.Controllers(c.Context); err != nil {
 		return err
+	}
+	if st.Controllers == nil {
+		st.Controllers = []store.Controller{}
 	}
 	var t *steering.Table
 	if p, err := s.Live(c.Context); err == nil {
@@ -256,7 +322,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 		return err
 	}
 	degraded := func(format string, a ...any) { st.Degraded = append(st.Degraded, fmt.Sprintf(format, a...)) }
-	if st.Redis.Controller == "" {
+	if st.Redis.Controller == nil {
 		degraded("no controller holds the lease: nothing marks dead instances down")
 	}
 	nodes := slices.Collect(maps.Keys(beats))
@@ -291,7 +357,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			age := now.Sub(b.At).Seconds()
 			a.HeartbeatAgeS, a.MapVersion = &age, b.Report.MapVersion
 			if !b.ReportAt.IsZero() {
-				a.Report = &b.Report
+				a.Report = viewReport(b.Report)
 			}
 		}
 		var in *steering.Instance
@@ -318,7 +384,8 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 	}
 	err = out.print(st, func(w io.Writer) {
 		r := st.Redis
-		fmt.Fprintf(w, "redis\t%s, version %s, %s used, round trip %s\n", r.Addr, r.Version, r.UsedMemory, r.RTT.Round(time.Microsecond))
+		fmt.Fprintf(w, "redis\t%s, version %s, %.1f MiB used, round trip %s\n", r.Addr, r.Version, float64(r.UsedMemoryBytes)/(1<<20),
+			time.Duration(r.RTTS*float64(time.Second)).Round(time.Microsecond))
 		fmt.Fprintf(w, "map\tversion %d\n", r.MapVersion)
 		var ctl []string
 		for _, cs := range st.Controllers {
@@ -363,12 +430,12 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 					mv += " (behind)"
 				}
 			}
-			rep := a.Report
-			if rep == nil {
-				rep = &store.Report{}
+			if rep := a.Report; rep != nil {
+				row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered,
+					micros(rep.SlowestS), rep.MirrorDepth, rep.MirrorDrops)
+			} else {
+				row(w, a.Node, a.Role, a.State, score, mv, hb) // no report: the other columns are "-"
 			}
-			row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTUS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered,
-				micros(rep.LatencyUS), rep.MirrorDepth, rep.MirrorDrops)
 		}
 		if len(st.Degraded) == 0 {
 			fmt.Fprintln(w, "\nhealthy")
@@ -480,7 +547,7 @@ func flowFromFlags(c *cli.Context) (steering.Flow, error) {
 	if f.Src.Is4() != f.Dst.Is4() {
 		return f, cli.Exit("--src and --dst: give two addresses of the same family", 2)
 	}
-	if f.Proto, err = sessions.ParseProto(c.String("proto")); err != nil {
+	if f.Proto, err = steering.ParseProto(c.String("proto")); err != nil {
 		return f, cli.Exit("--proto: "+err.Error(), 2)
 	}
 	for _, p := range []string{"sport", "dport"} {
@@ -492,4 +559,7 @@ func flowFromFlags(c *cli.Context) (steering.Flow, error) {
 	return f, nil
 }
 
-func micros(us int64) string { return (time.Duration(us) * time.Microsecond).String() }
+// micros prints seconds for people, to the microsecond.
+func micros(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Microsecond).String()
+}

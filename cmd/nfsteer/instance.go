@@ -188,7 +188,9 @@ func migrate(c *cli.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		return out.print(r, func(w io.Writer) {
+		v := migrated{Instance: r.Instance, Ended: r.Ended, HandedOver: r.HandedOver, Version: r.Version, At: r.At,
+			SwitchedS: maybeSeconds(r.Switched, r.Switched >= 0)}
+		return out.print(v, func(w io.Writer) {
 			fmt.Fprintf(w, "%s drained; %d sessions ended on their own, %d handed over; migrating in map version %d at %s\n",
 				name, r.Ended, r.HandedOver, r.Version, r.At.Format(time.RFC3339Nano))
 			if r.Switched >= 0 {
@@ -198,6 +200,18 @@ func migrate(c *cli.Context, name string) error {
 			}
 		})
 	})
+}
+
+// migrated is what drain --migrate prints.
+type migrated struct {
+	Instance   string    `json:"instance"`
+	Ended      int64     `json:"ended"`
+	HandedOver int       `json:"handed_over"`
+	Version    uint64    `json:"version"`
+	At         time.Time `json:"at"`
+	// SwitchedS is how long after publishing every live agent ran the
+	// version, in seconds; null if not all did within the wait.
+	SwitchedS *float64 `json:"switched_s"`
 }
 
 // instanceRow is one line of instance list.
@@ -216,8 +230,9 @@ type instanceRow struct {
 	Slots     int   `json:"primary_slots"`
 	Primary   int64 `json:"primary_sessions"`
 	Secondary int64 `json:"secondary_sessions"`
-	// HeartbeatAge is -1 when the instance's agent never beat.
-	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
+	// HeartbeatAgeS is the age of the agent's last heartbeat in seconds,
+	// null when it never beat.
+	HeartbeatAgeS *float64 `json:"heartbeat_age_s"`
 }
 
 func instanceList(c *cli.Context) error {
@@ -241,16 +256,15 @@ func listInstances(c *cli.Context, out printer, l live) error {
 		for _, ii := range svc.Instances {
 			in := t.Instances()[ii]
 			r := instanceRow{Name: in.Name, Service: svc.Name, ID: in.ID, Addresses: p.Map.Services[svc.Name].Instances[in.Name],
-				State: strings.Join(in.States(), "+"), States: in.States(), Fallback: svc.Fallback(), Slots: slots[in.Name], HeartbeatAge: -1}
+				State: strings.Join(in.States(), "+"), States: in.States(), Fallback: svc.Fallback(), Slots: slots[in.Name]}
 			if r.Primary, err = s.Count(c.Context, in.Name, store.RolePrimary); err != nil {
 				return err
 			}
 			if r.Secondary, err = s.Count(c.Context, in.Name, store.RoleSecondary); err != nil {
 				return err
 			}
-			if b, ok := beats[in.Name]; ok {
-				r.HeartbeatAge = now.Sub(b.At)
-			}
+			b, heard := beats[in.Name]
+			r.HeartbeatAgeS = maybeSeconds(now.Sub(b.At), heard)
 			list = append(list, r)
 		}
 	}
@@ -266,12 +280,20 @@ func listInstances(c *cli.Context, out printer, l live) error {
 				}
 			}
 			row(w, r.Name, r.Service, r.ID, strings.Join(r.Addresses, ","), state, r.Slots,
-				fmt.Sprintf("%d/%d", r.Primary, r.Secondary), age(r.HeartbeatAge))
+				fmt.Sprintf("%d/%d", r.Primary, r.Secondary), ageOf(r.HeartbeatAgeS))
 		}
 		for _, svc := range fallback {
 			fmt.Fprintf(w, "fallback: no instance of %s is in service, so its new flows go to out-of-service instances anyway\n", svc)
 		}
 	})
+}
+
+// ageOf prints a heartbeat age in seconds (nil: never) for people.
+func ageOf(s *float64) string {
+	if s == nil {
+		return "never"
+	}
+	return age(time.Duration(*s * float64(time.Second)))
 }
 
 // age prints a heartbeat age for people.

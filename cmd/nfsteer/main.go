@@ -94,8 +94,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 
 // harden gives every command the same error behaviour: usage errors exit 2,
 // an action's other errors exit 1 (or the status they carry) and, with
-// --output json, are also printed as a JSON object on standard output so
-// that a script reading it sees the failure.
+// --output json or yaml, are also printed as a document on standard
+// output so that a script reading it sees the failure.
 func harden(cmds []*cli.Command) {
 	for _, cmd := range cmds {
 		cmd.OnUsageError = usageError
@@ -132,8 +132,11 @@ func harden(cmds []*cli.Command) {
 			if errors.As(err, &ec) {
 				code = ec.ExitCode()
 			}
-			if c.String("output") == "json" {
+			switch c.String("output") {
+			case "json":
 				json.NewEncoder(c.App.Writer).Encode(map[string]any{"error": err.Error(), "exit": code})
+			case "yaml":
+				writeYAMLOf(c.App.Writer, map[string]any{"error": err.Error(), "exit": code})
 			}
 			return cli.Exit(err.Error(), code)
 		}
@@ -415,7 +418,12 @@ func rulesCommand() *cli.Command {
 				Name:        "show",
 				Usage:       "list what nfsteer owns",
 				Description: "Example:\n   nfsteer rules show",
+				Flags:       []cli.Flag{outputFlag()},
 				Action: func(c *cli.Context) error {
+					out, err := printerOf(c)
+					if err != nil {
+						return err
+					}
 					k, err := rules.NewLinux()
 					if err != nil {
 						return err
@@ -424,10 +432,14 @@ func rulesCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					for _, l := range lines {
-						fmt.Fprintln(c.App.Writer, l)
+					if lines == nil {
+						lines = []string{}
 					}
-					return nil
+					return out.print(lines, func(w io.Writer) {
+						for _, l := range lines {
+							fmt.Fprintln(w, l)
+						}
+					})
 				},
 			},
 		},

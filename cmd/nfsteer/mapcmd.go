@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/urfave/cli/v2"
@@ -34,16 +37,16 @@ Example:
 		Flags: []cli.Flag{
 			redisFlag(),
 			&cli.StringFlag{Name: "format", Value: "yaml", Usage: "`yaml`, json or dot"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "json: the same as --format json"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "json or yaml: the same as --format"},
 		},
 		Action: func(c *cli.Context) error {
 			format := c.String("format")
 			switch c.String("output") {
 			case "":
-			case "json":
-				format = "json"
+			case "json", "yaml":
+				format = c.String("output")
 			default:
-				return cli.Exit(fmt.Sprintf("--output %q: want json (or use --format)", c.String("output")), 2)
+				return cli.Exit(fmt.Sprintf("--output %q: want json or yaml (or use --format)", c.String("output")), 2)
 			}
 			if format != "yaml" && format != "json" && format != "dot" {
 				return cli.Exit(fmt.Sprintf("--format %q: want yaml, json or dot", format), 2)
@@ -58,12 +61,30 @@ Example:
 				case "dot":
 					return l.t.WriteDot(w)
 				default:
-					fmt.Fprintf(w, "# version %d\n# ids %v\n# down %v\n# drained %v\n", l.p.Version, l.p.IDs, l.p.Down, l.p.Drained)
+					var ids []string
+					for _, n := range slices.Sorted(maps.Keys(l.p.IDs)) {
+						ids = append(ids, fmt.Sprintf("%s=%d", n, l.p.IDs[n]))
+					}
+					fmt.Fprintf(w, "# version %d\n# instance ids: %s\n", l.p.Version, strings.Join(ids, " "))
+					for _, list := range []struct {
+						name  string
+						names []string
+					}{{"down", l.p.Down}, {"drained", l.p.Drained}, {"unhealthy", l.p.Unhealthy}, {"migrating", l.p.Migrating}} {
+						fmt.Fprintf(w, "# %s: %s\n", list.name, orNone(list.names))
+					}
 					return writeYAML(w, l.p.Map)
 				}
 			})
 		},
 	}
+}
+
+// orNone joins names with spaces, or says none.
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, " ")
 }
 
 func writeYAML(w io.Writer, m *steering.Map) error {
@@ -86,9 +107,19 @@ func mapExportCommand() *cli.Command {
    vi map.yaml
    nfsteer map diff --redis redis://10.0.0.5:6379 -f map.yaml
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml`,
-		Flags: []cli.Flag{redisFlag()},
+		Flags: []cli.Flag{
+			redisFlag(),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "yaml", Usage: "`yaml` (with the header apply checks) or json (the map alone)"},
+		},
 		Action: func(c *cli.Context) error {
-			return withLive(c, func(_ printer, l live) error {
+			format := c.String("output")
+			if format != "yaml" && format != "json" {
+				return cli.Exit(fmt.Sprintf("--output %q: want yaml or json", format), 2)
+			}
+			return withLive(c, func(out printer, l live) error {
+				if format == "json" {
+					return out.print(l.p.Map, nil)
+				}
 				fmt.Fprint(c.App.Writer, steering.ExportHeader(l.p))
 				return writeYAML(c.App.Writer, l.p.Map)
 			})
@@ -147,8 +178,12 @@ func mapCheckCommand() *cli.Command {
 		Name:        "check",
 		Usage:       "validate a map file and print its slot table summary",
 		Description: "Example:\n   nfsteer map check -f map.yaml",
-		Flags:       []cli.Flag{&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"}},
+		Flags:       []cli.Flag{outputFlag(), &cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"}},
 		Action: func(c *cli.Context) error {
+			out, err := printerOf(c)
+			if err != nil {
+				return err
+			}
 			m, err := steering.LoadFile(c.String("file"))
 			if err != nil {
 				return err
@@ -157,9 +192,19 @@ func mapCheckCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			w := c.App.Writer
-			fmt.Fprintf(w, "map is valid: %d slots, %d services, %d instances, %d tenants\n",
-				t.Slots(), len(t.Services()), len(t.Instances()), t.TenantCount())
+			type instance struct {
+				Service  string `json:"service"`
+				Instance string `json:"instance"`
+				ID       uint16 `json:"id"`
+				Primary  int    `json:"primary_slots"`
+			}
+			r := struct {
+				Valid     bool       `json:"valid"`
+				Slots     uint32     `json:"slots"`
+				Services  int        `json:"services"`
+				Tenants   int        `json:"tenants"`
+				Instances []instance `json:"instances"`
+			}{Valid: true, Slots: t.Slots(), Services: len(t.Services()), Tenants: t.TenantCount()}
 			for si, s := range t.Services() {
 				primary := map[string]int{}
 				for slot := uint32(0); slot < t.Slots(); slot++ {
@@ -168,10 +213,15 @@ func mapCheckCommand() *cli.Command {
 				}
 				for _, ii := range s.Instances {
 					in := t.Instances()[ii]
-					fmt.Fprintf(w, "  %-10s %-10s id %-4d primary for %d slots\n", s.Name, in.Name, in.ID, primary[in.Name])
+					r.Instances = append(r.Instances, instance{s.Name, in.Name, in.ID, primary[in.Name]})
 				}
 			}
-			return nil
+			return out.print(r, func(w io.Writer) {
+				fmt.Fprintf(w, "map is valid: %d slots, %d services, %d instances, %d tenants\n", r.Slots, r.Services, len(r.Instances), r.Tenants)
+				for _, in := range r.Instances {
+					fmt.Fprintf(w, "  %s\t%s\tid %d\tprimary for %d slots\n", in.Service, in.Instance, in.ID, in.Primary)
+				}
+			})
 		},
 	}
 }
