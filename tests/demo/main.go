@@ -1,10 +1,21 @@
 //go:build linux
 
-// Command demo brings nfsteer's namespace lab up, starts an agent on the
-// gateway and on every service instance, sends each tenant's flows, and
-// shows from counters inside the instances' namespaces which instances each
-// flow crossed, in which order, in both directions. Then it tears the lab
-// down. Run it as root through `make demo`.
+// Command demo shows what nfsteer is for, live, in network namespaces. Run
+// it as root through `make demo`.
+//
+// Part 1 brings the lab up on a map file, starts an agent on the gateway
+// and on every service instance, sends each tenant's flows, and shows from
+// counters inside the instances' namespaces which instances each flow
+// crossed, in which order, in both directions.
+//
+// Part 2 runs the Redis-backed mesh: the map published to Redis, sessions
+// mirrored, a controller watching heartbeats. A long transfer crosses a
+// firewall instance; that instance's agent is killed and its link cut. The
+// demo prints the delivery gap, who took the flow over (from the
+// instances' own counters), `nfsteer status` and `sessions list` before
+// and after, and checks that the transfer ends byte-exact.
+//
+// Each part tears its lab down, on every way out.
 package main
 
 import (
@@ -19,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
 
@@ -43,19 +55,34 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	fmt.Println("########## part 1: every tenant's flows cross their chain, in order, both ways")
+	if err := withLab(bin, lab.Map, chains); err != nil {
+		return err
+	}
+	fmt.Println("\n########## part 2: an instance dies mid-transfer; its secondary, which has the flow's state, takes over")
+	return withLab(bin, labmap.Firewall, failover)
+}
+
+// withLab builds a lab on map m, runs part in it and tears it down, on
+// every way out, Ctrl-C included.
+func withLab(bin, m string, part func(*lab.Lab) error) error {
 	dir, err := os.MkdirTemp("", "nfsteer-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-
-	fmt.Println("== building the lab: 3 clients, a gateway, fw-1 fw-2 dlp-1 dlp-2 on a service bridge, a server")
-	l, err := lab.Up(bin, dir)
+	fmt.Println("== building the lab: 3 clients, a gateway, fw-1 fw-2 dlp-1 dlp-2 on a service bridge, a control host, a server")
+	l, err := lab.UpWithMap(bin, dir, m)
 	if l != nil {
-		// Tear down on every way out, Ctrl-C included.
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-		go func() { <-sig; l.Close(); os.Exit(130) }()
+		defer signal.Stop(sig)
+		go func() {
+			if _, ok := <-sig; ok {
+				l.Close()
+				os.Exit(130)
+			}
+		}()
 		defer func() {
 			fmt.Println("== tearing the lab down")
 			l.Close()
@@ -64,7 +91,12 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("   namespaces %s-*; the map:\n\n%s\n", l.Prefix, indent(lab.Map))
+	fmt.Printf("   namespaces %s-*; the map:\n\n%s\n", l.Prefix, indent(m))
+	return part(l)
+}
+
+// chains is part 1.
+func chains(l *lab.Lab) error {
 	fmt.Println("== starting nfsteer agents: gw (gateway, --outer ca0 cg0 cx0 srv0) and one per instance")
 	if err := l.StartAll(); err != nil {
 		return err
