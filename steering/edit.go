@@ -127,7 +127,7 @@ func (p *Published) WithMap(m *Map) *Published {
 func (p *Published) KeepsInService(next *Published) error {
 	var problems []string
 	for _, sname := range slices.Sorted(maps.Keys(next.Map.Services)) {
-		users := next.Map.chainsUsing(sname)
+		users := next.Map.TenantsOf(sname)
 		if len(users) == 0 || next.outOf(sname) == nil || (p.Map.Services[sname] != nil && p.outOf(sname) != nil) {
 			continue
 		}
@@ -157,18 +157,6 @@ func (p *Published) outOf(service string) []string {
 		}
 		out = append(out, name+" "+strings.Join(why, "+"))
 	}
-	return out
-}
-
-// chainsUsing lists, sorted, the tenants whose chain has service.
-func (m *Map) chainsUsing(service string) []string {
-	var out []string
-	for name, t := range m.Tenants {
-		if t != nil && slices.Contains(t.Chain, service) {
-			out = append(out, name)
-		}
-	}
-	slices.Sort(out)
 	return out
 }
 

@@ -4,12 +4,8 @@ package tests
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -48,103 +44,13 @@ func redisLabServer(t *testing.T, agentArgs ...string) (*lab.Lab, *redislab.Serv
 	return l, srv
 }
 
-// slowTransfer streams n random bytes from the acme client to the server
-// at rate chunks of 16 KiB per tick, and reports the longest pause between
-// two arrivals at the server. It fails t unless the server gets exactly
-// what was sent.
-type transferResult struct {
-	err     error
-	maxGap  time.Duration
-	gapAt   time.Time
-	ok      bool
-	elapsed time.Duration
-}
-
-func slowTransfer(t *testing.T, l *lab.Lab, local, addr string, n int64, tick time.Duration, deadline time.Duration) transferResult {
+// slowTransfer streams n bytes from the acme client to the server at 16
+// KiB per tick (lab.Stream), failing t if the lab could not set it up.
+func slowTransfer(t *testing.T, l *lab.Lab, local, addr string, n int64, tick time.Duration, deadline time.Duration) lab.Transfer {
 	t.Helper()
-	ln, err := l.Listen("srv", "tcp", addr)
+	res, err := l.Stream("ca", local, addr, n, tick, deadline)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer ln.Close()
-	type srvResult struct {
-		sum    [32]byte
-		n      int64
-		err    error
-		maxGap time.Duration
-		gapAt  time.Time
-	}
-	got := make(chan srvResult, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- srvResult{err: err}
-			return
-		}
-		defer c.Close()
-		c.SetReadDeadline(time.Now().Add(deadline))
-		h := sha256.New()
-		var r srvResult
-		buf := make([]byte, 64<<10)
-		last := time.Now()
-		for {
-			m, err := c.Read(buf)
-			now := time.Now()
-			if m > 0 {
-				if g := now.Sub(last); g > r.maxGap && r.n > 0 {
-					r.maxGap, r.gapAt = g, last
-				}
-				last = now
-				h.Write(buf[:m])
-				r.n += int64(m)
-			}
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				r.err = err
-				break
-			}
-		}
-		copy(r.sum[:], h.Sum(nil))
-		got <- r
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := l.Dial(ctx, "ca", "tcp", local, addr)
-	if err != nil {
-		t.Fatalf("connecting %s -> %s: %v", local, addr, err)
-	}
-	defer c.Close()
-	start := time.Now()
-	h := sha256.New()
-	chunk := make([]byte, 16<<10)
-	c.SetWriteDeadline(time.Now().Add(deadline))
-	var sent int64
-	var sendErr error
-	for sent < n {
-		rand.Read(chunk)
-		if _, sendErr = c.Write(chunk); sendErr != nil {
-			break
-		}
-		h.Write(chunk)
-		sent += int64(len(chunk))
-		time.Sleep(tick)
-	}
-	if sendErr == nil {
-		c.(*net.TCPConn).CloseWrite()
-	}
-	r := <-got
-	res := transferResult{maxGap: r.maxGap, gapAt: r.gapAt, elapsed: time.Since(start)}
-	switch {
-	case sendErr != nil:
-		res.err = fmt.Errorf("sending after %d bytes: %w", sent, sendErr)
-	case r.err != nil:
-		res.err = fmt.Errorf("receiving after %d bytes: %w", r.n, r.err)
-	case r.n != sent || r.sum != [32]byte(h.Sum(nil)):
-		res.err = fmt.Errorf("server received %d bytes (sha256 %x), client sent %d (sha256 %x)", r.n, r.sum[:4], sent, h.Sum(nil)[:4])
-	default:
-		res.ok = true
 	}
 	return res
 }
@@ -226,12 +132,12 @@ func primaryFW(t *testing.T, f steering.Flow) (primary, secondary string) {
 // Redis must name the secondary as the session's primary.
 func TestFailoverToSecondary(t *testing.T) {
 	res, l, primary, secondary, udp := runFailover(t)
-	if !res.ok {
-		t.Fatalf("transfer broke across the failover: %v", res.err)
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the failover: %v", res.Err)
 	}
 	t.Logf("failover gap: TCP %v (longest pause in delivery), UDP %v; %d/%d datagrams arrived; transfer took %v",
-		res.maxGap.Round(time.Millisecond), udp.gap.Round(time.Millisecond), udp.received, udp.sent, res.elapsed.Round(time.Millisecond))
-	fmt.Printf("BENCH failover_gap_tcp_ms=%d failover_gap_udp_ms=%d\n", res.maxGap.Milliseconds(), udp.gap.Milliseconds())
+		res.MaxGap.Round(time.Millisecond), udp.gap.Round(time.Millisecond), udp.received, udp.sent, res.Elapsed.Round(time.Millisecond))
+	fmt.Printf("BENCH failover_gap_tcp_ms=%d failover_gap_udp_ms=%d\n", res.MaxGap.Milliseconds(), udp.gap.Milliseconds())
 	if udp.received < udp.sent*8/10 {
 		t.Errorf("UDP stream lost %d of %d datagrams", udp.sent-udp.received, udp.sent)
 	}
@@ -262,10 +168,10 @@ func TestFailoverToSecondary(t *testing.T) {
 // so the transfer must break. This is what proves the mirror saves it.
 func TestFailoverNeedsTheMirror(t *testing.T) {
 	res, _, _, _, _ := runFailover(t, "--mirror=false")
-	if res.ok {
+	if res.Err == nil {
 		t.Fatal("transfer survived the failover without the mirror; the firewall should have dropped the unknown mid-stream flow")
 	}
-	t.Logf("without the mirror the transfer broke, as it must: %v", res.err)
+	t.Logf("without the mirror the transfer broke, as it must: %v", res.Err)
 }
 
 const (
@@ -278,7 +184,7 @@ type udpResult struct {
 	gap            time.Duration
 }
 
-func runFailover(t *testing.T, agentArgs ...string) (transferResult, *lab.Lab, string, string, udpResult) {
+func runFailover(t *testing.T, agentArgs ...string) (lab.Transfer, *lab.Lab, string, string, udpResult) {
 	l := redisLab(t, agentArgs...)
 	f := flowOf(t, 6, failoverLocal, failoverServer)
 	primary, secondary := primaryFW(t, f)
@@ -363,14 +269,14 @@ func TestRestartingAnInstanceAgentMovesNothing(t *testing.T) {
 			if r.err != nil {
 				t.Fatal(r.err)
 			}
-			if !res.ok {
-				t.Fatalf("transfer broke across the restart: %v", res.err)
+			if res.Err != nil {
+				t.Fatalf("transfer broke across the restart: %v", res.Err)
 			}
 			onPrimary, _, _ := l.Packets(primary, "carried")
 			onSecondary, _, _ := l.Packets(secondary, "carried")
 			live := liveMap(t, l)
 			t.Logf("longest pause %v; %s counted %d packets (%d when its agent was back), %s %d; map version %d -> %d, down %v",
-				res.maxGap.Round(time.Millisecond), primary, onPrimary, r.atRestart, secondary, onSecondary, version, live.Version, live.Down)
+				res.MaxGap.Round(time.Millisecond), primary, onPrimary, r.atRestart, secondary, onSecondary, version, live.Version, live.Down)
 			if tc.failover {
 				if onSecondary == 0 || live.Version == version {
 					t.Errorf("an unannounced restart failed nothing over: the test cannot tell")

@@ -34,8 +34,8 @@ func TestTwoGatewaysOneTruth(t *testing.T) {
 	if err := <-moved; err != nil {
 		t.Fatal(err)
 	}
-	if !res.ok {
-		t.Fatalf("transfer broke when it moved to gw2: %v", res.err)
+	if res.Err != nil {
+		t.Fatalf("transfer broke when it moved to gw2: %v", res.Err)
 	}
 	p, _, err := l.Packets(pinned, "fromgw2")
 	if err != nil || p < 100 {
@@ -45,7 +45,7 @@ func TestTwoGatewaysOneTruth(t *testing.T) {
 		t.Errorf("firewall %s, which the new map gives new flows, counted %d packets of the flow from gw2 (%v); want 0", other, p, err)
 	}
 	t.Logf("flow %s:%d: gw2 forwarded %d packets to %s, the firewall gw chose, after %s was drained; the transfer took %v with a longest pause of %v",
-		f.Src, f.SrcPort, p, pinned, pinned, res.elapsed.Round(time.Millisecond), res.maxGap.Round(time.Millisecond))
+		f.Src, f.SrcPort, p, pinned, pinned, res.Elapsed.Round(time.Millisecond), res.MaxGap.Round(time.Millisecond))
 }
 
 // TestTwoGatewaysOneTruthUDP is TestTwoGatewaysOneTruth for a UDP stream.

@@ -320,8 +320,8 @@ func TestDrainMigrate(t *testing.T) {
 	if d.err != nil {
 		t.Fatalf("drain --migrate: %v\n%s", d.err, d.out)
 	}
-	if !res.ok {
-		t.Fatalf("transfer broke across the migration: %v", res.err)
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the migration: %v", res.Err)
 	}
 	var m struct {
 		HandedOver int      `json:"handed_over"`
@@ -348,7 +348,7 @@ func TestDrainMigrate(t *testing.T) {
 		t.Errorf("instance remove after the migration: %v\n%s", err, out)
 	}
 	t.Logf("%s drained with --migrate mid-transfer: transfer byte-exact, longest pause %v; %s carried %d packets of the flow, %s stopped at %d; every agent switched %v after the version",
-		from, res.maxGap.Round(time.Millisecond), to, toAfter, from, d.fromThen, time.Duration(*m.Switched*float64(time.Second)).Round(time.Millisecond))
+		from, res.MaxGap.Round(time.Millisecond), to, toAfter, from, d.fromThen, time.Duration(*m.Switched*float64(time.Second)).Round(time.Millisecond))
 }
 
 // TestSIGHUPReloadsTheMapFile runs the lab without Redis, takes fw-1 out

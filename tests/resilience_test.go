@@ -115,8 +115,8 @@ func TestRedisRestartMidTraffic(t *testing.T) {
 	<-restarted
 	close(stopUDP)
 	udp := <-udpDone
-	if !res.ok {
-		t.Fatalf("transfer broke while Redis restarted: %v", res.err)
+	if res.Err != nil {
+		t.Fatalf("transfer broke while Redis restarted: %v", res.Err)
 	}
 	if udp.received < udp.sent-2 {
 		t.Errorf("UDP stream lost %d of %d datagrams while Redis restarted", udp.sent-udp.received, udp.sent)
@@ -138,7 +138,7 @@ func TestRedisRestartMidTraffic(t *testing.T) {
 		t.Errorf("the controller marked instances down because Redis restarted:\n%s", out)
 	}
 	t.Logf("transfer byte-exact, longest pause %v; UDP %d/%d; both held connections carry data and are back in Redis",
-		res.maxGap.Round(time.Millisecond), udp.received, udp.sent)
+		res.MaxGap.Round(time.Millisecond), udp.received, udp.sent)
 }
 
 // TestStandbyControllerTakesOver kills the active controller and then an

@@ -3,13 +3,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"crypto/sha256"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"net"
 	"os/exec"
 	"strings"
 	"time"
@@ -21,7 +15,7 @@ const (
 	client = "10.10.1.2:40555" // acme: chain [fw, dlp]
 	server = "10.99.0.2:5201"
 	// The transfer: 16 KiB every 2 ms, about 8 MB/s, for about 4 s.
-	chunk, total = 16 << 10, 32 << 20
+	total = 32 << 20
 )
 
 // failover is part 2.
@@ -56,13 +50,13 @@ func failover(l *lab.Lab) error {
 
 	fmt.Printf("== a %d MiB transfer from acme %s to %s, 16 KiB every 2 ms\n", total>>20, client, server)
 	type result struct {
-		gap, took time.Duration
-		err       error
+		lab.Transfer
+		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		gap, took, err := transfer(l)
-		done <- result{gap, took, err}
+		t, err := l.Stream("ca", client, server, total, 2*time.Millisecond, 30*time.Second)
+		done <- result{t, err}
 	}()
 	time.Sleep(1500 * time.Millisecond)
 	before := counts(l, fws)
@@ -89,11 +83,14 @@ func failover(l *lab.Lab) error {
 	at := counts(l, fws)
 	r := <-done
 	if r.err != nil {
-		return fmt.Errorf("the transfer broke across the failover: %w", r.err)
+		return r.err
+	}
+	if r.Err != nil {
+		return fmt.Errorf("the transfer broke across the failover: %w", r.Err)
 	}
 	after := counts(l, fws)
 	fmt.Printf("   the transfer finished %s after the kill; the longest pause in delivery at the server was %s\n",
-		time.Since(killed).Round(time.Millisecond), r.gap.Round(time.Millisecond))
+		time.Since(killed).Round(time.Millisecond), r.MaxGap.Round(time.Millisecond))
 	fmt.Printf("   packets counted by each firewall after the kill: %s\n", describe(fws, minus(after, at)))
 	for _, fw := range fws {
 		if fw != primary && after[fw] > at[fw] {
@@ -157,85 +154,4 @@ func describe(fws []string, c map[string]uint64) string {
 		parts = append(parts, fmt.Sprintf("%s %d", fw, c[fw]))
 	}
 	return strings.Join(parts, ", ")
-}
-
-// transfer streams total random bytes from the acme client to the server
-// at a steady pace and returns the longest pause between two arrivals at
-// the server. It fails unless the server received exactly what was sent.
-func transfer(l *lab.Lab) (maxGap, took time.Duration, err error) {
-	ln, err := l.Listen("srv", "tcp", server)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer ln.Close()
-	type received struct {
-		sum    [32]byte
-		n      int64
-		maxGap time.Duration
-		err    error
-	}
-	got := make(chan received, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- received{err: err}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		buf := make([]byte, 64<<10)
-		var r received
-		last := time.Time{}
-		for {
-			k, err := c.Read(buf)
-			if k > 0 {
-				now := time.Now()
-				if !last.IsZero() && now.Sub(last) > r.maxGap {
-					r.maxGap = now.Sub(last)
-				}
-				last = now
-				h.Write(buf[:k])
-				r.n += int64(k)
-			}
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				r.err = err
-				break
-			}
-		}
-		copy(r.sum[:], h.Sum(nil))
-		got <- r
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := l.Dial(ctx, "ca", "tcp", client, server)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer c.Close()
-	start := time.Now()
-	src := rand.NewChaCha8([32]byte{'n', 'f', 's', 't', 'e', 'e', 'r'})
-	h := sha256.New()
-	buf := make([]byte, chunk)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for sent := 0; sent < total; sent += chunk {
-		<-tick.C
-		src.Read(buf)
-		h.Write(buf)
-		if _, err := c.Write(buf); err != nil {
-			return 0, 0, fmt.Errorf("sending: %w", err)
-		}
-	}
-	c.(*net.TCPConn).CloseWrite()
-	r := <-got
-	switch {
-	case r.err != nil:
-		return 0, 0, fmt.Errorf("receiving: %w", r.err)
-	case r.n != total || !bytes.Equal(r.sum[:], h.Sum(nil)):
-		return 0, 0, fmt.Errorf("the server received %d bytes of %d, or other bytes", r.n, total)
-	}
-	return r.maxGap, time.Since(start), nil
 }
