@@ -70,8 +70,9 @@ type Result struct {
 	Version uint64    `json:"version"`
 	At      time.Time `json:"at"`
 	// Switched is how long after publishing every live agent ran the
-	// version (-1: not all within Options.SwitchWait).
-	Switched time.Duration `json:"switched_ns"`
+	// version (-1: not all within Options.SwitchWait). The CLI prints it
+	// in seconds, or null.
+	Switched time.Duration `json:"-"`
 }
 
 // Migrate takes instance out of service with its established flows:
