@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -286,4 +287,70 @@ func instanceNames() []string {
 		out = append(out, in.Name)
 	}
 	return out
+}
+
+// TestFloodOfMalformedAndForeignFlows sends a flood of new flows of which
+// four in five are malformed or belong to no tenant: truncated UDP headers,
+// first fragments whose rest never comes, later fragments alone, and flows
+// from an address no tenant owns. The good fifth (globex's) must cross its
+// chain as if alone; no agent may die; the gateway agent's memory may grow
+// by the sessions of the good flows, not by the rest.
+func TestFloodOfMalformedAndForeignFlows(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.StartAll("--metrics", "127.0.0.1:9464"); err != nil {
+		t.Fatal(err)
+	}
+	arrived := countByChain(t, l)
+	gw := l.Agents("gw")[0]
+	rss0, err := gw.RSS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := scrape(t, l, "gw")
+	globex, other, srv := netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.OtherClient), netip.MustParseAddr(lab.Server)
+	good := newFlooder(t, l, "cg", globex, srv, 9999, 1)
+	truncated := newFlooder(t, l, "cg", globex, srv, 9998, 1)
+	truncated.pkt = truncated.pkt[:24] // the UDP header cut after its ports
+	first := newFlooder(t, l, "cg", globex, srv, 9997, 1)
+	first.pkt[6] = 0x20 // more fragments, offset 0: the rest never comes
+	later := newFlooder(t, l, "cg", globex, srv, 9996, 1)
+	later.pkt[7] = 0x01 // offset 8 bytes: a fragment without its first
+	foreign := newFlooder(t, l, "cx", other, srv, 9999, 1)
+	const rate, seconds = 2000, 4
+	var wg sync.WaitGroup
+	var sent [5]int
+	for i, f := range []*flooder{good, truncated, first, later, foreign} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sent[i] = f.send(t, rate*seconds, rate)
+		}()
+	}
+	wg.Wait()
+	on, off := arrived(true)
+	rss1, err := gw.RSS()
+	if err != nil {
+		t.Fatalf("reading the gateway agent's memory after the flood: %v", err)
+	}
+	after := scrape(t, l, "gw")
+	delta := func(name string) float64 { return after[name] - before[name] }
+	t.Logf("sent %v (good, truncated, first fragments, later fragments, no tenant); good flows on their chain %d, off it %d; "+
+		"gateway RSS %d -> %d MB; its parse errors +%v, fragments +%v, flows decided +%v",
+		sent, on, off, rss0>>20, rss1>>20, delta("nfsteer_parse_errors_total"), delta("nfsteer_fragments_total"), delta("nfsteer_new_flows_total"))
+	for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+		if a.Exited() || strings.Contains(a.Output(), "panic") {
+			t.Errorf("agent %s died during the flood:\n%s", a.Node, a.Output())
+		}
+	}
+	if off != 0 {
+		t.Errorf("%d good flows reached the server around their chain", off)
+	}
+	if on < uint64(sent[0])*99/100 {
+		t.Errorf("%d of %d good flows crossed their chain; want at least 99%%", on, sent[0])
+	}
+	// The good flows' sessions (about 220 B each, BENCHMARKS.md) and the
+	// runtime's slack; the other 32,000 packets must leave nothing behind.
+	if grow := int64(rss1) - int64(rss0); grow > int64(sent[0])*256+8<<20 {
+		t.Errorf("gateway agent grew by %d MB for %d good flows; want at most 256 B each plus 8 MB", grow>>20, sent[0])
+	}
 }

@@ -554,6 +554,16 @@ func (a *Process) RSS() (uint64, error) {
 	return 0, fmt.Errorf("no VmRSS for process %d", a.cmd.Process.Pid)
 }
 
+// Exited reports whether the process has ended (crashed, or stopped).
+func (a *Process) Exited() bool {
+	select {
+	case <-a.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Output returns what the agent has logged so far.
 func (a *Process) Output() string {
 	b, _ := os.ReadFile(a.Log)
