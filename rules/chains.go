@@ -26,11 +26,12 @@ type chains interface {
 	ListWithCounters(table, chain string) ([]string, error)
 }
 
-// unsteeredIn returns the packet count of the UnsteeredComment rule among
-// lines, as ListWithCounters prints them (0 if it is not there).
-func unsteeredIn(lines []string) (uint64, error) {
+// countIn returns the packet count of the rules tagged comment among
+// lines, as ListWithCounters prints them, summed (0 if none is there).
+func countIn(lines []string, comment string) (uint64, error) {
+	var total uint64
 	for _, l := range lines {
-		if !strings.Contains(l, UnsteeredComment) {
+		if !strings.Contains(l, comment) {
 			continue
 		}
 		f := strings.Fields(l)
@@ -42,9 +43,9 @@ func unsteeredIn(lines []string) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("counters in %q: %v", l, err)
 		}
-		return n, nil
+		total += n
 	}
-	return 0, nil
+	return total, nil
 }
 
 // syncChains makes nfsteer's own chains hold exactly own, then the
@@ -53,8 +54,12 @@ func unsteeredIn(lines []string) (uint64, error) {
 // longer outer) go before new ones are added. It is idempotent: when
 // everything is in place it only reads.
 func syncChains(ipt chains, jumps, own []Rule) error {
-	for _, c := range []string{chainPre, chainPost} {
-		if err := syncChain(ipt, c, argsOf(own, c)); err != nil {
+	for _, c := range ownChains {
+		rules := argsOf(own, c)
+		if len(rules) == 0 && c == chainSpoof {
+			continue // only there when tenants are bound (deleted below)
+		}
+		if err := syncChain(ipt, c, rules); err != nil {
 			return fmt.Errorf("chain %s: %w", c, err)
 		}
 	}
@@ -63,16 +68,31 @@ func syncChains(ipt chains, jumps, own []Rule) error {
 		if err := deleteJumps(ipt, builtin, want); err != nil {
 			return err
 		}
-		// Inserted at the top in reverse, so they end in want's order.
-		for i := len(want) - 1; i >= 0; i-- {
-			ok, err := ipt.Exists(table, builtin, want[i]...)
+		// The jumps are the chain's first rules, in want's order: a
+		// missing one goes in after those before it, so a jump to the
+		// anti-spoofing chain stays ahead of the steering jumps.
+		at := 1
+		for _, w := range want {
+			ok, err := ipt.Exists(table, builtin, w...)
 			if err != nil {
 				return err
 			}
 			if !ok {
-				if err := ipt.Insert(table, builtin, 1, want[i]...); err != nil {
+				if err := ipt.Insert(table, builtin, at, w...); err != nil {
 					return fmt.Errorf("adding jump to %s: %w", builtin, err)
 				}
+			}
+			at++
+		}
+	}
+	if len(argsOf(own, chainSpoof)) == 0 {
+		ok, err := ipt.ChainExists(table, chainSpoof)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := ipt.ClearAndDeleteChain(table, chainSpoof); err != nil {
+				return fmt.Errorf("deleting chain %s: %w", chainSpoof, err)
 			}
 		}
 	}

@@ -193,7 +193,7 @@ func (f *fakeIPTables) ListWithCounters(table, chain string) ([]string, error) {
 	return lines, err
 }
 
-func TestUnsteeredIn(t *testing.T) {
+func TestCountIn(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		lines   []string
@@ -201,15 +201,45 @@ func TestUnsteeredIn(t *testing.T) {
 		wantErr bool
 	}{
 		{"counted", []string{"-N NFSTEER-POST", "-A NFSTEER-POST -j CONNMARK --save-mark -c 900 1000", `-A NFSTEER-POST -m mark --mark 0x0/0xfff -m comment --comment "nfsteer-unsteered" -c 42 3360`}, 42, false},
+		{"summed", []string{`-A X -m comment --comment nfsteer-unsteered -c 2 0`, `-A X -m comment --comment nfsteer-unsteered -c 3 0`}, 5, false},
 		{"no such rule (rules of an older version)", []string{"-N NFSTEER-POST"}, 0, false},
 		{"no counters", []string{`-A NFSTEER-POST -m comment --comment nfsteer-unsteered`}, 0, true},
 		{"bad counters", []string{`-A NFSTEER-POST -m comment --comment nfsteer-unsteered -c x 0`}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := unsteeredIn(tc.lines)
+			got, err := countIn(tc.lines, UnsteeredComment)
 			if got != tc.want || (err != nil) != tc.wantErr {
-				t.Errorf("unsteeredIn = %d, %v; want %d, error %v", got, err, tc.want, tc.wantErr)
+				t.Errorf("countIn = %d, %v; want %d, error %v", got, err, tc.want, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestSyncChainsSpoofFirst: binding a tenant on a running node puts the
+// jump to the anti-spoofing chain ahead of the steering jumps already
+// there, and unbinding removes the jump and the chain.
+func TestSyncChainsSpoofFirst(t *testing.T) {
+	tag := []string{"-m", "comment", "--comment", "nfsteer"}
+	pre := Rule{Chain: "PREROUTING", Args: append([]string{"-i", "ca0"}, append(tag, "-j", chainPre)...)}
+	spoof := Rule{Chain: "PREROUTING", Args: append(slices.Clone(tag), "-j", chainSpoof)}
+	steer := []Rule{{Chain: chainPre, Args: []string{"-j", "CONNMARK", "--restore-mark"}}}
+	bound := append(slices.Clone(steer), Rule{Chain: chainSpoof, Args: []string{"-i", "ca0", "-m", "comment", "--comment", SpoofComment, "-j", "DROP"}})
+	f := newFakeIPTables()
+	f.chains["PREROUTING"] = []string{"-i eth9 -j ACCEPT"}
+	if err := syncChains(f, []Rule{pre}, steer); err != nil {
+		t.Fatal(err)
+	}
+	if err := syncChains(f, []Rule{spoof, pre}, bound); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{strings.Join(spoof.Args, " "), strings.Join(pre.Args, " "), "-i eth9 -j ACCEPT"}
+	if diff := cmp.Diff(want, f.chains["PREROUTING"]); diff != "" {
+		t.Errorf("PREROUTING after binding (-want +got):\n%s", diff)
+	}
+	if err := syncChains(f, []Rule{pre}, steer); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.chains[chainSpoof]; ok || len(f.chains["PREROUTING"]) != 2 {
+		t.Errorf("after unbinding: PREROUTING %q, spoof chain there: %v", f.chains["PREROUTING"], ok)
 	}
 }

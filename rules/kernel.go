@@ -13,4 +13,7 @@ type Kernel interface {
 	// Unsteered returns how many new flows were forwarded without a
 	// steering decision since the rules were installed, in both families.
 	Unsteered() (uint64, error)
+	// Spoofed returns how many packets the anti-spoofing rules dropped
+	// (see [Binding]), in both families.
+	Spoofed() (uint64, error)
 }

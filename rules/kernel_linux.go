@@ -44,6 +44,14 @@ type family struct {
 	nlFam  int
 }
 
+// version is the family's IP version, 4 or 6.
+func (f family) version() int {
+	if f.nlFam == netlink.FAMILY_V6 {
+		return 6
+	}
+	return 4
+}
+
 // NewLinux finds the iptables binaries and returns the Kernel of the
 // caller's network namespace.
 func NewLinux() (*Linux, error) {
@@ -76,11 +84,15 @@ func (k *Linux) Apply(s Spec) error {
 		return err
 	}
 	s = s.WithDefaults()
-	jumps, own := s.IPTablesRules()
-	all := append(slices.Clone(jumps), own...)
+	var all []Rule
+	for _, fam := range []int{4, 6} {
+		jumps, own := s.IPTablesRules(fam)
+		all = append(append(all, jumps...), own...)
+	}
 	if !slices.EqualFunc(all, k.applied, func(a, b Rule) bool { return a.Chain == b.Chain && slices.Equal(a.Args, b.Args) }) {
 		k.applied = nil
 		for _, f := range k.fams {
+			jumps, own := s.IPTablesRules(f.version())
 			if err := f.applyIPTables(jumps, own); err != nil {
 				return fmt.Errorf("installing %s rules: %w", f.name, err)
 			}
@@ -144,7 +156,7 @@ func (f family) remove() error {
 			return err
 		}
 	}
-	for _, c := range []string{chainPre, chainPost} {
+	for _, c := range ownChains {
 		ok, err := f.ipt.ChainExists(table, c)
 		if err != nil {
 			return err
@@ -292,7 +304,30 @@ func (k *Linux) Unsteered() (uint64, error) {
 		if err != nil {
 			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
 		}
-		n, err := unsteeredIn(lines)
+		n, err := countIn(lines, UnsteeredComment)
+		if err != nil {
+			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// Spoofed reads the counters of the anti-spoofing rules: packets dropped
+// because they entered where their source may not. It runs iptables: call
+// it from a slow path.
+func (k *Linux) Spoofed() (uint64, error) {
+	var total uint64
+	for _, f := range k.fams {
+		ok, err := f.ipt.ChainExists(table, chainSpoof)
+		if err != nil || !ok {
+			return total, err
+		}
+		lines, err := f.ipt.ListWithCounters(table, chainSpoof)
+		if err != nil {
+			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
+		}
+		n, err := countIn(lines, SpoofComment)
 		if err != nil {
 			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
 		}
@@ -305,7 +340,7 @@ func (k *Linux) Unsteered() (uint64, error) {
 func (k *Linux) Show() ([]string, error) {
 	var out []string
 	for _, f := range k.fams {
-		for _, c := range []string{"PREROUTING", "POSTROUTING", chainPre, chainPost} {
+		for _, c := range append([]string{"PREROUTING", "POSTROUTING"}, ownChains...) {
 			ok, err := f.ipt.ChainExists(table, c)
 			if err != nil {
 				return nil, err

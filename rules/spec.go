@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -24,7 +25,12 @@ const (
 	// UnsteeredComment tags the rule whose counters count new flows
 	// forwarded without a steering decision (see [Spec.IPTablesRules]).
 	UnsteeredComment = "nfsteer-unsteered"
+	// SpoofComment tags the rules that drop packets entering where their
+	// source may not (see [Binding]); their counters are the spoofed
+	// packets.
+	SpoofComment = "nfsteer-spoof"
 
+	chainSpoof = "NFSTEER-SPOOF"
 	chainPre   = "NFSTEER-PRE"
 	chainPost  = "NFSTEER-POST"
 	chainOwner = "NFSTEER-OWNS-TABLE"
@@ -56,6 +62,39 @@ type Spec struct {
 	RulePriority   int
 	// Hops are the instances this node may send flows to.
 	Hops []Hop
+	// Ingress binds tenants to the gateway interfaces their traffic
+	// enters by (a gateway's). Those interfaces are steered like Outer.
+	Ingress []Binding
+}
+
+// Binding says where a tenant's traffic enters: on Ifaces, and only from
+// Prefixes. A packet entering on Ifaces from outside Prefixes is dropped,
+// and so is one from Prefixes entering on any other steered interface:
+// spoofed, it is never classified as the tenant. Both are counted.
+type Binding struct {
+	Tenant   string
+	Ifaces   []string
+	Prefixes []netip.Prefix
+}
+
+// ownChains are nfsteer's chains, in the order packets meet them.
+var ownChains = []string{chainSpoof, chainPre, chainPost}
+
+// steered returns the interfaces whose traffic is steered: Outer and the
+// ingress interfaces, or nil for every interface (an instance host).
+func (s Spec) steered() []string {
+	if len(s.Outer) == 0 && len(s.Ingress) == 0 {
+		return nil
+	}
+	out := slices.Clone(s.Outer)
+	for _, b := range s.Ingress {
+		for _, i := range b.Ifaces {
+			if !slices.Contains(out, i) {
+				out = append(out, i)
+			}
+		}
+	}
+	return out
 }
 
 // Hop is one next-hop instance: its ID (the mark value minus one) and its
@@ -97,9 +136,9 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("instance %s: ID %d out of range 1-%d", h.Name, h.ID, MaxID)
 		}
 	}
-	for _, o := range s.Outer {
+	for _, o := range s.steered() {
 		if o == "" || len(o) > 15 || strings.ContainsAny(o, " /") {
-			return fmt.Errorf("outer interface %q is not an interface name", o)
+			return fmt.Errorf("interface %q is not an interface name", o)
 		}
 	}
 	return nil
@@ -127,17 +166,26 @@ type Rule struct {
 func (r Rule) String() string { return "-A " + r.Chain + " " + strings.Join(r.Args, " ") }
 
 // IPTablesRules returns, in order, the rules of nfsteer's own chains and
-// the jumps from the built-in chains, in table mangle. They are the same for
-// IPv4 and IPv6.
-func (s Spec) IPTablesRules() (jumps, own []Rule) {
+// the jumps from the built-in chains, in table mangle, for family 4 or 6.
+// Only the anti-spoofing rules differ between the families.
+func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	s = s.WithDefaults()
 	hex := func(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }
 	tag := []string{"-m", "comment", "--comment", Comment}
-	if len(s.Outer) == 0 {
-		jumps = append(jumps, Rule{"PREROUTING", append(tag, "-j", chainPre)})
+	if len(s.Ingress) > 0 {
+		// Only what the gateway would forward: traffic to the gateway
+		// itself (neighbour discovery from link-local sources, its own
+		// management) and multicast are not a tenant's.
+		jumps = append(jumps, Rule{"PREROUTING", append([]string{"-m", "addrtype", "--dst-type", "UNICAST", "-m", "addrtype", "!", "--dst-type", "LOCAL"},
+			append(slices.Clone(tag), "-j", chainSpoof)...)})
+		own = append(own, s.spoofRules(family)...)
 	}
-	for _, o := range s.Outer {
-		jumps = append(jumps, Rule{"PREROUTING", append([]string{"-i", o}, append(tag, "-j", chainPre)...)})
+	steered := s.steered()
+	if len(steered) == 0 {
+		jumps = append(jumps, Rule{"PREROUTING", append(slices.Clone(tag), "-j", chainPre)})
+	}
+	for _, o := range steered {
+		jumps = append(jumps, Rule{"PREROUTING", append([]string{"-i", o}, append(slices.Clone(tag), "-j", chainPre)...)})
 	}
 	jumps = append(jumps, Rule{"POSTROUTING", append(tag, "-j", chainPost)})
 
@@ -166,7 +214,7 @@ func (s Spec) IPTablesRules() (jumps, own []Rule) {
 	m, om := hex(HopMask), hex(OrigMask)
 	d, save := hex(MarkReply), hex(MarkSave)
 	unicast := []string{"-m", "addrtype", "--dst-type", "UNICAST"}
-	own = []Rule{
+	own = append(own, []Rule{
 		// A decided flow: both halves back from conntrack, one rule and
 		// no conntrack lookup beyond the connmark.
 		{chainPre, []string{"-m", "connmark", "!", "--mark", "0x0/" + m, "-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}},
@@ -193,8 +241,45 @@ func (s Spec) IPTablesRules() (jumps, own []Rule) {
 		// first match.
 		{chainPost, []string{"-m", "connmark", "--mark", "0x0/" + om, "-m", "conntrack", "--ctstate", "NEW",
 			"-m", "addrtype", "!", "--src-type", "LOCAL", "-m", "comment", "--comment", UnsteeredComment}},
-	}
+	}...)
 	return jumps, own
+}
+
+// spoofRules are the anti-spoofing chain's rules for family: on each
+// tenant's ingress interfaces, its own prefixes pass and everything else
+// is dropped; on every other steered interface, any bound tenant's prefix
+// is dropped. Every drop is counted by its rule (SpoofComment). They run
+// before conntrack-based steering, in the kernel: a spoofed flood costs no
+// userspace crossing.
+func (s Spec) spoofRules(family int) []Rule {
+	drop := []string{"-m", "comment", "--comment", SpoofComment, "-j", "DROP"}
+	inFamily := func(p netip.Prefix) bool { return p.Addr().Is4() == (family == 4) }
+	var out []Rule
+	bound := map[string]bool{}
+	for _, b := range s.Ingress {
+		for _, i := range b.Ifaces {
+			bound[i] = true
+			for _, p := range b.Prefixes {
+				if inFamily(p) {
+					out = append(out, Rule{chainSpoof, []string{"-s", p.String(), "-i", i, "-j", "RETURN"}})
+				}
+			}
+			out = append(out, Rule{chainSpoof, append([]string{"-i", i}, drop...)})
+		}
+	}
+	for _, o := range s.steered() {
+		if bound[o] {
+			continue
+		}
+		for _, b := range s.Ingress {
+			for _, p := range b.Prefixes {
+				if inFamily(p) {
+					out = append(out, Rule{chainSpoof, append([]string{"-s", p.String(), "-i", o}, drop...)})
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Route is one default route of an instance's table.

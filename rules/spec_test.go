@@ -24,7 +24,7 @@ func TestMarkHalves(t *testing.T) {
 }
 
 func TestIPTablesRules(t *testing.T) {
-	jumps, own := Spec{Outer: []string{"ca0", "srv0"}, Queues: 2, FailClosed: true}.IPTablesRules()
+	jumps, own := Spec{Outer: []string{"ca0", "srv0"}, Queues: 2, FailClosed: true}.IPTablesRules(4)
 	var got []string
 	for _, r := range append(jumps, own...) {
 		got = append(got, r.String())
@@ -44,9 +44,65 @@ func TestIPTablesRules(t *testing.T) {
 		t.Errorf("IPTablesRules (-want +got):\n%s", diff)
 	}
 
-	_, own = Spec{Queues: 1}.IPTablesRules()
+	_, own = Spec{Queues: 1}.IPTablesRules(4)
 	if q := own[2].String(); !strings.HasSuffix(q, "--queue-num 4200 --queue-bypass") {
 		t.Errorf("fail-open single queue rule = %q, want --queue-num 4200 --queue-bypass", q)
+	}
+}
+
+// TestSpoofRules: tenants bound to their ingress interfaces. acme enters
+// on ca0 from 10.10.1.0/24 and fd00:10::/64, globex on cg0; cx0 and srv0
+// are steered but bound to no one. The ingress interfaces are steered
+// even when not listed as outer.
+func TestSpoofRules(t *testing.T) {
+	s := Spec{Outer: []string{"cx0", "srv0"}, Queues: 1, Ingress: []Binding{
+		{Tenant: "acme", Ifaces: []string{"ca0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24"), netip.MustParsePrefix("fd00:10::/64")}},
+		{Tenant: "globex", Ifaces: []string{"cg0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.20.1.0/24")}},
+	}}
+	for _, tc := range []struct {
+		family int
+		want   []string
+	}{
+		{4, []string{
+			"-A PREROUTING -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -m comment --comment nfsteer -j NFSTEER-SPOOF",
+			"-A PREROUTING -i cx0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A PREROUTING -i srv0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A PREROUTING -i ca0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A PREROUTING -i cg0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A POSTROUTING -m comment --comment nfsteer -j NFSTEER-POST",
+			"-A NFSTEER-SPOOF -s 10.10.1.0/24 -i ca0 -j RETURN",
+			"-A NFSTEER-SPOOF -i ca0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -s 10.20.1.0/24 -i cg0 -j RETURN",
+			"-A NFSTEER-SPOOF -i cg0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -s 10.10.1.0/24 -i cx0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -s 10.20.1.0/24 -i cx0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -s 10.10.1.0/24 -i srv0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -s 10.20.1.0/24 -i srv0 -m comment --comment nfsteer-spoof -j DROP",
+		}},
+		{6, []string{
+			"-A PREROUTING -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -m comment --comment nfsteer -j NFSTEER-SPOOF",
+			"-A PREROUTING -i cx0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A PREROUTING -i srv0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A PREROUTING -i ca0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A PREROUTING -i cg0 -m comment --comment nfsteer -j NFSTEER-PRE",
+			"-A POSTROUTING -m comment --comment nfsteer -j NFSTEER-POST",
+			"-A NFSTEER-SPOOF -s fd00:10::/64 -i ca0 -j RETURN",
+			"-A NFSTEER-SPOOF -i ca0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -i cg0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -s fd00:10::/64 -i cx0 -m comment --comment nfsteer-spoof -j DROP",
+			"-A NFSTEER-SPOOF -s fd00:10::/64 -i srv0 -m comment --comment nfsteer-spoof -j DROP",
+		}},
+	} {
+		jumps, own := s.IPTablesRules(tc.family)
+		var got []string
+		for _, r := range append(jumps, own...) {
+			if r.Chain != chainPre && r.Chain != chainPost {
+				got = append(got, r.String())
+			}
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("IPv%d (-want +got):\n%s", tc.family, diff)
+		}
 	}
 }
 
