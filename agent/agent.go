@@ -56,6 +56,10 @@ type Counters struct {
 	// Unsteered is the kernel's count of new flows forwarded without a
 	// decision, as last read (see [rules.Kernel.Unsteered]).
 	Unsteered atomic.Uint64
+	// Spoofed is the kernel's count of packets dropped for entering
+	// where their source may not, as last read (see
+	// [rules.Kernel.Spoofed]).
+	Spoofed atomic.Uint64
 	// Steered counts steering decisions by next-hop instance ID.
 	Steered [steering.MaxID + 1]atomic.Uint64
 }
@@ -468,8 +472,8 @@ func steerBoth(st *state, mark uint32, f *steering.Flow, reply bool, d steering.
 const unsteeredEvery = time.Second
 
 // countUnsteered reads the kernel's count of new flows forwarded without a
-// decision into Counters.Unsteered, off the packet path, and logs when it
-// grows.
+// decision into Counters.Unsteered, and of spoofed packets dropped into
+// Counters.Spoofed, off the packet path, and logs when they grow.
 func (a *Agent) countUnsteered(ctx context.Context) error {
 	tick := time.NewTicker(unsteeredEvery)
 	defer tick.Stop()
@@ -486,6 +490,11 @@ func (a *Agent) countUnsteered(ctx context.Context) error {
 		if old := a.Counters.Unsteered.Swap(n); n > old {
 			a.log.Warn("new flows left without a steering decision", "flows", n-old, "total", n,
 				"overload_bypass", a.Spec().OverloadBypass)
+		}
+		if n, err := a.kernel.Spoofed(); err == nil {
+			if old := a.Counters.Spoofed.Swap(n); n > old {
+				a.log.Warn("dropped packets entering where their source may not (spoofed)", "packets", n-old, "total", n)
+			}
 		}
 	}
 }

@@ -85,6 +85,14 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 		}
 		s.Hops = append(s.Hops, rules.Hop{ID: in.ID, Name: in.Name, V4: in.V4, V6: in.V6})
 	}
+	s.Ingress = nil
+	if gateway {
+		for _, tn := range t.Tenants() {
+			if len(tn.Ingress) > 0 {
+				s.Ingress = append(s.Ingress, rules.Binding{Tenant: tn.Name, Ifaces: tn.Ingress, Prefixes: tn.Prefixes})
+			}
+		}
+	}
 	return s, s.Validate()
 }
 

@@ -32,8 +32,8 @@ type fakeKernel struct {
 	applied []rules.Spec
 	removed int
 	fail    error // returned by Apply when set
-	// unsteered is what Unsteered reports.
-	unsteered uint64
+	// unsteered and spoofed are what Unsteered and Spoofed report.
+	unsteered, spoofed uint64
 }
 
 var _ rules.Kernel = (*fakeKernel)(nil)
@@ -61,6 +61,12 @@ func (k *fakeKernel) Unsteered() (uint64, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.unsteered, nil
+}
+
+func (k *fakeKernel) Spoofed() (uint64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.spoofed, nil
 }
 
 // last returns the last spec applied and how many were.

@@ -34,6 +34,7 @@ var (
 	descKDropped    = desc("kernel_queue_dropped_total", "Packets the kernel dropped because a queue was full (--overload drop). With --overload bypass they pass instead, uncounted here: see unsteered_flows_total.")
 	descKUserDrop   = desc("kernel_queue_user_dropped_total", "Packets the kernel could not deliver to the agent's socket.")
 	descUnsteered   = desc("unsteered_flows_total", "New flows forwarded without a steering decision (counted by a kernel rule): let around the chain by a full queue with --overload bypass, or by --fail open while no agent read the queues, or whose first packet the agent could not parse.")
+	descSpoofed     = desc("spoofed_packets_total", "Packets dropped (by kernel rules) for entering where their source may not: outside the prefixes of the tenant bound to their ingress interface, or from a bound tenant's prefixes on another interface.")
 	descMirrorDepth = desc("mirror_queue_depth", "Session operations waiting to be written to Redis.")
 	descMirrorOps   = desc("mirror_operations_total", "Session operations by fate: queued, written, dropped (queue full), refused (by Redis, for good: a key of another type).", "fate")
 	descMirrorFail  = desc("mirror_write_failures_total", "Batch writes to Redis that failed and were retried.")
@@ -93,6 +94,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ctr(descKUserDrop, q.userDropped)
 	}
 	ctr(descUnsteered, k.Unsteered.Load())
+	ctr(descSpoofed, k.Spoofed.Load())
 	if m := a.mirror; m != nil {
 		ch <- metrics.Gauge(descMirrorDepth, float64(m.Stats.Depth.Load()))
 		ctr(descMirrorOps, m.Stats.Queued.Load(), "queued")

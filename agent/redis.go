@@ -149,6 +149,7 @@ func (a *Agent) report(rtt time.Duration) *store.Report {
 	}
 	r.RTTUS = rtt.Microseconds()
 	r.Unsteered = a.Counters.Unsteered.Load()
+	r.Spoofed = a.Counters.Spoofed.Load()
 	return r
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
@@ -257,4 +259,31 @@ func TestUnsteeredReported(t *testing.T) {
 	waitFor(t, "a heartbeat with 5 unsteered flows", func() bool {
 		return slices.ContainsFunc(n.store.reports(), func(r store.Report) bool { return r.Unsteered == 5 })
 	})
+}
+
+// TestSpecForBindsIngress: a gateway installs the anti-spoofing bindings
+// of the tenants that name their ingress; an instance host installs none.
+func TestSpecForBindsIngress(t *testing.T) {
+	m := labmap.Map(t)
+	m.Tenants["acme"].Ingress = []string{"ca0"}
+	tab, err := steering.Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := SpecFor(tab, "gw", rules.Spec{Outer: []string{"srv0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []rules.Binding{{Tenant: "acme", Ifaces: []string{"ca0"},
+		Prefixes: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24"), netip.MustParsePrefix("fd00:10::/64")}}}
+	if diff := cmp.Diff(want, gw.Ingress, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("gateway bindings (-want +got):\n%s", diff)
+	}
+	fw, err := SpecFor(tab, "fw-1", rules.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fw.Ingress) != 0 {
+		t.Errorf("an instance host binds %v; want nothing", fw.Ingress)
+	}
 }

@@ -161,5 +161,6 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 			next.prefixes.insert(pos, op)
 		}
 	}
+	m.checkIngress(v, slices.Sorted(maps.Keys(d.Tenants)))
 	return next
 }

@@ -193,6 +193,8 @@ func TestDeltaRefused(t *testing.T) {
 		{"remove unknown tenant", `{"removed":["initech"]}`, ErrInvalidMap, `removed[0]: no tenant "initech" to remove`},
 		{"unknown instance down", `{"down":["fw-9"]}`, ErrInvalidMap, `down[0]: no instance "fw-9" in the map`},
 		{"empty tenant", `{"tenants":{"x":null}}`, ErrInvalidMap, "tenants.x: is empty"},
+		{"an ingress of two tenants", `{"tenants":{"x":{"ingress":["c1"],"prefixes":["10.40.0.0/16"],"chain":["fw"]},"y":{"ingress":["c1"],"prefixes":["10.41.0.0/16"],"chain":["fw"]}}}`, ErrInvalidMap,
+			`tenants.y.ingress[0]: interface "c1" is tenant x's ingress already`},
 		{"wrong base", `{"base":7,"version":8}`, ErrNotBase, "node holds 1"},
 	}
 	for _, tt := range tests {

@@ -80,6 +80,7 @@ func Diff(a, b *Map) []Change {
 				field    string
 				from, to string
 			}{
+				{"ingress", list(ta.Ingress), list(tb.Ingress)},
 				{"prefixes", list(ta.Prefixes), list(tb.Prefixes)},
 				{"chain", list(ta.Chain), list(tb.Chain)},
 				{"allow", allows(ta.Allow), allows(tb.Allow)},

@@ -68,6 +68,11 @@ func (a *Addresses) UnmarshalYAML(n *yaml.Node) error {
 // Tenant is one customer: the source prefixes its traffic comes from and the
 // ordered chain of services that traffic must cross.
 type Tenant struct {
+	// Ingress lists the gateway interfaces the tenant's traffic enters by
+	// (the same names on every gateway). A packet entering there from
+	// outside Prefixes, or from Prefixes anywhere else, is dropped as
+	// spoofed. Without it the tenant is told apart by its prefixes alone.
+	Ingress  []string `yaml:"ingress,omitempty" json:"ingress,omitempty"`
 	Prefixes []string `yaml:"prefixes" json:"prefixes"`
 	Chain    []string `yaml:"chain" json:"chain"`
 	// Allow lists what the tenant's flows may open through a service whose

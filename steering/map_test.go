@@ -71,10 +71,17 @@ func TestValidateRefuses(t *testing.T) {
 		{"IPv6 tenant without IPv6 instance", "chain: [fw]}", "chain: [fw, dlp]}", "tenants.acme.chain[1]", `instance "dlp-1" of service "dlp" has no IPv6 address`},
 		{"slots not a power of two", "slots: 256", "slots: 100", "slots", "not a power of two"},
 		{"duplicate instance name", "dlp-2: 10.200.0.22", "fw-1: 10.200.0.22", "services.fw.instances.fw-1", `also used in service "dlp"`},
+		{"not an interface name", "globex: {prefixes", "globex: {ingress: [eth1/2], prefixes", "tenants.globex.ingress[0]", "not an interface name"},
+		{"an interface name too long", "globex: {prefixes", "globex: {ingress: [abcdefghijklmnop], prefixes", "tenants.globex.ingress[0]", "not an interface name"},
+		{"an interface twice", "globex: {prefixes", "globex: {ingress: [cg0, cg0], prefixes", "tenants.globex.ingress[1]", `interface "cg0" appears twice`},
+		{"an interface of two tenants", "acme:   {prefixes", "acme:   {ingress: [cg0], prefixes", "tenants.globex.ingress[0]", `interface "cg0" is tenant acme's ingress already`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			doc := strings.Replace(string(good), tt.old, tt.new, 1)
+			if tt.name == "an interface of two tenants" {
+				doc = strings.Replace(doc, "globex: {prefixes", "globex: {ingress: [cg0], prefixes", 1)
+			}
 			if doc == string(good) {
 				t.Fatalf("test case does not change the map: %q not found", tt.old)
 			}

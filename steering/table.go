@@ -40,7 +40,10 @@ type Table struct {
 
 // TenantInfo is a compiled tenant.
 type TenantInfo struct {
-	Name     string
+	Name string
+	// Ingress is the gateway interfaces the tenant's traffic enters by
+	// (none: it is told apart by its prefixes alone).
+	Ingress  []string
 	Prefixes []netip.Prefix
 	// Chain holds indexes into the table's services, in chain order.
 	Chain []int
@@ -296,7 +299,7 @@ func sharesServices(a, b *Map) bool {
 
 // compileTenant compiles a validated tenant.
 func compileTenant(name string, tm *Tenant, svcIndex map[string]int) TenantInfo {
-	ti := TenantInfo{Name: name, def: tm}
+	ti := TenantInfo{Name: name, Ingress: tm.Ingress, def: tm}
 	for _, s := range tm.Prefixes {
 		ti.Prefixes = append(ti.Prefixes, netip.MustParsePrefix(s))
 	}

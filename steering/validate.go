@@ -25,8 +25,31 @@ func (m *Map) validate() (*mapIndex, error) {
 		all = append(all, m.checkTenant(&v, tname, ix.lacks)...)
 	}
 	v.overlaps(all)
+	m.checkIngress(&v, nil)
 	ix.prefixes = newPrefixIndex(all)
 	return ix, v.err()
+}
+
+// checkIngress refuses an ingress interface that more than one tenant
+// names, for the tenants in names (every tenant when names is nil).
+func (m *Map) checkIngress(v *validator, names []string) {
+	owner := map[string]string{}
+	for _, tname := range slices.Sorted(maps.Keys(m.Tenants)) {
+		t := m.Tenants[tname]
+		if t == nil {
+			continue
+		}
+		for i, iface := range t.Ingress {
+			other, taken := owner[iface]
+			if !taken {
+				owner[iface] = tname
+				continue
+			}
+			if other != tname && (names == nil || slices.Contains(names, tname) || slices.Contains(names, other)) {
+				v.add(fmt.Sprintf("tenants.%s.ingress[%d]", tname, i), fmt.Sprintf("interface %q is tenant %s's ingress already; an interface belongs to one tenant", iface, other))
+			}
+		}
+	}
 }
 
 // mapIndex is what validating a map learnt that validating a change to its
@@ -147,6 +170,17 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 		}
 		fam[familyIndex(p.Addr())] = true
 		own = append(own, ownedPrefix{p: p, field: pfield, tenant: tname})
+	}
+	seenIface := map[string]bool{}
+	for i, iface := range t.Ingress {
+		ifield := fmt.Sprintf("%s.ingress[%d]", field, i)
+		switch {
+		case iface == "" || len(iface) > 15 || strings.ContainsAny(iface, " /:\t"):
+			v.add(ifield, fmt.Sprintf("%q is not an interface name (1 to 15 characters, no spaces, '/' or ':')", iface))
+		case seenIface[iface]:
+			v.add(ifield, fmt.Sprintf("interface %q appears twice", iface))
+		}
+		seenIface[iface] = true
 	}
 	if len(t.Chain) == 0 {
 		v.add(field+".chain", "chain is empty")

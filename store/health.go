@@ -28,6 +28,9 @@ type Report struct {
 	// decision (a running total, from its kernel rule's counters): with
 	// --overload bypass, those a full queue let around the chain.
 	Unsteered uint64 `json:"unsteered"`
+	// Spoofed counts packets a gateway's kernel rules dropped for entering
+	// where their source may not (a running total).
+	Spoofed uint64 `json:"spoofed"`
 	// RTTUS is the round trip of the node's last heartbeat to Redis: a
 	// slow service link or an overloaded host shows here.
 	RTTUS       int64  `json:"rtt_us"`

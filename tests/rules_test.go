@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,12 +75,29 @@ func TestRulesOwnership(t *testing.T) {
 		{"ip", "route", "add", "default", "via", "10.200.0.1", "table", "8005"},
 		{"ip", "-6", "rule", "add", "pref", "100", "from", "fd00:200::/64", "lookup", "main"},
 	}
+	// The same map with tenants bound to their ingress interfaces: the
+	// anti-spoofing chain comes and goes with the rest.
+	boundMap := filepath.Join(t.TempDir(), "bound.yaml")
+	m, err := os.ReadFile(l.MapFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := strings.Replace(string(m), "globex: {prefixes:", "globex: {ingress: [cg0], prefixes:", 1)
+	if bound == string(m) {
+		t.Fatal("the lab map has no globex line to bind")
+	}
+	if err := os.WriteFile(boundMap, []byte(bound), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	withBound := gatewayArgs(l, "rules", "install")
+	withBound[slices.Index(withBound, l.MapFile)] = boundMap
 	for _, tc := range []struct {
 		name, host string
 		args       []string
 		foreign    bool
 	}{
 		{"gateway, empty namespace", "gw", gatewayArgs(l, "rules", "install"), false},
+		{"gateway with a tenant bound to its ingress, empty namespace", "gw2", withBound, false},
 		{"instance host, empty namespace", "fw-1", []string{"rules", "install", "--node", "fw-1", "--map", l.MapFile, "--fail", "closed"}, false},
 		{"instance host, with others' state", "fw-2", []string{"rules", "install", "--node", "fw-2", "--map", l.MapFile}, true},
 	} {
@@ -97,7 +116,11 @@ func TestRulesOwnership(t *testing.T) {
 				t.Fatal("install changed nothing")
 			}
 			shown := nfsteer(t, l, tc.host, "rules", "show")
-			for _, want := range []string{"-j NFSTEER-PRE", "NFQUEUE", "fwmark", "proto 110"} {
+			wants := []string{"-j NFSTEER-PRE", "NFQUEUE", "fwmark", "proto 110"}
+			if strings.Contains(tc.name, "bound") {
+				wants = append(wants, "-j NFSTEER-SPOOF", "-s 10.20.1.0/24 -i cg0 -j RETURN", "nfsteer-spoof")
+			}
+			for _, want := range wants {
 				if !strings.Contains(shown, want) {
 					t.Errorf("rules show does not list %q:\n%s", want, shown)
 				}

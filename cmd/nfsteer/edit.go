@@ -185,13 +185,14 @@ Example:
 					&cli.StringSliceFlag{Name: "prefix", Required: true, Usage: "a source `PREFIX` of the tenant (repeat, or separate with commas)"},
 					&cli.StringSliceFlag{Name: "chain", Required: true, Usage: "the `SERVICES` to cross, in order (repeat, or separate with commas)"},
 					&cli.StringSliceFlag{Name: "allow", Usage: "a firewall allow `RULE`, e.g. '{proto: udp, dst: 10.99.0.0/24}' (repeat)"},
+					&cli.StringSliceFlag{Name: "ingress", Usage: "a gateway `IFACE` the tenant's traffic enters by (repeat): packets entering there from other sources, and from its prefixes elsewhere, are dropped as spoofed"},
 				},
 				Action: func(c *cli.Context) error {
 					name, err := oneArg(c, "tenant name")
 					if err != nil {
 						return err
 					}
-					t := steering.Tenant{Prefixes: splitList(c.StringSlice("prefix")), Chain: splitList(c.StringSlice("chain"))}
+					t := steering.Tenant{Prefixes: splitList(c.StringSlice("prefix")), Chain: splitList(c.StringSlice("chain")), Ingress: splitList(c.StringSlice("ingress"))}
 					for _, a := range c.StringSlice("allow") {
 						rule, err := steering.ParseAllow(a)
 						if err != nil {
@@ -226,9 +227,9 @@ func tenantList(out printer, l live) error {
 		list = append(list, tenant{n, *l.p.Map.Tenants[n]})
 	}
 	return out.print(list, func(w io.Writer) {
-		row(w, "TENANT", "PREFIXES", "CHAIN", "ALLOW RULES")
+		row(w, "TENANT", "INGRESS", "PREFIXES", "CHAIN", "ALLOW RULES")
 		for _, t := range list {
-			row(w, t.Name, strings.Join(t.Prefixes, ","), strings.Join(t.Chain, " > "), len(t.Allow))
+			row(w, t.Name, strings.Join(t.Ingress, ","), strings.Join(t.Prefixes, ","), strings.Join(t.Chain, " > "), len(t.Allow))
 		}
 	})
 }

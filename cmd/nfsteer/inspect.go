@@ -218,6 +218,7 @@ type reportView struct {
 	QueueBacklog uint64  `json:"queue_backlog"`
 	QueueDrops   uint64  `json:"queue_drops"`
 	Unsteered    uint64  `json:"unsteered"`
+	Spoofed      uint64  `json:"spoofed"`
 	SlowestS     float64 `json:"slowest_packet_s"`
 	RTTS         float64 `json:"rtt_s"`
 	MirrorDepth  int64   `json:"mirror_depth"`
@@ -225,7 +226,7 @@ type reportView struct {
 }
 
 func viewReport(r store.Report) *reportView {
-	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered,
+	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed,
 		SlowestS: seconds(time.Duration(r.LatencyUS) * time.Microsecond), RTTS: seconds(time.Duration(r.RTTUS) * time.Microsecond),
 		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops}
 }
@@ -414,7 +415,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			}
 			fmt.Fprintln(w)
 		}
-		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
+		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SPOOFED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
 		for _, a := range st.Agents {
 			score, mv, hb := "unknown", "", "never"
 			if a.Score != nil {
@@ -431,7 +432,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 				}
 			}
 			if rep := a.Report; rep != nil {
-				row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered,
+				row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered, rep.Spoofed,
 					micros(rep.SlowestS), rep.MirrorDepth, rep.MirrorDrops)
 			} else {
 				row(w, a.Node, a.Role, a.State, score, mv, hb) // no report: the other columns are "-"

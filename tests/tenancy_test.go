@@ -1,0 +1,140 @@
+//go:build linux
+
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// TestIngressBindingDropsSpoofedSources: acme is bound to ca0 and globex
+// to cg0. Globex's client sends UDP with acme's source address to a port
+// acme's firewall admits, and so does the client on cx0, an outer
+// interface bound to no tenant: 50 datagrams each. Bound, none reaches the
+// server, the gateway's kernel rules count the drops, and its metrics and
+// `nfsteer status` show them, while acme's own datagrams still pass.
+// Unbound (the map as it was), the same spoofed datagrams pass acme's
+// firewall: the test tells the two apart.
+func TestIngressBindingDropsSpoofedSources(t *testing.T) {
+	bound := strings.Replace(labmap.Firewall, "  acme:\n", "  acme:\n    ingress: [ca0]\n", 1)
+	bound = strings.Replace(bound, "globex: {prefixes:", "globex: {ingress: [cg0], prefixes:", 1)
+	for _, tc := range []struct {
+		name  string
+		m     string
+		bound bool
+	}{
+		{"bound", bound, true},
+		{"not bound", labmap.Firewall, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.NewWithMap(t, bin, tc.m)
+			l.StartRedis(t)
+			if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
+				t.Fatalf("apply: %v\n%s", err, out)
+			}
+			if err := l.StartAll("--redis", lab.RedisURL, "--metrics", "127.0.0.1:9464"); err != nil {
+				t.Fatal(err)
+			}
+			sink, err := l.ListenPacket("srv", "udp4", "10.99.0.2:8053")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sink.Close()
+			// The flooders' source ports start at 1024; acme's own socket
+			// sends from 45000.
+			for _, c := range []struct{ name, expr string }{
+				{"spoofed", "ip saddr 10.10.1.2 udp dport 8053 udp sport < 40000"},
+				{"genuine", "ip saddr 10.10.1.2 udp dport 8053 udp sport 45000"},
+			} {
+				if err := l.Count("srv", c.name, c.expr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			acme, srv := netip.MustParseAddr(lab.AcmeClient), netip.MustParseAddr(lab.Server)
+			for _, host := range []string{"cg", "cx"} {
+				if n := newFlooder(t, l, host, acme, srv, 8053, 1).send(t, 50, 500); n != 50 {
+					t.Fatalf("%s sent %d of 50 spoofed datagrams", host, n)
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := l.Dial(ctx, "ca", "udp", lab.AcmeClient+":45000", "10.99.0.2:8053")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for range 50 {
+				c.Write([]byte("genuine"))
+				time.Sleep(2 * time.Millisecond)
+			}
+			time.Sleep(500 * time.Millisecond)
+			spoofed, genuine := counted(t, l, "srv", "spoofed"), counted(t, l, "srv", "genuine")
+			dropped := spoofDrops(t, l)
+			t.Logf("at the server: %d of 100 spoofed datagrams, %d of 50 genuine; the gateway's spoof rules dropped %d", spoofed, genuine, dropped)
+			if genuine != 50 {
+				t.Errorf("%d of acme's 50 genuine datagrams arrived", genuine)
+			}
+			if !tc.bound {
+				if spoofed != 100 {
+					t.Errorf("unbound, %d of 100 spoofed datagrams arrived; want all (the test proves nothing otherwise)", spoofed)
+				}
+				return
+			}
+			if spoofed != 0 || dropped < 100 {
+				t.Fatalf("bound: %d spoofed datagrams reached the server and the kernel counted %d drops; want 0 and at least 100", spoofed, dropped)
+			}
+			if !waitFor(5*time.Second, func() bool { return scrape(t, l, "gw")["nfsteer_spoofed_packets_total"] >= 100 }) {
+				t.Errorf("the gateway's nfsteer_spoofed_packets_total is %v; want at least 100", scrape(t, l, "gw")["nfsteer_spoofed_packets_total"])
+			}
+			var st struct {
+				Agents []struct {
+					Node   string `json:"node"`
+					Report *struct {
+						Spoofed uint64 `json:"spoofed"`
+					} `json:"report"`
+				} `json:"agents"`
+			}
+			if !waitFor(5*time.Second, func() bool {
+				out, _ := l.Nfsteer("ctl", "status", "--redis", lab.RedisURL, "-o", "json")
+				if json.Unmarshal([]byte(out), &st) != nil {
+					return false
+				}
+				for _, a := range st.Agents {
+					if a.Node == "gw" && a.Report != nil && a.Report.Spoofed >= 100 {
+						return true
+					}
+				}
+				return false
+			}) {
+				t.Errorf("nfsteer status does not show the gateway's spoofed drops: %+v", st.Agents)
+			}
+		})
+	}
+}
+
+var spoofRuleRe = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+DROP\b.*nfsteer-spoof`)
+
+// spoofDrops sums the packet counters of the gateway's anti-spoofing
+// rules, read with iptables in its namespace.
+func spoofDrops(t *testing.T, l *lab.Lab) uint64 {
+	t.Helper()
+	out, err := l.Output("gw", "iptables", "-t", "mangle", "-L", "NFSTEER-SPOOF", "-v", "-x", "-n")
+	if err != nil {
+		return 0 // no chain: nothing bound
+	}
+	var total uint64
+	for _, m := range spoofRuleRe.FindAllStringSubmatch(out, -1) {
+		n, _ := strconv.ParseUint(m[1], 10, 64)
+		total += n
+	}
+	return total
+}
