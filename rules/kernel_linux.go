@@ -293,41 +293,27 @@ func (k *Linux) removeRouting() error {
 
 // Unsteered reads the counters of the rule counting new flows that left
 // without a decision. It runs iptables: call it from a slow path.
-func (k *Linux) Unsteered() (uint64, error) {
-	var total uint64
-	for _, f := range k.fams {
-		ok, err := f.ipt.ChainExists(table, chainPost)
-		if err != nil || !ok {
-			return total, err
-		}
-		lines, err := f.ipt.ListWithCounters(table, chainPost)
-		if err != nil {
-			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
-		}
-		n, err := countIn(lines, UnsteeredComment)
-		if err != nil {
-			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
-		}
-		total += n
-	}
-	return total, nil
-}
+func (k *Linux) Unsteered() (uint64, error) { return k.counted(chainPost, UnsteeredComment) }
 
 // Spoofed reads the counters of the anti-spoofing rules: packets dropped
 // because they entered where their source may not. It runs iptables: call
 // it from a slow path.
-func (k *Linux) Spoofed() (uint64, error) {
+func (k *Linux) Spoofed() (uint64, error) { return k.counted(chainSpoof, SpoofComment) }
+
+// counted sums, over both families, the packet counters of chain's rules
+// tagged comment (0 where the chain is not there).
+func (k *Linux) counted(chain, comment string) (uint64, error) {
 	var total uint64
 	for _, f := range k.fams {
-		ok, err := f.ipt.ChainExists(table, chainSpoof)
+		ok, err := f.ipt.ChainExists(table, chain)
 		if err != nil || !ok {
 			return total, err
 		}
-		lines, err := f.ipt.ListWithCounters(table, chainSpoof)
+		lines, err := f.ipt.ListWithCounters(table, chain)
 		if err != nil {
 			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
 		}
-		n, err := countIn(lines, SpoofComment)
+		n, err := countIn(lines, comment)
 		if err != nil {
 			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
 		}
