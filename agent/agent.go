@@ -300,7 +300,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	reader := newReader(a, spec.QueueSet())
 	a.queue = reader.Counters()
 	g, gctx := errgroup.WithContext(ctx)
-	tasks := []Task{reader.Run, a.flows.Run, a.logFlows, a.countUnsteered}
+	tasks := []Task{reader.Run, a.flows.Run, a.logFlows, a.readKernelCounters}
 	if a.cfg.MetricsAddr != "" {
 		ms, err := metrics.Listen(a.cfg.MetricsAddr, a.ready.Load, collector{a: a, reader: reader.Counters})
 		if err != nil {
@@ -467,15 +467,16 @@ func steerBoth(st *state, mark uint32, f *steering.Flow, reply bool, d steering.
 	return rules.SetHalf(mark, !reply, markValue(other)) | rules.MarkSave
 }
 
-// unsteeredEvery is how often the kernel's count of unsteered flows is
-// read: it runs iptables, tens of milliseconds.
-const unsteeredEvery = time.Second
+// kernelCountersEvery is how often the kernel's counts of unsteered flows
+// and spoofed packets are read: it runs iptables, tens of milliseconds.
+const kernelCountersEvery = time.Second
 
-// countUnsteered reads the kernel's count of new flows forwarded without a
-// decision into Counters.Unsteered, and of spoofed packets dropped into
-// Counters.Spoofed, off the packet path, and logs when they grow.
-func (a *Agent) countUnsteered(ctx context.Context) error {
-	tick := time.NewTicker(unsteeredEvery)
+// readKernelCounters reads the kernel's count of new flows forwarded
+// without a decision into Counters.Unsteered, and of spoofed packets
+// dropped into Counters.Spoofed, off the packet path, and logs when they
+// grow.
+func (a *Agent) readKernelCounters(ctx context.Context) error {
+	tick := time.NewTicker(kernelCountersEvery)
 	defer tick.Stop()
 	for {
 		select {

@@ -249,7 +249,7 @@ func TestUnsteeredReported(t *testing.T) {
 	n.kernel.mu.Unlock()
 	n.run(t)
 	// The count is logged once read; the heartbeats after carry it.
-	deadline := time.Now().Add(3*unsteeredEvery + 2*time.Second)
+	deadline := time.Now().Add(3*kernelCountersEvery + 2*time.Second)
 	for !strings.Contains(n.logs.String(), "new flows left without a steering decision") {
 		if time.Now().After(deadline) {
 			t.Fatal("growth of the unsteered count not logged")

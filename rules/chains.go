@@ -56,8 +56,8 @@ func countIn(lines []string, comment string) (uint64, error) {
 func syncChains(ipt chains, jumps, own []Rule) error {
 	for _, c := range ownChains {
 		rules := argsOf(own, c)
-		if len(rules) == 0 && c == chainSpoof {
-			continue // only there when tenants are bound (deleted below)
+		if len(rules) == 0 {
+			continue // a chain with no rules is not kept (deleted below)
 		}
 		if err := syncChain(ipt, c, rules); err != nil {
 			return fmt.Errorf("chain %s: %w", c, err)
@@ -85,14 +85,19 @@ func syncChains(ipt chains, jumps, own []Rule) error {
 			at++
 		}
 	}
-	if len(argsOf(own, chainSpoof)) == 0 {
-		ok, err := ipt.ChainExists(table, chainSpoof)
+	// Chains with no rules go once nothing jumps to them any more (the
+	// anti-spoofing chain when no tenant is bound).
+	for _, c := range ownChains {
+		if len(argsOf(own, c)) > 0 {
+			continue
+		}
+		ok, err := ipt.ChainExists(table, c)
 		if err != nil {
 			return err
 		}
 		if ok {
-			if err := ipt.ClearAndDeleteChain(table, chainSpoof); err != nil {
-				return fmt.Errorf("deleting chain %s: %w", chainSpoof, err)
+			if err := ipt.ClearAndDeleteChain(table, c); err != nil {
+				return fmt.Errorf("deleting chain %s: %w", c, err)
 			}
 		}
 	}

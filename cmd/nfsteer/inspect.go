@@ -88,7 +88,7 @@ type sessionView struct {
 
 func viewSession(r *sessions.Record) sessionView {
 	v := sessionView{Flow: r.Flow, Tenant: r.Tenant, Code: r.Code, Slot: r.Slot, Version: r.Version,
-		Created: time.UnixMilli(r.Created).UTC(), Updated: time.UnixMilli(r.Updated).UTC(), Hops: r.Hops, State: r.State, ExpiresInS: seconds(r.TTL)}
+		Created: time.UnixMilli(r.Created).UTC(), Updated: time.UnixMilli(r.Updated).UTC(), Hops: r.Hops, State: r.State, ExpiresInS: r.TTL.Seconds()}
 	if v.State == nil {
 		v.State = map[string]string{}
 	}
@@ -227,7 +227,7 @@ type reportView struct {
 
 func viewReport(r store.Report) *reportView {
 	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed,
-		SlowestS: seconds(time.Duration(r.LatencyUS) * time.Microsecond), RTTS: seconds(time.Duration(r.RTTUS) * time.Microsecond),
+		SlowestS: (time.Duration(r.LatencyUS) * time.Microsecond).Seconds(), RTTS: (time.Duration(r.RTTUS) * time.Microsecond).Seconds(),
 		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops}
 }
 
@@ -296,7 +296,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 	if err != nil {
 		return err
 	}
-	st.Redis = redisView{Addr: h.Addr, RTTS: seconds(h.RTT), Version: h.Version, UsedMemoryBytes: h.UsedMemory, MapVersion: h.MapVersion}
+	st.Redis = redisView{Addr: h.Addr, RTTS: h.RTT.Seconds(), Version: h.Version, UsedMemoryBytes: h.UsedMemory, MapVersion: h.MapVersion}
 	if h.Controller != "" {
 		st.Redis.Controller = &h.Controller
 	}

@@ -83,9 +83,6 @@ func clearStyle(n *yaml.Node) {
 	}
 }
 
-// seconds is d in seconds, for JSON and YAML output.
-func seconds(d time.Duration) float64 { return d.Seconds() }
-
 // maybeSeconds is d in seconds, or nil (null) when ok is false.
 func maybeSeconds(d time.Duration, ok bool) *float64 {
 	if !ok {
