@@ -14,6 +14,10 @@ import (
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -292,11 +296,12 @@ func (k *Linux) removeRouting() error {
 }
 
 // Unsteered reads the counters of the rule counting new flows that left
-// without a decision. It runs iptables: call it from a slow path.
+// without a decision. Call it from a slow path: with iptables-nft it is
+// one netlink dump per family, with legacy iptables it runs iptables.
 func (k *Linux) Unsteered() (uint64, error) { return k.counted(chainPost, UnsteeredComment) }
 
 // Spoofed reads the counters of the anti-spoofing rules: packets dropped
-// because they entered where their source may not. It runs iptables: call
+// because they entered where their source may not. Like Unsteered, call
 // it from a slow path.
 func (k *Linux) Spoofed() (uint64, error) { return k.counted(chainSpoof, SpoofComment) }
 
@@ -305,21 +310,75 @@ func (k *Linux) Spoofed() (uint64, error) { return k.counted(chainSpoof, SpoofCo
 func (k *Linux) counted(chain, comment string) (uint64, error) {
 	var total uint64
 	for _, f := range k.fams {
-		ok, err := f.ipt.ChainExists(table, chain)
-		if err != nil || !ok {
-			return total, err
-		}
-		lines, err := f.ipt.ListWithCounters(table, chain)
-		if err != nil {
-			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
-		}
-		n, err := countIn(lines, comment)
+		n, err := f.counted(chain, comment)
 		if err != nil {
 			return total, fmt.Errorf("reading %s counters: %w", f.name, err)
 		}
 		total += n
 	}
 	return total, nil
+}
+
+// counted is Linux.counted for one family. With iptables-nft it reads the
+// rules from nf_tables over netlink: running iptables every second, in
+// every agent, took about 5% of a core per agent and showed in the chain's
+// throughput on a 2-core host. iptables-nft keeps a rule's comment as an
+// xt match or in its user data, and gives every rule a counter
+// expression.
+func (f family) counted(chain, comment string) (uint64, error) {
+	if !f.nft {
+		ok, err := f.ipt.ChainExists(table, chain)
+		if err != nil || !ok {
+			return 0, err
+		}
+		lines, err := f.ipt.ListWithCounters(table, chain)
+		if err != nil {
+			return 0, err
+		}
+		return countIn(lines, comment)
+	}
+	conn, err := nftables.New()
+	if err != nil {
+		return 0, err
+	}
+	fam := nftables.TableFamilyIPv4
+	if f.nlFam == netlink.FAMILY_V6 {
+		fam = nftables.TableFamilyIPv6
+	}
+	rs, err := conn.GetRules(&nftables.Table{Name: table, Family: fam}, &nftables.Chain{Name: chain})
+	if errors.Is(err, unix.ENOENT) {
+		return 0, nil // no such table or chain: nothing counted yet
+	}
+	if err != nil {
+		return 0, err
+	}
+	var total uint64
+	for _, r := range rs {
+		if nftComment(r) != comment {
+			continue
+		}
+		for _, e := range r.Exprs {
+			if n, ok := e.(*expr.Counter); ok {
+				total += n.Packets
+			}
+		}
+	}
+	return total, nil
+}
+
+// nftComment returns the comment iptables-nft gave rule r: an xt comment
+// match (iptables 1.8.9, Debian 12) or the rule's user data (later
+// versions).
+func nftComment(r *nftables.Rule) string {
+	for _, e := range r.Exprs {
+		if m, ok := e.(*expr.Match); ok && m.Name == "comment" {
+			if c, ok := m.Info.(*xt.Comment); ok {
+				return string(*c)
+			}
+		}
+	}
+	c, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+	return c
 }
 
 // Show lists nfsteer's chains, jumps, ip rules and routes.

@@ -75,22 +75,22 @@ func iperfOnce(l *lab.Lab, port, seconds int) (float64, string, error) {
 	return r.End.SumReceived.BitsPerSecond / 1e9, out, nil
 }
 
-// staticChain routes globex's traffic through the same instances as
-// nfsteer would, with fixed policy routes and no agent: the cost of the
-// extra hops alone.
-func staticChain(b *testing.B, l *lab.Lab, fw, dlp string) {
+// staticChain routes globex's flows through fw and dlp with fixed policy
+// routes and no agent, the cost of the extra hops alone (op "add"), or
+// takes those routes away ("del").
+func staticChain(b *testing.B, l *lab.Lab, op, fw, dlp string) {
 	b.Helper()
 	addr := map[string]string{}
 	for _, in := range lab.Instances {
 		addr[in.Name] = in.V4
 	}
 	for _, c := range [][]string{
-		{"gw", "ip", "rule", "add", "pref", "100", "iif", "cg0", "lookup", "100"},
-		{"gw", "ip", "route", "add", "default", "via", addr[fw], "table", "100"},
-		{"gw", "ip", "rule", "add", "pref", "101", "iif", "srv0", "to", "10.20.1.0/24", "lookup", "101"},
-		{"gw", "ip", "route", "add", "default", "via", addr[dlp], "table", "101"},
-		{fw, "ip", "route", "add", "10.99.0.0/24", "via", addr[dlp]},
-		{dlp, "ip", "route", "add", "10.20.1.0/24", "via", addr[fw]},
+		{"gw", "ip", "rule", op, "pref", "100", "iif", "cg0", "lookup", "100"},
+		{"gw", "ip", "route", op, "default", "via", addr[fw], "table", "100"},
+		{"gw", "ip", "rule", op, "pref", "101", "iif", "srv0", "to", "10.20.1.0/24", "lookup", "101"},
+		{"gw", "ip", "route", op, "default", "via", addr[dlp], "table", "101"},
+		{fw, "ip", "route", op, "10.99.0.0/24", "via", addr[dlp]},
+		{dlp, "ip", "route", op, "10.20.1.0/24", "via", addr[fw]},
 	} {
 		if err := l.Run(c[0], c[1:]...); err != nil {
 			b.Fatal(err)
@@ -112,44 +112,85 @@ func machine() string {
 	return fmt.Sprintf("%d CPUs (%s), kernel %s, %s", runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version())
 }
 
-// BenchmarkChainThroughput measures one TCP stream (iperf3, median of 3 runs
-// of 4 s each) from the
-// globex client to the server, three ways in one lab and one run:
+// BenchmarkChainThroughput measures one TCP stream (iperf3, 4 s per
+// sample) from the globex client to the server, three ways in one lab:
 //
 //   - plain: no nfsteer, the gateway forwards straight to the server (the
 //     baseline the target is set against);
-//   - static-chain: no nfsteer, fixed policy routes through the same fw and
-//     dlp instances (what the extra hops cost by themselves);
+//   - static-chain: no nfsteer, fixed policy routes through the fw and dlp
+//     instances nfsteer picked in the same round (what the extra hops cost
+//     by themselves);
 //   - nfsteer: agents on every node steering the flow through its chain.
 //
-// It reports each in Gbit/s and the ratios nfsteer/plain and
-// nfsteer/static-chain.
+// The three are measured in rounds, nfsteer then the static chain
+// back to back, plain before them in even rounds and after them in odd
+// ones. This host's throughput drifts by 10-20% over a minute; samples a
+// few seconds apart share the drift, so a round's ratio mostly does not
+// see it, where the ratio of medians taken a minute apart did. It reports
+// the medians of each and the medians of the rounds' ratios.
 func BenchmarkChainThroughput(b *testing.B) {
-	const seconds, samples = 4, 3
-	sample := func(port int) (float64, []float64) {
-		var xs []float64
-		for i := 0; i < samples; i++ {
-			xs = append(xs, iperf(b, l0, port+100*i, seconds))
-		}
-		return median(xs), xs
-	}
+	const seconds, rounds = 4, 5
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench . -benchtime 1x ./tests/...)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.New(b, bin)
 		l0 = l
-		plain, plainAll := sample(5301)
-
-		// Find the instances nfsteer picks for this run's flow by running it
-		// once, then route the static chain the same way (the agents take
-		// their rules with them).
-		if err := l.StartAll("--keep-rules=false"); err != nil {
-			b.Fatal(err)
+		port := 5300
+		sample := func() float64 {
+			port += 30 // iperf retries on port+10, port+20
+			return iperf(b, l, port, seconds)
 		}
-		steered, steeredAll := sample(5302)
-		var fw, dlp string
-		for _, in := range lab.Instances {
-			for _, a := range l.Agents(in.Name) {
-				if strings.Contains(a.Output(), "src=10.20.1.2") && strings.Contains(a.Output(), "dst=10.99.0.2:5302") {
+		var plain, static, steered, toStatic, toPlain []float64
+		for r := 0; r < rounds; r++ {
+			if r%2 == 0 {
+				plain = append(plain, sample())
+			}
+			if err := l.StartAll("--keep-rules=false"); err != nil {
+				b.Fatal(err)
+			}
+			steered = append(steered, sample())
+			fw, dlp := carriedBy(l, port)
+			for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+				if err := a.Stop(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if fw == "" || dlp == "" {
+				b.Fatalf("could not tell which instances carried the flow (fw %q, dlp %q)", fw, dlp)
+			}
+			staticChain(b, l, "add", fw, dlp)
+			static = append(static, sample())
+			staticChain(b, l, "del", fw, dlp)
+			if r%2 == 1 {
+				plain = append(plain, sample())
+			}
+			toStatic = append(toStatic, steered[r]/static[r])
+			toPlain = append(toPlain, steered[r]/plain[r])
+			fmt.Printf("round %d (Gbit/s): plain %.2f, static chain via %s,%s %.2f, nfsteer %.2f: nfsteer/static-chain %.3f, nfsteer/plain %.3f\n",
+				r+1, plain[r], fw, dlp, static[r], steered[r], toStatic[r], toPlain[r])
+		}
+		b.ReportMetric(median(plain), "plain-Gbit/s")
+		b.ReportMetric(median(static), "static-chain-Gbit/s")
+		b.ReportMetric(median(steered), "nfsteer-Gbit/s")
+		b.ReportMetric(median(toPlain), "nfsteer/plain")
+		b.ReportMetric(median(toStatic), "nfsteer/static-chain")
+		fmt.Printf("medians: plain %.2f Gbit/s, static chain %.2f Gbit/s, nfsteer chain %.2f Gbit/s; of the rounds' ratios: nfsteer/plain %.3f, nfsteer/static-chain %.3f (target >= 0.95)\n",
+			median(plain), median(static), median(steered), median(toPlain), median(toStatic))
+		l.Close()
+	}
+}
+
+// carriedBy returns the fw and dlp instances whose agents logged the
+// globex flow to the server's port (the last iperf3 sample's).
+func carriedBy(l *lab.Lab, port int) (fw, dlp string) {
+	dst := fmt.Sprintf("dst=%s:", lab.Server)
+	for _, in := range lab.Instances {
+		for _, a := range l.Agents(in.Name) {
+			out := a.Output()
+			if !strings.Contains(out, "src=10.20.1.2") || !strings.Contains(out, dst) {
+				continue
+			}
+			for try := 0; try < 3; try++ {
+				if strings.Contains(out, fmt.Sprintf("%s%d", dst, port+10*try)) {
 					if strings.HasPrefix(in.Name, "fw") {
 						fw = in.Name
 					} else {
@@ -158,28 +199,8 @@ func BenchmarkChainThroughput(b *testing.B) {
 				}
 			}
 		}
-		for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
-			if err := a.Stop(); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if fw == "" || dlp == "" {
-			b.Fatalf("could not tell which instances carried the flow (fw %q, dlp %q)", fw, dlp)
-		}
-		staticChain(b, l, fw, dlp)
-		static, staticAll := sample(5303)
-
-		b.ReportMetric(plain, "plain-Gbit/s")
-		b.ReportMetric(static, "static-chain-Gbit/s")
-		b.ReportMetric(steered, "nfsteer-Gbit/s")
-		b.ReportMetric(steered/plain, "nfsteer/plain")
-		b.ReportMetric(steered/static, "nfsteer/static-chain")
-		fmt.Printf("samples (Gbit/s, %d s each): plain %.2f, static chain via %s,%s %.2f, nfsteer chain %.2f\n",
-			seconds, plainAll, fw, dlp, staticAll, steeredAll)
-		fmt.Printf("medians: plain %.2f Gbit/s, static chain %.2f Gbit/s, nfsteer chain %.2f Gbit/s: nfsteer/plain %.3f, nfsteer/static-chain %.3f\n",
-			plain, static, steered, steered/plain, steered/static)
-		l.Close()
 	}
+	return fw, dlp
 }
 
 func allInstanceAgents(l *lab.Lab) []*lab.Process {

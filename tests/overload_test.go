@@ -177,6 +177,12 @@ func TestOverloadNeverBypassesTheChain(t *testing.T) {
 				if unsteered < off {
 					t.Errorf("%d flows arrived off the chain but the kernel rules counted %d unsteered", off, unsteered)
 				}
+				// The gateway's agent exports its rule's count as it is.
+				gw := unsteeredRule(t, l, "gw")
+				if !waitFor(3*time.Second, func() bool { return scrape(t, l, "gw")["nfsteer_unsteered_flows_total"] == float64(gw) }) {
+					t.Errorf("the gateway's nfsteer_unsteered_flows_total is %v; its rule counted %d",
+						scrape(t, l, "gw")["nfsteer_unsteered_flows_total"], gw)
+				}
 				return
 			}
 			if off != 0 {
