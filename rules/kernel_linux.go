@@ -88,6 +88,17 @@ func (k *Linux) Apply(s Spec) error {
 		return err
 	}
 	s = s.WithDefaults()
+	wantRules, wantRoutes := s.Routing()
+	routed := k.appliedRoutes != nil && slices.Equal(wantRules, k.appliedRules) && slices.Equal(wantRoutes, k.appliedRoutes)
+	if !routed {
+		// Before anything changes: a refused spec leaves the node as it
+		// was.
+		for _, f := range k.fams {
+			if err := f.checkPriorities(s.RulePriority); err != nil {
+				return err
+			}
+		}
+	}
 	var all []Rule
 	for _, fam := range []int{4, 6} {
 		jumps, own := s.IPTablesRules(fam)
@@ -103,12 +114,11 @@ func (k *Linux) Apply(s Spec) error {
 		}
 		k.applied = all
 	}
-	wantRules, wantRoutes := s.Routing()
-	if k.appliedRoutes != nil && slices.Equal(wantRules, k.appliedRules) && slices.Equal(wantRoutes, k.appliedRoutes) {
+	if routed {
 		return nil
 	}
 	k.appliedRules, k.appliedRoutes = nil, nil
-	if err := k.applyRouting(s); err != nil {
+	if err := k.applyRouting(s, wantRules, wantRoutes); err != nil {
 		return err
 	}
 	k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
@@ -218,8 +228,7 @@ func (f family) pristine() (bool, error) {
 // policy, as iptables-save prints it.
 var builtin = regexp.MustCompile(`^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT( \[\d+:\d+\])?$`)
 
-func (k *Linux) applyRouting(s Spec) error {
-	wantRules, wantRoutes := s.Routing()
+func (k *Linux) applyRouting(s Spec, wantRules []IPRule, wantRoutes []Route) error {
 	for _, r := range wantRoutes {
 		nr := toNetlinkRoute(r)
 		if err := netlink.RouteReplace(nr); err != nil {
@@ -239,32 +248,66 @@ func (k *Linux) applyRouting(s Spec) error {
 				}
 			}
 		}
-		haveRules, err := ourRules(f.nlFam)
-		if err != nil {
-			return err
-		}
 		fam := 4
 		if f.nlFam == netlink.FAMILY_V6 {
 			fam = 6
 		}
-		for _, h := range haveRules {
-			if !slices.Contains(wantRules, fromNetlinkRule(fam, h)) {
-				if err := netlink.RuleDel(&h); err != nil {
-					return fmt.Errorf("deleting stale ip rule to table %d: %w", h.Table, err)
-				}
+		if err := syncRules(f.nlFam, fam, wantRules); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPriorities refuses an ip rule of someone else's among the
+// priorities nfsteer's rules take from first: packets walking nfsteer's
+// rules would meet it (see the tries' layout in routing.go).
+func (f family) checkPriorities(first int) error {
+	all, err := netlink.RuleList(f.nlFam)
+	if err != nil {
+		return fmt.Errorf("listing %s ip rules: %w", f.name, err)
+	}
+	for _, r := range all {
+		if r.Protocol != RouteProtocol && r.Priority >= first && r.Priority < first+RulePriorities {
+			return fmt.Errorf("%w: %s rule at priority %d (protocol %d) is among nfsteer's priorities %d-%d; move it or choose another --rule-priority",
+				ErrForeignRule, f.name, r.Priority, r.Protocol, first, first+RulePriorities-1)
+		}
+	}
+	return nil
+}
+
+// syncRules makes nfsteer's ip rules of one family exactly those of want
+// that are of that family: stale rules go first, then missing ones are
+// added. Either order keeps every packet on its instance or on none,
+// never another's (see the tries' layout in routing.go).
+func syncRules(nlFam, fam int, want []IPRule) error {
+	ours, err := ourRules(nlFam)
+	if err != nil {
+		return err
+	}
+	have := map[IPRule]bool{}
+	for _, r := range ours {
+		have[fromNetlinkRule(fam, r)] = true
+	}
+	wanted := map[IPRule]bool{}
+	for _, w := range want {
+		if w.Family == fam {
+			wanted[w] = true
+		}
+	}
+	for _, h := range ours {
+		if r := fromNetlinkRule(fam, h); !wanted[r] {
+			if err := netlink.RuleDel(&h); err != nil {
+				return fmt.Errorf("deleting stale ip rule %v: %w", r, err)
 			}
 		}
-		for _, w := range wantRules {
-			if w.Family != fam {
-				continue
-			}
-			found := slices.ContainsFunc(haveRules, func(h netlink.Rule) bool { return fromNetlinkRule(fam, h) == w })
-			if found {
-				continue
-			}
-			if err := netlink.RuleAdd(toNetlinkRule(f.nlFam, w)); err != nil {
-				return fmt.Errorf("adding ip rule fwmark %#x/%#x to table %d: %w", w.Mark, w.Mask, w.Table, err)
-			}
+	}
+	for _, w := range want {
+		if w.Family != fam || have[w] {
+			continue
+		}
+		if err := netlink.RuleAdd(toNetlinkRule(nlFam, w)); err != nil {
+			return fmt.Errorf("adding ip rule %v: %w", w, err)
 		}
 	}
 	return nil
@@ -408,7 +451,7 @@ func (k *Linux) Show() ([]string, error) {
 			return nil, err
 		}
 		for _, r := range rules {
-			out = append(out, fmt.Sprintf("%s rule pref %d fwmark %#x/%#x lookup %d proto %d", f.name, r.Priority, r.Mark, *r.Mask, r.Table, r.Protocol))
+			out = append(out, fmt.Sprintf("%s rule %v proto %d", f.name, fromNetlinkRule(f.version(), r), r.Protocol))
 		}
 		routes, err := ourRoutes(f.nlFam)
 		if err != nil {
@@ -463,19 +506,40 @@ func toNetlinkRoute(r Route) *netlink.Route {
 func toNetlinkRule(fam int, r IPRule) *netlink.Rule {
 	nr := netlink.NewRule()
 	nr.Family = fam
-	nr.Mark = r.Mark
-	mask := r.Mask
-	nr.Mask = &mask
-	nr.Table = r.Table
 	nr.Priority = r.Priority
 	nr.Protocol = RouteProtocol
+	nr.Invert = r.Invert
+	if r.Mask != 0 {
+		nr.Mark = r.Mark
+		mask := r.Mask
+		nr.Mask = &mask
+	}
+	switch r.Action {
+	case Lookup:
+		nr.Table = r.Table
+	case Goto:
+		nr.Goto = r.Target
+	case Nop:
+		nr.Type = frActNop
+	}
 	return nr
 }
 
+// frActNop is the kernel's FR_ACT_NOP: a rule that does nothing.
+const frActNop = 3
+
 func fromNetlinkRule(fam int, r netlink.Rule) IPRule {
-	ir := IPRule{Family: fam, Mark: r.Mark, Table: r.Table, Priority: r.Priority}
+	ir := IPRule{Family: fam, Priority: r.Priority, Invert: r.Invert, Mark: r.Mark}
 	if r.Mask != nil {
 		ir.Mask = *r.Mask
+	}
+	switch {
+	case r.Goto >= 0:
+		ir.Action, ir.Target = Goto, r.Goto
+	case r.Type == frActNop:
+		ir.Action = Nop
+	default:
+		ir.Table = r.Table
 	}
 	return ir
 }

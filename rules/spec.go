@@ -131,6 +131,10 @@ func (s Spec) Validate() error {
 	if int(s.QueueBase)+2*s.Queues > 0xffff {
 		return fmt.Errorf("queue base %d: queues run past 65535", s.QueueBase)
 	}
+	if last := s.RulePriority + RulePriorities - 1; s.RulePriority < 1 || last > maxPriority {
+		return fmt.Errorf("rule priority %d: nfsteer's ip rules take %d priorities from it, which must end by %d (the main table's rule is at %d)",
+			s.RulePriority, RulePriorities, maxPriority, maxPriority+1)
+	}
 	for _, h := range s.Hops {
 		if h.ID == 0 || h.ID > MaxID {
 			return fmt.Errorf("instance %s: ID %d out of range 1-%d", h.Name, h.ID, MaxID)
@@ -282,46 +286,3 @@ func (s Spec) spoofRules(family int) []Rule {
 	return out
 }
 
-// Route is one default route of an instance's table.
-type Route struct {
-	Table int
-	Via   netip.Addr
-}
-
-// IPRule is one policy routing rule: packets whose mark&Mask == Mark look
-// up Table.
-type IPRule struct {
-	Family     int // 4 or 6
-	Mark, Mask uint32
-	Table      int
-	Priority   int
-}
-
-// Routing returns the ip rules and routes that send marked packets to their
-// instance: per instance and family, one route and two rules (one per mark
-// half). A packet carries both halves; each rule also matches the
-// direction bit (MarkReply), so a packet follows its own direction's half.
-func (s Spec) Routing() ([]IPRule, []Route) {
-	s = s.WithDefaults()
-	var rules []IPRule
-	var routes []Route
-	for _, h := range s.Hops {
-		t := s.Table(h.ID)
-		v := HalfValue(h.ID)
-		for _, a := range []netip.Addr{h.V4, h.V6} {
-			if !a.IsValid() {
-				continue
-			}
-			fam := 6
-			if a.Is4() {
-				fam = 4
-			}
-			routes = append(routes, Route{Table: t, Via: a})
-			rules = append(rules,
-				IPRule{Family: fam, Mark: SetHalf(0, false, v), Mask: OrigMask | MarkReply, Table: t, Priority: s.RulePriority},
-				IPRule{Family: fam, Mark: SetHalf(0, true, v) | MarkReply, Mask: ReplyMask | MarkReply, Table: t, Priority: s.RulePriority},
-			)
-		}
-	}
-	return rules, routes
-}

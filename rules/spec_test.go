@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -114,11 +116,31 @@ func TestQueueSet(t *testing.T) {
 func TestRouting(t *testing.T) {
 	s := Spec{Hops: []Hop{{ID: 3, Name: "fw-1", V4: netip.MustParseAddr("10.200.0.11"), V6: netip.MustParseAddr("fd00:200::11")}}}
 	rules, routes := s.Routing()
-	wantRules := []IPRule{
-		{Family: 4, Mark: 4, Mask: OrigMask | MarkReply, Table: 8003, Priority: 8000},
-		{Family: 4, Mark: 4<<12 | MarkReply, Mask: ReplyMask | MarkReply, Table: 8003, Priority: 8000},
-		{Family: 6, Mark: 4, Mask: OrigMask | MarkReply, Table: 8003, Priority: 8000},
-		{Family: 6, Mark: 4<<12 | MarkReply, Mask: ReplyMask | MarkReply, Table: 8003, Priority: 8000},
+	const (
+		p       = DefaultRulePriority
+		origEnd = p + 2 + trieSize
+		reply   = origEnd + 1
+		end     = reply + 1 + trieSize
+		// The leaf of half value 4 (0b0000_0000_0100) in preorder: 9
+		// left turns (1 each), a right turn at depth 9 (past a left
+		// subtree of 2^3-1 nodes: 8), 2 left turns.
+		leafOf4  = 9 + 8 + 2
+		notOrig  = OrigMask &^ 1
+		notReply = notOrig << 12
+	)
+	var wantRules []IPRule
+	for _, fam := range []int{4, 6} {
+		wantRules = append(wantRules,
+			IPRule{Family: fam, Priority: p, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: reply},
+			IPRule{Family: fam, Priority: p + 1, Mask: notOrig, Action: Goto, Target: end},
+			IPRule{Family: fam, Priority: p + 2, Invert: true, Mark: 4, Mask: OrigMask, Action: Goto, Target: end},
+			IPRule{Family: fam, Priority: p + 2 + leafOf4, Mark: 4, Mask: OrigMask | MarkReply, Table: 8003},
+			IPRule{Family: fam, Priority: origEnd, Action: Goto, Target: end},
+			IPRule{Family: fam, Priority: reply, Mask: notReply, Action: Goto, Target: end},
+			IPRule{Family: fam, Priority: reply + 1, Invert: true, Mark: 4 << 12, Mask: ReplyMask, Action: Goto, Target: end},
+			IPRule{Family: fam, Priority: reply + 1 + leafOf4, Mark: 4<<12 | MarkReply, Mask: ReplyMask | MarkReply, Table: 8003},
+			IPRule{Family: fam, Priority: end, Action: Nop},
+		)
 	}
 	wantRoutes := []Route{{8003, netip.MustParseAddr("10.200.0.11")}, {8003, netip.MustParseAddr("fd00:200::11")}}
 	if diff := cmp.Diff(wantRules, rules); diff != "" {
@@ -129,6 +151,110 @@ func TestRouting(t *testing.T) {
 	}
 }
 
+// walk looks a packet with mark up in rules, sorted by priority, the way
+// the kernel walks ip rules (a Goto to a priority no rule has is skipped),
+// and returns the table it ends in (0: none of nfsteer's) and how many
+// rules it met.
+func walk(rules []IPRule, mark uint32) (table, met int) {
+	for i := 0; i < len(rules); i++ {
+		r := rules[i]
+		met++
+		if (mark&r.Mask == r.Mark) == r.Invert {
+			continue
+		}
+		switch r.Action {
+		case Lookup:
+			return r.Table, met
+		case Goto:
+			j, ok := slices.BinarySearchFunc(rules, r.Target, func(x IPRule, p int) int { return x.Priority - p })
+			if ok && j > i {
+				i = j - 1
+			}
+		}
+	}
+	return 0, met
+}
+
+// TestRoutingTrie checks, for sets of instances of several sizes, that
+// every packet finds its own direction's instance, or none, and meets at
+// most two rules per bit of its half (plus the rules around the tries).
+func TestRoutingTrie(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{1, 2, 3, 4, 17, 300, MaxID} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			ids := rng.Perm(MaxID)[:n]
+			present := map[uint16]bool{}
+			var s Spec
+			for _, i := range ids {
+				id := uint16(i + 1)
+				present[id] = true
+				s.Hops = append(s.Hops, Hop{ID: id, V4: netip.AddrFrom4([4]byte{10, 0, byte(id >> 8), byte(id)})})
+			}
+			rules, _ := s.Routing()
+			slices.SortStableFunc(rules, func(a, b IPRule) int { return a.Priority - b.Priority })
+			table := func(id uint16) int {
+				if !present[id] {
+					return 0
+				}
+				return s.Table(id)
+			}
+			worst, total, walks := 0, 0, 0
+			check := func(mark uint32, want int) {
+				t.Helper()
+				got, met := walk(rules, mark)
+				worst, total, walks = max(worst, met), total+met, walks+1
+				if got != want {
+					t.Fatalf("mark %#x: table %d, want %d", mark, got, want)
+				}
+				if limit := 2*halfBits + 4; met > limit {
+					t.Fatalf("mark %#x met %d rules, want at most %d", mark, met, limit)
+				}
+			}
+			for _, probe := range append(slices.Clone(ids), 0, 1, 2, MaxID-1) {
+				id := uint16(probe + 1)
+				v, other := HalfValue(id), HalfValue(uint16(ids[0]+1))
+				check(SetHalf(SetHalf(0, false, v), true, other), table(id))
+				check(SetHalf(SetHalf(0, true, v), false, other)|MarkReply, table(id))
+			}
+			for _, v := range []uint32{0, MarkPass} {
+				check(SetHalf(SetHalf(0, false, v), true, 5), 0)
+				check(SetHalf(SetHalf(0, true, v), false, 5)|MarkReply, 0)
+			}
+			t.Logf("%d instances: %d rules per family; a packet met %.1f on average, %d at most", n, len(rules), float64(total)/float64(walks), worst)
+		})
+	}
+}
+
+// TestRoutingTrieChangesLocally: adding an instance replaces or adds only
+// the rules on its own path (at most one rule a level per direction), so
+// the other instances' rules keep their priorities and their packets are
+// steered throughout the change.
+func TestRoutingTrieChangesLocally(t *testing.T) {
+	var s Spec
+	for _, id := range []uint16{3, 9, 200, 201, 4000} {
+		s.Hops = append(s.Hops, Hop{ID: id, V4: netip.AddrFrom4([4]byte{10, 0, byte(id >> 8), byte(id)})})
+	}
+	before, _ := s.Routing()
+	s.Hops = append(s.Hops, Hop{ID: 202, V4: netip.MustParseAddr("10.0.0.202")})
+	after, _ := s.Routing()
+	prefs := map[int]bool{}
+	var added int
+	for _, r := range after {
+		if !slices.Contains(before, r) {
+			prefs[r.Priority] = true
+			added++
+		}
+	}
+	for _, r := range before {
+		if !slices.Contains(after, r) && !prefs[r.Priority] {
+			t.Errorf("adding an instance removed %v and put nothing in its place", r)
+		}
+	}
+	if added < 2 || added > 2*2*(halfBits+1) {
+		t.Errorf("adding an instance changed %d rules; want its leaves and at most two rules a level in each direction", added)
+	}
+}
+
 func TestSpecValidate(t *testing.T) {
 	for _, s := range []Spec{
 		{Queues: 65},
@@ -136,6 +262,7 @@ func TestSpecValidate(t *testing.T) {
 		{Hops: []Hop{{ID: 0, Name: "x"}}},
 		{Hops: []Hop{{ID: MaxID + 1, Name: "x"}}},
 		{Outer: []string{"a very long interface name"}},
+		{RulePriority: 20000},
 	} {
 		if err := s.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil, want an error", s)

@@ -71,7 +71,7 @@ func TestRulesOwnership(t *testing.T) {
 		{"iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "eth0", "-j", "MARK", "--set-xmark", "0x1000000/0xff000000"},
 		{"ip6tables", "-t", "mangle", "-N", "SOMEONE-ELSE"},
 		{"iptables", "-t", "filter", "-A", "FORWARD", "-j", "ACCEPT"},
-		{"ip", "rule", "add", "pref", "8000", "fwmark", "0x5", "lookup", "8005"},
+		{"ip", "rule", "add", "pref", "7999", "fwmark", "0x5", "lookup", "8005"},
 		{"ip", "route", "add", "default", "via", "10.200.0.1", "table", "8005"},
 		{"ip", "-6", "rule", "add", "pref", "100", "from", "fd00:200::/64", "lookup", "main"},
 	}
@@ -139,6 +139,28 @@ func TestRulesOwnership(t *testing.T) {
 			}
 		})
 	}
+	// Packets walk nfsteer's ip rules by priority: someone else's rule
+	// among them is refused before anything is installed.
+	t.Run("a foreign ip rule among nfsteer's priorities", func(t *testing.T) {
+		if err := l.Run("dlp-1", "ip", "rule", "add", "pref", "9000", "fwmark", "0x5", "lookup", "8005"); err != nil {
+			t.Fatal(err)
+		}
+		before := snapshot(t, l, "dlp-1")
+		out, err := l.Nfsteer("dlp-1", "rules", "install", "--node", "dlp-1", "--map", l.MapFile)
+		if err == nil || !strings.Contains(err.Error(), "IPv4 rule at priority 9000 (protocol 0) is among nfsteer's priorities 8000-24386") {
+			t.Errorf("install with a foreign rule at priority 9000: %v\n%s\nwant an error naming the rule", err, out)
+		}
+		if diff := cmp.Diff(before, snapshot(t, l, "dlp-1")); diff != "" {
+			t.Errorf("a refused install changed the state (-before +after):\n%s", diff)
+		}
+		if out, err := l.Nfsteer("dlp-1", "rules", "install", "--node", "dlp-1", "--map", l.MapFile, "--rule-priority", "9001"); err != nil {
+			t.Errorf("install after the foreign rule (--rule-priority 9001): %v\n%s", err, out)
+		}
+		nfsteer(t, l, "dlp-1", "rules", "remove")
+		if diff := cmp.Diff(before, snapshot(t, l, "dlp-1")); diff != "" {
+			t.Errorf("after remove (-before +after):\n%s", diff)
+		}
+	})
 }
 
 // TestAgentStopsCleanlyOnSIGTERM: the agent exits 0 on SIGTERM. By default
