@@ -285,4 +285,3 @@ func (s Spec) spoofRules(family int) []Rule {
 	}
 	return out
 }
-
