@@ -6,8 +6,10 @@
 //
 // Everything nfsteer installs is recognisable and nothing else is touched:
 // the chains are called NFSTEER-*, the jumps to them carry the comment
-// "nfsteer", and ip rules and routes carry route protocol 110 ("nfsteer")
-// in tables TableBase+ID. [Kernel.Apply] is idempotent; [Kernel.Remove]
+// "nfsteer", and ip rules and routes carry route protocol 110 ("nfsteer"):
+// the routes in tables TableBase+ID, the rules at the RulePriorities
+// priorities from RulePriority, where the tries that pick a table from the
+// mark lie (see routing.go). [Kernel.Apply] is idempotent; [Kernel.Remove]
 // takes away exactly that, leaving iptables-save, ip6tables-save, ip rule
 // and ip route as they were before the first Apply.
 //

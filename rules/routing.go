@@ -100,6 +100,9 @@ const (
 	RulePriorities = 2 + trieSize + 1 + 1 + trieSize + 1
 	// maxPriority is the last priority before the main table's rule.
 	maxPriority = 32765
+	// MaxRulePriority is the highest first priority that leaves room for
+	// nfsteer's rules before the main table's.
+	MaxRulePriority = maxPriority - RulePriorities + 1
 )
 
 // Routing returns the ip rules and routes that send marked packets to their

@@ -149,17 +149,29 @@ type batch struct {
 	service   string
 	ttl       time.Duration
 	nowMS     int64
-	deadline  float64 // of index entries, Unix ms
+	deadline  any // of index entries: a float64 of Unix ms, boxed once
 	creates   []createCmd
 	refreshes []*redis.BoolCmd
+	// ttlArg, nowArg and stField are arguments of most commands, boxed
+	// once per batch: go-redis's typed helpers (SetArgs, PExpire, HSet)
+	// box and format every argument of every call.
+	ttlArg, nowArg, stField any
+}
+
+// pexpire queues PEXPIRE key ttl.
+func (b *batch) pexpire(key any) *redis.BoolCmd {
+	c := redis.NewBoolCmd(b.ctx, "pexpire", key, b.ttlArg)
+	_ = b.pipe.Process(b.ctx, c) // a pipeline only queues: no error here
+	return c
 }
 
 func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	now := time.Now()
 	b := &batch{
 		ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
-		nowMS: now.UnixMilli(), deadline: float64(now.Add(w.TTL).UnixMilli()),
+		nowMS: now.UnixMilli(), deadline: any(float64(now.Add(w.TTL).UnixMilli())),
 		creates: make([]createCmd, len(ops)), refreshes: make([]*redis.BoolCmd, len(ops)),
+		ttlArg: w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
 	}
 	for i := range ops {
 		b.queue(i, &ops[i])
@@ -190,34 +202,34 @@ func (b *batch) queue(i int, op *sessions.Named) {
 	if len(h) == 0 {
 		return // the tenant is gone from the map: nothing to name
 	}
-	key, stKey := sessionKey(rec.Flow), stateKey(rec.Flow)
+	keyS, stKeyS := sessionKey(rec.Flow), stateKey(rec.Flow)
+	var key, stKey any = keyS, stKeyS // boxed once for every command that names them
 	writeState := func() {
 		if b.service != "" {
-			pipe.HSet(ctx, stKey, "st:"+b.service, op.State, "updated", b.nowMS)
+			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hset", stKey, b.stField, op.State, "updated", b.nowArg))
 		}
 	}
 	switch op.Kind {
 	case sessions.OpCreate, sessions.OpCreateState:
 		m, _ := json.Marshal(metaOf(rec))
-		b.creates[i] = createCmd{
-			first: pipe.SetArgs(ctx, key, m, redis.SetArgs{Mode: "NX", Get: true, TTL: b.ttl}),
-			hops:  m[bytes.LastIndex(m, []byte(`,"hops":`)):],
-		}
+		first := redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg, "nx", "get")
+		_ = pipe.Process(ctx, first)
+		b.creates[i] = createCmd{first: first, hops: m[bytes.LastIndex(m, []byte(`,"hops":`)):]}
 		if op.Kind == sessions.OpCreateState && b.service != "" {
 			writeState()
-			pipe.PExpire(ctx, stKey, b.ttl)
+			b.pexpire(stKey)
 		}
 		if op.Kind == sessions.OpCreate {
 			b.idx.add(rec.Flow, h, b.deadline)
 		}
 	case sessions.OpState:
 		writeState()
-		pipe.PExpire(ctx, key, b.ttl)
-		pipe.PExpire(ctx, stKey, b.ttl)
+		b.pexpire(key)
+		b.pexpire(stKey)
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpRefresh:
-		b.refreshes[i] = pipe.PExpire(ctx, key, b.ttl)
-		pipe.PExpire(ctx, stKey, b.ttl)
+		b.refreshes[i] = b.pexpire(key)
+		b.pexpire(stKey)
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpTakeover:
 		hop := op.Hop
@@ -226,16 +238,16 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		}
 		// This node (now pinned at hop) replaces op.From, unless Redis
 		// says a third instance got there first.
-		takeoverScript.EvalSha(ctx, pipe, []string{key, stKey}, hop, op.From, h[hop].Primary, h[hop].Secondary, b.ttl.Milliseconds(), b.nowMS)
+		takeoverScript.EvalSha(ctx, pipe, []string{keyS, stKeyS}, hop, op.From, h[hop].Primary, h[hop].Secondary, b.ttl.Milliseconds(), b.nowMS)
 		if b.service != "" {
-			pipe.HSet(ctx, stKey, "st:"+b.service, op.State)
+			pipe.HSet(ctx, stKeyS, "st:"+b.service, op.State)
 		}
 		b.idx.flush(ctx, pipe) // what was added before goes before the removal
 		pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), rec.Flow)
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpDelete:
 		b.idx.flush(ctx, pipe)
-		pipe.Del(ctx, key, stKey)
+		pipe.Del(ctx, keyS, stKeyS)
 		for _, e := range indexEntries(h) {
 			pipe.ZRem(ctx, indexKey(e.instance, e.role), rec.Flow)
 		}
@@ -369,12 +381,15 @@ type indexEntry struct {
 	flow string
 }
 
-// indexBatch gathers index entries by instance and role; the index's key
-// is named once per batch, at flush.
-type indexBatch map[roleEntry][]redis.Z
+// indexBatch gathers index entries by instance and role, each as the
+// arguments of its ZADD: two slots for the command and the index's key
+// (named once per batch, at flush), then score and member pairs, the
+// score (the batch's deadline) boxed once for all of them.
+type indexBatch map[roleEntry][]any
 
-// add indexes flow under every instance and role of h until deadline.
-func (b indexBatch) add(flow string, h []sessions.Hop, deadline float64) {
+// add indexes flow under every instance and role of h until deadline (a
+// float64 of Unix milliseconds).
+func (b indexBatch) add(flow string, h []sessions.Hop, deadline any) {
 	var member any = flow // boxed once, not once per entry
 	for _, x := range h {
 		b.addMember(roleEntry{x.Primary, RolePrimary}, member, deadline)
@@ -384,14 +399,19 @@ func (b indexBatch) add(flow string, h []sessions.Hop, deadline float64) {
 	}
 }
 
-func (b indexBatch) addMember(e roleEntry, member any, deadline float64) {
-	b[e] = append(b[e], redis.Z{Score: deadline, Member: member})
+func (b indexBatch) addMember(e roleEntry, member, deadline any) {
+	args, ok := b[e]
+	if !ok {
+		args = make([]any, 2, 16)
+	}
+	b[e] = append(args, deadline, member)
 }
 
 // flush queues what b holds on pipe, one ZADD per index, and empties b.
 func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner) {
-	for e, zs := range b {
-		pipe.ZAdd(ctx, indexKey(e.instance, e.role), zs...)
+	for e, args := range b {
+		args[0], args[1] = "zadd", indexKey(e.instance, e.role)
+		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...)) // a pipeline only queues
 		delete(b, e)
 	}
 }

@@ -189,7 +189,7 @@ func nodeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "overload", Value: "drop", Usage: "with a queue full, new flows are dropped (`drop`: TCP retries them) or pass around their chain, counted (bypass: availability over inspection)", EnvVars: []string{"NFSTEER_OVERLOAD"}},
 		&cli.UintFlag{Name: "queue-base", Value: rules.DefaultQueueBase, Usage: "first NFQUEUE number"},
 		&cli.IntFlag{Name: "table-base", Value: rules.DefaultTableBase, Usage: "routing table of instance ID n is this plus n"},
-		&cli.IntFlag{Name: "rule-priority", Value: rules.DefaultRulePriority, Usage: "priority of nfsteer's ip rules"},
+		&cli.IntFlag{Name: "rule-priority", Value: rules.DefaultRulePriority, Usage: "first of the priorities nfsteer's ip rules take (16,387 of them, before the main table's rule at 32766)"},
 	}
 }
 
@@ -222,7 +222,7 @@ func specFromFlags(c *cli.Context) (rules.Spec, error) {
 		{"queues", c.Int("queues"), 0, 1024},
 		{"queue-base", int(c.Uint("queue-base")), 0, 0xffff - 2*1024},
 		{"table-base", c.Int("table-base"), 1, 1<<31 - 1 - rules.MaxID},
-		{"rule-priority", c.Int("rule-priority"), 1, 32765},
+		{"rule-priority", c.Int("rule-priority"), 1, rules.MaxRulePriority},
 	} {
 		if r.v < r.lo || r.v > r.hi {
 			return s, settingError(c, r.name, fmt.Sprintf("%d: want %d to %d", r.v, r.lo, r.hi))
