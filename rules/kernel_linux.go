@@ -118,7 +118,7 @@ func (k *Linux) Apply(s Spec) error {
 		return nil
 	}
 	k.appliedRules, k.appliedRoutes = nil, nil
-	if err := k.applyRouting(s, wantRules, wantRoutes); err != nil {
+	if err := k.applyRouting(wantRules, wantRoutes); err != nil {
 		return err
 	}
 	k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
@@ -228,7 +228,7 @@ func (f family) pristine() (bool, error) {
 // policy, as iptables-save prints it.
 var builtin = regexp.MustCompile(`^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT( \[\d+:\d+\])?$`)
 
-func (k *Linux) applyRouting(s Spec, wantRules []IPRule, wantRoutes []Route) error {
+func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 	for _, r := range wantRoutes {
 		nr := toNetlinkRoute(r)
 		if err := netlink.RouteReplace(nr); err != nil {
