@@ -38,12 +38,13 @@ func iperf(b *testing.B, l *lab.Lab, port int, seconds int) float64 {
 	return 0
 }
 
-func iperfOnce(l *lab.Lab, port, seconds int) (float64, string, error) {
+// iperfServer starts a one-test iperf3 server on port in the server's
+// namespace and returns once it listens; stop kills it.
+func iperfServer(l *lab.Lab, port int) (stop func(), err error) {
 	srv := exec.Command("ip", "netns", "exec", l.NS("srv"), "iperf3", "-s", "-1", "-p", fmt.Sprint(port))
 	if err := srv.Start(); err != nil {
-		return 0, "", err
+		return nil, err
 	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
 	// Wait until the server listens, from outside: ss in its namespace.
 	for i := 0; i < 100; i++ {
 		out, _ := l.Output("srv", "ss", "-Htln", fmt.Sprintf("sport = :%d", port))
@@ -52,6 +53,15 @@ func iperfOnce(l *lab.Lab, port, seconds int) (float64, string, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return func() { srv.Process.Kill(); srv.Wait() }, nil
+}
+
+func iperfOnce(l *lab.Lab, port, seconds int) (float64, string, error) {
+	stop, err := iperfServer(l, port)
+	if err != nil {
+		return 0, "", err
+	}
+	defer stop()
 	out, err := l.Output("cg", "iperf3", "-c", lab.Server, "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J")
 	var r struct {
 		Error string `json:"error"`

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
@@ -138,17 +137,11 @@ func BenchmarkManyInstances(b *testing.B) {
 // globex client to the server for seconds and returns the datagrams per
 // second that arrived.
 func udpRate(l *lab.Lab, port, seconds int) (float64, string, error) {
-	srv := exec.Command("ip", "netns", "exec", l.NS("srv"), "iperf3", "-s", "-1", "-p", fmt.Sprint(port))
-	if err := srv.Start(); err != nil {
+	stop, err := iperfServer(l, port)
+	if err != nil {
 		return 0, "", err
 	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	for i := 0; i < 100; i++ {
-		if out, _ := l.Output("srv", "ss", "-Htln", fmt.Sprintf("sport = :%d", port)); strings.TrimSpace(out) != "" {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	defer stop()
 	out, err := l.Output("cg", "iperf3", "-c", lab.Server, "-p", fmt.Sprint(port), "-u", "-b", "0", "-l", "64", "-t", fmt.Sprint(seconds), "-J")
 	if err != nil {
 		return 0, out, err
