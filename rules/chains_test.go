@@ -107,9 +107,9 @@ func (f *fakeIPTables) DeleteById(_, chain string, id int) error {
 // second sync with nothing changed writes nothing.
 func TestSyncChains(t *testing.T) {
 	jump := func(in string) Rule {
-		return Rule{Chain: "PREROUTING", Args: []string{"-i", in, "-m", "comment", "--comment", "nfsteer", "-j", chainPre}}
+		return Rule{Chain: "PREROUTING", Args: []string{"-i", in, "-j", chainPre}}
 	}
-	post := Rule{Chain: "POSTROUTING", Args: []string{"-m", "comment", "--comment", "nfsteer", "-j", chainPost}}
+	post := Rule{Chain: "POSTROUTING", Args: []string{"-j", chainPost}}
 	own := []Rule{
 		{Chain: chainPre, Args: []string{"-j", "CONNMARK", "--restore-mark"}},
 		{Chain: chainPre, Args: []string{"-m", "mark", "--mark", "0", "-j", "NFQUEUE", "--queue-num", "0"}},
@@ -138,6 +138,22 @@ func TestSyncChains(t *testing.T) {
 				"PREROUTING":  {foreign, strings.Join(jump("old0").Args, " ")},
 				"POSTROUTING": nil,
 				chainPre:      {"-j CONNMARK --restore-mark", "-j NFQUEUE --queue-num 7"},
+				chainPost:     {"-j CONNMARK --save-mark"},
+			},
+			jumps: []Rule{jump("ca0"), post},
+			want: map[string][]string{
+				"PREROUTING":  {strings.Join(jump("ca0").Args, " "), foreign},
+				"POSTROUTING": {strings.Join(post.Args, " ")},
+				chainPre:      {"-j CONNMARK --restore-mark", "-m mark --mark 0 -j NFQUEUE --queue-num 0"},
+				chainPost:     {"-j CONNMARK --save-mark"},
+			},
+		},
+		{
+			name: "an earlier version's jumps, with a comment, replaced",
+			start: map[string][]string{
+				"PREROUTING":  {"-i ca0 -m comment --comment nfsteer -j NFSTEER-PRE", foreign},
+				"POSTROUTING": {"-m comment --comment nfsteer -j NFSTEER-POST"},
+				chainPre:      {"-j CONNMARK --restore-mark", "-m mark --mark 0 -j NFQUEUE --queue-num 0"},
 				chainPost:     {"-j CONNMARK --save-mark"},
 			},
 			jumps: []Rule{jump("ca0"), post},
@@ -219,9 +235,8 @@ func TestCountIn(t *testing.T) {
 // jump to the anti-spoofing chain ahead of the steering jumps already
 // there, and unbinding removes the jump and the chain.
 func TestSyncChainsSpoofFirst(t *testing.T) {
-	tag := []string{"-m", "comment", "--comment", "nfsteer"}
-	pre := Rule{Chain: "PREROUTING", Args: append([]string{"-i", "ca0"}, append(tag, "-j", chainPre)...)}
-	spoof := Rule{Chain: "PREROUTING", Args: append(slices.Clone(tag), "-j", chainSpoof)}
+	pre := Rule{Chain: "PREROUTING", Args: []string{"-i", "ca0", "-j", chainPre}}
+	spoof := Rule{Chain: "PREROUTING", Args: []string{"-m", "addrtype", "--dst-type", "UNICAST", "-j", chainSpoof}}
 	steer := []Rule{{Chain: chainPre, Args: []string{"-j", "CONNMARK", "--restore-mark"}}}
 	bound := append(slices.Clone(steer), Rule{Chain: chainSpoof, Args: []string{"-i", "ca0", "-m", "comment", "--comment", SpoofComment, "-j", "DROP"}})
 	f := newFakeIPTables()

@@ -5,8 +5,8 @@
 // the flow to its instance without leaving the kernel.
 //
 // Everything nfsteer installs is recognisable and nothing else is touched:
-// the chains are called NFSTEER-*, the jumps to them carry the comment
-// "nfsteer", and ip rules and routes carry route protocol 110 ("nfsteer"):
+// the chains are called NFSTEER-*, the jumps to them are known by their
+// targets, and ip rules and routes carry route protocol 110 ("nfsteer"):
 // the routes in tables TableBase+ID, the rules at the RulePriorities
 // priorities from RulePriority, where the tries that pick a table from the
 // mark lie (see routing.go). [Kernel.Apply] is idempotent; [Kernel.Remove]

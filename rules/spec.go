@@ -20,8 +20,6 @@ const (
 	DefaultRulePriority = 8000
 	// RouteProtocol tags nfsteer's ip rules and routes ("proto 110").
 	RouteProtocol = 110
-	// Comment tags the jumps nfsteer adds to built-in chains.
-	Comment = "nfsteer"
 	// UnsteeredComment tags the rule whose counters count new flows
 	// forwarded without a steering decision (see [Spec.IPTablesRules]).
 	UnsteeredComment = "nfsteer-unsteered"
@@ -175,23 +173,24 @@ func (r Rule) String() string { return "-A " + r.Chain + " " + strings.Join(r.Ar
 func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	s = s.WithDefaults()
 	hex := func(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }
-	tag := []string{"-m", "comment", "--comment", Comment}
+	// The jumps carry no comment: they are nfsteer's by their targets
+	// (NFSTEER-*), and a comment is one more match on every packet.
 	if len(s.Ingress) > 0 {
 		// Only what the gateway would forward: traffic to the gateway
 		// itself (neighbour discovery from link-local sources, its own
 		// management) and multicast are not a tenant's.
 		jumps = append(jumps, Rule{"PREROUTING", append([]string{"-m", "addrtype", "--dst-type", "UNICAST", "-m", "addrtype", "!", "--dst-type", "LOCAL"},
-			append(slices.Clone(tag), "-j", chainSpoof)...)})
+			"-j", chainSpoof)})
 		own = append(own, s.spoofRules(family)...)
 	}
 	steered := s.steered()
 	if len(steered) == 0 {
-		jumps = append(jumps, Rule{"PREROUTING", append(slices.Clone(tag), "-j", chainPre)})
+		jumps = append(jumps, Rule{"PREROUTING", []string{"-j", chainPre}})
 	}
 	for _, o := range steered {
-		jumps = append(jumps, Rule{"PREROUTING", append([]string{"-i", o}, append(slices.Clone(tag), "-j", chainPre)...)})
+		jumps = append(jumps, Rule{"PREROUTING", []string{"-i", o, "-j", chainPre}})
 	}
-	jumps = append(jumps, Rule{"POSTROUTING", append(tag, "-j", chainPost)})
+	jumps = append(jumps, Rule{"POSTROUTING", []string{"-j", chainPost}})
 
 	queue := func(first uint16) []string {
 		a := []string{"-j", "NFQUEUE"}

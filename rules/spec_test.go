@@ -33,9 +33,9 @@ func TestIPTablesRules(t *testing.T) {
 		got = append(got, r.String())
 	}
 	want := []string{
-		"-A PREROUTING -i ca0 -m comment --comment nfsteer -j NFSTEER-PRE",
-		"-A PREROUTING -i srv0 -m comment --comment nfsteer -j NFSTEER-PRE",
-		"-A POSTROUTING -m comment --comment nfsteer -j NFSTEER-POST",
+		"-A PREROUTING -i ca0 -j NFSTEER-PRE",
+		"-A PREROUTING -i srv0 -j NFSTEER-PRE",
+		"-A POSTROUTING -j NFSTEER-POST",
 		"-A NFSTEER-PRE -m connmark ! --mark 0x0/0xffffff -j CONNMARK --restore-mark --nfmask 0xffffff --ctmask 0xffffff",
 		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j MARK --or-mark 0x1000000",
 		"-A NFSTEER-PRE -m mark --mark 0x0/0x1000fff -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4200:4201 --queue-cpu-fanout",
@@ -64,12 +64,12 @@ func TestSpoofRules(t *testing.T) {
 	}}
 	// The same jumps in both families, the spoof jump first.
 	wantJumps := []string{
-		"-A PREROUTING -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -m comment --comment nfsteer -j NFSTEER-SPOOF",
-		"-A PREROUTING -i cx0 -m comment --comment nfsteer -j NFSTEER-PRE",
-		"-A PREROUTING -i srv0 -m comment --comment nfsteer -j NFSTEER-PRE",
-		"-A PREROUTING -i ca0 -m comment --comment nfsteer -j NFSTEER-PRE",
-		"-A PREROUTING -i cg0 -m comment --comment nfsteer -j NFSTEER-PRE",
-		"-A POSTROUTING -m comment --comment nfsteer -j NFSTEER-POST",
+		"-A PREROUTING -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
+		"-A PREROUTING -i cx0 -j NFSTEER-PRE",
+		"-A PREROUTING -i srv0 -j NFSTEER-PRE",
+		"-A PREROUTING -i ca0 -j NFSTEER-PRE",
+		"-A PREROUTING -i cg0 -j NFSTEER-PRE",
+		"-A POSTROUTING -j NFSTEER-POST",
 	}
 	for _, tc := range []struct {
 		family int
