@@ -175,15 +175,18 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	hex := func(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }
 	// The jumps carry no comment: they are nfsteer's by their targets
 	// (NFSTEER-*), and a comment is one more match on every packet.
+	steered := s.steered()
 	if len(s.Ingress) > 0 {
-		// Only what the gateway would forward: traffic to the gateway
-		// itself (neighbour discovery from link-local sources, its own
-		// management) and multicast are not a tenant's.
-		jumps = append(jumps, Rule{"PREROUTING", append([]string{"-m", "addrtype", "--dst-type", "UNICAST", "-m", "addrtype", "!", "--dst-type", "LOCAL"},
-			"-j", chainSpoof)})
+		// From the steered interfaces only (the chain hands traffic back
+		// on the service interface, which need not pay for the check),
+		// and only what the gateway would forward: traffic to the
+		// gateway itself (neighbour discovery from link-local sources,
+		// its own management) and multicast are not a tenant's.
+		for _, o := range steered {
+			jumps = append(jumps, Rule{"PREROUTING", []string{"-i", o, "-m", "addrtype", "--dst-type", "UNICAST", "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", chainSpoof}})
+		}
 		own = append(own, s.spoofRules(family)...)
 	}
-	steered := s.steered()
 	if len(steered) == 0 {
 		jumps = append(jumps, Rule{"PREROUTING", []string{"-j", chainPre}})
 	}

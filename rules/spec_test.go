@@ -62,9 +62,12 @@ func TestSpoofRules(t *testing.T) {
 		{Tenant: "acme", Ifaces: []string{"ca0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24"), netip.MustParsePrefix("fd00:10::/64")}},
 		{Tenant: "globex", Ifaces: []string{"cg0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.20.1.0/24")}},
 	}}
-	// The same jumps in both families, the spoof jump first.
+	// The same jumps in both families, the spoof jumps first.
 	wantJumps := []string{
-		"-A PREROUTING -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
+		"-A PREROUTING -i cx0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
+		"-A PREROUTING -i srv0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
+		"-A PREROUTING -i ca0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
+		"-A PREROUTING -i cg0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
 		"-A PREROUTING -i cx0 -j NFSTEER-PRE",
 		"-A PREROUTING -i srv0 -j NFSTEER-PRE",
 		"-A PREROUTING -i ca0 -j NFSTEER-PRE",
