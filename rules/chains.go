@@ -50,9 +50,11 @@ func countIn(lines []string, comment string) (uint64, error) {
 
 // syncChains makes nfsteer's own chains hold exactly own, then the
 // built-in chains jump to them exactly as jumps say. Jumps go last, so
-// packets never reach a half-built chain; stale jumps (an interface no
-// longer outer) go before new ones are added. It is idempotent: when
-// everything is in place it only reads.
+// packets never reach a half-built chain; new jumps go in before stale
+// ones (an interface no longer outer, an earlier version's form) come
+// out, so a jump being replaced leaves no moment without one. A packet
+// meeting both takes the chain twice, which changes nothing. It is
+// idempotent: when everything is in place it only reads.
 func syncChains(ipt chains, jumps, own []Rule) error {
 	for _, c := range ownChains {
 		rules := argsOf(own, c)
@@ -65,9 +67,6 @@ func syncChains(ipt chains, jumps, own []Rule) error {
 	}
 	for _, builtin := range []string{"PREROUTING", "POSTROUTING"} {
 		want := argsOf(jumps, builtin)
-		if err := deleteJumps(ipt, builtin, want); err != nil {
-			return err
-		}
 		// The jumps are the chain's first rules, in want's order: a
 		// missing one goes in after those before it, so a jump to the
 		// anti-spoofing chain stays ahead of the steering jumps.
@@ -83,6 +82,9 @@ func syncChains(ipt chains, jumps, own []Rule) error {
 				}
 			}
 			at++
+		}
+		if err := deleteJumps(ipt, builtin, want); err != nil {
+			return err
 		}
 	}
 	// Chains with no rules go once nothing jumps to them any more (the

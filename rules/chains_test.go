@@ -15,6 +15,16 @@ import (
 type fakeIPTables struct {
 	chains map[string][]string // chain -> rules, each its arguments joined by spaces
 	writes int
+	// afterWrite, if set, is called after every write: a test checks
+	// what packets would meet at each step.
+	afterWrite func()
+}
+
+func (f *fakeIPTables) wrote() {
+	f.writes++
+	if f.afterWrite != nil {
+		f.afterWrite()
+	}
 }
 
 var _ chains = (*fakeIPTables)(nil)
@@ -34,14 +44,14 @@ func (f *fakeIPTables) NewChain(_, chain string) error {
 	if _, ok := f.chains[chain]; ok {
 		return fmt.Errorf("chain %s already exists", chain)
 	}
-	f.writes++
 	f.chains[chain] = nil
+	f.wrote()
 	return nil
 }
 
 func (f *fakeIPTables) ClearChain(_, chain string) error {
-	f.writes++
 	f.chains[chain] = nil
+	f.wrote()
 	return nil
 }
 
@@ -49,14 +59,14 @@ func (f *fakeIPTables) DeleteChain(_, chain string) error {
 	if len(f.chains[chain]) > 0 {
 		return fmt.Errorf("chain %s is not empty", chain)
 	}
-	f.writes++
 	delete(f.chains, chain)
+	f.wrote()
 	return nil
 }
 
 func (f *fakeIPTables) ClearAndDeleteChain(_, chain string) error {
-	f.writes++
 	delete(f.chains, chain)
+	f.wrote()
 	return nil
 }
 
@@ -81,14 +91,14 @@ func (f *fakeIPTables) Exists(_, chain string, spec ...string) (bool, error) {
 }
 
 func (f *fakeIPTables) Insert(_, chain string, pos int, spec ...string) error {
-	f.writes++
 	f.chains[chain] = slices.Insert(f.chains[chain], pos-1, strings.Join(spec, " "))
+	f.wrote()
 	return nil
 }
 
 func (f *fakeIPTables) Append(_, chain string, spec ...string) error {
-	f.writes++
 	f.chains[chain] = append(f.chains[chain], strings.Join(spec, " "))
+	f.wrote()
 	return nil
 }
 
@@ -97,8 +107,8 @@ func (f *fakeIPTables) DeleteById(_, chain string, id int) error {
 	if id < 1 || id > len(rs) {
 		return fmt.Errorf("no rule %d in %s", id, chain)
 	}
-	f.writes++
 	f.chains[chain] = slices.Delete(rs, id-1, id)
+	f.wrote()
 	return nil
 }
 
@@ -184,6 +194,54 @@ func TestSyncChains(t *testing.T) {
 				t.Errorf("a second sync of the same spec wrote %d times; want none (a rewrite opens a window with an empty chain)", f.writes)
 			}
 		})
+	}
+}
+
+// TestSyncChainsReplacesJumpsWithoutAGap: replacing an earlier version's
+// jumps (with a comment) by today's, at no step of the sync is a steered
+// interface or POSTROUTING left without a jump to nfsteer's chain, which
+// would let its packets past the chain unsteered.
+func TestSyncChainsReplacesJumpsWithoutAGap(t *testing.T) {
+	own := []Rule{
+		{Chain: chainPre, Args: []string{"-j", "CONNMARK", "--restore-mark"}},
+		{Chain: chainPost, Args: []string{"-j", "CONNMARK", "--save-mark"}},
+	}
+	f := newFakeIPTables()
+	f.chains["PREROUTING"] = []string{"-i ca0 -m comment --comment nfsteer -j NFSTEER-PRE", "-i srv0 -m comment --comment nfsteer -j NFSTEER-PRE"}
+	f.chains["POSTROUTING"] = []string{"-m comment --comment nfsteer -j NFSTEER-POST"}
+	f.chains[chainPre] = []string{"-j CONNMARK --restore-mark"}
+	f.chains[chainPost] = []string{"-j CONNMARK --save-mark"}
+	jumped := func(chain, in, to string) bool {
+		return slices.ContainsFunc(f.chains[chain], func(r string) bool {
+			return strings.HasPrefix(r, in) && strings.HasSuffix(r, "-j "+to)
+		})
+	}
+	step := 0
+	f.afterWrite = func() {
+		step++
+		for _, in := range []string{"-i ca0", "-i srv0"} {
+			if !jumped("PREROUTING", in, chainPre) {
+				t.Errorf("after write %d, PREROUTING has no jump for %s: %q", step, in, f.chains["PREROUTING"])
+			}
+		}
+		if !jumped("POSTROUTING", "", chainPost) {
+			t.Errorf("after write %d, POSTROUTING has no jump: %q", step, f.chains["POSTROUTING"])
+		}
+	}
+	jumps := []Rule{
+		{Chain: "PREROUTING", Args: []string{"-i", "ca0", "-j", chainPre}},
+		{Chain: "PREROUTING", Args: []string{"-i", "srv0", "-j", chainPre}},
+		{Chain: "POSTROUTING", Args: []string{"-j", chainPost}},
+	}
+	if err := syncChains(f, jumps, own); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"-i ca0 -j NFSTEER-PRE", "-i srv0 -j NFSTEER-PRE"}
+	if diff := cmp.Diff(want, f.chains["PREROUTING"]); diff != "" {
+		t.Errorf("PREROUTING after the sync (-want +got):\n%s", diff)
+	}
+	if step == 0 {
+		t.Error("the sync wrote nothing: the test proves nothing")
 	}
 }
 

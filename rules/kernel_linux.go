@@ -277,9 +277,12 @@ func (f family) checkPriorities(first int) error {
 }
 
 // syncRules makes nfsteer's ip rules of one family exactly those of want
-// that are of that family: stale rules go first, then missing ones are
-// added. Either order keeps every packet on its instance or on none,
-// never another's (see the tries' layout in routing.go).
+// that are of that family: missing ones are added first, then stale ones
+// go. At every step a packet finds its instance's table or none, never
+// another's (see the tries' layout in routing.go), and adding first
+// leaves no moment in which an instance's flows have no rule at all: an
+// upgrade from one rule per instance keeps the old rules, met first at
+// their priority, until the tries are complete.
 func syncRules(nlFam, fam int, want []IPRule) error {
 	ours, err := ourRules(nlFam)
 	if err != nil {
@@ -295,19 +298,19 @@ func syncRules(nlFam, fam int, want []IPRule) error {
 			wanted[w] = true
 		}
 	}
-	for _, h := range ours {
-		if r := fromNetlinkRule(fam, h); !wanted[r] {
-			if err := netlink.RuleDel(&h); err != nil {
-				return fmt.Errorf("deleting stale ip rule %v: %w", r, err)
-			}
-		}
-	}
 	for _, w := range want {
 		if w.Family != fam || have[w] {
 			continue
 		}
 		if err := netlink.RuleAdd(toNetlinkRule(nlFam, w)); err != nil {
 			return fmt.Errorf("adding ip rule %v: %w", w, err)
+		}
+	}
+	for _, h := range ours {
+		if r := fromNetlinkRule(fam, h); !wanted[r] {
+			if err := netlink.RuleDel(&h); err != nil {
+				return fmt.Errorf("deleting stale ip rule %v: %w", r, err)
+			}
 		}
 	}
 	return nil
@@ -536,7 +539,10 @@ func fromNetlinkRule(fam int, r netlink.Rule) IPRule {
 	switch {
 	case r.Goto >= 0:
 		ir.Action, ir.Target = Goto, r.Goto
-	case r.Type == frActNop:
+	case r.Table == 0:
+		// netlink.RuleList does not report a rule's action (the
+		// message's type); of nfsteer's rules, only a nop has no table
+		// and no target.
 		ir.Action = Nop
 	default:
 		ir.Table = r.Table
