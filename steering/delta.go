@@ -161,6 +161,20 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 			next.prefixes.insert(pos, op)
 		}
 	}
-	m.checkIngress(v, slices.Sorted(maps.Keys(d.Tenants)))
+	// The interfaces of the tenants removed or changed are free again;
+	// the changed tenants then claim theirs.
+	next.ingress = maps.Clone(ix.ingress)
+	for _, name := range slices.Concat(d.Removed, slices.Sorted(maps.Keys(d.Tenants))) {
+		if t := old.Tenants[name]; t != nil {
+			for _, iface := range t.Ingress {
+				if next.ingress[iface] == name {
+					delete(next.ingress, iface)
+				}
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.Tenants)) {
+		m.claimIngress(v, name, next.ingress)
+	}
 	return next
 }

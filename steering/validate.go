@@ -25,30 +25,29 @@ func (m *Map) validate() (*mapIndex, error) {
 		all = append(all, m.checkTenant(&v, tname, ix.lacks)...)
 	}
 	v.overlaps(all)
-	m.checkIngress(&v, nil)
+	ix.ingress = map[string]string{}
+	for _, tname := range slices.Sorted(maps.Keys(m.Tenants)) {
+		m.claimIngress(&v, tname, ix.ingress)
+	}
 	ix.prefixes = newPrefixIndex(all)
 	return ix, v.err()
 }
 
-// checkIngress refuses an ingress interface that more than one tenant
-// names, for the tenants in names (every tenant when names is nil).
-func (m *Map) checkIngress(v *validator, names []string) {
-	owner := map[string]string{}
-	for _, tname := range slices.Sorted(maps.Keys(m.Tenants)) {
-		t := m.Tenants[tname]
-		if t == nil {
+// claimIngress records tenant tname as the owner of its ingress
+// interfaces in owner (interface to tenant), and refuses an interface
+// that another tenant there owns already: an interface belongs to one
+// tenant.
+func (m *Map) claimIngress(v *validator, tname string, owner map[string]string) {
+	t := m.Tenants[tname]
+	if t == nil {
+		return
+	}
+	for i, iface := range t.Ingress {
+		if other, taken := owner[iface]; taken && other != tname {
+			v.add(fmt.Sprintf("tenants.%s.ingress[%d]", tname, i), fmt.Sprintf("interface %q is tenant %s's ingress already; an interface belongs to one tenant", iface, other))
 			continue
 		}
-		for i, iface := range t.Ingress {
-			other, taken := owner[iface]
-			if !taken {
-				owner[iface] = tname
-				continue
-			}
-			if other != tname && (names == nil || slices.Contains(names, tname) || slices.Contains(names, other)) {
-				v.add(fmt.Sprintf("tenants.%s.ingress[%d]", tname, i), fmt.Sprintf("interface %q is tenant %s's ingress already; an interface belongs to one tenant", iface, other))
-			}
-		}
+		owner[iface] = tname
 	}
 }
 
@@ -61,6 +60,9 @@ type mapIndex struct {
 	// prefixes holds every tenant prefix, sorted by address and then
 	// length. In a valid map no two overlap.
 	prefixes *prefixIndex
+	// ingress maps each tenant's ingress interface to the tenant. It is
+	// never changed: a change to the map makes its own copy.
+	ingress map[string]string
 }
 
 // checkServices checks the slot count and the services, and returns, per
