@@ -126,6 +126,13 @@ func TestSyncChains(t *testing.T) {
 		{Chain: chainPost, Args: []string{"-j", "CONNMARK", "--save-mark"}},
 	}
 	foreign := "-i eth9 -j ACCEPT"
+	// onCA0 is where a sync to steer ca0 ends, whatever it started from.
+	onCA0 := map[string][]string{
+		"PREROUTING":  {strings.Join(jump("ca0").Args, " "), foreign},
+		"POSTROUTING": {strings.Join(post.Args, " ")},
+		chainPre:      {"-j CONNMARK --restore-mark", "-m mark --mark 0 -j NFQUEUE --queue-num 0"},
+		chainPost:     {"-j CONNMARK --save-mark"},
+	}
 	for _, tc := range []struct {
 		name  string
 		start map[string][]string
@@ -151,12 +158,7 @@ func TestSyncChains(t *testing.T) {
 				chainPost:     {"-j CONNMARK --save-mark"},
 			},
 			jumps: []Rule{jump("ca0"), post},
-			want: map[string][]string{
-				"PREROUTING":  {strings.Join(jump("ca0").Args, " "), foreign},
-				"POSTROUTING": {strings.Join(post.Args, " ")},
-				chainPre:      {"-j CONNMARK --restore-mark", "-m mark --mark 0 -j NFQUEUE --queue-num 0"},
-				chainPost:     {"-j CONNMARK --save-mark"},
-			},
+			want:  onCA0,
 		},
 		{
 			name: "an earlier version's jumps, with a comment, replaced",
@@ -167,12 +169,7 @@ func TestSyncChains(t *testing.T) {
 				chainPost:     {"-j CONNMARK --save-mark"},
 			},
 			jumps: []Rule{jump("ca0"), post},
-			want: map[string][]string{
-				"PREROUTING":  {strings.Join(jump("ca0").Args, " "), foreign},
-				"POSTROUTING": {strings.Join(post.Args, " ")},
-				chainPre:      {"-j CONNMARK --restore-mark", "-m mark --mark 0 -j NFQUEUE --queue-num 0"},
-				chainPost:     {"-j CONNMARK --save-mark"},
-			},
+			want:  onCA0,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
