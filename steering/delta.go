@@ -134,20 +134,29 @@ type spareTenants struct {
 // new prefix is checked against the others through the sorted, disjoint
 // prefix index: only its neighbours there can overlap it.
 func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIndex {
-	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone()}
-	// Out with the prefixes of the tenants removed or changed...
-	for _, name := range slices.Concat(d.Removed, slices.Sorted(maps.Keys(d.Tenants))) {
-		if t := old.Tenants[name]; t != nil {
-			for _, s := range t.Prefixes {
-				if p, err := netip.ParsePrefix(s); err == nil { // it was valid
-					next.prefixes.remove(ownedPrefix{p: p}, name)
-				}
+	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone(), ingress: maps.Clone(ix.ingress)}
+	changed := slices.Sorted(maps.Keys(d.Tenants))
+	// Out with the prefixes and ingress interfaces of the tenants removed
+	// or changed...
+	for _, name := range slices.Concat(d.Removed, changed) {
+		t := old.Tenants[name]
+		if t == nil {
+			continue
+		}
+		for _, s := range t.Prefixes {
+			if p, err := netip.ParsePrefix(s); err == nil { // it was valid
+				next.prefixes.remove(ownedPrefix{p: p}, name)
+			}
+		}
+		for _, iface := range t.Ingress {
+			if next.ingress[iface] == name {
+				delete(next.ingress, iface)
 			}
 		}
 	}
 	// ...and in with those of the tenants added or changed, if they
 	// overlap nothing.
-	for _, name := range slices.Sorted(maps.Keys(d.Tenants)) {
+	for _, name := range changed {
 	prefixes:
 		for _, op := range m.checkTenant(v, name, ix.lacks) {
 			pos := next.prefixes.search(op)
@@ -161,19 +170,7 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 			next.prefixes.insert(pos, op)
 		}
 	}
-	// The interfaces of the tenants removed or changed are free again;
-	// the changed tenants then claim theirs.
-	next.ingress = maps.Clone(ix.ingress)
-	for _, name := range slices.Concat(d.Removed, slices.Sorted(maps.Keys(d.Tenants))) {
-		if t := old.Tenants[name]; t != nil {
-			for _, iface := range t.Ingress {
-				if next.ingress[iface] == name {
-					delete(next.ingress, iface)
-				}
-			}
-		}
-	}
-	for _, name := range slices.Sorted(maps.Keys(d.Tenants)) {
+	for _, name := range changed {
 		m.claimIngress(v, name, next.ingress)
 	}
 	return next

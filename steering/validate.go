@@ -21,12 +21,13 @@ func (m *Map) validate() (*mapIndex, error) {
 	var v validator
 	ix := &mapIndex{lacks: m.checkServices(&v)}
 	var all []ownedPrefix
-	for _, tname := range slices.Sorted(maps.Keys(m.Tenants)) {
+	names := slices.Sorted(maps.Keys(m.Tenants))
+	for _, tname := range names {
 		all = append(all, m.checkTenant(&v, tname, ix.lacks)...)
 	}
 	v.overlaps(all)
 	ix.ingress = map[string]string{}
-	for _, tname := range slices.Sorted(maps.Keys(m.Tenants)) {
+	for _, tname := range names {
 		m.claimIngress(&v, tname, ix.ingress)
 	}
 	ix.prefixes = newPrefixIndex(all)
