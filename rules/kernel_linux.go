@@ -248,11 +248,7 @@ func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 				}
 			}
 		}
-		fam := 4
-		if f.nlFam == netlink.FAMILY_V6 {
-			fam = 6
-		}
-		if err := syncRules(f.nlFam, fam, wantRules); err != nil {
+		if err := f.syncRules(wantRules); err != nil {
 			return err
 		}
 	}
@@ -276,15 +272,16 @@ func (f family) checkPriorities(first int) error {
 	return nil
 }
 
-// syncRules makes nfsteer's ip rules of one family exactly those of want
+// syncRules makes nfsteer's ip rules of family f exactly those of want
 // that are of that family: missing ones are added first, then stale ones
 // go. At every step a packet finds its instance's table or none, never
 // another's (see the tries' layout in routing.go), and adding first
 // leaves no moment in which an instance's flows have no rule at all: an
 // upgrade from one rule per instance keeps the old rules, met first at
 // their priority, until the tries are complete.
-func syncRules(nlFam, fam int, want []IPRule) error {
-	ours, err := ourRules(nlFam)
+func (f family) syncRules(want []IPRule) error {
+	fam := f.version()
+	ours, err := ourRules(f.nlFam)
 	if err != nil {
 		return err
 	}
@@ -302,7 +299,7 @@ func syncRules(nlFam, fam int, want []IPRule) error {
 		if w.Family != fam || have[w] {
 			continue
 		}
-		if err := netlink.RuleAdd(toNetlinkRule(nlFam, w)); err != nil {
+		if err := netlink.RuleAdd(toNetlinkRule(f.nlFam, w)); err != nil {
 			return fmt.Errorf("adding ip rule %v: %w", w, err)
 		}
 	}
