@@ -16,19 +16,20 @@ import (
 )
 
 // manyInstances is the lab's map with a service of n instances, all on a
-// subnet of the gateway's server link (10.98.0.0/16), first in globex's
-// chain: the gateway has a table and ip rules for each.
+// subnet of the gateway's server link (10.98.0.0/16, manyAddr), first in
+// globex's chain: the gateway has a table and ip rules for each.
 func manyInstances(n int) string {
-	var b strings.Builder
-	b.WriteString(strings.Replace(lab.Map, "services:\n", "services:\n  many:\n    function: forward\n    instances:\n", 1))
-	var lines []string
+	var many strings.Builder
+	many.WriteString("services:\n  many:\n    function: forward\n    instances:\n")
 	for i := 0; i < n; i++ {
-		lines = append(lines, fmt.Sprintf("      m%04d: 10.98.%d.%d\n", i, i/200, 10+i%200))
+		fmt.Fprintf(&many, "      m%04d: %s\n", i, manyAddr(i))
 	}
-	m := b.String()
-	at := strings.Index(m, "  fw:\n")
-	return strings.Replace(m[:at]+strings.Join(lines, "")+m[at:], "chain: [fw, dlp]", "chain: [many]", 1)
+	m := strings.Replace(lab.Map, "services:\n", many.String(), 1)
+	return strings.Replace(m, "chain: [fw, dlp]", "chain: [many]", 1)
 }
+
+// manyAddr is the address of manyInstances' i-th instance.
+func manyAddr(i int) string { return fmt.Sprintf("10.98.%d.%d", i/200, 10+i%200) }
 
 var routeTable = regexp.MustCompile(`route default via (10\.98\.\S+) table (\d+)`)
 
@@ -62,7 +63,7 @@ func BenchmarkManyInstances(b *testing.B) {
 		}
 		var batch strings.Builder
 		for j := 0; j < n; j++ {
-			fmt.Fprintf(&batch, "neigh replace 10.98.%d.%d lladdr %s dev srv0 nud permanent\n", j/200, 10+j%200, strings.TrimSpace(mac))
+			fmt.Fprintf(&batch, "neigh replace %s lladdr %s dev srv0 nud permanent\n", manyAddr(j), strings.TrimSpace(mac))
 		}
 		cmd := exec.Command("ip", "-n", l.NS("gw"), "-batch", "-")
 		cmd.Stdin = strings.NewReader(batch.String())
