@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nfsteer/nfsteer/tests/lab"
+	"golang.org/x/sys/unix"
 )
 
 // l0 is the lab of the running benchmark iteration, for its helpers.
@@ -243,21 +245,44 @@ func closingServer(tb testing.TB, l *lab.Lab, addr string) net.Listener {
 
 // connectTimes opens n TCP connections one after another from the globex
 // client to addr, each from a new port (a new flow), and returns how long
-// each connect took, sorted. It dials from a thread in the client's
-// namespace, so nothing but the handshake is timed.
+// each connect took, sorted.
+//
+// Each connect is one blocking connect(2) on a thread locked in the
+// client's namespace, timed around the system call alone: the call returns
+// when the SYN-ACK has come back, so the time is the handshake's. Go's
+// dialer is not used: its non-blocking connect parks the goroutine, and the
+// SYN-ACK then wakes it through the runtime's poller and a hand-off to the
+// locked thread, which added 15-80 µs of the client's own scheduling to
+// every sample, varying with the load of the host (BENCHMARKS.md, session
+// 21).
 func connectTimes(b *testing.B, l *lab.Lab, addr string, n int) []time.Duration {
 	b.Helper()
-	var out []time.Duration
-	err := l.InNS("cg", func() error {
-		d := net.Dialer{Timeout: 5 * time.Second}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		b.Fatalf("connectTimes: %q is not an IPv4 address and port", addr)
+	}
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	out := make([]time.Duration, 0, n)
+	err = l.InNS("cg", func() error {
 		for i := 0; i < n; i++ {
-			start := time.Now()
-			c, err := d.Dial("tcp", addr)
-			took := time.Since(start)
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
-				return fmt.Errorf("connect %d: %w", i, err)
+				return fmt.Errorf("socket: %w", err)
 			}
-			c.Close()
+			// A SYN that is never answered fails the connect in 5 s
+			// (EINPROGRESS) instead of after TCP's retries.
+			tv := unix.Timeval{Sec: 5}
+			if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("setting the connect timeout: %w", err)
+			}
+			start := time.Now()
+			err = unix.Connect(fd, sa)
+			took := time.Since(start)
+			unix.Close(fd)
+			if err != nil {
+				return fmt.Errorf("connect %d to %s: %w", i, addr, err)
+			}
 			out = append(out, took)
 		}
 		return nil
