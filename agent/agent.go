@@ -51,8 +51,9 @@ type Counters struct {
 	// Maps counts map switches; MapsRefused, versions that failed
 	// validation; Repinned, connections moved off dead instances.
 	Maps, MapsRefused, Repinned atomic.Uint64
-	// NewFlows counts flows this node recorded first.
-	NewFlows atomic.Uint64
+	// NewFlows counts flows this node recorded first; Reopened, those of
+	// them that were new TCP connections on a closed one's 5-tuple.
+	NewFlows, Reopened atomic.Uint64
 	// Unsteered is the kernel's count of new flows forwarded without a
 	// decision, as last read (see [rules.Kernel.Unsteered]).
 	Unsteered atomic.Uint64
@@ -412,7 +413,18 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 	key := sessions.KeyOf(&p.Flow)
 	var pins *steering.Pins
 	sess, known := a.flows.Get(key)
-	if known {
+	// A TCP opening (SYN without ACK) that reaches the queue for a flow
+	// this node knows is a new connection on the 5-tuple of a closed one:
+	// a retransmitted SYN of the same connection finds its connmark and
+	// stays in the kernel, while conntrack gives a reopened connection a
+	// new entry, without one. It is decided afresh, as any new flow (on
+	// the live map; a firewall checks its rules again), and its session
+	// replaces the closed connection's.
+	reopened := known && !reply && p.Proto == nfq.ProtoTCP && p.Opening()
+	if reopened {
+		known = false
+		a.Counters.Reopened.Add(1)
+	} else if known {
 		pins = &sess.Pins
 	}
 	d := st.table.Decide(st.node, &p.Flow, reply, pins)
@@ -433,7 +445,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 				return nfq.Result{Verdict: nfq.Drop}
 			}
 			a.Counters.Admitted.Add(1)
-			sess = a.newSession(st, key, d, int16(rule))
+			sess = a.newSession(st, key, d, int16(rule), reopened)
 			pins = &sess.Pins
 		} else if st.role == Gateway && a.mirror != nil && !p.Opening() &&
 			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply}) {
@@ -443,7 +455,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			// or if too many lookups are pending.
 			return nfq.Result{Verdict: nfq.Defer}
 		} else {
-			sess = a.newSession(st, key, d, -1)
+			sess = a.newSession(st, key, d, -1, reopened)
 			pins = &sess.Pins
 		}
 	}
@@ -520,11 +532,12 @@ func markValue(d steering.Decision) uint32 {
 // newSession records a flow decided here and queues its mirror writes:
 // gateways create sessions, a firewall also writes its verdict. It returns
 // the session the table holds: another packet of the flow may have been
-// decided first.
-func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16) sessions.Session {
+// decided first. A reopened flow (a new TCP connection on a closed one's
+// 5-tuple) replaces the closed one's session, here and in Redis.
+func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16, reopened bool) sessions.Session {
 	now := time.Now().UnixNano()
 	a.Counters.NewFlows.Add(1)
-	s := a.flows.Put(sessions.Session{
+	s := sessions.Session{
 		Key:     key,
 		Tenant:  st.table.Tenants()[d.Tenant].Name,
 		Code:    d.Code,
@@ -532,9 +545,14 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 		Created: now,
 		Seen:    now,
 		Rule:    rule,
-	})
+	}
+	if reopened {
+		a.flows.Replace(s)
+	} else {
+		s = a.flows.Put(s)
+	}
 	if kind, ok := st.role.createOp(); ok && a.mirror != nil {
-		a.mirror.Enqueue(sessions.Op{Kind: kind, Session: s})
+		a.mirror.Enqueue(sessions.Op{Kind: kind, Replace: reopened, Session: s})
 	}
 	return s
 }

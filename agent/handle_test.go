@@ -83,7 +83,7 @@ func TestHandle(t *testing.T) {
 		node  string
 		steps []step
 		// counters after the steps
-		admitted, denied, unknown, parseErrors, fragments uint64
+		admitted, denied, unknown, parseErrors, fragments, reopened uint64
 	}{
 		{
 			// and the reply, when it comes, to the slot's primary dlp.
@@ -107,6 +107,20 @@ func TestHandle(t *testing.T) {
 				{p: tcp("10.99.0.2:5201", "10.10.1.2:40000", synAck), reply: true, want: both(id(dlp), rules.MarkPass)},
 			},
 			admitted: 1,
+		},
+		{
+			// A new connection on the 5-tuple of a closed one reaches the
+			// queue with a SYN (conntrack gave it a new entry, without the
+			// closed one's mark): the firewall checks its rules again
+			// rather than riding the closed connection's verdict.
+			name: "firewall decides a reopened connection afresh",
+			node: fw.Name,
+			steps: []step{
+				{p: flow, want: both(id(dlp), rules.MarkPass)},
+				{p: flow, want: both(id(dlp), rules.MarkPass)},
+				{p: tcp("10.10.1.2:40000", "10.99.0.2:5201", ack), want: both(id(dlp), rules.MarkPass)},
+			},
+			admitted: 2, reopened: 1,
 		},
 		{
 			name:   "firewall drops an opening no rule allows",
@@ -145,21 +159,24 @@ func TestHandle(t *testing.T) {
 				}
 			}
 			c := &a.Counters
-			got := [5]uint64{c.Admitted.Load(), c.Denied.Load(), c.Unknown.Load(), c.ParseError.Load(), c.Fragments.Load()}
-			want := [5]uint64{tc.admitted, tc.denied, tc.unknown, tc.parseErrors, tc.fragments}
+			got := [6]uint64{c.Admitted.Load(), c.Denied.Load(), c.Unknown.Load(), c.ParseError.Load(), c.Fragments.Load(), c.Reopened.Load()}
+			want := [6]uint64{tc.admitted, tc.denied, tc.unknown, tc.parseErrors, tc.fragments, tc.reopened}
 			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("counters admitted, denied, unknown, parse errors, fragments (-want +got):\n%s", diff)
+				t.Errorf("counters admitted, denied, unknown, parse errors, fragments, reopened (-want +got):\n%s", diff)
 			}
 		})
 	}
 }
 
-// The packet path allocates nothing for a flow it knows.
+// The packet path allocates nothing for a flow it knows, nor for a new
+// connection on a known flow's 5-tuple.
 func TestHandleAllocatesNothing(t *testing.T) {
 	a := newTestAgent(t, "gw")
-	p := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
-	a.Handle(p, nil, 0, false)
-	if n := testing.AllocsPerRun(1000, func() { a.Handle(p, nil, 0, false) }); n != 0 {
-		t.Errorf("Handle allocates %v times per packet", n)
+	open := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
+	a.Handle(open, nil, 0, false)
+	for _, p := range []*nfq.Packet{tcp("10.10.1.2:40000", "10.99.0.2:5201", ack), open} {
+		if n := testing.AllocsPerRun(1000, func() { a.Handle(p, nil, 0, false) }); n != 0 {
+			t.Errorf("Handle allocates %v times per packet (TCP flags %#x)", n, p.TCPFlags)
+		}
 	}
 }

@@ -25,6 +25,7 @@ var (
 	descDecisions   = desc("decisions_total", "Steering decisions, by kind.", "kind")
 	descSteered     = desc("steered_total", "New flows and directions steered to each next-hop instance.", "service_instance")
 	descNewFlows    = desc("new_flows_total", "Flows this node decided first and recorded.")
+	descReopened    = desc("reopened_flows_total", "New TCP connections on the 5-tuple of a closed one, decided afresh (counted in new_flows_total too).")
 	descSessions    = desc("sessions_active", "Flows in the local session table.")
 	descParseErrs   = desc("parse_errors_total", "Queued packets that could not be parsed (let through undecided).")
 	descFragments   = desc("fragments_total", "Queued non-first fragments (let through undecided).")
@@ -78,6 +79,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ctr(descNewFlows, k.NewFlows.Load())
+	ctr(descReopened, k.Reopened.Load())
 	ch <- metrics.Gauge(descSessions, float64(a.flows.Len()))
 	ctr(descParseErrs, k.ParseError.Load())
 	ctr(descFragments, k.Fragments.Load())

@@ -295,7 +295,7 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 			} else {
 				d = st.table.Decide(st.node, &w.flow, w.reply, nil)
 				if d.Tenant >= 0 && d.Kind != steering.NotInChain {
-					s := a.newSession(st, key, d, -1)
+					s := a.newSession(st, key, d, -1, false)
 					p = &s.Pins
 				}
 			}

@@ -400,6 +400,39 @@ func TestAdoptFirstWritersPins(t *testing.T) {
 	}
 }
 
+// TestReopenedConnectionReplacesItsSession: a new TCP connection on the
+// 5-tuple of a closed one, which this gateway decided on other pins (an
+// older map), is steered by the live map, replaces the closed one's
+// session here, and overwrites its record in Redis rather than adopting
+// it as a first writer's.
+func TestReopenedConnectionReplacesItsSession(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	n := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, fwS, dlp := roles(t, n.Agent, &syn.Flow)
+	key := sessions.KeyOf(&syn.Flow)
+	var old steering.Pins
+	old[0], old[1] = fwS.ID, dlp.ID
+	n.flows.Put(sessions.Session{Key: key, Tenant: "acme", Code: steering.AffinityCode(&syn.Flow), Pins: old, Rule: -1, Created: 1, Seen: time.Now().UnixNano()})
+	n.store.existing[key.String()] = admitted(t, n.Agent, &syn.Flow, fwS.Name, fwP.Name, "")
+	n.ct.conns = []rules.Conn{{Flow: syn.Flow}}
+	n.run(t)
+
+	want := rules.HalfValue(fwP.ID)
+	if got := n.Handle(syn, nil, 0, false); rules.Half(got.Mark, false) != want {
+		t.Fatalf("reopening SYN steered with mark %#x; want to %s, the live map's primary", got.Mark, fwP.Name)
+	}
+	if got := n.Handle(tcp(acmeOpen, server, ack), nil, 0, false); rules.Half(got.Mark, false) != want {
+		t.Errorf("next packet steered with mark %#x; want to %s, by the new session", got.Mark, fwP.Name)
+	}
+	waitFor(t, "the mirror's write", func() bool { return len(n.store.writes()) > 0 })
+	if w := n.store.writes()[0]; w.Kind != sessions.OpCreate || !w.Replace || w.Record.Hops[0].Primary != fwP.Name {
+		t.Errorf("mirror wrote %+v; want a replacing create naming %s", w, fwP.Name)
+	}
+	if got := n.Counters.Reopened.Load(); got != 1 {
+		t.Errorf("reopened = %d, want 1", got)
+	}
+}
+
 // TestResyncOps: what each role rewrites after Redis lost data.
 func TestResyncOps(t *testing.T) {
 	syn := tcp(acmeOpen, server, syn)

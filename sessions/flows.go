@@ -134,6 +134,16 @@ func (t *Flows) Put(s Session) Session {
 	return s
 }
 
+// Replace records s in place of any session for its key: s is a new
+// connection on the 5-tuple of an earlier one, not a second packet of it.
+func (t *Flows) Replace(s Session) {
+	pk := packKey(s.Key)
+	e := t.pack(&s)
+	t.mu.Lock()
+	t.entries[pk] = e
+	t.mu.Unlock()
+}
+
 // Update calls fn on the session of k, if there is one, and stores what fn
 // leaves in it (its key aside). fn runs under the table's lock and must be
 // quick.

@@ -39,8 +39,12 @@ type Op struct {
 	Kind OpKind
 	// Hop and From, for OpTakeover: the chain position taken over and the
 	// ID of the instance that held it.
-	Hop     int8
-	From    uint16
+	Hop  int8
+	From uint16
+	// Replace, for the creates: the session is a new TCP connection on
+	// the 5-tuple of an earlier one, so it overwrites whatever Redis
+	// holds for that key instead of losing to it.
+	Replace bool
 	Session Session
 }
 
@@ -58,6 +62,8 @@ type Named struct {
 	// name of the instance that held it ("" if the map no longer has it).
 	Hop  int
 	From string
+	// Replace is Op.Replace.
+	Replace bool
 }
 
 // Name names each of ops on t, in order; an op whose tenant t does not
@@ -67,7 +73,7 @@ func Name(t *steering.Table, ops []Op) []Named {
 	for i := range ops {
 		op := &ops[i]
 		n := &out[i]
-		n.Kind, n.Hop = op.Kind, int(op.Hop)
+		n.Kind, n.Hop, n.Replace = op.Kind, int(op.Hop), op.Replace
 		n.Record, _ = NewRecord(t, &op.Session)
 		switch op.Kind {
 		case OpCreateState, OpState, OpTakeover:

@@ -49,7 +49,7 @@ func TestQueuedRoundTrip(t *testing.T) {
 		op   Op
 	}{
 		{"zero", Op{}},
-		{"ipv4 create", Op{Kind: OpCreateState, Session: Session{
+		{"ipv4 create", Op{Kind: OpCreateState, Replace: true, Session: Session{
 			Key:    Key{A: netip.MustParseAddr("10.10.1.2"), B: netip.MustParseAddr("10.99.0.2"), PA: 40000, PB: 5201, Proto: 6},
 			Tenant: "acme", Code: 0xdeadbeef, Pins: pins, Created: 1, Seen: 2, Rule: 1,
 		}}},
@@ -79,7 +79,7 @@ func FuzzQueuedRoundTrip(f *testing.F) {
 			ip, _ := netip.AddrFromSlice(raw) // not 4 or 16 bytes: the zero Addr
 			return ip
 		}
-		op := Op{Kind: OpKind(kind), Hop: int8(kind), From: uint16(code), Session: Session{
+		op := Op{Kind: OpKind(kind), Hop: int8(kind), From: uint16(code), Replace: kind&2 == 2, Session: Session{
 			Key:    Key{A: addr(a), B: addr(b), PA: uint16(code), PB: uint16(code >> 16), Proto: kind},
 			Tenant: tenant, Code: code, Created: created, Seen: -created, Rule: rule, TakenOver: kind&1 == 1,
 		}}

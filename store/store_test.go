@@ -573,6 +573,50 @@ func TestConcurrentCreateFirstWriterWins(t *testing.T) {
 	}
 }
 
+// TestReplacingCreateOverwrites: a create that replaces (a new TCP
+// connection on a closed one's 5-tuple) overwrites the closed
+// connection's record, where a plain create loses to it.
+func TestReplacingCreateOverwrites(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, redislab.Start(t, redislab.Options{}).URL)
+	tab := labTable(t)
+	w := s.NewSessions("", time.Minute)
+	k := flowKey(41001)
+	pinsOf := func(fw, dlp int) steering.Pins {
+		var p steering.Pins
+		p[0], p[1] = tab.Instances()[fw].ID, tab.Instances()[dlp].ID
+		return p
+	}
+	create := func(pins steering.Pins, created int64, replace bool) sessions.Outcome {
+		t.Helper()
+		op := sessions.Op{Kind: sessions.OpCreate, Replace: replace, Session: sessions.Session{Key: k, Tenant: "acme", Code: 7, Pins: pins, Rule: -1, Created: created}}
+		out, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{op}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0]
+	}
+	closed, reopened := pinsOf(2, 0), pinsOf(3, 1)
+	create(closed, 1e9, false)
+	if out := create(reopened, 2e9, false); !out.Existed {
+		t.Fatalf("a plain create over an existing record: %+v, want it to find the first writer's", out)
+	}
+	if out := create(reopened, 3e9, true); out.Existed {
+		t.Fatalf("a replacing create: %+v, want it to write", out)
+	}
+	rec, err := w.Get(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sessions.Name(tab, []sessions.Op{{Session: sessions.Session{Key: k, Tenant: "acme", Code: 7, Pins: reopened, Created: 3e9}}})[0].Record
+	if diff := cmp.Diff(want.Hops, rec.Hops); diff != "" {
+		t.Errorf("roles after the replacing create (-want +got):\n%s", diff)
+	}
+	if rec.Created != want.Created {
+		t.Errorf("created %d, want the new connection's %d", rec.Created, want.Created)
+	}
+}
+
 func TestHeartbeatsAndLease(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()

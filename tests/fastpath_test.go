@@ -4,11 +4,18 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
@@ -136,4 +143,79 @@ func TestEstablishedFlowsSurviveAgentCrash(t *testing.T) {
 		}
 	}
 	fc.check(t, l)
+}
+
+// TestReopenedConnectionMeetsTheFirewall holds a TCP connection open from
+// a fixed client port while the firewall's rules change to refuse its
+// port, resets it, and at once opens a new connection on the same
+// 5-tuple. Conntrack gives the new connection a new entry, so it reaches
+// the agents; they must decide it as the new flow it is, by the rules in
+// force, and not ride the closed connection's session. Judged at the
+// server: it must accept the first connection and not the second.
+func TestReopenedConnectionMeetsTheFirewall(t *testing.T) {
+	l := redisLab(t)
+	const srv = "10.99.0.2:8050"
+	local := lab.AcmeClient + ":45321"
+	ln, err := l.Listen("srv", "tcp", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	dial := func() (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return l.Dial(ctx, "ca", "tcp", local, srv)
+	}
+	held, err := dial()
+	if err != nil {
+		t.Fatalf("first connection, allowed: %v", err)
+	}
+
+	refusing := strings.Replace(labmap.Firewall, `ports: ["5201", "8000-8100"]`, `ports: ["5201"]`, 1)
+	if refusing == labmap.Firewall {
+		t.Fatal("the lab's firewall rules changed: this test no longer edits them")
+	}
+	path := filepath.Join(t.TempDir(), "refusing.yaml")
+	if err := os.WriteFile(path, []byte(refusing), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", path, "-o", "json")
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	var pub struct{ Version uint64 }
+	if err := json.Unmarshal([]byte(out), &pub); err != nil {
+		t.Fatalf("apply's output %q: %v", out, err)
+	}
+	nodes := []string{"gw"}
+	for _, in := range lab.Instances {
+		nodes = append(nodes, in.Name)
+	}
+	for _, node := range nodes {
+		a := l.Agents(node)[0]
+		if !waitFor(5*time.Second, func() bool { return strings.Contains(a.Output(), fmt.Sprintf("version=%d ", pub.Version)) }) {
+			t.Fatalf("%s never switched to version %d:\n%s", node, pub.Version, a.Output())
+		}
+	}
+
+	held.(*net.TCPConn).SetLinger(0)
+	held.Close() // a reset: the port is free again at once
+	if c, err := dial(); err == nil {
+		c.Close()
+		t.Fatalf("a new connection on the closed one's 5-tuple connected after the rules refused its port")
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("the server accepted %d connections, want 1 (the one opened while allowed)", n)
+	}
 }
