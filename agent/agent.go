@@ -441,6 +441,11 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			rule := st.table.Permit(d.Tenant, &p.Flow)
 			if rule < 0 {
 				a.Counters.Denied.Add(1)
+				if reopened {
+					// The closed connection's session must not admit what
+					// follows on its tuple.
+					a.forget(st, sess)
+				}
 				a.logFlow(p, reply, d)
 				return nfq.Result{Verdict: nfq.Drop}
 			}
@@ -555,6 +560,15 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 		a.mirror.Enqueue(sessions.Op{Kind: kind, Replace: reopened, Session: s})
 	}
 	return s
+}
+
+// forget removes a finished session from the local table and, on a node
+// that deletes its sessions from Redis, from Redis too.
+func (a *Agent) forget(st *state, s sessions.Session) {
+	a.flows.Delete(s.Key)
+	if a.mirror != nil && st.role.deletes() {
+		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s})
+	}
 }
 
 func (a *Agent) logFlow(p *nfq.Packet, reply bool, d steering.Decision) {

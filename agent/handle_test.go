@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -178,5 +179,48 @@ func TestHandleAllocatesNothing(t *testing.T) {
 		if n := testing.AllocsPerRun(1000, func() { a.Handle(p, nil, 0, false) }); n != 0 {
 			t.Errorf("Handle allocates %v times per packet (TCP flags %#x)", n, p.TCPFlags)
 		}
+	}
+}
+
+// TestReopenedConnectionMeetsNewRules: after the firewall's rules change
+// to refuse a port, a new connection on the 5-tuple of one admitted before
+// is refused, and the closed connection's session no longer admits a
+// mid-stream packet on that tuple.
+func TestReopenedConnectionMeetsNewRules(t *testing.T) {
+	open := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
+	m, err := steering.Parse([]byte(labmap.Firewall))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw, _ := tab.RolesFor(tab.ServiceByName("fw"), tab.SlotOf(steering.AffinityCode(&open.Flow)))
+	path := writeMap(t, labmap.Firewall)
+	a, err := New(Config{Node: fw.Name, MapFile: path, Logger: discardLogger()}, &fakeKernel{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Handle(open, nil, 0, false); got.Verdict != nfq.Accept {
+		t.Fatalf("opening while allowed: %+v", got)
+	}
+	refusing := strings.Replace(labmap.Firewall, `ports: ["5201", "8000-8100"]`, `ports: ["8000-8100"]`, 1)
+	if err := os.WriteFile(path, []byte(refusing), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reload(false); err != nil {
+		t.Fatal(err)
+	}
+	drop := nfq.Result{Verdict: nfq.Drop}
+	if diff := cmp.Diff(drop, a.Handle(open, nil, 0, false)); diff != "" {
+		t.Errorf("reopening after the rules refused the port (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(drop, a.Handle(tcp("10.10.1.2:40000", "10.99.0.2:5201", ack), nil, 0, false)); diff != "" {
+		t.Errorf("mid-stream packet on the refused tuple (-want +got):\n%s", diff)
+	}
+	c := &a.Counters
+	if got, want := [4]uint64{c.Admitted.Load(), c.Denied.Load(), c.Reopened.Load(), c.Unknown.Load()}, [4]uint64{1, 1, 1, 1}; got != want {
+		t.Errorf("admitted, denied, reopened, unknown = %v, want %v", got, want)
 	}
 }
