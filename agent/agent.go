@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -34,9 +35,12 @@ type state struct {
 
 // Counters are the agent's decision counters, updated atomically.
 type Counters struct {
-	Decisions   [5]atomic.Uint64 // by steering.Kind
-	ParseError  atomic.Uint64
-	Fragments   atomic.Uint64
+	Decisions  [5]atomic.Uint64 // by steering.Kind
+	ParseError atomic.Uint64
+	Fragments  atomic.Uint64
+	// Undecidable counts the unparseable packets and fragments of a
+	// tenant, dropped rather than sent around the tenant's chain.
+	Undecidable atomic.Uint64
 	FlowLogged  atomic.Uint64
 	FlowLogLost atomic.Uint64
 	// Firewall verdicts.
@@ -392,18 +396,24 @@ func (a *Agent) announceRestart() {
 // allocates nothing, and hands logging, mirroring and Redis lookups to
 // other goroutines without waiting.
 func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.Result {
+	st := a.state.Load()
 	if perr != nil {
-		// Unparseable or a fragment: let it through unsteered and undecided,
-		// so the flow's next packet is looked at again. Dropping it is not
-		// ours to decide.
+		// Unparseable (headers past the copy range, a hostile extension
+		// header chain) or a fragment: no decision can be made. A tenant's
+		// packet is dropped, since letting it through would send it
+		// around its chain; anything else passes undecided, and the
+		// flow's next packet is looked at again.
 		if errors.Is(perr, nfq.ErrFragment) {
 			a.Counters.Fragments.Add(1)
 		} else {
 			a.Counters.ParseError.Add(1)
 		}
+		if st.role != Spare && (tenantOf(st.table, p.Flow.Src) || tenantOf(st.table, p.Flow.Dst)) {
+			a.Counters.Undecidable.Add(1)
+			return nfq.Result{Verdict: nfq.Drop}
+		}
 		return nfq.Result{Verdict: nfq.Accept, Mark: mark}
 	}
-	st := a.state.Load()
 	if st.role == Spare {
 		// Not in the map yet (a spare, started with --spare): a spare
 		// only takes the instance role when a version adds it, and until
@@ -561,6 +571,10 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 	}
 	return s
 }
+
+// tenantOf reports whether a (the zero Addr when the packet did not
+// parse that far) belongs to one of t's tenants.
+func tenantOf(t *steering.Table, a netip.Addr) bool { return a.IsValid() && t.TenantOf(a) >= 0 }
 
 // forget removes a finished session from the local table and, on a node
 // that deletes its sessions from Redis, from Redis too.

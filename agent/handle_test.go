@@ -84,7 +84,7 @@ func TestHandle(t *testing.T) {
 		node  string
 		steps []step
 		// counters after the steps
-		admitted, denied, unknown, parseErrors, fragments, reopened uint64
+		admitted, denied, unknown, parseErrors, fragments, reopened, undecidable uint64
 	}{
 		{
 			// and the reply, when it comes, to the slot's primary dlp.
@@ -142,6 +142,20 @@ func TestHandle(t *testing.T) {
 			parseErrors: 1,
 		},
 		{
+			// Its headers end past the copy range: letting it through
+			// would send it around acme's chain.
+			name:        "a tenant's unparseable packet is dropped",
+			node:        "gw",
+			steps:       []step{{p: &nfq.Packet{Flow: steering.Flow{Src: netip.MustParseAddr("fd00:10::2"), Dst: netip.MustParseAddr("fd00:99::2")}}, perr: nfq.ErrExtHeaders, want: nfq.Result{Verdict: nfq.Drop}}},
+			parseErrors: 1, undecidable: 1,
+		},
+		{
+			name:      "a fragment to a tenant is dropped",
+			node:      otherFW,
+			steps:     []step{{p: &nfq.Packet{Flow: steering.Flow{Src: netip.MustParseAddr("10.99.0.2"), Dst: netip.MustParseAddr("10.10.1.2")}}, perr: nfq.ErrFragment, reply: true, want: nfq.Result{Verdict: nfq.Drop}}},
+			fragments: 1, undecidable: 1,
+		},
+		{
 			name:      "a fragment passes undecided",
 			node:      "gw",
 			steps:     []step{{p: &nfq.Packet{}, perr: nfq.ErrFragment, want: nfq.Result{Verdict: nfq.Accept, Mark: 0x5}}},
@@ -160,10 +174,10 @@ func TestHandle(t *testing.T) {
 				}
 			}
 			c := &a.Counters
-			got := [6]uint64{c.Admitted.Load(), c.Denied.Load(), c.Unknown.Load(), c.ParseError.Load(), c.Fragments.Load(), c.Reopened.Load()}
-			want := [6]uint64{tc.admitted, tc.denied, tc.unknown, tc.parseErrors, tc.fragments, tc.reopened}
+			got := [7]uint64{c.Admitted.Load(), c.Denied.Load(), c.Unknown.Load(), c.ParseError.Load(), c.Fragments.Load(), c.Reopened.Load(), c.Undecidable.Load()}
+			want := [7]uint64{tc.admitted, tc.denied, tc.unknown, tc.parseErrors, tc.fragments, tc.reopened, tc.undecidable}
 			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("counters admitted, denied, unknown, parse errors, fragments, reopened (-want +got):\n%s", diff)
+				t.Errorf("counters admitted, denied, unknown, parse errors, fragments, reopened, undecidable (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -360,3 +360,77 @@ func TestFloodOfMalformedAndForeignFlows(t *testing.T) {
 		t.Errorf("gateway agent grew by %d MB for %d good flows; want at most 256 B each plus 8 MB", grow>>20, sent[0])
 	}
 }
+
+// TestUndecidablePacketsNeverGoAroundTheChain sends acme's IPv6 datagrams
+// whose Destination Options header (320 bytes) carries the UDP header past
+// the queue's copy range, so that no agent can read their ports, and, as a
+// control, the same datagrams with a short options header. Judged at the
+// server: the control datagrams arrive, and none of the unreadable ones
+// does (accepting them would have forwarded them around acme's chain).
+func TestUndecidablePacketsNeverGoAroundTheChain(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.StartAll("--metrics", "127.0.0.1:9464"); err != nil {
+		t.Fatal(err)
+	}
+	for name, port := range map[string]int{"short": 7001, "long": 7002} {
+		if err := l.Count("srv", name, fmt.Sprintf("ip6 saddr %s udp dport %d", lab.AcmeClient6, port)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// dstOpts is a Destination Options header of n bytes (a multiple of 8),
+	// padded with PadN options; the kernel fills in its next header.
+	dstOpts := func(n int) []byte {
+		h := []byte{0, byte(n/8 - 1)}
+		for left := n - 2; left > 0; {
+			k := min(left, 257) - 2
+			h = append(h, 1, byte(k))
+			h = append(h, make([]byte, k)...)
+			left -= k + 2
+		}
+		return h
+	}
+	const count = 20
+	to := &unix.SockaddrInet6{Addr: netip.MustParseAddr(lab.Server6).As16()}
+	err := l.InNS("ca", func() error {
+		for _, c := range []struct {
+			port, opts int
+		}{{7001, 16}, {7002, 320}} {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, string(dstOpts(c.opts))); err != nil {
+				return fmt.Errorf("setting a %d-byte destination options header: %w", c.opts, err)
+			}
+			to.Port = c.port
+			for i := 0; i < count; i++ {
+				if err := unix.Sendto(fd, []byte("datagram"), 0, to); err != nil {
+					return fmt.Errorf("sending to port %d: %w", c.port, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	short, _, err := l.Packets("srv", "short")
+	if err != nil {
+		t.Fatal(err)
+	}
+	long, _, err := l.Packets("srv", "long")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := scrape(t, l, "gw")
+	t.Logf("at the server: %d of %d with a short options header, %d of %d with a long one; the gateway counted %v undecidable and dropped",
+		short, count, long, count, m["nfsteer_undecidable_dropped_total"])
+	if short != count {
+		t.Errorf("%d of %d decidable datagrams reached the server; want all", short, count)
+	}
+	if long != 0 {
+		t.Errorf("%d undecidable datagrams reached the server, around acme's chain; want none", long)
+	}
+}
