@@ -108,14 +108,45 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
+// helpWords turns "help" where a command is expected into --help at the
+// end: "nfsteer help tenant list" and "nfsteer tenant help list" become
+// "nfsteer tenant list --help", which shows that command's own help.
+// urfave/cli's help command takes only the next word, so "help tenant
+// list" showed tenant's help, without its subcommands.
+func helpWords(app *cli.App, args []string) []string {
+	flags, cmds := app.Flags, app.Commands
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return args
+		case strings.HasPrefix(a, "-") && a != "-":
+			if !strings.Contains(a, "=") && takesValue(flags, strings.TrimLeft(a, "-")) {
+				i++
+			}
+			continue
+		case len(cmds) == 0:
+			return args // a leaf command's arguments: "help" is a value there
+		case a == "help":
+			out := append(slices.Clone(args[:i]), args[i+1:]...)
+			return append(out, "--help")
+		}
+		c := command(cmds, a)
+		if c == nil {
+			return args // commandPath names the unknown word
+		}
+		flags, cmds = c.Flags, c.Subcommands
+	}
+	return args
+}
+
 // commandPath checks the words of args that name commands, before the
 // parser sees them: a word where a subcommand is expected must be one, or
 // the error says which word is wrong and suggests the command meant.
 // Without it, "nfsteer instnce list --redis URL" blamed the flag --redis.
-// "help TOPIC..." is checked the same way.
+// It runs after helpWords, so "help TOPIC..." is checked the same way.
 func commandPath(app *cli.App, args []string) error {
 	flags, cmds, path := app.Flags, app.Commands, "nfsteer"
-	help := false
 	for i := 1; i < len(args); i++ {
 		a := args[i]
 		switch {
@@ -128,9 +159,6 @@ func commandPath(app *cli.App, args []string) error {
 			continue
 		case len(cmds) == 0:
 			return nil // a leaf command's arguments
-		case a == "help" && !help && path == "nfsteer":
-			help = true
-			continue
 		}
 		c := command(cmds, a)
 		if c == nil {

@@ -776,3 +776,28 @@ func TestCLIOutputFormats(t *testing.T) {
 		t.Errorf("diff of an allow rule:\n%s", r.stdout)
 	}
 }
+
+// TestHelpShowsTheNamedCommand: "help" in any command position shows the
+// help of the command it names, subcommands listed.
+func TestHelpShowsTheNamedCommand(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"help"}, "nfsteer - steer tenants' flows"},
+		{[]string{"help", "tenant"}, "   list     list the tenants of the live map"},
+		{[]string{"help", "tenant", "list"}, "nfsteer tenant list - list the tenants of the live map"},
+		{[]string{"tenant", "help", "list"}, "nfsteer tenant list - list the tenants of the live map"},
+		{[]string{"help", "instance", "drain"}, "nfsteer instance drain - "},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			if code := run(append([]string{"nfsteer"}, tc.args...), &stdout, &stderr); code != 0 {
+				t.Fatalf("status %d, stderr:\n%s", code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tc.want) {
+				t.Errorf("help does not contain %q:\n%s", tc.want, stdout.String())
+			}
+		})
+	}
+}

@@ -31,6 +31,7 @@ func main() { os.Exit(run(os.Args, os.Stdout, os.Stderr)) }
 // argument), 1 for anything else. Tests call it in-process.
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
+	args = helpWords(app, args)
 	if err := commandPath(app, args); err != nil {
 		fmt.Fprintf(stderr, "nfsteer: %v\n", err)
 		return 2
