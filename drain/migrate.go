@@ -69,10 +69,11 @@ type Result struct {
 	Skipped []error   `json:"-"`
 	Version uint64    `json:"version"`
 	At      time.Time `json:"at"`
-	// Switched is how long after publishing every live agent ran the
-	// version (-1: not all within Options.SwitchWait). The CLI prints it
-	// in seconds, or null.
-	Switched time.Duration `json:"-"`
+	// AllSwitched says every live agent ran the version within
+	// Options.SwitchWait, and Switched how long after publishing the
+	// last of them did.
+	AllSwitched bool          `json:"-"`
+	Switched    time.Duration `json:"-"`
 }
 
 // Migrate takes instance out of service with its established flows:
@@ -90,7 +91,7 @@ type Result struct {
 // operator can run Migrate again.
 func Migrate(ctx context.Context, s Store, instance string, o Options) (Result, error) {
 	o.defaults()
-	r := Result{Instance: instance, Switched: -1}
+	r := Result{Instance: instance}
 	p, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
 		if live == nil {
 			return nil, fmt.Errorf("no live map in Redis at %s", s.Addr())
@@ -134,7 +135,7 @@ func Migrate(ctx context.Context, s Store, instance string, o Options) (Result, 
 		return r, err
 	}
 	r.Version, r.At = p.Version, p.At
-	r.Switched = waitForSwitch(ctx, s, p.Version, p.At, o)
+	r.Switched, r.AllSwitched = waitForSwitch(ctx, s, p.Version, p.At, o)
 	return r, nil
 }
 
@@ -161,20 +162,20 @@ func waitForFlows(ctx context.Context, s Store, instance string, o Options) (int
 
 // waitForSwitch waits until every live agent runs version v or later, and
 // returns how long after at that was, or -1 if not within o.SwitchWait.
-func waitForSwitch(ctx context.Context, s Store, v uint64, at time.Time, o Options) time.Duration {
+func waitForSwitch(ctx context.Context, s Store, v uint64, at time.Time, o Options) (took time.Duration, ok bool) {
 	tick := time.NewTicker(o.SwitchPoll)
 	defer tick.Stop()
 	for deadline := at.Add(o.SwitchWait); time.Now().Before(deadline); {
 		if allRun(ctx, s, v, o.Alive) {
-			return time.Since(at)
+			return time.Since(at), true
 		}
 		select {
 		case <-ctx.Done():
-			return -1
+			return 0, false
 		case <-tick.C:
 		}
 	}
-	return -1
+	return 0, false
 }
 
 // allRun reports whether every agent that heartbeat within alive runs

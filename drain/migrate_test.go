@@ -171,8 +171,8 @@ func TestMigrate(t *testing.T) {
 			if r.Ended != tc.wantEnded || r.HandedOver != tc.wantHanded || r.Version != 3 || len(r.Skipped) != 1 {
 				t.Errorf("result %+v; want %d ended, %d handed over, version 3, 1 skipped", r, tc.wantEnded, tc.wantHanded)
 			}
-			if (r.Switched >= 0) != tc.wantSwitch {
-				t.Errorf("Switched = %v; want switched: %v", r.Switched, tc.wantSwitch)
+			if r.AllSwitched != tc.wantSwitch {
+				t.Errorf("AllSwitched = %v (after %v); want %v", r.AllSwitched, r.Switched, tc.wantSwitch)
 			}
 			// Handed over on the version to come: fw-1 holds no slot there.
 			if in, ok := s.handedOverOn.InstanceByName("fw-1"); !ok || !in.Migrating || s.handedOverOn.Version() != 3 {

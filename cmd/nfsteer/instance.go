@@ -189,11 +189,11 @@ func migrate(c *cli.Context, name string) error {
 			return err
 		}
 		v := migrated{Instance: r.Instance, Ended: r.Ended, HandedOver: r.HandedOver, Version: r.Version, At: r.At,
-			SwitchedS: maybeSeconds(r.Switched, r.Switched >= 0)}
+			SwitchedS: maybeSeconds(r.Switched, r.AllSwitched)}
 		return out.print(v, func(w io.Writer) {
 			fmt.Fprintf(w, "%s drained; %d sessions ended on their own, %d handed over; migrating in map version %d at %s\n",
 				name, r.Ended, r.HandedOver, r.Version, r.At.Format(time.RFC3339Nano))
-			if r.Switched >= 0 {
+			if r.AllSwitched {
 				fmt.Fprintf(w, "every agent runs version %d %s after it was published\n", r.Version, r.Switched.Round(time.Millisecond))
 			} else {
 				fmt.Fprintf(w, "not every agent reported version %d within 10s: see nfsteer status\n", r.Version)
