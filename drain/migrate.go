@@ -161,7 +161,8 @@ func waitForFlows(ctx context.Context, s Store, instance string, o Options) (int
 }
 
 // waitForSwitch waits until every live agent runs version v or later, and
-// returns how long after at that was, or -1 if not within o.SwitchWait.
+// returns how long after at that was; ok is false if not within
+// o.SwitchWait.
 func waitForSwitch(ctx context.Context, s Store, v uint64, at time.Time, o Options) (took time.Duration, ok bool) {
 	tick := time.NewTicker(o.SwitchPoll)
 	defer tick.Stop()
