@@ -46,10 +46,9 @@ const (
 	ack    = 0x10
 )
 
-// TestHandle drives the packet path of a gateway and of a firewall
-// instance with packets, and checks each verdict and mark against what the
-// compiled map decides for the flow, and the counters.
-func TestHandle(t *testing.T) {
+// firewallTable compiles labmap.Firewall, to predict the agents' choices.
+func firewallTable(t testing.TB) *steering.Table {
+	t.Helper()
 	m, err := steering.Parse([]byte(labmap.Firewall))
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +57,14 @@ func TestHandle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tab
+}
+
+// TestHandle drives the packet path of a gateway and of a firewall
+// instance with packets, and checks each verdict and mark against what the
+// compiled map decides for the flow, and the counters.
+func TestHandle(t *testing.T) {
+	tab := firewallTable(t)
 	flow := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
 	code := steering.AffinityCode(&flow.Flow)
 	slot := tab.SlotOf(code)
@@ -202,14 +209,7 @@ func TestHandleAllocatesNothing(t *testing.T) {
 // mid-stream packet on that tuple.
 func TestReopenedConnectionMeetsNewRules(t *testing.T) {
 	open := tcp("10.10.1.2:40000", "10.99.0.2:5201", syn)
-	m, err := steering.Parse([]byte(labmap.Firewall))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := steering.Compile(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tab := firewallTable(t)
 	fw, _ := tab.RolesFor(tab.ServiceByName("fw"), tab.SlotOf(steering.AffinityCode(&open.Flow)))
 	path := writeMap(t, labmap.Firewall)
 	a, err := New(Config{Node: fw.Name, MapFile: path, Logger: discardLogger()}, &fakeKernel{}, nil)
