@@ -252,7 +252,7 @@ func closingServer(tb testing.TB, l *lab.Lab, addr string) net.Listener {
 // when the SYN-ACK has come back, so the time is the handshake's. Go's
 // dialer is not used: its non-blocking connect parks the goroutine, and the
 // SYN-ACK then wakes it through the runtime's poller and a hand-off to the
-// locked thread, which added 15-80 µs of the client's own scheduling to
+// locked thread, which added 60-100 µs of the client's own scheduling to
 // every sample, varying with the load of the host (BENCHMARKS.md, session
 // 21).
 func connectTimes(b *testing.B, l *lab.Lab, addr string, n int) []time.Duration {
