@@ -35,7 +35,8 @@ set -e
 P=tq$$
 B=${P}b R=${P}r S=${P}s G=${P}g F=${P}f D=${P}d W=${P}w
 for n in $B $R $S $G $F $D $W; do ip netns add $n; ip -n $n link set lo up; done
-cleanup() { for n in $B $R $S $G $F $D $W; do ip netns del $n 2>/dev/null; done; }
+OUT=$(mktemp -d)
+cleanup() { for n in $B $R $S $G $F $D $W; do ip netns del $n 2>/dev/null; done; rm -rf "$OUT"; }
 trap cleanup EXIT
 link() { ip link add $2 netns $1 type veth peer name $4 netns $3; ip -n $1 link set $2 up; ip -n $3 link set $4 up; }
 link $B b0 $G c1; link $R r0 $G c2; link $S s0 $G srv
@@ -140,6 +141,6 @@ print(data.split(b" ")[0].decode(), len(data))
 PY
 }
 # both connections open at once: the same 5-tuple twice
-client $B > /tmp/tag2-b.out & client $R > /tmp/tag2-r.out & wait
-echo "blue: $(cat /tmp/tag2-b.out)   red: $(cat /tmp/tag2-r.out)   (server saw, bytes received)"
+client $B > "$OUT/blue" & client $R > "$OUT/red" & wait
+echo "blue: $(cat "$OUT/blue")   red: $(cat "$OUT/red")   (server saw, bytes received)"
 for n in $G $F $D; do echo "--- $n"; ip netns exec $n conntrack -L 2>/dev/null | grep "dport=80 " | sed 's/ \[ASSURED\]//; s/tcp *6 [0-9]* //' ; done
