@@ -281,7 +281,7 @@ func (c *Controller) step(ctx context.Context) error {
 func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
 	var out []string
 	now := pulse.Now
-	since := c.since.Add(now.Sub(time.Now())) // on Redis's clock
+	since := c.since.Add(time.Until(now)) // on Redis's clock
 	for _, svc := range p.Map.Services {
 		for name := range svc.Instances {
 			b, heard := pulse.At[name]

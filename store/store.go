@@ -105,7 +105,7 @@ func checkVersion(addr, info string) error {
 		}
 		major, _, _ := strings.Cut(v, ".")
 		if n, err := strconv.Atoi(major); err != nil || n < 7 {
-			return fmt.Errorf("Redis at %s is version %s: %w", addr, v, ErrOldRedis)
+			return fmt.Errorf("the server at %s runs Redis %s: %w", addr, v, ErrOldRedis)
 		}
 		return nil
 	}
