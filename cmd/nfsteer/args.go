@@ -108,36 +108,47 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// helpWords turns "help" where a command is expected into --help at the
-// end: "nfsteer help tenant list" and "nfsteer tenant help list" become
-// "nfsteer tenant list --help", which shows that command's own help.
-// urfave/cli's help command takes only the next word, so "help tenant
-// list" showed tenant's help, without its subcommands.
-func helpWords(app *cli.App, args []string) []string {
+// commandWords calls visit with the index of each word of args that stands
+// where a command name goes, and the commands it may name, skipping flags
+// and their values. The walk follows the command visit returns, and ends
+// at "--", at a leaf command's arguments, or when visit returns nil.
+func commandWords(app *cli.App, args []string, visit func(i int, cmds []*cli.Command) *cli.Command) {
 	flags, cmds := app.Flags, app.Commands
-	for i := 1; i < len(args); i++ {
+	for i := 1; i < len(args) && len(cmds) > 0; i++ {
 		a := args[i]
 		switch {
 		case a == "--":
-			return args
+			return
 		case strings.HasPrefix(a, "-") && a != "-":
 			if !strings.Contains(a, "=") && takesValue(flags, strings.TrimLeft(a, "-")) {
 				i++
 			}
 			continue
-		case len(cmds) == 0:
-			return args // a leaf command's arguments: "help" is a value there
-		case a == "help":
-			out := append(slices.Clone(args[:i]), args[i+1:]...)
-			return append(out, "--help")
 		}
-		c := command(cmds, a)
+		c := visit(i, cmds)
 		if c == nil {
-			return args // commandPath names the unknown word
+			return
 		}
 		flags, cmds = c.Flags, c.Subcommands
 	}
-	return args
+}
+
+// helpWords turns "help" where a command is expected into --help at the
+// end: "nfsteer help tenant list" and "nfsteer tenant help list" become
+// "nfsteer tenant list --help", which shows that command's own help.
+// urfave/cli's help command takes only the next word, so "help tenant
+// list" showed tenant's help, without its subcommands. A leaf command's
+// argument "help" is left alone.
+func helpWords(app *cli.App, args []string) []string {
+	out := args
+	commandWords(app, args, func(i int, cmds []*cli.Command) *cli.Command {
+		if args[i] == "help" {
+			out = append(append(slices.Clone(args[:i]), args[i+1:]...), "--help")
+			return nil
+		}
+		return command(cmds, args[i]) // nil (unknown): commandPath names it
+	})
+	return out
 }
 
 // commandPath checks the words of args that name commands, before the
@@ -146,20 +157,10 @@ func helpWords(app *cli.App, args []string) []string {
 // Without it, "nfsteer instnce list --redis URL" blamed the flag --redis.
 // It runs after helpWords, so "help TOPIC..." is checked the same way.
 func commandPath(app *cli.App, args []string) error {
-	flags, cmds, path := app.Flags, app.Commands, "nfsteer"
-	for i := 1; i < len(args); i++ {
+	path := "nfsteer"
+	var err error
+	commandWords(app, args, func(i int, cmds []*cli.Command) *cli.Command {
 		a := args[i]
-		switch {
-		case a == "--":
-			return nil
-		case strings.HasPrefix(a, "-") && a != "-":
-			if !strings.Contains(a, "=") && takesValue(flags, strings.TrimLeft(a, "-")) {
-				i++
-			}
-			continue
-		case len(cmds) == 0:
-			return nil // a leaf command's arguments
-		}
 		c := command(cmds, a)
 		if c == nil {
 			var names []string
@@ -170,9 +171,11 @@ func commandPath(app *cli.App, args []string) error {
 			if near := closest(a, names); near != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", near)
 			}
-			return fmt.Errorf("%s; the commands are %s", msg, strings.Join(names, ", "))
+			err = fmt.Errorf("%s; the commands are %s", msg, strings.Join(names, ", "))
+			return nil
 		}
-		flags, cmds, path = c.Flags, c.Subcommands, path+" "+c.Name
-	}
-	return nil
+		path += " " + c.Name
+		return c
+	})
+	return err
 }
