@@ -4,8 +4,6 @@ package tests
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -194,20 +192,7 @@ func TestReopenedConnectionMeetsTheFirewall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
-	var pub struct{ Version uint64 }
-	if err := json.Unmarshal([]byte(out), &pub); err != nil {
-		t.Fatalf("apply's output %q: %v", out, err)
-	}
-	nodes := []string{"gw"}
-	for _, in := range lab.Instances {
-		nodes = append(nodes, in.Name)
-	}
-	for _, node := range nodes {
-		a := l.Agents(node)[0]
-		if !waitFor(5*time.Second, func() bool { return strings.Contains(a.Output(), fmt.Sprintf("version=%d ", pub.Version)) }) {
-			t.Fatalf("%s never switched to version %d:\n%s", node, pub.Version, a.Output())
-		}
-	}
+	awaitVersion(t, l, out, append([]string{"gw"}, instanceNames()...)...)
 
 	held.(*net.TCPConn).SetLinger(0)
 	held.Close() // a reset: the port is free again at once

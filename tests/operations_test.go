@@ -211,16 +211,7 @@ func TestScaleOut(t *testing.T) {
 	if err != nil {
 		t.Fatalf("instance add: %v\n%s", err, out)
 	}
-	var pub struct{ Version uint64 }
-	if err := json.Unmarshal([]byte(out), &pub); err != nil {
-		t.Fatal(err)
-	}
-	for _, node := range []string{"gw", "fw-3"} {
-		a := l.Agents(node)[0]
-		if !waitFor(5*time.Second, func() bool { return strings.Contains(a.Output(), fmt.Sprintf("version=%d ", pub.Version)) }) {
-			t.Fatalf("%s never switched to version %d:\n%s", node, pub.Version, a.Output())
-		}
-	}
+	version := awaitVersion(t, l, out, "gw", "fw-3")
 
 	// Which of 30 new flows the new map gives fw-3, computed as every node
 	// does, from the live map.
@@ -280,7 +271,7 @@ func TestScaleOut(t *testing.T) {
 		t.Errorf("fw-3 holds %d slots, fair share %d", s, fair)
 	}
 	t.Logf("after instance add (version %d): fw-1 %d, fw-2 %d, fw-3 %d of %d slots (fair share %d); fw-3 took %d of 30 new flows, as the map says",
-		pub.Version, share["fw-1"], share["fw-2"], share["fw-3"], tab.Slots(), fair, want)
+		version, share["fw-1"], share["fw-2"], share["fw-3"], tab.Slots(), fair, want)
 }
 
 // TestDrainMigrate drains the firewall carrying a long transfer with

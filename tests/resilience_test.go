@@ -4,6 +4,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -179,6 +180,24 @@ func TestStandbyControllerTakesOver(t *testing.T) {
 		transfer(t, l, "ca", fmt.Sprintf("10.10.1.2:%d", port), "10.99.0.2:5201", 64<<10)
 	}
 	t.Logf("standby active and fw-2 down %v after the active controller was killed (lease TTL 2s)", took.Round(time.Millisecond))
+}
+
+// awaitVersion reads the map version a publishing command printed (with
+// -o json) and waits until the agent of each of nodes logs that it runs
+// it; it returns the version.
+func awaitVersion(t *testing.T, l *lab.Lab, out string, nodes ...string) uint64 {
+	t.Helper()
+	var pub struct{ Version uint64 }
+	if err := json.Unmarshal([]byte(out), &pub); err != nil || pub.Version == 0 {
+		t.Fatalf("no map version in the command's output %q: %v", out, err)
+	}
+	for _, node := range nodes {
+		a := l.Agents(node)[0]
+		if !waitFor(5*time.Second, func() bool { return strings.Contains(a.Output(), fmt.Sprintf("version=%d ", pub.Version)) }) {
+			t.Fatalf("%s never switched to version %d:\n%s", node, pub.Version, a.Output())
+		}
+	}
+	return pub.Version
 }
 
 // waitFor polls cond every 20ms until it holds or d has passed.
