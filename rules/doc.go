@@ -28,7 +28,8 @@
 // the agent on the packets it decides. Because the kernel here cannot set
 // the connmark from a verdict, a POSTROUTING rule saves both halves into
 // the connmark from packets with MarkSave, once per decision; PREROUTING
-// restores them for connections that have them. Neither bit is saved.
+// restores them into every packet (an undecided flow's are zero, so its
+// packets go to the queue). Neither bit is saved.
 // Bits 26-31 are left to other software.
 //
 // The Linux implementation runs the iptables binaries (through

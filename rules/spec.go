@@ -221,9 +221,12 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	d, save := hex(MarkReply), hex(MarkSave)
 	unicast := []string{"-m", "addrtype", "--dst-type", "UNICAST"}
 	own = append(own, []Rule{
-		// A decided flow: both halves back from conntrack, one rule and
-		// no conntrack lookup beyond the connmark.
-		{chainPre, []string{"-m", "connmark", "!", "--mark", "0x0/" + m, "-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}},
+		// Both halves back from conntrack, with no test first: for an
+		// undecided flow this clears the halves, which are nfsteer's and
+		// zero already, and a test (xt connmark) would cost every
+		// packet of every decided flow one more call through the xt
+		// compatibility layer.
+		{chainPre, []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}},
 		// Reply-direction packets carry the direction bit for the ip
 		// rules, which see only the mark.
 		{chainPre, cat(ct("REPLY"), []string{"-j", "MARK", "--or-mark", d})},
@@ -243,9 +246,12 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 		// could not parse). The connmark, not the packet's mark: a
 		// gateway forwards a steered flow a second time when the chain
 		// hands it back, on an interface it does not steer, where nothing
-		// restores the packet's mark. A steered connection fails the
-		// first match.
-		{chainPost, []string{"-m", "connmark", "--mark", "0x0/" + om, "-m", "conntrack", "--ctstate", "NEW",
+		// restores the packet's mark. The packet's mark is tested first,
+		// natively (iptables-nft compiles a mark match to nft
+		// expressions, not to an xt call): a restored packet of a
+		// steered flow fails it at once, and the connmark is asked only
+		// of the rest.
+		{chainPost, []string{"-m", "mark", "--mark", "0x0/" + om, "-m", "connmark", "--mark", "0x0/" + om, "-m", "conntrack", "--ctstate", "NEW",
 			"-m", "addrtype", "!", "--src-type", "LOCAL", "-m", "comment", "--comment", UnsteeredComment}},
 	}...)
 	return jumps, own

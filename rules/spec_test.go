@@ -36,12 +36,12 @@ func TestIPTablesRules(t *testing.T) {
 		"-A PREROUTING -i ca0 -j NFSTEER-PRE",
 		"-A PREROUTING -i srv0 -j NFSTEER-PRE",
 		"-A POSTROUTING -j NFSTEER-POST",
-		"-A NFSTEER-PRE -m connmark ! --mark 0x0/0xffffff -j CONNMARK --restore-mark --nfmask 0xffffff --ctmask 0xffffff",
+		"-A NFSTEER-PRE -j CONNMARK --restore-mark --nfmask 0xffffff --ctmask 0xffffff",
 		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j MARK --or-mark 0x1000000",
 		"-A NFSTEER-PRE -m mark --mark 0x0/0x1000fff -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4200:4201 --queue-cpu-fanout",
 		"-A NFSTEER-PRE -m mark --mark 0x1000000/0x1fff000 -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4202:4203 --queue-cpu-fanout",
 		"-A NFSTEER-POST -m mark --mark 0x2000000/0x2000000 -j CONNMARK --save-mark --nfmask 0xffffff --ctmask 0xffffff",
-		"-A NFSTEER-POST -m connmark --mark 0x0/0xfff -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m comment --comment nfsteer-unsteered",
+		"-A NFSTEER-POST -m mark --mark 0x0/0xfff -m connmark --mark 0x0/0xfff -m conntrack --ctstate NEW -m addrtype ! --src-type LOCAL -m comment --comment nfsteer-unsteered",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("IPTablesRules (-want +got):\n%s", diff)
