@@ -1,0 +1,125 @@
+package signing
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func newKey(t testing.TB) ed25519.PrivateKey {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestVerify: what a verifier accepts and what it refuses, and why.
+func TestVerify(t *testing.T) {
+	trusted, old, stranger := newKey(t), newKey(t), newKey(t)
+	v := NewVerifier(trusted.Public().(ed25519.PublicKey), old.Public().(ed25519.PublicKey))
+	payload := []byte(`{"version":7}`)
+	good := NewSigner(trusted).Sign(Delta, payload)
+	truncated := &Signature{Key: good.Key, Sig: good.Sig[:40]}
+	flipped := &Signature{Key: good.Key, Sig: append([]byte(nil), good.Sig...)}
+	flipped.Sig[3] ^= 1
+	for _, tc := range []struct {
+		name    string
+		kind    Kind
+		payload []byte
+		sig     *Signature
+		want    error
+	}{
+		{"signed by a trusted key", Delta, payload, good, nil},
+		{"signed by the other trusted key (rotation)", Delta, payload, NewSigner(old).Sign(Delta, payload), nil},
+		{"unsigned", Delta, payload, nil, ErrUnsigned},
+		{"signed by an untrusted key", Delta, payload, NewSigner(stranger).Sign(Delta, payload), ErrUntrustedKey},
+		{"a signature over another version", Delta, []byte(`{"version":8}`), good, ErrBadSignature},
+		{"a delta's signature on a document", Document, payload, good, ErrBadSignature},
+		{"a truncated signature", Delta, payload, truncated, ErrBadSignature},
+		{"a damaged signature", Delta, payload, flipped, ErrBadSignature},
+		{"an untrusted key claiming a trusted key's ID", Delta, payload, &Signature{Key: good.Key, Sig: NewSigner(stranger).Sign(Delta, payload).Sig}, ErrBadSignature},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := v.Verify(tc.kind, tc.payload, tc.sig)
+			if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+				t.Errorf("Verify = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	var none *Verifier
+	if err := none.Verify(Delta, payload, nil); err != nil {
+		t.Errorf("a nil verifier refused an unsigned payload: %v", err)
+	}
+}
+
+// TestGenerateKey: the key pair is written with the right modes, loads
+// back, signs and verifies, and is never written over.
+func TestGenerateKey(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "ops.key")
+	id, err := GenerateKey(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, mode := range map[string]os.FileMode{out: 0o600} {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != mode {
+			t.Errorf("%s has mode %v, want %v", path, st.Mode().Perm(), mode)
+		}
+	}
+	s, err := LoadSigner(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := LoadVerifier(out + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.KeyID() != id || len(v.KeyIDs()) != 1 || v.KeyIDs()[0] != id {
+		t.Errorf("key IDs: signer %s, verifier %v, generated %s", s.KeyID(), v.KeyIDs(), id)
+	}
+	if err := v.Verify(Document, []byte("map"), s.Sign(Document, []byte("map"))); err != nil {
+		t.Errorf("a generated key's signature does not verify: %v", err)
+	}
+	before, _ := os.ReadFile(out)
+	if _, err := GenerateKey(out); !errors.Is(err, os.ErrExist) {
+		t.Errorf("GenerateKey over an existing key = %v, want os.ErrExist", err)
+	}
+	if after, _ := os.ReadFile(out); string(after) != string(before) {
+		t.Error("GenerateKey wrote over an existing key")
+	}
+	// A private key is not a public one, and the reverse.
+	if _, err := LoadVerifier(out); !errors.Is(err, ErrKeyFile) {
+		t.Errorf("LoadVerifier(private key) = %v, want ErrKeyFile", err)
+	}
+	if _, err := LoadSigner(out + ".pub"); !errors.Is(err, ErrKeyFile) {
+		t.Errorf("LoadSigner(public key) = %v, want ErrKeyFile", err)
+	}
+}
+
+func FuzzParsePrivateKey(f *testing.F) {
+	dir := f.TempDir()
+	if _, err := GenerateKey(filepath.Join(dir, "k")); err != nil {
+		f.Fatal(err)
+	}
+	priv, _ := os.ReadFile(filepath.Join(dir, "k"))
+	pub, _ := os.ReadFile(filepath.Join(dir, "k.pub"))
+	f.Add(priv)
+	f.Add(pub)
+	f.Add([]byte("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if k, err := ParsePrivateKey(b); err == nil && len(k) != ed25519.PrivateKeySize {
+			t.Fatalf("accepted a private key of %d bytes", len(k))
+		}
+		if k, err := ParsePublicKey(b); err == nil && len(k) != ed25519.PublicKeySize {
+			t.Fatalf("accepted a public key of %d bytes", len(k))
+		}
+	})
+}
