@@ -132,7 +132,7 @@ const maxPendingLookups = 4096
 // Redis it takes the live map from there, falling back to the map file
 // when Redis is unreachable or holds none.
 func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
-	return newAgent(cfg, k, ct, dialRedis)
+	return newAgent(cfg, k, ct, func(url string) (Store, error) { return dialRedis(url, cfg.Trust) })
 }
 
 // newAgent is New with the store that dial returns for cfg.RedisURL.
@@ -203,6 +203,11 @@ func (a *Agent) initialMap(dial func(string) (Store, error)) (*steering.Publishe
 		return nil, err
 	}
 	a.store = s
+	if a.cfg.Trust == nil {
+		a.log.Warn("maps from Redis are not authenticated: whoever can write to Redis can steer this node's traffic (give --trust-key)", "redis", s.Addr())
+	} else {
+		a.log.Info("maps from Redis must be signed by a trusted key", "keys", a.cfg.Trust.KeyIDs())
+	}
 	ctx := context.Background()
 	if err := s.Check(ctx); err != nil {
 		if errors.Is(err, store.ErrOldRedis) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/nfsteer/nfsteer/steering"
 )
 
@@ -27,6 +28,11 @@ type Config struct {
 	// RedisURL, if set, makes the node share the map and its sessions
 	// through Redis (see package store).
 	RedisURL string
+	// Trust, if not nil, holds the keys whose signature a map version from
+	// Redis must carry: any other version is refused, logged and counted,
+	// and the node keeps its last good map. Without it, maps from Redis
+	// are not authenticated, which the agent logs once at start.
+	Trust *signing.Verifier
 	// NoMirror keeps sessions out of Redis (the map still comes from
 	// there). Without the mirror a secondary cannot take over established
 	// flows.

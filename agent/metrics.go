@@ -43,7 +43,7 @@ var (
 	descMirrorSync  = desc("mirror_resyncs_total", "Times every local session was rewritten to Redis.")
 	descMapVersion  = desc("map_version", "Version of the map this node steers by (0: a map file).")
 	descMapSwitches = desc("map_switches_total", "Map versions installed after the first.")
-	descMapRefused  = desc("map_refused_total", "Map versions refused (invalid, or the node's role would change).")
+	descMapRefused  = desc("map_refused_total", "Map versions refused: invalid, not signed by a trusted key, older than the node's, or changing the node's role.")
 	descRepinned    = desc("repinned_total", "Established connections moved off instances a map took away.")
 )
 

@@ -33,6 +33,12 @@ func (a *Agent) watchMap(ctx context.Context) error {
 		if an.Version != 0 && an.Version <= cur {
 			return
 		}
+		if an.Refused != nil {
+			// Its delta was dropped: the live map, checked the same way,
+			// decides below.
+			a.Counters.MapsRefused.Add(1)
+			a.log.Error("refusing an announced map delta; keeping the last good map", "version", an.Version, "current", cur, "err", an.Refused)
+		}
 		if d := an.Delta; d != nil && d.Base == cur && an.Version != refused {
 			since := allocated()
 			if p, err := held.Apply(d); err == nil {
@@ -45,6 +51,13 @@ func (a *Agent) watchMap(ctx context.Context) error {
 			// document decides, by the same validation as any map.
 		}
 		v, err := a.store.LiveVersion(ctx)
+		if err == nil && v < cur && v != refused {
+			// Redis went back (an old version replayed, or Redis restored
+			// from an old backup): never follow it.
+			a.Counters.MapsRefused.Add(1)
+			refused = v
+			a.log.Error("the live map version in Redis is older than this node's; keeping this node's", "version", v, "current", cur)
+		}
 		if err != nil || v <= cur || v == refused {
 			return
 		}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 )
@@ -53,11 +54,14 @@ func (s redisStore) Sessions(service string, ttl time.Duration) SessionStore {
 	return s.NewSessions(service, ttl)
 }
 
-// dialRedis returns the Store at a Redis URL. It does not connect yet.
-func dialRedis(url string) (Store, error) {
+// dialRedis returns the Store at a Redis URL, refusing map versions that
+// no key trust holds signed (nil: checking nothing). It does not connect
+// yet.
+func dialRedis(url string, trust *signing.Verifier) (Store, error) {
 	s, err := store.Dial(url)
 	if err != nil {
 		return nil, err
 	}
+	s.Trust(trust)
 	return redisStore{s}, nil
 }

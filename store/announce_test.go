@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -32,7 +33,7 @@ func TestAnnounceBoundsTheDelta(t *testing.T) {
 		if _, err := next.Encode(); err != nil {
 			t.Fatal(err)
 		}
-		b, logged, err := announce(live, next)
+		b, logged, err := (&Store{}).announce(live, next)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,4 +49,36 @@ func TestAnnounceBoundsTheDelta(t *testing.T) {
 				tt.tenants, len(b), a.Version, a.Delta != nil, tt.delta, maxDelta)
 		}
 	}
+}
+
+// FuzzDecodeAnnouncement: any bytes on the channel or in the log decode
+// to an announcement or an error, never a panic, and a decoded delta
+// encodes back to the bytes its signature covers (compacted).
+func FuzzDecodeAnnouncement(f *testing.F) {
+	f.Add([]byte(`{"version":3,"delta":{"version":3,"base":2,"map_sum":"x","drained":["fw-2"]},"sig":{"key":"00","sig":"AAAA"}}`))
+	f.Add([]byte(`{"version":3}`))
+	f.Add([]byte(`{"version":3,"delta":null}`))
+	f.Add([]byte(`{"version":3,"delta":{"version":3, "base":2}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var a Announcement
+		if err := steering.DecodeJSON(b, &a); err != nil || a.Delta == nil {
+			return
+		}
+		out, err := json.Marshal(a)
+		if err != nil {
+			t.Fatalf("re-encoding a decoded announcement: %v", err)
+		}
+		var back Announcement
+		if err := steering.DecodeJSON(out, &back); err != nil {
+			t.Fatalf("decoding a re-encoded announcement %s: %v", out, err)
+		}
+		// The encoder compacts (a publisher's deltas are compact already).
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, a.delta); err != nil {
+			t.Fatal(err)
+		}
+		if string(back.delta) != compact.String() {
+			t.Fatalf("the delta's bytes changed: %s, then %s", a.delta, back.delta)
+		}
+	})
 }

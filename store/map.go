@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/redis/go-redis/v9"
 )
@@ -15,10 +16,74 @@ import (
 // and, when it changes only tenants and the lists of instances out of
 // new-flow steering (a tenant added, a drain, a failover), the delta to
 // it from the version before, so that nodes holding that version switch
-// without reading the whole map.
+// without reading the whole map. A publisher that signs (Store.SignWith)
+// signs the delta's bytes as announced; the map's log keeps the same
+// announcement.
 type Announcement struct {
-	Version uint64          `json:"version"`
-	Delta   *steering.Delta `json:"delta,omitempty"`
+	Version uint64
+	Delta   *steering.Delta
+	// Sig is the publisher's signature over the delta, if it signed.
+	Sig *signing.Signature
+	// Refused is set by Watch when the store trusts keys and the delta's
+	// signature is not a trusted key's: the delta is dropped (nil), so
+	// that only the live map, checked as well, can decide. It says why.
+	Refused error
+	// delta is the delta's JSON as announced: what Sig covers.
+	delta []byte
+}
+
+// announcementJSON is an Announcement as the channel and the log carry it.
+type announcementJSON struct {
+	Version uint64             `json:"version"`
+	Delta   json.RawMessage    `json:"delta,omitempty"`
+	Sig     *signing.Signature `json:"sig,omitempty"`
+}
+
+// MarshalJSON encodes a as announced.
+func (a Announcement) MarshalJSON() ([]byte, error) {
+	j := announcementJSON{Version: a.Version, Delta: a.delta, Sig: a.Sig}
+	if j.Delta == nil && a.Delta != nil {
+		b, err := json.Marshal(a.Delta)
+		if err != nil {
+			return nil, err
+		}
+		j.Delta = b
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON decodes an announcement strictly (unknown fields are
+// errors, in the delta too), keeping the delta's bytes for its signature.
+func (a *Announcement) UnmarshalJSON(b []byte) error {
+	var j announcementJSON
+	if err := steering.DecodeJSON(b, &j); err != nil {
+		return err
+	}
+	*a = Announcement{Version: j.Version, Sig: j.Sig}
+	if len(j.Delta) > 0 && string(j.Delta) != "null" {
+		var d steering.Delta
+		if err := steering.DecodeJSON(j.Delta, &d); err != nil {
+			return fmt.Errorf("delta: %w", err)
+		}
+		a.Delta, a.delta = &d, j.Delta
+	}
+	return nil
+}
+
+// verify checks a's delta against the trusted keys: signed by one of them,
+// and for the version a announces. Without trusted keys, or without a
+// delta, there is nothing to check.
+func (a *Announcement) verify(trust *signing.Verifier) error {
+	if trust == nil || a.Delta == nil {
+		return nil
+	}
+	if err := trust.Verify(signing.Delta, a.delta, a.Sig); err != nil {
+		return fmt.Errorf("delta to version %d: %w", a.Version, err)
+	}
+	if a.Delta.Version != a.Version {
+		return fmt.Errorf("announcement of version %d carries a signed delta to version %d", a.Version, a.Delta.Version)
+	}
+	return nil
 }
 
 // maxDelta bounds an announced delta: a bigger change (thousands of
@@ -31,17 +96,22 @@ const maxDelta = 64 << 10
 const maxLog = 64
 
 // announce returns the announcement of next, which follows live, and
-// whether it carries the delta.
-func announce(live, next *steering.Published) ([]byte, bool, error) {
+// whether it carries the delta, signed if s signs.
+func (s *Store) announce(live, next *steering.Published) ([]byte, bool, error) {
 	a := Announcement{Version: next.Version}
 	if d, ok := steering.NewDelta(live, next); ok {
-		a.Delta = d
+		b, err := json.Marshal(d)
+		if err != nil {
+			return nil, false, fmt.Errorf("encoding the delta to version %d: %w", next.Version, err)
+		}
+		if len(b) <= maxDelta {
+			a.Delta, a.delta = d, b
+			if s.signer != nil {
+				a.Sig = s.signer.Sign(signing.Delta, b)
+			}
+		}
 	}
 	b, err := json.Marshal(a)
-	if err == nil && len(b) > maxDelta {
-		a.Delta = nil
-		b, err = json.Marshal(a)
-	}
 	if err != nil {
 		return nil, false, fmt.Errorf("encoding the announcement of version %d: %w", next.Version, err)
 	}
@@ -71,6 +141,7 @@ func (s *Store) Live(ctx context.Context) (*steering.Published, error) { return 
 func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*steering.Published, error) {
 	tx := s.rdb.TxPipeline()
 	docCmd := tx.Get(ctx, keyMapDoc)
+	sigCmd := tx.Get(ctx, keyMapSig)
 	logCmd := tx.LRange(ctx, keyMapLog, 0, -1)
 	versionCmd := tx.Get(ctx, keyMapVersion)
 	if _, err := tx.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
@@ -83,17 +154,70 @@ func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*stee
 	if err != nil {
 		return nil, fmt.Errorf("reading the map from %s: %w", s.addr, err)
 	}
+	if err := s.verifyDoc(doc, sigCmd); err != nil {
+		return nil, err
+	}
 	p, err := steering.DecodePublishedAfter(doc, held)
 	if err != nil {
 		return nil, fmt.Errorf("live map in Redis: %w", err)
 	}
-	if p, err = applyLog(p, logCmd.Val()); err != nil {
+	if p, err = applyLog(p, logCmd.Val(), s.trust); err != nil {
 		return nil, err
 	}
 	if v, _ := versionCmd.Uint64(); v != p.Version {
 		return nil, fmt.Errorf("%w: live map in Redis: live version %d, but the document and its log make version %d", steering.ErrInvalidMap, v, p.Version)
 	}
 	return p, nil
+}
+
+// lastTrusted returns the newest version in Redis that trusted keys
+// signed: the document with the log's deltas up to the first that is not
+// so signed. It returns nil, and no error, when the document itself is not
+// signed so.
+func (s *Store) lastTrusted(ctx context.Context) (*steering.Published, error) {
+	tx := s.rdb.TxPipeline()
+	docCmd := tx.Get(ctx, keyMapDoc)
+	sigCmd := tx.Get(ctx, keyMapSig)
+	logCmd := tx.LRange(ctx, keyMapLog, 0, -1)
+	if _, err := tx.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("reading the map from %s: %w", s.addr, err)
+	}
+	doc, err := docCmd.Bytes()
+	if err != nil || s.verifyDoc(doc, sigCmd) != nil {
+		return nil, nil
+	}
+	p, err := steering.DecodePublished(doc)
+	if err != nil {
+		return nil, nil
+	}
+	for _, e := range logCmd.Val() {
+		q, err := applyLog(p, []string{e}, s.trust)
+		if err != nil {
+			break
+		}
+		p = q
+	}
+	return p, nil
+}
+
+// verifyDoc checks the document's signature (sig, the reply for
+// keyMapSig) against the trusted keys, if s trusts any. The error wraps
+// steering.ErrInvalidMap and says why.
+func (s *Store) verifyDoc(doc []byte, sig *redis.StringCmd) error {
+	if s.trust == nil {
+		return nil
+	}
+	var sg *signing.Signature
+	if b, err := sig.Bytes(); err == nil {
+		sg = new(signing.Signature)
+		if err := steering.DecodeJSON(b, sg); err != nil {
+			return fmt.Errorf("%w: live map in Redis: the document's signature (%s) does not decode: %w: %v", steering.ErrInvalidMap, keyMapSig, signing.ErrBadSignature, err)
+		}
+	}
+	if err := s.trust.Verify(signing.Document, doc, sg); err != nil {
+		return fmt.Errorf("%w: live map in Redis: %s: %w", steering.ErrInvalidMap, keyMapDoc, err)
+	}
+	return nil
 }
 
 // LiveAfter is Live for a reader holding held (which may be nil): when
@@ -131,7 +255,7 @@ func (s *Store) catchUp(ctx context.Context, held *steering.Published) (*steerin
 	if _, err := tx.Exec(ctx); err != nil {
 		return nil, false
 	}
-	p, err := applyLog(held, logCmd.Val())
+	p, err := applyLog(held, logCmd.Val(), s.trust)
 	if err != nil {
 		return nil, false
 	}
@@ -140,10 +264,11 @@ func (s *Store) catchUp(ctx context.Context, held *steering.Published) (*steerin
 }
 
 // applyLog applies to p the deltas of the log entries newer than it, each
-// validated as an announced one. An entry that is not a delta, or a delta
-// that does not follow (ErrNotBase) or is refused, is an error wrapping
-// steering.ErrInvalidMap that names it.
-func applyLog(p *steering.Published, entries []string) (*steering.Published, error) {
+// validated as an announced one and, if trust is not nil, signed by a key
+// it trusts. An entry that is not a delta, or a delta that does not
+// follow (ErrNotBase), is not signed so, or is refused, is an error
+// wrapping steering.ErrInvalidMap that names it.
+func applyLog(p *steering.Published, entries []string, trust *signing.Verifier) (*steering.Published, error) {
 	for i, entry := range entries {
 		var a Announcement
 		if err := steering.DecodeJSON([]byte(entry), &a); err != nil || a.Delta == nil {
@@ -151,6 +276,9 @@ func applyLog(p *steering.Published, entries []string) (*steering.Published, err
 		}
 		if a.Version <= p.Version {
 			continue // from before p (or the document, written over by hand)
+		}
+		if err := a.verify(trust); err != nil {
+			return nil, fmt.Errorf("%w: live map in Redis: entry %d of %s: %w", steering.ErrInvalidMap, i, keyMapLog, err)
 		}
 		q, err := p.Apply(a.Delta)
 		if errors.Is(err, steering.ErrNotBase) {
@@ -181,9 +309,20 @@ type Publication struct {
 // atomically and announces it. It returns the published map. A change that
 // would publish what the live version already says publishes nothing: it
 // returns the live version and ErrUnchanged.
+//
+// A store that trusts keys builds only on what they signed. When the live
+// version is not (a forged delta appended, a forged document), the change
+// is applied to the last version a trusted key signed, if the document is
+// one, else to no map, and the result is published whole over the forged
+// one, as the next version after it: nodes then read it and drop the
+// forged log. That is how a signing operator recovers from a forgery.
 func (s *Store) Publish(ctx context.Context, change Change) (Publication, error) {
 	for attempt := 0; ; attempt++ {
 		live, err := s.Live(ctx)
+		forged := s.trust != nil && signing.IsRefusal(err)
+		if forged {
+			live, err = s.lastTrusted(ctx)
+		}
 		if err != nil && !errors.Is(err, ErrNoMap) {
 			return Publication{}, err
 		}
@@ -198,7 +337,7 @@ func (s *Store) Publish(ctx context.Context, change Change) (Publication, error)
 		if next.Version != 0 && next.Version <= liveVersion {
 			return Publication{}, fmt.Errorf("%w: offered version %d, live version %d", ErrStaleVersion, next.Version, liveVersion)
 		}
-		if live != nil && next.SameAs(live) {
+		if live != nil && next.SameAs(live) && !forged {
 			return Publication{Published: live}, ErrUnchanged
 		}
 		var prevIDs map[string]uint16
@@ -245,9 +384,15 @@ func (s *Store) publish(ctx context.Context, expect uint64, live, p *steering.Pu
 	if live != nil && live.Version != expect {
 		live = nil // read before another publisher's version: no delta
 	}
-	msg, logged, err := announce(live, p)
+	msg, logged, err := s.announce(live, p)
 	if err != nil {
 		return time.Time{}, err
+	}
+	var docSig []byte // written with the document; none: unsigned
+	if s.signer != nil {
+		if docSig, err = json.Marshal(s.signer.Sign(signing.Document, doc)); err != nil {
+			return time.Time{}, fmt.Errorf("encoding the signature of version %d: %w", p.Version, err)
+		}
 	}
 	// A version an announced delta makes is appended to the map's log,
 	// not written whole: 10,000 tenants are 0.8 MB of JSON, which Redis
@@ -280,6 +425,11 @@ func (s *Store) publish(ctx context.Context, expect uint64, live, p *steering.Pu
 				pipe.RPush(ctx, keyMapLog, msg)
 			} else {
 				pipe.Set(ctx, keyMapDoc, doc, 0)
+				if docSig != nil {
+					pipe.Set(ctx, keyMapSig, docSig, 0)
+				} else {
+					pipe.Del(ctx, keyMapSig)
+				}
 				pipe.Del(ctx, keyMapLog)
 			}
 			pipe.Set(ctx, keyMapVersion, p.Version, 0)
@@ -318,6 +468,9 @@ func (s *Store) Watch(ctx context.Context, poll time.Duration, check func(ctx co
 			if err := steering.DecodeJSON([]byte(m.Payload), &a); err != nil {
 				// Not ours to understand: look at the live version.
 				a = Announcement{}
+			}
+			if err := a.verify(s.trust); err != nil {
+				a.Delta, a.delta, a.Refused = nil, nil, err
 			}
 			check(ctx, a)
 			last = time.Now()

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -19,6 +20,9 @@ const (
 	// keyMapLog lists the announcements of the versions after the
 	// document's, oldest first.
 	keyMapLog = "nfsteer:{map}:log"
+	// keyMapSig holds the publisher's signature over the document (JSON,
+	// package signing), when it signed it.
+	keyMapSig = "nfsteer:{map}:sig"
 	// Channel carries the number of every newly published map version.
 	Channel       = "nfsteer:map"
 	keyBeatAt     = "nfsteer:{hb}:at"
@@ -52,7 +56,26 @@ const (
 type Store struct {
 	rdb  redis.UniversalClient
 	addr string // for messages
+	// signer signs the map versions this store publishes; trust checks
+	// those it reads. Both are set before the store is first used
+	// (SignWith, Trust), and only read after.
+	signer *signing.Signer
+	trust  *signing.Verifier
 }
+
+// SignWith makes s sign every map version it publishes with signer (nil:
+// publish unsigned). Call it before s is used.
+func (s *Store) SignWith(signer *signing.Signer) { s.signer = signer }
+
+// Trust makes s refuse every map version it reads that no key v trusts
+// signed, with an error wrapping steering.ErrInvalidMap and the reason
+// from package signing (nil v: check nothing). It covers the document,
+// the log of deltas after it, and the deltas Watch announces. Call it
+// before s is used.
+func (s *Store) Trust(v *signing.Verifier) { s.trust = v }
+
+// Trusts reports whether s checks the maps it reads.
+func (s *Store) Trusts() bool { return s.trust != nil }
 
 // Open connects to the Redis at rawURL and checks that it answers.
 // redis:// and rediss:// (TLS) URLs name a single server; ?addr=host:port

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nfsteer/nfsteer/controller"
 	"github.com/nfsteer/nfsteer/metrics"
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
@@ -21,11 +22,76 @@ func redisFlag() cli.Flag {
 	return &cli.StringFlag{Name: "redis", Usage: "Redis `URL` (redis://, rediss://, unix://; ?addr= for Cluster, ?master_name= for Sentinel)", EnvVars: []string{"NFSTEER_REDIS"}}
 }
 
+func signingKeyFlag() cli.Flag {
+	return &cli.StringFlag{Name: "signing-key", Usage: "sign the map versions this command publishes with the ed25519 private key in `FILE` (nfsteer key generate)", EnvVars: []string{"NFSTEER_SIGNING_KEY"}}
+}
+
+func trustKeyFlag() cli.Flag {
+	return &cli.StringSliceFlag{Name: "trust-key", Usage: "refuse map versions from Redis not signed by the ed25519 public key in `FILE` (repeat to trust several, as while keys are rotated)", EnvVars: []string{"NFSTEER_TRUST_KEY"}}
+}
+
+// trustOf returns the verifier of the --trust-key files (nil if none).
+func trustOf(c *cli.Context) (*signing.Verifier, error) {
+	v, err := signing.LoadVerifier(c.StringSlice("trust-key")...)
+	if err != nil {
+		return nil, cli.Exit("--trust-key: "+err.Error(), 2)
+	}
+	return v, nil
+}
+
+// openStore opens the store at --redis, signing what it publishes with
+// --signing-key and refusing maps no --trust-key signed, where the
+// command has those flags. Key files are read first: a bad one is a usage
+// error before anything is connected.
 func openStore(c *cli.Context) (*store.Store, error) {
 	if c.String("redis") == "" {
 		return nil, cli.Exit("--redis URL (or NFSTEER_REDIS) is required", 2)
 	}
-	return store.Open(c.Context, c.String("redis"))
+	var signer *signing.Signer
+	if f := c.String("signing-key"); f != "" {
+		var err error
+		if signer, err = signing.LoadSigner(f); err != nil {
+			return nil, cli.Exit("--signing-key: "+err.Error(), 2)
+		}
+	}
+	trust, err := trustOf(c)
+	if err != nil {
+		return nil, err
+	}
+	s, err := store.Open(c.Context, c.String("redis"))
+	if err != nil {
+		return nil, err
+	}
+	s.SignWith(signer)
+	s.Trust(trust)
+	return s, nil
+}
+
+func keyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "key",
+		Usage: "make the ed25519 keys that sign map versions",
+		Subcommands: []*cli.Command{{
+			Name:  "generate",
+			Usage: "write a new private key to FILE (mode 0600) and its public key to FILE.pub",
+			Description: `The private key signs: give it to the operators' CLI and to the controller
+(--signing-key or NFSTEER_SIGNING_KEY). The public key verifies: give it to
+every agent and controller (--trust-key, repeatable). An existing file is
+never written over.
+
+Example:
+   nfsteer key generate --out /etc/nfsteer/ops.key`,
+			Flags: []cli.Flag{&cli.StringFlag{Name: "out", Required: true, Usage: "the private key's `FILE`"}},
+			Action: func(c *cli.Context) error {
+				id, err := signing.GenerateKey(c.String("out"))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "key %s: private key %s (mode 0600), public key %s.pub\n", id, c.String("out"), c.String("out"))
+				return nil
+			},
+		}},
+	}
 }
 
 // withStore runs a command that reads or changes Redis: fn gets the
@@ -90,7 +156,7 @@ Example:
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml --dry-run
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml`,
 		Flags: []cli.Flag{
-			redisFlag(), outputFlag(),
+			redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag(),
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"},
 			&cli.BoolFlag{Name: "prune", Usage: "remove the tenants, services and instances the file does not have"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes and publish nothing"},
@@ -212,7 +278,7 @@ func controllerCommand() *cli.Command {
 		Description: `Example:
    nfsteer controller --redis redis://10.0.0.5:6379`,
 		Flags: []cli.Flag{
-			redisFlag(),
+			redisFlag(), signingKeyFlag(), trustKeyFlag(),
 			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.IntFlag{Name: "misses", Value: 4, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
 			&cli.DurationFlag{Name: "lease", Value: 2 * time.Second, Usage: "controller lease `TTL` (how long a dead controller blocks its standby)"},

@@ -1,0 +1,113 @@
+//go:build linux
+
+package tests
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// TestForgedMapIsRefused: agents that trust the operators' key keep their
+// map when someone with only Redis access publishes a version under
+// another key, and the server shows it: the forged version would have
+// closed a port, and connections to it still open. The operator's signed
+// version, published over the forgery, closes it.
+func TestForgedMapIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	ops, evil := filepath.Join(dir, "ops.key"), filepath.Join(dir, "evil.key")
+	l := lab.NewWithMap(t, bin, labmap.Firewall)
+	for _, k := range []string{ops, evil} {
+		if out, err := l.Nfsteer("ctl", "key", "generate", "--out", k); err != nil {
+			t.Fatalf("key generate: %v\n%s", err, out)
+		}
+	}
+	l.StartRedis(t)
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile, "--signing-key", ops); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll("--redis", lab.RedisURL, "--trust-key", ops+".pub"); err != nil {
+		t.Fatal(err)
+	}
+
+	const srv = "10.99.0.2:8060"
+	ln, err := l.Listen("srv", "tcp", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	connect := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, err := l.Dial(ctx, "ca", "tcp", lab.AcmeClient+":0", srv)
+		if err == nil {
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+		return err
+	}
+	if err := connect(); err != nil {
+		t.Fatalf("a connection the firewall allows: %v", err)
+	}
+
+	refusing := strings.Replace(labmap.Firewall, `ports: ["5201", "8000-8100"]`, `ports: ["5201"]`, 1)
+	path := filepath.Join(dir, "refusing.yaml")
+	if err := os.WriteFile(path, []byte(refusing), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", path, "--signing-key", evil, "-o", "json")
+	if err != nil {
+		t.Fatalf("apply under the untrusted key: %v\n%s", err, out)
+	}
+	for _, node := range append([]string{"gw"}, instanceNames()...) {
+		a := l.Agents(node)[0]
+		if !waitFor(5*time.Second, func() bool {
+			o := a.Output()
+			return strings.Contains(o, "refusing") && strings.Contains(o, "version=2 ") && strings.Contains(o, "not trusted")
+		}) {
+			t.Fatalf("%s did not refuse version 2 as signed by an untrusted key:\n%s", node, a.Output())
+		}
+	}
+	if err := connect(); err != nil {
+		t.Fatalf("after the forged version: a connection the trusted map allows failed: %v", err)
+	}
+	out, err = l.Nfsteer("ctl", "map", "show", "--redis", lab.RedisURL, "--trust-key", ops+".pub")
+	if err == nil || !strings.Contains(err.Error(), "signed by a key that is not trusted") {
+		t.Errorf("map show --trust-key on the forged version: %v, %q; want a failure saying the key is not trusted", err, out)
+	}
+
+	// The operator publishes over it, signing and trusting.
+	out, err = l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", path, "--signing-key", ops, "--trust-key", ops+".pub", "-o", "json")
+	if err != nil {
+		t.Fatalf("apply over the forgery: %v\n%s", err, out)
+	}
+	if v := awaitVersion(t, l, out, append([]string{"gw"}, instanceNames()...)...); v != 3 {
+		t.Errorf("the signed version over the forgery is %d, want 3", v)
+	}
+	before := accepted.Load()
+	if err := connect(); err == nil {
+		t.Fatal("a connection opened to the port the operator's signed version closed")
+	}
+	if n := accepted.Load(); n != before {
+		t.Errorf("the server accepted %d connections after the port was closed", n-before)
+	}
+}
