@@ -143,18 +143,12 @@ func TestEstablishedFlowsSurviveAgentCrash(t *testing.T) {
 	fc.check(t, l)
 }
 
-// TestReopenedConnectionMeetsTheFirewall holds a TCP connection open from
-// a fixed client port while the firewall's rules change to refuse its
-// port, resets it, and at once opens a new connection on the same
-// 5-tuple. Conntrack gives the new connection a new entry, so it reaches
-// the agents; they must decide it as the new flow it is, by the rules in
-// force, and not ride the closed connection's session. Judged at the
-// server: it must accept the first connection and not the second.
-func TestReopenedConnectionMeetsTheFirewall(t *testing.T) {
-	l := redisLab(t)
-	const srv = "10.99.0.2:8050"
-	local := lab.AcmeClient + ":45321"
-	ln, err := l.Listen("srv", "tcp", srv)
+// countAccepts listens on addr in the server's namespace until the test
+// ends, closing each connection it accepts, and returns the count of
+// them: what reached the server, judged from the server's side.
+func countAccepts(t *testing.T, l *lab.Lab, addr string) *atomic.Int64 {
+	t.Helper()
+	ln, err := l.Listen("srv", "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +164,21 @@ func TestReopenedConnectionMeetsTheFirewall(t *testing.T) {
 			c.Close()
 		}
 	}()
+	return &accepted
+}
+
+// TestReopenedConnectionMeetsTheFirewall holds a TCP connection open from
+// a fixed client port while the firewall's rules change to refuse its
+// port, resets it, and at once opens a new connection on the same
+// 5-tuple. Conntrack gives the new connection a new entry, so it reaches
+// the agents; they must decide it as the new flow it is, by the rules in
+// force, and not ride the closed connection's session. Judged at the
+// server: it must accept the first connection and not the second.
+func TestReopenedConnectionMeetsTheFirewall(t *testing.T) {
+	l := redisLab(t)
+	const srv = "10.99.0.2:8050"
+	local := lab.AcmeClient + ":45321"
+	accepted := countAccepts(t, l, srv)
 	dial := func() (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -82,8 +82,9 @@ func BenchmarkManyInstances(b *testing.B) {
 			b.Fatalf("the gateway has routes to %d of the %d instances:\n%s", len(tables), n, shown)
 		}
 		slices.Sort(tables)
-		// A decided flow's mark: the original half names the instance
-		// (table - 8000 + 1), the reply half says "route normally".
+		// A decided flow's connmark, which NFSTEER-PRE restores into
+		// each packet: the original half names the instance (table -
+		// 8000 + 1), the reply half says "route normally".
 		mark := func(table int) string {
 			return fmt.Sprintf("%#x/0xffffff", 1<<12|(table-8000+1))
 		}
@@ -93,7 +94,7 @@ func BenchmarkManyInstances(b *testing.B) {
 				if op == "-I" {
 					args = append(args, "1")
 				}
-				if err := l.Run("gw", append(args, "-i", in, "-j", "MARK", "--set-xmark", m)...); err != nil {
+				if err := l.Run("gw", append(args, "-i", in, "-j", "CONNMARK", "--set-xmark", m)...); err != nil {
 					b.Fatal(err)
 				}
 			}
