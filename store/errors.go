@@ -18,3 +18,7 @@ var (
 	// ErrNoSession: the flow has no session in Redis.
 	ErrNoSession = errors.New("no such session")
 )
+
+// ErrNoPermission: Redis refused a command because the user's ACL does
+// not allow it (see ACLRules).
+var ErrNoPermission = errors.New("the Redis user lacks a permission nfsteer needs")

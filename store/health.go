@@ -78,7 +78,7 @@ func (s *Store) Heartbeat(ctx context.Context, node string, r *Report) error {
 		args = append(args, b)
 	}
 	if err := beatScript.Run(ctx, s.rdb, []string{keyBeatAt, keyBeatReport, keyRestart}, args...).Err(); err != nil {
-		return fmt.Errorf("heartbeat to %s: %w", s.addr, err)
+		return fmt.Errorf("heartbeat to %s: %w", s.addr, permission(err))
 	}
 	return nil
 }
@@ -97,7 +97,7 @@ return ms
 // silence is not a failure. Its next heartbeat ends the notice.
 func (s *Store) Restarting(ctx context.Context, node string, grace time.Duration) error {
 	if err := restartScript.Run(ctx, s.rdb, []string{keyRestart}, node, grace.Milliseconds()).Err(); err != nil {
-		return fmt.Errorf("announcing %s's restart to %s: %w", node, s.addr, err)
+		return fmt.Errorf("announcing %s's restart to %s: %w", node, s.addr, permission(err))
 	}
 	return nil
 }
@@ -118,7 +118,7 @@ func (s *Store) Pulse(ctx context.Context) (Pulse, error) {
 	at := pipe.HGetAll(ctx, keyBeatAt)
 	restart := pipe.HGetAll(ctx, keyRestart)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return Pulse{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, err)
+		return Pulse{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, permission(err))
 	}
 	return Pulse{Now: now.Val(), At: millis(at.Val()), RestartBy: millis(restart.Val())}, nil
 }
@@ -143,7 +143,7 @@ func (s *Store) Beats(ctx context.Context) (map[string]Beat, time.Time, error) {
 	at := pipe.HGetAll(ctx, keyBeatAt)
 	rep := pipe.HGetAll(ctx, keyBeatReport)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, time.Time{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, err)
+		return nil, time.Time{}, fmt.Errorf("reading heartbeats from %s: %w", s.addr, permission(err))
 	}
 	out := map[string]Beat{}
 	for node, at := range millis(at.Val()) {
@@ -181,7 +181,7 @@ return 0
 func (s *Store) Lease(ctx context.Context, holder string, ttl time.Duration) (bool, error) {
 	n, err := leaseScript.Run(ctx, s.rdb, []string{keyLease, keyControllers}, holder, ttl.Milliseconds()).Int()
 	if err != nil {
-		return false, fmt.Errorf("controller lease at %s: %w", s.addr, err)
+		return false, fmt.Errorf("controller lease at %s: %w", s.addr, permission(err))
 	}
 	return n == 1, nil
 }
@@ -215,7 +215,7 @@ func (s *Store) Controllers(ctx context.Context) ([]Controller, error) {
 	seen := pipe.HGetAll(ctx, keyControllers)
 	holder := pipe.Get(ctx, keyLease)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("reading the controllers from %s: %w", s.addr, err)
+		return nil, fmt.Errorf("reading the controllers from %s: %w", s.addr, permission(err))
 	}
 	var out []Controller
 	var gone []string
@@ -268,12 +268,12 @@ func (s *Store) Health(ctx context.Context) (RedisHealth, error) {
 	h := RedisHealth{Addr: s.addr}
 	start := time.Now()
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		return h, fmt.Errorf("pinging Redis at %s: %w", s.addr, err)
+		return h, fmt.Errorf("pinging Redis at %s: %w", s.addr, permission(err))
 	}
 	h.RTT = time.Since(start)
 	info, err := s.rdb.Info(ctx, "server", "memory").Result()
 	if err != nil {
-		return h, fmt.Errorf("reading INFO from %s: %w", s.addr, err)
+		return h, fmt.Errorf("reading INFO from %s: %w", s.addr, permission(err))
 	}
 	for _, line := range strings.Split(info, "\n") {
 		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
@@ -288,7 +288,7 @@ func (s *Store) Health(ctx context.Context) (RedisHealth, error) {
 		return h, err
 	}
 	if h.Controller, err = s.LeaseHolder(ctx); err != nil {
-		return h, fmt.Errorf("reading the controller lease from %s: %w", s.addr, err)
+		return h, fmt.Errorf("reading the controller lease from %s: %w", s.addr, permission(err))
 	}
 	return h, nil
 }
@@ -303,7 +303,7 @@ func (s *Store) SetScores(ctx context.Context, scores map[string]int) error {
 		args = append(args, n, v)
 	}
 	if err := s.rdb.HSet(ctx, keyScores, args...).Err(); err != nil {
-		return fmt.Errorf("writing health scores to %s: %w", s.addr, err)
+		return fmt.Errorf("writing health scores to %s: %w", s.addr, permission(err))
 	}
 	return nil
 }
@@ -312,7 +312,7 @@ func (s *Store) SetScores(ctx context.Context, scores map[string]int) error {
 func (s *Store) Scores(ctx context.Context) (map[string]int, error) {
 	all, err := s.rdb.HGetAll(ctx, keyScores).Result()
 	if err != nil {
-		return nil, fmt.Errorf("reading health scores from %s: %w", s.addr, err)
+		return nil, fmt.Errorf("reading health scores from %s: %w", s.addr, permission(err))
 	}
 	out := make(map[string]int, len(all))
 	for n, v := range all {

@@ -125,7 +125,7 @@ func (s *Store) LiveVersion(ctx context.Context) (uint64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("reading the map version from %s: %w", s.addr, err)
+		return 0, fmt.Errorf("reading the map version from %s: %w", s.addr, permission(err))
 	}
 	return v, nil
 }
@@ -145,7 +145,7 @@ func (s *Store) decodeLive(ctx context.Context, held *steering.Published) (*stee
 	logCmd := tx.LRange(ctx, keyMapLog, 0, -1)
 	versionCmd := tx.Get(ctx, keyMapVersion)
 	if _, err := tx.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("reading the map from %s: %w", s.addr, err)
+		return nil, fmt.Errorf("reading the map from %s: %w", s.addr, permission(err))
 	}
 	doc, err := docCmd.Bytes()
 	if errors.Is(err, redis.Nil) {
@@ -442,7 +442,7 @@ func (s *Store) publish(ctx context.Context, expect uint64, live, p *steering.Pu
 		return time.Time{}, errConflict
 	}
 	if err != nil {
-		return time.Time{}, fmt.Errorf("publishing map version %d to %s: %w", p.Version, s.addr, err)
+		return time.Time{}, fmt.Errorf("publishing map version %d to %s: %w", p.Version, s.addr, permission(err))
 	}
 	return at, nil
 }

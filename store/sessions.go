@@ -125,7 +125,7 @@ func (w *Sessions) Write(ctx context.Context, ops []sessions.Named) ([]sessions.
 	out, err := w.write(ctx, ops)
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		if err := takeoverScript.Load(ctx, w.s.rdb).Err(); err != nil {
-			return nil, fmt.Errorf("loading the takeover script into %s: %w", w.s.addr, err)
+			return nil, fmt.Errorf("loading the takeover script into %s: %w", w.s.addr, permission(err))
 		}
 		out, err = w.write(ctx, ops)
 	}
@@ -182,7 +182,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 	out := make([]sessions.Outcome, len(ops))
 	if cmds, err := b.pipe.Exec(ctx); err != nil {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
-			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, err)
+			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, permission(err))
 		}
 	}
 	for i, c := range b.refreshes {
@@ -320,7 +320,7 @@ func (w *Sessions) reindex(ctx context.Context, stale []indexEntry, idx indexBat
 	idx.flush(ctx, pipe)
 	if cmds, err := pipe.Exec(ctx); err != nil {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
-			return fmt.Errorf("indexing sessions in %s: %w", w.s.addr, err)
+			return fmt.Errorf("indexing sessions in %s: %w", w.s.addr, permission(err))
 		}
 	}
 	return nil
@@ -445,7 +445,7 @@ func (s *Store) Session(ctx context.Context, flow string) (*sessions.Record, err
 	case redis.HasErrorPrefix(err, "WRONGTYPE"):
 		return nil, fmt.Errorf("session %s or %s: %w: %v", key, stKey, ErrMalformed, err)
 	case err != nil:
-		return nil, fmt.Errorf("reading session %s from %s: %w", key, s.addr, err)
+		return nil, fmt.Errorf("reading session %s from %s: %w", key, s.addr, permission(err))
 	case errors.Is(rec.Err(), redis.Nil):
 		return nil, fmt.Errorf("%s: %w", key, ErrNoSession)
 	}
@@ -490,7 +490,7 @@ func (s *Store) List(ctx context.Context, instance, role string) (recs []*sessio
 	s.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+now)
 	flows, err := s.rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading index %s from %s: %w", key, s.addr, err)
+		return nil, nil, fmt.Errorf("reading index %s from %s: %w", key, s.addr, permission(err))
 	}
 	for _, f := range flows {
 		r, err := s.Session(ctx, f)
@@ -524,7 +524,7 @@ func (s *Store) Count(ctx context.Context, instance, role string) (int64, error)
 	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	n, err := s.rdb.ZCount(ctx, indexKey(instance, role), now, "+inf").Result()
 	if err != nil {
-		return 0, fmt.Errorf("counting %s sessions of %s at %s: %w", role, instance, s.addr, err)
+		return 0, fmt.Errorf("counting %s sessions of %s at %s: %w", role, instance, s.addr, permission(err))
 	}
 	return n, nil
 }
@@ -546,7 +546,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	// for each session.
 	if len(recs) > 0 {
 		if err := takeoverScript.Load(ctx, s.rdb).Err(); err != nil {
-			return 0, bad, fmt.Errorf("loading the takeover script into %s: %w", s.addr, err)
+			return 0, bad, fmt.Errorf("loading the takeover script into %s: %w", s.addr, permission(err))
 		}
 	}
 	now := time.Now()
@@ -583,7 +583,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			continue
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			return moved, bad, fmt.Errorf("handing session %s over at %s: %w", r.Flow, s.addr, err)
+			return moved, bad, fmt.Errorf("handing session %s over at %s: %w", r.Flow, s.addr, permission(err))
 		}
 		for _, c := range takes {
 			if n, _ := c.Int(); n == 1 {

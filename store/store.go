@@ -109,11 +109,11 @@ func (s *Store) Check(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	if err := s.rdb.Ping(pctx).Err(); err != nil {
-		return fmt.Errorf("connecting to Redis at %s: %w", s.addr, err)
+		return fmt.Errorf("connecting to Redis at %s: %w", s.addr, permission(err))
 	}
 	info, err := s.rdb.Info(pctx, "server").Result()
 	if err != nil {
-		return fmt.Errorf("asking Redis at %s for its version: %w", s.addr, err)
+		return fmt.Errorf("asking Redis at %s for its version: %w", s.addr, permission(err))
 	}
 	return checkVersion(s.addr, info)
 }

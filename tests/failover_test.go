@@ -185,7 +185,11 @@ type udpResult struct {
 }
 
 func runFailover(t *testing.T, agentArgs ...string) (lab.Transfer, *lab.Lab, string, string, udpResult) {
-	l := redisLab(t, agentArgs...)
+	return runFailoverIn(t, redisLab(t, agentArgs...))
+}
+
+// runFailoverIn is runFailover in a lab whose agents and controller run.
+func runFailoverIn(t *testing.T, l *lab.Lab) (lab.Transfer, *lab.Lab, string, string, udpResult) {
 	f := flowOf(t, 6, failoverLocal, failoverServer)
 	primary, secondary := primaryFW(t, f)
 	t.Logf("flow %v: primary firewall %s, secondary %s", sessions.KeyOf(&f), primary, secondary)

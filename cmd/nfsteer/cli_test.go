@@ -20,6 +20,7 @@ import (
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
+	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
 )
 
@@ -799,5 +800,52 @@ func TestHelpShowsTheNamedCommand(t *testing.T) {
 				t.Errorf("help does not contain %q:\n%s", tc.want, stdout.String())
 			}
 		})
+	}
+}
+
+// TestCLIRedisACL: the users nfsteer redis acl prints, created on a real
+// Redis 7, can do what their role needs from the CLI and nothing more:
+// the agent's user reads the map but cannot publish one, and says which
+// permission is missing; the operator's user publishes.
+func TestCLIRedisACL(t *testing.T) {
+	labRedis(t)
+	opt, err := redis.ParseURL(os.Getenv("NFSTEER_REDIS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := redis.NewClient(opt)
+	t.Cleanup(func() { admin.Close() })
+	r := nfsteer(t, "redis", "acl", "-o", "json")
+	var users []struct {
+		Role, User string
+		Rules      []string
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &users); err != nil || len(users) != 3 {
+		t.Fatalf("redis acl -o json: %+v (%v)", r, err)
+	}
+	url := map[string]string{}
+	for _, u := range users {
+		args := []any{"acl", "setuser", u.User, "on", ">pw"}
+		for _, rule := range u.Rules {
+			args = append(args, rule)
+		}
+		if err := admin.Do(context.Background(), args...).Err(); err != nil {
+			t.Fatalf("ACL SETUSER %s: %v", u.User, err)
+		}
+		url[u.Role] = "redis://" + u.User + ":pw@" + opt.Addr
+	}
+	add := []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/16", "--chain", "fw"}
+	if r := nfsteer(t, append(add, "--redis", url["agent"])...); r.code != 1 ||
+		!strings.Contains(r.stderr, "lacks a permission") || !strings.Contains(r.stderr, "NOPERM") {
+		t.Errorf("tenant add as the agent's user: %+v; want exit 1 naming the missing permission", r)
+	}
+	if r := nfsteer(t, "map", "show", "--redis", url["agent"]); r.code != 0 {
+		t.Errorf("map show as the agent's user: %+v", r)
+	}
+	if r := nfsteer(t, append(add, "--redis", url["operator"])...); r.code != 0 {
+		t.Errorf("tenant add as the operator's user: %+v", r)
+	}
+	if r := nfsteer(t, "redis", "acl", "--role", "admin"); r.code != 2 || !strings.Contains(r.stderr, `"admin"`) {
+		t.Errorf("redis acl --role admin: %+v; want a usage error naming it", r)
 	}
 }

@@ -84,7 +84,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			agentCommand(), controllerCommand(), rulesCommand(),
 			applyCommand(), mapCommand(), tenantCommand(), serviceCommand(), instanceCommand(),
-			sessionsCommand(), statusCommand(), traceCommand(), keyCommand(), completionCommand(),
+			sessionsCommand(), statusCommand(), traceCommand(), keyCommand(), redisCommand(), completionCommand(),
 		},
 	}
 	app.Action = needSubcommand

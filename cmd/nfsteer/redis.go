@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -65,6 +66,59 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	s.SignWith(signer)
 	s.Trust(trust)
 	return s, nil
+}
+
+func redisCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "redis",
+		Usage: "what nfsteer needs of Redis",
+		Subcommands: []*cli.Command{{
+			Name:  "acl",
+			Usage: "print the Redis 7 ACL users of least privilege: agent, controller, operator",
+			Description: `Prints one ACL SETUSER per role, with the key patterns, channels and
+commands it needs and nothing else (%R~ is read-only). Replace PASSWORD,
+run them (or put them in an ACL file), and give each side its user in its
+URL: redis://nfsteer-agent:PASSWORD@host:6379. A command refused for
+lack of a permission fails naming it (NOPERM ...).
+
+Example:
+   nfsteer redis acl --role agent`,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "role", Usage: "only `ROLE`: agent, controller or operator"},
+				&cli.StringFlag{Name: "user-prefix", Value: "nfsteer-", Usage: "user names are `PREFIX` followed by the role"},
+				outputFlag(),
+			},
+			Action: func(c *cli.Context) error {
+				out, err := printerOf(c)
+				if err != nil {
+					return err
+				}
+				roles := store.ACLRoles
+				if r := c.String("role"); r != "" {
+					roles = []store.ACLRole{store.ACLRole(r)}
+				}
+				type user struct {
+					Role  string   `json:"role"`
+					User  string   `json:"user"`
+					About string   `json:"about"`
+					Rules []string `json:"rules"`
+				}
+				var users []user
+				for _, r := range roles {
+					rules, err := store.ACLRules(r)
+					if err != nil {
+						return cli.Exit("--role: "+err.Error(), 2)
+					}
+					users = append(users, user{string(r), c.String("user-prefix") + string(r), r.About(), rules})
+				}
+				return out.print(users, func(w io.Writer) {
+					for _, u := range users {
+						fmt.Fprintf(w, "# %s\nACL SETUSER %s on >PASSWORD %s\n", u.About, u.User, strings.Join(u.Rules, " "))
+					}
+				})
+			},
+		}},
+	}
 }
 
 func keyCommand() *cli.Command {
