@@ -132,7 +132,7 @@ const maxPendingLookups = 4096
 // Redis it takes the live map from there, falling back to the map file
 // when Redis is unreachable or holds none.
 func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
-	return newAgent(cfg, k, ct, func(url string) (Store, error) { return dialRedis(url, cfg.Trust) })
+	return newAgent(cfg, k, ct, func(url string) (Store, error) { return dialRedis(url, cfg.RedisTLS, cfg.Trust) })
 }
 
 // newAgent is New with the store that dial returns for cfg.RedisURL.

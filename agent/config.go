@@ -8,6 +8,7 @@ import (
 
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/signing"
+	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/steering"
 )
 
@@ -28,6 +29,8 @@ type Config struct {
 	// RedisURL, if set, makes the node share the map and its sessions
 	// through Redis (see package store).
 	RedisURL string
+	// RedisTLS names the files of a rediss:// RedisURL's connections.
+	RedisTLS store.TLSFiles
 	// Trust, if not nil, holds the keys whose signature a map version from
 	// Redis must carry: any other version is refused, logged and counted,
 	// and the node keeps its last good map. Without it, maps from Redis

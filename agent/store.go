@@ -54,11 +54,11 @@ func (s redisStore) Sessions(service string, ttl time.Duration) SessionStore {
 	return s.NewSessions(service, ttl)
 }
 
-// dialRedis returns the Store at a Redis URL, refusing map versions that
-// no key trust holds signed (nil: checking nothing). It does not connect
-// yet.
-func dialRedis(url string, trust *signing.Verifier) (Store, error) {
-	s, err := store.Dial(url)
+// dialRedis returns the Store at a Redis URL, connecting with files for
+// a rediss:// URL and refusing map versions that no key trust holds
+// signed (nil: checking nothing). It does not connect yet.
+func dialRedis(url string, files store.TLSFiles, trust *signing.Verifier) (Store, error) {
+	s, err := store.Dial(url, store.WithTLS(files))
 	if err != nil {
 		return nil, err
 	}

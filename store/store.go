@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -81,8 +84,8 @@ func (s *Store) Trusts() bool { return s.trust != nil }
 // redis:// and rediss:// (TLS) URLs name a single server; ?addr=host:port
 // parameters add Cluster nodes; ?master_name=NAME makes the addresses
 // Sentinels (go-redis's URL formats). unix:///path names a socket.
-func Open(ctx context.Context, rawURL string) (*Store, error) {
-	s, err := Dial(rawURL)
+func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
+	s, err := Dial(rawURL, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -95,12 +98,59 @@ func Open(ctx context.Context, rawURL string) (*Store, error) {
 
 // Dial is Open without the check: the store connects when first used, and
 // reconnects by itself after Redis comes back.
-func Dial(rawURL string) (*Store, error) {
-	rdb, addr, err := client(rawURL)
+func Dial(rawURL string, opts ...Option) (*Store, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	rdb, addr, err := client(rawURL, o.tls)
 	if err != nil {
 		return nil, err
 	}
 	return &Store{rdb: rdb, addr: addr}, nil
+}
+
+// Option configures Open and Dial.
+type Option func(*options)
+
+type options struct{ tls TLSFiles }
+
+// WithTLS gives a rediss:// URL's connections the files f names.
+func WithTLS(f TLSFiles) Option { return func(o *options) { o.tls = f } }
+
+// TLSFiles names the PEM files of TLS connections to Redis (rediss://):
+// the CA that signs the server's certificate (empty: the system's), and
+// the client's certificate and key, for a server that asks for one (both
+// or neither).
+type TLSFiles struct{ CA, Cert, Key string }
+
+// IsZero reports whether f names no file.
+func (f TLSFiles) IsZero() bool { return f == TLSFiles{} }
+
+// apply loads f's files into c, a rediss:// URL's TLS configuration.
+func (f TLSFiles) apply(c *tls.Config) error {
+	if f.CA != "" {
+		b, err := os.ReadFile(f.CA)
+		if err != nil {
+			return fmt.Errorf("reading the Redis CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return fmt.Errorf("the Redis CA %s holds no PEM certificate", f.CA)
+		}
+		c.RootCAs = pool
+	}
+	if (f.Cert == "") != (f.Key == "") {
+		return fmt.Errorf("a Redis client certificate needs both its certificate and its key (got certificate %q, key %q)", f.Cert, f.Key)
+	}
+	if f.Cert != "" {
+		pair, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+		if err != nil {
+			return fmt.Errorf("loading the Redis client certificate: %w", err)
+		}
+		c.Certificates = []tls.Certificate{pair}
+	}
+	return nil
 }
 
 // Check pings Redis (within 3 s) and checks that it is recent enough,
@@ -138,15 +188,19 @@ func checkVersion(addr, info string) error {
 // CheckURL reports whether rawURL is a Redis URL Open would take, without
 // connecting: agents and the controller check their settings before they
 // start anything.
-func CheckURL(rawURL string) error {
-	c, _, err := client(rawURL)
+func CheckURL(rawURL string, opts ...Option) error {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c, _, err := client(rawURL, o.tls)
 	if err != nil {
 		return err
 	}
 	return c.Close()
 }
 
-func client(rawURL string) (redis.UniversalClient, string, error) {
+func client(rawURL string, files TLSFiles) (redis.UniversalClient, string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, "", fmt.Errorf("redis URL: %w", err)
@@ -156,11 +210,25 @@ func client(rawURL string) (redis.UniversalClient, string, error) {
 		addr = u.Path
 	}
 	q := u.Query()
+	// withTLS loads the TLS files into the configuration go-redis made of
+	// a rediss:// URL; files with another scheme are a mistake, said so.
+	withTLS := func(c *tls.Config) error {
+		if files.IsZero() {
+			return nil
+		}
+		if c == nil {
+			return fmt.Errorf("redis URL %s: TLS files given, but the URL is not rediss://", u.Redacted())
+		}
+		return files.apply(c)
+	}
 	switch {
 	case q.Has("master_name"):
 		o, err := redis.ParseFailoverURL(rawURL)
 		if err != nil {
 			return nil, "", fmt.Errorf("redis URL %s: %w", u.Redacted(), err)
+		}
+		if err := withTLS(o.TLSConfig); err != nil {
+			return nil, "", err
 		}
 		return redis.NewFailoverClient(o), "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName, nil
 	case q.Has("addr"):
@@ -168,11 +236,17 @@ func client(rawURL string) (redis.UniversalClient, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("redis URL %s: %w", u.Redacted(), err)
 		}
+		if err := withTLS(o.TLSConfig); err != nil {
+			return nil, "", err
+		}
 		return redis.NewClusterClient(o), "cluster " + strings.Join(o.Addrs, ","), nil
 	default:
 		o, err := redis.ParseURL(rawURL)
 		if err != nil {
 			return nil, "", fmt.Errorf("redis URL %s: %w", u.Redacted(), err)
+		}
+		if err := withTLS(o.TLSConfig); err != nil {
+			return nil, "", err
 		}
 		return redis.NewClient(o), addr, nil
 	}

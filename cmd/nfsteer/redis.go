@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +22,47 @@ import (
 
 func redisFlag() cli.Flag {
 	return &cli.StringFlag{Name: "redis", Usage: "Redis `URL` (redis://, rediss://, unix://; ?addr= for Cluster, ?master_name= for Sentinel)", EnvVars: []string{"NFSTEER_REDIS"}}
+}
+
+// redisTLSFlags are the files of a rediss:// connection. Every command
+// with --redis gets them (withRedisTLS).
+func redisTLSFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "redis-ca", Usage: "with a rediss:// URL: the CA `FILE` (PEM) that signs Redis's certificate (default: the system's CAs)", EnvVars: []string{"NFSTEER_REDIS_CA"}},
+		&cli.StringFlag{Name: "redis-cert", Usage: "with a rediss:// URL: this client's certificate `FILE` (PEM), for a Redis that asks for one", EnvVars: []string{"NFSTEER_REDIS_CERT"}},
+		&cli.StringFlag{Name: "redis-key", Usage: "the private key `FILE` (PEM) of --redis-cert", EnvVars: []string{"NFSTEER_REDIS_KEY"}},
+	}
+}
+
+// withRedisTLS gives every command that takes --redis the TLS flags too.
+func withRedisTLS(cmds []*cli.Command) {
+	has := func(cmd *cli.Command, name string) bool {
+		for _, f := range cmd.Flags {
+			if slices.Contains(f.Names(), name) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, cmd := range cmds {
+		if has(cmd, "redis") && !has(cmd, "redis-ca") {
+			cmd.Flags = append(cmd.Flags, redisTLSFlags()...)
+		}
+		withRedisTLS(cmd.Subcommands)
+	}
+}
+
+// tlsOf returns the TLS files the command was given.
+func tlsOf(c *cli.Context) store.TLSFiles {
+	return store.TLSFiles{CA: c.String("redis-ca"), Cert: c.String("redis-cert"), Key: c.String("redis-key")}
+}
+
+// checkRedisTLS checks the TLS files against the URL, without connecting.
+func checkRedisTLS(c *cli.Context) error {
+	if err := store.CheckURL(c.String("redis"), store.WithTLS(tlsOf(c))); err != nil {
+		return cli.Exit("--redis-ca, --redis-cert, --redis-key: "+err.Error(), 2)
+	}
+	return nil
 }
 
 func signingKeyFlag() cli.Flag {
@@ -59,7 +101,10 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := store.Open(c.Context, c.String("redis"))
+	if err := checkRedisTLS(c); err != nil {
+		return nil, err
+	}
+	s, err := store.Open(c.Context, c.String("redis"), store.WithTLS(tlsOf(c)))
 	if err != nil {
 		return nil, err
 	}
@@ -297,7 +342,7 @@ func checkController(c *cli.Context) error {
 	if err := store.CheckURL(c.String("redis")); err != nil {
 		return settingError(c, "redis", fmt.Sprintf("%s: %v", redactURL(c.String("redis")), errors.Unwrap(err)))
 	}
-	return nil
+	return checkRedisTLS(c)
 }
 
 // applied is what apply prints.

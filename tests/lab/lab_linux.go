@@ -683,6 +683,14 @@ func (l *Lab) StartRedis(tb testing.TB) *redislab.Server {
 	return redislab.Start(tb, redislab.Options{NS: l.NS("ctl"), Bind: Control, Port: 6379})
 }
 
+// StartRedisTLS is StartRedis with a TLS-only server (rediss://, client
+// certificates required), its certificates from pki (redislab.NewPKI for
+// Control).
+func (l *Lab) StartRedisTLS(tb testing.TB, pki *redislab.PKI) *redislab.Server {
+	tb.Helper()
+	return redislab.Start(tb, redislab.Options{NS: l.NS("ctl"), Bind: Control, Port: 6379, TLS: pki})
+}
+
 // Nfsteer runs the nfsteer command line in host ("ctl" reaches Redis).
 func (l *Lab) Nfsteer(host string, args ...string) (string, error) {
 	return l.Output(host, append([]string{l.Bin}, args...)...)

@@ -48,6 +48,11 @@ type Options struct {
 	Password string
 	// Extra are more redis-server arguments ("--cluster-enabled", "yes").
 	Extra []string
+	// TLS, if set, makes the server TLS-only, with pki's server
+	// certificate, asking clients for a certificate pki's CA signed; URL
+	// is then rediss://. Expired serves the expired certificate instead.
+	TLS     *PKI
+	Expired bool
 }
 
 // Require skips tb when redis-server is missing, or fails it under CI.
@@ -86,6 +91,16 @@ func Start(tb testing.TB, o Options) *Server {
 	}
 	s.args = []string{bin, "--port", strconv.Itoa(o.Port), "--bind", o.Bind, "--dir", dir,
 		"--save", "", "--appendonly", "no", "--protected-mode", "no", "--logfile", s.log}
+	if p := o.TLS; p != nil {
+		cert, key := p.ServerCert, p.ServerKey
+		if o.Expired {
+			cert, key = p.ExpiredServerCert, p.ExpiredServerKey
+		}
+		s.URL = "rediss://" + s.Addr
+		s.args = []string{bin, "--port", "0", "--tls-port", strconv.Itoa(o.Port), "--bind", o.Bind, "--dir", dir,
+			"--save", "", "--appendonly", "no", "--protected-mode", "no", "--logfile", s.log,
+			"--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", p.CA, "--tls-auth-clients", "yes"}
+	}
 	if o.Password != "" {
 		s.args = append(s.args, "--requirepass", o.Password)
 	}
