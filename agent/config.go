@@ -8,8 +8,8 @@ import (
 
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/signing"
-	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
 )
 
 // Config is an agent's configuration.
