@@ -132,7 +132,7 @@ const maxPendingLookups = 4096
 // Redis it takes the live map from there, falling back to the map file
 // when Redis is unreachable or holds none.
 func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
-	return newAgent(cfg, k, ct, func(url string) (Store, error) { return dialRedis(url, cfg.RedisTLS, cfg.Trust) })
+	return newAgent(cfg, k, ct, func(url string) (Store, error) { return dialRedis(url, cfg.RedisTLS, cfg.Trust, cfg.SessionKey) })
 }
 
 // newAgent is New with the store that dial returns for cfg.RedisURL.
@@ -203,6 +203,9 @@ func (a *Agent) initialMap(dial func(string) (Store, error)) (*steering.Publishe
 		return nil, err
 	}
 	a.store = s
+	if a.cfg.SessionKey == nil && !a.cfg.NoMirror {
+		a.log.Warn("session records in Redis are not sealed: whoever can write to Redis can forge one a takeover follows (give --session-key)")
+	}
 	if a.cfg.Trust == nil {
 		a.log.Warn("maps from Redis are not authenticated: whoever can write to Redis can steer this node's traffic (give --trust-key)", "redis", s.Addr())
 	} else {

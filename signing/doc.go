@@ -15,6 +15,11 @@
 // carries its own version (and a delta, the version it applies to), so a
 // signature over one version is no signature over another.
 //
+// Session records mirrored to Redis carry a MAC under a key the whole
+// fleet shares ([SessionKey], HMAC-SHA256): a record no holder of the key
+// wrote cannot point a flow at another instance, nor admit a flow no
+// firewall admitted.
+//
 // The package touches no kernel state and needs no privilege; it reads
 // and writes key files only when asked to.
 package signing

@@ -43,27 +43,130 @@ func (m *meta) record() *sessions.Record {
 		Created: m.Created, Updated: m.Created, Hops: m.Hops}
 }
 
-// takeoverScript moves the primary role at one hop from old to new, unless
-// someone else already holds it. KEYS: session, state. ARGV: hop, old,
-// new, new secondary, ttl ms, updated. Returns 1 (taken), 0 (no session),
-// -1 (held by another). It is the one session write that has to read
-// before it writes, and it is rare (a failover or a migration): creates,
-// which are per flow, go without a script.
-var takeoverScript = redis.NewScript(`
+// casScript writes a session's record over the one it was made from,
+// only if that one is still there: KEYS: session, state. ARGV: the record
+// read, the record to write, ttl ms, updated. Returns 1 (written), 0 (no
+// session), -2 (changed meanwhile: read it again). A takeover reads the
+// record, checks it (its seal, who holds the hop), changes the hop in Go
+// and writes it back sealed (retake); Redis never rewrites a record
+// itself, which it could not seal. It is the one session write that has
+// to read before it writes, and it is rare (a failover or a migration):
+// creates, which are per flow, go without a script.
+var casScript = redis.NewScript(`
 local m = redis.call('GET', KEYS[1])
 if not m then return 0 end
-local ok, s = pcall(cjson.decode, m)
-if not ok or type(s.hops) ~= 'table' then return 0 end
-local h = s.hops[tonumber(ARGV[1]) + 1]
-if type(h) ~= 'table' then return 0 end
-if h.primary ~= ARGV[2] and h.primary ~= ARGV[3] then return -1 end
-h.primary = ARGV[3]
-if ARGV[4] == '' then h.secondary = nil else h.secondary = ARGV[4] end
-redis.call('SET', KEYS[1], cjson.encode(s), 'PX', ARGV[5])
-redis.call('HSET', KEYS[2], 'updated', ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if m ~= ARGV[1] then return -2 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[2], 'updated', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 `)
+
+// retakeReq asks to move the primary role at hop of flow's session from
+// from to to, with sec as the new secondary ("" for none).
+type retakeReq struct {
+	flow     string
+	hop      int
+	from, to string
+	sec      string
+	ttl      time.Duration
+	nowMS    int64
+}
+
+// Takeover outcomes (retake).
+const (
+	retakeHeld   = -1 // a third instance holds the hop
+	retakeNone   = 0  // no session (or one that is not to be trusted)
+	retakeDone   = 1
+	retakeRacing = -2 // the record changed between the read and the write
+)
+
+// retake moves the primary roles reqs ask for: it reads every record in
+// one pipeline, checks each (its seal, and that the hop's primary is from
+// or already to), changes it and writes it back sealed in a second, each
+// write conditional on the record being the one read (casScript); a
+// record that changed meanwhile is read again, up to three times. It
+// returns each request's outcome: retakeDone, retakeNone or retakeHeld.
+func (s *Store) retake(ctx context.Context, reqs []retakeReq) ([]int, error) {
+	out := make([]int, len(reqs))
+	pending := make([]int, len(reqs))
+	for i := range pending {
+		pending[i] = i
+	}
+	for round := 0; round < 3 && len(pending) > 0; round++ {
+		pipe := s.rdb.Pipeline()
+		gets := make([]*redis.StringCmd, len(pending))
+		for i, r := range pending {
+			gets[i] = pipe.Get(ctx, sessionKey(reqs[r].flow))
+		}
+		if cmds, err := pipe.Exec(ctx); err != nil {
+			if err := failed(cmds, err); err != nil {
+				return nil, fmt.Errorf("reading sessions to take over from %s: %w", s.addr, permission(err))
+			}
+		}
+		pipe = s.rdb.Pipeline()
+		var cas []*redis.Cmd
+		var which []int
+		for i, r := range pending {
+			req := &reqs[r]
+			out[r] = retakeNone
+			old, err := gets[i].Result()
+			if err != nil {
+				continue
+			}
+			b, err := s.openRecord(req.flow, []byte(old))
+			if err != nil {
+				continue // not to be trusted: it is reported wherever it is read
+			}
+			var m meta
+			if err := json.Unmarshal(b, &m); err != nil || m.Flow != req.flow || req.hop < 0 || req.hop >= len(m.Hops) {
+				continue
+			}
+			h := &m.Hops[req.hop]
+			if h.Primary != req.from && h.Primary != req.to {
+				out[r] = retakeHeld
+				continue
+			}
+			h.Primary, h.Secondary = req.to, req.sec
+			nb, err := json.Marshal(m)
+			if err != nil {
+				continue
+			}
+			cas = append(cas, casScript.EvalSha(ctx, pipe, []string{sessionKey(req.flow), stateKey(req.flow)},
+				old, s.sealRecord(req.flow, nb), req.ttl.Milliseconds(), req.nowMS))
+			which = append(which, r)
+		}
+		if len(cas) == 0 {
+			break
+		}
+		if cmds, err := pipe.Exec(ctx); err != nil {
+			if redis.HasErrorPrefix(err, "NOSCRIPT") {
+				if err := casScript.Load(ctx, s.rdb).Err(); err != nil {
+					return nil, fmt.Errorf("loading the takeover script into %s: %w", s.addr, permission(err))
+				}
+				round-- // the same round again, now that Redis knows the script
+				continue
+			}
+			if err := failed(cmds, err); err != nil {
+				return nil, fmt.Errorf("taking sessions over at %s: %w", s.addr, permission(err))
+			}
+		}
+		pending = pending[:0]
+		for i, c := range cas {
+			n, _ := c.Int()
+			out[which[i]] = int(n)
+			if n == retakeRacing {
+				pending = append(pending, which[i])
+			}
+		}
+	}
+	for i, n := range out {
+		if n == retakeRacing {
+			out[i] = retakeNone // changed three times over: leave it to whoever changes it
+		}
+	}
+	return out, nil
+}
 
 // Sessions writes a node's sessions to Redis and reads them back. It is
 // safe for concurrent use.
@@ -118,18 +221,37 @@ func indexEntries(h []sessions.Hop) []roleEntry {
 // against 2-3 µs a native command (COMMANDSTATS in the new-flow
 // benchmark), and creates are per flow.
 //
-// The takeover script goes by digest (EVALSHA): sent whole, Redis hashes
-// its body each time. A server that does not know it (restarted, say) is
-// given it and the batch written again.
+// Takeovers are written first, each a read and a conditional write
+// (retake). With a session key (Store.SealSessions) every record and
+// state is sealed.
 func (w *Sessions) Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
-	out, err := w.write(ctx, ops)
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		if err := takeoverScript.Load(ctx, w.s.rdb).Err(); err != nil {
-			return nil, fmt.Errorf("loading the takeover script into %s: %w", w.s.addr, permission(err))
-		}
-		out, err = w.write(ctx, ops)
+	if err := w.retakeOps(ctx, ops); err != nil {
+		return nil, err
 	}
-	return out, err
+	return w.write(ctx, ops)
+}
+
+// retakeOps writes the takeovers among ops (retake), before the rest of
+// the batch: a state written after a takeover lands on the new record.
+func (w *Sessions) retakeOps(ctx context.Context, ops []sessions.Named) error {
+	var reqs []retakeReq
+	now := time.Now().UnixMilli()
+	for i := range ops {
+		op := &ops[i]
+		h := op.Record.Hops
+		if op.Kind != sessions.OpTakeover || op.Hop < 0 || op.Hop >= len(h) {
+			continue
+		}
+		// This node (now pinned at hop) replaces op.From, unless Redis
+		// says a third instance got there first.
+		reqs = append(reqs, retakeReq{flow: op.Record.Flow, hop: op.Hop, from: op.From, to: h[op.Hop].Primary,
+			sec: h[op.Hop].Secondary, ttl: w.TTL, nowMS: now})
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	_, err := w.s.retake(ctx, reqs)
+	return err
 }
 
 // createCmd is the reply to a create: nil (redis.Nil) if it wrote the
@@ -145,6 +267,7 @@ func (c createCmd) lost() bool { return c.first != nil && c.first.Err() == nil }
 
 // batch is one Write's first pipeline and what its replies are read for.
 type batch struct {
+	s         *Store
 	ctx       context.Context
 	pipe      redis.Pipeliner
 	idx       indexBatch
@@ -170,7 +293,7 @@ func (b *batch) pexpire(key any) *redis.BoolCmd {
 func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	now := time.Now()
 	b := &batch{
-		ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
+		s: w.s, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
 		nowMS: now.UnixMilli(), deadline: any(float64(now.Add(w.TTL).UnixMilli())),
 		creates: make([]createCmd, len(ops)), refreshes: make([]*redis.BoolCmd, len(ops)),
 		ttlArg: w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
@@ -208,12 +331,13 @@ func (b *batch) queue(i int, op *sessions.Named) {
 	var key, stKey any = keyS, stKeyS // boxed once for every command that names them
 	writeState := func() {
 		if b.service != "" {
-			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hset", stKey, b.stField, op.State, "updated", b.nowArg))
+			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hset", stKey, b.stField, b.s.sealState(rec.Flow, b.service, op.State), "updated", b.nowArg))
 		}
 	}
 	switch op.Kind {
 	case sessions.OpCreate, sessions.OpCreateState:
 		m, _ := json.Marshal(metaOf(rec))
+		m = b.s.sealRecord(rec.Flow, m)
 		if op.Replace {
 			// A new connection on a closed one's 5-tuple: the closed
 			// one's record is not a first writer to lose to.
@@ -244,11 +368,9 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		if hop < 0 || hop >= len(h) {
 			return
 		}
-		// This node (now pinned at hop) replaces op.From, unless Redis
-		// says a third instance got there first.
-		takeoverScript.EvalSha(ctx, pipe, []string{keyS, stKeyS}, hop, op.From, h[hop].Primary, h[hop].Secondary, b.ttl.Milliseconds(), b.nowMS)
+		// The record was rewritten before this pipeline (retakeOps).
 		if b.service != "" {
-			pipe.HSet(ctx, stKeyS, "st:"+b.service, op.State)
+			pipe.HSet(ctx, stKeyS, "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
 		}
 		b.idx.flush(ctx, pipe) // what was added before goes before the removal
 		pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), rec.Flow)
@@ -282,8 +404,12 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (stale [
 		rec := &ops[i].Record
 		first := &sessions.Record{Flow: rec.Flow, Tenant: rec.Tenant, Hops: rec.Hops}
 		if !strings.HasSuffix(c.first.Val(), string(c.hops)) {
+			raw, err := b.s.openRecord(rec.Flow, []byte(c.first.Val()))
+			if err != nil {
+				continue // not to be trusted: this node keeps its own pins
+			}
 			var m meta
-			if err := json.Unmarshal([]byte(c.first.Val()), &m); err != nil {
+			if err := json.Unmarshal(raw, &m); err != nil || m.Flow != rec.Flow {
 				continue
 			}
 			first = m.record()
@@ -449,7 +575,7 @@ func (s *Store) Session(ctx context.Context, flow string) (*sessions.Record, err
 	case errors.Is(rec.Err(), redis.Nil):
 		return nil, fmt.Errorf("%s: %w", key, ErrNoSession)
 	}
-	r, err := decodeRecord(rec.Val(), st.Val())
+	r, err := s.decodeRecord(flow, rec.Val(), st.Val())
 	if err != nil {
 		return nil, fmt.Errorf("session %s: %w: %v", key, ErrMalformed, err)
 	}
@@ -457,11 +583,20 @@ func (s *Store) Session(ctx context.Context, flow string) (*sessions.Record, err
 	return r, nil
 }
 
-// decodeRecord makes a Record of a session's record and its state hash.
-func decodeRecord(record string, f map[string]string) (*sessions.Record, error) {
-	var m meta
-	if err := json.Unmarshal([]byte(record), &m); err != nil {
+// decodeRecord makes a Record of flow's record and its state hash,
+// checking their seals if s has a session key. A record that names
+// another flow is refused: it was copied from another key.
+func (s *Store) decodeRecord(flow, record string, f map[string]string) (*sessions.Record, error) {
+	b, err := s.openRecord(flow, []byte(record))
+	if err != nil {
 		return nil, fmt.Errorf("record: %v", err)
+	}
+	var m meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("record: %v", err)
+	}
+	if m.Flow != flow {
+		return nil, fmt.Errorf("record: of flow %q, stored as %q", m.Flow, flow)
 	}
 	r := m.record()
 	if err := r.Validate(); err != nil {
@@ -472,10 +607,14 @@ func decodeRecord(record string, f map[string]string) (*sessions.Record, error) 
 	}
 	for k, v := range f {
 		if svc, ok := strings.CutPrefix(k, "st:"); ok {
+			st, err := s.openState(flow, svc, v)
+			if err != nil {
+				return nil, fmt.Errorf("record: %v", err)
+			}
 			if r.State == nil {
 				r.State = map[string]string{}
 			}
-			r.State[svc] = v
+			r.State[svc] = st
 		}
 	}
 	return r, nil
@@ -542,19 +681,11 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	if err != nil {
 		return 0, bad, err
 	}
-	// Loaded once (on every master of a cluster), then called by digest
-	// for each session.
-	if len(recs) > 0 {
-		if err := takeoverScript.Load(ctx, s.rdb).Err(); err != nil {
-			return 0, bad, fmt.Errorf("loading the takeover script into %s: %w", s.addr, permission(err))
-		}
-	}
 	now := time.Now()
-	for _, r := range recs {
-		pipe := s.rdb.Pipeline()
-		var takes []*redis.Cmd
+	var reqs []retakeReq
+	var of []int // the record of each request
+	for i, r := range recs {
 		ttl := max(r.TTL, time.Minute)
-		deadline := float64(now.Add(ttl).UnixMilli())
 		for hop, h := range r.Hops {
 			if h.Primary != instance {
 				continue
@@ -571,25 +702,39 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			if sec != nil && !sec.Out() {
 				secName = sec.Name
 			}
-			takes = append(takes, takeoverScript.EvalSha(ctx, pipe, []string{sessionKey(r.Flow), stateKey(r.Flow)}, hop, instance, to.Name, secName, ttl.Milliseconds(), now.UnixMilli()))
-			pipe.ZRem(ctx, indexKey(instance, RolePrimary), r.Flow)
-			pipe.ZRem(ctx, indexKey(to.Name, RoleSecondary), r.Flow)
-			pipe.ZAdd(ctx, indexKey(to.Name, RolePrimary), redis.Z{Score: deadline, Member: r.Flow})
-			if secName != "" {
-				pipe.ZAdd(ctx, indexKey(secName, RoleSecondary), redis.Z{Score: deadline, Member: r.Flow})
-			}
+			reqs = append(reqs, retakeReq{flow: r.Flow, hop: hop, from: instance, to: to.Name, sec: secName, ttl: ttl, nowMS: now.UnixMilli()})
+			of = append(of, i)
 		}
-		if len(takes) == 0 {
+	}
+	if len(reqs) == 0 {
+		return 0, bad, nil
+	}
+	res, err := s.retake(ctx, reqs)
+	if err != nil {
+		return 0, bad, fmt.Errorf("handing sessions of %s over: %w", instance, err)
+	}
+	// The indexes follow the records that moved, in one pipeline.
+	pipe := s.rdb.Pipeline()
+	counted := map[int]bool{}
+	for i, req := range reqs {
+		if res[i] != retakeDone {
 			continue
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return moved, bad, fmt.Errorf("handing session %s over at %s: %w", r.Flow, s.addr, permission(err))
+		if !counted[of[i]] {
+			counted[of[i]] = true
+			moved++
 		}
-		for _, c := range takes {
-			if n, _ := c.Int(); n == 1 {
-				moved++
-				break
-			}
+		deadline := float64(now.Add(req.ttl).UnixMilli())
+		pipe.ZRem(ctx, indexKey(instance, RolePrimary), req.flow)
+		pipe.ZRem(ctx, indexKey(req.to, RoleSecondary), req.flow)
+		pipe.ZAdd(ctx, indexKey(req.to, RolePrimary), redis.Z{Score: deadline, Member: req.flow})
+		if req.sec != "" {
+			pipe.ZAdd(ctx, indexKey(req.sec, RoleSecondary), redis.Z{Score: deadline, Member: req.flow})
+		}
+	}
+	if moved > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return moved, bad, fmt.Errorf("indexing the sessions %s handed over at %s: %w", instance, s.addr, permission(err))
 		}
 	}
 	return moved, bad, nil

@@ -64,6 +64,9 @@ type Store struct {
 	// (SignWith, Trust), and only read after.
 	signer *signing.Signer
 	trust  *signing.Verifier
+	// sessionKey seals the session records this store writes and checks
+	// those it reads (SealSessions); set before first use.
+	sessionKey *signing.SessionKey
 }
 
 // SignWith makes s sign every map version it publishes with signer (nil:

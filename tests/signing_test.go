@@ -6,6 +6,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -93,5 +94,28 @@ func TestForgedMapIsRefused(t *testing.T) {
 	}
 	if n := accepted.Load(); n != before {
 		t.Errorf("the server accepted %d connections after the port was closed", n-before)
+	}
+}
+
+// TestFailoverWithSealedSessions is the failover test with every agent
+// sealing its session records with the fleet's key: the secondary takes
+// the flow over from a sealed record, and the transfer survives
+// byte-exact.
+func TestFailoverWithSealedSessions(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "session.key")
+	if out, err := exec.Command(bin, "key", "generate", "--session", "--out", key).CombinedOutput(); err != nil {
+		t.Fatalf("key generate --session: %v\n%s", err, out)
+	}
+	res, l, primary, secondary, _ := runFailover(t, "--session-key", key)
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the failover from %s to %s: %v", primary, secondary, res.Err)
+	}
+	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "--scan", "--pattern", "nfsteer:s:*")
+	if err != nil || out == "" {
+		t.Fatalf("no session in Redis: %v", err)
+	}
+	rec, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", strings.Fields(out)[0])
+	if err != nil || !strings.HasPrefix(rec, `{"mac":"`) {
+		t.Errorf("session record %q (%v) is not sealed", rec, err)
 	}
 }

@@ -294,7 +294,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			&cli.BoolFlag{Name: "keep-rules", Value: true, Usage: "leave the rules installed on exit, and tell the controller the agent will be back: a restart moves no flow and lets none around its chain (--keep-rules=false removes them: for a node leaving for good, after a drain)", EnvVars: []string{"NFSTEER_KEEP_RULES"}},
 			&cli.DurationFlag{Name: "restart-grace", Value: 10 * time.Second, Usage: "how long the controller waits for an agent that stopped with its rules kept before failing it over", EnvVars: []string{"NFSTEER_RESTART_GRACE"}},
 			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
-			redisFlag(), trustKeyFlag(), redisTLSFlags()[0], redisTLSFlags()[1], redisTLSFlags()[2],
+			redisFlag(), trustKeyFlag(), redisTLSFlags()[0], redisTLSFlags()[1], redisTLSFlags()[2], sessionKeyFlag(),
 			metricsFlag(),
 			&cli.BoolFlag{Name: "mirror", Value: true, Usage: "mirror sessions to Redis (--mirror=false: a secondary cannot take established flows over)", EnvVars: []string{"NFSTEER_MIRROR"}},
 			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
@@ -319,6 +319,10 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			if err != nil {
 				return err
 			}
+			sk, err := sessionKeyOf(c)
+			if err != nil {
+				return err
+			}
 			k, err := rules.NewLinux()
 			if err != nil {
 				return err
@@ -331,7 +335,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			a, err := agent.New(agent.Config{
 				Node: c.String("node"), MapFile: c.String("map"), Rules: spec,
 				KeepRules: c.Bool("keep-rules"), RestartGrace: c.Duration("restart-grace"), LogFlows: c.Bool("log-flows"), Spare: c.Bool("spare"),
-				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, NoMirror: !c.Bool("mirror"),
+				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKey: sk, NoMirror: !c.Bool("mirror"),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
 				RedisSessionTTL: c.Duration("session-ttl"), MetricsAddr: c.String("metrics"),
 			}, k, ct)

@@ -34,7 +34,25 @@ func redisTLSFlags() []cli.Flag {
 	}
 }
 
-// withRedisTLS gives every command that takes --redis the TLS flags too.
+func sessionKeyFlag() cli.Flag {
+	return &cli.StringFlag{Name: "session-key", Usage: "seal the session records this node writes, and trust only sealed ones, with the fleet's key in `FILE` (nfsteer key generate --session)", EnvVars: []string{"NFSTEER_SESSION_KEY"}}
+}
+
+// sessionKeyOf loads --session-key (nil if not given).
+func sessionKeyOf(c *cli.Context) (*signing.SessionKey, error) {
+	f := c.String("session-key")
+	if f == "" {
+		return nil, nil
+	}
+	k, err := signing.LoadSessionKey(f)
+	if err != nil {
+		return nil, cli.Exit("--session-key: "+err.Error(), 2)
+	}
+	return k, nil
+}
+
+// withRedisTLS gives every command that takes --redis the TLS flags and
+// --session-key too.
 func withRedisTLS(cmds []*cli.Command) {
 	has := func(cmd *cli.Command, name string) bool {
 		for _, f := range cmd.Flags {
@@ -47,6 +65,9 @@ func withRedisTLS(cmds []*cli.Command) {
 	for _, cmd := range cmds {
 		if has(cmd, "redis") && !has(cmd, "redis-ca") {
 			cmd.Flags = append(cmd.Flags, redisTLSFlags()...)
+		}
+		if has(cmd, "redis") && !has(cmd, "session-key") {
+			cmd.Flags = append(cmd.Flags, sessionKeyFlag())
 		}
 		withRedisTLS(cmd.Subcommands)
 	}
@@ -101,6 +122,10 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	sk, err := sessionKeyOf(c)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkRedisTLS(c); err != nil {
 		return nil, err
 	}
@@ -110,6 +135,7 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	}
 	s.SignWith(signer)
 	s.Trust(trust)
+	s.SealSessions(sk)
 	return s, nil
 }
 
@@ -180,8 +206,18 @@ never written over.
 
 Example:
    nfsteer key generate --out /etc/nfsteer/ops.key`,
-			Flags: []cli.Flag{&cli.StringFlag{Name: "out", Required: true, Usage: "the private key's `FILE`"}},
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "out", Required: true, Usage: "the private key's `FILE`"},
+				&cli.BoolFlag{Name: "session", Usage: "make the fleet's session key instead (32 random bytes, hex, mode 0600), for every agent's and the CLI's --session-key"},
+			},
 			Action: func(c *cli.Context) error {
+				if c.Bool("session") {
+					if err := signing.GenerateSessionKey(c.String("out")); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "session key %s (mode 0600)\n", c.String("out"))
+					return nil
+				}
 				id, err := signing.GenerateKey(c.String("out"))
 				if err != nil {
 					return err

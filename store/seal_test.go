@@ -1,0 +1,177 @@
+package store_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/signing"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/nfsteer/nfsteer/tests/redislab"
+)
+
+func newSessionKey(t testing.TB) *signing.SessionKey {
+	t.Helper()
+	b := make([]byte, signing.SessionKeySize)
+	rand.Read(b)
+	k, err := signing.NewSessionKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestSealedSessions: with the fleet's session key, records and states
+// are sealed when written, taken over and handed over, and read back
+// whole; a record or state that no holder of the key wrote (by hand,
+// under another key, copied from another flow, edited) is refused as
+// malformed, where a takeover would read it and where a listing would.
+func TestSealedSessions(t *testing.T) {
+	ctx := context.Background()
+	url := redislab.Start(t, redislab.Options{}).URL
+	fleet := newSessionKey(t)
+	s, other := open(t, url), open(t, url)
+	s.SealSessions(fleet)
+	other.SealSessions(newSessionKey(t))
+	c := store.ClientOf(s)
+	tab := labTable(t)
+	gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
+	write := func(w *store.Sessions, ops ...sessions.Op) {
+		t.Helper()
+		out, err := w.Write(ctx, sessions.Name(tab, ops))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range out {
+			if o.Refused != nil {
+				t.Fatal(o.Refused)
+			}
+		}
+	}
+	admit := func(sport uint16) sessions.Session {
+		t.Helper()
+		a := acmeSession(tab, sport)
+		a.Rule = 0
+		write(gw, sessions.Op{Kind: sessions.OpCreate, Session: a})
+		write(fw, sessions.Op{Kind: sessions.OpCreateState, Session: a})
+		return a
+	}
+
+	a := admit(42000)
+	rec, err := gw.Get(ctx, a.Key)
+	if err != nil {
+		t.Fatalf("reading a sealed session: %v", err)
+	}
+	if !strings.Contains(rec.State["fw"], `"verdict":"allow"`) {
+		t.Errorf("state %q, want the firewall's verdict", rec.State["fw"])
+	}
+	raw, _ := c.Get(ctx, "nfsteer:s:{"+rec.Flow+"}").Result()
+	if !strings.HasPrefix(raw, `{"mac":"`) {
+		t.Errorf("stored record %s is not sealed", raw)
+	}
+
+	// A takeover and a hand-over keep it sealed.
+	sec, _ := tab.InstanceByName(rec.Hops[0].Secondary)
+	taken := a
+	taken.Pins[0] = sec.ID
+	write(fw, sessions.Op{Kind: sessions.OpTakeover, Hop: 0, From: a.Pins[0], Session: taken})
+	if rec, err := gw.Get(ctx, a.Key); err != nil || rec.Hops[0].Primary != sec.Name {
+		t.Fatalf("after a takeover: %+v, %v; want %s primary, sealed", rec, err, sec.Name)
+	}
+	live, err := steeringLab(t).Drain(sec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved, bad, err := s.Handover(ctx, sec.Name, compiled(t, live)); err != nil || len(bad) != 0 || moved != 1 {
+		t.Fatalf("Handover = %d, %v, %v; want 1 moved", moved, bad, err)
+	}
+	if _, err := gw.Get(ctx, a.Key); err != nil {
+		t.Fatalf("after a hand-over: %v", err)
+	}
+
+	// Forgeries, each on a session of its own.
+	for _, tc := range []struct {
+		name   string
+		forge  func(flow string) error
+		reason string
+	}{
+		{"a record written by hand", func(flow string) error {
+			raw, _ := c.Get(ctx, "nfsteer:s:{"+flow+"}").Result()
+			_, rest, _ := strings.Cut(raw, `",`)
+			return c.Set(ctx, "nfsteer:s:{"+flow+"}", "{"+rest, time.Minute).Err()
+		}, "no MAC"},
+		{"the roles edited", func(flow string) error {
+			raw, _ := c.Get(ctx, "nfsteer:s:{"+flow+"}").Result()
+			return c.Set(ctx, "nfsteer:s:{"+flow+"}", strings.Replace(raw, `"primary":"fw-`, `"primary":"fw-9`, 1), time.Minute).Err()
+		}, "does not match"},
+		{"a record copied from another flow", func(flow string) error {
+			raw, _ := c.Get(ctx, "nfsteer:s:{"+acmeSession(tab, 42000).Key.String()+"}").Result()
+			return c.Set(ctx, "nfsteer:s:{"+flow+"}", raw, time.Minute).Err()
+		}, "does not match"},
+		{"a verdict written by hand", func(flow string) error {
+			return c.HSet(ctx, "nfsteer:st:{"+flow+"}", "st:fw", `{"verdict":"allow","rule":0}`).Err()
+		}, "state of fw"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := admit(uint16(42100 + len(tc.name)))
+			if err := tc.forge(b.Key.String()); err != nil {
+				t.Fatal(err)
+			}
+			_, err := gw.Get(ctx, b.Key)
+			if !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), tc.reason) {
+				t.Errorf("Get of a forged session: %v; want ErrMalformed saying %q", err, tc.reason)
+			}
+			recs, bad, err := s.List(ctx, "fw-1", store.RolePrimary)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range recs {
+				if r.Flow == b.Key.String() {
+					t.Errorf("List returned the forged session")
+				}
+			}
+			if len(bad) == 0 && b.Pins[0] == mustID(t, tab, "fw-1") {
+				t.Errorf("List did not report the forged session")
+			}
+		})
+	}
+
+	// Another key's records are no better than unsealed ones.
+	if _, err := other.NewSessions("", time.Minute).Get(ctx, a.Key); !errors.Is(err, store.ErrMalformed) {
+		t.Errorf("Get under another key: %v; want ErrMalformed", err)
+	}
+}
+
+// steeringLab is the lab map as a local version.
+func steeringLab(t testing.TB) *steering.Published {
+	t.Helper()
+	p, err := steering.Local(labmap.Map(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func compiled(t testing.TB, p *steering.Published) *steering.Table {
+	t.Helper()
+	tab, err := steering.CompilePublished(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
+}
+
+func mustID(t testing.TB, tab *steering.Table, name string) uint16 {
+	t.Helper()
+	in, ok := tab.InstanceByName(name)
+	if !ok {
+		t.Fatalf("no instance %s", name)
+	}
+	return in.ID
+}
