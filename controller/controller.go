@@ -177,23 +177,27 @@ func (c *Controller) tick(ctx context.Context) error {
 func (c *Controller) step(ctx context.Context) error {
 	// Every interval: read the map only when its version moved.
 	live, err := c.s.LiveAfter(ctx, c.lastMap)
-	if errors.Is(err, store.ErrNoMap) {
-		if c.lastMap == nil {
-			return nil
-		}
-		// Redis lost its data: put the last map back, as a newer version
-		// so no node sees the number go back.
-		last := c.lastMap
-		p, err := c.s.Publish(ctx, func(*steering.Published) (*steering.Published, error) {
-			r := last.Clone()
-			r.Version = last.Version + 1
-			return r, nil
-		})
+	wentBack := err == nil && c.lastMap != nil && live.Version < c.lastMap.Version
+	if errors.Is(err, store.ErrNoMap) && c.lastMap != nil || wentBack {
+		// Redis lost its data, or went back to an older version (a
+		// replica promoted before it had the last writes): put the last
+		// map back whole, as a newer version, so that no node sees the
+		// number go back, nor one number stand for two maps.
+		last := c.lastMap.Clone()
+		last.Version = c.lastMap.Version + 1
+		p, err := c.s.Restore(ctx, last)
 		if err != nil {
 			return fmt.Errorf("restoring the map: %w", err)
 		}
-		c.log.Warn("Redis held no map; restored the last one", "version", p.Version)
-		c.lastMap, c.since = p.Published, time.Now() // the heartbeats went with the data
+		found := "no map"
+		if wentBack {
+			found = fmt.Sprintf("version %d", live.Version)
+		}
+		c.log.Warn("Redis lost the last map versions; restored the last one", "found", found, "had", c.lastMap.Version, "version", p.Version)
+		c.lastMap, c.since = p.Published, time.Now() // the heartbeats may have gone with the data
+		return nil
+	}
+	if errors.Is(err, store.ErrNoMap) {
 		return nil
 	}
 	if err != nil {

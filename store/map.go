@@ -360,6 +360,27 @@ func (s *Store) Publish(ctx context.Context, change Change) (Publication, error)
 	}
 }
 
+// Restore publishes p whole, as it is (its IDs, its version), over a live
+// version older than p's: for a controller that finds Redis lost its data
+// or went back to an older version (a failover to a replica that missed
+// the last writes, a restore from an old backup), so that no node ever
+// sees the number go back or one number stand for two maps. It refuses,
+// with ErrStaleVersion, if the live version is not older than p's.
+func (s *Store) Restore(ctx context.Context, p *steering.Published) (Publication, error) {
+	liveVersion, err := s.LiveVersion(ctx)
+	if err != nil {
+		return Publication{}, err
+	}
+	if p.Version <= liveVersion {
+		return Publication{}, fmt.Errorf("%w: restoring version %d, live version %d", ErrStaleVersion, p.Version, liveVersion)
+	}
+	at, err := s.publish(ctx, liveVersion, nil, p)
+	if err != nil {
+		return Publication{}, err
+	}
+	return Publication{p, at}, nil
+}
+
 // mergeIDs prefers the IDs a change carries (a publisher restoring a lost
 // map) over the live ones.
 func mergeIDs(live, carried map[string]uint16) map[string]uint16 {
