@@ -25,6 +25,13 @@ type Config struct {
 	// LeaseTTL is how long a dead active controller blocks its standbys
 	// (default 2s).
 	LeaseTTL time.Duration
+	// ReconnectGrace is how long after Redis comes back from an outage
+	// the controller holds no silence against anyone (default 2s): the
+	// agents lost Redis too, and do not all find it again at the moment
+	// the controller does. go-redis dials a server that refused it about
+	// once a second, and behind Sentinel each client learns the new
+	// primary on its own.
+	ReconnectGrace time.Duration
 	// An instance whose health score (see Score) stays below ScoreOut for
 	// ScoreHold reports in a row takes no new flows until it scores at
 	// least ScoreIn for ScoreHold reports (defaults 50, 80, 3). A negative
@@ -44,7 +51,8 @@ type Controller struct {
 	// Only Run's goroutine touches these.
 	active bool // holds the lease
 	// since is when the controller last started seeing Redis whole: it
-	// became active, Redis came back after an error, or Redis came back
+	// became active, Redis came back after an error (plus the agents'
+	// grace to reconnect: since may be in the future), or Redis came back
 	// empty. Silence before since is not held against an instance, since
 	// its heartbeats could not land either.
 	since time.Time
@@ -89,6 +97,9 @@ func New(s *store.Store, cfg Config) *Controller {
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 2 * time.Second
+	}
+	if cfg.ReconnectGrace == 0 {
+		cfg.ReconnectGrace = 2 * time.Second
 	}
 	if cfg.ScoreOut == 0 {
 		cfg.ScoreOut = 50
@@ -166,8 +177,8 @@ func (c *Controller) tick(ctx context.Context) error {
 		c.log.Info("active")
 	}
 	if c.blind {
-		c.blind, c.since, c.silence = false, time.Now(), nil
-		c.log.Info("Redis reachable again; judging heartbeats from now on")
+		c.blind, c.since, c.silence = false, time.Now().Add(c.cfg.ReconnectGrace), nil
+		c.log.Info("Redis reachable again; judging heartbeats after the agents' grace to reconnect", "grace", c.cfg.ReconnectGrace.String())
 	}
 	return c.step(ctx)
 }
@@ -194,7 +205,9 @@ func (c *Controller) step(ctx context.Context) error {
 			found = fmt.Sprintf("version %d", live.Version)
 		}
 		c.log.Warn("Redis lost the last map versions; restored the last one", "found", found, "had", c.lastMap.Version, "version", p.Version)
-		c.lastMap, c.since = p.Published, time.Now() // the heartbeats may have gone with the data
+		// The heartbeats may have gone with the data, and the agents may
+		// not all have found Redis again yet.
+		c.lastMap, c.since = p.Published, time.Now().Add(c.cfg.ReconnectGrace)
 		return nil
 	}
 	if errors.Is(err, store.ErrNoMap) {

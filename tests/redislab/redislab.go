@@ -32,6 +32,9 @@ type Server struct {
 	NS   string
 	args []string
 	log  string
+	// ready is what its log says once it serves ("Ready to accept
+	// connections" unless set).
+	ready string
 
 	mu   sync.Mutex // guards cmd and done
 	cmd  *exec.Cmd
@@ -152,7 +155,11 @@ func (s *Server) start() error {
 		default:
 		}
 		b, _ := os.ReadFile(s.log)
-		if bytes.Contains(b, []byte("Ready to accept connections")) {
+		ready := s.ready
+		if ready == "" {
+			ready = "Ready to accept connections"
+		}
+		if bytes.Contains(b, []byte(ready)) {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
