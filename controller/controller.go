@@ -56,9 +56,10 @@ type Controller struct {
 	// empty. Silence before since is not held against an instance, since
 	// its heartbeats could not land either.
 	since time.Time
-	// blind says the last lease renewal could not reach Redis. Only the
-	// lease call sets it: a step that fails for another reason (a change
-	// refused) must not restart the count of silence every tick.
+	// blind says the last lease renewal, or reading the heartbeats,
+	// could not reach Redis. Only those set it: a step that fails for
+	// another reason (a change refused) must not restart the count of
+	// silence every tick.
 	blind   bool
 	lastMap *steering.Published
 	// judged is when the agents' reports were last read and scored.
@@ -231,6 +232,11 @@ func (c *Controller) step(ctx context.Context) error {
 	}
 	pulse, err := c.s.Pulse(ctx)
 	if err != nil {
+		// The heartbeats cannot be read, so they cannot be written
+		// either (a Cluster master of their slot is failing over, the
+		// lease's still answering): judge no one until the agents have
+		// had their grace to reach them again, as after an outage.
+		c.blind = true
 		return err
 	}
 	if c.silence == nil {

@@ -242,7 +242,9 @@ func client(rawURL string, files TLSFiles) (redis.UniversalClient, string, error
 		if err := withTLS(o.TLSConfig); err != nil {
 			return nil, "", err
 		}
-		return redis.NewClusterClient(o), "cluster " + strings.Join(o.Addrs, ","), nil
+		c := redis.NewClusterClient(o)
+		c.AddHook(&clusterReload{c: c})
+		return c, "cluster " + strings.Join(o.Addrs, ","), nil
 	default:
 		o, err := redis.ParseURL(rawURL)
 		if err != nil {

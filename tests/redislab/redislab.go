@@ -216,28 +216,75 @@ type Cluster struct {
 // loopback and waits until every slot is served.
 func StartCluster(tb testing.TB, masters int) *Cluster {
 	tb.Helper()
+	return StartClusterWith(tb, ClusterOptions{Masters: masters})
+}
+
+// ClusterOptions for [StartClusterWith].
+type ClusterOptions struct {
+	// NS runs the nodes in that network namespace, listening on Bind
+	// (default 127.0.0.1), from FirstPort on (default: free ports,
+	// loopback only).
+	NS, Bind  string
+	FirstPort int
+	// Masters, and Replicas per master.
+	Masters, Replicas int
+	// NodeTimeoutMS is cluster-node-timeout (default 2000): how long a
+	// master may be silent before its replica takes over.
+	NodeTimeoutMS int
+}
+
+// StartClusterWith runs a Redis Cluster as o says and waits until every
+// node serves every slot.
+func StartClusterWith(tb testing.TB, o ClusterOptions) *Cluster {
+	tb.Helper()
+	if o.Bind == "" {
+		o.Bind = "127.0.0.1"
+	}
+	if o.NodeTimeoutMS == 0 {
+		o.NodeTimeoutMS = 2000
+	}
+	run := func(ctx context.Context, args ...string) ([]byte, error) {
+		name := "redis-cli"
+		if o.NS != "" {
+			name, args = "ip", append([]string{"netns", "exec", o.NS, "redis-cli"}, args...)
+		}
+		return exec.CommandContext(ctx, name, args...).CombinedOutput()
+	}
 	c := &Cluster{}
 	var addrs []string
-	for range masters {
-		n := Start(tb, Options{Extra: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}})
+	for i := range o.Masters * (1 + o.Replicas) {
+		port := 0
+		if o.FirstPort != 0 {
+			port = o.FirstPort + i
+		}
+		// No delay before a replica's first sync (Redis waits 5 s for
+		// more replicas by default): a replica that never synced does
+		// not take over.
+		n := Start(tb, Options{NS: o.NS, Bind: o.Bind, Port: port, Extra: []string{"--cluster-enabled", "yes",
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", strconv.Itoa(o.NodeTimeoutMS),
+			"--repl-diskless-sync-delay", "0"}})
 		c.Nodes = append(c.Nodes, n)
 		addrs = append(addrs, n.Addr)
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+	args = append(args, "--cluster-replicas", strconv.Itoa(o.Replicas), "--cluster-yes")
+	if out, err := run(context.Background(), args...); err != nil {
 		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	c.URL = "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
 	// Each node judges the cluster from its own gossip, so one node
 	// saying ok does not mean another will serve its slots yet: a client
-	// routed there would get CLUSTERDOWN. Wait for all of them.
+	// routed there would get CLUSTERDOWN. Wait for all of them, and for
+	// every replica to have synced.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for _, a := range addrs {
+		host, port, _ := net.SplitHostPort(a)
 		for {
-			out, _ := exec.CommandContext(ctx, "redis-cli", "-h", "127.0.0.1", "-p", strings.Split(a, ":")[1], "cluster", "info").Output()
-			if bytes.Contains(out, []byte("cluster_state:ok")) {
+			out, _ := run(ctx, "-h", host, "-p", port, "cluster", "info")
+			repl, _ := run(ctx, "-h", host, "-p", port, "info", "replication")
+			synced := !bytes.Contains(repl, []byte("role:slave")) || bytes.Contains(repl, []byte("master_link_status:up"))
+			if bytes.Contains(out, []byte("cluster_state:ok")) && synced {
 				break
 			}
 			if ctx.Err() != nil {

@@ -12,37 +12,21 @@ import (
 	"time"
 
 	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 	"github.com/nfsteer/nfsteer/tests/redislab"
 )
 
 // TestRedisSentinelFailover runs the lab on Redis behind three Sentinels
 // (a primary and a replica, all real processes) and kills the primary in
-// the middle of a transfer. Forwarding never stops (the transfer is
-// byte-exact, the UDP stream keeps arriving); a map change lands once the
-// replica is promoted, without restarting anything: the agents and the
-// controller find the new primary themselves; a connection opened during
-// the switch has its session in the new primary; the primary firewall,
-// killed right after, fails over to its secondary without breaking the
-// transfer; and no agent ever switches to an older version. It prints how
-// long map changes were unavailable and how long the instance failover
-// took after the Redis one.
+// the middle of a transfer (redisFailover says what must hold).
 func TestRedisSentinelFailover(t *testing.T) {
 	l := lab.NewWithMap(t, bin, labmap.Firewall)
 	rs := redislab.StartSentinels(t, l.NS("ctl"), lab.Control, 6379, 300)
-	url := rs.URL
-	if out, err := l.Nfsteer("ctl", "apply", "--redis", url, "-f", l.MapFile); err != nil {
-		t.Fatalf("apply through the Sentinels: %v\n%s", err, out)
-	}
-	if err := l.StartAll("--redis", url, "--refresh", "500ms"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.StartController("controller", "--redis", url); err != nil {
-		t.Fatal(err)
-	}
-	// primaryHas reports whether the Redis the Sentinels name primary now
-	// holds flow's session.
-	primaryHas := func(flow string) bool {
+	// has reports whether the Redis the Sentinels name primary now holds
+	// flow's session.
+	has := func(flow string) bool {
 		out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "-p", "26379", "SENTINEL", "get-master-addr-by-name", rs.Master)
 		f := strings.Fields(out)
 		if err != nil || len(f) != 2 {
@@ -51,8 +35,59 @@ func TestRedisSentinelFailover(t *testing.T) {
 		out, err = l.Output("ctl", "redis-cli", "-h", f[0], "-p", f[1], "EXISTS", "nfsteer:s:{"+flow+"}")
 		return err == nil && strings.TrimSpace(out) == "1"
 	}
+	redisFailover(t, l, "redis_sentinel_failover", rs.URL, has, func(string) { rs.Primary.Kill() })
+}
+
+// TestRedisClusterFailover is the same on a Redis Cluster of three masters
+// with a replica each: the master that holds the transfer's session dies,
+// and its replica is promoted.
+func TestRedisClusterFailover(t *testing.T) {
+	l := lab.NewWithMap(t, bin, labmap.Firewall)
+	const first = 7000
+	rc := redislab.StartClusterWith(t, redislab.ClusterOptions{NS: l.NS("ctl"), Bind: lab.Control, FirstPort: first,
+		Masters: 3, Replicas: 1, NodeTimeoutMS: 1000})
+	has := func(flow string) bool {
+		out, err := l.Output("ctl", "redis-cli", "-c", "-h", lab.Control, "-p", strconv.Itoa(first), "EXISTS", "nfsteer:s:{"+flow+"}")
+		return err == nil && strings.TrimSpace(out) == "1"
+	}
+	kill := func(flow string) {
+		for _, n := range rc.Nodes {
+			_, port, _ := strings.Cut(n.Addr, ":")
+			out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "-p", port, "EXISTS", "nfsteer:s:{"+flow+"}")
+			if err == nil && strings.TrimSpace(out) == "1" {
+				t.Logf("killing the Cluster master %s, which holds the transfer's session", n.Addr)
+				n.Kill()
+				return
+			}
+		}
+		t.Fatalf("no Cluster master holds the session of %s", flow)
+	}
+	redisFailover(t, l, "redis_cluster_failover", rc.URL, has, kill)
+}
+
+// redisFailover applies the lab map through url, starts the agents and
+// the controller on it, and kills part of Redis with kill (given the
+// transfer's flow) in the middle of a transfer. Forwarding never stops
+// (the transfer is byte-exact, the UDP stream keeps arriving); a map
+// change lands once Redis has promoted a replica, without restarting
+// anything: the agents and the controller find it themselves; a
+// connection opened during the switch has its session in Redis (has);
+// the primary firewall, killed right after, fails over to its secondary
+// without breaking the transfer; and no agent ever switches to an older
+// version. It prints, as name, how long map changes were unavailable and
+// how long the instance failover took after the Redis one.
+func redisFailover(t *testing.T, l *lab.Lab, name, url string, has func(flow string) bool, kill func(flow string)) {
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", url, "-f", l.MapFile); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll("--redis", url, "--refresh", "500ms"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.StartController("controller", "--redis", url); err != nil {
+		t.Fatal(err)
+	}
 	before := holdConn(t, l, "10.10.1.2:40801", "10.99.0.2:8011")
-	if !waitFor(3*time.Second, func() bool { return primaryHas(before.flow) }) {
+	if !waitFor(3*time.Second, func() bool { return has(before.flow) }) {
 		t.Fatalf("session %s never reached Redis", before.flow)
 	}
 	f := flowOf(t, 6, failoverLocal, failoverServer)
@@ -72,10 +107,13 @@ func TestRedisSentinelFailover(t *testing.T) {
 		done <- slowTransfer(t, l, failoverLocal, failoverServer, 64<<20, 2*time.Millisecond, 30*time.Second)
 	}()
 
-	time.Sleep(700 * time.Millisecond)
+	if !waitFor(3*time.Second, func() bool { return has(sessionOf(t, f)) }) {
+		t.Fatal("the transfer's session never reached Redis")
+	}
+	time.Sleep(500 * time.Millisecond)
 	killed := time.Now()
-	rs.Primary.Kill()
-	t.Log("Redis primary killed")
+	kill(sessionOf(t, f))
+	t.Log("Redis node killed")
 	// A connection opened while Redis has no primary, through the
 	// firewall that stays: its verdict waits in that firewall's mirror
 	// until Redis is back. (Through the one killed below, it could die
@@ -92,12 +130,13 @@ func TestRedisSentinelFailover(t *testing.T) {
 	// the replica and the CLI finds it.
 	var mapGap time.Duration
 	for {
-		if _, err := l.Nfsteer("ctl", "instance", "drain", "dlp-2", "--redis", url); err == nil {
+		_, err := l.Nfsteer("ctl", "instance", "drain", "dlp-2", "--redis", url)
+		if err == nil {
 			mapGap = time.Since(killed)
 			break
 		}
 		if time.Since(killed) > 20*time.Second {
-			t.Fatal("no map change landed within 20 s of the Redis primary's death")
+			t.Fatalf("no map change landed within 20 s of the Redis node's death: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -140,8 +179,8 @@ func TestRedisSentinelFailover(t *testing.T) {
 	before.ping(t, "after")
 	during.ping(t, "after")
 	for _, h := range []*heldConn{before, during} {
-		if !waitFor(5*time.Second, func() bool { return primaryHas(h.flow) }) {
-			t.Errorf("session %s, alive at the end, is not in the new primary", h.flow)
+		if !waitFor(5*time.Second, func() bool { return has(h.flow) }) {
+			t.Errorf("session %s, alive at the end, is not in Redis", h.flow)
 		}
 	}
 	// No agent ever went back a version.
@@ -157,6 +196,12 @@ func TestRedisSentinelFailover(t *testing.T) {
 			}
 		}
 	}
-	fmt.Printf("BENCH redis_sentinel_failover map_changes_unavailable_ms=%d instance_failover_after_ms=%d transfer_gap_ms=%d\n",
-		mapGap.Milliseconds(), failoverGap.Milliseconds(), res.MaxGap.Milliseconds())
+	fmt.Printf("BENCH %s map_changes_unavailable_ms=%d instance_failover_after_ms=%d transfer_gap_ms=%d\n",
+		name, mapGap.Milliseconds(), failoverGap.Milliseconds(), res.MaxGap.Milliseconds())
+}
+
+// sessionOf names f's session as Redis keys it.
+func sessionOf(t *testing.T, f steering.Flow) string {
+	t.Helper()
+	return sessions.KeyOf(&f).String()
 }
