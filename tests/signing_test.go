@@ -119,3 +119,40 @@ func TestFailoverWithSealedSessions(t *testing.T) {
 		t.Errorf("session record %q (%v) is not sealed", rec, err)
 	}
 }
+
+// TestFailoverWithSignedMaps is the failover test with every map signed:
+// the operator's key signs the applied map, the controller signs its own
+// failover with its own key, and the agents trust both. The agents take
+// the controller's version, so the transfer survives byte-exact.
+func TestFailoverWithSignedMaps(t *testing.T) {
+	dir := t.TempDir()
+	ops, ctl := filepath.Join(dir, "ops.key"), filepath.Join(dir, "ctl.key")
+	for _, k := range []string{ops, ctl} {
+		if out, err := exec.Command(bin, "key", "generate", "--out", k).CombinedOutput(); err != nil {
+			t.Fatalf("key generate: %v\n%s", err, out)
+		}
+	}
+	l := lab.NewWithMap(t, bin, labmap.Firewall)
+	l.StartRedis(t)
+	trust := []string{"--trust-key", ops + ".pub", "--trust-key", ctl + ".pub"}
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile, "--signing-key", ops); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll(append([]string{"--redis", lab.RedisURL, "--refresh", "500ms"}, trust...)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.StartController("controller", append([]string{"--signing-key", ctl}, trust...)...); err != nil {
+		t.Fatal(err)
+	}
+	res, _, primary, secondary, _ := runFailoverIn(t, l)
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the failover from %s to %s: %v", primary, secondary, res.Err)
+	}
+	for _, node := range append([]string{"gw"}, instanceNames()...) {
+		for _, a := range l.Agents(node) {
+			if strings.Contains(a.Output(), "refusing") {
+				t.Errorf("%s refused a version:\n%s", node, a.Output())
+			}
+		}
+	}
+}

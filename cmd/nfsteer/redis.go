@@ -417,6 +417,7 @@ func controllerCommand() *cli.Command {
 			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.IntFlag{Name: "misses", Value: 4, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
 			&cli.DurationFlag{Name: "lease", Value: 2 * time.Second, Usage: "controller lease `TTL` (how long a dead controller blocks its standby)"},
+			&cli.DurationFlag{Name: "reconnect-grace", Value: 2 * time.Second, Usage: "after Redis comes back from an outage (or a Sentinel or Cluster failover), hold no silence against an instance for `DURATION`: the agents find Redis again later than the controller", EnvVars: []string{"NFSTEER_RECONNECT_GRACE"}},
 			&cli.IntFlag{Name: "score-out", Value: 50, Usage: "an instance whose health score stays below `SCORE` takes no new flows (-1: scores off)", EnvVars: []string{"NFSTEER_SCORE_OUT"}},
 			&cli.IntFlag{Name: "score-in", Value: 80, Usage: "it takes new flows again once it scores at least `SCORE`", EnvVars: []string{"NFSTEER_SCORE_IN"}},
 			&cli.IntFlag{Name: "score-hold", Value: 3, Usage: "heartbeat reports in a row a score must hold to change anything", EnvVars: []string{"NFSTEER_SCORE_HOLD"}},
@@ -432,7 +433,7 @@ func controllerCommand() *cli.Command {
 			}
 			defer s.Close()
 			ctl := controller.New(s, controller.Config{
-				Interval: c.Duration("heartbeat"), Misses: c.Int("misses"), LeaseTTL: c.Duration("lease"),
+				Interval: c.Duration("heartbeat"), Misses: c.Int("misses"), LeaseTTL: c.Duration("lease"), ReconnectGrace: c.Duration("reconnect-grace"),
 				ScoreOut: c.Int("score-out"), ScoreIn: c.Int("score-in"), ScoreHold: c.Int("score-hold"),
 			})
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
