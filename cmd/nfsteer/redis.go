@@ -195,17 +195,19 @@ Example:
 func keyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "key",
-		Usage: "make the ed25519 keys that sign map versions",
+		Usage: "make the keys that sign map versions and seal session records",
 		Subcommands: []*cli.Command{{
 			Name:  "generate",
-			Usage: "write a new private key to FILE (mode 0600) and its public key to FILE.pub",
+			Usage: "write a new private key to FILE (mode 0600) and its public key to FILE.pub; with --session, the fleet's session key",
 			Description: `The private key signs: give it to the operators' CLI and to the controller
 (--signing-key or NFSTEER_SIGNING_KEY). The public key verifies: give it to
-every agent and controller (--trust-key, repeatable). An existing file is
-never written over.
+every agent and controller (--trust-key, repeatable). With --session it
+writes the fleet's session key instead, for every agent's --session-key
+(NFSTEER_SESSION_KEY). An existing file is never written over.
 
 Example:
-   nfsteer key generate --out /etc/nfsteer/ops.key`,
+   nfsteer key generate --out /etc/nfsteer/ops.key
+   nfsteer key generate --session --out /etc/nfsteer/session.key`,
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "out", Required: true, Usage: "the private key's `FILE`"},
 				&cli.BoolFlag{Name: "session", Usage: "make the fleet's session key instead (32 random bytes, hex, mode 0600), for every agent's and the CLI's --session-key"},
