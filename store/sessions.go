@@ -93,6 +93,7 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq) ([]int, error) {
 	for i := range pending {
 		pending[i] = i
 	}
+	loaded := false // the script was loaded after Redis did not know it
 	for round := 0; round < 3 && len(pending) > 0; round++ {
 		pipe := s.rdb.Pipeline()
 		gets := make([]*redis.StringCmd, len(pending))
@@ -140,7 +141,8 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq) ([]int, error) {
 			break
 		}
 		if cmds, err := pipe.Exec(ctx); err != nil {
-			if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if redis.HasErrorPrefix(err, "NOSCRIPT") && !loaded {
+				loaded = true
 				if err := casScript.Load(ctx, s.rdb).Err(); err != nil {
 					return nil, fmt.Errorf("loading the takeover script into %s: %w", s.addr, permission(err))
 				}
