@@ -62,6 +62,8 @@ type Controller struct {
 	// silence every tick.
 	blind   bool
 	lastMap *steering.Published
+	// refused is the live version last refused (logged and counted once).
+	refused uint64
 	// judged is when the agents' reports were last read and scored.
 	judged time.Time
 	// silence is, per instance, the oldest its last heartbeat was (by
@@ -78,6 +80,9 @@ type Controller struct {
 	// TakenOut counts instances taken out of new-flow steering for their
 	// health score; PutBack, put back.
 	Failovers, Recoveries, Publishes, TakenOut, PutBack atomic.Uint64
+	// MapsRefused counts live versions refused: invalid, or not signed by
+	// a trusted key (store.Store.Trust).
+	MapsRefused atomic.Uint64
 	// Active is 1 while this controller holds the lease.
 	Active atomic.Bool
 	// reading is whether the last lease attempt reached Redis.
@@ -212,6 +217,16 @@ func (c *Controller) step(ctx context.Context) error {
 		return nil
 	}
 	if errors.Is(err, store.ErrNoMap) {
+		return nil
+	}
+	if errors.Is(err, steering.ErrInvalidMap) {
+		// Refused once per version, logged with it; the controller
+		// publishes nothing on top of it.
+		if v, verr := c.s.LiveVersion(ctx); verr == nil && v != c.refused {
+			c.refused = v
+			c.MapsRefused.Add(1)
+			c.log.Error("refusing the live map version; publishing nothing on top of it", "version", v, "err", err)
+		}
 		return nil
 	}
 	if err != nil {

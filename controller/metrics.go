@@ -28,6 +28,7 @@ var (
 	descDown       = desc("instance_down", "1 while the live map has the instance down (its heartbeats stopped).", "service_instance")
 	descUnhealthy  = desc("instance_unhealthy", "1 while the live map keeps the instance out of new-flow steering for its health score.", "service_instance")
 	descMapVersion = desc("map_version", "Live map version as last read.")
+	descRefused    = desc("maps_refused_total", "Live map versions refused (invalid, or not signed by a trusted key); the controller acts on none of them.")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -40,6 +41,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- metrics.Counter(descTakenOut, ctl.TakenOut.Load())
 	ch <- metrics.Counter(descPutBack, ctl.PutBack.Load())
 	ch <- metrics.Counter(descPublishes, ctl.Publishes.Load())
+	ch <- metrics.Counter(descRefused, ctl.MapsRefused.Load())
 	for name, s := range ctl.Scores() {
 		ch <- metrics.Gauge(descScore, float64(s), name)
 	}

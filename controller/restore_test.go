@@ -2,11 +2,14 @@ package controller
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
@@ -77,5 +80,50 @@ func TestRestoresTheMapWhenRedisGoesBack(t *testing.T) {
 		if live.Version != tc.want || !slices.Equal(live.Drained, []string{"fw-2"}) {
 			t.Errorf("%s: live version %d, drained %v; want version %d with fw-2 drained", tc.name, live.Version, live.Drained, tc.want)
 		}
+	}
+}
+
+// TestRefusesAnUntrustedMap: a controller that trusts keys meets a live
+// version no trusted key signed: it counts it once, publishes nothing on
+// top of it (the version stays), and keeps its last good map.
+func TestRefusesAnUntrustedMap(t *testing.T) {
+	ctx := context.Background()
+	url := redislab.Start(t, redislab.Options{}).URL
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	_, evilKey, _ := ed25519.GenerateKey(rand.Reader)
+	open := func(sign ed25519.PrivateKey) *store.Store {
+		s, err := store.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		s.SignWith(signing.NewSigner(sign))
+		return s
+	}
+	ops, evil, s := open(priv), open(evilKey), open(priv)
+	s.Trust(signing.NewVerifier(pub))
+	if _, err := ops.Publish(ctx, func(*steering.Published) (*steering.Published, error) {
+		return &steering.Published{Map: labmap.Map(t)}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c := New(s, Config{})
+	c.since = time.Now()
+	if err := c.step(ctx); err != nil || c.lastMap.Version != 1 {
+		t.Fatalf("step on a signed map: %v (version %v)", err, c.lastMap)
+	}
+	if _, err := evil.Publish(ctx, func(p *steering.Published) (*steering.Published, error) { return p.Drain("fw-1") }); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := c.step(ctx); err != nil {
+			t.Fatalf("step on a forged version: %v", err)
+		}
+	}
+	if n := c.MapsRefused.Load(); n != 1 {
+		t.Errorf("refused %d times, want once", n)
+	}
+	if v, _ := s.LiveVersion(ctx); v != 2 || c.lastMap.Version != 1 {
+		t.Errorf("live version %d, controller's map %d; want 2 (nothing published on top) and 1", v, c.lastMap.Version)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -434,6 +435,9 @@ func controllerCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
+			if !s.Trusts() {
+				slog.Warn("maps from Redis are not authenticated: whoever can write to Redis can steer traffic (give --trust-key)", "redis", s.Addr())
+			}
 			ctl := controller.New(s, controller.Config{
 				Interval: c.Duration("heartbeat"), Misses: c.Int("misses"), LeaseTTL: c.Duration("lease"), ReconnectGrace: c.Duration("reconnect-grace"),
 				ScoreOut: c.Int("score-out"), ScoreIn: c.Int("score-in"), ScoreHold: c.Int("score-hold"),
