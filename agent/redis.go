@@ -51,9 +51,11 @@ func (a *Agent) watchMap(ctx context.Context) error {
 			// document decides, by the same validation as any map.
 		}
 		v, err := a.store.LiveVersion(ctx)
-		if err == nil && v < cur && v != refused {
-			// Redis went back (an old version replayed, or Redis restored
-			// from an old backup): never follow it.
+		if err == nil && v != 0 && v < cur && v != refused {
+			// Redis went back (an old version replayed, a replica promoted
+			// before it had the last version, an old backup): never follow
+			// it. (0 is no map at all: Redis lost its data, and the
+			// controller puts the last map back.)
 			a.Counters.MapsRefused.Add(1)
 			refused = v
 			a.log.Error("the live map version in Redis is older than this node's; keeping this node's", "version", v, "current", cur)
