@@ -96,6 +96,23 @@ func TestWatchMapSwitches(t *testing.T) {
 	if got := n.Counters.Maps.Load(); got != 2 {
 		t.Errorf("Maps = %d, want 2 switches", got)
 	}
+
+	// Redis goes back to version 2 (an old version replayed, a replica
+	// promoted without the last one), which the next poll finds:
+	// refused and counted once, never followed.
+	n.store.mu.Lock()
+	n.store.live = v2
+	n.store.mu.Unlock()
+	n.store.announce <- store.Announcement{}
+	n.store.announce <- store.Announcement{}
+	waitFor(t, "the older version refused", func() bool { return n.Counters.MapsRefused.Load() == 3 })
+	time.Sleep(50 * time.Millisecond)
+	if got, v := n.Counters.MapsRefused.Load(), version(n.Agent); got != 3 || v != 3 {
+		t.Errorf("after Redis went back to version 2: refused %d, running %d; want 3 refusals and version 3", got, v)
+	}
+	if !strings.Contains(n.logs.String(), "older than this node's") {
+		t.Errorf("the older version is not logged:\n%s", n.logs)
+	}
 }
 
 // TestHeartbeat: the node says it is alive every interval and reports its
