@@ -52,8 +52,8 @@ func sessionKeyOf(c *cli.Context) (*signing.SessionKey, error) {
 	return k, nil
 }
 
-// withRedisTLS gives every command that takes --redis the TLS flags and
-// --session-key too.
+// withRedisTLS gives every command that takes --redis the TLS flags and,
+// but the controller, --session-key too.
 func withRedisTLS(cmds []*cli.Command) {
 	has := func(cmd *cli.Command, name string) bool {
 		for _, f := range cmd.Flags {
@@ -67,7 +67,8 @@ func withRedisTLS(cmds []*cli.Command) {
 		if has(cmd, "redis") && !has(cmd, "redis-ca") {
 			cmd.Flags = append(cmd.Flags, redisTLSFlags()...)
 		}
-		if has(cmd, "redis") && !has(cmd, "session-key") {
+		// The controller writes no session.
+		if has(cmd, "redis") && !has(cmd, "session-key") && cmd.Name != "controller" {
 			cmd.Flags = append(cmd.Flags, sessionKeyFlag())
 		}
 		withRedisTLS(cmd.Subcommands)
