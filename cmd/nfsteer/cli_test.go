@@ -849,3 +849,46 @@ func TestCLIRedisACL(t *testing.T) {
 		t.Errorf("redis acl --role admin: %+v; want a usage error naming it", r)
 	}
 }
+
+// TestCLISignedMaps: apply signs with --signing-key; status and map show
+// given a key that did not sign the live map say so (status lists it as
+// degraded, exit 4; map show fails, exit 1), and with the signer's public
+// key both are content.
+func TestCLISignedMaps(t *testing.T) {
+	t.Setenv("NFSTEER_REDIS", redislab.Start(t, redislab.Options{}).URL)
+	dir := t.TempDir()
+	ops, other := filepath.Join(dir, "ops.key"), filepath.Join(dir, "other.key")
+	for _, k := range []string{ops, other} {
+		if r := nfsteer(t, "key", "generate", "--out", k); r.code != 0 {
+			t.Fatalf("key generate: %+v", r)
+		}
+	}
+	if r := nfsteer(t, "key", "generate", "--out", ops); r.code != 1 || !strings.Contains(r.stderr, "exists") {
+		t.Errorf("key generate over an existing key: %+v; want a refusal", r)
+	}
+	if r := nfsteer(t, "apply", "-f", labMapFile(t), "--signing-key", ops); r.code != 0 {
+		t.Fatalf("apply, signed: %+v", r)
+	}
+	if r := nfsteer(t, "tenant", "add", "initech", "--prefix", "10.30.0.0/16", "--chain", "fw", "--signing-key", ops, "--trust-key", ops+".pub"); r.code != 0 {
+		t.Fatalf("tenant add, signed: %+v", r)
+	}
+	if r := nfsteer(t, "map", "show", "--trust-key", ops+".pub"); r.code != 0 {
+		t.Errorf("map show trusting the signer: %+v", r)
+	}
+	if r := nfsteer(t, "map", "show", "--trust-key", other+".pub"); r.code != 1 || !strings.Contains(r.stderr, "not trusted") {
+		t.Errorf("map show trusting another key: %+v; want exit 1 saying the key is not trusted", r)
+	}
+	r := nfsteer(t, "status", "--trust-key", other+".pub", "-o", "json")
+	var st statusReport
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("status -o json: %v\n%+v", err, r)
+	}
+	if r.code != exitDegraded || !slices.ContainsFunc(st.Degraded, func(d string) bool {
+		return strings.Contains(d, "live map (version 2) is refused") && strings.Contains(d, "not trusted")
+	}) {
+		t.Errorf("status trusting another key: exit %d, degraded %q; want the refused map listed", r.code, st.Degraded)
+	}
+	if r := nfsteer(t, "map", "show", "--trust-key", filepath.Join(dir, "missing.pub")); r.code != 2 || !strings.Contains(r.stderr, "--trust-key") {
+		t.Errorf("map show with a missing key file: %+v; want a usage error naming --trust-key", r)
+	}
+}

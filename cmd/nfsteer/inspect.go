@@ -307,10 +307,13 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 		st.Controllers = []store.Controller{}
 	}
 	var t *steering.Table
+	var refused error // the live map, invalid or not signed by a trusted key
 	if p, err := s.Live(c.Context); err == nil {
 		if t, err = steering.CompilePublished(p); err != nil {
 			return err
 		}
+	} else if errors.Is(err, steering.ErrInvalidMap) {
+		refused = err
 	} else if !errors.Is(err, store.ErrNoMap) {
 		return err
 	}
@@ -325,6 +328,9 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 	degraded := func(format string, a ...any) { st.Degraded = append(st.Degraded, fmt.Sprintf(format, a...)) }
 	if st.Redis.Controller == nil {
 		degraded("no controller holds the lease: nothing marks dead instances down")
+	}
+	if refused != nil {
+		degraded("the live map (version %d) is refused, so nodes that check it keep their last good one: %v", h.MapVersion, refused)
 	}
 	nodes := slices.Collect(maps.Keys(beats))
 	if t != nil {
