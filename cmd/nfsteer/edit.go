@@ -94,7 +94,7 @@ func removeCommand(kind, usage, example string, remove func(*steering.Map, strin
 		ArgsUsage:    "NAME",
 		Description:  fmt.Sprintf("Example:\n   nfsteer %s remove --redis redis://10.0.0.5:6379 %s", kind, example),
 		BashComplete: completeNames(kind),
-		Flags:        []cli.Flag{redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag()},
+		Flags:        []cli.Flag{redisFlag(), signingKeyFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
 			name, err := oneArg(c, kind+" name")
 			if err != nil {
@@ -181,7 +181,7 @@ Example:
        --prefix 10.30.0.0/24 --prefix fd00:30::/64 --chain fw,dlp \
        --allow '{proto: tcp, dst: 10.99.0.0/24, ports: ["443", "8000-8100"]}'`,
 				Flags: []cli.Flag{
-					redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag(),
+					redisFlag(), signingKeyFlag(), outputFlag(),
 					&cli.StringSliceFlag{Name: "prefix", Required: true, Usage: "a source `PREFIX` of the tenant (repeat, or separate with commas)"},
 					&cli.StringSliceFlag{Name: "chain", Required: true, Usage: "the `SERVICES` to cross, in order (repeat, or separate with commas)"},
 					&cli.StringSliceFlag{Name: "allow", Usage: "a firewall allow `RULE`, e.g. '{proto: udp, dst: 10.99.0.0/24}' (repeat)"},
@@ -208,7 +208,7 @@ Example:
 				Name:        "list",
 				Usage:       "list the tenants of the live map",
 				Description: "Example:\n   nfsteer tenant list --redis redis://10.0.0.5:6379 -o json",
-				Flags:       []cli.Flag{redisFlag(), trustKeyFlag(), outputFlag()},
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
 					return withLive(c, tenantList)
 				},
@@ -247,7 +247,7 @@ func serviceCommand() *cli.Command {
    nfsteer service add --redis redis://10.0.0.5:6379 ids --function forward \
        --instance ids-1=10.200.0.31,fd00:200::31 --instance ids-2=10.200.0.32,fd00:200::32`,
 				Flags: []cli.Flag{
-					redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag(),
+					redisFlag(), signingKeyFlag(), outputFlag(),
 					&cli.StringFlag{Name: "function", Value: steering.FunctionForward, Usage: "what the service does: `forward` or firewall"},
 					&cli.StringSliceFlag{Name: "instance", Required: true, Usage: "an instance as `NAME=ADDR[,ADDR]` (repeat)"},
 				},
@@ -275,7 +275,7 @@ func serviceCommand() *cli.Command {
 				Name:        "list",
 				Usage:       "list the services of the live map",
 				Description: "Example:\n   nfsteer service list --redis redis://10.0.0.5:6379",
-				Flags:       []cli.Flag{redisFlag(), trustKeyFlag(), outputFlag()},
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
 				Action:      func(c *cli.Context) error { return withLive(c, serviceList) },
 			},
 		},

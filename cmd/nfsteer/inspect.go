@@ -35,7 +35,7 @@ Example, what fw-1 carries:
 Example, what fw-2 would take over if its primaries died:
    nfsteer sessions list --redis redis://10.0.0.5:6379 --instance fw-2 --role secondary`,
 				Flags: []cli.Flag{
-					redisFlag(), trustKeyFlag(), outputFlag(),
+					redisFlag(), outputFlag(),
 					&cli.StringFlag{Name: "tenant", Usage: "only this `TENANT`'s sessions"},
 					&cli.StringFlag{Name: "instance", Usage: "only sessions this `INSTANCE` holds a role for"},
 					&cli.StringFlag{Name: "role", Value: store.RolePrimary, Usage: "the `ROLE` the instance holds: primary or secondary"},
@@ -47,7 +47,7 @@ Example, what fw-2 would take over if its primaries died:
 				Usage:       "show one session: its pins, roles, times and the functions' state",
 				ArgsUsage:   "FLOW",
 				Description: "FLOW is proto/addr:port/addr:port, endpoints in either order.\n\nExample:\n   nfsteer sessions show --redis redis://10.0.0.5:6379 tcp/10.10.1.2:40000/10.99.0.2:5201",
-				Flags:       []cli.Flag{redisFlag(), trustKeyFlag(), outputFlag()},
+				Flags:       []cli.Flag{redisFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
 					arg, err := oneArg(c, "flow")
 					if err != nil {
@@ -283,7 +283,7 @@ controller marks instances down after its --misses heartbeats).
 
 Example:
    nfsteer status --redis redis://10.0.0.5:6379 || page-on-call`,
-		Flags: []cli.Flag{redisFlag(), trustKeyFlag(), outputFlag()},
+		Flags: []cli.Flag{redisFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
 			return withStore(c, func(out printer, s *store.Store) error { return status(c, out, s) })
 		},
@@ -473,7 +473,7 @@ Example:
    nfsteer trace --redis redis://10.0.0.5:6379 --proto tcp \
        --src 10.10.1.2 --sport 40000 --dst 10.99.0.2 --dport 443`,
 		Flags: []cli.Flag{
-			redisFlag(), trustKeyFlag(), outputFlag(),
+			redisFlag(), outputFlag(),
 			&cli.StringFlag{Name: "map", Usage: "trace on this map `FILE` instead of the live map"},
 			&cli.StringFlag{Name: "src", Required: true, Usage: "source `ADDR` (a tenant's address for its flows)"},
 			&cli.StringFlag{Name: "dst", Required: true, Usage: "destination `ADDR`"},

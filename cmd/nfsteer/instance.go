@@ -27,7 +27,7 @@ func instanceCommand() *cli.Command {
 Example:
    nfsteer instance add --redis redis://10.0.0.5:6379 --service fw fw-3 10.200.0.13 fd00:200::13`,
 				Flags: []cli.Flag{
-					redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag(),
+					redisFlag(), signingKeyFlag(), outputFlag(),
 					&cli.StringFlag{Name: "service", Required: true, Usage: "the `SERVICE` the instance belongs to"},
 				},
 				Action: func(c *cli.Context) error {
@@ -53,7 +53,7 @@ Example:
    nfsteer instance drain --redis redis://10.0.0.5:6379 fw-2
    nfsteer instance remove --redis redis://10.0.0.5:6379 fw-2`,
 				Flags: []cli.Flag{
-					redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag(),
+					redisFlag(), signingKeyFlag(), outputFlag(),
 					&cli.BoolFlag{Name: "force", Usage: "remove it even though it carries flows, or is its service's last instance in service"},
 				},
 				Action: func(c *cli.Context) error {
@@ -96,7 +96,7 @@ Redis indexes for it as primary and secondary.
 
 Example:
    nfsteer instance list --redis redis://10.0.0.5:6379`,
-				Flags:  []cli.Flag{redisFlag(), trustKeyFlag(), outputFlag()},
+				Flags:  []cli.Flag{redisFlag(), outputFlag()},
 				Action: instanceList,
 			},
 			drainCommand(),
@@ -106,7 +106,7 @@ Example:
 				BashComplete: completeNames("instance"),
 				ArgsUsage:    "NAME",
 				Description:  "Example:\n   nfsteer instance undrain --redis redis://10.0.0.5:6379 fw-2",
-				Flags:        []cli.Flag{redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag()},
+				Flags:        []cli.Flag{redisFlag(), signingKeyFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
 					name, err := oneArg(c, "instance name")
 					if err != nil {
@@ -142,7 +142,7 @@ Example, before maintenance:
    nfsteer instance drain --redis redis://10.0.0.5:6379 --migrate --deadline 5m fw-2
    nfsteer instance remove --redis redis://10.0.0.5:6379 fw-2`,
 		Flags: []cli.Flag{
-			redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag(),
+			redisFlag(), signingKeyFlag(), outputFlag(),
 			&cli.BoolFlag{Name: "migrate", Usage: "hand the established flows over to the other instances too"},
 			&cli.DurationFlag{Name: "deadline", Usage: "with --migrate: let flows end on their own for `D` first"},
 			&cli.BoolFlag{Name: "force", Usage: "drain it even though it is its service's last instance in service"},

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"slices"
 	"syscall"
 	"time"
 
@@ -89,7 +90,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 	app.Action = needSubcommand
 	app.OnUsageError = usageError
-	withRedisTLS(app.Commands)
+	withRedisFlags(app.Commands)
 	harden(app.Commands)
 	return app
 }
@@ -289,19 +290,19 @@ Settings come from flags first, then NFSTEER_* variables, then the
 "outer: [eth1, eth2]"). SIGHUP re-reads log-flows from the file and, on a
 node without Redis, the --map file (validated; a bad one is refused).`,
 		Before: func(c *cli.Context) error { return loadConfig(c.Command.Flags)(c) },
-		Flags: fromFile(append(nodeFlags(),
+		Flags: fromFile(slices.Concat(nodeFlags(), []cli.Flag{
 			&cli.BoolFlag{Name: "spare", Usage: "this host's instance is not in the map yet: steer nothing until a version adds it (then: nfsteer instance add)", EnvVars: []string{"NFSTEER_SPARE"}},
 			&cli.BoolFlag{Name: "keep-rules", Value: true, Usage: "leave the rules installed on exit, and tell the controller the agent will be back: a restart moves no flow and lets none around its chain (--keep-rules=false removes them: for a node leaving for good, after a drain)", EnvVars: []string{"NFSTEER_KEEP_RULES"}},
 			&cli.DurationFlag{Name: "restart-grace", Value: 10 * time.Second, Usage: "how long the controller waits for an agent that stopped with its rules kept before failing it over", EnvVars: []string{"NFSTEER_RESTART_GRACE"}},
 			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
-			redisFlag(), trustKeyFlag(), redisTLSFlags()[0], redisTLSFlags()[1], redisTLSFlags()[2], sessionKeyFlag(),
+			redisFlag(),
 			metricsFlag(),
 			&cli.BoolFlag{Name: "mirror", Value: true, Usage: "mirror sessions to Redis (--mirror=false: a secondary cannot take established flows over)", EnvVars: []string{"NFSTEER_MIRROR"}},
 			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack and refreshed in Redis", EnvVars: []string{"NFSTEER_REFRESH"}},
 			&cli.DurationFlag{Name: "session-ttl", Value: 2 * time.Minute, Usage: "life of a session in Redis between refreshes", EnvVars: []string{"NFSTEER_SESSION_TTL"}},
 			&cli.BoolFlag{Name: "print-config", Usage: "print the settings the agent would run with (flags > NFSTEER_* > --config file) and exit"},
-		)),
+		}, redisCompanions(true))),
 		Action: func(c *cli.Context) error {
 			spec, err := checkAgent(c)
 			if err != nil {

@@ -35,7 +35,7 @@ Example:
    nfsteer map show --redis redis://10.0.0.5:6379
    nfsteer map show --redis redis://10.0.0.5:6379 --format dot | dot -Tsvg > mesh.svg`,
 		Flags: []cli.Flag{
-			redisFlag(), trustKeyFlag(),
+			redisFlag(),
 			&cli.StringFlag{Name: "format", Value: "yaml", Usage: "`yaml`, json or dot"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "json or yaml: the same as --format"},
 		},
@@ -108,7 +108,7 @@ func mapExportCommand() *cli.Command {
    nfsteer map diff --redis redis://10.0.0.5:6379 -f map.yaml
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml`,
 		Flags: []cli.Flag{
-			redisFlag(), trustKeyFlag(),
+			redisFlag(),
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "yaml", Usage: "`yaml` (with the header apply checks) or json (the map alone)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -138,7 +138,7 @@ func mapDiffCommand() *cli.Command {
 Example:
    nfsteer map diff --redis redis://10.0.0.5:6379 -f map.yaml`,
 		Flags: []cli.Flag{
-			redisFlag(), trustKeyFlag(), outputFlag(),
+			redisFlag(), outputFlag(),
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"},
 		},
 		Action: func(c *cli.Context) error {

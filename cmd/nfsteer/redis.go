@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -25,14 +24,22 @@ func redisFlag() cli.Flag {
 	return &cli.StringFlag{Name: "redis", Usage: "Redis `URL` (redis://, rediss://, unix://; ?addr= for Cluster, ?master_name= for Sentinel)", EnvVars: []string{"NFSTEER_REDIS"}}
 }
 
-// redisTLSFlags are the files of a rediss:// connection. Every command
-// with --redis gets them (withRedisTLS).
-func redisTLSFlags() []cli.Flag {
-	return []cli.Flag{
+// redisCompanions are the flags every command with --redis takes with
+// it: the keys it trusts maps from, the files of a rediss:// connection
+// and, for a command that touches sessions (not the controller), the
+// fleet's session key. withRedisFlags gives them to the commands; the
+// agent lists them itself, for its config file.
+func redisCompanions(sessions bool) []cli.Flag {
+	f := []cli.Flag{
+		trustKeyFlag(),
 		&cli.StringFlag{Name: "redis-ca", Usage: "with a rediss:// URL: the CA `FILE` (PEM) that signs Redis's certificate (default: the system's CAs)", EnvVars: []string{"NFSTEER_REDIS_CA"}},
 		&cli.StringFlag{Name: "redis-cert", Usage: "with a rediss:// URL: this client's certificate `FILE` (PEM), for a Redis that asks for one", EnvVars: []string{"NFSTEER_REDIS_CERT"}},
 		&cli.StringFlag{Name: "redis-key", Usage: "the private key `FILE` (PEM) of --redis-cert", EnvVars: []string{"NFSTEER_REDIS_KEY"}},
 	}
+	if sessions {
+		f = append(f, sessionKeyFlag())
+	}
+	return f
 }
 
 func sessionKeyFlag() cli.Flag {
@@ -52,26 +59,21 @@ func sessionKeyOf(c *cli.Context) (*signing.SessionKey, error) {
 	return k, nil
 }
 
-// withRedisTLS gives every command that takes --redis the TLS flags and,
-// but the controller, --session-key too.
-func withRedisTLS(cmds []*cli.Command) {
-	has := func(cmd *cli.Command, name string) bool {
+// withRedisFlags gives every command that takes --redis, and does not
+// list them itself, its companions (redisCompanions).
+func withRedisFlags(cmds []*cli.Command) {
+	for _, cmd := range cmds {
+		names := map[string]bool{}
 		for _, f := range cmd.Flags {
-			if slices.Contains(f.Names(), name) {
-				return true
+			for _, n := range f.Names() {
+				names[n] = true
 			}
 		}
-		return false
-	}
-	for _, cmd := range cmds {
-		if has(cmd, "redis") && !has(cmd, "redis-ca") {
-			cmd.Flags = append(cmd.Flags, redisTLSFlags()...)
+		if names["redis"] && !names["trust-key"] {
+			// The controller writes no session.
+			cmd.Flags = append(cmd.Flags, redisCompanions(cmd.Name != "controller")...)
 		}
-		// The controller writes no session.
-		if has(cmd, "redis") && !has(cmd, "session-key") && cmd.Name != "controller" {
-			cmd.Flags = append(cmd.Flags, sessionKeyFlag())
-		}
-		withRedisTLS(cmd.Subcommands)
+		withRedisFlags(cmd.Subcommands)
 	}
 }
 
@@ -295,7 +297,7 @@ Example:
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml --dry-run
    nfsteer apply --redis redis://10.0.0.5:6379 -f map.yaml`,
 		Flags: []cli.Flag{
-			redisFlag(), signingKeyFlag(), trustKeyFlag(), outputFlag(),
+			redisFlag(), signingKeyFlag(), outputFlag(),
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "map `FILE`"},
 			&cli.BoolFlag{Name: "prune", Usage: "remove the tenants, services and instances the file does not have"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the changes and publish nothing"},
@@ -417,7 +419,7 @@ func controllerCommand() *cli.Command {
 		Description: `Example:
    nfsteer controller --redis redis://10.0.0.5:6379`,
 		Flags: []cli.Flag{
-			redisFlag(), signingKeyFlag(), trustKeyFlag(),
+			redisFlag(), signingKeyFlag(),
 			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "the agents' heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.IntFlag{Name: "misses", Value: 4, Usage: "heartbeats missed before an instance is down", EnvVars: []string{"NFSTEER_MISSES"}},
 			&cli.DurationFlag{Name: "lease", Value: 2 * time.Second, Usage: "controller lease `TTL` (how long a dead controller blocks its standby)"},
