@@ -1,6 +1,7 @@
 package signing
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
@@ -57,17 +58,10 @@ func pemBlock(b []byte, typ string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: a PEM %q block, want %q", ErrKeyFile, blk.Type, typ)
 	case len(blk.Headers) != 0:
 		return nil, fmt.Errorf("%w: PEM headers (an encrypted key?)", ErrKeyFile)
-	case len(trimSpace(rest)) != 0:
+	case len(bytes.TrimSpace(rest)) != 0:
 		return nil, fmt.Errorf("%w: data after the PEM block", ErrKeyFile)
 	}
 	return blk.Bytes, nil
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\r' || b[0] == '\t') {
-		b = b[1:]
-	}
-	return b
 }
 
 // LoadSigner reads a private key file and returns its signer.

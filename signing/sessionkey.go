@@ -79,8 +79,5 @@ func GenerateSessionKey(out string) error {
 	if _, err := rand.Read(k); err != nil {
 		return fmt.Errorf("generating a session key: %w", err)
 	}
-	if _, err := os.Lstat(out); err == nil {
-		return fmt.Errorf("writing key: %s: %w", out, os.ErrExist)
-	}
-	return writeNew(out, []byte(hex.EncodeToString(k)+"\n"), 0o600)
+	return writeNew(out, []byte(hex.EncodeToString(k)+"\n"), 0o600) // O_EXCL: never over a file
 }

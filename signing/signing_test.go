@@ -65,14 +65,8 @@ func TestGenerateKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for path, mode := range map[string]os.FileMode{out: 0o600} {
-		st, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Mode().Perm() != mode {
-			t.Errorf("%s has mode %v, want %v", path, st.Mode().Perm(), mode)
-		}
+	if st, err := os.Stat(out); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("private key %s: %v, %v; want mode 0600", out, st, err)
 	}
 	s, err := LoadSigner(out)
 	if err != nil {
@@ -94,6 +88,9 @@ func TestGenerateKey(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(out); string(after) != string(before) {
 		t.Error("GenerateKey wrote over an existing key")
+	}
+	if err := GenerateSessionKey(out); !errors.Is(err, os.ErrExist) {
+		t.Errorf("GenerateSessionKey over an existing key = %v, want os.ErrExist", err)
 	}
 	// A private key is not a public one, and the reverse.
 	if _, err := LoadVerifier(out); !errors.Is(err, ErrKeyFile) {
