@@ -243,13 +243,6 @@ func StartClusterWith(tb testing.TB, o ClusterOptions) *Cluster {
 	if o.NodeTimeoutMS == 0 {
 		o.NodeTimeoutMS = 2000
 	}
-	run := func(ctx context.Context, args ...string) ([]byte, error) {
-		name := "redis-cli"
-		if o.NS != "" {
-			name, args = "ip", append([]string{"netns", "exec", o.NS, "redis-cli"}, args...)
-		}
-		return exec.CommandContext(ctx, name, args...).CombinedOutput()
-	}
 	c := &Cluster{}
 	var addrs []string
 	for i := range o.Masters * (1 + o.Replicas) {
@@ -268,7 +261,7 @@ func StartClusterWith(tb testing.TB, o ClusterOptions) *Cluster {
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
 	args = append(args, "--cluster-replicas", strconv.Itoa(o.Replicas), "--cluster-yes")
-	if out, err := run(context.Background(), args...); err != nil {
+	if out, err := redisCLI(context.Background(), o.NS, args...); err != nil {
 		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	c.URL = "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
@@ -278,20 +271,34 @@ func StartClusterWith(tb testing.TB, o ClusterOptions) *Cluster {
 	// every replica to have synced.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	for _, a := range addrs {
-		host, port, _ := net.SplitHostPort(a)
+	for _, n := range c.Nodes {
 		for {
-			out, _ := run(ctx, "-h", host, "-p", port, "cluster", "info")
-			repl, _ := run(ctx, "-h", host, "-p", port, "info", "replication")
+			out, _ := n.cli(ctx, "cluster", "info")
+			repl, _ := n.cli(ctx, "info", "replication")
 			synced := !bytes.Contains(repl, []byte("role:slave")) || bytes.Contains(repl, []byte("master_link_status:up"))
 			if bytes.Contains(out, []byte("cluster_state:ok")) && synced {
 				break
 			}
 			if ctx.Err() != nil {
-				tb.Fatalf("cluster node %s not ok after 15s: %s", a, out)
+				tb.Fatalf("cluster node %s not ok after 15s: %s", n.Addr, out)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	return c
+}
+
+// redisCLI runs redis-cli with args in namespace ns ("" for the caller's).
+func redisCLI(ctx context.Context, ns string, args ...string) ([]byte, error) {
+	name := "redis-cli"
+	if ns != "" {
+		name, args = "ip", append([]string{"netns", "exec", ns, "redis-cli"}, args...)
+	}
+	return exec.CommandContext(ctx, name, args...).CombinedOutput()
+}
+
+// cli runs redis-cli against s, in its namespace.
+func (s *Server) cli(ctx context.Context, args ...string) ([]byte, error) {
+	host, port, _ := net.SplitHostPort(s.Addr)
+	return redisCLI(ctx, s.NS, append([]string{"-h", host, "-p", port}, args...)...)
 }

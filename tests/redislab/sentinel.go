@@ -1,10 +1,11 @@
 package redislab
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,17 +36,9 @@ func StartSentinels(tb testing.TB, ns, bind string, port, downAfterMS int) *Sent
 	s.Primary = Start(tb, Options{NS: ns, Bind: bind, Port: port, Extra: []string{"--repl-diskless-sync-delay", "0"}})
 	s.Replica = Start(tb, Options{NS: ns, Bind: bind, Port: port + 1,
 		Extra: []string{"--replicaof", bind, strconv.Itoa(port)}})
-	cli := func(args ...string) (string, error) {
-		name, args := "redis-cli", append([]string{"-h", bind, "-p", strconv.Itoa(port + 1)}, args...)
-		if ns != "" {
-			name, args = "ip", append([]string{"netns", "exec", ns, "redis-cli"}, args...)
-		}
-		out, err := exec.Command(name, args...).Output()
-		return string(out), err
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if out, err := cli("INFO", "replication"); err == nil && strings.Contains(out, "master_link_status:up") {
+		if out, err := s.Replica.cli(context.Background(), "INFO", "replication"); err == nil && bytes.Contains(out, []byte("master_link_status:up")) {
 			break
 		}
 		if time.Now().After(deadline) {
