@@ -36,13 +36,14 @@ type Delta struct {
 }
 
 // NewDelta returns the delta from prev to next, or false if next changes
-// more than tenants and lists (services, slots or IDs) or does not follow
+// more than tenants and lists (services, slots, IDs or the overlay) or does not follow
 // prev directly. next must have been encoded ([Published.Encode]), which
 // gives it its map digest.
 func NewDelta(prev, next *Published) (*Delta, bool) {
 	if prev == nil || prev.Map == nil || next.Map == nil || next.mapSum == "" ||
 		next.Version != prev.Version+1 || prev.Map.Slots != next.Map.Slots ||
-		!maps.Equal(prev.IDs, next.IDs) || !reflect.DeepEqual(prev.Map.Services, next.Map.Services) {
+		!maps.Equal(prev.IDs, next.IDs) || !reflect.DeepEqual(prev.Map.Services, next.Map.Services) ||
+		!reflect.DeepEqual(prev.Map.Overlay, next.Map.Overlay) {
 		return nil, false
 	}
 	d := &Delta{Version: next.Version, Base: prev.Version, MapSum: next.mapSum,
@@ -85,7 +86,7 @@ func (p *Published) Apply(d *Delta) (*Published, error) {
 		} else {
 			tenants = maps.Clone(p.Map.Tenants)
 		}
-		m := &Map{Slots: p.Map.Slots, Services: p.Map.Services, Tenants: tenants}
+		m := &Map{Slots: p.Map.Slots, Services: p.Map.Services, Tenants: tenants, Overlay: p.Map.Overlay}
 		for i, name := range d.Removed {
 			if _, ok := m.Tenants[name]; !ok {
 				v.add(fmt.Sprintf("removed[%d]", i), fmt.Sprintf("no tenant %q to remove", name))

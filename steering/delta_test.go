@@ -147,7 +147,7 @@ func TestDeltaMatchesDocument(t *testing.T) {
 	}
 }
 
-// A change of services, slots or IDs, or a jump of versions, has no delta:
+// A change of services, slots, IDs or the overlay, or a jump of versions, has no delta:
 // nodes read the whole document.
 func TestNoDeltaBeyondTenants(t *testing.T) {
 	prev := version1(t, labMap(t))
@@ -157,7 +157,10 @@ func TestNoDeltaBeyondTenants(t *testing.T) {
 	}
 	slots := prev.Map.shallow()
 	slots.Slots = 512
+	overlay := prev.Map.shallow()
+	overlay.Overlay = &Overlay{VNI: 42, Gateways: map[string]Addresses{"gw": {"10.200.0.1"}}}
 	for name, next := range map[string]*Published{
+		"overlay added":  {Version: 2, Map: overlay, IDs: prev.IDs},
 		"instance added": {Version: 2, Map: added, IDs: map[string]uint16{"fw-1": 1, "fw-2": 2, "fw-3": 3, "dlp-1": 4, "dlp-2": 5}},
 		"slots changed":  {Version: 2, Map: slots, IDs: prev.IDs},
 		"version jump":   {Version: 3, Map: prev.Map, IDs: prev.IDs},

@@ -11,7 +11,7 @@ import (
 type Change struct {
 	// Op is "add", "remove" or "change".
 	Op string `json:"op"`
-	// Kind is "tenant", "service", "instance" or "slots".
+	// Kind is "tenant", "service", "instance", "slots" or "overlay".
 	Kind string `json:"kind"`
 	Name string `json:"name,omitempty"`
 	// Field, From and To say what changed for Op "change".
@@ -43,6 +43,9 @@ func Diff(a, b *Map) []Change {
 	var out []Change
 	if a.SlotCount() != b.SlotCount() {
 		out = append(out, Change{Op: "change", Kind: "slots", Field: "slots", From: fmt.Sprint(a.SlotCount()), To: fmt.Sprint(b.SlotCount())})
+	}
+	if oa, ob := overlayString(a.Overlay), overlayString(b.Overlay); oa != ob {
+		out = append(out, Change{Op: "change", Kind: "overlay", Field: "overlay", From: oa, To: ob})
 	}
 	for _, name := range unionKeys(a.Services, b.Services) {
 		sa, sb := a.Services[name], b.Services[name]
@@ -142,4 +145,17 @@ func unionKeys[V any](a, b map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// overlayString describes an overlay in one line for a diff ("none" when
+// there is none).
+func overlayString(o *Overlay) string {
+	if o == nil {
+		return "none"
+	}
+	var gws []string
+	for _, name := range unionKeys(o.Gateways, nil) {
+		gws = append(gws, name+"="+strings.Join(o.Gateways[name], ","))
+	}
+	return fmt.Sprintf("vni %d port %d gateways [%s]", o.VNI, o.PortOrDefault(), strings.Join(gws, " "))
 }

@@ -201,7 +201,7 @@ func (m *Map) hasInstance(name string) bool {
 // shallow returns a copy of m whose Services and Tenants maps may be
 // changed; the values are still m's.
 func (m *Map) shallow() *Map {
-	return &Map{Slots: m.Slots, Services: maps.Clone(m.Services), Tenants: maps.Clone(m.Tenants)}
+	return &Map{Slots: m.Slots, Services: maps.Clone(m.Services), Tenants: maps.Clone(m.Tenants), Overlay: m.Overlay}
 }
 
 // AddTenant returns m with tenant name added.

@@ -22,6 +22,9 @@ type Map struct {
 	Slots    int                 `yaml:"slots,omitempty" json:"slots,omitempty"`
 	Services map[string]*Service `yaml:"services" json:"services"`
 	Tenants  map[string]*Tenant  `yaml:"tenants" json:"tenants"`
+	// Overlay, if set, carries the service network in VXLAN between the
+	// nodes (see [Overlay]).
+	Overlay *Overlay `yaml:"overlay,omitempty" json:"overlay,omitempty"`
 }
 
 // Service is one kind of network function with several interchangeable

@@ -74,6 +74,11 @@ func TestValidateRefuses(t *testing.T) {
 		{"not an interface name", "globex: {prefixes", "globex: {ingress: [eth1/2], prefixes", "tenants.globex.ingress[0]", "not an interface name"},
 		{"an interface name too long", "globex: {prefixes", "globex: {ingress: [abcdefghijklmnop], prefixes", "tenants.globex.ingress[0]", "not an interface name"},
 		{"an interface twice", "globex: {prefixes", "globex: {ingress: [cg0, cg0], prefixes", "tenants.globex.ingress[1]", `interface "cg0" appears twice`},
+		{"overlay VNI 0", "slots: 256", "slots: 256\noverlay: {vni: 0, gateways: {gw: 10.200.0.1}}", "overlay.vni", "0: want 1 to 16777215"},
+		{"overlay gateway named as an instance", "slots: 256", "slots: 256\noverlay: {vni: 7, gateways: {fw-1: 10.200.0.1}}", "overlay.gateways.fw-1", `"fw-1" is an instance's name`},
+		{"overlay gateway with an instance's address", "slots: 256", "slots: 256\noverlay: {vni: 7, gateways: {gw: 10.200.0.21}}", "overlay.gateways.gw[0]", "duplicate address 10.200.0.21 (also services.dlp.instances.dlp-1)"},
+		{"overlay gateway with a bad address", "slots: 256", "slots: 256\noverlay: {vni: 7, gateways: {gw: 10.200.0}}", "overlay.gateways.gw[0]", "not an IP address"},
+		{"overlay with no family common to all nodes", "slots: 256", "slots: 256\noverlay: {vni: 7, gateways: {gw: 'fd00:200::1'}}", "overlay", "overlay.gateways.gw has no IPv4 address and services.dlp.instances.dlp-1 no IPv6 address"},
 		{"an interface of two tenants", "acme:   {prefixes", "acme:   {ingress: [cg0], prefixes", "tenants.globex.ingress[0]", `interface "cg0" is tenant acme's ingress already`},
 	}
 	for _, tt := range tests {

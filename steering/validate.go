@@ -20,6 +20,7 @@ func (m *Map) Validate() error {
 func (m *Map) validate() (*mapIndex, error) {
 	var v validator
 	ix := &mapIndex{lacks: m.checkServices(&v)}
+	m.checkOverlay(&v)
 	var all []ownedPrefix
 	names := slices.Sorted(maps.Keys(m.Tenants))
 	for _, tname := range names {
