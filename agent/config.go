@@ -106,7 +106,32 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 			}
 		}
 	}
+	var err error
+	if s.Overlay, err = overlayFor(t, node); err != nil {
+		return s, err
+	}
 	return s, s.Validate()
+}
+
+// overlayFor returns node's part of t's overlay: its tunnel endpoint and
+// every other node as a peer, or nil if t has no overlay.
+func overlayFor(t *steering.Table, node string) (*rules.Overlay, error) {
+	o, nodes := t.OverlayNodes()
+	if o == nil {
+		return nil, nil
+	}
+	ov := &rules.Overlay{VNI: o.VNI, Port: o.PortOrDefault()}
+	for _, n := range nodes {
+		if n.Name == node {
+			ov.Local, ov.V4 = n.Underlay, n.V4
+			continue
+		}
+		ov.Peers = append(ov.Peers, rules.Peer{Name: n.Name, Underlay: n.Underlay, V4: n.V4})
+	}
+	if !ov.Local.IsValid() {
+		return nil, fmt.Errorf("node %q: the map's overlay does not name it: a gateway needs its address in overlay.gateways", node)
+	}
+	return ov, nil
 }
 
 // Task is one long-running part of the agent. It returns nil when ctx is

@@ -287,3 +287,53 @@ func TestSpecForBindsIngress(t *testing.T) {
 		t.Errorf("an instance host binds %v; want nothing", fw.Ingress)
 	}
 }
+
+// TestSpecForOverlay: with an overlay in the map, every node's spec has
+// its own tunnel endpoint and every other node as a peer, and its routes
+// to the hops go over the overlay device. A gateway the overlay does not
+// name is refused.
+func TestSpecForOverlay(t *testing.T) {
+	m := labmap.Map(t)
+	m.Overlay = &steering.Overlay{VNI: 42, Gateways: map[string]steering.Addresses{"gw": {"10.200.0.1", "fd00:200::1"}}}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr
+	fw, err := SpecFor(tab, "fw-1", rules.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &rules.Overlay{VNI: 42, Port: 4789, Local: a("10.200.0.11"), V4: a("10.200.0.11"), Peers: []rules.Peer{
+		{Name: "dlp-1", Underlay: a("10.200.0.21"), V4: a("10.200.0.21")},
+		{Name: "dlp-2", Underlay: a("10.200.0.22"), V4: a("10.200.0.22")},
+		{Name: "fw-2", Underlay: a("10.200.0.12"), V4: a("10.200.0.12")},
+		{Name: "gw", Underlay: a("10.200.0.1"), V4: a("10.200.0.1")},
+	}}
+	if diff := cmp.Diff(want, fw.Overlay, cmp.Comparer(func(x, y netip.Addr) bool { return x == y })); diff != "" {
+		t.Errorf("fw-1's overlay (-want +got):\n%s", diff)
+	}
+	_, routes := fw.Routing()
+	wantRoutes := []rules.Route{
+		{Table: 8001, Via: a("10.200.0.21"), Dev: rules.OverlayDevice},
+		{Table: 8002, Via: a("10.200.0.22"), Dev: rules.OverlayDevice},
+		{Table: 8004, Via: a("10.200.0.12"), Dev: rules.OverlayDevice},
+		// IPv6 hops: by their devices' link-local addresses.
+		{Table: 8001, Via: a("fe80::6e:aff:fec8:15"), Dev: rules.OverlayDevice},
+		{Table: 8002, Via: a("fe80::6e:aff:fec8:16"), Dev: rules.OverlayDevice},
+		{Table: 8004, Via: a("fe80::6e:aff:fec8:c"), Dev: rules.OverlayDevice},
+	}
+	if diff := cmp.Diff(wantRoutes, routes, cmp.Comparer(func(x, y netip.Addr) bool { return x == y })); diff != "" {
+		t.Errorf("fw-1's routes (-want +got):\n%s", diff)
+	}
+	if _, err := SpecFor(tab, "gw", rules.Spec{Outer: []string{"srv0"}}); err != nil {
+		t.Errorf("gateway gw: %v", err)
+	}
+	_, err = SpecFor(tab, "gw2", rules.Spec{Outer: []string{"srv0"}})
+	if err == nil || !strings.Contains(err.Error(), `node "gw2": the map's overlay does not name it`) {
+		t.Errorf("gateway gw2, not in the overlay: %v", err)
+	}
+}

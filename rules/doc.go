@@ -6,12 +6,14 @@
 //
 // Everything nfsteer installs is recognisable and nothing else is touched:
 // the chains are called NFSTEER-*, the jumps to them are known by their
-// targets, and ip rules and routes carry route protocol 110 ("nfsteer"):
+// targets, the overlay's VXLAN device is called nfsteer0 (see [Overlay]),
+// and ip rules and routes carry route protocol 110 ("nfsteer"):
 // the routes in tables TableBase+ID, the rules at the RulePriorities
 // priorities from RulePriority, where the tries that pick a table from the
 // mark lie (see routing.go). [Kernel.Apply] is idempotent; [Kernel.Remove]
-// takes away exactly that, leaving iptables-save, ip6tables-save, ip rule
-// and ip route as they were before the first Apply.
+// takes away exactly that, leaving iptables-save, ip6tables-save, ip rule,
+// ip route, ip link, bridge fdb and ip neigh as they were before the
+// first Apply.
 //
 // # Marks
 //

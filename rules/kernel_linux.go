@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -37,6 +38,9 @@ type Linux struct {
 	// change or the agent restarts.
 	appliedRules  []IPRule
 	appliedRoutes []Route
+	// appliedOverlay is the overlay Apply last installed, for the same
+	// reason.
+	appliedOverlay *Overlay
 }
 
 type family struct {
@@ -114,14 +118,26 @@ func (k *Linux) Apply(s Spec) error {
 		}
 		k.applied = all
 	}
-	if routed {
-		return nil
+	// The device comes before the routes that use it, and goes after
+	// they have left it.
+	if s.Overlay != nil && !reflect.DeepEqual(s.Overlay, k.appliedOverlay) {
+		k.appliedOverlay = nil
+		if err := applyOverlay(s.Overlay); err != nil {
+			return err
+		}
+		k.appliedOverlay = s.Overlay
 	}
-	k.appliedRules, k.appliedRoutes = nil, nil
-	if err := k.applyRouting(wantRules, wantRoutes); err != nil {
-		return err
+	if !routed {
+		k.appliedRules, k.appliedRoutes = nil, nil
+		if err := k.applyRouting(wantRules, wantRoutes); err != nil {
+			return err
+		}
+		k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
 	}
-	k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
+	if s.Overlay == nil {
+		k.appliedOverlay = nil
+		return removeOverlay()
+	}
 	return nil
 }
 
@@ -151,7 +167,7 @@ func (f family) applyIPTables(jumps, own []Rule) error {
 
 // Remove deletes everything nfsteer owns in this namespace.
 func (k *Linux) Remove() error {
-	k.applied, k.appliedRules, k.appliedRoutes = nil, nil, nil
+	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay = nil, nil, nil, nil
 	var errs []error
 	for _, f := range k.fams {
 		if err := f.remove(); err != nil {
@@ -159,6 +175,9 @@ func (k *Linux) Remove() error {
 		}
 	}
 	if err := k.removeRouting(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeOverlay(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -229,8 +248,17 @@ func (f family) pristine() (bool, error) {
 var builtin = regexp.MustCompile(`^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT( \[\d+:\d+\])?$`)
 
 func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
+	overlay := 0 // the overlay device's index, if it has one
+	if link, err := overlayLink(); err != nil {
+		return err
+	} else if link != nil {
+		overlay = link.Index
+	}
 	for _, r := range wantRoutes {
-		nr := toNetlinkRoute(r)
+		if r.Dev != "" && overlay == 0 {
+			return fmt.Errorf("route via %s in table %d: no device %s", r.Via, r.Table, r.Dev)
+		}
+		nr := toNetlinkRoute(r, overlay)
 		if err := netlink.RouteReplace(nr); err != nil {
 			return fmt.Errorf("adding route via %s in table %d: %w", r.Via, r.Table, err)
 		}
@@ -242,6 +270,9 @@ func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 		}
 		for _, h := range have {
 			r := Route{Table: h.Table, Via: addrOf(h.Gw)}
+			if overlay != 0 && h.LinkIndex == overlay {
+				r.Dev = OverlayDevice
+			}
 			if !slices.Contains(wantRoutes, r) {
 				if err := netlink.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
 					return fmt.Errorf("deleting stale route in table %d: %w", h.Table, err)
@@ -458,10 +489,15 @@ func (k *Linux) Show() ([]string, error) {
 			return nil, err
 		}
 		for _, r := range routes {
-			out = append(out, fmt.Sprintf("%s route default via %s table %d proto %d", f.name, r.Gw, r.Table, r.Protocol))
+			dev := ""
+			if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+				dev = " dev " + OverlayDevice + " onlink"
+			}
+			out = append(out, fmt.Sprintf("%s route default via %s%s table %d proto %d", f.name, r.Gw, dev, r.Table, r.Protocol))
 		}
 	}
-	return out, nil
+	ov, err := showOverlay()
+	return append(out, ov...), err
 }
 
 func ourRules(fam int) ([]netlink.Rule, error) {
@@ -487,20 +523,27 @@ func ourRoutes(fam int) ([]netlink.Route, error) {
 	return routes, nil
 }
 
-func toNetlinkRoute(r Route) *netlink.Route {
+// toNetlinkRoute is r as netlink writes it; overlay is the index of the
+// overlay device (for a route with Dev).
+func toNetlinkRoute(r Route, overlay int) *netlink.Route {
 	bits := 128
 	fam := netlink.FAMILY_V6
 	if r.Via.Is4() {
 		bits, fam = 32, netlink.FAMILY_V4
 	}
 	zero := net.IP(make([]byte, bits/8))
-	return &netlink.Route{
+	nr := &netlink.Route{
 		Family:   fam,
 		Dst:      &net.IPNet{IP: zero, Mask: net.CIDRMask(0, bits)},
 		Gw:       net.IP(r.Via.AsSlice()),
 		Table:    r.Table,
 		Protocol: RouteProtocol,
 	}
+	if r.Dev != "" {
+		nr.LinkIndex = overlay
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
 }
 
 func toNetlinkRule(fam int, r IPRule) *netlink.Rule {
@@ -509,6 +552,7 @@ func toNetlinkRule(fam int, r IPRule) *netlink.Rule {
 	nr.Priority = r.Priority
 	nr.Protocol = RouteProtocol
 	nr.Invert = r.Invert
+	nr.IifName = r.Iif
 	if r.Mask != 0 {
 		nr.Mark = r.Mark
 		mask := r.Mask
@@ -529,7 +573,7 @@ func toNetlinkRule(fam int, r IPRule) *netlink.Rule {
 const frActNop = 3
 
 func fromNetlinkRule(fam int, r netlink.Rule) IPRule {
-	ir := IPRule{Family: fam, Priority: r.Priority, Invert: r.Invert, Mark: r.Mark}
+	ir := IPRule{Family: fam, Priority: r.Priority, Invert: r.Invert, Iif: r.IifName, Mark: r.Mark}
 	if r.Mask != nil {
 		ir.Mask = *r.Mask
 	}

@@ -20,11 +20,12 @@ func TestFromNetlinkRule(t *testing.T) {
 		return nr
 	}
 	for _, want := range []IPRule{
-		{Family: 4, Priority: 8000, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: 16194},
-		{Family: 4, Priority: 8002, Invert: true, Mark: 0, Mask: 0xff8, Action: Goto, Target: 24386},
+		{Family: 4, Priority: 8000, Iif: "lo", Action: Goto, Target: 24387},
+		{Family: 4, Priority: 8001, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: 16195},
+		{Family: 4, Priority: 8002, Invert: true, Mark: 0, Mask: 0xff8, Action: Goto, Target: 24387},
 		{Family: 4, Priority: 8017, Mark: 2, Mask: OrigMask | MarkReply, Action: Lookup, Table: 8001},
-		{Family: 4, Priority: 16193, Action: Goto, Target: 24386},
-		{Family: 4, Priority: 24386, Action: Nop},
+		{Family: 4, Priority: 16193, Action: Goto, Target: 24387},
+		{Family: 4, Priority: 24387, Action: Nop},
 	} {
 		if diff := cmp.Diff(want, fromNetlinkRule(4, listed(want))); diff != "" {
 			t.Errorf("%v read back (-want +got):\n%s", want, diff)

@@ -6,10 +6,13 @@ import (
 	"slices"
 )
 
-// Route is one default route of an instance's table.
+// Route is one default route of an instance's table: via the instance's
+// address, on the interface the kernel finds for it, or on Dev (the
+// overlay device) as an on-link next hop.
 type Route struct {
 	Table int
 	Via   netip.Addr
+	Dev   string
 }
 
 // RuleAction is what an ip rule does with a packet it matches.
@@ -25,12 +28,14 @@ const (
 )
 
 // IPRule is one policy routing rule: packets whose mark&Mask == Mark (all
-// packets when Mask is 0), or != Mark when Invert is set, are looked up in
+// packets when Mask is 0), and that came in on Iif if it is set ("lo":
+// the node's own), or the others when Invert is set, are looked up in
 // Table, jump to the rule at priority Target, or pass on, as Action says.
 type IPRule struct {
 	Family     int // 4 or 6
 	Priority   int
 	Invert     bool
+	Iif        string
 	Mark, Mask uint32
 	Action     RuleAction
 	Table      int // of a Lookup
@@ -41,6 +46,9 @@ func (r IPRule) String() string {
 	s := fmt.Sprintf("pref %d", r.Priority)
 	if r.Invert {
 		s += " not"
+	}
+	if r.Iif != "" {
+		s += " iif " + r.Iif
 	}
 	if r.Mask != 0 {
 		s += fmt.Sprintf(" fwmark %#x/%#x", r.Mark, r.Mask)
@@ -83,21 +91,27 @@ func (r IPRule) String() string {
 //
 // Around the two tries, per family, from the first priority P:
 //
-//	P                   direction bit set: goto the reply block
-//	P+1                 original half 0 or 1 (not steered): goto the end
-//	P+2 ...             the original direction's trie
-//	P+2+trieSize        goto the end
+//	P                   the node's own packets (iif lo): goto the end
+//	P+1                 direction bit set: goto the reply block
+//	P+2                 original half 0 or 1 (not steered): goto the end
+//	P+3 ...             the original direction's trie
+//	P+3+trieSize        goto the end
 //	reply block         reply half 0 or 1: goto the end
 //	reply block+1 ...   the reply direction's trie
 //	end                 nop; the main table's rules follow
 //
-// An unsteered packet meets 2 or 3 rules.
+// nfsteer steers forwarded packets only. The node's own packets skip the
+// tries whatever their mark: above all the overlay's VXLAN packets, which
+// carry the mark of the packet they encapsulate, and which a hop's table
+// would route into the overlay device again.
+//
+// An unsteered packet meets 3 or 4 rules.
 const (
 	halfBits = 12
 	trieSize = 1<<(halfBits+1) - 1 // nodes of the complete trie
 	// RulePriorities is how many ip rule priorities from RulePriority
 	// nfsteer takes: no other rule may sit among them.
-	RulePriorities = 2 + trieSize + 1 + 1 + trieSize + 1
+	RulePriorities = 3 + trieSize + 1 + 1 + trieSize + 1
 	// maxPriority is the last priority before the main table's rule.
 	maxPriority = 32765
 	// MaxRulePriority is the highest first priority that leaves room for
@@ -122,7 +136,14 @@ func (s Spec) Routing() ([]IPRule, []Route) {
 			if !a.IsValid() {
 				continue
 			}
-			routes = append(routes, Route{Table: s.Table(h.ID), Via: a})
+			r := Route{Table: s.Table(h.ID), Via: a}
+			if s.Overlay != nil {
+				r.Dev = OverlayDevice
+				if p, ok := s.Overlay.peer(h.Name); ok && fam == 6 {
+					r.Via = OverlayLinkLocal(p.Underlay)
+				}
+			}
+			routes = append(routes, r)
 			leaves = append(leaves, leaf{HalfValue(h.ID), s.Table(h.ID)})
 		}
 		if len(leaves) == 0 {
@@ -142,13 +163,14 @@ type leaf struct {
 // tries returns one family's rules: both directions' tries and the rules
 // around them, as the comment above lays them out.
 func (s Spec) tries(fam int, leaves []leaf) []IPRule {
-	p := s.RulePriority
+	p := s.RulePriority + 1
 	origTrie := p + 2
 	origEnd := origTrie + trieSize
 	reply := origEnd + 1
 	end := reply + 1 + trieSize
 	notSteered := func(shift int) uint32 { return (OrigMask &^ MarkPass) << shift }
 	rules := []IPRule{
+		{Family: fam, Priority: s.RulePriority, Iif: "lo", Action: Goto, Target: end},
 		{Family: fam, Priority: p, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: reply},
 		{Family: fam, Priority: p + 1, Mark: 0, Mask: notSteered(0), Action: Goto, Target: end},
 	}

@@ -63,6 +63,9 @@ type Spec struct {
 	// Ingress binds tenants to the gateway interfaces their traffic
 	// enters by (a gateway's). Those interfaces are steered like Outer.
 	Ingress []Binding
+	// Overlay, if set, carries the routes to the hops over nfsteer's VXLAN
+	// device (see [Overlay]).
+	Overlay *Overlay
 }
 
 // Binding says where a tenant's traffic enters: on Ifaces, and only from
@@ -141,6 +144,16 @@ func (s Spec) Validate() error {
 	for _, o := range s.steered() {
 		if o == "" || len(o) > 15 || strings.ContainsAny(o, " /") {
 			return fmt.Errorf("interface %q is not an interface name", o)
+		}
+	}
+	if s.Overlay != nil {
+		if err := s.Overlay.validate(); err != nil {
+			return err
+		}
+		for _, h := range s.Hops {
+			if _, ok := s.Overlay.peer(h.Name); !ok {
+				return fmt.Errorf("instance %s: not a peer on the overlay", h.Name)
+			}
 		}
 	}
 	return nil

@@ -120,7 +120,8 @@ func TestRouting(t *testing.T) {
 	s := Spec{Hops: []Hop{{ID: 3, Name: "fw-1", V4: netip.MustParseAddr("10.200.0.11"), V6: netip.MustParseAddr("fd00:200::11")}}}
 	rules, routes := s.Routing()
 	const (
-		p       = DefaultRulePriority
+		first   = DefaultRulePriority
+		p       = first + 1
 		origEnd = p + 2 + trieSize
 		reply   = origEnd + 1
 		end     = reply + 1 + trieSize
@@ -134,6 +135,7 @@ func TestRouting(t *testing.T) {
 	var wantRules []IPRule
 	for _, fam := range []int{4, 6} {
 		wantRules = append(wantRules,
+			IPRule{Family: fam, Priority: first, Iif: "lo", Action: Goto, Target: end},
 			IPRule{Family: fam, Priority: p, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: reply},
 			IPRule{Family: fam, Priority: p + 1, Mask: notOrig, Action: Goto, Target: end},
 			IPRule{Family: fam, Priority: p + 2, Invert: true, Mark: 4, Mask: OrigMask, Action: Goto, Target: end},
@@ -145,7 +147,7 @@ func TestRouting(t *testing.T) {
 			IPRule{Family: fam, Priority: end, Action: Nop},
 		)
 	}
-	wantRoutes := []Route{{8003, netip.MustParseAddr("10.200.0.11")}, {8003, netip.MustParseAddr("fd00:200::11")}}
+	wantRoutes := []Route{{8003, netip.MustParseAddr("10.200.0.11"), ""}, {8003, netip.MustParseAddr("fd00:200::11"), ""}}
 	if diff := cmp.Diff(wantRules, rules); diff != "" {
 		t.Errorf("rules (-want +got):\n%s", diff)
 	}
@@ -154,15 +156,18 @@ func TestRouting(t *testing.T) {
 	}
 }
 
-// walk looks a packet with mark up in rules, sorted by priority, the way
-// the kernel walks ip rules (a Goto to a priority no rule has is skipped),
-// and returns the table it ends in (0: none of nfsteer's) and how many
-// rules it met.
-func walk(rules []IPRule, mark uint32) (table, met int) {
+// walk looks a forwarded packet with mark up in rules, sorted by
+// priority, the way the kernel walks ip rules (a Goto to a priority no
+// rule has is skipped), and returns the table it ends in (0: none of
+// nfsteer's) and how many rules it met.
+func walk(rules []IPRule, mark uint32) (table, met int) { return walkFrom(rules, "eth0", mark) }
+
+// walkFrom is walk for a packet that came in on iif ("lo": the node's own).
+func walkFrom(rules []IPRule, iif string, mark uint32) (table, met int) {
 	for i := 0; i < len(rules); i++ {
 		r := rules[i]
 		met++
-		if (mark&r.Mask == r.Mark) == r.Invert {
+		if (mark&r.Mask == r.Mark && (r.Iif == "" || r.Iif == iif)) == r.Invert {
 			continue
 		}
 		switch r.Action {
@@ -209,7 +214,7 @@ func TestRoutingTrie(t *testing.T) {
 				if got != want {
 					t.Fatalf("mark %#x: table %d, want %d", mark, got, want)
 				}
-				if limit := 2*halfBits + 4; met > limit {
+				if limit := 2*halfBits + 5; met > limit {
 					t.Fatalf("mark %#x met %d rules, want at most %d", mark, met, limit)
 				}
 			}
@@ -222,6 +227,14 @@ func TestRoutingTrie(t *testing.T) {
 			for _, v := range []uint32{0, MarkPass} {
 				check(SetHalf(SetHalf(0, false, v), true, 5), 0)
 				check(SetHalf(SetHalf(0, true, v), false, 5)|MarkReply, 0)
+			}
+			// The node's own packets (the overlay's VXLAN packets carry
+			// the mark of the packet inside) are never steered.
+			id := uint16(ids[0] + 1)
+			for _, mark := range []uint32{SetHalf(0, false, HalfValue(id)), SetHalf(0, true, HalfValue(id)) | MarkReply} {
+				if got, _ := walkFrom(rules, "lo", mark); got != 0 {
+					t.Fatalf("a local packet with mark %#x: table %d, want none", mark, got)
+				}
 			}
 			t.Logf("%d instances: %d rules per family; a packet met %.1f on average, %d at most", n, len(rules), float64(total)/float64(walks), worst)
 		})

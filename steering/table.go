@@ -341,10 +341,12 @@ func (t *Table) Tenants() []TenantInfo { return t.tenants }
 func (t *Table) TenantCount() int { return t.live }
 
 // SameInstances reports whether t has the very instances of u, with the
-// same IDs and addresses (which of them are out aside): t was compiled,
-// by CompileNext, from u's services and IDs.
+// same IDs and addresses (which of them are out aside), and the same
+// overlay: t was compiled, by CompileNext, from u's services and IDs, and
+// the nodes' tunnels are u's.
 func (t *Table) SameInstances(u *Table) bool {
-	return u != nil && len(t.byID) > 0 && len(u.byID) > 0 && &t.byID[0] == &u.byID[0]
+	return u != nil && len(t.byID) > 0 && len(u.byID) > 0 && &t.byID[0] == &u.byID[0] &&
+		(t.m.Overlay == u.m.Overlay || reflect.DeepEqual(t.m.Overlay, u.m.Overlay))
 }
 
 // InstanceByName returns the instance called name.

@@ -19,26 +19,35 @@ import (
 
 // snapshot is everything nfsteer may touch in a namespace, as the
 // operator's tools print it. Counters and timestamps are left out: they
-// change with traffic, not with rules.
+// change with traffic, not with rules. So are interface indexes, which a
+// device created again changes, and the order of the forwarding and
+// neighbour entries, which is a hash table's.
 func snapshot(t testing.TB, l *lab.Lab, host string) string {
 	t.Helper()
 	var b strings.Builder
 	counters := regexp.MustCompile(`\[\d+:\d+\]`)
+	index := regexp.MustCompile(`^\d+: `)
 	for _, cmd := range [][]string{
 		{"iptables-save"}, {"ip6tables-save"},
 		{"ip", "rule"}, {"ip", "-6", "rule"},
 		{"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+		{"ip", "-d", "link", "show"}, {"bridge", "fdb", "show"}, {"ip", "neigh", "show", "nud", "permanent"},
 	} {
 		out, err := l.Output(host, cmd...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(&b, "## %s\n", strings.Join(cmd, " "))
-		for _, line := range strings.Split(out, "\n") {
+		lines := strings.Split(out, "\n")
+		if cmd[0] == "bridge" || len(cmd) > 1 && cmd[1] == "neigh" {
+			slices.Sort(lines)
+		}
+		for _, line := range lines {
 			if strings.HasPrefix(line, "# ") {
 				continue
 			}
-			b.WriteString(counters.ReplaceAllString(line, "[-]") + "\n")
+			line = index.ReplaceAllString(counters.ReplaceAllString(line, "[-]"), "N: ")
+			b.WriteString(line + "\n")
 		}
 	}
 	return b.String()
@@ -91,6 +100,12 @@ func TestRulesOwnership(t *testing.T) {
 	}
 	withBound := gatewayArgs(l, "rules", "install")
 	withBound[slices.Index(withBound, l.MapFile)] = boundMap
+	// The map with an overlay: nfsteer's VXLAN device, its entries and
+	// the routes on it come and go with the rest.
+	overlayFile := filepath.Join(t.TempDir(), "overlay.yaml")
+	if err := os.WriteFile(overlayFile, []byte(overlayMap), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, host string
 		args       []string
@@ -100,6 +115,8 @@ func TestRulesOwnership(t *testing.T) {
 		{"gateway with a tenant bound to its ingress, empty namespace", "gw2", withBound, false},
 		{"instance host, empty namespace", "fw-1", []string{"rules", "install", "--node", "fw-1", "--map", l.MapFile, "--fail", "closed"}, false},
 		{"instance host, with others' state", "fw-2", []string{"rules", "install", "--node", "fw-2", "--map", l.MapFile}, true},
+		{"instance host on an overlay, empty namespace", "dlp-1", []string{"rules", "install", "--node", "dlp-1", "--map", overlayFile}, false},
+		{"gateway on an overlay, empty namespace", "gw2", []string{"rules", "install", "--node", "gw2", "--map", overlayFile, "--outer", "ca0"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.foreign {
@@ -120,6 +137,9 @@ func TestRulesOwnership(t *testing.T) {
 			if strings.Contains(tc.name, "bound") {
 				wants = append(wants, "-j NFSTEER-SPOOF", "-s 10.20.1.0/24 -i cg0 -j RETURN", "nfsteer-spoof")
 			}
+			if strings.Contains(tc.name, "overlay") {
+				wants = append(wants, "overlay nfsteer0 vxlan id 4242", "overlay fdb 02:6e:0a:c8:00:0b dst 10.200.0.11", "dev nfsteer0 onlink")
+			}
 			for _, want := range wants {
 				if !strings.Contains(shown, want) {
 					t.Errorf("rules show does not list %q:\n%s", want, shown)
@@ -128,6 +148,20 @@ func TestRulesOwnership(t *testing.T) {
 			nfsteer(t, l, tc.host, tc.args...)
 			if diff := cmp.Diff(once, snapshot(t, l, tc.host)); diff != "" {
 				t.Errorf("second install changed the state (-first +second):\n%s", diff)
+			}
+			if strings.Contains(tc.name, "overlay") {
+				// A map without the overlay takes the device away, and
+				// the routes off it; one with it puts them back.
+				plain := slices.Clone(tc.args)
+				plain[slices.Index(plain, overlayFile)] = l.MapFile
+				nfsteer(t, l, tc.host, plain...)
+				if shown := nfsteer(t, l, tc.host, "rules", "show"); strings.Contains(shown, "nfsteer0") {
+					t.Errorf("after installing a map without the overlay, rules show lists:\n%s", shown)
+				}
+				nfsteer(t, l, tc.host, tc.args...)
+				if diff := cmp.Diff(once, snapshot(t, l, tc.host)); diff != "" {
+					t.Errorf("installing the overlay again (-first +again):\n%s", diff)
+				}
 			}
 			nfsteer(t, l, tc.host, "rules", "remove")
 			if diff := cmp.Diff(before, snapshot(t, l, tc.host)); diff != "" {
@@ -147,7 +181,7 @@ func TestRulesOwnership(t *testing.T) {
 		}
 		before := snapshot(t, l, "dlp-1")
 		out, err := l.Nfsteer("dlp-1", "rules", "install", "--node", "dlp-1", "--map", l.MapFile)
-		if err == nil || !strings.Contains(err.Error(), "IPv4 rule at priority 9000 (protocol 0) is among nfsteer's priorities 8000-24386") {
+		if err == nil || !strings.Contains(err.Error(), "IPv4 rule at priority 9000 (protocol 0) is among nfsteer's priorities 8000-24387") {
 			t.Errorf("install with a foreign rule at priority 9000: %v\n%s\nwant an error naming the rule", err, out)
 		}
 		if diff := cmp.Diff(before, snapshot(t, l, "dlp-1")); diff != "" {

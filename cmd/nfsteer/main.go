@@ -192,7 +192,7 @@ func nodeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "overload", Value: "drop", Usage: "with a queue full, new flows are dropped (`drop`: TCP retries them) or pass around their chain, counted (bypass: availability over inspection)", EnvVars: []string{"NFSTEER_OVERLOAD"}},
 		&cli.UintFlag{Name: "queue-base", Value: rules.DefaultQueueBase, Usage: "first NFQUEUE number"},
 		&cli.IntFlag{Name: "table-base", Value: rules.DefaultTableBase, Usage: "routing table of instance ID n is this plus n"},
-		&cli.IntFlag{Name: "rule-priority", Value: rules.DefaultRulePriority, Usage: "first of the priorities nfsteer's ip rules take (16,387 of them, before the main table's rule at 32766)"},
+		&cli.IntFlag{Name: "rule-priority", Value: rules.DefaultRulePriority, Usage: "first of the priorities nfsteer's ip rules take (16,388 of them, before the main table's rule at 32766)"},
 	}
 }
 
