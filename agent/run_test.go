@@ -295,6 +295,7 @@ func TestSpecForBindsIngress(t *testing.T) {
 func TestSpecForOverlay(t *testing.T) {
 	m := labmap.Map(t)
 	m.Overlay = &steering.Overlay{VNI: 42, Gateways: map[string]steering.Addresses{"gw": {"10.200.0.1", "fd00:200::1"}}}
+	m.Tenants["acme"].Tag, m.Tenants["globex"].Tag = 1, 2
 	if err := m.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -135,7 +135,7 @@ type spareTenants struct {
 // new prefix is checked against the others through the sorted, disjoint
 // prefix index: only its neighbours there can overlap it.
 func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIndex {
-	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone(), ingress: maps.Clone(ix.ingress)}
+	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone(), ingress: maps.Clone(ix.ingress), tags: maps.Clone(ix.tags)}
 	changed := slices.Sorted(maps.Keys(d.Tenants))
 	// Out with the prefixes and ingress interfaces of the tenants removed
 	// or changed...
@@ -153,6 +153,9 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 			if next.ingress[iface] == name {
 				delete(next.ingress, iface)
 			}
+		}
+		if next.tags[t.Tag] == name {
+			delete(next.tags, t.Tag)
 		}
 	}
 	// ...and in with those of the tenants added or changed, if they
@@ -173,6 +176,7 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 	}
 	for _, name := range changed {
 		m.claimIngress(v, name, next.ingress)
+		m.claimTag(v, name, next.tags)
 	}
 	return next
 }

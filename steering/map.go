@@ -78,6 +78,11 @@ type Tenant struct {
 	Ingress  []string `yaml:"ingress,omitempty" json:"ingress,omitempty"`
 	Prefixes []string `yaml:"prefixes" json:"prefixes"`
 	Chain    []string `yaml:"chain" json:"chain"`
+	// Tag is the tenant's number on the overlay, 1 to MaxTag, unique in
+	// the map: every packet a node steers to another carries it, and
+	// instance hosts take the tenant from it, not from the addresses. A
+	// map with an overlay needs one for every tenant.
+	Tag uint16 `yaml:"tag,omitempty" json:"tag,omitempty"`
 	// Allow lists what the tenant's flows may open through a service whose
 	// function is FunctionFirewall. Without rules such a service admits
 	// nothing.
@@ -102,6 +107,11 @@ const (
 	MaxSlots     = 1 << 16
 	MaxChain     = 8
 	MaxInstances = 4000
+	// MaxTag is the highest tenant tag. An instance host reads a new
+	// flow's tag from the 12 bits of its packet mark that hold the
+	// original direction's hop once the flow is decided (see package
+	// rules).
+	MaxTag = 4095
 )
 
 // Parse decodes a YAML map strictly (unknown fields are errors) and

@@ -11,7 +11,7 @@ import (
 func TestOverlayNodes(t *testing.T) {
 	const base = `services:
   fw: {instances: {fw-1: [10.200.0.11, "fd00:200::11"], fw-2: ["fd00:200::12", 10.200.0.12]}}
-tenants: {acme: {prefixes: [10.10.1.0/24], chain: [fw]}}
+tenants: {acme: {prefixes: [10.10.1.0/24], chain: [fw], tag: 1}}
 `
 	a := netip.MustParseAddr
 	for _, tc := range []struct {
@@ -58,7 +58,7 @@ tenants: {acme: {prefixes: [10.10.1.0/24], chain: [fw]}}
 func TestOverlayRefusesSharedEndpointBits(t *testing.T) {
 	doc := `services:
   fw: {instances: {fw-1: "fd00:200::11", fw-2: "fd01:200::11"}}
-tenants: {acme: {prefixes: ["fd00:10::/64"], chain: [fw]}}
+tenants: {acme: {prefixes: ["fd00:10::/64"], chain: [fw], tag: 1}}
 overlay: {vni: 42}
 `
 	_, err := Parse([]byte(doc))
@@ -69,7 +69,7 @@ overlay: {vni: 42}
 
 // TestOverlayDiff: `nfsteer map diff` shows an overlay's change.
 func TestOverlayDiff(t *testing.T) {
-	m, err := Parse([]byte("services: {fw: {instances: {fw-1: 10.200.0.11}}}\ntenants: {acme: {prefixes: [10.10.1.0/24], chain: [fw]}}\noverlay: {vni: 42}\n"))
+	m, err := Parse([]byte("services: {fw: {instances: {fw-1: 10.200.0.11}}}\ntenants: {acme: {prefixes: [10.10.1.0/24], chain: [fw], tag: 1}}\noverlay: {vni: 42}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,5 +77,82 @@ func TestOverlayDiff(t *testing.T) {
 	next.Overlay = &Overlay{VNI: 43}
 	if d := Diff(m, &next); len(d) != 1 || d[0].String() != "~ overlay: vni 42 port 4789 gateways [] -> vni 43 port 4789 gateways []" {
 		t.Errorf("Diff = %v", d)
+	}
+}
+
+// TestTenantTags: tags are checked like the rest of a tenant, whole or in
+// a delta, and TenantByTag follows them from version to version, also
+// when a tag moves from one tenant to another.
+func TestTenantTags(t *testing.T) {
+	const doc = `services: {fw: {instances: {fw-1: 10.200.0.11}}}
+overlay: {vni: 42}
+tenants:
+  acme:   {prefixes: [10.10.1.0/24], chain: [fw], tag: 7}
+  globex: {prefixes: [10.20.1.0/24], chain: [fw], tag: 9}
+`
+	for _, tc := range []struct{ name, old, new, want string }{
+		{"no tag with an overlay", "tag: 9", "tag: 0", "tenants.globex.tag: tenant has no tag; with an overlay every tenant needs one, 1 to 4095"},
+		{"a tag too large", "tag: 9", "tag: 4096", "tenants.globex.tag: 4096: want 1 to 4095"},
+		{"a tag twice", "tag: 9", "tag: 7", "tenants.globex.tag: 7 is tenant acme's tag already"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Parse([]byte(strings.Replace(doc, tc.old, tc.new, 1))); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Parse: %v, want %q", err, tc.want)
+			}
+		})
+	}
+	m, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := version1(t, m)
+	t1, err := CompilePublished(p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byTag := func(tab *Table) map[uint16]string {
+		out := map[uint16]string{}
+		for _, tag := range []uint16{0, 7, 8, 9, 4095} {
+			if i := tab.TenantByTag(tag); i >= 0 {
+				out[tag] = tab.Tenants()[i].Name
+			}
+		}
+		return out
+	}
+	if diff := cmp.Diff(map[uint16]string{7: "acme", 9: "globex"}, byTag(t1)); diff != "" {
+		t.Errorf("version 1 (-want +got):\n%s", diff)
+	}
+	// The tags swap, and a third tenant takes 8, in one delta.
+	next := p1.Map.shallow()
+	acme, globex := *p1.Map.Tenants["acme"], *p1.Map.Tenants["globex"]
+	acme.Tag, globex.Tag = 9, 7
+	next.Tenants["acme"], next.Tenants["globex"] = &acme, &globex
+	next.Tenants["initech"] = &Tenant{Prefixes: []string{"10.30.1.0/24"}, Chain: []string{"fw"}, Tag: 8}
+	p2 := &Published{Version: 2, Map: next, IDs: p1.IDs}
+	if _, err := p2.Encode(); err != nil {
+		t.Fatal(err)
+	}
+	d, ok := NewDelta(p1, p2)
+	if !ok {
+		t.Fatal("no delta for a change of tenants")
+	}
+	applied, err := p1.Apply(d)
+	if err != nil {
+		t.Fatalf("applying the swap: %v", err)
+	}
+	t2, err := CompileNext(t1, applied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[uint16]string{7: "globex", 8: "initech", 9: "acme"}, byTag(t2)); diff != "" {
+		t.Errorf("version 2, from the delta (-want +got):\n%s", diff)
+	}
+	// A delta that gives a tag to two tenants is refused.
+	bad := *d
+	clash := globex
+	clash.Tag = 8
+	bad.Tenants = map[string]*Tenant{"globex": &clash, "initech": next.Tenants["initech"]}
+	if _, err := p1.Apply(&bad); err == nil || !strings.Contains(err.Error(), "8 is tenant") {
+		t.Errorf("a delta giving tag 8 twice: %v", err)
 	}
 }

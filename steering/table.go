@@ -24,6 +24,7 @@ type Table struct {
 	live  int
 	arena *tenantArena
 	names overlay[string]
+	tags  overlay[uint16]
 	// Tenant lookup: for each family, the distinct prefix lengths present,
 	// longest first, and a map from masked prefix to tenant index. A lookup
 	// masks the address once per length, which allocates nothing.
@@ -48,6 +49,8 @@ type TenantInfo struct {
 	// Chain holds indexes into the table's services, in chain order.
 	Chain []int
 	Allow []AllowRule
+	// Tag is the tenant's number on the overlay (0: none).
+	Tag uint16
 	// def is the definition compiled, which a later version reuses the
 	// compiled tenant for while it holds the same one.
 	def *Tenant
@@ -177,7 +180,7 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 	}
 	switch {
 	case same:
-		t.tenants, t.live, t.arena, t.names, t.prefixes, t.lens = prev.tenants, prev.live, prev.arena, prev.names, prev.prefixes, prev.lens
+		t.tenants, t.live, t.arena, t.names, t.tags, t.prefixes, t.lens = prev.tenants, prev.live, prev.arena, prev.names, prev.tags, prev.prefixes, prev.lens
 	case sameServices && p.applied != nil && prev.m == p.appliedTo && t.tenantsDelta(prev, p.applied, svcIndex):
 	case sameServices:
 		t.tenantsFresh(prev, svcIndex)
@@ -299,7 +302,7 @@ func sharesServices(a, b *Map) bool {
 
 // compileTenant compiles a validated tenant.
 func compileTenant(name string, tm *Tenant, svcIndex map[string]int) TenantInfo {
-	ti := TenantInfo{Name: name, Ingress: tm.Ingress, def: tm}
+	ti := TenantInfo{Name: name, Ingress: tm.Ingress, Tag: tm.Tag, def: tm}
 	for _, s := range tm.Prefixes {
 		ti.Prefixes = append(ti.Prefixes, netip.MustParsePrefix(s))
 	}
@@ -547,6 +550,15 @@ func (t *Table) ServiceByName(name string) int {
 // TenantByName returns the index of the tenant called name, or -1.
 func (t *Table) TenantByName(name string) int {
 	if i, ok := t.names.get(name); ok {
+		return int(i)
+	}
+	return -1
+}
+
+// TenantByTag returns the index of the tenant whose tag is tag, or -1. It
+// allocates nothing.
+func (t *Table) TenantByTag(tag uint16) int {
+	if i, ok := t.tags.get(tag); ok && tag != 0 {
 		return int(i)
 	}
 	return -1

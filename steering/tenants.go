@@ -102,16 +102,21 @@ func (t *Table) tenantsFresh(prev *Table, svcIndex map[string]int) {
 	t.arena = &tenantArena{used: len(t.tenants)}
 	t.live = len(t.tenants)
 	byName := make(map[string]int32, len(t.tenants))
+	byTag := map[uint16]int32{}
 	prefixes := make(map[netip.Prefix]int32, len(t.tenants))
 	t.lens = [2][]int{}
 	for i, ti := range t.tenants {
 		byName[ti.Name] = int32(i)
+		if ti.Tag != 0 {
+			byTag[ti.Tag] = int32(i)
+		}
 		for _, p := range ti.Prefixes {
 			prefixes[p] = int32(i)
 			t.addLen(p)
 		}
 	}
 	t.names = overlay[string]{base: byName}
+	t.tags = overlay[uint16]{base: byTag}
 	t.prefixes = overlay[netip.Prefix]{base: prefixes}
 	t.sortLens()
 }
@@ -136,6 +141,7 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 		return false
 	}
 	names := map[string]int32{}
+	tags := map[uint16]int32{}
 	prefixes := map[netip.Prefix]int32{}
 	drop := func(name string) {
 		i := prev.TenantByName(name)
@@ -143,21 +149,29 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 			return
 		}
 		names[name] = -1
+		if tag := prev.tenants[i].Tag; tag != 0 {
+			tags[tag] = -1
+		}
 		for _, p := range prev.tenants[i].Prefixes {
 			prefixes[p] = -1
 		}
 	}
-	for _, name := range d.Removed {
+	// Every drop before any addition: a prefix or a tag may move from one
+	// tenant to another.
+	changed := slices.Sorted(maps.Keys(d.Tenants))
+	for _, name := range slices.Concat(d.Removed, changed) {
 		drop(name)
 	}
 	var add []TenantInfo
 	next := int32(len(prev.tenants))
-	for _, name := range slices.Sorted(maps.Keys(d.Tenants)) {
-		drop(name)
+	for _, name := range changed {
 		ti := compileTenant(name, d.Tenants[name], svcIndex)
 		names[name] = next
+		if ti.Tag != 0 {
+			tags[ti.Tag] = next
+		}
 		for _, p := range ti.Prefixes {
-			prefixes[p] = next // after drop: a prefix may move between tenants
+			prefixes[p] = next
 		}
 		add = append(add, ti)
 		next++
@@ -165,6 +179,7 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 	t.tenants, t.arena = appendTenants(prev.tenants, prev.arena, add)
 	t.live = prev.live - removed + len(d.Tenants) - replaced
 	t.names = prev.names.with(names)
+	t.tags = prev.tags.with(tags)
 	t.prefixes = prev.prefixes.with(prefixes)
 	// The prefix lengths are prev's unless an added prefix brings a new
 	// one: then they are copied, never appended to in place.

@@ -28,8 +28,10 @@ func (m *Map) validate() (*mapIndex, error) {
 	}
 	v.overlaps(all)
 	ix.ingress = map[string]string{}
+	ix.tags = map[uint16]string{}
 	for _, tname := range names {
 		m.claimIngress(&v, tname, ix.ingress)
+		m.claimTag(&v, tname, ix.tags)
 	}
 	ix.prefixes = newPrefixIndex(all)
 	return ix, v.err()
@@ -53,6 +55,20 @@ func (m *Map) claimIngress(v *validator, tname string, owner map[string]string) 
 	}
 }
 
+// claimTag records tenant tname as the owner of its tag in owner, and
+// refuses a tag another tenant there has already.
+func (m *Map) claimTag(v *validator, tname string, owner map[uint16]string) {
+	t := m.Tenants[tname]
+	if t == nil || t.Tag == 0 {
+		return
+	}
+	if other, taken := owner[t.Tag]; taken && other != tname {
+		v.add("tenants."+tname+".tag", fmt.Sprintf("%d is tenant %s's tag already; a tag names one tenant", t.Tag, other))
+		return
+	}
+	owner[t.Tag] = tname
+}
+
 // mapIndex is what validating a map learnt that validating a change to its
 // tenants needs again.
 type mapIndex struct {
@@ -62,9 +78,11 @@ type mapIndex struct {
 	// prefixes holds every tenant prefix, sorted by address and then
 	// length. In a valid map no two overlap.
 	prefixes *prefixIndex
-	// ingress maps each tenant's ingress interface to the tenant. It is
-	// never changed: a change to the map makes its own copy.
+	// ingress maps each tenant's ingress interface to the tenant, and
+	// tags each tenant's tag to the tenant. They are never changed: a
+	// change to the map makes its own copies.
 	ingress map[string]string
+	tags    map[uint16]string
 }
 
 // checkServices checks the slot count and the services, and returns, per
@@ -154,6 +172,12 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 	}
 	if len(t.Prefixes) == 0 {
 		v.add(field+".prefixes", "tenant has no prefixes")
+	}
+	switch {
+	case t.Tag > MaxTag:
+		v.add(field+".tag", fmt.Sprintf("%d: want 1 to %d", t.Tag, MaxTag))
+	case t.Tag == 0 && m.Overlay != nil:
+		v.add(field+".tag", fmt.Sprintf("tenant has no tag; with an overlay every tenant needs one, 1 to %d", MaxTag))
 	}
 	var own []ownedPrefix
 	var fam [2]bool

@@ -13,8 +13,9 @@ import (
 )
 
 // overlayMap is the lab's map with the service network carried in VXLAN
-// between the nodes: both gateways and every instance host.
-const overlayMap = lab.Map + `overlay:
+// between the nodes: both gateways and every instance host. acme's tag is
+// 1, globex's 2.
+var overlayMap = strings.NewReplacer("chain: [fw]}", "chain: [fw], tag: 1}", "chain: [fw, dlp]}", "chain: [fw, dlp], tag: 2}").Replace(lab.Map) + `overlay:
   vni: 4242
   gateways: {gw: [10.200.0.1, "fd00:200::1"], gw2: 10.200.0.2}
 `
