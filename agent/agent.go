@@ -31,6 +31,20 @@ type state struct {
 	// service is the index of the node's service (-1 unless it hosts an
 	// instance).
 	service int
+	// tagged: the node hosts an instance on an overlay, and takes a flow's
+	// tenant from the tag it arrived with (rules.TenantTag), never from
+	// its addresses.
+	tagged bool
+}
+
+// decide decides f's packet in one direction for tenant, the index of the
+// tenant its tag named (-1: none), on a tagged node, and for the tenant
+// its addresses name anywhere else.
+func (st *state) decide(f *steering.Flow, reply bool, pins *steering.Pins, tenant int) steering.Decision {
+	if st.tagged {
+		return st.table.DecideTagged(st.node, f, tenant, reply, pins)
+	}
+	return st.table.Decide(st.node, f, reply, pins)
 }
 
 // Counters are the agent's decision counters, updated atomically.
@@ -41,6 +55,9 @@ type Counters struct {
 	// Undecidable counts the unparseable packets and fragments of a
 	// tenant, dropped rather than sent around the tenant's chain.
 	Undecidable atomic.Uint64
+	// Mistagged counts packets a tagged node dropped because their tag
+	// named a tenant neither of their addresses belongs to.
+	Mistagged   atomic.Uint64
 	FlowLogged  atomic.Uint64
 	FlowLogLost atomic.Uint64
 	// Firewall verdicts.
@@ -65,6 +82,10 @@ type Counters struct {
 	// where their source may not, as last read (see
 	// [rules.Kernel.Spoofed]).
 	Spoofed atomic.Uint64
+	// Untagged is the kernel's count of packets an instance host on an
+	// overlay dropped for arriving with no tenant's tag (see
+	// [rules.Kernel.Untagged]).
+	Untagged atomic.Uint64
 	// Steered counts steering decisions by next-hop instance ID.
 	Steered [steering.MaxID + 1]atomic.Uint64
 }
@@ -123,6 +144,8 @@ type waiter struct {
 	flow  steering.Flow
 	mark  uint32
 	reply bool
+	// tenant is the tenant the packet's tag named, on a tagged node.
+	tenant int
 }
 
 const maxPendingLookups = 4096
@@ -267,6 +290,7 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	}
 	st := &state{published: p, table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1}
 	st.role = roleOf(t, st.node, spare)
+	st.tagged = spec.Overlay != nil && st.role.hostsInstance()
 	if st.role.hostsInstance() {
 		st.service = t.Instances()[st.node.Instance].Service
 	}
@@ -416,7 +440,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 		} else {
 			a.Counters.ParseError.Add(1)
 		}
-		if st.role != Spare && (tenantOf(st.table, p.Flow.Src) || tenantOf(st.table, p.Flow.Dst)) {
+		if st.role != Spare && (st.tagged && mark&rules.MarkTag != 0 || !st.tagged && (tenantOf(st.table, p.Flow.Src) || tenantOf(st.table, p.Flow.Dst))) {
 			a.Counters.Undecidable.Add(1)
 			return nfq.Result{Verdict: nfq.Drop}
 		}
@@ -431,6 +455,13 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 	key := sessions.KeyOf(&p.Flow)
 	var pins *steering.Pins
 	sess, known := a.flows.Get(key)
+	tenant, tagged := -1, st.tagged && mark&rules.MarkTag != 0
+	if tagged {
+		tenant = st.table.TenantByTag(uint16(mark & rules.OrigMask))
+		mark &^= rules.MarkTag | rules.OrigMask
+	} else if st.tagged && known {
+		tenant = st.table.TenantByName(sess.Tenant)
+	}
 	// A TCP opening (SYN without ACK) that reaches the queue for a flow
 	// this node knows is a new connection on the 5-tuple of a closed one:
 	// a retransmitted SYN of the same connection finds its connmark and
@@ -445,13 +476,22 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 	} else if known {
 		pins = &sess.Pins
 	}
-	d := st.table.Decide(st.node, &p.Flow, reply, pins)
+	d := st.decide(&p.Flow, reply, pins, tenant)
+	if tagged && d.Tenant < 0 {
+		// The kernel let in only tags that name a tenant: this one names
+		// a tenant the packet's addresses do not belong to. (An untagged
+		// packet here is not forwarded from outside the overlay, which
+		// the kernel drops, but one of the node's own, such as neighbour
+		// discovery to a link-local address: it passes as no tenant's.)
+		a.Counters.Mistagged.Add(1)
+		return nfq.Result{Verdict: nfq.Drop}
+	}
 	if !known && d.Tenant >= 0 && d.Kind != steering.NotInChain {
 		if st.role == Firewall {
 			if reply || d.Reverse || !p.Opening() {
 				// Mid-stream, or opened from outside: only a mirrored
 				// session naming this instance can let it through.
-				if a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply}) {
+				if a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply, tenant: tenant}) {
 					return nfq.Result{Verdict: nfq.Defer}
 				}
 				return nfq.Result{Verdict: nfq.Drop}
@@ -471,7 +511,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			sess = a.newSession(st, key, d, int16(rule), reopened)
 			pins = &sess.Pins
 		} else if st.role == Gateway && a.mirror != nil && !p.Opening() &&
-			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply}) {
+			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply, tenant: tenant}) {
 			// Mid-stream at this gateway: the flow opened through another
 			// gateway (ECMP upstream moved it), perhaps on an older map.
 			// Its pins are in Redis; the map decides only if they are not,
@@ -497,7 +537,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 // direction is decided as its first packet would be: on the map.
 func steerBoth(st *state, mark uint32, f *steering.Flow, reply bool, d steering.Decision, pins *steering.Pins) uint32 {
 	back := f.Reversed()
-	other := st.table.Decide(st.node, &back, !reply, pins)
+	other := st.decide(&back, !reply, pins, d.Tenant)
 	mark = rules.SetHalf(mark, reply, markValue(d))
 	return rules.SetHalf(mark, !reply, markValue(other)) | rules.MarkSave
 }
@@ -532,6 +572,11 @@ func (a *Agent) readKernelCounters(ctx context.Context) error {
 		if n, err := a.kernel.Spoofed(); err == nil {
 			if old := a.Counters.Spoofed.Swap(n); n > old {
 				a.log.Warn("dropped packets entering where their source may not (spoofed)", "packets", n-old, "total", n)
+			}
+		}
+		if n, err := a.kernel.Untagged(); err == nil {
+			if old := a.Counters.Untagged.Swap(n); n > old {
+				a.log.Warn("dropped packets arriving with no tenant's tag", "packets", n-old, "total", n)
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nfsteer/nfsteer/rules"
@@ -109,6 +110,13 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 	var err error
 	if s.Overlay, err = overlayFor(t, node); err != nil {
 		return s, err
+	}
+	s.Tags = nil
+	if s.Overlay != nil {
+		for _, tn := range t.LiveTenants() {
+			s.Tags = append(s.Tags, rules.TenantTag{Tag: tn.Tag, Prefixes: tn.Prefixes})
+		}
+		slices.SortFunc(s.Tags, func(a, b rules.TenantTag) int { return int(a.Tag) - int(b.Tag) })
 	}
 	return s, s.Validate()
 }

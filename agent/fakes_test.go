@@ -63,6 +63,8 @@ func (k *fakeKernel) Unsteered() (uint64, error) {
 	return k.unsteered, nil
 }
 
+func (k *fakeKernel) Untagged() (uint64, error) { return 0, nil }
+
 func (k *fakeKernel) Spoofed() (uint64, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

@@ -30,6 +30,7 @@ var (
 	descParseErrs   = desc("parse_errors_total", "Queued packets that could not be parsed (dropped if a tenant's, else let through undecided).")
 	descFragments   = desc("fragments_total", "Queued fragments (dropped if a tenant's, else let through undecided).")
 	descUndecidable = desc("undecidable_dropped_total", "Unparseable packets and fragments of a tenant, dropped rather than sent around its chain (counted in parse_errors_total or fragments_total too).")
+	descMistagged   = desc("mistagged_dropped_total", "Packets an instance host on an overlay dropped because their tag named a tenant neither of their addresses belongs to.")
 	descFirewall    = desc("firewall_verdicts_total", "Firewall verdicts on flows new to this instance, by outcome.", "outcome")
 	descLookups     = desc("session_lookups_total", "Redis session lookups for packets memory could not decide, by outcome.", "outcome")
 	descKWaiting    = desc("kernel_queue_waiting", "Packets waiting in the kernel queues for a verdict.")
@@ -37,6 +38,7 @@ var (
 	descKUserDrop   = desc("kernel_queue_user_dropped_total", "Packets the kernel could not deliver to the agent's socket.")
 	descUnsteered   = desc("unsteered_flows_total", "New flows forwarded without a steering decision (counted by a kernel rule): let around the chain by a full queue with --overload bypass, or by --fail open while no agent read the queues, or whose first packet the agent could not parse.")
 	descSpoofed     = desc("spoofed_packets_total", "Packets dropped (by kernel rules) for entering where their source may not: outside the prefixes of the tenant bound to their ingress interface, or from a bound tenant's prefixes on another interface.")
+	descUntagged    = desc("untagged_packets_total", "Packets an instance host on an overlay dropped (by kernel rules) for arriving with no tenant's tag, with a tag that names no tenant, or from outside the overlay.")
 	descMirrorDepth = desc("mirror_queue_depth", "Session operations waiting to be written to Redis.")
 	descMirrorOps   = desc("mirror_operations_total", "Session operations by fate: queued, written, dropped (queue full), refused (by Redis, for good: a key of another type).", "fate")
 	descMirrorFail  = desc("mirror_write_failures_total", "Batch writes to Redis that failed and were retried.")
@@ -85,6 +87,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ctr(descParseErrs, k.ParseError.Load())
 	ctr(descFragments, k.Fragments.Load())
 	ctr(descUndecidable, k.Undecidable.Load())
+	ctr(descMistagged, k.Mistagged.Load())
 	ctr(descFirewall, k.Admitted.Load(), "admitted")
 	ctr(descFirewall, k.Denied.Load(), "denied")
 	ctr(descFirewall, k.TakenOver.Load(), "taken_over")
@@ -99,6 +102,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ctr(descUnsteered, k.Unsteered.Load())
 	ctr(descSpoofed, k.Spoofed.Load())
+	ctr(descUntagged, k.Untagged.Load())
 	if m := a.mirror; m != nil {
 		ch <- metrics.Gauge(descMirrorDepth, float64(m.Stats.Depth.Load()))
 		ctr(descMirrorOps, m.Stats.Queued.Load(), "queued")

@@ -165,6 +165,7 @@ func (a *Agent) report(rtt time.Duration) *store.Report {
 	r.RTTUS = rtt.Microseconds()
 	r.Unsteered = a.Counters.Unsteered.Load()
 	r.Spoofed = a.Counters.Spoofed.Load()
+	r.Untagged = a.Counters.Untagged.Load()
 	return r
 }
 
@@ -273,7 +274,7 @@ func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *sessions.Record
 			a.answer(w, nfq.Result{Verdict: nfq.Drop})
 			continue
 		}
-		d := st.table.Decide(st.node, &w.flow, w.reply, &sess.Pins)
+		d := st.decide(&w.flow, w.reply, &sess.Pins, w.tenant)
 		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, w.mark, &w.flow, w.reply, d, &sess.Pins)})
 	}
 }
@@ -297,7 +298,7 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 		var p *steering.Pins
 		if found {
 			p = &pins
-			d = st.table.Decide(st.node, &w.flow, w.reply, p)
+			d = st.decide(&w.flow, w.reply, p, w.tenant)
 			if i == 0 && d.Tenant >= 0 {
 				now := time.Now().UnixNano()
 				a.flows.Put(sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Pins: pins,
@@ -306,9 +307,9 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 		} else {
 			if s, ok := a.flows.Get(key); ok {
 				p = &s.Pins
-				d = st.table.Decide(st.node, &w.flow, w.reply, p)
+				d = st.decide(&w.flow, w.reply, p, w.tenant)
 			} else {
-				d = st.table.Decide(st.node, &w.flow, w.reply, nil)
+				d = st.decide(&w.flow, w.reply, nil, w.tenant)
 				if d.Tenant >= 0 && d.Kind != steering.NotInChain {
 					s := a.newSession(st, key, d, -1, false)
 					p = &s.Pins

@@ -16,4 +16,7 @@ type Kernel interface {
 	// Spoofed returns how many packets the anti-spoofing rules dropped
 	// (see [Binding]), in both families.
 	Spoofed() (uint64, error)
+	// Untagged returns how many packets an instance host on an overlay
+	// dropped for arriving with no tenant's tag (see [TenantTag]).
+	Untagged() (uint64, error)
 }

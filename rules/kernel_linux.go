@@ -38,9 +38,10 @@ type Linux struct {
 	// change or the agent restarts.
 	appliedRules  []IPRule
 	appliedRoutes []Route
-	// appliedOverlay is the overlay Apply last installed, for the same
-	// reason.
+	// appliedOverlay and appliedTags are the overlay and tags Apply last
+	// installed, for the same reason.
 	appliedOverlay *Overlay
+	appliedTags    *Spec
 }
 
 type family struct {
@@ -135,10 +136,25 @@ func (k *Linux) Apply(s Spec) error {
 		k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
 	}
 	if s.Overlay == nil {
-		k.appliedOverlay = nil
+		k.appliedOverlay, k.appliedTags = nil, nil
+		if err := removeTags(); err != nil {
+			return err
+		}
 		return removeOverlay()
 	}
+	if k.appliedTags == nil || !sameTags(s, *k.appliedTags) {
+		k.appliedTags = nil
+		if err := applyTags(s); err != nil {
+			return err
+		}
+		k.appliedTags = &s
+	}
 	return nil
+}
+
+// sameTags reports whether a and b install the same tag rules.
+func sameTags(a, b Spec) bool {
+	return len(a.steered()) == 0 == (len(b.steered()) == 0) && reflect.DeepEqual(a.Tags, b.Tags)
 }
 
 func (f family) applyIPTables(jumps, own []Rule) error {
@@ -167,7 +183,7 @@ func (f family) applyIPTables(jumps, own []Rule) error {
 
 // Remove deletes everything nfsteer owns in this namespace.
 func (k *Linux) Remove() error {
-	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay = nil, nil, nil, nil
+	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay, k.appliedTags = nil, nil, nil, nil, nil
 	var errs []error
 	for _, f := range k.fams {
 		if err := f.remove(); err != nil {
@@ -175,6 +191,9 @@ func (k *Linux) Remove() error {
 		}
 	}
 	if err := k.removeRouting(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeTags(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeOverlay(); err != nil {
@@ -497,7 +516,25 @@ func (k *Linux) Show() ([]string, error) {
 		}
 	}
 	ov, err := showOverlay()
-	return append(out, ov...), err
+	if err != nil {
+		return nil, err
+	}
+	tags, err := showTags()
+	return append(append(out, ov...), tags...), err
+}
+
+// Untagged reads the count of packets an instance host on an overlay
+// dropped for arriving untagged (see [TenantTag]); 0 without an overlay.
+func (k *Linux) Untagged() (uint64, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return 0, fmt.Errorf("opening nftables: %w", err)
+	}
+	t := &nftables.Table{Name: TagTable, Family: nftables.TableFamilyINet}
+	if have, err := c.ListTableOfFamily(TagTable, nftables.TableFamilyINet); err != nil || have == nil {
+		return 0, nil
+	}
+	return countUntagged(c, t)
 }
 
 func ourRules(fam int) ([]netlink.Rule, error) {

@@ -48,3 +48,9 @@ func Half(mark uint32, reply bool) uint32 {
 	}
 	return mark & OrigMask
 }
+
+// MarkTag is set, on an instance host on an overlay, on a packet that
+// arrived with its tenant's tag in the original half's bits (see
+// [Overlay]): its flow is undecided, so its halves are not restored and
+// the agent reads the tag there. It is never saved.
+const MarkTag uint32 = 1 << 26

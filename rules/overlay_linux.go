@@ -186,8 +186,11 @@ func syncNeighbours(index int, peers []Peer) error {
 			return fmt.Errorf("listing %s's neighbours: %w", OverlayDevice, err)
 		}
 		for _, n := range have {
+			if n.State&unix.NUD_PERMANENT == 0 {
+				continue // the kernel's (multicast, or resolved): not nfsteer's
+			}
 			a := addrOf(n.IP)
-			if mac, ok := want[a]; ok && mac == n.HardwareAddr.String() && n.State&unix.NUD_PERMANENT != 0 {
+			if mac, ok := want[a]; ok && mac == n.HardwareAddr.String() {
 				delete(want, a)
 				continue
 			}
@@ -250,7 +253,9 @@ func showOverlay() ([]string, error) {
 			return nil, fmt.Errorf("listing %s's neighbours: %w", OverlayDevice, err)
 		}
 		for _, n := range ns {
-			out = append(out, fmt.Sprintf("overlay neighbour %s lladdr %s", n.IP, n.HardwareAddr))
+			if n.State&unix.NUD_PERMANENT != 0 {
+				out = append(out, fmt.Sprintf("overlay neighbour %s lladdr %s", n.IP, n.HardwareAddr))
+			}
 		}
 	}
 	return out, nil

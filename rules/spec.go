@@ -66,6 +66,9 @@ type Spec struct {
 	// Overlay, if set, carries the routes to the hops over nfsteer's VXLAN
 	// device (see [Overlay]).
 	Overlay *Overlay
+	// Tags are the tenants' tags on the overlay (see [TenantTag]); they
+	// apply only with Overlay.
+	Tags []TenantTag
 }
 
 // Binding says where a tenant's traffic enters: on Ifaces, and only from
@@ -233,13 +236,21 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	m, om := hex(HopMask), hex(OrigMask)
 	d, save := hex(MarkReply), hex(MarkSave)
 	unicast := []string{"-m", "addrtype", "--dst-type", "UNICAST"}
+	restore := []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}
+	tagged := s.Overlay != nil && len(steered) == 0
+	if tagged {
+		// An instance host on an overlay: a packet of an undecided flow
+		// carries its tenant's tag where the halves go (see TenantTag),
+		// which the restore would clear.
+		restore = append([]string{"-m", "mark", "!", "--mark", hex(MarkTag) + "/" + hex(MarkTag)}, restore...)
+	}
 	own = append(own, []Rule{
 		// Both halves back from conntrack, with no test first: for an
 		// undecided flow this clears the halves, which are nfsteer's and
 		// zero already, and a test (xt connmark) would cost every
 		// packet of every decided flow one more call through the xt
 		// compatibility layer.
-		{chainPre, []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}},
+		{chainPre, restore},
 		// Reply-direction packets carry the direction bit for the ip
 		// rules, which see only the mark.
 		{chainPre, cat(ct("REPLY"), []string{"-j", "MARK", "--or-mark", d})},
@@ -250,6 +261,13 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 		// and skip the rest.
 		{chainPre, cat([]string{"-m", "mark", "--mark", "0x0/" + hex(OrigMask|MarkReply)}, unicast, queue(s.QueueBase))},
 		{chainPre, cat([]string{"-m", "mark", "--mark", d + "/" + hex(ReplyMask|MarkReply)}, unicast, queue(s.QueueBase+uint16(s.Queues)))},
+	}...)
+	if tagged {
+		// A tagged packet of the original direction (a tagged reply has
+		// an empty reply half, and the rule above queues it).
+		own = append(own, Rule{chainPre, cat([]string{"-m", "mark", "--mark", hex(MarkTag) + "/" + hex(MarkTag|MarkReply)}, unicast, queue(s.QueueBase))})
+	}
+	own = append(own, []Rule{
 		// The agent decided this packet (both directions, usually):
 		// save its halves.
 		{chainPost, []string{"-m", "mark", "--mark", save + "/" + save, "-j", "CONNMARK", "--save-mark", "--nfmask", m, "--ctmask", m}},

@@ -156,3 +156,52 @@ tenants:
 		t.Errorf("a delta giving tag 8 twice: %v", err)
 	}
 }
+
+// TestDecideTagged: the tag, not the addresses, names the tenant; the
+// addresses say only which way the packet goes.
+func TestDecideTagged(t *testing.T) {
+	m, err := Parse([]byte(`services:
+  fw: {instances: {fw-1: 10.200.0.11}}
+  dlp: {instances: {dlp-1: 10.200.0.21}}
+tenants:
+  acme:   {prefixes: [10.10.1.0/24], chain: [fw], tag: 1}
+  globex: {prefixes: [10.20.1.0/24], chain: [fw, dlp], tag: 2}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := tab.NodeFor("fw-1")
+	a := netip.MustParseAddr
+	globex := Flow{Src: a("10.20.1.2"), Dst: a("10.99.0.2"), SrcPort: 4000, DstPort: 80, Proto: 6}
+	for _, tc := range []struct {
+		name    string
+		f       Flow
+		tag     uint16
+		reply   bool
+		want    Kind
+		tenant  string
+		reverse bool
+	}{
+		{"globex's flow tagged globex: on to dlp", globex, 2, false, Steer, "globex", false},
+		{"globex's reply tagged globex: back to the gateway", globex.Reversed(), 2, true, EndOfChain, "globex", true},
+		{"globex's addresses tagged acme: not acme's, so no tenant", globex, 1, false, 0, "", false},
+		{"no tag", globex, 0, false, 0, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := tab.DecideTagged(fw, &tc.f, tab.TenantByTag(tc.tag), tc.reply, nil)
+			if tc.tenant == "" {
+				if d.Tenant != -1 {
+					t.Errorf("tenant %d, want none", d.Tenant)
+				}
+				return
+			}
+			if d.Tenant < 0 || tab.Tenants()[d.Tenant].Name != tc.tenant || d.Kind != tc.want || d.Reverse != tc.reverse {
+				t.Errorf("decision %+v, want %s %v reverse %v", d, tc.tenant, tc.want, tc.reverse)
+			}
+		})
+	}
+}

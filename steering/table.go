@@ -480,6 +480,42 @@ func (t *Table) Decide(n Node, f *Flow, reply bool, pins *Pins) Decision {
 	default:
 		return d
 	}
+	return t.decideFor(n, f, d, pins)
+}
+
+// DecideTagged is Decide for a packet whose tenant the overlay's tag names
+// (tenant, an index; -1: none): the tenant is not looked up from the
+// addresses. They only say which way the packet travels the chain: the one
+// in the tenant's prefixes is the tenant's side. A packet neither of whose
+// addresses is the tenant's has no tenant. It allocates nothing.
+func (t *Table) DecideTagged(n Node, f *Flow, tenant int, reply bool, pins *Pins) Decision {
+	d := Decision{Tenant: -1}
+	if tenant < 0 || tenant >= len(t.tenants) {
+		return d
+	}
+	own := func(a netip.Addr) bool {
+		a = a.Unmap()
+		for _, p := range t.tenants[tenant].Prefixes {
+			if p.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	src, dst := own(f.Src), own(f.Dst)
+	switch {
+	case src && (!dst || !reply):
+		d.Tenant = tenant
+	case dst:
+		d.Tenant, d.Reverse = tenant, true
+	default:
+		return d
+	}
+	return t.decideFor(n, f, d, pins)
+}
+
+// decideFor completes d, whose tenant and direction are known, for node n.
+func (t *Table) decideFor(n Node, f *Flow, d Decision, pins *Pins) Decision {
 	chain := t.tenants[d.Tenant].Chain
 	d.Code = AffinityCode(f)
 	d.Slot = t.SlotOf(d.Code)

@@ -31,6 +31,9 @@ type Report struct {
 	// Spoofed counts packets a gateway's kernel rules dropped for entering
 	// where their source may not (a running total).
 	Spoofed uint64 `json:"spoofed"`
+	// Untagged counts packets an instance host on an overlay dropped for
+	// arriving with no tenant's tag (a running total).
+	Untagged uint64 `json:"untagged,omitempty"`
 	// RTTUS is the round trip of the node's last heartbeat to Redis: a
 	// slow service link or an overloaded host shows here.
 	RTTUS       int64  `json:"rtt_us"`

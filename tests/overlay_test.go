@@ -3,11 +3,19 @@
 package tests
 
 import (
+	"encoding/binary"
+	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
@@ -118,5 +126,125 @@ func TestOverlayCarriesTheChain(t *testing.T) {
 		if !strings.Contains(shown, want) {
 			t.Errorf("rules show on fw-1 does not list %q:\n%s", want, shown)
 		}
+	}
+}
+
+// vxlanFrame is a VXLAN packet's UDP payload: the header (with GBP's group
+// policy ID tag when gbp is set), then an Ethernet frame from gw's overlay
+// device to dst's carrying an IPv4 UDP datagram of payload from src:sport
+// to the server's port 5201, TTL 64.
+func vxlanFrame(gbp bool, tag uint16, dst, src netip.Addr, sport uint16, payload string) []byte {
+	h := []byte{0x08, 0, 0, 0, 0, 0, 0, 0}
+	if gbp {
+		h[0] |= 0x80
+		binary.BigEndian.PutUint16(h[2:], tag)
+	}
+	vni := uint32(4242) << 8
+	binary.BigEndian.PutUint32(h[4:], vni)
+	eth := append(append(slices.Clone([]byte(rules.OverlayMAC(dst))), rules.OverlayMAC(netip.MustParseAddr("10.200.0.1"))...), 0x08, 0x00)
+	udp := make([]byte, 8, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], sport)
+	binary.BigEndian.PutUint16(udp[2:], 5201)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	udp = append(udp, payload...)
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	s4, d4 := src.As4(), netip.MustParseAddr(lab.Server).As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	return slices.Concat(h, eth, ip, udp)
+}
+
+// TestTheTagIsWhatTheInstanceTrusts: VXLAN packets sent straight to an
+// instance host's overlay, from the service network, with globex's
+// addresses. Only the one whose tag names globex is steered (on to dlp,
+// then the server); one with no tag, with a tag that names no tenant, or
+// with acme's tag, is dropped: counted by the host's kernel rule (the first
+// two) or its agent (the last), and the server receives none of them.
+func TestTheTagIsWhatTheInstanceTrusts(t *testing.T) {
+	l := lab.NewWithMap(t, bin, overlayMap)
+	if err := l.StartAll("--metrics", "127.0.0.1:9464"); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := l.ListenPacket("srv", "udp", lab.Server+":5201")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	got := map[string]int{}
+	var mu sync.Mutex
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			got[string(buf[:n])]++
+			mu.Unlock()
+		}
+	}()
+	fw1 := netip.MustParseAddr("10.200.0.11")
+	globex := netip.MustParseAddr(lab.GlobexClient)
+	const each = 10
+	for i, tc := range []struct {
+		name string
+		gbp  bool
+		tag  uint16
+	}{
+		{"untagged", false, 0},
+		{"tag 0", true, 0},
+		{"tag 99, no tenant's", true, 99},
+		{"acme's tag", true, 1},
+		{"globex's tag", true, 2},
+	} {
+		err := l.InNS("ctl", func() error {
+			c, err := net.Dial("udp", netip.AddrPortFrom(fw1, 4789).String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for n := 0; n < each; n++ {
+				if _, err := c.Write(vxlanFrame(tc.gbp, tc.tag, fw1, globex, uint16(43000+i), tc.name)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+	}
+	time.Sleep(time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff(map[string]int{"globex's tag": each}, got); diff != "" {
+		t.Errorf("datagrams the server received, by what they carried (-want +got):\n%s", diff)
+	}
+	out, err := l.Output("fw-1", "nft", "list", "counter", "inet", "nfsteer", "untagged")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, fmt.Sprintf("packets %d ", 3*each)) {
+		t.Errorf("fw-1's untagged counter:\n%s\nwant %d packets", out, 3*each)
+	}
+	// The agent's own counts, as an operator reads them: the kernel's
+	// counter (read every second), and the agent's for acme's tag (the
+	// first of those packets; the rest wait in the queue behind it or
+	// come after, and are dropped the same way).
+	time.Sleep(1100 * time.Millisecond)
+	m := scrape(t, l, "fw-1")
+	if m["nfsteer_untagged_packets_total"] != 3*each || m["nfsteer_mistagged_dropped_total"] != each {
+		t.Errorf("fw-1's metrics: untagged %v, mistagged %v; want %d and %d", m["nfsteer_untagged_packets_total"], m["nfsteer_mistagged_dropped_total"], 3*each, each)
 	}
 }

@@ -219,6 +219,7 @@ type reportView struct {
 	QueueDrops   uint64  `json:"queue_drops"`
 	Unsteered    uint64  `json:"unsteered"`
 	Spoofed      uint64  `json:"spoofed"`
+	Untagged     uint64  `json:"untagged"`
 	SlowestS     float64 `json:"slowest_packet_s"`
 	RTTS         float64 `json:"rtt_s"`
 	MirrorDepth  int64   `json:"mirror_depth"`
@@ -226,7 +227,7 @@ type reportView struct {
 }
 
 func viewReport(r store.Report) *reportView {
-	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed,
+	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed, Untagged: r.Untagged,
 		SlowestS: (time.Duration(r.LatencyUS) * time.Microsecond).Seconds(), RTTS: (time.Duration(r.RTTUS) * time.Microsecond).Seconds(),
 		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops}
 }
@@ -421,7 +422,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			}
 			fmt.Fprintln(w)
 		}
-		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SPOOFED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
+		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SPOOFED", "UNTAGGED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
 		for _, a := range st.Agents {
 			score, mv, hb := "unknown", "", "never"
 			if a.Score != nil {
@@ -438,7 +439,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 				}
 			}
 			if rep := a.Report; rep != nil {
-				row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered, rep.Spoofed,
+				row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered, rep.Spoofed, rep.Untagged,
 					micros(rep.SlowestS), rep.MirrorDepth, rep.MirrorDrops)
 			} else {
 				row(w, a.Node, a.Role, a.State, score, mv, hb) // no report: the other columns are "-"
