@@ -6,14 +6,15 @@
 //
 // Everything nfsteer installs is recognisable and nothing else is touched:
 // the chains are called NFSTEER-*, the jumps to them are known by their
-// targets, the overlay's VXLAN device is called nfsteer0 (see [Overlay]),
-// and ip rules and routes carry route protocol 110 ("nfsteer"):
+// targets, the overlay's VXLAN device is called nfsteer0 (see [Overlay])
+// and its tag rules are nftables table inet nfsteer, and ip rules and
+// routes carry route protocol 110 ("nfsteer"):
 // the routes in tables TableBase+ID, the rules at the RulePriorities
 // priorities from RulePriority, where the tries that pick a table from the
 // mark lie (see routing.go). [Kernel.Apply] is idempotent; [Kernel.Remove]
 // takes away exactly that, leaving iptables-save, ip6tables-save, ip rule,
-// ip route, ip link, bridge fdb and ip neigh as they were before the
-// first Apply.
+// ip route, ip link, bridge fdb, ip neigh and nft's ruleset as they were
+// before the first Apply.
 //
 // # Marks
 //
@@ -31,11 +32,19 @@
 // the connmark from a verdict, a POSTROUTING rule saves both halves into
 // the connmark from packets with MarkSave, once per decision; PREROUTING
 // restores them into every packet (an undecided flow's are zero, so its
-// packets go to the queue). Neither bit is saved.
-// Bits 26-31 are left to other software.
+// packets go to the queue). Neither bit is saved. Bit 26 (MarkTag) is an
+// instance host's on an overlay (see [TenantTag]). Bits 27-31 are left to
+// other software.
+//
+// # The overlay
+//
+// With an overlay in the map, the routes to the hops go through nfsteer's
+// VXLAN device (see [Overlay]), and every packet carries its tenant's tag
+// (see [TenantTag]), by rules in nftables table inet nfsteer.
 //
 // The Linux implementation runs the iptables binaries (through
 // github.com/coreos/go-iptables) and speaks rtnetlink (through
-// github.com/vishvananda/netlink); it needs CAP_NET_ADMIN in the node's
+// github.com/vishvananda/netlink) and nf_tables (through
+// github.com/google/nftables); it needs CAP_NET_ADMIN in the node's
 // network namespace.
 package rules

@@ -32,6 +32,7 @@ func snapshot(t testing.TB, l *lab.Lab, host string) string {
 		{"ip", "rule"}, {"ip", "-6", "rule"},
 		{"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
 		{"ip", "-d", "link", "show"}, {"bridge", "fdb", "show"}, {"ip", "neigh", "show", "nud", "permanent"},
+		{"nft", "list", "tables"},
 	} {
 		out, err := l.Output(host, cmd...)
 		if err != nil {
@@ -138,7 +139,8 @@ func TestRulesOwnership(t *testing.T) {
 				wants = append(wants, "-j NFSTEER-SPOOF", "-s 10.20.1.0/24 -i cg0 -j RETURN", "nfsteer-spoof")
 			}
 			if strings.Contains(tc.name, "overlay") {
-				wants = append(wants, "overlay nfsteer0 vxlan id 4242", "overlay fdb 02:6e:0a:c8:00:0b dst 10.200.0.11", "dev nfsteer0 onlink")
+				wants = append(wants, "overlay nfsteer0 vxlan id 4242", "overlay fdb 02:6e:0a:c8:00:0b dst 10.200.0.11", "dev nfsteer0 onlink",
+					"tags inet nfsteer chain tag hook 4 priority -140: ")
 			}
 			for _, want := range wants {
 				if !strings.Contains(shown, want) {
