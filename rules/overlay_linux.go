@@ -55,6 +55,13 @@ func applyOverlay(o *Overlay) error {
 		}
 	}
 	attrs := link.Attrs()
+	if mtu, err := overlayMTU(o.Local); err != nil {
+		return err
+	} else if mtu != 0 && attrs.MTU != mtu {
+		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+			return fmt.Errorf("setting %s's MTU to %d: %w", OverlayDevice, mtu, err)
+		}
+	}
 	if attrs.HardwareAddr.String() != want.HardwareAddr.String() {
 		if err := netlink.LinkSetHardwareAddr(link, want.HardwareAddr); err != nil {
 			return fmt.Errorf("setting %s's MAC: %w", OverlayDevice, err)
@@ -100,6 +107,35 @@ func syncAddress(link netlink.Link, v4 netip.Addr) error {
 		return fmt.Errorf("adding %s to %s: %w", v4, OverlayDevice, err)
 	}
 	return nil
+}
+
+// overlayMTU is the MTU that fits the overlay's packets in the service
+// network without fragments: that of the interface holding the node's
+// tunnel endpoint less VXLAN's 50 bytes (70 over IPv6), or 0 if no
+// interface holds it (the kernel's default stays).
+func overlayMTU(local netip.Addr) (int, error) {
+	fam, overhead := netlink.FAMILY_V4, 50
+	if local.Is6() {
+		fam, overhead = netlink.FAMILY_V6, 70
+	}
+	addrs, err := netlink.AddrList(nil, fam)
+	if err != nil {
+		return 0, fmt.Errorf("listing addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if addrOf(a.IP) != local {
+			continue
+		}
+		l, err := netlink.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return 0, fmt.Errorf("finding the interface of %s: %w", local, err)
+		}
+		if l.Attrs().Name == OverlayDevice {
+			continue // the device's own copy of the address
+		}
+		return l.Attrs().MTU - overhead, nil
+	}
+	return 0, nil
 }
 
 // overlayLink returns nfsteer's VXLAN device, or nil if there is none.
