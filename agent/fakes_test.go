@@ -103,7 +103,7 @@ func (c *fakeConntrack) Walk(fn func(rules.Conn) (uint32, bool)) (int, error) {
 	return n, nil
 }
 
-func (c *fakeConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool)) (bool, error) {
+func (c *fakeConntrack) Remark(f steering.Flow, zone uint16, fn func(uint32) (uint32, bool)) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := sessions.KeyOf(&f)

@@ -411,7 +411,13 @@ func (a *Agent) adopt(op sessions.Op, o sessions.Outcome) {
 	f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: k.Proto}
 	a.ctMu.Lock()
 	defer a.ctMu.Unlock()
-	_, err := a.ct.Remark(f, func(mark uint32) (uint32, bool) {
+	var zone uint16
+	if st := a.state.Load(); st.tagged {
+		if ti := st.table.TenantByName(op.Session.Tenant); ti >= 0 {
+			zone = st.table.Tenants()[ti].Tag
+		}
+	}
+	_, err := a.ct.Remark(f, zone, func(mark uint32) (uint32, bool) {
 		for _, reply := range []bool{false, true} {
 			for _, c := range changes {
 				if rules.Half(mark, reply) == rules.HalfValue(c[0]) {

@@ -71,7 +71,7 @@ func (k *LinuxConntrack) Walk(fn func(c Conn) (uint32, bool)) (int, error) {
 	for _, ch := range changes {
 		// Only the tuple and the mark: an update carrying status bits or
 		// timeouts is refused or changes more than we mean to.
-		err := k.c.Update(conntrack.Flow{TupleOrig: tupleOf(&ch.e), Mark: ch.mark})
+		err := k.c.Update(conntrack.Flow{TupleOrig: tupleOf(&ch.e), Zone: ch.e.zone, Mark: ch.mark})
 		switch {
 		case err == nil:
 			changed++
@@ -158,12 +158,12 @@ func tupleOf(e *ctEntry) conntrack.Tuple {
 }
 
 // Remark implements Conntrack.
-func (k *LinuxConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool)) (bool, error) {
+func (k *LinuxConntrack) Remark(f steering.Flow, zone uint16, fn func(uint32) (uint32, bool)) (bool, error) {
 	switch f.Proto {
 	case unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_UDPLITE, unix.IPPROTO_SCTP, unix.IPPROTO_DCCP:
 	default:
 		n, err := k.Walk(func(c Conn) (uint32, bool) {
-			if c.Flow == f || c.Flow == reversed(f) {
+			if c.Zone == zone && (c.Flow == f || c.Flow == reversed(f)) {
 				return fn(c.Mark)
 			}
 			return c.Mark, false
@@ -177,7 +177,7 @@ func (k *LinuxConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool))
 	var ct conntrack.Flow
 	var err error
 	for _, g := range [2]steering.Flow{f, reversed(f)} {
-		ct, err = k.c.Get(conntrack.Flow{TupleOrig: conntrack.Tuple{
+		ct, err = k.c.Get(conntrack.Flow{Zone: zone, TupleOrig: conntrack.Tuple{
 			IP:    conntrack.IPTuple{SourceAddress: g.Src, DestinationAddress: g.Dst},
 			Proto: conntrack.ProtoTuple{Protocol: g.Proto, SourcePort: g.SrcPort, DestinationPort: g.DstPort},
 		}})
@@ -195,7 +195,7 @@ func (k *LinuxConntrack) Remark(f steering.Flow, fn func(uint32) (uint32, bool))
 	if !change || mark == ct.Mark {
 		return false, nil
 	}
-	err = k.c.Update(conntrack.Flow{TupleOrig: ct.TupleOrig, TupleReply: ct.TupleReply, Mark: mark})
+	err = k.c.Update(conntrack.Flow{Zone: zone, TupleOrig: ct.TupleOrig, TupleReply: ct.TupleReply, Mark: mark})
 	switch {
 	case err == nil:
 		return true, nil

@@ -31,6 +31,7 @@ const (
 	ctaTupleOrig = 1
 	ctaProtoinfo = 4
 	ctaMark      = 8
+	ctaZone      = 18
 
 	ctaTupleIP    = 1
 	ctaTupleProto = 2
@@ -64,6 +65,7 @@ type ctEntry struct {
 	// flow is the original direction; ICMP's identifier is in both ports.
 	flow               steering.Flow
 	mark               uint32
+	zone               uint16 // its conntrack zone (a tag, on an overlay's instance host)
 	icmp               bool
 	icmpType, icmpCode uint8
 	tcp                bool
@@ -72,7 +74,7 @@ type ctEntry struct {
 
 // conn is the entry as Walk reports it.
 func (e *ctEntry) conn() Conn {
-	return Conn{Flow: e.flow, Mark: e.mark, Closed: e.tcp && (e.tcpState == tcpTimeWait || e.tcpState == tcpClose)}
+	return Conn{Flow: e.flow, Mark: e.mark, Zone: e.zone, Closed: e.tcp && (e.tcpState == tcpTimeWait || e.tcpState == tcpClose)}
 }
 
 // parseCT reads the body of an IPCTNL_MSG_CT_NEW message into e.
@@ -100,6 +102,11 @@ func parseCT(body []byte, e *ctEntry) error {
 				return nlmsg.ErrShortAttr
 			}
 			e.mark = binary.BigEndian.Uint32(v)
+		case ctaZone:
+			if len(v) < 2 {
+				return nlmsg.ErrShortAttr
+			}
+			e.zone = binary.BigEndian.Uint16(v)
 		case ctaProtoinfo:
 			return nlmsg.ForEach(v, func(typ uint16, v []byte) error {
 				if typ != ctaProtoinfoTCP {

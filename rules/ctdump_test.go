@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -38,7 +39,7 @@ func ctMessage(attrs ...[]byte) []byte {
 	return append(m, body...)
 }
 
-func tcpEntry(state uint8, mark uint32) []byte {
+func tcpEntry(state uint8, mark uint32, extra ...[]byte) []byte {
 	src, dst := netip.MustParseAddr("10.10.1.2").As4(), netip.MustParseAddr("10.99.0.2").As4()
 	return ctMessage(
 		nested(ctaTupleOrig,
@@ -48,7 +49,7 @@ func tcpEntry(state uint8, mark uint32) []byte {
 			nested(ctaTupleIP, attr(ctaIPv4Src, dst[:]), attr(ctaIPv4Dst, src[:]))),
 		attr(3, be32(0x8)), // CTA_STATUS, skipped
 		nested(ctaProtoinfo, nested(ctaProtoinfoTCP, attr(ctaProtoinfoTCPState, []byte{state}))),
-		attr(ctaMark, be32(mark)),
+		slices.Concat(append([][]byte{attr(ctaMark, be32(mark))}, extra...)...),
 	)
 }
 
@@ -79,6 +80,12 @@ func TestParseCT(t *testing.T) {
 				tcp: true, tcpState: tcpTimeWait},
 		},
 		{
+			name: "TCP in a conntrack zone (an overlay's tag)",
+			msg:  tcpEntry(3, 0x2003005, attr(ctaZone, be16(7))),
+			want: ctEntry{flow: steering.Flow{Src: netip.MustParseAddr("10.10.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40000, DstPort: 5201, Proto: 6},
+				mark: 0x2003005, zone: 7, tcp: true, tcpState: 3},
+		},
+		{
 			name: "ICMPv6 echo: the identifier in both ports",
 			msg:  icmp6(),
 			want: ctEntry{flow: steering.Flow{Src: netip.MustParseAddr("fd00:10::2"), Dst: netip.MustParseAddr("fd00:99::2"), SrcPort: 77, DstPort: 77, Proto: 58},
@@ -97,7 +104,7 @@ func TestParseCT(t *testing.T) {
 			if diff := cmp.Diff(tc.want, got, cmp.AllowUnexported(ctEntry{}), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 				t.Errorf("entry (-want +got):\n%s", diff)
 			}
-			if c := got.conn(); c.Closed != (tc.want.tcpState == tcpTimeWait) || c.Mark != tc.want.mark {
+			if c := got.conn(); c.Closed != (tc.want.tcpState == tcpTimeWait) || c.Mark != tc.want.mark || c.Zone != tc.want.zone {
 				t.Errorf("conn %+v", c)
 			}
 		})

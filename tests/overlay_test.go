@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
@@ -246,5 +247,43 @@ func TestTheTagIsWhatTheInstanceTrusts(t *testing.T) {
 	m := scrape(t, l, "fw-1")
 	if m["nfsteer_untagged_packets_total"] != 3*each || m["nfsteer_mistagged_dropped_total"] != each {
 		t.Errorf("fw-1's metrics: untagged %v, mistagged %v; want %d and %d", m["nfsteer_untagged_packets_total"], m["nfsteer_mistagged_dropped_total"], 3*each, each)
+	}
+}
+
+// firewallOverlayMap is the lab's firewall map on the overlay: acme's tag
+// is 1, globex's 2.
+var firewallOverlayMap = strings.NewReplacer("    chain: [fw, dlp]\n", "    chain: [fw, dlp]\n    tag: 1\n", "chain: [fw]}", "chain: [fw], tag: 2}").Replace(labmap.Firewall) + `overlay:
+  vni: 4242
+  gateways: {gw: [10.200.0.1, "fd00:200::1"], gw2: 10.200.0.2}
+`
+
+// TestFailoverOnTheOverlay is TestFailoverToSecondary with the map, and so
+// the sessions, in Redis, on the overlay: the secondary firewall takes the
+// tenant of the flow's mid-stream packets from their tag, finds the
+// mirrored session, and carries the rest of the transfer byte-exact.
+func TestFailoverOnTheOverlay(t *testing.T) {
+	l := lab.NewWithMap(t, bin, firewallOverlayMap)
+	l.StartRedis(t)
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll("--redis", lab.RedisURL, "--refresh", "500ms"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.StartController("controller"); err != nil {
+		t.Fatal(err)
+	}
+	res, _, primary, secondary, udp := runFailoverIn(t, l)
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the failover: %v", res.Err)
+	}
+	t.Logf("failover from %s to %s: TCP gap %v, UDP gap %v, %d/%d datagrams", primary, secondary,
+		res.MaxGap.Round(time.Millisecond), udp.gap.Round(time.Millisecond), udp.received, udp.sent)
+	if p, _, err := l.Packets(secondary, "flowafter"); err != nil || p < 100 {
+		t.Errorf("secondary %s counted %d packets of the flow after the kill (%v); want it to carry the rest", secondary, p, err)
+	}
+	out, err := l.Output(secondary, "conntrack", "-L", "-p", "tcp", "--sport", strings.Split(failoverLocal, ":")[1])
+	if err != nil || !strings.Contains(out, "zone=1") {
+		t.Errorf("the secondary's conntrack entry of the flow (%v):\n%s\nwant it in acme's zone, 1", err, out)
 	}
 }
