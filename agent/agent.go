@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -271,11 +272,24 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	}
 	old := a.state.Load()
 	if old != nil && t.SameInstances(old.table) {
-		// Same instances, IDs and addresses: the same rules and routes,
-		// already installed. A tenant change or a failover skips building
-		// and comparing a hop per instance.
+		// Same instances, IDs and addresses: the same routes, already
+		// installed. A tenant change or a failover skips building and
+		// comparing a hop per instance; only the rules that follow from
+		// the tenants (a gateway's ingress bindings, the overlay's tags)
+		// may change.
 		st := *old
 		st.published, st.table = p, t
+		if old.role != Spare {
+			ingress, tags := tenantRules(t, old.role == Gateway, old.spec.Overlay != nil)
+			if !reflect.DeepEqual(ingress, old.spec.Ingress) || !reflect.DeepEqual(tags, old.spec.Tags) {
+				st.spec.Ingress, st.spec.Tags = ingress, tags
+				if apply {
+					if err := a.kernel.Apply(st.spec); err != nil {
+						return fmt.Errorf("installing rules of version %d: %w", p.Version, err)
+					}
+				}
+			}
+		}
 		a.state.Store(&st)
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nfsteer/nfsteer/rules"
@@ -99,26 +100,37 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 		}
 		s.Hops = append(s.Hops, rules.Hop{ID: in.ID, Name: in.Name, V4: in.V4, V6: in.V6})
 	}
-	s.Ingress = nil
-	if gateway {
-		for _, tn := range t.Tenants() {
-			if len(tn.Ingress) > 0 {
-				s.Ingress = append(s.Ingress, rules.Binding{Tenant: tn.Name, Ifaces: tn.Ingress, Prefixes: tn.Prefixes})
-			}
-		}
-	}
 	var err error
 	if s.Overlay, err = overlayFor(t, node); err != nil {
 		return s, err
 	}
-	s.Tags = nil
-	if s.Overlay != nil {
-		for _, tn := range t.LiveTenants() {
-			s.Tags = append(s.Tags, rules.TenantTag{Tag: tn.Tag, Prefixes: tn.Prefixes})
-		}
-		slices.SortFunc(s.Tags, func(a, b rules.TenantTag) int { return int(a.Tag) - int(b.Tag) })
-	}
+	s.Ingress, s.Tags = tenantRules(t, gateway, s.Overlay != nil)
 	return s, s.Validate()
+}
+
+// tenantRules returns the part of a node's rules that follows from t's
+// tenants: on a gateway the ingress bindings, sorted by tenant, and on an
+// overlay the tenants' tags, sorted by tag. A version that changes only
+// tenants changes only these. It reads nothing on a node that needs
+// neither.
+func tenantRules(t *steering.Table, gateway, overlay bool) (ingress []rules.Binding, tags []rules.TenantTag) {
+	if !gateway && !overlay {
+		return nil, nil
+	}
+	for i, tn := range t.Tenants() {
+		if t.TenantByName(tn.Name) != i {
+			continue // removed in a later version
+		}
+		if gateway && len(tn.Ingress) > 0 {
+			ingress = append(ingress, rules.Binding{Tenant: tn.Name, Ifaces: tn.Ingress, Prefixes: tn.Prefixes})
+		}
+		if overlay {
+			tags = append(tags, rules.TenantTag{Tag: tn.Tag, Prefixes: tn.Prefixes})
+		}
+	}
+	slices.SortFunc(ingress, func(a, b rules.Binding) int { return strings.Compare(a.Tenant, b.Tenant) })
+	slices.SortFunc(tags, func(a, b rules.TenantTag) int { return int(a.Tag) - int(b.Tag) })
+	return ingress, tags
 }
 
 // overlayFor returns node's part of t's overlay: its tunnel endpoint and

@@ -340,9 +340,12 @@ func (l *logBuffer) String() string {
 }
 
 // labVersion is the lab map published as version 1.
-func labVersion(t testing.TB) *steering.Published {
+func labVersion(t testing.TB) *steering.Published { return versionOf(t, labmap.Map(t)) }
+
+// versionOf is m as version 1, as a node reads it from Redis.
+func versionOf(t testing.TB, m *steering.Map) *steering.Published {
 	t.Helper()
-	p, err := steering.Local(labmap.Map(t))
+	p, err := steering.Local(m)
 	if err != nil {
 		t.Fatal(err)
 	}

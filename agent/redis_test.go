@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
@@ -505,5 +506,40 @@ func TestFlowLog(t *testing.T) {
 		if !strings.Contains(n.logs.String(), want) {
 			t.Errorf("flow log %q lacks %q", n.logs, want)
 		}
+	}
+}
+
+// TestTenantChangeUpdatesTenantRules: a version that changes only tenants
+// (a delta) skips the routes, but not what follows from the tenants: a
+// gateway installs the ingress binding of a tenant added with one, and an
+// instance host on an overlay the tag of a tenant added.
+func TestTenantChangeUpdatesTenantRules(t *testing.T) {
+	m := labmap.Map(t)
+	m.Overlay = &steering.Overlay{VNI: 42, Gateways: map[string]steering.Addresses{"gw": {"10.200.0.1", "fd00:200::1"}}}
+	m.Tenants["acme"].Tag, m.Tenants["globex"].Tag = 1, 2
+	v1 := versionOf(t, m)
+	for _, node := range []string{"gw", "fw-1"} {
+		t.Run(node, func(t *testing.T) {
+			n := newFakeNode(t, node, v1, nil)
+			n.run(t)
+			waitFor(t, "version 1", func() bool { return version(n.Agent) == 1 })
+			v2, d := nextVersion(t, v1, func(p *steering.Published) (*steering.Published, error) {
+				m, err := p.Map.AddTenant("initech", steering.Tenant{Ingress: []string{"ci0"}, Prefixes: []string{"10.30.1.0/24"}, Chain: []string{"fw"}, Tag: 3})
+				return p.WithMap(m), err
+			})
+			if d == nil {
+				t.Fatal("adding a tenant has no delta")
+			}
+			n.store.publish(v2, d)
+			waitFor(t, "version 2", func() bool { return version(n.Agent) == 2 })
+			spec, _ := n.kernel.last()
+			if !slices.ContainsFunc(spec.Tags, func(tt rules.TenantTag) bool { return tt.Tag == 3 }) {
+				t.Errorf("tags installed after the tenant was added: %+v; want initech's, 3", spec.Tags)
+			}
+			bound := slices.ContainsFunc(spec.Ingress, func(b rules.Binding) bool { return b.Tenant == "initech" })
+			if bound != (node == "gw") {
+				t.Errorf("ingress bindings installed: %+v; want initech's on the gateway only", spec.Ingress)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -235,13 +236,7 @@ func syncNeighbours(index int, peers []Peer) error {
 			}
 		}
 	}
-	for _, a := range slices.SortedFunc(func(yield func(netip.Addr) bool) {
-		for a := range want {
-			if !yield(a) {
-				return
-			}
-		}
-	}, netip.Addr.Compare) {
+	for _, a := range slices.SortedFunc(maps.Keys(want), netip.Addr.Compare) {
 		mac, _ := net.ParseMAC(want[a])
 		fam := netlink.FAMILY_V6
 		if a.Is4() {

@@ -34,16 +34,16 @@ func applyTags(s Spec) error {
 		return fmt.Errorf("opening nftables: %w", err)
 	}
 	t := &nftables.Table{Name: TagTable, Family: nftables.TableFamilyINet}
-	var kept nftables.CounterObj
+	var kept uint64
 	if old, err := c.ListTableOfFamily(TagTable, nftables.TableFamilyINet); err == nil && old != nil {
 		if n, err := countUntagged(c, t); err == nil {
-			kept.Packets = n
+			kept = n
 		}
 		c.DelTable(t)
 	}
 	c.AddTable(t)
 	if len(s.steered()) == 0 {
-		err = instanceTags(c, t, s.Tags, kept.Packets)
+		err = instanceTags(c, t, s.Tags, kept)
 	} else {
 		err = gatewayTags(c, t, s.Tags)
 	}
@@ -64,17 +64,17 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag) error {
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(prioTagPost)})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), setMark(0))})
 	for _, fam := range []struct {
-		proto  byte
-		key    nftables.SetDatatype
-		off    uint32
-		len    uint32
-		is4    bool
-		prefix string
+		proto byte
+		key   nftables.SetDatatype
+		off   uint32 // of the source address in the network header
+		len   uint32
+		is4   bool
+		name  string
 	}{
 		{unix.NFPROTO_IPV4, nftables.TypeIPAddr, 12, 4, true, "tags4"},
 		{unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 8, 16, false, "tags6"},
 	} {
-		set := &nftables.Set{Table: t, Name: fam.prefix, KeyType: fam.key, DataType: nftables.TypeMark, IsMap: true, Interval: true}
+		set := &nftables.Set{Table: t, Name: fam.name, KeyType: fam.key, DataType: nftables.TypeMark, IsMap: true, Interval: true}
 		elems, err := intervalElements(tags, fam.is4)
 		if err != nil {
 			return err
@@ -82,14 +82,15 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag) error {
 		if err := c.AddSet(set, elems); err != nil {
 			return fmt.Errorf("adding map %s: %w", set.Name, err)
 		}
-		// The client is the source one way and the destination the other.
-		for dir, off := range map[byte]uint32{0: fam.off, 1: fam.off + fam.len} {
+		// The client is the source one way (conntrack's original
+		// direction) and the destination the other.
+		for dir, off := range []uint32{fam.off, fam.off + fam.len} {
 			c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(),
 				[]expr.Any{
 					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
 					&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{dir}},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(dir)}},
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: fam.len},
 					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
 					&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
