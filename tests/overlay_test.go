@@ -30,102 +30,129 @@ var overlayMap = strings.NewReplacer("chain: [fw]}", "chain: [fw], tag: 1}", "ch
 `
 
 // TestOverlayCarriesTheChain: with an overlay in the map, every packet a
-// node steers to an instance travels in nfsteer's VXLAN device, and flows
-// still cross their chains in order, byte-exact. Judged in the instances'
-// namespaces: every packet of the flow an instance receives arrives on the
-// overlay device, and the outer VXLAN packets arrive on the service
-// network.
+// node steers to an instance travels in nfsteer's VXLAN device, over IPv4
+// or IPv6 tunnels, and flows still cross their chains in order,
+// byte-exact. Judged in the instances' namespaces: every packet of the
+// flow an instance receives arrives on the overlay device, and the outer
+// VXLAN packets, of the tunnels' family, arrive on the service network.
 func TestOverlayCarriesTheChain(t *testing.T) {
-	l := lab.NewWithMap(t, bin, overlayMap)
-	if err := l.StartAll(); err != nil {
-		t.Fatal(err)
-	}
-	m, err := steering.Parse([]byte(overlayMap))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := steering.Compile(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, in := range lab.Instances {
-		if err := l.Count(in.Name, "vxlan_in", `udp dport 4789`); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, tt := range []struct {
+	type flow struct {
 		name, host, client string
 		proto              uint8
 		port               uint16
+	}
+	for _, tc := range []struct {
+		name, m, outer string
+		flows          []flow
 	}{
-		{"globex_tcp", "cg", lab.GlobexClient, 6, 42101},
-		{"globex_udp", "cg", lab.GlobexClient, 17, 42102},
-		{"acme_tcp6", "ca", lab.AcmeClient6, 6, 41103},
+		{"IPv4 tunnels", overlayMap, "ip", []flow{
+			{"globex_tcp", "cg", lab.GlobexClient, 6, 42101},
+			{"globex_udp", "cg", lab.GlobexClient, 17, 42102},
+			{"acme_tcp6", "ca", lab.AcmeClient6, 6, 41103},
+		}},
+		// Every node of the firewall map has an IPv6 address, when the
+		// gateway has one only.
+		{"IPv6 tunnels", strings.Replace(firewallOverlayMap, `gateways: {gw: [10.200.0.1, "fd00:200::1"], gw2: 10.200.0.2}`, `gateways: {gw: "fd00:200::1"}`, 1), "ip6", []flow{
+			{"acme_tcp", "ca", lab.AcmeClient, 6, 41104},
+			{"acme_udp", "ca", lab.AcmeClient, 17, 41105},
+		}},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			client := netip.MustParseAddr(tt.client)
-			server := netip.MustParseAddr(lab.Server)
-			if client.Is6() {
-				server = netip.MustParseAddr(lab.Server6)
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.NewWithMap(t, bin, tc.m)
+			if err := l.StartAll(); err != nil {
+				t.Fatal(err)
 			}
-			f := steering.Flow{Src: client, Dst: server, SrcPort: tt.port, DstPort: 5201, Proto: tt.proto}
-			chain := expectedChain(t, tab, f)
-			fc := countFlow(t, l, tt.name, f, chain)
-			// The same flow, counted again where it arrives on the overlay.
-			ip, l4 := "ip", map[uint8]string{6: "tcp", 17: "udp"}[tt.proto]
-			if client.Is6() {
-				ip = "ip6"
+			m, err := steering.Parse([]byte(tc.m))
+			if err != nil {
+				t.Fatal(err)
 			}
-			for _, in := range chain {
-				for dir, expr := range map[string]string{
-					"_f_ov": ip + " saddr " + client.String() + " " + l4 + " sport " + strconv.Itoa(int(tt.port)),
-					"_r_ov": ip + " daddr " + client.String() + " " + l4 + " dport " + strconv.Itoa(int(tt.port)),
-				} {
-					if err := l.Count(in, tt.name+dir, `iifname "nfsteer0" `+expr); err != nil {
-						t.Fatal(err)
-					}
+			tab, err := steering.Compile(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, in := range lab.Instances {
+				if err := l.Count(in.Name, "vxlan_in", tc.outer+" version > 0 udp dport 4789"); err != nil {
+					t.Fatal(err)
 				}
 			}
-			local := netip.AddrPortFrom(client, tt.port).String()
-			remote := netip.AddrPortFrom(server, 5201).String()
-			if tt.proto == 6 {
-				transfer(t, l, tt.host, local, remote, 1<<20)
-			} else if got := udpEcho(t, l, tt.host, local, remote, 20); got != 20 {
-				t.Errorf("%d of 20 datagrams came back", got)
+			for _, tt := range tc.flows {
+				t.Run(tt.name, func(t *testing.T) {
+					checkOverlayFlow(t, l, tab, tt.name, tt.host, tt.client, tt.proto, tt.port)
+				})
 			}
-			fc.check(t, l)
-			for _, in := range chain {
-				fwd, _, _ := l.Packets(in, tt.name+"_f")
-				rev, _, _ := l.Packets(in, tt.name+"_r")
-				fwdOv, _, _ := l.Packets(in, tt.name+"_f_ov")
-				revOv, _, _ := l.Packets(in, tt.name+"_r_ov")
-				if fwdOv != fwd || revOv != rev {
-					t.Errorf("%s: %d of %d forward and %d of %d reply packets came over the overlay; want all", in, fwdOv, fwd, revOv, rev)
+			var vxlan uint64
+			for _, in := range lab.Instances {
+				n, _, err := l.Packets(in.Name, "vxlan_in")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("%s received %d VXLAN packets over %s", in.Name, n, tc.outer)
+				vxlan += n
+			}
+			if vxlan == 0 {
+				t.Errorf("no VXLAN packet over %s reached an instance host", tc.outer)
+			}
+			if tc.outer != "ip" {
+				return
+			}
+			shown, err := l.Nfsteer("fw-1", "rules", "show")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{"overlay nfsteer0 vxlan id 4242 local 10.200.0.11 dstport 4789 gbp mac 02:6e:0a:c8:00:0b",
+				"overlay fdb 02:6e:0a:c8:00:01 dst 10.200.0.1", "overlay neighbour fe80::6e:aff:fec8:c lladdr 02:6e:0a:c8:00:0c",
+				"dev nfsteer0 onlink table 8"} {
+				if !strings.Contains(shown, want) {
+					t.Errorf("rules show on fw-1 does not list %q:\n%s", want, shown)
 				}
 			}
 		})
 	}
-	var vxlan uint64
-	for _, in := range lab.Instances {
-		n, _, err := l.Packets(in.Name, "vxlan_in")
-		if err != nil {
-			t.Fatal(err)
+}
+
+// checkOverlayFlow runs one flow from client's port on host to the server
+// (TCP: 1 MiB byte-exact; UDP: 20 datagrams echoed) and checks, in the
+// instances' namespaces, that it crossed its chain in order and that every
+// packet of it an instance received came over the overlay device.
+func checkOverlayFlow(t *testing.T, l *lab.Lab, tab *steering.Table, name, host, clientAddr string, proto uint8, port uint16) {
+	t.Helper()
+	client := netip.MustParseAddr(clientAddr)
+	server := netip.MustParseAddr(lab.Server)
+	if client.Is6() {
+		server = netip.MustParseAddr(lab.Server6)
+	}
+	f := steering.Flow{Src: client, Dst: server, SrcPort: port, DstPort: 5201, Proto: proto}
+	chain := expectedChain(t, tab, f)
+	fc := countFlow(t, l, name, f, chain)
+	ip, l4 := "ip", map[uint8]string{6: "tcp", 17: "udp"}[proto]
+	if client.Is6() {
+		ip = "ip6"
+	}
+	for _, in := range chain {
+		for dir, expr := range map[string]string{
+			"_f_ov": ip + " saddr " + client.String() + " " + l4 + " sport " + strconv.Itoa(int(port)),
+			"_r_ov": ip + " daddr " + client.String() + " " + l4 + " dport " + strconv.Itoa(int(port)),
+		} {
+			if err := l.Count(in, name+dir, `iifname "nfsteer0" `+expr); err != nil {
+				t.Fatal(err)
+			}
 		}
-		t.Logf("%s received %d VXLAN packets", in.Name, n)
-		vxlan += n
 	}
-	if vxlan == 0 {
-		t.Error("no VXLAN packet reached an instance host")
+	local := netip.AddrPortFrom(client, port).String()
+	remote := netip.AddrPortFrom(server, 5201).String()
+	if proto == 6 {
+		transfer(t, l, host, local, remote, 1<<20)
+	} else if got := udpEcho(t, l, host, local, remote, 20); got != 20 {
+		t.Errorf("%d of 20 datagrams came back", got)
 	}
-	shown, err := l.Nfsteer("fw-1", "rules", "show")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"overlay nfsteer0 vxlan id 4242 local 10.200.0.11 dstport 4789 gbp mac 02:6e:0a:c8:00:0b",
-		"overlay fdb 02:6e:0a:c8:00:01 dst 10.200.0.1", "overlay neighbour fe80::6e:aff:fec8:c lladdr 02:6e:0a:c8:00:0c",
-		"dev nfsteer0 onlink table 8"} {
-		if !strings.Contains(shown, want) {
-			t.Errorf("rules show on fw-1 does not list %q:\n%s", want, shown)
+	fc.check(t, l)
+	for _, in := range chain {
+		fwd, _, _ := l.Packets(in, name+"_f")
+		rev, _, _ := l.Packets(in, name+"_r")
+		fwdOv, _, _ := l.Packets(in, name+"_f_ov")
+		revOv, _, _ := l.Packets(in, name+"_r_ov")
+		if fwdOv != fwd || revOv != rev {
+			t.Errorf("%s: %d of %d forward and %d of %d reply packets came over the overlay; want all", in, fwdOv, fwd, revOv, rev)
 		}
 	}
 }
