@@ -21,7 +21,7 @@
 set -e
 P=xe$$; C=${P}c R=${P}r S=${P}s
 for n in $C $R $S; do ip netns add $n; ip -n $n link set lo up; done
-trap 'for n in $C $R $S; do ip netns del $n 2>/dev/null; done' EXIT
+trap 'for n in $C $R $S; do ip netns pids $n 2>/dev/null | xargs -r kill 2>/dev/null; ip netns del $n 2>/dev/null; done' EXIT
 ip link add c0 netns $C type veth peer name rc netns $R
 ip link add s0 netns $S type veth peer name rs netns $R
 for x in "$C c0" "$R rc" "$R rs" "$S s0"; do set -- $x; ip -n $1 link set $2 up; done
