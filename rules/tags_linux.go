@@ -57,8 +57,11 @@ func applyTags(s Spec) error {
 }
 
 // gatewayTags tags what the gateway sends into the overlay by the flow's
-// client address, in both directions; a packet of no tenant leaves with
-// tag 0, which instance hosts drop.
+// tenant address, as the agent decides it: in conntrack's original
+// direction the source's tenant, else the destination's; in the reply
+// direction the destination's (the flow's first source), else the
+// source's. A packet of no tenant leaves with tag 0, which instance hosts
+// drop.
 func gatewayTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag) error {
 	post := c.AddChain(&nftables.Chain{Name: "tag", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(prioTagPost)})
@@ -82,15 +85,20 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag) error {
 		if err := c.AddSet(set, elems); err != nil {
 			return fmt.Errorf("adding map %s: %w", set.Name, err)
 		}
-		// The client is the source one way (conntrack's original
-		// direction) and the destination the other.
-		for dir, off := range []uint32{fam.off, fam.off + fam.len} {
+		// Per direction, the fallback first: the later rule wins where
+		// both addresses are tenants'.
+		src, dst := fam.off, fam.off+fam.len
+		for _, r := range []struct {
+			dir byte
+			off uint32
+		}{{0, dst}, {0, src}, {1, src}, {1, dst}} {
+			dir, off := r.dir, r.off
 			c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(),
 				[]expr.Any{
 					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
 					&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(dir)}},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{dir}},
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: fam.len},
 					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
 					&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},

@@ -80,6 +80,21 @@ func TestOverlayCarriesTheChain(t *testing.T) {
 					checkOverlayFlow(t, l, tab, tt.name, tt.host, tt.client, tt.proto, tt.port)
 				})
 			}
+			if tc.outer == "ip" {
+				// A flow the server opens to a tenant: the gateway tags it
+				// by its destination, and it crosses the chain backwards.
+				t.Run("server_to_globex_udp", func(t *testing.T) {
+					if got := udpEchoVia(t, l, "cg", "srv", lab.Server+":7778", lab.GlobexClient+":7777", 10); got != 10 {
+						t.Errorf("%d of 10 datagrams came back", got)
+					}
+					for _, in := range lab.Instances {
+						out, err := l.Output(in.Name, "nft", "list", "counter", "inet", "nfsteer", "untagged")
+						if err != nil || !strings.Contains(out, "packets 0 ") {
+							t.Errorf("%s's untagged counter (%v):\n%s", in.Name, err, out)
+						}
+					}
+				})
+			}
 			var vxlan uint64
 			for _, in := range lab.Instances {
 				n, _, err := l.Packets(in.Name, "vxlan_in")

@@ -30,7 +30,13 @@ func transfer(t testing.TB, l *lab.Lab, host, local, addr string, n int64) {
 // echoes them, and returns how many came back.
 func udpEcho(t testing.TB, l *lab.Lab, host, local, addr string, count int) int {
 	t.Helper()
-	pc, err := l.ListenPacket("srv", "udp", addr)
+	return udpEchoVia(t, l, "srv", host, local, addr, count)
+}
+
+// udpEchoVia is udpEcho with the echoing end in host echo.
+func udpEchoVia(t testing.TB, l *lab.Lab, echo, host, local, addr string, count int) int {
+	t.Helper()
+	pc, err := l.ListenPacket(echo, "udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
