@@ -38,6 +38,20 @@ type state struct {
 	tagged bool
 }
 
+// keyOf is the session key of the tracked connection c: on an overlay, a
+// tagged node's flows are keyed by their conntrack zone (their tag), a
+// gateway's by the tag of the tenant their addresses name.
+func (st *state) keyOf(c *rules.Conn) sessions.Key {
+	k := sessions.KeyOf(&c.Flow)
+	switch {
+	case st.tagged:
+		k.Tag = c.Zone
+	case st.spec.Overlay != nil:
+		k.Tag = st.table.TagOf(&c.Flow, false)
+	}
+	return k
+}
+
 // decide decides f's packet in one direction for tenant, the index of the
 // tenant its tag named (-1: none), on a tagged node, and for the tenant
 // its addresses name anywhere else.
@@ -467,13 +481,20 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 		return nfq.Result{Verdict: nfq.Accept, Mark: mark}
 	}
 	key := sessions.KeyOf(&p.Flow)
+	tenant, tagged := -1, st.tagged && mark&rules.MarkTag != 0
+	switch {
+	case tagged:
+		key.Tag = uint16(mark & rules.OrigMask)
+		tenant = st.table.TenantByTag(key.Tag)
+		mark &^= rules.MarkTag | rules.OrigMask
+	case st.spec.Overlay != nil:
+		// A gateway on an overlay: its flows are keyed by the tag of the
+		// tenant their addresses name, as the instances' are by theirs.
+		key.Tag = st.table.TagOf(&p.Flow, reply)
+	}
 	var pins *steering.Pins
 	sess, known := a.flows.Get(key)
-	tenant, tagged := -1, st.tagged && mark&rules.MarkTag != 0
-	if tagged {
-		tenant = st.table.TenantByTag(uint16(mark & rules.OrigMask))
-		mark &^= rules.MarkTag | rules.OrigMask
-	} else if st.tagged && known {
+	if st.tagged && !tagged && known {
 		tenant = st.table.TenantByName(sess.Tenant)
 	}
 	// A TCP opening (SYN without ACK) that reaches the queue for a flow

@@ -44,6 +44,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 		to      uint16
 	}
 	moves := map[sessions.Key][]move{}
+	st := a.state.Load()
 	a.ctMu.Lock()
 	n, err := a.ct.Walk(func(c rules.Conn) (uint32, bool) {
 		f, mark := c.Flow, c.Mark
@@ -67,7 +68,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 				continue
 			}
 			mark = rules.SetHalf(mark, reply, rules.HalfValue(to.ID))
-			k := sessions.KeyOf(&f)
+			k := st.keyOf(&c)
 			moves[k] = append(moves[k], move{old.Services()[in.Service].Name, to.ID})
 			changed = true
 		}
@@ -122,13 +123,14 @@ func (a *Agent) refresh(ctx context.Context) error {
 		case <-tick.C:
 		}
 		live.Clear()
+		st := a.state.Load()
 		a.ctMu.Lock()
 		_, err := a.ct.Walk(func(c rules.Conn) (uint32, bool) {
 			// A closed connection waits out late segments in conntrack
 			// (TIME_WAIT: two minutes) but carries no more data: its
 			// session is over, not refreshed for those minutes.
 			if !c.Closed {
-				live.Add(sessions.KeyOf(&c.Flow))
+				live.Add(st.keyOf(&c))
 			}
 			return c.Mark, false
 		})
@@ -137,7 +139,6 @@ func (a *Agent) refresh(ctx context.Context) error {
 			a.log.Warn("reading conntrack", "err", err)
 			continue
 		}
-		st := a.state.Load()
 		now := time.Now()
 		grace := now.Add(-2 * a.cfg.RefreshInterval).UnixNano()
 		// Mirror writes are queued without blocking, as Sweep asks. A node

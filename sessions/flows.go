@@ -15,11 +15,22 @@ type Key struct {
 	A, B   netip.Addr
 	PA, PB uint16
 	Proto  uint8
+	// Tag is the flow's tenant's tag on an overlay (0 without one): the
+	// flows of two tenants on the same 5-tuple are two keys.
+	Tag uint16
 }
 
-// KeyOf returns the direction-independent key of f.
+// KeyOf returns the direction-independent key of f, with no tag.
 func KeyOf(f *steering.Flow) Key {
 	return Key{A: f.Src, B: f.Dst, PA: f.SrcPort, PB: f.DstPort, Proto: f.Proto}.ordered()
+}
+
+// TaggedKeyOf returns the direction-independent key of f for the tenant
+// whose tag is tag.
+func TaggedKeyOf(f *steering.Flow, tag uint16) Key {
+	k := KeyOf(f)
+	k.Tag = tag
+	return k
 }
 
 // Session is what a node remembers of one flow.
@@ -61,19 +72,20 @@ type Flows struct {
 type flowKey struct {
 	a, b   [16]byte
 	pa, pb uint16
+	tag    uint16
 	fa, fb family
 	proto  uint8
 }
 
 func packKey(k Key) flowKey {
-	p := flowKey{pa: k.PA, pb: k.PB, proto: k.Proto}
+	p := flowKey{pa: k.PA, pb: k.PB, tag: k.Tag, proto: k.Proto}
 	p.a, p.fa = packAddr(k.A)
 	p.b, p.fb = packAddr(k.B)
 	return p
 }
 
 func (p *flowKey) key() Key {
-	return Key{A: unpackAddr(p.a, p.fa), B: unpackAddr(p.b, p.fb), PA: p.pa, PB: p.pb, Proto: p.proto}
+	return Key{A: unpackAddr(p.a, p.fa), B: unpackAddr(p.b, p.fb), PA: p.pa, PB: p.pb, Proto: p.proto, Tag: p.tag}
 }
 
 // entry is a Session without its key and without pointers.

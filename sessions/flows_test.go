@@ -79,3 +79,21 @@ func TestGetPutAllocateNothing(t *testing.T) {
 		t.Errorf("Get+Put allocate %v times", a)
 	}
 }
+
+// TestTaggedFlowsAreTwo: the same 5-tuple of two tenants on an overlay is
+// two sessions, each with its own tenant.
+func TestTaggedFlowsAreTwo(t *testing.T) {
+	f := steering.Flow{Src: netip.MustParseAddr("10.50.0.5"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40000, DstPort: 80, Proto: 6}
+	flows := NewFlows(time.Minute)
+	flows.Put(Session{Key: TaggedKeyOf(&f, 1), Tenant: "blue"})
+	flows.Put(Session{Key: TaggedKeyOf(&f, 2), Tenant: "red"})
+	for tag, want := range map[uint16]string{1: "blue", 2: "red"} {
+		s, ok := flows.Get(TaggedKeyOf(&f, tag))
+		if !ok || s.Tenant != want || s.Key.Tag != tag {
+			t.Errorf("tag %d: %+v %v, want %s's session", tag, s, ok, want)
+		}
+	}
+	if _, ok := flows.Get(KeyOf(&f)); ok {
+		t.Error("the untagged key finds a tagged session")
+	}
+}

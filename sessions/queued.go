@@ -24,6 +24,7 @@ type queued struct {
 	tenant    uint32
 	code      uint32
 	pa, pb    uint16
+	tag       uint16
 	from      uint16
 	rule      int16
 	kind      OpKind
@@ -97,7 +98,7 @@ func (t *tenantNames) name(id uint32) string {
 func (t *tenantNames) pack(op Op) queued {
 	s := &op.Session
 	q := queued{
-		pa: s.Key.PA, pb: s.Key.PB, proto: s.Key.Proto,
+		pa: s.Key.PA, pb: s.Key.PB, tag: s.Key.Tag, proto: s.Key.Proto,
 		tenant: t.id(s.Tenant), code: s.Code, pins: s.Pins,
 		created: s.Created, seen: s.Seen, rule: s.Rule, takenOver: s.TakenOver,
 		kind: op.Kind, hop: op.Hop, from: op.From, replace: op.Replace,
@@ -109,7 +110,7 @@ func (t *tenantNames) pack(op Op) queued {
 
 func (t *tenantNames) unpack(q *queued) Op {
 	return Op{Kind: q.kind, Hop: q.hop, From: q.from, Replace: q.replace, Session: Session{
-		Key:    Key{A: unpackAddr(q.a, q.fa), B: unpackAddr(q.b, q.fb), PA: q.pa, PB: q.pb, Proto: q.proto},
+		Key:    Key{A: unpackAddr(q.a, q.fa), B: unpackAddr(q.b, q.fb), PA: q.pa, PB: q.pb, Proto: q.proto, Tag: q.tag},
 		Tenant: t.name(q.tenant), Code: q.code, Pins: q.pins,
 		Created: q.created, Seen: q.seen, Rule: q.rule, TakenOver: q.takenOver,
 	}}

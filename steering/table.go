@@ -471,16 +471,34 @@ type Decision struct {
 // Decide allocates nothing.
 func (t *Table) Decide(n Node, f *Flow, reply bool, pins *Pins) Decision {
 	d := Decision{Tenant: -1}
-	src, dst := t.TenantOf(f.Src), t.TenantOf(f.Dst)
-	switch {
-	case src >= 0 && (dst < 0 || !reply):
-		d.Tenant = src
-	case dst >= 0:
-		d.Tenant, d.Reverse = dst, true
-	default:
+	d.Tenant, d.Reverse = t.tenantFor(f, reply)
+	if d.Tenant < 0 {
 		return d
 	}
 	return t.decideFor(n, f, d, pins)
+}
+
+// tenantFor returns the tenant Decide steers f's packet for, by its
+// addresses (-1: none), and whether the packet travels the tenant's chain
+// backwards.
+func (t *Table) tenantFor(f *Flow, reply bool) (tenant int, reverse bool) {
+	src, dst := t.TenantOf(f.Src), t.TenantOf(f.Dst)
+	switch {
+	case src >= 0 && (dst < 0 || !reply):
+		return src, false
+	case dst >= 0:
+		return dst, true
+	}
+	return -1, false
+}
+
+// TagOf returns the tag of the tenant Decide steers f's packet for (0:
+// none, or a tenant without a tag). It allocates nothing.
+func (t *Table) TagOf(f *Flow, reply bool) uint16 {
+	if ti, _ := t.tenantFor(f, reply); ti >= 0 {
+		return t.tenants[ti].Tag
+	}
+	return 0
 }
 
 // DecideTagged is Decide for a packet whose tenant the overlay's tag names

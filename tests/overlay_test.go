@@ -4,6 +4,7 @@ package tests
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
@@ -327,5 +329,23 @@ func TestFailoverOnTheOverlay(t *testing.T) {
 	out, err := l.Output(secondary, "conntrack", "-L", "-p", "tcp", "--sport", strings.Split(failoverLocal, ":")[1])
 	if err != nil || !strings.Contains(out, "zone=1") {
 		t.Errorf("the secondary's conntrack entry of the flow (%v):\n%s\nwant it in acme's zone, 1", err, out)
+	}
+	// The session is acme's in Redis: its name carries acme's tag, and
+	// it names the secondary as the firewall's primary.
+	f := flowOf(t, 6, failoverLocal, failoverServer)
+	k := sessions.TaggedKeyOf(&f, 1)
+	if !strings.HasPrefix(k.String(), "t1/") {
+		t.Fatalf("tagged key %q", k)
+	}
+	out, err = l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k.String()+"}")
+	var rec struct{ Hops []sessions.Hop }
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &rec)
+	}
+	if err != nil || len(rec.Hops) == 0 || rec.Hops[0].Primary != secondary {
+		t.Errorf("Redis holds %+v (%v) as the hops of %s, want %s as the firewall's primary", rec.Hops, err, k, secondary)
+	}
+	if out, _ := l.Output("ctl", "redis-cli", "-h", lab.Control, "EXISTS", "nfsteer:s:{"+sessions.KeyOf(&f).String()+"}"); strings.TrimSpace(out) != "0" {
+		t.Errorf("an untagged record of the flow exists too (EXISTS: %s)", out)
 	}
 }
