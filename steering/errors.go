@@ -33,6 +33,10 @@ var (
 	ErrMovedOn = errors.New("the live map has moved on")
 )
 
+// ErrSpoofed is wrapped by [Table.TenantAt] for a packet a gateway drops
+// for entering where its source may not.
+var ErrSpoofed = errors.New("dropped as spoofed")
+
 // ErrNotBase is wrapped by [Published.Apply] when the delta does not
 // follow the version it is applied to: the caller reads the whole map.
 var ErrNotBase = errors.New("delta does not apply to this version")

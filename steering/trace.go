@@ -3,14 +3,22 @@ package steering
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strings"
 )
 
 // Trace is the path a flow would take through its tenant's chain, in both
 // directions, as [Table.Decide] would steer it on every node with no pins:
 // what `nfsteer trace` prints. It sends nothing.
 type Trace struct {
-	Flow    string `json:"flow"`
+	Flow string `json:"flow"`
+	// Ingress is the gateway interface the flow was traced entering by
+	// (none: the tenant is told by the source prefix alone).
+	Ingress string `json:"ingress,omitempty"`
+	// Spoofed, when set, says why a gateway drops the flow's packets
+	// where they enter (see [Table.TenantAt]): then nothing else applies.
+	Spoofed string `json:"spoofed,omitempty"`
 	Tenant  string `json:"tenant,omitempty"`
 	Code    uint32 `json:"code"`
 	Slot    uint32 `json:"slot"`
@@ -48,8 +56,20 @@ type TraceHop struct {
 
 // Trace computes f's path from a gateway (where the tenant's traffic
 // enters) along the chain and back.
-func (t *Table) Trace(f Flow) Trace {
-	tr := Trace{Flow: f.String(), Version: t.version, Verdict: "pass"}
+func (t *Table) Trace(f Flow) Trace { return t.TraceFrom(f, "") }
+
+// TraceFrom is Trace for a flow whose first packet enters the gateway on
+// interface ingress ("": wherever its tenant's traffic enters): where the
+// map binds tenants to interfaces, the packet may be dropped there as
+// spoofed (Trace.Spoofed).
+func (t *Table) TraceFrom(f Flow, ingress string) Trace {
+	tr := Trace{Flow: f.String(), Ingress: ingress, Version: t.version, Verdict: "pass"}
+	if ingress != "" {
+		if _, err := t.TenantAt(ingress, f.Src); err != nil {
+			tr.Spoofed = err.Error()
+			return tr
+		}
+	}
 	if ti := t.TenantOf(f.Src); ti >= 0 {
 		tr.Tenant = t.tenants[ti].Name
 		if t.hasFirewall(ti) {
@@ -141,4 +161,29 @@ func (t *Table) skippedFor(in *Instance, slot uint32) []string {
 		}
 	}
 	return out
+}
+
+// TenantAt returns the tenant a gateway takes a packet from src entering
+// on interface iface for (-1: none), as its anti-spoofing rules decide it
+// (see [Tenant.Ingress]): the tenant bound to iface, if src is in its
+// prefixes; the tenant whose prefixes hold src, if that tenant is bound
+// to no interface. Otherwise the packet is dropped where it enters, and
+// the error, wrapping [ErrSpoofed], says why. It walks every tenant: it is
+// for tools, not the packet path, where the kernel's rules decide.
+func (t *Table) TenantAt(iface string, src netip.Addr) (int, error) {
+	for i := range t.tenants {
+		tn := &t.tenants[i]
+		if t.TenantByName(tn.Name) != i || !slices.Contains(tn.Ingress, iface) {
+			continue
+		}
+		if t.TenantOf(src) != i {
+			return -1, fmt.Errorf("%w: %s enters by %s, tenant %s's interface, from outside its prefixes", ErrSpoofed, src, iface, tn.Name)
+		}
+		return i, nil
+	}
+	ti := t.TenantOf(src)
+	if ti >= 0 && len(t.tenants[ti].Ingress) > 0 {
+		return -1, fmt.Errorf("%w: %s is tenant %s's, which enters by %s, not %s", ErrSpoofed, src, t.tenants[ti].Name, strings.Join(t.tenants[ti].Ingress, ", "), iface)
+	}
+	return ti, nil
 }

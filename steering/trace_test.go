@@ -1,6 +1,7 @@
 package steering
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -108,5 +109,57 @@ func TestFlowString(t *testing.T) {
 		if p, err := ParseProto(strings.SplitN(tc.want, "/", 2)[0]); err != nil || p != tc.f.Proto {
 			t.Errorf("ParseProto of %q's protocol = %d, %v", tc.want, p, err)
 		}
+	}
+}
+
+// TestTenantAt: with tenants bound to their ingress interfaces, a packet
+// belongs to the tenant of the interface it enters by, if its source is
+// that tenant's; a bound tenant's source anywhere else, or another source
+// on a bound interface, is dropped as spoofed. Unbound tenants are told by
+// their prefixes.
+func TestTenantAt(t *testing.T) {
+	m, err := Parse([]byte(`services: {fw: {instances: {fw-1: 10.200.0.11}}}
+tenants:
+  acme:   {ingress: [ca0, ca1], prefixes: [10.10.1.0/24], chain: [fw]}
+  globex: {prefixes: [10.20.1.0/24], chain: [fw]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		iface, src, tenant, spoofed string
+	}{
+		{"ca0", "10.10.1.2", "acme", ""},
+		{"ca1", "10.10.1.2", "acme", ""},
+		{"ca0", "10.20.1.2", "", "10.20.1.2 enters by ca0, tenant acme's interface, from outside its prefixes"},
+		{"ca0", "10.30.1.2", "", "10.30.1.2 enters by ca0, tenant acme's interface, from outside its prefixes"},
+		{"cg0", "10.10.1.2", "", "10.10.1.2 is tenant acme's, which enters by ca0, ca1, not cg0"},
+		{"cg0", "10.20.1.2", "globex", ""},
+		{"cg0", "10.30.1.2", "", ""},
+	} {
+		t.Run(tc.iface+" "+tc.src, func(t *testing.T) {
+			ti, err := tab.TenantAt(tc.iface, netip.MustParseAddr(tc.src))
+			got := ""
+			if ti >= 0 {
+				got = tab.Tenants()[ti].Name
+			}
+			if tc.spoofed != "" {
+				if !errors.Is(err, ErrSpoofed) || !strings.Contains(err.Error(), tc.spoofed) {
+					t.Errorf("TenantAt: %q %v, want spoofed: %s", got, err, tc.spoofed)
+				}
+				return
+			}
+			if err != nil || got != tc.tenant {
+				t.Errorf("TenantAt: %q %v, want %q", got, err, tc.tenant)
+			}
+		})
+	}
+	tr := tab.TraceFrom(Flow{Src: netip.MustParseAddr("10.10.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 1, DstPort: 2, Proto: 6}, "cg0")
+	if tr.Spoofed == "" || tr.Tenant != "" || tr.Forward != nil {
+		t.Errorf("TraceFrom a spoofed interface: %+v", tr)
 	}
 }

@@ -893,3 +893,26 @@ func TestCLISignedMaps(t *testing.T) {
 		t.Errorf("map show with a missing key file: %+v; want a usage error naming --trust-key", r)
 	}
 }
+
+// trace --ingress says where a gateway with bound tenants drops a flow as
+// spoofed, and traces the rest.
+func TestCLITraceIngress(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "map.yaml")
+	bound := strings.Replace(labmap.Firewall, "globex: {prefixes:", "globex: {ingress: [cg0], prefixes:", 1)
+	if err := os.WriteFile(file, []byte(bound), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := func(src, iface string) []string {
+		return []string{"trace", "--map", file, "--src", src, "--sport", "40000", "--dst", "10.99.0.2", "--dport", "5201", "--ingress", iface}
+	}
+	for _, tc := range []struct{ src, iface, want string }{
+		{"10.20.1.2", "cg0", "tenant globex"},
+		{"10.10.1.2", "cg0", "entering by cg0: dropped as spoofed: 10.10.1.2 enters by cg0, tenant globex's interface, from outside its prefixes"},
+		{"10.20.1.2", "ca0", "entering by ca0: dropped as spoofed: 10.20.1.2 is tenant globex's, which enters by cg0, not ca0"},
+		{"10.10.1.2", "ca0", "tenant acme"},
+	} {
+		if r := nfsteer(t, args(tc.src, tc.iface)...); r.code != 0 || !strings.Contains(r.stdout, tc.want) {
+			t.Errorf("trace from %s on %s: %+v\nwant %q", tc.src, tc.iface, r, tc.want)
+		}
+	}
+}

@@ -465,7 +465,8 @@ func traceCommand() *cli.Command {
 		Name:  "trace",
 		Usage: "print, hop by hop and both ways, the instances a flow would cross and why; sends nothing",
 		Description: `The path is computed from the live map (or --map FILE) as every node's agent
-would compute it for a new flow: the tenant from the source prefix, the
+would compute it for a new flow: the tenant from the source prefix (and,
+with --ingress, the interface it enters the gateway by), the
 affinity code from the 5-tuple, the slot from the code, and at each service
 the instance holding the slot's primary role. The reply crosses the chain
 backwards through the same instances.
@@ -481,6 +482,7 @@ Example:
 			&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "`PROTO`: tcp, udp, sctp, icmp, ... or a number"},
 			&cli.UintFlag{Name: "sport", Usage: "source `PORT` (the echo identifier for ICMP echo)"},
 			&cli.UintFlag{Name: "dport", Usage: "destination `PORT`"},
+			&cli.StringFlag{Name: "ingress", Usage: "the gateway `IFACE` the flow enters by: where tenants are bound to interfaces, says whether it is dropped there as spoofed"},
 		},
 		Action: func(c *cli.Context) error {
 			out, err := printerOf(c)
@@ -509,8 +511,12 @@ Example:
 					return err
 				}
 			}
-			tr := t.Trace(f)
+			tr := t.TraceFrom(f, c.String("ingress"))
 			return out.print(tr, func(w io.Writer) {
+				if tr.Spoofed != "" {
+					fmt.Fprintf(w, "%s entering by %s: %s\n", tr.Flow, tr.Ingress, tr.Spoofed)
+					return
+				}
 				if tr.Tenant == "" {
 					fmt.Fprintf(w, "%s: no tenant's prefix holds %s: the flow is routed normally, through no service\n", tr.Flow, f.Src)
 					return
