@@ -23,13 +23,8 @@ import (
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
 
-// overlayMap is the lab's map with the service network carried in VXLAN
-// between the nodes: both gateways and every instance host. acme's tag is
-// 1, globex's 2.
-var overlayMap = strings.NewReplacer("chain: [fw]}", "chain: [fw], tag: 1}", "chain: [fw, dlp]}", "chain: [fw, dlp], tag: 2}").Replace(lab.Map) + `overlay:
-  vni: 4242
-  gateways: {gw: [10.200.0.1, "fd00:200::1"], gw2: 10.200.0.2}
-`
+// overlayMap is the lab's map on an overlay (lab.OverlayMap).
+var overlayMap = lab.OverlayMap
 
 // TestOverlayCarriesTheChain: with an overlay in the map, every packet a
 // node steers to an instance travels in nfsteer's VXLAN device, over IPv4

@@ -15,6 +15,11 @@
 // instances' own counters), `nfsteer status` and `sessions list` before
 // and after, and checks that the transfer ends byte-exact.
 //
+// Part 3 runs the lab on an overlay: every packet a node steers to another
+// travels in VXLAN with its tenant's tag, and instance hosts take the
+// tenant from the tag. It shows the paths, the instances' conntrack
+// entries in their tenants' zones, and what nfsteer installed for it.
+//
 // Each part tears its lab down, on every way out.
 package main
 
@@ -60,7 +65,66 @@ func run() error {
 		return err
 	}
 	fmt.Println("\n########## part 2: an instance dies mid-transfer; its secondary, which has the flow's state, takes over")
-	return withLab(bin, labmap.Firewall, failover)
+	if err := withLab(bin, labmap.Firewall, failover); err != nil {
+		return err
+	}
+	fmt.Println("\n########## part 3: on an overlay, every steered packet carries its tenant's tag; instances keep each flow in its tenant's zone")
+	return withLab(bin, lab.OverlayMap, tags)
+}
+
+// tags is part 3.
+func tags(l *lab.Lab) error {
+	fmt.Println("== starting the agents: each node gets nfsteer0, a VXLAN device with GBP, and the tag rules")
+	if err := l.StartAll(); err != nil {
+		return err
+	}
+	flows := []flow{
+		{"acme    tcp  10.10.1.2 -> 10.99.0.2", "ca", "10.10.1.2", "10.99.0.2", 7101, false},
+		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7102, false},
+	}
+	for i, f := range flows {
+		for _, in := range lab.Instances {
+			for _, c := range []struct{ name, expr string }{
+				{fmt.Sprintf("f%d", i), fmt.Sprintf(`iifname "nfsteer0" ip saddr %s tcp sport %d`, f.client, f.port)},
+				{fmt.Sprintf("r%d", i), fmt.Sprintf(`iifname "nfsteer0" ip daddr %s tcp dport %d`, f.client, f.port)},
+			} {
+				if err := l.Count(in.Name, c.name, c.expr); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	fmt.Println("== sending 4 MiB over each flow")
+	for _, f := range flows {
+		if err := send(l, f); err != nil {
+			return fmt.Errorf("%s: %w", f.label, err)
+		}
+	}
+	fmt.Println("\n== what the instances counted arriving on nfsteer0, the overlay (nft counters in their namespaces)")
+	for i, f := range flows {
+		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, crossed(l, fmt.Sprintf("f%d", i)), crossed(l, fmt.Sprintf("r%d", i)))
+	}
+	fmt.Println("\n== the instances' conntrack entries of these flows: each in its tenant's zone (acme's tag is 1, globex's 2)")
+	for _, in := range lab.Instances {
+		out, _ := l.Output(in.Name, "conntrack", "-L", "-p", "tcp", "--dport", "8101")
+		more, _ := l.Output(in.Name, "conntrack", "-L", "-p", "tcp", "--dport", "8102")
+		for _, line := range strings.Split(strings.TrimSpace(out+"\n"+more), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && strings.Contains(line, "zone=") {
+				fmt.Printf("   %-6s %s ... %s\n", in.Name, strings.Join(f[4:8], " "), f[len(f)-2])
+			}
+		}
+	}
+	out, err := l.Nfsteer("fw-1", "rules", "show")
+	if err != nil {
+		return err
+	}
+	fmt.Println("\n== what nfsteer installed for the overlay on fw-1 (nfsteer rules show, its overlay and tag lines)")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "overlay nfsteer0") || strings.HasPrefix(line, "overlay fdb") || strings.HasPrefix(line, "tags ") {
+			fmt.Println("   " + line)
+		}
+	}
+	return nil
 }
 
 // withLab builds a lab on map m, runs part in it and tears it down, on

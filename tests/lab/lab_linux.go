@@ -63,6 +63,14 @@ tenants:
   globex: {prefixes: [10.20.1.0/24], chain: [fw, dlp]}
 `
 
+// OverlayMap is Map with the service network carried in VXLAN between the
+// nodes, both gateways and every instance host, each steered packet with
+// its tenant's tag: acme's is 1, globex's 2.
+var OverlayMap = strings.NewReplacer("chain: [fw]}", "chain: [fw], tag: 1}", "chain: [fw, dlp]}", "chain: [fw, dlp], tag: 2}").Replace(Map) + `overlay:
+  vni: 4242
+  gateways: {gw: [10.200.0.1, "fd00:200::1"], gw2: 10.200.0.2}
+`
+
 // Instances lists the lab's instance nodes with their service-network
 // addresses.
 var Instances = []struct{ Name, V4, V6 string }{
