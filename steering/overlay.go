@@ -128,35 +128,13 @@ func (m *Map) checkOverlay(v *validator) {
 		if instances[gname] {
 			v.add(field, fmt.Sprintf("%q is an instance's name; a gateway is another node", gname))
 		}
-		addrs := o.Gateways[gname]
-		if len(addrs) == 0 {
-			v.add(field, "gateway has no address")
-		}
-		n := node{field: field}
-		for i, s := range addrs {
-			afield := fmt.Sprintf("%s[%d]", field, i)
-			a, err := netip.ParseAddr(s)
-			if err != nil || a.Zone() != "" {
-				v.add(afield, fmt.Sprintf("%q is not an IP address", s))
-				continue
-			}
-			a = a.Unmap()
-			if !a.IsGlobalUnicast() && !a.IsPrivate() {
-				v.add(afield, fmt.Sprintf("%s is not a unicast address", a))
-			}
-			if a.Is4() && n.v4.IsValid() || a.Is6() && n.v6.IsValid() {
-				v.add(afield, fmt.Sprintf("second %s address; a gateway has at most one per family", familyName(a)))
-			}
+		byFam := v.nodeAddrs(field, "gateway", o.Gateways[gname], func(afield string, a netip.Addr) {
 			if other, dup := owner[a]; dup {
 				v.add(afield, fmt.Sprintf("duplicate address %s (also %s)", a, other))
 			}
 			owner[a] = field
-			if a.Is4() {
-				n.v4 = a
-			} else {
-				n.v6 = a
-			}
-		}
+		})
+		n := node{field: field, v4: byFam[0], v6: byFam[1]}
 		nodes = append(nodes, n)
 	}
 	v4, v6 := true, true

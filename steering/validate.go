@@ -85,6 +85,36 @@ type mapIndex struct {
 	tags    map[uint16]string
 }
 
+// nodeAddrs checks the addresses of a node (noun: "instance" or
+// "gateway") at field: IP addresses, unicast, at most one per family. It
+// calls each with every address that parses and its field, and returns
+// them by family (the zero Addr where there is none).
+func (v *validator) nodeAddrs(field, noun string, addrs Addresses, each func(afield string, a netip.Addr)) [2]netip.Addr {
+	var byFam [2]netip.Addr
+	if len(addrs) == 0 {
+		v.add(field, noun+" has no address")
+	}
+	for i, s := range addrs {
+		afield := fmt.Sprintf("%s[%d]", field, i)
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			v.add(afield, fmt.Sprintf("%q is not an IP address", s))
+			continue
+		}
+		a = a.Unmap()
+		if !a.IsGlobalUnicast() && !a.IsPrivate() {
+			v.add(afield, fmt.Sprintf("%s is not a unicast address", a))
+		}
+		f := familyIndex(a)
+		if byFam[f].IsValid() {
+			v.add(afield, fmt.Sprintf("second %s address; each %s has at most one per family", familyName(a), noun))
+		}
+		byFam[f] = a
+		each(afield, a)
+	}
+	return byFam
+}
+
 // checkServices checks the slot count and the services, and returns, per
 // service and family, the instances without an address of that family:
 // computed once here, not per tenant.
@@ -118,34 +148,14 @@ func (m *Map) checkServices(v *validator) map[string]*[2][]string {
 			}
 			instOwner[iname] = sname
 			total++
-			addrs := svc.Instances[iname]
-			if len(addrs) == 0 {
-				v.add(ifield, "instance has no address")
-			}
-			var fam [2]bool
-			for i, s := range addrs {
-				afield := fmt.Sprintf("%s[%d]", ifield, i)
-				a, err := netip.ParseAddr(s)
-				if err != nil || a.Zone() != "" {
-					v.add(afield, fmt.Sprintf("%q is not an IP address", s))
-					continue
-				}
-				a = a.Unmap()
-				if !a.IsGlobalUnicast() && !a.IsPrivate() {
-					v.add(afield, fmt.Sprintf("%s is not a unicast address", a))
-				}
-				f := familyIndex(a)
-				if fam[f] {
-					v.add(afield, fmt.Sprintf("second %s address; an instance has at most one per family", familyName(a)))
-				}
-				fam[f] = true
+			byFam := v.nodeAddrs(ifield, "instance", svc.Instances[iname], func(afield string, a netip.Addr) {
 				if owner, dup := addrOwner[a]; dup {
 					v.add(afield, fmt.Sprintf("duplicate instance address %s (also %s)", a, owner))
 				}
 				addrOwner[a] = ifield
-			}
-			for f, has := range fam {
-				if !has {
+			})
+			for f, a := range byFam {
+				if !a.IsValid() {
 					if lacks[sname] == nil {
 						lacks[sname] = &[2][]string{}
 					}

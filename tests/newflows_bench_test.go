@@ -67,6 +67,29 @@ func offer(b *testing.B, l *lab.Lab, f *flooder, rate int, d time.Duration, on, 
 	return s
 }
 
+// flowSinks readies the lab for one-packet flows from the globex client to
+// the server's flowPorts ports: a socket on each, so that the server
+// answers nothing, and a counter at the server for each of counts (name:
+// the TTL match of the arrivals it counts). It returns the flooder that
+// sends them.
+func flowSinks(b *testing.B, l *lab.Lab, counts map[string]string) *flooder {
+	b.Helper()
+	for p := 0; p < flowPorts; p++ {
+		sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, strconv.Itoa(9000+p)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { sink.Close() })
+	}
+	match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9000-%d", lab.GlobexClient, lab.Server, 9000+flowPorts-1)
+	for name, ttl := range counts {
+		if err := l.Count("srv", name, match+" "+ttl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return newFlooder(b, l, "cg", netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.Server), 9000, flowPorts)
+}
+
 // flushConntrack empties conntrack on every lab node.
 func flushConntrack(b *testing.B, l *lab.Lab) {
 	b.Helper()
@@ -90,20 +113,7 @@ func BenchmarkNewFlowRate(b *testing.B) {
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlowRate -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.New(b, bin)
-		for p := 0; p < flowPorts; p++ {
-			sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, strconv.Itoa(9000+p)))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer sink.Close()
-		}
-		match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9000-%d", lab.GlobexClient, lab.Server, 9000+flowPorts-1)
-		for name, ttl := range map[string]string{"plain": "ip ttl 63", "notplain": "ip ttl != 63", "onchain": "ip ttl 60", "offchain": "ip ttl != 60"} {
-			if err := l.Count("srv", name, match+" "+ttl); err != nil {
-				b.Fatal(err)
-			}
-		}
-		f := newFlooder(b, l, "cg", netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.Server), 9000, flowPorts)
+		f := flowSinks(b, l, map[string]string{"plain": "ip ttl 63", "notplain": "ip ttl != 63", "onchain": "ip ttl 60", "offchain": "ip ttl != 60"})
 		run := func(what, on, off string) (best int, steps []rateStep) {
 			for _, r := range rates {
 				s := offer(b, l, f, r, time.Second, on, off)

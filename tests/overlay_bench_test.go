@@ -4,8 +4,6 @@ package tests
 
 import (
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -64,20 +62,7 @@ func BenchmarkOverlayCost(b *testing.B) {
 			fmt.Printf("bulk round %d (Gbit/s): no overlay %.2f, overlay %.2f: %.3f\n", r+1, gbps[false][r], gbps[true][r], ratios[r])
 		}
 
-		for p := 0; p < flowPorts; p++ {
-			sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, strconv.Itoa(9000+p)))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer sink.Close()
-		}
-		match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9000-%d", lab.GlobexClient, lab.Server, 9000+flowPorts-1)
-		for name, ttl := range map[string]string{"onchain": "ip ttl 60", "offchain": "ip ttl != 60"} {
-			if err := l.Count("srv", name, match+" "+ttl); err != nil {
-				b.Fatal(err)
-			}
-		}
-		f := newFlooder(b, l, "cg", netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.Server), 9000, flowPorts)
+		f := flowSinks(b, l, map[string]string{"onchain": "ip ttl 60", "offchain": "ip ttl != 60"})
 		best := map[bool]int{}
 		for _, overlay := range []bool{false, true} {
 			use(overlay)
