@@ -160,20 +160,13 @@ tenants:
 // TestDecideTagged: the tag, not the addresses, names the tenant; the
 // addresses say only which way the packet goes.
 func TestDecideTagged(t *testing.T) {
-	m, err := Parse([]byte(`services:
+	tab := compileDoc(t, `services:
   fw: {instances: {fw-1: 10.200.0.11}}
   dlp: {instances: {dlp-1: 10.200.0.21}}
 tenants:
   acme:   {prefixes: [10.10.1.0/24], chain: [fw], tag: 1}
   globex: {prefixes: [10.20.1.0/24], chain: [fw, dlp], tag: 2}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := Compile(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	fw := tab.NodeFor("fw-1")
 	a := netip.MustParseAddr
 	globex := Flow{Src: a("10.20.1.2"), Dst: a("10.99.0.2"), SrcPort: 4000, DstPort: 80, Proto: 6}
@@ -204,4 +197,18 @@ tenants:
 			}
 		})
 	}
+}
+
+// compileDoc parses and compiles map document doc.
+func compileDoc(t testing.TB, doc string) *Table {
+	t.Helper()
+	m, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
 }

@@ -118,18 +118,11 @@ func TestFlowString(t *testing.T) {
 // on a bound interface, is dropped as spoofed. Unbound tenants are told by
 // their prefixes.
 func TestTenantAt(t *testing.T) {
-	m, err := Parse([]byte(`services: {fw: {instances: {fw-1: 10.200.0.11}}}
+	tab := compileDoc(t, `services: {fw: {instances: {fw-1: 10.200.0.11}}}
 tenants:
   acme:   {ingress: [ca0, ca1], prefixes: [10.10.1.0/24], chain: [fw]}
   globex: {prefixes: [10.20.1.0/24], chain: [fw]}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := Compile(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	for _, tc := range []struct {
 		iface, src, tenant, spoofed string
 	}{

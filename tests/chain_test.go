@@ -14,9 +14,12 @@ import (
 
 // labTable compiles the lab's map, to predict which instances a flow must
 // cross.
-func labTable(t testing.TB) *steering.Table {
+func labTable(t testing.TB) *steering.Table { return tableOf(t, lab.Map) }
+
+// tableOf compiles map document doc.
+func tableOf(t testing.TB, doc string) *steering.Table {
 	t.Helper()
-	m, err := steering.Parse([]byte(lab.Map))
+	m, err := steering.Parse([]byte(doc))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,14 +59,7 @@ func TestOverlayCarriesTheChain(t *testing.T) {
 			if err := l.StartAll(); err != nil {
 				t.Fatal(err)
 			}
-			m, err := steering.Parse([]byte(tc.m))
-			if err != nil {
-				t.Fatal(err)
-			}
-			tab, err := steering.Compile(m)
-			if err != nil {
-				t.Fatal(err)
-			}
+			tab := tableOf(t, tc.m)
 			for _, in := range lab.Instances {
 				if err := l.Count(in.Name, "vxlan_in", tc.outer+" version > 0 udp dport 4789"); err != nil {
 					t.Fatal(err)

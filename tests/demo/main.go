@@ -82,17 +82,8 @@ func tags(l *lab.Lab) error {
 		{"acme    tcp  10.10.1.2 -> 10.99.0.2", "ca", "10.10.1.2", "10.99.0.2", 7101, false},
 		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7102, false},
 	}
-	for i, f := range flows {
-		for _, in := range lab.Instances {
-			for _, c := range []struct{ name, expr string }{
-				{fmt.Sprintf("f%d", i), fmt.Sprintf(`iifname "nfsteer0" ip saddr %s tcp sport %d`, f.client, f.port)},
-				{fmt.Sprintf("r%d", i), fmt.Sprintf(`iifname "nfsteer0" ip daddr %s tcp dport %d`, f.client, f.port)},
-			} {
-				if err := l.Count(in.Name, c.name, c.expr); err != nil {
-					return err
-				}
-			}
-		}
+	if err := countFlows(l, flows, `iifname "nfsteer0" `); err != nil {
+		return err
 	}
 	fmt.Println("== sending 4 MiB over each flow")
 	for _, f := range flows {
@@ -173,21 +164,8 @@ func chains(l *lab.Lab) error {
 		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7004, false},
 		{"other   tcp  10.30.1.2 -> 10.99.0.2", "cx", "10.30.1.2", "10.99.0.2", 7005, false},
 	}
-	for i, f := range flows {
-		ip := "ip"
-		if f.v6 {
-			ip = "ip6"
-		}
-		for _, in := range lab.Instances {
-			for _, c := range []struct{ name, expr string }{
-				{fmt.Sprintf("f%d", i), fmt.Sprintf("%s saddr %s tcp sport %d", ip, f.client, f.port)},
-				{fmt.Sprintf("r%d", i), fmt.Sprintf("%s daddr %s tcp dport %d", ip, f.client, f.port)},
-			} {
-				if err := l.Count(in.Name, c.name, c.expr); err != nil {
-					return err
-				}
-			}
-		}
+	if err := countFlows(l, flows, ""); err != nil {
+		return err
 	}
 	fmt.Println("== sending 4 MiB over each flow (client port fixed so the flows differ)")
 	for _, f := range flows {
@@ -216,6 +194,28 @@ func chains(l *lab.Lab) error {
 	}
 	out, _ := l.Output("gw", "cat", "/proc/net/netfilter/nfnetlink_queue")
 	fmt.Printf("\n== kernel queue counters on the gateway (queue, portid, waiting, mode, range, dropped, user-dropped, last id):\n%s", indent(out))
+	return nil
+}
+
+// countFlows adds, in every instance's namespace, counters f<i> and r<i>
+// of each flow's packets forward and back that also match also.
+func countFlows(l *lab.Lab, flows []flow, also string) error {
+	for i, f := range flows {
+		ip := "ip"
+		if f.v6 {
+			ip = "ip6"
+		}
+		for _, in := range lab.Instances {
+			for _, c := range []struct{ name, expr string }{
+				{fmt.Sprintf("f%d", i), fmt.Sprintf("%s%s saddr %s tcp sport %d", also, ip, f.client, f.port)},
+				{fmt.Sprintf("r%d", i), fmt.Sprintf("%s%s daddr %s tcp dport %d", also, ip, f.client, f.port)},
+			} {
+				if err := l.Count(in.Name, c.name, c.expr); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	return nil
 }
 
