@@ -5,7 +5,9 @@
 //     affinity code and the instance pinned at every position of the
 //     tenant's chain. It keeps a flow's two directions on the same
 //     instances on one node even if the map changes between its first
-//     packet and its first reply.
+//     packet and its first reply. A flow is keyed by its 5-tuple and, on
+//     an overlay, its tenant's tag ([Key]): two tenants' flows on one
+//     5-tuple are two sessions.
 //   - [Record], the session as nodes share it through Redis, by instance
 //     name and role (primary, secondary), with the translations between a
 //     session and its record, and the firewall's state codec.

@@ -5,7 +5,8 @@
 // node gives a new flow. It also owns how one published version of the map
 // follows another: the [Delta] of tenants and out-lists that nodes apply
 // without reading the whole map, checked and compiled for what it changes
-// only.
+// only. A map may carry its service network in an [Overlay], where every
+// tenant has a tag ([Table.TenantByTag], [Table.DecideTagged]).
 //
 // Everything here is pure computation over an immutable compiled [Table]: it
 // needs no privilege, touches no kernel state and is safe for concurrent use.
