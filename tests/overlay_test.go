@@ -337,3 +337,40 @@ func TestFailoverOnTheOverlay(t *testing.T) {
 		t.Errorf("an untagged record of the flow exists too (EXISTS: %s)", out)
 	}
 }
+
+// TestTenantAddedOnTheOverlay: a tenant added to the live map (a delta,
+// which changes no instance) gets its tag on every node at once: the
+// gateway tags its flows and the instance hosts let its tag in, so its
+// first flow crosses its chain, judged from the instances' counters.
+func TestTenantAddedOnTheOverlay(t *testing.T) {
+	l := lab.NewWithMap(t, bin, overlayMap)
+	l.StartRedis(t)
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll("--redis", lab.RedisURL); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := l.Nfsteer("ctl", "tenant", "add", "--redis", lab.RedisURL, "initech", "--prefix", "10.30.1.0/24", "--chain", "fw,dlp", "--tag", "3"); err != nil {
+		t.Fatalf("tenant add: %v\n%s", err, out)
+	}
+	next := strings.Replace(overlayMap, "tenants:\n", "tenants:\n  initech: {prefixes: [10.30.1.0/24], chain: [fw, dlp], tag: 3}\n", 1)
+	tab := tableOf(t, next)
+	client := netip.MustParseAddr(lab.OtherClient)
+	f := steering.Flow{Src: client, Dst: netip.MustParseAddr(lab.Server), SrcPort: 43101, DstPort: 5201, Proto: 6}
+	chain := expectedChain(t, tab, f)
+	if len(chain) != 2 {
+		t.Fatalf("initech's chain for %v: %v", f, chain)
+	}
+	// Every node takes the version (the gateway's tags and the instances'
+	// set) within milliseconds; the transfer retries its connect.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := l.Output(chain[0], "nft", "list", "set", "inet", "nfsteer", "tags")
+		if strings.Contains(out, "0x00000003") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	checkOverlayFlow(t, l, tab, "initech_tcp", "cx", lab.OtherClient, 6, 43101)
+}
