@@ -160,6 +160,17 @@ func TestRulesOwnership(t *testing.T) {
 				if shown := nfsteer(t, l, tc.host, "rules", "show"); strings.Contains(shown, "nfsteer0") {
 					t.Errorf("after installing a map without the overlay, rules show lists:\n%s", shown)
 				}
+				// Another VNI: the device is created again with it.
+				vni := filepath.Join(t.TempDir(), "vni.yaml")
+				if err := os.WriteFile(vni, []byte(strings.Replace(overlayMap, "vni: 4242", "vni: 4243", 1)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				other := slices.Clone(tc.args)
+				other[slices.Index(other, overlayFile)] = vni
+				nfsteer(t, l, tc.host, other...)
+				if shown := nfsteer(t, l, tc.host, "rules", "show"); !strings.Contains(shown, "overlay nfsteer0 vxlan id 4243 ") {
+					t.Errorf("after installing a map with VNI 4243, rules show lists:\n%s", shown)
+				}
 				nfsteer(t, l, tc.host, tc.args...)
 				if diff := cmp.Diff(once, snapshot(t, l, tc.host)); diff != "" {
 					t.Errorf("installing the overlay again (-first +again):\n%s", diff)
