@@ -68,24 +68,29 @@ type Flows struct {
 	tenants tenantNames
 }
 
-// flowKey is a Key without pointers.
+// flowKey is a Key without pointers, in 40 bytes: the table holds one per
+// tracked flow, and a gateway tracks hundreds of thousands (the families
+// share a byte so that the tag costs no room).
 type flowKey struct {
 	a, b   [16]byte
 	pa, pb uint16
 	tag    uint16
-	fa, fb family
+	fams   uint8 // a's family, and b's shifted by 4
 	proto  uint8
 }
 
 func packKey(k Key) flowKey {
 	p := flowKey{pa: k.PA, pb: k.PB, tag: k.Tag, proto: k.Proto}
-	p.a, p.fa = packAddr(k.A)
-	p.b, p.fb = packAddr(k.B)
+	var fa, fb family
+	p.a, fa = packAddr(k.A)
+	p.b, fb = packAddr(k.B)
+	p.fams = uint8(fa) | uint8(fb)<<4
 	return p
 }
 
 func (p *flowKey) key() Key {
-	return Key{A: unpackAddr(p.a, p.fa), B: unpackAddr(p.b, p.fb), PA: p.pa, PB: p.pb, Proto: p.proto, Tag: p.tag}
+	fa, fb := family(p.fams&0xf), family(p.fams>>4)
+	return Key{A: unpackAddr(p.a, fa), B: unpackAddr(p.b, fb), PA: p.pa, PB: p.pb, Proto: p.proto, Tag: p.tag}
 }
 
 // entry is a Session without its key and without pointers.

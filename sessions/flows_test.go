@@ -3,6 +3,7 @@ package sessions
 import (
 	"cmp"
 	"slices"
+	"unsafe"
 
 	"net/netip"
 	"testing"
@@ -95,5 +96,35 @@ func TestTaggedFlowsAreTwo(t *testing.T) {
 	}
 	if _, ok := flows.Get(KeyOf(&f)); ok {
 		t.Error("the untagged key finds a tagged session")
+	}
+}
+
+// The table's key stays 40 bytes with the tag in it: it is held once per
+// tracked flow (BenchmarkSustainedNewFlows' bytes per flow).
+func TestFlowKeySize(t *testing.T) {
+	if n := unsafe.Sizeof(flowKey{}); n != 40 {
+		t.Errorf("flowKey is %d bytes, want 40", n)
+	}
+}
+
+// All gives back every key as it went in: both families, ports, protocol
+// and tag.
+func TestFlowKeysRoundTrip(t *testing.T) {
+	flows := NewFlows(time.Minute)
+	want := map[Key]bool{}
+	for i, pair := range [][2]string{{"10.10.1.2", "10.99.0.2"}, {"fd00:10::2", "fd00:99::2"}} {
+		f := steering.Flow{Src: netip.MustParseAddr(pair[0]), Dst: netip.MustParseAddr(pair[1]), SrcPort: 40000, DstPort: 443, Proto: 17}
+		k := TaggedKeyOf(&f, uint16(i*4000))
+		want[k] = true
+		flows.Put(Session{Key: k, Tenant: "acme"})
+	}
+	for _, s := range flows.All() {
+		if !want[s.Key] {
+			t.Errorf("All gave key %v, not one put in", s.Key)
+		}
+		delete(want, s.Key)
+	}
+	if len(want) != 0 {
+		t.Errorf("All lost %v", want)
 	}
 }
