@@ -81,12 +81,12 @@ func (t *Table) OverlayNodes() (*Overlay, []OverlayNode) {
 	return o, nodes
 }
 
-// checkOverlay checks the overlay against the instances: a valid VNI,
-// gateways named and addressed as instances are, no address used twice,
-// one family every node has an address in (the tunnels'), and tunnel
-// endpoints whose last 32 bits differ (each node's tunnel device takes
-// its MAC from them).
-func (m *Map) checkOverlay(v *validator) {
+// checkOverlay checks the overlay against the instances (ns, as
+// checkServices found them): a valid VNI, gateways named and addressed as
+// instances are, no address used twice, one family every node has an
+// address in (the tunnels'), and tunnel endpoints whose last 32 bits
+// differ (each node's tunnel device takes its MAC from them).
+func (m *Map) checkOverlay(v *validator, ns *nodeSet) {
 	o := m.Overlay
 	if o == nil {
 		return
@@ -94,38 +94,12 @@ func (m *Map) checkOverlay(v *validator) {
 	if o.VNI < 1 || o.VNI > 1<<24-1 {
 		v.add("overlay.vni", fmt.Sprintf("%d: want 1 to %d", o.VNI, 1<<24-1))
 	}
-	type node struct {
-		field  string
-		v4, v6 netip.Addr
-	}
-	var nodes []node
-	owner := map[netip.Addr]string{}
-	instances := map[string]bool{}
-	for _, sname := range slices.Sorted(maps.Keys(m.Services)) {
-		if m.Services[sname] == nil {
-			continue
-		}
-		for _, iname := range slices.Sorted(maps.Keys(m.Services[sname].Instances)) {
-			instances[iname] = true
-			n := node{field: "services." + sname + ".instances." + iname}
-			for _, s := range m.Services[sname].Instances[iname] {
-				if a, err := netip.ParseAddr(s); err == nil { // a bad one is reported with the services
-					a = a.Unmap()
-					owner[a] = n.field
-					if a.Is4() {
-						n.v4 = a
-					} else {
-						n.v6 = a
-					}
-				}
-			}
-			nodes = append(nodes, n)
-		}
-	}
+	nodes := slices.Clone(ns.nodes)
+	owner := maps.Clone(ns.owner)
 	for _, gname := range slices.Sorted(maps.Keys(o.Gateways)) {
 		field := "overlay.gateways." + gname
 		v.name(field, gname)
-		if instances[gname] {
+		if ns.names[gname] {
 			v.add(field, fmt.Sprintf("%q is an instance's name; a gateway is another node", gname))
 		}
 		byFam := v.nodeAddrs(field, "gateway", o.Gateways[gname], func(afield string, a netip.Addr) {
@@ -134,16 +108,15 @@ func (m *Map) checkOverlay(v *validator) {
 			}
 			owner[a] = field
 		})
-		n := node{field: field, v4: byFam[0], v6: byFam[1]}
-		nodes = append(nodes, n)
+		nodes = append(nodes, checkedNode{field, byFam})
 	}
 	v4, v6 := true, true
 	var no4, no6 string
 	for _, n := range nodes {
-		if !n.v4.IsValid() && v4 {
+		if !n.addrs[0].IsValid() && v4 {
 			v4, no4 = false, n.field
 		}
-		if !n.v6.IsValid() && v6 {
+		if !n.addrs[1].IsValid() && v6 {
 			v6, no6 = false, n.field
 		}
 	}
@@ -153,9 +126,9 @@ func (m *Map) checkOverlay(v *validator) {
 	}
 	endpoint := map[[4]byte]string{}
 	for _, n := range nodes {
-		a := n.v6
+		a := n.addrs[1]
 		if v4 {
-			a = n.v4
+			a = n.addrs[0]
 		}
 		b := a.As16()
 		key := [4]byte(b[12:])

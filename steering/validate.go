@@ -19,8 +19,9 @@ func (m *Map) Validate() error {
 // to check a change to a few tenants without checking the whole map again.
 func (m *Map) validate() (*mapIndex, error) {
 	var v validator
-	ix := &mapIndex{lacks: m.checkServices(&v)}
-	m.checkOverlay(&v)
+	lacks, nodes := m.checkServices(&v)
+	ix := &mapIndex{lacks: lacks}
+	m.checkOverlay(&v, nodes)
 	var all []ownedPrefix
 	names := slices.Sorted(maps.Keys(m.Tenants))
 	for _, tname := range names {
@@ -115,12 +116,28 @@ func (v *validator) nodeAddrs(field, noun string, addrs Addresses, each func(afi
 	return byFam
 }
 
+// nodeSet is what checking the services learnt of the instances that
+// checking the overlay needs again: their names, each one's field and
+// well-formed addresses by family, and the field of each address's owner.
+type nodeSet struct {
+	names map[string]bool
+	nodes []checkedNode
+	owner map[netip.Addr]string
+}
+
+// checkedNode is a node's field in the map and its addresses by family.
+type checkedNode struct {
+	field string
+	addrs [2]netip.Addr
+}
+
 // checkServices checks the slot count and the services, and returns, per
-// service and family, the instances without an address of that family:
-// computed once here, not per tenant.
-func (m *Map) checkServices(v *validator) map[string]*[2][]string {
+// service and family, the instances without an address of that family
+// (computed once here, not per tenant), and the instances as nodes.
+func (m *Map) checkServices(v *validator) (map[string]*[2][]string, *nodeSet) {
 	v.slots(m.Slots)
-	addrOwner := map[netip.Addr]string{}
+	ns := &nodeSet{names: map[string]bool{}, owner: map[netip.Addr]string{}}
+	addrOwner := ns.owner
 	instOwner := map[string]string{}
 	lacks := map[string]*[2][]string{}
 	total := 0
@@ -154,6 +171,8 @@ func (m *Map) checkServices(v *validator) map[string]*[2][]string {
 				}
 				addrOwner[a] = ifield
 			})
+			ns.names[iname] = true
+			ns.nodes = append(ns.nodes, checkedNode{ifield, byFam})
 			for f, a := range byFam {
 				if !a.IsValid() {
 					if lacks[sname] == nil {
@@ -167,7 +186,7 @@ func (m *Map) checkServices(v *validator) map[string]*[2][]string {
 	if total > MaxInstances {
 		v.add("services", fmt.Sprintf("%d instances; at most %d fit in a node's mark", total, MaxInstances))
 	}
-	return lacks
+	return lacks, ns
 }
 
 // checkTenant checks tenant tname of m on its own (everything but overlaps
