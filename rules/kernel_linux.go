@@ -42,6 +42,9 @@ type Linux struct {
 	// installed, for the same reason.
 	appliedOverlay *Overlay
 	appliedTags    *Spec
+	// overlayGone: an Apply without an overlay has removed any there was,
+	// so the next ones need not ask the kernel again.
+	overlayGone bool
 }
 
 type family struct {
@@ -122,7 +125,7 @@ func (k *Linux) Apply(s Spec) error {
 	// The device comes before the routes that use it, and goes after
 	// they have left it.
 	if s.Overlay != nil && !reflect.DeepEqual(s.Overlay, k.appliedOverlay) {
-		k.appliedOverlay = nil
+		k.appliedOverlay, k.overlayGone = nil, false
 		if err := applyOverlay(s.Overlay); err != nil {
 			return err
 		}
@@ -136,11 +139,18 @@ func (k *Linux) Apply(s Spec) error {
 		k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
 	}
 	if s.Overlay == nil {
+		if k.overlayGone {
+			return nil
+		}
 		k.appliedOverlay, k.appliedTags = nil, nil
 		if err := removeTags(); err != nil {
 			return err
 		}
-		return removeOverlay()
+		if err := removeOverlay(); err != nil {
+			return err
+		}
+		k.overlayGone = true
+		return nil
 	}
 	if k.appliedTags == nil || !sameTags(s, *k.appliedTags) {
 		k.appliedTags = nil
@@ -183,7 +193,7 @@ func (f family) applyIPTables(jumps, own []Rule) error {
 
 // Remove deletes everything nfsteer owns in this namespace.
 func (k *Linux) Remove() error {
-	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay, k.appliedTags = nil, nil, nil, nil, nil
+	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay, k.appliedTags, k.overlayGone = nil, nil, nil, nil, nil, false
 	var errs []error
 	for _, f := range k.fams {
 		if err := f.remove(); err != nil {

@@ -114,14 +114,7 @@ func flowOf(t *testing.T, proto uint8, local, remote string) steering.Flow {
 // its secondary, on the firewall map.
 func primaryFW(t *testing.T, f steering.Flow) (primary, secondary string) {
 	t.Helper()
-	m, err := steering.Parse([]byte(labmap.Firewall))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := steering.Compile(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tab := labmap.Table(t)
 	p, s := tab.RolesFor(1, tab.SlotOf(steering.AffinityCode(&f))) // services: dlp, fw
 	return p.Name, s.Name
 }
