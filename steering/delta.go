@@ -135,17 +135,20 @@ type spareTenants struct {
 // new prefix is checked against the others through the sorted, disjoint
 // prefix index: only its neighbours there can overlap it.
 func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIndex {
-	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone(), ingress: maps.Clone(ix.ingress), tags: maps.Clone(ix.tags)}
+	next := &mapIndex{lacks: ix.lacks, prefixes: ix.prefixes.clone(), ingress: maps.Clone(ix.ingress), tags: maps.Clone(ix.tags),
+		zoned: ix.zoned, snat: maps.Clone(ix.snat)}
 	changed := slices.Sorted(maps.Keys(d.Tenants))
-	// Out with the prefixes and ingress interfaces of the tenants removed
-	// or changed...
+	// Out with the prefixes, ingress interfaces, tags and snat addresses
+	// of the tenants removed or changed...
+	gone := map[string]bool{}
 	for _, name := range slices.Concat(d.Removed, changed) {
 		t := old.Tenants[name]
 		if t == nil {
 			continue
 		}
+		gone[name] = true
 		for _, s := range t.Prefixes {
-			if p, err := netip.ParsePrefix(s); err == nil { // it was valid
+			if p, err := netip.ParsePrefix(s); err == nil && t.SNAT == "" { // it was valid
 				next.prefixes.remove(ownedPrefix{p: p}, name)
 			}
 		}
@@ -157,12 +160,23 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 		if next.tags[t.Tag] == name {
 			delete(next.tags, t.Tag)
 		}
+		if a, err := netip.ParseAddr(t.SNAT); err == nil && next.snat[a] == name {
+			delete(next.snat, a)
+		}
+	}
+	if len(next.zoned) > 0 && len(gone) > 0 {
+		next.zoned = slices.DeleteFunc(slices.Clone(next.zoned), func(op ownedPrefix) bool { return gone[op.tenant] })
 	}
 	// ...and in with those of the tenants added or changed, if they
-	// overlap nothing.
+	// overlap nothing they may not.
+	var zoned []ownedPrefix
 	for _, name := range changed {
 	prefixes:
 		for _, op := range m.checkTenant(v, name, ix.lacks) {
+			if op.zoned {
+				zoned = append(zoned, op)
+				continue
+			}
 			pos := next.prefixes.search(op)
 			before, at := next.prefixes.around(pos)
 			for _, other := range [2]*ownedPrefix{before, at} {
@@ -171,12 +185,26 @@ func (m *Map) checkChange(v *validator, old *Map, ix *mapIndex, d *Delta) *mapIn
 					continue prefixes
 				}
 			}
+			for _, other := range next.zoned {
+				if other.p.Overlaps(op.p) {
+					v.add(op.field, fmt.Sprintf("%s overlaps %s (%s), a tenant with a snat address: only tenants with one may share addresses", op.p, other.p, other.field))
+					continue prefixes
+				}
+			}
 			next.prefixes.insert(pos, op)
+		}
+	}
+	if len(zoned) > 0 {
+		next.zoned = slices.Concat(next.zoned, zoned)
+		slices.SortFunc(next.zoned, comparePrefix)
+		for _, op := range zoned {
+			v.zonedOverlaps(op, next.prefixes, zoned)
 		}
 	}
 	for _, name := range changed {
 		m.claimIngress(v, name, next.ingress)
 		m.claimTag(v, name, next.tags)
+		m.claimSNAT(v, name, next.snat)
 	}
 	return next
 }

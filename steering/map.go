@@ -83,6 +83,12 @@ type Tenant struct {
 	// instance hosts take the tenant from it, not from the addresses. A
 	// map with an overlay needs one for every tenant.
 	Tag uint16 `yaml:"tag,omitempty" json:"tag,omitempty"`
+	// SNAT is the address the tenant's flows leave with at the end of its
+	// chain. A tenant with one may share addresses with other such
+	// tenants: it is told apart by its ingress interface, which it must
+	// have (exactly one), and by its tag on the overlay, which the map
+	// must have. Its flows are the ones its clients open.
+	SNAT string `yaml:"snat,omitempty" json:"snat,omitempty"`
 	// Allow lists what the tenant's flows may open through a service whose
 	// function is FunctionFirewall. Without rules such a service admits
 	// nothing.

@@ -38,6 +38,8 @@ func (o *Overlay) PortOrDefault() uint16 {
 // OverlayNode is one node on the overlay: a gateway or an instance's host.
 type OverlayNode struct {
 	Name string
+	// ID is its ID: an instance's, or a gateway's (see FirstGatewayID).
+	ID uint16
 	// Underlay is its tunnel endpoint: its address on the service network
 	// in the overlay's family.
 	Underlay netip.Addr
@@ -55,10 +57,10 @@ func (t *Table) OverlayNodes() (*Overlay, []OverlayNode) {
 	}
 	var nodes []OverlayNode
 	for _, in := range t.instances {
-		nodes = append(nodes, OverlayNode{Name: in.Name, V4: in.V4, V6: in.V6})
+		nodes = append(nodes, OverlayNode{Name: in.Name, ID: in.ID, V4: in.V4, V6: in.V6})
 	}
 	for _, name := range slices.Sorted(maps.Keys(o.Gateways)) {
-		n := OverlayNode{Name: name}
+		n := OverlayNode{Name: name, ID: t.ids[name]}
 		for _, s := range o.Gateways[name] {
 			if a, err := netip.ParseAddr(s); err == nil {
 				if a = a.Unmap(); a.Is4() {
@@ -93,6 +95,9 @@ func (m *Map) checkOverlay(v *validator, ns *nodeSet) {
 	}
 	if o.VNI < 1 || o.VNI > 1<<24-1 {
 		v.add("overlay.vni", fmt.Sprintf("%d: want 1 to %d", o.VNI, 1<<24-1))
+	}
+	if len(o.Gateways) > MaxGateways {
+		v.add("overlay.gateways", fmt.Sprintf("%d gateways; at most %d fit in the tag", len(o.Gateways), MaxGateways))
 	}
 	nodes := slices.Clone(ns.nodes)
 	owner := maps.Clone(ns.owner)

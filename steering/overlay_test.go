@@ -22,14 +22,14 @@ tenants: {acme: {prefixes: [10.10.1.0/24], chain: [fw], tag: 1}}
 	}{
 		{"none", "", nil, 0},
 		{"IPv4 tunnels", "overlay: {vni: 42, gateways: {gw-1: 10.200.0.1}}", []OverlayNode{
-			{Name: "fw-1", Underlay: a("10.200.0.11"), V4: a("10.200.0.11"), V6: a("fd00:200::11")},
-			{Name: "fw-2", Underlay: a("10.200.0.12"), V4: a("10.200.0.12"), V6: a("fd00:200::12")},
-			{Name: "gw-1", Underlay: a("10.200.0.1"), V4: a("10.200.0.1")},
+			{Name: "fw-1", ID: 1, Underlay: a("10.200.0.11"), V4: a("10.200.0.11"), V6: a("fd00:200::11")},
+			{Name: "fw-2", ID: 2, Underlay: a("10.200.0.12"), V4: a("10.200.0.12"), V6: a("fd00:200::12")},
+			{Name: "gw-1", ID: FirstGatewayID, Underlay: a("10.200.0.1"), V4: a("10.200.0.1")},
 		}, DefaultOverlayPort},
 		{"IPv6 tunnels: a gateway has no IPv4 address", "overlay: {vni: 42, port: 8472, gateways: {gw-1: 'fd00:200::1'}}", []OverlayNode{
-			{Name: "fw-1", Underlay: a("fd00:200::11"), V4: a("10.200.0.11"), V6: a("fd00:200::11")},
-			{Name: "fw-2", Underlay: a("fd00:200::12"), V4: a("10.200.0.12"), V6: a("fd00:200::12")},
-			{Name: "gw-1", Underlay: a("fd00:200::1"), V6: a("fd00:200::1")},
+			{Name: "fw-1", ID: 1, Underlay: a("fd00:200::11"), V4: a("10.200.0.11"), V6: a("fd00:200::11")},
+			{Name: "fw-2", ID: 2, Underlay: a("fd00:200::12"), V4: a("10.200.0.12"), V6: a("fd00:200::12")},
+			{Name: "gw-1", ID: FirstGatewayID, Underlay: a("fd00:200::1"), V6: a("fd00:200::1")},
 		}, 8472},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 )
 
@@ -19,9 +20,10 @@ type Published struct {
 	Version uint64 `json:"version"`
 	// Map is the operator's map.
 	Map *Map `json:"map"`
-	// IDs numbers every instance of Map (1 to MaxID). Numbers are kept from
-	// version to version, because they live on in the conntrack marks and
-	// routing tables of established flows.
+	// IDs numbers every instance of Map (1 to MaxID), and every gateway
+	// of its overlay (FirstGatewayID to MaxGatewayID). Numbers are kept
+	// from version to version, because they live on in the conntrack
+	// marks and routing tables of established flows.
 	IDs map[string]uint16 `json:"ids"`
 	// Down lists instances the controller has found dead: they hold no
 	// role, so their slots go to their secondaries, but flows pinned to
@@ -63,39 +65,71 @@ type Published struct {
 }
 
 // MaxID is the highest instance ID: the mark has 12 bits per direction,
-// value 1 means "pass" and value ID+1 means "steer to ID".
-const MaxID = 4093
+// value 1 means "pass" and value ID+1 means "steer to ID", and the IDs
+// above MaxID are the overlay's gateways'.
+const MaxID = 4078
 
-// AssignIDs returns IDs for every instance of m: an instance keeps its ID
-// from prev, new instances get the lowest free IDs in order of name.
+// The IDs of the overlay's gateways: an instance host on an overlay sends
+// a flow of a tenant with `snat` back to the gateway it entered by when it
+// leaves the chain, and routes to a gateway as to an instance, by its ID.
+// A gateway's number, ID-MaxID (1 to MaxGateways), rides in the overlay's
+// tag (see package rules).
+const (
+	FirstGatewayID = MaxID + 1
+	MaxGatewayID   = 4093
+	MaxGateways    = MaxGatewayID - MaxID
+)
+
+// GatewayNumber is the number of the gateway whose ID is id (0 if id is
+// not a gateway's).
+func GatewayNumber(id uint16) uint16 {
+	if id < FirstGatewayID || id > MaxGatewayID {
+		return 0
+	}
+	return id - MaxID
+}
+
+// AssignIDs returns IDs for every instance of m and every gateway of its
+// overlay: a node keeps its ID from prev, new ones get the lowest free IDs
+// of their range in order of name.
 func AssignIDs(m *Map, prev map[string]uint16) (map[string]uint16, error) {
 	ids := map[string]uint16{}
-	used := map[uint16]bool{}
-	var fresh []string
+	var instances, gateways []string
 	for _, svc := range m.Services {
-		if svc == nil {
-			continue
+		if svc != nil {
+			instances = slices.AppendSeq(instances, maps.Keys(svc.Instances))
 		}
-		for name := range svc.Instances {
-			if id, ok := prev[name]; ok && id >= 1 && id <= MaxID && !used[id] {
+	}
+	if m.Overlay != nil {
+		gateways = slices.Collect(maps.Keys(m.Overlay.Gateways))
+	}
+	for _, r := range []struct {
+		names    []string
+		noun     string
+		first, n uint16
+	}{{instances, "instance", 1, MaxID}, {gateways, "gateway", FirstGatewayID, MaxGatewayID}} {
+		used := map[uint16]bool{}
+		var fresh []string
+		for _, name := range r.names {
+			if id, ok := prev[name]; ok && id >= r.first && id <= r.n && !used[id] {
 				ids[name] = id
 				used[id] = true
 			} else {
 				fresh = append(fresh, name)
 			}
 		}
-	}
-	slices.Sort(fresh)
-	next := uint16(1)
-	for _, name := range fresh {
-		for used[next] {
-			next++
+		slices.Sort(fresh)
+		next := r.first
+		for _, name := range fresh {
+			for used[next] {
+				next++
+			}
+			if next > r.n {
+				return nil, fmt.Errorf("%w: no free %s ID for %q (%d to %d)", ErrInvalidMap, r.noun, name, r.first, r.n)
+			}
+			ids[name] = next
+			used[next] = true
 		}
-		if next > MaxID {
-			return nil, fmt.Errorf("%w: no free instance ID for %q (at most %d)", ErrInvalidMap, name, MaxID)
-		}
-		ids[name] = next
-		used[next] = true
 	}
 	return ids, nil
 }
@@ -132,9 +166,26 @@ func (p *Published) Validate() error {
 			}
 		}
 	}
+	gateways := map[string]bool{}
+	if o := p.Map.Overlay; o != nil {
+		for name := range o.Gateways {
+			gateways[name] = true
+			id, ok := p.IDs[name]
+			switch {
+			case !ok:
+				v.add("ids."+name, "gateway has no ID")
+			case id < FirstGatewayID || id > MaxGatewayID:
+				v.add("ids."+name, fmt.Sprintf("gateway ID %d out of range %d-%d", id, FirstGatewayID, MaxGatewayID))
+			case seen[id] != "":
+				v.add("ids."+name, fmt.Sprintf("ID %d is also %s's", id, seen[id]))
+			default:
+				seen[id] = name
+			}
+		}
+	}
 	for name := range p.IDs {
-		if !names[name] {
-			v.add("ids."+name, "no such instance in the map")
+		if !names[name] && !gateways[name] {
+			v.add("ids."+name, "no such instance or overlay gateway in the map")
 		}
 	}
 	p.checkLists(&v, func(name string) bool { return names[name] })

@@ -37,6 +37,8 @@ type Table struct {
 	m   *Map
 	ids map[string]uint16
 	out [4][]string
+	// gateways says which gateway numbers the overlay has.
+	gateways [MaxGateways + 1]bool
 }
 
 // TenantInfo is a compiled tenant.
@@ -51,6 +53,11 @@ type TenantInfo struct {
 	Allow []AllowRule
 	// Tag is the tenant's number on the overlay (0: none).
 	Tag uint16
+	// SNAT is the address its flows leave with at the end of its chain
+	// (none: their own). A tenant with one is zoned: it may share
+	// addresses with other zoned tenants, so it is told apart by where it
+	// enters and by its tag, never by its addresses (see [Table.TenantOf]).
+	SNAT netip.Addr
 	// def is the definition compiled, which a later version reuses the
 	// compiled tenant for while it holds the same one.
 	def *Tenant
@@ -168,6 +175,12 @@ func CompileNext(prev *Table, p *Published) (*Table, error) {
 	t := &Table{m: m, version: p.Version, slots: uint32(m.SlotCount()), ids: p.IDs}
 	for i, l := range p.lists() {
 		t.out[i] = *l.names
+	}
+	if m.Overlay != nil {
+		for name := range m.Overlay.Gateways {
+			t.gateways[GatewayNumber(p.IDs[name])] = true
+		}
+		t.gateways[0] = false
 	}
 	if sameServices && sameMap(prev.ids, p.IDs) {
 		t.instancesAfter(prev)
@@ -303,6 +316,9 @@ func sharesServices(a, b *Map) bool {
 // compileTenant compiles a validated tenant.
 func compileTenant(name string, tm *Tenant, svcIndex map[string]int) TenantInfo {
 	ti := TenantInfo{Name: name, Ingress: tm.Ingress, Tag: tm.Tag, def: tm}
+	if tm.SNAT != "" {
+		ti.SNAT = netip.MustParseAddr(tm.SNAT)
+	}
 	for _, s := range tm.Prefixes {
 		ti.Prefixes = append(ti.Prefixes, netip.MustParsePrefix(s))
 	}
@@ -370,6 +386,8 @@ func (t *Table) InstanceByID(id uint16) (*Instance, bool) {
 }
 
 // TenantOf returns the index of the tenant whose prefixes hold a, or -1.
+// Zoned tenants' prefixes are not looked up: they may be several
+// tenants'.
 func (t *Table) TenantOf(a netip.Addr) int {
 	a = a.Unmap()
 	for _, bits := range t.lens[familyIndex(a)] {
@@ -580,6 +598,24 @@ func (t *Table) decideFor(n Node, f *Flow, d Decision, pins *Pins) Decision {
 	d.Kind = Steer
 	return d
 }
+
+// Zoned reports whether the tenant is told apart by where it enters and
+// its tag alone (it has a snat address).
+func (ti *TenantInfo) Zoned() bool { return ti.SNAT.IsValid() }
+
+// GatewayID returns the ID of the overlay's gateway called name, or 0.
+func (t *Table) GatewayID(name string) uint16 {
+	if o := t.m.Overlay; o != nil {
+		if _, ok := o.Gateways[name]; ok {
+			return t.ids[name]
+		}
+	}
+	return 0
+}
+
+// HasGateway reports whether the overlay has a gateway numbered n (see
+// [GatewayNumber]). It allocates nothing.
+func (t *Table) HasGateway(n uint16) bool { return n >= 1 && n <= MaxGateways && t.gateways[n] }
 
 // PinsFor returns the instances currently holding the primary role for slot
 // along tenant's whole chain.

@@ -110,7 +110,7 @@ func (t *Table) tenantsFresh(prev *Table, svcIndex map[string]int) {
 		if ti.Tag != 0 {
 			byTag[ti.Tag] = int32(i)
 		}
-		for _, p := range ti.Prefixes {
+		for _, p := range ti.lookedUp() {
 			prefixes[p] = int32(i)
 			t.addLen(p)
 		}
@@ -152,7 +152,7 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 		if tag := prev.tenants[i].Tag; tag != 0 {
 			tags[tag] = -1
 		}
-		for _, p := range prev.tenants[i].Prefixes {
+		for _, p := range prev.tenants[i].lookedUp() {
 			prefixes[p] = -1
 		}
 	}
@@ -170,7 +170,7 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 		if ti.Tag != 0 {
 			tags[ti.Tag] = next
 		}
-		for _, p := range ti.Prefixes {
+		for _, p := range ti.lookedUp() {
 			prefixes[p] = next
 		}
 		add = append(add, ti)
@@ -185,10 +185,10 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 	// one: then they are copied, never appended to in place.
 	t.lens = prev.lens
 	newLen := func(p netip.Prefix) bool { return !slices.Contains(prev.lens[familyIndex(p.Addr())], p.Bits()) }
-	if slices.ContainsFunc(add, func(ti TenantInfo) bool { return slices.ContainsFunc(ti.Prefixes, newLen) }) {
+	if slices.ContainsFunc(add, func(ti TenantInfo) bool { return slices.ContainsFunc(ti.lookedUp(), newLen) }) {
 		t.lens = [2][]int{slices.Clone(prev.lens[0]), slices.Clone(prev.lens[1])}
 		for _, ti := range add {
-			for _, p := range ti.Prefixes {
+			for _, p := range ti.lookedUp() {
 				t.addLen(p)
 			}
 		}
@@ -197,6 +197,15 @@ func (t *Table) tenantsDelta(prev *Table, d *Delta, svcIndex map[string]int) boo
 	// Lengths whose last prefix went stay listed: one lookup more per
 	// packet for them, until the next fresh build.
 	return true
+}
+
+// lookedUp returns the prefixes [Table.TenantOf] finds the tenant by: none
+// for a zoned tenant.
+func (ti *TenantInfo) lookedUp() []netip.Prefix {
+	if ti.Zoned() {
+		return nil
+	}
+	return ti.Prefixes
 }
 
 func (t *Table) addLen(p netip.Prefix) {

@@ -27,15 +27,37 @@ func (m *Map) validate() (*mapIndex, error) {
 	for _, tname := range names {
 		all = append(all, m.checkTenant(&v, tname, ix.lacks)...)
 	}
-	v.overlaps(all)
+	plain, zoned := v.overlaps(all)
 	ix.ingress = map[string]string{}
 	ix.tags = map[uint16]string{}
+	ix.snat = map[netip.Addr]string{}
 	for _, tname := range names {
 		m.claimIngress(&v, tname, ix.ingress)
 		m.claimTag(&v, tname, ix.tags)
+		m.claimSNAT(&v, tname, ix.snat)
 	}
-	ix.prefixes = newPrefixIndex(all)
+	ix.prefixes = newPrefixIndex(plain)
+	ix.zoned = zoned
 	return ix, v.err()
+}
+
+// claimSNAT records tenant tname as the owner of its snat address in
+// owner, and refuses one another tenant there has already: the server's
+// replies find their tenant by it.
+func (m *Map) claimSNAT(v *validator, tname string, owner map[netip.Addr]string) {
+	t := m.Tenants[tname]
+	if t == nil || t.SNAT == "" {
+		return
+	}
+	a, err := netip.ParseAddr(t.SNAT)
+	if err != nil {
+		return // checkTenant said so
+	}
+	if other, taken := owner[a]; taken && other != tname {
+		v.add("tenants."+tname+".snat", fmt.Sprintf("%s is tenant %s's snat address already; each tenant leaves with its own", a, other))
+		return
+	}
+	owner[a] = tname
 }
 
 // claimIngress records tenant tname as the owner of its ingress
@@ -84,6 +106,12 @@ type mapIndex struct {
 	// change to the map makes its own copies.
 	ingress map[string]string
 	tags    map[uint16]string
+	// zoned holds the prefixes of the tenants with a snat address, which
+	// may overlap each other's (not the others'), sorted by address and
+	// then length; snat maps each snat address to its tenant. Never
+	// changed, as above.
+	zoned []ownedPrefix
+	snat  map[netip.Addr]string
 }
 
 // nodeAddrs checks the addresses of a node (noun: "instance" or
@@ -226,7 +254,10 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 			continue
 		}
 		fam[familyIndex(p.Addr())] = true
-		own = append(own, ownedPrefix{p: p, field: pfield, tenant: tname})
+		own = append(own, ownedPrefix{p: p, field: pfield, tenant: tname, zoned: t.SNAT != ""})
+	}
+	if t.SNAT != "" {
+		m.checkSNAT(v, field, t, fam)
 	}
 	seenIface := map[string]bool{}
 	for i, iface := range t.Ingress {
@@ -275,10 +306,40 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 	return own
 }
 
+// checkSNAT checks the snat address of tenant t (at field), whose
+// prefixes are of the families fam says: an address of their one family,
+// and what telling the tenant apart by where it enters needs, one ingress
+// interface, a tag and an overlay.
+func (m *Map) checkSNAT(v *validator, field string, t *Tenant, fam [2]bool) {
+	sfield := field + ".snat"
+	a, err := netip.ParseAddr(t.SNAT)
+	switch {
+	case err != nil:
+		v.add(sfield, fmt.Sprintf("%q is not an IP address", t.SNAT))
+	case a.Is4In6() || a.Zone() != "":
+		v.add(sfield, fmt.Sprintf("%s: write an IPv4 address in dotted form, with no zone", a))
+	case !a.IsGlobalUnicast() && !a.IsPrivate():
+		v.add(sfield, fmt.Sprintf("%s is not a unicast address", a))
+	case fam[1-familyIndex(a)]:
+		v.add(sfield, fmt.Sprintf("%s is %s, but the tenant has %s prefixes: their flows would leave with their own addresses", a, familyName(a), famNames[1-familyIndex(a)]))
+	}
+	if len(t.Ingress) != 1 {
+		// The tag on the service network has room for the tenant and the
+		// gateway, not for the interface: replies leave by the tenant's.
+		v.add(sfield, fmt.Sprintf("a tenant with a snat address has exactly one ingress interface, not %d", len(t.Ingress)))
+	}
+	if m.Overlay == nil {
+		v.add(sfield, "a tenant with a snat address needs the map's overlay: instance hosts tell it apart by its tag, not by its addresses")
+	}
+}
+
 type ownedPrefix struct {
 	p      netip.Prefix
 	field  string
 	tenant string
+	// zoned: the tenant has a snat address, so the prefix may overlap
+	// those of other such tenants.
+	zoned bool
 }
 
 type validator struct{ problems []FieldError }
@@ -312,14 +373,46 @@ func (v *validator) name(field, name string) {
 	}
 }
 
-// overlaps reports every pair of overlapping prefixes. After sorting by
-// address and then length, any overlap shows up between neighbours, because
-// a prefix's addresses are contiguous.
-func (v *validator) overlaps(all []ownedPrefix) {
+// overlaps reports every pair of overlapping prefixes, except two of
+// different tenants with snat addresses (zoned), which are told apart by
+// where they enter. It returns the others (plain) and the zoned ones,
+// each sorted. Among plain prefixes, which may not overlap, any overlap
+// shows up between neighbours after sorting by address and then length,
+// because a prefix's addresses are contiguous.
+func (v *validator) overlaps(all []ownedPrefix) (plain, zoned []ownedPrefix) {
 	slices.SortFunc(all, comparePrefix)
-	for i := 1; i < len(all); i++ {
-		if all[i-1].p.Overlaps(all[i].p) {
-			v.overlap(all[i], all[i-1])
+	for _, op := range all {
+		if op.zoned {
+			zoned = append(zoned, op)
+		} else {
+			plain = append(plain, op)
+		}
+	}
+	for i := 1; i < len(plain); i++ {
+		if plain[i-1].p.Overlaps(plain[i].p) {
+			v.overlap(plain[i], plain[i-1])
+		}
+	}
+	ix := newPrefixIndex(plain)
+	for _, op := range zoned {
+		v.zonedOverlaps(op, ix, zoned)
+	}
+	return plain, zoned
+}
+
+// zonedOverlaps reports the prefixes op (a zoned tenant's) overlaps: any
+// in plain (disjoint, so only op's neighbours there can), and its own
+// tenant's others in zoned.
+func (v *validator) zonedOverlaps(op ownedPrefix, plain *prefixIndex, zoned []ownedPrefix) {
+	before, at := plain.around(plain.search(op))
+	for _, other := range [2]*ownedPrefix{before, at} {
+		if other != nil && other.p.Overlaps(op.p) {
+			v.add(op.field, fmt.Sprintf("%s overlaps %s (%s), a tenant without a snat address: only tenants with one may share addresses", op.p, other.p, other.field))
+		}
+	}
+	for _, other := range zoned {
+		if other.tenant == op.tenant && other.field < op.field && other.p.Overlaps(op.p) {
+			v.overlap(op, other)
 		}
 	}
 }
