@@ -44,19 +44,49 @@ type state struct {
 func (st *state) keyOf(c *rules.Conn) sessions.Key {
 	k := sessions.KeyOf(&c.Flow)
 	switch {
-	case st.tagged:
-		k.Tag = c.Zone
+	case st.tagged || st.spec.Overlay != nil && c.Zone != 0:
+		// The zone holds the tag (and, on an instance host, the
+		// number of a zoned flow's gateway; on a gateway, ZoneOut on
+		// a zoned flow's second entry).
+		k.Tag = c.Zone & uint16(rules.TagMask)
 	case st.spec.Overlay != nil:
 		k.Tag = st.table.TagOf(&c.Flow, false)
 	}
 	return k
 }
 
+// zonesOf returns the conntrack zones the flows of the tenant called name
+// may be in here: a tagged node's by their tag (a zoned tenant's with the
+// number of any gateway), a gateway's zoned tenant's by both its entries
+// (see rules.TenantTag), anyone else's in zone 0.
+func (st *state) zonesOf(name string) []uint16 {
+	ti := st.table.TenantByName(name)
+	if ti < 0 || st.spec.Overlay == nil {
+		return []uint16{0}
+	}
+	tn := st.table.Tenants()[ti]
+	switch {
+	case st.tagged && tn.Zoned():
+		var zones []uint16
+		for g := uint16(1); g <= steering.MaxGateways; g++ {
+			if st.table.HasGateway(g) {
+				zones = append(zones, tn.Tag|g<<rules.GatewayShift)
+			}
+		}
+		return zones
+	case st.tagged:
+		return []uint16{tn.Tag}
+	case tn.Zoned():
+		return []uint16{tn.Tag, tn.Tag | rules.ZoneOut}
+	}
+	return []uint16{0}
+}
+
 // decide decides f's packet in one direction for tenant, the index of the
-// tenant its tag named (-1: none), on a tagged node, and for the tenant
-// its addresses name anywhere else.
+// tenant its tag named (-1: none), on a tagged node or for a zoned
+// tenant, and for the tenant its addresses name anywhere else.
 func (st *state) decide(f *steering.Flow, reply bool, pins *steering.Pins, tenant int) steering.Decision {
-	if st.tagged {
+	if st.tagged || tenant >= 0 && st.table.Tenants()[tenant].Zoned() {
 		return st.table.DecideTagged(st.node, f, tenant, reply, pins)
 	}
 	return st.table.Decide(st.node, f, reply, pins)
@@ -159,6 +189,9 @@ type waiter struct {
 	flow  steering.Flow
 	mark  uint32
 	reply bool
+	// gateway is the number of a zoned flow's gateway, on an instance
+	// host (see steerBoth).
+	gateway uint16
 	// tenant is the tenant the packet's tag named, on a tagged node.
 	tenant int
 }
@@ -468,7 +501,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 		} else {
 			a.Counters.ParseError.Add(1)
 		}
-		if st.role != Spare && (st.tagged && mark&rules.MarkTag != 0 || !st.tagged && (tenantOf(st.table, p.Flow.Src) || tenantOf(st.table, p.Flow.Dst))) {
+		if st.role != Spare && (st.spec.Overlay != nil && mark&rules.MarkTag != 0 || !st.tagged && (tenantOf(st.table, p.Flow.Src) || tenantOf(st.table, p.Flow.Dst))) {
 			a.Counters.Undecidable.Add(1)
 			return nfq.Result{Verdict: nfq.Drop}
 		}
@@ -481,12 +514,22 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 		return nfq.Result{Verdict: nfq.Accept, Mark: mark}
 	}
 	key := sessions.KeyOf(&p.Flow)
-	tenant, tagged := -1, st.tagged && mark&rules.MarkTag != 0
+	// A tagged packet: on an instance host, or from a zoned tenant's
+	// ingress on a gateway.
+	tenant, tagged := -1, st.spec.Overlay != nil && mark&rules.MarkTag != 0
+	var gateway uint16 // a zoned flow's, on an instance host
 	switch {
 	case tagged:
-		key.Tag = uint16(mark & rules.OrigMask)
+		key.Tag = uint16(mark & rules.TagMask)
 		tenant = st.table.TenantByTag(key.Tag)
-		mark &^= rules.MarkTag | rules.OrigMask
+		gateway = uint16(mark & rules.GatewayMask >> rules.GatewayShift)
+		mark &^= rules.MarkTag | rules.OrigMask | rules.GatewayMask
+		if gateway != 0 && (!st.tagged || !st.table.HasGateway(gateway)) {
+			// A gateway the map does not have: the chain could not
+			// hand the flow back.
+			a.Counters.Mistagged.Add(1)
+			return nfq.Result{Verdict: nfq.Drop}
+		}
 	case st.spec.Overlay != nil:
 		// A gateway on an overlay: its flows are keyed by the tag of the
 		// tenant their addresses name, as the instances' are by theirs.
@@ -526,7 +569,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			if reply || d.Reverse || !p.Opening() {
 				// Mid-stream, or opened from outside: only a mirrored
 				// session naming this instance can let it through.
-				if a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply, tenant: tenant}) {
+				if a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply, tenant: tenant, gateway: gateway}) {
 					return nfq.Result{Verdict: nfq.Defer}
 				}
 				return nfq.Result{Verdict: nfq.Drop}
@@ -546,7 +589,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			sess = a.newSession(st, key, d, int16(rule), reopened)
 			pins = &sess.Pins
 		} else if st.role == Gateway && a.mirror != nil && !p.Opening() &&
-			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply, tenant: tenant}) {
+			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply, tenant: tenant, gateway: gateway}) {
 			// Mid-stream at this gateway: the flow opened through another
 			// gateway (ECMP upstream moved it), perhaps on an older map.
 			// Its pins are in Redis; the map decides only if they are not,
@@ -559,7 +602,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 	}
 	a.count(d)
 	a.logFlow(p, reply, d)
-	return nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, mark, &p.Flow, reply, d, pins)}
+	return nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, mark, &p.Flow, reply, d, pins, gateway)}
 }
 
 // steerBoth returns the mark that steers a flow from this node in both
@@ -569,12 +612,14 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 // userspace once per flow, not once per direction. The save bit has the
 // kernel keep both halves in the connmark. Where the flow has no pins (a
 // flow of no tenant, or one this node is not in the chain of), the other
-// direction is decided as its first packet would be: on the map.
-func steerBoth(st *state, mark uint32, f *steering.Flow, reply bool, d steering.Decision, pins *steering.Pins) uint32 {
+// direction is decided as its first packet would be: on the map. gateway
+// is a zoned flow's gateway's number on an instance host (0: none): where
+// its chain ends, in either direction, the flow goes back to it.
+func steerBoth(st *state, mark uint32, f *steering.Flow, reply bool, d steering.Decision, pins *steering.Pins, gateway uint16) uint32 {
 	back := f.Reversed()
 	other := st.decide(&back, !reply, pins, d.Tenant)
-	mark = rules.SetHalf(mark, reply, markValue(d))
-	return rules.SetHalf(mark, !reply, markValue(other)) | rules.MarkSave
+	mark = rules.SetHalf(mark, reply, markValue(d, gateway))
+	return rules.SetHalf(mark, !reply, markValue(other, gateway)) | rules.MarkSave
 }
 
 // kernelCountersEvery is how often the kernel's counts of unsteered flows
@@ -625,9 +670,12 @@ func (a *Agent) count(d steering.Decision) {
 	}
 }
 
-func markValue(d steering.Decision) uint32 {
-	if d.Kind == steering.Steer {
+func markValue(d steering.Decision, gateway uint16) uint32 {
+	switch {
+	case d.Kind == steering.Steer:
 		return rules.HalfValue(d.Instance.ID)
+	case d.Kind == steering.EndOfChain && gateway != 0:
+		return rules.HalfValue(steering.MaxID + gateway)
 	}
 	return rules.MarkPass
 }

@@ -104,6 +104,16 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 	if s.Overlay, err = overlayFor(t, node); err != nil {
 		return s, err
 	}
+	if s.Overlay != nil && !gateway {
+		// The chain hands a zoned tenant's flows back to the gateway
+		// they entered by: an instance host routes to the gateways too.
+		_, nodes := t.OverlayNodes()
+		for _, n := range nodes {
+			if steering.GatewayNumber(n.ID) != 0 {
+				s.Hops = append(s.Hops, rules.Hop{ID: n.ID, Name: n.Name, V4: n.V4, V6: n.V6})
+			}
+		}
+	}
 	s.Ingress, s.Tags = tenantRules(t, gateway, s.Overlay != nil)
 	return s, s.Validate()
 }
@@ -125,7 +135,11 @@ func tenantRules(t *steering.Table, gateway, overlay bool) (ingress []rules.Bind
 			ingress = append(ingress, rules.Binding{Tenant: tn.Name, Ifaces: tn.Ingress, Prefixes: tn.Prefixes})
 		}
 		if overlay {
-			tags = append(tags, rules.TenantTag{Tag: tn.Tag, Prefixes: tn.Prefixes})
+			tt := rules.TenantTag{Tag: tn.Tag, Prefixes: tn.Prefixes}
+			if tn.Zoned() {
+				tt.Ingress, tt.SNAT = tn.Ingress[0], tn.SNAT
+			}
+			tags = append(tags, tt)
 		}
 	}
 	slices.SortFunc(ingress, func(a, b rules.Binding) int { return strings.Compare(a.Tenant, b.Tenant) })
@@ -143,7 +157,7 @@ func overlayFor(t *steering.Table, node string) (*rules.Overlay, error) {
 	ov := &rules.Overlay{VNI: o.VNI, Port: o.PortOrDefault()}
 	for _, n := range nodes {
 		if n.Name == node {
-			ov.Local, ov.V4 = n.Underlay, n.V4
+			ov.Local, ov.V4, ov.Gateway = n.Underlay, n.V4, steering.GatewayNumber(n.ID)
 			continue
 		}
 		ov.Peers = append(ov.Peers, rules.Peer{Name: n.Name, Underlay: n.Underlay, V4: n.V4})

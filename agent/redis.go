@@ -275,7 +275,7 @@ func (a *Agent) answerFirewall(st *state, key sessions.Key, rec *sessions.Record
 			continue
 		}
 		d := st.decide(&w.flow, w.reply, &sess.Pins, w.tenant)
-		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, w.mark, &w.flow, w.reply, d, &sess.Pins)})
+		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, w.mark, &w.flow, w.reply, d, &sess.Pins, w.gateway)})
 	}
 }
 
@@ -317,7 +317,7 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 			}
 		}
 		a.count(d)
-		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, w.mark, &w.flow, w.reply, d, p)})
+		a.answer(w, nfq.Result{Verdict: nfq.Accept, Mark: steerBoth(st, w.mark, &w.flow, w.reply, d, p, w.gateway)})
 	}
 }
 
@@ -411,23 +411,19 @@ func (a *Agent) adopt(op sessions.Op, o sessions.Outcome) {
 	f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: k.Proto}
 	a.ctMu.Lock()
 	defer a.ctMu.Unlock()
-	var zone uint16
-	if st := a.state.Load(); st.tagged {
-		if ti := st.table.TenantByName(op.Session.Tenant); ti >= 0 {
-			zone = st.table.Tenants()[ti].Tag
-		}
-	}
-	_, err := a.ct.Remark(f, zone, func(mark uint32) (uint32, bool) {
-		for _, reply := range []bool{false, true} {
-			for _, c := range changes {
-				if rules.Half(mark, reply) == rules.HalfValue(c[0]) {
-					mark = rules.SetHalf(mark, reply, rules.HalfValue(c[1]))
+	for _, zone := range a.state.Load().zonesOf(op.Session.Tenant) {
+		_, err := a.ct.Remark(f, zone, func(mark uint32) (uint32, bool) {
+			for _, reply := range []bool{false, true} {
+				for _, c := range changes {
+					if rules.Half(mark, reply) == rules.HalfValue(c[0]) {
+						mark = rules.SetHalf(mark, reply, rules.HalfValue(c[1]))
+					}
 				}
 			}
+			return mark, true
+		})
+		if err != nil {
+			a.log.Warn("adopting the first writer's pins", "flow", op.Session.Key.String(), "err", err)
 		}
-		return mark, true
-	})
-	if err != nil {
-		a.log.Warn("adopting the first writer's pins", "flow", op.Session.Key.String(), "err", err)
 	}
 }

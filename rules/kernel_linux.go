@@ -283,13 +283,33 @@ func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 	} else if link != nil {
 		overlay = link.Index
 	}
-	for _, r := range wantRoutes {
-		if r.Dev != "" && overlay == 0 {
+	ifindex := func(name string) int {
+		if name == OverlayDevice {
+			return overlay
+		}
+		if l, err := netlink.LinkByName(name); err == nil {
+			return l.Attrs().Index
+		}
+		return 0
+	}
+	for i, r := range wantRoutes {
+		if r.Dev == OverlayDevice && overlay == 0 {
 			return fmt.Errorf("route via %s in table %d: no device %s", r.Via, r.Table, r.Dev)
 		}
-		nr := toNetlinkRoute(r, overlay)
+		if r.Dst.IsValid() && ifindex(r.Dev) == 0 {
+			// A zoned tenant's ingress missing on this gateway: its
+			// replies are dropped, never routed by the main table.
+			wantRoutes[i].Unreachable = true
+		}
+		nr := toNetlinkRoute(wantRoutes[i], ifindex(r.Dev))
 		if err := netlink.RouteReplace(nr); err != nil {
-			return fmt.Errorf("adding route via %s in table %d: %w", r.Via, r.Table, err)
+			return fmt.Errorf("adding route %s in table %d: %w", wantRoutes[i], r.Table, err)
+		}
+	}
+	names := map[int]string{overlay: OverlayDevice}
+	for _, r := range wantRoutes {
+		if r.Dev != "" && !r.Unreachable {
+			names[ifindex(r.Dev)] = r.Dev
 		}
 	}
 	for _, f := range k.fams {
@@ -298,11 +318,7 @@ func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 			return err
 		}
 		for _, h := range have {
-			r := Route{Table: h.Table, Via: addrOf(h.Gw)}
-			if overlay != 0 && h.LinkIndex == overlay {
-				r.Dev = OverlayDevice
-			}
-			if !slices.Contains(wantRoutes, r) {
+			if !slices.Contains(wantRoutes, fromNetlinkRoute(h, names)) {
 				if err := netlink.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
 					return fmt.Errorf("deleting stale route in table %d: %w", h.Table, err)
 				}
@@ -517,12 +533,14 @@ func (k *Linux) Show() ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
+		names := map[int]string{}
 		for _, r := range routes {
-			dev := ""
-			if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
-				dev = " dev " + OverlayDevice + " onlink"
+			if _, ok := names[r.LinkIndex]; !ok && r.LinkIndex != 0 {
+				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+					names[r.LinkIndex] = l.Attrs().Name
+				}
 			}
-			out = append(out, fmt.Sprintf("%s route default via %s%s table %d proto %d", f.name, r.Gw, dev, r.Table, r.Protocol))
+			out = append(out, fmt.Sprintf("%s route %s table %d proto %d", f.name, fromNetlinkRoute(r, names), r.Table, r.Protocol))
 		}
 	}
 	ov, err := showOverlay()
@@ -570,27 +588,83 @@ func ourRoutes(fam int) ([]netlink.Route, error) {
 	return routes, nil
 }
 
-// toNetlinkRoute is r as netlink writes it; overlay is the index of the
-// overlay device (for a route with Dev).
-func toNetlinkRoute(r Route, overlay int) *netlink.Route {
-	bits := 128
-	fam := netlink.FAMILY_V6
-	if r.Via.Is4() {
-		bits, fam = 32, netlink.FAMILY_V4
+// toNetlinkRoute is r as netlink writes it; dev is the index of r.Dev.
+func toNetlinkRoute(r Route, dev int) *netlink.Route {
+	dst := r.Dst
+	if !dst.IsValid() {
+		dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		if r.Via.Is4() {
+			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		}
 	}
-	zero := net.IP(make([]byte, bits/8))
+	fam := netlink.FAMILY_V6
+	if dst.Addr().Is4() {
+		fam = netlink.FAMILY_V4
+	}
 	nr := &netlink.Route{
 		Family:   fam,
-		Dst:      &net.IPNet{IP: zero, Mask: net.CIDRMask(0, bits)},
-		Gw:       net.IP(r.Via.AsSlice()),
+		Dst:      &net.IPNet{IP: net.IP(dst.Addr().AsSlice()), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
 		Table:    r.Table,
 		Protocol: RouteProtocol,
 	}
-	if r.Dev != "" {
-		nr.LinkIndex = overlay
-		nr.Flags = int(netlink.FLAG_ONLINK)
+	switch {
+	case r.Unreachable:
+		nr.Type = unix.RTN_UNREACHABLE
+	case r.Via.IsValid():
+		nr.Gw = net.IP(r.Via.AsSlice())
+		if r.Dev != "" {
+			nr.LinkIndex = dev
+			nr.Flags = int(netlink.FLAG_ONLINK)
+		}
+	default:
+		nr.LinkIndex = dev
+		nr.Scope = netlink.SCOPE_LINK
 	}
 	return nr
+}
+
+// fromNetlinkRoute is the Route h is, naming its device by names (index
+// to name).
+func fromNetlinkRoute(h netlink.Route, names map[int]string) Route {
+	r := Route{Table: h.Table, Via: addrOf(h.Gw)}
+	// A hop's default route has a next hop; a tenant's routes have a
+	// destination, which may be a default one.
+	switch {
+	case h.Dst != nil:
+		if ones, _ := h.Dst.Mask.Size(); ones > 0 || !r.Via.IsValid() {
+			r.Dst = netip.PrefixFrom(addrOf(h.Dst.IP), ones)
+		}
+	case !r.Via.IsValid() && h.Family == netlink.FAMILY_V4:
+		r.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	case !r.Via.IsValid():
+		r.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	switch {
+	case h.Type == unix.RTN_UNREACHABLE:
+		r.Unreachable = true
+	case r.Dst.IsValid() || h.Flags&int(netlink.FLAG_ONLINK) != 0:
+		r.Dev = names[h.LinkIndex]
+		if r.Dev == "" {
+			r.Dev = fmt.Sprintf("if%d", h.LinkIndex)
+		}
+	}
+	return r
+}
+
+func (r Route) String() string {
+	dst := "default"
+	if r.Dst.IsValid() {
+		dst = r.Dst.String()
+	}
+	switch {
+	case r.Unreachable:
+		return "unreachable " + dst
+	case r.Via.IsValid() && r.Dev != "":
+		return fmt.Sprintf("%s via %s dev %s onlink", dst, r.Via, r.Dev)
+	case r.Via.IsValid():
+		return fmt.Sprintf("%s via %s", dst, r.Via)
+	}
+	return fmt.Sprintf("%s dev %s", dst, r.Dev)
 }
 
 func toNetlinkRule(fam int, r IPRule) *netlink.Rule {

@@ -20,14 +20,28 @@ const (
 	MarkSave uint32 = 1 << 25
 	// MarkPass in a half means: decided, route normally.
 	MarkPass uint32 = 1
-	// MaxID is the highest instance ID: the map's (steering.MaxID), which
-	// a half must be able to carry.
-	MaxID = steering.MaxID
+	// MaxID is the highest ID of a hop: the map's highest, an overlay
+	// gateway's (steering.MaxGatewayID), which a half must be able to
+	// carry.
+	MaxID = steering.MaxGatewayID
 )
 
 // A half carries HalfValue(MaxID) = MaxID+1; this fails to compile (a
 // negative constant converted to uint) if the map's IDs outgrow it.
 const _ = uint(OrigMask - (MaxID + 1))
+
+// The tag as an overlay's VXLAN header carries it into the receiver's
+// packet mark (see [TenantTag]): the tenant's tag in the low 12 bits, the
+// number of the gateway its flow entered by in the next 4 (a zoned
+// tenant's flow's only), and GBP's "policy applied" flag, which nfsteer
+// sets on packets that travel towards the tenant.
+const (
+	TagMask      uint32 = 0x0fff
+	GatewayShift        = 12
+	GatewayMask  uint32 = 0xf << GatewayShift
+	// TagApplied is VXLAN-GBP's A flag as the kernel puts it in the mark.
+	TagApplied uint32 = 1 << 19
+)
 
 // HalfValue is the value a half carries to send a flow to instance id.
 func HalfValue(id uint16) uint32 { return uint32(id) + 1 }

@@ -28,6 +28,11 @@ type Overlay struct {
 	// address, and with one its loose mode lets steered packets in.
 	V4    netip.Addr
 	Peers []Peer
+	// Gateway is this node's number as an overlay gateway (see
+	// steering.GatewayNumber), 0 on an instance host. A gateway puts it in
+	// the tag of a zoned tenant's flows (see [TenantTag]), so that the
+	// chain hands them back to it.
+	Gateway uint16
 }
 
 // Peer is another node on the overlay. Routes on the overlay device name

@@ -6,13 +6,18 @@ import (
 	"slices"
 )
 
-// Route is one default route of an instance's table: via the instance's
-// address, on the interface the kernel finds for it, or on Dev (the
-// overlay device) as an on-link next hop.
+// Route is one route nfsteer owns: the default route of a hop's table, via
+// the hop's address, on the interface the kernel finds for it, or on Dev
+// (the overlay device) as an on-link next hop; or, in a zoned tenant's
+// table, a route to Dst, one of its prefixes, out of Dev, its ingress
+// interface, with no next hop (Unreachable if the interface is missing:
+// the tenant's replies are dropped, never routed by the main table).
 type Route struct {
-	Table int
-	Via   netip.Addr
-	Dev   string
+	Table       int
+	Dst         netip.Prefix // zero: the default route
+	Via         netip.Addr
+	Dev         string
+	Unreachable bool
 }
 
 // RuleAction is what an ip rule does with a packet it matches.
@@ -92,13 +97,24 @@ func (r IPRule) String() string {
 // Around the two tries, per family, from the first priority P:
 //
 //	P                   the node's own packets (iif lo): goto the end
-//	P+1                 direction bit set: goto the reply block
-//	P+2                 original half 0 or 1 (not steered): goto the end
-//	P+3 ...             the original direction's trie
-//	P+3+trieSize        goto the end
+//	P+1                 MarkTag set: goto the tenant block (a zoned
+//	                    tenant's gateway only)
+//	P+2                 direction bit set: goto the reply block
+//	P+3                 original half 0 or 1 (not steered): goto the end
+//	P+4 ...             the original direction's trie
+//	P+4+trieSize        goto the end
 //	reply block         reply half 0 or 1: goto the end
 //	reply block+1 ...   the reply direction's trie
+//	reply end           goto the end (with a tenant block)
+//	tenant block ...    the zoned tenants' trie, by tag, to their tables
+//	tenant block+trieSize  goto the end
 //	end                 nop; the main table's rules follow
+//
+// On a gateway with zoned tenants, a packet that comes back from a chain
+// towards a zoned tenant carries the tenant's tag in the original half,
+// and MarkTag (see [TenantTag]); the tenant block sends it to its tenant's
+// table, which routes the tenant's prefixes out of its ingress interface:
+// the main table cannot, since zoned tenants share addresses.
 //
 // nfsteer steers forwarded packets only. The node's own packets skip the
 // tries whatever their mark: above all the overlay's VXLAN packets, which
@@ -111,7 +127,12 @@ const (
 	trieSize = 1<<(halfBits+1) - 1 // nodes of the complete trie
 	// RulePriorities is how many ip rule priorities from RulePriority
 	// nfsteer takes: no other rule may sit among them.
-	RulePriorities = 3 + trieSize + 1 + 1 + trieSize + 1
+	RulePriorities = 4 + trieSize + 1 + 1 + trieSize + 1 + trieSize + 1 + 1
+	// TenantTables is the offset, from TableBase, of the zoned tenants'
+	// tables (TableBase+TenantTables+tag), past every hop's; TablesUsed is
+	// how many table numbers from TableBase nfsteer may take.
+	TenantTables = 4096
+	TablesUsed   = TenantTables + 4096
 	// maxPriority is the last priority before the main table's rule.
 	maxPriority = 32765
 	// MaxRulePriority is the highest first priority that leaves room for
@@ -146,11 +167,24 @@ func (s Spec) Routing() ([]IPRule, []Route) {
 			routes = append(routes, r)
 			leaves = append(leaves, leaf{HalfValue(h.ID), s.Table(h.ID)})
 		}
-		if len(leaves) == 0 {
+		var tenants []leaf
+		for _, tt := range s.zoned() {
+			t := s.WithDefaults().TableBase + TenantTables + int(tt.Tag)
+			for _, p := range tt.Prefixes {
+				if p.Addr().Is4() == (fam == 4) {
+					routes = append(routes, Route{Table: t, Dst: p, Dev: tt.Ingress})
+				}
+			}
+			if slices.ContainsFunc(tt.Prefixes, func(p netip.Prefix) bool { return p.Addr().Is4() == (fam == 4) }) {
+				tenants = append(tenants, leaf{uint32(tt.Tag), t})
+			}
+		}
+		if len(leaves) == 0 && len(tenants) == 0 {
 			continue
 		}
 		slices.SortFunc(leaves, func(a, b leaf) int { return int(a.value) - int(b.value) })
-		rules = append(rules, s.tries(fam, leaves)...)
+		slices.SortFunc(tenants, func(a, b leaf) int { return int(a.value) - int(b.value) })
+		rules = append(rules, s.tries(fam, leaves, tenants)...)
 	}
 	return rules, routes
 }
@@ -160,20 +194,25 @@ type leaf struct {
 	table int
 }
 
-// tries returns one family's rules: both directions' tries and the rules
-// around them, as the comment above lays them out.
-func (s Spec) tries(fam int, leaves []leaf) []IPRule {
-	p := s.RulePriority + 1
+// tries returns one family's rules: both directions' tries, the zoned
+// tenants' (tenants, by tag; none off a gateway), and the rules around
+// them, as the comment above lays them out.
+func (s Spec) tries(fam int, leaves, tenants []leaf) []IPRule {
+	p := s.RulePriority + 2
 	origTrie := p + 2
 	origEnd := origTrie + trieSize
 	reply := origEnd + 1
-	end := reply + 1 + trieSize
+	replyEnd := reply + 1 + trieSize
+	tenantBlock := replyEnd + 1
+	end := tenantBlock + trieSize + 1
 	notSteered := func(shift int) uint32 { return (OrigMask &^ MarkPass) << shift }
-	rules := []IPRule{
-		{Family: fam, Priority: s.RulePriority, Iif: "lo", Action: Goto, Target: end},
-		{Family: fam, Priority: p, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: reply},
-		{Family: fam, Priority: p + 1, Mark: 0, Mask: notSteered(0), Action: Goto, Target: end},
+	rules := []IPRule{{Family: fam, Priority: s.RulePriority, Iif: "lo", Action: Goto, Target: end}}
+	if len(tenants) > 0 {
+		rules = append(rules, IPRule{Family: fam, Priority: s.RulePriority + 1, Mark: MarkTag, Mask: MarkTag, Action: Goto, Target: tenantBlock})
 	}
+	rules = append(rules,
+		IPRule{Family: fam, Priority: p, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: reply},
+		IPRule{Family: fam, Priority: p + 1, Mark: 0, Mask: notSteered(0), Action: Goto, Target: end})
 	t := trie{fam: fam, base: origTrie, end: end, dirMark: 0, dirMask: OrigMask | MarkReply}
 	rules = t.node(rules, 0, 0, leaves)
 	rules = append(rules,
@@ -181,6 +220,12 @@ func (s Spec) tries(fam int, leaves []leaf) []IPRule {
 		IPRule{Family: fam, Priority: reply, Mark: 0, Mask: notSteered(ReplyShift), Action: Goto, Target: end})
 	t = trie{fam: fam, base: reply + 1, end: end, shift: ReplyShift, dirMark: MarkReply, dirMask: ReplyMask | MarkReply}
 	rules = t.node(rules, 0, 0, leaves)
+	if len(tenants) > 0 {
+		rules = append(rules, IPRule{Family: fam, Priority: replyEnd, Action: Goto, Target: end})
+		t = trie{fam: fam, base: tenantBlock, end: end, dirMark: MarkTag, dirMask: OrigMask | MarkTag}
+		rules = t.node(rules, 0, 0, tenants)
+		rules = append(rules, IPRule{Family: fam, Priority: tenantBlock + trieSize, Action: Goto, Target: end})
+	}
 	return append(rules, IPRule{Family: fam, Priority: end, Action: Nop})
 }
 

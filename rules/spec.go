@@ -101,6 +101,21 @@ func (s Spec) steered() []string {
 	return out
 }
 
+// zoned returns the zoned tenants' tags (see [TenantTag]) on a gateway,
+// none elsewhere.
+func (s Spec) zoned() []TenantTag {
+	if s.Overlay == nil || len(s.steered()) == 0 {
+		return nil
+	}
+	var out []TenantTag
+	for _, tt := range s.Tags {
+		if tt.Zoned() {
+			out = append(out, tt)
+		}
+	}
+	return out
+}
+
 // Hop is one next-hop instance: its ID (the mark value minus one) and its
 // addresses on the service network.
 type Hop struct {
@@ -141,7 +156,15 @@ func (s Spec) Validate() error {
 	}
 	for _, h := range s.Hops {
 		if h.ID == 0 || h.ID > MaxID {
-			return fmt.Errorf("instance %s: ID %d out of range 1-%d", h.Name, h.ID, MaxID)
+			return fmt.Errorf("hop %s: ID %d out of range 1-%d", h.Name, h.ID, MaxID)
+		}
+	}
+	for _, tt := range s.zoned() {
+		if s.Overlay == nil {
+			return fmt.Errorf("tag %d: a zoned tenant needs an overlay", tt.Tag)
+		}
+		if tt.Ingress == "" || len(tt.Ingress) > 15 || strings.ContainsAny(tt.Ingress, " /") {
+			return fmt.Errorf("tag %d: ingress %q is not an interface name", tt.Tag, tt.Ingress)
 		}
 	}
 	for _, o := range s.steered() {
@@ -237,11 +260,12 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	d, save := hex(MarkReply), hex(MarkSave)
 	unicast := []string{"-m", "addrtype", "--dst-type", "UNICAST"}
 	restore := []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}
-	tagged := s.Overlay != nil && len(steered) == 0
+	tagged := s.Overlay != nil && (len(steered) == 0 || len(s.zoned()) > 0)
 	if tagged {
-		// An instance host on an overlay: a packet of an undecided flow
-		// carries its tenant's tag where the halves go (see TenantTag),
-		// which the restore would clear.
+		// An instance host on an overlay, or a gateway with zoned
+		// tenants: a packet of an undecided flow may carry its tenant's
+		// tag where the halves go (see TenantTag), which the restore
+		// would clear.
 		restore = append([]string{"-m", "mark", "!", "--mark", hex(MarkTag) + "/" + hex(MarkTag)}, restore...)
 	}
 	own = append(own, []Rule{
@@ -263,9 +287,11 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 		{chainPre, cat([]string{"-m", "mark", "--mark", d + "/" + hex(ReplyMask|MarkReply)}, unicast, queue(s.QueueBase+uint16(s.Queues)))},
 	}...)
 	if tagged {
-		// A tagged packet of the original direction (a tagged reply has
-		// an empty reply half, and the rule above queues it).
-		own = append(own, Rule{chainPre, cat([]string{"-m", "mark", "--mark", hex(MarkTag) + "/" + hex(MarkTag|MarkReply)}, unicast, queue(s.QueueBase))})
+		// A tagged packet, by its direction: the tag's gateway number
+		// sits in the reply half.
+		own = append(own,
+			Rule{chainPre, cat([]string{"-m", "mark", "--mark", hex(MarkTag) + "/" + hex(MarkTag|MarkReply)}, unicast, queue(s.QueueBase))},
+			Rule{chainPre, cat([]string{"-m", "mark", "--mark", hex(MarkTag|MarkReply) + "/" + hex(MarkTag|MarkReply)}, unicast, queue(s.QueueBase+uint16(s.Queues)))})
 	}
 	own = append(own, []Rule{
 		// The agent decided this packet (both directions, usually):

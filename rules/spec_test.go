@@ -121,10 +121,10 @@ func TestRouting(t *testing.T) {
 	rules, routes := s.Routing()
 	const (
 		first   = DefaultRulePriority
-		p       = first + 1
+		p       = first + 2
 		origEnd = p + 2 + trieSize
 		reply   = origEnd + 1
-		end     = reply + 1 + trieSize
+		end     = reply + 1 + trieSize + 1 + trieSize + 1
 		// The leaf of half value 4 (0b0000_0000_0100) in preorder: 9
 		// left turns (1 each), a right turn at depth 9 (past a left
 		// subtree of 2^3-1 nodes: 8), 2 left turns.
@@ -147,11 +147,11 @@ func TestRouting(t *testing.T) {
 			IPRule{Family: fam, Priority: end, Action: Nop},
 		)
 	}
-	wantRoutes := []Route{{8003, netip.MustParseAddr("10.200.0.11"), ""}, {8003, netip.MustParseAddr("fd00:200::11"), ""}}
+	wantRoutes := []Route{{Table: 8003, Via: netip.MustParseAddr("10.200.0.11")}, {Table: 8003, Via: netip.MustParseAddr("fd00:200::11")}}
 	if diff := cmp.Diff(wantRules, rules); diff != "" {
 		t.Errorf("rules (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(wantRoutes, routes, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+	if diff := cmp.Diff(wantRoutes, routes, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 		t.Errorf("routes (-want +got):\n%s", diff)
 	}
 }

@@ -18,10 +18,41 @@ import "net/netip"
 //     addresses.
 //
 // The rules live in nftables table inet nfsteer (see [TagTable]).
+//
+// A zoned tenant (one with SNAT) may share its addresses with other zoned
+// tenants, so nothing may tell it apart by them. On its gateways:
+//
+//   - what enters by its one Ingress interface is its own conntrack zone,
+//     the tag, and reaches the agent with the tag and MarkTag, as on an
+//     instance host;
+//   - the gateway tags it with its own number too (see [Overlay.Gateway]):
+//     the last instance of the chain hands the flow back to that gateway
+//     through the overlay, tagged, instead of routing it on;
+//   - what comes back from the chain towards the server is a second
+//     conntrack entry, zone 0x8000|tag in the original direction only (the
+//     server's reply, after SNAT, is in zone 0), which leaves with the
+//     tenant's SNAT address, and whose reply half is the hop that sent it,
+//     read from the inner Ethernet source: no second crossing;
+//   - what comes back towards the tenant (instances set the tag's A flag,
+//     [TagApplied], on it) is found in the tenant's zone and routed by its
+//     tag to its table, out of its ingress (see routing.go);
+//   - whatever would be forwarded to its addresses from anywhere else is
+//     dropped and counted with the untagged packets.
 type TenantTag struct {
 	Tag      uint16
 	Prefixes []netip.Prefix
+	// Ingress and SNAT are a zoned tenant's: its ingress interface and
+	// the address its flows leave with.
+	Ingress string
+	SNAT    netip.Addr
 }
+
+// Zoned reports whether the tenant is zoned (see [TenantTag]).
+func (tt TenantTag) Zoned() bool { return tt.SNAT.IsValid() }
+
+// ZoneOut is the bit that makes a zoned flow's second conntrack entry on a
+// gateway (its way out of the chain) a zone apart from its first.
+const ZoneOut = 0x8000
 
 // TagTable is the nftables table (family inet) that holds the overlay's
 // tag rules. nfsteer owns it whole.

@@ -45,7 +45,7 @@ func applyTags(s Spec) error {
 	if len(s.steered()) == 0 {
 		err = instanceTags(c, t, s.Tags, kept)
 	} else {
-		err = gatewayTags(c, t, s.Tags)
+		err = gatewayTags(c, t, s, kept)
 	}
 	if err != nil {
 		return err
@@ -61,11 +61,37 @@ func applyTags(s Spec) error {
 // direction the source's tenant, else the destination's; in the reply
 // direction the destination's (the flow's first source), else the
 // source's. A packet of no tenant leaves with tag 0, which instance hosts
-// drop.
-func gatewayTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag) error {
+// drop. A zoned tenant's flows are tagged by their zone instead, and
+// everything else a zoned tenant needs is here too (see [TenantTag]).
+func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error {
+	tags := slices.DeleteFunc(slices.Clone(s.Tags), TenantTag.Zoned)
 	post := c.AddChain(&nftables.Chain{Name: "tag", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(prioTagPost)})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), setMark(0))})
+	// The overlay's MTU is the service network's less the tunnel's
+	// headers, likely below the tenants' links': TCP learns it from the
+	// SYNs the gateway sends into the overlay, whichever way they go. (A
+	// zoned tenant cannot learn it from the gateway's ICMP errors: they
+	// are routed by the main table, which cannot tell tenants that share
+	// addresses apart.)
+	fwd := c.AddChain(&nftables.Chain{Name: "mss", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityMangle})
+	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(oifOverlay(), []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x06}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}}, // SYN without RST
+		&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 2, Size: 2},
+		// The kernel only ever lowers it.
+		&expr.Exthdr{SourceRegister: 1, Op: expr.ExthdrOpTcpopt, Type: 2, Offset: 2, Len: 2},
+	})})
+	if len(s.zoned()) > 0 {
+		if err := zonedGateway(c, t, s, kept); err != nil {
+			return err
+		}
+	}
 	for _, fam := range []struct {
 		proto byte
 		key   nftables.SetDatatype
@@ -105,7 +131,229 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag) error {
 				})})
 		}
 	}
+	if len(s.zoned()) > 0 {
+		// Last, so that it wins: a zoned flow by its zone (either
+		// entry's), with the gateway's number.
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), loadZone(), []expr.Any{
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(TagMask), Xor: native(uint32(s.Overlay.Gateway) << GatewayShift)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		})})
+	}
 	return nil
+}
+
+// zonedGateway adds what a gateway needs for its zoned tenants (see
+// [TenantTag]) besides the tag: their zones, the tenant's tag for the
+// agent, the second conntrack entry and its reverse hop, SNAT, and the
+// drops.
+func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error {
+	zoned := s.zoned()
+	mark := func(v uint32) []byte { return native(v) }
+	ingress := &nftables.Set{Table: t, Name: "ingress", KeyType: nftables.TypeIFName, DataType: nftables.TypeMark, IsMap: true}
+	allTags := &nftables.Set{Table: t, Name: "tags", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
+	zonedTags := &nftables.Set{Table: t, Name: "zoned", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
+	hops := &nftables.Set{Table: t, Name: "hops", KeyType: nftables.TypeEtherAddr, DataType: nftables.TypeMark, IsMap: true}
+	snat4 := &nftables.Set{Table: t, Name: "snat4", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeIPAddr, IsMap: true}
+	snat6 := &nftables.Set{Table: t, Name: "snat6", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeIP6Addr, IsMap: true}
+	// The server's replies find their entry's zone by the address they
+	// go to.
+	out4 := &nftables.Set{Table: t, Name: "out4", KeyType: nftables.TypeIPAddr, DataType: nftables.TypeMark, IsMap: true}
+	out6 := &nftables.Set{Table: t, Name: "out6", KeyType: nftables.TypeIP6Addr, DataType: nftables.TypeMark, IsMap: true}
+	var ingressE, zonedE, snat4E, snat6E, out4E, out6E, allE, hopsE []nftables.SetElement
+	var dests []TenantTag
+	for _, tt := range s.Tags {
+		allE = append(allE, nftables.SetElement{Key: mark(uint32(tt.Tag))})
+	}
+	for _, tt := range zoned {
+		ingressE = append(ingressE, nftables.SetElement{Key: ifname(tt.Ingress), Val: mark(uint32(tt.Tag))})
+		zonedE = append(zonedE, nftables.SetElement{Key: mark(uint32(tt.Tag))})
+		out := uint32(tt.Tag) | ZoneOut
+		if tt.SNAT.Is4() {
+			snat4E = append(snat4E, nftables.SetElement{Key: mark(out), Val: tt.SNAT.AsSlice()})
+			out4E = append(out4E, nftables.SetElement{Key: tt.SNAT.AsSlice(), Val: mark(out)})
+		} else {
+			snat6E = append(snat6E, nftables.SetElement{Key: mark(out), Val: tt.SNAT.AsSlice()})
+			out6E = append(out6E, nftables.SetElement{Key: tt.SNAT.AsSlice(), Val: mark(out)})
+		}
+		dests = append(dests, TenantTag{Tag: tt.Tag, Prefixes: tt.Prefixes})
+	}
+	ids := map[string]uint16{}
+	for _, h := range s.Hops {
+		ids[h.Name] = h.ID
+	}
+	for _, p := range s.Overlay.Peers {
+		if id, ok := ids[p.Name]; ok {
+			hopsE = append(hopsE, nftables.SetElement{Key: OverlayMAC(p.Underlay), Val: mark(HalfValue(id)<<ReplyShift | MarkPass)})
+		}
+	}
+	dst4 := &nftables.Set{Table: t, Name: "zoned4", KeyType: nftables.TypeIPAddr, Interval: true}
+	dst6 := &nftables.Set{Table: t, Name: "zoned6", KeyType: nftables.TypeIP6Addr, Interval: true}
+	for _, set := range []struct {
+		s *nftables.Set
+		e []nftables.SetElement
+	}{{ingress, ingressE}, {allTags, allE}, {zonedTags, zonedE}, {hops, hopsE}, {snat4, snat4E}, {snat6, snat6E}, {out4, out4E}, {out6, out6E}} {
+		if err := c.AddSet(set.s, set.e); err != nil {
+			return fmt.Errorf("adding set %s: %w", set.s.Name, err)
+		}
+	}
+	for _, d := range []struct {
+		s   *nftables.Set
+		is4 bool
+	}{{dst4, true}, {dst6, false}} {
+		elems, err := unionElements(dests, d.is4)
+		if err != nil {
+			return err
+		}
+		if err := c.AddSet(d.s, elems); err != nil {
+			return fmt.Errorf("adding set %s: %w", d.s.Name, err)
+		}
+	}
+	c.AddObj(&nftables.CounterObj{Table: t, Name: UntaggedCounter, Packets: kept})
+	drop := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: UntaggedCounter}, &expr.Verdict{Kind: expr.VerdictDrop}}
+	setZone := []expr.Any{&expr.Ct{Key: expr.CtKeyZONE, SourceRegister: true, Register: 1}}
+	tagIn := func(set *nftables.Set, invert bool) []expr.Any {
+		return slices.Concat(loadMark(TagMask), []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: invert}})
+	}
+	markBits := func(mask, want uint32) []expr.Any {
+		return slices.Concat(loadMark(mask), []expr.Any{&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark(want)}})
+	}
+
+	raw := c.AddChain(&nftables.Chain{Name: "zone", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(prioTagRaw)})
+	add := func(ch *nftables.Chain, e ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(e...)})
+	}
+	// What enters by a zoned tenant's ingress is in its zone.
+	add(raw, []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: ingress.Name, SetID: ingress.ID},
+	}, setZone)
+	// From the overlay: a tag of no tenant is dropped.
+	add(raw, iifOverlay(true), tagIn(allTags, true), drop)
+	// A zoned tenant's flow on its way back to the tenant: in its zone,
+	// and routed by its tag (MarkTag; see routing.go).
+	add(raw, iifOverlay(true), tagIn(zonedTags, false), markBits(TagApplied, TagApplied), loadMark(TagMask), setZone, []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(TagMask), Xor: mark(MarkTag)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	})
+	// A zoned tenant's flow on its way out of the chain: its second
+	// entry, a zone of its own.
+	add(raw, iifOverlay(true), tagIn(zonedTags, false), markBits(TagApplied|MarkTag, 0), loadMark(TagMask), []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(TagMask), Xor: mark(ZoneOut)},
+	}, setZone, setMark(0))
+	// Any other tag is routed on as if untagged: the mark must not pass
+	// for a hop.
+	add(raw, iifOverlay(true), markBits(MarkTag, 0), setMark(0))
+	for _, fam := range []struct {
+		proto    byte
+		off, len uint32
+		out, dst *nftables.Set
+	}{{unix.NFPROTO_IPV4, 16, 4, out4, dst4}, {unix.NFPROTO_IPV6, 24, 16, out6, dst6}} {
+		daddr := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off, Len: fam.len},
+		}
+		// The server's reply to a snat address: the second entry's zone.
+		add(raw, iifOverlay(false), daddr, []expr.Any{&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: fam.out.Name, SetID: fam.out.ID}}, setZone)
+		// Anything else forwarded to a zoned tenant's addresses did not
+		// come back through its chain.
+		add(raw, iifOverlay(false), daddr, []expr.Any{
+			&expr.Lookup{SourceRegister: 1, SetName: fam.dst.Name, SetID: fam.dst.ID},
+			&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_UNICAST)},
+		}, drop)
+	}
+
+	pre := c.AddChain(&nftables.Chain{Name: "tagged", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(prioTagPre)})
+	// An undecided flow of a zoned tenant: to the agent with its tag.
+	add(pre, iifOverlay(false), loadZone(), []expr.Any{
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		// (A mask, not an order: the zone is in host byte order.)
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(ZoneOut), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+	}, undecided(), loadZone(), []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(TagMask), Xor: mark(MarkTag)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	})
+	// A second entry's reverse hop: the instance that handed it back.
+	add(pre, iifOverlay(true), []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(expr.CtStateBitNEW), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}, loadZone(), []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(ZoneOut), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: hops.Name, SetID: hops.ID},
+		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1},
+	})
+
+	nat := c.AddChain(&nftables.Chain{Name: "snat", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	for _, fam := range []struct {
+		proto byte
+		set   *nftables.Set
+	}{{unix.NFPROTO_IPV4, snat4}, {unix.NFPROTO_IPV6, snat6}} {
+		add(nat, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
+		}, loadZone(), []expr.Any{
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: fam.set.Name, SetID: fam.set.ID},
+			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(fam.proto), RegAddrMin: 1},
+		})
+	}
+	return nil
+}
+
+// loadZone puts the packet's conntrack zone in register 1.
+func loadZone() []expr.Any { return []expr.Any{&expr.Ct{Key: expr.CtKeyZONE, Register: 1}} }
+
+// undecided matches a packet whose flow has no halves in its connmark.
+func undecided() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(HopMask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+func native(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+// unionElements are the elements of an interval set of the prefixes of
+// tags of one family, merged where they overlap (zoned tenants share
+// addresses).
+func unionElements(tags []TenantTag, is4 bool) ([]nftables.SetElement, error) {
+	var ps []netip.Prefix
+	for _, tt := range tags {
+		for _, p := range tt.Prefixes {
+			if p.Addr().Is4() == is4 {
+				ps = append(ps, p.Masked())
+			}
+		}
+	}
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	// Drop every prefix another one before it covers: what is left is
+	// disjoint.
+	var merged []TenantTag
+	for _, p := range ps {
+		if n := len(merged); n > 0 && merged[n-1].Prefixes[0].Overlaps(p) {
+			continue
+		}
+		merged = append(merged, TenantTag{Prefixes: []netip.Prefix{p}})
+	}
+	elems, err := intervalElements(merged, is4)
+	for i := range elems {
+		elems[i].Val = nil
+	}
+	return elems, err
 }
 
 // instanceTags: an instance host takes its flows' zones from the tags
@@ -125,11 +373,12 @@ func instanceTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag, kept ui
 
 	raw := c.AddChain(&nftables.Chain{Name: "zone", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(prioTagRaw)})
-	// A tag that names no tenant (0: none), with the GBP flags cut off.
-	c.AddRule(&nftables.Rule{Table: t, Chain: raw, Exprs: slices.Concat(iifOverlay(true), loadMark(0xffff),
+	// A tag that names no tenant (0: none).
+	c.AddRule(&nftables.Rule{Table: t, Chain: raw, Exprs: slices.Concat(iifOverlay(true), loadMark(TagMask),
 		[]expr.Any{&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: true}}, drop)})
-	// The tag alone in the mark, and as the flow's zone.
-	c.AddRule(&nftables.Rule{Table: t, Chain: raw, Exprs: slices.Concat(iifOverlay(true), loadMark(OrigMask),
+	// The tag and its gateway's number alone in the mark, with the GBP
+	// flags cut off, and as the flow's zone.
+	c.AddRule(&nftables.Rule{Table: t, Chain: raw, Exprs: slices.Concat(iifOverlay(true), loadMark(TagMask|GatewayMask),
 		[]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 			&expr.Ct{Key: expr.CtKeyZONE, SourceRegister: true, Register: 1},
@@ -163,6 +412,16 @@ func instanceTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag, kept ui
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(),
 		[]expr.Any{
 			&expr.Ct{Key: expr.CtKeyZONE, Register: 1},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		})})
+	// Towards the tenant (the connection's reply direction): the A flag,
+	// by which a gateway tells a zoned flow coming back from one leaving.
+	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(),
+		[]expr.Any{
+			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
+		}, loadMark(^uint32(0)), []expr.Any{
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(^TagApplied), Xor: native(TagApplied)},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 		})})
 	return nil

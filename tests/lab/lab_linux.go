@@ -278,6 +278,25 @@ func (l *Lab) AddInstanceHost(name, v4, v6 string) error {
 	return l.settle([]string{name})
 }
 
+// AddClient adds a client host to the running lab: its eth0, at addr
+// (a CIDR address), is linked to the gateway's interface gwIf, at gwAddr,
+// which is its default route. Two clients may have the same addresses: the
+// gateway's interfaces tell them apart. Its namespace goes when the lab
+// does.
+func (l *Lab) AddClient(name, addr, gwIf, gwAddr string) error {
+	if err := l.addHost(name); err != nil {
+		return err
+	}
+	if err := l.addLink(link{name, "eth0", "gw", gwIf, []string{addr}, []string{gwAddr}}); err != nil {
+		return err
+	}
+	gw, _, _ := strings.Cut(gwAddr, "/")
+	if err := l.Run(name, "ip", "route", "add", "default", "via", gw); err != nil {
+		return err
+	}
+	return l.settle([]string{name, "gw"})
+}
+
 // settle waits until every interface that is up has its IPv6 link-local
 // address: the kernel adds them (and their routes) asynchronously, and a
 // test comparing routing tables must not see them arrive.

@@ -1,0 +1,236 @@
+//go:build linux
+
+package tests
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// overlapMap is the lab's overlay map with two more tenants, blue and red,
+// that have the same addresses: blue enters by the gateway's cb0 and
+// crosses fw then dlp, red enters by cr0 and crosses dlp only, and each
+// leaves with its own address.
+var overlapMap = strings.Replace(overlayMap, "tenants:\n", `tenants:
+  blue: {ingress: [cb0], prefixes: [10.50.0.0/24], chain: [fw, dlp], tag: 3, snat: 10.61.0.101}
+  red: {ingress: [cr0], prefixes: [10.50.0.0/24], chain: [dlp], tag: 4, snat: 10.61.0.102}
+`, 1)
+
+// overlapClient is blue's and red's client address, each on its own link.
+const overlapClient = "10.50.0.5"
+
+// overlapLab builds the lab with blue's and red's clients (hosts "cb" and
+// "cr", the same address on each) and starts its agents.
+func overlapLab(t *testing.T, m string, extra ...string) *lab.Lab {
+	t.Helper()
+	l := lab.NewWithMap(t, bin, m)
+	for _, c := range []struct{ host, gwIf string }{{"cb", "cb0"}, {"cr", "cr0"}} {
+		if err := l.AddClient(c.host, overlapClient+"/24", c.gwIf, "10.50.0.1/24"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.StartAll(extra...); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// received is what the server got on one connection.
+type received struct {
+	from string
+	n    int64
+	sum  [32]byte
+}
+
+// overlapServer accepts connections on the server's addr, reads each to
+// its end and answers with the SHA-256 of what it read, and reports what
+// it got, by connection, on the channel it returns.
+func overlapServer(t *testing.T, l *lab.Lab, addr string) <-chan received {
+	t.Helper()
+	ln, err := l.Listen("srv", "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	out := make(chan received, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(60 * time.Second))
+				h := sha256.New()
+				n, err := io.Copy(h, c)
+				var r received
+				r.from, r.n = c.RemoteAddr().String(), n
+				copy(r.sum[:], h.Sum(nil))
+				if err == nil {
+					c.Write(r.sum[:])
+				}
+				out <- r
+			}()
+		}
+	}()
+	return out
+}
+
+// sendAndCheck sends n random bytes over TCP from host's local address to
+// the server's addr, and checks the server's answer: the SHA-256 of what
+// it read. It returns the digest sent.
+func sendAndCheck(l *lab.Lab, host, local, addr string, n int64) ([32]byte, error) {
+	var sum [32]byte
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := l.Dial(ctx, host, "tcp", local, addr)
+	if err != nil {
+		return sum, fmt.Errorf("connecting from %s on %s: %w", local, host, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(c, h), io.LimitReader(rand.Reader, n)); err != nil {
+		return sum, fmt.Errorf("sending from %s: %w", host, err)
+	}
+	copy(sum[:], h.Sum(nil))
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return sum, err
+	}
+	var back [32]byte
+	if _, err := io.ReadFull(c, back[:]); err != nil {
+		return sum, fmt.Errorf("reading the server's digest on %s: %w", host, err)
+	}
+	if back != sum {
+		return sum, fmt.Errorf("%s: the server read other bytes than were sent", host)
+	}
+	return sum, nil
+}
+
+// TestOverlappingTenants: blue's and red's clients, with the same address
+// on their own links, open TCP to the same server port from the same
+// source port at the same time. Both transfers are byte-exact, the server
+// sees two connections, from blue's and red's snat addresses, and the
+// instances' own counters show blue's flows crossing fw then dlp and red's
+// crossing dlp only (told apart by a second pair of flows with distinct
+// source ports).
+func TestOverlappingTenants(t *testing.T) {
+	l := overlapLab(t, overlapMap)
+	srvAddr := lab.Server + ":5301"
+	got := overlapServer(t, l, srvAddr)
+	// Counters in the instance hosts' namespaces: every packet of each
+	// distinct-port flow, by direction (to the server, or from it), in
+	// the zone of its tag as the instance host takes it.
+	for _, in := range lab.Instances {
+		for _, fl := range []struct{ name, port string }{{"blue", "40001"}, {"red", "40002"}} {
+			for dir, expr := range map[string]string{
+				"_f": "ip saddr " + overlapClient + " tcp sport " + fl.port,
+				"_r": "ip daddr " + overlapClient + " tcp dport " + fl.port,
+			} {
+				if err := l.Count(in.Name, fl.name+dir, `iifname "nfsteer0" `+expr); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	const size = 1 << 20
+	run := func(port string) map[string][32]byte {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		sums := map[string][32]byte{}
+		for _, host := range []string{"cb", "cr"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sum, err := sendAndCheck(l, host, overlapClient+":"+port, srvAddr, size)
+				if err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				sums[host] = sum
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		return sums
+	}
+	checkServer := func(sums map[string][32]byte, port string) {
+		t.Helper()
+		want := map[string]string{"10.61.0.101": "cb", "10.61.0.102": "cr"}
+		for range 2 {
+			select {
+			case r := <-got:
+				host, _, _ := strings.Cut(r.from, ":")
+				c, ok := want[host]
+				if !ok {
+					t.Errorf("the server saw a connection from %s, not from blue's or red's snat address", r.from)
+					continue
+				}
+				delete(want, host)
+				if r.n != size || r.sum != sums[c] {
+					t.Errorf("the server read %d bytes from %s, not the %d %s sent", r.n, r.from, size, c)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("the server saw no connection for %v (port %s)", want, port)
+				return
+			}
+		}
+	}
+	// The same 5-tuple twice, at once.
+	checkServer(run("40000"), "40000")
+	if t.Failed() {
+		for _, cmd := range [][]string{{"nft", "list", "table", "inet", "nfsteer"}, {"conntrack", "-L"}, {"iptables-save"}} {
+			out, _ := l.Output("gw", cmd...)
+			t.Logf("gw %v:\n%s", cmd, out)
+		}
+		return
+	}
+	// Blue on 40001, red on 40002: the instances tell us who crossed what.
+	var wg sync.WaitGroup
+	sums := map[string][32]byte{}
+	var mu sync.Mutex
+	for _, c := range []struct{ host, port string }{{"cb", "40001"}, {"cr", "40002"}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum, err := sendAndCheck(l, c.host, overlapClient+":"+c.port, srvAddr, size)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			sums[c.host] = sum
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	checkServer(sums, "40001/40002")
+	crossed := func(flow string) map[string]bool {
+		out := map[string]bool{}
+		for _, in := range lab.Instances {
+			f, _, _ := l.Packets(in.Name, flow+"_f")
+			r, _, _ := l.Packets(in.Name, flow+"_r")
+			if f > 0 || r > 0 {
+				out[strings.TrimSuffix(strings.TrimSuffix(in.Name, "-1"), "-2")] = true
+			}
+			t.Logf("%s: %s forward %d, reply %d packets", in.Name, flow, f, r)
+		}
+		return out
+	}
+	if c := crossed("blue"); !c["fw"] || !c["dlp"] {
+		t.Errorf("blue's flow crossed %v; want fw and dlp", c)
+	}
+	if c := crossed("red"); c["fw"] || !c["dlp"] {
+		t.Errorf("red's flow crossed %v; want dlp only", c)
+	}
+}
