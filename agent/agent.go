@@ -674,6 +674,8 @@ func markValue(d steering.Decision, gateway uint16) uint32 {
 	switch {
 	case d.Kind == steering.Steer:
 		return rules.HalfValue(d.Instance.ID)
+	case d.Kind == steering.EndOfChain && gateway != 0 && d.Reverse:
+		return rules.HalfValue(steering.ReturnID(steering.MaxID + gateway))
 	case d.Kind == steering.EndOfChain && gateway != 0:
 		return rules.HalfValue(steering.MaxID + gateway)
 	}

@@ -110,7 +110,8 @@ func SpecFor(t *steering.Table, node string, base rules.Spec) (rules.Spec, error
 		_, nodes := t.OverlayNodes()
 		for _, n := range nodes {
 			if steering.GatewayNumber(n.ID) != 0 {
-				s.Hops = append(s.Hops, rules.Hop{ID: n.ID, Name: n.Name, V4: n.V4, V6: n.V6})
+				s.Hops = append(s.Hops, rules.Hop{ID: n.ID, Name: n.Name, V4: n.V4, V6: n.V6},
+					rules.Hop{ID: steering.ReturnID(n.ID), Name: n.Name, V4: n.V4, V6: n.V6, Return: true})
 			}
 		}
 	}

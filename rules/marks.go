@@ -21,9 +21,9 @@ const (
 	// MarkPass in a half means: decided, route normally.
 	MarkPass uint32 = 1
 	// MaxID is the highest ID of a hop: the map's highest, an overlay
-	// gateway's (steering.MaxGatewayID), which a half must be able to
-	// carry.
-	MaxID = steering.MaxGatewayID
+	// gateway's return hop (steering.ReturnID), which a half must be able
+	// to carry.
+	MaxID = steering.MaxGatewayID + steering.MaxGateways
 )
 
 // A half carries HalfValue(MaxID) = MaxID+1; this fails to compile (a

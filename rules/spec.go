@@ -122,6 +122,11 @@ type Hop struct {
 	ID     uint16
 	Name   string
 	V4, V6 netip.Addr
+	// Return says the hop is a gateway's return hop: the way a zoned
+	// tenant's flow goes back to the gateway on its way to the tenant. An
+	// instance host tags what it sends there with VXLAN-GBP's A flag
+	// ([TagApplied]), by which the gateway tells it from the way out.
+	Return bool
 }
 
 // WithDefaults returns s with zero numbers replaced by their defaults.

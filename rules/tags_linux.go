@@ -43,7 +43,7 @@ func applyTags(s Spec) error {
 	}
 	c.AddTable(t)
 	if len(s.steered()) == 0 {
-		err = instanceTags(c, t, s.Tags, kept)
+		err = instanceTags(c, t, s, kept)
 	} else {
 		err = gatewayTags(c, t, s, kept)
 	}
@@ -359,7 +359,8 @@ func unionElements(tags []TenantTag, is4 bool) ([]nftables.SetElement, error) {
 // instanceTags: an instance host takes its flows' zones from the tags
 // they arrive with, drops what it may not steer, marks what reaches its
 // agent with a tag (MarkTag), and tags what it sends on.
-func instanceTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag, kept uint64) error {
+func instanceTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error {
+	tags := s.Tags
 	set := &nftables.Set{Table: t, Name: "tags", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
 	var elems []nftables.SetElement
 	for _, tt := range tags {
@@ -409,19 +410,33 @@ func instanceTags(c *nftables.Conn, t *nftables.Table, tags []TenantTag, kept ui
 
 	post := c.AddChain(&nftables.Chain{Name: "tag", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(prioTagPost)})
+	// To a gateway's return hop, in either direction (see Hop.Return):
+	// the tag with the A flag, and nothing else.
+	ret := &nftables.Set{Table: t, Name: "return", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
+	var retE []nftables.SetElement
+	for _, h := range s.Hops {
+		if h.Return {
+			retE = append(retE,
+				nftables.SetElement{Key: native(HalfValue(h.ID))},
+				nftables.SetElement{Key: native(HalfValue(h.ID)<<ReplyShift | MarkReply)})
+		}
+	}
+	if err := c.AddSet(ret, retE); err != nil {
+		return fmt.Errorf("adding set %s: %w", ret.Name, err)
+	}
+	tagApplied := []expr.Any{
+		&expr.Ct{Key: expr.CtKeyZONE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(^uint32(0)), Xor: native(TagApplied)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
+	for _, half := range []uint32{OrigMask | MarkReply, ReplyMask | MarkReply} {
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), loadMark(half),
+			[]expr.Any{&expr.Lookup{SourceRegister: 1, SetName: ret.Name, SetID: ret.ID}}, tagApplied)})
+	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(),
 		[]expr.Any{
 			&expr.Ct{Key: expr.CtKeyZONE, Register: 1},
-			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-		})})
-	// Towards the tenant (the connection's reply direction): the A flag,
-	// by which a gateway tells a zoned flow coming back from one leaving.
-	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(),
-		[]expr.Any{
-			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
-		}, loadMark(^uint32(0)), []expr.Any{
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(^TagApplied), Xor: native(TagApplied)},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 		})})
 	return nil

@@ -67,18 +67,24 @@ type Published struct {
 // MaxID is the highest instance ID: the mark has 12 bits per direction,
 // value 1 means "pass" and value ID+1 means "steer to ID", and the IDs
 // above MaxID are the overlay's gateways'.
-const MaxID = 4078
+const MaxID = 4063
 
 // The IDs of the overlay's gateways: an instance host on an overlay sends
 // a flow of a tenant with `snat` back to the gateway it entered by when it
-// leaves the chain, and routes to a gateway as to an instance, by its ID.
-// A gateway's number, ID-MaxID (1 to MaxGateways), rides in the overlay's
-// tag (see package rules).
+// leaves the chain, and routes to a gateway as to an instance, by its ID
+// (on its way out) or by its [ReturnID] (on its way back to the tenant,
+// so that the gateway can tell the two apart). A gateway's number,
+// ID-MaxID (1 to MaxGateways), rides in the overlay's tag (see package
+// rules).
 const (
 	FirstGatewayID = MaxID + 1
-	MaxGatewayID   = 4093
-	MaxGateways    = MaxGatewayID - MaxID
+	MaxGateways    = 15
+	MaxGatewayID   = MaxID + MaxGateways
 )
+
+// ReturnID is the hop ID by which an instance host hands a zoned flow
+// back to the gateway with ID id on its way back to the tenant.
+func ReturnID(id uint16) uint16 { return id + MaxGateways }
 
 // GatewayNumber is the number of the gateway whose ID is id (0 if id is
 // not a gateway's).

@@ -194,7 +194,7 @@ func TestRulesOwnership(t *testing.T) {
 		}
 		before := snapshot(t, l, "dlp-1")
 		out, err := l.Nfsteer("dlp-1", "rules", "install", "--node", "dlp-1", "--map", l.MapFile)
-		if err == nil || !strings.Contains(err.Error(), "IPv4 rule at priority 9000 (protocol 0) is among nfsteer's priorities 8000-24387") {
+		if err == nil || !strings.Contains(err.Error(), "IPv4 rule at priority 9000 (protocol 0) is among nfsteer's priorities 8000-32581") {
 			t.Errorf("install with a foreign rule at priority 9000: %v\n%s\nwant an error naming the rule", err, out)
 		}
 		if diff := cmp.Diff(before, snapshot(t, l, "dlp-1")); diff != "" {

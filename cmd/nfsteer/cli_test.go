@@ -115,7 +115,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"a tenant tag too large", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--tag", "70000"}, 2, "--tag 70000: want 1 to 4095"},
 		{"an outer interface that does not exist", []string{"agent", "--node", "gw", "--map", "m.yaml", "--outer", "nfsteer-nope0"}, 2, "--outer nfsteer-nope0: no such interface in this network namespace"},
 		{"an unknown overload policy", []string{"agent", "--node", "gw", "--overload", "maybe"}, 2, `--overload "maybe": want drop or bypass`},
-		{"a rule priority with no room for nfsteer's rules", []string{"agent", "--node", "gw", "--rule-priority", "20000"}, 2, "--rule-priority 20000: want 1 to 16378"},
+		{"a rule priority with no room for nfsteer's rules", []string{"agent", "--node", "gw", "--rule-priority", "20000"}, 2, "--rule-priority 20000: want 1 to 8184"},
 		{"instance of an unknown service", []string{"instance", "add", "--service", "ids", "ids-1", "10.200.0.31"}, 1, `service "ids"`},
 		{"duplicate instance", []string{"instance", "add", "--service", "dlp", "fw-1", "10.200.0.31"}, 1, `instance "fw-1": already in the map`},
 		{"instance with a bad address", []string{"instance", "add", "--service", "dlp", "dlp-3", "10.200.0.300"}, 1, `services.dlp.instances.dlp-3[0]: "10.200.0.300" is not an IP address`},

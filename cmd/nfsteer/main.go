@@ -224,7 +224,7 @@ func specFromFlags(c *cli.Context) (rules.Spec, error) {
 	}{
 		{"queues", c.Int("queues"), 0, 1024},
 		{"queue-base", int(c.Uint("queue-base")), 0, 0xffff - 2*1024},
-		{"table-base", c.Int("table-base"), 1, 1<<31 - 1 - rules.MaxID},
+		{"table-base", c.Int("table-base"), 1, 1<<31 - 1 - rules.TablesUsed},
 		{"rule-priority", c.Int("rule-priority"), 1, rules.MaxRulePriority},
 	} {
 		if r.v < r.lo || r.v > r.hi {
