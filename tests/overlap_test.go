@@ -6,14 +6,18 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
 
@@ -91,6 +95,12 @@ func overlapServer(t *testing.T, l *lab.Lab, addr string) <-chan received {
 // the server's addr, and checks the server's answer: the SHA-256 of what
 // it read. It returns the digest sent.
 func sendAndCheck(l *lab.Lab, host, local, addr string, n int64) ([32]byte, error) {
+	return sendPaced(l, host, local, addr, n, 0)
+}
+
+// sendPaced is sendAndCheck sending 16 KiB every tick (0: as fast as TCP
+// takes them).
+func sendPaced(l *lab.Lab, host, local, addr string, n int64, tick time.Duration) ([32]byte, error) {
 	var sum [32]byte
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -101,8 +111,23 @@ func sendAndCheck(l *lab.Lab, host, local, addr string, n int64) ([32]byte, erro
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(c, h), io.LimitReader(rand.Reader, n)); err != nil {
-		return sum, fmt.Errorf("sending from %s: %w", host, err)
+	src := io.LimitReader(rand.Reader, n)
+	if tick == 0 {
+		if _, err := io.Copy(io.MultiWriter(c, h), src); err != nil {
+			return sum, fmt.Errorf("sending from %s: %w", host, err)
+		}
+	}
+	for buf := make([]byte, 16<<10); tick > 0; time.Sleep(tick) {
+		m, err := io.ReadFull(src, buf)
+		if m > 0 {
+			h.Write(buf[:m])
+			if _, err := c.Write(buf[:m]); err != nil {
+				return sum, fmt.Errorf("sending from %s: %w", host, err)
+			}
+		}
+		if err != nil {
+			break
+		}
 	}
 	copy(sum[:], h.Sum(nil))
 	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
@@ -232,5 +257,99 @@ func TestOverlappingTenants(t *testing.T) {
 	}
 	if c := crossed("red"); c["fw"] || !c["dlp"] {
 		t.Errorf("red's flow crossed %v; want dlp only", c)
+	}
+}
+
+// TestOverlapUnderFailover: blue's and red's flows, on the same 5-tuple,
+// both cross the same dlp instance (the same code, so the same slot). Its
+// agent is killed and its link taken down mid-transfer: both transfers
+// finish byte-exact, each on the secondary, each on its own mirrored
+// session (keyed by its tenant's tag in Redis).
+func TestOverlapUnderFailover(t *testing.T) {
+	l := lab.NewWithMap(t, bin, overlapMap)
+	for _, c := range []struct{ host, gwIf string }{{"cb", "cb0"}, {"cr", "cr0"}} {
+		if err := l.AddClient(c.host, overlapClient+"/24", c.gwIf, "10.50.0.1/24"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.StartRedis(t)
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll("--redis", lab.RedisURL, "--refresh", "500ms"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.StartController("controller"); err != nil {
+		t.Fatal(err)
+	}
+	const local, srvAddr = overlapClient + ":40100", lab.Server + ":5302"
+	f := flowOf(t, 6, local, srvAddr)
+	tab := tableOf(t, overlapMap)
+	slot := tab.SlotOf(steering.AffinityCode(&f))
+	dlp := tab.ServiceByName("dlp")
+	p, s := tab.RolesFor(dlp, slot)
+	primary, secondary := p.Name, s.Name
+	t.Logf("flow %v: dlp primary %s, secondary %s", sessions.KeyOf(&f), primary, secondary)
+	if err := l.Count(secondary, "after", "ip saddr "+overlapClient+" tcp sport 40100"); err != nil {
+		t.Fatal(err)
+	}
+	got := overlapServer(t, l, srvAddr)
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		for _, a := range l.Agents(primary) {
+			a.Kill()
+		}
+		if err := l.Run(primary, "ip", "link", "set", "eth0", "down"); err != nil {
+			t.Error(err)
+		}
+		t.Logf("killed %s's agent and took its link down", primary)
+	}()
+	var wg sync.WaitGroup
+	for _, host := range []string{"cb", "cr"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// 16 KiB every 2 ms: about 8 MB/s for 4 s each.
+			if _, err := sendPaced(l, host, local, srvAddr, 32<<20, 2*time.Millisecond); err != nil {
+				t.Errorf("%s's transfer broke across the failover: %v", host, err)
+			}
+		}()
+	}
+	wg.Wait()
+	from := map[string]bool{}
+	for range 2 {
+		select {
+		case r := <-got:
+			from[r.from] = true
+		case <-time.After(10 * time.Second):
+			t.Fatal("the server did not see both connections end")
+		}
+	}
+	if !from["10.61.0.101:40100"] || !from["10.61.0.102:40100"] {
+		t.Errorf("the server saw connections from %v; want blue's and red's snat addresses", from)
+	}
+	if n, _, err := l.Packets(secondary, "after"); err != nil || n < 200 {
+		t.Errorf("secondary %s counted %d packets of the flows (%v); want it to carry both", secondary, n, err)
+	}
+	// Each tenant's flow has its own session in Redis, by its tag, with
+	// its own chain, and dlp's secondary (which took over) in it: blue's
+	// crosses fw then dlp, red's dlp only.
+	for _, tc := range []struct {
+		tag  uint16
+		want []string
+	}{{3, []string{"fw", "dlp"}}, {4, []string{"dlp"}}} {
+		k := sessions.TaggedKeyOf(&f, tc.tag)
+		out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k.String()+"}")
+		var rec struct{ Hops []sessions.Hop }
+		if err == nil {
+			err = json.Unmarshal([]byte(out), &rec)
+		}
+		var chain []string
+		for _, h := range rec.Hops {
+			chain = append(chain, h.Service)
+		}
+		if err != nil || !slices.Equal(chain, tc.want) || rec.Hops[len(rec.Hops)-1].Secondary != secondary {
+			t.Errorf("Redis holds %+v (%v) as the hops of %s; want services %v, with %s as dlp's secondary", rec.Hops, err, k, tc.want, secondary)
+		}
 	}
 }
