@@ -292,6 +292,7 @@ func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 		}
 		return 0
 	}
+	wantRoutes = slices.Clone(wantRoutes)
 	for i, r := range wantRoutes {
 		if r.Dev == OverlayDevice && overlay == 0 {
 			return fmt.Errorf("route via %s in table %d: no device %s", r.Via, r.Table, r.Dev)
@@ -299,7 +300,7 @@ func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 		if r.Dst.IsValid() && ifindex(r.Dev) == 0 {
 			// A zoned tenant's ingress missing on this gateway: its
 			// replies are dropped, never routed by the main table.
-			wantRoutes[i].Unreachable = true
+			wantRoutes[i].Unreachable, wantRoutes[i].Dev = true, ""
 		}
 		nr := toNetlinkRoute(wantRoutes[i], ifindex(r.Dev))
 		if err := netlink.RouteReplace(nr); err != nil {

@@ -19,10 +19,14 @@ type Trace struct {
 	// Spoofed, when set, says why a gateway drops the flow's packets
 	// where they enter (see [Table.TenantAt]): then nothing else applies.
 	Spoofed string `json:"spoofed,omitempty"`
-	Tenant  string `json:"tenant,omitempty"`
-	Code    uint32 `json:"code"`
-	Slot    uint32 `json:"slot"`
-	Version uint64 `json:"version"`
+	// Shared, when set, lists the zoned tenants whose prefixes hold the
+	// source (see [TenantInfo.Zoned]) when no ingress was given to tell
+	// them apart: then nothing else applies.
+	Shared  []string `json:"shared,omitempty"`
+	Tenant  string   `json:"tenant,omitempty"`
+	Code    uint32   `json:"code"`
+	Slot    uint32   `json:"slot"`
+	Version uint64   `json:"version"`
 	// Forward is the path of the flow's first packet; Reply that of its
 	// answer. Each ends with the hop whose node routes the packet normally.
 	Forward []TraceHop `json:"forward"`
@@ -64,13 +68,29 @@ func (t *Table) Trace(f Flow) Trace { return t.TraceFrom(f, "") }
 // spoofed (Trace.Spoofed).
 func (t *Table) TraceFrom(f Flow, ingress string) Trace {
 	tr := Trace{Flow: f.String(), Ingress: ingress, Version: t.version, Verdict: "pass"}
+	ti := t.TenantOf(f.Src)
 	if ingress != "" {
-		if _, err := t.TenantAt(ingress, f.Src); err != nil {
+		var err error
+		if ti, err = t.TenantAt(ingress, f.Src); err != nil {
 			tr.Spoofed = err.Error()
 			return tr
 		}
+	} else if ti < 0 {
+		for i := range t.tenants {
+			if tn := &t.tenants[i]; t.TenantByName(tn.Name) == i && tn.Zoned() && tn.holds(f.Src) {
+				tr.Shared = append(tr.Shared, tn.Name)
+				ti = i
+			}
+		}
+		switch len(tr.Shared) {
+		case 0:
+		case 1:
+			tr.Shared = nil
+		default:
+			return tr
+		}
 	}
-	if ti := t.TenantOf(f.Src); ti >= 0 {
+	if ti >= 0 {
 		tr.Tenant = t.tenants[ti].Name
 		if t.hasFirewall(ti) {
 			if r := t.Permit(ti, &f); r < 0 {
@@ -83,9 +103,15 @@ func (t *Table) TraceFrom(f Flow, ingress string) Trace {
 	tr.Code = AffinityCode(&f)
 	tr.Slot = t.SlotOf(tr.Code)
 	back := Flow{Src: f.Dst, Dst: f.Src, SrcPort: f.DstPort, DstPort: f.SrcPort, Proto: f.Proto}
-	tr.Forward = t.walk(&f, false)
-	tr.Reply = t.walk(&back, true)
+	tr.Forward = t.walk(&f, false, ti)
+	tr.Reply = t.walk(&back, true, ti)
 	return tr
+}
+
+// holds reports whether a is in the tenant's prefixes.
+func (ti *TenantInfo) holds(a netip.Addr) bool {
+	a = a.Unmap()
+	return slices.ContainsFunc(ti.Prefixes, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
 func (t *Table) hasFirewall(tenant int) bool {
@@ -97,14 +123,20 @@ func (t *Table) hasFirewall(tenant int) bool {
 	return false
 }
 
-// walk follows Decide from the gateway until a node routes normally. A
-// chain has at most MaxChain services, so the loop ends; the bound guards
-// against a table that would send a flow in circles.
-func (t *Table) walk(f *Flow, reply bool) []TraceHop {
+// walk follows Decide from the gateway until a node routes normally (a
+// zoned tenant's, DecideTagged for tenant). A chain has at most MaxChain
+// services, so the loop ends; the bound guards against a table that would
+// send a flow in circles.
+func (t *Table) walk(f *Flow, reply bool, tenant int) []TraceHop {
 	var out []TraceHop
 	n, name := Node{Instance: -1}, "gateway"
 	for range MaxChain + 1 {
-		d := t.Decide(n, f, reply, nil)
+		var d Decision
+		if tenant >= 0 && t.tenants[tenant].Zoned() {
+			d = t.DecideTagged(n, f, tenant, reply, nil)
+		} else {
+			d = t.Decide(n, f, reply, nil)
+		}
 		h := TraceHop{Node: name, Decision: d.Kind.String(), Hop: d.Hop}
 		if d.Kind != Steer {
 			h.Hop = -1
@@ -176,12 +208,16 @@ func (t *Table) TenantAt(iface string, src netip.Addr) (int, error) {
 		if t.TenantByName(tn.Name) != i || !slices.Contains(tn.Ingress, iface) {
 			continue
 		}
-		if t.TenantOf(src) != i {
+		if !tn.holds(src) {
 			return -1, fmt.Errorf("%w: %s enters by %s, tenant %s's interface, from outside its prefixes", ErrSpoofed, src, iface, tn.Name)
 		}
 		return i, nil
 	}
 	ti := t.TenantOf(src)
+	if ti < 0 {
+		// A zoned tenant's address (which TenantOf does not look up).
+		ti = slices.IndexFunc(t.tenants, func(tn TenantInfo) bool { return tn.Zoned() && tn.holds(src) && t.TenantByName(tn.Name) >= 0 })
+	}
 	if ti >= 0 && len(t.tenants[ti].Ingress) > 0 {
 		return -1, fmt.Errorf("%w: %s is tenant %s's, which enters by %s, not %s", ErrSpoofed, src, t.tenants[ti].Name, strings.Join(t.tenants[ti].Ingress, ", "), iface)
 	}

@@ -178,3 +178,54 @@ func TestZonedDeltas(t *testing.T) {
 		})
 	}
 }
+
+// TestTraceZoned: a zoned tenant's flow is traced by where it enters, and
+// without an ingress its shared address names no one tenant.
+func TestTraceZoned(t *testing.T) {
+	m, err := Parse([]byte(zonedMap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := Flow{Src: netip.MustParseAddr("10.50.0.5"), Dst: netip.MustParseAddr("10.99.0.2"), Proto: 6, SrcPort: 40000, DstPort: 80}
+	services := func(hops []TraceHop) []string {
+		var out []string
+		for _, h := range hops {
+			out = append(out, h.Service)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		ingress, tenant string
+		forward         []string
+		spoofed         string
+		shared          []string
+	}{
+		{"c1", "blue", []string{"alpha", "beta", ""}, "", nil},
+		{"c2", "red", []string{"beta", ""}, "", nil},
+		{"c9", "", nil, "10.50.0.5 is tenant blue's, which enters by c1, not c9", nil},
+		{"", "", nil, "", []string{"blue", "red"}},
+	} {
+		t.Run("ingress "+tc.ingress, func(t *testing.T) {
+			tr := tab.TraceFrom(f, tc.ingress)
+			if tr.Tenant != tc.tenant || !strings.Contains(tr.Spoofed, tc.spoofed) || (tc.spoofed == "") != (tr.Spoofed == "") {
+				t.Errorf("tenant %q, spoofed %q; want %q, %q", tr.Tenant, tr.Spoofed, tc.tenant, tc.spoofed)
+			}
+			if diff := cmp.Diff(tc.shared, tr.Shared); diff != "" {
+				t.Errorf("shared (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.forward, services(tr.Forward)); diff != "" {
+				t.Errorf("forward path (-want +got):\n%s", diff)
+			}
+			if tc.tenant != "" {
+				rev := services(tr.Reply)
+				if len(rev) != len(tc.forward) {
+					t.Errorf("reply path %v, want the chain backwards", rev)
+				}
+			}
+		})
+	}
+}

@@ -352,4 +352,11 @@ func TestOverlapUnderFailover(t *testing.T) {
 			t.Errorf("Redis holds %+v (%v) as the hops of %s; want services %v, with %s as dlp's secondary", rec.Hops, err, k, tc.want, secondary)
 		}
 	}
+	// An operator lists red's sessions: red's flow, not blue's on the
+	// same 5-tuple.
+	out, err := l.Nfsteer("ctl", "sessions", "list", "--redis", lab.RedisURL, "--tenant", "red")
+	red, blue := sessions.TaggedKeyOf(&f, 4).String(), sessions.TaggedKeyOf(&f, 3).String()
+	if err != nil || !strings.Contains(out, red) || strings.Contains(out, blue) {
+		t.Errorf("sessions list --tenant red (%v):\n%s\nwant %s and not %s", err, out, red, blue)
+	}
 }

@@ -107,11 +107,21 @@ func TestRulesOwnership(t *testing.T) {
 	if err := os.WriteFile(overlayFile, []byte(overlayMap), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Zoned tenants: their zones, second entries, SNAT and tenant tables
+	// (with no cb0 or cr0 in this lab, unreachable routes) come and go
+	// with the rest.
+	zonedFile := filepath.Join(t.TempDir(), "zoned.yaml")
+	if err := os.WriteFile(zonedFile, []byte(overlapMap), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	withZoned := gatewayArgs(l, "rules", "install")
+	withZoned[slices.Index(withZoned, l.MapFile)] = zonedFile
 	for _, tc := range []struct {
 		name, host string
 		args       []string
 		foreign    bool
 	}{
+		{"gateway with zoned tenants, with others' state", "gw", withZoned, true},
 		{"gateway, empty namespace", "gw", gatewayArgs(l, "rules", "install"), false},
 		{"gateway with a tenant bound to its ingress, empty namespace", "gw2", withBound, false},
 		{"instance host, empty namespace", "fw-1", []string{"rules", "install", "--node", "fw-1", "--map", l.MapFile, "--fail", "closed"}, false},
@@ -141,6 +151,10 @@ func TestRulesOwnership(t *testing.T) {
 			if strings.Contains(tc.name, "overlay") {
 				wants = append(wants, "overlay nfsteer0 vxlan id 4242", "overlay fdb 02:6e:0a:c8:00:0b dst 10.200.0.11", "dev nfsteer0 onlink",
 					"tags inet nfsteer chain tag hook 4 priority -140: ")
+			}
+			if strings.Contains(tc.name, "zoned") {
+				wants = append(wants, "-s 10.50.0.0/24 -i cb0 -j RETURN", "tags inet nfsteer chain snat hook 4 priority 100: 2 rules",
+					"tags inet nfsteer set snat4: 2 elements", "route unreachable 10.50.0.0/24 table 12100", "fwmark 0x4000000/0x4000000 goto")
 			}
 			for _, want := range wants {
 				if !strings.Contains(shown, want) {
@@ -189,19 +203,19 @@ func TestRulesOwnership(t *testing.T) {
 	// Packets walk nfsteer's ip rules by priority: someone else's rule
 	// among them is refused before anything is installed.
 	t.Run("a foreign ip rule among nfsteer's priorities", func(t *testing.T) {
-		if err := l.Run("dlp-1", "ip", "rule", "add", "pref", "9000", "fwmark", "0x5", "lookup", "8005"); err != nil {
+		if err := l.Run("dlp-1", "ip", "rule", "add", "pref", "8100", "fwmark", "0x5", "lookup", "7005"); err != nil {
 			t.Fatal(err)
 		}
 		before := snapshot(t, l, "dlp-1")
 		out, err := l.Nfsteer("dlp-1", "rules", "install", "--node", "dlp-1", "--map", l.MapFile)
-		if err == nil || !strings.Contains(err.Error(), "IPv4 rule at priority 9000 (protocol 0) is among nfsteer's priorities 8000-32581") {
-			t.Errorf("install with a foreign rule at priority 9000: %v\n%s\nwant an error naming the rule", err, out)
+		if err == nil || !strings.Contains(err.Error(), "IPv4 rule at priority 8100 (protocol 0) is among nfsteer's priorities 8000-32581") {
+			t.Errorf("install with a foreign rule at priority 8100: %v\n%s\nwant an error naming the rule", err, out)
 		}
 		if diff := cmp.Diff(before, snapshot(t, l, "dlp-1")); diff != "" {
 			t.Errorf("a refused install changed the state (-before +after):\n%s", diff)
 		}
-		if out, err := l.Nfsteer("dlp-1", "rules", "install", "--node", "dlp-1", "--map", l.MapFile, "--rule-priority", "9001"); err != nil {
-			t.Errorf("install after the foreign rule (--rule-priority 9001): %v\n%s", err, out)
+		if out, err := l.Nfsteer("dlp-1", "rules", "install", "--node", "dlp-1", "--map", l.MapFile, "--rule-priority", "8101"); err != nil {
+			t.Errorf("install after the foreign rule (--rule-priority 8101): %v\n%s", err, out)
 		}
 		nfsteer(t, l, "dlp-1", "rules", "remove")
 		if diff := cmp.Diff(before, snapshot(t, l, "dlp-1")); diff != "" {

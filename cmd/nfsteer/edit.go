@@ -188,6 +188,7 @@ Example:
 					&cli.StringSliceFlag{Name: "allow", Usage: "a firewall allow `RULE`, e.g. '{proto: udp, dst: 10.99.0.0/24}' (repeat)"},
 					&cli.StringSliceFlag{Name: "ingress", Usage: "a gateway `IFACE` the tenant's traffic enters by (repeat): packets entering there from other sources, and from its prefixes elsewhere, are dropped as spoofed"},
 					&cli.UintFlag{Name: "tag", Usage: fmt.Sprintf("the tenant's `NUMBER` on the overlay, 1 to %d, unique (a map with an overlay needs one per tenant)", steering.MaxTag)},
+					&cli.StringFlag{Name: "snat", Usage: "the `ADDR` the tenant's flows leave with at the end of its chain, unique; with it the tenant may share addresses with other such tenants (it needs one --ingress, a --tag and the map's overlay)"},
 				},
 				Action: func(c *cli.Context) error {
 					name, err := oneArg(c, "tenant name")
@@ -198,7 +199,7 @@ Example:
 						return cli.Exit(fmt.Sprintf("--tag %d: want 1 to %d", tag, steering.MaxTag), 2)
 					}
 					t := steering.Tenant{Prefixes: splitList(c.StringSlice("prefix")), Chain: splitList(c.StringSlice("chain")), Ingress: splitList(c.StringSlice("ingress")),
-						Tag: uint16(c.Uint("tag"))}
+						Tag: uint16(c.Uint("tag")), SNAT: c.String("snat")}
 					for _, a := range c.StringSlice("allow") {
 						rule, err := steering.ParseAllow(a)
 						if err != nil {
@@ -233,13 +234,13 @@ func tenantList(out printer, l live) error {
 		list = append(list, tenant{n, *l.p.Map.Tenants[n]})
 	}
 	return out.print(list, func(w io.Writer) {
-		row(w, "TENANT", "TAG", "INGRESS", "PREFIXES", "CHAIN", "ALLOW RULES")
+		row(w, "TENANT", "TAG", "INGRESS", "PREFIXES", "SNAT", "CHAIN", "ALLOW RULES")
 		for _, t := range list {
 			tag := "-"
 			if t.Tag != 0 {
 				tag = strconv.Itoa(int(t.Tag))
 			}
-			row(w, t.Name, tag, strings.Join(t.Ingress, ","), strings.Join(t.Prefixes, ","), strings.Join(t.Chain, " > "), len(t.Allow))
+			row(w, t.Name, tag, strings.Join(t.Ingress, ","), strings.Join(t.Prefixes, ","), orDash(t.SNAT), strings.Join(t.Chain, " > "), len(t.Allow))
 		}
 	})
 }

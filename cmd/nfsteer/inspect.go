@@ -517,6 +517,10 @@ Example:
 					fmt.Fprintf(w, "%s entering by %s: %s\n", tr.Flow, tr.Ingress, tr.Spoofed)
 					return
 				}
+				if len(tr.Shared) > 0 {
+					fmt.Fprintf(w, "%s: %s is an address of tenants %s, told apart by where they enter: give --ingress\n", tr.Flow, f.Src, strings.Join(tr.Shared, ", "))
+					return
+				}
 				if tr.Tenant == "" {
 					fmt.Fprintf(w, "%s: no tenant's prefix holds %s: the flow is routed normally, through no service\n", tr.Flow, f.Src)
 					return
