@@ -56,6 +56,12 @@ type Controller struct {
 	// empty. Silence before since is not held against an instance, since
 	// its heartbeats could not land either.
 	since time.Time
+	// back is when Redis last came back (or came back empty), zero if it
+	// has not failed while this controller watched: an instance that beat
+	// after it has reconnected, and its silence counts from its beats,
+	// with no grace (an instance dying just after a Redis failover fails
+	// over as fast as any other).
+	back time.Time
 	// blind says the last lease renewal, or reading the heartbeats,
 	// could not reach Redis. Only those set it: a step that fails for
 	// another reason (a change refused) must not restart the count of
@@ -183,7 +189,8 @@ func (c *Controller) tick(ctx context.Context) error {
 		c.log.Info("active")
 	}
 	if c.blind {
-		c.blind, c.since, c.silence = false, time.Now().Add(c.cfg.ReconnectGrace), nil
+		c.blind, c.back, c.silence = false, time.Now(), nil
+		c.since = c.back.Add(c.cfg.ReconnectGrace)
 		c.log.Info("Redis reachable again; judging heartbeats after the agents' grace to reconnect", "grace", c.cfg.ReconnectGrace.String())
 	}
 	return c.step(ctx)
@@ -213,7 +220,8 @@ func (c *Controller) step(ctx context.Context) error {
 		c.log.Warn("Redis lost the last map versions; restored the last one", "found", found, "had", c.lastMap.Version, "version", p.Version)
 		// The heartbeats may have gone with the data, and the agents may
 		// not all have found Redis again yet.
-		c.lastMap, c.since = p.Published, time.Now().Add(c.cfg.ReconnectGrace)
+		c.lastMap, c.back = p.Published, time.Now()
+		c.since = c.back.Add(c.cfg.ReconnectGrace)
 		return nil
 	}
 	if errors.Is(err, store.ErrNoMap) {
@@ -314,12 +322,13 @@ func (c *Controller) step(ctx context.Context) error {
 
 // down lists, sorted, the instances of p whose heartbeats are older than
 // DeadAfter by Redis's clock. Silence counts from since at the earliest,
-// and an instance whose agent announced a restart is not down before the
-// time it gave.
+// unless the instance beat after Redis came back, and an instance whose
+// agent announced a restart is not down before the time it gave.
 func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
 	var out []string
 	now := pulse.Now
 	since := c.since.Add(time.Until(now)) // on Redis's clock
+	back := c.back.Add(time.Until(now))
 	for _, svc := range p.Map.Services {
 		for name := range svc.Instances {
 			b, heard := pulse.At[name]
@@ -331,7 +340,7 @@ func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
 				continue
 			}
 			last := since
-			if heard && b.After(last) {
+			if heard && (b.After(last) || !c.back.IsZero() && b.After(back)) {
 				last = b
 			}
 			if now.Sub(last) > c.DeadAfter() && !now.Before(pulse.RestartBy[name]) {

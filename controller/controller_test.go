@@ -24,34 +24,43 @@ tenants:
 	for _, tc := range []struct {
 		name      string
 		sinceAgo  time.Duration // how long ago the controller started seeing Redis
+		backAgo   time.Duration // how long ago Redis came back (0: it did not fail)
 		beats     map[string]time.Time
 		restartBy map[string]time.Time
 		down      []string // live
 		want      []string
 	}{
-		{"silent past the limit", time.Minute,
+		{"silent past the limit", time.Minute, 0,
 			map[string]time.Time{"fw-1": beat(10 * time.Millisecond), "fw-2": beat(time.Second), "fw-3": beat(0)}, nil, nil, []string{"fw-2"}},
-		{"never heard of", time.Minute,
+		{"never heard of", time.Minute, 0,
 			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, nil, []string{"fw-3"}},
-		{"never heard of, but Redis only just came back", 50 * time.Millisecond,
+		{"never heard of, but Redis only just came back", 50 * time.Millisecond, 0,
 			map[string]time.Time{"fw-1": beat(0), "fw-2": beat(0)}, nil, nil, []string{}},
-		{"old beats from before an outage", 50 * time.Millisecond,
+		{"old beats from before an outage", 50 * time.Millisecond, 0,
 			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(5 * time.Second), "fw-3": beat(5 * time.Second)}, nil, nil, []string{}},
-		{"down stays down until a fresh beat", 50 * time.Millisecond,
+		{"down stays down until a fresh beat", 50 * time.Millisecond, 0,
 			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)}, nil, []string{"fw-1", "fw-2"}, []string{"fw-1"}},
-		{"restarting, within the time it gave", time.Minute,
+		{"restarting, within the time it gave", time.Minute, 0,
 			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)},
 			map[string]time.Time{"fw-1": now.Add(time.Second)}, nil, []string{}},
-		{"restarting, past the time it gave", time.Minute,
+		{"restarting, past the time it gave", time.Minute, 0,
 			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)},
 			map[string]time.Time{"fw-1": now.Add(-time.Millisecond)}, nil, []string{"fw-1"}},
-		{"a restart notice does not bring a down instance back", time.Minute,
+		{"a restart notice does not bring a down instance back", time.Minute, 0,
 			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)},
 			map[string]time.Time{"fw-1": now.Add(time.Second)}, []string{"fw-1"}, []string{"fw-1"}},
+		// Redis came back 1.5 s ago, with 2 s of grace: fw-1 and fw-3
+		// beat since and fw-1 went silent (it died after reconnecting);
+		// fw-2 has not reconnected yet and keeps its grace.
+		{"died after reconnecting, within the grace", -500 * time.Millisecond, 1500 * time.Millisecond,
+			map[string]time.Time{"fw-1": beat(time.Second), "fw-2": beat(5 * time.Second), "fw-3": beat(0)}, nil, nil, []string{"fw-1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := New(nil, Config{})
 			c.since = now.Add(-tc.sinceAgo)
+			if tc.backAgo != 0 {
+				c.back = now.Add(-tc.backAgo)
+			}
 			got := c.down(&steering.Published{Map: m, Down: tc.down}, store.Pulse{Now: now, At: tc.beats, RestartBy: tc.restartBy})
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("down (-want +got):\n%s", diff)

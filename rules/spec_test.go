@@ -298,3 +298,67 @@ func BenchmarkRouting(b *testing.B) {
 		s.Routing()
 	}
 }
+
+// TestRoutingZoned: on a gateway with zoned tenants, a packet carrying
+// MarkTag goes to the tenant block, whose trie sends each tag to its
+// tenant's table, which routes the tenant's prefixes out of its ingress.
+// Nothing else changes, and a node without zoned tenants has no such
+// rules.
+func TestRoutingZoned(t *testing.T) {
+	a, p := netip.MustParseAddr, netip.MustParsePrefix
+	s := Spec{
+		Outer:   []string{"srv0"},
+		Hops:    []Hop{{ID: 3, Name: "fw-1", V4: a("10.200.0.11")}},
+		Overlay: &Overlay{VNI: 7, Local: a("10.200.0.1"), Peers: []Peer{{Name: "fw-1", Underlay: a("10.200.0.11"), V4: a("10.200.0.11")}}, Gateway: 1},
+		Tags: []TenantTag{
+			{Tag: 1, Prefixes: []netip.Prefix{p("10.10.1.0/24")}},
+			{Tag: 5, Prefixes: []netip.Prefix{p("10.50.0.0/24")}, Ingress: "cb0", SNAT: a("10.61.0.101")},
+		},
+	}
+	rules, routes := s.Routing()
+	const (
+		first       = DefaultRulePriority
+		origEnd     = first + 4 + trieSize
+		reply       = origEnd + 1
+		tenantBlock = reply + 1 + trieSize + 1
+		end         = tenantBlock + trieSize + 1
+	)
+	want := []IPRule{
+		{Family: 4, Priority: first + 1, Mark: MarkTag, Mask: MarkTag, Action: Goto, Target: tenantBlock},
+		{Family: 4, Priority: reply + 1 + trieSize, Action: Goto, Target: end},
+		{Family: 4, Priority: tenantBlock + trieSize, Action: Goto, Target: end},
+	}
+	for _, w := range want {
+		if !slices.Contains(rules, w) {
+			t.Errorf("no rule %v", w)
+		}
+	}
+	leaf := slices.IndexFunc(rules, func(r IPRule) bool {
+		return r.Action == Lookup && r.Mark == 5|MarkTag && r.Mask == OrigMask|MarkTag && r.Table == DefaultTableBase+TenantTables+5
+	})
+	if leaf < 0 || rules[leaf].Priority < tenantBlock || rules[leaf].Priority >= tenantBlock+trieSize {
+		t.Errorf("no leaf for tag 5 in the tenant block: %v", rules)
+	}
+	if !slices.Contains(routes, Route{Table: DefaultTableBase + TenantTables + 5, Dst: p("10.50.0.0/24"), Dev: "cb0"}) {
+		t.Errorf("no route out of cb0 in the tenant's table: %v", routes)
+	}
+	// An instance host of the same overlay has no tenant block.
+	s.Outer = nil
+	rules, _ = s.Routing()
+	if slices.ContainsFunc(rules, func(r IPRule) bool { return r.Mask&MarkTag != 0 }) {
+		t.Errorf("an instance host's rules match MarkTag: %v", rules)
+	}
+	// The gateway queues tagged packets both ways and skips their
+	// restore.
+	s.Outer = []string{"srv0"}
+	_, own := s.IPTablesRules(4)
+	var got []string
+	for _, r := range own {
+		if strings.Contains(r.String(), "--mark 0x4000000/") || strings.Contains(r.String(), "--mark 0x5000000/") {
+			got = append(got, r.String())
+		}
+	}
+	if len(got) != 3 {
+		t.Errorf("the gateway's rules on MarkTag: %q; want the restore's test and two queue rules", got)
+	}
+}

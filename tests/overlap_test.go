@@ -21,27 +21,17 @@ import (
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
 
-// overlapMap is the lab's overlay map with two more tenants, blue and red,
-// that have the same addresses: blue enters by the gateway's cb0 and
-// crosses fw then dlp, red enters by cr0 and crosses dlp only, and each
-// leaves with its own address.
-var overlapMap = strings.Replace(overlayMap, "tenants:\n", `tenants:
-  blue: {ingress: [cb0], prefixes: [10.50.0.0/24], chain: [fw, dlp], tag: 3, snat: 10.61.0.101}
-  red: {ingress: [cr0], prefixes: [10.50.0.0/24], chain: [dlp], tag: 4, snat: 10.61.0.102}
-`, 1)
+var overlapMap = lab.OverlapMap
 
-// overlapClient is blue's and red's client address, each on its own link.
-const overlapClient = "10.50.0.5"
+const overlapClient = lab.OverlapClient
 
 // overlapLab builds the lab with blue's and red's clients (hosts "cb" and
 // "cr", the same address on each) and starts its agents.
 func overlapLab(t *testing.T, m string, extra ...string) *lab.Lab {
 	t.Helper()
 	l := lab.NewWithMap(t, bin, m)
-	for _, c := range []struct{ host, gwIf string }{{"cb", "cb0"}, {"cr", "cr0"}} {
-		if err := l.AddClient(c.host, overlapClient+"/24", c.gwIf, "10.50.0.1/24"); err != nil {
-			t.Fatal(err)
-		}
+	if err := l.AddOverlapClients(); err != nil {
+		t.Fatal(err)
 	}
 	if err := l.StartAll(extra...); err != nil {
 		t.Fatal(err)
@@ -267,10 +257,8 @@ func TestOverlappingTenants(t *testing.T) {
 // session (keyed by its tenant's tag in Redis).
 func TestOverlapUnderFailover(t *testing.T) {
 	l := lab.NewWithMap(t, bin, overlapMap)
-	for _, c := range []struct{ host, gwIf string }{{"cb", "cb0"}, {"cr", "cr0"}} {
-		if err := l.AddClient(c.host, overlapClient+"/24", c.gwIf, "10.50.0.1/24"); err != nil {
-			t.Fatal(err)
-		}
+	if err := l.AddOverlapClients(); err != nil {
+		t.Fatal(err)
 	}
 	l.StartRedis(t)
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {

@@ -20,6 +20,11 @@
 // tenant from the tag. It shows the paths, the instances' conntrack
 // entries in their tenants' zones, and what nfsteer installed for it.
 //
+// Part 4 adds two tenants with the same addresses, told apart by the
+// gateway interface they enter by: both open the same 5-tuple at once,
+// each crosses its own chain, and the server sees them from their own
+// snat addresses.
+//
 // Each part tears its lab down, on every way out.
 package main
 
@@ -69,7 +74,100 @@ func run() error {
 		return err
 	}
 	fmt.Println("\n########## part 3: on an overlay, every steered packet carries its tenant's tag; instances keep each flow in its tenant's zone")
-	return withLab(bin, lab.OverlayMap, tags)
+	if err := withLab(bin, lab.OverlayMap, tags); err != nil {
+		return err
+	}
+	fmt.Println("\n########## part 4: blue and red have the same addresses; the interface they enter by tells them apart, each crosses its own chain and leaves with its own address")
+	return withLab(bin, lab.OverlapMap, overlap)
+}
+
+// overlap is part 4.
+func overlap(l *lab.Lab) error {
+	fmt.Println("== adding blue's client (host cb, on the gateway's cb0) and red's (host cr, on cr0), both at " + lab.OverlapClient)
+	if err := l.AddOverlapClients(); err != nil {
+		return err
+	}
+	if err := l.StartAll(); err != nil {
+		return err
+	}
+	ln, err := l.Listen("srv", "tcp", "10.99.0.2:8300")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	type seen struct {
+		from string
+		n    int64
+	}
+	got := make(chan seen, 2)
+	go func() {
+		for range 2 {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				n, _ := io.Copy(io.Discard, c)
+				got <- seen{c.RemoteAddr().String(), n}
+				c.Close()
+			}()
+		}
+	}()
+	fmt.Println("== blue and red both send 4 MiB from " + lab.OverlapClient + ":7300 to 10.99.0.2:8300, at the same time")
+	errs := make(chan error, 2)
+	for _, host := range []string{"cb", "cr"} {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := l.Dial(ctx, host, "tcp", lab.OverlapClient+":7300", "10.99.0.2:8300")
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", host, err)
+				return
+			}
+			defer c.Close()
+			_, err = io.CopyN(c, zero{}, 4<<20)
+			c.(*net.TCPConn).CloseWrite()
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	fmt.Println("\n== what the server saw: two connections, one from each tenant's snat address")
+	for range 2 {
+		select {
+		case s := <-got:
+			fmt.Printf("   from %-20s %d bytes\n", s.from, s.n)
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("the server did not see both connections")
+		}
+	}
+	out, _ := l.Output("gw", "conntrack", "-L", "-p", "tcp", "--dport", "8300")
+	fmt.Println("\n== the gateway's conntrack entries of them: zones 3 and 4 (blue's and red's tags) where they entered, 0x8003 and 0x8004 (32771, 32772) where they left the chain, with SNAT")
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) > 10 {
+			fmt.Printf("   %s\n", strings.Join(f[3:], " "))
+		}
+	}
+	flows := []flow{
+		{"blue    tcp  10.50.0.5 -> 10.99.0.2", "cb", lab.OverlapClient, "10.99.0.2", 7301, false},
+		{"red     tcp  10.50.0.5 -> 10.99.0.2", "cr", lab.OverlapClient, "10.99.0.2", 7302, false},
+	}
+	if err := countFlows(l, flows, `iifname "nfsteer0" `); err != nil {
+		return err
+	}
+	fmt.Println("\n== and one flow each on its own port, to see the chains: blue's is fw then dlp, red's dlp only")
+	for _, f := range flows {
+		if err := send(l, f); err != nil {
+			return fmt.Errorf("%s: %w", f.label, err)
+		}
+	}
+	for i, f := range flows {
+		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, crossed(l, fmt.Sprintf("f%d", i)), crossed(l, fmt.Sprintf("r%d", i)))
+	}
+	return nil
 }
 
 // tags is part 3.

@@ -71,6 +71,29 @@ var OverlayMap = strings.NewReplacer("chain: [fw]}", "chain: [fw], tag: 1}", "ch
   gateways: {gw: [10.200.0.1, "fd00:200::1"], gw2: 10.200.0.2}
 `
 
+// OverlapMap is OverlayMap with two more tenants, blue and red, that have
+// the same addresses: blue enters by the gateway's cb0 and crosses fw then
+// dlp, red enters by cr0 and crosses dlp only, and each leaves with its
+// own address. Their clients are added with AddClient (hosts "cb" and
+// "cr", both at OverlapClient).
+var OverlapMap = strings.Replace(OverlayMap, "tenants:\n", `tenants:
+  blue: {ingress: [cb0], prefixes: [10.50.0.0/24], chain: [fw, dlp], tag: 3, snat: 10.61.0.101}
+  red: {ingress: [cr0], prefixes: [10.50.0.0/24], chain: [dlp], tag: 4, snat: 10.61.0.102}
+`, 1)
+
+// OverlapClient is blue's and red's client address, each on its own link.
+const OverlapClient = "10.50.0.5"
+
+// AddOverlapClients adds blue's and red's clients of OverlapMap.
+func (l *Lab) AddOverlapClients() error {
+	for _, c := range []struct{ host, gwIf string }{{"cb", "cb0"}, {"cr", "cr0"}} {
+		if err := l.AddClient(c.host, OverlapClient+"/24", c.gwIf, "10.50.0.1/24"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Instances lists the lab's instance nodes with their service-network
 // addresses.
 var Instances = []struct{ Name, V4, V6 string }{

@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/rules"
+	"github.com/nfsteer/nfsteer/steering"
+)
+
+// zonedMap has two tenants with the same addresses, told apart by their
+// ingress and tag: blue crosses alpha then beta, red beta only.
+const zonedMap = `services:
+  alpha: {instances: {alpha-1: 10.200.0.11}}
+  beta: {instances: {beta-1: 10.200.0.21}}
+tenants:
+  blue: {ingress: [c1], prefixes: [10.50.0.0/24], chain: [alpha, beta], tag: 1, snat: 10.61.0.101}
+  red: {ingress: [c2], prefixes: [10.50.0.0/24], chain: [beta], tag: 2, snat: 10.61.0.102}
+overlay: {vni: 7, gateways: {gw: 10.200.0.1}}
+`
+
+// TestHandleZoned: a zoned tenant's first packet is decided by its tag,
+// on the gateway and on instance hosts; an instance host hands the flow
+// back to the gateway the tag names where the chain ends, by the
+// gateway's ID on the way out and its return hop on the way back, and
+// drops a tag whose gateway the map does not have.
+func TestHandleZoned(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "map.yaml")
+	if err := os.WriteFile(path, []byte(zonedMap), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent := func(node string) *Agent {
+		cfg := Config{Node: node, MapFile: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		if node == "gw" {
+			cfg.Rules.Outer = []string{"srv0"}
+		}
+		a, err := New(cfg, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	both := func(fwd, back uint32) nfq.Result {
+		return nfq.Result{Verdict: nfq.Accept, Mark: rules.SetHalf(rules.SetHalf(0, false, fwd), true, back) | rules.MarkSave}
+	}
+	const alpha, beta = 1, 2 // IDs, in order of name
+	gwOut := rules.HalfValue(steering.FirstGatewayID)
+	gwBack := rules.HalfValue(steering.ReturnID(steering.FirstGatewayID))
+	tag := func(tenant, gateway uint32) uint32 { return tenant | gateway<<rules.GatewayShift | rules.MarkTag }
+	for _, tc := range []struct {
+		name, node string
+		mark       uint32
+		want       nfq.Result
+		mistagged  uint64
+	}{
+		{"gateway: blue's tag, to alpha", "gw", tag(1, 0), both(rules.HalfValue(alpha), rules.HalfValue(beta)), 0},
+		{"gateway: red's tag, to beta", "gw", tag(2, 0), both(rules.HalfValue(beta), rules.HalfValue(beta)), 0},
+		// The kernel tags every packet from a zoned ingress; untagged,
+		// the shared address names no tenant.
+		{"gateway: no tag", "gw", 0, both(rules.MarkPass, rules.MarkPass), 0},
+		{"gateway: a tag of no tenant", "gw", tag(9, 0), nfq.Result{Verdict: nfq.Drop}, 1},
+		{"alpha: blue's, on to beta, back to the gateway", "alpha-1", tag(1, 1), both(rules.HalfValue(beta), gwBack), 0},
+		{"beta: blue's, out to the gateway, back to alpha", "beta-1", tag(1, 1), both(gwOut, rules.HalfValue(alpha)), 0},
+		{"beta: red's, out to the gateway and back to it", "beta-1", tag(2, 1), both(gwOut, gwBack), 0},
+		{"beta: a gateway the map does not have", "beta-1", tag(2, 3), nfq.Result{Verdict: nfq.Drop}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := agent(tc.node)
+			got := a.Handle(tcp("10.50.0.5:40000", "10.99.0.2:80", syn), nil, tc.mark, false)
+			if got.Verdict != tc.want.Verdict || got.Mark != tc.want.Mark {
+				t.Errorf("Handle: verdict %v mark %#x; want %v %#x", got.Verdict, got.Mark, tc.want.Verdict, tc.want.Mark)
+			}
+			if n := a.Counters.Mistagged.Load(); n != tc.mistagged {
+				t.Errorf("mistagged %d, want %d", n, tc.mistagged)
+			}
+		})
+	}
+}
