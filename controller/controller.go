@@ -56,12 +56,12 @@ type Controller struct {
 	// empty. Silence before since is not held against an instance, since
 	// its heartbeats could not land either.
 	since time.Time
-	// back is when Redis last came back (or came back empty), zero if it
-	// has not failed while this controller watched: an instance that beat
-	// after it has reconnected, and its silence counts from its beats,
-	// with no grace (an instance dying just after a Redis failover fails
-	// over as fast as any other).
-	back time.Time
+	// lost is when the controller last lost Redis (zero: it has not): an
+	// instance that beat after that has written to Redis since, so it has
+	// reconnected, and its silence counts from its beats, with no grace
+	// (an instance dying just after a Redis failover fails over as fast as
+	// any other).
+	lost time.Time
 	// blind says the last lease renewal, or reading the heartbeats,
 	// could not reach Redis. Only those set it: a step that fails for
 	// another reason (a change refused) must not restart the count of
@@ -172,7 +172,7 @@ func (c *Controller) tick(ctx context.Context) error {
 	ok, err := c.s.Lease(ctx, c.cfg.ID, c.cfg.LeaseTTL)
 	c.reading.Store(err == nil)
 	if err != nil {
-		c.blind = true
+		c.goBlind()
 		return err
 	}
 	if !ok {
@@ -189,11 +189,17 @@ func (c *Controller) tick(ctx context.Context) error {
 		c.log.Info("active")
 	}
 	if c.blind {
-		c.blind, c.back, c.silence = false, time.Now(), nil
-		c.since = c.back.Add(c.cfg.ReconnectGrace)
+		c.blind, c.since, c.silence = false, time.Now().Add(c.cfg.ReconnectGrace), nil
 		c.log.Info("Redis reachable again; judging heartbeats after the agents' grace to reconnect", "grace", c.cfg.ReconnectGrace.String())
 	}
 	return c.step(ctx)
+}
+
+// goBlind records that the controller cannot read Redis.
+func (c *Controller) goBlind() {
+	if !c.blind {
+		c.blind, c.lost = true, time.Now()
+	}
 }
 
 // step compares heartbeats with the live map's down list and publishes a
@@ -220,8 +226,7 @@ func (c *Controller) step(ctx context.Context) error {
 		c.log.Warn("Redis lost the last map versions; restored the last one", "found", found, "had", c.lastMap.Version, "version", p.Version)
 		// The heartbeats may have gone with the data, and the agents may
 		// not all have found Redis again yet.
-		c.lastMap, c.back = p.Published, time.Now()
-		c.since = c.back.Add(c.cfg.ReconnectGrace)
+		c.lastMap, c.since = p.Published, time.Now().Add(c.cfg.ReconnectGrace)
 		return nil
 	}
 	if errors.Is(err, store.ErrNoMap) {
@@ -259,7 +264,7 @@ func (c *Controller) step(ctx context.Context) error {
 		// either (a Cluster master of their slot is failing over, the
 		// lease's still answering): judge no one until the agents have
 		// had their grace to reach them again, as after an outage.
-		c.blind = true
+		c.goBlind()
 		return err
 	}
 	if c.silence == nil {
@@ -322,13 +327,13 @@ func (c *Controller) step(ctx context.Context) error {
 
 // down lists, sorted, the instances of p whose heartbeats are older than
 // DeadAfter by Redis's clock. Silence counts from since at the earliest,
-// unless the instance beat after Redis came back, and an instance whose
+// unless the instance beat after the controller lost Redis, and an instance whose
 // agent announced a restart is not down before the time it gave.
 func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
 	var out []string
 	now := pulse.Now
 	since := c.since.Add(time.Until(now)) // on Redis's clock
-	back := c.back.Add(time.Until(now))
+	lost := c.lost.Add(time.Until(now))
 	for _, svc := range p.Map.Services {
 		for name := range svc.Instances {
 			b, heard := pulse.At[name]
@@ -340,7 +345,7 @@ func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
 				continue
 			}
 			last := since
-			if heard && (b.After(last) || !c.back.IsZero() && b.After(back)) {
+			if heard && (b.After(last) || !c.lost.IsZero() && b.After(lost)) {
 				last = b
 			}
 			if now.Sub(last) > c.DeadAfter() && !now.Before(pulse.RestartBy[name]) {

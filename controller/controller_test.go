@@ -24,7 +24,7 @@ tenants:
 	for _, tc := range []struct {
 		name      string
 		sinceAgo  time.Duration // how long ago the controller started seeing Redis
-		backAgo   time.Duration // how long ago Redis came back (0: it did not fail)
+		lostAgo   time.Duration // how long ago the controller lost Redis (0: it did not)
 		beats     map[string]time.Time
 		restartBy map[string]time.Time
 		down      []string // live
@@ -49,17 +49,18 @@ tenants:
 		{"a restart notice does not bring a down instance back", time.Minute, 0,
 			map[string]time.Time{"fw-1": beat(5 * time.Second), "fw-2": beat(0), "fw-3": beat(0)},
 			map[string]time.Time{"fw-1": now.Add(time.Second)}, []string{"fw-1"}, []string{"fw-1"}},
-		// Redis came back 1.5 s ago, with 2 s of grace: fw-1 and fw-3
-		// beat since and fw-1 went silent (it died after reconnecting);
-		// fw-2 has not reconnected yet and keeps its grace.
-		{"died after reconnecting, within the grace", -500 * time.Millisecond, 1500 * time.Millisecond,
+		// The controller lost Redis 3 s ago, and found it again with 2 s
+		// of grace left: fw-1 and fw-3 beat since it was lost, so they
+		// have reconnected, and fw-1 went silent (it died); fw-2 has not
+		// reconnected yet and keeps its grace.
+		{"died after reconnecting, within the grace", -500 * time.Millisecond, 3 * time.Second,
 			map[string]time.Time{"fw-1": beat(time.Second), "fw-2": beat(5 * time.Second), "fw-3": beat(0)}, nil, nil, []string{"fw-1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := New(nil, Config{})
 			c.since = now.Add(-tc.sinceAgo)
-			if tc.backAgo != 0 {
-				c.back = now.Add(-tc.backAgo)
+			if tc.lostAgo != 0 {
+				c.lost = now.Add(-tc.lostAgo)
 			}
 			got := c.down(&steering.Published{Map: m, Down: tc.down}, store.Pulse{Now: now, At: tc.beats, RestartBy: tc.restartBy})
 			if diff := cmp.Diff(tc.want, got); diff != "" {
