@@ -33,14 +33,21 @@
 // the connmark from packets with MarkSave, once per decision; PREROUTING
 // restores them into every packet (an undecided flow's are zero, so its
 // packets go to the queue). Neither bit is saved. Bit 26 (MarkTag) is an
-// instance host's on an overlay (see [TenantTag]). Bits 27-31 are left to
-// other software.
+// instance host's on an overlay, and a gateway's with zoned tenants (see
+// [TenantTag]). Bits 27-31 are left to other software.
+//
+// A half's values: 0 undecided, 1 pass, ID+1 for an instance (IDs 1 to
+// steering.MaxID), and on an instance host on an overlay, ID+1 for a
+// gateway (its ID, or its return hop's; see [Hop]).
 //
 // # The overlay
 //
 // With an overlay in the map, the routes to the hops go through nfsteer's
 // VXLAN device (see [Overlay]), and every packet carries its tenant's tag
-// (see [TenantTag]), by rules in nftables table inet nfsteer.
+// (see [TenantTag]), by rules in nftables table inet nfsteer. Tenants with
+// a SNAT address may share addresses: a gateway keeps their flows in
+// conntrack zones by where they enter, and routes their replies by their
+// tags to tables of their own.
 //
 // The Linux implementation runs the iptables binaries (through
 // github.com/coreos/go-iptables) and speaks rtnetlink (through

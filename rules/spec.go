@@ -316,6 +316,12 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 		{chainPost, []string{"-m", "mark", "--mark", "0x0/" + om, "-m", "connmark", "--mark", "0x0/" + om, "-m", "conntrack", "--ctstate", "NEW",
 			"-m", "addrtype", "!", "--src-type", "LOCAL", "-m", "comment", "--comment", UnsteeredComment}},
 	}...)
+	if tagged {
+		// A tagged packet that no agent decided still carries its tag
+		// where the original half goes.
+		own = append(own, Rule{chainPost, []string{"-m", "mark", "--mark", hex(MarkTag) + "/" + hex(MarkTag), "-m", "connmark", "--mark", "0x0/" + om, "-m", "conntrack", "--ctstate", "NEW",
+			"-m", "addrtype", "!", "--src-type", "LOCAL", "-m", "comment", "--comment", UnsteeredComment}})
+	}
 	return jumps, own
 }
 

@@ -358,7 +358,7 @@ func TestRoutingZoned(t *testing.T) {
 			got = append(got, r.String())
 		}
 	}
-	if len(got) != 3 {
-		t.Errorf("the gateway's rules on MarkTag: %q; want the restore's test and two queue rules", got)
+	if len(got) != 4 {
+		t.Errorf("the gateway's rules on MarkTag: %q; want the restore's test, two queue rules and the unsteered count's", got)
 	}
 }

@@ -348,3 +348,46 @@ func TestOverlapUnderFailover(t *testing.T) {
 		t.Errorf("sessions list --tenant red (%v):\n%s\nwant %s and not %s", err, out, red, blue)
 	}
 }
+
+// TestOverlapFirewallRules: blue and red share addresses and a firewall
+// service, and each admits a different port. Each tenant's flows get its
+// own rules, whatever their addresses: blue reaches port 5401 and not
+// 5402, red the other way round, from the same source address and port.
+func TestOverlapFirewallRules(t *testing.T) {
+	m := strings.Replace(firewallOverlayMap, "tenants:\n", `tenants:
+  blue: {ingress: [cb0], prefixes: [10.50.0.0/24], chain: [fw], tag: 3, snat: 10.61.0.101, allow: [{proto: tcp, dst: 10.99.0.0/24, ports: ["5401"]}]}
+  red: {ingress: [cr0], prefixes: [10.50.0.0/24], chain: [fw], tag: 4, snat: 10.61.0.102, allow: [{proto: tcp, dst: 10.99.0.0/24, ports: ["5402"]}]}
+`, 1)
+	l := overlapLab(t, m)
+	for _, port := range []string{"5401", "5402"} {
+		got := overlapServer(t, l, lab.Server+":"+port)
+		want := map[string]string{"5401": "cb", "5402": "cr"}[port]
+		for _, host := range []string{"cb", "cr"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			c, err := l.Dial(ctx, host, "tcp", overlapClient+":40300", lab.Server+":"+port)
+			cancel()
+			switch {
+			case host == want && err != nil:
+				t.Errorf("%s to port %s, which its rules admit: %v", host, port, err)
+			case host != want && err == nil:
+				t.Errorf("%s connected to port %s, which only the other tenant's rules admit", host, port)
+			}
+			if err == nil {
+				c.Close()
+			}
+		}
+		select {
+		case r := <-got:
+			if snat := map[string]string{"cb": "10.61.0.101", "cr": "10.61.0.102"}[want]; !strings.HasPrefix(r.from, snat+":") {
+				t.Errorf("port %s: the server saw a connection from %s; want %s's, %s", port, r.from, want, snat)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("port %s: the server saw no connection", port)
+		}
+		select {
+		case r := <-got:
+			t.Errorf("port %s: the server saw a second connection, from %s", port, r.from)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
