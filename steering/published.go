@@ -156,37 +156,31 @@ func (p *Published) Validate() error {
 	var v validator
 	seen := map[uint16]string{}
 	names := map[string]bool{}
+	gateways := map[string]bool{}
+	// checkID checks the ID of the node called name, a noun, in range.
+	checkID := func(name, noun string, lo, hi uint16) {
+		id, ok := p.IDs[name]
+		switch {
+		case !ok:
+			v.add("ids."+name, noun+" has no ID")
+		case id < lo || id > hi:
+			v.add("ids."+name, fmt.Sprintf("%s ID %d out of range %d-%d", noun, id, lo, hi))
+		case seen[id] != "":
+			v.add("ids."+name, fmt.Sprintf("ID %d is also %s's", id, seen[id]))
+		default:
+			seen[id] = name
+		}
+	}
 	for _, svc := range p.Map.Services {
 		for name := range svc.Instances {
 			names[name] = true
-			id, ok := p.IDs[name]
-			switch {
-			case !ok:
-				v.add("ids."+name, "instance has no ID")
-			case id < 1 || id > MaxID:
-				v.add("ids."+name, fmt.Sprintf("ID %d out of range 1-%d", id, MaxID))
-			case seen[id] != "":
-				v.add("ids."+name, fmt.Sprintf("ID %d is also %s's", id, seen[id]))
-			default:
-				seen[id] = name
-			}
+			checkID(name, "instance", 1, MaxID)
 		}
 	}
-	gateways := map[string]bool{}
 	if o := p.Map.Overlay; o != nil {
 		for name := range o.Gateways {
 			gateways[name] = true
-			id, ok := p.IDs[name]
-			switch {
-			case !ok:
-				v.add("ids."+name, "gateway has no ID")
-			case id < FirstGatewayID || id > MaxGatewayID:
-				v.add("ids."+name, fmt.Sprintf("gateway ID %d out of range %d-%d", id, FirstGatewayID, MaxGatewayID))
-			case seen[id] != "":
-				v.add("ids."+name, fmt.Sprintf("ID %d is also %s's", id, seen[id]))
-			default:
-				seen[id] = name
-			}
+			checkID(name, "gateway", FirstGatewayID, MaxGatewayID)
 		}
 	}
 	for name := range p.IDs {

@@ -31,6 +31,14 @@ func redisLab(t *testing.T, agentArgs ...string) *lab.Lab {
 func redisLabServer(t *testing.T, agentArgs ...string) (*lab.Lab, *redislab.Server) {
 	t.Helper()
 	l := lab.NewWithMap(t, bin, labmap.Firewall)
+	return l, startMesh(t, l, agentArgs...)
+}
+
+// startMesh starts the Redis-backed mesh in l: Redis, the lab's map
+// published to it, every agent on it (refreshing every 500 ms, with
+// agentArgs) and a controller.
+func startMesh(t *testing.T, l *lab.Lab, agentArgs ...string) *redislab.Server {
+	t.Helper()
 	srv := l.StartRedis(t)
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
@@ -41,7 +49,18 @@ func redisLabServer(t *testing.T, agentArgs ...string) (*lab.Lab, *redislab.Serv
 	if _, err := l.StartController("controller"); err != nil {
 		t.Fatal(err)
 	}
-	return l, srv
+	return srv
+}
+
+// cutOff kills node's agents and takes its link down, as a host dies.
+func cutOff(t *testing.T, l *lab.Lab, node string) {
+	for _, a := range l.Agents(node) {
+		a.Kill()
+	}
+	if err := l.Run(node, "ip", "link", "set", "eth0", "down"); err != nil {
+		t.Error(err)
+	}
+	t.Logf("killed %s's agent and took its link down", node)
 }
 
 // slowTransfer streams n bytes from the acme client to the server at 16
@@ -192,13 +211,7 @@ func runFailoverIn(t *testing.T, l *lab.Lab) (lab.Transfer, *lab.Lab, string, st
 	killed := make(chan struct{})
 	go func() {
 		time.Sleep(1500 * time.Millisecond)
-		for _, a := range l.Agents(primary) {
-			a.Kill()
-		}
-		if err := l.Run(primary, "ip", "link", "set", "eth0", "down"); err != nil {
-			t.Error(err)
-		}
-		t.Logf("killed %s's agent and took its link down", primary)
+		cutOff(t, l, primary)
 		close(killed)
 	}()
 	stopUDP := make(chan struct{})

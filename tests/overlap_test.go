@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -260,16 +261,7 @@ func TestOverlapUnderFailover(t *testing.T) {
 	if err := l.AddOverlapClients(); err != nil {
 		t.Fatal(err)
 	}
-	l.StartRedis(t)
-	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
-		t.Fatalf("apply: %v\n%s", err, out)
-	}
-	if err := l.StartAll("--redis", lab.RedisURL, "--refresh", "500ms"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.StartController("controller"); err != nil {
-		t.Fatal(err)
-	}
+	startMesh(t, l)
 	const local, srvAddr = overlapClient + ":40100", lab.Server + ":5302"
 	f := flowOf(t, 6, local, srvAddr)
 	tab := tableOf(t, overlapMap)
@@ -284,38 +276,9 @@ func TestOverlapUnderFailover(t *testing.T) {
 	got := overlapServer(t, l, srvAddr)
 	go func() {
 		time.Sleep(1500 * time.Millisecond)
-		for _, a := range l.Agents(primary) {
-			a.Kill()
-		}
-		if err := l.Run(primary, "ip", "link", "set", "eth0", "down"); err != nil {
-			t.Error(err)
-		}
-		t.Logf("killed %s's agent and took its link down", primary)
+		cutOff(t, l, primary)
 	}()
-	var wg sync.WaitGroup
-	for _, host := range []string{"cb", "cr"} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// 16 KiB every 2 ms: about 8 MB/s for 4 s each.
-			if _, err := sendPaced(l, host, local, srvAddr, 32<<20, 2*time.Millisecond); err != nil {
-				t.Errorf("%s's transfer broke across the failover: %v", host, err)
-			}
-		}()
-	}
-	wg.Wait()
-	from := map[string]bool{}
-	for range 2 {
-		select {
-		case r := <-got:
-			from[r.from] = true
-		case <-time.After(10 * time.Second):
-			t.Fatal("the server did not see both connections end")
-		}
-	}
-	if !from["10.61.0.101:40100"] || !from["10.61.0.102:40100"] {
-		t.Errorf("the server saw connections from %v; want blue's and red's snat addresses", from)
-	}
+	pacedPair(t, l, got, local, srvAddr, "the failover")
 	if n, _, err := l.Packets(secondary, "after"); err != nil || n < 200 {
 		t.Errorf("secondary %s counted %d packets of the flows (%v); want it to carry both", secondary, n, err)
 	}
@@ -388,6 +351,99 @@ func TestOverlapFirewallRules(t *testing.T) {
 		case r := <-got:
 			t.Errorf("port %s: the server saw a second connection, from %s", port, r.from)
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// pacedPair sends 32 MiB from blue's and from red's client, each from
+// local to the server's srvAddr (whose connections got reports), 16 KiB
+// every 2 ms (about 4 s), and checks that both arrive byte-exact from
+// their tenants' snat addresses, across what.
+func pacedPair(t *testing.T, l *lab.Lab, got <-chan received, local, srvAddr, what string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, host := range []string{"cb", "cr"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := sendPaced(l, host, local, srvAddr, 32<<20, 2*time.Millisecond); err != nil {
+				t.Errorf("%s's transfer broke across %s: %v", host, what, err)
+			}
+		}()
+	}
+	wg.Wait()
+	_, port, _ := strings.Cut(local, ":")
+	from := map[string]bool{}
+	for range 2 {
+		select {
+		case r := <-got:
+			from[r.from] = true
+		case <-time.After(10 * time.Second):
+			t.Fatal("the server did not see both connections end")
+		}
+	}
+	if !from["10.61.0.101:"+port] || !from["10.61.0.102:"+port] {
+		t.Errorf("the server saw connections from %v; want blue's and red's snat addresses", from)
+	}
+}
+
+// TestOverlapDrainMigrate: blue's and red's flows on one 5-tuple cross
+// the same dlp instance, which is drained with --migrate mid-transfer.
+// Both sessions are handed over, each under its tenant's tag; both
+// transfers finish byte-exact on the other instance, and the drained one
+// stops carrying them.
+func TestOverlapDrainMigrate(t *testing.T) {
+	l := lab.NewWithMap(t, bin, overlapMap)
+	if err := l.AddOverlapClients(); err != nil {
+		t.Fatal(err)
+	}
+	startMesh(t, l)
+	const local, srvAddr = overlapClient + ":40200", lab.Server + ":5303"
+	f := flowOf(t, 6, local, srvAddr)
+	tab := tableOf(t, overlapMap)
+	p, s := tab.RolesFor(tab.ServiceByName("dlp"), tab.SlotOf(steering.AffinityCode(&f)))
+	from, to := p.Name, s.Name
+	for _, h := range []string{from, to} {
+		if err := l.Count(h, "migrated", "ip saddr "+overlapClient+" tcp sport 40200"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := overlapServer(t, l, srvAddr)
+	type drained struct {
+		out      string
+		err      error
+		fromThen uint64
+	}
+	done := make(chan drained, 1)
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		out, err := l.Nfsteer("ctl", "instance", "drain", "--redis", lab.RedisURL, "--migrate", from, "-o", "json")
+		time.Sleep(200 * time.Millisecond)
+		n, _, perr := l.Packets(from, "migrated")
+		done <- drained{out, errors.Join(err, perr), n}
+	}()
+	pacedPair(t, l, got, local, srvAddr, "the migration")
+	d := <-done
+	if d.err != nil {
+		t.Fatalf("drain --migrate: %v\n%s", d.err, d.out)
+	}
+	var m struct {
+		HandedOver int `json:"handed_over"`
+	}
+	if err := json.Unmarshal([]byte(d.out), &m); err != nil || m.HandedOver != 2 {
+		t.Errorf("drain --migrate said %s (%v); want blue's and red's sessions handed over", d.out, err)
+	}
+	if n, _, _ := l.Packets(from, "migrated"); n != d.fromThen || n == 0 {
+		t.Errorf("%s counted %d packets of the flows when the nodes switched, %d at the end; want it to stop", from, d.fromThen, n)
+	}
+	if n, _, _ := l.Packets(to, "migrated"); n < 1000 {
+		t.Errorf("%s carried %d packets of the flows after the migration, want the rest of both transfers", to, n)
+	}
+	for _, tag := range []uint16{3, 4} {
+		k := sessions.TaggedKeyOf(&f, tag).String()
+		out, err := l.Nfsteer("ctl", "sessions", "show", "--redis", lab.RedisURL, k, "-o", "json")
+		if err != nil || !strings.Contains(out, `"primary": "`+to+`"`) {
+			t.Errorf("session %s after the migration (%v):\n%s\nwant %s as dlp's primary", k, err, out, to)
 		}
 	}
 }

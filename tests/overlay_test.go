@@ -295,16 +295,7 @@ var firewallOverlayMap = strings.NewReplacer("    chain: [fw, dlp]\n", "    chai
 // mirrored session, and carries the rest of the transfer byte-exact.
 func TestFailoverOnTheOverlay(t *testing.T) {
 	l := lab.NewWithMap(t, bin, firewallOverlayMap)
-	l.StartRedis(t)
-	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
-		t.Fatalf("apply: %v\n%s", err, out)
-	}
-	if err := l.StartAll("--redis", lab.RedisURL, "--refresh", "500ms"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.StartController("controller"); err != nil {
-		t.Fatal(err)
-	}
+	startMesh(t, l)
 	res, _, primary, secondary, udp := runFailoverIn(t, l)
 	if res.Err != nil {
 		t.Fatalf("transfer broke across the failover: %v", res.Err)
