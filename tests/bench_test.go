@@ -28,9 +28,15 @@ var l0 *lab.Lab
 // figure of 0 must never be recorded as a measurement.
 func iperf(b *testing.B, l *lab.Lab, port int, seconds int) float64 {
 	b.Helper()
+	return iperfFrom(b, l, "cg", port, seconds)
+}
+
+// iperfFrom is iperf from the client in host.
+func iperfFrom(b *testing.B, l *lab.Lab, host string, port int, seconds int) float64 {
+	b.Helper()
 	var last string
 	for try := 0; try < 3; try++ {
-		gbps, out, err := iperfOnce(l, port+10*try, seconds)
+		gbps, out, err := iperfOnce(l, host, port+10*try, seconds)
 		if err == nil {
 			return gbps
 		}
@@ -58,13 +64,13 @@ func iperfServer(l *lab.Lab, port int) (stop func(), err error) {
 	return func() { srv.Process.Kill(); srv.Wait() }, nil
 }
 
-func iperfOnce(l *lab.Lab, port, seconds int) (float64, string, error) {
+func iperfOnce(l *lab.Lab, host string, port, seconds int) (float64, string, error) {
 	stop, err := iperfServer(l, port)
 	if err != nil {
 		return 0, "", err
 	}
 	defer stop()
-	out, err := l.Output("cg", "iperf3", "-c", lab.Server, "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J")
+	out, err := l.Output(host, "iperf3", "-c", lab.Server, "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J")
 	var r struct {
 		Error string `json:"error"`
 		End   struct {

@@ -117,3 +117,42 @@ func serviceMTU(b *testing.B, l *lab.Lab, mtu int) {
 		}
 	}
 }
+
+// BenchmarkZonedCost measures what telling a tenant apart by where it
+// enters costs its flows on the overlay: one TCP stream (iperf3) through
+// the [fw, dlp] chain from blue's client (a zoned tenant: its own zone on
+// the gateway, a second conntrack entry with SNAT on the way out, the
+// chain handing the flow back through the overlay, replies routed by
+// tag) and from globex's (the same chain, told apart by its addresses),
+// alternating round by round in one lab and run. The service network's
+// MTU is 1550, as the README asks of an overlay.
+func BenchmarkZonedCost(b *testing.B) {
+	const seconds, rounds = 4, 4
+	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench ZonedCost -benchtime 1x ./tests)\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.NewWithMap(b, bin, lab.OverlapMap)
+		serviceMTU(b, l, 1550)
+		if err := l.AddOverlapClients(); err != nil {
+			b.Fatal(err)
+		}
+		if err := l.StartAll("--log-flows=false"); err != nil {
+			b.Fatal(err)
+		}
+		port := 6600
+		gbps := map[string][]float64{}
+		var ratios []float64
+		for r := 0; r < rounds; r++ {
+			for _, host := range []string{"cg", "cb"} {
+				port += 30
+				gbps[host] = append(gbps[host], iperfFrom(b, l, host, port, seconds))
+			}
+			ratios = append(ratios, gbps["cb"][r]/gbps["cg"][r])
+			fmt.Printf("bulk round %d (Gbit/s): globex %.2f, blue (zoned) %.2f: %.3f\n", r+1, gbps["cg"][r], gbps["cb"][r], ratios[r])
+		}
+		b.ReportMetric(median(gbps["cg"]), "bulk-Gbit/s")
+		b.ReportMetric(median(gbps["cb"]), "bulk-zoned-Gbit/s")
+		b.ReportMetric(median(ratios), "bulk-zoned/plain")
+		fmt.Printf("bulk: globex %.2f Gbit/s, blue (zoned) %.2f (medians); zoned/plain by round %.3f\n", median(gbps["cg"]), median(gbps["cb"]), median(ratios))
+		l.Close()
+	}
+}
