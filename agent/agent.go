@@ -675,9 +675,9 @@ func markValue(d steering.Decision, gateway uint16) uint32 {
 	case d.Kind == steering.Steer:
 		return rules.HalfValue(d.Instance.ID)
 	case d.Kind == steering.EndOfChain && gateway != 0 && d.Reverse:
-		return rules.HalfValue(steering.ReturnID(steering.MaxID + gateway))
+		return rules.HalfValue(steering.ReturnID(steering.GatewayIDFor(gateway)))
 	case d.Kind == steering.EndOfChain && gateway != 0:
-		return rules.HalfValue(steering.MaxID + gateway)
+		return rules.HalfValue(steering.GatewayIDFor(gateway))
 	}
 	return rules.MarkPass
 }

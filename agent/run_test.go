@@ -322,13 +322,16 @@ func TestSpecForOverlay(t *testing.T) {
 		{Table: 8001, Via: a("10.200.0.21"), Dev: rules.OverlayDevice},
 		{Table: 8002, Via: a("10.200.0.22"), Dev: rules.OverlayDevice},
 		{Table: 8004, Via: a("10.200.0.12"), Dev: rules.OverlayDevice},
-		// The gateway, to hand zoned tenants' flows back.
+		// The gateway, to hand zoned tenants' flows back, on their way
+		// out and on their way back to the tenant.
 		{Table: 8000 + steering.FirstGatewayID, Via: a("10.200.0.1"), Dev: rules.OverlayDevice},
+		{Table: 8000 + int(steering.ReturnID(steering.FirstGatewayID)), Via: a("10.200.0.1"), Dev: rules.OverlayDevice},
 		// IPv6 hops: by their devices' link-local addresses.
 		{Table: 8001, Via: a("fe80::6e:aff:fec8:15"), Dev: rules.OverlayDevice},
 		{Table: 8002, Via: a("fe80::6e:aff:fec8:16"), Dev: rules.OverlayDevice},
 		{Table: 8004, Via: a("fe80::6e:aff:fec8:c"), Dev: rules.OverlayDevice},
 		{Table: 8000 + steering.FirstGatewayID, Via: a("fe80::6e:aff:fec8:1"), Dev: rules.OverlayDevice},
+		{Table: 8000 + int(steering.ReturnID(steering.FirstGatewayID)), Via: a("fe80::6e:aff:fec8:1"), Dev: rules.OverlayDevice},
 	}
 	if diff := cmp.Diff(wantRoutes, routes, cmp.Comparer(func(x, y netip.Addr) bool { return x == y }), cmp.Comparer(func(x, y netip.Prefix) bool { return x == y })); diff != "" {
 		t.Errorf("fw-1's routes (-want +got):\n%s", diff)

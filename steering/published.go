@@ -82,6 +82,9 @@ const (
 	MaxGatewayID   = MaxID + MaxGateways
 )
 
+// GatewayIDFor is the ID of the gateway numbered n (see GatewayNumber).
+func GatewayIDFor(n uint16) uint16 { return MaxID + n }
+
 // ReturnID is the hop ID by which an instance host hands a zoned flow
 // back to the gateway with ID id on its way back to the tenant.
 func ReturnID(id uint16) uint16 { return id + MaxGateways }
