@@ -96,9 +96,9 @@ func (r IPRule) String() string {
 //
 // Around the two tries, per family, from the first priority P:
 //
-//	P                   the node's own packets (iif lo): goto the end
-//	P+1                 MarkTag set: goto the tenant block (a zoned
+//	P                   MarkTag set: goto the tenant block (a zoned
 //	                    tenant's gateway only)
+//	P+1                 the node's own packets (iif lo): goto the end
 //	P+2                 direction bit set: goto the reply block
 //	P+3                 original half 0 or 1 (not steered): goto the end
 //	P+4 ...             the original direction's trie
@@ -114,7 +114,9 @@ func (r IPRule) String() string {
 // towards a zoned tenant carries the tenant's tag in the original half,
 // and MarkTag (see [TenantTag]); the tenant block sends it to its tenant's
 // table, which routes the tenant's prefixes out of its ingress interface:
-// the main table cannot, since zoned tenants share addresses.
+// the main table cannot, since zoned tenants share addresses. The gateway's
+// own ICMP errors to a zoned tenant are marked so too (see [TenantTag]),
+// which is why that rule comes before the one for the node's own packets.
 //
 // nfsteer steers forwarded packets only. The node's own packets skip the
 // tries whatever their mark: above all the overlay's VXLAN packets, which
@@ -206,10 +208,11 @@ func (s Spec) tries(fam int, leaves, tenants []leaf) []IPRule {
 	tenantBlock := replyEnd + 1
 	end := tenantBlock + trieSize + 1
 	notSteered := func(shift int) uint32 { return (OrigMask &^ MarkPass) << shift }
-	rules := []IPRule{{Family: fam, Priority: s.RulePriority, Iif: "lo", Action: Goto, Target: end}}
+	var rules []IPRule
 	if len(tenants) > 0 {
-		rules = append(rules, IPRule{Family: fam, Priority: s.RulePriority + 1, Mark: MarkTag, Mask: MarkTag, Action: Goto, Target: tenantBlock})
+		rules = append(rules, IPRule{Family: fam, Priority: s.RulePriority, Mark: MarkTag, Mask: MarkTag, Action: Goto, Target: tenantBlock})
 	}
+	rules = append(rules, IPRule{Family: fam, Priority: s.RulePriority + 1, Iif: "lo", Action: Goto, Target: end})
 	rules = append(rules,
 		IPRule{Family: fam, Priority: p, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: reply},
 		IPRule{Family: fam, Priority: p + 1, Mark: 0, Mask: notSteered(0), Action: Goto, Target: end})

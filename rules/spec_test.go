@@ -135,7 +135,7 @@ func TestRouting(t *testing.T) {
 	var wantRules []IPRule
 	for _, fam := range []int{4, 6} {
 		wantRules = append(wantRules,
-			IPRule{Family: fam, Priority: first, Iif: "lo", Action: Goto, Target: end},
+			IPRule{Family: fam, Priority: first + 1, Iif: "lo", Action: Goto, Target: end},
 			IPRule{Family: fam, Priority: p, Mark: MarkReply, Mask: MarkReply, Action: Goto, Target: reply},
 			IPRule{Family: fam, Priority: p + 1, Mask: notOrig, Action: Goto, Target: end},
 			IPRule{Family: fam, Priority: p + 2, Invert: true, Mark: 4, Mask: OrigMask, Action: Goto, Target: end},
@@ -324,7 +324,7 @@ func TestRoutingZoned(t *testing.T) {
 		end         = tenantBlock + trieSize + 1
 	)
 	want := []IPRule{
-		{Family: 4, Priority: first + 1, Mark: MarkTag, Mask: MarkTag, Action: Goto, Target: tenantBlock},
+		{Family: 4, Priority: first, Mark: MarkTag, Mask: MarkTag, Action: Goto, Target: tenantBlock},
 		{Family: 4, Priority: reply + 1 + trieSize, Action: Goto, Target: end},
 		{Family: 4, Priority: tenantBlock + trieSize, Action: Goto, Target: end},
 	}

@@ -37,7 +37,9 @@ import "net/netip"
 //     [TagApplied], on it) is found in the tenant's zone and routed by its
 //     tag to its table, out of its ingress (see routing.go);
 //   - whatever would be forwarded to its addresses from anywhere else is
-//     dropped and counted with the untagged packets.
+//     dropped and counted with the untagged packets;
+//   - the gateway's own ICMP errors about its packets (they carry the
+//     packet's connection, so its zone) are routed by its tag too.
 type TenantTag struct {
 	Tag      uint16
 	Prefixes []netip.Prefix

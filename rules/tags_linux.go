@@ -70,10 +70,8 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), setMark(0))})
 	// The overlay's MTU is the service network's less the tunnel's
 	// headers, likely below the tenants' links': TCP learns it from the
-	// SYNs the gateway sends into the overlay, whichever way they go. (A
-	// zoned tenant cannot learn it from the gateway's ICMP errors: they
-	// are routed by the main table, which cannot tell tenants that share
-	// addresses apart.)
+	// SYNs the gateway sends into the overlay, whichever way they go,
+	// without a round of path MTU discovery.
 	fwd := c.AddChain(&nftables.Chain{Name: "mss", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityMangle})
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: slices.Concat(oifOverlay(), []expr.Any{
@@ -290,6 +288,26 @@ func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) erro
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: hops.Name, SetID: hops.ID},
 		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: 1},
 	})
+
+	// The gateway's own ICMP errors about a zoned tenant's packets (path
+	// MTU, TTL) carry the offending packet's connection, so its zone:
+	// routed by the tag, they reach the tenant's link, where the main
+	// table would pick any link the shared addresses are on.
+	icmp := c.AddChain(&nftables.Chain{Name: "icmp", Table: t, Type: nftables.ChainTypeRoute,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle})
+	for _, proto := range []byte{unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6} {
+		add(icmp, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		}, loadZone(), []expr.Any{
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(ZoneOut), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+		}, loadZone(), []expr.Any{
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(TagMask), Xor: mark(MarkTag)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		})
+	}
 
 	nat := c.AddChain(&nftables.Chain{Name: "snat", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})

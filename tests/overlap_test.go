@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -444,6 +445,55 @@ func TestOverlapDrainMigrate(t *testing.T) {
 		out, err := l.Nfsteer("ctl", "sessions", "show", "--redis", lab.RedisURL, k, "-o", "json")
 		if err != nil || !strings.Contains(out, `"primary": "`+to+`"`) {
 			t.Errorf("session %s after the migration (%v):\n%s\nwant %s as dlp's primary", k, err, out, to)
+		}
+	}
+}
+
+// TestOverlapPathMTU: blue's and red's clients, at the same address, each
+// send a full-size UDP datagram that may not be fragmented, which the
+// overlay's smaller MTU cannot carry. Each learns the overlay's MTU from
+// the gateway's ICMP error, on its own link: the gateway routes the error
+// by the tenant's zone, not by the main table, which would send both to
+// one link.
+func TestOverlapPathMTU(t *testing.T) {
+	l := overlapLab(t, overlapMap)
+	for i, host := range []string{"cb", "cr"} {
+		err := l.InNS(host, func() error {
+			// Open until the error arrives: the kernel learns a path's
+			// MTU for the socket the error is about.
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(overlapClient), Port: 40400 + i})
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { c.Close() })
+			rc, err := c.SyscallConn()
+			if err != nil {
+				return err
+			}
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, syscall.IP_PMTUDISC_DO)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return serr
+			}
+			_, err = c.WriteToUDP(make([]byte, 1472), &net.UDPAddr{IP: net.ParseIP(lab.Server), Port: 5401})
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+	}
+	for _, host := range []string{"cb", "cr"} {
+		var out string
+		waitFor(2*time.Second, func() bool {
+			out, _ = l.Output(host, "ip", "route", "get", lab.Server)
+			return strings.Contains(out, "mtu 1450")
+		})
+		if !strings.Contains(out, "mtu 1450") {
+			t.Errorf("%s did not learn the overlay's MTU (1450) from the gateway:\n%s", host, out)
 		}
 	}
 }
