@@ -6,7 +6,10 @@
 // follows another: the [Delta] of tenants and out-lists that nodes apply
 // without reading the whole map, checked and compiled for what it changes
 // only. A map may carry its service network in an [Overlay], where every
-// tenant has a tag ([Table.TenantByTag], [Table.DecideTagged]).
+// tenant has a tag ([Table.TenantByTag], [Table.DecideTagged]), and where
+// tenants with a SNAT address may share addresses ([TenantInfo.Zoned]):
+// they are told apart by their ingress and tag, never by their addresses.
+// The overlay's gateways have IDs of their own ([GatewayNumber]).
 //
 // Everything here is pure computation over an immutable compiled [Table]: it
 // needs no privilege, touches no kernel state and is safe for concurrent use.
