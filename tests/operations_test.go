@@ -274,6 +274,29 @@ func TestScaleOut(t *testing.T) {
 		version, share["fw-1"], share["fw-2"], share["fw-3"], tab.Slots(), fair, want)
 }
 
+// drained is what drain --migrate of an instance said, and the
+// instance's count of a flow's packets ("migrated") once every node
+// switched.
+type drained struct {
+	out      string
+	err      error
+	fromThen uint64
+}
+
+// migrateSoon drains from with --migrate 1.5 s from now, in the middle of
+// a transfer, and reports on the channel it returns.
+func migrateSoon(l *lab.Lab, from string) <-chan drained {
+	done := make(chan drained, 1)
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		out, err := l.Nfsteer("ctl", "instance", "drain", "--redis", lab.RedisURL, "--migrate", from, "-o", "json")
+		time.Sleep(200 * time.Millisecond)
+		p, _, perr := l.Packets(from, "migrated")
+		done <- drained{out, errors.Join(err, perr), p}
+	}()
+	return done
+}
+
 // TestDrainMigrate drains the firewall carrying a long transfer with
 // --migrate: the transfer must finish byte-exact, the instance's own
 // counter of the flow must stop, and the other firewall's must carry the
@@ -290,21 +313,7 @@ func TestDrainMigrate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	type drained struct {
-		out string
-		err error
-		// fromThen is from's count of the flow's packets once every node
-		// switched, with a third of the transfer still to go.
-		fromThen uint64
-	}
-	done := make(chan drained, 1)
-	go func() {
-		time.Sleep(1500 * time.Millisecond)
-		out, err := l.Nfsteer("ctl", "instance", "drain", "--redis", lab.RedisURL, "--migrate", from, "-o", "json")
-		time.Sleep(200 * time.Millisecond)
-		p, _, perr := l.Packets(from, "migrated")
-		done <- drained{out, errors.Join(err, perr), p}
-	}()
+	done := migrateSoon(l, from)
 	// 16 KiB every 2 ms: about 8 MB/s for 4 s.
 	res := slowTransfer(t, l, local, server, 32<<20, 2*time.Millisecond, 15*time.Second)
 	d := <-done

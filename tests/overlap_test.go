@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -410,19 +409,7 @@ func TestOverlapDrainMigrate(t *testing.T) {
 		}
 	}
 	got := overlapServer(t, l, srvAddr)
-	type drained struct {
-		out      string
-		err      error
-		fromThen uint64
-	}
-	done := make(chan drained, 1)
-	go func() {
-		time.Sleep(1500 * time.Millisecond)
-		out, err := l.Nfsteer("ctl", "instance", "drain", "--redis", lab.RedisURL, "--migrate", from, "-o", "json")
-		time.Sleep(200 * time.Millisecond)
-		n, _, perr := l.Packets(from, "migrated")
-		done <- drained{out, errors.Join(err, perr), n}
-	}()
+	done := migrateSoon(l, from)
 	pacedPair(t, l, got, local, srvAddr, "the migration")
 	d := <-done
 	if d.err != nil {
