@@ -484,3 +484,58 @@ func TestOverlapPathMTU(t *testing.T) {
 		}
 	}
 }
+
+// TestOverlappingTenantsIPv6 is TestOverlappingTenants over IPv6: blue6
+// and red6 share fd50::/64, enter by their own links, cross fw, and leave
+// with their own IPv6 snat addresses.
+func TestOverlappingTenantsIPv6(t *testing.T) {
+	m := strings.Replace(overlayMap, "tenants:\n", `tenants:
+  blue6: {ingress: [cb6], prefixes: ["fd50::/64"], chain: [fw], tag: 5, snat: "fd61::101"}
+  red6: {ingress: [cr6], prefixes: ["fd50::/64"], chain: [fw], tag: 6, snat: "fd61::102"}
+`, 1)
+	l := lab.NewWithMap(t, bin, m)
+	for _, c := range []struct{ host, gwIf string }{{"cb6", "cb6"}, {"cr6", "cr6"}} {
+		if err := l.AddClient(c.host, "fd50::5/64", c.gwIf, "fd50::1/64"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	srvAddr := "[" + lab.Server6 + "]:5304"
+	got := overlapServer(t, l, srvAddr)
+	var wg sync.WaitGroup
+	sums := map[string][32]byte{}
+	var mu sync.Mutex
+	for _, host := range []string{"cb6", "cr6"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum, err := sendAndCheck(l, host, "[fd50::5]:40500", srvAddr, 1<<20)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			sums[host] = sum
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	want := map[string]string{"[fd61::101]:40500": "cb6", "[fd61::102]:40500": "cr6"}
+	for range 2 {
+		select {
+		case r := <-got:
+			host, ok := want[r.from]
+			if !ok {
+				t.Errorf("the server saw a connection from %s, not from blue6's or red6's snat address", r.from)
+				continue
+			}
+			delete(want, r.from)
+			if r.n != 1<<20 || r.sum != sums[host] {
+				t.Errorf("the server read %d bytes from %s, not what %s sent", r.n, r.from, host)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the server saw no connection from %v", want)
+		}
+	}
+}
