@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -82,15 +83,10 @@ func overlapServer(t *testing.T, l *lab.Lab, addr string) <-chan received {
 	return out
 }
 
-// sendAndCheck sends n random bytes over TCP from host's local address to
-// the server's addr, and checks the server's answer: the SHA-256 of what
-// it read. It returns the digest sent.
-func sendAndCheck(l *lab.Lab, host, local, addr string, n int64) ([32]byte, error) {
-	return sendPaced(l, host, local, addr, n, 0)
-}
-
-// sendPaced is sendAndCheck sending 16 KiB every tick (0: as fast as TCP
-// takes them).
+// sendPaced sends n random bytes over TCP from host's local address to
+// the server's addr, 16 KiB every tick (0: as fast as TCP takes them), and
+// checks the server's answer: the SHA-256 of what it read. It returns the
+// digest sent.
 func sendPaced(l *lab.Lab, host, local, addr string, n int64, tick time.Duration) ([32]byte, error) {
 	var sum [32]byte
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -134,6 +130,61 @@ func sendPaced(l *lab.Lab, host, local, addr string, n int64, tick time.Duration
 	return sum, nil
 }
 
+// sendPair sends n bytes over TCP from each host's local address (locals:
+// host to address) to the server's srvAddr at once, paced as sendPaced
+// does with tick, and returns each host's digest of what it sent. A
+// transfer that breaks fails t, saying across what.
+func sendPair(t *testing.T, l *lab.Lab, locals map[string]string, srvAddr string, n int64, tick time.Duration, what string) map[string][32]byte {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	sums := map[string][32]byte{}
+	for host, local := range locals {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum, err := sendPaced(l, host, local, srvAddr, n, tick)
+			if err != nil {
+				t.Errorf("%s's transfer broke%s: %v", host, what, err)
+			}
+			mu.Lock()
+			sums[host] = sum
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return sums
+}
+
+// checkPair reads two connections' reports from got and checks that each
+// came from one of want's snat addresses (address to the host behind it)
+// with the n bytes that host sent (sums).
+func checkPair(t *testing.T, got <-chan received, want map[string]string, sums map[string][32]byte, n int64) {
+	t.Helper()
+	want = maps.Clone(want)
+	for range 2 {
+		select {
+		case r := <-got:
+			addr, _, _ := net.SplitHostPort(r.from)
+			host, ok := want[addr]
+			if !ok {
+				t.Errorf("the server saw a connection from %s, not from one of the tenants' snat addresses %v", r.from, want)
+				continue
+			}
+			delete(want, addr)
+			if r.n != n || r.sum != sums[host] {
+				t.Errorf("the server read %d bytes from %s, not the %d %s sent", r.n, r.from, n, host)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("the server saw no connection from %v", want)
+			return
+		}
+	}
+}
+
+// snatOf is blue's and red's snat address, to the host behind each.
+var snatOf = map[string]string{"10.61.0.101": "cb", "10.61.0.102": "cr"}
+
 // TestOverlappingTenants: blue's and red's clients, with the same address
 // on their own links, open TCP to the same server port from the same
 // source port at the same time. Both transfers are byte-exact, the server
@@ -161,50 +212,9 @@ func TestOverlappingTenants(t *testing.T) {
 		}
 	}
 	const size = 1 << 20
-	run := func(port string) map[string][32]byte {
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		sums := map[string][32]byte{}
-		for _, host := range []string{"cb", "cr"} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sum, err := sendAndCheck(l, host, overlapClient+":"+port, srvAddr, size)
-				if err != nil {
-					t.Error(err)
-				}
-				mu.Lock()
-				sums[host] = sum
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		return sums
-	}
-	checkServer := func(sums map[string][32]byte, port string) {
-		t.Helper()
-		want := map[string]string{"10.61.0.101": "cb", "10.61.0.102": "cr"}
-		for range 2 {
-			select {
-			case r := <-got:
-				host, _, _ := strings.Cut(r.from, ":")
-				c, ok := want[host]
-				if !ok {
-					t.Errorf("the server saw a connection from %s, not from blue's or red's snat address", r.from)
-					continue
-				}
-				delete(want, host)
-				if r.n != size || r.sum != sums[c] {
-					t.Errorf("the server read %d bytes from %s, not the %d %s sent", r.n, r.from, size, c)
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("the server saw no connection for %v (port %s)", want, port)
-				return
-			}
-		}
-	}
 	// The same 5-tuple twice, at once.
-	checkServer(run("40000"), "40000")
+	same := overlapClient + ":40000"
+	checkPair(t, got, snatOf, sendPair(t, l, map[string]string{"cb": same, "cr": same}, srvAddr, size, 0, ""), size)
 	if t.Failed() {
 		for _, cmd := range [][]string{{"nft", "list", "table", "inet", "nfsteer"}, {"conntrack", "-L"}, {"iptables-save"}} {
 			out, _ := l.Output("gw", cmd...)
@@ -213,24 +223,8 @@ func TestOverlappingTenants(t *testing.T) {
 		return
 	}
 	// Blue on 40001, red on 40002: the instances tell us who crossed what.
-	var wg sync.WaitGroup
-	sums := map[string][32]byte{}
-	var mu sync.Mutex
-	for _, c := range []struct{ host, port string }{{"cb", "40001"}, {"cr", "40002"}} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sum, err := sendAndCheck(l, c.host, overlapClient+":"+c.port, srvAddr, size)
-			if err != nil {
-				t.Error(err)
-			}
-			mu.Lock()
-			sums[c.host] = sum
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	checkServer(sums, "40001/40002")
+	sums := sendPair(t, l, map[string]string{"cb": overlapClient + ":40001", "cr": overlapClient + ":40002"}, srvAddr, size, 0, "")
+	checkPair(t, got, snatOf, sums, size)
 	crossed := func(flow string) map[string]bool {
 		out := map[string]bool{}
 		for _, in := range lab.Instances {
@@ -251,24 +245,31 @@ func TestOverlappingTenants(t *testing.T) {
 	}
 }
 
+// overlapMesh builds the lab with blue's and red's clients and the
+// Redis-backed mesh, and returns the TCP flow from local to the server's
+// srvAddr, which both tenants open, with the dlp instances holding its
+// slot's primary and secondary roles: both tenants' flows cross dlp.
+func overlapMesh(t *testing.T, local, srvAddr string) (l *lab.Lab, f steering.Flow, primary, secondary string) {
+	t.Helper()
+	l = lab.NewWithMap(t, bin, overlapMap)
+	if err := l.AddOverlapClients(); err != nil {
+		t.Fatal(err)
+	}
+	startMesh(t, l)
+	f = flowOf(t, 6, local, srvAddr)
+	tab := tableOf(t, overlapMap)
+	p, s := tab.RolesFor(tab.ServiceByName("dlp"), tab.SlotOf(steering.AffinityCode(&f)))
+	return l, f, p.Name, s.Name
+}
+
 // TestOverlapUnderFailover: blue's and red's flows, on the same 5-tuple,
 // both cross the same dlp instance (the same code, so the same slot). Its
 // agent is killed and its link taken down mid-transfer: both transfers
 // finish byte-exact, each on the secondary, each on its own mirrored
 // session (keyed by its tenant's tag in Redis).
 func TestOverlapUnderFailover(t *testing.T) {
-	l := lab.NewWithMap(t, bin, overlapMap)
-	if err := l.AddOverlapClients(); err != nil {
-		t.Fatal(err)
-	}
-	startMesh(t, l)
 	const local, srvAddr = overlapClient + ":40100", lab.Server + ":5302"
-	f := flowOf(t, 6, local, srvAddr)
-	tab := tableOf(t, overlapMap)
-	slot := tab.SlotOf(steering.AffinityCode(&f))
-	dlp := tab.ServiceByName("dlp")
-	p, s := tab.RolesFor(dlp, slot)
-	primary, secondary := p.Name, s.Name
+	l, f, primary, secondary := overlapMesh(t, local, srvAddr)
 	t.Logf("flow %v: dlp primary %s, secondary %s", sessions.KeyOf(&f), primary, secondary)
 	if err := l.Count(secondary, "after", "ip saddr "+overlapClient+" tcp sport 40100"); err != nil {
 		t.Fatal(err)
@@ -361,30 +362,9 @@ func TestOverlapFirewallRules(t *testing.T) {
 // their tenants' snat addresses, across what.
 func pacedPair(t *testing.T, l *lab.Lab, got <-chan received, local, srvAddr, what string) {
 	t.Helper()
-	var wg sync.WaitGroup
-	for _, host := range []string{"cb", "cr"} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := sendPaced(l, host, local, srvAddr, 32<<20, 2*time.Millisecond); err != nil {
-				t.Errorf("%s's transfer broke across %s: %v", host, what, err)
-			}
-		}()
-	}
-	wg.Wait()
-	_, port, _ := strings.Cut(local, ":")
-	from := map[string]bool{}
-	for range 2 {
-		select {
-		case r := <-got:
-			from[r.from] = true
-		case <-time.After(10 * time.Second):
-			t.Fatal("the server did not see both connections end")
-		}
-	}
-	if !from["10.61.0.101:"+port] || !from["10.61.0.102:"+port] {
-		t.Errorf("the server saw connections from %v; want blue's and red's snat addresses", from)
-	}
+	const size = 32 << 20
+	sums := sendPair(t, l, map[string]string{"cb": local, "cr": local}, srvAddr, size, 2*time.Millisecond, " across "+what)
+	checkPair(t, got, snatOf, sums, size)
 }
 
 // TestOverlapDrainMigrate: blue's and red's flows on one 5-tuple cross
@@ -393,16 +373,8 @@ func pacedPair(t *testing.T, l *lab.Lab, got <-chan received, local, srvAddr, wh
 // transfers finish byte-exact on the other instance, and the drained one
 // stops carrying them.
 func TestOverlapDrainMigrate(t *testing.T) {
-	l := lab.NewWithMap(t, bin, overlapMap)
-	if err := l.AddOverlapClients(); err != nil {
-		t.Fatal(err)
-	}
-	startMesh(t, l)
 	const local, srvAddr = overlapClient + ":40200", lab.Server + ":5303"
-	f := flowOf(t, 6, local, srvAddr)
-	tab := tableOf(t, overlapMap)
-	p, s := tab.RolesFor(tab.ServiceByName("dlp"), tab.SlotOf(steering.AffinityCode(&f)))
-	from, to := p.Name, s.Name
+	l, f, from, to := overlapMesh(t, local, srvAddr)
 	for _, h := range []string{from, to} {
 		if err := l.Count(h, "migrated", "ip saddr "+overlapClient+" tcp sport 40200"); err != nil {
 			t.Fatal(err)
@@ -504,38 +476,7 @@ func TestOverlappingTenantsIPv6(t *testing.T) {
 	}
 	srvAddr := "[" + lab.Server6 + "]:5304"
 	got := overlapServer(t, l, srvAddr)
-	var wg sync.WaitGroup
-	sums := map[string][32]byte{}
-	var mu sync.Mutex
-	for _, host := range []string{"cb6", "cr6"} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sum, err := sendAndCheck(l, host, "[fd50::5]:40500", srvAddr, 1<<20)
-			if err != nil {
-				t.Error(err)
-			}
-			mu.Lock()
-			sums[host] = sum
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	want := map[string]string{"[fd61::101]:40500": "cb6", "[fd61::102]:40500": "cr6"}
-	for range 2 {
-		select {
-		case r := <-got:
-			host, ok := want[r.from]
-			if !ok {
-				t.Errorf("the server saw a connection from %s, not from blue6's or red6's snat address", r.from)
-				continue
-			}
-			delete(want, r.from)
-			if r.n != 1<<20 || r.sum != sums[host] {
-				t.Errorf("the server read %d bytes from %s, not what %s sent", r.n, r.from, host)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("the server saw no connection from %v", want)
-		}
-	}
+	const local, size = "[fd50::5]:40500", 1 << 20
+	sums := sendPair(t, l, map[string]string{"cb6": local, "cr6": local}, srvAddr, size, 0, "")
+	checkPair(t, got, map[string]string{"fd61::101": "cb6", "fd61::102": "cr6"}, sums, size)
 }
