@@ -65,6 +65,7 @@ func applyTags(s Spec) error {
 // everything else a zoned tenant needs is here too (see [TenantTag]).
 func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error {
 	tags := slices.DeleteFunc(slices.Clone(s.Tags), TenantTag.Zoned)
+	zoned := s.zoned()
 	post := c.AddChain(&nftables.Chain{Name: "tag", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(prioTagPost)})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), setMark(0))})
@@ -85,8 +86,8 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error
 		// The kernel only ever lowers it.
 		&expr.Exthdr{SourceRegister: 1, Op: expr.ExthdrOpTcpopt, Type: 2, Offset: 2, Len: 2},
 	})})
-	if len(s.zoned()) > 0 {
-		if err := zonedGateway(c, t, s, kept); err != nil {
+	if len(zoned) > 0 {
+		if err := zonedGateway(c, t, s, zoned, kept); err != nil {
 			return err
 		}
 	}
@@ -129,7 +130,7 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error
 				})})
 		}
 	}
-	if len(s.zoned()) > 0 {
+	if len(zoned) > 0 {
 		// Last, so that it wins: a zoned flow by its zone (either
 		// entry's), with the gateway's number.
 		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), loadZone(), []expr.Any{
@@ -145,8 +146,7 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error
 // [TenantTag]) besides the tag: their zones, the tenant's tag for the
 // agent, the second conntrack entry and its reverse hop, SNAT, and the
 // drops.
-func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error {
-	zoned := s.zoned()
+func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, zoned []TenantTag, kept uint64) error {
 	mark := func(v uint32) []byte { return native(v) }
 	ingress := &nftables.Set{Table: t, Name: "ingress", KeyType: nftables.TypeIFName, DataType: nftables.TypeMark, IsMap: true}
 	allTags := &nftables.Set{Table: t, Name: "tags", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
