@@ -68,7 +68,7 @@ var aclGrants = map[ACLRole]aclGrant{
 		},
 		channels: []string{Channel},
 		commands: []string{"+get", "+lrange", "+multi", "+exec", "+subscribe", "+unsubscribe",
-			"+set", "+del", "+hset", "+hdel", "+hgetall", "+pexpire", "+pttl", "+zadd", "+zrem"},
+			"+set", "+del", "+hset", "+hdel", "+hgetall", "+pexpire", "+pttl", "+zadd", "+zrem", "+zremrangebyscore"},
 	},
 	ACLController: {
 		keys: []string{

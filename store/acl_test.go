@@ -162,3 +162,39 @@ func TestACLRulesUnknownRole(t *testing.T) {
 		t.Errorf("ACLRules(admin) = %v, want an error naming it", err)
 	}
 }
+
+// TestSessionsWithoutTrimPermission: an agent whose user has the grant of
+// a version that did not trim the indexes (no ZREMRANGEBYSCORE) still
+// writes its sessions whole: the trim is best-effort.
+func TestSessionsWithoutTrimPermission(t *testing.T) {
+	ctx := context.Background()
+	srv := redislab.Start(t, redislab.Options{})
+	admin := store.ClientOf(open(t, srv.URL))
+	rules, err := store.ACLRules(store.ACLAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []any{"acl", "setuser", "old-agent", "on", ">pw"}
+	for _, r := range rules {
+		args = append(args, r)
+	}
+	args = append(args, "-zremrangebyscore")
+	if err := admin.Do(ctx, args...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	agent := open(t, "redis://old-agent:pw@"+srv.Addr)
+	tab := labTable(t)
+	gw := agent.NewSessions("", time.Minute)
+	a := acmeSession(tab, 41100)
+	out, err := gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: a}}))
+	if err != nil || len(out) != 1 || out[0].Refused != nil {
+		t.Fatalf("Write = %+v, %v; want written", out, err)
+	}
+	rec, err := gw.Get(ctx, a.Key)
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if n, err := admin.ZScore(ctx, "nfsteer:i:{"+rec.Hops[0].Primary+"}:primary", rec.Flow).Result(); err != nil || n <= 0 {
+		t.Errorf("index entry of %s: %v, %v; want it indexed", rec.Flow, n, err)
+	}
+}

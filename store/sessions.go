@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nfsteer/nfsteer/sessions"
@@ -178,13 +180,59 @@ type Sessions struct {
 	// function state the node writes.
 	Service string
 	TTL     time.Duration
+	// trimEvery is how often the writer trims an index it adds to
+	// (trimDue).
+	trimEvery time.Duration
+	// mu guards trimmed and trimWarned.
+	mu sync.Mutex
+	// trimmed holds when the writer last trimmed each index (Unix ms).
+	trimmed    map[roleEntry]int64
+	trimWarned bool
 }
+
+// indexTrimEvery is how often a writer trims the expired entries of an
+// index it adds to.
+const indexTrimEvery = 10 * time.Second
 
 // NewSessions returns the session writer and reader of a node that holds
 // an instance of service ("" on a gateway). Sessions live ttl in Redis
 // unless refreshed.
 func (s *Store) NewSessions(service string, ttl time.Duration) *Sessions {
-	return &Sessions{s: s, Service: service, TTL: ttl}
+	return &Sessions{s: s, Service: service, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[roleEntry]int64{}}
+}
+
+// trimDue reports whether the index e is due a trim at nowMS, and if so
+// counts it trimmed. An index entry leaves with its session's delete,
+// which only a firewall sends: the sessions of a chain without one, and
+// of a node that died, expire in Redis but would stay in their indexes
+// for good. Each writer trims the indexes it adds to, once per trimEvery:
+// one command per index and interval, and each entry removed once.
+func (w *Sessions) trimDue(e roleEntry, nowMS int64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if nowMS-w.trimmed[e] < w.trimEvery.Milliseconds() {
+		return false
+	}
+	w.trimmed[e] = nowMS
+	return true
+}
+
+// trimCommand trims an index. A trim is best-effort: its failure fails
+// nothing else in its batch (failed, refused), since the entries it
+// would remove are of sessions that no longer exist, which readers skip.
+const trimCommand = "zremrangebyscore"
+
+// trimFailed logs, once per writer, that Redis refused a trim: with the
+// agent ACL of a version that did not trim, say.
+func (w *Sessions) trimFailed(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.trimWarned {
+		return
+	}
+	w.trimWarned = true
+	slog.Warn("cannot trim the expired entries of the session indexes; they stay until a listing trims them (apply the agent ACL of this version: nfsteer redis acl)",
+		"redis", w.s.addr, "err", err)
 }
 
 type roleEntry struct{ instance, role string }
@@ -303,11 +351,24 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 	for i := range ops {
 		b.queue(i, &ops[i])
 	}
+	var trims []*redis.IntCmd
+	for e := range b.idx {
+		if w.trimDue(e, b.nowMS) {
+			c := redis.NewIntCmd(ctx, trimCommand, indexKey(e.instance, e.role), "-inf", "("+strconv.FormatInt(b.nowMS, 10))
+			_ = b.pipe.Process(ctx, c)
+			trims = append(trims, c)
+		}
+	}
 	b.idx.flush(ctx, b.pipe)
 	out := make([]sessions.Outcome, len(ops))
 	if cmds, err := b.pipe.Exec(ctx); err != nil {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
 			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, permission(err))
+		}
+	}
+	for _, c := range trims {
+		if err := c.Err(); err != nil {
+			w.trimFailed(err)
 		}
 	}
 	for i, c := range b.refreshes {
@@ -454,18 +515,24 @@ func (w *Sessions) reindex(ctx context.Context, stale []indexEntry, idx indexBat
 	return nil
 }
 
-// failed returns the first error among cmds that is not redis.Nil, or err,
+// failed returns the first error among cmds that is not redis.Nil nor a
+// trim's (trimCommand), or err,
 // what Exec returned, if none is: Exec reports the first error of any
 // kind, and a create that won replies nil (redis.Nil), which would hide a
 // later command's error.
 func failed(cmds []redis.Cmder, err error) error {
 	for _, c := range cmds {
-		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && c.Name() != trimCommand {
 			return e
 		}
 	}
 	if errors.Is(err, redis.Nil) {
 		return nil
+	}
+	for _, c := range cmds {
+		if c.Name() == trimCommand && c.Err() == err {
+			return nil // the first error was a trim's, the only kind left
+		}
 	}
 	return err
 }
@@ -482,7 +549,7 @@ func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) b
 	var errs []error
 	for _, c := range cmds {
 		err := c.Err()
-		if err == nil || errors.Is(err, redis.Nil) {
+		if err == nil || errors.Is(err, redis.Nil) || c.Name() == trimCommand {
 			continue
 		}
 		k := 1 // the key's place in the command; a script's comes after its digest and key count

@@ -369,6 +369,29 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("a writer trims the expired entries of the indexes it adds to", func(t *testing.T) {
+			// A chain without a firewall: nobody deletes its sessions,
+			// which expire in Redis and must not stay in the indexes.
+			short := s.NewSessions("", 200*time.Millisecond)
+			store.TrimEvery(short, 0)
+			gone, kept := acmeSession(tab, 40200), acmeSession(tab, 40201)
+			// The same slot, so the same indexes.
+			kept.Code, kept.Pins = gone.Code, gone.Pins
+			write(t, short, op(sessions.OpCreate, gone))
+			rec := get(t, gone.Key)
+			time.Sleep(300 * time.Millisecond)
+			write(t, short, op(sessions.OpCreate, kept))
+			for _, h := range rec.Hops {
+				for _, e := range []struct{ inst, role string }{{h.Primary, store.RolePrimary}, {h.Secondary, store.RoleSecondary}} {
+					if indexed(t, e.inst, e.role, rec.Flow) {
+						t.Errorf("expired session %s still in the %s index of %s", rec.Flow, e.role, e.inst)
+					}
+					if !indexed(t, e.inst, e.role, kept.Key.String()) {
+						t.Errorf("new session %s not in the %s index of %s", kept.Key, e.role, e.inst)
+					}
+				}
+			}
+		})
 		t.Run("a firewall that creates first leaves the indexing to the gateway", func(t *testing.T) {
 			first := acmeSession(tab, 40200)
 			first.Rule = 0
