@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +21,8 @@ import (
 // batches are of 16 flows, about what the mirror gathers in its 10 ms
 // linger at 1,600 new flows/s. It runs against a real redis-server on
 // loopback and reports the writers' allocations (the mirror is off the
-// packet path, but what it allocates the node's collector pays for).
+// packet path, but what it allocates the node's collector pays for), and
+// the CPU a flow costs the writers (this process) and Redis.
 func BenchmarkSessionsWrite(b *testing.B) {
 	const batch = 16
 	ctx := context.Background()
@@ -33,6 +35,7 @@ func BenchmarkSessionsWrite(b *testing.B) {
 	verdicts := make([]sessions.Op, batch)
 	next := uint32(0)
 	b.ReportAllocs()
+	redis0, client0 := redisCPU(b, s), processCPU(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i += batch {
 		for j := range batch {
@@ -52,6 +55,40 @@ func BenchmarkSessionsWrite(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	b.StopTimer()
+	b.ReportMetric(float64(processCPU(b)-client0)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
+	b.ReportMetric(float64(redisCPU(b, s)-redis0)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
+}
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// redisCPU is the CPU time s's server has used (INFO cpu), user and
+// system.
+func redisCPU(b *testing.B, s *store.Store) time.Duration {
+	info, err := store.ClientOf(s).Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var t float64
+	for line := range strings.Lines(info) {
+		for _, k := range []string{"used_cpu_user:", "used_cpu_sys:"} {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), k); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					b.Fatalf("INFO cpu: %q: %v", line, err)
+				}
+				t += f
+			}
+		}
+	}
+	return time.Duration(t * float64(time.Second))
 }
 
 // BenchmarkRedisPerSession measures what one flow costs Redis, for the

@@ -36,7 +36,7 @@ func BenchmarkNewFlows(b *testing.B) {
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlows -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.NewWithMap(b, bin, labmap.Firewall)
-		l.StartRedis(b)
+		srv := l.StartRedis(b)
 		if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 			b.Fatalf("apply: %v\n%s", err, out)
 		}
@@ -48,11 +48,20 @@ func BenchmarkNewFlows(b *testing.B) {
 				b.Fatal(err)
 			}
 			queued := queuedSoFar(b, l, "gw")
+			var agents []*lab.Process // this round's
+			for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+				if !a.Exited() {
+					agents = append(agents, a)
+				}
+			}
+			cpu0 := cpuSplit(b, agents, srv.Pid())
 			n, failed := dialFor(b, l, dialers, window)
+			cpu := cpuSplit(b, agents, srv.Pid()).minus(cpu0)
 			queued = queuedSoFar(b, l, "gw") - queued
 			rate := float64(n) / window.Seconds()
 			rates[mirror] = append(rates[mirror], rate)
 			fmt.Printf("mirror=%t: %d connections in %v (%.0f/s), %d failed; the gateway's kernel queued %d packets\n", mirror, n, window, rate, failed, queued)
+			fmt.Printf("  CPU per connection: %s\n", cpu.per(n))
 			// The rate is one of new flows only if the connections' SYNs
 			// crossed to the agent. Dialers reuse ports within seconds;
 			// conntrack gives a connection on a closed one's 5-tuple a
@@ -78,6 +87,48 @@ func BenchmarkNewFlows(b *testing.B) {
 		fmt.Printf("new flows/s: mirror off %.0f, mirror on %.0f (medians); on/off by pair %.3f (target >= 0.9)\n", off, on, ratio)
 		l.Close()
 	}
+}
+
+// cpuUse is the CPU time, user and system, the parts of the lab used.
+type cpuUse struct {
+	agents, redis, self, machine time.Duration
+}
+
+// cpuSplit reads what agents, redis-server (pid) and this process (the
+// dialers, the server, the kernel's work in their system calls) have
+// used, and the machine.
+func cpuSplit(b *testing.B, agents []*lab.Process, redis int) cpuUse {
+	b.Helper()
+	var u cpuUse
+	var err error
+	for _, a := range agents {
+		d, err := a.CPU()
+		if err != nil {
+			b.Fatal(err)
+		}
+		u.agents += d
+	}
+	if u.redis, err = lab.ProcessCPU(redis); err != nil {
+		b.Fatal(err)
+	}
+	if u.self, err = lab.ProcessCPU(os.Getpid()); err != nil {
+		b.Fatal(err)
+	}
+	if u.machine, err = lab.MachineCPU(); err != nil {
+		b.Fatal(err)
+	}
+	return u
+}
+
+func (u cpuUse) minus(v cpuUse) cpuUse {
+	return cpuUse{u.agents - v.agents, u.redis - v.redis, u.self - v.self, u.machine - v.machine}
+}
+
+// per is u per connection of n, in µs.
+func (u cpuUse) per(n int64) string {
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(max(n, 1)) }
+	return fmt.Sprintf("agents %.1f µs, redis-server %.1f µs, dialers and server %.1f µs, machine %.1f µs",
+		us(u.agents), us(u.redis), us(u.self), us(u.machine))
 }
 
 // dialFor opens and resets TCP connections from the acme client to the

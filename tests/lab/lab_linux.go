@@ -604,6 +604,59 @@ func (a *Process) RSS() (uint64, error) {
 	return 0, fmt.Errorf("no VmRSS for process %d", a.cmd.Process.Pid)
 }
 
+// CPU returns the CPU time, user and system, the process has used.
+func (a *Process) CPU() (time.Duration, error) { return ProcessCPU(a.cmd.Process.Pid) }
+
+// ProcessCPU returns the CPU time, user and system, process pid has used,
+// from /proc/PID/stat (in clock ticks of 1/100 s, USER_HZ on Linux).
+func ProcessCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: fields count
+	// from after its closing one (state is field 3, utime 14, stime 15).
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too short: %q", pid, b)
+	}
+	var ticks uint64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
+// MachineCPU returns the CPU time all CPUs have spent busy (not idle nor
+// waiting for I/O), from /proc/stat.
+func MachineCPU() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks uint64
+	for k, v := range f[1:] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		if k != 3 && k != 4 { // idle, iowait
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
+
 // Exited reports whether the process has ended (crashed, or stopped).
 func (a *Process) Exited() bool {
 	select {

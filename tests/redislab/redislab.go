@@ -190,6 +190,17 @@ func (s *Server) Restart(tb testing.TB) {
 }
 
 // Stop kills the server; it is safe to call twice.
+// Pid is the server process's ID (0 if it is not running). `ip netns
+// exec` execs redis-server, so the process is the server itself.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 func (s *Server) Stop() { s.Kill() }
 
 // Client returns a client of the server (from the caller's namespace),
