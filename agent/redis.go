@@ -151,7 +151,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 // report is the node's health for the controller; rtt is the last
 // heartbeat's round trip.
 func (a *Agent) report(rtt time.Duration) *store.Report {
-	r := &store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.flows.Len()}
+	r := &store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.flows.Len(),
+		Sealed: a.cfg.SessionKey != nil, ChecksMaps: a.cfg.Trust != nil}
 	if a.mirror != nil {
 		r.MirrorDepth = a.mirror.Stats.Depth.Load()
 		r.MirrorDrops = a.mirror.Stats.Dropped.Load()

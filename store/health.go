@@ -39,6 +39,11 @@ type Report struct {
 	RTTUS       int64  `json:"rtt_us"`
 	MirrorDepth int64  `json:"mirror_depth"`
 	MirrorDrops uint64 `json:"mirror_drops"`
+	// Sealed says the node seals the session records it writes and
+	// refuses unsealed ones (--session-key); ChecksMaps, that it refuses
+	// maps no key it trusts signed (--trust-key).
+	Sealed     bool `json:"sealed,omitempty"`
+	ChecksMaps bool `json:"checks_maps,omitempty"`
 }
 
 // ReportEvery is how often an agent attaches its Report to a heartbeat.

@@ -575,6 +575,42 @@ func TestCLIStatus(t *testing.T) {
 	if want := []store.Controller{{ID: "ctl-a", Active: true}, {ID: "ctl-b"}}; !cmp.Equal(want, st.Controllers, cmpopts.IgnoreFields(store.Controller{}, "AgeS")) {
 		t.Errorf("controllers %+v; want ctl-a active and ctl-b standing by", st.Controllers)
 	}
+	// Sealing: every agent or none is healthy; some is not, since a node
+	// with the key refuses the others' records.
+	for _, tc := range []struct {
+		name   string
+		sealed []string
+		want   []string
+	}{
+		{"every agent seals", []string{"gw", "fw-1", "fw-2", "dlp-1", "dlp-2"}, nil},
+		{"two agents seal", []string{"fw-1", "gw"}, []string{"session records are sealed by fw-1, gw but not by dlp-1, dlp-2, fw-2: " +
+			"a node with the key refuses the records of nodes without it, so those flows cannot fail over to it (give every agent the same --session-key)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, n := range []string{"gw", "fw-1", "fw-2", "dlp-1", "dlp-2"} {
+				rep := &store.Report{Node: n, MapVersion: liveVersion(t, s), Sealed: slices.Contains(tc.sealed, n), ChecksMaps: n == "gw"}
+				if err := s.Heartbeat(ctx, n, rep); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, st := status()
+			if diff := cmp.Diff(tc.want, st.Degraded, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("degraded (-want +got):\n%s", diff)
+			}
+			if wantCode := map[bool]int{true: 0, false: exitDegraded}[tc.want == nil]; r.code != wantCode {
+				t.Errorf("exit %d; want %d", r.code, wantCode)
+			}
+			for _, a := range st.Agents {
+				if a.Report == nil || a.Report.Sealed != slices.Contains(tc.sealed, a.Node) || a.Report.ChecksMaps != (a.Node == "gw") {
+					t.Errorf("agent %s's report %+v; want sealed %t, checks_maps %t", a.Node, a.Report, slices.Contains(tc.sealed, a.Node), a.Node == "gw")
+				}
+			}
+			text := nfsteer(t, "status").stdout
+			if !strings.Contains(text, "TRUST") || !strings.Contains(text, "sealed sessions, signed maps") {
+				t.Errorf("status lacks the TRUST column or gw's \"sealed sessions, signed maps\":\n%s", text)
+			}
+		})
+	}
 	// fw-2 down and fw-1 drained (forced): the firewall is in fallback.
 	if _, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
 		next := live.Clone()

@@ -224,12 +224,30 @@ type reportView struct {
 	RTTS         float64 `json:"rtt_s"`
 	MirrorDepth  int64   `json:"mirror_depth"`
 	MirrorDrops  uint64  `json:"mirror_drops"`
+	// Sealed and ChecksMaps are store.Report's.
+	Sealed     bool `json:"sealed"`
+	ChecksMaps bool `json:"checks_maps"`
+}
+
+// trust is what r's node checks, for the status table.
+func (r *reportView) trust() string {
+	var what []string
+	if r.Sealed {
+		what = append(what, "sealed sessions")
+	}
+	if r.ChecksMaps {
+		what = append(what, "signed maps")
+	}
+	if len(what) == 0 {
+		return "none"
+	}
+	return strings.Join(what, ", ")
 }
 
 func viewReport(r store.Report) *reportView {
 	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed, Untagged: r.Untagged,
 		SlowestS: (time.Duration(r.LatencyUS) * time.Microsecond).Seconds(), RTTS: (time.Duration(r.RTTUS) * time.Microsecond).Seconds(),
-		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops}
+		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops, Sealed: r.Sealed, ChecksMaps: r.ChecksMaps}
 }
 
 // redisView is Redis as status prints it.
@@ -260,6 +278,22 @@ type statusReport struct {
 	Agents      []agentStatus      `json:"agents"`
 	// Degraded says what is wrong, one line each; empty when healthy.
 	Degraded []string `json:"degraded"`
+}
+
+// sealing splits the agents that reported and are not silent into those
+// that seal session records and those that do not.
+func sealing(agents []agentStatus, beats map[string]store.Beat, now time.Time) (sealed, unsealed []string) {
+	for _, a := range agents {
+		if a.Report == nil || now.Sub(beats[a.Node].At) > silentAfter {
+			continue
+		}
+		if a.Report.Sealed {
+			sealed = append(sealed, a.Node)
+		} else {
+			unsealed = append(unsealed, a.Node)
+		}
+	}
+	return sealed, unsealed
 }
 
 // exitDegraded is status's exit code when something needs on-call.
@@ -390,6 +424,10 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 		}
 		st.Agents = append(st.Agents, a)
 	}
+	if sealed, unsealed := sealing(st.Agents, beats, now); len(sealed) > 0 && len(unsealed) > 0 {
+		degraded("session records are sealed by %s but not by %s: a node with the key refuses the records of nodes without it, so those flows cannot fail over to it (give every agent the same --session-key)",
+			strings.Join(sealed, ", "), strings.Join(unsealed, ", "))
+	}
 	err = out.print(st, func(w io.Writer) {
 		r := st.Redis
 		fmt.Fprintf(w, "redis\t%s, version %s, %.1f MiB used, round trip %s\n", r.Addr, r.Version, float64(r.UsedMemoryBytes)/(1<<20),
@@ -422,7 +460,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			}
 			fmt.Fprintln(w)
 		}
-		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SPOOFED", "UNTAGGED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS")
+		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SPOOFED", "UNTAGGED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS", "TRUST")
 		for _, a := range st.Agents {
 			score, mv, hb := "unknown", "", "never"
 			if a.Score != nil {
@@ -440,7 +478,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			}
 			if rep := a.Report; rep != nil {
 				row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered, rep.Spoofed, rep.Untagged,
-					micros(rep.SlowestS), rep.MirrorDepth, rep.MirrorDrops)
+					micros(rep.SlowestS), rep.MirrorDepth, rep.MirrorDrops, rep.trust())
 			} else {
 				row(w, a.Node, a.Role, a.State, score, mv, hb) // no report: the other columns are "-"
 			}
