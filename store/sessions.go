@@ -222,7 +222,7 @@ func (w *Sessions) trimDue(e roleEntry, nowMS int64) bool {
 // would remove are of sessions that no longer exist, which readers skip.
 const trimCommand = "zremrangebyscore"
 
-// trimFailed logs, once per writer, that Redis refused a trim: with the
+// trimFailed logs, once per writer, that Redis refused a trim: under the
 // agent ACL of a version that did not trim, say.
 func (w *Sessions) trimFailed(err error) {
 	w.mu.Lock()
@@ -231,7 +231,7 @@ func (w *Sessions) trimFailed(err error) {
 		return
 	}
 	w.trimWarned = true
-	slog.Warn("cannot trim the expired entries of the session indexes; they stay until a listing trims them (apply the agent ACL of this version: nfsteer redis acl)",
+	slog.Warn("cannot trim the expired entries of the session indexes; they stay until a listing trims them (the agent's Redis user needs ZREMRANGEBYSCORE: nfsteer redis acl)",
 		"redis", w.s.addr, "err", err)
 }
 
@@ -515,11 +515,10 @@ func (w *Sessions) reindex(ctx context.Context, stale []indexEntry, idx indexBat
 	return nil
 }
 
-// failed returns the first error among cmds that is not redis.Nil nor a
-// trim's (trimCommand), or err,
-// what Exec returned, if none is: Exec reports the first error of any
-// kind, and a create that won replies nil (redis.Nil), which would hide a
-// later command's error.
+// failed returns the first error among cmds that is neither redis.Nil nor
+// a trim's (trimCommand), or err, what Exec returned, if none is: Exec
+// reports the first error of any kind, and a create that won replies nil
+// (redis.Nil), which would hide a later command's error.
 func failed(cmds []redis.Cmder, err error) error {
 	for _, c := range cmds {
 		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && c.Name() != trimCommand {
