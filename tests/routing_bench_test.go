@@ -5,7 +5,9 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -165,4 +167,93 @@ func udpRate(l *lab.Lab, port, seconds int) (float64, string, error) {
 		return 0, out, fmt.Errorf("iperf3 sent nothing")
 	}
 	return (s.Packets - s.LostPackets) / s.Seconds, out, nil
+}
+
+// boundTenants is the lab's map with n more tenants, each bound to an
+// ingress interface of its own (b0000, b0001, …; the gateway need not have
+// them) with a /32 of 10.150.0.0/16.
+func boundTenants(n int) string {
+	var m strings.Builder
+	m.WriteString(lab.Map)
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&m, "  b%04d: {ingress: [b%04d], prefixes: [10.150.%d.%d/32], chain: [fw]}\n", i, i, i/250, 1+i%250)
+	}
+	return m.String()
+}
+
+// BenchmarkManyIngresses measures what a gateway's rules cost each packet
+// when many tenants are bound to ingress interfaces of their own: 64-byte
+// UDP datagrams from the globex client (on a steered outer interface) to
+// the server, iperf3 at full rate, forwarded by the gateway with the
+// connmark of a decided flow set by hand, three ways in rounds:
+//
+//   - plain: no nfsteer rules;
+//   - none: nfsteer's rules for the lab's map, no tenant bound;
+//   - bound: the same map with 500 more tenants, each bound to its own
+//     interface (anti-spoofing for each, and the interfaces steered).
+//
+// Plain forwarding at the same offered load shows what the sender can do.
+func BenchmarkManyIngresses(b *testing.B) {
+	const n, seconds, rounds = 500, 3, 3
+	fmt.Printf("machine: %s\ncommand: go test -run '^$' -bench ManyIngresses -benchtime 1x ./tests\n", machine())
+	for i := 0; i < b.N; i++ {
+		l := lab.NewWithMap(b, bin, boundTenants(n))
+		noneMap := filepath.Join(b.TempDir(), "none.yaml")
+		if err := os.WriteFile(noneMap, []byte(lab.Map), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		install := func(file string) {
+			args := gatewayArgs(l, "rules", "install")
+			args[slices.Index(args, l.MapFile)] = file
+			nfsteer(b, l, "gw", args...)
+		}
+		// Decided, both halves "route normally": NFSTEER-PRE restores
+		// it and nothing goes to the (unread) queue. First in
+		// PREROUTING, in every mode, so every mode pays it.
+		setMark := func(op string) {
+			for _, in := range []string{"cg0", "srv0"} {
+				args := []string{"iptables", "-t", "mangle", op, "PREROUTING"}
+				if op == "-I" {
+					args = append(args, "1")
+				}
+				if err := l.Run("gw", append(args, "-i", in, "-j", "CONNMARK", "--set-xmark", "0x1001/0xffffff")...); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		port := 5600
+		measure := func() float64 {
+			port += 10
+			setMark("-I")
+			defer setMark("-D")
+			pps, out, err := udpRate(l, port, seconds)
+			if err != nil {
+				b.Fatalf("iperf3: %v\n%s", err, out)
+			}
+			return pps
+		}
+		res := map[string][]float64{}
+		for r := 0; r < rounds; r++ {
+			install(noneMap)
+			res["none"] = append(res["none"], measure())
+			install(l.MapFile)
+			if r == 0 {
+				rules := nfsteer(b, l, "gw", "rules", "show")
+				fmt.Printf("with %d bound tenants, the gateway's rules show %d lines\n", n, strings.Count(rules, "\n"))
+			}
+			res["bound"] = append(res["bound"], measure())
+			nfsteer(b, l, "gw", "rules", "remove")
+			res["plain"] = append(res["plain"], measure())
+			fmt.Printf("round %d (datagrams/s delivered): plain %.0f, no tenant bound %.0f, %d tenants bound %.0f\n",
+				r+1, res["plain"][r], res["none"][r], n, res["bound"][r])
+		}
+		plain, none, bound := median(res["plain"]), median(res["none"]), median(res["bound"])
+		b.ReportMetric(plain, "plain-pps")
+		b.ReportMetric(none, "none-pps")
+		b.ReportMetric(bound, "bound-pps")
+		b.ReportMetric(bound/none, "bound/none")
+		fmt.Printf("medians: plain %.0f/s, no tenant bound %.0f/s (%.3f of plain), %d tenants bound %.0f/s (%.3f of none)\n",
+			plain, none, none/plain, n, bound, bound/none)
+		l.Close()
+	}
 }
