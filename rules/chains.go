@@ -68,8 +68,7 @@ func syncChains(ipt chains, jumps, own []Rule) error {
 	for _, builtin := range []string{"PREROUTING", "POSTROUTING"} {
 		want := argsOf(jumps, builtin)
 		// The jumps are the chain's first rules, in want's order: a
-		// missing one goes in after those before it, so a jump to the
-		// anti-spoofing chain stays ahead of the steering jumps.
+		// missing one goes in after those before it.
 		at := 1
 		for _, w := range want {
 			ok, err := ipt.Exists(table, builtin, w...)
@@ -87,8 +86,8 @@ func syncChains(ipt chains, jumps, own []Rule) error {
 			return err
 		}
 	}
-	// Chains with no rules go once nothing jumps to them any more (the
-	// anti-spoofing chain when no tenant is bound).
+	// Chains with no rules go once nothing jumps to them any more (an
+	// earlier version's anti-spoofing chain).
 	for _, c := range ownChains {
 		if len(argsOf(own, c)) > 0 {
 			continue

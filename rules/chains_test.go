@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -286,30 +287,37 @@ func TestCountIn(t *testing.T) {
 	}
 }
 
-// TestSyncChainsSpoofFirst: binding a tenant on a running node puts the
-// jump to the anti-spoofing chain ahead of the steering jumps already
-// there, and unbinding removes the jump and the chain.
-func TestSyncChainsSpoofFirst(t *testing.T) {
-	pre := Rule{Chain: "PREROUTING", Args: []string{"-i", "ca0", "-j", chainPre}}
-	spoof := Rule{Chain: "PREROUTING", Args: []string{"-m", "addrtype", "--dst-type", "UNICAST", "-j", chainSpoof}}
-	steer := []Rule{{Chain: chainPre, Args: []string{"-j", "CONNMARK", "--restore-mark"}}}
-	bound := append(slices.Clone(steer), Rule{Chain: chainSpoof, Args: []string{"-i", "ca0", "-m", "comment", "--comment", SpoofComment, "-j", "DROP"}})
+// TestSyncChainsUpgradeSpoof: a gateway installed by a version that
+// checked sources in iptables (a jump per steered interface to
+// NFSTEER-SPOOF and to NFSTEER-PRE) gets the one jump of this version,
+// and NFSTEER-SPOOF goes; someone else's rule stays.
+func TestSyncChainsUpgradeSpoof(t *testing.T) {
 	f := newFakeIPTables()
-	f.chains["PREROUTING"] = []string{"-i eth9 -j ACCEPT"}
-	if err := syncChains(f, []Rule{pre}, steer); err != nil {
+	f.chains["PREROUTING"] = []string{
+		"-i ca0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j " + chainSpoof,
+		"-i cx0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j " + chainSpoof,
+		"-i ca0 -j " + chainPre,
+		"-i cx0 -j " + chainPre,
+		"-i eth9 -j ACCEPT",
+	}
+	f.chains[chainSpoof] = []string{"-s 10.10.1.0/24 -i ca0 -j RETURN", "-i ca0 -m comment --comment nfsteer-spoof -j DROP"}
+	f.chains[chainPre] = []string{"-j CONNMARK --restore-mark"}
+	jumps, own := Spec{Outer: []string{"cx0"}, Ingress: []Binding{{Tenant: "acme", Ifaces: []string{"ca0"},
+		Prefixes: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24")}}}}.IPTablesRules(4)
+	var pre []Rule
+	for _, j := range jumps {
+		if j.Chain == "PREROUTING" {
+			pre = append(pre, j)
+		}
+	}
+	if err := syncChains(f, jumps, own); err != nil {
 		t.Fatal(err)
 	}
-	if err := syncChains(f, []Rule{spoof, pre}, bound); err != nil {
-		t.Fatal(err)
-	}
-	want := []string{strings.Join(spoof.Args, " "), strings.Join(pre.Args, " "), "-i eth9 -j ACCEPT"}
+	want := []string{strings.Join(pre[0].Args, " "), "-i eth9 -j ACCEPT"}
 	if diff := cmp.Diff(want, f.chains["PREROUTING"]); diff != "" {
-		t.Errorf("PREROUTING after binding (-want +got):\n%s", diff)
+		t.Errorf("PREROUTING after the upgrade (-want +got):\n%s", diff)
 	}
-	if err := syncChains(f, []Rule{pre}, steer); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := f.chains[chainSpoof]; ok || len(f.chains["PREROUTING"]) != 2 {
-		t.Errorf("after unbinding: PREROUTING %q, spoof chain there: %v", f.chains["PREROUTING"], ok)
+	if _, ok := f.chains[chainSpoof]; ok {
+		t.Errorf("%s is still there: %q", chainSpoof, f.chains[chainSpoof])
 	}
 }

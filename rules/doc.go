@@ -34,7 +34,10 @@
 // restores them into every packet (an undecided flow's are zero, so its
 // packets go to the queue). Neither bit is saved. Bit 26 (MarkTag) is an
 // instance host's on an overlay, and a gateway's with zoned tenants (see
-// [TenantTag]). Bits 27-31 are left to other software.
+// [TenantTag]). Bit 27 (MarkSteered) is set by nftables on a gateway's
+// packets from its steered interfaces, and cleared by the restore: one
+// iptables rule sends them to NFSTEER-PRE (see [Steer]). Bits 28-31 are
+// left to other software.
 //
 // A half's values: 0 undecided, 1 pass, ID+1 for an instance (IDs 1 to
 // steering.MaxID), and on an instance host on an overlay, ID+1 for a

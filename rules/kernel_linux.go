@@ -43,8 +43,9 @@ type Linux struct {
 	appliedOverlay *Overlay
 	appliedTags    *Spec
 	// overlayGone: an Apply without an overlay has removed any there was,
-	// so the next ones need not ask the kernel again.
-	overlayGone bool
+	// so the next ones need not ask the kernel again; tagsGone, the same
+	// for table inet nfsteer.
+	overlayGone, tagsGone bool
 }
 
 type family struct {
@@ -107,6 +108,17 @@ func (k *Linux) Apply(s Spec) error {
 			}
 		}
 	}
+	// nftables first: on a gateway, the iptables jump to NFSTEER-PRE
+	// wants the flag the steer chain sets.
+	_, gateway := s.Steer()
+	wantTable := s.Overlay != nil || gateway
+	if wantTable && (k.appliedTags == nil || !sameTags(s, *k.appliedTags)) {
+		k.appliedTags, k.tagsGone = nil, false
+		if err := applyTags(s); err != nil {
+			return err
+		}
+		k.appliedTags = &s
+	}
 	var all []Rule
 	for _, fam := range []int{4, 6} {
 		jumps, own := s.IPTablesRules(fam)
@@ -138,33 +150,29 @@ func (k *Linux) Apply(s Spec) error {
 		}
 		k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
 	}
-	if s.Overlay == nil {
-		if k.overlayGone {
-			return nil
-		}
-		k.appliedOverlay, k.appliedTags = nil, nil
+	if !wantTable && !k.tagsGone {
+		k.appliedTags = nil
 		if err := removeTags(); err != nil {
 			return err
 		}
+		k.tagsGone = true
+	}
+	if s.Overlay == nil && !k.overlayGone {
+		k.appliedOverlay = nil
 		if err := removeOverlay(); err != nil {
 			return err
 		}
 		k.overlayGone = true
-		return nil
-	}
-	if k.appliedTags == nil || !sameTags(s, *k.appliedTags) {
-		k.appliedTags = nil
-		if err := applyTags(s); err != nil {
-			return err
-		}
-		k.appliedTags = &s
 	}
 	return nil
 }
 
-// sameTags reports whether a and b install the same tag rules.
+// sameTags reports whether a and b install the same table inet nfsteer.
 func sameTags(a, b Spec) bool {
-	return len(a.steered()) == 0 == (len(b.steered()) == 0) && reflect.DeepEqual(a.Tags, b.Tags)
+	sa, ga := a.Steer()
+	sb, gb := b.Steer()
+	return ga == gb && reflect.DeepEqual(sa, sb) && reflect.DeepEqual(a.Tags, b.Tags) &&
+		reflect.DeepEqual(a.Overlay, b.Overlay) && reflect.DeepEqual(a.Hops, b.Hops)
 }
 
 func (f family) applyIPTables(jumps, own []Rule) error {
@@ -193,7 +201,8 @@ func (f family) applyIPTables(jumps, own []Rule) error {
 
 // Remove deletes everything nfsteer owns in this namespace.
 func (k *Linux) Remove() error {
-	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay, k.appliedTags, k.overlayGone = nil, nil, nil, nil, nil, false
+	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay, k.appliedTags = nil, nil, nil, nil, nil
+	k.overlayGone, k.tagsGone = false, false
 	var errs []error
 	for _, f := range k.fams {
 		if err := f.remove(); err != nil {
@@ -420,10 +429,10 @@ func (k *Linux) removeRouting() error {
 // one netlink dump per family, with legacy iptables it runs iptables.
 func (k *Linux) Unsteered() (uint64, error) { return k.counted(chainPost, UnsteeredComment) }
 
-// Spoofed reads the counters of the anti-spoofing rules: packets dropped
-// because they entered where their source may not. Like Unsteered, call
+// Spoofed reads the count of packets the gateway dropped because they
+// entered where their source may not (see [Steer]). Like Unsteered, call
 // it from a slow path.
-func (k *Linux) Spoofed() (uint64, error) { return k.counted(chainSpoof, SpoofComment) }
+func (k *Linux) Spoofed() (uint64, error) { return tableCounter(SpoofedCounter) }
 
 // counted sums, over both families, the packet counters of chain's rules
 // tagged comment (0 where the chain is not there).
@@ -554,17 +563,7 @@ func (k *Linux) Show() ([]string, error) {
 
 // Untagged reads the count of packets an instance host on an overlay
 // dropped for arriving untagged (see [TenantTag]); 0 without an overlay.
-func (k *Linux) Untagged() (uint64, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return 0, fmt.Errorf("opening nftables: %w", err)
-	}
-	t := &nftables.Table{Name: TagTable, Family: nftables.TableFamilyINet}
-	if have, err := c.ListTableOfFamily(TagTable, nftables.TableFamilyINet); err != nil || have == nil {
-		return 0, nil
-	}
-	return countUntagged(c, t)
-}
+func (k *Linux) Untagged() (uint64, error) { return tableCounter(UntaggedCounter) }
 
 func ourRules(fam int) ([]netlink.Rule, error) {
 	all, err := netlink.RuleList(fam)

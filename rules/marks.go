@@ -63,6 +63,13 @@ func Half(mark uint32, reply bool) uint32 {
 	return mark & OrigMask
 }
 
+// MarkSteered is set, on a gateway, on every packet that enters by a
+// steered interface (nftables chain steer, before iptables' mangle
+// chains), and cleared by NFSTEER-PRE's restore: one iptables rule sends
+// those packets to NFSTEER-PRE, whatever the number of steered
+// interfaces. It is never saved.
+const MarkSteered uint32 = 1 << 27
+
 // MarkTag is set, on an instance host on an overlay, on a packet that
 // arrived with its tenant's tag in the original half's bits (see
 // [Overlay]): its flow is undecided, so its halves are not restored and

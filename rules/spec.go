@@ -23,16 +23,11 @@ const (
 	// UnsteeredComment tags the rule whose counters count new flows
 	// forwarded without a steering decision (see [Spec.IPTablesRules]).
 	UnsteeredComment = "nfsteer-unsteered"
-	// SpoofComment tags the rules that drop packets entering where their
-	// source may not (see [Binding]); their counters are the spoofed
-	// packets.
-	SpoofComment = "nfsteer-spoof"
-
-	chainSpoof = "NFSTEER-SPOOF"
-	chainPre   = "NFSTEER-PRE"
-	chainPost  = "NFSTEER-POST"
-	chainOwner = "NFSTEER-OWNS-TABLE"
-	table      = "mangle"
+	chainSpoof       = "NFSTEER-SPOOF"
+	chainPre         = "NFSTEER-PRE"
+	chainPost        = "NFSTEER-POST"
+	chainOwner       = "NFSTEER-OWNS-TABLE"
+	table            = "mangle"
 )
 
 // Spec is what a node wants installed. The zero values of the numbers mean
@@ -82,6 +77,8 @@ type Binding struct {
 }
 
 // ownChains are nfsteer's chains, in the order packets meet them.
+// NFSTEER-SPOOF held the anti-spoofing rules of earlier versions (now in
+// nftables, see [Spec.Steer]): listed, it is removed where found.
 var ownChains = []string{chainSpoof, chainPre, chainPost}
 
 // steered returns the interfaces whose traffic is steered: Outer and the
@@ -220,22 +217,14 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	// The jumps carry no comment: they are nfsteer's by their targets
 	// (NFSTEER-*), and a comment is one more match on every packet.
 	steered := s.steered()
-	if len(s.Ingress) > 0 {
-		// From the steered interfaces only (the chain hands traffic back
-		// on the service interface, which need not pay for the check),
-		// and only what the gateway would forward: traffic to the
-		// gateway itself (neighbour discovery from link-local sources,
-		// its own management) and multicast are not a tenant's.
-		for _, o := range steered {
-			jumps = append(jumps, Rule{"PREROUTING", []string{"-i", o, "-m", "addrtype", "--dst-type", "UNICAST", "-m", "addrtype", "!", "--dst-type", "LOCAL", "-j", chainSpoof}})
-		}
-		own = append(own, s.spoofRules(family)...)
-	}
 	if len(steered) == 0 {
 		jumps = append(jumps, Rule{"PREROUTING", []string{"-j", chainPre}})
-	}
-	for _, o := range steered {
-		jumps = append(jumps, Rule{"PREROUTING", []string{"-i", o, "-j", chainPre}})
+	} else {
+		// One rule, however many interfaces are steered: nftables
+		// flags their packets (MarkSteered, by an interface set; see
+		// Spec.Steer). A rule per interface cost every packet a test
+		// per steered interface before its own.
+		jumps = append(jumps, Rule{"PREROUTING", []string{"-m", "mark", "--mark", hex(MarkSteered) + "/" + hex(MarkSteered), "-j", chainPre}})
 	}
 	jumps = append(jumps, Rule{"POSTROUTING", []string{"-j", chainPost}})
 
@@ -264,7 +253,11 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	m, om := hex(HopMask), hex(OrigMask)
 	d, save := hex(MarkReply), hex(MarkSave)
 	unicast := []string{"-m", "addrtype", "--dst-type", "UNICAST"}
+	// The restore also clears MarkSteered, which has served.
 	restore := []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}
+	if len(steered) > 0 {
+		restore = []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", hex(HopMask | MarkSteered), "--ctmask", m}
+	}
 	tagged := s.Overlay != nil && (len(steered) == 0 || len(s.zoned()) > 0)
 	if tagged {
 		// An instance host on an overlay, or a gateway with zoned
@@ -325,39 +318,39 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	return jumps, own
 }
 
-// spoofRules are the anti-spoofing chain's rules for family: on each
-// tenant's ingress interfaces, its own prefixes pass and everything else
-// is dropped; on every other steered interface, any bound tenant's prefix
-// is dropped. Every drop is counted by its rule (SpoofComment). They run
-// before conntrack-based steering, in the kernel: a spoofed flood costs no
-// userspace crossing.
-func (s Spec) spoofRules(family int) []Rule {
-	drop := []string{"-m", "comment", "--comment", SpoofComment, "-j", "DROP"}
-	inFamily := func(p netip.Prefix) bool { return p.Addr().Is4() == (family == 4) }
-	var out []Rule
+// Steer is what a gateway's nftables chain steer does with the packets of
+// its steered interfaces, before iptables' mangle chains: it flags them
+// (MarkSteered), so that one iptables rule sends them on to NFSTEER-PRE,
+// and it drops those that enter where their source may not. Interfaces
+// are looked up in a map, prefixes in interval sets: the cost per packet
+// does not grow with the interfaces, the tenants or their prefixes.
+type Steer struct {
+	// Outer are the steered interfaces bound to no tenant; a packet
+	// entering one from a bound tenant's prefix (Bound) is dropped.
+	Outer []string
+	// Bound are the tenants bound to their ingress interfaces; a packet
+	// entering one from outside the tenant's prefixes is dropped.
+	Bound []Binding
+}
+
+// Steer returns what the gateway's steer chain does, or false on an
+// instance host (which steers every interface: no chain).
+func (s Spec) Steer() (Steer, bool) {
+	steered := s.steered()
+	if len(steered) == 0 {
+		return Steer{}, false
+	}
 	bound := map[string]bool{}
 	for _, b := range s.Ingress {
 		for _, i := range b.Ifaces {
 			bound[i] = true
-			for _, p := range b.Prefixes {
-				if inFamily(p) {
-					out = append(out, Rule{chainSpoof, []string{"-s", p.String(), "-i", i, "-j", "RETURN"}})
-				}
-			}
-			out = append(out, Rule{chainSpoof, append([]string{"-i", i}, drop...)})
 		}
 	}
-	for _, o := range s.steered() {
-		if bound[o] {
-			continue
-		}
-		for _, b := range s.Ingress {
-			for _, p := range b.Prefixes {
-				if inFamily(p) {
-					out = append(out, Rule{chainSpoof, append([]string{"-s", p.String(), "-i", o}, drop...)})
-				}
-			}
+	st := Steer{Bound: s.Ingress}
+	for _, o := range steered {
+		if !bound[o] {
+			st.Outer = append(st.Outer, o)
 		}
 	}
-	return out
+	return st, true
 }

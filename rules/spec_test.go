@@ -33,10 +33,9 @@ func TestIPTablesRules(t *testing.T) {
 		got = append(got, r.String())
 	}
 	want := []string{
-		"-A PREROUTING -i ca0 -j NFSTEER-PRE",
-		"-A PREROUTING -i srv0 -j NFSTEER-PRE",
+		"-A PREROUTING -m mark --mark 0x8000000/0x8000000 -j NFSTEER-PRE",
 		"-A POSTROUTING -j NFSTEER-POST",
-		"-A NFSTEER-PRE -j CONNMARK --restore-mark --nfmask 0xffffff --ctmask 0xffffff",
+		"-A NFSTEER-PRE -j CONNMARK --restore-mark --nfmask 0x8ffffff --ctmask 0xffffff",
 		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j MARK --or-mark 0x1000000",
 		"-A NFSTEER-PRE -m mark --mark 0x0/0x1000fff -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4200:4201 --queue-cpu-fanout",
 		"-A NFSTEER-PRE -m mark --mark 0x1000000/0x1fff000 -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4202:4203 --queue-cpu-fanout",
@@ -47,65 +46,46 @@ func TestIPTablesRules(t *testing.T) {
 		t.Errorf("IPTablesRules (-want +got):\n%s", diff)
 	}
 
-	_, own = Spec{Queues: 1}.IPTablesRules(4)
+	jumps, own = Spec{Queues: 1}.IPTablesRules(4)
 	if q := own[2].String(); !strings.HasSuffix(q, "--queue-num 4200 --queue-bypass") {
 		t.Errorf("fail-open single queue rule = %q, want --queue-num 4200 --queue-bypass", q)
 	}
+	// An instance host steers every interface.
+	if j, r := jumps[0].String(), own[0].String(); j != "-A PREROUTING -j NFSTEER-PRE" || !strings.Contains(r, "--nfmask 0xffffff ") {
+		t.Errorf("instance host: jump %q, restore %q; want every packet to NFSTEER-PRE and no MarkSteered to clear", j, r)
+	}
 }
 
-// TestSpoofRules: tenants bound to their ingress interfaces. acme enters
-// on ca0 from 10.10.1.0/24 and fd00:10::/64, globex on cg0; cx0 and srv0
-// are steered but bound to no one. The ingress interfaces are steered
-// even when not listed as outer.
-func TestSpoofRules(t *testing.T) {
-	s := Spec{Outer: []string{"cx0", "srv0"}, Queues: 1, Ingress: []Binding{
-		{Tenant: "acme", Ifaces: []string{"ca0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24"), netip.MustParsePrefix("fd00:10::/64")}},
-		{Tenant: "globex", Ifaces: []string{"cg0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.20.1.0/24")}},
-	}}
-	// The same jumps in both families, the spoof jumps first.
-	wantJumps := []string{
-		"-A PREROUTING -i cx0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
-		"-A PREROUTING -i srv0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
-		"-A PREROUTING -i ca0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
-		"-A PREROUTING -i cg0 -m addrtype --dst-type UNICAST -m addrtype ! --dst-type LOCAL -j NFSTEER-SPOOF",
-		"-A PREROUTING -i cx0 -j NFSTEER-PRE",
-		"-A PREROUTING -i srv0 -j NFSTEER-PRE",
-		"-A PREROUTING -i ca0 -j NFSTEER-PRE",
-		"-A PREROUTING -i cg0 -j NFSTEER-PRE",
-		"-A POSTROUTING -j NFSTEER-POST",
+// TestSteer: tenants bound to their ingress interfaces. acme enters on
+// ca0 from 10.10.1.0/24 and fd00:10::/64, globex on cg0; cx0 and srv0 are
+// steered but bound to no one. The ingress interfaces are steered even
+// when not listed as outer, and iptables has one jump for all of them.
+func TestSteer(t *testing.T) {
+	acme := Binding{Tenant: "acme", Ifaces: []string{"ca0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24"), netip.MustParsePrefix("fd00:10::/64")}}
+	globex := Binding{Tenant: "globex", Ifaces: []string{"cg0"}, Prefixes: []netip.Prefix{netip.MustParsePrefix("10.20.1.0/24")}}
+	s := Spec{Outer: []string{"cx0", "srv0"}, Queues: 1, Ingress: []Binding{acme, globex}}
+	st, ok := s.Steer()
+	if !ok {
+		t.Fatal("a gateway has no steer chain")
 	}
-	for _, tc := range []struct {
-		family int
-		want   []string
-	}{
-		{4, []string{
-			"-A NFSTEER-SPOOF -s 10.10.1.0/24 -i ca0 -j RETURN",
-			"-A NFSTEER-SPOOF -i ca0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -s 10.20.1.0/24 -i cg0 -j RETURN",
-			"-A NFSTEER-SPOOF -i cg0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -s 10.10.1.0/24 -i cx0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -s 10.20.1.0/24 -i cx0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -s 10.10.1.0/24 -i srv0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -s 10.20.1.0/24 -i srv0 -m comment --comment nfsteer-spoof -j DROP",
-		}},
-		{6, []string{
-			"-A NFSTEER-SPOOF -s fd00:10::/64 -i ca0 -j RETURN",
-			"-A NFSTEER-SPOOF -i ca0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -i cg0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -s fd00:10::/64 -i cx0 -m comment --comment nfsteer-spoof -j DROP",
-			"-A NFSTEER-SPOOF -s fd00:10::/64 -i srv0 -m comment --comment nfsteer-spoof -j DROP",
-		}},
-	} {
-		jumps, own := s.IPTablesRules(tc.family)
+	if diff := cmp.Diff(Steer{Outer: []string{"cx0", "srv0"}, Bound: []Binding{acme, globex}}, st, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("Steer (-want +got):\n%s", diff)
+	}
+	for _, family := range []int{4, 6} {
+		jumps, own := s.IPTablesRules(family)
 		var got []string
 		for _, r := range append(jumps, own...) {
 			if r.Chain != chainPre && r.Chain != chainPost {
 				got = append(got, r.String())
 			}
 		}
-		if diff := cmp.Diff(append(slices.Clone(wantJumps), tc.want...), got); diff != "" {
-			t.Errorf("IPv%d (-want +got):\n%s", tc.family, diff)
+		want := []string{"-A PREROUTING -m mark --mark 0x8000000/0x8000000 -j NFSTEER-PRE", "-A POSTROUTING -j NFSTEER-POST"}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("IPv%d iptables rules outside nfsteer's chains (-want +got):\n%s", family, diff)
 		}
+	}
+	if _, ok := (Spec{Queues: 1}).Steer(); ok {
+		t.Error("an instance host has a steer chain")
 	}
 }
 

@@ -57,8 +57,13 @@ func (tt TenantTag) Zoned() bool { return tt.SNAT.IsValid() }
 const ZoneOut = 0x8000
 
 // TagTable is the nftables table (family inet) that holds the overlay's
-// tag rules. nfsteer owns it whole.
+// tag rules and a gateway's steer chain (see [Steer]). nfsteer owns it
+// whole.
 const TagTable = "nfsteer"
+
+// SpoofedCounter names the counter of packets a gateway dropped for
+// entering where their source may not (see [Binding]).
+const SpoofedCounter = "spoofed"
 
 // UntaggedCounter names the counter of packets an instance host on an
 // overlay dropped for arriving with no tag, with one that names no tenant,

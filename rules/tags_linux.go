@@ -12,40 +12,63 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// Hook priorities of the tag chains, around iptables' mangle chains
-// (-150): an instance host's zone goes on before conntrack looks the
-// packet up (raw), MarkTag before NFSTEER-PRE restores the halves, and
-// the tag on the way out after NFSTEER-POST has saved them.
+// Hook priorities of the chains, around iptables' mangle chains (-150):
+// an instance host's zone goes on before conntrack looks the packet up
+// (raw), MarkTag before NFSTEER-PRE restores the halves, and the tag on
+// the way out after NFSTEER-POST has saved them. A gateway's steer chain
+// comes after MarkTag, which sets the whole mark, and before NFSTEER-PRE,
+// which wants MarkSteered.
 const (
 	prioTagRaw  = -300
-	prioTagPre  = -151
+	prioTagPre  = -152
+	prioSteer   = -151
 	prioTagPost = -140
 )
 
-// applyTags makes table inet nfsteer hold exactly the tag rules of s (see
+// batchBuffer is the socket buffer of the connection that installs table
+// inet nfsteer.
+const batchBuffer = 8 << 20
+
+// applyTags makes table inet nfsteer hold exactly the rules of s: a
+// gateway's steer chain (see [Steer]) and the overlay's tag rules (see
 // [TenantTag]), in one transaction: no packet meets half of them. It is
-// replaced whole, keeping the count of its untagged counter.
+// replaced whole, keeping the counts of its counters.
 func applyTags(s Spec) error {
-	c, err := nftables.New()
+	// A gateway with thousands of bound tenants sends more than the
+	// default socket buffer holds in its one batch.
+	c, err := nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if err := c.SetWriteBuffer(batchBuffer); err != nil {
+			return err
+		}
+		return c.SetReadBuffer(batchBuffer)
+	}))
 	if err != nil {
 		return fmt.Errorf("opening nftables: %w", err)
 	}
 	t := &nftables.Table{Name: TagTable, Family: nftables.TableFamilyINet}
-	var kept uint64
+	var untagged, spoofed uint64
 	if old, err := c.ListTableOfFamily(TagTable, nftables.TableFamilyINet); err == nil && old != nil {
-		if n, err := countUntagged(c, t); err == nil {
-			kept = n
-		}
+		untagged, _ = counted(c, t, UntaggedCounter)
+		spoofed, _ = counted(c, t, SpoofedCounter)
 		c.DelTable(t)
 	}
 	c.AddTable(t)
-	if len(s.steered()) == 0 {
-		err = instanceTags(c, t, s, kept)
-	} else {
-		err = gatewayTags(c, t, s, kept)
+	st, gateway := s.Steer()
+	if gateway {
+		if err := steerChain(c, t, st, spoofed); err != nil {
+			return err
+		}
+	}
+	switch {
+	case s.Overlay == nil:
+	case gateway:
+		err = gatewayTags(c, t, s, untagged)
+	default:
+		err = instanceTags(c, t, s, untagged)
 	}
 	if err != nil {
 		return err
@@ -54,6 +77,175 @@ func applyTags(s Spec) error {
 		return fmt.Errorf("installing table inet %s: %w", TagTable, err)
 	}
 	return nil
+}
+
+// steerChain adds a gateway's steer chain (see [Steer]): it flags what
+// enters by a steered interface (a set), and with tenants bound to their
+// ingress it drops what enters where its source may not: on a bound
+// interface, a source outside its tenant's prefixes (a set of interface
+// and prefix pairs); on any other steered interface, a source in a bound
+// tenant's prefixes. Only what the gateway would forward is checked:
+// traffic to the gateway itself (neighbour discovery from link-local
+// sources, its management) and multicast are not a tenant's. The chain's
+// rules and sets are the same few however many interfaces, tenants and
+// prefixes there are: only the sets' elements grow.
+func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, kept uint64) error {
+	steer := c.AddChain(&nftables.Chain{Name: "steer", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(prioSteer)})
+	add := func(e ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: steer, Exprs: slices.Concat(e...)})
+	}
+	iif := []expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}}
+	steered := &nftables.Set{Table: t, Name: "steered", KeyType: nftables.TypeIFName}
+	bound := &nftables.Set{Table: t, Name: "bound", KeyType: nftables.TypeIFName}
+	var steeredE, boundE []nftables.SetElement
+	for _, o := range st.Outer {
+		steeredE = append(steeredE, nftables.SetElement{Key: ifname(o)})
+	}
+	for _, b := range st.Bound {
+		for _, i := range b.Ifaces {
+			steeredE = append(steeredE, nftables.SetElement{Key: ifname(i)})
+			boundE = append(boundE, nftables.SetElement{Key: ifname(i)})
+		}
+	}
+	if err := addSet(c, steered, steeredE); err != nil {
+		return err
+	}
+	add(iif, []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: steered.Name, SetID: steered.ID, Invert: true}, &expr.Verdict{Kind: expr.VerdictReturn}})
+	add([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(^MarkSteered), Xor: native(MarkSteered)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	})
+	if len(st.Bound) == 0 {
+		return nil
+	}
+
+	c.AddObj(&nftables.CounterObj{Table: t, Name: SpoofedCounter, Packets: kept})
+	drop := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: SpoofedCounter}, &expr.Verdict{Kind: expr.VerdictDrop}}
+	if err := addSet(c, bound, boundE); err != nil {
+		return err
+	}
+	// Not forwarded unicast (to one of the gateway's own addresses, on
+	// any interface, or multicast): not checked.
+	add([]expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native(unix.RTN_UNICAST)},
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	})
+	type family struct {
+		proto    byte
+		key      nftables.SetDatatype
+		off, len uint32
+		is4      bool
+		suffix   string
+	}
+	fams := []family{{unix.NFPROTO_IPV4, nftables.TypeIPAddr, 12, 4, true, "4"}, {unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 8, 16, false, "6"}}
+	var prefixes []*nftables.Set
+	for _, f := range fams {
+		// A bound interface's own tenant's sources pass. The interface
+		// and the source are looked up together, in 32-bit registers
+		// (the name takes four, from NFT_REG32_00).
+		allowed := &nftables.Set{Table: t, Name: "allowed" + f.suffix, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, f.key),
+			Concatenation: true, Interval: true}
+		var allowedE []nftables.SetElement
+		var all []netip.Prefix
+		for _, b := range st.Bound {
+			all = append(all, b.Prefixes...)
+			for _, p := range disjoint(b.Prefixes, f.is4) {
+				first, last := p.Addr().AsSlice(), lastAddr(p).AsSlice()
+				for _, i := range b.Ifaces {
+					allowedE = append(allowedE, nftables.SetElement{Key: append(ifname(i), first...), KeyEnd: append(ifname(i), last...)})
+				}
+			}
+		}
+		if err := addSet(c, allowed, allowedE); err != nil {
+			return err
+		}
+		const reg32 = 8 // NFT_REG32_00
+		add([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32},
+			&expr.Payload{DestRegister: reg32 + unix.IFNAMSIZ/4, Base: expr.PayloadBaseNetworkHeader, Offset: f.off, Len: f.len},
+			&expr.Lookup{SourceRegister: reg32, SetName: allowed.Name, SetID: allowed.ID},
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		})
+		set := &nftables.Set{Table: t, Name: "bound" + f.suffix, KeyType: f.key, Interval: true}
+		elems, err := unionElements([]TenantTag{{Prefixes: all}}, f.is4)
+		if err != nil {
+			return err
+		}
+		if err := addSet(c, set, elems); err != nil {
+			return err
+		}
+		prefixes = append(prefixes, set)
+	}
+	// Any other source on a bound interface.
+	add(iif, []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: bound.Name, SetID: bound.ID}}, drop)
+	// A bound tenant's source on any other steered interface.
+	for i, f := range fams {
+		add([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.off, Len: f.len},
+			&expr.Lookup{SourceRegister: 1, SetName: prefixes[i].Name, SetID: prefixes[i].ID},
+		}, drop)
+	}
+	return nil
+}
+
+// setChunk bounds the elements sent in one message: their list is one
+// netlink attribute, whose length has 16 bits.
+const setChunk = 256
+
+// addSet adds set with elems, the elements in chunks of setChunk.
+func addSet(c *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
+	first := elems[:min(len(elems), setChunk)]
+	if err := c.AddSet(set, first); err != nil {
+		return fmt.Errorf("adding set %s: %w", set.Name, err)
+	}
+	for rest := elems[len(first):]; len(rest) > 0; rest = rest[min(len(rest), setChunk):] {
+		if err := c.SetAddElements(set, rest[:min(len(rest), setChunk)]); err != nil {
+			return fmt.Errorf("adding to set %s: %w", set.Name, err)
+		}
+	}
+	return nil
+}
+
+// disjoint returns the prefixes of ps of one family with those another
+// covers left out, sorted: what is left does not overlap.
+func disjoint(ps []netip.Prefix, is4 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is4() == is4 {
+			out = append(out, p.Masked())
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	var kept []netip.Prefix
+	for _, p := range out {
+		if n := len(kept); n > 0 && kept[n-1].Overlaps(p) {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept
+}
+
+// lastAddr returns the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 // gatewayTags tags what the gateway sends into the overlay by the flow's
@@ -346,25 +538,10 @@ func native(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
 func unionElements(tags []TenantTag, is4 bool) ([]nftables.SetElement, error) {
 	var ps []netip.Prefix
 	for _, tt := range tags {
-		for _, p := range tt.Prefixes {
-			if p.Addr().Is4() == is4 {
-				ps = append(ps, p.Masked())
-			}
-		}
+		ps = append(ps, tt.Prefixes...)
 	}
-	slices.SortFunc(ps, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
-	// Drop every prefix another one before it covers: what is left is
-	// disjoint.
 	var merged []TenantTag
-	for _, p := range ps {
-		if n := len(merged); n > 0 && merged[n-1].Prefixes[0].Overlaps(p) {
-			continue
-		}
+	for _, p := range disjoint(ps, is4) {
 		merged = append(merged, TenantTag{Prefixes: []netip.Prefix{p}})
 	}
 	elems, err := intervalElements(merged, is4)
@@ -462,8 +639,10 @@ func instanceTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) erro
 
 // intervalElements are the elements of an interval map from the tenants'
 // prefixes of one family to their tags: each prefix's first address
-// carries the tag, and the address after its last ends it (unless the next
-// prefix starts there, or it is the end of the space).
+// carries the tag, and the address after its last ends it (unless it is
+// the end of the space), also where the next prefix starts: the kernel
+// refuses a start that follows a start with no end between them (as nft
+// writes them, an end and a start may share an address).
 func intervalElements(tags []TenantTag, is4 bool) ([]nftables.SetElement, error) {
 	type span struct {
 		p   netip.Prefix
@@ -482,7 +661,7 @@ func intervalElements(tags []TenantTag, is4 bool) ([]nftables.SetElement, error)
 	for i, sp := range spans {
 		out = append(out, nftables.SetElement{Key: sp.p.Addr().AsSlice(), Val: binaryutil.NativeEndian.PutUint32(uint32(sp.tag))})
 		end, ok := afterPrefix(sp.p)
-		if !ok || i+1 < len(spans) && spans[i+1].p.Addr() == end {
+		if !ok {
 			continue
 		}
 		if i+1 < len(spans) && spans[i+1].p.Addr().Less(end) {
@@ -563,15 +742,38 @@ func removeTags() error {
 }
 
 // countUntagged reads the untagged counter of table t.
-func countUntagged(c *nftables.Conn, t *nftables.Table) (uint64, error) {
-	o, err := c.GetObject(&nftables.CounterObj{Table: t, Name: UntaggedCounter})
+// counted returns the packets of counter name in table t.
+func counted(c *nftables.Conn, t *nftables.Table, name string) (uint64, error) {
+	o, err := c.GetObject(&nftables.CounterObj{Table: t, Name: name})
 	if err != nil {
 		return 0, err
 	}
 	if co, ok := o.(*nftables.CounterObj); ok {
 		return co.Packets, nil
 	}
-	return 0, fmt.Errorf("%s is not a counter", UntaggedCounter)
+	return 0, fmt.Errorf("%s is not a counter", name)
+}
+
+// tableCounter returns the packets of counter name in table inet
+// nfsteer: 0 where the table or the counter is not there.
+func tableCounter(name string) (uint64, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return 0, fmt.Errorf("opening nftables: %w", err)
+	}
+	if have, err := c.ListTableOfFamily(TagTable, nftables.TableFamilyINet); err != nil || have == nil {
+		return 0, nil
+	}
+	objs, err := c.GetObjects(&nftables.Table{Name: TagTable, Family: nftables.TableFamilyINet})
+	if err != nil {
+		return 0, fmt.Errorf("listing the objects of table inet %s: %w", TagTable, err)
+	}
+	for _, o := range objs {
+		if co, ok := o.(*nftables.CounterObj); ok && co.Name == name {
+			return co.Packets, nil
+		}
+	}
+	return 0, nil
 }
 
 // showTags describes table inet nfsteer, one line per tag and one for its
@@ -596,6 +798,10 @@ func showTags() ([]string, error) {
 			if err != nil {
 				return nil, fmt.Errorf("listing chain %s: %w", ch.Name, err)
 			}
+			if ch.Hooknum == nil || ch.Priority == nil {
+				out = append(out, fmt.Sprintf("tags inet %s chain %s: %d rules", TagTable, ch.Name, len(rules)))
+				continue
+			}
 			out = append(out, fmt.Sprintf("tags inet %s chain %s hook %d priority %d: %d rules", TagTable, ch.Name, *ch.Hooknum, *ch.Priority, len(rules)))
 		}
 	}
@@ -610,8 +816,10 @@ func showTags() ([]string, error) {
 		}
 		out = append(out, fmt.Sprintf("tags inet %s set %s: %d elements", TagTable, set.Name, len(elems)))
 	}
-	if n, err := countUntagged(c, t); err == nil {
-		out = append(out, fmt.Sprintf("tags inet %s counter %s: %d packets", TagTable, UntaggedCounter, n))
+	for _, name := range []string{UntaggedCounter, SpoofedCounter} {
+		if n, err := counted(c, t, name); err == nil {
+			out = append(out, fmt.Sprintf("tags inet %s counter %s: %d packets", TagTable, name, n))
+		}
 	}
 	return out, nil
 }

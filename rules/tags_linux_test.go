@@ -13,7 +13,7 @@ import (
 
 // TestIntervalElements: the gateway's map from client prefixes to tags
 // starts each prefix with its tag and ends it after its last address,
-// except where the next prefix starts there or the space ends.
+// also where the next prefix starts there, unless the space ends.
 func TestIntervalElements(t *testing.T) {
 	p := netip.MustParsePrefix
 	tags := []TenantTag{
@@ -37,7 +37,7 @@ func TestIntervalElements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want4 := []string{"10.10.1.0: 1", "10.10.2.0: 1", "end 10.10.3.0", "10.20.1.0: 2", "end 10.20.2.0", "255.255.255.0: 3"}
+	want4 := []string{"10.10.1.0: 1", "end 10.10.2.0", "10.10.2.0: 1", "end 10.10.3.0", "10.20.1.0: 2", "end 10.20.2.0", "255.255.255.0: 3"}
 	if diff := cmp.Diff(want4, show(got4)); diff != "" {
 		t.Errorf("IPv4 (-want +got):\n%s", diff)
 	}
@@ -50,5 +50,27 @@ func TestIntervalElements(t *testing.T) {
 	}
 	if _, err := intervalElements([]TenantTag{{Tag: 1, Prefixes: []netip.Prefix{p("10.0.0.0/8")}}, {Tag: 2, Prefixes: []netip.Prefix{p("10.1.0.0/16")}}}, true); err == nil {
 		t.Error("overlapping prefixes: no error")
+	}
+}
+
+// TestDisjointAndLast: the prefixes of one family, those another covers
+// left out, in order; and a prefix's last address.
+func TestDisjointAndLast(t *testing.T) {
+	p := netip.MustParsePrefix
+	ps := []netip.Prefix{p("10.1.0.0/16"), p("fd00::/64"), p("10.0.0.0/8"), p("192.168.1.7/24"), p("192.168.2.0/24")}
+	if diff := cmp.Diff([]netip.Prefix{p("10.0.0.0/8"), p("192.168.1.0/24"), p("192.168.2.0/24")}, disjoint(ps, true),
+		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("disjoint IPv4 (-want +got):\n%s", diff)
+	}
+	for _, tc := range []struct{ p, last string }{
+		{"10.0.0.0/8", "10.255.255.255"},
+		{"192.168.1.7/24", "192.168.1.255"},
+		{"10.150.0.1/32", "10.150.0.1"},
+		{"0.0.0.0/0", "255.255.255.255"},
+		{"fd00:10::/64", "fd00:10::ffff:ffff:ffff:ffff"},
+	} {
+		if got := lastAddr(p(tc.p)).String(); got != tc.last {
+			t.Errorf("lastAddr(%s) = %s; want %s", tc.p, got, tc.last)
+		}
 	}
 }

@@ -20,8 +20,9 @@ import (
 // snapshot is everything nfsteer may touch in a namespace, as the
 // operator's tools print it. Counters and timestamps are left out: they
 // change with traffic, not with rules. So are interface indexes, which a
-// device created again changes, and the order of the forwarding and
-// neighbour entries, which is a hash table's.
+// device created again changes, the order of the forwarding and
+// neighbour entries, which is a hash table's, and the order of the
+// nftables tables, which is the order they were last created in.
 func snapshot(t testing.TB, l *lab.Lab, host string) string {
 	t.Helper()
 	var b strings.Builder
@@ -40,7 +41,7 @@ func snapshot(t testing.TB, l *lab.Lab, host string) string {
 		}
 		fmt.Fprintf(&b, "## %s\n", strings.Join(cmd, " "))
 		lines := strings.Split(out, "\n")
-		if cmd[0] == "bridge" || len(cmd) > 1 && cmd[1] == "neigh" {
+		if cmd[0] == "bridge" || cmd[0] == "nft" || len(cmd) > 1 && cmd[1] == "neigh" {
 			slices.Sort(lines)
 		}
 		for _, line := range lines {
@@ -116,6 +117,15 @@ func TestRulesOwnership(t *testing.T) {
 	}
 	withZoned := gatewayArgs(l, "rules", "install")
 	withZoned[slices.Index(withZoned, l.MapFile)] = zonedFile
+	// 300 tenants, each on an interface of its own, with adjacent
+	// prefixes: the steer chain's sets hold them all, and its rules are
+	// as few as with one.
+	manyFile := filepath.Join(t.TempDir(), "many.yaml")
+	if err := os.WriteFile(manyFile, []byte(boundTenants(300)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	withMany := gatewayArgs(l, "rules", "install")
+	withMany[slices.Index(withMany, l.MapFile)] = manyFile
 	for _, tc := range []struct {
 		name, host string
 		args       []string
@@ -124,6 +134,7 @@ func TestRulesOwnership(t *testing.T) {
 		{"gateway with zoned tenants, with others' state", "gw", withZoned, true},
 		{"gateway, empty namespace", "gw", gatewayArgs(l, "rules", "install"), false},
 		{"gateway with a tenant bound to its ingress, empty namespace", "gw2", withBound, false},
+		{"gateway with 300 tenants on interfaces of their own, empty namespace", "dlp-2", withMany, false},
 		{"instance host, empty namespace", "fw-1", []string{"rules", "install", "--node", "fw-1", "--map", l.MapFile, "--fail", "closed"}, false},
 		{"instance host, with others' state", "fw-2", []string{"rules", "install", "--node", "fw-2", "--map", l.MapFile}, true},
 		{"instance host on an overlay, empty namespace", "dlp-1", []string{"rules", "install", "--node", "dlp-1", "--map", overlayFile}, false},
@@ -146,14 +157,19 @@ func TestRulesOwnership(t *testing.T) {
 			shown := nfsteer(t, l, tc.host, "rules", "show")
 			wants := []string{"-j NFSTEER-PRE", "NFQUEUE", "fwmark", "proto 110"}
 			if strings.Contains(tc.name, "bound") {
-				wants = append(wants, "-j NFSTEER-SPOOF", "-s 10.20.1.0/24 -i cg0 -j RETURN", "nfsteer-spoof")
+				wants = append(wants, "-m mark --mark 0x8000000/0x8000000 -j NFSTEER-PRE", "tags inet nfsteer chain steer hook 0 priority -151: 8 rules",
+					"tags inet nfsteer set allowed4: 1 elements", "tags inet nfsteer counter spoofed: 0 packets")
+			}
+			if strings.Contains(tc.name, "300 tenants") {
+				wants = append(wants, "tags inet nfsteer chain steer hook 0 priority -151: 8 rules", "tags inet nfsteer set steered: 304 elements",
+					"tags inet nfsteer set allowed4: 300 elements", "tags inet nfsteer set bound4: 600 elements")
 			}
 			if strings.Contains(tc.name, "overlay") {
 				wants = append(wants, "overlay nfsteer0 vxlan id 4242", "overlay fdb 02:6e:0a:c8:00:0b dst 10.200.0.11", "dev nfsteer0 onlink",
 					"tags inet nfsteer chain tag hook 4 priority -140: ")
 			}
 			if strings.Contains(tc.name, "zoned") {
-				wants = append(wants, "-s 10.50.0.0/24 -i cb0 -j RETURN", "tags inet nfsteer chain snat hook 4 priority 100: 2 rules",
+				wants = append(wants, "tags inet nfsteer chain steer hook 0 priority -151: 8 rules", "tags inet nfsteer chain snat hook 4 priority 100: 2 rules",
 					"tags inet nfsteer set snat4: 2 elements", "route unreachable 10.50.0.0/24 table 12100", "fwmark 0x4000000/0x4000000 goto")
 			}
 			for _, want := range wants {

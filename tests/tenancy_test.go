@@ -121,20 +121,20 @@ func TestIngressBindingDropsSpoofedSources(t *testing.T) {
 	}
 }
 
-var spoofRuleRe = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+DROP\b.*nfsteer-spoof`)
+var spoofCounterRe = regexp.MustCompile(`counter spoofed \{\s*packets (\d+) bytes`)
 
-// spoofDrops sums the packet counters of the gateway's anti-spoofing
-// rules, read with iptables in its namespace.
+// spoofDrops reads the gateway's counter of dropped spoofed packets with
+// nft in its namespace.
 func spoofDrops(t *testing.T, l *lab.Lab) uint64 {
 	t.Helper()
-	out, err := l.Output("gw", "iptables", "-t", "mangle", "-L", "NFSTEER-SPOOF", "-v", "-x", "-n")
+	out, err := l.Output("gw", "nft", "list", "counter", "inet", "nfsteer", "spoofed")
 	if err != nil {
-		return 0 // no chain: nothing bound
+		return 0 // no counter: nothing bound
 	}
-	var total uint64
-	for _, m := range spoofRuleRe.FindAllStringSubmatch(out, -1) {
-		n, _ := strconv.ParseUint(m[1], 10, 64)
-		total += n
+	m := spoofCounterRe.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("nft list counter inet nfsteer spoofed: no packets in\n%s", out)
 	}
-	return total
+	n, _ := strconv.ParseUint(m[1], 10, 64)
+	return n
 }
