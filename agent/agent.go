@@ -623,9 +623,9 @@ func steerBoth(st *state, mark uint32, f *steering.Flow, reply bool, d steering.
 }
 
 // kernelCountersEvery is how often the kernel's counts of unsteered flows
-// and spoofed packets are read: a netlink dump of two chains with
-// iptables-nft, a run of iptables (tens of milliseconds) with legacy
-// iptables.
+// and spoofed packets are read: a netlink dump of a chain with
+// iptables-nft (a run of iptables, tens of milliseconds, with legacy
+// iptables), and one of nftables' counters.
 const kernelCountersEvery = time.Second
 
 // readKernelCounters reads the kernel's count of new flows forwarded
