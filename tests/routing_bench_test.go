@@ -90,26 +90,8 @@ func BenchmarkManyInstances(b *testing.B) {
 		mark := func(table int) string {
 			return fmt.Sprintf("%#x/0xffffff", 1<<12|(table-8000+1))
 		}
-		setMark := func(op, m string) {
-			for _, in := range []string{"cg0", "srv0"} {
-				args := []string{"iptables", "-t", "mangle", op, "PREROUTING"}
-				if op == "-I" {
-					args = append(args, "1")
-				}
-				if err := l.Run("gw", append(args, "-i", in, "-j", "CONNMARK", "--set-xmark", m)...); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
-		port := 5400
-		measure := func() float64 {
-			port += 10
-			pps, out, err := udpRate(l, port, seconds)
-			if err != nil {
-				b.Fatalf("iperf3: %v\n%s", err, out)
-			}
-			return pps
-		}
+		setMark := func(op, m string) { handConnmark(b, l, op, m) }
+		measure := udpRates(b, l, 5400, seconds)
 		res := map[string][]float64{}
 		for r := 0; r < rounds; r++ {
 			for _, way := range []struct {
@@ -134,6 +116,35 @@ func BenchmarkManyInstances(b *testing.B) {
 		fmt.Printf("%d instances, %d IPv4 ip rules; medians: plain %.0f/s, first instance %.0f/s (%.3f), last instance %.0f/s (%.3f)\n",
 			n, rules, plain, first, first/plain, last, last/plain)
 		l.Close()
+	}
+}
+
+// handConnmark inserts (op -I, first) or deletes (-D) the gateway's rules
+// that set the connmark of what enters on cg0 and srv0 to mark, by hand:
+// a decided flow's, with no agent.
+func handConnmark(b *testing.B, l *lab.Lab, op, mark string) {
+	b.Helper()
+	for _, in := range []string{"cg0", "srv0"} {
+		args := []string{"iptables", "-t", "mangle", op, "PREROUTING"}
+		if op == "-I" {
+			args = append(args, "1")
+		}
+		if err := l.Run("gw", append(args, "-i", in, "-j", "CONNMARK", "--set-xmark", mark)...); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// udpRates returns a function that measures udpRate for seconds, each
+// time on the next of the ports from port+10 on.
+func udpRates(b *testing.B, l *lab.Lab, port, seconds int) func() float64 {
+	return func() float64 {
+		port += 10
+		pps, out, err := udpRate(l, port, seconds)
+		if err != nil {
+			b.Fatalf("iperf3: %v\n%s", err, out)
+		}
+		return pps
 	}
 }
 
@@ -210,27 +221,11 @@ func BenchmarkManyIngresses(b *testing.B) {
 		// Decided, both halves "route normally": NFSTEER-PRE restores
 		// it and nothing goes to the (unread) queue. First in
 		// PREROUTING, in every mode, so every mode pays it.
-		setMark := func(op string) {
-			for _, in := range []string{"cg0", "srv0"} {
-				args := []string{"iptables", "-t", "mangle", op, "PREROUTING"}
-				if op == "-I" {
-					args = append(args, "1")
-				}
-				if err := l.Run("gw", append(args, "-i", in, "-j", "CONNMARK", "--set-xmark", "0x1001/0xffffff")...); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
-		port := 5600
+		rate := udpRates(b, l, 5600, seconds)
 		measure := func() float64 {
-			port += 10
-			setMark("-I")
-			defer setMark("-D")
-			pps, out, err := udpRate(l, port, seconds)
-			if err != nil {
-				b.Fatalf("iperf3: %v\n%s", err, out)
-			}
-			return pps
+			handConnmark(b, l, "-I", "0x1001/0xffffff")
+			defer handConnmark(b, l, "-D", "0x1001/0xffffff")
+			return rate()
 		}
 		res := map[string][]float64{}
 		for r := 0; r < rounds; r++ {
