@@ -322,8 +322,8 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 // its steered interfaces, before iptables' mangle chains: it flags them
 // (MarkSteered), so that one iptables rule sends them on to NFSTEER-PRE,
 // and it drops those that enter where their source may not. Interfaces
-// are looked up in a map, prefixes in interval sets: the cost per packet
-// does not grow with the interfaces, the tenants or their prefixes.
+// and sources are looked up in sets: the cost per packet does not grow
+// with the interfaces, the tenants or their prefixes.
 type Steer struct {
 	// Outer are the steered interfaces bound to no tenant; a packet
 	// entering one from a bound tenant's prefix (Bound) is dropped.
