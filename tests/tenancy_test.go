@@ -5,6 +5,7 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -137,4 +138,86 @@ func spoofDrops(t *testing.T, l *lab.Lab) uint64 {
 	}
 	n, _ := strconv.ParseUint(m[1], 10, 64)
 	return n
+}
+
+// TestIngressBindingDropsSpoofedSourcesIPv6 is the IPv6 half: acme,
+// bound to ca0, also owns fd00:10::/64, and its firewall admits UDP to
+// fd00:99::/64 here. Acme's address is added to the clients on cg0 (bound
+// to globex) and cx0 (bound to no one), which send 20 datagrams each from
+// it: bound, none reaches the server and the gateway's counter counts
+// all 40, while acme's own 20 arrive; unbound, the spoofed ones arrive
+// too.
+func TestIngressBindingDropsSpoofedSourcesIPv6(t *testing.T) {
+	m := strings.Replace(labmap.Firewall, "      - {proto: udp, dst: 10.99.0.0/24}\n",
+		"      - {proto: udp, dst: 10.99.0.0/24}\n      - {proto: udp, dst: \"fd00:99::/64\"}\n", 1)
+	if m == labmap.Firewall {
+		t.Fatal("the lab map has no UDP allow rule for acme to extend")
+	}
+	bound := strings.Replace(m, "  acme:\n", "  acme:\n    ingress: [ca0]\n", 1)
+	bound = strings.Replace(bound, "globex: {prefixes:", "globex: {ingress: [cg0], prefixes:", 1)
+	for _, tc := range []struct {
+		name  string
+		m     string
+		bound bool
+	}{
+		{"bound", bound, true},
+		{"not bound", m, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.NewWithMap(t, bin, tc.m)
+			if err := l.StartAll(); err != nil {
+				t.Fatal(err)
+			}
+			// Listening: a port unreachable would make the clients'
+			// next sends fail.
+			sink, err := l.ListenPacket("srv", "udp6", fmt.Sprintf("[%s]:8053", lab.Server6))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sink.Close()
+			for _, c := range []struct{ name, expr string }{
+				{"spoofed", "ip6 saddr fd00:10::2 udp dport 8053 udp sport 45001"},
+				{"genuine", "ip6 saddr fd00:10::2 udp dport 8053 udp sport 45000"},
+			} {
+				if err := l.Count("srv", c.name, c.expr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			send := func(host string, port int) {
+				t.Helper()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				c, err := l.Dial(ctx, host, "udp6", fmt.Sprintf("[%s]:%d", lab.AcmeClient6, port), fmt.Sprintf("[%s]:8053", lab.Server6))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				for i := range 20 {
+					if _, err := c.Write([]byte("nfsteer!")); err != nil {
+						t.Fatalf("%s: datagram %d: %v", host, i, err)
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+			}
+			for _, host := range []string{"cg", "cx"} {
+				if err := l.Run(host, "ip", "-6", "addr", "add", lab.AcmeClient6+"/128", "dev", "eth0", "nodad"); err != nil {
+					t.Fatal(err)
+				}
+				send(host, 45001)
+			}
+			send("ca", 45000)
+			time.Sleep(500 * time.Millisecond)
+			spoofed, genuine, dropped := counted(t, l, "srv", "spoofed"), counted(t, l, "srv", "genuine"), spoofDrops(t, l)
+			t.Logf("at the server: %d of 40 spoofed datagrams, %d of 20 genuine; the gateway dropped %d as spoofed", spoofed, genuine, dropped)
+			if genuine != 20 {
+				t.Errorf("%d of acme's 20 genuine datagrams arrived", genuine)
+			}
+			switch {
+			case tc.bound && (spoofed != 0 || dropped != 40):
+				t.Errorf("bound: %d spoofed datagrams reached the server and the gateway counted %d drops; want 0 and 40", spoofed, dropped)
+			case !tc.bound && (spoofed != 40 || dropped != 0):
+				t.Errorf("unbound: %d spoofed datagrams reached the server and the gateway counted %d drops; want 40 (the test proves nothing otherwise) and 0", spoofed, dropped)
+			}
+		})
+	}
 }
