@@ -26,14 +26,12 @@ import (
 // Unbound (the map as it was), the same spoofed datagrams pass acme's
 // firewall: the test tells the two apart.
 func TestIngressBindingDropsSpoofedSources(t *testing.T) {
-	bound := strings.Replace(labmap.Firewall, "  acme:\n", "  acme:\n    ingress: [ca0]\n", 1)
-	bound = strings.Replace(bound, "globex: {prefixes:", "globex: {ingress: [cg0], prefixes:", 1)
 	for _, tc := range []struct {
 		name  string
 		m     string
 		bound bool
 	}{
-		{"bound", bound, true},
+		{"bound", bindAcmeAndGlobex(labmap.Firewall), true},
 		{"not bound", labmap.Firewall, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -45,21 +43,11 @@ func TestIngressBindingDropsSpoofedSources(t *testing.T) {
 			if err := l.StartAll("--redis", lab.RedisURL, "--metrics", "127.0.0.1:9464"); err != nil {
 				t.Fatal(err)
 			}
-			sink, err := l.ListenPacket("srv", "udp4", "10.99.0.2:8053")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sink.Close()
 			// The flooders' source ports start at 1024; acme's own socket
 			// sends from 45000.
-			for _, c := range []struct{ name, expr string }{
-				{"spoofed", "ip saddr 10.10.1.2 udp dport 8053 udp sport < 40000"},
-				{"genuine", "ip saddr 10.10.1.2 udp dport 8053 udp sport 45000"},
-			} {
-				if err := l.Count("srv", c.name, c.expr); err != nil {
-					t.Fatal(err)
-				}
-			}
+			serverCounts(t, l, "udp4", "10.99.0.2:8053",
+				[2]string{"spoofed", "ip saddr 10.10.1.2 udp dport 8053 udp sport < 40000"},
+				[2]string{"genuine", "ip saddr 10.10.1.2 udp dport 8053 udp sport 45000"})
 			acme, srv := netip.MustParseAddr(lab.AcmeClient), netip.MustParseAddr(lab.Server)
 			for _, host := range []string{"cg", "cx"} {
 				if n := newFlooder(t, l, host, acme, srv, 8053, 1).send(t, 50, 500); n != 50 {
@@ -122,6 +110,29 @@ func TestIngressBindingDropsSpoofedSources(t *testing.T) {
 	}
 }
 
+// bindAcmeAndGlobex returns m with acme bound to ca0 and globex to cg0.
+func bindAcmeAndGlobex(m string) string {
+	m = strings.Replace(m, "  acme:\n", "  acme:\n    ingress: [ca0]\n", 1)
+	return strings.Replace(m, "globex: {prefixes:", "globex: {ingress: [cg0], prefixes:", 1)
+}
+
+// serverCounts listens on the server at addr, for as long as the test
+// runs (a port unreachable would make the clients' next sends fail), and
+// counts there the packets of each name and nft expression of counters.
+func serverCounts(t *testing.T, l *lab.Lab, network, addr string, counters ...[2]string) {
+	t.Helper()
+	sink, err := l.ListenPacket("srv", network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	for _, c := range counters {
+		if err := l.Count("srv", c[0], c[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 var spoofCounterRe = regexp.MustCompile(`counter spoofed \{\s*packets (\d+) bytes`)
 
 // spoofDrops reads the gateway's counter of dropped spoofed packets with
@@ -153,14 +164,12 @@ func TestIngressBindingDropsSpoofedSourcesIPv6(t *testing.T) {
 	if m == labmap.Firewall {
 		t.Fatal("the lab map has no UDP allow rule for acme to extend")
 	}
-	bound := strings.Replace(m, "  acme:\n", "  acme:\n    ingress: [ca0]\n", 1)
-	bound = strings.Replace(bound, "globex: {prefixes:", "globex: {ingress: [cg0], prefixes:", 1)
 	for _, tc := range []struct {
 		name  string
 		m     string
 		bound bool
 	}{
-		{"bound", bound, true},
+		{"bound", bindAcmeAndGlobex(m), true},
 		{"not bound", m, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -168,21 +177,9 @@ func TestIngressBindingDropsSpoofedSourcesIPv6(t *testing.T) {
 			if err := l.StartAll(); err != nil {
 				t.Fatal(err)
 			}
-			// Listening: a port unreachable would make the clients'
-			// next sends fail.
-			sink, err := l.ListenPacket("srv", "udp6", fmt.Sprintf("[%s]:8053", lab.Server6))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sink.Close()
-			for _, c := range []struct{ name, expr string }{
-				{"spoofed", "ip6 saddr fd00:10::2 udp dport 8053 udp sport 45001"},
-				{"genuine", "ip6 saddr fd00:10::2 udp dport 8053 udp sport 45000"},
-			} {
-				if err := l.Count("srv", c.name, c.expr); err != nil {
-					t.Fatal(err)
-				}
-			}
+			serverCounts(t, l, "udp6", fmt.Sprintf("[%s]:8053", lab.Server6),
+				[2]string{"spoofed", "ip6 saddr fd00:10::2 udp dport 8053 udp sport 45001"},
+				[2]string{"genuine", "ip6 saddr fd00:10::2 udp dport 8053 udp sport 45000"})
 			send := func(host string, port int) {
 				t.Helper()
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
