@@ -292,34 +292,36 @@ func (k *Linux) applyRouting(wantRules []IPRule, wantRoutes []Route) error {
 	} else if link != nil {
 		overlay = link.Index
 	}
+	// Each device is looked up once: a hop's route has none, and a
+	// gateway has a route per zoned tenant on its ingress.
+	index := map[string]int{"": 0, OverlayDevice: overlay}
 	ifindex := func(name string) int {
-		if name == OverlayDevice {
-			return overlay
+		i, ok := index[name]
+		if !ok {
+			if l, err := netlink.LinkByName(name); err == nil {
+				i = l.Attrs().Index
+			}
+			index[name] = i
 		}
-		if l, err := netlink.LinkByName(name); err == nil {
-			return l.Attrs().Index
-		}
-		return 0
+		return i
 	}
+	names := map[int]string{overlay: OverlayDevice}
 	wantRoutes = slices.Clone(wantRoutes)
 	for i, r := range wantRoutes {
 		if r.Dev == OverlayDevice && overlay == 0 {
 			return fmt.Errorf("route via %s in table %d: no device %s", r.Via, r.Table, r.Dev)
 		}
-		if r.Dst.IsValid() && ifindex(r.Dev) == 0 {
+		dev := ifindex(r.Dev)
+		if r.Dst.IsValid() && dev == 0 {
 			// A zoned tenant's ingress missing on this gateway: its
 			// replies are dropped, never routed by the main table.
 			wantRoutes[i].Unreachable, wantRoutes[i].Dev = true, ""
+		} else if r.Dev != "" {
+			names[dev] = r.Dev
 		}
-		nr := toNetlinkRoute(wantRoutes[i], ifindex(r.Dev))
+		nr := toNetlinkRoute(wantRoutes[i], dev)
 		if err := netlink.RouteReplace(nr); err != nil {
 			return fmt.Errorf("adding route %s in table %d: %w", wantRoutes[i], r.Table, err)
-		}
-	}
-	names := map[int]string{overlay: OverlayDevice}
-	for _, r := range wantRoutes {
-		if r.Dev != "" && !r.Unreachable {
-			names[ifindex(r.Dev)] = r.Dev
 		}
 	}
 	for _, f := range k.fams {
