@@ -79,6 +79,38 @@ func applyTags(s Spec) error {
 	return nil
 }
 
+// ipFamily is an IP family as the rules of table inet nfsteer read it.
+type ipFamily struct {
+	proto byte                 // NFPROTO_IPV4 or NFPROTO_IPV6
+	key   nftables.SetDatatype // of a set of its addresses
+	// saddr is the source address's offset in the network header; the
+	// destination address follows it.
+	saddr, len uint32
+	is4        bool
+	suffix     string // of the names of its sets
+}
+
+var ipFamilies = [2]ipFamily{
+	{unix.NFPROTO_IPV4, nftables.TypeIPAddr, 12, 4, true, "4"},
+	{unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 8, 16, false, "6"},
+}
+
+// daddr is the destination address's offset in the network header.
+func (f ipFamily) daddr() uint32 { return f.saddr + f.len }
+
+// only matches the family's packets.
+func (f ipFamily) only() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+	}
+}
+
+// address loads the address at off (saddr or daddr) into register reg.
+func (f ipFamily) address(off, reg uint32) *expr.Payload {
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.len}
+}
+
 // steerChain adds a gateway's steer chain (see [Steer]): it flags what
 // enters by a steered interface (a set), and with tenants bound to their
 // ingress it drops what enters where its source may not: on a bound
@@ -133,16 +165,8 @@ func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, kept uint64) erro
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native(unix.RTN_UNICAST)},
 		&expr.Verdict{Kind: expr.VerdictReturn},
 	})
-	type family struct {
-		proto    byte
-		key      nftables.SetDatatype
-		off, len uint32
-		is4      bool
-		suffix   string
-	}
-	fams := []family{{unix.NFPROTO_IPV4, nftables.TypeIPAddr, 12, 4, true, "4"}, {unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 8, 16, false, "6"}}
 	var prefixes []*nftables.Set
-	for _, f := range fams {
+	for _, f := range ipFamilies {
 		// A bound interface's own tenant's sources pass. The interface
 		// and the source are looked up together, in 32-bit registers
 		// (the name takes four, from NFT_REG32_00).
@@ -163,11 +187,9 @@ func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, kept uint64) erro
 			return err
 		}
 		const reg32 = 8 // NFT_REG32_00
-		add([]expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+		add(f.only(), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32},
-			&expr.Payload{DestRegister: reg32 + unix.IFNAMSIZ/4, Base: expr.PayloadBaseNetworkHeader, Offset: f.off, Len: f.len},
+			f.address(f.saddr, reg32+unix.IFNAMSIZ/4),
 			&expr.Lookup{SourceRegister: reg32, SetName: allowed.Name, SetID: allowed.ID},
 			&expr.Verdict{Kind: expr.VerdictReturn},
 		})
@@ -184,11 +206,9 @@ func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, kept uint64) erro
 	// Any other source on a bound interface.
 	add(iif, []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: bound.Name, SetID: bound.ID}}, drop)
 	// A bound tenant's source on any other steered interface.
-	for i, f := range fams {
-		add([]expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.off, Len: f.len},
+	for i, f := range ipFamilies {
+		add(f.only(), []expr.Any{
+			f.address(f.saddr, 1),
 			&expr.Lookup{SourceRegister: 1, SetName: prefixes[i].Name, SetID: prefixes[i].ID},
 		}, drop)
 	}
@@ -199,7 +219,10 @@ func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, kept uint64) erro
 // netlink attribute, whose length has 16 bits.
 const setChunk = 256
 
-// addSet adds set with elems, the elements in chunks of setChunk.
+// addSet adds set with elems, the elements in chunks of setChunk. Every
+// set and map of table inet nfsteer is added through it: a map of
+// thousands of tenants' prefixes needs the chunks as much as the steer
+// chain's sets.
 func addSet(c *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
 	first := elems[:min(len(elems), setChunk)]
 	if err := c.AddSet(set, first); err != nil {
@@ -283,40 +306,28 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error
 			return err
 		}
 	}
-	for _, fam := range []struct {
-		proto byte
-		key   nftables.SetDatatype
-		off   uint32 // of the source address in the network header
-		len   uint32
-		is4   bool
-		name  string
-	}{
-		{unix.NFPROTO_IPV4, nftables.TypeIPAddr, 12, 4, true, "tags4"},
-		{unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 8, 16, false, "tags6"},
-	} {
-		set := &nftables.Set{Table: t, Name: fam.name, KeyType: fam.key, DataType: nftables.TypeMark, IsMap: true, Interval: true}
+	for _, fam := range ipFamilies {
+		set := &nftables.Set{Table: t, Name: "tags" + fam.suffix, KeyType: fam.key, DataType: nftables.TypeMark, IsMap: true, Interval: true}
 		elems, err := intervalElements(tags, fam.is4)
 		if err != nil {
 			return err
 		}
-		if err := c.AddSet(set, elems); err != nil {
-			return fmt.Errorf("adding map %s: %w", set.Name, err)
+		if err := addSet(c, set, elems); err != nil {
+			return err
 		}
 		// Per direction, the fallback first: the later rule wins where
 		// both addresses are tenants'.
-		src, dst := fam.off, fam.off+fam.len
+		src, dst := fam.saddr, fam.daddr()
 		for _, r := range []struct {
 			dir byte
 			off uint32
 		}{{0, dst}, {0, src}, {1, src}, {1, dst}} {
 			dir, off := r.dir, r.off
-			c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(),
+			c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: slices.Concat(oifOverlay(), fam.only(),
 				[]expr.Any{
-					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
 					&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{dir}},
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: fam.len},
+					fam.address(off, 1),
 					&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
 					&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 				})})
@@ -383,8 +394,8 @@ func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, zoned []TenantTag
 		s *nftables.Set
 		e []nftables.SetElement
 	}{{ingress, ingressE}, {allTags, allE}, {zonedTags, zonedE}, {hops, hopsE}, {snat4, snat4E}, {snat6, snat6E}, {out4, out4E}, {out6, out6E}} {
-		if err := c.AddSet(set.s, set.e); err != nil {
-			return fmt.Errorf("adding set %s: %w", set.s.Name, err)
+		if err := addSet(c, set.s, set.e); err != nil {
+			return err
 		}
 	}
 	for _, d := range []struct {
@@ -395,8 +406,8 @@ func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, zoned []TenantTag
 		if err != nil {
 			return err
 		}
-		if err := c.AddSet(d.s, elems); err != nil {
-			return fmt.Errorf("adding set %s: %w", d.s.Name, err)
+		if err := addSet(c, d.s, elems); err != nil {
+			return err
 		}
 	}
 	c.AddObj(&nftables.CounterObj{Table: t, Name: UntaggedCounter, Packets: kept})
@@ -435,22 +446,15 @@ func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, zoned []TenantTag
 	// Any other tag is routed on as if untagged: the mark must not pass
 	// for a hop.
 	add(raw, iifOverlay(true), markBits(MarkTag, 0), setMark(0))
-	for _, fam := range []struct {
-		proto    byte
-		off, len uint32
-		out, dst *nftables.Set
-	}{{unix.NFPROTO_IPV4, 16, 4, out4, dst4}, {unix.NFPROTO_IPV6, 24, 16, out6, dst6}} {
-		daddr := []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off, Len: fam.len},
-		}
+	for i, fam := range ipFamilies {
+		out, dst := [2]*nftables.Set{out4, out6}[i], [2]*nftables.Set{dst4, dst6}[i]
+		daddr := append(fam.only(), fam.address(fam.daddr(), 1))
 		// The server's reply to a snat address: the second entry's zone.
-		add(raw, iifOverlay(false), daddr, []expr.Any{&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: fam.out.Name, SetID: fam.out.ID}}, setZone)
+		add(raw, iifOverlay(false), daddr, []expr.Any{&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: out.Name, SetID: out.ID}}, setZone)
 		// Anything else forwarded to a zoned tenant's addresses did not
 		// come back through its chain.
 		add(raw, iifOverlay(false), daddr, []expr.Any{
-			&expr.Lookup{SourceRegister: 1, SetName: fam.dst.Name, SetID: fam.dst.ID},
+			&expr.Lookup{SourceRegister: 1, SetName: dst.Name, SetID: dst.ID},
 			&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultADDRTYPE: true},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_UNICAST)},
 		}, drop)
@@ -503,15 +507,10 @@ func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, zoned []TenantTag
 
 	nat := c.AddChain(&nftables.Chain{Name: "snat", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-	for _, fam := range []struct {
-		proto byte
-		set   *nftables.Set
-	}{{unix.NFPROTO_IPV4, snat4}, {unix.NFPROTO_IPV6, snat6}} {
-		add(nat, []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
-		}, loadZone(), []expr.Any{
-			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: fam.set.Name, SetID: fam.set.ID},
+	for i, fam := range ipFamilies {
+		set := [2]*nftables.Set{snat4, snat6}[i]
+		add(nat, fam.only(), loadZone(), []expr.Any{
+			&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
 			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(fam.proto), RegAddrMin: 1},
 		})
 	}
@@ -561,8 +560,8 @@ func instanceTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) erro
 	for _, tt := range tags {
 		elems = append(elems, nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(tt.Tag))})
 	}
-	if err := c.AddSet(set, elems); err != nil {
-		return fmt.Errorf("adding set %s: %w", set.Name, err)
+	if err := addSet(c, set, elems); err != nil {
+		return err
 	}
 	c.AddObj(&nftables.CounterObj{Table: t, Name: UntaggedCounter, Packets: kept})
 	drop := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: UntaggedCounter}, &expr.Verdict{Kind: expr.VerdictDrop}}
@@ -616,8 +615,8 @@ func instanceTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) erro
 				nftables.SetElement{Key: native(HalfValue(h.ID)<<ReplyShift | MarkReply)})
 		}
 	}
-	if err := c.AddSet(ret, retE); err != nil {
-		return fmt.Errorf("adding set %s: %w", ret.Name, err)
+	if err := addSet(c, ret, retE); err != nil {
+		return err
 	}
 	tagApplied := []expr.Any{
 		&expr.Ct{Key: expr.CtKeyZONE, Register: 1},
