@@ -217,14 +217,25 @@ func (w *Sessions) trimDue(e roleEntry, nowMS int64) bool {
 	return true
 }
 
-// trimCommand trims an index. A trim is best-effort: its failure fails
-// nothing else in its batch (failed, refused), since the entries it
-// would remove are of sessions that no longer exist, which readers skip.
-const trimCommand = "zremrangebyscore"
-
-// trimFailed logs, once per writer, that Redis refused a trim: under the
-// agent ACL of a version that did not trim, say.
-func (w *Sessions) trimFailed(err error) {
+// trim removes the entries of the indexes due whose sessions expired
+// before nowMS, in a pipeline of its own, after the batch: a trim is
+// best-effort, the entries it would remove are of sessions that no longer
+// exist, which readers skip, and its failure must fail nothing else. It
+// logs a failure once per writer (under the agent ACL of a version that
+// did not trim, say).
+func (w *Sessions) trim(ctx context.Context, due []roleEntry, nowMS int64) {
+	if len(due) == 0 {
+		return
+	}
+	pipe := w.s.rdb.Pipeline()
+	before := "(" + strconv.FormatInt(nowMS, 10)
+	for _, e := range due {
+		pipe.ZRemRangeByScore(ctx, indexKey(e.instance, e.role), "-inf", before)
+	}
+	_, err := pipe.Exec(ctx)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.trimWarned {
@@ -351,12 +362,10 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 	for i := range ops {
 		b.queue(i, &ops[i])
 	}
-	var trims []*redis.IntCmd
+	var due []roleEntry
 	for e := range b.idx {
 		if w.trimDue(e, b.nowMS) {
-			c := redis.NewIntCmd(ctx, trimCommand, indexKey(e.instance, e.role), "-inf", "("+strconv.FormatInt(b.nowMS, 10))
-			_ = b.pipe.Process(ctx, c)
-			trims = append(trims, c)
+			due = append(due, e)
 		}
 	}
 	b.idx.flush(ctx, b.pipe)
@@ -366,11 +375,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, permission(err))
 		}
 	}
-	for _, c := range trims {
-		if err := c.Err(); err != nil {
-			w.trimFailed(err)
-		}
-	}
+	w.trim(ctx, due, b.nowMS)
 	for i, c := range b.refreshes {
 		if c != nil && c.Err() == nil && !c.Val() {
 			out[i].Lost = true
@@ -515,23 +520,18 @@ func (w *Sessions) reindex(ctx context.Context, stale []indexEntry, idx indexBat
 	return nil
 }
 
-// failed returns the first error among cmds that is neither redis.Nil nor
-// a trim's (trimCommand), or err, what Exec returned, if none is: Exec
-// reports the first error of any kind, and a create that won replies nil
-// (redis.Nil), which would hide a later command's error.
+// failed returns the first error among cmds that is not redis.Nil, or err,
+// what Exec returned, if none is: Exec reports the first error of any
+// kind, and a create that won replies nil (redis.Nil), which would hide a
+// later command's error.
 func failed(cmds []redis.Cmder, err error) error {
 	for _, c := range cmds {
-		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && c.Name() != trimCommand {
+		if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
 			return e
 		}
 	}
 	if errors.Is(err, redis.Nil) {
 		return nil
-	}
-	for _, c := range cmds {
-		if c.Name() == trimCommand && c.Err() == err {
-			return nil // the first error was a trim's, the only kind left
-		}
 	}
 	return err
 }
@@ -548,7 +548,7 @@ func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) b
 	var errs []error
 	for _, c := range cmds {
 		err := c.Err()
-		if err == nil || errors.Is(err, redis.Nil) || c.Name() == trimCommand {
+		if err == nil || errors.Is(err, redis.Nil) {
 			continue
 		}
 		k := 1 // the key's place in the command; a script's comes after its digest and key count
