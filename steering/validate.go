@@ -36,8 +36,7 @@ func (m *Map) validate() (*mapIndex, error) {
 		m.claimTag(&v, tname, ix.tags)
 		m.claimSNAT(&v, tname, ix.snat)
 	}
-	ix.prefixes = newPrefixIndex(plain)
-	ix.zoned = zoned
+	ix.prefixes, ix.zoned = plain, zoned
 	return ix, v.err()
 }
 
@@ -375,27 +374,28 @@ func (v *validator) name(field, name string) {
 
 // overlaps reports every pair of overlapping prefixes, except two of
 // different tenants with snat addresses (zoned), which are told apart by
-// where they enter. It returns the others (plain) and the zoned ones,
-// each sorted. Among plain prefixes, which may not overlap, any overlap
+// where they enter. It returns the others (plain), indexed, and the
+// zoned ones, sorted. Among plain prefixes, which may not overlap, any overlap
 // shows up between neighbours after sorting by address and then length,
 // because a prefix's addresses are contiguous.
-func (v *validator) overlaps(all []ownedPrefix) (plain, zoned []ownedPrefix) {
+func (v *validator) overlaps(all []ownedPrefix) (plain *prefixIndex, zoned []ownedPrefix) {
 	slices.SortFunc(all, comparePrefix)
+	var others []ownedPrefix
 	for _, op := range all {
 		if op.zoned {
 			zoned = append(zoned, op)
 		} else {
-			plain = append(plain, op)
+			others = append(others, op)
 		}
 	}
-	for i := 1; i < len(plain); i++ {
-		if plain[i-1].p.Overlaps(plain[i].p) {
-			v.overlap(plain[i], plain[i-1])
+	for i := 1; i < len(others); i++ {
+		if others[i-1].p.Overlaps(others[i].p) {
+			v.overlap(others[i], others[i-1])
 		}
 	}
-	ix := newPrefixIndex(plain)
+	plain = newPrefixIndex(others)
 	for _, op := range zoned {
-		v.zonedOverlaps(op, ix, zoned)
+		v.zonedOverlaps(op, plain, zoned)
 	}
 	return plain, zoned
 }
