@@ -159,14 +159,10 @@ func overlap(l *lab.Lab) error {
 		return err
 	}
 	fmt.Println("\n== and one flow each on its own port, to see the chains: blue's is fw then dlp, red's dlp only")
-	for _, f := range flows {
-		if err := send(l, f); err != nil {
-			return fmt.Errorf("%s: %w", f.label, err)
-		}
+	if err := sendAll(l, flows); err != nil {
+		return err
 	}
-	for i, f := range flows {
-		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, crossed(l, fmt.Sprintf("f%d", i)), crossed(l, fmt.Sprintf("r%d", i)))
-	}
+	showCrossed(l, flows)
 	return nil
 }
 
@@ -184,15 +180,11 @@ func tags(l *lab.Lab) error {
 		return err
 	}
 	fmt.Println("== sending 4 MiB over each flow")
-	for _, f := range flows {
-		if err := send(l, f); err != nil {
-			return fmt.Errorf("%s: %w", f.label, err)
-		}
+	if err := sendAll(l, flows); err != nil {
+		return err
 	}
 	fmt.Println("\n== what the instances counted arriving on nfsteer0, the overlay (nft counters in their namespaces)")
-	for i, f := range flows {
-		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, crossed(l, fmt.Sprintf("f%d", i)), crossed(l, fmt.Sprintf("r%d", i)))
-	}
+	showCrossed(l, flows)
 	fmt.Println("\n== the instances' conntrack entries of these flows: each in its tenant's zone (acme's tag is 1, globex's 2)")
 	for _, in := range lab.Instances {
 		out, _ := l.Output(in.Name, "conntrack", "-L", "-p", "tcp", "--dport", "8101")
@@ -266,21 +258,13 @@ func chains(l *lab.Lab) error {
 		return err
 	}
 	fmt.Println("== sending 4 MiB over each flow (client port fixed so the flows differ)")
-	for _, f := range flows {
-		if err := send(l, f); err != nil {
-			return fmt.Errorf("%s: %w", f.label, err)
-		}
+	if err := sendAll(l, flows); err != nil {
+		return err
 	}
 
 	fmt.Println("\n== what the instances counted (nft counters in their own namespaces, not the agents' word)")
 	fmt.Println("   each hop is instance(packets); forward runs the chain in order, the reply backwards")
-	for i, f := range flows {
-		fwd, rev := crossed(l, fmt.Sprintf("f%d", i)), crossed(l, fmt.Sprintf("r%d", i))
-		if fwd == "" {
-			fwd, rev = "no instance (not a tenant: routed directly)", "no instance"
-		}
-		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, fwd, rev)
-	}
+	showCrossed(l, flows)
 
 	fmt.Println("\n== the gateway agent's decisions (one packet per flow, which decides both directions; the rest, replies included, stayed in the kernel)")
 	for _, a := range l.Agents("gw") {
@@ -315,6 +299,28 @@ func countFlows(l *lab.Lab, flows []flow, also string) error {
 		}
 	}
 	return nil
+}
+
+// sendAll sends over each of flows (send).
+func sendAll(l *lab.Lab, flows []flow) error {
+	for _, f := range flows {
+		if err := send(l, f); err != nil {
+			return fmt.Errorf("%s: %w", f.label, err)
+		}
+	}
+	return nil
+}
+
+// showCrossed prints, for each of flows, the instances it crossed each
+// way (crossed), by the counters countFlows put on them.
+func showCrossed(l *lab.Lab, flows []flow) {
+	for i, f := range flows {
+		fwd, rev := crossed(l, fmt.Sprintf("f%d", i)), crossed(l, fmt.Sprintf("r%d", i))
+		if fwd == "" {
+			fwd, rev = "no instance (not a tenant: routed directly)", "no instance"
+		}
+		fmt.Printf("   %-40s port %d\n       forward: %s\n       reply:   %s\n", f.label, f.port, fwd, rev)
+	}
 }
 
 // crossed lists the instances whose counter saw packets, in the order the

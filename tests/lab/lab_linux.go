@@ -617,8 +617,11 @@ func ProcessCPU(pid int) (time.Duration, error) {
 	// The command name, in parentheses, may hold spaces: fields count
 	// from after its closing one (state is field 3, utime 14, stime 15).
 	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name: %q", pid, b)
+	}
 	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
+	if len(f) < 13 {
 		return 0, fmt.Errorf("/proc/%d/stat: too short: %q", pid, b)
 	}
 	var ticks uint64
