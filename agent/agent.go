@@ -586,7 +586,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 				return nfq.Result{Verdict: nfq.Drop}
 			}
 			a.Counters.Admitted.Add(1)
-			sess = a.newSession(st, key, d, int16(rule), reopened)
+			sess = a.newSession(st, key, d, int16(rule), reopened, synOpens(p))
 			pins = &sess.Pins
 		} else if st.role == Gateway && a.mirror != nil && !p.Opening() &&
 			a.deferToRedis(key, waiter{later: p.Later(), flow: p.Flow, mark: mark, reply: reply, tenant: tenant, gateway: gateway}) {
@@ -596,7 +596,7 @@ func (a *Agent) Handle(p *nfq.Packet, perr error, mark uint32, reply bool) nfq.R
 			// or if too many lookups are pending.
 			return nfq.Result{Verdict: nfq.Defer}
 		} else {
-			sess = a.newSession(st, key, d, -1, reopened)
+			sess = a.newSession(st, key, d, -1, reopened, synOpens(p))
 			pins = &sess.Pins
 		}
 	}
@@ -687,7 +687,13 @@ func markValue(d steering.Decision, gateway uint16) uint32 {
 // the session the table holds: another packet of the flow may have been
 // decided first. A reopened flow (a new TCP connection on a closed one's
 // 5-tuple) replaces the closed one's session, here and in Redis.
-func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16, reopened bool) sessions.Session {
+//
+// A TCP SYN (synOpens) starts the session's life in Redis now: the
+// gateway creates it as the SYN passes. Of any other first packet this
+// node cannot tell whether it opens the flow or meets it mid-stream (the
+// flow came from a dead instance, or another gateway): the session's life
+// in Redis is unknown, and the next walk refreshes it.
+func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rule int16, reopened, synOpens bool) sessions.Session {
 	now := time.Now().UnixNano()
 	a.Counters.NewFlows.Add(1)
 	s := sessions.Session{
@@ -699,6 +705,9 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 		Seen:    now,
 		Rule:    rule,
 	}
+	if synOpens {
+		s.Extended = now
+	}
 	if reopened {
 		a.flows.Replace(s)
 	} else {
@@ -709,6 +718,9 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 	}
 	return s
 }
+
+// synOpens reports whether p is the SYN that opens a TCP connection.
+func synOpens(p *nfq.Packet) bool { return p.Proto == nfq.ProtoTCP && p.Opening() }
 
 // tenantOf reports whether a (the zero Addr when the packet did not
 // parse that far) belongs to one of t's tenants.

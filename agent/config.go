@@ -50,7 +50,8 @@ type Config struct {
 	// primary refreshes it (default 2m).
 	RedisSessionTTL time.Duration
 	// RefreshInterval is how often the node checks conntrack for its live
-	// flows and refreshes their sessions (default 10s).
+	// flows (default 10s). A live session is refreshed once three
+	// intervals or less are left of its RedisSessionTTL.
 	RefreshInterval time.Duration
 	// HeartbeatInterval is how often the node tells Redis it is alive
 	// (default 25ms, which the controller's default of 4 misses turns into

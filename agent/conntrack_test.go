@@ -2,10 +2,13 @@ package agent
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
@@ -103,5 +106,92 @@ func TestRefreshFollowsConntrack(t *testing.T) {
 	waitFor(t, "the closed flow deleted", func() bool { return count(sessions.OpDelete, live) == 1 })
 	if n.Sessions() != 0 {
 		t.Errorf("%d sessions left after the connection closed; want 0", n.Sessions())
+	}
+}
+
+// TestRefreshWhenLifeRunsLow: of three live flows, the walks refresh the
+// one whose life in Redis runs low, and then only probe it (it stays the
+// one extended longest ago); the two just created are left alone.
+func TestRefreshWhenLifeRunsLow(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, _, _ := roles(t, gw.Agent, &syn.Flow)
+	// A 10 s TTL and a walk every 20 ms: refreshed when 60 ms are left.
+	n := newFakeNode(t, fwP.Name, labVersion(t), func(c *Config) { c.RedisSessionTTL = 10 * time.Second })
+	old, fresh1, fresh2 := syn.Flow, syn.Flow, syn.Flow
+	fresh1.SrcPort++
+	fresh2.SrcPort += 2
+	n.ct.conns = []rules.Conn{{Flow: old}, {Flow: fresh1}, {Flow: fresh2}}
+	for f, created := range map[*steering.Flow]time.Time{&old: time.Now().Add(-10 * time.Second), &fresh1: time.Now(), &fresh2: time.Now()} {
+		n.flows.Put(sessions.Session{Key: sessions.KeyOf(f), Tenant: "acme", Rule: 0, Pins: steering.Pins{fwP.ID},
+			Created: created.UnixNano(), Extended: created.UnixNano()})
+	}
+	count := func(f *steering.Flow) int {
+		c := 0
+		for _, w := range n.store.writes() {
+			if w.Kind == sessions.OpRefresh && w.Record.Flow == sessions.KeyOf(f).String() {
+				c++
+			}
+		}
+		return c
+	}
+	n.run(t)
+	// Once refreshed, it is still the probe of every walk.
+	waitFor(t, "the old flow refreshed then probed twice", func() bool { return count(&old) >= 3 })
+	for _, f := range []*steering.Flow{&fresh1, &fresh2} {
+		if got := count(f); got != 0 {
+			t.Errorf("flow %v, seconds from its end in Redis, refreshed %d times", f, got)
+		}
+	}
+}
+
+func TestRefreshDue(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	for _, tc := range []struct {
+		ttl, every time.Duration
+		want       int64
+	}{
+		{2 * time.Minute, 10 * time.Second, now.Add(-90 * time.Second).UnixNano()},
+		{30 * time.Second, 10 * time.Second, math.MaxInt64},
+		{11 * time.Second, 10 * time.Second, math.MaxInt64},
+	} {
+		a := &Agent{cfg: Config{RedisSessionTTL: tc.ttl, RefreshInterval: tc.every}}
+		if got := a.refreshDue(now); got != tc.want {
+			t.Errorf("TTL %v, walks every %v: due %d; want %d", tc.ttl, tc.every, got, tc.want)
+		}
+	}
+}
+
+// TestSessionLifeKnownFromTheSYN: an instance knows a session's life in
+// Redis started with the flow only when a TCP SYN opened it (the gateway
+// created the session as it passed). A first packet that is not a SYN
+// (a flow met mid-stream, or any UDP flow) leaves it unknown, and the
+// next walk refreshes the session.
+func TestSessionLifeKnownFromTheSYN(t *testing.T) {
+	first := tcp(acmeOpen, server, syn)
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	_, _, dlp := roles(t, gw.Agent, &first.Flow)
+	for _, tc := range []struct {
+		name  string
+		p     *nfq.Packet
+		known bool
+	}{
+		{"SYN", tcp(acmeOpen, server, syn), true},
+		{"mid-stream", tcp(acmeOpen, server, ack), false},
+		{"UDP", func() *nfq.Packet { p := tcp(acmeOpen, server, 0); p.Proto = nfq.ProtoUDP; return p }(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newFakeNode(t, dlp.Name, labVersion(t), nil)
+			if got := n.Handle(tc.p, nil, 0, false); got.Mark == 0 {
+				t.Fatalf("dlp did not steer the packet: %+v", got)
+			}
+			s, ok := n.flows.Get(sessions.KeyOf(&tc.p.Flow))
+			if !ok {
+				t.Fatal("no session")
+			}
+			if known := s.Extended != 0; known != tc.known {
+				t.Errorf("session's life in Redis known = %v (Extended %d); want %v", known, s.Extended, tc.known)
+			}
+		})
 	}
 }

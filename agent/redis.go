@@ -312,7 +312,7 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 			} else {
 				d = st.decide(&w.flow, w.reply, nil, w.tenant)
 				if d.Tenant >= 0 && d.Kind != steering.NotInChain {
-					s := a.newSession(st, key, d, -1, false)
+					s := a.newSession(st, key, d, -1, false, false)
 					p = &s.Pins
 				}
 			}

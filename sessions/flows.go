@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -50,6 +51,11 @@ type Session struct {
 	// TakenOver says the flow came to this node as the secondary of a dead
 	// instance, with its state from Redis.
 	TakenOver bool
+	// Extended is when the session's life in Redis last started or was
+	// extended, as far as this node knows, in Unix nanoseconds (kept to
+	// the second, rounded down). Zero means unknown, as for a flow met
+	// mid-stream: the next Sweep refreshes it.
+	Extended int64
 }
 
 // Flows is the node's table of the flows it decided. It is safe for
@@ -100,16 +106,41 @@ type entry struct {
 	pins          steering.Pins
 	rule          int16
 	takenOver     bool
+	// ext is Session.Extended in whole seconds after created, rounded
+	// down so that the table never believes a session lives longer in
+	// Redis than it does, or extUnknown. It fits in the entry's padding:
+	// 48 bytes with it or without.
+	ext uint32
+}
+
+// extUnknown is the ext of a session whose life in Redis this node does
+// not know.
+const extUnknown = math.MaxUint32
+
+// extended is Session.Extended of e.
+func (e *entry) extended() int64 {
+	if e.ext == extUnknown {
+		return 0
+	}
+	return e.created + int64(e.ext)*int64(time.Second)
+}
+
+// extSince is at as an entry's ext: whole seconds after created.
+func extSince(created, at int64) uint32 {
+	if at == 0 {
+		return extUnknown
+	}
+	return uint32(min(max(at-created, 0)/int64(time.Second), extUnknown-1))
 }
 
 func (t *Flows) pack(s *Session) entry {
 	return entry{created: s.Created, seen: s.Seen, tenant: t.tenants.id(s.Tenant), code: s.Code, pins: s.Pins,
-		rule: s.Rule, takenOver: s.TakenOver}
+		rule: s.Rule, takenOver: s.TakenOver, ext: extSince(s.Created, s.Extended)}
 }
 
 func (t *Flows) unpack(k Key, e *entry) Session {
 	return Session{Key: k, Tenant: t.tenants.name(e.tenant), Code: e.code, Pins: e.pins, Created: e.created,
-		Seen: e.seen, Rule: e.rule, TakenOver: e.takenOver}
+		Seen: e.seen, Rule: e.rule, TakenOver: e.takenOver, Extended: e.extended()}
 }
 
 // NewFlows returns an empty table whose sessions expire ttl after they
@@ -212,28 +243,56 @@ func (s *KeySet) Add(k Key) {
 // Clear empties the set and keeps its memory for the next round.
 func (s *KeySet) Clear() { clear(s.m) }
 
-// Sweep goes once through the table: a session whose key is in live is
-// marked seen at now, and fn is called with it and true; a session not in
-// live and not seen since before is removed, and fn is called with it and
-// false. fn may be nil; it runs under the table's lock: it must be quick
-// and must not use the table. Sweeping holds the lock for one pass instead
-// of copying the table and locking it once per session.
-func (t *Flows) Sweep(live *KeySet, now, before int64, fn func(s Session, alive bool)) {
+// Sweep goes once through the table at now (Unix nanoseconds):
+//
+//   - a session whose key is in live is marked seen at now; if its life in
+//     Redis last started or was extended before due (Session.Extended),
+//     refresh is called with it, and if refresh reports that it queued the
+//     refresh, the session counts as extended at now;
+//   - if no live session was due, refresh is still called with the live
+//     session extended longest ago, so that a node with live flows writes
+//     at least one refresh a sweep: a refresh that finds its session gone
+//     is how a node learns that Redis lost its data;
+//   - a session not in live and not seen since forget is removed, and
+//     gone is called with it.
+//
+// Either function may be nil. They run under the table's lock: they must
+// be quick and must not use the table. Sweeping holds the lock for one
+// pass instead of copying the table and locking it once per session.
+func (t *Flows) Sweep(live *KeySet, now, forget, due int64, refresh func(Session) bool, gone func(Session)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var probe flowKey
+	probeAt, refreshed := int64(math.MaxInt64), false
 	for pk, e := range t.entries {
 		if _, ok := live.m[pk]; ok {
 			e.seen = now
-			t.entries[pk] = e
-			if fn != nil {
-				fn(t.unpack(pk.key(), &e), true)
+			if refresh != nil {
+				switch at := e.extended(); {
+				case at < due:
+					if refresh(t.unpack(pk.key(), &e)) {
+						e.ext = extSince(e.created, now)
+					}
+					refreshed = true
+				case at < probeAt:
+					probe, probeAt = pk, at
+				}
 			}
-		} else if max(e.created, e.seen) < before {
+			t.entries[pk] = e
+		} else if max(e.created, e.seen) < forget {
 			delete(t.entries, pk)
-			if fn != nil {
-				fn(t.unpack(pk.key(), &e), false)
+			if gone != nil {
+				gone(t.unpack(pk.key(), &e))
 			}
 		}
+	}
+	if refreshed || probeAt == math.MaxInt64 {
+		return
+	}
+	e := t.entries[probe]
+	if refresh(t.unpack(probe.key(), &e)) {
+		e.ext = extSince(e.created, now)
+		t.entries[probe] = e
 	}
 }
 

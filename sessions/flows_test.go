@@ -128,3 +128,92 @@ func TestFlowKeysRoundTrip(t *testing.T) {
 		t.Errorf("All lost %v", want)
 	}
 }
+
+// TestSweepRefreshesWhenLifeRunsLow: a sweep refreshes the live sessions
+// last extended before due or never known extended, marks them extended
+// only if the refresh was queued, probes the live session extended
+// longest ago when none was due, and forgets the dead.
+func TestSweepRefreshesWhenLifeRunsLow(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	at := func(d time.Duration) int64 { return t0.Add(d).UnixNano() }
+	key := func(n uint16) Key {
+		return Key{A: netip.MustParseAddr("10.0.0.1"), B: netip.MustParseAddr("10.0.0.2"), PA: n, PB: 80, Proto: 6}
+	}
+	const old, young, dead, midStream = 1, 2, 3, 4
+	type sweep struct {
+		now      time.Duration // after t0; due is 90 s before it, forget 20 s
+		live     []uint16
+		refuse   bool // the refresh cannot be queued
+		update   bool // before the sweep, Update touches every session
+		wantRef  []uint16
+		wantGone []uint16
+	}
+	for _, tc := range []struct {
+		name   string
+		sweeps []sweep
+	}{
+		{"only the session whose life runs low", []sweep{
+			{now: 100 * time.Second, live: []uint16{old, young}, wantRef: []uint16{old}, wantGone: []uint16{dead, midStream}},
+			// old counts as extended at 100 s; young, created at 60 s, is
+			// the live session extended longest ago: the probe.
+			{now: 110 * time.Second, live: []uint16{old, young}, wantRef: []uint16{young}},
+			// Due again 90 s after its refresh.
+			{now: 190 * time.Second, live: []uint16{old, young}, wantRef: []uint16{old}},
+		}},
+		{"a refresh not queued is tried again", []sweep{
+			{now: 100 * time.Second, live: []uint16{old, young}, refuse: true, wantRef: []uint16{old}, wantGone: []uint16{dead, midStream}},
+			{now: 110 * time.Second, live: []uint16{old, young}, wantRef: []uint16{old}},
+		}},
+		{"an update keeps when the session was extended", []sweep{
+			{now: 100 * time.Second, live: []uint16{old, young}, wantRef: []uint16{old}, wantGone: []uint16{dead, midStream}},
+			{now: 110 * time.Second, live: []uint16{old, young}, update: true, wantRef: []uint16{young}},
+		}},
+		{"met mid-stream: refreshed at once", []sweep{
+			{now: 70 * time.Second, live: []uint16{young, midStream}, wantRef: []uint16{midStream}, wantGone: []uint16{old, dead}},
+			{now: 80 * time.Second, live: []uint16{young, midStream}, wantRef: []uint16{young}},
+		}},
+		{"no live session, no probe", []sweep{
+			{now: 100 * time.Second, wantGone: []uint16{old, young, dead, midStream}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := NewFlows(time.Hour)
+			for n, created := range map[uint16]time.Duration{old: 0, young: 60 * time.Second, dead: 10 * time.Second} {
+				tab.Put(Session{Key: key(n), Tenant: "acme", Created: at(created), Extended: at(created)})
+			}
+			tab.Put(Session{Key: key(midStream), Tenant: "acme", Created: at(65 * time.Second)})
+			var live KeySet
+			for i, s := range tc.sweeps {
+				live.Clear()
+				for _, n := range s.live {
+					live.Add(key(n))
+				}
+				if s.update {
+					for _, n := range []uint16{old, young} {
+						tab.Update(key(n), func(s *Session) { s.Rule = 7 })
+					}
+				}
+				var ref, gone []uint16
+				tab.Sweep(&live, at(s.now), at(s.now-20*time.Second), at(s.now-90*time.Second),
+					func(x Session) bool { ref = append(ref, x.Key.PA); return !s.refuse },
+					func(x Session) { gone = append(gone, x.Key.PA) })
+				slices.Sort(ref)
+				slices.Sort(gone)
+				if diff := gocmp.Diff(s.wantRef, ref); diff != "" {
+					t.Errorf("sweep %d at %v: refreshed (-want +got):\n%s", i, s.now, diff)
+				}
+				if diff := gocmp.Diff(s.wantGone, gone); diff != "" {
+					t.Errorf("sweep %d at %v: gone (-want +got):\n%s", i, s.now, diff)
+				}
+			}
+		})
+	}
+}
+
+func TestEntrySize(t *testing.T) {
+	// The table holds one entry per tracked flow: when it was last
+	// extended in Redis must not cost it room.
+	if got := unsafe.Sizeof(entry{}); got != 48 {
+		t.Errorf("entry is %d bytes; want 48", got)
+	}
+}

@@ -269,8 +269,8 @@ func indexEntries(h []sessions.Hop) []roleEntry {
 // first writer whose roles differ (another gateway on another map
 // version), a second pipeline replaces the entries with the first
 // writer's. A function's create (OpCreateState) does not index: the
-// gateway in front of it does, and its own refreshes do within one
-// refresh interval. That keeps one flow from costing its indexes twice.
+// gateway in front of it does, and its own refreshes do when the
+// session's life runs low. That keeps one flow from costing its indexes twice.
 //
 // A create is one native command, no script: SET NX GET with the expiry
 // writes the record (the whole session but its update time and state)

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -238,4 +240,65 @@ func TestClosedFlowsLeaveRedis(t *testing.T) {
 	if !redisHas(l, open.flow) {
 		t.Errorf("session %s, whose connection is open, left Redis too", open.flow)
 	}
+}
+
+// TestLongFlowsRefreshedWhenLifeRunsLow holds sixteen connections open
+// for more than twice the sessions' life in Redis (6 s here), with the
+// instances walking conntrack every 500 ms, and reads each session's TTL
+// from Redis every 100 ms. No session may ever expire while its
+// connection lives, and the instances must extend them when their life
+// runs low (three walks left), not at every walk: a refresh costs Redis
+// two PEXPIREs and an index entry per role, per instance on the chain.
+func TestLongFlowsRefreshedWhenLifeRunsLow(t *testing.T) {
+	const ttl, window = 6 * time.Second, 13 * time.Second
+	l := redisLab(t, "--session-ttl", ttl.String())
+	var held []*heldConn
+	for i := range 16 {
+		held = append(held, holdConn(t, l, fmt.Sprintf("10.10.1.2:%d", 40721+i), fmt.Sprintf("10.99.0.2:%d", 8021+i)))
+	}
+	var script strings.Builder
+	for _, h := range held {
+		fmt.Fprintf(&script, "PTTL nfsteer:s:{%s}\n", h.flow)
+	}
+	last := make([]int64, len(held))
+	rises := make([]int, len(held))
+	for start := time.Now(); time.Since(start) < window; time.Sleep(100 * time.Millisecond) {
+		cmd := exec.Command("ip", "netns", "exec", l.NS("ctl"), "redis-cli", "-h", lab.Control)
+		cmd.Stdin = strings.NewReader(script.String())
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("redis-cli: %v", err)
+		}
+		f := strings.Fields(string(out))
+		if len(f) != len(held) {
+			t.Fatalf("redis-cli answered %q to %d PTTLs", out, len(held))
+		}
+		for i, s := range f {
+			ms, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || ms <= 0 {
+				t.Fatalf("%v into the test: session %s has PTTL %q in Redis while its connection is open", time.Since(start).Round(time.Millisecond), held[i].flow, s)
+			}
+			// Only an extension raises a TTL; 20 ms absorbs rounding.
+			if last[i] != 0 && ms > last[i]+20 {
+				rises[i]++
+			}
+			last[i] = ms
+		}
+	}
+	for _, h := range held {
+		h.ping(t, "still here")
+	}
+	// Extended at every walk by both instances on the chain (fw, dlp),
+	// each session would rise about 2 × 26 times. Extended when their life
+	// runs low (every 4.5 s), plus each instance's probe of one live
+	// session a walk (how it learns that Redis lost its data), they rise
+	// about 100 times in all.
+	total, every := 0, len(held)*2*int(window/(500*time.Millisecond))
+	for _, n := range rises {
+		total += n
+	}
+	if total > every/4 {
+		t.Errorf("sessions extended %d times in all in %v (%v); want at most a quarter of %d, what refreshing at every walk costs", total, window, rises, every)
+	}
+	t.Logf("in %v, with walks every 500 ms and a %v TTL, the sessions were extended %d times in all (%v); at every walk: about %d", window, ttl, total, rises, every)
 }
