@@ -116,6 +116,23 @@ func staticChain(b *testing.B, l *lab.Lab, op, fw, dlp string) {
 	}
 }
 
+// conntrackOn turns connection tracking on in the gateway and instance
+// nodes (op "add"), with a table of one rule that reads each forwarded
+// packet's conntrack state, or off again ("delete"): the kernel tracks
+// connections in a namespace only while some rule needs it.
+func conntrackOn(b *testing.B, l *lab.Lab, op string) {
+	b.Helper()
+	for _, n := range append([]string{"gw"}, instanceNames()...) {
+		cmd := "delete table inet bench_conntrack"
+		if op == "add" {
+			cmd = "add table inet bench_conntrack; add chain inet bench_conntrack tracked { type filter hook forward priority 0; }; add rule inet bench_conntrack tracked ct state invalid counter"
+		}
+		if err := l.Run(n, "nft", cmd); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func machine() string {
 	cpu := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -138,7 +155,12 @@ func machine() string {
 //   - static-chain: no nfsteer, fixed policy routes through the fw and dlp
 //     instances nfsteer picked in the same round (what the extra hops cost
 //     by themselves);
-//   - nfsteer: agents on every node steering the flow through its chain.
+//   - nfsteer: agents on every node steering the flow through its chain;
+//   - static chain with conntrack: the static chain with connection
+//     tracking on in every node (one nftables rule that reads a flow's
+//     state). It is not the target's baseline: it shows how much of the
+//     gap to the static chain is conntrack itself, which nfsteer needs
+//     (its marks live in the connection).
 //
 // The three are measured in rounds, nfsteer then the static chain
 // back to back, plain before them in even rounds and after them in odd
@@ -157,7 +179,7 @@ func BenchmarkChainThroughput(b *testing.B) {
 			port += 30 // iperf retries on port+10, port+20
 			return iperf(b, l, port, seconds)
 		}
-		var plain, static, steered, toStatic, toPlain []float64
+		var plain, static, tracked, steered, toStatic, toTracked, toPlain []float64
 		for r := 0; r < rounds; r++ {
 			if r%2 == 0 {
 				plain = append(plain, sample())
@@ -177,22 +199,27 @@ func BenchmarkChainThroughput(b *testing.B) {
 			}
 			staticChain(b, l, "add", fw, dlp)
 			static = append(static, sample())
+			conntrackOn(b, l, "add")
+			tracked = append(tracked, sample())
+			conntrackOn(b, l, "delete")
 			staticChain(b, l, "del", fw, dlp)
 			if r%2 == 1 {
 				plain = append(plain, sample())
 			}
 			toStatic = append(toStatic, steered[r]/static[r])
+			toTracked = append(toTracked, steered[r]/tracked[r])
 			toPlain = append(toPlain, steered[r]/plain[r])
-			fmt.Printf("round %d (Gbit/s): plain %.2f, static chain via %s,%s %.2f, nfsteer %.2f: nfsteer/static-chain %.3f, nfsteer/plain %.3f\n",
-				r+1, plain[r], fw, dlp, static[r], steered[r], toStatic[r], toPlain[r])
+			fmt.Printf("round %d (Gbit/s): plain %.2f, static chain via %s,%s %.2f (with conntrack %.2f), nfsteer %.2f: nfsteer/static-chain %.3f (with conntrack %.3f), nfsteer/plain %.3f\n",
+				r+1, plain[r], fw, dlp, static[r], tracked[r], steered[r], toStatic[r], toTracked[r], toPlain[r])
 		}
 		b.ReportMetric(median(plain), "plain-Gbit/s")
 		b.ReportMetric(median(static), "static-chain-Gbit/s")
 		b.ReportMetric(median(steered), "nfsteer-Gbit/s")
 		b.ReportMetric(median(toPlain), "nfsteer/plain")
 		b.ReportMetric(median(toStatic), "nfsteer/static-chain")
-		fmt.Printf("medians: plain %.2f Gbit/s, static chain %.2f Gbit/s, nfsteer chain %.2f Gbit/s; of the rounds' ratios: nfsteer/plain %.3f, nfsteer/static-chain %.3f (target >= 0.95)\n",
-			median(plain), median(static), median(steered), median(toPlain), median(toStatic))
+		b.ReportMetric(median(toTracked), "nfsteer/static-chain-conntrack")
+		fmt.Printf("medians: plain %.2f Gbit/s, static chain %.2f Gbit/s (with conntrack %.2f), nfsteer chain %.2f Gbit/s; of the rounds' ratios: nfsteer/plain %.3f, nfsteer/static-chain %.3f (target >= 0.95), nfsteer/static-chain-with-conntrack %.3f\n",
+			median(plain), median(static), median(tracked), median(steered), median(toPlain), median(toStatic), median(toTracked))
 		l.Close()
 	}
 }
