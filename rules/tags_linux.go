@@ -128,8 +128,8 @@ func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, kept uint64) erro
 		c.AddRule(&nftables.Rule{Table: t, Chain: steer, Exprs: slices.Concat(e...)})
 	}
 	iif := []expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}}
-	steered := &nftables.Set{Table: t, Name: "steered", KeyType: nftables.TypeIFName}
-	bound := &nftables.Set{Table: t, Name: "bound", KeyType: nftables.TypeIFName}
+	steered := &nftables.Set{Table: t, Name: "steered", KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	bound := &nftables.Set{Table: t, Name: "bound", KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
 	var steeredE, boundE []nftables.SetElement
 	for _, o := range st.Outer {
 		steeredE = append(steeredE, nftables.SetElement{Key: ifname(o)})
@@ -351,7 +351,7 @@ func gatewayTags(c *nftables.Conn, t *nftables.Table, s Spec, kept uint64) error
 // drops.
 func zonedGateway(c *nftables.Conn, t *nftables.Table, s Spec, zoned []TenantTag, kept uint64) error {
 	mark := func(v uint32) []byte { return native(v) }
-	ingress := &nftables.Set{Table: t, Name: "ingress", KeyType: nftables.TypeIFName, DataType: nftables.TypeMark, IsMap: true}
+	ingress := &nftables.Set{Table: t, Name: "ingress", KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeMark, IsMap: true}
 	allTags := &nftables.Set{Table: t, Name: "tags", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
 	zonedTags := &nftables.Set{Table: t, Name: "zoned", KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
 	hops := &nftables.Set{Table: t, Name: "hops", KeyType: nftables.TypeEtherAddr, DataType: nftables.TypeMark, IsMap: true}

@@ -43,6 +43,13 @@ func TestIngressBindingDropsSpoofedSources(t *testing.T) {
 			if err := l.StartAll("--redis", lab.RedisURL, "--metrics", "127.0.0.1:9464"); err != nil {
 				t.Fatal(err)
 			}
+			if tc.bound {
+				// An operator reads the bound interfaces by name.
+				out, err := l.Output("gw", "nft", "list", "set", "inet", "nfsteer", "bound")
+				if err != nil || !strings.Contains(out, `"ca0"`) || !strings.Contains(out, `"cg0"`) {
+					t.Errorf("nft list set inet nfsteer bound: %v\n%s\nwant ca0 and cg0 by name", err, out)
+				}
+			}
 			// The flooders' source ports start at 1024; acme's own socket
 			// sends from 45000.
 			serverCounts(t, l, "udp4", "10.99.0.2:8053",
