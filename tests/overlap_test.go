@@ -411,56 +411,74 @@ func TestOverlapDrainMigrate(t *testing.T) {
 // TestOverlapPathMTU: blue's and red's clients, at the same address, each
 // send a full-size UDP datagram that may not be fragmented, which the
 // overlay's smaller MTU cannot carry. Each learns the overlay's MTU from
-// the gateway's ICMP error, on its own link: the gateway routes the error
-// by the tenant's zone, not by the main table, which would send both to
-// one link.
+// the gateway's ICMP error (ICMPv6 Packet Too Big over IPv6), on its own
+// link: the gateway routes the error by the tenant's zone, not by the
+// main table, which would send both to one link.
 func TestOverlapPathMTU(t *testing.T) {
-	l := overlapLab(t, overlapMap)
-	for i, host := range []string{"cb", "cr"} {
-		err := l.InNS(host, func() error {
-			// Open until the error arrives: the kernel learns a path's
-			// MTU for the socket the error is about.
-			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(overlapClient), Port: 40400 + i})
-			if err != nil {
-				return err
+	for _, tc := range []struct {
+		name          string
+		lab           func(*testing.T) *lab.Lab
+		network       string
+		client, srv   string
+		hosts         []string
+		payload       int
+		level, option int // the socket option that forbids fragmenting
+	}{
+		{"IPv4", func(t *testing.T) *lab.Lab { return overlapLab(t, overlapMap) }, "udp4", overlapClient, lab.Server,
+			[]string{"cb", "cr"}, 1500 - 20 - 8, syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER},
+		{"IPv6", overlap6Lab, "udp6", "fd50::5", lab.Server6,
+			[]string{"cb6", "cr6"}, 1500 - 40 - 8, syscall.IPPROTO_IPV6, syscall.IPV6_MTU_DISCOVER},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := tc.lab(t)
+			for i, host := range tc.hosts {
+				err := l.InNS(host, func() error {
+					// Open until the error arrives: the kernel learns a
+					// path's MTU for the socket the error is about.
+					c, err := net.ListenUDP(tc.network, &net.UDPAddr{IP: net.ParseIP(tc.client), Port: 40400 + i})
+					if err != nil {
+						return err
+					}
+					t.Cleanup(func() { c.Close() })
+					rc, err := c.SyscallConn()
+					if err != nil {
+						return err
+					}
+					var serr error
+					if err := rc.Control(func(fd uintptr) {
+						// IP_PMTUDISC_DO and IPV6_PMTUDISC_DO are both 2.
+						serr = syscall.SetsockoptInt(int(fd), tc.level, tc.option, syscall.IP_PMTUDISC_DO)
+					}); err != nil {
+						return err
+					}
+					if serr != nil {
+						return serr
+					}
+					_, err = c.WriteToUDP(make([]byte, tc.payload), &net.UDPAddr{IP: net.ParseIP(tc.srv), Port: 5401})
+					return err
+				})
+				if err != nil {
+					t.Fatalf("%s: %v", host, err)
+				}
 			}
-			t.Cleanup(func() { c.Close() })
-			rc, err := c.SyscallConn()
-			if err != nil {
-				return err
+			for _, host := range tc.hosts {
+				var out string
+				waitFor(2*time.Second, func() bool {
+					out, _ = l.Output(host, "ip", "route", "get", tc.srv)
+					return strings.Contains(out, "mtu 1450")
+				})
+				if !strings.Contains(out, "mtu 1450") {
+					t.Errorf("%s did not learn the overlay's MTU (1450) from the gateway:\n%s", host, out)
+				}
 			}
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, syscall.IP_PMTUDISC_DO)
-			}); err != nil {
-				return err
-			}
-			if serr != nil {
-				return serr
-			}
-			_, err = c.WriteToUDP(make([]byte, 1472), &net.UDPAddr{IP: net.ParseIP(lab.Server), Port: 5401})
-			return err
 		})
-		if err != nil {
-			t.Fatalf("%s: %v", host, err)
-		}
-	}
-	for _, host := range []string{"cb", "cr"} {
-		var out string
-		waitFor(2*time.Second, func() bool {
-			out, _ = l.Output(host, "ip", "route", "get", lab.Server)
-			return strings.Contains(out, "mtu 1450")
-		})
-		if !strings.Contains(out, "mtu 1450") {
-			t.Errorf("%s did not learn the overlay's MTU (1450) from the gateway:\n%s", host, out)
-		}
 	}
 }
 
-// TestOverlappingTenantsIPv6 is TestOverlappingTenants over IPv6: blue6
-// and red6 share fd50::/64, enter by their own links, cross fw, and leave
-// with their own IPv6 snat addresses.
-func TestOverlappingTenantsIPv6(t *testing.T) {
+// overlap6Lab is overlapLab over IPv6: blue6 and red6 share fd50::/64
+// (the client fd50::5 on links cb6 and cr6), tags 5 and 6.
+func overlap6Lab(t *testing.T) *lab.Lab {
+	t.Helper()
 	m := strings.Replace(overlayMap, "tenants:\n", `tenants:
   blue6: {ingress: [cb6], prefixes: ["fd50::/64"], chain: [fw], tag: 5, snat: "fd61::101"}
   red6: {ingress: [cr6], prefixes: ["fd50::/64"], chain: [fw], tag: 6, snat: "fd61::102"}
@@ -474,6 +492,93 @@ func TestOverlappingTenantsIPv6(t *testing.T) {
 	if err := l.StartAll(); err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// TestOverlapMSSClamp: a zoned tenant's TCP connection crosses the
+// overlay, whose MTU (1450) is below the links' at both ends (1500). The
+// gateway lowers the MSS of the SYN it sends into the overlay, and of the
+// SYN-ACK on its way back, so that neither end sends segments the overlay
+// cannot carry: each end's MSS, read from its own socket, fits 1450
+// bytes with the IP and TCP headers, over IPv4 and over IPv6. Without the
+// clamp each end would take the other's 1500-byte link's.
+func TestOverlapMSSClamp(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		lab          func(*testing.T) *lab.Lab
+		local, srv   string
+		headers, max int
+	}{
+		{"IPv4", func(t *testing.T) *lab.Lab { return overlapLab(t, overlapMap) }, overlapClient + ":40600", lab.Server + ":5402", 40, 1410},
+		{"IPv6", overlap6Lab, "[fd50::5]:40600", "[" + lab.Server6 + "]:5402", 60, 1390},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := tc.lab(t)
+			ln, err := l.Listen("srv", "tcp", tc.srv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err == nil {
+					accepted <- c
+				}
+			}()
+			host := map[string]string{"IPv4": "cb", "IPv6": "cb6"}[tc.name]
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := l.Dial(ctx, host, "tcp", tc.local, tc.srv)
+			if err != nil {
+				t.Fatalf("connecting through the overlay: %v", err)
+			}
+			defer c.Close()
+			var s net.Conn
+			select {
+			case s = <-accepted:
+				defer s.Close()
+			case <-time.After(5 * time.Second):
+				t.Fatal("the server accepted no connection")
+			}
+			for _, end := range []struct {
+				name string
+				c    net.Conn
+			}{{"client", c}, {"server", s}} {
+				mss := maxSeg(t, end.c)
+				if mss > tc.max {
+					t.Errorf("%s's MSS is %d; want at most %d, the overlay's 1450 less %d bytes of headers", end.name, mss, tc.max, tc.headers)
+				}
+				t.Logf("%s's MSS %d (at most %d)", end.name, mss, tc.max)
+			}
+		})
+	}
+}
+
+// maxSeg reads c's TCP_MAXSEG: the largest segment it sends, after what
+// the peer announced in its SYN and less the options it carries.
+func maxSeg(t *testing.T, c net.Conn) int {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mss int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { mss, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return mss
+}
+
+// TestOverlappingTenantsIPv6 is TestOverlappingTenants over IPv6: blue6
+// and red6 share fd50::/64, enter by their own links, cross fw, and leave
+// with their own IPv6 snat addresses.
+func TestOverlappingTenantsIPv6(t *testing.T) {
+	l := overlap6Lab(t)
 	srvAddr := "[" + lab.Server6 + "]:5304"
 	got := overlapServer(t, l, srvAddr)
 	const local, size = "[fd50::5]:40500", 1 << 20
