@@ -163,12 +163,12 @@ func (a *Agent) refresh(ctx context.Context) error {
 // been extended last for the walk at now to extend it again. A refresh
 // is two PEXPIREs and an index entry per role: refreshing every live
 // session at every walk would cost Redis, for long flows, several times
-// what their creates do. A session is refreshed once its remaining life is three
-// intervals or less: the walk after next could still refresh it in time,
-// should one walk fail or its write wait in the queue. With the defaults
-// (a 2-minute TTL, a walk every 10 s) that is one refresh every 90 s
-// instead of every 10 s. A TTL of three intervals or less refreshes at
-// every walk.
+// what their creates do. A session is refreshed once its remaining life
+// is three intervals or less: the walk after next could still refresh it
+// in time, should one walk fail or its write wait in the queue. With the
+// defaults (a 2-minute TTL, a walk every 10 s) that is one refresh every
+// 90 s instead of every 10 s. A TTL of three intervals or less refreshes
+// at every walk.
 func (a *Agent) refreshDue(now time.Time) int64 {
 	life := a.cfg.RedisSessionTTL - 3*a.cfg.RefreshInterval
 	if life <= 0 {
