@@ -18,6 +18,13 @@ import (
 // longer steers to (down, or gone) to the instance holding the primary role
 // of the flow's slot on t, which was its secondary: conntrack marks first
 // (the kernel steers by them), then the local sessions.
+//
+// A flow moved off a dead forwarder also changes hands in Redis: the node
+// that steers the flow's original direction to that hop rewrites the
+// session's primary there (a takeover, conditional on the dead instance
+// still holding it), so that listings, drains and nodes that join the
+// flow later name the instance that carries it. A firewall's new primary
+// writes its own takeover, with the verdict it read.
 func (a *Agent) repin(old, t *steering.Table) int {
 	if a.ct == nil {
 		return 0
@@ -41,8 +48,9 @@ func (a *Agent) repin(old, t *steering.Table) int {
 		return 0
 	}
 	type move struct {
-		service string
-		to      uint16
+		service  string
+		from, to uint16
+		reply    bool
 	}
 	moves := map[sessions.Key][]move{}
 	st := a.state.Load()
@@ -70,7 +78,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 			}
 			mark = rules.SetHalf(mark, reply, rules.HalfValue(to.ID))
 			k := st.keyOf(&c)
-			moves[k] = append(moves[k], move{old.Services()[in.Service].Name, to.ID})
+			moves[k] = append(moves[k], move{old.Services()[in.Service].Name, in.ID, to.ID, reply})
 			changed = true
 		}
 		return mark, changed
@@ -79,20 +87,36 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	if err != nil {
 		a.log.Warn("moving flows off dead instances", "err", err)
 	}
+	var takeovers []sessions.Op
 	for k, ms := range moves {
 		a.flows.Update(k, func(s *sessions.Session) {
 			ti := t.TenantByName(s.Tenant)
 			if ti < 0 {
 				return
 			}
+			var taken []sessions.Op // written once the pins are all in s
 			for _, m := range ms {
 				for i, svc := range t.Tenants()[ti].Chain {
-					if t.Services()[svc].Name == m.service {
-						s.Pins[i] = m.to
+					if t.Services()[svc].Name != m.service {
+						continue
+					}
+					s.Pins[i] = m.to
+					if from, ok := t.InstanceByID(m.from); ok && from.Down && !m.reply &&
+						t.Services()[svc].Function != steering.FunctionFirewall {
+						taken = append(taken, sessions.Op{Kind: sessions.OpTakeover, Hop: int8(i), From: m.from})
 					}
 				}
 			}
+			for _, op := range taken {
+				op.Session = *s
+				takeovers = append(takeovers, op)
+			}
 		})
+	}
+	if a.mirror != nil {
+		for _, op := range takeovers {
+			a.mirror.Enqueue(op)
+		}
 	}
 	a.Counters.Repinned.Add(uint64(n))
 	return n

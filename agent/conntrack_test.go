@@ -71,6 +71,47 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 	if got := n.Counters.Repinned.Load(); got != uint64(moved) {
 		t.Errorf("Repinned = %d, want %d", got, moved)
 	}
+	// fw-1 is a firewall: its secondary writes the takeover, with the
+	// verdict it reads from Redis, not the gateway.
+	for _, w := range n.store.writes() {
+		if w.Kind == sessions.OpTakeover {
+			t.Errorf("the gateway wrote a takeover of %s from %s; want the firewall's secondary to", w.Record.Flow, w.From)
+		}
+	}
+}
+
+// TestRepinHandsForwarderSessionsOver: when a dlp instance (a forwarder)
+// dies, the firewall in front of it, which steers the flow's original
+// direction to it, moves the flow to the new primary and writes the
+// takeover to Redis: the session's dlp hop then names the instance that
+// carries the flow.
+func TestRepinHandsForwarderSessionsOver(t *testing.T) {
+	p := tcp(acmeOpen, server, syn)
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, _, dead := roles(t, gw.Agent, &p.Flow)
+	n := newFakeNode(t, fwP.Name, labVersion(t), nil)
+	res := n.Handle(p, nil, 0, false)
+	if rules.Half(res.Mark, false) != rules.HalfValue(dead.ID) {
+		t.Fatalf("the firewall steered the SYN with mark %#x; want to %s", res.Mark, dead.Name)
+	}
+	n.ct.conns = []rules.Conn{{Flow: p.Flow, Mark: res.Mark & rules.HopMask}}
+	n.run(t)
+	v2, d := nextVersion(t, labVersion(t), func(p *steering.Published) (*steering.Published, error) {
+		q := p.Clone()
+		q.Down = []string{dead.Name}
+		return q, nil
+	})
+	n.store.publish(v2, d)
+	flow := sessions.KeyOf(&p.Flow).String()
+	var got []sessions.Named
+	waitFor(t, "the takeover written", func() bool {
+		got = slices.DeleteFunc(n.store.writes(), func(w sessions.Named) bool { return w.Kind != sessions.OpTakeover })
+		return len(got) > 0
+	})
+	to, _ := n.state.Load().table.RolesFor(n.state.Load().table.ServiceByName("dlp"), n.state.Load().table.SlotOf(steering.AffinityCode(&p.Flow)))
+	if len(got) != 1 || got[0].Record.Flow != flow || got[0].Hop != 1 || got[0].From != dead.Name || got[0].Record.Hops[1].Primary != to.Name {
+		t.Errorf("takeovers written: %+v; want one of %s at hop 1 from %s to %s", got, flow, dead.Name, to.Name)
+	}
 }
 
 // TestRefreshFollowsConntrack: a firewall instance refreshes the sessions

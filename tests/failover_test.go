@@ -175,6 +175,50 @@ func TestFailoverToSecondary(t *testing.T) {
 	_ = primary
 }
 
+// TestForwarderFailoverHandsSessionsOver kills the primary dlp instance
+// (a forwarder) of a running TCP transfer. The transfer must finish
+// byte-exact, the secondary must carry the rest, and Redis must name the
+// secondary as the session's dlp primary, in the record and in its index:
+// the firewall in front of dlp wrote the takeover when it moved the flow.
+func TestForwarderFailoverHandsSessionsOver(t *testing.T) {
+	l := redisLab(t)
+	const local = "10.10.1.2:40788"
+	f := flowOf(t, 6, local, failoverServer)
+	tab := labmap.Table(t)
+	p, s := tab.RolesFor(0, tab.SlotOf(steering.AffinityCode(&f))) // services: dlp, fw
+	primary, secondary := p.Name, s.Name
+	if err := l.Count(secondary, "flowafter", fmt.Sprintf("ip saddr %s tcp sport %d", f.Src, f.SrcPort)); err != nil {
+		t.Fatal(err)
+	}
+	killed := make(chan struct{})
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		cutOff(t, l, primary)
+		close(killed)
+	}()
+	res := slowTransfer(t, l, local, failoverServer, 16<<20, 2*time.Millisecond, 15*time.Second)
+	<-killed
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the failover of %s: %v", primary, res.Err)
+	}
+	if n, _, err := l.Packets(secondary, "flowafter"); err != nil || n < 100 {
+		t.Errorf("secondary %s counted %d packets of the flow after the kill (%v); want it to carry the rest", secondary, n, err)
+	}
+	k := sessions.KeyOf(&f).String()
+	var rec struct{ Hops []sessions.Hop }
+	if !waitFor(3*time.Second, func() bool {
+		out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k+"}")
+		return err == nil && json.Unmarshal([]byte(out), &rec) == nil && len(rec.Hops) == 2 && rec.Hops[1].Primary == secondary
+	}) {
+		t.Errorf("Redis holds %+v as the flow's hops; want %s as dlp's primary, not the dead %s", rec.Hops, secondary, primary)
+	}
+	out, _ := l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
+	if !strings.Contains(out, k) {
+		t.Errorf("index of %s as primary holds %q, want the flow %s", secondary, out, k)
+	}
+	t.Logf("dlp %s died mid-transfer; %s carried the rest (longest pause %v) and holds the session in Redis", primary, secondary, res.MaxGap.Round(time.Millisecond))
+}
+
 // TestFailoverNeedsTheMirror is the same failover with mirroring off: the
 // secondary knows nothing of the flow and its firewall drops it mid-stream,
 // so the transfer must break. This is what proves the mirror saves it.
