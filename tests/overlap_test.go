@@ -284,24 +284,30 @@ func TestOverlapUnderFailover(t *testing.T) {
 		t.Errorf("secondary %s counted %d packets of the flows (%v); want it to carry both", secondary, n, err)
 	}
 	// Each tenant's flow has its own session in Redis, by its tag, with
-	// its own chain, and dlp's secondary (which took over) in it: blue's
-	// crosses fw then dlp, red's dlp only.
+	// its own chain, and dlp's secondary, which took over, as dlp's
+	// primary (written by the node in front of dlp: fw for blue's, the
+	// gateway for red's): blue's crosses fw then dlp, red's dlp only.
 	for _, tc := range []struct {
 		tag  uint16
 		want []string
 	}{{3, []string{"fw", "dlp"}}, {4, []string{"dlp"}}} {
 		k := sessions.TaggedKeyOf(&f, tc.tag)
-		out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k.String()+"}")
 		var rec struct{ Hops []sessions.Hop }
-		if err == nil {
-			err = json.Unmarshal([]byte(out), &rec)
-		}
+		var err error
 		var chain []string
-		for _, h := range rec.Hops {
-			chain = append(chain, h.Service)
-		}
-		if err != nil || !slices.Equal(chain, tc.want) || rec.Hops[len(rec.Hops)-1].Secondary != secondary {
-			t.Errorf("Redis holds %+v (%v) as the hops of %s; want services %v, with %s as dlp's secondary", rec.Hops, err, k, tc.want, secondary)
+		if !waitFor(3*time.Second, func() bool {
+			var out string
+			out, err = l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k.String()+"}")
+			if err == nil {
+				err = json.Unmarshal([]byte(out), &rec)
+			}
+			chain = chain[:0]
+			for _, h := range rec.Hops {
+				chain = append(chain, h.Service)
+			}
+			return err == nil && slices.Equal(chain, tc.want) && rec.Hops[len(rec.Hops)-1].Primary == secondary
+		}) {
+			t.Errorf("Redis holds %+v (%v) as the hops of %s; want services %v, with %s as dlp's primary", rec.Hops, err, k, tc.want, secondary)
 		}
 	}
 	// An operator lists red's sessions: red's flow, not blue's on the
