@@ -34,12 +34,7 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 	}
 	before := slices.Clone(n.ct.conns)
 	n.run(t)
-	v2, d := nextVersion(t, labVersion(t), func(p *steering.Published) (*steering.Published, error) {
-		q := p.Clone()
-		q.Down = []string{dead.Name}
-		return q, nil
-	})
-	n.store.publish(v2, d)
+	publishDown(t, n, dead.Name)
 	// Flows move after the node runs the version; the switch is logged
 	// once they have.
 	waitFor(t, "version 2 and its moves", func() bool { return strings.Contains(n.logs.String(), "version=2 from=1") })
@@ -80,6 +75,18 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 	}
 }
 
+// publishDown publishes to n, as version 2 of the lab's map, instance
+// name marked down.
+func publishDown(t *testing.T, n *fakeNode, name string) {
+	t.Helper()
+	v2, d := nextVersion(t, labVersion(t), func(p *steering.Published) (*steering.Published, error) {
+		q := p.Clone()
+		q.Down = []string{name}
+		return q, nil
+	})
+	n.store.publish(v2, d)
+}
+
 // TestRepinHandsForwarderSessionsOver: when a dlp instance (a forwarder)
 // dies, the firewall in front of it, which steers the flow's original
 // direction to it, moves the flow to the new primary and writes the
@@ -96,12 +103,7 @@ func TestRepinHandsForwarderSessionsOver(t *testing.T) {
 	}
 	n.ct.conns = []rules.Conn{{Flow: p.Flow, Mark: res.Mark & rules.HopMask}}
 	n.run(t)
-	v2, d := nextVersion(t, labVersion(t), func(p *steering.Published) (*steering.Published, error) {
-		q := p.Clone()
-		q.Down = []string{dead.Name}
-		return q, nil
-	})
-	n.store.publish(v2, d)
+	publishDown(t, n, dead.Name)
 	flow := sessions.KeyOf(&p.Flow).String()
 	var got []sessions.Named
 	waitFor(t, "the takeover written", func() bool {

@@ -187,15 +187,7 @@ func TestForwarderFailoverHandsSessionsOver(t *testing.T) {
 	tab := labmap.Table(t)
 	p, s := tab.RolesFor(0, tab.SlotOf(steering.AffinityCode(&f))) // services: dlp, fw
 	primary, secondary := p.Name, s.Name
-	if err := l.Count(secondary, "flowafter", fmt.Sprintf("ip saddr %s tcp sport %d", f.Src, f.SrcPort)); err != nil {
-		t.Fatal(err)
-	}
-	killed := make(chan struct{})
-	go func() {
-		time.Sleep(1500 * time.Millisecond)
-		cutOff(t, l, primary)
-		close(killed)
-	}()
+	killed := cutOffSoon(t, l, f, primary, secondary)
 	res := slowTransfer(t, l, local, failoverServer, 16<<20, 2*time.Millisecond, 15*time.Second)
 	<-killed
 	if res.Err != nil {
@@ -244,11 +236,11 @@ func runFailover(t *testing.T, agentArgs ...string) (lab.Transfer, *lab.Lab, str
 	return runFailoverIn(t, redisLab(t, agentArgs...))
 }
 
-// runFailoverIn is runFailover in a lab whose agents and controller run.
-func runFailoverIn(t *testing.T, l *lab.Lab) (lab.Transfer, *lab.Lab, string, string, udpResult) {
-	f := flowOf(t, 6, failoverLocal, failoverServer)
-	primary, secondary := primaryFW(t, f)
-	t.Logf("flow %v: primary firewall %s, secondary %s", sessions.KeyOf(&f), primary, secondary)
+// cutOffSoon counts f's packets on secondary (counter "flowafter") and
+// cuts primary off 1.5 s from now, in the middle of what the test then
+// sends; the channel closes once it has.
+func cutOffSoon(t *testing.T, l *lab.Lab, f steering.Flow, primary, secondary string) <-chan struct{} {
+	t.Helper()
 	if err := l.Count(secondary, "flowafter", fmt.Sprintf("ip saddr %s tcp sport %d", f.Src, f.SrcPort)); err != nil {
 		t.Fatal(err)
 	}
@@ -258,6 +250,15 @@ func runFailoverIn(t *testing.T, l *lab.Lab) (lab.Transfer, *lab.Lab, string, st
 		cutOff(t, l, primary)
 		close(killed)
 	}()
+	return killed
+}
+
+// runFailoverIn is runFailover in a lab whose agents and controller run.
+func runFailoverIn(t *testing.T, l *lab.Lab) (lab.Transfer, *lab.Lab, string, string, udpResult) {
+	f := flowOf(t, 6, failoverLocal, failoverServer)
+	primary, secondary := primaryFW(t, f)
+	t.Logf("flow %v: primary firewall %s, secondary %s", sessions.KeyOf(&f), primary, secondary)
+	killed := cutOffSoon(t, l, f, primary, secondary)
 	stopUDP := make(chan struct{})
 	udpDone := make(chan udpResult, 1)
 	// A UDP flow on the same primary, so the kill hits both.
