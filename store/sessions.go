@@ -436,8 +436,11 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		if hop < 0 || hop >= len(h) {
 			return
 		}
-		// The record was rewritten before this pipeline (retakeOps).
-		if b.service != "" {
+		// The record was rewritten before this pipeline (retakeOps). A
+		// firewall's secondary that took its own hop over writes the
+		// verdict it carries; a node that hands over another hop (a dead
+		// forwarder's, from the node in front of it) writes no state.
+		if b.service != "" && h[hop].Service == b.service {
 			pipe.HSet(ctx, stKeyS, "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
 		}
 		b.idx.flush(ctx, pipe) // what was added before goes before the removal

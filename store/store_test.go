@@ -479,6 +479,26 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("the node in front hands a dead forwarder's hop over, writing no state", func(t *testing.T) {
+			a, rec, _ := admitted(t, 40450)
+			dead, _ := tab.InstanceByName(rec.Hops[1].Primary)
+			next, _ := tab.InstanceByName(rec.Hops[1].Secondary)
+			moved := a
+			moved.Pins[1] = next.ID
+			moved.Rule = 3 // a state this writer must not write: the hop is not its own
+			write(t, fwSide, sessions.Op{Kind: sessions.OpTakeover, Hop: 1, From: dead.ID, Session: moved})
+			got := get(t, a.Key)
+			if got.Hops[1].Primary != next.Name || got.Hops[0] != rec.Hops[0] {
+				t.Errorf("hops after the handover: %+v; want %s as dlp's primary and fw's hop unchanged (%+v)", got.Hops, next.Name, rec.Hops[0])
+			}
+			if diff := cmp.Diff(rec.State, got.State); diff != "" {
+				t.Errorf("state after another hop's handover (-want +got):\n%s", diff)
+			}
+			if !indexed(t, next.Name, store.RolePrimary, rec.Flow) {
+				t.Errorf("%s's primary index lacks the session it took over", next.Name)
+			}
+		})
+
 		t.Run("a malformed entry is reported with its key, not half-read", func(t *testing.T) {
 			c := store.ClientOf(s)
 			good := acmeSession(tab, 40500)
