@@ -25,6 +25,10 @@ import (
 // still holding it), so that listings, drains and nodes that join the
 // flow later name the instance that carries it. A firewall's new primary
 // writes its own takeover, with the verdict it read.
+//
+// Those takeovers are one script each, and a node may move many flows at
+// once: they are queued with [sessions.Mirror.EnqueueLater], so that they
+// cannot overflow the queue the packet path writes into.
 func (a *Agent) repin(old, t *steering.Table) int {
 	if a.ct == nil {
 		return 0
@@ -114,9 +118,9 @@ func (a *Agent) repin(old, t *steering.Table) int {
 		})
 	}
 	if a.mirror != nil {
-		for _, op := range takeovers {
-			a.mirror.Enqueue(op)
-		}
+		// Off the packet path, and as many as the node had flows on the
+		// dead instance: written in the room new flows leave.
+		a.mirror.EnqueueLater(takeovers)
 	}
 	a.Counters.Repinned.Add(uint64(n))
 	return n

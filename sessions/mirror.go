@@ -3,6 +3,7 @@ package sessions
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -164,6 +165,12 @@ type Mirror struct {
 	tenants tenantNames
 	resync  atomic.Bool // set when something was lost: rewrite all on recovery
 	Stats   MirrorStats
+
+	laterMu sync.Mutex // guards later
+	later   []Op       // EnqueueLater's, written in the batches' spare room
+	// wake holds a token while later may hold operations, so that an idle
+	// Run takes them at once.
+	wake chan struct{}
 }
 
 // NewMirror returns a mirror writing through w. Run it with [Mirror.Run].
@@ -180,7 +187,7 @@ func NewMirror(w Writer, cfg MirrorConfig) *Mirror {
 	if cfg.Linger == 0 {
 		cfg.Linger = 10 * time.Millisecond
 	}
-	return &Mirror{cfg: cfg, w: w, ops: make(chan queued, cfg.Queue)}
+	return &Mirror{cfg: cfg, w: w, ops: make(chan queued, cfg.Queue), wake: make(chan struct{}, 1)}
 }
 
 // Enqueue queues op without blocking; it reports false, and counts a drop,
@@ -199,6 +206,41 @@ func (m *Mirror) Enqueue(op Op) bool {
 	}
 }
 
+// EnqueueLater queues ops for writing in the room the packet path leaves
+// in each batch: a burst off the packet path (the takeovers of every flow
+// a failover moves) is written as fast as batches allow, without
+// overflowing the bounded queue [Mirror.Enqueue] feeds or crowding out
+// what it holds. It never blocks and drops nothing. It is safe for
+// concurrent use.
+func (m *Mirror) EnqueueLater(ops []Op) {
+	if len(ops) == 0 {
+		return
+	}
+	m.laterMu.Lock()
+	m.later = append(m.later, ops...)
+	m.laterMu.Unlock()
+	m.Stats.Queued.Add(uint64(len(ops)))
+	m.Stats.Depth.Add(int64(len(ops)))
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeLater fills batch up to its capacity with EnqueueLater's
+// operations, oldest first, and reports whether some are left.
+func (m *Mirror) takeLater(batch []Op) ([]Op, bool) {
+	m.laterMu.Lock()
+	defer m.laterMu.Unlock()
+	n := min(cap(batch)-len(batch), len(m.later))
+	batch = append(batch, m.later[:n]...)
+	m.later = m.later[n:]
+	if len(m.later) == 0 {
+		m.later = nil // let the burst's array go
+	}
+	return batch, m.later != nil
+}
+
 // Resync asks for every session to be written again, as after Redis lost
 // its data.
 func (m *Mirror) Resync() { m.resync.Store(true) }
@@ -213,16 +255,24 @@ func (m *Mirror) Run(ctx context.Context) error {
 	idle := time.NewTimer(time.Second)
 	defer idle.Stop()
 	var lastDropLog uint64
+	more := false // EnqueueLater's operations are left: do not wait
 	for {
 		batch = batch[:0]
-		idle.Reset(time.Second)
-		select {
-		case <-ctx.Done():
-			return nil
-		case q := <-m.ops:
-			batch = append(batch, m.tenants.unpack(&q))
-		case <-idle.C:
-			// Idle: a pending resync still has to happen.
+		if more {
+			if ctx.Err() != nil {
+				return nil
+			}
+		} else {
+			idle.Reset(time.Second)
+			select {
+			case <-ctx.Done():
+				return nil
+			case q := <-m.ops:
+				batch = append(batch, m.tenants.unpack(&q))
+			case <-m.wake:
+			case <-idle.C:
+				// Idle: a pending resync still has to happen.
+			}
 		}
 		// Linger by sleeping, not by taking operations as they come: a
 		// receive that finds this goroutine parked wakes it, which on a
@@ -247,6 +297,7 @@ func (m *Mirror) Run(ctx context.Context) error {
 				break fill
 			}
 		}
+		batch, more = m.takeLater(batch)
 		m.Stats.Depth.Add(-int64(len(batch)))
 		if !m.write(ctx, batch) {
 			return nil

@@ -229,3 +229,59 @@ func TestMirrorCountsRefused(t *testing.T) {
 		t.Errorf("%d failures counted for refusals; a refusal is not a failure", m.Stats.Failures.Load())
 	}
 }
+
+// A burst queued with EnqueueLater, ten times the queue, is written whole
+// while Redis is down for a while and then back, and costs the packet
+// path's queue no room: what Enqueue queues meanwhile is not dropped, and
+// a batch takes the packet path's operations first.
+func TestMirrorEnqueueLater(t *testing.T) {
+	w := &flakyWriter{down: true}
+	m := NewMirror(w, MirrorConfig{Queue: 10, Batch: 4, Linger: -1})
+	var burst []Op
+	for i := range 100 {
+		burst = append(burst, Op{Kind: OpTakeover, Session: Session{Code: uint32(1000 + i)}})
+	}
+	m.EnqueueLater(burst)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := range 8 {
+		if !m.Enqueue(Op{Kind: OpCreate, Session: Session{Code: uint32(i)}}) {
+			t.Fatalf("Enqueue %d dropped with the burst waiting", i)
+		}
+	}
+	w.set(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for w.count() < 108 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 108 operations written", w.count())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	seen := map[uint32]int{}
+	for _, op := range w.written {
+		seen[op.Session.Code]++
+	}
+	// The batch in hand when Redis came back went first; the 8 creates
+	// were queued behind it and must all have gone before the burst's
+	// last operation.
+	last := 0
+	for i, op := range w.written {
+		if op.Kind == OpCreate {
+			last = i
+		}
+	}
+	switch {
+	case len(seen) != 108:
+		t.Errorf("%d distinct operations written, want 108", len(seen))
+	case m.Stats.Dropped.Load() != 0:
+		t.Errorf("%d operations dropped", m.Stats.Dropped.Load())
+	case last > 16:
+		t.Errorf("the last create was written %dth; want the creates ahead of the burst", last+1)
+	case m.Stats.Depth.Load() != 0:
+		t.Errorf("depth %d after everything was written", m.Stats.Depth.Load())
+	}
+}
