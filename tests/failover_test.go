@@ -133,8 +133,15 @@ func flowOf(t *testing.T, proto uint8, local, remote string) steering.Flow {
 // its secondary, on the firewall map.
 func primaryFW(t *testing.T, f steering.Flow) (primary, secondary string) {
 	t.Helper()
+	return rolesOf(t, "fw", f)
+}
+
+// rolesOf finds the instances of service holding flow f's primary and
+// secondary roles on the firewall map.
+func rolesOf(t *testing.T, service string, f steering.Flow) (primary, secondary string) {
+	t.Helper()
 	tab := labmap.Table(t)
-	p, s := tab.RolesFor(1, tab.SlotOf(steering.AffinityCode(&f))) // services: dlp, fw
+	p, s := tab.RolesFor(tab.ServiceByName(service), tab.SlotOf(steering.AffinityCode(&f)))
 	return p.Name, s.Name
 }
 
@@ -184,9 +191,7 @@ func TestForwarderFailoverHandsSessionsOver(t *testing.T) {
 	l := redisLab(t)
 	const local = "10.10.1.2:40788"
 	f := flowOf(t, 6, local, failoverServer)
-	tab := labmap.Table(t)
-	p, s := tab.RolesFor(0, tab.SlotOf(steering.AffinityCode(&f))) // services: dlp, fw
-	primary, secondary := p.Name, s.Name
+	primary, secondary := rolesOf(t, "dlp", f)
 	killed := cutOffSoon(t, l, f, primary, secondary)
 	res := slowTransfer(t, l, local, failoverServer, 16<<20, 2*time.Millisecond, 15*time.Second)
 	<-killed
