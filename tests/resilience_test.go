@@ -256,6 +256,13 @@ func TestLongFlowsRefreshedWhenLifeRunsLow(t *testing.T) {
 	for i := range 16 {
 		held = append(held, holdConn(t, l, fmt.Sprintf("10.10.1.2:%d", 40721+i), fmt.Sprintf("10.99.0.2:%d", 8021+i)))
 	}
+	// The mirror writes in batches, after the packet path: the watch
+	// starts once every session has been written.
+	for _, h := range held {
+		if !waitFor(3*time.Second, func() bool { return redisHas(l, h.flow) }) {
+			t.Fatalf("session %s not in Redis 3s after its connection opened", h.flow)
+		}
+	}
 	var script strings.Builder
 	for _, h := range held {
 		fmt.Fprintf(&script, "PTTL nfsteer:s:{%s}\n", h.flow)
