@@ -202,16 +202,18 @@ func TestForwarderFailoverHandsSessionsOver(t *testing.T) {
 		t.Errorf("secondary %s counted %d packets of the flow after the kill (%v); want it to carry the rest", secondary, n, err)
 	}
 	k := sessions.KeyOf(&f).String()
+	// The takeover rewrites the record, then indexes it in the next
+	// pipeline: both are awaited.
 	var rec struct{ Hops []sessions.Hop }
+	var index string
 	if !waitFor(3*time.Second, func() bool {
 		out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k+"}")
-		return err == nil && json.Unmarshal([]byte(out), &rec) == nil && len(rec.Hops) == 2 && rec.Hops[1].Primary == secondary
+		index, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
+		return err == nil && json.Unmarshal([]byte(out), &rec) == nil && len(rec.Hops) == 2 && rec.Hops[1].Primary == secondary &&
+			strings.Contains(index, k)
 	}) {
-		t.Errorf("Redis holds %+v as the flow's hops; want %s as dlp's primary, not the dead %s", rec.Hops, secondary, primary)
-	}
-	out, _ := l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
-	if !strings.Contains(out, k) {
-		t.Errorf("index of %s as primary holds %q, want the flow %s", secondary, out, k)
+		t.Errorf("Redis holds %+v as the flow's hops, and %q in the index of %s as primary; want %s as dlp's primary, not the dead %s, and the flow %s indexed",
+			rec.Hops, index, secondary, secondary, primary, k)
 	}
 	t.Logf("dlp %s died mid-transfer; %s carried the rest (longest pause %v) and holds the session in Redis", primary, secondary, res.MaxGap.Round(time.Millisecond))
 }
