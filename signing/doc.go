@@ -18,7 +18,9 @@
 // Session records mirrored to Redis carry a MAC under a key the whole
 // fleet shares ([SessionKey], HMAC-SHA256): a record no holder of the key
 // wrote cannot point a flow at another instance, nor admit a flow no
-// firewall admitted.
+// firewall admitted. A node holds [SessionKeys]: the key it seals with,
+// and others whose seals it trusts, so that a fleet starts sealing, or
+// changes its key, one node at a time.
 //
 // The package touches no kernel state and needs no privilege; it reads
 // and writes key files only when asked to.

@@ -14,8 +14,9 @@ import (
 // SessionKeySize is the size of a session key, in bytes.
 const SessionKeySize = 32
 
-// macSize is the size of a session MAC: HMAC-SHA256 cut to 128 bits.
-const macSize = 16
+// SessionMACSize is the size of a session MAC: HMAC-SHA256 cut to 128
+// bits.
+const SessionMACSize = 16
 
 // SessionKey is the fleet's key for the MACs on mirrored session records,
 // which every node that writes or takes over sessions shares: a record in
@@ -41,12 +42,12 @@ func (k *SessionKey) MAC(parts ...string) []byte {
 		h.Write(n[:])
 		h.Write([]byte(p))
 	}
-	return h.Sum(nil)[:macSize]
+	return h.Sum(nil)[:SessionMACSize]
 }
 
 // Check reports whether mac is the MAC of parts.
 func (k *SessionKey) Check(mac []byte, parts ...string) bool {
-	return len(mac) == macSize && hmac.Equal(mac, k.MAC(parts...))
+	return len(mac) == SessionMACSize && hmac.Equal(mac, k.MAC(parts...))
 }
 
 // ParseSessionKey decodes a session key file: the key in hex, alone on
@@ -80,4 +81,71 @@ func GenerateSessionKey(out string) error {
 		return fmt.Errorf("generating a session key: %w", err)
 	}
 	return writeNew(out, []byte(hex.EncodeToString(k)+"\n"), 0o600) // O_EXCL: never over a file
+}
+
+// ID names k without revealing it: the first 8 bytes of its MAC of a
+// fixed label, in hex. Heartbeats carry it, so that an operator can tell
+// which keys each node seals with and trusts.
+func (k *SessionKey) ID() string { return hex.EncodeToString(k.MAC("nfsteer session key id")[:8]) }
+
+// SessionKeys are the session keys of a node: the one it seals what it
+// writes with, and those whose seals it trusts besides, so that a fleet
+// can start sealing, or change keys, one node at a time without a node
+// refusing another's records (a failover between them would break the
+// flow). The zero value seals nothing and checks nothing.
+type SessionKeys struct {
+	// Seal seals what the node writes (nil: nothing).
+	Seal *SessionKey
+	// Accept are keys whose seals are trusted too: the next key while it
+	// is given to every node, the previous one while records it sealed
+	// may still be read.
+	Accept []*SessionKey
+	// Unsealed trusts records without a MAC too, while a fleet starts
+	// sealing. Without Seal, unsealed records are trusted anyway: the
+	// node writes them itself.
+	Unsealed bool
+}
+
+// Checks reports whether the node checks the seals of what it reads:
+// it holds a key. A node that holds none reads records as they are, and
+// cannot read a sealed function state.
+func (ks SessionKeys) Checks() bool { return ks.Seal != nil || len(ks.Accept) > 0 }
+
+// TrustsUnsealed reports whether records without a MAC are trusted.
+func (ks SessionKeys) TrustsUnsealed() bool { return ks.Seal == nil || ks.Unsealed }
+
+// Trusted returns the keys whose seals are trusted, the sealing key
+// first, each once.
+func (ks SessionKeys) Trusted() []*SessionKey {
+	var out []*SessionKey
+	seen := map[string]bool{}
+	for _, k := range append([]*SessionKey{ks.Seal}, ks.Accept...) {
+		if k != nil && !seen[k.ID()] {
+			seen[k.ID()] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// IDs returns the IDs of the Trusted keys.
+func (ks SessionKeys) IDs() []string {
+	var ids []string
+	for _, k := range ks.Trusted() {
+		ids = append(ids, k.ID())
+	}
+	return ids
+}
+
+// Check reports whether mac is the MAC of parts under a trusted key.
+func (ks SessionKeys) Check(mac []byte, parts ...string) bool {
+	if ks.Seal != nil && ks.Seal.Check(mac, parts...) {
+		return true
+	}
+	for _, k := range ks.Accept {
+		if k.Check(mac, parts...) {
+			return true
+		}
+	}
+	return false
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -39,11 +40,45 @@ type Report struct {
 	RTTUS       int64  `json:"rtt_us"`
 	MirrorDepth int64  `json:"mirror_depth"`
 	MirrorDrops uint64 `json:"mirror_drops"`
-	// Sealed says the node seals the session records it writes and
-	// refuses unsealed ones (--session-key); ChecksMaps, that it refuses
-	// maps no key it trusts signed (--trust-key).
-	Sealed     bool `json:"sealed,omitempty"`
-	ChecksMaps bool `json:"checks_maps,omitempty"`
+	// Sealed says the node seals the session records it writes
+	// (--session-key), SealKey with which key (signing.SessionKey.ID),
+	// Trusts whose seals it trusts, and TrustsUnsealed whether it trusts
+	// records without one (see SetSessionKeys). ChecksMaps says it
+	// refuses maps no key it trusts signed (--trust-key).
+	Sealed         bool     `json:"sealed,omitempty"`
+	SealKey        string   `json:"seal_key,omitempty"`
+	Trusts         []string `json:"trusts,omitempty"`
+	TrustsUnsealed bool     `json:"trusts_unsealed,omitempty"`
+	ChecksMaps     bool     `json:"checks_maps,omitempty"`
+}
+
+// SetSessionKeys says in r what the node seals its session records with
+// and which it trusts.
+func (r *Report) SetSessionKeys(ks signing.SessionKeys) {
+	r.Sealed, r.SealKey, r.Trusts, r.TrustsUnsealed = ks.Seal != nil, "", nil, ks.TrustsUnsealed()
+	if ks.Seal != nil {
+		r.SealKey = ks.Seal.ID()
+	}
+	r.Trusts = ks.IDs()
+}
+
+// Reads reports whether the node of r trusts the session records that
+// the node of w writes, so that w's flows can fail over to r's. A node
+// that holds no key reads records as they are, and cannot read a sealed
+// function state. A sealed report without a key name is an agent of an
+// earlier version, which sealed with the one fleet key and trusted only
+// it: two of them read each other, and nothing else is assumed.
+func (r *Report) Reads(w *Report) bool {
+	checksNothing := !r.Sealed && len(r.Trusts) == 0
+	switch {
+	case !w.Sealed:
+		return checksNothing || r.TrustsUnsealed
+	case checksNothing:
+		return false
+	case w.SealKey == "":
+		return r.Sealed && r.SealKey == ""
+	}
+	return slices.Contains(r.Trusts, w.SealKey)
 }
 
 // ReportEvery is how often an agent attaches its Report to a heartbeat.

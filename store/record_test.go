@@ -11,7 +11,9 @@ import (
 // FuzzDecodeRecord: a session's record as Redis holds it (written by any
 // version of nfsteer, or by hand) never panics the reader; what it accepts
 // is valid and reads the same after being written back, unsealed and
-// sealed; a sealed one with a byte changed is refused.
+// sealed; a sealed one reads the same where its key is accepted, and an
+// unsealed one where unsealed records are; a sealed one with a byte
+// changed is refused.
 func FuzzDecodeRecord(f *testing.F) {
 	f.Add(`{"flow":"tcp/10.10.1.2:40000/10.99.0.2:5201","tenant":"acme","code":7,"slot":7,"version":3,"created":1700000000000,"hops":[{"service":"fw","primary":"fw-1","secondary":"fw-2"}]}`, "1700000000500", `{"verdict":"allow","rule":0,"takeover":false}`)
 	f.Add(`{"flow":"x","hops":[]}`, "", "")
@@ -21,7 +23,13 @@ func FuzzDecodeRecord(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	plain, sealed := &Store{}, &Store{sessionKey: key}
+	next, err := signing.NewSessionKey(append(make([]byte, signing.SessionKeySize-1), 1))
+	if err != nil {
+		f.Fatal(err)
+	}
+	plain, sealed := &Store{}, &Store{sessionKeys: signing.SessionKeys{Seal: key}}
+	rotated := &Store{sessionKeys: signing.SessionKeys{Seal: next, Accept: []*signing.SessionKey{key}}}
+	starting := &Store{sessionKeys: signing.SessionKeys{Seal: key, Unsealed: true}}
 	f.Fuzz(func(t *testing.T, record, updated, state string) {
 		var probe struct{ Flow string }
 		json.Unmarshal([]byte(record), &probe)
@@ -45,6 +53,18 @@ func FuzzDecodeRecord(f *testing.F) {
 		if diff := cmp.Diff(r, again); diff != "" {
 			t.Errorf("record written back (-first +again):\n%s", diff)
 		}
+		if state == "" || state[0] == '{' {
+			// What nfsteer writes (a state is JSON), unsealed, read by a
+			// node that accepts unsealed records while the fleet starts
+			// sealing.
+			got, err := starting.decodeRecord(flow, string(b), map[string]string{"updated": updated, "st:fw": state})
+			if err != nil {
+				t.Fatalf("an unsealed record is refused where unsealed ones are accepted: %v", err)
+			}
+			if diff := cmp.Diff(r, got); diff != "" {
+				t.Errorf("unsealed record read where accepted (-first +got):\n%s", diff)
+			}
+		}
 		sb := sealed.sealRecord(flow, b)
 		fields := map[string]string{"updated": updated, "st:fw": sealed.sealState(flow, "fw", state)}
 		if state == "" {
@@ -60,6 +80,16 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 		if diff := cmp.Diff(r, got); diff != "" {
 			t.Errorf("sealed record (-first +sealed):\n%s", diff)
+		}
+		got, err = rotated.decodeRecord(flow, string(sb), fields)
+		if err != nil {
+			t.Fatalf("a sealed record does not decode where its key is accepted: %v\n%s", err, sb)
+		}
+		if diff := cmp.Diff(r, got); diff != "" {
+			t.Errorf("sealed record read where its key is accepted (-first +got):\n%s", diff)
+		}
+		if _, err := (&Store{sessionKeys: signing.SessionKeys{Seal: next}}).decodeRecord(flow, string(sb), fields); err == nil {
+			t.Errorf("a record sealed with another key was accepted: %s", sb)
 		}
 		changed := []byte(string(sb))
 		changed[len(changed)-2] ^= 1

@@ -5,17 +5,17 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/nfsteer/nfsteer/signing"
 )
 
-// Sealed records. With a session key (Store.SealSessions), a session's
+// Sealed records. With a sealing key (Store.SealSessions), a session's
 // record is stored as {"mac":"MAC",...}: MAC is the key's MAC of the flow
 // and the record's JSON without it ({...}), so the record stays JSON and
 // its end (the roles) is the same as unsealed. A function's state is
 // stored as "MAC.STATE", its MAC over the flow, the service and the state.
-// A reader with the key trusts neither without its MAC.
+// A reader that holds keys trusts neither without the MAC of one of them,
+// unless it trusts unsealed records (signing.SessionKeys).
 
 // macPrefix starts a sealed record.
 const macPrefix = `{"mac":"`
@@ -23,21 +23,23 @@ const macPrefix = `{"mac":"`
 var (
 	// errUnsealed: the store has a session key, and the entry has no MAC.
 	errUnsealed = errors.New("no MAC (written without the fleet's session key)")
-	// errBadMAC: the entry's MAC is not the key's over its content.
-	errBadMAC = errors.New("MAC does not match (not written with the fleet's session key, or changed since)")
+	// errBadMAC: the entry's MAC is no trusted key's over its content.
+	errBadMAC = errors.New("MAC does not match (not written with a session key this node trusts, or changed since)")
 )
 
 // SealSessions makes s seal the session records and function states it
-// writes with k, and refuse, as malformed, those it reads that k did not
-// seal (nil: neither). Call it before s is used.
-func (s *Store) SealSessions(k *signing.SessionKey) { s.sessionKey = k }
+// writes with ks.Seal, and refuse, as malformed, those it reads that no
+// key of ks sealed, unless ks trusts unsealed ones and they carry no MAC.
+// The zero SessionKeys seals and checks nothing. Call it before s is used.
+func (s *Store) SealSessions(ks signing.SessionKeys) { s.sessionKeys = ks }
 
 // sealRecord seals record m, the JSON of a meta, for flow.
 func (s *Store) sealRecord(flow string, m []byte) []byte {
-	if s.sessionKey == nil {
+	k := s.sessionKeys.Seal
+	if k == nil {
 		return m
 	}
-	mac := base64.RawStdEncoding.EncodeToString(s.sessionKey.MAC("record", flow, string(m)))
+	mac := base64.RawStdEncoding.EncodeToString(k.MAC("record", flow, string(m)))
 	out := make([]byte, 0, len(macPrefix)+len(mac)+2+len(m))
 	out = append(out, macPrefix...)
 	out = append(out, mac...)
@@ -46,13 +48,17 @@ func (s *Store) sealRecord(flow string, m []byte) []byte {
 }
 
 // openRecord checks a stored record of flow and returns its JSON without
-// the MAC. Without a session key it returns b as it is.
+// the MAC. A store that holds no key returns b as it is.
 func (s *Store) openRecord(flow string, b []byte) ([]byte, error) {
-	if s.sessionKey == nil {
+	ks := &s.sessionKeys
+	if !ks.Checks() {
 		return b, nil
 	}
 	rest, ok := bytes.CutPrefix(b, []byte(macPrefix))
 	if !ok {
+		if ks.TrustsUnsealed() {
+			return b, nil
+		}
 		return nil, errUnsealed
 	}
 	enc, m, ok := bytes.Cut(rest, []byte(`",`))
@@ -64,7 +70,7 @@ func (s *Store) openRecord(flow string, b []byte) ([]byte, error) {
 		return nil, errBadMAC
 	}
 	m = append([]byte{'{'}, m...)
-	if !s.sessionKey.Check(mac, "record", flow, string(m)) {
+	if !ks.Check(mac, "record", flow, string(m)) {
 		return nil, errBadMAC
 	}
 	return m, nil
@@ -72,23 +78,34 @@ func (s *Store) openRecord(flow string, b []byte) ([]byte, error) {
 
 // sealState seals service's state of flow.
 func (s *Store) sealState(flow, service, state string) string {
-	if s.sessionKey == nil {
+	k := s.sessionKeys.Seal
+	if k == nil {
 		return state
 	}
-	return base64.RawStdEncoding.EncodeToString(s.sessionKey.MAC("state", flow, service, state)) + "." + state
+	return base64.RawStdEncoding.EncodeToString(k.MAC("state", flow, service, state)) + "." + state
 }
+
+// sealedStateMAC is the length of a sealed state's MAC, in base64, before
+// its ".".
+var sealedStateMAC = base64.RawStdEncoding.EncodedLen(signing.SessionMACSize)
 
 // openState checks a stored state of service for flow and returns it.
 func (s *Store) openState(flow, service, v string) (string, error) {
-	if s.sessionKey == nil {
+	ks := &s.sessionKeys
+	if !ks.Checks() {
 		return v, nil
 	}
-	enc, state, ok := strings.Cut(v, ".")
-	if !ok {
+	if len(v) <= sealedStateMAC || v[sealedStateMAC] != '.' {
+		// A state is JSON ({...}): without a MAC where a sealed one
+		// has it, it is unsealed.
+		if ks.TrustsUnsealed() {
+			return v, nil
+		}
 		return "", fmt.Errorf("state of %s: %w", service, errUnsealed)
 	}
+	enc, state := v[:sealedStateMAC], v[sealedStateMAC+1:]
 	mac, err := base64.RawStdEncoding.DecodeString(enc)
-	if err != nil || !s.sessionKey.Check(mac, "state", flow, service, state) {
+	if err != nil || !ks.Check(mac, "state", flow, service, state) {
 		return "", fmt.Errorf("state of %s: %w", service, errBadMAC)
 	}
 	return state, nil

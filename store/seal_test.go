@@ -37,8 +37,8 @@ func TestSealedSessions(t *testing.T) {
 	url := redislab.Start(t, redislab.Options{}).URL
 	fleet := newSessionKey(t)
 	s, other := open(t, url), open(t, url)
-	s.SealSessions(fleet)
-	other.SealSessions(newSessionKey(t))
+	s.SealSessions(signing.SessionKeys{Seal: fleet})
+	other.SealSessions(signing.SessionKeys{Seal: newSessionKey(t)})
 	c := store.ClientOf(s)
 	tab := labTable(t)
 	gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
@@ -149,6 +149,76 @@ func TestSealedSessions(t *testing.T) {
 	// Another key's records are no better than unsealed ones.
 	if _, err := other.NewSessions("", time.Minute).Get(ctx, a.Key); !errors.Is(err, store.ErrMalformed) {
 		t.Errorf("Get under another key: %v; want ErrMalformed", err)
+	}
+}
+
+// TestSessionKeyRotation: a fleet starts sealing, and changes its key,
+// one node at a time. At every step of the procedures README gives, any
+// two nodes of adjacent steps read each other's records and firewall
+// states, so that a failover between them keeps the flow; nodes a step
+// apart or more may not, and the table says which.
+func TestSessionKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	url := redislab.Start(t, redislab.Options{}).URL
+	tab := labTable(t)
+	k1, k2 := newSessionKey(t), newSessionKey(t)
+	keys := map[string]signing.SessionKeys{
+		// Starting to seal: accept the key, then seal with it while
+		// still accepting unsealed records, then seal only.
+		"none":                {},
+		"accept k1":           {Accept: []*signing.SessionKey{k1}},
+		"seal k1 + unsealed":  {Seal: k1, Unsealed: true},
+		"seal k1":             {Seal: k1},
+		"seal k1 + accept k2": {Seal: k1, Accept: []*signing.SessionKey{k2}},
+		"seal k2 + accept k1": {Seal: k2, Accept: []*signing.SessionKey{k1}},
+		"seal k2":             {Seal: k2},
+	}
+	for i, tc := range []struct {
+		writer, reader string
+		ok             bool
+	}{
+		// Adjacent steps, both ways.
+		{"none", "accept k1", true},
+		{"accept k1", "none", true},
+		{"accept k1", "seal k1 + unsealed", true},
+		{"seal k1 + unsealed", "accept k1", true},
+		{"seal k1 + unsealed", "seal k1", true},
+		{"seal k1", "seal k1 + unsealed", true},
+		{"seal k1", "seal k1 + accept k2", true},
+		{"seal k1 + accept k2", "seal k2 + accept k1", true},
+		{"seal k2 + accept k1", "seal k1 + accept k2", true},
+		{"seal k2 + accept k1", "seal k2", true},
+		{"seal k2", "seal k2 + accept k1", true},
+		// A step skipped.
+		{"seal k1 + unsealed", "none", false}, // cannot read a sealed state
+		{"none", "seal k1", false},
+		{"accept k1", "seal k1", false},
+		{"seal k1", "seal k2 + accept k1", true},
+		{"seal k2 + accept k1", "seal k1", false},
+		{"seal k1", "seal k2", false},
+	} {
+		t.Run(tc.writer+" to "+tc.reader, func(t *testing.T) {
+			w, r := open(t, url), open(t, url)
+			w.SealSessions(keys[tc.writer])
+			r.SealSessions(keys[tc.reader])
+			a := acmeSession(tab, uint16(43000+i))
+			a.Rule = 0
+			for _, op := range []struct {
+				s    *store.Sessions
+				kind sessions.OpKind
+			}{{w.NewSessions("", time.Minute), sessions.OpCreate}, {w.NewSessions("fw", time.Minute), sessions.OpCreateState}} {
+				if _, err := op.s.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: op.kind, Session: a}})); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rec, err := r.NewSessions("", time.Minute).Get(ctx, a.Key)
+			if err == nil {
+				_, err = sessions.ParseFirewallState(rec.State["fw"])
+			}
+			if (err == nil) != tc.ok {
+				t.Errorf("reading a session written by %q with %q: %v; want readable %v", tc.writer, tc.reader, err, tc.ok)
+			}
+		})
 	}
 }
 

@@ -64,9 +64,9 @@ type Store struct {
 	// (SignWith, Trust), and only read after.
 	signer *signing.Signer
 	trust  *signing.Verifier
-	// sessionKey seals the session records this store writes and checks
+	// sessionKeys seal the session records this store writes and check
 	// those it reads (SealSessions); set before first use.
-	sessionKey *signing.SessionKey
+	sessionKeys signing.SessionKeys
 }
 
 // SignWith makes s sign every map version it publishes with signer (nil:
