@@ -203,7 +203,7 @@ const maxPendingLookups = 4096
 // Redis it takes the live map from there, falling back to the map file
 // when Redis is unreachable or holds none.
 func New(cfg Config, k rules.Kernel, ct rules.Conntrack) (*Agent, error) {
-	return newAgent(cfg, k, ct, func(url string) (Store, error) { return dialRedis(url, cfg.RedisTLS, cfg.Trust, cfg.SessionKey) })
+	return newAgent(cfg, k, ct, func(url string) (Store, error) { return dialRedis(url, cfg.RedisTLS, cfg.Trust, cfg.SessionKeys) })
 }
 
 // newAgent is New with the store that dial returns for cfg.RedisURL.
@@ -274,8 +274,14 @@ func (a *Agent) initialMap(dial func(string) (Store, error)) (*steering.Publishe
 		return nil, err
 	}
 	a.store = s
-	if a.cfg.SessionKey == nil && !a.cfg.NoMirror {
+	switch ks := a.cfg.SessionKeys; {
+	case a.cfg.NoMirror:
+	case ks.Seal == nil:
 		a.log.Warn("session records in Redis are not sealed: whoever can write to Redis can forge one a takeover follows (give --session-key)")
+	case ks.Unsealed:
+		a.log.Warn("unsealed session records are trusted (--session-accept-unsealed): only while the fleet starts sealing", "seal", ks.Seal.ID(), "trusted", ks.IDs())
+	default:
+		a.log.Info("session records are sealed", "seal", ks.Seal.ID(), "trusted", ks.IDs())
 	}
 	if a.cfg.Trust == nil {
 		a.log.Warn("maps from Redis are not authenticated: whoever can write to Redis can steer this node's traffic (give --trust-key)", "redis", s.Addr())

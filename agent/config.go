@@ -33,10 +33,10 @@ type Config struct {
 	RedisURL string
 	// RedisTLS names the files of a rediss:// RedisURL's connections.
 	RedisTLS store.TLSFiles
-	// SessionKey, if not nil, seals the session records the node writes,
-	// and the node trusts only records it sealed (see
-	// store.Store.SealSessions): a takeover never follows a forged one.
-	SessionKey *signing.SessionKey
+	// SessionKeys seal the session records the node writes, and the node
+	// trusts only records they seal (see store.Store.SealSessions): a
+	// takeover never follows a forged one. The zero value seals nothing.
+	SessionKeys signing.SessionKeys
 	// Trust, if not nil, holds the keys whose signature a map version from
 	// Redis must carry: any other version is refused, logged and counted,
 	// and the node keeps its last good map. Without it, maps from Redis

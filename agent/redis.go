@@ -152,7 +152,8 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 // heartbeat's round trip.
 func (a *Agent) report(rtt time.Duration) *store.Report {
 	r := &store.Report{Node: a.cfg.Node, MapVersion: a.state.Load().table.Version(), Sessions: a.flows.Len(),
-		Sealed: a.cfg.SessionKey != nil, ChecksMaps: a.cfg.Trust != nil}
+		ChecksMaps: a.cfg.Trust != nil}
+	r.SetSessionKeys(a.cfg.SessionKeys)
 	if a.mirror != nil {
 		r.MirrorDepth = a.mirror.Stats.Depth.Load()
 		r.MirrorDrops = a.mirror.Stats.Dropped.Load()

@@ -56,9 +56,9 @@ func (s redisStore) Sessions(service string, ttl time.Duration) SessionStore {
 
 // dialRedis returns the Store at a Redis URL, connecting with files for
 // a rediss:// URL, refusing map versions that no key trust holds signed
-// (nil: checking nothing), and sealing session records with sk (nil: not
+// (nil: checking nothing), and sealing session records with sk (zero: not
 // sealed). It does not connect yet.
-func dialRedis(url string, files store.TLSFiles, trust *signing.Verifier, sk *signing.SessionKey) (Store, error) {
+func dialRedis(url string, files store.TLSFiles, trust *signing.Verifier, sk signing.SessionKeys) (Store, error) {
 	s, err := store.Dial(url, store.WithTLS(files))
 	if err != nil {
 		return nil, err

@@ -39,12 +39,20 @@ func redisLabServer(t *testing.T, agentArgs ...string) (*lab.Lab, *redislab.Serv
 // agentArgs) and a controller.
 func startMesh(t *testing.T, l *lab.Lab, agentArgs ...string) *redislab.Server {
 	t.Helper()
+	return startMeshWith(t, l, func(string) []string { return agentArgs })
+}
+
+// startMeshWith is startMesh with each node's agent given args(node).
+func startMeshWith(t *testing.T, l *lab.Lab, args func(node string) []string) *redislab.Server {
+	t.Helper()
 	srv := l.StartRedis(t)
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
-	if err := l.StartAll(append([]string{"--redis", lab.RedisURL, "--refresh", "500ms"}, agentArgs...)...); err != nil {
-		t.Fatal(err)
+	for _, n := range append([]string{"gw"}, instanceNames()...) {
+		if _, err := l.StartAgent(n, append([]string{"--redis", lab.RedisURL, "--refresh", "500ms"}, args(n)...)...); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := l.StartController("controller"); err != nil {
 		t.Fatal(err)

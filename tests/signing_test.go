@@ -120,6 +120,52 @@ func TestFailoverWithSealedSessions(t *testing.T) {
 	}
 }
 
+// TestFailoverDuringKeyChange is the failover test in a fleet halfway
+// through changing its session key: the gateway and the flow's primary
+// firewall still seal with the old key and accept the new one, the
+// other nodes seal with the new key and accept the old one (README:
+// "Sealed session records"). The secondary trusts the primary's record
+// and takes the flow over, so the transfer survives byte-exact. With a
+// step skipped (the secondary already refusing the old key) it cannot,
+// and its firewall drops the flow mid-stream.
+func TestFailoverDuringKeyChange(t *testing.T) {
+	dir := t.TempDir()
+	oldKey, newKey := filepath.Join(dir, "old.key"), filepath.Join(dir, "new.key")
+	for _, k := range []string{oldKey, newKey} {
+		if out, err := exec.Command(bin, "key", "generate", "--session", "--out", k).CombinedOutput(); err != nil {
+			t.Fatalf("key generate --session: %v\n%s", err, out)
+		}
+	}
+	primary, secondary := primaryFW(t, flowOf(t, 6, failoverLocal, failoverServer))
+	for _, tc := range []struct {
+		name      string
+		secondary []string
+		survives  bool
+	}{
+		{"adjacent steps", []string{"--session-key", newKey, "--session-key-accept", oldKey}, true},
+		{"a step skipped", []string{"--session-key", newKey}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.NewWithMap(t, bin, labmap.Firewall)
+			startMeshWith(t, l, func(node string) []string {
+				switch node {
+				case "gw", primary:
+					return []string{"--session-key", oldKey, "--session-key-accept", newKey}
+				case secondary:
+					return tc.secondary
+				}
+				return []string{"--session-key", newKey, "--session-key-accept", oldKey}
+			})
+			res, _, _, _, _ := runFailoverIn(t, l)
+			if survived := res.Err == nil; survived != tc.survives {
+				t.Fatalf("from %s (sealing with the old key) to %s (%s): transfer error %v; want it to survive: %t",
+					primary, secondary, strings.Join(tc.secondary, " "), res.Err, tc.survives)
+			}
+			t.Logf("from %s to %s (%s): transfer error %v, as it must", primary, secondary, strings.Join(tc.secondary, " "), res.Err)
+		})
+	}
+}
+
 // TestFailoverWithSignedMaps is the failover test with every map signed:
 // the operator's key signs the applied map, the controller signs its own
 // failover with its own key, and the agents trust both. The agents take

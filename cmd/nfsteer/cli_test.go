@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
@@ -575,20 +577,50 @@ func TestCLIStatus(t *testing.T) {
 	if want := []store.Controller{{ID: "ctl-a", Active: true}, {ID: "ctl-b"}}; !cmp.Equal(want, st.Controllers, cmpopts.IgnoreFields(store.Controller{}, "AgeS")) {
 		t.Errorf("controllers %+v; want ctl-a active and ctl-b standing by", st.Controllers)
 	}
-	// Sealing: every agent or none is healthy; some is not, since a node
-	// with the key refuses the others' records.
+	// Sealing: healthy while every live agent trusts what every other
+	// writes, as at each step of starting to seal or changing keys;
+	// degraded, naming who refuses what, when a step is skipped.
+	k1, k2 := testSessionKey(t), testSessionKey(t)
+	id1, id2 := k1.ID(), k2.ID()
+	none, accept1 := signing.SessionKeys{}, signing.SessionKeys{Accept: []*signing.SessionKey{k1}}
+	start1, seal1 := signing.SessionKeys{Seal: k1, Unsealed: true}, signing.SessionKeys{Seal: k1}
+	seal1next2, seal2prev1 := signing.SessionKeys{Seal: k1, Accept: []*signing.SessionKey{k2}}, signing.SessionKeys{Seal: k2, Accept: []*signing.SessionKey{k1}}
+	nodes := []string{"dlp-1", "dlp-2", "fw-1", "fw-2", "gw"}
 	for _, tc := range []struct {
-		name   string
-		sealed []string
-		want   []string
+		name  string
+		keys  func(node string) signing.SessionKeys
+		want  []string
+		trust string // gw's TRUST column
 	}{
-		{"every agent seals", []string{"gw", "fw-1", "fw-2", "dlp-1", "dlp-2"}, nil},
-		{"two agents seal", []string{"fw-1", "gw"}, []string{"session records are sealed by fw-1, gw but not by dlp-1, dlp-2, fw-2: " +
-			"a node with the key refuses the records of nodes without it, so those flows cannot fail over to it (give every agent the same --session-key)"}},
+		{"every agent seals", func(string) signing.SessionKeys { return seal1 }, nil, "sessions sealed with " + id1 + ", signed maps"},
+		{"every agent seals nothing", func(string) signing.SessionKeys { return none }, nil, "signed maps"},
+		{"two agents seal", func(n string) signing.SessionKeys {
+			return map[bool]signing.SessionKeys{true: seal1, false: none}[n == "gw" || n == "fw-1"]
+		},
+			[]string{
+				`unsealed session records (written by dlp-1, dlp-2, fw-2) are refused by fw-1, gw, so those flows cannot fail over to them (README: "Sealed session records")`,
+				`session records sealed with key ` + id1 + ` (written by fw-1, gw) are refused by dlp-1, dlp-2, fw-2, so those flows cannot fail over to them (README: "Sealed session records")`,
+			}, "sessions sealed with " + id1 + ", signed maps"},
+		{"starting to seal: the key accepted, then sealing", func(n string) signing.SessionKeys {
+			return map[bool]signing.SessionKeys{true: start1, false: accept1}[n == "gw"]
+		}, nil, "sessions sealed with " + id1 + " (also trusts unsealed), signed maps"},
+		{"starting to seal: sealing, then unsealed refused", func(n string) signing.SessionKeys {
+			return map[bool]signing.SessionKeys{true: seal1, false: start1}[n == "gw"]
+		}, nil, "sessions sealed with " + id1 + ", signed maps"},
+		{"a key change half done", func(n string) signing.SessionKeys {
+			return map[bool]signing.SessionKeys{true: seal2prev1, false: seal1next2}[n == "gw" || n == "fw-2"]
+		}, nil, "sessions sealed with " + id2 + " (also trusts " + id1 + "), signed maps"},
+		{"a key change with a step skipped", func(n string) signing.SessionKeys {
+			return map[bool]signing.SessionKeys{true: {Seal: k2}, false: seal1}[n == "gw"]
+		}, []string{
+			`session records sealed with key ` + id1 + ` (written by dlp-1, dlp-2, fw-1, fw-2) are refused by gw, so those flows cannot fail over to them (README: "Sealed session records")`,
+			`session records sealed with key ` + id2 + ` (written by gw) are refused by dlp-1, dlp-2, fw-1, fw-2, so those flows cannot fail over to them (README: "Sealed session records")`,
+		}, "sessions sealed with " + id2 + ", signed maps"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, n := range []string{"gw", "fw-1", "fw-2", "dlp-1", "dlp-2"} {
-				rep := &store.Report{Node: n, MapVersion: liveVersion(t, s), Sealed: slices.Contains(tc.sealed, n), ChecksMaps: n == "gw"}
+			for _, n := range nodes {
+				rep := &store.Report{Node: n, MapVersion: liveVersion(t, s), ChecksMaps: n == "gw"}
+				rep.SetSessionKeys(tc.keys(n))
 				if err := s.Heartbeat(ctx, n, rep); err != nil {
 					t.Fatal(err)
 				}
@@ -601,16 +633,35 @@ func TestCLIStatus(t *testing.T) {
 				t.Errorf("exit %d; want %d", r.code, wantCode)
 			}
 			for _, a := range st.Agents {
-				if a.Report == nil || a.Report.Sealed != slices.Contains(tc.sealed, a.Node) || a.Report.ChecksMaps != (a.Node == "gw") {
-					t.Errorf("agent %s's report %+v; want sealed %t, checks_maps %t", a.Node, a.Report, slices.Contains(tc.sealed, a.Node), a.Node == "gw")
+				ks := tc.keys(a.Node)
+				if a.Report == nil || a.Report.Sealed != (ks.Seal != nil) || !slices.Equal(a.Report.Trusts, ks.IDs()) || a.Report.ChecksMaps != (a.Node == "gw") {
+					t.Errorf("agent %s's report %+v; want sealed %t, trusting %q, checks_maps %t", a.Node, a.Report, ks.Seal != nil, ks.IDs(), a.Node == "gw")
 				}
 			}
 			text := nfsteer(t, "status").stdout
-			if !strings.Contains(text, "TRUST") || !strings.Contains(text, "sealed sessions, signed maps") {
-				t.Errorf("status lacks the TRUST column or gw's \"sealed sessions, signed maps\":\n%s", text)
+			if !strings.Contains(text, "TRUST") || !strings.Contains(text, tc.trust) {
+				t.Errorf("status lacks the TRUST column or gw's %q:\n%s", tc.trust, text)
 			}
 		})
 	}
+	// An agent of an earlier version said only that it sealed, with the
+	// one fleet key: those agents read each other, and status does not
+	// guess about the others.
+	t.Run("agents of an earlier version", func(t *testing.T) {
+		for _, n := range nodes {
+			if err := s.Heartbeat(ctx, n, &store.Report{Node: n, MapVersion: liveVersion(t, s), Sealed: n != "gw"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, st := status()
+		want := []string{
+			`session records sealed by agents of an earlier version (written by dlp-1, dlp-2, fw-1, fw-2) are refused by gw, so those flows cannot fail over to them (README: "Sealed session records")`,
+			`unsealed session records (written by gw) are refused by dlp-1, dlp-2, fw-1, fw-2, so those flows cannot fail over to them (README: "Sealed session records")`,
+		}
+		if diff := cmp.Diff(want, st.Degraded); diff != "" {
+			t.Errorf("degraded (-want +got):\n%s", diff)
+		}
+	})
 	// fw-2 down and fw-1 drained (forced): the firewall is in fallback.
 	if _, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
 		next := live.Clone()
@@ -685,6 +736,7 @@ func TestSettingsAreStrict(t *testing.T) {
 		f.Close()
 		return f.Name()
 	}
+	notAKey := file("not hex\n")
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -703,6 +755,12 @@ func TestSettingsAreStrict(t *testing.T) {
 		{"a session ttl below the refresh", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-ttl", "5s", "--refresh", "10s"}, "--session-ttl 5s: want more than --refresh (10s)", ""},
 		{"a bad Redis URL", []string{"--node", "gw", "--redis", "http://r:6379"}, "--redis http://r:6379: redis: invalid URL scheme: http", ""},
 		{"too many queues", []string{"--node", "gw", "--map", "m.yaml", "--queues", "5000"}, "--queues 5000: want 0 to 1024", ""},
+		{"unsealed records accepted by a node that seals nothing", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-accept-unsealed"},
+			"--session-accept-unsealed: only with --session-key", ""},
+		{"a missing key to accept", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-key-accept", "/nonexistent/next.key"},
+			"--session-key-accept: reading session key: open /nonexistent/next.key", ""},
+		{"a key to accept that is no key", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-key-accept", notAKey},
+			"--session-key-accept: session key " + notAKey + ": ", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"agent", "--print-config"}, tc.args...)
@@ -953,4 +1011,18 @@ func TestCLITraceIngress(t *testing.T) {
 			t.Errorf("trace from %s on %s: %+v\nwant %q", tc.src, tc.iface, r, tc.want)
 		}
 	}
+}
+
+// testSessionKey returns a new random session key.
+func testSessionKey(t testing.TB) *signing.SessionKey {
+	t.Helper()
+	b := make([]byte, signing.SessionKeySize)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	k, err := signing.NewSessionKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

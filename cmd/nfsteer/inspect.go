@@ -224,16 +224,37 @@ type reportView struct {
 	RTTS         float64 `json:"rtt_s"`
 	MirrorDepth  int64   `json:"mirror_depth"`
 	MirrorDrops  uint64  `json:"mirror_drops"`
-	// Sealed and ChecksMaps are store.Report's.
-	Sealed     bool `json:"sealed"`
-	ChecksMaps bool `json:"checks_maps"`
+	// Sealed, SealKey, Trusts, TrustsUnsealed and ChecksMaps are
+	// store.Report's.
+	Sealed         bool     `json:"sealed"`
+	SealKey        string   `json:"seal_key,omitempty"`
+	Trusts         []string `json:"trusts,omitempty"`
+	TrustsUnsealed bool     `json:"trusts_unsealed"`
+	ChecksMaps     bool     `json:"checks_maps"`
 }
 
 // trust is what r's node checks, for the status table.
 func (r *reportView) trust() string {
 	var what []string
-	if r.Sealed {
+	var also []string
+	for _, id := range r.Trusts {
+		if id != r.SealKey {
+			also = append(also, id)
+		}
+	}
+	if r.Sealed && r.TrustsUnsealed {
+		also = append(also, "unsealed")
+	}
+	switch {
+	case r.Sealed && r.SealKey == "":
 		what = append(what, "sealed sessions")
+	case r.Sealed:
+		what = append(what, "sessions sealed with "+r.SealKey)
+	case len(also) > 0:
+		what = append(what, "unsealed sessions")
+	}
+	if len(also) > 0 {
+		what[len(what)-1] += " (also trusts " + strings.Join(also, ", ") + ")"
 	}
 	if r.ChecksMaps {
 		what = append(what, "signed maps")
@@ -247,7 +268,8 @@ func (r *reportView) trust() string {
 func viewReport(r store.Report) *reportView {
 	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed, Untagged: r.Untagged,
 		SlowestS: (time.Duration(r.LatencyUS) * time.Microsecond).Seconds(), RTTS: (time.Duration(r.RTTUS) * time.Microsecond).Seconds(),
-		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops, Sealed: r.Sealed, ChecksMaps: r.ChecksMaps}
+		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops,
+		Sealed: r.Sealed, SealKey: r.SealKey, Trusts: r.Trusts, TrustsUnsealed: r.TrustsUnsealed, ChecksMaps: r.ChecksMaps}
 }
 
 // redisView is Redis as status prints it.
@@ -280,20 +302,55 @@ type statusReport struct {
 	Degraded []string `json:"degraded"`
 }
 
-// sealing splits the agents that reported and are not silent into those
-// that seal session records and those that do not.
-func sealing(agents []agentStatus, beats map[string]store.Beat, now time.Time) (sealed, unsealed []string) {
-	for _, a := range agents {
-		if a.Report == nil || now.Sub(beats[a.Node].At) > silentAfter {
-			continue
-		}
-		if a.Report.Sealed {
-			sealed = append(sealed, a.Node)
-		} else {
-			unsealed = append(unsealed, a.Node)
+// refusal is a kind of session record that some agents refuse: what it
+// is, the agents that write it and those that refuse it.
+type refusal struct {
+	what             string
+	writers, readers []string
+}
+
+// refusedRecords returns, for each kind of session record that live
+// agents write (sealed with a key, or unsealed), the live agents that
+// refuse it (store.Report.Reads): those flows cannot fail over between
+// them. While a fleet starts sealing or changes its key, a node a step
+// ahead of another shows here.
+func refusedRecords(beats map[string]store.Beat, now time.Time) []refusal {
+	var live []string
+	for n, b := range beats {
+		if !b.ReportAt.IsZero() && now.Sub(b.At) <= silentAfter {
+			live = append(live, n)
 		}
 	}
-	return sealed, unsealed
+	slices.Sort(live)
+	var out []refusal
+	byWhat := map[string]int{}
+	for _, w := range live {
+		wr := beats[w].Report
+		what := "unsealed session records"
+		switch {
+		case wr.Sealed && wr.SealKey == "":
+			what = "session records sealed by agents of an earlier version"
+		case wr.Sealed:
+			what = "session records sealed with key " + wr.SealKey
+		}
+		var readers []string
+		for _, r := range live {
+			rr := beats[r].Report
+			if !rr.Reads(&wr) {
+				readers = append(readers, r)
+			}
+		}
+		if len(readers) == 0 {
+			continue
+		}
+		if i, ok := byWhat[what]; ok {
+			out[i].writers = append(out[i].writers, w)
+			continue
+		}
+		byWhat[what] = len(out)
+		out = append(out, refusal{what: what, writers: []string{w}, readers: readers})
+	}
+	return out
 }
 
 // exitDegraded is status's exit code when something needs on-call.
@@ -424,9 +481,9 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 		}
 		st.Agents = append(st.Agents, a)
 	}
-	if sealed, unsealed := sealing(st.Agents, beats, now); len(sealed) > 0 && len(unsealed) > 0 {
-		degraded("session records are sealed by %s but not by %s: a node with the key refuses the records of nodes without it, so those flows cannot fail over to it (give every agent the same --session-key)",
-			strings.Join(sealed, ", "), strings.Join(unsealed, ", "))
+	for _, r := range refusedRecords(beats, now) {
+		degraded("%s (written by %s) are refused by %s, so those flows cannot fail over to them (README: \"Sealed session records\")",
+			r.what, strings.Join(r.writers, ", "), strings.Join(r.readers, ", "))
 	}
 	err = out.print(st, func(w io.Writer) {
 		r := st.Redis

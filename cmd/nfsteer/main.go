@@ -308,6 +308,16 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			if err != nil {
 				return err
 			}
+			// Key files are read before --print-config: a bad one is
+			// a setting error too.
+			trust, err := trustOf(c)
+			if err != nil {
+				return err
+			}
+			sk, err := sessionKeysOf(c)
+			if err != nil {
+				return err
+			}
 			if c.Bool("print-config") {
 				return printConfig(c)
 			}
@@ -315,14 +325,6 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 				if _, err := net.InterfaceByName(o); err != nil {
 					return settingError(c, "outer", o+": no such interface in this network namespace")
 				}
-			}
-			trust, err := trustOf(c)
-			if err != nil {
-				return err
-			}
-			sk, err := sessionKeyOf(c)
-			if err != nil {
-				return err
 			}
 			k, err := rules.NewLinux()
 			if err != nil {
@@ -336,7 +338,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			a, err := agent.New(agent.Config{
 				Node: c.String("node"), MapFile: c.String("map"), Rules: spec,
 				KeepRules: c.Bool("keep-rules"), RestartGrace: c.Duration("restart-grace"), LogFlows: c.Bool("log-flows"), Spare: c.Bool("spare"),
-				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKey: sk, NoMirror: !c.Bool("mirror"),
+				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKeys: sk, NoMirror: !c.Bool("mirror"),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
 				RedisSessionTTL: c.Duration("session-ttl"), MetricsAddr: c.String("metrics"),
 			}, k, ct)

@@ -37,26 +37,44 @@ func redisCompanions(sessions bool) []cli.Flag {
 		&cli.StringFlag{Name: "redis-key", Usage: "the private key `FILE` (PEM) of --redis-cert", EnvVars: []string{"NFSTEER_REDIS_KEY"}},
 	}
 	if sessions {
-		f = append(f, sessionKeyFlag())
+		f = append(f, sessionKeyFlags()...)
 	}
 	return f
 }
 
-func sessionKeyFlag() cli.Flag {
-	return &cli.StringFlag{Name: "session-key", Usage: "seal the session records this node writes, and trust only sealed ones, with the fleet's key in `FILE` (nfsteer key generate --session)", EnvVars: []string{"NFSTEER_SESSION_KEY"}}
+// sessionKeyFlags are the session keys' flags: the key a node seals with,
+// and what it trusts besides while the fleet starts sealing or changes
+// keys (README: "Sealed session records").
+func sessionKeyFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "session-key", Usage: "seal the session records this node writes, and trust only sealed ones, with the fleet's key in `FILE` (nfsteer key generate --session)", EnvVars: []string{"NFSTEER_SESSION_KEY"}},
+		&cli.StringSliceFlag{Name: "session-key-accept", Usage: "also trust the session records sealed with the key in `FILE`: the next key, before any node seals with it, or the previous one, after (repeat for several)", EnvVars: []string{"NFSTEER_SESSION_KEY_ACCEPT"}},
+		&cli.BoolFlag{Name: "session-accept-unsealed", Usage: "with --session-key: also trust session records that carry no seal, while the fleet starts sealing", EnvVars: []string{"NFSTEER_SESSION_ACCEPT_UNSEALED"}},
+	}
 }
 
-// sessionKeyOf loads --session-key (nil if not given).
-func sessionKeyOf(c *cli.Context) (*signing.SessionKey, error) {
-	f := c.String("session-key")
-	if f == "" {
-		return nil, nil
+// sessionKeysOf loads the session keys' flags (the zero SessionKeys if
+// none is given).
+func sessionKeysOf(c *cli.Context) (signing.SessionKeys, error) {
+	var ks signing.SessionKeys
+	if f := c.String("session-key"); f != "" {
+		k, err := signing.LoadSessionKey(f)
+		if err != nil {
+			return ks, cli.Exit("--session-key: "+err.Error(), 2)
+		}
+		ks.Seal = k
 	}
-	k, err := signing.LoadSessionKey(f)
-	if err != nil {
-		return nil, cli.Exit("--session-key: "+err.Error(), 2)
+	for _, f := range c.StringSlice("session-key-accept") {
+		k, err := signing.LoadSessionKey(f)
+		if err != nil {
+			return ks, cli.Exit("--session-key-accept: "+err.Error(), 2)
+		}
+		ks.Accept = append(ks.Accept, k)
 	}
-	return k, nil
+	if ks.Unsealed = c.Bool("session-accept-unsealed"); ks.Unsealed && ks.Seal == nil {
+		return ks, cli.Exit("--session-accept-unsealed: only with --session-key (a node that seals nothing trusts unsealed records anyway)", 2)
+	}
+	return ks, nil
 }
 
 // withRedisFlags gives every command that takes --redis, and does not
@@ -126,7 +144,7 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	sk, err := sessionKeyOf(c)
+	sk, err := sessionKeysOf(c)
 	if err != nil {
 		return nil, err
 	}
