@@ -1,8 +1,10 @@
 package steering
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -22,11 +24,12 @@ type Change struct {
 
 func (c Change) String() string {
 	sign := map[string]string{"add": "+", "remove": "-", "change": "~"}[c.Op]
+	from, to := cmp.Or(c.From, "none"), cmp.Or(c.To, "none") // a field unset, such as a tenant's tag
 	if c.Op == "change" && c.Name == "" {
-		return fmt.Sprintf("%s %s: %s -> %s", sign, c.Field, c.From, c.To)
+		return fmt.Sprintf("%s %s: %s -> %s", sign, c.Field, from, to)
 	}
 	if c.Op == "change" {
-		return fmt.Sprintf("%s %s %s %s: %s -> %s", sign, c.Kind, c.Name, c.Field, c.From, c.To)
+		return fmt.Sprintf("%s %s %s %s: %s -> %s", sign, c.Kind, c.Name, c.Field, from, to)
 	}
 	return fmt.Sprintf("%s %s %s", sign, c.Kind, c.Name)
 }
@@ -87,6 +90,9 @@ func Diff(a, b *Map) []Change {
 				{"prefixes", list(ta.Prefixes), list(tb.Prefixes)},
 				{"chain", list(ta.Chain), list(tb.Chain)},
 				{"allow", allows(ta.Allow), allows(tb.Allow)},
+				{"tag", tagOf(ta.Tag), tagOf(tb.Tag)},
+				{"snat", ta.SNAT, tb.SNAT},
+				{"via", ta.Via, tb.Via},
 			} {
 				if f.from != f.to {
 					out = append(out, Change{Op: "change", Kind: "tenant", Name: name, Field: f.field, From: f.from, To: f.to})
@@ -112,6 +118,14 @@ func instanceAddrs(m *Map) map[string]string {
 }
 
 func list(s []string) string { return "[" + strings.Join(s, " ") + "]" }
+
+// tagOf writes a tenant's tag, "" for none.
+func tagOf(tag uint16) string {
+	if tag == 0 {
+		return ""
+	}
+	return strconv.Itoa(int(tag))
+}
 
 // allows writes rules as the map file does: "[{proto: tcp, dst:
 // 10.99.0.0/24, ports: [443]}]".

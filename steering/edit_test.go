@@ -170,10 +170,16 @@ func TestDiffFields(t *testing.T) {
 	b.Tenants["globex"].Chain = []string{"fw"}
 	b.Services["fw"].Function = FunctionFirewall
 	b.Services["dlp"].Instances["dlp-1"] = Addresses{"10.200.0.99"}
+	acme := *b.Tenants["acme"]
+	acme.Tag, acme.SNAT, acme.Via = 7, "10.61.0.101", "192.168.255.2"
+	b.Tenants["acme"] = &acme
 	want := []string{
 		"~ slots: 256 -> 512",
 		"~ service fw function: forward -> firewall",
 		"~ instance dlp-1 service/addresses: dlp 10.200.0.21 -> dlp 10.200.0.99",
+		"~ tenant acme tag: none -> 7",
+		"~ tenant acme snat: none -> 10.61.0.101",
+		"~ tenant acme via: none -> 192.168.255.2",
 		"~ tenant globex chain: [fw dlp] -> [fw]",
 	}
 	var got []string

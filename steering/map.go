@@ -89,6 +89,13 @@ type Tenant struct {
 	// have (exactly one), and by its tag on the overlay, which the map
 	// must have. Its flows are the ones its clients open.
 	SNAT string `yaml:"snat,omitempty" json:"snat,omitempty"`
+	// Via is the router, on the ingress link of a tenant with a SNAT
+	// address, behind which its prefixes sit: the gateway sends it the
+	// tenant's replies. Without it the prefixes are on the link itself.
+	// It is of the prefixes' family (an IPv6 one may be link-local), and
+	// may share its address with other tenants' routers, each on its own
+	// link.
+	Via string `yaml:"via,omitempty" json:"via,omitempty"`
 	// Allow lists what the tenant's flows may open through a service whose
 	// function is FunctionFirewall. Without rules such a service admits
 	// nothing.

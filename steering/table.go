@@ -58,6 +58,9 @@ type TenantInfo struct {
 	// addresses with other zoned tenants, so it is told apart by where it
 	// enters and by its tag, never by its addresses (see [Table.TenantOf]).
 	SNAT netip.Addr
+	// Via is the router on its ingress link that a zoned tenant's
+	// prefixes sit behind (none: they are on the link).
+	Via netip.Addr
 	// def is the definition compiled, which a later version reuses the
 	// compiled tenant for while it holds the same one.
 	def *Tenant
@@ -318,6 +321,9 @@ func compileTenant(name string, tm *Tenant, svcIndex map[string]int) TenantInfo 
 	ti := TenantInfo{Name: name, Ingress: tm.Ingress, Tag: tm.Tag, def: tm}
 	if tm.SNAT != "" {
 		ti.SNAT = netip.MustParseAddr(tm.SNAT)
+	}
+	if tm.Via != "" {
+		ti.Via = netip.MustParseAddr(tm.Via)
 	}
 	for _, s := range tm.Prefixes {
 		ti.Prefixes = append(ti.Prefixes, netip.MustParsePrefix(s))

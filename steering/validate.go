@@ -257,6 +257,8 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 	}
 	if t.SNAT != "" {
 		m.checkSNAT(v, field, t, fam)
+	} else if t.Via != "" {
+		v.add(field+".via", "only a tenant with a snat address has a router of its own: the others' replies follow the gateway's main routing table")
 	}
 	seenIface := map[string]bool{}
 	for i, iface := range t.Ingress {
@@ -321,6 +323,20 @@ func (m *Map) checkSNAT(v *validator, field string, t *Tenant, fam [2]bool) {
 		v.add(sfield, fmt.Sprintf("%s is not a unicast address", a))
 	case fam[1-familyIndex(a)]:
 		v.add(sfield, fmt.Sprintf("%s is %s, but the tenant has %s prefixes: their flows would leave with their own addresses", a, familyName(a), famNames[1-familyIndex(a)]))
+	}
+	if t.Via != "" {
+		vfield := field + ".via"
+		a, err := netip.ParseAddr(t.Via)
+		switch {
+		case err != nil:
+			v.add(vfield, fmt.Sprintf("%q is not an IP address", t.Via))
+		case a.Is4In6() || a.Zone() != "":
+			v.add(vfield, fmt.Sprintf("%s: write an IPv4 address in dotted form, with no zone (the ingress interface is the link)", a))
+		case !a.IsGlobalUnicast() && !a.IsPrivate() && !a.IsLinkLocalUnicast():
+			v.add(vfield, fmt.Sprintf("%s is not a unicast address", a))
+		case fam[1-familyIndex(a)]:
+			v.add(vfield, fmt.Sprintf("%s is %s, but the tenant has %s prefixes", a, familyName(a), famNames[1-familyIndex(a)]))
+		}
 	}
 	if len(t.Ingress) != 1 {
 		// The tag on the service network has room for the tenant and the

@@ -17,7 +17,7 @@ const zonedMap = `services:
   alpha: {instances: {alpha-1: 10.200.0.11, alpha-2: 10.200.0.12}}
   beta: {instances: {beta-1: 10.200.0.21, beta-2: 10.200.0.22}}
 tenants:
-  blue: {ingress: [c1], prefixes: [10.50.0.0/24], chain: [alpha, beta], tag: 1, snat: 10.61.0.101}
+  blue: {ingress: [c1], prefixes: [10.50.0.0/24], chain: [alpha, beta], tag: 1, snat: 10.61.0.101, via: 192.168.255.2}
   red: {ingress: [c2], prefixes: [10.50.0.0/24], chain: [beta], tag: 2, snat: 10.61.0.102}
   plain: {prefixes: [10.70.0.0/24], chain: [beta], tag: 3}
 overlay: {vni: 7, gateways: {gw-b: 10.200.0.2, gw-a: 10.200.0.1}}
@@ -48,6 +48,9 @@ func TestZonedTenants(t *testing.T) {
 	blue, red := tab.TenantByName("blue"), tab.TenantByName("red")
 	if got := tab.Tenants()[blue].SNAT; got != a("10.61.0.101") || !tab.Tenants()[blue].Zoned() || tab.Tenants()[tab.TenantByName("plain")].Zoned() {
 		t.Errorf("blue's snat %v, zoned %v/%v", got, tab.Tenants()[blue].Zoned(), tab.Tenants()[tab.TenantByName("plain")].Zoned())
+	}
+	if got := tab.Tenants()[blue].Via; got != a("192.168.255.2") || tab.Tenants()[red].Via.IsValid() {
+		t.Errorf("routers: blue's %v, red's %v; want 192.168.255.2 and none", got, tab.Tenants()[red].Via)
 	}
 	f := Flow{Src: a("10.50.0.5"), Dst: a("10.99.0.2"), Proto: 6, SrcPort: 40000, DstPort: 80}
 	for _, tc := range []struct {
@@ -99,6 +102,11 @@ func TestZonedTenantsRefused(t *testing.T) {
 		{"snat multicast", "snat: 10.61.0.102", "snat: 224.0.0.9", "tenants.red.snat", "not a unicast address"},
 		{"snat without an overlay", "overlay: {vni: 7, gateways: {gw-b: 10.200.0.2, gw-a: 10.200.0.1}}", "", "tenants.red.snat", "needs the map's overlay"},
 		{"an ingress of two tenants", "ingress: [c2]", "ingress: [c1]", "tenants.red.ingress[0]", `interface "c1" is tenant blue's ingress already`},
+		{"via without snat", "plain: {prefixes: [10.70.0.0/24]", "plain: {via: 10.70.0.1, prefixes: [10.70.0.0/24]", "tenants.plain.via", "only a tenant with a snat address has a router of its own"},
+		{"via not an address", "snat: 10.61.0.102", "snat: 10.61.0.102, via: 192.168.255", "tenants.red.via", `"192.168.255" is not an IP address`},
+		{"via of the other family", "snat: 10.61.0.102", "snat: 10.61.0.102, via: 'fe80::1'", "tenants.red.via", "fe80::1 is IPv6, but the tenant has IPv4 prefixes"},
+		{"via with a zone", "snat: 10.61.0.102", "snat: 10.61.0.102, via: 'fe80::1%c2'", "tenants.red.via", "no zone"},
+		{"via multicast", "snat: 10.61.0.102", "snat: 10.61.0.102, via: 224.0.0.9", "tenants.red.via", "not a unicast address"},
 		{"a zoned tenant's own prefixes overlap", "prefixes: [10.50.0.0/24], chain: [beta]", "prefixes: [10.50.0.0/24, 10.50.0.128/25], chain: [beta]", "tenants.red.prefixes[1]", "10.50.0.128/25 overlaps 10.50.0.0/24 (tenants.red.prefixes[0])"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -155,6 +163,11 @@ func TestZonedDeltas(t *testing.T) {
 		{"blue loses its snat address but keeps the shared addresses", `{"tenants":{"blue":{"ingress":["c1"],"prefixes":["10.50.0.0/24"],"chain":["beta"],"tag":1}}}`,
 			"tenants.blue.prefixes[0]: 10.50.0.0/24 overlaps 10.50.0.0/24 (tenants.red.prefixes[0]), a tenant with a snat address"},
 		{"red leaves, so blue may lose its snat address", `{"tenants":{"blue":{"ingress":["c1"],"prefixes":["10.50.0.0/24"],"chain":["beta"],"tag":1}},"removed":["red"]}`, ""},
+		{"a router for red, at the address of blue's", `{"tenants":{"red":{"ingress":["c2"],"prefixes":["10.50.0.0/24"],"chain":["beta"],"tag":2,"snat":"10.61.0.102","via":"192.168.255.2"}}}`, ""},
+		{"a router for the plain tenant", `{"tenants":{"plain":{"prefixes":["10.70.0.0/24"],"chain":["beta"],"tag":3,"via":"10.70.0.1"}}}`,
+			"tenants.plain.via: only a tenant with a snat address has a router of its own"},
+		{"red's router not an address", `{"tenants":{"red":{"ingress":["c2"],"prefixes":["10.50.0.0/24"],"chain":["beta"],"tag":2,"snat":"10.61.0.102","via":"router"}}}`,
+			`tenants.red.via: "router" is not an IP address`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := Delta{Base: 1, Version: 2}
