@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,8 +157,11 @@ type Agent struct {
 	ctMu sync.Mutex // guards ct, which is not safe for concurrent use
 	ct   rules.Conntrack
 
-	switchMu sync.Mutex // serialises map switches
-	gc       *switchCollector
+	switchMu sync.Mutex // serialises map switches, and guards rpDrops
+	// rpDrops are the zoned tenants' prefixes the last check found the
+	// reverse-path filter dropping (checkReversePath).
+	rpDrops []netip.Prefix
+	gc      *switchCollector
 	// logging says decisions are logged: Config.LogFlows, until Reload.
 	logging atomic.Bool
 
@@ -373,6 +377,48 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	return nil
 }
 
+// checkReversePath warns of the zoned tenants' prefixes whose flows the
+// kernel's reverse-path filter drops when the chain hands them back to
+// this gateway (rules.Kernel.ReversePathDrops), each time they change:
+// the filter counts them (TcpExtIPReversePathFilter) and nothing else
+// would say why those tenants' connections hang. The caller holds
+// switchMu.
+func (a *Agent) checkReversePath() {
+	st := a.state.Load()
+	var srcs []netip.Prefix
+	for _, tt := range st.spec.Tags {
+		if tt.Zoned() {
+			srcs = append(srcs, tt.Prefixes...)
+		}
+	}
+	if len(srcs) == 0 {
+		a.rpDrops = nil
+		return
+	}
+	drops, err := a.kernel.ReversePathDrops(srcs)
+	if err != nil {
+		a.log.Warn("cannot check the reverse-path filter for the zoned tenants", "err", err)
+		return
+	}
+	if slices.Equal(drops, a.rpDrops) {
+		return
+	}
+	a.rpDrops = drops
+	for _, tt := range st.spec.Tags {
+		for _, p := range tt.Prefixes {
+			if !slices.Contains(drops, p) {
+				continue
+			}
+			tenant := ""
+			if i := st.table.TenantByTag(tt.Tag); i >= 0 {
+				tenant = st.table.Tenants()[i].Name
+			}
+			a.log.Warn("the kernel's reverse-path filter drops this zoned tenant's flows when the chain hands them back: this gateway routes none of its addresses in its main table (add a route there, a default route is enough, or turn rp_filter off host-wide and on "+rules.OverlayDevice+")",
+				"tenant", tenant, "prefix", p)
+		}
+	}
+}
+
 // Spec returns the rules the agent installs for its current map.
 func (a *Agent) Spec() rules.Spec { return a.state.Load().spec }
 
@@ -444,6 +490,9 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	}()
 	a.switchMu.Lock()
 	err = a.kernel.Apply(a.Spec())
+	if err == nil {
+		a.checkReversePath()
+	}
 	a.switchMu.Unlock()
 	if err != nil {
 		cancel()

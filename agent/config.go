@@ -139,7 +139,7 @@ func tenantRules(t *steering.Table, gateway, overlay bool) (ingress []rules.Bind
 		if overlay {
 			tt := rules.TenantTag{Tag: tn.Tag, Prefixes: tn.Prefixes}
 			if tn.Zoned() {
-				tt.Ingress, tt.SNAT = tn.Ingress[0], tn.SNAT
+				tt.Ingress, tt.SNAT, tt.Via = tn.Ingress[0], tn.SNAT, tn.Via
 			}
 			tags = append(tags, tt)
 		}

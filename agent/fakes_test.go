@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,6 +35,8 @@ type fakeKernel struct {
 	fail    error // returned by Apply when set
 	// unsteered and spoofed are what Unsteered and Spoofed report.
 	unsteered, spoofed uint64
+	// unrouted are the sources ReversePathDrops reports.
+	unrouted []netip.Prefix
 }
 
 var _ rules.Kernel = (*fakeKernel)(nil)
@@ -64,6 +67,19 @@ func (k *fakeKernel) Unsteered() (uint64, error) {
 }
 
 func (k *fakeKernel) Untagged() (uint64, error) { return 0, nil }
+
+// ReversePathDrops reports the prefixes of srcs in k.unrouted.
+func (k *fakeKernel) ReversePathDrops(srcs []netip.Prefix) ([]netip.Prefix, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []netip.Prefix
+	for _, p := range srcs {
+		if slices.Contains(k.unrouted, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
 
 func (k *fakeKernel) Spoofed() (uint64, error) {
 	k.mu.Lock()

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/steering"
@@ -78,5 +82,48 @@ func TestHandleZoned(t *testing.T) {
 				t.Errorf("mistagged %d, want %d", n, tc.mistagged)
 			}
 		})
+	}
+}
+
+// TestCheckReversePath: a gateway warns, once per change, of each zoned
+// tenant's prefix whose flows the kernel's reverse-path filter drops on
+// their way back from the chain, naming the tenant, and stops when the
+// gateway routes them.
+func TestCheckReversePath(t *testing.T) {
+	var logs bytes.Buffer
+	k := &fakeKernel{unrouted: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/24")}}
+	cfg := Config{Node: "gw", MapFile: writeMap(t, zonedMap), Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	cfg.Rules.Outer = []string{"srv0"}
+	a, err := New(cfg, k, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warned := func() []string {
+		var out []string
+		for line := range strings.Lines(logs.String()) {
+			if strings.Contains(line, "reverse-path filter drops") {
+				_, tenant, _ := strings.Cut(line, "tenant=")
+				out = append(out, strings.TrimSpace(tenant))
+			}
+		}
+		logs.Reset()
+		return out
+	}
+	a.switchMu.Lock()
+	defer a.switchMu.Unlock()
+	a.checkReversePath()
+	if diff := cmp.Diff([]string{"blue prefix=10.50.0.0/24", "red prefix=10.50.0.0/24"}, warned()); diff != "" {
+		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+	a.checkReversePath()
+	if got := warned(); len(got) != 0 {
+		t.Errorf("warned again with nothing changed: %q", got)
+	}
+	k.mu.Lock()
+	k.unrouted = nil
+	k.mu.Unlock()
+	a.checkReversePath()
+	if got := warned(); len(got) != 0 || a.rpDrops != nil {
+		t.Errorf("once routed: warnings %q, drops %v", got, a.rpDrops)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"reflect"
 	"regexp"
@@ -566,6 +567,35 @@ func (k *Linux) Show() ([]string, error) {
 // Untagged reads the count of packets an instance host on an overlay
 // dropped for arriving untagged (see [TenantTag]); 0 without an overlay.
 func (k *Linux) Untagged() (uint64, error) { return tableCounter(UntaggedCounter) }
+
+// ReversePathDrops implements [Kernel]. The kernel filters on a device
+// by the higher of its own and the host-wide rp_filter, and a loose
+// filter drops a packet whose source the node cannot route at all: the
+// first lookup of the filter is the one `ip route get SRC` makes. IPv6
+// has no such filter.
+func (k *Linux) ReversePathDrops(srcs []netip.Prefix) ([]netip.Prefix, error) {
+	on := false
+	for _, dev := range []string{"all", OverlayDevice} {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + dev + "/rp_filter")
+		if err != nil {
+			return nil, fmt.Errorf("reading %s's rp_filter: %w", dev, err)
+		}
+		on = on || strings.TrimSpace(string(b)) != "0"
+	}
+	if !on {
+		return nil, nil
+	}
+	var drops []netip.Prefix
+	for _, p := range srcs {
+		if !p.Addr().Is4() {
+			continue
+		}
+		if _, err := netlink.RouteGet(net.IP(p.Addr().AsSlice())); err != nil {
+			drops = append(drops, p)
+		}
+	}
+	return drops, nil
+}
 
 func ourRules(fam int) ([]netlink.Rule, error) {
 	all, err := netlink.RuleList(fam)

@@ -10,8 +10,10 @@ import (
 // the hop's address, on the interface the kernel finds for it, or on Dev
 // (the overlay device) as an on-link next hop; or, in a zoned tenant's
 // table, a route to Dst, one of its prefixes, out of Dev, its ingress
-// interface, with no next hop (Unreachable if the interface is missing:
-// the tenant's replies are dropped, never routed by the main table).
+// interface, on the link or via its router there (Via, on-link: the
+// tenants' routers may share addresses, each on its own link), or
+// Unreachable if the interface is missing (the tenant's replies are
+// dropped, never routed by the main table).
 type Route struct {
 	Table       int
 	Dst         netip.Prefix // zero: the default route
@@ -174,7 +176,7 @@ func (s Spec) Routing() ([]IPRule, []Route) {
 			t := s.WithDefaults().TableBase + TenantTables + int(tt.Tag)
 			for _, p := range tt.Prefixes {
 				if p.Addr().Is4() == (fam == 4) {
-					routes = append(routes, Route{Table: t, Dst: p, Dev: tt.Ingress})
+					routes = append(routes, Route{Table: t, Dst: p, Via: tt.Via, Dev: tt.Ingress})
 				}
 			}
 			if slices.ContainsFunc(tt.Prefixes, func(p netip.Prefix) bool { return p.Addr().Is4() == (fam == 4) }) {

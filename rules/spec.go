@@ -168,6 +168,9 @@ func (s Spec) Validate() error {
 		if tt.Ingress == "" || len(tt.Ingress) > 15 || strings.ContainsAny(tt.Ingress, " /") {
 			return fmt.Errorf("tag %d: ingress %q is not an interface name", tt.Tag, tt.Ingress)
 		}
+		if tt.Via.IsValid() && slices.ContainsFunc(tt.Prefixes, func(p netip.Prefix) bool { return p.Addr().Is4() != tt.Via.Is4() }) {
+			return fmt.Errorf("tag %d: router %s is not of the family of every prefix", tt.Tag, tt.Via)
+		}
 	}
 	for _, o := range s.steered() {
 		if o == "" || len(o) > 15 || strings.ContainsAny(o, " /") {

@@ -289,10 +289,11 @@ func TestRoutingZoned(t *testing.T) {
 	s := Spec{
 		Outer:   []string{"srv0"},
 		Hops:    []Hop{{ID: 3, Name: "fw-1", V4: a("10.200.0.11")}},
-		Overlay: &Overlay{VNI: 7, Local: a("10.200.0.1"), Peers: []Peer{{Name: "fw-1", Underlay: a("10.200.0.11"), V4: a("10.200.0.11")}}, Gateway: 1},
+		Overlay: &Overlay{VNI: 7, Port: 4789, Local: a("10.200.0.1"), Peers: []Peer{{Name: "fw-1", Underlay: a("10.200.0.11"), V4: a("10.200.0.11")}}, Gateway: 1},
 		Tags: []TenantTag{
 			{Tag: 1, Prefixes: []netip.Prefix{p("10.10.1.0/24")}},
 			{Tag: 5, Prefixes: []netip.Prefix{p("10.50.0.0/24")}, Ingress: "cb0", SNAT: a("10.61.0.101")},
+			{Tag: 6, Prefixes: []netip.Prefix{p("10.50.0.0/24"), p("10.51.0.0/16")}, Ingress: "cr0", SNAT: a("10.61.0.102"), Via: a("192.168.255.2")},
 		},
 	}
 	rules, routes := s.Routing()
@@ -322,6 +323,22 @@ func TestRoutingZoned(t *testing.T) {
 	if !slices.Contains(routes, Route{Table: DefaultTableBase + TenantTables + 5, Dst: p("10.50.0.0/24"), Dev: "cb0"}) {
 		t.Errorf("no route out of cb0 in the tenant's table: %v", routes)
 	}
+	// A tenant behind a router: each prefix via the router, on-link on
+	// the ingress.
+	for _, dst := range []string{"10.50.0.0/24", "10.51.0.0/16"} {
+		r := Route{Table: DefaultTableBase + TenantTables + 6, Dst: p(dst), Via: a("192.168.255.2"), Dev: "cr0"}
+		if !slices.Contains(routes, r) {
+			t.Errorf("no route %v in table %d: %v", r, r.Table, routes)
+		}
+	}
+	if err := s.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+	s.Tags[2].Via = a("fe80::1")
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "tag 6: router fe80::1 is not of the family of every prefix") {
+		t.Errorf("Validate with an IPv6 router for IPv4 prefixes: %v", err)
+	}
+	s.Tags[2].Via = a("192.168.255.2")
 	// An instance host of the same overlay has no tenant block.
 	s.Outer = nil
 	rules, _ = s.Routing()

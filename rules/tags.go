@@ -44,9 +44,11 @@ type TenantTag struct {
 	Tag      uint16
 	Prefixes []netip.Prefix
 	// Ingress and SNAT are a zoned tenant's: its ingress interface and
-	// the address its flows leave with.
+	// the address its flows leave with; Via, the router on the ingress
+	// link its prefixes sit behind (none: they are on the link).
 	Ingress string
 	SNAT    netip.Addr
+	Via     netip.Addr
 }
 
 // Zoned reports whether the tenant is zoned (see [TenantTag]).
