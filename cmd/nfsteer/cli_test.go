@@ -116,6 +116,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"an ingress that is not an interface name", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--ingress", "eth1/2"}, 1, "tenants.initech.ingress[0]"},
 		{"a snat address on a map without an overlay", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--ingress", "c3", "--snat", "10.61.0.9"}, 1, "tenants.initech.snat: a tenant with a snat address needs the map's overlay"},
 		{"a snat address that is not one", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--ingress", "c3", "--snat", "10.61.0"}, 1, `tenants.initech.snat: "10.61.0" is not an IP address`},
+		{"a router for a tenant without snat", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--via", "10.30.0.1"}, 1, "tenants.initech.via: only a tenant with a snat address has a router of its own"},
 		{"a tenant tag too large", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--tag", "70000"}, 2, "--tag 70000: want 1 to 4095"},
 		{"an outer interface that does not exist", []string{"agent", "--node", "gw", "--map", "m.yaml", "--outer", "nfsteer-nope0"}, 2, "--outer nfsteer-nope0: no such interface in this network namespace"},
 		{"an unknown overload policy", []string{"agent", "--node", "gw", "--overload", "maybe"}, 2, `--overload "maybe": want drop or bypass`},

@@ -189,6 +189,7 @@ Example:
 					&cli.StringSliceFlag{Name: "ingress", Usage: "a gateway `IFACE` the tenant's traffic enters by (repeat): packets entering there from other sources, and from its prefixes elsewhere, are dropped as spoofed"},
 					&cli.UintFlag{Name: "tag", Usage: fmt.Sprintf("the tenant's `NUMBER` on the overlay, 1 to %d, unique (a map with an overlay needs one per tenant)", steering.MaxTag)},
 					&cli.StringFlag{Name: "snat", Usage: "the `ADDR` the tenant's flows leave with at the end of its chain, unique; with it the tenant may share addresses with other such tenants (it needs one --ingress, a --tag and the map's overlay)"},
+					&cli.StringFlag{Name: "via", Usage: "with --snat: the `ADDR` of the router on the --ingress link that the tenant's prefixes sit behind (without it they are on the link)"},
 				},
 				Action: func(c *cli.Context) error {
 					name, err := oneArg(c, "tenant name")
@@ -199,7 +200,7 @@ Example:
 						return cli.Exit(fmt.Sprintf("--tag %d: want 1 to %d", tag, steering.MaxTag), 2)
 					}
 					t := steering.Tenant{Prefixes: splitList(c.StringSlice("prefix")), Chain: splitList(c.StringSlice("chain")), Ingress: splitList(c.StringSlice("ingress")),
-						Tag: uint16(c.Uint("tag")), SNAT: c.String("snat")}
+						Tag: uint16(c.Uint("tag")), SNAT: c.String("snat"), Via: c.String("via")}
 					for _, a := range c.StringSlice("allow") {
 						rule, err := steering.ParseAllow(a)
 						if err != nil {
@@ -234,13 +235,13 @@ func tenantList(out printer, l live) error {
 		list = append(list, tenant{n, *l.p.Map.Tenants[n]})
 	}
 	return out.print(list, func(w io.Writer) {
-		row(w, "TENANT", "TAG", "INGRESS", "PREFIXES", "SNAT", "CHAIN", "ALLOW RULES")
+		row(w, "TENANT", "TAG", "INGRESS", "PREFIXES", "SNAT", "VIA", "CHAIN", "ALLOW RULES")
 		for _, t := range list {
 			tag := "-"
 			if t.Tag != 0 {
 				tag = strconv.Itoa(int(t.Tag))
 			}
-			row(w, t.Name, tag, strings.Join(t.Ingress, ","), strings.Join(t.Prefixes, ","), orDash(t.SNAT), strings.Join(t.Chain, " > "), len(t.Allow))
+			row(w, t.Name, tag, strings.Join(t.Ingress, ","), strings.Join(t.Prefixes, ","), orDash(t.SNAT), orDash(t.Via), strings.Join(t.Chain, " > "), len(t.Allow))
 		}
 	})
 }
