@@ -245,6 +245,83 @@ func TestOverlappingTenants(t *testing.T) {
 	}
 }
 
+// TestOverlapBehindRouters: blue's and red's clients sit behind a router
+// each (hosts "rb" and "rr"), as a tenant's network sits behind its own
+// router, at the same addresses, and both routers have the same address
+// on their links to the gateway. The gateway has a default route
+// upstream, as gateways do. With each tenant's via naming its router,
+// both open TCP on the same 5-tuple at once: both transfers are
+// byte-exact, each from its tenant's snat address. Without via the
+// gateway looks for the clients on the links themselves, and no reply
+// reaches them. Without a route to the clients' addresses in the
+// gateway's main table, the kernel's reverse-path filter drops what the
+// chain hands back (its own counter says so), and the gateway's agent
+// says why.
+func TestOverlapBehindRouters(t *testing.T) {
+	const router = "192.168.255.2"
+	for _, tc := range []struct {
+		name         string
+		via, upRoute bool
+	}{
+		{"via the routers", true, true},
+		{"without via", false, true},
+		{"without a route back", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := overlapMap
+			if tc.via {
+				for _, snat := range []string{"10.61.0.101", "10.61.0.102"} {
+					m = strings.Replace(m, "snat: "+snat+"}", "snat: "+snat+", via: "+router+"}", 1)
+				}
+			}
+			l := lab.NewWithMap(t, bin, m)
+			for _, c := range []struct{ host, router, gwIf string }{{"cb", "rb", "cb0"}, {"cr", "rr", "cr0"}} {
+				if err := l.AddClientBehindRouter(c.host, overlapClient+"/24", c.router, "10.50.0.1/24", c.gwIf, router+"/30", "192.168.255.1/30"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.upRoute {
+				if err := l.Run("gw", "ip", "route", "add", "default", "via", lab.Server); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := l.StartAll(); err != nil {
+				t.Fatal(err)
+			}
+			srvAddr := lab.Server + ":5303"
+			got := overlapServer(t, l, srvAddr)
+			if !tc.via || !tc.upRoute {
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				defer cancel()
+				if c, err := l.Dial(ctx, "cb", "tcp", overlapClient+":40100", srvAddr); err == nil {
+					c.Close()
+					t.Fatal("a client behind a router connected")
+				}
+				if tc.upRoute {
+					return
+				}
+				out, err := l.Output("gw", "nstat", "-az", "TcpExtIPReversePathFilter")
+				if n := strings.Fields(out); err != nil || len(n) < 3 || n[len(n)-2] == "0" {
+					t.Errorf("the gateway's reverse-path filter count (%v):\n%s\nwant the handed-back SYNs counted", err, out)
+				}
+				log := l.Agents("gw")[0].Output()
+				for _, tenant := range []string{"blue", "red"} {
+					if !strings.Contains(log, "reverse-path filter drops this zoned tenant's flows") || !strings.Contains(log, "tenant="+tenant+" prefix=10.50.0.0/24") {
+						t.Errorf("the gateway's agent did not say why %s's flows are dropped:\n%s", tenant, log)
+					}
+				}
+				return
+			}
+			const size = 1 << 20
+			same := overlapClient + ":40100"
+			checkPair(t, got, snatOf, sendPair(t, l, map[string]string{"cb": same, "cr": same}, srvAddr, size, 0, ""), size)
+			if strings.Contains(l.Agents("gw")[0].Output(), "reverse-path filter drops") {
+				t.Errorf("the gateway's agent warned of the reverse-path filter with a route back")
+			}
+		})
+	}
+}
+
 // overlapMesh builds the lab with blue's and red's clients and the
 // Redis-backed mesh, and returns the TCP flow from local to the server's
 // srvAddr, which both tenants open, with the dlp instances holding its

@@ -320,6 +320,33 @@ func (l *Lab) AddClient(name, addr, gwIf, gwAddr string) error {
 	return l.settle([]string{name, "gw"})
 }
 
+// AddClientBehindRouter adds client host name at addr behind router host
+// router, as a tenant's network sits behind its own router: the client's
+// default route is the router, at routerAddr on their link; the router's
+// link to the gateway's gwIf has linkAddr on its side and gwAddr on the
+// gateway's, and the router's default route is the gateway.
+func (l *Lab) AddClientBehindRouter(name, addr, router, routerAddr, gwIf, linkAddr, gwAddr string) error {
+	if err := l.addHost(router); err != nil {
+		return err
+	}
+	if err := l.addLink(link{router, "eth1", "gw", gwIf, []string{linkAddr}, []string{gwAddr}}); err != nil {
+		return err
+	}
+	if err := l.addHost(name); err != nil {
+		return err
+	}
+	if err := l.addLink(link{name, "eth0", router, "eth0", []string{addr}, []string{routerAddr}}); err != nil {
+		return err
+	}
+	for _, r := range []struct{ host, via string }{{router, gwAddr}, {name, routerAddr}} {
+		via, _, _ := strings.Cut(r.via, "/")
+		if err := l.Run(r.host, "ip", "route", "add", "default", "via", via); err != nil {
+			return err
+		}
+	}
+	return l.settle([]string{name, router, "gw"})
+}
+
 // settle waits until every interface that is up has its IPv6 link-local
 // address: the kernel adds them (and their routes) asynchronously, and a
 // test comparing routing tables must not see them arrive.
