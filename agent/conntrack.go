@@ -9,6 +9,7 @@ import (
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
+	"golang.org/x/sys/unix"
 )
 
 // This file holds the agent's conntrack tasks: moving established flows
@@ -57,10 +58,9 @@ func (a *Agent) repin(old, t *steering.Table) int {
 		reply    bool
 	}
 	moves := map[sessions.Key][]move{}
-	st := a.state.Load()
-	a.ctMu.Lock()
-	n, err := a.ct.Walk(func(c rules.Conn) (uint32, bool) {
-		f, mark := c.Flow, c.Mark
+	// remark moves the halves of the mark of flow f that name a gone
+	// instance, and notes the moves under the flow's key.
+	remark := func(f *steering.Flow, mark uint32, key func() sessions.Key) (uint32, bool) {
 		changed := false
 		for _, reply := range []bool{false, true} {
 			h := rules.Half(mark, reply)
@@ -75,19 +75,51 @@ func (a *Agent) repin(old, t *steering.Table) int {
 			if svc < 0 {
 				continue // the whole service is gone: nothing to move to
 			}
-			code := steering.AffinityCode(&f)
-			to, _ := t.RolesFor(svc, t.SlotOf(code))
+			to, _ := t.RolesFor(svc, t.SlotOf(steering.AffinityCode(f)))
 			if to == nil || to.Down {
 				continue
 			}
 			mark = rules.SetHalf(mark, reply, rules.HalfValue(to.ID))
-			k := st.keyOf(&c)
+			k := key()
 			moves[k] = append(moves[k], move{old.Services()[in.Service].Name, in.ID, to.ID, reply})
 			changed = true
 		}
 		return mark, changed
+	}
+	st := a.state.Load()
+	a.ctMu.Lock()
+	// First the flows this node decided, each by its own entries: a
+	// walk of the table costs the kernel a visit to every bucket of the
+	// host's conntrack hash, however few flows it holds (about 12 ms of
+	// CPU for 262,144 buckets here, three times that on a busy node),
+	// and a failover waits for it. Then the walk, for what the node does
+	// not track (flows of an earlier run of the agent, a zoned flow's
+	// second entry) and past the first repinFirst.
+	n := 0
+	pinned, _ := a.flows.PinnedTo(func(id uint16) bool { _, g := gone(id); return g }, repinFirst)
+	for _, s := range pinned {
+		k := s.Key
+		if k.Proto != unix.IPPROTO_TCP && k.Proto != unix.IPPROTO_UDP {
+			continue // found by a walk too (rules.Conntrack.Remark): the walk below has it
+		}
+		f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: k.Proto}
+		for _, zone := range st.zonesOf(s.Tenant) {
+			ok, err := a.ct.Remark(f, zone, func(mark uint32) (uint32, bool) {
+				return remark(&f, mark, func() sessions.Key { return k })
+			})
+			if err != nil {
+				a.log.Warn("moving a flow off a dead instance", "flow", k.String(), "err", err)
+			}
+			if ok {
+				n++
+			}
+		}
+	}
+	walked, err := a.ct.Walk(func(c rules.Conn) (uint32, bool) {
+		return remark(&c.Flow, c.Mark, func() sessions.Key { return st.keyOf(&c) })
 	})
 	a.ctMu.Unlock()
+	n += walked
 	if err != nil {
 		a.log.Warn("moving flows off dead instances", "err", err)
 	}
@@ -125,6 +157,11 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	a.Counters.Repinned.Add(uint64(n))
 	return n
 }
+
+// repinFirst is how many of its flows on a dead instance a node moves one
+// by one, before walking conntrack for the rest: two netlink round trips
+// each, against a walk's tens of milliseconds.
+const repinFirst = 256
 
 // refresh walks conntrack every RefreshInterval: live flows are marked
 // seen and, where this node holds an instance of their chain, refreshed in

@@ -32,6 +32,17 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 		n.ct.conns = append(n.ct.conns, rules.Conn{Flow: p.Flow, Mark: res.Mark & rules.HopMask})
 		flows = append(flows, p.Flow)
 	}
+	// And one the node does not track (decided by an earlier run of the
+	// agent, say), on the dead instance: only a walk finds it.
+	var untracked steering.Flow
+	for port := uint16(41000); ; port++ {
+		untracked = tcp(fmt.Sprintf("10.10.1.2:%d", port), server, syn).Flow
+		if p, _ := tab.RolesFor(tab.ServiceByName("fw"), tab.SlotOf(steering.AffinityCode(&untracked))); p.ID == dead.ID {
+			break
+		}
+	}
+	n.ct.conns = append(n.ct.conns, rules.Conn{Flow: untracked, Mark: rules.SetHalf(0, false, rules.HalfValue(dead.ID))})
+	flows = append(flows, untracked)
 	before := slices.Clone(n.ct.conns)
 	n.run(t)
 	publishDown(t, n, dead.Name)
@@ -55,16 +66,24 @@ func TestRepinMovesFlowsOffADeadInstance(t *testing.T) {
 		if now != want || to.Name == dead.Name {
 			t.Errorf("flow %d: mark %#x -> %#x; want %#x (to %s)", i, was, now, want, to.Name)
 		}
-		if s.Pins[0] != to.ID {
+		if f != untracked && s.Pins[0] != to.ID {
 			t.Errorf("flow %d: session pinned to %d at the firewall; want %d", i, s.Pins[0], to.ID)
 		}
 	}
-	if moved == 0 {
-		t.Fatal("no flow was pinned to the dead instance: the test proves nothing")
+	if moved < 2 {
+		t.Fatal("no tracked flow was pinned to the dead instance: the test proves nothing")
 	}
 	// Each moved connection counts once, whatever halves changed.
 	if got := n.Counters.Repinned.Load(); got != uint64(moved) {
 		t.Errorf("Repinned = %d, want %d", got, moved)
+	}
+	// The tracked ones were moved one by one, without waiting for a
+	// walk of the table; the walk moved only the untracked one.
+	n.ct.mu.Lock()
+	remarked, walked := n.ct.remarked, n.ct.walked
+	n.ct.mu.Unlock()
+	if remarked != moved-1 || walked != 1 {
+		t.Errorf("moved %d entries one by one and %d by walking; want %d and 1", remarked, walked, moved-1)
 	}
 	// fw-1 is a firewall: its secondary writes the takeover, with the
 	// verdict it reads from Redis, not the gateway.

@@ -100,8 +100,10 @@ func (k *fakeKernel) last() (rules.Spec, int) {
 // fakeConntrack is a conntrack table of connections by their original
 // direction.
 type fakeConntrack struct {
-	mu    sync.Mutex // guards conns
+	mu    sync.Mutex // guards the fields below
 	conns []rules.Conn
+	// walked and remarked count the entries Walk and Remark changed.
+	walked, remarked int
 }
 
 var _ rules.Conntrack = (*fakeConntrack)(nil)
@@ -116,6 +118,7 @@ func (c *fakeConntrack) Walk(fn func(rules.Conn) (uint32, bool)) (int, error) {
 			n++
 		}
 	}
+	c.walked += n
 	return n, nil
 }
 
@@ -128,6 +131,7 @@ func (c *fakeConntrack) Remark(f steering.Flow, zone uint16, fn func(uint32) (ui
 			m, ok := fn(c.conns[i].Mark)
 			if ok {
 				c.conns[i].Mark = m
+				c.remarked++
 			}
 			return ok, nil
 		}

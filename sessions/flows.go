@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -225,6 +226,25 @@ func (t *Flows) All() []Session {
 		out = append(out, t.unpack(pk.key(), &e))
 	}
 	return out
+}
+
+// PinnedTo returns copies of at most max sessions pinned, at some hop, to
+// an instance for which pinned reports true, and whether more are. pinned
+// runs under the table's lock: it must be quick and must not use the
+// table.
+func (t *Flows) PinnedTo(pinned func(id uint16) bool, max int) (out []Session, more bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for pk, e := range t.entries {
+		if !slices.ContainsFunc(e.pins[:], func(id uint16) bool { return id != 0 && pinned(id) }) {
+			continue
+		}
+		if len(out) == max {
+			return out, true
+		}
+		out = append(out, t.unpack(pk.key(), &e))
+	}
+	return out, false
 }
 
 // KeySet is a set of flow keys without pointers, for sets as large as the
