@@ -217,3 +217,50 @@ func TestEntrySize(t *testing.T) {
 		t.Errorf("entry is %d bytes; want 48", got)
 	}
 }
+
+// TestPinnedTo: the sessions pinned, at any hop, to an instance asked
+// for, at most max of them, and whether there are more.
+func TestPinnedTo(t *testing.T) {
+	tab := NewFlows(time.Minute)
+	for port, pins := range map[uint16]steering.Pins{1: {3, 7}, 2: {4, 3}, 3: {4, 8}, 4: {5}} {
+		tab.Put(Session{Key: Key{A: netip.MustParseAddr("10.0.0.1"), PA: port, Proto: 6}, Tenant: "acme", Pins: pins})
+	}
+	ports := func(ss []Session) []uint16 {
+		var out []uint16
+		for _, s := range ss {
+			out = append(out, s.Key.PA)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		dead  []uint16
+		max   int
+		want  []uint16
+		more  bool
+		count int // with more, how many it returns
+	}{
+		{"at the first hop or the second", []uint16{3}, 10, []uint16{1, 2}, false, 0},
+		{"two instances", []uint16{3, 8}, 10, []uint16{1, 2, 3}, false, 0},
+		{"none pinned", []uint16{9}, 10, nil, false, 0},
+		{"an empty hop is no instance", []uint16{0}, 10, nil, false, 0},
+		{"more than max", []uint16{3, 4}, 2, nil, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, more := tab.PinnedTo(func(id uint16) bool { return slices.Contains(tc.dead, id) }, tc.max)
+			if more != tc.more {
+				t.Errorf("more = %t; want %t", more, tc.more)
+			}
+			if tc.more {
+				if len(got) != tc.count {
+					t.Errorf("returned %d sessions; want %d", len(got), tc.count)
+				}
+				return
+			}
+			if diff := gocmp.Diff(tc.want, ports(got)); diff != "" {
+				t.Errorf("sessions by port (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
