@@ -145,3 +145,42 @@ func writeNew(path string, b []byte, perm os.FileMode) error {
 	}
 	return nil
 }
+
+// Kinds of key file, as IdentifyKeyFile names them.
+const (
+	KindPrivate = "private key" // signs map versions
+	KindPublic  = "public key"  // verifies them
+	KindSession = "session key" // seals session records
+)
+
+// IdentifyKeyFile reads the key file at path and returns what it holds
+// (KindPrivate, KindPublic or KindSession) and the key's ID: the one
+// signatures name for an ed25519 key, public or private (KeyID of the
+// public key), and the one heartbeats name for a session key
+// (SessionKey.ID). It is how an operator matches a file to what `nfsteer
+// status` and the logs show.
+func IdentifyKeyFile(path string) (kind, id string, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", fmt.Errorf("reading key: %w", err)
+	}
+	if bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN PUBLIC KEY")) {
+		pub, err := ParsePublicKey(b)
+		if err != nil {
+			return "", "", fmt.Errorf("key %s: %w", path, err)
+		}
+		return KindPublic, KeyID(pub), nil
+	}
+	if bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN")) {
+		priv, err := ParsePrivateKey(b)
+		if err != nil {
+			return "", "", fmt.Errorf("key %s: %w", path, err)
+		}
+		return KindPrivate, KeyID(priv.Public().(ed25519.PublicKey)), nil
+	}
+	k, err := ParseSessionKey(b)
+	if err != nil {
+		return "", "", fmt.Errorf("key %s: %w", path, err)
+	}
+	return KindSession, k.ID(), nil
+}

@@ -1027,3 +1027,42 @@ func testSessionKey(t testing.TB) *signing.SessionKey {
 	}
 	return k
 }
+
+// TestKeyID: key id names each kind of key file and its ID, the same for
+// a signing key's two halves and what key generate printed for a session
+// key, and refuses a file that is no key.
+func TestKeyID(t *testing.T) {
+	dir := t.TempDir()
+	ops, sess, bad := filepath.Join(dir, "ops.key"), filepath.Join(dir, "session.key"), filepath.Join(dir, "bad.key")
+	if r := nfsteer(t, "key", "generate", "--out", ops); r.code != 0 {
+		t.Fatalf("key generate: %+v", r)
+	}
+	r := nfsteer(t, "key", "generate", "--session", "--out", sess)
+	if r.code != 0 {
+		t.Fatalf("key generate --session: %+v", r)
+	}
+	k, err := signing.LoadSessionKey(sess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.stdout, "session key "+k.ID()+": ") {
+		t.Errorf("key generate --session printed %q; want the key's ID %s", r.stdout, k.ID())
+	}
+	r = nfsteer(t, "key", "id", ops, ops+".pub", sess, "-o", "json")
+	var got []struct{ File, Kind, ID string }
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 0 || len(got) != 3 {
+		t.Fatalf("key id -o json: %v\n%+v", err, r)
+	}
+	if got[0].Kind != signing.KindPrivate || got[1].Kind != signing.KindPublic || got[0].ID != got[1].ID || got[2].Kind != signing.KindSession || got[2].ID != k.ID() {
+		t.Errorf("key id: %+v; want the private and public halves under one ID, and the session key under %s", got, k.ID())
+	}
+	if err := os.WriteFile(bad, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := nfsteer(t, "key", "id", bad); r.code != 1 || !strings.Contains(r.stderr, bad) {
+		t.Errorf("key id of a file that is no key: %+v; want exit 1 naming it", r)
+	}
+	if r := nfsteer(t, "key", "id"); r.code != 2 {
+		t.Errorf("key id with no file: %+v; want a usage error", r)
+	}
+}

@@ -239,7 +239,11 @@ Example:
 					if err := signing.GenerateSessionKey(c.String("out")); err != nil {
 						return err
 					}
-					fmt.Fprintf(c.App.Writer, "session key %s (mode 0600)\n", c.String("out"))
+					_, id, err := signing.IdentifyKeyFile(c.String("out"))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "session key %s: %s (mode 0600)\n", id, c.String("out"))
 					return nil
 				}
 				id, err := signing.GenerateKey(c.String("out"))
@@ -248,6 +252,46 @@ Example:
 				}
 				fmt.Fprintf(c.App.Writer, "key %s: private key %s (mode 0600), public key %s.pub\n", id, c.String("out"), c.String("out"))
 				return nil
+			},
+		}, {
+			Name:      "id",
+			Usage:     "say what each key FILE holds and its ID, as status, the logs and signatures name it",
+			ArgsUsage: "FILE...",
+			Description: `A signing key (private or public) is named by the first 8 bytes of the
+SHA-256 of its public key, a session key by 8 bytes of its MAC of a fixed
+label (never the key itself): match them to the TRUST column of nfsteer
+status while changing keys.
+
+Example:
+   nfsteer key id /etc/nfsteer/session.key /etc/nfsteer/ops.key.pub`,
+			Flags: []cli.Flag{outputFlag()},
+			Action: func(c *cli.Context) error {
+				out, err := printerOf(c)
+				if err != nil {
+					return err
+				}
+				if c.NArg() == 0 {
+					return cli.Exit("key id: give at least one key FILE", 2)
+				}
+				type keyView struct {
+					File string `json:"file"`
+					Kind string `json:"kind"`
+					ID   string `json:"id"`
+				}
+				var keys []keyView
+				for _, f := range c.Args().Slice() {
+					kind, id, err := signing.IdentifyKeyFile(f)
+					if err != nil {
+						return cli.Exit(err.Error(), 1)
+					}
+					keys = append(keys, keyView{f, kind, id})
+				}
+				return out.print(keys, func(w io.Writer) {
+					row(w, "FILE", "KIND", "ID")
+					for _, k := range keys {
+						row(w, k.File, k.Kind, k.ID)
+					}
+				})
 			},
 		}},
 	}
