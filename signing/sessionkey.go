@@ -73,14 +73,23 @@ func LoadSessionKey(path string) (*SessionKey, error) {
 	return k, nil
 }
 
+// NewRandomSessionKey returns a new random session key.
+func NewRandomSessionKey() (*SessionKey, error) {
+	k := make([]byte, SessionKeySize)
+	if _, err := rand.Read(k); err != nil {
+		return nil, fmt.Errorf("generating a session key: %w", err)
+	}
+	return &SessionKey{k: k}, nil
+}
+
 // GenerateSessionKey writes a new random session key to out (mode 0600),
 // which must not exist.
 func GenerateSessionKey(out string) error {
-	k := make([]byte, SessionKeySize)
-	if _, err := rand.Read(k); err != nil {
-		return fmt.Errorf("generating a session key: %w", err)
+	k, err := NewRandomSessionKey()
+	if err != nil {
+		return err
 	}
-	return writeNew(out, []byte(hex.EncodeToString(k)+"\n"), 0o600) // O_EXCL: never over a file
+	return writeNew(out, []byte(hex.EncodeToString(k.k)+"\n"), 0o600) // O_EXCL: never over a file
 }
 
 // ID names k without revealing it: the first 8 bytes of its MAC of a

@@ -312,39 +312,35 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 // and what telling the tenant apart by where it enters needs, one ingress
 // interface, a tag and an overlay.
 func (m *Map) checkSNAT(v *validator, field string, t *Tenant, fam [2]bool) {
-	sfield := field + ".snat"
-	a, err := netip.ParseAddr(t.SNAT)
-	switch {
-	case err != nil:
-		v.add(sfield, fmt.Sprintf("%q is not an IP address", t.SNAT))
-	case a.Is4In6() || a.Zone() != "":
-		v.add(sfield, fmt.Sprintf("%s: write an IPv4 address in dotted form, with no zone", a))
-	case !a.IsGlobalUnicast() && !a.IsPrivate():
-		v.add(sfield, fmt.Sprintf("%s is not a unicast address", a))
-	case fam[1-familyIndex(a)]:
-		v.add(sfield, fmt.Sprintf("%s is %s, but the tenant has %s prefixes: their flows would leave with their own addresses", a, familyName(a), famNames[1-familyIndex(a)]))
-	}
+	checkTenantAddr(v, field+".snat", t.SNAT, fam, false, ": their flows would leave with their own addresses")
 	if t.Via != "" {
-		vfield := field + ".via"
-		a, err := netip.ParseAddr(t.Via)
-		switch {
-		case err != nil:
-			v.add(vfield, fmt.Sprintf("%q is not an IP address", t.Via))
-		case a.Is4In6() || a.Zone() != "":
-			v.add(vfield, fmt.Sprintf("%s: write an IPv4 address in dotted form, with no zone (the ingress interface is the link)", a))
-		case !a.IsGlobalUnicast() && !a.IsPrivate() && !a.IsLinkLocalUnicast():
-			v.add(vfield, fmt.Sprintf("%s is not a unicast address", a))
-		case fam[1-familyIndex(a)]:
-			v.add(vfield, fmt.Sprintf("%s is %s, but the tenant has %s prefixes", a, familyName(a), famNames[1-familyIndex(a)]))
-		}
+		checkTenantAddr(v, field+".via", t.Via, fam, true, "")
 	}
 	if len(t.Ingress) != 1 {
 		// The tag on the service network has room for the tenant and the
 		// gateway, not for the interface: replies leave by the tenant's.
-		v.add(sfield, fmt.Sprintf("a tenant with a snat address has exactly one ingress interface, not %d", len(t.Ingress)))
+		v.add(field+".snat", fmt.Sprintf("a tenant with a snat address has exactly one ingress interface, not %d", len(t.Ingress)))
 	}
 	if m.Overlay == nil {
-		v.add(sfield, "a tenant with a snat address needs the map's overlay: instance hosts tell it apart by its tag, not by its addresses")
+		v.add(field+".snat", "a tenant with a snat address needs the map's overlay: instance hosts tell it apart by its tag, not by its addresses")
+	}
+}
+
+// checkTenantAddr checks s, an address of a tenant (at field) whose
+// prefixes are of the families fam says: an IP address of their one
+// family, with no zone, and unicast (link-local too with linkLocal). why
+// ends the complaint of a family that is not theirs.
+func checkTenantAddr(v *validator, field, s string, fam [2]bool, linkLocal bool, why string) {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		v.add(field, fmt.Sprintf("%q is not an IP address", s))
+	case a.Is4In6() || a.Zone() != "":
+		v.add(field, fmt.Sprintf("%s: write an IPv4 address in dotted form, with no zone", a))
+	case !a.IsGlobalUnicast() && !a.IsPrivate() && !(linkLocal && a.IsLinkLocalUnicast()):
+		v.add(field, fmt.Sprintf("%s is not a unicast address", a))
+	case fam[1-familyIndex(a)]:
+		v.add(field, fmt.Sprintf("%s is %s, but the tenant has %s prefixes%s", a, familyName(a), famNames[1-familyIndex(a)], why))
 	}
 }
 

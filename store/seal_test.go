@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"strings"
 	"testing"
@@ -18,9 +17,7 @@ import (
 
 func newSessionKey(t testing.TB) *signing.SessionKey {
 	t.Helper()
-	b := make([]byte, signing.SessionKeySize)
-	rand.Read(b)
-	k, err := signing.NewSessionKey(b)
+	k, err := signing.NewRandomSessionKey()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"io"
 	"net/netip"
@@ -1017,11 +1016,7 @@ func TestCLITraceIngress(t *testing.T) {
 // testSessionKey returns a new random session key.
 func testSessionKey(t testing.TB) *signing.SessionKey {
 	t.Helper()
-	b := make([]byte, signing.SessionKeySize)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	k, err := signing.NewSessionKey(b)
+	k, err := signing.NewRandomSessionKey()
 	if err != nil {
 		t.Fatal(err)
 	}
