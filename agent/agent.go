@@ -387,7 +387,9 @@ func (a *Agent) checkReversePath() {
 	st := a.state.Load()
 	var srcs []netip.Prefix
 	for _, tt := range st.spec.Tags {
-		if tt.Zoned() {
+		// A gateway's: an instance host routes no zoned tenant's
+		// flows by its own tables.
+		if tt.Zoned() && st.role == Gateway {
 			srcs = append(srcs, tt.Prefixes...)
 		}
 	}

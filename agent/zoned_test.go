@@ -88,7 +88,8 @@ func TestHandleZoned(t *testing.T) {
 // TestCheckReversePath: a gateway warns, once per change, of each zoned
 // tenant's prefix whose flows the kernel's reverse-path filter drops on
 // their way back from the chain, naming the tenant, and stops when the
-// gateway routes them.
+// gateway routes them. An instance host, which hands those flows back
+// rather than routing them, does not check.
 func TestCheckReversePath(t *testing.T) {
 	var logs bytes.Buffer
 	k := &fakeKernel{unrouted: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/24")}}
@@ -125,5 +126,19 @@ func TestCheckReversePath(t *testing.T) {
 	a.checkReversePath()
 	if got := warned(); len(got) != 0 || a.rpDrops != nil {
 		t.Errorf("once routed: warnings %q, drops %v", got, a.rpDrops)
+	}
+	k.mu.Lock()
+	k.unrouted = []netip.Prefix{netip.MustParsePrefix("10.50.0.0/24")}
+	k.mu.Unlock()
+	cfg.Node, cfg.Rules.Outer = "alpha-1", nil
+	inst, err := New(cfg, k, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.switchMu.Lock()
+	inst.checkReversePath()
+	inst.switchMu.Unlock()
+	if got := warned(); len(got) != 0 {
+		t.Errorf("an instance host warned: %q", got)
 	}
 }
