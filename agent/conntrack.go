@@ -100,7 +100,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	for _, s := range pinned {
 		k := s.Key
 		if k.Proto != unix.IPPROTO_TCP && k.Proto != unix.IPPROTO_UDP {
-			continue // found by a walk too (rules.Conntrack.Remark): the walk below has it
+			continue // Remark would walk the table for it: the walk below does
 		}
 		f := steering.Flow{Src: k.A, Dst: k.B, SrcPort: k.PA, DstPort: k.PB, Proto: k.Proto}
 		for _, zone := range st.zonesOf(s.Tenant) {
