@@ -161,7 +161,9 @@ type Agent struct {
 	// rpDrops are the zoned tenants' prefixes the last check found the
 	// reverse-path filter dropping (checkReversePath).
 	rpDrops []netip.Prefix
-	gc      *switchCollector
+	// rpReport is rpDrops as heartbeats report them, "tenant prefix".
+	rpReport atomic.Pointer[[]string]
+	gc       *switchCollector
 	// logging says decisions are logged: Config.LogFlows, until Reload.
 	logging atomic.Bool
 
@@ -395,6 +397,7 @@ func (a *Agent) checkReversePath() {
 	}
 	if len(srcs) == 0 {
 		a.rpDrops = nil
+		a.rpReport.Store(nil)
 		return
 	}
 	drops, err := a.kernel.ReversePathDrops(srcs)
@@ -406,6 +409,8 @@ func (a *Agent) checkReversePath() {
 		return
 	}
 	a.rpDrops = drops
+	var report []string
+	defer func() { a.rpReport.Store(&report) }()
 	for _, tt := range st.spec.Tags {
 		for _, p := range tt.Prefixes {
 			if !slices.Contains(drops, p) {
@@ -417,6 +422,7 @@ func (a *Agent) checkReversePath() {
 			}
 			a.log.Warn("the kernel's reverse-path filter drops this zoned tenant's flows when the chain hands them back: this gateway routes none of its addresses in its main table (add a route there, a default route is enough, or turn rp_filter off host-wide and on "+rules.OverlayDevice+")",
 				"tenant", tenant, "prefix", p)
+			report = append(report, tenant+" "+p.String())
 		}
 	}
 }

@@ -169,6 +169,9 @@ func (a *Agent) report(rtt time.Duration) *store.Report {
 	r.Unsteered = a.Counters.Unsteered.Load()
 	r.Spoofed = a.Counters.Spoofed.Load()
 	r.Untagged = a.Counters.Untagged.Load()
+	if rp := a.rpReport.Load(); rp != nil {
+		r.ReversePathDrops = *rp
+	}
 	return r
 }
 

@@ -116,6 +116,9 @@ func TestCheckReversePath(t *testing.T) {
 	if diff := cmp.Diff([]string{"blue prefix=10.50.0.0/24", "red prefix=10.50.0.0/24"}, warned()); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
+	if diff := cmp.Diff([]string{"blue 10.50.0.0/24", "red 10.50.0.0/24"}, a.report(0).ReversePathDrops); diff != "" {
+		t.Errorf("heartbeat report (-want +got):\n%s", diff)
+	}
 	a.checkReversePath()
 	if got := warned(); len(got) != 0 {
 		t.Errorf("warned again with nothing changed: %q", got)
@@ -124,8 +127,8 @@ func TestCheckReversePath(t *testing.T) {
 	k.unrouted = nil
 	k.mu.Unlock()
 	a.checkReversePath()
-	if got := warned(); len(got) != 0 || a.rpDrops != nil {
-		t.Errorf("once routed: warnings %q, drops %v", got, a.rpDrops)
+	if got := warned(); len(got) != 0 || a.rpDrops != nil || a.report(0).ReversePathDrops != nil {
+		t.Errorf("once routed: warnings %q, drops %v, reported %q", got, a.rpDrops, a.report(0).ReversePathDrops)
 	}
 	k.mu.Lock()
 	k.unrouted = []netip.Prefix{netip.MustParsePrefix("10.50.0.0/24")}

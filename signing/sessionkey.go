@@ -22,14 +22,23 @@ const SessionMACSize = 16
 // which every node that writes or takes over sessions shares: a record in
 // Redis that no holder of the key wrote is not trusted. It is safe for
 // concurrent use.
-type SessionKey struct{ k []byte }
+type SessionKey struct {
+	k  []byte
+	id string // ID, made once
+}
 
 // NewSessionKey returns the session key k (SessionKeySize bytes).
 func NewSessionKey(k []byte) (*SessionKey, error) {
 	if len(k) != SessionKeySize {
 		return nil, fmt.Errorf("%w: a session key is %d bytes, got %d", ErrKeyFile, SessionKeySize, len(k))
 	}
-	return &SessionKey{k: append([]byte(nil), k...)}, nil
+	return newSessionKey(append([]byte(nil), k...)), nil
+}
+
+func newSessionKey(k []byte) *SessionKey {
+	sk := &SessionKey{k: k}
+	sk.id = hex.EncodeToString(sk.MAC("nfsteer session key id")[:8])
+	return sk
 }
 
 // MAC returns the MAC of parts, each length-prefixed so that no two lists
@@ -79,7 +88,7 @@ func NewRandomSessionKey() (*SessionKey, error) {
 	if _, err := rand.Read(k); err != nil {
 		return nil, fmt.Errorf("generating a session key: %w", err)
 	}
-	return &SessionKey{k: k}, nil
+	return newSessionKey(k), nil
 }
 
 // GenerateSessionKey writes a new random session key to out (mode 0600),
@@ -95,7 +104,7 @@ func GenerateSessionKey(out string) error {
 // ID names k without revealing it: the first 8 bytes of its MAC of a
 // fixed label, in hex. Heartbeats carry it, so that an operator can tell
 // which keys each node seals with and trusts.
-func (k *SessionKey) ID() string { return hex.EncodeToString(k.MAC("nfsteer session key id")[:8]) }
+func (k *SessionKey) ID() string { return k.id }
 
 // SessionKeys are the session keys of a node: the one it seals what it
 // writes with, and those whose seals it trusts besides, so that a fleet

@@ -50,6 +50,11 @@ type Report struct {
 	Trusts         []string `json:"trusts,omitempty"`
 	TrustsUnsealed bool     `json:"trusts_unsealed,omitempty"`
 	ChecksMaps     bool     `json:"checks_maps,omitempty"`
+	// ReversePathDrops lists, on a gateway, the zoned tenants' prefixes
+	// ("tenant prefix") whose flows the kernel's reverse-path filter
+	// drops when the chain hands them back (see
+	// rules.Kernel.ReversePathDrops).
+	ReversePathDrops []string `json:"reverse_path_drops,omitempty"`
 }
 
 // SetSessionKeys says in r what the node seals its session records with

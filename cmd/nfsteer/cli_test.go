@@ -662,6 +662,18 @@ func TestCLIStatus(t *testing.T) {
 			t.Errorf("degraded (-want +got):\n%s", diff)
 		}
 	})
+	// A gateway whose reverse-path filter drops a zoned tenant's flows.
+	t.Run("reverse-path drops", func(t *testing.T) {
+		beat()
+		if err := s.Heartbeat(ctx, "gw", &store.Report{Node: "gw", MapVersion: liveVersion(t, s), ReversePathDrops: []string{"blue 10.50.0.0/24"}}); err != nil {
+			t.Fatal(err)
+		}
+		r, st := status()
+		want := []string{"gw: its reverse-path filter drops the flows the chain hands back of blue 10.50.0.0/24: its main table routes none of their addresses (README: gateway sysctls)"}
+		if diff := cmp.Diff(want, st.Degraded); diff != "" || r.code != exitDegraded {
+			t.Errorf("exit %d; degraded (-want +got):\n%s", r.code, diff)
+		}
+	})
 	// fw-2 down and fw-1 drained (forced): the firewall is in fallback.
 	if _, err := s.Publish(ctx, func(live *steering.Published) (*steering.Published, error) {
 		next := live.Clone()

@@ -231,6 +231,9 @@ type reportView struct {
 	Trusts         []string `json:"trusts,omitempty"`
 	TrustsUnsealed bool     `json:"trusts_unsealed"`
 	ChecksMaps     bool     `json:"checks_maps"`
+	// ReversePathDrops is store.Report's: "tenant prefix", each a zoned
+	// tenant's prefix the gateway's reverse-path filter drops.
+	ReversePathDrops []string `json:"reverse_path_drops"`
 }
 
 // trust is what r's node checks, for the status table.
@@ -269,7 +272,8 @@ func viewReport(r store.Report) *reportView {
 	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed, Untagged: r.Untagged,
 		SlowestS: (time.Duration(r.LatencyUS) * time.Microsecond).Seconds(), RTTS: (time.Duration(r.RTTUS) * time.Microsecond).Seconds(),
 		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops,
-		Sealed: r.Sealed, SealKey: r.SealKey, Trusts: r.Trusts, TrustsUnsealed: r.TrustsUnsealed, ChecksMaps: r.ChecksMaps}
+		Sealed: r.Sealed, SealKey: r.SealKey, Trusts: r.Trusts, TrustsUnsealed: r.TrustsUnsealed, ChecksMaps: r.ChecksMaps,
+		ReversePathDrops: r.ReversePathDrops}
 }
 
 // redisView is Redis as status prints it.
@@ -478,6 +482,10 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			degraded("%s: silent for %s", node, now.Sub(b.At).Round(time.Millisecond))
 		case heard && a.MapVersion < st.Redis.MapVersion && now.Sub(b.At) <= silentAfter:
 			degraded("%s runs map version %d, behind the live %d", node, a.MapVersion, st.Redis.MapVersion)
+		}
+		if heard && now.Sub(b.At) <= silentAfter && len(b.Report.ReversePathDrops) > 0 {
+			degraded("%s: its reverse-path filter drops the flows the chain hands back of %s: its main table routes none of their addresses (README: gateway sysctls)",
+				node, strings.Join(b.Report.ReversePathDrops, ", "))
 		}
 		st.Agents = append(st.Agents, a)
 	}
