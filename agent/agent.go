@@ -157,13 +157,16 @@ type Agent struct {
 	ctMu sync.Mutex // guards ct, which is not safe for concurrent use
 	ct   rules.Conntrack
 
-	switchMu sync.Mutex // serialises map switches, and guards rpDrops
-	// rpDrops are the zoned tenants' prefixes the last check found the
-	// reverse-path filter dropping (checkReversePath).
-	rpDrops []netip.Prefix
+	switchMu sync.Mutex // serialises map switches
+	gc       *switchCollector
+	// rpMu guards rpChecked and rpDrops: the zoned tenants' prefixes the
+	// last check of the reverse-path filter read, and those it found
+	// dropped (checkReversePath).
+	rpMu      sync.Mutex
+	rpChecked []netip.Prefix
+	rpDrops   []netip.Prefix
 	// rpReport is rpDrops as heartbeats report them, "tenant prefix".
 	rpReport atomic.Pointer[[]string]
-	gc       *switchCollector
 	// logging says decisions are logged: Config.LogFlows, until Reload.
 	logging atomic.Bool
 
@@ -381,11 +384,14 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 
 // checkReversePath warns of the zoned tenants' prefixes whose flows the
 // kernel's reverse-path filter drops when the chain hands them back to
-// this gateway (rules.Kernel.ReversePathDrops), each time they change:
-// the filter counts them (TcpExtIPReversePathFilter) and nothing else
-// would say why those tenants' connections hang. The caller holds
-// switchMu.
-func (a *Agent) checkReversePath() {
+// this gateway (rules.Kernel.ReversePathDrops), each time they change,
+// and has heartbeats report them: the filter only counts them
+// (TcpExtIPReversePathFilter), and nothing else would say why those
+// tenants' connections hang. Without always, it checks only when the
+// zoned tenants' prefixes changed since the last check: a map switch
+// calls it so, and the refresh walk, every interval, with always (the
+// routes change without the map). It costs a route lookup per prefix.
+func (a *Agent) checkReversePath(always bool) {
 	st := a.state.Load()
 	var srcs []netip.Prefix
 	for _, tt := range st.spec.Tags {
@@ -395,6 +401,12 @@ func (a *Agent) checkReversePath() {
 			srcs = append(srcs, tt.Prefixes...)
 		}
 	}
+	a.rpMu.Lock()
+	defer a.rpMu.Unlock()
+	if !always && slices.Equal(srcs, a.rpChecked) {
+		return
+	}
+	a.rpChecked = srcs
 	if len(srcs) == 0 {
 		a.rpDrops = nil
 		a.rpReport.Store(nil)
@@ -499,7 +511,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	a.switchMu.Lock()
 	err = a.kernel.Apply(a.Spec())
 	if err == nil {
-		a.checkReversePath()
+		a.checkReversePath(true)
 	}
 	a.switchMu.Unlock()
 	if err != nil {

@@ -188,6 +188,7 @@ func (a *Agent) refresh(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
+		a.checkReversePath(true)
 		live.Clear()
 		st := a.state.Load()
 		a.ctMu.Lock()

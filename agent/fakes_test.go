@@ -35,8 +35,10 @@ type fakeKernel struct {
 	fail    error // returned by Apply when set
 	// unsteered and spoofed are what Unsteered and Spoofed report.
 	unsteered, spoofed uint64
-	// unrouted are the sources ReversePathDrops reports.
+	// unrouted are the sources ReversePathDrops reports; rpChecks
+	// counts its calls.
 	unrouted []netip.Prefix
+	rpChecks int
 }
 
 var _ rules.Kernel = (*fakeKernel)(nil)
@@ -72,6 +74,7 @@ func (k *fakeKernel) Untagged() (uint64, error) { return 0, nil }
 func (k *fakeKernel) ReversePathDrops(srcs []netip.Prefix) ([]netip.Prefix, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.rpChecks++
 	var out []netip.Prefix
 	for _, p := range srcs {
 		if slices.Contains(k.unrouted, p) {

@@ -104,7 +104,7 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) er
 	moved := a.repin(old.table, a.state.Load().table)
 	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(), "via", via,
 		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "down", p.Down)
-	a.checkReversePath()
+	a.checkReversePath(false)
 	return nil
 }
 

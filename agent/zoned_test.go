@@ -87,9 +87,11 @@ func TestHandleZoned(t *testing.T) {
 
 // TestCheckReversePath: a gateway warns, once per change, of each zoned
 // tenant's prefix whose flows the kernel's reverse-path filter drops on
-// their way back from the chain, naming the tenant, and stops when the
-// gateway routes them. An instance host, which hands those flows back
-// rather than routing them, does not check.
+// their way back from the chain, naming the tenant, reports them with
+// its heartbeat, and stops when the gateway routes them. A map switch
+// that leaves the zoned prefixes as they were asks the kernel nothing.
+// An instance host, which hands those flows back rather than routing
+// them, does not check.
 func TestCheckReversePath(t *testing.T) {
 	var logs bytes.Buffer
 	k := &fakeKernel{unrouted: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/24")}}
@@ -110,23 +112,28 @@ func TestCheckReversePath(t *testing.T) {
 		logs.Reset()
 		return out
 	}
-	a.switchMu.Lock()
-	defer a.switchMu.Unlock()
-	a.checkReversePath()
+	a.checkReversePath(true)
 	if diff := cmp.Diff([]string{"blue prefix=10.50.0.0/24", "red prefix=10.50.0.0/24"}, warned()); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"blue 10.50.0.0/24", "red 10.50.0.0/24"}, a.report(0).ReversePathDrops); diff != "" {
 		t.Errorf("heartbeat report (-want +got):\n%s", diff)
 	}
-	a.checkReversePath()
+	a.checkReversePath(true)
 	if got := warned(); len(got) != 0 {
 		t.Errorf("warned again with nothing changed: %q", got)
 	}
 	k.mu.Lock()
 	k.unrouted = nil
+	checks := k.rpChecks
 	k.mu.Unlock()
-	a.checkReversePath()
+	a.checkReversePath(false)
+	k.mu.Lock()
+	if k.rpChecks != checks {
+		t.Errorf("a check without a change of prefixes asked the kernel")
+	}
+	k.mu.Unlock()
+	a.checkReversePath(true)
 	if got := warned(); len(got) != 0 || a.rpDrops != nil || a.report(0).ReversePathDrops != nil {
 		t.Errorf("once routed: warnings %q, drops %v, reported %q", got, a.rpDrops, a.report(0).ReversePathDrops)
 	}
@@ -138,9 +145,7 @@ func TestCheckReversePath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inst.switchMu.Lock()
-	inst.checkReversePath()
-	inst.switchMu.Unlock()
+	inst.checkReversePath(true)
 	if got := warned(); len(got) != 0 {
 		t.Errorf("an instance host warned: %q", got)
 	}
