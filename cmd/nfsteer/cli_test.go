@@ -669,7 +669,7 @@ func TestCLIStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		r, st := status()
-		want := []string{"gw: its reverse-path filter drops the flows the chain hands back of blue 10.50.0.0/24: its main table routes none of their addresses (README: gateway sysctls)"}
+		want := []string{"gw: its reverse-path filter drops the chain's hand-back of zoned flows from blue 10.50.0.0/24 (no route to them in its main table; README: gateway sysctls)"}
 		if diff := cmp.Diff(want, st.Degraded); diff != "" || r.code != exitDegraded {
 			t.Errorf("exit %d; degraded (-want +got):\n%s", r.code, diff)
 		}

@@ -484,7 +484,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			degraded("%s runs map version %d, behind the live %d", node, a.MapVersion, st.Redis.MapVersion)
 		}
 		if heard && now.Sub(b.At) <= silentAfter && len(b.Report.ReversePathDrops) > 0 {
-			degraded("%s: its reverse-path filter drops the flows the chain hands back of %s: its main table routes none of their addresses (README: gateway sysctls)",
+			degraded("%s: its reverse-path filter drops the chain's hand-back of zoned flows from %s (no route to them in its main table; README: gateway sysctls)",
 				node, strings.Join(b.Report.ReversePathDrops, ", "))
 		}
 		st.Agents = append(st.Agents, a)
