@@ -22,7 +22,8 @@ const (
 	// the controller lease. It touches no session.
 	ACLController ACLRole = "controller"
 	// ACLOperator is the CLI: it reads everything nfsteer keeps, and
-	// publishes maps and hands sessions over (instance drain --migrate).
+	// publishes maps, hands sessions over (instance drain --migrate) and
+	// reseals them (sessions reseal).
 	ACLOperator ACLRole = "operator"
 )
 
@@ -34,7 +35,7 @@ func (r ACLRole) About() string {
 	case ACLController:
 		return "the controller: reads heartbeats, publishes its failovers and health changes, holds the lease; no sessions"
 	case ACLOperator:
-		return "operators' CLI: reads everything, publishes maps, hands sessions over (instance drain --migrate)"
+		return "operators' CLI: reads everything, publishes maps, hands sessions over (instance drain --migrate) and reseals them"
 	}
 	return ""
 }
@@ -84,7 +85,7 @@ var aclGrants = map[ACLRole]aclGrant{
 		keys:     []string{"~nfsteer:*"},
 		channels: []string{Channel},
 		commands: []string{"+get", "+set", "+del", "+lrange", "+llen", "+rpush", "+watch", "+unwatch", "+multi", "+exec",
-			"+publish", "+subscribe", "+unsubscribe", "+hset", "+hdel", "+hgetall", "+pexpire", "+pttl",
+			"+publish", "+subscribe", "+unsubscribe", "+hset", "+hget", "+hdel", "+hgetall", "+pexpire", "+pttl",
 			"+zadd", "+zrem", "+zcount", "+zrangebyscore", "+zremrangebyscore"},
 	},
 }

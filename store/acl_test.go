@@ -9,6 +9,7 @@ import (
 
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
+	"github.com/nfsteer/nfsteer/signing"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
@@ -145,6 +146,21 @@ func TestACLRoles(t *testing.T) {
 	must("compile", err)
 	_, _, err = op.Handover(ctx, sec.Name, nt)
 	must("operator: hand-over", err)
+	// And reseals them, with a key, trusting the unsealed records of
+	// this test's agents.
+	sealer := as(store.ACLOperator)
+	k, err := signing.NewRandomSessionKey()
+	must("session key", err)
+	sealer.SealSessions(signing.SessionKeys{Seal: k, Unsealed: true})
+	resealed := 0
+	for _, in := range nt.Instances() {
+		n, _, err := sealer.Reseal(ctx, in.Name)
+		must("operator: reseal", err)
+		resealed += n
+	}
+	if resealed == 0 {
+		t.Errorf("operator: resealed nothing; the test proves nothing")
+	}
 
 	// What a role must not do.
 	_, err = agent.Publish(ctx, drain("dlp-1"))

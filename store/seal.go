@@ -2,11 +2,14 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nfsteer/nfsteer/signing"
+	"github.com/redis/go-redis/v9"
 )
 
 // Sealed records. With a sealing key (Store.SealSessions), a session's
@@ -109,4 +112,129 @@ func (s *Store) openState(flow, service, v string) (string, error) {
 		return "", fmt.Errorf("state of %s: %w", service, errBadMAC)
 	}
 	return state, nil
+}
+
+// errNoSealingKey: resealing needs a key to seal with.
+var errNoSealingKey = errors.New("resealing sessions needs the key to seal them with (--session-key)")
+
+// resealScript rewrites a session's record, keeping its life, only if it
+// is still the one read. KEYS: session. ARGV: the record read, the record
+// sealed anew. Returns 1 if written.
+var resealScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+`)
+
+// resealStateScript rewrites a function's state of a session only if it
+// is still the one read. KEYS: state. ARGV: field, the state read, the
+// state sealed anew. Returns 1 if written.
+var resealStateScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+`)
+
+// sealedWithSealKey reports whether record b of flow carries the MAC of
+// the store's sealing key.
+func (s *Store) sealedWithSealKey(flow string, b []byte) bool {
+	rest, ok := bytes.CutPrefix(b, []byte(macPrefix))
+	if !ok {
+		return false
+	}
+	enc, m, ok := bytes.Cut(rest, []byte(`",`))
+	if !ok {
+		return false
+	}
+	mac, err := base64.RawStdEncoding.DecodeString(string(enc))
+	return err == nil && s.sessionKeys.Seal.Check(mac, "record", flow, "{"+string(m))
+}
+
+// stateSealedWithSealKey reports whether v, service's state of flow,
+// carries the MAC of the store's sealing key.
+func (s *Store) stateSealedWithSealKey(flow, service, v string) bool {
+	if len(v) <= sealedStateMAC || v[sealedStateMAC] != '.' {
+		return false
+	}
+	mac, err := base64.RawStdEncoding.DecodeString(v[:sealedStateMAC])
+	return err == nil && s.sessionKeys.Seal.Check(mac, "state", flow, service, v[sealedStateMAC+1:])
+}
+
+// Reseal seals anew, with the store's sealing key, the records and
+// function states of the sessions instance holds the primary role for
+// that another key the store trusts sealed, or that carry no seal while
+// it trusts those. A record is rewritten only when its roles change, so
+// the records of flows that outlive a fleet's change of key keep the old
+// seal, and the old key could not be dropped until they ended. Each entry
+// is rewritten only if it is unchanged since it was read, and keeps its
+// life in Redis. It returns how many records and states it rewrote; an
+// entry the store does not trust is left as it is and returned in bad.
+func (s *Store) Reseal(ctx context.Context, instance string) (resealed int, bad []error, err error) {
+	if s.sessionKeys.Seal == nil {
+		return 0, nil, errNoSealingKey
+	}
+	flows, err := s.indexed(ctx, instance, RolePrimary)
+	if err != nil {
+		return 0, nil, err
+	}
+	const batch = 256
+	for len(flows) > 0 {
+		n := min(len(flows), batch)
+		part := flows[:n]
+		flows = flows[n:]
+		pipe := s.rdb.Pipeline()
+		recs := make([]*redis.StringCmd, n)
+		states := make([]*redis.MapStringStringCmd, n)
+		for i, f := range part {
+			recs[i] = pipe.Get(ctx, sessionKey(f))
+			states[i] = pipe.HGetAll(ctx, stateKey(f))
+		}
+		if cmds, err := pipe.Exec(ctx); err != nil {
+			if err := failed(cmds, err); err != nil {
+				return resealed, bad, fmt.Errorf("reading sessions to reseal from %s: %w", s.addr, permission(err))
+			}
+		}
+		pipe = s.rdb.Pipeline()
+		var writes []*redis.Cmd
+		for i, f := range part {
+			raw, err := recs[i].Result()
+			if err != nil {
+				continue // gone meanwhile
+			}
+			m, err := s.openRecord(f, []byte(raw))
+			if err != nil {
+				bad = append(bad, fmt.Errorf("session %s: %w: record: %v", sessionKey(f), ErrMalformed, err))
+				continue
+			}
+			if !s.sealedWithSealKey(f, []byte(raw)) {
+				writes = append(writes, resealScript.Eval(ctx, pipe, []string{sessionKey(f)}, raw, s.sealRecord(f, m)))
+			}
+			for field, v := range states[i].Val() {
+				service, ok := strings.CutPrefix(field, "st:")
+				if !ok || s.stateSealedWithSealKey(f, service, v) {
+					continue
+				}
+				st, err := s.openState(f, service, v)
+				if err != nil {
+					bad = append(bad, fmt.Errorf("session %s: %w: %v", sessionKey(f), ErrMalformed, err))
+					continue
+				}
+				writes = append(writes, resealStateScript.Eval(ctx, pipe, []string{stateKey(f)}, field, v, s.sealState(f, service, st)))
+			}
+		}
+		if len(writes) == 0 {
+			continue
+		}
+		if cmds, err := pipe.Exec(ctx); err != nil {
+			if err := failed(cmds, err); err != nil {
+				return resealed, bad, fmt.Errorf("resealing sessions at %s: %w", s.addr, permission(err))
+			}
+		}
+		for _, w := range writes {
+			if n, _ := w.Int(); n == 1 {
+				resealed++
+			}
+		}
+	}
+	return resealed, bad, nil
 }

@@ -246,3 +246,79 @@ func mustID(t testing.TB, tab *steering.Table, name string) uint16 {
 	}
 	return in.ID
 }
+
+// TestReseal: after a fleet changes keys, resealing rewrites the records
+// and states of an instance's sessions that the old key sealed, or none,
+// so that a node that trusts only the new key reads them; their life in
+// Redis is kept; a second pass has nothing to do; an entry no trusted key
+// sealed is left alone and reported.
+func TestReseal(t *testing.T) {
+	ctx := context.Background()
+	url := redislab.Start(t, redislab.Options{}).URL
+	tab := labTable(t)
+	k1, k2 := newSessionKey(t), newSessionKey(t)
+	old, unsealed, rotated, next, other := open(t, url), open(t, url), open(t, url), open(t, url), open(t, url)
+	old.SealSessions(signing.SessionKeys{Seal: k1})
+	rotated.SealSessions(signing.SessionKeys{Seal: k2, Accept: []*signing.SessionKey{k1}, Unsealed: true})
+	next.SealSessions(signing.SessionKeys{Seal: k2})
+	other.SealSessions(signing.SessionKeys{Seal: newSessionKey(t)})
+	admit := func(s *store.Store, sport uint16) sessions.Session {
+		t.Helper()
+		a := acmeSession(tab, sport)
+		a.Rule = 0
+		for _, w := range []struct {
+			s    *store.Sessions
+			kind sessions.OpKind
+		}{{s.NewSessions("", time.Minute), sessions.OpCreate}, {s.NewSessions("fw", time.Minute), sessions.OpCreateState}} {
+			if _, err := w.s.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: w.kind, Session: a}})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return a
+	}
+	sealedOld, plain, forged := admit(old, 44000), admit(unsealed, 44001), admit(other, 44002)
+	instance := func(a sessions.Session) string {
+		in, _ := tab.InstanceByID(a.Pins[0])
+		return in.Name
+	}
+	for _, a := range []sessions.Session{sealedOld, plain} {
+		if instance(a) != instance(sealedOld) {
+			t.Fatalf("the sessions are on %s and %s: the test wants one instance", instance(a), instance(sealedOld))
+		}
+	}
+	c := store.ClientOf(old)
+	ttl0 := c.PTTL(ctx, "nfsteer:s:{"+sealedOld.Key.String()+"}").Val()
+	if _, err := next.NewSessions("", time.Minute).Get(ctx, sealedOld.Key); err == nil {
+		t.Fatal("a node with only the new key read a record sealed with the old one before the reseal")
+	}
+	if _, _, err := (open(t, url)).Reseal(ctx, instance(sealedOld)); err == nil || !strings.Contains(err.Error(), "--session-key") {
+		t.Errorf("Reseal without a sealing key: %v; want it refused, naming --session-key", err)
+	}
+	n, bad, err := rotated.Reseal(ctx, instance(sealedOld))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two records and two firewall states; the forged one, where it is
+	// on the same instance, is reported and left.
+	if n != 4 {
+		t.Errorf("resealed %d records and states; want 4", n)
+	}
+	if instance(forged) == instance(sealedOld) && len(bad) == 0 {
+		t.Errorf("the session sealed with an untrusted key was not reported")
+	}
+	for _, a := range []sessions.Session{sealedOld, plain} {
+		rec, err := next.NewSessions("", time.Minute).Get(ctx, a.Key)
+		if err == nil {
+			_, err = sessions.ParseFirewallState(rec.State["fw"])
+		}
+		if err != nil {
+			t.Errorf("after the reseal, a node with only the new key reads %s: %v", a.Key, err)
+		}
+	}
+	if ttl := c.PTTL(ctx, "nfsteer:s:{"+sealedOld.Key.String()+"}").Val(); ttl <= 0 || ttl > ttl0 {
+		t.Errorf("the resealed record's life: %v, before %v; want it kept", ttl, ttl0)
+	}
+	if n, _, err := rotated.Reseal(ctx, instance(sealedOld)); err != nil || n != 0 {
+		t.Errorf("a second reseal rewrote %d (%v); want nothing", n, err)
+	}
+}

@@ -695,12 +695,9 @@ func (s *Store) decodeRecord(flow, record string, f map[string]string) (*session
 // instance's index (no keyspace scan). Entries that expired are pruned;
 // malformed ones are skipped and returned in bad.
 func (s *Store) List(ctx context.Context, instance, role string) (recs []*sessions.Record, bad []error, err error) {
-	key := indexKey(instance, role)
-	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	s.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+now)
-	flows, err := s.rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+	flows, err := s.indexed(ctx, instance, role)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading index %s from %s: %w", key, s.addr, permission(err))
+		return nil, nil, err
 	}
 	for _, f := range flows {
 		r, err := s.Session(ctx, f)
@@ -725,6 +722,19 @@ func (s *Store) List(ctx context.Context, instance, role string) (recs []*sessio
 		}
 	}
 	return recs, bad, nil
+}
+
+// indexed returns the flows of instance's index of role whose deadline
+// has not passed, and prunes the others.
+func (s *Store) indexed(ctx context.Context, instance, role string) ([]string, error) {
+	key := indexKey(instance, role)
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	s.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+now)
+	flows, err := s.rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading index %s from %s: %w", key, s.addr, permission(err))
+	}
+	return flows, nil
 }
 
 // Count returns how many live sessions instance holds role for, from its

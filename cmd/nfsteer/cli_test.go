@@ -1073,3 +1073,54 @@ func TestKeyID(t *testing.T) {
 		t.Errorf("key id with no file: %+v; want a usage error", r)
 	}
 }
+
+// TestCLIReseal: after a change of session key, sessions reseal, given
+// the new key and the old one accepted, seals anew what the old key
+// sealed; sessions list given only the new key then refuses nothing. It
+// needs a key to seal with.
+func TestCLIReseal(t *testing.T) {
+	s := labRedis(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	oldKey, newKey := filepath.Join(dir, "old.key"), filepath.Join(dir, "new.key")
+	for _, k := range []string{oldKey, newKey} {
+		if r := nfsteer(t, "key", "generate", "--session", "--out", k); r.code != 0 {
+			t.Fatalf("key generate --session: %+v", r)
+		}
+	}
+	k1, err := signing.LoadSessionKey(oldKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SealSessions(signing.SessionKeys{Seal: k1})
+	p, err := s.Live(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.CompilePublished(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := steering.Flow{Src: netip.MustParseAddr("10.20.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40001, DstPort: 80, Proto: 6}
+	code := steering.AffinityCode(&f)
+	sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "globex", Code: code, Pins: tab.PinsFor(tab.TenantByName("globex"), tab.SlotOf(code)),
+		Created: time.Now().UnixNano(), Rule: -1}
+	if _, err := s.NewSessions("", time.Minute).Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: sess}})); err != nil {
+		t.Fatal(err)
+	}
+	if r := nfsteer(t, "sessions", "list", "--session-key", newKey); !strings.Contains(r.stderr, "skipped") {
+		t.Fatalf("sessions list with only the new key, before the reseal: %+v; want the old key's record refused", r)
+	}
+	if r := nfsteer(t, "sessions", "reseal"); r.code != 2 || !strings.Contains(r.stderr, "--session-key") {
+		t.Errorf("sessions reseal without a key: %+v; want a usage error naming --session-key", r)
+	}
+	var got struct{ Resealed, Refused int }
+	r := nfsteer(t, "sessions", "reseal", "--session-key", newKey, "--session-key-accept", oldKey, "-o", "json")
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 0 || got.Resealed != 1 || got.Refused != 0 {
+		t.Errorf("sessions reseal: %+v (%v); want 1 record resealed, none refused", r, err)
+	}
+	r = nfsteer(t, "sessions", "list", "--session-key", newKey, "-o", "json")
+	if r.code != 0 || strings.Contains(r.stderr, "skipped") || !strings.Contains(r.stdout, sess.Key.String()) {
+		t.Errorf("sessions list with only the new key, after the reseal: %+v; want the session, and nothing refused", r)
+	}
+}

@@ -43,6 +43,59 @@ Example, what fw-2 would take over if its primaries died:
 				Action: sessionsList,
 			},
 			{
+				Name:  "reseal",
+				Usage: "seal anew, with --session-key, the sessions another trusted key sealed, or none",
+				Description: `While a fleet changes its session key (README: "Sealed session records"),
+records of flows that outlive the change keep the old key's seal, or
+none. Run this once every node seals with the new key, with the flags of
+that step (the new key, and the old one accepted): it rewrites each such
+record and function state, unless it changed since it was read, and keeps
+its life in Redis. The old key can then be dropped. An entry no key it
+trusts sealed is left as it is and reported.
+
+Example:
+   nfsteer sessions reseal --redis redis://10.0.0.5:6379        --session-key /etc/nfsteer/session-next.key --session-key-accept /etc/nfsteer/session.key`,
+				Flags: []cli.Flag{
+					redisFlag(), outputFlag(),
+					&cli.StringFlag{Name: "instance", Usage: "only the sessions this `INSTANCE` holds the primary role for (default: every instance)"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.String("session-key") == "" {
+						return cli.Exit("--session-key FILE is required: the key to seal with", 2)
+					}
+					return withLive(c, func(out printer, l live) error {
+						instances := []string{c.String("instance")}
+						if instances[0] == "" {
+							instances = instances[:0]
+							for _, in := range l.t.Instances() {
+								instances = append(instances, in.Name)
+							}
+						} else if _, err := l.p.ServiceOf(instances[0]); err != nil {
+							return err
+						}
+						type result struct {
+							Resealed int `json:"resealed"`
+							Refused  int `json:"refused"`
+						}
+						var r result
+						for _, in := range instances {
+							n, bad, err := l.s.Reseal(c.Context, in)
+							if err != nil {
+								return err
+							}
+							r.Resealed += n
+							r.Refused += len(bad)
+							for _, err := range bad {
+								fmt.Fprintf(c.App.ErrWriter, "nfsteer: skipped: %v\n", err)
+							}
+						}
+						return out.print(r, func(w io.Writer) {
+							fmt.Fprintf(w, "resealed %d records and states; %d refused, left as they are\n", r.Resealed, r.Refused)
+						})
+					})
+				},
+			},
+			{
 				Name:        "show",
 				Usage:       "show one session: its pins, roles, times and the functions' state",
 				ArgsUsage:   "FLOW",
