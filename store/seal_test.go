@@ -198,16 +198,7 @@ func TestSessionKeyRotation(t *testing.T) {
 			w, r := open(t, url), open(t, url)
 			w.SealSessions(keys[tc.writer])
 			r.SealSessions(keys[tc.reader])
-			a := acmeSession(tab, uint16(43000+i))
-			a.Rule = 0
-			for _, op := range []struct {
-				s    *store.Sessions
-				kind sessions.OpKind
-			}{{w.NewSessions("", time.Minute), sessions.OpCreate}, {w.NewSessions("fw", time.Minute), sessions.OpCreateState}} {
-				if _, err := op.s.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: op.kind, Session: a}})); err != nil {
-					t.Fatal(err)
-				}
-			}
+			a := admitted(t, w, tab, uint16(43000+i))
 			rec, err := r.NewSessions("", time.Minute).Get(ctx, a.Key)
 			if err == nil {
 				_, err = sessions.ParseFirewallState(rec.State["fw"])
@@ -217,6 +208,24 @@ func TestSessionKeyRotation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// admitted writes, through s, acme's session from source port sport as
+// the lab's gateway and firewall do (the create, then the create with
+// the firewall's verdict), and returns it.
+func admitted(t testing.TB, s *store.Store, tab *steering.Table, sport uint16) sessions.Session {
+	t.Helper()
+	a := acmeSession(tab, sport)
+	a.Rule = 0
+	for _, w := range []struct {
+		s    *store.Sessions
+		kind sessions.OpKind
+	}{{s.NewSessions("", time.Minute), sessions.OpCreate}, {s.NewSessions("fw", time.Minute), sessions.OpCreateState}} {
+		if _, err := w.s.Write(context.Background(), sessions.Name(tab, []sessions.Op{{Kind: w.kind, Session: a}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a
 }
 
 // steeringLab is the lab map as a local version.
@@ -262,21 +271,7 @@ func TestReseal(t *testing.T) {
 	rotated.SealSessions(signing.SessionKeys{Seal: k2, Accept: []*signing.SessionKey{k1}, Unsealed: true})
 	next.SealSessions(signing.SessionKeys{Seal: k2})
 	other.SealSessions(signing.SessionKeys{Seal: newSessionKey(t)})
-	admit := func(s *store.Store, sport uint16) sessions.Session {
-		t.Helper()
-		a := acmeSession(tab, sport)
-		a.Rule = 0
-		for _, w := range []struct {
-			s    *store.Sessions
-			kind sessions.OpKind
-		}{{s.NewSessions("", time.Minute), sessions.OpCreate}, {s.NewSessions("fw", time.Minute), sessions.OpCreateState}} {
-			if _, err := w.s.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: w.kind, Session: a}})); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return a
-	}
-	sealedOld, plain, forged := admit(old, 44000), admit(unsealed, 44001), admit(other, 44002)
+	sealedOld, plain, forged := admitted(t, old, tab, 44000), admitted(t, unsealed, tab, 44001), admitted(t, other, tab, 44002)
 	instance := func(a sessions.Session) string {
 		in, _ := tab.InstanceByID(a.Pins[0])
 		return in.Name

@@ -66,6 +66,20 @@ func labRedis(t *testing.T) *store.Store {
 	return s
 }
 
+// liveTable is the live map in s, compiled.
+func liveTable(t *testing.T, s *store.Store) *steering.Table {
+	t.Helper()
+	p, err := s.Live(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := steering.CompilePublished(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab
+}
+
 func liveVersion(t *testing.T, s *store.Store) uint64 {
 	t.Helper()
 	v, err := s.LiveVersion(context.Background())
@@ -354,14 +368,7 @@ func TestCLIApplyGuards(t *testing.T) {
 func TestCLIRemoveRefusesBusyInstance(t *testing.T) {
 	s := labRedis(t)
 	ctx := context.Background()
-	p, err := s.Live(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := steering.CompilePublished(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tab := liveTable(t, s)
 	f := steering.Flow{Src: netip.MustParseAddr("10.20.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40000, DstPort: 80, Proto: 6}
 	code := steering.AffinityCode(&f)
 	globex := tab.TenantByName("globex")
@@ -1093,14 +1100,7 @@ func TestCLIReseal(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.SealSessions(signing.SessionKeys{Seal: k1})
-	p, err := s.Live(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := steering.CompilePublished(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tab := liveTable(t, s)
 	f := steering.Flow{Src: netip.MustParseAddr("10.20.1.2"), Dst: netip.MustParseAddr("10.99.0.2"), SrcPort: 40001, DstPort: 80, Proto: 6}
 	code := steering.AffinityCode(&f)
 	sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "globex", Code: code, Pins: tab.PinsFor(tab.TenantByName("globex"), tab.SlotOf(code)),
