@@ -164,23 +164,32 @@ func IdentifyKeyFile(path string) (kind, id string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("reading key: %w", err)
 	}
-	if bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN PUBLIC KEY")) {
+	if kind, id, err = IdentifyKey(b); err != nil {
+		return "", "", fmt.Errorf("key %s: %w", path, err)
+	}
+	return kind, id, nil
+}
+
+// IdentifyKey is IdentifyKeyFile for the bytes of a key file. What is not
+// a key of one of the three kinds is an error wrapping ErrKeyFile.
+func IdentifyKey(b []byte) (kind, id string, err error) {
+	switch {
+	case bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN PUBLIC KEY")):
 		pub, err := ParsePublicKey(b)
 		if err != nil {
-			return "", "", fmt.Errorf("key %s: %w", path, err)
+			return "", "", err
 		}
 		return KindPublic, KeyID(pub), nil
-	}
-	if bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN")) {
+	case bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN")):
 		priv, err := ParsePrivateKey(b)
 		if err != nil {
-			return "", "", fmt.Errorf("key %s: %w", path, err)
+			return "", "", err
 		}
 		return KindPrivate, KeyID(priv.Public().(ed25519.PublicKey)), nil
 	}
 	k, err := ParseSessionKey(b)
 	if err != nil {
-		return "", "", fmt.Errorf("key %s: %w", path, err)
+		return "", "", err
 	}
 	return KindSession, k.ID(), nil
 }

@@ -101,7 +101,9 @@ func TestGenerateKey(t *testing.T) {
 	}
 }
 
-func FuzzParsePrivateKey(f *testing.F) {
+// FuzzParseKeys: no bytes panic the key file decoders; what they accept
+// has the right size, and IdentifyKey names it as they read it.
+func FuzzParseKeys(f *testing.F) {
 	dir := f.TempDir()
 	if _, err := GenerateKey(filepath.Join(dir, "k")); err != nil {
 		f.Fatal(err)
@@ -111,12 +113,27 @@ func FuzzParsePrivateKey(f *testing.F) {
 	f.Add(priv)
 	f.Add(pub)
 	f.Add([]byte("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"))
+	if err := GenerateSessionKey(filepath.Join(dir, "s")); err != nil {
+		f.Fatal(err)
+	}
+	sess, _ := os.ReadFile(filepath.Join(dir, "s"))
+	f.Add(sess)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if k, err := ParsePrivateKey(b); err == nil && len(k) != ed25519.PrivateKeySize {
 			t.Fatalf("accepted a private key of %d bytes", len(k))
 		}
 		if k, err := ParsePublicKey(b); err == nil && len(k) != ed25519.PublicKeySize {
 			t.Fatalf("accepted a public key of %d bytes", len(k))
+		}
+		sk, serr := ParseSessionKey(b)
+		kind, id, err := IdentifyKey(b)
+		switch {
+		case err != nil && !errors.Is(err, ErrKeyFile):
+			t.Fatalf("IdentifyKey: %v does not wrap ErrKeyFile", err)
+		case err == nil && len(id) != 16:
+			t.Fatalf("IdentifyKey: ID %q", id)
+		case kind == KindSession && (serr != nil || sk.ID() != id):
+			t.Fatalf("IdentifyKey named a session key %s that ParseSessionKey reads as %v, %v", id, sk, serr)
 		}
 	})
 }
