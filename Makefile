@@ -42,7 +42,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseFirewallState$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./sessions
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./store
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAnnouncement$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./store
-	$(GO) test -run '^$$' -fuzz '^FuzzParsePrivateKey$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./signing
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKeys$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) ./signing
 
 integration: build
 	$(GO) test -count=1 -timeout 10m -v ./tests/... 2>&1 | tee /tmp/nfsteer-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
