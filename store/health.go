@@ -60,11 +60,10 @@ type Report struct {
 // SetSessionKeys says in r what the node seals its session records with
 // and which it trusts.
 func (r *Report) SetSessionKeys(ks signing.SessionKeys) {
-	r.Sealed, r.SealKey, r.Trusts, r.TrustsUnsealed = ks.Seal != nil, "", nil, ks.TrustsUnsealed()
+	r.Sealed, r.SealKey, r.Trusts, r.TrustsUnsealed = ks.Seal != nil, "", ks.IDs(), ks.TrustsUnsealed()
 	if ks.Seal != nil {
 		r.SealKey = ks.Seal.ID()
 	}
-	r.Trusts = ks.IDs()
 }
 
 // Reads reports whether the node of r trusts the session records that

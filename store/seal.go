@@ -50,6 +50,25 @@ func (s *Store) sealRecord(flow string, m []byte) []byte {
 	return append(out, m[1:]...)
 }
 
+// splitRecord splits stored record b into its MAC and its JSON without
+// the MAC. sealed is false for a record that carries none; ok is false
+// for one whose MAC does not decode.
+func splitRecord(b []byte) (mac, m []byte, sealed, ok bool) {
+	rest, sealed := bytes.CutPrefix(b, []byte(macPrefix))
+	if !sealed {
+		return nil, b, false, true
+	}
+	enc, m, ok := bytes.Cut(rest, []byte(`",`))
+	if !ok {
+		return nil, nil, true, false
+	}
+	mac, err := base64.RawStdEncoding.DecodeString(string(enc))
+	if err != nil {
+		return nil, nil, true, false
+	}
+	return mac, append([]byte{'{'}, m...), true, true
+}
+
 // openRecord checks a stored record of flow and returns its JSON without
 // the MAC. A store that holds no key returns b as it is.
 func (s *Store) openRecord(flow string, b []byte) ([]byte, error) {
@@ -57,23 +76,13 @@ func (s *Store) openRecord(flow string, b []byte) ([]byte, error) {
 	if !ks.Checks() {
 		return b, nil
 	}
-	rest, ok := bytes.CutPrefix(b, []byte(macPrefix))
-	if !ok {
-		if ks.TrustsUnsealed() {
-			return b, nil
-		}
+	mac, m, sealed, ok := splitRecord(b)
+	switch {
+	case !sealed && ks.TrustsUnsealed():
+		return b, nil
+	case !sealed:
 		return nil, errUnsealed
-	}
-	enc, m, ok := bytes.Cut(rest, []byte(`",`))
-	if !ok {
-		return nil, errBadMAC
-	}
-	mac, err := base64.RawStdEncoding.DecodeString(string(enc))
-	if err != nil {
-		return nil, errBadMAC
-	}
-	m = append([]byte{'{'}, m...)
-	if !ks.Check(mac, "record", flow, string(m)) {
+	case !ok || !ks.Check(mac, "record", flow, string(m)):
 		return nil, errBadMAC
 	}
 	return m, nil
@@ -92,23 +101,30 @@ func (s *Store) sealState(flow, service, state string) string {
 // its ".".
 var sealedStateMAC = base64.RawStdEncoding.EncodedLen(signing.SessionMACSize)
 
+// splitState splits stored state v into its MAC and the state. A state
+// is JSON ({...}): one without a MAC where a sealed one has it is not
+// sealed; ok is false for a MAC that does not decode.
+func splitState(v string) (mac []byte, state string, sealed, ok bool) {
+	if len(v) <= sealedStateMAC || v[sealedStateMAC] != '.' {
+		return nil, v, false, true
+	}
+	mac, err := base64.RawStdEncoding.DecodeString(v[:sealedStateMAC])
+	return mac, v[sealedStateMAC+1:], true, err == nil
+}
+
 // openState checks a stored state of service for flow and returns it.
 func (s *Store) openState(flow, service, v string) (string, error) {
 	ks := &s.sessionKeys
 	if !ks.Checks() {
 		return v, nil
 	}
-	if len(v) <= sealedStateMAC || v[sealedStateMAC] != '.' {
-		// A state is JSON ({...}): without a MAC where a sealed one
-		// has it, it is unsealed.
-		if ks.TrustsUnsealed() {
-			return v, nil
-		}
+	mac, state, sealed, ok := splitState(v)
+	switch {
+	case !sealed && ks.TrustsUnsealed():
+		return v, nil
+	case !sealed:
 		return "", fmt.Errorf("state of %s: %w", service, errUnsealed)
-	}
-	enc, state := v[:sealedStateMAC], v[sealedStateMAC+1:]
-	mac, err := base64.RawStdEncoding.DecodeString(enc)
-	if err != nil || !ks.Check(mac, "state", flow, service, state) {
+	case !ok || !ks.Check(mac, "state", flow, service, state):
 		return "", fmt.Errorf("state of %s: %w", service, errBadMAC)
 	}
 	return state, nil
@@ -138,26 +154,15 @@ return 1
 // sealedWithSealKey reports whether record b of flow carries the MAC of
 // the store's sealing key.
 func (s *Store) sealedWithSealKey(flow string, b []byte) bool {
-	rest, ok := bytes.CutPrefix(b, []byte(macPrefix))
-	if !ok {
-		return false
-	}
-	enc, m, ok := bytes.Cut(rest, []byte(`",`))
-	if !ok {
-		return false
-	}
-	mac, err := base64.RawStdEncoding.DecodeString(string(enc))
-	return err == nil && s.sessionKeys.Seal.Check(mac, "record", flow, "{"+string(m))
+	mac, m, sealed, ok := splitRecord(b)
+	return sealed && ok && s.sessionKeys.Seal.Check(mac, "record", flow, string(m))
 }
 
 // stateSealedWithSealKey reports whether v, service's state of flow,
 // carries the MAC of the store's sealing key.
 func (s *Store) stateSealedWithSealKey(flow, service, v string) bool {
-	if len(v) <= sealedStateMAC || v[sealedStateMAC] != '.' {
-		return false
-	}
-	mac, err := base64.RawStdEncoding.DecodeString(v[:sealedStateMAC])
-	return err == nil && s.sessionKeys.Seal.Check(mac, "state", flow, service, v[sealedStateMAC+1:])
+	mac, state, sealed, ok := splitState(v)
+	return sealed && ok && s.sessionKeys.Seal.Check(mac, "state", flow, service, state)
 }
 
 // Reseal seals anew, with the store's sealing key, the records and
