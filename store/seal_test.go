@@ -271,16 +271,19 @@ func TestReseal(t *testing.T) {
 	rotated.SealSessions(signing.SessionKeys{Seal: k2, Accept: []*signing.SessionKey{k1}, Unsealed: true})
 	next.SealSessions(signing.SessionKeys{Seal: k2})
 	other.SealSessions(signing.SessionKeys{Seal: newSessionKey(t)})
-	sealedOld, plain, forged := admitted(t, old, tab, 44000), admitted(t, unsealed, tab, 44001), admitted(t, other, tab, 44002)
 	instance := func(a sessions.Session) string {
 		in, _ := tab.InstanceByID(a.Pins[0])
 		return in.Name
 	}
-	for _, a := range []sessions.Session{sealedOld, plain} {
-		if instance(a) != instance(sealedOld) {
-			t.Fatalf("the sessions are on %s and %s: the test wants one instance", instance(a), instance(sealedOld))
+	// Three sessions whose firewall primary is one instance: one sealed
+	// with the old key, one unsealed, one under a key nobody trusts.
+	var ports []uint16
+	for sport := uint16(44000); len(ports) < 3; sport++ {
+		if len(ports) == 0 || instance(acmeSession(tab, sport)) == instance(acmeSession(tab, ports[0])) {
+			ports = append(ports, sport)
 		}
 	}
+	sealedOld, plain, forged := admitted(t, old, tab, ports[0]), admitted(t, unsealed, tab, ports[1]), admitted(t, other, tab, ports[2])
 	c := store.ClientOf(old)
 	ttl0 := c.PTTL(ctx, "nfsteer:s:{"+sealedOld.Key.String()+"}").Val()
 	if _, err := next.NewSessions("", time.Minute).Get(ctx, sealedOld.Key); err == nil {
@@ -293,13 +296,16 @@ func TestReseal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Two records and two firewall states; the forged one, where it is
-	// on the same instance, is reported and left.
+	// Two records and two firewall states; the forged session is
+	// reported and left.
 	if n != 4 {
 		t.Errorf("resealed %d records and states; want 4", n)
 	}
-	if instance(forged) == instance(sealedOld) && len(bad) == 0 {
-		t.Errorf("the session sealed with an untrusted key was not reported")
+	if len(bad) == 0 || !strings.Contains(bad[0].Error(), forged.Key.String()) {
+		t.Errorf("reported %v; want the session sealed with an untrusted key, %s", bad, forged.Key)
+	}
+	if _, err := other.NewSessions("", time.Minute).Get(ctx, forged.Key); err != nil {
+		t.Errorf("the untrusted session was changed: its own key no longer reads it (%v)", err)
 	}
 	for _, a := range []sessions.Session{sealedOld, plain} {
 		rec, err := next.NewSessions("", time.Minute).Get(ctx, a.Key)
