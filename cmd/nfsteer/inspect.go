@@ -64,13 +64,8 @@ Example:
 						return cli.Exit("--session-key FILE is required: the key to seal with", 2)
 					}
 					return withLive(c, func(out printer, l live) error {
-						instances := []string{c.String("instance")}
-						if instances[0] == "" {
-							instances = instances[:0]
-							for _, in := range l.t.Instances() {
-								instances = append(instances, in.Name)
-							}
-						} else if _, err := l.p.ServiceOf(instances[0]); err != nil {
+						instances, err := sessionInstances(l, c.String("instance"), -1)
+						if err != nil {
 							return err
 						}
 						type result struct {
@@ -182,8 +177,33 @@ func sessionsList(c *cli.Context) error {
 	return withLive(c, func(out printer, l live) error { return listSessions(c, out, l, role) })
 }
 
+// sessionInstances returns the instances whose sessions a sessions
+// command reads: instance if given (it must be the map's), else those of
+// the services of tenant ti's chain (ti ≥ 0), else every instance.
+func sessionInstances(l live, instance string, ti int) ([]string, error) {
+	var instances []string
+	switch {
+	case instance != "":
+		if _, err := l.p.ServiceOf(instance); err != nil {
+			return nil, err
+		}
+		instances = []string{instance}
+	case ti >= 0:
+		for _, si := range l.t.Tenants()[ti].Chain {
+			for _, ii := range l.t.Services()[si].Instances {
+				instances = append(instances, l.t.Instances()[ii].Name)
+			}
+		}
+	default:
+		for _, in := range l.t.Instances() {
+			instances = append(instances, in.Name)
+		}
+	}
+	return instances, nil
+}
+
 func listSessions(c *cli.Context, out printer, l live, role string) error {
-	p, t, s := l.p, l.t, l.s
+	t, s := l.t, l.s
 	tenant := c.String("tenant")
 	ti := -1
 	if tenant != "" {
@@ -191,23 +211,9 @@ func listSessions(c *cli.Context, out printer, l live, role string) error {
 			return fmt.Errorf("%w: tenant %q", steering.ErrUnknownName, tenant)
 		}
 	}
-	var instances []string
-	switch {
-	case c.String("instance") != "":
-		if _, err := p.ServiceOf(c.String("instance")); err != nil {
-			return err
-		}
-		instances = []string{c.String("instance")}
-	case ti >= 0:
-		for _, si := range t.Tenants()[ti].Chain {
-			for _, ii := range t.Services()[si].Instances {
-				instances = append(instances, t.Instances()[ii].Name)
-			}
-		}
-	default:
-		for _, in := range t.Instances() {
-			instances = append(instances, in.Name)
-		}
+	instances, err := sessionInstances(l, c.String("instance"), ti)
+	if err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	list := []*sessions.Record{}
