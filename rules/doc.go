@@ -6,10 +6,10 @@
 //
 // Everything nfsteer installs is recognisable and nothing else is touched:
 // the chains are called NFSTEER-*, the jumps to them are known by their
-// targets, the overlay's VXLAN device is called nfsteer0 (see [Overlay])
-// and its tag rules are nftables table inet nfsteer, and ip rules and
-// routes carry route protocol 110 ("nfsteer"):
-// the routes in tables TableBase+ID, the rules at the RulePriorities
+// targets, the overlay's VXLAN device is called nfsteer0 (see [Overlay]),
+// the steer chain and the tag rules are nftables table inet nfsteer, and
+// ip rules and routes carry route protocol 110 ("nfsteer"): the routes in
+// tables TableBase+ID, the rules at the RulePriorities
 // priorities from RulePriority, where the tries that pick a table from the
 // mark lie (see routing.go). [Kernel.Apply] is idempotent; [Kernel.Remove]
 // takes away exactly that, leaving iptables-save, ip6tables-save, ip rule,
@@ -34,10 +34,19 @@
 // restores them into every packet (an undecided flow's are zero, so its
 // packets go to the queue). Neither bit is saved. Bit 26 (MarkTag) is an
 // instance host's on an overlay, and a gateway's with zoned tenants (see
-// [TenantTag]). Bit 27 (MarkSteered) is set by nftables on a gateway's
-// packets from its steered interfaces, and cleared by the restore: one
-// iptables rule sends them to NFSTEER-PRE (see [Steer]). Bits 28-31 are
-// left to other software.
+// [TenantTag]). Bit 27 (MarkSteered) is set by the nftables chain steer
+// on the packets it does not restore itself: those of a flow undecided in
+// their direction, or whose mark carries other bits. It is cleared by
+// NFSTEER-PRE's restore, and one iptables rule sends those packets there
+// (see [Steer]). Bits 28-31 are left to other software.
+//
+// # The fast path
+//
+// A packet of a decided flow meets, in PREROUTING, the steer chain's
+// native restore (a gateway's also its interface set, and its spoofing
+// checks if it binds tenants), one failed mark test in iptables' mangle
+// PREROUTING, and in POSTROUTING the jump to NFSTEER-POST and two failed
+// mark tests; then the ip rules' trie picks its table.
 //
 // A half's values: 0 undecided, 1 pass, ID+1 for an instance (IDs 1 to
 // steering.MaxID), and on an instance host on an overlay, ID+1 for a

@@ -44,9 +44,8 @@ type Linux struct {
 	appliedOverlay *Overlay
 	appliedTags    *Spec
 	// overlayGone: an Apply without an overlay has removed any there was,
-	// so the next ones need not ask the kernel again; tagsGone, the same
-	// for table inet nfsteer.
-	overlayGone, tagsGone bool
+	// so the next ones need not ask the kernel again.
+	overlayGone bool
 }
 
 type family struct {
@@ -109,12 +108,10 @@ func (k *Linux) Apply(s Spec) error {
 			}
 		}
 	}
-	// nftables first: on a gateway, the iptables jump to NFSTEER-PRE
-	// wants the flag the steer chain sets.
-	_, gateway := s.Steer()
-	wantTable := s.Overlay != nil || gateway
-	if wantTable && (k.appliedTags == nil || !sameTags(s, *k.appliedTags)) {
-		k.appliedTags, k.tagsGone = nil, false
+	// nftables first: the iptables jump to NFSTEER-PRE wants the flag
+	// the steer chain sets.
+	if k.appliedTags == nil || !sameTags(s, *k.appliedTags) {
+		k.appliedTags = nil
 		if err := applyTags(s); err != nil {
 			return err
 		}
@@ -150,13 +147,6 @@ func (k *Linux) Apply(s Spec) error {
 			return err
 		}
 		k.appliedRules, k.appliedRoutes = wantRules, wantRoutes
-	}
-	if !wantTable && !k.tagsGone {
-		k.appliedTags = nil
-		if err := removeTags(); err != nil {
-			return err
-		}
-		k.tagsGone = true
 	}
 	if s.Overlay == nil && !k.overlayGone {
 		k.appliedOverlay = nil
@@ -203,7 +193,7 @@ func (f family) applyIPTables(jumps, own []Rule) error {
 // Remove deletes everything nfsteer owns in this namespace.
 func (k *Linux) Remove() error {
 	k.applied, k.appliedRules, k.appliedRoutes, k.appliedOverlay, k.appliedTags = nil, nil, nil, nil, nil
-	k.overlayGone, k.tagsGone = false, false
+	k.overlayGone = false
 	var errs []error
 	for _, f := range k.fams {
 		if err := f.remove(); err != nil {

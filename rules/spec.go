@@ -219,16 +219,11 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	hex := func(v uint32) string { return "0x" + strconv.FormatUint(uint64(v), 16) }
 	// The jumps carry no comment: they are nfsteer's by their targets
 	// (NFSTEER-*), and a comment is one more match on every packet.
-	steered := s.steered()
-	if len(steered) == 0 {
-		jumps = append(jumps, Rule{"PREROUTING", []string{"-j", chainPre}})
-	} else {
-		// One rule, however many interfaces are steered: nftables
-		// flags their packets (MarkSteered, by an interface set; see
-		// Spec.Steer). A rule per interface cost every packet a test
-		// per steered interface before its own.
-		jumps = append(jumps, Rule{"PREROUTING", []string{"-m", "mark", "--mark", hex(MarkSteered) + "/" + hex(MarkSteered), "-j", chainPre}})
-	}
+	// One rule, however many interfaces are steered: the steer chain
+	// (see Spec.Steer) restores a decided flow's halves itself and flags
+	// (MarkSteered) only the packets that need NFSTEER-PRE. A decided
+	// packet meets one native mark test here.
+	jumps = append(jumps, Rule{"PREROUTING", []string{"-m", "mark", "--mark", hex(MarkSteered) + "/" + hex(MarkSteered), "-j", chainPre}})
 	jumps = append(jumps, Rule{"POSTROUTING", []string{"-j", chainPost}})
 
 	queue := func(first uint16) []string {
@@ -257,11 +252,8 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	d, save := hex(MarkReply), hex(MarkSave)
 	unicast := []string{"-m", "addrtype", "--dst-type", "UNICAST"}
 	// The restore also clears MarkSteered, which has served.
-	restore := []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", m, "--ctmask", m}
-	if len(steered) > 0 {
-		restore = []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", hex(HopMask | MarkSteered), "--ctmask", m}
-	}
-	tagged := s.Overlay != nil && (len(steered) == 0 || len(s.zoned()) > 0)
+	restore := []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", hex(HopMask | MarkSteered), "--ctmask", m}
+	tagged := s.Overlay != nil && (len(s.steered()) == 0 || len(s.zoned()) > 0)
 	if tagged {
 		// An instance host on an overlay, or a gateway with zoned
 		// tenants: a packet of an undecided flow may carry its tenant's
@@ -272,9 +264,8 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	own = append(own, []Rule{
 		// Both halves back from conntrack, with no test first: for an
 		// undecided flow this clears the halves, which are nfsteer's and
-		// zero already, and a test (xt connmark) would cost every
-		// packet of every decided flow one more call through the xt
-		// compatibility layer.
+		// zero already. Most packets of decided flows never get here:
+		// the steer chain restored theirs.
 		{chainPre, restore},
 		// Reply-direction packets carry the direction bit for the ip
 		// rules, which see only the mark.
@@ -321,12 +312,16 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	return jumps, own
 }
 
-// Steer is what a gateway's nftables chain steer does with the packets of
-// its steered interfaces, before iptables' mangle chains: it flags them
-// (MarkSteered), so that one iptables rule sends them on to NFSTEER-PRE,
-// and it drops those that enter where their source may not. Interfaces
-// and sources are looked up in sets: the cost per packet does not grow
-// with the interfaces, the tenants or their prefixes.
+// Steer is what the nftables chain steer does, before iptables' mangle
+// chains, on every node. A packet of a flow decided in its own direction
+// gets its halves from the connmark there and goes no further in
+// nfsteer's rules: the fast path, native expressions only. The rest it
+// flags (MarkSteered), so that one iptables rule sends them on to
+// NFSTEER-PRE and its queues. On a gateway the chain takes only what
+// enters by its steered interfaces, and first drops what enters where its
+// source may not. Interfaces and sources are looked up in sets: the cost
+// per packet does not grow with the interfaces, the tenants or their
+// prefixes.
 type Steer struct {
 	// Outer are the steered interfaces bound to no tenant; a packet
 	// entering one from a bound tenant's prefix (Bound) is dropped.
@@ -336,8 +331,8 @@ type Steer struct {
 	Bound []Binding
 }
 
-// Steer returns what the gateway's steer chain does, or false on an
-// instance host (which steers every interface: no chain).
+// Steer returns what a gateway's steer chain does, or false on an
+// instance host, which steers every interface and binds no tenant.
 func (s Spec) Steer() (Steer, bool) {
 	steered := s.steered()
 	if len(steered) == 0 {

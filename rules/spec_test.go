@@ -50,9 +50,10 @@ func TestIPTablesRules(t *testing.T) {
 	if q := own[2].String(); !strings.HasSuffix(q, "--queue-num 4200 --queue-bypass") {
 		t.Errorf("fail-open single queue rule = %q, want --queue-num 4200 --queue-bypass", q)
 	}
-	// An instance host steers every interface.
-	if j, r := jumps[0].String(), own[0].String(); j != "-A PREROUTING -j NFSTEER-PRE" || !strings.Contains(r, "--nfmask 0xffffff ") {
-		t.Errorf("instance host: jump %q, restore %q; want every packet to NFSTEER-PRE and no MarkSteered to clear", j, r)
+	// An instance host steers every interface, and its steer chain
+	// flags what NFSTEER-PRE must see, as a gateway's does.
+	if j, r := jumps[0].String(), own[0].String(); j != "-A PREROUTING -m mark --mark 0x8000000/0x8000000 -j NFSTEER-PRE" || !strings.Contains(r, "--nfmask 0x8ffffff ") {
+		t.Errorf("instance host: jump %q, restore %q; want the flagged packets to NFSTEER-PRE, and MarkSteered cleared", j, r)
 	}
 }
 

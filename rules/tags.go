@@ -58,9 +58,9 @@ func (tt TenantTag) Zoned() bool { return tt.SNAT.IsValid() }
 // gateway (its way out of the chain) a zone apart from its first.
 const ZoneOut = 0x8000
 
-// TagTable is the nftables table (family inet) that holds the overlay's
-// tag rules and a gateway's steer chain (see [Steer]). nfsteer owns it
-// whole.
+// TagTable is the nftables table (family inet) that holds the steer
+// chain (see [Steer]) and the overlay's tag rules. Every node has it, and
+// nfsteer owns it whole.
 const TagTable = "nfsteer"
 
 // SpoofedCounter names the counter of packets a gateway dropped for

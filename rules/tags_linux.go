@@ -19,8 +19,8 @@ import (
 // Hook priorities of the chains, around iptables' mangle chains (-150):
 // an instance host's zone goes on before conntrack looks the packet up
 // (raw), MarkTag before NFSTEER-PRE restores the halves, and the tag on
-// the way out after NFSTEER-POST has saved them. A gateway's steer chain
-// comes after MarkTag, which sets the whole mark, and before NFSTEER-PRE,
+// the way out after NFSTEER-POST has saved them. The steer chain comes
+// after MarkTag, which sets the whole mark, and before NFSTEER-PRE,
 // which wants MarkSteered.
 const (
 	prioTagRaw  = -300
@@ -33,8 +33,8 @@ const (
 // inet nfsteer.
 const batchBuffer = 8 << 20
 
-// applyTags makes table inet nfsteer hold exactly the rules of s: a
-// gateway's steer chain (see [Steer]) and the overlay's tag rules (see
+// applyTags makes table inet nfsteer hold exactly the rules of s: the
+// steer chain (see [Steer]) and the overlay's tag rules (see
 // [TenantTag]), in one transaction: no packet meets half of them. It is
 // replaced whole, keeping the counts of its counters.
 func applyTags(s Spec) error {
@@ -58,10 +58,8 @@ func applyTags(s Spec) error {
 	}
 	c.AddTable(t)
 	st, gateway := s.Steer()
-	if gateway {
-		if err := steerChain(c, t, st, spoofed); err != nil {
-			return err
-		}
+	if err := steerChain(c, t, st, gateway, spoofed); err != nil {
+		return err
 	}
 	switch {
 	case s.Overlay == nil:
@@ -111,48 +109,109 @@ func (f ipFamily) address(off, reg uint32) *expr.Payload {
 	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.len}
 }
 
-// steerChain adds a gateway's steer chain (see [Steer]): it flags what
-// enters by a steered interface (a set), and with tenants bound to their
-// ingress it drops what enters where its source may not: on a bound
-// interface, a source outside its tenant's prefixes (a set of interface
-// and prefix pairs); on any other steered interface, a source in a bound
-// tenant's prefixes. Only what the gateway would forward is checked:
-// traffic to the gateway itself (neighbour discovery from link-local
-// sources, its management) and multicast are not a tenant's. The chain's
-// rules and sets are the same few however many interfaces, tenants and
-// prefixes there are: only the sets' elements grow.
-func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, kept uint64) error {
+// steerChain adds the steer chain (see [Steer]), on every node. It
+// restores a decided flow's halves from its connmark itself, natively,
+// and hands iptables (MarkSteered) only what the agent may have to see:
+// a packet whose flow is undecided in its own direction, or whose mark
+// carries bits the native restore would clear. On a gateway it first
+// leaves alone what does not enter by a steered interface (a set), and
+// with tenants bound to their ingress it drops what enters where its
+// source may not (chain spoof). Its rules and sets are the same few
+// however many interfaces, tenants and prefixes there are: only the
+// sets' elements grow.
+func steerChain(c *nftables.Conn, t *nftables.Table, st Steer, gateway bool, kept uint64) error {
 	steer := c.AddChain(&nftables.Chain{Name: "steer", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(prioSteer)})
 	add := func(e ...[]expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: steer, Exprs: slices.Concat(e...)})
 	}
-	iif := []expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}}
-	steered := &nftables.Set{Table: t, Name: "steered", KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
-	bound := &nftables.Set{Table: t, Name: "bound", KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
-	var steeredE, boundE []nftables.SetElement
-	for _, o := range st.Outer {
-		steeredE = append(steeredE, nftables.SetElement{Key: ifname(o)})
-	}
-	for _, b := range st.Bound {
-		for _, i := range b.Ifaces {
-			steeredE = append(steeredE, nftables.SetElement{Key: ifname(i)})
-			boundE = append(boundE, nftables.SetElement{Key: ifname(i)})
+	if gateway {
+		steered := &nftables.Set{Table: t, Name: "steered", KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+		var elems []nftables.SetElement
+		for _, o := range st.Outer {
+			elems = append(elems, nftables.SetElement{Key: ifname(o)})
+		}
+		for _, b := range st.Bound {
+			for _, i := range b.Ifaces {
+				elems = append(elems, nftables.SetElement{Key: ifname(i)})
+			}
+		}
+		if err := addSet(c, steered, elems); err != nil {
+			return err
+		}
+		add([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: steered.Name, SetID: steered.ID, Invert: true},
+			&expr.Verdict{Kind: expr.VerdictReturn},
+		})
+		if len(st.Bound) > 0 {
+			spoof := c.AddChain(&nftables.Chain{Name: "spoof", Table: t})
+			if err := spoofChain(c, t, spoof, st, kept); err != nil {
+				return err
+			}
+			add([]expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: spoof.Name}})
 		}
 	}
-	if err := addSet(c, steered, steeredE); err != nil {
-		return err
-	}
-	add(iif, []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: steered.Name, SetID: steered.ID, Invert: true}, &expr.Verdict{Kind: expr.VerdictReturn}})
+	add(restoreDecided(false))
+	add(restoreDecided(true))
 	add([]expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(^MarkSteered), Xor: native(MarkSteered)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 	})
-	if len(st.Bound) == 0 {
-		return nil
-	}
+	return nil
+}
 
+// restoreDecided is the fast path of a decided flow's packet, in one
+// direction: when its connmark holds the half of the packet's own
+// direction, and its mark no bit outside the halves, the mark becomes the
+// connmark's halves (with MarkReply the reply way) and the chain accepts.
+// That is what NFSTEER-PRE's restore, reply flag and queue tests come to
+// for such a packet, with a dozen native expressions instead of an
+// iptables jump, an xt CONNMARK call, an xt conntrack match and four
+// rules; iptables' mangle chains then see a mark without MarkSteered and
+// jump nowhere. A mark with other bits set (MarkTag, other software's)
+// goes the iptables way, whose restore keeps them. A packet without a
+// connection fails the rule at its first expression.
+func restoreDecided(reply bool) []expr.Any {
+	// The direction as ct direction loads it: IP_CT_DIR_ORIGINAL 0,
+	// IP_CT_DIR_REPLY 1.
+	dir, half, flag := byte(0), OrigMask, uint32(0)
+	if reply {
+		dir, half, flag = 1, ReplyMask, MarkReply
+	}
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{dir}},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(^HopMask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4, Mask: native(half), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 2, Data: make([]byte, 4)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(HopMask), Xor: native(flag)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
+}
+
+// spoofChain fills chain spoof of a gateway with tenants bound to their
+// ingress (see [Binding]): it returns what may enter where it does and
+// drops, counted, the rest. Only what the gateway would forward is
+// checked: traffic to the gateway itself (neighbour discovery from
+// link-local sources, its management) and multicast are not a tenant's.
+func spoofChain(c *nftables.Conn, t *nftables.Table, spoof *nftables.Chain, st Steer, kept uint64) error {
+	add := func(e ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: spoof, Exprs: slices.Concat(e...)})
+	}
+	iif := []expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}}
+	bound := &nftables.Set{Table: t, Name: "bound", KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	var boundE []nftables.SetElement
+	for _, b := range st.Bound {
+		for _, i := range b.Ifaces {
+			boundE = append(boundE, nftables.SetElement{Key: ifname(i)})
+		}
+	}
 	c.AddObj(&nftables.CounterObj{Table: t, Name: SpoofedCounter, Packets: kept})
 	drop := []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: SpoofedCounter}, &expr.Verdict{Kind: expr.VerdictDrop}}
 	if err := addSet(c, bound, boundE); err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -38,11 +39,36 @@ func queuedSoFar(t testing.TB, l *lab.Lab, host string) uint64 {
 	return n
 }
 
+// jumpedToPre returns how many IPv4 packets iptables' mangle PREROUTING
+// has sent on to NFSTEER-PRE in host's namespace: the jump's own counter.
+func jumpedToPre(t testing.TB, l *lab.Lab, host string) uint64 {
+	t.Helper()
+	out, err := l.Output(host, "iptables", "-w", "-t", "mangle", "-L", "PREROUTING", "-v", "-x", "-n")
+	if err != nil {
+		t.Fatalf("listing mangle PREROUTING in %s: %v\n%s", host, err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[2] == "NFSTEER-PRE" {
+			n, err := strconv.ParseUint(f[0], 10, 64)
+			if err != nil {
+				t.Fatalf("mangle PREROUTING in %s: %q: %v", host, line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no jump to NFSTEER-PRE in %s's mangle PREROUTING:\n%s", host, out)
+	return 0
+}
+
 // TestLongTransferStaysInTheKernel sends 256 MiB through globex's two-service
 // chain, checks it arrives byte-exact, and checks from the kernel's own
 // queue counters that only the flow's first packet went to userspace on
 // each node it crossed: the node decides the reply's hop with it, so the
 // handshake crosses to userspace 3 times in all (gateway, fw, dlp), not 6.
+// It also checks, from iptables' own counter, that on each node the rest
+// of the flow took the fast path: the steer chain restored its halves, and
+// no packet after the first went through NFSTEER-PRE.
 func TestLongTransferStaysInTheKernel(t *testing.T) {
 	l := lab.New(t, bin)
 	if err := l.StartAll(); err != nil {
@@ -52,9 +78,9 @@ func TestLongTransferStaysInTheKernel(t *testing.T) {
 	chain := expectedChain(t, labTable(t), f)
 	fc := countFlow(t, l, "long", f, chain)
 	nodes := append([]string{"gw"}, chain...)
-	before := map[string]uint64{}
+	before, jumped := map[string]uint64{}, map[string]uint64{}
 	for _, n := range nodes {
-		before[n] = queuedSoFar(t, l, n)
+		before[n], jumped[n] = queuedSoFar(t, l, n), jumpedToPre(t, l, n)
 	}
 
 	const size = 256 << 20
@@ -77,6 +103,12 @@ func TestLongTransferStaysInTheKernel(t *testing.T) {
 			t.Errorf("%s queued %d packets to userspace for one connection, want 1 (the first, for both directions)", n, queued)
 		}
 		t.Logf("%s: %d packets went to userspace", n, queued)
+		// The SYN, and whatever else the node forwarded meanwhile
+		// (neighbour traffic is not IPv4): not the thousands of
+		// packets of the transfer.
+		if j := jumpedToPre(t, l, n) - jumped[n]; j > 16 {
+			t.Errorf("%s sent %d IPv4 packets through NFSTEER-PRE during one connection; want its first, the rest restored by the steer chain", n, j)
+		}
 	}
 }
 
