@@ -44,9 +44,11 @@
 //
 // A packet of a decided flow meets, in PREROUTING, the steer chain's
 // native restore (a gateway's also its interface set, and its spoofing
-// checks if it binds tenants), one failed mark test in iptables' mangle
-// PREROUTING, and in POSTROUTING the jump to NFSTEER-POST and two failed
-// mark tests; then the ip rules' trie picks its table.
+// checks if it binds tenants) and one failed mark test in iptables'
+// mangle PREROUTING; the ip rules' trie picks its table; in POSTROUTING
+// it fails the first test of each of the two jumps to NFSTEER-POST (three
+// with tags), which take only the packets the agent decided, and new
+// connections' packets with no original half or a tag.
 //
 // A half's values: 0 undecided, 1 pass, ID+1 for an instance (IDs 1 to
 // steering.MaxID), and on an instance host on an overlay, ID+1 for a

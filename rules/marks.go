@@ -63,11 +63,12 @@ func Half(mark uint32, reply bool) uint32 {
 	return mark & OrigMask
 }
 
-// MarkSteered is set, on a gateway, on every packet that enters by a
-// steered interface (nftables chain steer, before iptables' mangle
-// chains), and cleared by NFSTEER-PRE's restore: one iptables rule sends
-// those packets to NFSTEER-PRE, whatever the number of steered
-// interfaces. It is never saved.
+// MarkSteered is set by the nftables chain steer (before iptables'
+// mangle chains) on the packets it does not restore itself: those of a
+// flow undecided in their own direction, and those whose mark carries bits
+// outside the halves (see [Steer]). It is cleared by NFSTEER-PRE's
+// restore: one iptables rule sends those packets to NFSTEER-PRE. It is
+// never saved.
 const MarkSteered uint32 = 1 << 27
 
 // MarkTag is set, on an instance host on an overlay, on a packet that

@@ -224,7 +224,6 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	// (MarkSteered) only the packets that need NFSTEER-PRE. A decided
 	// packet meets one native mark test here.
 	jumps = append(jumps, Rule{"PREROUTING", []string{"-m", "mark", "--mark", hex(MarkSteered) + "/" + hex(MarkSteered), "-j", chainPre}})
-	jumps = append(jumps, Rule{"POSTROUTING", []string{"-j", chainPost}})
 
 	queue := func(first uint16) []string {
 		a := []string{"-j", "NFQUEUE"}
@@ -254,6 +253,25 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 	// The restore also clears MarkSteered, which has served.
 	restore := []string{"-j", "CONNMARK", "--restore-mark", "--nfmask", hex(HopMask | MarkSteered), "--ctmask", m}
 	tagged := s.Overlay != nil && (len(s.steered()) == 0 || len(s.zoned()) > 0)
+	// POSTROUTING jumps to NFSTEER-POST only with what its rules act on:
+	// a packet the agent decided (MarkSave), and a new connection's packet
+	// with no original half, or with tags a tagged one (the unsteered
+	// counts'). A packet of a decided flow fails each jump's first mark
+	// test, and one a gateway forwards a second time (handed back by the
+	// chain, on an interface it does not steer, so with no halves) its
+	// conntrack state test: no jump, no counter, no return on the path
+	// of every packet. The jumps are disjoint (by MarkSave, and a tag is
+	// never 0), so no packet takes the chain twice. iptables-nft compiles
+	// mark and conntrack state matches to native expressions.
+	mark := func(v, mask uint32) []string { return []string{"-m", "mark", "--mark", hex(v) + "/" + hex(mask)} }
+	isNew := []string{"-m", "conntrack", "--ctstate", "NEW"}
+	toPost := []string{"-j", chainPost}
+	jumps = append(jumps,
+		Rule{"POSTROUTING", slices.Concat(mark(MarkSave, MarkSave), toPost)},
+		Rule{"POSTROUTING", slices.Concat(mark(0, OrigMask|MarkSave), isNew, toPost)})
+	if tagged {
+		jumps = append(jumps, Rule{"POSTROUTING", slices.Concat(mark(MarkTag, MarkTag|MarkSave), isNew, toPost)})
+	}
 	if tagged {
 		// An instance host on an overlay, or a gateway with zoned
 		// tenants: a packet of an undecided flow may carry its tenant's

@@ -34,7 +34,8 @@ func TestIPTablesRules(t *testing.T) {
 	}
 	want := []string{
 		"-A PREROUTING -m mark --mark 0x8000000/0x8000000 -j NFSTEER-PRE",
-		"-A POSTROUTING -j NFSTEER-POST",
+		"-A POSTROUTING -m mark --mark 0x2000000/0x2000000 -j NFSTEER-POST",
+		"-A POSTROUTING -m mark --mark 0x0/0x2000fff -m conntrack --ctstate NEW -j NFSTEER-POST",
 		"-A NFSTEER-PRE -j CONNMARK --restore-mark --nfmask 0x8ffffff --ctmask 0xffffff",
 		"-A NFSTEER-PRE -m conntrack --ctdir REPLY -j MARK --or-mark 0x1000000",
 		"-A NFSTEER-PRE -m mark --mark 0x0/0x1000fff -m addrtype --dst-type UNICAST -j NFQUEUE --queue-balance 4200:4201 --queue-cpu-fanout",
@@ -80,7 +81,9 @@ func TestSteer(t *testing.T) {
 				got = append(got, r.String())
 			}
 		}
-		want := []string{"-A PREROUTING -m mark --mark 0x8000000/0x8000000 -j NFSTEER-PRE", "-A POSTROUTING -j NFSTEER-POST"}
+		want := []string{"-A PREROUTING -m mark --mark 0x8000000/0x8000000 -j NFSTEER-PRE",
+			"-A POSTROUTING -m mark --mark 0x2000000/0x2000000 -j NFSTEER-POST",
+			"-A POSTROUTING -m mark --mark 0x0/0x2000fff -m conntrack --ctstate NEW -j NFSTEER-POST"}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("IPv%d iptables rules outside nfsteer's chains (-want +got):\n%s", family, diff)
 		}
@@ -349,7 +352,10 @@ func TestRoutingZoned(t *testing.T) {
 	// The gateway queues tagged packets both ways and skips their
 	// restore.
 	s.Outer = []string{"srv0"}
-	_, own := s.IPTablesRules(4)
+	jumps, own := s.IPTablesRules(4)
+	if want := "-A POSTROUTING -m mark --mark 0x4000000/0x6000000 -m conntrack --ctstate NEW -j NFSTEER-POST"; !slices.ContainsFunc(jumps, func(r Rule) bool { return r.String() == want }) {
+		t.Errorf("the gateway's jumps %q lack %q: a tagged packet's unsteered count", jumps, want)
+	}
 	var got []string
 	for _, r := range own {
 		if strings.Contains(r.String(), "--mark 0x4000000/") || strings.Contains(r.String(), "--mark 0x5000000/") {

@@ -39,26 +39,31 @@ func queuedSoFar(t testing.TB, l *lab.Lab, host string) uint64 {
 	return n
 }
 
-// jumpedToPre returns how many IPv4 packets iptables' mangle PREROUTING
-// has sent on to NFSTEER-PRE in host's namespace: the jump's own counter.
-func jumpedToPre(t testing.TB, l *lab.Lab, host string) uint64 {
+// jumped returns how many IPv4 packets iptables' mangle chain builtin
+// has sent on to nfsteer's chain target in host's namespace: the jumps'
+// own counters, summed.
+func jumped(t testing.TB, l *lab.Lab, host, builtin, target string) uint64 {
 	t.Helper()
-	out, err := l.Output(host, "iptables", "-w", "-t", "mangle", "-L", "PREROUTING", "-v", "-x", "-n")
+	out, err := l.Output(host, "iptables", "-w", "-t", "mangle", "-L", builtin, "-v", "-x", "-n")
 	if err != nil {
-		t.Fatalf("listing mangle PREROUTING in %s: %v\n%s", host, err, out)
+		t.Fatalf("listing mangle %s in %s: %v\n%s", builtin, host, err, out)
 	}
+	var n uint64
+	found := false
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) > 2 && f[2] == "NFSTEER-PRE" {
-			n, err := strconv.ParseUint(f[0], 10, 64)
+		if len(f) > 2 && f[2] == target {
+			c, err := strconv.ParseUint(f[0], 10, 64)
 			if err != nil {
-				t.Fatalf("mangle PREROUTING in %s: %q: %v", host, line, err)
+				t.Fatalf("mangle %s in %s: %q: %v", builtin, host, line, err)
 			}
-			return n
+			n, found = n+c, true
 		}
 	}
-	t.Fatalf("no jump to NFSTEER-PRE in %s's mangle PREROUTING:\n%s", host, out)
-	return 0
+	if !found {
+		t.Fatalf("no jump to %s in %s's mangle %s:\n%s", target, host, builtin, out)
+	}
+	return n
 }
 
 // TestLongTransferStaysInTheKernel sends 256 MiB through globex's two-service
@@ -66,9 +71,11 @@ func jumpedToPre(t testing.TB, l *lab.Lab, host string) uint64 {
 // queue counters that only the flow's first packet went to userspace on
 // each node it crossed: the node decides the reply's hop with it, so the
 // handshake crosses to userspace 3 times in all (gateway, fw, dlp), not 6.
-// It also checks, from iptables' own counter, that on each node the rest
-// of the flow took the fast path: the steer chain restored its halves, and
-// no packet after the first went through NFSTEER-PRE.
+// It also checks, from iptables' own counters, that on each node the rest
+// of the flow took the fast path: the steer chain restored its halves,
+// and no packet after the first went through NFSTEER-PRE or NFSTEER-POST
+// (on the gateway, which forwards the flow twice, the first packet's
+// second pass too).
 func TestLongTransferStaysInTheKernel(t *testing.T) {
 	l := lab.New(t, bin)
 	if err := l.StartAll(); err != nil {
@@ -78,9 +85,10 @@ func TestLongTransferStaysInTheKernel(t *testing.T) {
 	chain := expectedChain(t, labTable(t), f)
 	fc := countFlow(t, l, "long", f, chain)
 	nodes := append([]string{"gw"}, chain...)
-	before, jumped := map[string]uint64{}, map[string]uint64{}
+	before, pre, post := map[string]uint64{}, map[string]uint64{}, map[string]uint64{}
 	for _, n := range nodes {
-		before[n], jumped[n] = queuedSoFar(t, l, n), jumpedToPre(t, l, n)
+		before[n] = queuedSoFar(t, l, n)
+		pre[n], post[n] = jumped(t, l, n, "PREROUTING", "NFSTEER-PRE"), jumped(t, l, n, "POSTROUTING", "NFSTEER-POST")
 	}
 
 	const size = 256 << 20
@@ -106,9 +114,11 @@ func TestLongTransferStaysInTheKernel(t *testing.T) {
 		// The SYN, and whatever else the node forwarded meanwhile
 		// (neighbour traffic is not IPv4): not the thousands of
 		// packets of the transfer.
-		if j := jumpedToPre(t, l, n) - jumped[n]; j > 16 {
-			t.Errorf("%s sent %d IPv4 packets through NFSTEER-PRE during one connection; want its first, the rest restored by the steer chain", n, j)
+		j, k := jumped(t, l, n, "PREROUTING", "NFSTEER-PRE")-pre[n], jumped(t, l, n, "POSTROUTING", "NFSTEER-POST")-post[n]
+		if j > 16 || k > 16 {
+			t.Errorf("%s sent %d IPv4 packets through NFSTEER-PRE and %d through NFSTEER-POST during one connection; want its first (twice on the gateway), the rest restored by the steer chain", n, j, k)
 		}
+		t.Logf("%s: %d packets through NFSTEER-PRE, %d through NFSTEER-POST", n, j, k)
 	}
 }
 
