@@ -192,7 +192,17 @@ func (c *Controller) tick(ctx context.Context) error {
 		c.blind, c.since, c.silence = false, time.Now().Add(c.cfg.ReconnectGrace), nil
 		c.log.Info("Redis reachable again; judging heartbeats after the agents' grace to reconnect", "grace", c.cfg.ReconnectGrace.String())
 	}
-	return c.step(ctx)
+	if err := c.step(ctx); err != nil {
+		// A step fails on Redis (the lease landed just before the
+		// master it went to died, say): the agents' heartbeats could
+		// not land either, so the next step judges them only after
+		// their grace to reconnect, as after an outage. Judged at once,
+		// every instance was marked down by the beats it missed
+		// during a Sentinel failover.
+		c.goBlind()
+		return err
+	}
+	return nil
 }
 
 // goBlind records that the controller cannot read Redis.
