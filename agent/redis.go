@@ -392,19 +392,28 @@ func (w recordWriter) Write(ctx context.Context, ops []sessions.Op) ([]sessions.
 }
 
 // adopt is told that another node created a session first: the flow takes
-// that node's pins, here too.
+// that node's pins, here too, except a pin on an instance the node's map
+// has taken away (down, migrating, gone). Such a record is older than the
+// failover that moved the flow off that instance: a create rewritten after
+// a Redis failover (the mirror's resync) finds the record written before
+// it, and adopting its pins would steer the flow back to the dead
+// instance until its secondary rewrote the record.
 func (a *Agent) adopt(op sessions.Op, o sessions.Outcome) {
 	if o.First == nil {
 		return
 	}
-	first, _ := o.First.Pins(a.state.Load().table)
+	t := a.state.Load().table
+	first, _ := o.First.Pins(t)
 	if first == op.Session.Pins {
 		return
 	}
 	var changes [][2]uint16
 	a.flows.Update(op.Session.Key, func(s *sessions.Session) {
 		for i := range s.Pins {
-			if first[i] != 0 && first[i] != s.Pins[i] {
+			if in, ok := t.InstanceByID(first[i]); !ok || in.Down || in.Migrating {
+				continue
+			}
+			if first[i] != s.Pins[i] {
 				changes = append(changes, [2]uint16{s.Pins[i], first[i]})
 				s.Pins[i] = first[i]
 			}

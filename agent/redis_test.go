@@ -418,6 +418,49 @@ func TestAdoptFirstWritersPins(t *testing.T) {
 	}
 }
 
+// TestAdoptSkipsInstancesTakenAway: a gateway that lost a create keeps its
+// own pin where the first writer's names an instance its map has marked
+// down. After a Redis failover the mirror rewrites every session, and the
+// record it loses to may be the one written before an instance failover
+// moved the flow: adopting it would send the flow back to the dead
+// instance (TestRedisSentinelFailover lost a UDP stream that way).
+func TestAdoptSkipsInstancesTakenAway(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	probe := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, fwS, dlp := roles(t, probe.Agent, &syn.Flow)
+	key := sessions.KeyOf(&syn.Flow)
+	for _, tc := range []struct {
+		name string
+		down []string
+		want uint16 // the firewall the flow ends up on
+	}{
+		{"first writer's firewall up: adopted", nil, fwS.ID},
+		{"first writer's firewall down: kept", []string{fwS.Name}, fwP.ID},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, _ := nextVersion(t, labVersion(t), func(p *steering.Published) (*steering.Published, error) {
+				q := p.Clone()
+				q.Down = tc.down
+				return q, nil
+			})
+			n := newFakeNode(t, "gw", p, nil)
+			n.ct.conns = []rules.Conn{{Flow: syn.Flow, Mark: rules.SetHalf(0, false, rules.HalfValue(fwP.ID))}}
+			var pins steering.Pins
+			pins[0], pins[1] = fwP.ID, dlp.ID
+			s := n.flows.Put(sessions.Session{Key: key, Tenant: "acme", Code: steering.AffinityCode(&syn.Flow), Pins: pins, Rule: -1, Created: 1, Seen: time.Now().UnixNano()})
+			first := admitted(t, n.Agent, &syn.Flow, fwS.Name, fwP.Name, "")
+			n.adopt(sessions.Op{Kind: sessions.OpCreate, Session: s}, sessions.Outcome{Existed: true, First: first})
+			got, _ := n.flows.Get(key)
+			if diff := cmp.Diff([]uint16{tc.want, dlp.ID}, []uint16{got.Pins[0], got.Pins[1]}); diff != "" {
+				t.Errorf("local pins (-want +got):\n%s", diff)
+			}
+			if want := rules.SetHalf(0, false, rules.HalfValue(tc.want)); n.ct.mark(syn.Flow) != want {
+				t.Errorf("conntrack mark %#x, want %#x", n.ct.mark(syn.Flow), want)
+			}
+		})
+	}
+}
+
 // TestReopenedConnectionReplacesItsSession: a new TCP connection on the
 // 5-tuple of a closed one, which this gateway decided on other pins (an
 // older map), is steered by the live map, replaces the closed one's
