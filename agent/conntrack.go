@@ -36,7 +36,7 @@ func (a *Agent) repin(old, t *steering.Table) int {
 	}
 	gone := func(id uint16) (*steering.Instance, bool) {
 		if in, ok := t.InstanceByID(id); ok {
-			return in, in.Down || in.Migrating
+			return in, in.Leaving()
 		}
 		in, ok := old.InstanceByID(id)
 		return in, ok

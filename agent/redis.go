@@ -410,7 +410,7 @@ func (a *Agent) adopt(op sessions.Op, o sessions.Outcome) {
 	var changes [][2]uint16
 	a.flows.Update(op.Session.Key, func(s *sessions.Session) {
 		for i := range s.Pins {
-			if in, ok := t.InstanceByID(first[i]); !ok || in.Down || in.Migrating {
+			if in, ok := t.InstanceByID(first[i]); !ok || in.Leaving() {
 				continue
 			}
 			if first[i] != s.Pins[i] {

@@ -96,6 +96,10 @@ type Instance struct {
 // Out reports whether the instance holds no role: new flows avoid it.
 func (in *Instance) Out() bool { return in.Down || in.Drained || in.Unhealthy || in.Migrating }
 
+// Leaving reports whether established flows move off the instance too:
+// it is down, or migrating.
+func (in *Instance) Leaving() bool { return in.Down || in.Migrating }
+
 // States names every reason the instance holds no role ("down",
 // "migrating", "drained", "unhealthy"), or is ["up"].
 func (in *Instance) States() []string {
