@@ -62,7 +62,7 @@ func TestFailoverWithLeastPrivilege(t *testing.T) {
 	if res.Err != nil {
 		t.Fatalf("transfer broke across the failover from %s to %s: %v", primary, secondary, res.Err)
 	}
-	for _, node := range append(append([]string{"gw"}, instanceNames()...), "controller") {
+	for _, node := range append(append([]string{"gw"}, lab.InstanceNames()...), "controller") {
 		for _, a := range l.Agents(node) {
 			if o := a.Output(); strings.Contains(o, "NOPERM") {
 				t.Errorf("%s was refused by Redis:\n%s", node, o)

@@ -122,7 +122,7 @@ func staticChain(b *testing.B, l *lab.Lab, op, fw, dlp string) {
 // connections in a namespace only while some rule needs it.
 func conntrackOn(b *testing.B, l *lab.Lab, op string) {
 	b.Helper()
-	for _, n := range append([]string{"gw"}, instanceNames()...) {
+	for _, n := range append([]string{"gw"}, lab.InstanceNames()...) {
 		cmd := "delete table inet bench_conntrack"
 		if op == "add" {
 			cmd = "add table inet bench_conntrack; add chain inet bench_conntrack tracked { type filter hook forward priority 0; }; add rule inet bench_conntrack tracked ct state invalid counter"
@@ -189,7 +189,7 @@ func BenchmarkChainThroughput(b *testing.B) {
 			}
 			steered = append(steered, sample())
 			fw, dlp := carriedBy(l, port)
-			for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+			for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
 				if err := a.Stop(); err != nil {
 					b.Fatal(err)
 				}
@@ -246,14 +246,6 @@ func carriedBy(l *lab.Lab, port int) (fw, dlp string) {
 		}
 	}
 	return fw, dlp
-}
-
-func allInstanceAgents(l *lab.Lab) []*lab.Process {
-	var out []*lab.Process
-	for _, in := range lab.Instances {
-		out = append(out, l.Agents(in.Name)...)
-	}
-	return out
 }
 
 // closingServer listens on addr in the server's namespace and closes

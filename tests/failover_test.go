@@ -49,7 +49,7 @@ func startMeshWith(t *testing.T, l *lab.Lab, args func(node string) []string) *r
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
-	for _, n := range append([]string{"gw"}, instanceNames()...) {
+	for _, n := range append([]string{"gw"}, lab.InstanceNames()...) {
 		if _, err := l.StartAgent(n, append([]string{"--redis", lab.RedisURL, "--refresh", "500ms"}, args(n)...)...); err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/nfsteer/nfsteer/internal/labmap"
-	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
@@ -24,11 +23,7 @@ import (
 // userspace in host's namespace (the queues' id sequence).
 func queuedSoFar(t testing.TB, l *lab.Lab, host string) uint64 {
 	t.Helper()
-	out, err := l.Output(host, "cat", "/proc/net/netfilter/nfnetlink_queue")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stats, err := nfq.ParseKernelQueueStats(strings.NewReader(out))
+	stats, err := l.QueueStats(host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +238,7 @@ func TestReopenedConnectionMeetsTheFirewall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apply: %v\n%s", err, out)
 	}
-	awaitVersion(t, l, out, append([]string{"gw"}, instanceNames()...)...)
+	awaitVersion(t, l, out, append([]string{"gw"}, lab.InstanceNames()...)...)
 
 	held.(*net.TCPConn).SetLinger(0)
 	held.Close() // a reset: the port is free again at once

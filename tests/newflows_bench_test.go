@@ -32,12 +32,12 @@ type rateStep struct {
 // offer sends rate new flows a second for d from the globex client and
 // counts, at the server, those that arrived with the TTL ttl (the path
 // they had to take) and those that did not.
-func offer(b *testing.B, l *lab.Lab, f *flooder, rate int, d time.Duration, on, off string) rateStep {
+func offer(b *testing.B, l *lab.Lab, f flooder, rate int, d time.Duration, on, off string) rateStep {
 	b.Helper()
 	// Each step starts with empty conntrack tables: one-packet UDP flows
 	// linger 30 s, and the steps together would fill them.
 	flushConntrack(b, l)
-	nodes := append([]string{"gw"}, instanceNames()...)
+	nodes := append([]string{"gw"}, lab.InstanceNames()...)
 	drops0 := map[string]uint64{}
 	for _, h := range nodes {
 		drops0[h] = kernelQueueDropped(b, l, h)
@@ -72,7 +72,7 @@ func offer(b *testing.B, l *lab.Lab, f *flooder, rate int, d time.Duration, on, 
 // answers nothing, and a counter at the server for each of counts (name:
 // the TTL match of the arrivals it counts). It returns the flooder that
 // sends them.
-func flowSinks(b *testing.B, l *lab.Lab, counts map[string]string) *flooder {
+func flowSinks(b *testing.B, l *lab.Lab, counts map[string]string) flooder {
 	b.Helper()
 	for p := 0; p < flowPorts; p++ {
 		sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, strconv.Itoa(9000+p)))
@@ -93,7 +93,7 @@ func flowSinks(b *testing.B, l *lab.Lab, counts map[string]string) *flooder {
 // flushConntrack empties conntrack on every lab node.
 func flushConntrack(b *testing.B, l *lab.Lab) {
 	b.Helper()
-	for _, h := range append([]string{"gw", "srv", "cg"}, instanceNames()...) {
+	for _, h := range append([]string{"gw", "srv", "cg"}, lab.InstanceNames()...) {
 		if out, err := l.Output(h, "conntrack", "-F"); err != nil {
 			b.Fatalf("conntrack -F in %s: %v: %s", h, err, out)
 		}

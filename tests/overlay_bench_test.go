@@ -42,7 +42,7 @@ func BenchmarkOverlayCost(b *testing.B) {
 			}
 		}
 		stop := func() {
-			for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+			for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
 				if err := a.Stop(); err != nil {
 					b.Fatal(err)
 				}
@@ -91,7 +91,7 @@ func BenchmarkOverlayCost(b *testing.B) {
 // on it and the switch's ports.
 func serviceMTU(b *testing.B, l *lab.Lab, mtu int) {
 	b.Helper()
-	for _, h := range append([]string{"gw", "gw2", "ctl", "sw"}, instanceNames()...) {
+	for _, h := range append([]string{"gw", "gw2", "ctl", "sw"}, lab.InstanceNames()...) {
 		out, err := l.Output(h, "ip", "-o", "link", "show")
 		if err != nil {
 			b.Fatal(err)

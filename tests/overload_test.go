@@ -3,12 +3,9 @@
 package tests
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,67 +15,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// flooder sends one-packet UDP flows from a lab host through one raw
-// socket: every datagram from src to dst with its own source port and, past
-// 64,512 of them, the next of ports destination ports from dport, so each
-// is a new 5-tuple. Its flows continue across calls.
-type flooder struct {
-	fd    int
-	to    unix.SockaddrInet4
-	pkt   []byte
-	dport uint16
-	ports int
-	next  int
-}
+// flooder is a lab.Flooder whose failures fail the test.
+type flooder struct{ *lab.Flooder }
 
-// newFlooder opens the raw socket in host's namespace; it is closed when
+// newFlooder opens a lab.Flooder in host's namespace; it is closed when
 // the test ends.
-func newFlooder(tb testing.TB, l *lab.Lab, host string, src, dst netip.Addr, dport uint16, ports int) *flooder {
+func newFlooder(tb testing.TB, l *lab.Lab, host string, src, dst netip.Addr, dport uint16, ports int) flooder {
 	tb.Helper()
-	f := &flooder{to: unix.SockaddrInet4{Addr: dst.As4()}, pkt: make([]byte, 20+8+8), dport: dport, ports: ports}
-	err := l.InNS(host, func() (err error) {
-		f.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW) // IP_HDRINCL
-		return err
-	})
+	f, err := l.NewFlooder(host, src, dst, dport, ports)
 	if err != nil {
-		tb.Fatalf("raw socket in %s: %v", host, err)
+		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { unix.Close(f.fd) })
-	// IPv4: version 4, header 5 words, TTL 64, UDP. The kernel fills in
-	// the total length, the ID and the checksum.
-	f.pkt[0], f.pkt[8], f.pkt[9] = 0x45, 64, unix.IPPROTO_UDP
-	copy(f.pkt[12:16], src.AsSlice())
-	copy(f.pkt[16:20], dst.AsSlice())
-	binary.BigEndian.PutUint16(f.pkt[24:26], 8+8) // UDP length; checksum 0: none
-	copy(f.pkt[28:], "nfsteer!")
-	return f
+	tb.Cleanup(func() { f.Close() })
+	return flooder{f}
 }
 
 // send sends n flows at up to rate a second (0: as fast as it goes) and
 // returns how many the socket took.
-func (f *flooder) send(tb testing.TB, n, rate int) int {
+func (f flooder) send(tb testing.TB, n, rate int) int {
 	tb.Helper()
-	const perPort = 65536 - 1024
-	start := time.Now()
-	sent := 0
-	for i := 0; i < n; i++ {
-		if rate > 0 && i%64 == 0 {
-			// Paced in bursts of 64: wait for the time the next burst is due.
-			if due := start.Add(time.Duration(i) * time.Second / time.Duration(rate)); time.Until(due) > 0 {
-				time.Sleep(time.Until(due))
-			}
-		}
-		k := f.next
-		f.next++
-		binary.BigEndian.PutUint16(f.pkt[20:22], uint16(1024+k%perPort))
-		binary.BigEndian.PutUint16(f.pkt[22:24], f.dport+uint16(k/perPort%f.ports))
-		if err := unix.Sendto(f.fd, f.pkt, 0, &f.to); err != nil {
-			if err == unix.ENOBUFS || err == unix.EAGAIN {
-				continue // the sender's own queue: not a flow the chain saw
-			}
-			tb.Fatalf("sending flow %d: %v", k, err)
-		}
-		sent++
+	sent, err := f.Send(n, rate)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return sent
 }
@@ -90,43 +48,24 @@ func flood(t *testing.T, l *lab.Lab, host string, src, dst netip.Addr, dport uin
 	return newFlooder(t, l, host, src, dst, dport, 1).send(t, n, 0)
 }
 
-// kernelQueueDropped sums what host's queues dropped, as the kernel counts
-// it in /proc/net/netfilter/nfnetlink_queue: queue_dropped (the queue was
-// full) and queue_user_dropped (the agent's socket was).
+// kernelQueueDropped sums what host's queues dropped (lab.QueueDropped).
 func kernelQueueDropped(t testing.TB, l *lab.Lab, host string) uint64 {
 	t.Helper()
-	out, err := l.Output(host, "cat", "/proc/net/netfilter/nfnetlink_queue")
+	n, err := l.QueueDropped(host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var total uint64
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 7 {
-			continue
-		}
-		dropped, _ := strconv.ParseUint(f[5], 10, 64)
-		userDropped, _ := strconv.ParseUint(f[6], 10, 64)
-		total += dropped + userDropped
-	}
-	return total
+	return n
 }
 
-var unsteeredRe = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s.*nfsteer-unsteered`)
-
 // unsteeredRule returns the packets counted by host's rule of new flows
-// forwarded without a decision, read with iptables in its namespace.
+// forwarded without a decision (lab.Unsteered).
 func unsteeredRule(t *testing.T, l *lab.Lab, host string) uint64 {
 	t.Helper()
-	out, err := l.Output(host, "iptables", "-t", "mangle", "-L", "NFSTEER-POST", "-v", "-x", "-n")
+	n, err := l.Unsteered(host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := unsteeredRe.FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no unsteered rule in %s:\n%s", host, out)
-	}
-	n, _ := strconv.ParseUint(m[1], 10, 64)
 	return n
 }
 
@@ -162,7 +101,7 @@ func TestOverloadNeverBypassesTheChain(t *testing.T) {
 			on, off := arrived(true)
 			dropped := kernelQueueDropped(t, l, "gw")
 			var unsteered uint64
-			for _, h := range append([]string{"gw"}, instanceNames()...) {
+			for _, h := range append([]string{"gw"}, lab.InstanceNames()...) {
 				unsteered += unsteeredRule(t, l, h)
 			}
 			t.Logf("sent %d new flows in %s (%.0f/s): %d arrived on the chain, %d off it; gateway queue dropped %d; unsteered by the rules %d",
@@ -258,7 +197,7 @@ func TestAgentsKilledDuringAFloodLetNothingAround(t *testing.T) {
 	go func() { sent <- f.send(t, rate*seconds, rate) }()
 
 	time.Sleep(time.Second)
-	agents := append(l.Agents("gw"), allInstanceAgents(l)...)
+	agents := append(l.Agents("gw"), l.InstanceAgents()...)
 	for _, a := range agents {
 		a.Kill()
 	}
@@ -273,7 +212,7 @@ func TestAgentsKilledDuringAFloodLetNothingAround(t *testing.T) {
 	n := <-sent
 	on, off := arrived(true)
 	var unsteered uint64
-	for _, h := range append([]string{"gw"}, instanceNames()...) {
+	for _, h := range append([]string{"gw"}, lab.InstanceNames()...) {
 		unsteered += unsteeredRule(t, l, h)
 	}
 	t.Logf("sent %d flows; on the chain %d (%d before the kill, %d when the agents were back), off it %d; unsteered by the rules %d",
@@ -284,15 +223,6 @@ func TestAgentsKilledDuringAFloodLetNothingAround(t *testing.T) {
 	if killed == 0 || on <= back {
 		t.Errorf("flows on the chain: %d before the kill, %d when the agents were back, %d at the end; want them crossing before and after", killed, back, on)
 	}
-}
-
-// instanceNames lists the lab's instance hosts.
-func instanceNames() []string {
-	var out []string
-	for _, in := range lab.Instances {
-		out = append(out, in.Name)
-	}
-	return out
 }
 
 // TestFloodOfMalformedAndForeignFlows sends a flood of new flows of which
@@ -316,16 +246,16 @@ func TestFloodOfMalformedAndForeignFlows(t *testing.T) {
 	globex, other, srv := netip.MustParseAddr(lab.GlobexClient), netip.MustParseAddr(lab.OtherClient), netip.MustParseAddr(lab.Server)
 	good := newFlooder(t, l, "cg", globex, srv, 9999, 1)
 	truncated := newFlooder(t, l, "cg", globex, srv, 9998, 1)
-	truncated.pkt = truncated.pkt[:24] // the UDP header cut after its ports
+	truncated.Edit(func(p []byte) []byte { return p[:24] }) // the UDP header cut after its ports
 	first := newFlooder(t, l, "cg", globex, srv, 9997, 1)
-	first.pkt[6] = 0x20 // more fragments, offset 0: the rest never comes
+	first.Edit(func(p []byte) []byte { p[6] = 0x20; return p }) // more fragments, offset 0: the rest never comes
 	later := newFlooder(t, l, "cg", globex, srv, 9996, 1)
-	later.pkt[7] = 0x01 // offset 8 bytes: a fragment without its first
+	later.Edit(func(p []byte) []byte { p[7] = 0x01; return p }) // offset 8 bytes: a fragment without its first
 	foreign := newFlooder(t, l, "cx", other, srv, 9999, 1)
 	const rate, seconds = 2000, 4
 	var wg sync.WaitGroup
 	var sent [5]int
-	for i, f := range []*flooder{good, truncated, first, later, foreign} {
+	for i, f := range []flooder{good, truncated, first, later, foreign} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -343,7 +273,7 @@ func TestFloodOfMalformedAndForeignFlows(t *testing.T) {
 	t.Logf("sent %v (good, truncated, first fragments, later fragments, no tenant); good flows on their chain %d, off it %d; "+
 		"gateway RSS %d -> %d MB; its parse errors +%v, fragments +%v, flows decided +%v",
 		sent, on, off, rss0>>20, rss1>>20, delta("nfsteer_parse_errors_total"), delta("nfsteer_fragments_total"), delta("nfsteer_new_flows_total"))
-	for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+	for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
 		if a.Exited() || strings.Contains(a.Output(), "panic") {
 			t.Errorf("agent %s died during the flood:\n%s", a.Node, a.Output())
 		}

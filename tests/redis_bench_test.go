@@ -49,7 +49,7 @@ func BenchmarkNewFlows(b *testing.B) {
 			}
 			queued := queuedSoFar(b, l, "gw")
 			var agents []*lab.Process // this round's
-			for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+			for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
 				if !a.Exited() {
 					agents = append(agents, a)
 				}
@@ -70,7 +70,7 @@ func BenchmarkNewFlows(b *testing.B) {
 			if float64(queued) < 0.99*float64(n) {
 				b.Fatalf("the gateway queued %d packets for %d connections: fewer than 99%% were new flows", queued, n)
 			}
-			for _, a := range append(l.Agents("gw"), allInstanceAgents(l)...) {
+			for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
 				a.Stop() // stopping a stopped agent of an earlier round is a no-op
 			}
 		}
@@ -244,7 +244,7 @@ func BenchmarkMapPropagation(b *testing.B) {
 			b.Fatal(err)
 		}
 		fmt.Printf("map: 1000 instances, 10000 tenants, %d bytes of YAML; 5 agents started in %v\n", st.Size(), time.Since(start).Round(time.Millisecond))
-		agents := append(l.Agents("gw"), allInstanceAgents(l)...)
+		agents := append(l.Agents("gw"), l.InstanceAgents()...)
 		// lat is from publication to switched; took, the agent's own part
 		// of it (from the announcement in hand to switched).
 		lat, took := map[string][]time.Duration{}, map[string][]time.Duration{}

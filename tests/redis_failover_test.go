@@ -213,7 +213,7 @@ func redisFailover(t *testing.T, l *lab.Lab, name, url string, has func(flow str
 	}
 	// No agent ever went back a version.
 	switched := regexp.MustCompile(`msg="map switched" .*version=(\d+) from=(\d+)`)
-	for _, node := range append([]string{"gw"}, instanceNames()...) {
+	for _, node := range append([]string{"gw"}, lab.InstanceNames()...) {
 		for _, a := range l.Agents(node) {
 			for _, m := range switched.FindAllStringSubmatch(a.Output(), -1) {
 				to, _ := strconv.Atoi(m[1])

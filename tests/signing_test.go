@@ -63,7 +63,7 @@ func TestForgedMapIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apply under the untrusted key: %v\n%s", err, out)
 	}
-	for _, node := range append([]string{"gw"}, instanceNames()...) {
+	for _, node := range append([]string{"gw"}, lab.InstanceNames()...) {
 		a := l.Agents(node)[0]
 		if !waitFor(5*time.Second, func() bool {
 			o := a.Output()
@@ -85,7 +85,7 @@ func TestForgedMapIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apply over the forgery: %v\n%s", err, out)
 	}
-	if v := awaitVersion(t, l, out, append([]string{"gw"}, instanceNames()...)...); v != 3 {
+	if v := awaitVersion(t, l, out, append([]string{"gw"}, lab.InstanceNames()...)...); v != 3 {
 		t.Errorf("the signed version over the forgery is %d, want 3", v)
 	}
 	before := accepted.Load()
@@ -194,7 +194,7 @@ func TestFailoverWithSignedMaps(t *testing.T) {
 	if res.Err != nil {
 		t.Fatalf("transfer broke across the failover from %s to %s: %v", primary, secondary, res.Err)
 	}
-	for _, node := range append([]string{"gw"}, instanceNames()...) {
+	for _, node := range append([]string{"gw"}, lab.InstanceNames()...) {
 		for _, a := range l.Agents(node) {
 			if strings.Contains(a.Output(), "refusing") {
 				t.Errorf("%s refused a version:\n%s", node, a.Output())

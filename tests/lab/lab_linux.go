@@ -542,7 +542,7 @@ func (l *Lab) start(node string, args []string, ready string) (*Process, error) 
 
 // StartAll starts the agents of the gateway and of every instance.
 func (l *Lab) StartAll(extra ...string) error {
-	for _, n := range append([]string{"gw"}, instanceNames()...) {
+	for _, n := range append([]string{"gw"}, InstanceNames()...) {
 		if _, err := l.StartAgent(n, extra...); err != nil {
 			return err
 		}
@@ -550,12 +550,23 @@ func (l *Lab) StartAll(extra ...string) error {
 	return nil
 }
 
-func instanceNames() []string {
+// InstanceNames returns the names of the lab's instances, in Instances'
+// order.
+func InstanceNames() []string {
 	var n []string
 	for _, in := range Instances {
 		n = append(n, in.Name)
 	}
 	return n
+}
+
+// InstanceAgents returns the agents started for every instance.
+func (l *Lab) InstanceAgents() []*Process {
+	var out []*Process
+	for _, n := range InstanceNames() {
+		out = append(out, l.Agents(n)...)
+	}
+	return out
 }
 
 // Agents returns the agents started for node.
