@@ -25,6 +25,12 @@
 // each crosses its own chain, and the server sees them from their own
 // snat addresses.
 //
+// Part 5 floods a tenant's chain with new one-packet flows far past what
+// the agents decide: with the default flags the queues drop what they
+// cannot hold, and the server's own counters show that not one flow
+// reached it around its chain; with --overload bypass, an operator's
+// explicit choice, what the queues cannot hold goes around, counted.
+//
 // Each part tears its lab down, on every way out.
 package main
 
@@ -78,7 +84,11 @@ func run() error {
 		return err
 	}
 	fmt.Println("\n########## part 4: blue and red have the same addresses; the interface they enter by tells them apart, each crosses its own chain and leaves with its own address")
-	return withLab(bin, lab.OverlapMap, overlap)
+	if err := withLab(bin, lab.OverlapMap, overlap); err != nil {
+		return err
+	}
+	fmt.Println("\n########## part 5: a flood of new flows far past what the agents decide; none goes around its chain unless the operator chose bypass")
+	return withLab(bin, lab.Map, overload)
 }
 
 // overlap is part 4.
