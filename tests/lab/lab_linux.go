@@ -623,6 +623,11 @@ func (a *Process) Kill() {
 	<-a.done
 }
 
+// Pid is the process's ID. `ip netns exec` execs the command, so the
+// process is nfsteer itself (or what a wrapper given as the lab's binary
+// execs it from).
+func (a *Process) Pid() int { return a.cmd.Process.Pid }
+
 // Signal sends sig to the agent (SIGSTOP and SIGCONT stall it).
 func (a *Process) Signal(sig os.Signal) error { return a.cmd.Process.Signal(sig) }
 

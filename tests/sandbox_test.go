@@ -1,0 +1,199 @@
+//go:build linux
+
+package tests
+
+import (
+	"bufio"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/tests/lab"
+	"golang.org/x/sys/unix"
+)
+
+// sandbox is what a systemd unit of packaging/ restricts its process to,
+// as far as this test emulates it.
+type sandbox struct {
+	caps       []string // lower case, without CAP_: "net_admin"
+	readWrite  []string // ReadWritePaths
+	noNewPrivs bool
+}
+
+// unitSandbox reads the [Service] section of unit. It fails on a setting
+// that restricts the process and that the emulation does not know, so
+// that the test never passes for a sandbox it did not apply.
+func unitSandbox(t testing.TB, unit string) sandbox {
+	t.Helper()
+	f, err := os.Open(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var sb sandbox
+	var ambient []string
+	// Settings that start, stop or feed the service without restricting
+	// it.
+	plain := []string{"Type", "EnvironmentFile", "ExecStart", "ExecReload", "KillSignal", "TimeoutStopSec", "Restart", "RestartSec", "LimitNOFILE"}
+	section := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "[") {
+			section = line
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if section != "[Service]" || !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		caps := func() (out []string) {
+			for _, c := range strings.Fields(v) {
+				out = append(out, strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
+			slices.Sort(out)
+			return out
+		}
+		switch {
+		case k == "CapabilityBoundingSet":
+			sb.caps = caps()
+		case k == "AmbientCapabilities":
+			ambient = caps()
+		case k == "NoNewPrivileges":
+			sb.noNewPrivs = v == "true"
+		case k == "ProtectSystem" && v == "strict", k == "ProtectHome" && v == "true", k == "PrivateTmp" && v == "true":
+			// Emulated by the wrapper, PrivateTmp by leaving /tmp read-only
+			// with the rest: stricter than a /tmp of the agent's own.
+		case k == "ReadWritePaths":
+			sb.readWrite = strings.Fields(v)
+		case slices.Contains(plain, k):
+		default:
+			t.Fatalf("%s: %s=%s restricts the service in a way this test does not emulate: teach it", unit, k, v)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if sb.caps == nil || !slices.Equal(ambient, sb.caps) {
+		t.Fatalf("%s: capabilities %v, ambient %v: the test emulates a bounding set given whole as ambient capabilities", unit, sb.caps, ambient)
+	}
+	return sb
+}
+
+// wrap writes a script that runs bin in sb without systemd: in a mount
+// namespace of its own, the file system read-only but sb.readWrite
+// (ProtectSystem=strict, ReadWritePaths), the home directories empty and
+// unreadable (ProtectHome), the capabilities bounded, inherited and
+// ambient to sb.caps, and no new privileges. Its path can stand for the
+// lab's nfsteer binary.
+func (sb sandbox) wrap(t testing.TB, bin string) string {
+	t.Helper()
+	caps := "-all"
+	for _, c := range sb.caps {
+		caps += ",+" + c
+	}
+	inner := ""
+	for _, p := range sb.readWrite {
+		inner += fmt.Sprintf("mount --bind %s %s; ", p, p)
+	}
+	inner += "mount -o remount,bind,ro /; "
+	inner += `for h in /home /root /run/user; do if [ -d "$h" ]; then mount -t tmpfs -o ro,mode=000 tmpfs "$h"; fi; done; `
+	inner += fmt.Sprintf(`exec setpriv --bounding-set=%[1]s --inh-caps=%[1]s --ambient-caps=%[1]s`, caps)
+	if sb.noNewPrivs {
+		inner += " --no-new-privs"
+	}
+	inner += ` "$0" "$@"`
+	script := fmt.Sprintf("#!/bin/sh\nexec unshare --mount --propagation private sh -euc '%s' %s \"$@\"\n", inner, bin)
+	path := filepath.Join(t.TempDir(), "nfsteer-sandboxed")
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// check fails t unless process pid runs in sb: its effective and bounding
+// capabilities exactly sb.caps, no new privileges, and its root read-only.
+func (sb sandbox) check(t testing.TB, node string, pid int) {
+	t.Helper()
+	var want uint64
+	for _, c := range sb.caps {
+		bit, ok := map[string]uint{"net_admin": unix.CAP_NET_ADMIN, "net_raw": unix.CAP_NET_RAW}[c]
+		if !ok {
+			t.Fatalf("capability %q: the test knows net_admin and net_raw", c)
+		}
+		want |= 1 << bit
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	for _, k := range []string{"CapEff", "CapBnd"} {
+		got, err := strconv.ParseUint(fields[k], 16, 64)
+		if err != nil || got != want {
+			t.Errorf("%s's agent: %s %s, want %016x (%v)", node, k, fields[k], want, sb.caps)
+		}
+	}
+	if sb.noNewPrivs && fields["NoNewPrivs"] != "1" {
+		t.Errorf("%s's agent: NoNewPrivs %q, want 1", node, fields["NoNewPrivs"])
+	}
+	mounts, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 5 && f[4] == "/" && !slices.Contains(strings.Split(f[5], ","), "ro") {
+			t.Errorf("%s's agent: its root is mounted %s, want read-only", node, f[5])
+		}
+	}
+}
+
+// TestAgentRunsInItsUnitsSandbox runs every agent of the lab in the
+// sandbox packaging/nfsteer-agent.service gives it, emulated (there is no
+// systemd here): CAP_NET_ADMIN and CAP_NET_RAW and no other capability, no
+// new privileges, the file system read-only but /run, no home
+// directories. It checks that the agents do run so, and, from the
+// instances' own counters, that a flow crosses its chain in order both
+// ways and arrives byte-exact: on the service network, and on the
+// overlay, where the agents also create the VXLAN device, set its
+// sysctls and put flows in their tenants' conntrack zones.
+func TestAgentRunsInItsUnitsSandbox(t *testing.T) {
+	sb := unitSandbox(t, "../packaging/nfsteer-agent.service")
+	wrapper := sb.wrap(t, bin)
+	for _, tc := range []struct {
+		name, m string
+	}{
+		{"service network", lab.Map},
+		{"overlay", lab.OverlayMap},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.NewWithMap(t, wrapper, tc.m)
+			if err := l.StartAll(); err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
+				sb.check(t, a.Node, a.Pid())
+			}
+			tab := tableOf(t, tc.m)
+			if tc.m == lab.OverlayMap {
+				checkOverlayFlow(t, l, tab, "g", "cg", lab.GlobexClient, 6, 7401)
+				return
+			}
+			f := steering.Flow{Src: netip.MustParseAddr(lab.GlobexClient), Dst: netip.MustParseAddr(lab.Server), SrcPort: 7401, DstPort: 5201, Proto: 6}
+			fc := countFlow(t, l, "g", f, expectedChain(t, tab, f))
+			transfer(t, l, "cg", lab.GlobexClient+":7401", lab.Server+":5201", 1<<20)
+			fc.check(t, l)
+		})
+	}
+}
