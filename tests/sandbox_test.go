@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 	"golang.org/x/sys/unix"
@@ -22,9 +23,13 @@ import (
 // as far as this test emulates it.
 type sandbox struct {
 	caps       []string // lower case, without CAP_: "net_admin"
+	nobody     bool     // DynamicUser: an unprivileged user, emulated by nobody's
 	readWrite  []string // ReadWritePaths
 	noNewPrivs bool
 }
+
+// nobody is the user ID a DynamicUser unit runs as here.
+const nobody = 65534
 
 // unitSandbox reads the [Service] section of unit. It fails on a setting
 // that restricts the process and that the emulation does not know, so
@@ -65,6 +70,8 @@ func unitSandbox(t testing.TB, unit string) sandbox {
 			sb.caps = caps()
 		case k == "AmbientCapabilities":
 			ambient = caps()
+		case k == "DynamicUser":
+			sb.nobody = v == "true"
 		case k == "NoNewPrivileges":
 			sb.noNewPrivs = v == "true"
 		case k == "ProtectSystem" && v == "strict", k == "ProtectHome" && v == "true", k == "PrivateTmp" && v == "true":
@@ -80,8 +87,11 @@ func unitSandbox(t testing.TB, unit string) sandbox {
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if sb.caps == nil || !slices.Equal(ambient, sb.caps) {
-		t.Fatalf("%s: capabilities %v, ambient %v: the test emulates a bounding set given whole as ambient capabilities", unit, sb.caps, ambient)
+	switch {
+	case sb.nobody && (sb.caps != nil || ambient != nil):
+		t.Fatalf("%s: a dynamic user with capabilities %v, ambient %v: the test emulates a dynamic user without any", unit, sb.caps, ambient)
+	case !sb.nobody && (sb.caps == nil || !slices.Equal(ambient, sb.caps)):
+		t.Fatalf("%s: capabilities %v, ambient %v: the test emulates root with a bounding set given whole as ambient capabilities", unit, sb.caps, ambient)
 	}
 	return sb
 }
@@ -89,9 +99,9 @@ func unitSandbox(t testing.TB, unit string) sandbox {
 // wrap writes a script that runs bin in sb without systemd: in a mount
 // namespace of its own, the file system read-only but sb.readWrite
 // (ProtectSystem=strict, ReadWritePaths), the home directories empty and
-// unreadable (ProtectHome), the capabilities bounded, inherited and
-// ambient to sb.caps, and no new privileges. Its path can stand for the
-// lab's nfsteer binary.
+// unreadable (ProtectHome), as nobody without capabilities (DynamicUser)
+// or with the capabilities bounded, inherited and ambient to sb.caps, and
+// no new privileges. Its path can stand for the lab's nfsteer binary.
 func (sb sandbox) wrap(t testing.TB, bin string) string {
 	t.Helper()
 	caps := "-all"
@@ -104,7 +114,11 @@ func (sb sandbox) wrap(t testing.TB, bin string) string {
 	}
 	inner += "mount -o remount,bind,ro /; "
 	inner += `for h in /home /root /run/user; do if [ -d "$h" ]; then mount -t tmpfs -o ro,mode=000 tmpfs "$h"; fi; done; `
-	inner += fmt.Sprintf(`exec setpriv --bounding-set=%[1]s --inh-caps=%[1]s --ambient-caps=%[1]s`, caps)
+	if sb.nobody {
+		inner += fmt.Sprintf("exec setpriv --reuid=%[1]d --regid=%[1]d --clear-groups --inh-caps=-all", nobody)
+	} else {
+		inner += fmt.Sprintf(`exec setpriv --bounding-set=%[1]s --inh-caps=%[1]s --ambient-caps=%[1]s`, caps)
+	}
 	if sb.noNewPrivs {
 		inner += " --no-new-privs"
 	}
@@ -117,8 +131,9 @@ func (sb sandbox) wrap(t testing.TB, bin string) string {
 	return path
 }
 
-// check fails t unless process pid runs in sb: its effective and bounding
-// capabilities exactly sb.caps, no new privileges, and its root read-only.
+// check fails t unless process pid runs in sb: its effective capabilities
+// exactly sb.caps (and its bounding set, as root) or, as a dynamic user,
+// none and nobody's user ID; no new privileges; its root read-only.
 func (sb sandbox) check(t testing.TB, node string, pid int) {
 	t.Helper()
 	var want uint64
@@ -139,14 +154,21 @@ func (sb sandbox) check(t testing.TB, node string, pid int) {
 			fields[k] = strings.TrimSpace(v)
 		}
 	}
-	for _, k := range []string{"CapEff", "CapBnd"} {
+	capFields := []string{"CapEff", "CapBnd"}
+	if sb.nobody {
+		capFields = capFields[:1]
+		if uid := strings.Fields(fields["Uid"]); len(uid) < 2 || uid[1] != strconv.Itoa(nobody) {
+			t.Errorf("%s: user IDs %q, want %d (a dynamic user's)", node, fields["Uid"], nobody)
+		}
+	}
+	for _, k := range capFields {
 		got, err := strconv.ParseUint(fields[k], 16, 64)
 		if err != nil || got != want {
-			t.Errorf("%s's agent: %s %s, want %016x (%v)", node, k, fields[k], want, sb.caps)
+			t.Errorf("%s: %s %s, want %016x (%v)", node, k, fields[k], want, sb.caps)
 		}
 	}
 	if sb.noNewPrivs && fields["NoNewPrivs"] != "1" {
-		t.Errorf("%s's agent: NoNewPrivs %q, want 1", node, fields["NoNewPrivs"])
+		t.Errorf("%s: NoNewPrivs %q, want 1", node, fields["NoNewPrivs"])
 	}
 	mounts, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
 	if err != nil {
@@ -154,7 +176,7 @@ func (sb sandbox) check(t testing.TB, node string, pid int) {
 	}
 	for _, line := range strings.Split(string(mounts), "\n") {
 		if f := strings.Fields(line); len(f) > 5 && f[4] == "/" && !slices.Contains(strings.Split(f[5], ","), "ro") {
-			t.Errorf("%s's agent: its root is mounted %s, want read-only", node, f[5])
+			t.Errorf("%s: its root is mounted %s, want read-only", node, f[5])
 		}
 	}
 }
@@ -183,7 +205,7 @@ func TestAgentRunsInItsUnitsSandbox(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
-				sb.check(t, a.Node, a.Pid())
+				sb.check(t, a.Node+"'s agent", a.Pid())
 			}
 			tab := tableOf(t, tc.m)
 			if tc.m == lab.OverlayMap {
@@ -195,5 +217,38 @@ func TestAgentRunsInItsUnitsSandbox(t *testing.T) {
 			transfer(t, l, "cg", lab.GlobexClient+":7401", lab.Server+":5201", 1<<20)
 			fc.check(t, l)
 		})
+	}
+}
+
+// TestFailoverInTheUnitsSandboxes is the failover test with the agents and
+// the controller each in the sandbox of its unit (emulated as
+// TestAgentRunsInItsUnitsSandbox does; the controller's is a dynamic user
+// without capabilities): Redis holds the map and the sessions, the
+// primary firewall is killed mid-transfer, and the transfer survives
+// byte-exact.
+func TestFailoverInTheUnitsSandboxes(t *testing.T) {
+	agents := unitSandbox(t, "../packaging/nfsteer-agent.service")
+	ctl := unitSandbox(t, "../packaging/nfsteer-controller.service")
+	l := lab.NewWithMap(t, agents.wrap(t, bin), labmap.Firewall)
+	l.StartRedis(t)
+	if out, err := l.Nfsteer("ctl", "apply", "--redis", lab.RedisURL, "-f", l.MapFile); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	if err := l.StartAll("--redis", lab.RedisURL, "--refresh", "500ms"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
+		agents.check(t, a.Node+"'s agent", a.Pid())
+	}
+	// The controller runs from its own wrapper.
+	l.Bin = ctl.wrap(t, bin)
+	c, err := l.StartController("controller")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl.check(t, "the controller", c.Pid())
+	res, _, primary, secondary, _ := runFailoverIn(t, l)
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the failover from %s to %s: %v", primary, secondary, res.Err)
 	}
 }
