@@ -1,7 +1,9 @@
 package store
 
 import (
+	"encoding/base64"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -97,4 +99,42 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Errorf("a sealed record with a byte changed was accepted: %s", changed)
 		}
 	})
+}
+
+// TestSplitState: a stored state is sealed when it starts with a MAC and
+// a "."; a state (JSON) is never taken for a sealed one, even with a "."
+// where a sealed one has it.
+func TestSplitState(t *testing.T) {
+	mac := make([]byte, signing.SessionMACSize)
+	mac[0] = 7
+	enc := base64.RawStdEncoding.EncodeToString(mac)
+	dotted := `{"rule":"` + strings.Repeat("a", sealedStateMAC-len(`{"rule":"`)) + `.b"}`
+	if dotted[sealedStateMAC] != '.' {
+		t.Fatalf("the case has no '.' where a sealed state has it: %q", dotted)
+	}
+	type split struct {
+		MAC        []byte
+		State      string
+		Sealed, OK bool
+	}
+	for _, tc := range []struct {
+		name, v string
+		want    split
+	}{
+		{"sealed", enc + `.{"verdict":"allow"}`, split{mac, `{"verdict":"allow"}`, true, true}},
+		{"a state", `{"verdict":"allow"}`, split{nil, `{"verdict":"allow"}`, false, true}},
+		{"a state with a dot where a sealed one has it", dotted, split{nil, dotted, false, true}},
+		{"a MAC that does not decode", strings.Repeat("!", sealedStateMAC) + ".{}", split{nil, "{}", true, false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got split
+			got.MAC, got.State, got.Sealed, got.OK = splitState(tc.v)
+			if !got.OK {
+				got.MAC = nil
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("splitState(%q) (-want +got):\n%s", tc.v, diff)
+			}
+		})
+	}
 }

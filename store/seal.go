@@ -102,10 +102,13 @@ func (s *Store) sealState(flow, service, state string) string {
 var sealedStateMAC = base64.RawStdEncoding.EncodedLen(signing.SessionMACSize)
 
 // splitState splits stored state v into its MAC and the state. A state
-// is JSON ({...}): one without a MAC where a sealed one has it is not
-// sealed; ok is false for a MAC that does not decode.
+// is JSON ({...}); a sealed one starts with its MAC in base64, which has
+// no '{'. So v is not sealed if it starts with '{' (a state whose byte
+// where a sealed one has its "." happens to be one is still a state), nor
+// if it has no "." after a MAC's length; ok is false for a MAC that does
+// not decode.
 func splitState(v string) (mac []byte, state string, sealed, ok bool) {
-	if len(v) <= sealedStateMAC || v[sealedStateMAC] != '.' {
+	if strings.HasPrefix(v, "{") || len(v) <= sealedStateMAC || v[sealedStateMAC] != '.' {
 		return nil, v, false, true
 	}
 	mac, err := base64.RawStdEncoding.DecodeString(v[:sealedStateMAC])
