@@ -51,11 +51,7 @@ func overload(l *lab.Lab) error {
 		if err := l.StartAll(mode.args...); err != nil {
 			return err
 		}
-		dropped0, err := queueDropped(l)
-		if err != nil {
-			return err
-		}
-		unsteered0, err := unsteered(l)
+		before, err := kernelCounts(l)
 		if err != nil {
 			return err
 		}
@@ -76,18 +72,14 @@ func overload(l *lab.Lab) error {
 		if err != nil {
 			return err
 		}
-		dropped, err := queueDropped(l)
-		if err != nil {
-			return err
-		}
-		unsteered1, err := unsteered(l)
+		after, err := kernelCounts(l)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("== what the server counted (nft in its namespace), by TTL: 60 is the whole chain (gateway, fw, dlp, gateway)\n")
 		fmt.Printf("   crossed the chain:  %6d\n   went around it:     %6d\n", onChain, offChain)
 		fmt.Printf("== what the kernels counted: the nodes' queues dropped %d packets (/proc/net/netfilter/nfnetlink_queue); their rules of new flows forwarded undecided counted %d\n",
-			dropped-dropped0, unsteered1-unsteered0)
+			after.dropped-before.dropped, after.unsteered-before.unsteered)
 		switch {
 		case len(mode.args) == 0 && offChain > 0:
 			return fmt.Errorf("%d flows reached the server around their chain with --overload drop", offChain)
@@ -126,26 +118,24 @@ func settled(l *lab.Lab, on, off string) (onChain, offChain uint64, err error) {
 	}
 }
 
-// queueDropped sums what the queues of the gateway and every instance host
-// dropped, as the kernel counts it.
-func queueDropped(l *lab.Lab) (uint64, error) {
-	var total uint64
-	for _, h := range append([]string{"gw"}, lab.InstanceNames()...) {
-		n, err := l.QueueDropped(h)
-		if err != nil {
-			return 0, err
-		}
-		total += n
+// kernelCount is what the kernels of the gateway and every instance host
+// counted: packets their queues dropped, and packets of nfsteer's rule of
+// new flows forwarded without a decision.
+type kernelCount struct{ dropped, unsteered uint64 }
+
+func kernelCounts(l *lab.Lab) (c kernelCount, err error) {
+	if c.dropped, err = everyNode(l.QueueDropped); err != nil {
+		return c, err
 	}
-	return total, nil
+	c.unsteered, err = everyNode(l.Unsteered)
+	return c, err
 }
 
-// unsteered sums, over the gateway and every instance host, the packets
-// of nfsteer's rule that counts new flows forwarded without a decision.
-func unsteered(l *lab.Lab) (uint64, error) {
+// everyNode sums count over the gateway and every instance host.
+func everyNode(count func(host string) (uint64, error)) (uint64, error) {
 	var total uint64
 	for _, h := range append([]string{"gw"}, lab.InstanceNames()...) {
-		n, err := l.Unsteered(h)
+		n, err := count(h)
 		if err != nil {
 			return 0, err
 		}
