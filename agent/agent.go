@@ -338,10 +338,12 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 		// installed. A tenant change or a failover skips building and
 		// comparing a hop per instance; only the rules that follow from
 		// the tenants (a gateway's ingress bindings, the overlay's tags)
-		// may change.
+		// may change, and only if the tenants did: a failover or a drain
+		// also skips walking every tenant (about 1 ms a version for a
+		// gateway with 10,000).
 		st := *old
 		st.published, st.table = p, t
-		if old.role != Spare {
+		if old.role != Spare && !t.SameTenants(old.table) {
 			ingress, tags := tenantRules(t, old.role == Gateway, old.spec.Overlay != nil)
 			if !reflect.DeepEqual(ingress, old.spec.Ingress) || !reflect.DeepEqual(tags, old.spec.Tags) {
 				st.spec.Ingress, st.spec.Tags = ingress, tags

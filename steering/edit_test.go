@@ -212,3 +212,52 @@ func TestWithMapKeepsOnlyExistingLists(t *testing.T) {
 		t.Errorf("IDs still name dlp-2, Validate should refuse until the publisher reassigns them")
 	}
 }
+
+// TestSameTenants: a version that only takes instances out or puts them
+// back (a drain, a failover) shares its tenants whole with the one before;
+// a version with another map never claims to, even if its tenants read the
+// same.
+func TestSameTenants(t *testing.T) {
+	p1 := &Published{Version: 1, Map: labMap(t)}
+	var err error
+	if p1.IDs, err = AssignIDs(p1.Map, nil); err != nil {
+		t.Fatal(err)
+	}
+	t1, err := CompilePublished(p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drained, err := p1.Drain("fw-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := p1.Clone()
+	down.Down = []string{"dlp-2"}
+	other := p1.WithMap(labMap(t))
+	for _, tc := range []struct {
+		name string
+		next *Published
+		want bool
+	}{
+		{"a drain", drained, true},
+		{"a failover", down, true},
+		{"another map with the same tenants", other, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.next.Version = 2
+			t2, err := CompileNext(t1, tc.next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := t2.SameTenants(t1); got != tc.want {
+				t.Errorf("SameTenants = %t, want %t", got, tc.want)
+			}
+			if tc.want && &t2.Tenants()[0] != &t1.Tenants()[0] {
+				t.Error("SameTenants, but the tenants were compiled again")
+			}
+		})
+	}
+	if t1.SameTenants(nil) {
+		t.Error("SameTenants(nil) = true")
+	}
+}

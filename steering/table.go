@@ -378,6 +378,11 @@ func (t *Table) SameInstances(u *Table) bool {
 		(t.m.Overlay == u.m.Overlay || reflect.DeepEqual(t.m.Overlay, u.m.Overlay))
 }
 
+// SameTenants reports whether t has u's tenants, shared whole: t was
+// compiled, by CompileNext, from u's very map, and only which instances
+// are out, or their IDs, changed (a failover, a drain).
+func (t *Table) SameTenants(u *Table) bool { return u != nil && t.m == u.m }
+
 // InstanceByName returns the instance called name.
 func (t *Table) InstanceByName(name string) (*Instance, bool) {
 	i, ok := t.byName[name]
