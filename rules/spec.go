@@ -271,8 +271,6 @@ func (s Spec) IPTablesRules(family int) (jumps, own []Rule) {
 		Rule{"POSTROUTING", slices.Concat(mark(0, OrigMask|MarkSave), isNew, toPost)})
 	if tagged {
 		jumps = append(jumps, Rule{"POSTROUTING", slices.Concat(mark(MarkTag, MarkTag|MarkSave), isNew, toPost)})
-	}
-	if tagged {
 		// An instance host on an overlay, or a gateway with zoned
 		// tenants: a packet of an undecided flow may carry its tenant's
 		// tag where the halves go (see TenantTag), which the restore
