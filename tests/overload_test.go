@@ -4,7 +4,6 @@ package tests
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -146,33 +145,20 @@ func TestOverloadNeverBypassesTheChain(t *testing.T) {
 	}
 }
 
-// countByChain counts, at the server, globex's one-packet flows to UDP
-// port 9999 by what they crossed: TTL 60 is the whole chain (gateway, fw,
-// dlp, gateway), anything else went around some of it. The returned
-// function reads the counts; with settle, once they stop moving (what is
-// still queued arrives on the chain).
+// countByChain counts globex's flows to UDP port 9999 at the server by
+// whether they crossed the whole chain (lab.ChainArrivals); the returned
+// function reads the counts, settled if asked, and fails t on an error.
 func countByChain(t *testing.T, l *lab.Lab) func(settle bool) (on, off uint64) {
 	t.Helper()
-	// A socket on the port, so the server answers nothing (no port
-	// unreachable back through the chain).
-	sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, "9999"))
+	c, err := l.CountChainArrivals(9999)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sink.Close() })
-	match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport 9999", lab.GlobexClient, lab.Server)
-	if err := l.Count("srv", "onchain", match+" ip ttl 60"); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Count("srv", "offchain", match+" ip ttl != 60"); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { c.Close() })
 	return func(settle bool) (on, off uint64) {
-		on, off = counted(t, l, "srv", "onchain"), counted(t, l, "srv", "offchain")
-		for prev := uint64(1 << 63); settle && on+off != prev; {
-			prev = on + off
-			time.Sleep(500 * time.Millisecond)
-			on, off = counted(t, l, "srv", "onchain"), counted(t, l, "srv", "offchain")
+		on, off, err := c.Read(settle)
+		if err != nil {
+			t.Fatal(err)
 		}
 		return on, off
 	}

@@ -4,9 +4,7 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/nfsteer/nfsteer/tests/lab"
@@ -31,21 +29,11 @@ func overload(l *lab.Lab) error {
 		{"the default flags (--overload drop)", nil, 9999},
 		{"--overload bypass, which an operator has to choose", []string{"--overload", "bypass"}, 9998},
 	} {
-		// A socket on the port, so the server sends no port unreachable
-		// back through the chain.
-		sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(lab.Server, strconv.Itoa(int(mode.port))))
+		arrivals, err := l.CountChainArrivals(mode.port)
 		if err != nil {
 			return err
 		}
-		defer sink.Close()
-		match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport %d", lab.GlobexClient, lab.Server, mode.port)
-		on, off := fmt.Sprintf("on%d", mode.port), fmt.Sprintf("off%d", mode.port)
-		if err := l.Count("srv", on, match+" ip ttl 60"); err != nil {
-			return err
-		}
-		if err := l.Count("srv", off, match+" ip ttl != 60"); err != nil {
-			return err
-		}
+		defer arrivals.Close()
 
 		fmt.Printf("\n== agents started with %s\n", mode.title)
 		if err := l.StartAll(mode.args...); err != nil {
@@ -68,7 +56,7 @@ func overload(l *lab.Lab) error {
 		}
 		fmt.Printf("== globex (chain fw, dlp) sent %d new UDP flows of one packet each in %v (%.0f a second)\n",
 			sent, took.Round(time.Millisecond), float64(sent)/took.Seconds())
-		onChain, offChain, err := settled(l, on, off)
+		onChain, offChain, err := arrivals.Read(true)
 		if err != nil {
 			return err
 		}
@@ -97,25 +85,6 @@ func overload(l *lab.Lab) error {
 		}
 	}
 	return nil
-}
-
-// settled reads the server's counters on and off once they stop moving:
-// what is still queued arrives on the chain.
-func settled(l *lab.Lab, on, off string) (onChain, offChain uint64, err error) {
-	prev := uint64(1 << 63)
-	for {
-		if onChain, _, err = l.Packets("srv", on); err != nil {
-			return 0, 0, err
-		}
-		if offChain, _, err = l.Packets("srv", off); err != nil {
-			return 0, 0, err
-		}
-		if onChain+offChain == prev {
-			return onChain, offChain, nil
-		}
-		prev = onChain + offChain
-		time.Sleep(500 * time.Millisecond)
-	}
 }
 
 // kernelCount is what the kernels of the gateway and every instance host

@@ -2,9 +2,11 @@ package lab
 
 import (
 	"fmt"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nfsteer/nfsteer/nfq"
 )
@@ -54,3 +56,54 @@ func (l *Lab) Unsteered(host string) (uint64, error) {
 	}
 	return strconv.ParseUint(m[1], 10, 64)
 }
+
+// ChainArrivals counts, at the server, globex's one-packet UDP flows to
+// one port by what they crossed: TTL 60 is globex's whole chain (gateway,
+// fw, dlp, gateway), anything else went around some of it. It holds a
+// socket on the port, so the server answers nothing (no port unreachable
+// back through the chain).
+type ChainArrivals struct {
+	l       *Lab
+	sink    net.PacketConn
+	on, off string // the server's counters
+}
+
+// CountChainArrivals starts counting globex's flows to port at the server.
+// Close it when done.
+func (l *Lab) CountChainArrivals(port uint16) (*ChainArrivals, error) {
+	sink, err := l.ListenPacket("srv", "udp4", net.JoinHostPort(Server, strconv.Itoa(int(port))))
+	if err != nil {
+		return nil, err
+	}
+	c := &ChainArrivals{l: l, sink: sink, on: fmt.Sprintf("on%d", port), off: fmt.Sprintf("off%d", port)}
+	match := fmt.Sprintf("ip saddr %s ip daddr %s udp dport %d", GlobexClient, Server, port)
+	for name, ttl := range map[string]string{c.on: " ip ttl 60", c.off: " ip ttl != 60"} {
+		if err := l.Count("srv", name, match+ttl); err != nil {
+			sink.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Read returns the flows that arrived on the chain and around it; with
+// settle, once the counts stop moving (what is still queued arrives on
+// the chain).
+func (c *ChainArrivals) Read(settle bool) (on, off uint64, err error) {
+	for prev := uint64(1 << 63); ; {
+		if on, _, err = c.l.Packets("srv", c.on); err != nil {
+			return 0, 0, err
+		}
+		if off, _, err = c.l.Packets("srv", c.off); err != nil {
+			return 0, 0, err
+		}
+		if !settle || on+off == prev {
+			return on, off, nil
+		}
+		prev = on + off
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// Close closes the socket on the port.
+func (c *ChainArrivals) Close() error { return c.sink.Close() }
