@@ -12,7 +12,6 @@ import (
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
-	"github.com/redis/go-redis/v9"
 )
 
 // TestAFailedStepWaitsOutTheGrace: the controller renews its lease, and
@@ -31,12 +30,6 @@ func TestAFailedStepWaitsOutTheGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	opt, err := redis.ParseURL(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := redis.NewClient(opt)
-	t.Cleanup(func() { admin.Close() })
 
 	m := labmap.Map(t)
 	if _, err := s.Publish(ctx, func(*steering.Published) (*steering.Published, error) {
@@ -64,31 +57,26 @@ func TestAFailedStepWaitsOutTheGrace(t *testing.T) {
 	}
 
 	// The controller's user: its role's grant, but the health scores
-	// only readable.
+	// only readable; it returns the user's URL.
 	const scores = "~nfsteer:{hb}:score"
-	setUser := func(readOnlyScores bool) {
+	setUser := func(readOnlyScores bool) string {
 		t.Helper()
 		rules, err := store.ACLRules(store.ACLController)
 		if err != nil {
 			t.Fatal(err)
 		}
-		args := []any{"acl", "setuser", "ctl", "on", ">pw"}
 		found := false
-		for _, r := range rules {
+		for i, r := range rules {
 			if r == scores && readOnlyScores {
-				r, found = "%R"+scores, true
+				rules[i], found = "%R"+scores, true
 			}
-			args = append(args, r)
 		}
 		if readOnlyScores && !found {
 			t.Fatalf("the controller's grant %v has no %s: the test no longer makes its step fail", rules, scores)
 		}
-		if err := admin.Do(ctx, args...).Err(); err != nil {
-			t.Fatalf("ACL SETUSER: %v", err)
-		}
+		return srv.SetUser(t, "ctl", "pw", rules...)
 	}
-	setUser(true)
-	ctl, err := store.Open(ctx, "redis://ctl:pw@"+srv.Addr)
+	ctl, err := store.Open(ctx, setUser(true))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,21 +24,13 @@ import (
 func TestACLRoles(t *testing.T) {
 	ctx := context.Background()
 	srv := redislab.Start(t, redislab.Options{})
-	admin := store.ClientOf(open(t, srv.URL))
 	as := func(role store.ACLRole) *store.Store {
 		t.Helper()
 		rules, err := store.ACLRules(role)
 		if err != nil {
 			t.Fatal(err)
 		}
-		args := []any{"acl", "setuser", "nfsteer-" + string(role), "on", ">pw-" + string(role)}
-		for _, r := range rules {
-			args = append(args, r)
-		}
-		if err := admin.Do(ctx, args...).Err(); err != nil {
-			t.Fatalf("ACL SETUSER for %s %v: %v", role, rules, err)
-		}
-		return open(t, "redis://nfsteer-"+string(role)+":pw-"+string(role)+"@"+srv.Addr)
+		return open(t, srv.SetUser(t, "nfsteer-"+string(role), "pw-"+string(role), rules...))
 	}
 	op, ctl, agent := as(store.ACLOperator), as(store.ACLController), as(store.ACLAgent)
 	must := func(what string, err error) {
@@ -190,15 +182,7 @@ func TestSessionsWithoutTrimPermission(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []any{"acl", "setuser", "old-agent", "on", ">pw"}
-	for _, r := range rules {
-		args = append(args, r)
-	}
-	args = append(args, "-zremrangebyscore")
-	if err := admin.Do(ctx, args...).Err(); err != nil {
-		t.Fatalf("ACL SETUSER: %v", err)
-	}
-	agent := open(t, "redis://old-agent:pw@"+srv.Addr)
+	agent := open(t, srv.SetUser(t, "old-agent", "pw", append(rules, "-zremrangebyscore")...))
 	tab := labTable(t)
 	gw := agent.NewSessions("", time.Minute)
 	a := acmeSession(tab, 41100)

@@ -9,11 +9,12 @@ import (
 
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/tests/lab"
+	"github.com/nfsteer/nfsteer/tests/redislab"
 )
 
-// labUsers creates in the lab's Redis the users `nfsteer redis acl`
+// labUsers creates in the lab's Redis, srv, the users `nfsteer redis acl`
 // prints, and returns each role's URL.
-func labUsers(t *testing.T, l *lab.Lab) map[string]string {
+func labUsers(t *testing.T, l *lab.Lab, srv *redislab.Server) map[string]string {
 	t.Helper()
 	out, err := l.Nfsteer("ctl", "redis", "acl", "-o", "json")
 	if err != nil {
@@ -28,11 +29,7 @@ func labUsers(t *testing.T, l *lab.Lab) map[string]string {
 	}
 	urls := map[string]string{}
 	for _, u := range users {
-		args := append([]string{"redis-cli", "-h", lab.Control, "ACL", "SETUSER", u.User, "on", ">pw-" + u.Role}, u.Rules...)
-		if out, err := l.Output("ctl", args...); err != nil || strings.TrimSpace(out) != "OK" {
-			t.Fatalf("ACL SETUSER %s: %v %s", u.User, err, out)
-		}
-		urls[u.Role] = "redis://" + u.User + ":pw-" + u.Role + "@" + lab.Control + ":6379"
+		urls[u.Role] = srv.SetUser(t, u.User, "pw-"+u.Role, u.Rules...)
 	}
 	return urls
 }
@@ -43,8 +40,7 @@ func labUsers(t *testing.T, l *lab.Lab) map[string]string {
 // over. The transfer survives byte-exact, and Redis refused nothing.
 func TestFailoverWithLeastPrivilege(t *testing.T) {
 	l := lab.NewWithMap(t, bin, labmap.Firewall)
-	l.StartRedis(t)
-	urls := labUsers(t, l)
+	urls := labUsers(t, l, l.StartRedis(t))
 	if out, err := l.Nfsteer("ctl", "apply", "--redis", urls["operator"], "-f", l.MapFile); err != nil {
 		t.Fatalf("apply as the operator: %v\n%s", err, out)
 	}

@@ -216,6 +216,20 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 	return c
 }
 
+// SetUser creates (or resets) the ACL user name with password and rules,
+// as ACL SETUSER takes them after the password, and returns the user's
+// URL. It runs redis-cli in the server's namespace.
+func (s *Server) SetUser(tb testing.TB, name, password string, rules ...string) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := s.cli(ctx, append([]string{"ACL", "SETUSER", name, "on", ">" + password}, rules...)...)
+	if err != nil || strings.TrimSpace(string(out)) != "OK" {
+		tb.Fatalf("ACL SETUSER %s %v: %v %s", name, rules, err, out)
+	}
+	return "redis://" + name + ":" + password + "@" + s.Addr
+}
+
 // Cluster is a running Redis Cluster.
 type Cluster struct {
 	Nodes []*Server
