@@ -647,6 +647,19 @@ func (t *Table) PinsFor(tenant int, slot uint32) Pins {
 // -1.
 func (ti *TenantInfo) ChainPos(svc int) int { return slices.Index(ti.Chain, svc) }
 
+// FirstFirewall returns the index of the first service of the tenant's
+// chain whose function is FunctionFirewall, or -1 if the chain has none.
+// That service's instances admit the tenant's new flows, and they create
+// the sessions of its TCP connections in Redis (see the agent's roles).
+func (t *Table) FirstFirewall(tenant int) int {
+	for _, svc := range t.tenants[tenant].Chain {
+		if t.services[svc].Function == FunctionFirewall {
+			return svc
+		}
+	}
+	return -1
+}
+
 // ServiceByName returns the index of the service called name, or -1.
 func (t *Table) ServiceByName(name string) int {
 	return slices.IndexFunc(t.services, func(s ServiceInfo) bool { return s.Name == name })

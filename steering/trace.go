@@ -92,7 +92,7 @@ func (t *Table) TraceFrom(f Flow, ingress string) Trace {
 	}
 	if ti >= 0 {
 		tr.Tenant = t.tenants[ti].Name
-		if t.hasFirewall(ti) {
+		if t.FirstFirewall(ti) >= 0 {
 			if r := t.Permit(ti, &f); r < 0 {
 				tr.Verdict = "drop: no allow rule of the tenant matches the opening packet"
 			} else {
@@ -112,15 +112,6 @@ func (t *Table) TraceFrom(f Flow, ingress string) Trace {
 func (ti *TenantInfo) holds(a netip.Addr) bool {
 	a = a.Unmap()
 	return slices.ContainsFunc(ti.Prefixes, func(p netip.Prefix) bool { return p.Contains(a) })
-}
-
-func (t *Table) hasFirewall(tenant int) bool {
-	for _, svc := range t.tenants[tenant].Chain {
-		if t.services[svc].Function == FunctionFirewall {
-			return true
-		}
-	}
-	return false
 }
 
 // walk follows Decide from the gateway until a node routes normally (a
