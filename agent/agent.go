@@ -366,12 +366,7 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	if err != nil {
 		return err
 	}
-	st := &state{published: p, table: t, node: t.NodeFor(a.cfg.Node), spec: spec, service: -1}
-	st.role = roleOf(t, st.node, spare)
-	st.tagged = spec.Overlay != nil && st.role.hostsInstance()
-	if st.role.hostsInstance() {
-		st.service = t.Instances()[st.node.Instance].Service
-	}
+	st := stateOf(p, t, a.cfg.Node, spec, spare)
 	if old != nil && old.role != Spare && old.role.hostsInstance() != st.role.hostsInstance() {
 		return fmt.Errorf("version %d would turn node %s from a %s into a %s; restart the agent to change roles", p.Version, a.cfg.Node, old.role, st.role)
 	}
@@ -382,6 +377,18 @@ func (a *Agent) install(p *steering.Published, apply bool) error {
 	}
 	a.state.Store(st)
 	return nil
+}
+
+// stateOf is what node runs on version p, compiled as t, with spec its
+// rules; spare says the node is not in t and was started as a spare.
+func stateOf(p *steering.Published, t *steering.Table, node string, spec rules.Spec, spare bool) *state {
+	st := &state{published: p, table: t, node: t.NodeFor(node), spec: spec, service: -1}
+	st.role = roleOf(t, st.node, spare)
+	st.tagged = spec.Overlay != nil && st.role.hostsInstance()
+	if st.role.hostsInstance() {
+		st.service = t.Instances()[st.node.Instance].Service
+	}
+	return st
 }
 
 // checkReversePath warns of the zoned tenants' prefixes whose flows the
@@ -759,14 +766,14 @@ func markValue(d steering.Decision, gateway uint16) uint32 {
 	return rules.MarkPass
 }
 
-// newSession records a flow decided here and queues its mirror writes:
-// gateways create sessions, a firewall also writes its verdict. It returns
+// newSession records a flow decided here and queues its mirror writes, as
+// the node's role says (state.createOp). It returns
 // the session the table holds: another packet of the flow may have been
 // decided first. A reopened flow (a new TCP connection on a closed one's
 // 5-tuple) replaces the closed one's session, here and in Redis.
 //
-// A TCP SYN (synOpens) starts the session's life in Redis now: the
-// gateway creates it as the SYN passes. Of any other first packet this
+// A TCP SYN (synOpens) starts the session's life in Redis now: the node
+// that creates it does so as the SYN passes. Of any other first packet this
 // node cannot tell whether it opens the flow or meets it mid-stream (the
 // flow came from a dead instance, or another gateway): the session's life
 // in Redis is unknown, and the next walk refreshes it.
@@ -790,8 +797,8 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 	} else {
 		s = a.flows.Put(s)
 	}
-	if kind, ok := st.role.createOp(); ok && a.mirror != nil {
-		a.mirror.Enqueue(sessions.Op{Kind: kind, Replace: reopened, Session: s})
+	if kind, index, ok := st.createOp(d.Tenant, synOpens); ok && a.mirror != nil {
+		a.mirror.Enqueue(sessions.Op{Kind: kind, Replace: reopened, Index: index, Session: s})
 	}
 	return s
 }

@@ -365,6 +365,15 @@ func (l *logBuffer) String() string {
 // labVersion is the lab map published as version 1.
 func labVersion(t testing.TB) *steering.Published { return versionOf(t, labmap.Map(t)) }
 
+// forwardVersion is labVersion with fw a forwarder: no chain has a
+// firewall, so a gateway creates the session of every flow, TCP
+// connections' too (state.createOp).
+func forwardVersion(t testing.TB) *steering.Published {
+	m := labmap.Map(t)
+	m.Services["fw"].Function = ""
+	return versionOf(t, m)
+}
+
 // versionOf is m as version 1, as a node reads it from Redis.
 func versionOf(t testing.TB, m *steering.Map) *steering.Published {
 	t.Helper()

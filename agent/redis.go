@@ -372,10 +372,11 @@ func takeover(st *state, node string, key sessions.Key, rec *sessions.Record) (s
 // resyncOps rewrites everything this node knows to Redis after Redis lost
 // data or operations were dropped.
 func (a *Agent) resyncOps() []sessions.Op {
-	kind := a.state.Load().role.resyncOp()
+	st := a.state.Load()
 	var ops []sessions.Op
 	for _, s := range a.flows.All() {
-		ops = append(ops, sessions.Op{Kind: kind, Session: s})
+		kind, index := st.resyncOp(st.table.TenantByName(s.Tenant))
+		ops = append(ops, sessions.Op{Kind: kind, Index: index, Session: s})
 	}
 	return ops
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -401,7 +402,7 @@ func TestTakeover(t *testing.T) {
 // writer's instances.
 func TestAdoptFirstWritersPins(t *testing.T) {
 	syn := tcp(acmeOpen, server, syn)
-	n := newFakeNode(t, "gw", labVersion(t), nil)
+	n := newFakeNode(t, "gw", forwardVersion(t), nil)
 	fwP, fwS, dlp := roles(t, n.Agent, &syn.Flow)
 	n.ct.conns = []rules.Conn{{Flow: syn.Flow, Mark: rules.SetHalf(0, false, rules.HalfValue(fwP.ID))}}
 	first := admitted(t, n.Agent, &syn.Flow, fwS.Name, fwP.Name, "")
@@ -468,7 +469,7 @@ func TestAdoptSkipsInstancesTakenAway(t *testing.T) {
 // it as a first writer's.
 func TestReopenedConnectionReplacesItsSession(t *testing.T) {
 	syn := tcp(acmeOpen, server, syn)
-	n := newFakeNode(t, "gw", labVersion(t), nil)
+	n := newFakeNode(t, "gw", forwardVersion(t), nil)
 	fwP, fwS, dlp := roles(t, n.Agent, &syn.Flow)
 	key := sessions.KeyOf(&syn.Flow)
 	var old steering.Pins
@@ -500,21 +501,53 @@ func TestResyncOps(t *testing.T) {
 	gw := newFakeNode(t, "gw", labVersion(t), nil)
 	fwP, _, dlp := roles(t, gw.Agent, &syn.Flow)
 	for _, tc := range []struct {
-		node string
-		want sessions.OpKind
+		node  string
+		want  sessions.OpKind
+		index bool
 	}{
-		{"gw", sessions.OpCreate},
-		{fwP.Name, sessions.OpCreateState},
-		{dlp.Name, sessions.OpRefresh},
+		{"gw", sessions.OpCreate, true},
+		{fwP.Name, sessions.OpCreateState, true},
+		{dlp.Name, sessions.OpRefresh, false},
 	} {
 		t.Run(tc.node, func(t *testing.T) {
 			n := newFakeNode(t, tc.node, labVersion(t), nil)
 			n.flows.Put(sessions.Session{Key: sessions.KeyOf(&syn.Flow), Tenant: "acme", Rule: -1})
 			ops := n.resyncOps()
-			if len(ops) != 1 || ops[0].Kind != tc.want {
-				t.Errorf("resync ops %+v; want one of kind %d", ops, tc.want)
+			if len(ops) != 1 || ops[0].Kind != tc.want || ops[0].Index != tc.index {
+				t.Errorf("resync ops %+v; want one of kind %d, Index %t", ops, tc.want, tc.index)
 			}
 		})
+	}
+}
+
+// TestOneNodeCreatesAConnection: a gateway leaves the session of a TCP
+// connection through a firewall to the firewall, which creates and
+// indexes it with its verdict; the gateway still creates a datagram
+// flow's. The fake store sees each node's mirror writes in order.
+func TestOneNodeCreatesAConnection(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	dgram := &nfq.Packet{Flow: steering.Flow{Src: netip.MustParseAddr("10.10.1.2"), Dst: netip.MustParseAddr("10.99.0.2"),
+		SrcPort: 40001, DstPort: 53, Proto: nfq.ProtoUDP}}
+
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, _, _ := roles(t, gw.Agent, &syn.Flow)
+	gw.run(t)
+	gw.Handle(syn, nil, 0, false)
+	gw.Handle(dgram, nil, 0, false)
+	waitFor(t, "the gateway's mirror write", func() bool { return len(gw.store.writes()) > 0 })
+	if w := gw.store.writes()[0]; w.Kind != sessions.OpCreate || w.Record.Flow != sessions.KeyOf(&dgram.Flow).String() {
+		t.Errorf("the gateway's first write: %v of %s; want the datagram's create (%s), none for the SYN",
+			w.Kind, w.Record.Flow, sessions.KeyOf(&dgram.Flow))
+	}
+
+	fw := newFakeNode(t, fwP.Name, labVersion(t), nil)
+	fw.run(t)
+	if got := fw.Handle(syn, nil, 0, false); got.Verdict != nfq.Accept {
+		t.Fatalf("the firewall's verdict on the SYN: %+v; want accepted", got)
+	}
+	waitFor(t, "the firewall's mirror write", func() bool { return len(fw.store.writes()) > 0 })
+	if w := fw.store.writes()[0]; w.Kind != sessions.OpCreateState || !w.Index || w.Record.Flow != sessions.KeyOf(&syn.Flow).String() {
+		t.Errorf("the firewall's first write: %+v; want an indexing create of %s with its verdict", w, sessions.KeyOf(&syn.Flow))
 	}
 }
 

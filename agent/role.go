@@ -53,27 +53,50 @@ func roleOf(t *steering.Table, n steering.Node, spare bool) Role {
 // hostsInstance reports whether the node carries an instance of a service.
 func (r Role) hostsInstance() bool { return r == Forwarder || r == Firewall }
 
-// createOp is the operation that mirrors a flow the node decided first:
-// a gateway creates the session, a firewall creates it with its verdict.
-// A forwarder's flows were created by the gateway in front of it, and it
-// writes nothing (ok false).
-func (r Role) createOp() (kind sessions.OpKind, ok bool) {
-	switch r {
+// createOp is how the node mirrors a flow of tenant that it decided
+// first: the operation (ok false: it writes nothing), and whether the
+// operation indexes the session (an OpCreate always does). syn says the
+// flow opened here with its TCP SYN.
+//
+// One node creates each session with its index entries:
+//   - a gateway, except a TCP connection whose chain has a firewall: the
+//     chain's first firewall meets the same SYN within a millisecond and
+//     writes the same record, with its verdict. The verdict is the part a
+//     failover needs (a firewall's secondary takes a flow over by it,
+//     and without it drops the flow); a gateway's create as well would
+//     cost Redis a command and the gateway a write per connection, and
+//     would leave a session behind for a connection the firewall refuses;
+//   - a firewall creates what it admits, with its verdict, and indexes it
+//     when it is that first firewall of a TCP connection;
+//   - a forwarder writes nothing: its flows were created in front of it.
+//
+// A flow that did not open here with a SYN (a datagram, or a connection
+// met mid-stream after a failover) is created by the gateway, whose create
+// also learns the pins a first writer gave it.
+func (st *state) createOp(tenant int, syn bool) (kind sessions.OpKind, index, ok bool) {
+	switch st.role {
+	case Gateway:
+		return sessions.OpCreate, true, !syn || st.table.FirstFirewall(tenant) < 0
+	case Firewall:
+		return sessions.OpCreateState, syn && st.table.FirstFirewall(tenant) == st.service, true
+	}
+	return 0, false, false
+}
+
+// resyncOp is how the node rewrites a session of tenant (-1: one the map
+// no longer has) that it holds after Redis lost data: as it created it,
+// or, on a forwarder, with a refresh. No node knows any more which of its flows opened with a SYN,
+// so a gateway rewrites all its sessions and a firewall indexes all
+// those of which it is the chain's first firewall: a create that finds
+// the session already there costs only its command.
+func (st *state) resyncOp(tenant int) (kind sessions.OpKind, index bool) {
+	switch st.role {
 	case Gateway:
 		return sessions.OpCreate, true
 	case Firewall:
-		return sessions.OpCreateState, true
+		return sessions.OpCreateState, tenant >= 0 && st.table.FirstFirewall(tenant) == st.service
 	}
-	return 0, false
-}
-
-// resyncOp is the operation that rewrites a session the node holds after
-// Redis lost data: what created it, or, on a forwarder, a refresh.
-func (r Role) resyncOp() sessions.OpKind {
-	if k, ok := r.createOp(); ok {
-		return k
-	}
-	return sessions.OpRefresh
+	return sessions.OpRefresh, false
 }
 
 // refreshes reports whether the node keeps the sessions of its live flows

@@ -187,7 +187,7 @@ func TestReloadMapFile(t *testing.T) {
 // TestMetrics: every counter the agent keeps is exported, and a scrape
 // is consistent (a pedantic registry checks descriptions against metrics).
 func TestMetrics(t *testing.T) {
-	n := newFakeNode(t, "gw", labVersion(t), nil)
+	n := newFakeNode(t, "gw", forwardVersion(t), nil)
 	n.Handle(tcp(acmeOpen, server, syn), nil, 0, false)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(collector{a: n.Agent})
@@ -217,26 +217,85 @@ func TestMetrics(t *testing.T) {
 // TestRoles: what each role mirrors, decided once.
 func TestRoles(t *testing.T) {
 	type mirrored struct {
-		Create             sessions.OpKind
-		Creates            bool
-		Resync             sessions.OpKind
 		Refreshes, Deletes bool
 		HostsInstance      bool
 		Name               string
 	}
 	got := map[Role]mirrored{}
 	for _, r := range []Role{Gateway, Forwarder, Firewall, Spare} {
-		k, ok := r.createOp()
-		got[r] = mirrored{k, ok, r.resyncOp(), r.refreshes(), r.deletes(), r.hostsInstance(), r.String()}
+		got[r] = mirrored{r.refreshes(), r.deletes(), r.hostsInstance(), r.String()}
 	}
 	want := map[Role]mirrored{
-		Gateway:   {sessions.OpCreate, true, sessions.OpCreate, false, false, false, "gateway"},
-		Forwarder: {0, false, sessions.OpRefresh, true, false, true, "forwarder"},
-		Firewall:  {sessions.OpCreateState, true, sessions.OpCreateState, true, true, true, "firewall"},
-		Spare:     {0, false, sessions.OpRefresh, false, false, false, "spare"},
+		Gateway:   {false, false, false, "gateway"},
+		Forwarder: {true, false, true, "forwarder"},
+		Firewall:  {true, true, true, "firewall"},
+		Spare:     {false, false, false, "spare"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("roles (-want +got):\n%s", diff)
+	}
+}
+
+// TestCreateOps: one node creates and indexes each session. A TCP
+// connection whose chain has a firewall is created by that chain's first
+// firewall, not by the gateway; every other flow by the gateway.
+func TestCreateOps(t *testing.T) {
+	m := labmap.Map(t)
+	m.Services["ips"] = &steering.Service{Function: steering.FunctionFirewall,
+		Instances: map[string]steering.Addresses{"ips-1": {"10.200.0.31"}}}
+	m.Tenants["plain"] = &steering.Tenant{Prefixes: []string{"10.30.1.0/24"}, Chain: []string{"dlp"}}
+	m.Tenants["deep"] = &steering.Tenant{Prefixes: []string{"10.40.1.0/24"}, Chain: []string{"dlp", "fw", "ips"}}
+	tab, err := steering.Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type op struct {
+		Kind      sessions.OpKind
+		Index, OK bool
+	}
+	type resync struct {
+		Kind  sessions.OpKind
+		Index bool
+	}
+	for _, tc := range []struct {
+		node, tenant string
+		syn          bool
+		create       op
+		resync       resync
+	}{
+		{"gw", "acme", true, op{}, resync{sessions.OpCreate, true}},
+		{"gw", "acme", false, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}},
+		{"gw", "plain", true, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}},
+		{"gw", "deep", true, op{}, resync{sessions.OpCreate, true}},
+		{"fw-1", "acme", true, op{sessions.OpCreateState, true, true}, resync{sessions.OpCreateState, true}},
+		{"fw-1", "acme", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, true}},
+		{"fw-2", "deep", true, op{sessions.OpCreateState, true, true}, resync{sessions.OpCreateState, true}},
+		{"ips-1", "deep", true, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}},
+		{"ips-1", "deep", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}},
+		{"dlp-1", "acme", true, op{}, resync{sessions.OpRefresh, false}},
+		{"dlp-1", "plain", false, op{}, resync{sessions.OpRefresh, false}},
+	} {
+		t.Run(fmt.Sprintf("%s/%s/syn=%t", tc.node, tc.tenant, tc.syn), func(t *testing.T) {
+			st := stateOf(nil, tab, tc.node, rules.Spec{}, false)
+			ti := tab.TenantByName(tc.tenant)
+			var got op
+			if got.Kind, got.Index, got.OK = st.createOp(ti, tc.syn); !got.OK {
+				got = op{}
+			}
+			if diff := cmp.Diff(tc.create, got); diff != "" {
+				t.Errorf("createOp (-want +got):\n%s", diff)
+			}
+			var r resync
+			r.Kind, r.Index = st.resyncOp(ti)
+			if diff := cmp.Diff(tc.resync, r); diff != "" {
+				t.Errorf("resyncOp (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// A session whose tenant left the map is rewritten without an index
+	// decision to make.
+	if k, index := stateOf(nil, tab, "fw-1", rules.Spec{}, false).resyncOp(-1); k != sessions.OpCreateState || index {
+		t.Errorf("resyncOp(-1) on a firewall = %v, %t; want OpCreateState, false", k, index)
 	}
 }
 

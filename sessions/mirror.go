@@ -20,7 +20,8 @@ const (
 	OpCreate OpKind = iota
 	// OpCreateState is OpCreate and OpState in one round trip: what a
 	// stateful function writes for a flow it admits. The state is written
-	// whether or not the create wins.
+	// whether or not the create wins. It indexes the session only if the
+	// Op says so (Op.Index); OpCreate always does.
 	OpCreateState
 	// OpState writes this node's function state into the session and
 	// refreshes it: the primary's job.
@@ -46,6 +47,11 @@ type Op struct {
 	// the 5-tuple of an earlier one, so it overwrites whatever Redis
 	// holds for that key instead of losing to it.
 	Replace bool
+	// Index, for OpCreateState: the create indexes the session under its
+	// roles too, as a gateway's OpCreate does. A function sets it when no
+	// gateway creates the session: it is the first firewall of a TCP
+	// connection's chain.
+	Index   bool
 	Session Session
 }
 
@@ -63,8 +69,8 @@ type Named struct {
 	// name of the instance that held it ("" if the map no longer has it).
 	Hop  int
 	From string
-	// Replace is Op.Replace.
-	Replace bool
+	// Replace and Index are Op's.
+	Replace, Index bool
 }
 
 // Name names each of ops on t, in order; an op whose tenant t does not
@@ -74,7 +80,7 @@ func Name(t *steering.Table, ops []Op) []Named {
 	for i := range ops {
 		op := &ops[i]
 		n := &out[i]
-		n.Kind, n.Hop, n.Replace = op.Kind, int(op.Hop), op.Replace
+		n.Kind, n.Hop, n.Replace, n.Index = op.Kind, int(op.Hop), op.Replace, op.Index
 		n.Record, _ = NewRecord(t, &op.Session)
 		switch op.Kind {
 		case OpCreateState, OpState, OpTakeover:

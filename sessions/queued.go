@@ -32,6 +32,7 @@ type queued struct {
 	proto     uint8
 	takenOver bool
 	replace   bool
+	index     bool
 }
 
 // family says how a queued address was: not set, IPv4 or IPv6.
@@ -101,7 +102,7 @@ func (t *tenantNames) pack(op Op) queued {
 		pa: s.Key.PA, pb: s.Key.PB, tag: s.Key.Tag, proto: s.Key.Proto,
 		tenant: t.id(s.Tenant), code: s.Code, pins: s.Pins,
 		created: s.Created, seen: s.Seen, rule: s.Rule, takenOver: s.TakenOver,
-		kind: op.Kind, hop: op.Hop, from: op.From, replace: op.Replace,
+		kind: op.Kind, hop: op.Hop, from: op.From, replace: op.Replace, index: op.Index,
 	}
 	q.a, q.fa = packAddr(s.Key.A)
 	q.b, q.fb = packAddr(s.Key.B)
@@ -109,7 +110,7 @@ func (t *tenantNames) pack(op Op) queued {
 }
 
 func (t *tenantNames) unpack(q *queued) Op {
-	return Op{Kind: q.kind, Hop: q.hop, From: q.from, Replace: q.replace, Session: Session{
+	return Op{Kind: q.kind, Hop: q.hop, From: q.from, Replace: q.replace, Index: q.index, Session: Session{
 		Key:    Key{A: unpackAddr(q.a, q.fa), B: unpackAddr(q.b, q.fb), PA: q.pa, PB: q.pb, Proto: q.proto, Tag: q.tag},
 		Tenant: t.name(q.tenant), Code: q.code, Pins: q.pins,
 		Created: q.created, Seen: q.seen, Rule: q.rule, TakenOver: q.takenOver,

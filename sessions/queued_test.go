@@ -49,7 +49,7 @@ func TestQueuedRoundTrip(t *testing.T) {
 		op   Op
 	}{
 		{"zero", Op{}},
-		{"ipv4 create", Op{Kind: OpCreateState, Replace: true, Session: Session{
+		{"ipv4 create", Op{Kind: OpCreateState, Replace: true, Index: true, Session: Session{
 			Key:    Key{A: netip.MustParseAddr("10.10.1.2"), B: netip.MustParseAddr("10.99.0.2"), PA: 40000, PB: 5201, Proto: 6},
 			Tenant: "acme", Code: 0xdeadbeef, Pins: pins, Created: 1, Seen: 2, Rule: 1,
 		}}},

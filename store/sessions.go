@@ -264,13 +264,15 @@ func indexEntries(h []sessions.Hop) []roleEntry {
 // skipped. Index entries are gathered per instance and role, so a batch
 // costs each index one ZADD, not one per session.
 //
-// Who indexes a new session: a gateway's create (OpCreate) indexes it in
-// the same pipeline, before it knows whether it won. When it lost to a
-// first writer whose roles differ (another gateway on another map
-// version), a second pipeline replaces the entries with the first
-// writer's. A function's create (OpCreateState) does not index: the
-// gateway in front of it does, and its own refreshes do when the
-// session's life runs low. That keeps one flow from costing its indexes twice.
+// Who indexes a new session: the create that says so (indexes), in the
+// same pipeline, before it knows whether it won: a gateway's (OpCreate),
+// or a firewall's (OpCreateState) that carries Index, for a TCP
+// connection no gateway creates. When it lost to a first writer whose
+// roles differ (another node on another map version), a second pipeline
+// replaces the entries with the first writer's. Other function creates
+// do not index: the gateway in front of them does, and their own
+// refreshes do when the session's life runs low. That keeps one flow
+// from costing its indexes twice.
 //
 // A create is one native command, no script: SET NX GET with the expiry
 // writes the record (the whole session but its update time and state)
@@ -313,6 +315,11 @@ func (w *Sessions) retakeOps(ctx context.Context, ops []sessions.Named) error {
 	}
 	_, err := w.s.retake(ctx, reqs)
 	return err
+}
+
+// indexes reports whether op is a create that indexes its session.
+func indexes(op *sessions.Named) bool {
+	return op.Kind == sessions.OpCreate || op.Kind == sessions.OpCreateState && op.Index
 }
 
 // createCmd is the reply to a create: nil (redis.Nil) if it wrote the
@@ -419,7 +426,7 @@ func (b *batch) queue(i int, op *sessions.Named) {
 			writeState()
 			b.pexpire(stKey)
 		}
-		if op.Kind == sessions.OpCreate {
+		if indexes(op) {
 			b.idx.add(rec.Flow, h, b.deadline)
 		}
 	case sessions.OpState:
@@ -456,8 +463,8 @@ func (b *batch) queue(i int, op *sessions.Named) {
 }
 
 // reconcile reads the creates that lost: each outcome learns the first
-// writer's record. For a gateway's create whose roles differ from the
-// first writer's (another gateway on another map version), it returns the
+// writer's record. For a create that indexes, whose roles differ from the
+// first writer's (another node on another map version), it returns the
 // index entries this batch added that the first writer's roles lack
 // (stale), and gathers in an index batch those it lacks of theirs.
 func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (stale []indexEntry, idx indexBatch) {
@@ -486,7 +493,7 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (stale [
 			first = m.record()
 		}
 		out[i].Existed, out[i].First = true, first
-		if ops[i].Kind != sessions.OpCreate {
+		if !indexes(&ops[i]) {
 			continue
 		}
 		ours, theirs := indexEntries(rec.Hops), indexEntries(first.Hops)

@@ -413,6 +413,31 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("a firewall's create that says so indexes, and a lost one indexes the first writer's roles", func(t *testing.T) {
+			a := acmeSession(tab, 40300)
+			a.Rule = 0
+			if out := write(t, fwSide, sessions.Op{Kind: sessions.OpCreateState, Index: true, Session: a}); out[0].Existed {
+				t.Fatalf("firewall's create found a session: %+v", out[0])
+			}
+			rec := get(t, a.Key)
+			for _, h := range rec.Hops {
+				if !indexed(t, h.Primary, store.RolePrimary, rec.Flow) || !indexed(t, h.Secondary, store.RoleSecondary, rec.Flow) {
+					t.Errorf("session %s not indexed under %+v", rec.Flow, h)
+				}
+			}
+			// Another firewall's indexing create of the same flow, on other
+			// pins, loses: its roles' entries go, the first writer's stay.
+			b, other := otherFirewall(a)
+			if out := write(t, fwSide, sessions.Op{Kind: sessions.OpCreateState, Index: true, Session: b}); !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
+				t.Fatalf("second create: %+v; want Existed with pins %v", out[0], a.Pins)
+			}
+			winner, _ := tab.InstanceByID(a.Pins[0])
+			if !indexed(t, winner.Name, store.RolePrimary, rec.Flow) || indexed(t, other.Name, store.RolePrimary, rec.Flow) {
+				t.Errorf("after a lost create, %s primary: %v, %s primary: %v; want the first writer's only",
+					winner.Name, indexed(t, winner.Name, store.RolePrimary, rec.Flow), other.Name, indexed(t, other.Name, store.RolePrimary, rec.Flow))
+			}
+		})
+
 		// admitted creates acme's session from sport as a gateway does
 		// and writes the firewall primary's verdict into it, as the
 		// primary does; it returns the session, its record and the
