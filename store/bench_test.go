@@ -15,14 +15,47 @@ import (
 	"github.com/nfsteer/nfsteer/tests/redislab"
 )
 
+// flowPatterns are the two ways the mirror writes a new flow of the lab's
+// acme, whose chain starts with a firewall: a TCP connection is created
+// and indexed by the firewall alone, with its verdict; a UDP flow is
+// created and indexed by the gateway, and the firewall's create with its
+// verdict finds it there.
+var flowPatterns = []struct {
+	name    string
+	proto   uint8
+	gateway bool // the gateway creates the session
+}{
+	{"tcp", 6, false},
+	{"udp", 17, true},
+}
+
+// newFlows returns n new flows of acme's from next on, as the gateway's
+// and the firewall's mirror operations for pattern p: creates (none for a
+// TCP connection) and verdicts.
+func newFlows(tab *steering.Table, next uint32, n int, proto uint8, gateway bool) (creates, verdicts []sessions.Op) {
+	acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
+	for j := range n {
+		k := next + uint32(j)
+		f := steering.Flow{Src: netip.AddrFrom4([4]byte{10, 10, byte(k >> 16), byte(k >> 8)}), Dst: netip.MustParseAddr("10.99.0.2"),
+			SrcPort: uint16(k), DstPort: 5201, Proto: proto}
+		code := steering.AffinityCode(&f)
+		sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "acme", Code: code,
+			Pins: tab.PinsFor(acme, tab.SlotOf(code)), Created: time.Now().UnixNano(), Rule: 0}
+		if gateway {
+			creates = append(creates, sessions.Op{Kind: sessions.OpCreate, Index: true, Session: sess})
+		}
+		verdicts = append(verdicts, sessions.Op{Kind: sessions.OpCreateState, Index: !gateway, Session: sess})
+	}
+	return creates, verdicts
+}
+
 // BenchmarkSessionsWrite writes what the mirror writes for new flows, as
-// in the lab: the gateway creates each session and indexes it, and the
-// firewall's create with its verdict finds it there. One op is one flow;
-// batches are of 16 flows, about what the mirror gathers in its 10 ms
-// linger at 1,600 new flows/s. It runs against a real redis-server on
-// loopback and reports the writers' allocations (the mirror is off the
-// packet path, but what it allocates the node's collector pays for), and
-// the CPU a flow costs the writers (this process) and Redis.
+// in the lab, for each of flowPatterns. One op is one flow; batches are
+// of 16 flows, about what the mirror gathers in its 10 ms linger at 1,600
+// new flows/s. It runs against a real redis-server on loopback and
+// reports the writers' allocations (the mirror is off the packet path,
+// but what it allocates the node's collector pays for), and the CPU a
+// flow costs the writers (this process) and Redis.
 func BenchmarkSessionsWrite(b *testing.B) {
 	const batch = 16
 	ctx := context.Background()
@@ -30,34 +63,31 @@ func BenchmarkSessionsWrite(b *testing.B) {
 	tab := labTable(b)
 	gw := s.NewSessions("", time.Minute)
 	fw := s.NewSessions("fw", time.Minute)
-	acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
-	creates := make([]sessions.Op, batch)
-	verdicts := make([]sessions.Op, batch)
 	next := uint32(0)
-	b.ReportAllocs()
-	redis0, client0 := redisCPU(b, s), processCPU(b)
-	b.ResetTimer()
-	for i := 0; i < b.N; i += batch {
-		for j := range batch {
-			next++
-			f := steering.Flow{Src: netip.AddrFrom4([4]byte{10, 10, 1, byte(next >> 16)}), Dst: netip.MustParseAddr("10.99.0.2"),
-				SrcPort: uint16(next), DstPort: 5201, Proto: 6}
-			code := steering.AffinityCode(&f)
-			sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "acme", Code: code,
-				Pins: tab.PinsFor(acme, tab.SlotOf(code)), Created: time.Now().UnixNano(), Rule: 0}
-			creates[j] = sessions.Op{Kind: sessions.OpCreate, Session: sess}
-			verdicts[j] = sessions.Op{Kind: sessions.OpCreateState, Session: sess}
-		}
-		if _, err := gw.Write(ctx, sessions.Name(tab, creates)); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
-			b.Fatal(err)
-		}
+	for _, p := range flowPatterns {
+		b.Run(p.name, func(b *testing.B) {
+			b.ReportAllocs()
+			redis0, client0 := redisCPU(b, s), processCPU(b)
+			b.ResetTimer()
+			for i := 0; i < b.N; i += batch {
+				b.StopTimer()
+				creates, verdicts := newFlows(tab, next, batch, p.proto, p.gateway)
+				next += batch
+				b.StartTimer()
+				if len(creates) > 0 {
+					if _, err := gw.Write(ctx, sessions.Name(tab, creates)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(processCPU(b)-client0)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
+			b.ReportMetric(float64(redisCPU(b, s)-redis0)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
+		})
 	}
-	b.StopTimer()
-	b.ReportMetric(float64(processCPU(b)-client0)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
-	b.ReportMetric(float64(redisCPU(b, s)-redis0)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
 }
 
 // processCPU is the CPU time this process has used, user and system.
@@ -91,11 +121,11 @@ func redisCPU(b *testing.B, s *store.Store) time.Duration {
 	return time.Duration(t * float64(time.Second))
 }
 
-// BenchmarkRedisPerSession measures what one flow costs Redis, for the
-// README's sizing: the memory of its session (record, state, index
-// entries; used_memory before and after) and the commands the mirror
-// sends for it (INFO commandstats), writing 50,000 flows as the lab's
-// gateway and firewall do, in batches of 256.
+// BenchmarkRedisPerSession measures, for each of flowPatterns, what a
+// session costs Redis, for README's sizing: the memory of its session
+// (record, state, index entries; used_memory before and after) and the
+// commands the mirror sends for it (INFO commandstats), writing 50,000
+// flows as the lab's gateway and firewall do, in batches of 256.
 func BenchmarkRedisPerSession(b *testing.B) {
 	const flows, batch = 50000, 256
 	ctx := context.Background()
@@ -104,7 +134,6 @@ func BenchmarkRedisPerSession(b *testing.B) {
 	tab := labTable(b)
 	gw := s.NewSessions("", 2*time.Minute)
 	fw := s.NewSessions("fw", 2*time.Minute)
-	acme := tab.TenantOf(netip.MustParseAddr("10.10.1.2"))
 	stat := func() (mem, calls int64) {
 		info, err := c.Info(ctx, "memory", "commandstats").Result()
 		if err != nil {
@@ -122,35 +151,31 @@ func BenchmarkRedisPerSession(b *testing.B) {
 		}
 		return mem, calls
 	}
-	for i := 0; i < b.N; i++ {
-		if err := c.FlushAll(ctx).Err(); err != nil {
-			b.Fatal(err)
-		}
-		if err := c.ConfigResetStat(ctx).Err(); err != nil {
-			b.Fatal(err)
-		}
-		mem0, calls0 := stat()
-		creates, verdicts := make([]sessions.Op, 0, batch), make([]sessions.Op, 0, batch)
-		for n := 0; n < flows; n++ {
-			f := steering.Flow{Src: netip.AddrFrom4([4]byte{10, 10, byte(n >> 16), byte(n >> 8)}), Dst: netip.MustParseAddr("10.99.0.2"),
-				SrcPort: uint16(n), DstPort: 5201, Proto: 6}
-			code := steering.AffinityCode(&f)
-			sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "acme", Code: code,
-				Pins: tab.PinsFor(acme, tab.SlotOf(code)), Created: time.Now().UnixNano(), Rule: 0}
-			creates = append(creates, sessions.Op{Kind: sessions.OpCreate, Session: sess})
-			verdicts = append(verdicts, sessions.Op{Kind: sessions.OpCreateState, Session: sess})
-			if len(creates) == batch || n == flows-1 {
-				if _, err := gw.Write(ctx, sessions.Name(tab, creates)); err != nil {
+	for _, p := range flowPatterns {
+		b.Run(p.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if err := c.FlushAll(ctx).Err(); err != nil {
 					b.Fatal(err)
 				}
-				if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
+				if err := c.ConfigResetStat(ctx).Err(); err != nil {
 					b.Fatal(err)
 				}
-				creates, verdicts = creates[:0], verdicts[:0]
+				mem0, calls0 := stat()
+				for n := 0; n < flows; n += batch {
+					creates, verdicts := newFlows(tab, uint32(n), min(batch, flows-n), p.proto, p.gateway)
+					if len(creates) > 0 {
+						if _, err := gw.Write(ctx, sessions.Name(tab, creates)); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				mem1, calls1 := stat()
+				b.ReportMetric(float64(mem1-mem0)/flows, "redis-B/session")
+				b.ReportMetric(float64(calls1-calls0)/flows, "redis-commands/flow")
 			}
-		}
-		mem1, calls1 := stat()
-		b.ReportMetric(float64(mem1-mem0)/flows, "redis-B/session")
-		b.ReportMetric(float64(calls1-calls0)/flows, "redis-commands/flow")
+		})
 	}
 }
