@@ -79,7 +79,7 @@ func FuzzQueuedRoundTrip(f *testing.F) {
 			ip, _ := netip.AddrFromSlice(raw) // not 4 or 16 bytes: the zero Addr
 			return ip
 		}
-		op := Op{Kind: OpKind(kind), Hop: int8(kind), From: uint16(code), Replace: kind&2 == 2, Session: Session{
+		op := Op{Kind: OpKind(kind), Hop: int8(kind), From: uint16(code), Replace: kind&2 == 2, Index: kind&4 == 4, Session: Session{
 			Key:    Key{A: addr(a), B: addr(b), PA: uint16(code), PB: uint16(code >> 16), Proto: kind, Tag: uint16(rule)},
 			Tenant: tenant, Code: code, Created: created, Seen: -created, Rule: rule, TakenOver: kind&1 == 1,
 		}}

@@ -11,7 +11,8 @@
 //     every 64 versions, or for any other change, the document is
 //     rewritten whole;
 //   - sessions: per flow, a record created first-writer-wins with its
-//     expiry in one command, and a hash of the functions' state; per
+//     expiry in one command (with its creator's state, when a firewall
+//     creates it), and a hash of the functions' later state; per
 //     instance and role, sorted-set indexes that list an instance's
 //     sessions without scanning the keyspace;
 //   - agents' heartbeats and reports, stamped with Redis's clock;

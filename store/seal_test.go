@@ -143,6 +143,26 @@ func TestSealedSessions(t *testing.T) {
 		})
 	}
 
+	// A firewall that creates a connection's session keeps its verdict
+	// in the record, under the record's seal: edited there, it is refused.
+	conn := acmeSession(tab, 42300)
+	conn.Rule = 0
+	write(fw, sessions.Op{Kind: sessions.OpCreateState, Index: true, Session: conn})
+	if rec, err := gw.Get(ctx, conn.Key); err != nil || !strings.Contains(rec.State["fw"], `"verdict":"allow"`) {
+		t.Fatalf("a sealed record with its creator's verdict: %+v, %v", rec, err)
+	}
+	connKey := "nfsteer:s:{" + conn.Key.String() + "}"
+	raw, _ = c.Get(ctx, connKey).Result()
+	if !strings.Contains(raw, `\"rule\":0`) {
+		t.Fatalf("record %s does not carry the verdict", raw)
+	}
+	if err := c.Set(ctx, connKey, strings.Replace(raw, `\"rule\":0`, `\"rule\":1`, 1), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.Get(ctx, conn.Key); !errors.Is(err, store.ErrMalformed) || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("Get of a record whose verdict was edited: %v; want ErrMalformed", err)
+	}
+
 	// Another key's records are no better than unsealed ones.
 	if _, err := other.NewSessions("", time.Minute).Get(ctx, a.Key); !errors.Is(err, store.ErrMalformed) {
 		t.Errorf("Get under another key: %v; want ErrMalformed", err)

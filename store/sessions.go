@@ -19,21 +19,29 @@ import (
 )
 
 // meta is a session's record, the string at its sessionKey: everything
-// but the update time and the functions' state (at its stateKey), so that
-// one SET NX GET creates a session whole with its expiry, first writer
-// wins, and tells a writer that lost the winner's record. A takeover
-// rewrites it (takeoverScript).
+// but the update time and the functions' later state (at its stateKey),
+// so that one SET NX GET creates a session whole with its expiry, first
+// writer wins, and tells a writer that lost the winner's record. A
+// takeover rewrites it (casScript).
 type meta struct {
-	Flow    string         `json:"flow"`
-	Tenant  string         `json:"tenant"`
-	Code    uint32         `json:"code"`
-	Slot    uint32         `json:"slot"`
-	Version uint64         `json:"version"`
-	Created int64          `json:"created"`
-	Hops    []sessions.Hop `json:"hops"`
+	Flow    string `json:"flow"`
+	Tenant  string `json:"tenant"`
+	Code    uint32 `json:"code"`
+	Slot    uint32 `json:"slot"`
+	Version uint64 `json:"version"`
+	Created int64  `json:"created"`
+	// State is the state of the function that created the session, by
+	// service: the first firewall of a TCP connection keeps its verdict
+	// in the record it creates (batch.queue). A field of the state hash
+	// for the same service, written later, overrides it. It goes before
+	// Hops, whose encoding ends a record (createCmd.hops).
+	State map[string]string `json:"state,omitempty"`
+	Hops  []sessions.Hop    `json:"hops"`
 }
 
-// metaOf is the part of r a session's record string holds.
+// metaOf is the part of r a session's record string holds, but the
+// creator's state: a Record does not tell it from state written later,
+// and the create that writes a meta adds its own (batch.queue).
 func metaOf(r *sessions.Record) meta {
 	return meta{Flow: r.Flow, Tenant: r.Tenant, Code: r.Code, Slot: r.Slot, Version: r.Version, Created: r.Created, Hops: r.Hops}
 }
@@ -41,8 +49,12 @@ func metaOf(r *sessions.Record) meta {
 // record is the Record m holds, updated when it was created until a state
 // write or a takeover says otherwise.
 func (m *meta) record() *sessions.Record {
-	return &sessions.Record{Flow: m.Flow, Tenant: m.Tenant, Code: m.Code, Slot: m.Slot, Version: m.Version,
-		Created: m.Created, Updated: m.Created, Hops: m.Hops}
+	r := &sessions.Record{Flow: m.Flow, Tenant: m.Tenant, Code: m.Code, Slot: m.Slot, Version: m.Version,
+		Created: m.Created, Updated: m.Created, Hops: m.Hops, State: m.State}
+	if len(r.State) == 0 {
+		r.State = nil // "state":{} is no state
+	}
+	return r
 }
 
 // casScript writes a session's record over the one it was made from,
@@ -275,8 +287,9 @@ func indexEntries(h []sessions.Hop) []roleEntry {
 // from costing its indexes twice.
 //
 // A create is one native command, no script: SET NX GET with the expiry
-// writes the record (the whole session but its update time and state)
-// unless one exists, atomically with its TTL, and replies with the
+// writes the record (the whole session but its update time and state;
+// with the state of a firewall that creates a connection's session, see
+// batch.queue) unless one exists, atomically with its TTL, and replies with the
 // existing record if there was one: a loser learns the first writer's
 // roles in the same round trip. A create that replaces (a new TCP
 // connection on a closed one's 5-tuple) is a plain SET: the record it
@@ -328,6 +341,9 @@ type createCmd struct {
 	first *redis.StatusCmd
 	// hops is the end of the record this writer sent: its roles.
 	hops []byte
+	// stateInRecord says the record carries this writer's state, which
+	// a create that lost has yet to write to the state hash.
+	stateInRecord bool
 }
 
 // lost reports whether the create found a first writer's record.
@@ -388,8 +404,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 			out[i].Lost = true
 		}
 	}
-	stale, idx := b.reconcile(ops, out)
-	if err := w.reindex(ctx, stale, idx, ops, out); err != nil {
+	if err := w.followUp(ctx, b, b.reconcile(ops, out), ops, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -411,7 +426,18 @@ func (b *batch) queue(i int, op *sessions.Named) {
 	}
 	switch op.Kind {
 	case sessions.OpCreate, sessions.OpCreateState:
-		m, _ := json.Marshal(metaOf(rec))
+		mt := metaOf(rec)
+		// The firewall that creates a connection's session (Index) keeps
+		// its verdict in the record: one command instead of three (no
+		// HSET and PEXPIRE of a state hash), and the session has no hash
+		// until its state changes. A replacing create writes the hash as
+		// before: the closed connection's hash holds that connection's
+		// verdict, which would override the record's.
+		inRecord := op.Kind == sessions.OpCreateState && op.Index && !op.Replace && b.service != ""
+		if inRecord {
+			mt.State = map[string]string{b.service: op.State}
+		}
+		m, _ := json.Marshal(mt)
 		m = b.s.sealRecord(rec.Flow, m)
 		if op.Replace {
 			// A new connection on a closed one's 5-tuple: the closed
@@ -420,9 +446,9 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		} else {
 			first := redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg, "nx", "get")
 			_ = pipe.Process(ctx, first)
-			b.creates[i] = createCmd{first: first, hops: m[bytes.LastIndex(m, []byte(`,"hops":`)):]}
+			b.creates[i] = createCmd{first: first, hops: m[bytes.LastIndex(m, []byte(`,"hops":`)):], stateInRecord: inRecord}
 		}
-		if op.Kind == sessions.OpCreateState && b.service != "" {
+		if op.Kind == sessions.OpCreateState && b.service != "" && !inRecord {
 			writeState()
 			b.pexpire(stKey)
 		}
@@ -462,16 +488,32 @@ func (b *batch) queue(i int, op *sessions.Named) {
 	}
 }
 
+// followUp is what a batch's creates that lost leave to a second
+// pipeline.
+type followUp struct {
+	// stale are index entries the batch added that the first writers'
+	// roles lack; idx, those the batch lacks of theirs.
+	stale []indexEntry
+	idx   indexBatch
+	// states are the operations whose state the batch put in a record
+	// that lost: it goes to the state hash.
+	states []int
+}
+
 // reconcile reads the creates that lost: each outcome learns the first
 // writer's record. For a create that indexes, whose roles differ from the
-// first writer's (another node on another map version), it returns the
-// index entries this batch added that the first writer's roles lack
-// (stale), and gathers in an index batch those it lacks of theirs.
-func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (stale []indexEntry, idx indexBatch) {
-	idx = indexBatch{}
+// first writer's (another node on another map version), the follow-up
+// removes the index entries this batch added that the first writer's
+// roles lack and adds those it lacks of theirs; for a create whose state
+// was in its record, it writes the state.
+func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f followUp) {
+	f.idx = indexBatch{}
 	for i, c := range b.creates {
 		if !c.lost() {
 			continue
+		}
+		if c.stateInRecord {
+			f.states = append(f.states, i)
 		}
 		// Lost: the session existed. Usually the first writer named the
 		// same roles, in the same encoding: then its record ends as ours
@@ -499,32 +541,36 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (stale [
 		ours, theirs := indexEntries(rec.Hops), indexEntries(first.Hops)
 		for _, e := range ours {
 			if !slices.Contains(theirs, e) {
-				stale = append(stale, indexEntry{e, rec.Flow})
+				f.stale = append(f.stale, indexEntry{e, rec.Flow})
 			}
 		}
 		for _, e := range theirs {
 			if !slices.Contains(ours, e) {
-				idx.addMember(e, rec.Flow, b.deadline)
+				f.idx.addMember(e, rec.Flow, b.deadline)
 			}
 		}
 	}
-	return stale, idx
+	return f
 }
 
-// reindex removes stale index entries and adds idx's, in a second
-// pipeline.
-func (w *Sessions) reindex(ctx context.Context, stale []indexEntry, idx indexBatch, ops []sessions.Named, out []sessions.Outcome) error {
-	if len(stale) == 0 && len(idx) == 0 {
+// followUp writes f in a second pipeline, if it holds anything.
+func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []sessions.Named, out []sessions.Outcome) error {
+	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 {
 		return nil
 	}
 	pipe := w.s.rdb.Pipeline()
-	for _, e := range stale {
+	for _, i := range f.states {
+		flow := ops[i].Record.Flow
+		pipe.HSet(ctx, stateKey(flow), b.stField, w.s.sealState(flow, w.Service, ops[i].State), "updated", b.nowArg)
+		pipe.PExpire(ctx, stateKey(flow), w.TTL)
+	}
+	for _, e := range f.stale {
 		pipe.ZRem(ctx, indexKey(e.instance, e.role), e.flow)
 	}
-	idx.flush(ctx, pipe)
+	f.idx.flush(ctx, pipe)
 	if cmds, err := pipe.Exec(ctx); err != nil {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
-			return fmt.Errorf("indexing sessions in %s: %w", w.s.addr, permission(err))
+			return fmt.Errorf("settling sessions that existed at %s: %w", w.s.addr, permission(err))
 		}
 	}
 	return nil

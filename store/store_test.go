@@ -414,7 +414,7 @@ func TestSessions(t *testing.T) {
 		})
 
 		t.Run("a firewall's create that says so indexes, and a lost one indexes the first writer's roles", func(t *testing.T) {
-			a := acmeSession(tab, 40300)
+			a := acmeSession(tab, 40310)
 			a.Rule = 0
 			if out := write(t, fwSide, sessions.Op{Kind: sessions.OpCreateState, Index: true, Session: a}); out[0].Existed {
 				t.Fatalf("firewall's create found a session: %+v", out[0])
@@ -425,11 +425,25 @@ func TestSessions(t *testing.T) {
 					t.Errorf("session %s not indexed under %+v", rec.Flow, h)
 				}
 			}
+			expires(t, a.Key)
+			// Its verdict is in the record: the session has no state hash.
+			if diff := cmp.Diff(map[string]string{"fw": a.FirewallState()}, rec.State); diff != "" {
+				t.Errorf("state (-want +got):\n%s", diff)
+			}
+			if n := store.ClientOf(s).Exists(ctx, "nfsteer:st:{"+rec.Flow+"}").Val(); n != 0 {
+				t.Errorf("a state hash exists for a session whose creator kept its state in the record")
+			}
 			// Another firewall's indexing create of the same flow, on other
-			// pins, loses: its roles' entries go, the first writer's stay.
+			// pins, loses: its roles' entries go, the first writer's stay,
+			// and its state is written to the hash, which overrides the
+			// record's.
 			b, other := otherFirewall(a)
+			b.Rule = 1
 			if out := write(t, fwSide, sessions.Op{Kind: sessions.OpCreateState, Index: true, Session: b}); !out[0].Existed || firstPins(tab, out[0]) != a.Pins {
 				t.Fatalf("second create: %+v; want Existed with pins %v", out[0], a.Pins)
+			}
+			if got := get(t, a.Key).State["fw"]; got != b.FirewallState() {
+				t.Errorf("state after a lost create %q, want its writer's %q", got, b.FirewallState())
 			}
 			winner, _ := tab.InstanceByID(a.Pins[0])
 			if !indexed(t, winner.Name, store.RolePrimary, rec.Flow) || indexed(t, other.Name, store.RolePrimary, rec.Flow) {
@@ -521,6 +535,25 @@ func TestSessions(t *testing.T) {
 			}
 			if !indexed(t, next.Name, store.RolePrimary, rec.Flow) {
 				t.Errorf("%s's primary index lacks the session it took over", next.Name)
+			}
+		})
+
+		t.Run("the verdict a firewall's create kept in the record survives another hop's handover", func(t *testing.T) {
+			a := acmeSession(tab, 40460)
+			a.Rule = 2
+			write(t, fwSide, sessions.Op{Kind: sessions.OpCreateState, Index: true, Session: a})
+			rec := get(t, a.Key)
+			dead, _ := tab.InstanceByName(rec.Hops[1].Primary)
+			next, _ := tab.InstanceByName(rec.Hops[1].Secondary)
+			moved := a
+			moved.Pins[1] = next.ID
+			write(t, fwSide, sessions.Op{Kind: sessions.OpTakeover, Hop: 1, From: dead.ID, Session: moved})
+			got := get(t, a.Key)
+			if got.Hops[1].Primary != next.Name {
+				t.Errorf("hops after the handover: %+v; want %s as dlp's primary", got.Hops, next.Name)
+			}
+			if diff := cmp.Diff(map[string]string{"fw": a.FirewallState()}, got.State); diff != "" {
+				t.Errorf("state after the handover (-want +got):\n%s", diff)
 			}
 		})
 
