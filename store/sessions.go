@@ -430,10 +430,8 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		// The firewall that creates a connection's session (Index) keeps
 		// its verdict in the record: one command instead of three (no
 		// HSET and PEXPIRE of a state hash), and the session has no hash
-		// until its state changes. A replacing create writes the hash as
-		// before: the closed connection's hash holds that connection's
-		// verdict, which would override the record's.
-		inRecord := op.Kind == sessions.OpCreateState && op.Index && !op.Replace && b.service != ""
+		// until its state changes.
+		inRecord := op.Kind == sessions.OpCreateState && op.Index && b.service != ""
 		if inRecord {
 			mt.State = map[string]string{b.service: op.State}
 		}
@@ -441,8 +439,13 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		m = b.s.sealRecord(rec.Flow, m)
 		if op.Replace {
 			// A new connection on a closed one's 5-tuple: the closed
-			// one's record is not a first writer to lose to.
+			// one's record is not a first writer to lose to, and its
+			// state hash, if it has one, holds its verdicts, which would
+			// override the new record's.
 			_ = pipe.Process(ctx, redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg))
+			if inRecord {
+				_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "del", stKey))
+			}
 		} else {
 			first := redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg, "nx", "get")
 			_ = pipe.Process(ctx, first)

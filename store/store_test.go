@@ -718,6 +718,40 @@ func TestReplacingCreateOverwrites(t *testing.T) {
 	}
 }
 
+// TestReplacingCreateDropsTheClosedVerdict: a firewall that creates the
+// session of a new connection on a closed one's 5-tuple keeps its
+// verdict in the new record, and the closed connection's state hash,
+// which would override it, is gone.
+func TestReplacingCreateDropsTheClosedVerdict(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, redislab.Start(t, redislab.Options{}).URL)
+	tab := labTable(t)
+	gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
+	write := func(w *store.Sessions, op sessions.Op) {
+		t.Helper()
+		if _, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{op})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closed := acmeSession(tab, 41100)
+	closed.Rule = 5
+	write(gw, sessions.Op{Kind: sessions.OpCreate, Index: true, Session: closed})
+	write(fw, sessions.Op{Kind: sessions.OpState, Session: closed})
+	reopened := closed
+	reopened.Rule = 1
+	write(fw, sessions.Op{Kind: sessions.OpCreateState, Index: true, Replace: true, Session: reopened})
+	rec, err := fw.Get(ctx, reopened.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]string{"fw": reopened.FirewallState()}, rec.State); diff != "" {
+		t.Errorf("state after the replacing create (-want +got):\n%s", diff)
+	}
+	if n := store.ClientOf(s).Exists(ctx, "nfsteer:st:{"+rec.Flow+"}").Val(); n != 0 {
+		t.Errorf("the closed connection's state hash is still there")
+	}
+}
+
 func TestHeartbeatsAndLease(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()
