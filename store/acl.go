@@ -69,7 +69,7 @@ var aclGrants = map[ACLRole]aclGrant{
 		},
 		channels: []string{Channel},
 		commands: []string{"+get", "+lrange", "+multi", "+exec", "+subscribe", "+unsubscribe",
-			"+set", "+del", "+hset", "+hdel", "+hgetall", "+pexpire", "+pttl", "+zadd", "+zrem", "+zremrangebyscore"},
+			"+set", "+del", "+hset", "+hdel", "+hgetall", "+pexpire", "+pttl", "+zadd", "+zrem", "+zremrangebyscore", "+sadd"},
 	},
 	ACLController: {
 		keys: []string{
@@ -86,7 +86,7 @@ var aclGrants = map[ACLRole]aclGrant{
 		channels: []string{Channel},
 		commands: []string{"+get", "+set", "+del", "+lrange", "+llen", "+rpush", "+watch", "+unwatch", "+multi", "+exec",
 			"+publish", "+subscribe", "+unsubscribe", "+hset", "+hget", "+hdel", "+hgetall", "+pexpire", "+pttl",
-			"+zadd", "+zrem", "+zcount", "+zrangebyscore", "+zremrangebyscore"},
+			"+zadd", "+zrem", "+zcount", "+zrangebyscore", "+zremrangebyscore", "+sadd", "+smembers"},
 	},
 }
 

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -13,3 +14,13 @@ func ClientOf(s *Store) redis.UniversalClient { return s.rdb }
 
 // TrimEvery sets how often w trims the indexes it adds to.
 func TrimEvery(w *Sessions, d time.Duration) { w.trimEvery = d }
+
+// IndexKeys returns the keys of the indexes that list the sessions for
+// which instance holds role, as readers find them.
+func IndexKeys(s *Store, instance, role string) ([]string, error) {
+	return s.indexKeys(context.Background(), instance, role)
+}
+
+// PairKey names the index of the sessions for which primary and secondary
+// hold the roles at a hop.
+func PairKey(primary, secondary string) string { return pairKey(primary, secondary) }

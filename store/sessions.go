@@ -195,11 +195,14 @@ type Sessions struct {
 	// trimEvery is how often the writer trims an index it adds to
 	// (trimDue).
 	trimEvery time.Duration
-	// mu guards trimmed and trimWarned.
+	// mu guards trimmed, trimWarned and registerWarned.
 	mu sync.Mutex
-	// trimmed holds when the writer last trimmed each index (Unix ms).
-	trimmed    map[roleEntry]int64
-	trimWarned bool
+	// trimmed holds when the writer last trimmed each index, and
+	// registered it in its instances' pairsKey sets (Unix ms).
+	trimmed map[pair]int64
+	// trimWarned and registerWarned say a refused trim or registration
+	// was logged.
+	trimWarned, registerWarned bool
 }
 
 // indexTrimEvery is how often a writer trims the expired entries of an
@@ -210,7 +213,7 @@ const indexTrimEvery = 10 * time.Second
 // an instance of service ("" on a gateway). Sessions live ttl in Redis
 // unless refreshed.
 func (s *Store) NewSessions(service string, ttl time.Duration) *Sessions {
-	return &Sessions{s: s, Service: service, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[roleEntry]int64{}}
+	return &Sessions{s: s, Service: service, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[pair]int64{}}
 }
 
 // trimDue reports whether the index e is due a trim at nowMS, and if so
@@ -218,8 +221,9 @@ func (s *Store) NewSessions(service string, ttl time.Duration) *Sessions {
 // which only a firewall sends: the sessions of a chain without one, and
 // of a node that died, expire in Redis but would stay in their indexes
 // for good. Each writer trims the indexes it adds to, once per trimEvery:
-// one command per index and interval, and each entry removed once.
-func (w *Sessions) trimDue(e roleEntry, nowMS int64) bool {
+// one command per index and interval, and each entry removed once. An
+// index due a trim is registered again too (batch.register).
+func (w *Sessions) trimDue(e pair, nowMS int64) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if nowMS-w.trimmed[e] < w.trimEvery.Milliseconds() {
@@ -235,14 +239,14 @@ func (w *Sessions) trimDue(e roleEntry, nowMS int64) bool {
 // exist, which readers skip, and its failure must fail nothing else. It
 // logs a failure once per writer (under the agent ACL of a version that
 // did not trim, say).
-func (w *Sessions) trim(ctx context.Context, due []roleEntry, nowMS int64) {
+func (w *Sessions) trim(ctx context.Context, due []pair, nowMS int64) {
 	if len(due) == 0 {
 		return
 	}
 	pipe := w.s.rdb.Pipeline()
 	before := "(" + strconv.FormatInt(nowMS, 10)
 	for _, e := range due {
-		pipe.ZRemRangeByScore(ctx, indexKey(e.instance, e.role), "-inf", before)
+		pipe.ZRemRangeByScore(ctx, e.key(), "-inf", before)
 	}
 	_, err := pipe.Exec(ctx)
 	if err == nil || ctx.Err() != nil {
@@ -258,17 +262,60 @@ func (w *Sessions) trim(ctx context.Context, due []roleEntry, nowMS int64) {
 		"redis", w.s.addr, "err", err)
 }
 
-type roleEntry struct{ instance, role string }
-
-func indexEntries(h []sessions.Hop) []roleEntry {
-	var out []roleEntry
-	for _, x := range h {
-		out = append(out, roleEntry{x.Primary, RolePrimary})
-		if x.Secondary != "" {
-			out = append(out, roleEntry{x.Secondary, RoleSecondary})
+// registrationRefused reports whether the only commands of cmds Redis
+// refused are registrations (register) it refused for the user's ACL: a
+// grant of a version before the pair indexes, which has no SADD. The
+// sessions and their index entries are written; only readers cannot
+// find the indexes, which the writer logs once rather than stop
+// mirroring, as for a trim.
+func (w *Sessions) registrationRefused(cmds []redis.Cmder) bool {
+	var refusal error
+	for _, c := range cmds {
+		err := c.Err()
+		if err == nil || errors.Is(err, redis.Nil) {
+			continue
 		}
+		if c.Name() != "sadd" || !redis.HasErrorPrefix(err, "NOPERM") {
+			return false
+		}
+		refusal = err
+	}
+	if refusal == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.registerWarned {
+		w.registerWarned = true
+		slog.Warn("cannot register the session indexes: instance drain and sessions list do not see the sessions this node writes (the agent's Redis user needs SADD: nfsteer redis acl)",
+			"redis", w.s.addr, "err", refusal)
+	}
+	return true
+}
+
+// pair is the roles at one hop of a session: its primary and its
+// secondary ("" for none), the index the session is listed in (pairKey).
+type pair struct{ primary, secondary string }
+
+func (p pair) key() string { return pairKey(p.primary, p.secondary) }
+
+// pairsOf returns the index of each of h's hops.
+func pairsOf(h []sessions.Hop) []pair {
+	out := make([]pair, len(h))
+	for i, x := range h {
+		out[i] = pair{x.Primary, x.Secondary}
 	}
 	return out
+}
+
+// register queues on pipe what lets readers find p's index: its name in
+// its primary's and its secondary's pairsKey sets. Sets are never
+// trimmed: they hold one name per peer an instance ever had.
+func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
+	pipe.SAdd(ctx, pairsKey(p.primary), "p:"+p.secondary)
+	if p.secondary != "" {
+		pipe.SAdd(ctx, pairsKey(p.secondary), "s:"+p.primary)
+	}
 }
 
 // Write writes a batch of mirror operations, named by [sessions.Name], in
@@ -352,6 +399,8 @@ func (c createCmd) lost() bool { return c.first != nil && c.first.Err() == nil }
 // batch is one Write's first pipeline and what its replies are read for.
 type batch struct {
 	s         *Store
+	w         *Sessions
+	due       []pair // indexes due a trim (Sessions.trimDue)
 	ctx       context.Context
 	pipe      redis.Pipeliner
 	idx       indexBatch
@@ -367,6 +416,18 @@ type batch struct {
 	ttlArg, nowArg, stField any
 }
 
+// flushIndex queues the batch's index entries (indexBatch.flush), and
+// registers and remembers for a trim the indexes due one.
+func (b *batch) flushIndex() {
+	b.idx.flush(b.ctx, b.pipe, func(e pair) bool {
+		if !b.w.trimDue(e, b.nowMS) {
+			return false
+		}
+		b.due = append(b.due, e)
+		return true
+	})
+}
+
 // pexpire queues PEXPIRE key ttl.
 func (b *batch) pexpire(key any) *redis.BoolCmd {
 	c := redis.NewBoolCmd(b.ctx, "pexpire", key, b.ttlArg)
@@ -377,7 +438,7 @@ func (b *batch) pexpire(key any) *redis.BoolCmd {
 func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	now := time.Now()
 	b := &batch{
-		s: w.s, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
+		s: w.s, w: w, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
 		nowMS: now.UnixMilli(), deadline: any(float64(now.Add(w.TTL).UnixMilli())),
 		creates: make([]createCmd, len(ops)), refreshes: make([]*redis.BoolCmd, len(ops)),
 		ttlArg: w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
@@ -385,20 +446,14 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 	for i := range ops {
 		b.queue(i, &ops[i])
 	}
-	var due []roleEntry
-	for e := range b.idx {
-		if w.trimDue(e, b.nowMS) {
-			due = append(due, e)
-		}
-	}
-	b.idx.flush(ctx, b.pipe)
+	b.flushIndex()
 	out := make([]sessions.Outcome, len(ops))
-	if cmds, err := b.pipe.Exec(ctx); err != nil {
+	if cmds, err := b.pipe.Exec(ctx); err != nil && !w.registrationRefused(cmds) {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
 			return nil, fmt.Errorf("writing sessions to %s: %w", w.s.addr, permission(err))
 		}
 	}
-	w.trim(ctx, due, b.nowMS)
+	w.trim(ctx, b.due, b.nowMS)
 	for i, c := range b.refreshes {
 		if c != nil && c.Err() == nil && !c.Val() {
 			out[i].Lost = true
@@ -479,14 +534,18 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		if b.service != "" && h[hop].Service == b.service {
 			pipe.HSet(ctx, stKeyS, "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
 		}
-		b.idx.flush(ctx, pipe) // what was added before goes before the removal
-		pipe.ZRem(ctx, indexKey(h[hop].Primary, RoleSecondary), rec.Flow)
+		b.flushIndex() // what was added before goes before the removal
+		if op.From != "" {
+			// The hop's index before the takeover: op.From primary, this
+			// node its secondary.
+			pipe.ZRem(ctx, pairKey(op.From, h[hop].Primary), rec.Flow)
+		}
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpDelete:
-		b.idx.flush(ctx, pipe)
+		b.flushIndex()
 		pipe.Del(ctx, keyS, stKeyS)
-		for _, e := range indexEntries(h) {
-			pipe.ZRem(ctx, indexKey(e.instance, e.role), rec.Flow)
+		for _, e := range pairsOf(h) {
+			pipe.ZRem(ctx, e.key(), rec.Flow)
 		}
 	}
 }
@@ -541,7 +600,7 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f follo
 		if !indexes(&ops[i]) {
 			continue
 		}
-		ours, theirs := indexEntries(rec.Hops), indexEntries(first.Hops)
+		ours, theirs := pairsOf(rec.Hops), pairsOf(first.Hops)
 		for _, e := range ours {
 			if !slices.Contains(theirs, e) {
 				f.stale = append(f.stale, indexEntry{e, rec.Flow})
@@ -568,9 +627,9 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 		pipe.PExpire(ctx, stateKey(flow), w.TTL)
 	}
 	for _, e := range f.stale {
-		pipe.ZRem(ctx, indexKey(e.instance, e.role), e.flow)
+		pipe.ZRem(ctx, e.key(), e.flow)
 	}
-	f.idx.flush(ctx, pipe)
+	f.idx.flush(ctx, pipe, func(pair) bool { return true }) // rare: register them all
 	if cmds, err := pipe.Exec(ctx); err != nil {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
 			return fmt.Errorf("settling sessions that existed at %s: %w", w.s.addr, permission(err))
@@ -625,8 +684,8 @@ func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) b
 	for i := range ops {
 		flow := ops[i].Record.Flow
 		mine := []string{sessionKey(flow), stateKey(flow)}
-		for _, e := range indexEntries(ops[i].Record.Hops) {
-			mine = append(mine, indexKey(e.instance, e.role))
+		for _, e := range pairsOf(ops[i].Record.Hops) {
+			mine = append(mine, e.key())
 		}
 		for j, k := range keys {
 			if out[i].Refused == nil && slices.Contains(mine, k) {
@@ -638,29 +697,26 @@ func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) b
 }
 
 type indexEntry struct {
-	roleEntry
+	pair
 	flow string
 }
 
-// indexBatch gathers index entries by instance and role, each as the
-// arguments of its ZADD: two slots for the command and the index's key
-// (named once per batch, at flush), then score and member pairs, the
-// score (the batch's deadline) boxed once for all of them.
-type indexBatch map[roleEntry][]any
+// indexBatch gathers index entries by index, each as the arguments of its
+// ZADD: two slots for the command and the index's key (named once per
+// batch, at flush), then score and member pairs, the score (the batch's
+// deadline) boxed once for all of them.
+type indexBatch map[pair][]any
 
-// add indexes flow under every instance and role of h until deadline (a
+// add indexes flow under the roles of each of h's hops until deadline (a
 // float64 of Unix milliseconds).
 func (b indexBatch) add(flow string, h []sessions.Hop, deadline any) {
 	var member any = flow // boxed once, not once per entry
 	for _, x := range h {
-		b.addMember(roleEntry{x.Primary, RolePrimary}, member, deadline)
-		if x.Secondary != "" {
-			b.addMember(roleEntry{x.Secondary, RoleSecondary}, member, deadline)
-		}
+		b.addMember(pair{x.Primary, x.Secondary}, member, deadline)
 	}
 }
 
-func (b indexBatch) addMember(e roleEntry, member, deadline any) {
+func (b indexBatch) addMember(e pair, member, deadline any) {
 	args, ok := b[e]
 	if !ok {
 		args = make([]any, 2, 16)
@@ -668,10 +724,16 @@ func (b indexBatch) addMember(e roleEntry, member, deadline any) {
 	b[e] = append(args, deadline, member)
 }
 
-// flush queues what b holds on pipe, one ZADD per index, and empties b.
-func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner) {
+// flush queues what b holds on pipe, one ZADD per index, each after its
+// registration if due says so, and empties b.
+func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner, due func(pair) bool) {
 	for e, args := range b {
-		args[0], args[1] = "zadd", indexKey(e.instance, e.role)
+		if due(e) {
+			// Registered before its entries, in the same pipeline: a
+			// reader that finds an entry can find its index.
+			register(ctx, pipe, e)
+		}
+		args[0], args[1] = "zadd", e.key()
 		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...)) // a pipeline only queues
 		delete(b, e)
 	}
@@ -780,27 +842,80 @@ func (s *Store) List(ctx context.Context, instance, role string) (recs []*sessio
 	return recs, bad, nil
 }
 
-// indexed returns the flows of instance's index of role whose deadline
-// has not passed, and prunes the others.
-func (s *Store) indexed(ctx context.Context, instance, role string) ([]string, error) {
-	key := indexKey(instance, role)
-	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	s.rdb.ZRemRangeByScore(ctx, key, "-inf", "("+now)
-	flows, err := s.rdb.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+// indexKeys returns the keys of the indexes that list the sessions for
+// which instance holds role: the pair indexes its pairsKey set names, and
+// the index of the versions before them (legacyIndexKey).
+func (s *Store) indexKeys(ctx context.Context, instance, role string) ([]string, error) {
+	names, err := s.rdb.SMembers(ctx, pairsKey(instance)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("reading index %s from %s: %w", key, s.addr, permission(err))
+		return nil, fmt.Errorf("reading the indexes of %s from %s: %w", instance, s.addr, permission(err))
+	}
+	keys := []string{legacyIndexKey(instance, role)}
+	for _, n := range names {
+		if peer, ok := strings.CutPrefix(n, "p:"); ok && role == RolePrimary {
+			keys = append(keys, pairKey(instance, peer))
+		}
+		if peer, ok := strings.CutPrefix(n, "s:"); ok && role == RoleSecondary {
+			keys = append(keys, pairKey(peer, instance))
+		}
+	}
+	return keys, nil
+}
+
+// indexed returns the flows of instance's indexes of role whose deadline
+// has not passed, and prunes the others (best-effort: a user that may
+// only read still reads).
+func (s *Store) indexed(ctx context.Context, instance, role string) ([]string, error) {
+	keys, err := s.indexKeys(ctx, instance, role)
+	if err != nil {
+		return nil, err
+	}
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	pipe := s.rdb.Pipeline()
+	ranges := make([]*redis.StringSliceCmd, len(keys))
+	for i, k := range keys {
+		pipe.ZRemRangeByScore(ctx, k, "-inf", "("+now)
+		ranges[i] = pipe.ZRangeByScore(ctx, k, &redis.ZRangeBy{Min: now, Max: "+inf"})
+	}
+	_, _ = pipe.Exec(ctx) // each reply is read below
+	var flows []string
+	seen := map[string]bool{}
+	for i, r := range ranges {
+		got, err := r.Result()
+		if err != nil {
+			return nil, fmt.Errorf("reading index %s from %s: %w", keys[i], s.addr, permission(err))
+		}
+		for _, f := range got {
+			if !seen[f] {
+				seen[f] = true
+				flows = append(flows, f)
+			}
+		}
 	}
 	return flows, nil
 }
 
 // Count returns how many live sessions instance holds role for, from its
-// index (entries whose deadline passed are not counted). It is cheap: one
-// ZCOUNT.
+// indexes (entries whose deadline passed are not counted): a set read and
+// one ZCOUNT per index, in one round trip, for each peer the instance
+// has had and for the index of earlier versions.
 func (s *Store) Count(ctx context.Context, instance, role string) (int64, error) {
-	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	n, err := s.rdb.ZCount(ctx, indexKey(instance, role), now, "+inf").Result()
+	keys, err := s.indexKeys(ctx, instance, role)
 	if err != nil {
+		return 0, err
+	}
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	pipe := s.rdb.Pipeline()
+	counts := make([]*redis.IntCmd, len(keys))
+	for i, k := range keys {
+		counts[i] = pipe.ZCount(ctx, k, now, "+inf")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, fmt.Errorf("counting %s sessions of %s at %s: %w", role, instance, s.addr, permission(err))
+	}
+	var n int64
+	for _, c := range counts {
+		n += c.Val()
 	}
 	return n, nil
 }
@@ -820,7 +935,8 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	}
 	now := time.Now()
 	var reqs []retakeReq
-	var of []int // the record of each request
+	var of []int        // the record of each request
+	var before []string // the secondary at each request's hop, as listed
 	for i, r := range recs {
 		ttl := max(r.TTL, time.Minute)
 		for hop, h := range r.Hops {
@@ -841,6 +957,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			}
 			reqs = append(reqs, retakeReq{flow: r.Flow, hop: hop, from: instance, to: to.Name, sec: secName, ttl: ttl, nowMS: now.UnixMilli()})
 			of = append(of, i)
+			before = append(before, h.Secondary)
 		}
 	}
 	if len(reqs) == 0 {
@@ -862,12 +979,14 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			moved++
 		}
 		deadline := float64(now.Add(req.ttl).UnixMilli())
-		pipe.ZRem(ctx, indexKey(instance, RolePrimary), req.flow)
-		pipe.ZRem(ctx, indexKey(req.to, RoleSecondary), req.flow)
-		pipe.ZAdd(ctx, indexKey(req.to, RolePrimary), redis.Z{Score: deadline, Member: req.flow})
-		if req.sec != "" {
-			pipe.ZAdd(ctx, indexKey(req.sec, RoleSecondary), redis.Z{Score: deadline, Member: req.flow})
-		}
+		pipe.ZRem(ctx, pairKey(instance, before[i]), req.flow)
+		// A session written before the pair indexes is listed in its
+		// instances' indexes of one role each.
+		pipe.ZRem(ctx, legacyIndexKey(instance, RolePrimary), req.flow)
+		pipe.ZRem(ctx, legacyIndexKey(req.to, RoleSecondary), req.flow)
+		to := pair{req.to, req.sec}
+		register(ctx, pipe, to)
+		pipe.ZAdd(ctx, to.key(), redis.Z{Score: deadline, Member: req.flow})
 	}
 	if moved > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {

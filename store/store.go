@@ -46,7 +46,22 @@ const (
 func sessionKey(flow string) string { return "nfsteer:s:{" + flow + "}" }
 func stateKey(flow string) string   { return "nfsteer:st:{" + flow + "}" }
 
-func indexKey(instance, role string) string { return "nfsteer:i:{" + instance + "}:" + role }
+// pairKey names the role index of the sessions for which primary holds
+// the primary role at a hop and secondary ("" for none) the secondary
+// role: a sorted set of flows scored by expiry. One entry serves both
+// instances' views, so a hop costs one entry, not one per role.
+// pairsKey names the set of an instance's pair indexes ("p:S" where it
+// is primary with secondary S, "s:P" where it is secondary of P), by
+// which readers find them. Both carry instance's hash tag (the
+// primary's, for pairKey).
+func pairKey(primary, secondary string) string { return "nfsteer:i:{" + primary + "}:p:" + secondary }
+func pairsKey(instance string) string          { return "nfsteer:i:{" + instance + "}:pairs" }
+
+// legacyIndexKey names the index of one instance and role that versions
+// before the pair indexes wrote. Readers still read it, so that sessions
+// written before an upgrade are counted and listed until they expire;
+// nothing writes it.
+func legacyIndexKey(instance, role string) string { return "nfsteer:i:{" + instance + "}:" + role }
 
 // Roles an instance can hold for a session.
 const (

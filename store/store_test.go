@@ -302,14 +302,24 @@ func TestSessions(t *testing.T) {
 				t.Errorf("session %s after its create has TTL %v; want (0, 1m]", k, rec.TTL)
 			}
 		}
-		// indexed reports whether inst's role index lists flow.
+		// indexed reports whether one of inst's indexes of role, as
+		// readers find them, holds an entry for flow, expired or not.
 		indexed := func(t *testing.T, inst, role, flow string) bool {
 			t.Helper()
-			err := store.ClientOf(s).ZScore(ctx, "nfsteer:i:{"+inst+"}:"+role, flow).Err()
-			if err != nil && !errors.Is(err, redis.Nil) {
+			keys, err := store.IndexKeys(s, inst, role)
+			if err != nil {
 				t.Fatal(err)
 			}
-			return err == nil
+			for _, k := range keys {
+				err := store.ClientOf(s).ZScore(ctx, k, flow).Err()
+				if err == nil {
+					return true
+				}
+				if !errors.Is(err, redis.Nil) {
+					t.Fatal(err)
+				}
+			}
+			return false
 		}
 
 		t.Run("a refresh of a session Redis does not hold says it was lost", func(t *testing.T) {
@@ -496,8 +506,9 @@ func TestSessions(t *testing.T) {
 			if diff := cmp.Diff(&want, get(t, a.Key), cmpopts.IgnoreFields(sessions.Record{}, "Updated", "TTL", "State")); diff != "" {
 				t.Errorf("record after takeover (-want +got):\n%s", diff)
 			}
-			// The old primary's own index entry stays until it expires:
-			// List trusts each record's roles, not the index.
+			// The takeover took the hop's old entry (the dead primary's,
+			// with this node its secondary) away; List trusts each
+			// record's roles in any case.
 			listed := func(inst string) bool {
 				recs, _, err := s.List(ctx, inst, store.RolePrimary)
 				if err != nil {
@@ -617,7 +628,7 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		index := "nfsteer:i:{" + rec.Hops[0].Primary + "}:primary"
+		index := store.PairKey(rec.Hops[0].Primary, rec.Hops[0].Secondary)
 		if err := c.Del(ctx, index).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -947,6 +958,95 @@ func TestMapLog(t *testing.T) {
 		}
 		if _, err := s.Live(ctx); !errors.Is(err, steering.ErrInvalidMap) || !strings.Contains(err.Error(), "entry 1 of nfsteer:{map}:log") {
 			t.Errorf("Live with a malformed log entry: %v, want ErrInvalidMap naming entry 1", err)
+		}
+	})
+}
+
+// TestRoleIndexes: each hop of a session is one entry, in the index of
+// its primary and secondary, and each instance's count and listing of
+// either role finds it: for the map's instances, for a peer the map no
+// longer has, for a hop without a secondary, and for the index an earlier
+// version wrote (one per instance and role). A delete takes the entries
+// away.
+func TestRoleIndexes(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		tab := labTable(t)
+		gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
+		var ops []sessions.Named
+		for sport := uint16(43000); sport < 43020; sport++ {
+			ops = append(ops, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: acmeSession(tab, sport)}})...)
+		}
+		// A session whose roles name fw-9, which the map does not have,
+		// and a dlp hop without a secondary.
+		gone := sessions.Named{Kind: sessions.OpCreate, Record: sessions.Record{Flow: flowKey(43100).String(), Tenant: "acme",
+			Hops: []sessions.Hop{{Service: "fw", Primary: "fw-1", Secondary: "fw-9"}, {Service: "dlp", Primary: "dlp-1"}}}}
+		ops = append(ops, gone)
+		if _, err := gw.Write(ctx, ops); err != nil {
+			t.Fatal(err)
+		}
+		// An entry of the index of an earlier version.
+		c := store.ClientOf(s)
+		if err := c.ZAdd(ctx, "nfsteer:i:{fw-2}:secondary", redisZ(flowKey(43200).String())).Err(); err != nil {
+			t.Fatal(err)
+		}
+
+		type counts map[string][2]int64 // instance: primary, secondary
+		want := counts{"fw-9": {0, 1}}
+		for _, op := range ops {
+			for _, h := range op.Record.Hops {
+				p := want[h.Primary]
+				p[0]++
+				want[h.Primary] = p
+				if h.Secondary != "" {
+					q := want[h.Secondary]
+					q[1]++
+					want[h.Secondary] = q
+				}
+			}
+		}
+		want["fw-9"] = [2]int64{0, 1}
+		w := want["fw-2"]
+		w[1]++ // the earlier version's entry
+		want["fw-2"] = w
+		count := func(t *testing.T) counts {
+			t.Helper()
+			got := counts{}
+			for _, inst := range []string{"fw-1", "fw-2", "fw-9", "dlp-1", "dlp-2"} {
+				var n [2]int64
+				for i, role := range []string{store.RolePrimary, store.RoleSecondary} {
+					var err error
+					if n[i], err = s.Count(ctx, inst, role); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if n != [2]int64{} {
+					got[inst] = n
+				}
+			}
+			return got
+		}
+		if diff := cmp.Diff(want, count(t)); diff != "" {
+			t.Errorf("counts after the creates (-want +got):\n%s", diff)
+		}
+		recs, bad, err := s.List(ctx, "fw-9", store.RoleSecondary)
+		if err != nil || len(bad) != 0 || len(recs) != 1 || recs[0].Flow != gone.Record.Flow {
+			t.Errorf("List(fw-9, secondary) = %v, %v, %v; want the session naming it", recs, bad, err)
+		}
+
+		// The firewall deletes every session it wrote: what is left is the
+		// earlier version's entry.
+		var dels []sessions.Named
+		for _, op := range ops {
+			op.Kind = sessions.OpDelete
+			dels = append(dels, op)
+		}
+		if _, err := fw.Write(ctx, dels); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(counts{"fw-2": {0, 1}}, count(t)); diff != "" {
+			t.Errorf("counts after the deletes (-want +got):\n%s", diff)
 		}
 	})
 }

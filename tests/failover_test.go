@@ -183,9 +183,15 @@ func TestFailoverToSecondary(t *testing.T) {
 	if err != nil || len(rec.Hops) == 0 || rec.Hops[0].Primary != secondary {
 		t.Errorf("Redis holds %+v (%v) as the flow's hops, want %s as the firewall's primary", rec.Hops, err, secondary)
 	}
-	out, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
+	// The index of the hop's roles (store.pairKey): the new primary's
+	// with the secondary the record names.
+	index := "nfsteer:i:{" + secondary + "}:p:"
+	if len(rec.Hops) > 0 {
+		index += rec.Hops[0].Secondary
+	}
+	out, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", index, "0", "-1")
 	if !strings.Contains(out, k.String()) {
-		t.Errorf("index of %s as primary holds %q, want the flow %s", secondary, out, k)
+		t.Errorf("index %s holds %q, want the flow %s", index, out, k)
 	}
 	_ = primary
 }
@@ -216,9 +222,12 @@ func TestForwarderFailoverHandsSessionsOver(t *testing.T) {
 	var index string
 	if !waitFor(3*time.Second, func() bool {
 		out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "GET", "nfsteer:s:{"+k+"}")
-		index, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:primary", "0", "-1")
-		return err == nil && json.Unmarshal([]byte(out), &rec) == nil && len(rec.Hops) == 2 && rec.Hops[1].Primary == secondary &&
-			strings.Contains(index, k)
+		if err != nil || json.Unmarshal([]byte(out), &rec) != nil || len(rec.Hops) != 2 || rec.Hops[1].Primary != secondary {
+			return false
+		}
+		// The index of the hop's roles (store.pairKey).
+		index, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:p:"+rec.Hops[1].Secondary, "0", "-1")
+		return strings.Contains(index, k)
 	}) {
 		t.Errorf("Redis holds %+v as the flow's hops, and %q in the index of %s as primary; want %s as dlp's primary, not the dead %s, and the flow %s indexed",
 			rec.Hops, index, secondary, secondary, primary, k)

@@ -26,7 +26,7 @@ func sessionsCommand() *cli.Command {
 			{
 				Name:  "list",
 				Usage: "list sessions by instance and role, or by tenant",
-				Description: `Sessions are read from the per-instance role indexes (no keyspace scan).
+				Description: `Sessions are read from the role indexes each instance is in (no keyspace scan).
 Without --instance, every instance of the map is read (of the tenant's
 chain with --tenant).
 
