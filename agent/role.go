@@ -13,14 +13,16 @@ type Role uint8
 // Roles.
 const (
 	// Gateway: the node is no instance of the map. Tenants' flows enter
-	// the chain here; it creates their sessions in Redis.
+	// the chain here; it creates their sessions in Redis, but for TCP
+	// connections through a firewall (state.createOp).
 	Gateway Role = iota
 	// Forwarder: the host of an instance of a forward service. It steers
 	// to the next hop and refreshes the sessions it carries.
 	Forwarder
 	// Firewall: the host of an instance of a firewall service. It admits
 	// new flows by the tenant's allow rules, writes its verdict with the
-	// session, and takes flows over from a dead peer.
+	// session (creating the sessions of TCP connections), and takes flows
+	// over from a dead peer.
 	Firewall
 	// Spare: a host started with --spare that no version names yet. It
 	// lets every flow pass and becomes an instance when a version adds it.
