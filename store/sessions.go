@@ -320,8 +320,9 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 
 // Write writes a batch of mirror operations, named by [sessions.Name], in
 // one pipeline; an operation without hops (its tenant left the map) is
-// skipped. Index entries are gathered per instance and role, so a batch
-// costs each index one ZADD, not one per session.
+// skipped. Index entries are gathered per index (the pair of instances
+// holding a hop's roles), so a batch costs each index one ZADD, not one
+// per session.
 //
 // Who indexes a new session: the create that says so (indexes), in the
 // same pipeline, before it knows whether it won: a gateway's (OpCreate),
