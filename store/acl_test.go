@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/keytest"
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/signing"
@@ -141,9 +142,7 @@ func TestACLRoles(t *testing.T) {
 	// And reseals them, with a key, trusting the unsealed records of
 	// this test's agents.
 	sealer := as(store.ACLOperator)
-	k, err := signing.NewRandomSessionKey()
-	must("session key", err)
-	sealer.SealSessions(signing.SessionKeys{Seal: k, Unsealed: true})
+	sealer.SealSessions(signing.SessionKeys{Seal: keytest.SessionKey(t), Unsealed: true})
 	resealed := 0
 	for _, in := range nt.Instances() {
 		n, _, err := sealer.Reseal(ctx, in.Name)

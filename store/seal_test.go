@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/keytest"
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/signing"
@@ -14,15 +15,6 @@ import (
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
 )
-
-func newSessionKey(t testing.TB) *signing.SessionKey {
-	t.Helper()
-	k, err := signing.NewRandomSessionKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 // TestSealedSessions: with the fleet's session key, records and states
 // are sealed when written, taken over and handed over, and read back
@@ -32,10 +24,10 @@ func newSessionKey(t testing.TB) *signing.SessionKey {
 func TestSealedSessions(t *testing.T) {
 	ctx := context.Background()
 	url := redislab.Start(t, redislab.Options{}).URL
-	fleet := newSessionKey(t)
+	fleet := keytest.SessionKey(t)
 	s, other := open(t, url), open(t, url)
 	s.SealSessions(signing.SessionKeys{Seal: fleet})
-	other.SealSessions(signing.SessionKeys{Seal: newSessionKey(t)})
+	other.SealSessions(signing.SessionKeys{Seal: keytest.SessionKey(t)})
 	c := store.ClientOf(s)
 	tab := labTable(t)
 	gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
@@ -178,7 +170,7 @@ func TestSessionKeyRotation(t *testing.T) {
 	ctx := context.Background()
 	url := redislab.Start(t, redislab.Options{}).URL
 	tab := labTable(t)
-	k1, k2 := newSessionKey(t), newSessionKey(t)
+	k1, k2 := keytest.SessionKey(t), keytest.SessionKey(t)
 	keys := map[string]signing.SessionKeys{
 		// Starting to seal: accept the key, then seal with it while
 		// still accepting unsealed records, then seal only.
@@ -285,12 +277,12 @@ func TestReseal(t *testing.T) {
 	ctx := context.Background()
 	url := redislab.Start(t, redislab.Options{}).URL
 	tab := labTable(t)
-	k1, k2 := newSessionKey(t), newSessionKey(t)
+	k1, k2 := keytest.SessionKey(t), keytest.SessionKey(t)
 	old, unsealed, rotated, next, other := open(t, url), open(t, url), open(t, url), open(t, url), open(t, url)
 	old.SealSessions(signing.SessionKeys{Seal: k1})
 	rotated.SealSessions(signing.SessionKeys{Seal: k2, Accept: []*signing.SessionKey{k1}, Unsealed: true})
 	next.SealSessions(signing.SessionKeys{Seal: k2})
-	other.SealSessions(signing.SessionKeys{Seal: newSessionKey(t)})
+	other.SealSessions(signing.SessionKeys{Seal: keytest.SessionKey(t)})
 	instance := func(a sessions.Session) string {
 		in, _ := tab.InstanceByID(a.Pins[0])
 		return in.Name

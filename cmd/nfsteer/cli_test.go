@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/nfsteer/nfsteer/internal/keytest"
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/signing"
@@ -587,7 +588,7 @@ func TestCLIStatus(t *testing.T) {
 	// Sealing: healthy while every live agent trusts what every other
 	// writes, as at each step of starting to seal or changing keys;
 	// degraded, naming who refuses what, when a step is skipped.
-	k1, k2 := testSessionKey(t), testSessionKey(t)
+	k1, k2 := keytest.SessionKey(t), keytest.SessionKey(t)
 	id1, id2 := k1.ID(), k2.ID()
 	none, accept1 := signing.SessionKeys{}, signing.SessionKeys{Accept: []*signing.SessionKey{k1}}
 	start1, seal1 := signing.SessionKeys{Seal: k1, Unsealed: true}, signing.SessionKeys{Seal: k1}
@@ -1030,16 +1031,6 @@ func TestCLITraceIngress(t *testing.T) {
 			t.Errorf("trace from %s on %s: %+v\nwant %q", tc.src, tc.iface, r, tc.want)
 		}
 	}
-}
-
-// testSessionKey returns a new random session key.
-func testSessionKey(t testing.TB) *signing.SessionKey {
-	t.Helper()
-	k, err := signing.NewRandomSessionKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // TestKeyID: key id names each kind of key file and its ID, the same for
