@@ -87,10 +87,10 @@ func (st *state) createOp(tenant int, syn bool) (kind sessions.OpKind, index, ok
 
 // resyncOp is how the node rewrites a session of tenant (-1: one the map
 // no longer has) that it holds after Redis lost data: as it created it,
-// or, on a forwarder, with a refresh. No node knows any more which of its flows opened with a SYN,
-// so a gateway rewrites all its sessions and a firewall indexes all
-// those of which it is the chain's first firewall: a create that finds
-// the session already there costs only its command.
+// or, on a forwarder, with a refresh. No node knows any more which of its
+// flows opened with a SYN, so a gateway rewrites all its sessions and a
+// firewall indexes all those of which it is the chain's first firewall: a
+// create that finds the session already there costs only its command.
 func (st *state) resyncOp(tenant int) (kind sessions.OpKind, index bool) {
 	switch st.role {
 	case Gateway:

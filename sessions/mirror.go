@@ -47,10 +47,10 @@ type Op struct {
 	// the 5-tuple of an earlier one, so it overwrites whatever Redis
 	// holds for that key instead of losing to it.
 	Replace bool
-	// Index, for OpCreateState: the create indexes the session under its
-	// roles too, as a gateway's OpCreate does. A function sets it when no
-	// gateway creates the session: it is the first firewall of a TCP
-	// connection's chain.
+	// Index says a create indexes the session under its roles too. An
+	// OpCreate always does; an OpCreateState only with Index, which a
+	// function sets when no gateway creates the session: it is the first
+	// firewall of a TCP connection's chain.
 	Index   bool
 	Session Session
 }
