@@ -10,8 +10,9 @@
 // decides each, and answers them all in one send. The library's own
 // receive loop made two receive calls and several allocations per packet,
 // and one send per verdict. The worker's reads and sends on the
-// non-blocking socket bypass the Go scheduler's system-call hooks, which
-// woke a runtime thread on every idle-to-busy crossing.
+// non-blocking socket bypass the Go scheduler's system-call hooks
+// (internal/rawsys), which woke a runtime thread on every idle-to-busy
+// crossing.
 //
 // The kernel copies only the first [DefaultCopyRange] bytes of each packet;
 // [ParseCapture] decodes such a capture, [Parse] a whole packet. Both are

@@ -11,11 +11,11 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/mdlayher/netlink"
 	"github.com/nfsteer/nfsteer/internal/nlmsg"
+	"github.com/nfsteer/nfsteer/internal/rawsys"
 	"golang.org/x/sys/unix"
 )
 
@@ -256,7 +256,7 @@ func (w *worker) run(ctx context.Context) {
 		var start time.Time
 		err := w.raw.Read(func(fd uintptr) bool {
 			for n := 0; n < maxBatch; n++ {
-				k, err := rawRead(fd, w.in)
+				k, err := rawsys.Read(fd, w.in)
 				switch {
 				case err == unix.EAGAIN || err == unix.EINTR:
 					return n > 0 // nothing read yet: wait for the socket
@@ -352,7 +352,7 @@ func (w *worker) send(b []byte) {
 	defer w.sendMu.Unlock()
 	var werr error
 	err := w.raw.Write(func(fd uintptr) bool {
-		_, werr = rawWrite(fd, b)
+		_, werr = rawsys.Write(fd, b)
 		return werr != unix.EAGAIN
 	})
 	if err != nil || werr != nil {
@@ -380,29 +380,4 @@ func (w *worker) readError(err error) {
 	if n := w.r.stats.ReadErrors.Add(1); n%1000 == 1 {
 		w.r.cfg.Logger.Warn("reading from queue", "queue", w.queue, "reply", w.reply, "errors", n, "err", err)
 	}
-}
-
-// rawRead and rawWrite are read(2) and write(2) on the queue's socket,
-// which is non-blocking (the runtime's poller waits for it), without the
-// scheduler's system-call hooks. Those hooks cost a crossing more than the
-// call: the first system call after the process was idle wakes the
-// runtime's monitor thread (a futex wake, and a thread scheduled on a CPU
-// the packet's path needs), and a call that runs past 20 µs, as a verdict
-// does while the kernel forwards its packet inside it, has its P taken and
-// handed to another thread. Neither call can block, so the P needs no
-// hand-off; the time the kernel spends in them is the packet path's own.
-func rawRead(fd uintptr, b []byte) (int, error) {
-	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
-
-func rawWrite(fd uintptr, b []byte) (int, error) {
-	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
 }

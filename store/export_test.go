@@ -24,3 +24,6 @@ func IndexKeys(s *Store, instance, role string) ([]string, error) {
 // PairKey names the index of the sessions for which primary and secondary
 // hold the roles at a hop.
 func PairKey(primary, secondary string) string { return pairKey(primary, secondary) }
+
+// Dialer is the dialer of every connection a store makes.
+var Dialer = dialer

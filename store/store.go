@@ -248,6 +248,7 @@ func client(rawURL string, files TLSFiles) (redis.UniversalClient, string, error
 		if err := withTLS(o.TLSConfig); err != nil {
 			return nil, "", err
 		}
+		o.Dialer = dialer(o.DialTimeout, o.TLSConfig)
 		return redis.NewFailoverClient(o), "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName, nil
 	case q.Has("addr"):
 		o, err := redis.ParseClusterURL(rawURL)
@@ -257,6 +258,7 @@ func client(rawURL string, files TLSFiles) (redis.UniversalClient, string, error
 		if err := withTLS(o.TLSConfig); err != nil {
 			return nil, "", err
 		}
+		o.Dialer = dialer(o.DialTimeout, o.TLSConfig)
 		c := redis.NewClusterClient(o)
 		c.AddHook(&clusterReload{c: c})
 		return c, "cluster " + strings.Join(o.Addrs, ","), nil
@@ -268,6 +270,7 @@ func client(rawURL string, files TLSFiles) (redis.UniversalClient, string, error
 		if err := withTLS(o.TLSConfig); err != nil {
 			return nil, "", err
 		}
+		o.Dialer = dialer(o.DialTimeout, o.TLSConfig)
 		return redis.NewClient(o), addr, nil
 	}
 }

@@ -1,0 +1,92 @@
+package store_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"syscall"
+	"testing"
+
+	"github.com/nfsteer/nfsteer/store"
+	"github.com/nfsteer/nfsteer/tests/redislab"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestDialer: the store's connections, plain and TLS, speak to a real
+// Redis through raw reads and writes (a connection that is no
+// syscall.Conn, which go-redis would otherwise peek at with a hooked
+// system call before every command).
+func TestDialer(t *testing.T) {
+	ctx := context.Background()
+	pki := redislab.NewPKI(t, "127.0.0.1")
+	plain := redislab.Start(t, redislab.Options{})
+	secure := redislab.Start(t, redislab.Options{TLS: pki})
+	roots := x509.NewCertPool()
+	ca, err := os.ReadFile(pki.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots.AppendCertsFromPEM(ca)
+	cert, err := tls.LoadX509KeyPair(pki.ClientCert, pki.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		addr string
+		tls  *tls.Config
+	}{
+		{"tcp", plain.Addr, nil},
+		// No ServerName: the dialer takes it from the address, as
+		// tls.Dial does.
+		{"tls", secure.Addr, &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := store.Dialer(0, tc.tls)(ctx, "tcp", tc.addr)
+			if err != nil {
+				t.Fatalf("dialing %s: %v", tc.addr, err)
+			}
+			defer c.Close()
+			under := c
+			if tc, ok := c.(*tls.Conn); ok {
+				under = tc.NetConn()
+			}
+			if _, ok := under.(syscall.Conn); ok {
+				t.Errorf("the connection under %T is a syscall.Conn, not raw", c)
+			}
+			if _, err := c.Write([]byte("PING\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || line != "+PONG\r\n" {
+				t.Fatalf("PING: %q, %v", line, err)
+			}
+		})
+	}
+}
+
+// TestRedisClosesTheConnections: without go-redis's peek before each
+// use, a pooled connection Redis closed (its timeout, a CLIENT KILL, a
+// proxy) is found at its first use; the command is retried on a new
+// connection and succeeds.
+func TestRedisClosesTheConnections(t *testing.T) {
+	ctx := context.Background()
+	srv := redislab.Start(t, redislab.Options{})
+	s := open(t, srv.URL)
+	if err := store.ClientOf(s).Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	killer := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer killer.Close()
+	n, err := killer.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Result()
+	if err != nil || n == 0 {
+		t.Fatalf("CLIENT KILL: %d killed, %v", n, err)
+	}
+	for i := range 3 {
+		if err := store.ClientOf(s).Ping(ctx).Err(); err != nil {
+			t.Fatalf("PING %d after Redis closed the store's connections: %v", i, err)
+		}
+	}
+}
