@@ -53,9 +53,12 @@ func FuzzDecodeRecord(f *testing.F) {
 		if err := json.Unmarshal([]byte(record), &m); err != nil {
 			t.Fatalf("decodeRecord accepted a record that is not JSON: %v", err)
 		}
-		b, err := json.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
+		b, hopsLen := m.appendJSON(nil)
+		if want, _ := json.Marshal(m); string(b) != string(want) {
+			t.Fatalf("meta.appendJSON wrote\n%s\nwhere encoding/json writes\n%s", b, want)
+		}
+		if tail := string(b[len(b)-hopsLen:]); !strings.HasPrefix(tail, `,"hops":`) {
+			t.Fatalf("meta.appendJSON says its hops start at %q", tail)
 		}
 		again, err := plain.decodeRecord(flow, string(b), map[string]string{"updated": updated, "st:fw": state})
 		if err != nil {

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,45 +16,6 @@ import (
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/redis/go-redis/v9"
 )
-
-// meta is a session's record, the string at its sessionKey: everything
-// but the update time and the functions' later state (at its stateKey),
-// so that one SET NX GET creates a session whole with its expiry, first
-// writer wins, and tells a writer that lost the winner's record. A
-// takeover rewrites it (casScript).
-type meta struct {
-	Flow    string `json:"flow"`
-	Tenant  string `json:"tenant"`
-	Code    uint32 `json:"code"`
-	Slot    uint32 `json:"slot"`
-	Version uint64 `json:"version"`
-	Created int64  `json:"created"`
-	// State is the state of the function that created the session, by
-	// service: the first firewall of a TCP connection keeps its verdict
-	// in the record it creates (batch.queue). A field of the state hash
-	// for the same service, written later, overrides it. It goes before
-	// Hops, whose encoding ends a record (createCmd.hops).
-	State map[string]string `json:"state,omitempty"`
-	Hops  []sessions.Hop    `json:"hops"`
-}
-
-// metaOf is the part of r a session's record string holds, but the
-// creator's state: a Record does not tell it from state written later,
-// and the create that writes a meta adds its own (batch.queue).
-func metaOf(r *sessions.Record) meta {
-	return meta{Flow: r.Flow, Tenant: r.Tenant, Code: r.Code, Slot: r.Slot, Version: r.Version, Created: r.Created, Hops: r.Hops}
-}
-
-// record is the Record m holds, updated when it was created until a state
-// write or a takeover says otherwise.
-func (m *meta) record() *sessions.Record {
-	r := &sessions.Record{Flow: m.Flow, Tenant: m.Tenant, Code: m.Code, Slot: m.Slot, Version: m.Version,
-		Created: m.Created, Updated: m.Created, Hops: m.Hops, State: m.State}
-	if len(r.State) == 0 {
-		r.State = nil // "state":{} is no state
-	}
-	return r
-}
 
 // casScript writes a session's record over the one it was made from,
 // only if that one is still there: KEYS: session, state. ARGV: the record
@@ -143,10 +103,7 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq) ([]int, error) {
 				continue
 			}
 			h.Primary, h.Secondary = req.to, req.sec
-			nb, err := json.Marshal(m)
-			if err != nil {
-				continue
-			}
+			nb, _ := m.appendJSON(nil)
 			cas = append(cas, casScript.EvalSha(ctx, pipe, []string{sessionKey(req.flow), stateKey(req.flow)},
 				old, s.sealRecord(req.flow, nb), req.ttl.Milliseconds(), req.nowMS))
 			which = append(which, r)
@@ -415,7 +372,14 @@ type batch struct {
 	// once per batch: go-redis's typed helpers (SetArgs, PExpire, HSet)
 	// box and format every argument of every call.
 	ttlArg, nowArg, stField any
+	// buf holds the batch's records, encoded one after the other: one
+	// allocation for the batch's creates, sized at the first.
+	buf []byte
 }
+
+// recordSize is about the size of a record of a two-service chain with
+// its creator's verdict, to size a batch's buf.
+const recordSize = 384
 
 // flushIndex queues the batch's index entries (indexBatch.flush), and
 // registers and remembers for a trim the indexes due one.
@@ -473,11 +437,20 @@ func (b *batch) queue(i int, op *sessions.Named) {
 	if len(h) == 0 {
 		return // the tenant is gone from the map: nothing to name
 	}
-	keyS, stKeyS := sessionKey(rec.Flow), stateKey(rec.Flow)
-	var key, stKey any = keyS, stKeyS // boxed once for every command that names them
+	keyS := sessionKey(rec.Flow)
+	var key any = keyS // boxed once for every command that names it
+	// The state hash's key, named and boxed once if a command needs it: a
+	// firewall's create of a connection does not.
+	var stKeyBoxed any
+	stKey := func() any {
+		if stKeyBoxed == nil {
+			stKeyBoxed = stateKey(rec.Flow)
+		}
+		return stKeyBoxed
+	}
 	writeState := func() {
 		if b.service != "" {
-			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hset", stKey, b.stField, b.s.sealState(rec.Flow, b.service, op.State), "updated", b.nowArg))
+			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hset", stKey(), b.stField, b.s.sealState(rec.Flow, b.service, op.State), "updated", b.nowArg))
 		}
 	}
 	switch op.Kind {
@@ -491,8 +464,14 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		if inRecord {
 			mt.State = map[string]string{b.service: op.State}
 		}
-		m, _ := json.Marshal(mt)
-		m = b.s.sealRecord(rec.Flow, m)
+		if b.buf == nil {
+			b.buf = make([]byte, 0, recordSize*(len(b.creates)-i))
+		}
+		start := len(b.buf)
+		var hopsLen int
+		b.buf, hopsLen = mt.appendJSON(b.buf)
+		// Capped: a later append to the arena cannot reach into it.
+		m := b.s.sealRecord(rec.Flow, b.buf[start:len(b.buf):len(b.buf)])
 		if op.Replace {
 			// A new connection on a closed one's 5-tuple: the closed
 			// one's record is not a first writer to lose to, and its
@@ -500,16 +479,16 @@ func (b *batch) queue(i int, op *sessions.Named) {
 			// override the new record's.
 			_ = pipe.Process(ctx, redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg))
 			if inRecord {
-				_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "del", stKey))
+				_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "del", stKey()))
 			}
 		} else {
 			first := redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg, "nx", "get")
 			_ = pipe.Process(ctx, first)
-			b.creates[i] = createCmd{first: first, hops: m[bytes.LastIndex(m, []byte(`,"hops":`)):], stateInRecord: inRecord}
+			b.creates[i] = createCmd{first: first, hops: m[len(m)-hopsLen:], stateInRecord: inRecord}
 		}
 		if op.Kind == sessions.OpCreateState && b.service != "" && !inRecord {
 			writeState()
-			b.pexpire(stKey)
+			b.pexpire(stKey())
 		}
 		if indexes(op) {
 			b.idx.add(rec.Flow, h, b.deadline)
@@ -517,11 +496,11 @@ func (b *batch) queue(i int, op *sessions.Named) {
 	case sessions.OpState:
 		writeState()
 		b.pexpire(key)
-		b.pexpire(stKey)
+		b.pexpire(stKey())
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpRefresh:
 		b.refreshes[i] = b.pexpire(key)
-		b.pexpire(stKey)
+		b.pexpire(stKey())
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpTakeover:
 		hop := op.Hop
@@ -533,7 +512,7 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		// verdict it carries; a node that hands over another hop (a dead
 		// forwarder's, from the node in front of it) writes no state.
 		if b.service != "" && h[hop].Service == b.service {
-			pipe.HSet(ctx, stKeyS, "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
+			pipe.HSet(ctx, stateKey(rec.Flow), "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
 		}
 		b.flushIndex() // what was added before goes before the removal
 		if op.From != "" {
@@ -544,7 +523,7 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpDelete:
 		b.flushIndex()
-		pipe.Del(ctx, keyS, stKeyS)
+		pipe.Del(ctx, keyS, stateKey(rec.Flow))
 		for _, e := range pairsOf(h) {
 			pipe.ZRem(ctx, e.key(), rec.Flow)
 		}
