@@ -8,6 +8,7 @@ import (
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/nfsteer/nfsteer/tests/redislab"
@@ -68,25 +69,46 @@ func TestDialer(t *testing.T) {
 }
 
 // TestRedisClosesTheConnections: without go-redis's peek before each
-// use, a pooled connection Redis closed (its timeout, a CLIENT KILL, a
-// proxy) is found at its first use; the command is retried on a new
-// connection and succeeds.
+// use, a pooled connection Redis closed is found either at its next
+// write, by the dialer's own peek after a second of silence (Redis's
+// idle timeout), or by the end of file its reply reads (CLIENT KILL right
+// after a use); either way the command is retried on a new connection
+// and succeeds.
 func TestRedisClosesTheConnections(t *testing.T) {
 	ctx := context.Background()
 	srv := redislab.Start(t, redislab.Options{})
-	s := open(t, srv.URL)
-	if err := store.ClientOf(s).Ping(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
 	killer := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer killer.Close()
-	n, err := killer.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Result()
-	if err != nil || n == 0 {
-		t.Fatalf("CLIENT KILL: %d killed, %v", n, err)
-	}
-	for i := range 3 {
-		if err := store.ClientOf(s).Ping(ctx).Err(); err != nil {
-			t.Fatalf("PING %d after Redis closed the store's connections: %v", i, err)
-		}
+	for _, tc := range []struct {
+		name  string
+		close func(t *testing.T)
+	}{
+		{"CLIENT KILL", func(t *testing.T) {
+			n, err := killer.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Result()
+			if err != nil || n == 0 {
+				t.Fatalf("CLIENT KILL: %d killed, %v", n, err)
+			}
+		}},
+		{"idle timeout", func(t *testing.T) {
+			if err := killer.ConfigSet(ctx, "timeout", "1").Err(); err != nil {
+				t.Fatal(err)
+			}
+			defer killer.ConfigSet(ctx, "timeout", "0")
+			// Redis closes clients idle past the timeout in its cron.
+			time.Sleep(2500 * time.Millisecond)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, srv.URL)
+			if err := store.ClientOf(s).Ping(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			tc.close(t)
+			for i := range 3 {
+				if err := store.ClientOf(s).Ping(ctx).Err(); err != nil {
+					t.Fatalf("PING %d after Redis closed the store's connections: %v", i, err)
+				}
+			}
+		})
 	}
 }

@@ -13,5 +13,10 @@
 // socket cannot block, so the P needs no hand-off; the runtime's poller
 // still waits for the socket when it would block, and deadlines hold.
 //
+// [Wrap] makes such a connection of a net.Conn, for clients that use a
+// connection in bursts (go-redis): it checks, with a raw peek, that the
+// server has not closed or reset a connection that sat unused for
+// [IdlePeek] before writing on it.
+//
 // It needs no privilege.
 package rawsys

@@ -1,10 +1,13 @@
 package rawsys
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -35,12 +38,18 @@ func Write(fd uintptr, b []byte) (int, error) {
 // wrapped connection's. It does not expose the socket (syscall.Conn) on
 // purpose: go-redis peeks at a pooled connection that does with
 // recvfrom(2) before every use, a hooked system call per command or
-// pipeline. A connection Redis closed is found at its first use instead,
-// as a read that returns io.EOF, which go-redis retries on a new
-// connection.
+// pipeline. conn peeks itself, with a raw call, and only before a write
+// after IdlePeek of silence (closedWhileIdle): a connection in steady use
+// needs no peek, and one that sat in a pool may have been closed by the
+// server or reset by a middlebox meanwhile.
 type conn struct {
 	net.Conn
 	rc syscall.RawConn
+	// used is when the connection last read or wrote, in nanoseconds
+	// since start; atomic, since a reader and a writer may run at once
+	// (go-redis's pub/sub).
+	used  atomic.Int64
+	start time.Time
 }
 
 // Wrap returns c with raw reads and writes, or c itself if it has no
@@ -55,7 +64,39 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &conn{Conn: c, rc: rc}
+	return &conn{Conn: c, rc: rc, start: time.Now()}
+}
+
+// touch notes that the connection was used now.
+func (c *conn) touch() { c.used.Store(int64(time.Since(c.start))) }
+
+// closedWhileIdle returns an error wrapping io.EOF if the server closed
+// or reset the connection, which a peek at its socket (recvfrom(2) with
+// MSG_PEEK, raw) tells without reading. Nothing has been written on it
+// yet, so a client may retry on a new connection, as go-redis does with
+// io.EOF. A write on such a connection would succeed and its reply never
+// come (closed), or fail with ECONNRESET (reset), which go-redis does
+// not retry and the session mirror would take for Redis failing.
+func (c *conn) closedWhileIdle() error {
+	var err error
+	// Control, not Read: a read deadline left from the last reply would
+	// fail a Read before it peeked.
+	cerr := c.rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno == unix.EAGAIN || errno == unix.EINTR:
+			// Nothing waiting: open.
+		case errno != 0:
+			err = c.opError("write", fmt.Errorf("connection %v while idle: %w", errno, io.EOF))
+		case n == 0:
+			err = c.opError("write", fmt.Errorf("connection closed by the peer while idle: %w", io.EOF))
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 func (c *conn) Read(b []byte) (int, error) {
@@ -80,12 +121,18 @@ func (c *conn) Read(b []byte) (int, error) {
 	case n == 0:
 		return 0, io.EOF
 	}
+	c.touch()
 	return n, nil
 }
 
 // Write writes all of b, waiting on the poller while the socket's buffer
 // is full, as a net.Conn does.
 func (c *conn) Write(b []byte) (int, error) {
+	if time.Duration(c.used.Load()) < time.Since(c.start)-IdlePeek {
+		if err := c.closedWhileIdle(); err != nil {
+			return 0, err
+		}
+	}
 	done := 0
 	var errno error
 	err := c.rc.Write(func(fd uintptr) bool {
@@ -110,12 +157,17 @@ func (c *conn) Write(b []byte) (int, error) {
 	case errno != nil:
 		return done, c.opError("write", errno)
 	}
+	c.touch()
 	return done, nil
 }
 
-// opError is the error a net.Conn returns for a failed system call.
-func (c *conn) opError(op string, errno error) error {
-	e := &net.OpError{Op: op, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+// opError is the error a net.Conn returns for a failed system call (an
+// errno), or for err.
+func (c *conn) opError(op string, err error) error {
+	if errno, ok := err.(syscall.Errno); ok {
+		err = os.NewSyscallError(op, errno)
+	}
+	e := &net.OpError{Op: op, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	if e.Addr != nil {
 		e.Net = e.Addr.Network()
 	}

@@ -145,3 +145,55 @@ func TestWrapKeepsWhatItCannotWrap(t *testing.T) {
 		t.Fatalf("Wrap(net.Pipe end) = %T, want it unchanged", got)
 	}
 }
+
+// TestWriteAfterIdle: a write after IdlePeek of silence first checks that
+// the server did not close or reset the connection meanwhile; if it did,
+// the write writes nothing and fails with an error wrapping io.EOF, which
+// go-redis retries on a new connection. Without the check, a write to a
+// closed connection succeeds (its reply never comes) and one to a reset
+// connection fails with ECONNRESET, which go-redis does not retry.
+func TestWriteAfterIdle(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		close func(s *net.TCPConn)
+		fails bool
+	}{
+		{"open", func(*net.TCPConn) {}, false},
+		{"closed by the server", func(s *net.TCPConn) { s.CloseWrite() }, true},
+		{"reset by the server", func(s *net.TCPConn) { s.SetLinger(0); s.Close() }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := pair(t, "tcp")
+			// In use: a request and its reply.
+			if _, err := c.Write([]byte("PING\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(s, make([]byte, 6)); err != nil {
+				t.Fatal(err)
+			}
+			tc.close(s.(*net.TCPConn))
+			time.Sleep(rawsys.IdlePeek + 100*time.Millisecond)
+			n, err := c.Write([]byte("PING\r\n"))
+			if !tc.fails {
+				if err != nil || n != 6 {
+					t.Fatalf("Write after idle on an open connection: %d, %v", n, err)
+				}
+				return
+			}
+			if n != 0 || !errors.Is(err, io.EOF) {
+				t.Fatalf("Write after idle on a connection the server ended: %d, %v; want 0 and an error wrapping io.EOF", n, err)
+			}
+			var op *net.OpError
+			if !errors.As(err, &op) {
+				t.Errorf("the error is a %T, not a *net.OpError", err)
+			}
+			if s, ok := s.(*net.TCPConn); ok && tc.name == "closed by the server" {
+				// Half-closed: the server still reads, and got nothing.
+				s.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				if n, _ := s.Read(make([]byte, 16)); n != 0 {
+					t.Errorf("the server read %d bytes of a write that failed", n)
+				}
+			}
+		})
+	}
+}
