@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -24,14 +22,8 @@ func TestDialer(t *testing.T) {
 	pki := redislab.NewPKI(t, "127.0.0.1")
 	plain := redislab.Start(t, redislab.Options{})
 	secure := redislab.Start(t, redislab.Options{TLS: pki})
-	roots := x509.NewCertPool()
-	ca, err := os.ReadFile(pki.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots.AppendCertsFromPEM(ca)
-	cert, err := tls.LoadX509KeyPair(pki.ClientCert, pki.ClientKey)
-	if err != nil {
+	tlsConf := &tls.Config{} // no ServerName: the dialer takes it from the address, as tls.Dial does
+	if err := store.ApplyTLS(store.TLSFiles{CA: pki.CA, Cert: pki.ClientCert, Key: pki.ClientKey}, tlsConf); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -40,9 +32,7 @@ func TestDialer(t *testing.T) {
 		tls  *tls.Config
 	}{
 		{"tcp", plain.Addr, nil},
-		// No ServerName: the dialer takes it from the address, as
-		// tls.Dial does.
-		{"tls", secure.Addr, &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}},
+		{"tls", secure.Addr, tlsConf},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := store.Dialer(0, tc.tls)(ctx, "tcp", tc.addr)

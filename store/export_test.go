@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,3 +28,6 @@ func PairKey(primary, secondary string) string { return pairKey(primary, seconda
 
 // Dialer is the dialer of every connection a store makes.
 var Dialer = dialer
+
+// ApplyTLS loads files into c, as Open does for a rediss:// URL.
+func ApplyTLS(files TLSFiles, c *tls.Config) error { return files.apply(c) }
