@@ -71,8 +71,9 @@ func Wrap(c net.Conn) net.Conn {
 func (c *conn) touch() { c.used.Store(int64(time.Since(c.start))) }
 
 // closedWhileIdle returns an error wrapping io.EOF if the server closed
-// or reset the connection, which a peek at its socket (recvfrom(2) with
-// MSG_PEEK, raw) tells without reading. Nothing has been written on it
+// or reset the connection, or sent what no request asked for, which a
+// peek at its socket (recvfrom(2) with MSG_PEEK, raw) tells without
+// reading. Nothing has been written on it
 // yet, so a client may retry on a new connection, as go-redis does with
 // io.EOF. A write on such a connection would succeed and its reply never
 // come (closed), or fail with ECONNRESET (reset), which go-redis does
@@ -91,6 +92,11 @@ func (c *conn) closedWhileIdle() error {
 			err = c.opError("write", fmt.Errorf("connection %v while idle: %w", errno, io.EOF))
 		case n == 0:
 			err = c.opError("write", fmt.Errorf("connection closed by the peer while idle: %w", io.EOF))
+		case b[0] != '>':
+			// A reply nobody asked for (an error the server sent before
+			// closing, say): the stream is out of step, as go-redis's own
+			// check judges it. A RESP3 push ('>') is go-redis's to read.
+			err = c.opError("write", fmt.Errorf("unexpected data on the connection while idle: %w", io.EOF))
 		}
 	})
 	if cerr != nil {

@@ -161,6 +161,8 @@ func TestWriteAfterIdle(t *testing.T) {
 		{"open", func(*net.TCPConn) {}, false},
 		{"closed by the server", func(s *net.TCPConn) { s.CloseWrite() }, true},
 		{"reset by the server", func(s *net.TCPConn) { s.SetLinger(0); s.Close() }, true},
+		{"a reply no request asked for", func(s *net.TCPConn) { s.Write([]byte("-ERR max number of clients reached\r\n")) }, true},
+		{"a RESP3 push", func(s *net.TCPConn) { s.Write([]byte(">2\r\n$10\r\ninvalidate\r\n_\r\n")) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, s := pair(t, "tcp")
