@@ -10,7 +10,8 @@ import (
 	"github.com/nfsteer/nfsteer/internal/rawsys"
 )
 
-// dialTimeout is go-redis's own default, which a dialer of ours replaces.
+// dialTimeout is go-redis's default dial timeout, for a URL that sets
+// none.
 const dialTimeout = 5 * time.Second
 
 // keepAlive is the TCP keep-alive of go-redis's own dialer.
@@ -21,12 +22,14 @@ var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interv
 // timeout; 0 is go-redis's default), on a connection whose reads and
 // writes are raw system calls (package rawsys).
 //
-// The agent writes to Redis about a hundred times a second per node (its
-// session mirror's batches, heartbeats), between idle moments: with the
-// scheduler's hooks, each write woke the runtime's monitor thread, which
-// then polled for a millisecond. On a firewall at 4,000 new connections
-// a second that cost about 4 µs of CPU per connection, as much as the
-// mirror's own encoding (BENCHMARKS.md, "Session 31").
+// An agent writes to Redis a hundred times a second or more (its session
+// mirror's batches, its heartbeats), between idle moments. With the
+// scheduler's hooks, the first of each round's system calls (go-redis's
+// peek at the connection, the write, the read) woke the runtime's monitor
+// thread, which then polled for a millisecond. On the lab's firewalls that cost 4–6 µs of CPU per new
+// connection, nearly as much as the mirror's own goroutine
+// (BENCHMARKS.md, "Session 31"). The wrapped connection peeks itself,
+// after a second of silence only (rawsys.IdlePeek).
 func dialer(timeout time.Duration, tlsConf *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	if timeout <= 0 {
 		timeout = dialTimeout
