@@ -26,10 +26,11 @@ var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interv
 // mirror's batches, its heartbeats), between idle moments. With the
 // scheduler's hooks, the first of each round's system calls (go-redis's
 // peek at the connection, the write, the read) woke the runtime's monitor
-// thread, which then polled for a millisecond. On the lab's firewalls that cost 4–6 µs of CPU per new
-// connection, nearly as much as the mirror's own goroutine
-// (BENCHMARKS.md, "Session 31"). The wrapped connection peeks itself,
-// after a second of silence only (rawsys.IdlePeek).
+// thread, which then polled for a millisecond. On the lab's firewalls
+// that cost 4–6 µs of CPU per new connection, nearly as much as the
+// mirror's own goroutine (BENCHMARKS.md, "Session 31"). The wrapped
+// connection peeks itself, after a second of silence only
+// (rawsys.IdlePeek).
 func dialer(timeout time.Duration, tlsConf *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	if timeout <= 0 {
 		timeout = dialTimeout
