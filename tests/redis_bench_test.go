@@ -31,8 +31,16 @@ import (
 // sample right after it. This VM's host makes the rate drift by 20% over a
 // minute; a pair 4 s apart shares the drift, so its ratio mostly does not
 // see it. The target is at least 0.9.
+//
+// Nine pairs: the mirror costs the machine about a tenth of a
+// connection's CPU, and one pair's ratio moves by that much with the
+// host, so the median of five (until session 32) landed anywhere from
+// 0.84 to 0.96 on the same code. The median of the first five is
+// printed beside it. Runs whose pairs had the mirror off in both samples
+// measured 1.001 and 1.010: the order within a pair does not bias the
+// ratio.
 func BenchmarkNewFlows(b *testing.B) {
-	const window, rounds, dialers = 3 * time.Second, 5, 8
+	const window, rounds, dialers = 3 * time.Second, 9, 8
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench NewFlows -benchtime 1x ./tests)\n", machine())
 	for i := 0; i < b.N; i++ {
 		l := lab.NewWithMap(b, bin, labmap.Firewall)
@@ -80,11 +88,13 @@ func BenchmarkNewFlows(b *testing.B) {
 		for r := range rates[true] {
 			pairs = append(pairs, rates[true][r]/rates[false][r])
 		}
-		ratio := median(pairs)
+		ratio, five := median(pairs), median(pairs[:5])
 		b.ReportMetric(off, "flows/s-mirror-off")
 		b.ReportMetric(on, "flows/s-mirror-on")
 		b.ReportMetric(ratio, "on/off")
-		fmt.Printf("new flows/s: mirror off %.0f, mirror on %.0f (medians); on/off by pair %.3f (target >= 0.9)\n", off, on, ratio)
+		b.ReportMetric(five, "on/off-first-5")
+		fmt.Printf("on/off of each pair: %s\n", ratios(pairs))
+		fmt.Printf("new flows/s: mirror off %.0f, mirror on %.0f (medians); on/off by pair %.3f (target >= 0.9); of the first five pairs %.3f\n", off, on, ratio, five)
 		l.Close()
 	}
 }
@@ -164,6 +174,18 @@ func dialFor(b *testing.B, l *lab.Lab, n int, d time.Duration) (ok, failed int64
 	}
 	wg.Wait()
 	return okN.Load(), failN.Load()
+}
+
+// ratios formats xs with three decimals.
+func ratios(xs []float64) string {
+	var out []byte
+	for i, x := range xs {
+		if i > 0 {
+			out = append(out, ", "...)
+		}
+		out = strconv.AppendFloat(out, x, 'f', 3, 64)
+	}
+	return string(out)
 }
 
 func median(xs []float64) float64 {
