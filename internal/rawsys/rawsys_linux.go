@@ -41,9 +41,7 @@ func Write(fd uintptr, b []byte) (int, error) {
 // pipeline. conn peeks itself, with a raw call, and only before a write
 // after IdlePeek of silence (closedWhileIdle): a connection in steady use
 // needs no peek, and one that sat in a pool may have been closed by the
-// server or reset by a middlebox meanwhile. A write that finds the
-// connection reset before it sent anything fails the same way, whenever
-// the reset came.
+// server or reset by a middlebox meanwhile.
 type conn struct {
 	net.Conn
 	rc syscall.RawConn
@@ -162,11 +160,6 @@ func (c *conn) Write(b []byte) (int, error) {
 	switch {
 	case err != nil:
 		return done, err
-	case errno != nil && done == 0 && (errno == unix.ECONNRESET || errno == unix.EPIPE):
-		// Reset before this write sent anything (within IdlePeek of the
-		// last use, or the peek saw nothing yet): as retryable as a
-		// connection found closed while idle.
-		return 0, c.opError("write", fmt.Errorf("%w before the write: %w", os.NewSyscallError("write", errno), io.EOF))
 	case errno != nil:
 		return done, c.opError("write", errno)
 	}
