@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
+	"net"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -101,4 +104,107 @@ func TestRedisClosesTheConnections(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAMiddleboxResetsTheConnections: a pooled connection reset by
+// something between the store and Redis right after its last use (inside
+// the second before the dialer's idle peek would look) fails its next
+// command with a network error, a write's ECONNRESET or a read's, which
+// go-redis retries on a new connection: a command and a pipeline (the
+// session mirror's) succeed.
+func TestAMiddleboxResetsTheConnections(t *testing.T) {
+	ctx := context.Background()
+	srv := redislab.Start(t, redislab.Options{})
+	addr, reset := resettingProxy(t, srv.Addr)
+	s := open(t, "redis://"+addr)
+	rdb := store.ClientOf(s)
+	for _, tc := range []struct {
+		name string
+		do   func() error
+	}{
+		{"command", func() error { return rdb.Ping(ctx).Err() }},
+		{"pipeline", func() error {
+			_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				p.Set(ctx, "k", "v", time.Minute)
+				p.Get(ctx, "k")
+				return nil
+			})
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.do(); err != nil {
+				t.Fatal(err)
+			}
+			if n := reset(); n == 0 {
+				t.Fatal("the proxy had no connection to reset")
+			}
+			for i := range 3 {
+				if err := tc.do(); err != nil {
+					t.Fatalf("%s %d after the store's connections were reset: %v", tc.name, i, err)
+				}
+			}
+		})
+	}
+}
+
+// resettingProxy forwards TCP connections on a loopback port to target
+// until the test ends. reset resets every connection it holds towards
+// the client (SO_LINGER 0, then close) and says how many it reset.
+func resettingProxy(t *testing.T, target string) (addr string, reset func() int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex // guards conns
+		conns []*net.TCPConn
+		wg    sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c.(*net.TCPConn), up.(*net.TCPConn))
+			mu.Unlock()
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(up, c); up.Close() }()
+			go func() { defer wg.Done(); io.Copy(c, up); c.Close() }()
+		}
+	}()
+	reset = func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for i, c := range conns {
+			if i%2 == 0 { // the client's side
+				c.SetLinger(0)
+				c.Close()
+				n++
+			}
+		}
+		conns = nil
+		return n
+	}
+	return ln.Addr().String(), reset
 }

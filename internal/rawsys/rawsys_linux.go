@@ -73,11 +73,12 @@ func (c *conn) touch() { c.used.Store(int64(time.Since(c.start))) }
 // closedWhileIdle returns an error wrapping io.EOF if the server closed
 // or reset the connection, or sent what no request asked for, which a
 // peek at its socket (recvfrom(2) with MSG_PEEK, raw) tells without
-// reading. Nothing has been written on it
-// yet, so a client may retry on a new connection, as go-redis does with
-// io.EOF. A write on such a connection would succeed and its reply never
-// come (closed), or fail with ECONNRESET (reset), which go-redis does
-// not retry and the session mirror would take for Redis failing.
+// reading. Nothing has been written on it yet, so a client may retry on
+// a new connection, as go-redis does with io.EOF. A reply no request
+// asked for is why: the next command would read it as its own. A closed
+// or reset connection would fail the command anyway, with an end of
+// file or a network error, which go-redis also retries; the peek only
+// saves that round trip.
 func (c *conn) closedWhileIdle() error {
 	var err error
 	// Control, not Read: a read deadline left from the last reply would
