@@ -149,24 +149,26 @@ func TestAMiddleboxResetsTheConnections(t *testing.T) {
 }
 
 // resettingProxy forwards TCP connections on a loopback port to target
-// until the test ends. reset resets every connection it holds towards
+// until the test ends. reset resets every connection it forwards towards
 // the client (SO_LINGER 0, then close) and says how many it reset.
-func resettingProxy(t *testing.T, target string) (addr string, reset func() int) {
-	t.Helper()
+func resettingProxy(tb testing.TB, target string) (addr string, reset func() int) {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
+	type link struct{ client, server *net.TCPConn }
 	var (
-		mu    sync.Mutex // guards conns
-		conns []*net.TCPConn
+		mu    sync.Mutex // guards links
+		links []link
 		wg    sync.WaitGroup
 	)
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		ln.Close()
 		mu.Lock()
-		for _, c := range conns {
-			c.Close()
+		for _, l := range links {
+			l.client.Close()
+			l.server.Close()
 		}
 		mu.Unlock()
 		wg.Wait()
@@ -184,26 +186,26 @@ func resettingProxy(t *testing.T, target string) (addr string, reset func() int)
 				c.Close()
 				continue
 			}
+			l := link{c.(*net.TCPConn), up.(*net.TCPConn)}
 			mu.Lock()
-			conns = append(conns, c.(*net.TCPConn), up.(*net.TCPConn))
+			links = append(links, l)
 			mu.Unlock()
+			// Each copy ends when its source fails, and closes the other
+			// side, which ends the other copy.
 			wg.Add(2)
-			go func() { defer wg.Done(); io.Copy(up, c); up.Close() }()
-			go func() { defer wg.Done(); io.Copy(c, up); c.Close() }()
+			go func() { defer wg.Done(); io.Copy(l.server, l.client); l.server.Close() }()
+			go func() { defer wg.Done(); io.Copy(l.client, l.server); l.client.Close() }()
 		}
 	}()
 	reset = func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		n := 0
-		for i, c := range conns {
-			if i%2 == 0 { // the client's side
-				c.SetLinger(0)
-				c.Close()
-				n++
-			}
+		for _, l := range links {
+			l.client.SetLinger(0)
+			l.client.Close()
 		}
-		conns = nil
+		n := len(links)
+		links = nil
 		return n
 	}
 	return ln.Addr().String(), reset
