@@ -18,8 +18,10 @@ import (
 type Config struct {
 	// Interval is the agents' heartbeat interval (default 25ms); an
 	// instance is down after Misses intervals without one (default 4).
-	// The controller reads the heartbeats every half interval and the
-	// agents' reports every store.ReportEvery.
+	// The controller reads the heartbeats every half interval, and at the
+	// moment an instance's silence reaches that limit when it comes
+	// before the next read; it reads the agents' reports every
+	// store.ReportEvery.
 	Interval time.Duration
 	Misses   int
 	// LeaseTTL is how long a dead active controller blocks its standbys
@@ -72,6 +74,11 @@ type Controller struct {
 	refused uint64
 	// judged is when the agents' reports were last read and scored.
 	judged time.Time
+	// due is when, by this machine's clock, the first instance still up
+	// would be down if it stays silent (zero: none is up, or the last
+	// step did not read the heartbeats). Run reads them again then, if
+	// that comes before its next tick.
+	due time.Time
 	// silence is, per instance, the oldest its last heartbeat was (by
 	// Redis's clock) when the controller looked, since its last report
 	// was judged: how late its beats came, whatever the reports say.
@@ -137,9 +144,19 @@ func (c *Controller) DeadAfter() time.Duration { return c.cfg.Interval * time.Du
 
 // Run works until ctx is done, then gives the lease up so a standby takes
 // over at once.
+//
+// It steps every half interval, and also at the moment an instance's
+// silence reaches DeadAfter, if that comes first: detection then takes
+// DeadAfter and a read, not up to half an interval more. An instance
+// that beats reaches that moment only after Misses-1 missed beats, so
+// in steady state every step is a tick.
 func (c *Controller) Run(ctx context.Context) error {
-	tick := time.NewTicker(max(c.cfg.Interval/2, 5*time.Millisecond))
+	period := max(c.cfg.Interval/2, 5*time.Millisecond)
+	tick := time.NewTicker(period)
 	defer tick.Stop()
+	due := time.NewTimer(period)
+	due.Stop()
+	defer due.Stop()
 	defer func() {
 		if c.active {
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -155,7 +172,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-due.C:
 		}
+		c.due = time.Time{}
 		err := c.tick(ctx)
 		if err != nil && ctx.Err() == nil && err.Error() != lastErr {
 			c.log.Warn("controller step failed", "err", err)
@@ -164,6 +183,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			lastErr = err.Error()
 		} else {
 			lastErr = ""
+		}
+		if d := time.Until(c.due); !c.due.IsZero() && d < period {
+			due.Reset(max(d, 0))
 		}
 	}
 }
@@ -283,7 +305,10 @@ func (c *Controller) step(ctx context.Context) error {
 	for name, at := range pulse.At {
 		c.silence[name] = max(c.silence[name], pulse.Now.Sub(at))
 	}
-	down := c.down(live, pulse)
+	down, due := c.down(live, pulse)
+	if !due.IsZero() {
+		c.due = time.Now().Add(due.Sub(pulse.Now))
+	}
 	if slices.Equal(down, sorted(live.Down)) && slices.Equal(c.unhealthy(live, down), sorted(live.Unhealthy)) {
 		return nil
 	}
@@ -292,7 +317,7 @@ func (c *Controller) step(ctx context.Context) error {
 			return nil, store.ErrNoMap
 		}
 		next := cur.Clone()
-		next.Down = c.down(cur, pulse)
+		next.Down, _ = c.down(cur, pulse)
 		next.Unhealthy = c.unhealthy(cur, next.Down)
 		return next, nil
 	})
@@ -338,9 +363,10 @@ func (c *Controller) step(ctx context.Context) error {
 // down lists, sorted, the instances of p whose heartbeats are older than
 // DeadAfter by Redis's clock. Silence counts from since at the earliest,
 // unless the instance beat after the controller lost Redis, and an instance whose
-// agent announced a restart is not down before the time it gave.
-func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
-	var out []string
+// agent announced a restart is not down before the time it gave. due is
+// the first millisecond, by Redis's clock, at which an instance not in
+// out would be in it if it beat no more (zero if every instance is).
+func (c *Controller) down(p *steering.Published, pulse store.Pulse) (out []string, due time.Time) {
 	now := pulse.Now
 	since := c.since.Add(time.Until(now)) // on Redis's clock
 	lost := c.lost.Add(time.Until(now))
@@ -360,10 +386,18 @@ func (c *Controller) down(p *steering.Published, pulse store.Pulse) []string {
 			}
 			if now.Sub(last) > c.DeadAfter() && !now.Before(pulse.RestartBy[name]) {
 				out = append(out, name)
+				continue
+			}
+			at := last.Add(c.DeadAfter() + time.Millisecond)
+			if r := pulse.RestartBy[name]; r.After(at) {
+				at = r
+			}
+			if due.IsZero() || at.Before(due) {
+				due = at
 			}
 		}
 	}
-	return sorted(out)
+	return sorted(out), due
 }
 
 func sorted(s []string) []string {
