@@ -185,7 +185,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			lastErr = ""
 		}
 		if d := time.Until(c.due); !c.due.IsZero() && d < period {
-			due.Reset(max(d, 0))
+			// At least a millisecond: however the clocks disagree, Run
+			// never steps back to back.
+			due.Reset(max(d, time.Millisecond))
 		}
 	}
 }
@@ -364,8 +366,9 @@ func (c *Controller) step(ctx context.Context) error {
 // DeadAfter by Redis's clock. Silence counts from since at the earliest,
 // unless the instance beat after the controller lost Redis, and an instance whose
 // agent announced a restart is not down before the time it gave. due is
-// the first millisecond, by Redis's clock, at which an instance not in
-// out would be in it if it beat no more (zero if every instance is).
+// the first millisecond, by Redis's clock, at which an instance up in p
+// and not in out would be in it if it beat no more (zero if there is
+// none).
 func (c *Controller) down(p *steering.Published, pulse store.Pulse) (out []string, due time.Time) {
 	now := pulse.Now
 	since := c.since.Add(time.Until(now)) // on Redis's clock
