@@ -814,7 +814,7 @@ func tenantOf(t *steering.Table, a netip.Addr) bool { return a.IsValid() && t.Te
 // that deletes its sessions from Redis, from Redis too.
 func (a *Agent) forget(st *state, s sessions.Session) {
 	a.flows.Delete(s.Key)
-	if a.mirror != nil && st.role.deletes() {
+	if a.mirror != nil && st.deletes(s.Tenant) {
 		a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s})
 	}
 }

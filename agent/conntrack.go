@@ -167,7 +167,7 @@ const repinFirst = 256
 // seen and, where this node holds an instance of their chain, refreshed in
 // Redis when their life there runs low (refreshDue); sessions whose
 // connection is gone or closed (TCP in TIME_WAIT or CLOSE) are forgotten,
-// and deleted from Redis by the instance that held them.
+// and deleted from Redis by the node that created them (state.deletes).
 func (a *Agent) refresh(ctx context.Context) error {
 	// Nodes started together (a host's agents, a fleet after an upgrade)
 	// would all walk conntrack at the same moment, every interval: start
@@ -209,8 +209,8 @@ func (a *Agent) refresh(ctx context.Context) error {
 		now := time.Now()
 		grace := now.Add(-2 * a.cfg.RefreshInterval).UnixNano()
 		// Mirror writes are queued without blocking, as Sweep asks. A node
-		// that writes neither (a gateway, a node without Redis) passes no
-		// functions: the pass then only marks and forgets.
+		// without Redis passes no functions: the pass then only marks and
+		// forgets.
 		var refresh func(sessions.Session) bool
 		var gone func(sessions.Session)
 		if a.mirror != nil && st.role.refreshes() {
@@ -218,8 +218,12 @@ func (a *Agent) refresh(ctx context.Context) error {
 				return a.mirror.Enqueue(sessions.Op{Kind: sessions.OpRefresh, Session: s})
 			}
 		}
-		if a.mirror != nil && st.role.deletes() {
-			gone = func(s sessions.Session) { a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s}) }
+		if a.mirror != nil {
+			gone = func(s sessions.Session) {
+				if st.deletes(s.Tenant) {
+					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s})
+				}
+			}
 		}
 		a.flows.Sweep(&live, now.UnixNano(), grace, a.refreshDue(now), refresh, gone)
 	}

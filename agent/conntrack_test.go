@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
@@ -168,6 +169,48 @@ func TestRefreshFollowsConntrack(t *testing.T) {
 	waitFor(t, "the closed flow deleted", func() bool { return count(sessions.OpDelete, live) == 1 })
 	if n.Sessions() != 0 {
 		t.Errorf("%d sessions left after the connection closed; want 0", n.Sessions())
+	}
+}
+
+// TestGatewayDeletesWhereNoFirewallDoes: a gateway deletes from Redis the
+// finished flows' sessions of a chain without a firewall, which it
+// created and no instance deletes, and leaves those of a chain with one
+// to its firewall.
+func TestGatewayDeletesWhereNoFirewallDoes(t *testing.T) {
+	m := labmap.Map(t)
+	m.Tenants["plain"] = &steering.Tenant{Prefixes: []string{"10.30.1.0/24"}, Chain: []string{"dlp"}}
+	plain := tcp("10.30.1.2:40000", server, syn)
+	guarded := tcp("10.10.1.2:40001", server, 0)
+	guarded.Proto = nfq.ProtoUDP // a datagram: the gateway creates it too
+	n := newFakeNode(t, "gw", versionOf(t, m), nil)
+	n.ct.conns = []rules.Conn{{Flow: plain.Flow}, {Flow: guarded.Flow}}
+	n.run(t)
+	for _, p := range []*nfq.Packet{plain, guarded} {
+		if got := n.Handle(p, nil, 0, false); got.Mark == 0 {
+			t.Fatalf("gateway did not steer %v: %+v", p.Flow, got)
+		}
+	}
+	count := func(kind sessions.OpKind, flow string) int {
+		c := 0
+		for _, w := range n.store.writes() {
+			if w.Kind == kind && w.Record.Flow == flow {
+				c++
+			}
+		}
+		return c
+	}
+	keyP, keyG := sessions.KeyOf(&plain.Flow).String(), sessions.KeyOf(&guarded.Flow).String()
+	waitFor(t, "both flows created", func() bool { return count(sessions.OpCreate, keyP) == 1 && count(sessions.OpCreate, keyG) == 1 })
+
+	// Both flows end: conntrack no longer holds them.
+	n.ct.mu.Lock()
+	n.ct.conns = nil
+	n.ct.mu.Unlock()
+	waitFor(t, "both flows forgotten", func() bool { return n.Sessions() == 0 })
+	// The walk that forgot them has queued its deletes.
+	waitFor(t, "the plain chain's session deleted", func() bool { return count(sessions.OpDelete, keyP) == 1 })
+	if got := count(sessions.OpDelete, keyG); got != 0 {
+		t.Errorf("the gateway deleted the session of a chain with a firewall %d times; want 0 (the firewall's to delete)", got)
 	}
 }
 

@@ -106,6 +106,24 @@ func (st *state) resyncOp(tenant int) (kind sessions.OpKind, index bool) {
 // them.
 func (r Role) refreshes() bool { return r.hostsInstance() }
 
-// deletes reports whether the node deletes a finished flow's session from
-// Redis: the firewall, whose verdict the session carries.
-func (r Role) deletes() bool { return r == Firewall }
+// deletes reports whether the node deletes from Redis the session of a
+// finished flow of the tenant called name: a node that creates such
+// sessions (createOp) and sees their flows to the end. A firewall deletes
+// what it admitted, with its verdict. A gateway deletes the sessions of
+// chains without a firewall, which no instance creates, and those of
+// tenants the map no longer has, whose chain it cannot tell: a second
+// delete costs Redis a command, while a session nobody deletes counts
+// against its instances until its life runs out (a drain waits for it,
+// and the instance cannot be removed). A TCP connection's session of a
+// chain with a firewall is the firewall's; a datagram's, which the
+// gateway creates too, the firewall deletes as well.
+func (st *state) deletes(name string) bool {
+	switch st.role {
+	case Firewall:
+		return true
+	case Gateway:
+		t := st.table.TenantByName(name)
+		return t < 0 || st.table.FirstFirewall(t) < 0
+	}
+	return false
+}

@@ -217,19 +217,19 @@ func TestMetrics(t *testing.T) {
 // TestRoles: what each role mirrors, decided once.
 func TestRoles(t *testing.T) {
 	type mirrored struct {
-		Refreshes, Deletes bool
-		HostsInstance      bool
-		Name               string
+		Refreshes     bool
+		HostsInstance bool
+		Name          string
 	}
 	got := map[Role]mirrored{}
 	for _, r := range []Role{Gateway, Forwarder, Firewall, Spare} {
-		got[r] = mirrored{r.refreshes(), r.deletes(), r.hostsInstance(), r.String()}
+		got[r] = mirrored{r.refreshes(), r.hostsInstance(), r.String()}
 	}
 	want := map[Role]mirrored{
-		Gateway:   {false, false, false, "gateway"},
-		Forwarder: {true, false, true, "forwarder"},
-		Firewall:  {true, true, true, "firewall"},
-		Spare:     {false, false, false, "spare"},
+		Gateway:   {false, false, "gateway"},
+		Forwarder: {true, true, "forwarder"},
+		Firewall:  {true, true, "firewall"},
+		Spare:     {false, false, "spare"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("roles (-want +got):\n%s", diff)
@@ -238,7 +238,9 @@ func TestRoles(t *testing.T) {
 
 // TestCreateOps: one node creates and indexes each session. A TCP
 // connection whose chain has a firewall is created by that chain's first
-// firewall, not by the gateway; every other flow by the gateway.
+// firewall, not by the gateway; every other flow by the gateway. The
+// sessions of a chain with a firewall are deleted by its firewalls, those
+// of a chain without one by the gateway.
 func TestCreateOps(t *testing.T) {
 	m := labmap.Map(t)
 	m.Services["ips"] = &steering.Service{Function: steering.FunctionFirewall,
@@ -262,18 +264,20 @@ func TestCreateOps(t *testing.T) {
 		syn          bool
 		create       op
 		resync       resync
+		deletes      bool
 	}{
-		{"gw", "acme", true, op{}, resync{sessions.OpCreate, true}},
-		{"gw", "acme", false, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}},
-		{"gw", "plain", true, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}},
-		{"gw", "deep", true, op{}, resync{sessions.OpCreate, true}},
-		{"fw-1", "acme", true, op{sessions.OpCreateState, true, true}, resync{sessions.OpCreateState, true}},
-		{"fw-1", "acme", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, true}},
-		{"fw-2", "deep", true, op{sessions.OpCreateState, true, true}, resync{sessions.OpCreateState, true}},
-		{"ips-1", "deep", true, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}},
-		{"ips-1", "deep", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}},
-		{"dlp-1", "acme", true, op{}, resync{sessions.OpRefresh, false}},
-		{"dlp-1", "plain", false, op{}, resync{sessions.OpRefresh, false}},
+		{"gw", "acme", true, op{}, resync{sessions.OpCreate, true}, false},
+		{"gw", "acme", false, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, false},
+		{"gw", "plain", true, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, true},
+		{"gw", "plain", false, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, true},
+		{"gw", "deep", true, op{}, resync{sessions.OpCreate, true}, false},
+		{"fw-1", "acme", true, op{sessions.OpCreateState, true, true}, resync{sessions.OpCreateState, true}, true},
+		{"fw-1", "acme", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, true}, true},
+		{"fw-2", "deep", true, op{sessions.OpCreateState, true, true}, resync{sessions.OpCreateState, true}, true},
+		{"ips-1", "deep", true, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}, true},
+		{"ips-1", "deep", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}, true},
+		{"dlp-1", "acme", true, op{}, resync{sessions.OpRefresh, false}, false},
+		{"dlp-1", "plain", false, op{}, resync{sessions.OpRefresh, false}, false},
 	} {
 		t.Run(fmt.Sprintf("%s/%s/syn=%t", tc.node, tc.tenant, tc.syn), func(t *testing.T) {
 			st := stateOf(nil, tab, tc.node, rules.Spec{}, false)
@@ -290,7 +294,17 @@ func TestCreateOps(t *testing.T) {
 			if diff := cmp.Diff(tc.resync, r); diff != "" {
 				t.Errorf("resyncOp (-want +got):\n%s", diff)
 			}
+			if got := st.deletes(tc.tenant); got != tc.deletes {
+				t.Errorf("deletes(%q) = %t, want %t", tc.tenant, got, tc.deletes)
+			}
 		})
+	}
+	// A session whose tenant left the map: the gateway deletes it, not
+	// knowing its chain; an instance host as it would have.
+	for node, want := range map[string]bool{"gw": true, "fw-1": true, "dlp-1": false} {
+		if got := stateOf(nil, tab, node, rules.Spec{}, false).deletes("gone"); got != want {
+			t.Errorf("on %s, deletes of a tenant the map lacks = %t, want %t", node, got, want)
+		}
 	}
 	// A session whose tenant left the map is rewritten without an index
 	// decision to make.

@@ -351,6 +351,44 @@ func TestDrainMigrate(t *testing.T) {
 		from, res.MaxGap.Round(time.Millisecond), to, toAfter, from, d.fromThen, time.Duration(*m.Switched*float64(time.Second)).Round(time.Millisecond))
 }
 
+// TestFinishedFlowsLeaveRedisWithoutAFirewall: on a chain without a
+// firewall the gateway creates a TCP connection's session, and no instance
+// deletes it. When the connection closes the gateway must delete it, so
+// that its instance can be removed without --force at once, not when the
+// session's life in Redis (two minutes) runs out.
+func TestFinishedFlowsLeaveRedisWithoutAFirewall(t *testing.T) {
+	const guarded = `    chain: [fw, dlp]
+    allow:
+      - {proto: tcp, dst: 10.99.0.0/24, ports: ["5201", "8000-8100"]}
+      - {proto: udp, dst: 10.99.0.0/24}
+`
+	if !strings.Contains(labmap.Firewall, guarded) {
+		t.Fatal("the lab map no longer gives acme the chain this test replaces")
+	}
+	l := lab.NewWithMap(t, bin, strings.Replace(labmap.Firewall, guarded, "    chain: [dlp]\n", 1))
+	startMesh(t, l)
+	local, addr := "10.10.1.2:40711", "10.99.0.2:8002"
+	h := holdConn(t, l, local, addr)
+	if !waitFor(3*time.Second, func() bool { return redisHas(l, h.flow) }) {
+		t.Fatalf("session %s never reached Redis", h.flow)
+	}
+	primary, _ := rolesOf(t, "dlp", flowOf(t, 6, local, addr))
+	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, primary); err == nil || !strings.Contains(err.Error(), "still carries 1 sessions") {
+		t.Fatalf("instance remove of %s while it carries a live connection: %v\n%s; want a refusal naming 1 session", primary, err, out)
+	}
+	// The client closes and the server closes back on EOF: conntrack holds
+	// the connection closed, and the next walks (every 500 ms) end it.
+	closed := time.Now()
+	h.c.Close()
+	if !waitFor(5*time.Second, func() bool { return !redisHas(l, h.flow) }) {
+		t.Fatalf("session %s still in Redis 5 s after its connection closed", h.flow)
+	}
+	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, primary); err != nil {
+		t.Errorf("instance remove of %s after its only connection closed: %v\n%s", primary, err, out)
+	}
+	t.Logf("session of a closed connection on a chain without a firewall left Redis within %v", time.Since(closed).Round(100*time.Millisecond))
+}
+
 // TestSIGHUPReloadsTheMapFile runs the lab without Redis, takes fw-1 out
 // of the map file and sends the gateway SIGHUP: new flows must avoid fw-1.
 // A broken file sent the same way must be refused, with the agent still
