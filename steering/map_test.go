@@ -79,6 +79,7 @@ func TestValidateRefuses(t *testing.T) {
 		{"overlay gateway with an instance's address", "slots: 256", "slots: 256\noverlay: {vni: 7, gateways: {gw: 10.200.0.21}}", "overlay.gateways.gw[0]", "duplicate address 10.200.0.21 (also services.dlp.instances.dlp-1)"},
 		{"overlay gateway with a bad address", "slots: 256", "slots: 256\noverlay: {vni: 7, gateways: {gw: 10.200.0}}", "overlay.gateways.gw[0]", "not an IP address"},
 		{"overlay with no family common to all nodes", "slots: 256", "slots: 256\noverlay: {vni: 7, gateways: {gw: 'fd00:200::1'}}", "overlay", "overlay.gateways.gw has no IPv4 address and services.dlp.instances.dlp-1 no IPv6 address"},
+		{"allow rules and no firewall", "chain: [fw, dlp]", "chain: [fw, dlp], allow: [{proto: tcp, ports: ['443']}]", "tenants.globex.allow", "no service of the chain [fw dlp] is a firewall"},
 		{"an interface of two tenants", "acme:   {prefixes", "acme:   {ingress: [cg0], prefixes", "tenants.globex.ingress[0]", `interface "cg0" is tenant acme's ingress already`},
 	}
 	for _, tt := range tests {

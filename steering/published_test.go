@@ -124,6 +124,7 @@ func TestPublishedValidate(t *testing.T) {
 
 func TestAllow(t *testing.T) {
 	m := labMap(t)
+	m.Services["fw"].Function = FunctionFirewall
 	m.Tenants["acme"].Allow = []Allow{
 		{Proto: "tcp", Dst: "10.99.0.0/24", Ports: []string{"5201", "8000-8100"}},
 		{Proto: "udp", Dst: "10.99.0.0/24"},

@@ -304,6 +304,14 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 			}
 		}
 	}
+	// Only a firewall enforces allow rules: on a chain without one they
+	// would read as a policy that nothing applies.
+	if len(t.Allow) > 0 && !slices.ContainsFunc(t.Chain, func(s string) bool {
+		svc := m.Services[s]
+		return svc == nil || svc.Function == FunctionFirewall
+	}) {
+		v.add(field+".allow", fmt.Sprintf("allow rules, but no service of the chain %v is a firewall: only a firewall applies them; add one to the chain or remove the rules", t.Chain))
+	}
 	return own
 }
 
