@@ -119,6 +119,7 @@ func TestCLIRefusesBadInput(t *testing.T) {
 		{"allow rule with an unknown key (it would open every port)", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, dst: 10.99.0.0/24, port: 443}`}, 2, `unknown key "port"`},
 		{"allow rule with ports not a list", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, ports: 443}`}, 2, "`443` where a list is wanted"},
 		{"allow rule with a bad port", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--allow", `{proto: tcp, ports: ["99999"]}`}, 1, "tenants.initech.allow[0].ports[0]"},
+		{"allow rules on a chain without a firewall", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "dlp", "--allow", `{proto: tcp, ports: ["443"]}`}, 1, "tenants.initech.allow: allow rules, but no service of the chain [dlp] is a firewall"},
 		{"unreachable Redis (go-redis logs nothing of its own)", []string{"tenant", "list", "--redis", "redis://127.0.0.1:1"}, 1, "connecting to Redis at 127.0.0.1:1"},
 		{"unknown tenant", []string{"tenant", "remove", "initech"}, 1, `no such name in the map: tenant "initech"`},
 		{"duplicate service", []string{"service", "add", "fw", "--instance", "fw-9=10.200.0.19"}, 1, `service "fw": already in the map`},
