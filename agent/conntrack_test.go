@@ -150,23 +150,14 @@ func TestRefreshFollowsConntrack(t *testing.T) {
 	if got := n.Handle(syn, nil, 0, false); got.Mark == 0 {
 		t.Fatalf("firewall did not admit the opening SYN: %+v", got)
 	}
-	count := func(kind sessions.OpKind, flow string) int {
-		c := 0
-		for _, w := range n.store.writes() {
-			if w.Kind == kind && w.Record.Flow == flow {
-				c++
-			}
-		}
-		return c
-	}
 	live := sessions.KeyOf(&syn.Flow).String()
-	waitFor(t, "the live flow refreshed", func() bool { return count(sessions.OpRefresh, live) >= 2 })
+	waitFor(t, "the live flow refreshed", func() bool { return n.written(sessions.OpRefresh, live) >= 2 })
 
 	// The connection closes (TIME_WAIT): its session is over.
 	n.ct.mu.Lock()
 	n.ct.conns[0].Closed = true
 	n.ct.mu.Unlock()
-	waitFor(t, "the closed flow deleted", func() bool { return count(sessions.OpDelete, live) == 1 })
+	waitFor(t, "the closed flow deleted", func() bool { return n.written(sessions.OpDelete, live) == 1 })
 	if n.Sessions() != 0 {
 		t.Errorf("%d sessions left after the connection closed; want 0", n.Sessions())
 	}
@@ -190,17 +181,8 @@ func TestGatewayDeletesWhereNoFirewallDoes(t *testing.T) {
 			t.Fatalf("gateway did not steer %v: %+v", p.Flow, got)
 		}
 	}
-	count := func(kind sessions.OpKind, flow string) int {
-		c := 0
-		for _, w := range n.store.writes() {
-			if w.Kind == kind && w.Record.Flow == flow {
-				c++
-			}
-		}
-		return c
-	}
 	keyP, keyG := sessions.KeyOf(&plain.Flow).String(), sessions.KeyOf(&guarded.Flow).String()
-	waitFor(t, "both flows created", func() bool { return count(sessions.OpCreate, keyP) == 1 && count(sessions.OpCreate, keyG) == 1 })
+	waitFor(t, "both flows created", func() bool { return n.written(sessions.OpCreate, keyP) == 1 && n.written(sessions.OpCreate, keyG) == 1 })
 
 	// Both flows end: conntrack no longer holds them.
 	n.ct.mu.Lock()
@@ -208,8 +190,8 @@ func TestGatewayDeletesWhereNoFirewallDoes(t *testing.T) {
 	n.ct.mu.Unlock()
 	waitFor(t, "both flows forgotten", func() bool { return n.Sessions() == 0 })
 	// The walk that forgot them has queued its deletes.
-	waitFor(t, "the plain chain's session deleted", func() bool { return count(sessions.OpDelete, keyP) == 1 })
-	if got := count(sessions.OpDelete, keyG); got != 0 {
+	waitFor(t, "the plain chain's session deleted", func() bool { return n.written(sessions.OpDelete, keyP) == 1 })
+	if got := n.written(sessions.OpDelete, keyG); got != 0 {
 		t.Errorf("the gateway deleted the session of a chain with a firewall %d times; want 0 (the firewall's to delete)", got)
 	}
 }

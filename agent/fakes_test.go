@@ -432,6 +432,18 @@ func newFakeNode(t testing.TB, node string, live *steering.Published, edit func(
 	return n
 }
 
+// written returns how many of the writes the node queued are of kind
+// and for flow (a session key).
+func (n *fakeNode) written(kind sessions.OpKind, flow string) int {
+	c := 0
+	for _, w := range n.store.writes() {
+		if w.Kind == kind && w.Record.Flow == flow {
+			c++
+		}
+	}
+	return c
+}
+
 // run runs the node until the test ends, and returns a function that
 // stops it and returns Run's error.
 func (n *fakeNode) run(t testing.TB) (stop func() error) {

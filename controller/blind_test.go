@@ -24,26 +24,7 @@ import (
 // user may renew the lease but not write the health scores.
 func TestAFailedStepWaitsOutTheGrace(t *testing.T) {
 	ctx := context.Background()
-	srv := redislab.Start(t, redislab.Options{})
-	s, err := store.Open(ctx, srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-
-	m := labmap.Map(t)
-	if _, err := s.Publish(ctx, func(*steering.Published) (*steering.Published, error) {
-		return &steering.Published{Map: m}, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	var instances []string
-	for _, svc := range m.Services {
-		for name := range svc.Instances {
-			instances = append(instances, name)
-		}
-	}
-	slices.Sort(instances)
+	srv, s, instances := labStore(t)
 	beat := func(except string) {
 		t.Helper()
 		for _, n := range instances {
@@ -125,4 +106,31 @@ func TestAFailedStepWaitsOutTheGrace(t *testing.T) {
 	if diff := cmp.Diff([]string{"fw-1"}, down()); diff != "" {
 		t.Errorf("down after the grace (-want +got):\n%s", diff)
 	}
+}
+
+// labStore starts a redis-server, publishes the lab map to it, and
+// returns the server, a store on it and the map's instances by name,
+// sorted.
+func labStore(t *testing.T) (*redislab.Server, *store.Store, []string) {
+	t.Helper()
+	srv := redislab.Start(t, redislab.Options{})
+	s, err := store.Open(context.Background(), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	m := labmap.Map(t)
+	if _, err := s.Publish(context.Background(), func(*steering.Published) (*steering.Published, error) {
+		return &steering.Published{Map: m}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var instances []string
+	for _, svc := range m.Services {
+		for name := range svc.Instances {
+			instances = append(instances, name)
+		}
+	}
+	slices.Sort(instances)
+	return srv, s, instances
 }

@@ -2,15 +2,11 @@ package controller
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nfsteer/nfsteer/internal/labmap"
-	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
-	"github.com/nfsteer/nfsteer/tests/redislab"
 )
 
 // TestDownWhenSilenceRunsOut: Run marks an instance down when its silence
@@ -21,26 +17,8 @@ import (
 // up to a tick: Run without the deadline's timer measured the four 57–87
 // ms late.
 func TestDownWhenSilenceRunsOut(t *testing.T) {
+	_, s, instances := labStore(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := redislab.Start(t, redislab.Options{})
-	s, err := store.Open(ctx, srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	m := labmap.Map(t)
-	if _, err := s.Publish(ctx, func(*steering.Published) (*steering.Published, error) {
-		return &steering.Published{Map: m}, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	var instances []string
-	for _, svc := range m.Services {
-		for name := range svc.Instances {
-			instances = append(instances, name)
-		}
-	}
-	slices.Sort(instances)
 
 	// A tick every 250 ms, down after a second of silence; agents beat
 	// every 100 ms.
