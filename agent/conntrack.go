@@ -167,7 +167,7 @@ const repinFirst = 256
 // seen and, where this node holds an instance of their chain, refreshed in
 // Redis when their life there runs low (refreshDue); sessions whose
 // connection is gone or closed (TCP in TIME_WAIT or CLOSE) are forgotten,
-// and deleted from Redis by the node that created them (state.deletes).
+// and deleted from Redis by the instance that ends them (state.deletes).
 func (a *Agent) refresh(ctx context.Context) error {
 	// Nodes started together (a host's agents, a fleet after an upgrade)
 	// would all walk conntrack at the same moment, every interval: start

@@ -163,36 +163,62 @@ func TestRefreshFollowsConntrack(t *testing.T) {
 	}
 }
 
-// TestGatewayDeletesWhereNoFirewallDoes: a gateway deletes from Redis the
-// finished flows' sessions of a chain without a firewall, which it
-// created and no instance deletes, and leaves those of a chain with one
-// to its firewall.
-func TestGatewayDeletesWhereNoFirewallDoes(t *testing.T) {
+// TestFirstInstanceDeletesWhereNoFirewallDoes: on a chain without a
+// firewall, the instances of its first service delete the finished flows'
+// sessions from Redis. The gateway, which created them, does not: a flow
+// that leaves its conntrack may live on through another gateway. Nor
+// does an instance of a chain with a firewall: that is the firewall's to
+// delete.
+func TestFirstInstanceDeletesWhereNoFirewallDoes(t *testing.T) {
 	m := labmap.Map(t)
 	m.Tenants["plain"] = &steering.Tenant{Prefixes: []string{"10.30.1.0/24"}, Chain: []string{"dlp"}}
 	plain := tcp("10.30.1.2:40000", server, syn)
 	guarded := tcp("10.10.1.2:40001", server, 0)
-	guarded.Proto = nfq.ProtoUDP // a datagram: the gateway creates it too
-	n := newFakeNode(t, "gw", versionOf(t, m), nil)
-	n.ct.conns = []rules.Conn{{Flow: plain.Flow}, {Flow: guarded.Flow}}
-	n.run(t)
-	for _, p := range []*nfq.Packet{plain, guarded} {
-		if got := n.Handle(p, nil, 0, false); got.Mark == 0 {
-			t.Fatalf("gateway did not steer %v: %+v", p.Flow, got)
+	guarded.Proto = nfq.ProtoUDP // acme's chain has fw
+	v := versionOf(t, m)
+	nodes := map[string]*fakeNode{}
+	for _, name := range []string{"gw", "dlp-1", "dlp-2"} {
+		n := newFakeNode(t, name, v, nil)
+		n.ct.conns = []rules.Conn{{Flow: plain.Flow}, {Flow: guarded.Flow}}
+		n.run(t)
+		for _, p := range []*nfq.Packet{plain, guarded} {
+			if got := n.Handle(p, nil, 0, false); got.Mark == 0 {
+				t.Fatalf("%s did not steer %v: %+v", name, p.Flow, got)
+			}
 		}
+		nodes[name] = n
 	}
 	keyP, keyG := sessions.KeyOf(&plain.Flow).String(), sessions.KeyOf(&guarded.Flow).String()
-	waitFor(t, "both flows created", func() bool { return n.written(sessions.OpCreate, keyP) == 1 && n.written(sessions.OpCreate, keyG) == 1 })
+	waitFor(t, "the gateway's creates", func() bool {
+		return nodes["gw"].written(sessions.OpCreate, keyP) == 1 && nodes["gw"].written(sessions.OpCreate, keyG) == 1
+	})
 
 	// Both flows end: conntrack no longer holds them.
-	n.ct.mu.Lock()
-	n.ct.conns = nil
-	n.ct.mu.Unlock()
-	waitFor(t, "both flows forgotten", func() bool { return n.Sessions() == 0 })
-	// The walk that forgot them has queued its deletes.
-	waitFor(t, "the plain chain's session deleted", func() bool { return n.written(sessions.OpDelete, keyP) == 1 })
-	if got := n.written(sessions.OpDelete, keyG); got != 0 {
-		t.Errorf("the gateway deleted the session of a chain with a firewall %d times; want 0 (the firewall's to delete)", got)
+	for _, n := range nodes {
+		n.ct.mu.Lock()
+		n.ct.conns = nil
+		n.ct.mu.Unlock()
+	}
+	for name, n := range nodes {
+		waitFor(t, name+" forgetting both flows", func() bool { return n.Sessions() == 0 })
+	}
+	for _, name := range []string{"dlp-1", "dlp-2"} {
+		waitFor(t, name+" deleting the plain chain's session", func() bool { return nodes[name].written(sessions.OpDelete, keyP) == 1 })
+	}
+	// The walks that forgot the flows queued any deletes with them; the
+	// mirror writes a batch within its 10 ms linger.
+	time.Sleep(100 * time.Millisecond)
+	for name, n := range nodes {
+		wantP := 1
+		if name == "gw" {
+			wantP = 0
+		}
+		if got := n.written(sessions.OpDelete, keyP); got != wantP {
+			t.Errorf("%s deleted the plain chain's session %d times; want %d", name, got, wantP)
+		}
+		if got := n.written(sessions.OpDelete, keyG); got != 0 {
+			t.Errorf("%s deleted the session of a chain with a firewall %d times; want 0 (the firewall's to delete)", name, got)
+		}
 	}
 }
 

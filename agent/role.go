@@ -107,23 +107,25 @@ func (st *state) resyncOp(tenant int) (kind sessions.OpKind, index bool) {
 func (r Role) refreshes() bool { return r.hostsInstance() }
 
 // deletes reports whether the node deletes from Redis the session of a
-// finished flow of the tenant called name: a node that creates such
-// sessions (createOp) and sees their flows to the end. A firewall deletes
-// what it admitted, with its verdict. A gateway deletes the sessions of
-// chains without a firewall, which no instance creates, and those of
-// tenants the map no longer has, whose chain it cannot tell: a second
-// delete costs Redis a command, while a session nobody deletes counts
-// against its instances until its life runs out (a drain waits for it,
-// and the instance cannot be removed). A TCP connection's session of a
-// chain with a firewall is the firewall's; a datagram's, which the
-// gateway creates too, the firewall deletes as well.
+// finished flow of the tenant called name: an instance that carries the
+// whole flow, wherever it entered, and sees it end.
+//   - A firewall deletes what it admitted, with its verdict.
+//   - On a chain without a firewall, the instance of its first service
+//     does. No instance creates those sessions (the gateway does:
+//     createOp), but a gateway is the wrong node to end them: a flow that
+//     leaves its conntrack may have moved to another gateway (an
+//     upstream router's paths changed) and live on there.
+//
+// A session nobody deletes counts against its instances until its life
+// runs out: a drain waits for it, and the instance cannot be removed. A
+// tenant the map no longer has leaves its sessions to run out.
 func (st *state) deletes(name string) bool {
 	switch st.role {
 	case Firewall:
 		return true
-	case Gateway:
+	case Forwarder:
 		t := st.table.TenantByName(name)
-		return t < 0 || st.table.FirstFirewall(t) < 0
+		return t >= 0 && st.table.FirstFirewall(t) < 0 && st.table.Tenants()[t].ChainPos(st.service) == 0
 	}
 	return false
 }

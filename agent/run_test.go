@@ -240,13 +240,15 @@ func TestRoles(t *testing.T) {
 // connection whose chain has a firewall is created by that chain's first
 // firewall, not by the gateway; every other flow by the gateway. The
 // sessions of a chain with a firewall are deleted by its firewalls, those
-// of a chain without one by the gateway.
+// of a chain without one by the instances of its first service.
 func TestCreateOps(t *testing.T) {
 	m := labmap.Map(t)
 	m.Services["ips"] = &steering.Service{Function: steering.FunctionFirewall,
 		Instances: map[string]steering.Addresses{"ips-1": {"10.200.0.31"}}}
 	m.Tenants["plain"] = &steering.Tenant{Prefixes: []string{"10.30.1.0/24"}, Chain: []string{"dlp"}}
 	m.Tenants["deep"] = &steering.Tenant{Prefixes: []string{"10.40.1.0/24"}, Chain: []string{"dlp", "fw", "ips"}}
+	m.Services["ids"] = &steering.Service{Instances: map[string]steering.Addresses{"ids-1": {"10.200.0.41"}}}
+	m.Tenants["watched"] = &steering.Tenant{Prefixes: []string{"10.50.1.0/24"}, Chain: []string{"ids", "dlp"}}
 	tab, err := steering.Compile(m)
 	if err != nil {
 		t.Fatal(err)
@@ -268,8 +270,8 @@ func TestCreateOps(t *testing.T) {
 	}{
 		{"gw", "acme", true, op{}, resync{sessions.OpCreate, true}, false},
 		{"gw", "acme", false, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, false},
-		{"gw", "plain", true, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, true},
-		{"gw", "plain", false, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, true},
+		{"gw", "plain", true, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, false},
+		{"gw", "plain", false, op{sessions.OpCreate, true, true}, resync{sessions.OpCreate, true}, false},
 		{"gw", "deep", true, op{}, resync{sessions.OpCreate, true}, false},
 		{"fw-1", "acme", true, op{sessions.OpCreateState, true, true}, resync{sessions.OpCreateState, true}, true},
 		{"fw-1", "acme", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, true}, true},
@@ -277,7 +279,9 @@ func TestCreateOps(t *testing.T) {
 		{"ips-1", "deep", true, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}, true},
 		{"ips-1", "deep", false, op{sessions.OpCreateState, false, true}, resync{sessions.OpCreateState, false}, true},
 		{"dlp-1", "acme", true, op{}, resync{sessions.OpRefresh, false}, false},
-		{"dlp-1", "plain", false, op{}, resync{sessions.OpRefresh, false}, false},
+		{"dlp-1", "plain", false, op{}, resync{sessions.OpRefresh, false}, true},
+		{"dlp-1", "watched", false, op{}, resync{sessions.OpRefresh, false}, false},
+		{"ids-1", "watched", true, op{}, resync{sessions.OpRefresh, false}, true},
 	} {
 		t.Run(fmt.Sprintf("%s/%s/syn=%t", tc.node, tc.tenant, tc.syn), func(t *testing.T) {
 			st := stateOf(nil, tab, tc.node, rules.Spec{}, false)
@@ -299,9 +303,9 @@ func TestCreateOps(t *testing.T) {
 			}
 		})
 	}
-	// A session whose tenant left the map: the gateway deletes it, not
-	// knowing its chain; an instance host as it would have.
-	for node, want := range map[string]bool{"gw": true, "fw-1": true, "dlp-1": false} {
+	// A session whose tenant left the map: a firewall deletes it as it
+	// would have; a forwarder cannot tell where it stood in the chain.
+	for node, want := range map[string]bool{"gw": false, "fw-1": true, "dlp-1": false} {
 		if got := stateOf(nil, tab, node, rules.Spec{}, false).deletes("gone"); got != want {
 			t.Errorf("on %s, deletes of a tenant the map lacks = %t, want %t", node, got, want)
 		}

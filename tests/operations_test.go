@@ -352,10 +352,10 @@ func TestDrainMigrate(t *testing.T) {
 }
 
 // TestFinishedFlowsLeaveRedisWithoutAFirewall: on a chain without a
-// firewall the gateway creates a TCP connection's session, and no instance
-// deletes it. When the connection closes the gateway must delete it, so
-// that its instance can be removed without --force at once, not when the
-// session's life in Redis (two minutes) runs out.
+// firewall the gateway creates a TCP connection's session, and no firewall
+// is there to delete it. When the connection closes the instance of the
+// chain's first service must, so that it can be removed without --force
+// at once, not when the session's life in Redis (two minutes) runs out.
 func TestFinishedFlowsLeaveRedisWithoutAFirewall(t *testing.T) {
 	const guarded = `    chain: [fw, dlp]
     allow:
