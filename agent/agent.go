@@ -252,11 +252,11 @@ func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url stri
 		return nil, err
 	}
 	if a.store != nil {
-		svc := ""
+		svc, inst := "", ""
 		if st := a.state.Load(); st.service >= 0 {
-			svc = st.table.Services()[st.service].Name
+			svc, inst = st.table.Services()[st.service].Name, cfg.Node
 		}
-		a.redisSessions = a.store.Sessions(svc, cfg.RedisSessionTTL)
+		a.redisSessions = a.store.Sessions(svc, inst, cfg.RedisSessionTTL)
 		if !cfg.NoMirror {
 			a.mirror = sessions.NewMirror(recordWriter{a}, sessions.MirrorConfig{
 				Resync: a.resyncOps, Existing: a.adopt, Logger: a.log,

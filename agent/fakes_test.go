@@ -277,8 +277,8 @@ func (s *fakeStore) Restarting(_ context.Context, node string, grace time.Durati
 	return nil
 }
 
-func (s *fakeStore) Sessions(string, time.Duration) SessionStore { return s }
-func (s *fakeStore) Addr() string                                { return "fake" }
+func (s *fakeStore) Sessions(string, string, time.Duration) SessionStore { return s }
+func (s *fakeStore) Addr() string                                        { return "fake" }
 
 func (s *fakeStore) Close() error {
 	s.mu.Lock()

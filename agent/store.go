@@ -28,9 +28,9 @@ type Store interface {
 	Heartbeat(ctx context.Context, node string, r *store.Report) error
 	// Restarting says node stopped on purpose and will beat again within grace.
 	Restarting(ctx context.Context, node string, grace time.Duration) error
-	// Sessions returns the session store of a node that holds an
-	// instance of service ("" on a gateway).
-	Sessions(service string, ttl time.Duration) SessionStore
+	// Sessions returns the session store of a node that holds
+	// instance, of service ("" for both on a gateway).
+	Sessions(service, instance string, ttl time.Duration) SessionStore
 	// Addr says where the store is, for messages.
 	Addr() string
 	Close() error
@@ -50,8 +50,8 @@ var (
 	_ SessionStore = (*store.Sessions)(nil)
 )
 
-func (s redisStore) Sessions(service string, ttl time.Duration) SessionStore {
-	return s.NewSessions(service, ttl)
+func (s redisStore) Sessions(service, instance string, ttl time.Duration) SessionStore {
+	return s.NewSessions(service, instance, ttl)
 }
 
 // dialRedis returns the Store at a Redis URL, connecting with files for

@@ -31,7 +31,10 @@ const (
 	OpTakeover
 	// OpRefresh extends the life of a live session.
 	OpRefresh
-	// OpDelete removes a finished session.
+	// OpDelete removes a finished session, if its record still names
+	// this node's instance the primary at its service's hop: a flow
+	// moved off the instance (migrated, failed over) ends in its
+	// conntrack while it lives on elsewhere.
 	OpDelete
 )
 

@@ -68,7 +68,7 @@ func TestACLRoles(t *testing.T) {
 	must("agent: heartbeat", agent.Heartbeat(ctx, "fw-1", &store.Report{}))
 	must("agent: restarting", agent.Restarting(ctx, "fw-2", time.Second))
 	tab := labTable(t)
-	gw, fw := agent.NewSessions("", time.Minute), agent.NewSessions("fw", time.Minute)
+	gw, fw := agent.NewSessions("", "", time.Minute), agent.NewSessions("fw", "fw-1", time.Minute)
 	a := acmeSession(tab, 41000)
 	write := func(who string, w *store.Sessions, ops ...sessions.Op) {
 		t.Helper()
@@ -159,7 +159,7 @@ func TestACLRoles(t *testing.T) {
 	refused("agent: scores", agent.SetScores(ctx, map[string]int{"fw-1": 0}), "NOPERM")
 	_, err = agent.Lease(ctx, "agent", time.Second)
 	refused("agent: lease", err, "NOPERM")
-	_, err = ctl.NewSessions("fw", time.Minute).Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: acmeSession(tab, 41001)}}))
+	_, err = ctl.NewSessions("fw", "fw-1", time.Minute).Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: acmeSession(tab, 41001)}}))
 	refused("controller: sessions", err, "NOPERM")
 }
 
@@ -184,7 +184,7 @@ func TestSessionsUnderAnOlderGrant(t *testing.T) {
 	}
 	agent := open(t, srv.SetUser(t, "old-agent", "pw", append(rules, "-zremrangebyscore", "-sadd")...))
 	tab := labTable(t)
-	gw := agent.NewSessions("", time.Minute)
+	gw := agent.NewSessions("", "", time.Minute)
 	a := acmeSession(tab, 41100)
 	out, err := gw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: a}}))
 	if err != nil || len(out) != 1 || out[0].Refused != nil {

@@ -85,13 +85,22 @@ func (m *meta) appendJSON(b []byte) (out []byte, hopsLen int) {
 		b = append(b, '}')
 	}
 	start := len(b)
+	b = appendHopsJSON(b, m.Hops)
+	return b, len(b) - start
+}
+
+// appendHopsJSON appends the end of a record: its roles, hops, and the
+// record's closing brace. Every record this package writes ends so, sealed
+// or not, which lets a reader that knows the roles it expects compare
+// ends instead of decoding (batch.reconcile, batch.settle).
+func appendHopsJSON(b []byte, hops []sessions.Hop) []byte {
 	b = append(b, `,"hops":`...)
-	if m.Hops == nil {
+	if hops == nil {
 		b = append(b, "null"...)
 	} else {
 		b = append(b, '[')
-		for i := range m.Hops {
-			h := &m.Hops[i]
+		for i := range hops {
+			h := &hops[i]
 			if i > 0 {
 				b = append(b, ',')
 			}
@@ -107,8 +116,7 @@ func (m *meta) appendJSON(b []byte) (out []byte, hopsLen int) {
 		}
 		b = append(b, ']')
 	}
-	b = append(b, '}')
-	return b, len(b) - start
+	return append(b, '}')
 }
 
 // appendJSONString appends s as encoding/json writes a string. Flows,

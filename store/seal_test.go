@@ -30,7 +30,7 @@ func TestSealedSessions(t *testing.T) {
 	other.SealSessions(signing.SessionKeys{Seal: keytest.SessionKey(t)})
 	c := store.ClientOf(s)
 	tab := labTable(t)
-	gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
+	gw, fw := s.NewSessions("", "", time.Minute), s.NewSessions("fw", "fw-1", time.Minute)
 	write := func(w *store.Sessions, ops ...sessions.Op) {
 		t.Helper()
 		out, err := w.Write(ctx, sessions.Name(tab, ops))
@@ -156,7 +156,7 @@ func TestSealedSessions(t *testing.T) {
 	}
 
 	// Another key's records are no better than unsealed ones.
-	if _, err := other.NewSessions("", time.Minute).Get(ctx, a.Key); !errors.Is(err, store.ErrMalformed) {
+	if _, err := other.NewSessions("", "", time.Minute).Get(ctx, a.Key); !errors.Is(err, store.ErrMalformed) {
 		t.Errorf("Get under another key: %v; want ErrMalformed", err)
 	}
 }
@@ -211,7 +211,7 @@ func TestSessionKeyRotation(t *testing.T) {
 			w.SealSessions(keys[tc.writer])
 			r.SealSessions(keys[tc.reader])
 			a := admitted(t, w, tab, uint16(43000+i))
-			rec, err := r.NewSessions("", time.Minute).Get(ctx, a.Key)
+			rec, err := r.NewSessions("", "", time.Minute).Get(ctx, a.Key)
 			if err == nil {
 				_, err = sessions.ParseFirewallState(rec.State["fw"])
 			}
@@ -232,7 +232,7 @@ func admitted(t testing.TB, s *store.Store, tab *steering.Table, sport uint16) s
 	for _, w := range []struct {
 		s    *store.Sessions
 		kind sessions.OpKind
-	}{{s.NewSessions("", time.Minute), sessions.OpCreate}, {s.NewSessions("fw", time.Minute), sessions.OpCreateState}} {
+	}{{s.NewSessions("", "", time.Minute), sessions.OpCreate}, {s.NewSessions("fw", "fw-1", time.Minute), sessions.OpCreateState}} {
 		if _, err := w.s.Write(context.Background(), sessions.Name(tab, []sessions.Op{{Kind: w.kind, Session: a}})); err != nil {
 			t.Fatal(err)
 		}
@@ -298,7 +298,7 @@ func TestReseal(t *testing.T) {
 	sealedOld, plain, forged := admitted(t, old, tab, ports[0]), admitted(t, unsealed, tab, ports[1]), admitted(t, other, tab, ports[2])
 	c := store.ClientOf(old)
 	ttl0 := c.PTTL(ctx, "nfsteer:s:{"+sealedOld.Key.String()+"}").Val()
-	if _, err := next.NewSessions("", time.Minute).Get(ctx, sealedOld.Key); err == nil {
+	if _, err := next.NewSessions("", "", time.Minute).Get(ctx, sealedOld.Key); err == nil {
 		t.Fatal("a node with only the new key read a record sealed with the old one before the reseal")
 	}
 	if _, _, err := (open(t, url)).Reseal(ctx, instance(sealedOld)); err == nil || !strings.Contains(err.Error(), "--session-key") {
@@ -316,11 +316,11 @@ func TestReseal(t *testing.T) {
 	if len(bad) == 0 || !strings.Contains(bad[0].Error(), forged.Key.String()) {
 		t.Errorf("reported %v; want the session sealed with an untrusted key, %s", bad, forged.Key)
 	}
-	if _, err := other.NewSessions("", time.Minute).Get(ctx, forged.Key); err != nil {
+	if _, err := other.NewSessions("", "", time.Minute).Get(ctx, forged.Key); err != nil {
 		t.Errorf("the untrusted session was changed: its own key no longer reads it (%v)", err)
 	}
 	for _, a := range []sessions.Session{sealedOld, plain} {
-		rec, err := next.NewSessions("", time.Minute).Get(ctx, a.Key)
+		rec, err := next.NewSessions("", "", time.Minute).Get(ctx, a.Key)
 		if err == nil {
 			_, err = sessions.ParseFirewallState(rec.State["fw"])
 		}

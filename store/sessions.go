@@ -148,7 +148,11 @@ type Sessions struct {
 	// Service is this node's service (empty on a gateway); it names the
 	// function state the node writes.
 	Service string
-	TTL     time.Duration
+	// Instance is this node's instance (empty on a gateway): a delete
+	// removes only a session whose record names it the primary at its
+	// service's hop.
+	Instance string
+	TTL      time.Duration
 	// trimEvery is how often the writer trims an index it adds to
 	// (trimDue).
 	trimEvery time.Duration
@@ -167,10 +171,10 @@ type Sessions struct {
 const indexTrimEvery = 10 * time.Second
 
 // NewSessions returns the session writer and reader of a node that holds
-// an instance of service ("" on a gateway). Sessions live ttl in Redis
-// unless refreshed.
-func (s *Store) NewSessions(service string, ttl time.Duration) *Sessions {
-	return &Sessions{s: s, Service: service, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[pair]int64{}}
+// instance, of service ("" for both on a gateway). Sessions live ttl in
+// Redis unless refreshed.
+func (s *Store) NewSessions(service, instance string, ttl time.Duration) *Sessions {
+	return &Sessions{s: s, Service: service, Instance: instance, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[pair]int64{}}
 }
 
 // trimDue reports whether the index e is due a trim at nowMS, and if so
@@ -305,6 +309,23 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 // Takeovers are written first, each a read and a conditional write
 // (retake). With a session key (Store.SealSessions) every record and
 // state is sealed.
+//
+// A delete removes a session only if its record still names this
+// writer's instance the primary at its service's hop: the node that sees
+// a flow end is not always the one that holds it. A flow migrated or
+// failed over to another instance leaves its conntrack entry behind on
+// the old one, and a UDP entry times out there while the flow lives on;
+// so does the entry of an instance a create lost to (another node's
+// pins won, and the flow moved). The batch reads the record (GET) and a
+// second pipeline deletes it and its index entries, by the record's
+// roles, not the writer's. A record this writer cannot read (malformed,
+// or sealed with a key it does not trust) is left to its life. Between
+// the read and the delete a takeover could still rewrite the record:
+// that needs a flow that went quiet here to be taken over elsewhere in
+// the same round trip, and a refresh that then finds the session gone
+// rewrites it (Outcome.Lost). A delete followed in the batch by another
+// operation of its flow (a new connection on the 5-tuple) is written
+// unconditionally, in order, as the node on that flow's path.
 func (w *Sessions) Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	if err := w.retakeOps(ctx, ops); err != nil {
 		return nil, err
@@ -368,6 +389,11 @@ type batch struct {
 	deadline  any // of index entries: a float64 of Unix ms, boxed once
 	creates   []createCmd
 	refreshes []*redis.BoolCmd
+	// deletes holds the record read for each conditional delete (settle);
+	// last, the index of the last operation of each flow the batch
+	// deletes, nil if it deletes none.
+	deletes []*redis.StringCmd
+	last    map[string]int
 	// ttlArg, nowArg and stField are arguments of most commands, boxed
 	// once per batch: go-redis's typed helpers (SetArgs, PExpire, HSet)
 	// box and format every argument of every call.
@@ -409,6 +435,19 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 		ttlArg: w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
 	}
 	for i := range ops {
+		if ops[i].Kind == sessions.OpDelete {
+			if b.last == nil {
+				b.last, b.deletes = map[string]int{}, make([]*redis.StringCmd, len(ops))
+			}
+			b.last[ops[i].Record.Flow] = i
+		}
+	}
+	for i := range ops {
+		if _, ok := b.last[ops[i].Record.Flow]; ok {
+			b.last[ops[i].Record.Flow] = i
+		}
+	}
+	for i := range ops {
 		b.queue(i, &ops[i])
 	}
 	b.flushIndex()
@@ -424,7 +463,9 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 			out[i].Lost = true
 		}
 	}
-	if err := w.followUp(ctx, b, b.reconcile(ops, out), ops, out); err != nil {
+	f := b.reconcile(ops, out)
+	b.settle(ops, &f)
+	if err := w.followUp(ctx, b, f, ops, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -522,12 +563,72 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		}
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpDelete:
+		if b.last[rec.Flow] == i {
+			b.deletes[i] = redis.NewStringCmd(ctx, "get", key)
+			_ = pipe.Process(ctx, b.deletes[i])
+			return
+		}
+		// Another operation of the flow follows: this node is on its path
+		// again, and the old session must be gone before it.
 		b.flushIndex()
 		pipe.Del(ctx, keyS, stateKey(rec.Flow))
 		for _, e := range pairsOf(h) {
 			pipe.ZRem(ctx, e.key(), rec.Flow)
 		}
 	}
+}
+
+// settle decides the batch's conditional deletes from the records they
+// read, for the follow-up: the sessions whose records name this writer's
+// instance the primary at its service's hop go, with their index entries
+// under the record's roles. A session already gone is left alone: whoever
+// deleted it took its entries, and the trim takes those of one that
+// expired.
+func (b *batch) settle(ops []sessions.Named, f *followUp) {
+	var end []byte
+	for i, c := range b.deletes {
+		if c == nil {
+			continue
+		}
+		v, err := c.Result()
+		if err != nil {
+			continue // gone (redis.Nil), or the batch's error says why
+		}
+		rec := &ops[i].Record
+		hops := rec.Hops
+		// Usually the record names the roles this node knows: then it
+		// ends as this node would write it, and there is nothing to decode.
+		end = appendHopsJSON(end[:0], hops)
+		if len(v) < len(end) || v[len(v)-len(end):] != string(end) {
+			raw, err := b.s.openRecord(rec.Flow, []byte(v))
+			if err != nil {
+				continue
+			}
+			var m meta
+			if err := json.Unmarshal(raw, &m); err != nil || m.Flow != rec.Flow {
+				continue
+			}
+			hops = m.Hops
+		}
+		if !b.w.holds(hops) {
+			continue
+		}
+		f.deleted = append(f.deleted, rec.Flow)
+		for _, e := range pairsOf(hops) {
+			f.stale = append(f.stale, indexEntry{e, rec.Flow})
+		}
+	}
+}
+
+// holds reports whether hops name w's instance the primary at w's
+// service's hop (a chain holds a service once).
+func (w *Sessions) holds(hops []sessions.Hop) bool {
+	for _, h := range hops {
+		if h.Service == w.Service {
+			return w.Instance != "" && h.Primary == w.Instance
+		}
+	}
+	return false
 }
 
 // followUp is what a batch's creates that lost leave to a second
@@ -540,6 +641,9 @@ type followUp struct {
 	// states are the operations whose state the batch put in a record
 	// that lost: it goes to the state hash.
 	states []int
+	// deleted are the flows whose sessions settle found this writer's
+	// to delete.
+	deleted []string
 }
 
 // reconcile reads the creates that lost: each outcome learns the first
@@ -597,17 +701,30 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f follo
 
 // followUp writes f in a second pipeline, if it holds anything.
 func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []sessions.Named, out []sessions.Outcome) error {
-	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 {
+	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.deleted) == 0 {
 		return nil
 	}
 	pipe := w.s.rdb.Pipeline()
+	for _, flow := range f.deleted {
+		pipe.Del(ctx, sessionKey(flow), stateKey(flow)) // one slot: {flow}
+	}
 	for _, i := range f.states {
 		flow := ops[i].Record.Flow
 		pipe.HSet(ctx, stateKey(flow), b.stField, w.s.sealState(flow, w.Service, ops[i].State), "updated", b.nowArg)
 		pipe.PExpire(ctx, stateKey(flow), w.TTL)
 	}
+	// One ZREM per index: a batch's deletes share a few pairs of
+	// instances.
+	gone := map[pair][]any{}
 	for _, e := range f.stale {
-		pipe.ZRem(ctx, e.key(), e.flow)
+		args, ok := gone[e.pair]
+		if !ok {
+			args = append(make([]any, 0, 16), "zrem", e.key())
+		}
+		gone[e.pair] = append(args, e.flow)
+	}
+	for _, args := range gone {
+		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...))
 	}
 	f.idx.flush(ctx, pipe, func(pair) bool { return true }) // rare: register them all
 	if cmds, err := pipe.Exec(ctx); err != nil {

@@ -264,8 +264,8 @@ func TestSessions(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, url)
 		tab := labTable(t)
-		gw := s.NewSessions("", time.Minute)
-		fwSide := s.NewSessions("fw", time.Minute)
+		gw := s.NewSessions("", "", time.Minute)
+		fwSide := s.NewSessions("fw", "fw-1", time.Minute)
 		write := func(t *testing.T, w *store.Sessions, ops ...sessions.Op) []sessions.Outcome {
 			t.Helper()
 			out, err := w.Write(ctx, sessions.Name(tab, ops))
@@ -382,7 +382,7 @@ func TestSessions(t *testing.T) {
 		t.Run("a writer trims the expired entries of the indexes it adds to", func(t *testing.T) {
 			// A chain without a firewall: nobody deletes its sessions,
 			// which expire in Redis and must not stay in the indexes.
-			short := s.NewSessions("", 200*time.Millisecond)
+			short := s.NewSessions("", "", 200*time.Millisecond)
 			store.TrimEvery(short, 0)
 			gone, kept := acmeSession(tab, 40200), acmeSession(tab, 40201)
 			// The same slot, so the same indexes.
@@ -490,7 +490,7 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
-		t.Run("the secondary takes over; then a delete removes all", func(t *testing.T) {
+		t.Run("the secondary takes over; the old primary's delete leaves the session, the new one's removes all", func(t *testing.T) {
 			a, rec, primary := admitted(t, 40400)
 			secondary := rec.Hops[0].Secondary
 			sec, _ := tab.InstanceByName(secondary)
@@ -520,7 +520,17 @@ func TestSessions(t *testing.T) {
 				t.Errorf("after takeover, List(primary): %s %v, %s %v; want the new primary only",
 					secondary, listed(secondary), primary.Name, listed(primary.Name))
 			}
-			write(t, fwSide, op(sessions.OpDelete, taken))
+			// The old primary's conntrack forgets the flow (a UDP entry
+			// times out there while the flow lives on its secondary).
+			write(t, s.NewSessions("fw", primary.Name, time.Minute), op(sessions.OpDelete, a))
+			if diff := cmp.Diff(&want, get(t, a.Key), cmpopts.IgnoreFields(sessions.Record{}, "Updated", "TTL", "State")); diff != "" {
+				t.Errorf("record after the old primary's delete (-want +got):\n%s", diff)
+			}
+			if !listed(secondary) || !indexed(t, primary.Name, store.RoleSecondary, rec.Flow) {
+				t.Errorf("the old primary's delete took the session's index entries: listed under %s %v, under %s as secondary %v",
+					secondary, listed(secondary), primary.Name, indexed(t, primary.Name, store.RoleSecondary, rec.Flow))
+			}
+			write(t, s.NewSessions("fw", secondary, time.Minute), op(sessions.OpDelete, taken))
 			if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
 				t.Errorf("Get after delete = %v, want ErrNoSession", err)
 			}
@@ -568,6 +578,93 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("a delete removes only a session whose record names its writer the primary", func(t *testing.T) {
+			// other is the instance of service that is not name.
+			other := func(service, name string) string {
+				for _, in := range tab.Instances() {
+					if tab.Services()[in.Service].Name == service && in.Name != name {
+						return in.Name
+					}
+				}
+				t.Fatalf("no other instance of %s", service)
+				return ""
+			}
+			for i, c := range []struct {
+				name string
+				// service and by say who writes the delete: the primary
+				// at service's hop, the other instance of the service,
+				// or ("", "") a gateway.
+				service, by string
+				// unreadable: the record is not one the writer can read;
+				// recreate: the batch creates the flow again after the
+				// delete, with the other firewall pinned.
+				unreadable, recreate bool
+				kept                 bool
+			}{
+				{name: "the firewall primary", service: "fw", by: "primary"},
+				{name: "the other firewall", service: "fw", by: "other", kept: true},
+				{name: "the dlp primary", service: "dlp", by: "primary"},
+				{name: "the other dlp", service: "dlp", by: "other", kept: true},
+				{name: "a gateway", kept: true},
+				{name: "the primary, of a record it cannot read", service: "fw", by: "primary", unreadable: true, kept: true},
+				{name: "the other firewall, with a create of the flow after it", service: "fw", by: "other", recreate: true},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					a := acmeSession(tab, uint16(40600+i))
+					write(t, gw, op(sessions.OpCreate, a))
+					rec := get(t, a.Key)
+					key := "nfsteer:s:{" + rec.Flow + "}"
+					if c.unreadable {
+						store.ClientOf(s).Set(ctx, key, `{"flow":`, time.Minute)
+					}
+					inst := ""
+					for _, h := range rec.Hops {
+						if h.Service == c.service {
+							inst = h.Primary
+							if c.by == "other" {
+								inst = other(h.Service, h.Primary)
+							}
+						}
+					}
+					ops := []sessions.Op{op(sessions.OpDelete, a)}
+					again, fw := otherFirewall(a)
+					if c.recreate {
+						ops = append(ops, op(sessions.OpCreate, again))
+					}
+					write(t, s.NewSessions(c.service, inst, time.Minute), ops...)
+
+					switch {
+					case c.recreate:
+						if got := get(t, a.Key); got.Hops[0].Primary != fw.Name {
+							t.Errorf("after a delete and a create in one batch, hops %+v; want the create's, %s at fw", got.Hops, fw.Name)
+						}
+					case c.unreadable:
+						if v, err := store.ClientOf(s).Get(ctx, key).Result(); err != nil || v != `{"flow":` {
+							t.Errorf("the unreadable record after the delete: %q, %v; want it as it was", v, err)
+						}
+					case c.kept:
+						if diff := cmp.Diff(rec, get(t, a.Key), cmpopts.IgnoreFields(sessions.Record{}, "TTL")); diff != "" {
+							t.Errorf("record after %s's delete (-want +got):\n%s", inst, diff)
+						}
+						for _, h := range rec.Hops {
+							if !indexed(t, h.Primary, store.RolePrimary, rec.Flow) || !indexed(t, h.Secondary, store.RoleSecondary, rec.Flow) {
+								t.Errorf("after %s's delete, the %s hop's index entries are gone", inst, h.Service)
+							}
+						}
+					default:
+						if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
+							t.Errorf("Get after %s's delete = %v, want ErrNoSession", inst, err)
+						}
+						for _, h := range rec.Hops {
+							if indexed(t, h.Primary, store.RolePrimary, rec.Flow) || indexed(t, h.Secondary, store.RoleSecondary, rec.Flow) {
+								t.Errorf("after %s's delete, the %s hop is still indexed", inst, h.Service)
+							}
+						}
+					}
+				})
+			}
+		})
+
 		t.Run("a malformed entry is reported with its key, not half-read", func(t *testing.T) {
 			c := store.ClientOf(s)
 			good := acmeSession(tab, 40500)
@@ -599,7 +696,7 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, url)
 		tab := labTable(t)
-		gw := s.NewSessions("", time.Minute)
+		gw := s.NewSessions("", "", time.Minute)
 		badSession, good := acmeSession(tab, 41000), acmeSession(tab, 41001)
 		c := store.ClientOf(s)
 		if err := c.HSet(ctx, "nfsteer:s:{"+badSession.Key.String()+"}", "meta", "not a record").Err(); err != nil {
@@ -646,7 +743,7 @@ func TestConcurrentCreateFirstWriterWins(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, redislab.Start(t, redislab.Options{}).URL)
 	tab := labTable(t)
-	w := s.NewSessions("", time.Minute)
+	w := s.NewSessions("", "", time.Minute)
 	k := flowKey(41000)
 	var wg sync.WaitGroup
 	results := make([]steering.Pins, 16)
@@ -692,7 +789,7 @@ func TestReplacingCreateOverwrites(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, redislab.Start(t, redislab.Options{}).URL)
 	tab := labTable(t)
-	w := s.NewSessions("", time.Minute)
+	w := s.NewSessions("", "", time.Minute)
 	k := flowKey(41001)
 	pinsOf := func(fw, dlp int) steering.Pins {
 		var p steering.Pins
@@ -737,7 +834,7 @@ func TestReplacingCreateDropsTheClosedVerdict(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, redislab.Start(t, redislab.Options{}).URL)
 	tab := labTable(t)
-	gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
+	gw, fw := s.NewSessions("", "", time.Minute), s.NewSessions("fw", "fw-1", time.Minute)
 	write := func(w *store.Sessions, op sessions.Op) {
 		t.Helper()
 		if _, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{op})); err != nil {
@@ -973,7 +1070,7 @@ func TestRoleIndexes(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, url)
 		tab := labTable(t)
-		gw, fw := s.NewSessions("", time.Minute), s.NewSessions("fw", time.Minute)
+		gw, fw := s.NewSessions("", "", time.Minute), s.NewSessions("fw", "fw-1", time.Minute)
 		var ops []sessions.Named
 		for sport := uint16(43000); sport < 43020; sport++ {
 			ops = append(ops, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: acmeSession(tab, sport)}})...)
@@ -993,22 +1090,28 @@ func TestRoleIndexes(t *testing.T) {
 		}
 
 		type counts map[string][2]int64 // instance: primary, secondary
-		want := counts{}
-		for _, op := range ops {
-			for _, h := range op.Record.Hops {
-				p := want[h.Primary]
-				p[0]++
-				want[h.Primary] = p
-				if h.Secondary != "" {
-					q := want[h.Secondary]
-					q[1]++
-					want[h.Secondary] = q
+		// expect counts the roles of the sessions of ops whose fw hop
+		// keep says to, and the earlier version's entry.
+		expect := func(keep func(fw string) bool) counts {
+			want := counts{"fw-2": {0, 1}}
+			for _, op := range ops {
+				if !keep(op.Record.Hops[0].Primary) {
+					continue
+				}
+				for _, h := range op.Record.Hops {
+					p := want[h.Primary]
+					p[0]++
+					want[h.Primary] = p
+					if h.Secondary != "" {
+						q := want[h.Secondary]
+						q[1]++
+						want[h.Secondary] = q
+					}
 				}
 			}
+			return want
 		}
-		w := want["fw-2"]
-		w[1]++ // the earlier version's entry
-		want["fw-2"] = w
+		want := expect(func(string) bool { return true })
 		count := func(t *testing.T) counts {
 			t.Helper()
 			got := counts{}
@@ -1034,8 +1137,9 @@ func TestRoleIndexes(t *testing.T) {
 			t.Errorf("List(fw-9, secondary) = %v, %v, %v; want the session naming it", recs, bad, err)
 		}
 
-		// The firewall deletes every session it wrote: what is left is the
-		// earlier version's entry.
+		// Each firewall sees every flow end, and deletes the sessions
+		// whose records name it the primary: fw-1 first, then fw-2. What
+		// is left is the earlier version's entry.
 		var dels []sessions.Named
 		for _, op := range ops {
 			op.Kind = sessions.OpDelete
@@ -1044,8 +1148,14 @@ func TestRoleIndexes(t *testing.T) {
 		if _, err := fw.Write(ctx, dels); err != nil {
 			t.Fatal(err)
 		}
+		if diff := cmp.Diff(expect(func(fw string) bool { return fw != "fw-1" }), count(t)); diff != "" {
+			t.Errorf("counts after fw-1's deletes (-want +got):\n%s", diff)
+		}
+		if _, err := s.NewSessions("fw", "fw-2", time.Minute).Write(ctx, dels); err != nil {
+			t.Fatal(err)
+		}
 		if diff := cmp.Diff(counts{"fw-2": {0, 1}}, count(t)); diff != "" {
-			t.Errorf("counts after the deletes (-want +got):\n%s", diff)
+			t.Errorf("counts after fw-2's deletes (-want +got):\n%s", diff)
 		}
 	})
 }

@@ -376,7 +376,7 @@ func TestCLIRemoveRefusesBusyInstance(t *testing.T) {
 	globex := tab.TenantByName("globex")
 	pins := tab.PinsFor(globex, tab.SlotOf(code))
 	busy, _ := tab.InstanceByID(pins[0])
-	w := s.NewSessions("", time.Minute)
+	w := s.NewSessions("", "", time.Minute)
 	sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "globex", Code: code, Pins: pins, Created: time.Now().UnixNano(), Rule: -1}
 	if _, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: sess}})); err != nil {
 		t.Fatal(err)
@@ -1097,7 +1097,7 @@ func TestCLIReseal(t *testing.T) {
 	code := steering.AffinityCode(&f)
 	sess := sessions.Session{Key: sessions.KeyOf(&f), Tenant: "globex", Code: code, Pins: tab.PinsFor(tab.TenantByName("globex"), tab.SlotOf(code)),
 		Created: time.Now().UnixNano(), Rule: -1}
-	if _, err := s.NewSessions("", time.Minute).Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: sess}})); err != nil {
+	if _, err := s.NewSessions("", "", time.Minute).Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpCreate, Session: sess}})); err != nil {
 		t.Fatal(err)
 	}
 	if r := nfsteer(t, "sessions", "list", "--session-key", newKey); !strings.Contains(r.stderr, "skipped") {
