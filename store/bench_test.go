@@ -61,8 +61,8 @@ func BenchmarkSessionsWrite(b *testing.B) {
 	ctx := context.Background()
 	s := open(b, redislab.Start(b, redislab.Options{}).URL)
 	tab := labTable(b)
-	gw := s.NewSessions("", time.Minute)
-	fw := s.NewSessions("fw", time.Minute)
+	gw := s.NewSessions("", "", time.Minute)
+	fw := s.NewSessions("fw", "fw-1", time.Minute)
 	next := uint32(0)
 	for _, p := range flowPatterns {
 		b.Run(p.name, func(b *testing.B) {
@@ -88,6 +88,49 @@ func BenchmarkSessionsWrite(b *testing.B) {
 			b.ReportMetric(float64(redisCPU(b, s)-redis0)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
 		})
 	}
+	// The end of a TCP connection: each firewall deletes the sessions it
+	// admitted (a read, then the delete in a second round trip). Their
+	// creates are not timed.
+	holders := map[string]*store.Sessions{"fw-1": fw, "fw-2": s.NewSessions("fw", "fw-2", time.Minute)}
+	b.Run("tcp-delete", func(b *testing.B) {
+		b.ReportAllocs()
+		var cpu, rcpu time.Duration
+		for i := 0; i < b.N; i += batch {
+			b.StopTimer()
+			_, verdicts := newFlows(tab, next, batch, 6, false)
+			next += batch
+			if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
+				b.Fatal(err)
+			}
+			dels := map[string][]sessions.Op{}
+			for _, op := range verdicts {
+				op.Kind = sessions.OpDelete
+				in, _ := tab.InstanceByID(op.Session.Pins[0])
+				dels[in.Name] = append(dels[in.Name], op)
+			}
+			redis0, client0 := redisCPU(b, s), processCPU(b)
+			b.StartTimer()
+			for name, ops := range dels {
+				if _, err := holders[name].Write(ctx, sessions.Name(tab, ops)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			cpu += processCPU(b) - client0
+			rcpu += redisCPU(b, s) - redis0
+		}
+		if n, err := store.ClientOf(s).Exists(ctx, "nfsteer:s:{"+verdictKey(tab, next-1)+"}").Result(); err != nil || n != 0 {
+			b.Fatalf("the last flow's session is still there after its delete (%v)", err)
+		}
+		b.ReportMetric(float64(cpu)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
+		b.ReportMetric(float64(rcpu)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
+	})
+}
+
+// verdictKey is the key of the k-th of newFlows' TCP flows.
+func verdictKey(tab *steering.Table, k uint32) string {
+	_, v := newFlows(tab, k, 1, 6, false)
+	return v[0].Session.Key.String()
 }
 
 // processCPU is the CPU time this process has used, user and system.
@@ -132,8 +175,8 @@ func BenchmarkRedisPerSession(b *testing.B) {
 	s := open(b, redislab.Start(b, redislab.Options{}).URL)
 	c := store.ClientOf(s)
 	tab := labTable(b)
-	gw := s.NewSessions("", 2*time.Minute)
-	fw := s.NewSessions("fw", 2*time.Minute)
+	gw := s.NewSessions("", "", 2*time.Minute)
+	fw := s.NewSessions("fw", "fw-1", 2*time.Minute)
 	stat := func() (mem, calls int64) {
 		info, err := c.Info(ctx, "memory", "commandstats").Result()
 		if err != nil {

@@ -389,6 +389,87 @@ func TestFinishedFlowsLeaveRedisWithoutAFirewall(t *testing.T) {
 	t.Logf("session of a closed connection on a chain without a firewall left Redis within %v", time.Since(closed).Round(100*time.Millisecond))
 }
 
+// TestMigratedUDPFlowKeepsItsSession migrates a UDP stream off its
+// firewall and lets the old firewall's conntrack forget the flow while
+// the stream goes on through the new one: the old firewall sees the flow
+// end, but the session is not its own any more, and must stay in Redis
+// naming the new firewall. The new firewall deletes it when the stream
+// ends.
+func TestMigratedUDPFlowKeepsItsSession(t *testing.T) {
+	l := redisLab(t)
+	// An idle UDP entry ends in 2 s in the firewalls, not 30.
+	for _, fw := range []string{"fw-1", "fw-2"} {
+		if err := l.Run(fw, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=2", "net.netfilter.nf_conntrack_udp_timeout_stream=2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const local, server = "10.10.1.2:40720", "10.99.0.2:8054"
+	f := flowOf(t, 17, local, server)
+	from, to := primaryFW(t, f)
+	flow := sessions.KeyOf(&f).String()
+	tracked := func(fw string) bool {
+		out, _ := l.Output(fw, "conntrack", "-L", "-p", "udp", "--sport", fmt.Sprint(f.SrcPort))
+		return strings.Contains(out, "dport="+fmt.Sprint(f.DstPort))
+	}
+	primaryIs := func(fw string) bool {
+		out, err := l.Nfsteer("ctl", "sessions", "show", "--redis", lab.RedisURL, flow, "-o", "json")
+		return err == nil && strings.Contains(out, `"primary": "`+fw+`"`)
+	}
+	// A session deleted by mistake comes back: the new primary's next
+	// refresh finds it gone and rewrites what it holds. Redis's own
+	// record of the commands on the key tells.
+	events := watchSession(t, l, flow)
+	stop := make(chan struct{})
+	checked := make(chan error, 1)
+	go func() {
+		defer close(stop)
+		checked <- func() error {
+			if !waitFor(3*time.Second, func() bool { return redisHas(l, flow) && tracked(from) }) {
+				return fmt.Errorf("the stream's session never reached Redis through %s", from)
+			}
+			if out, err := l.Nfsteer("ctl", "instance", "drain", "--redis", lab.RedisURL, "--migrate", from); err != nil {
+				return fmt.Errorf("drain --migrate %s: %v\n%s", from, err, out)
+			}
+			if !waitFor(10*time.Second, func() bool { return !tracked(from) }) {
+				return fmt.Errorf("%s's conntrack still tracks the flow 10 s after the migration", from)
+			}
+			// Four of the agents' walks (500 ms) after the old firewall's
+			// entry ended.
+			time.Sleep(2 * time.Second)
+			if !redisHas(l, flow) || !primaryIs(to) {
+				return fmt.Errorf("after %s forgot the migrated flow: session in Redis %v, naming %s its primary %v; want both",
+					from, redisHas(l, flow), to, primaryIs(to))
+			}
+			return nil
+		}()
+	}()
+	sent, received, gap := udpStream(t, l, local, server, 20*time.Millisecond, stop)
+	if err := <-checked; err != nil {
+		t.Fatal(err)
+	}
+	if sent-received > 5 {
+		t.Errorf("the stream lost %d of %d datagrams across the migration", sent-received, sent)
+	}
+	ended := time.Now()
+	if !waitFor(8*time.Second, func() bool { return !redisHas(l, flow) }) {
+		t.Fatalf("session %s still in Redis 8 s after the stream through %s ended", flow, to)
+	}
+	var ends []string
+	for _, e := range events() {
+		if e.event == "del" || e.event == "expired" {
+			ends = append(ends, fmt.Sprintf("%s at %v from the stream's end", e.event, e.at.Sub(ended).Round(time.Millisecond)))
+			if e.at.Before(ended) {
+				t.Errorf("the live stream's session was removed (%s, %v before the stream ended)", e.event, ended.Sub(e.at).Round(time.Millisecond))
+			}
+		}
+	}
+	if len(ends) != 1 {
+		t.Errorf("the session ended %d times: %v; want once, deleted after the stream ended", len(ends), ends)
+	}
+	t.Logf("%s forgot the migrated stream and left its session to %s; %d of %d datagrams arrived (longest gap %v); the session left Redis %v after the stream ended",
+		from, to, received, sent, gap.Round(time.Millisecond), time.Since(ended).Round(100*time.Millisecond))
+}
+
 // TestSIGHUPReloadsTheMapFile runs the lab without Redis, takes fw-1 out
 // of the map file and sends the gateway SIGHUP: new flows must avoid fw-1.
 // A broken file sent the same way must be refused, with the agent still

@@ -9,13 +9,16 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/tests/lab"
+	"github.com/redis/go-redis/v9"
 )
 
 // heldConn is a TCP connection from the acme client to the server that the
@@ -81,6 +84,52 @@ func (h *heldConn) ping(t *testing.T, msg string) {
 func redisHas(l *lab.Lab, flow string) bool {
 	out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "EXISTS", "nfsteer:s:{"+flow+"}")
 	return err == nil && strings.TrimSpace(out) == "1"
+}
+
+// keyEvent is a command Redis ran on a key (a keyspace notification:
+// "set", "del", "expire", "expired"...), and when the test heard of it.
+type keyEvent struct {
+	at    time.Time
+	event string
+}
+
+// watchSession records, from Redis itself, every command that changes the
+// session of flow, until the test ends: what the agents did to it, not
+// what they say they did. It turns on Redis's keyspace notifications of
+// generic commands and expiries. events returns what it heard so far.
+func watchSession(t *testing.T, l *lab.Lab, flow string) (events func() []keyEvent) {
+	t.Helper()
+	if out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "CONFIG", "SET", "notify-keyspace-events", "K$gx"); err != nil || !strings.Contains(out, "OK") {
+		t.Fatalf("turning on keyspace notifications: %v\n%s", err, out)
+	}
+	c := redis.NewClient(&redis.Options{Addr: lab.Control + ":6379", Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return l.Dial(ctx, "ctl", network, "", addr)
+	}})
+	ps := c.Subscribe(context.Background(), "__keyspace@0__:nfsteer:s:{"+flow+"}")
+	if _, err := ps.Receive(context.Background()); err != nil { // the subscription's confirmation
+		t.Fatalf("subscribing to the session's keyspace events: %v", err)
+	}
+	var mu sync.Mutex
+	var got []keyEvent
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m := range ps.Channel() {
+			mu.Lock()
+			got = append(got, keyEvent{time.Now(), m.Payload})
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ps.Close() // closes the channel
+		<-done
+		c.Close()
+	})
+	return func() []keyEvent {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
 }
 
 // TestRedisRestartMidTraffic kills redis-server while a transfer and a UDP
