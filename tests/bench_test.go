@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/tests/lab"
 	"golang.org/x/sys/unix"
 )
@@ -34,9 +35,17 @@ func iperf(b *testing.B, l *lab.Lab, port int, seconds int) float64 {
 // iperfFrom is iperf from the client in host.
 func iperfFrom(b *testing.B, l *lab.Lab, host string, port int, seconds int) float64 {
 	b.Helper()
+	return iperfTuple(b, l, host, seconds, func(try int) (int, int) { return 0, port + 10*try })
+}
+
+// iperfTuple is iperf from the client in host, each try from the client
+// port and to the server port tuple(try) gives (client port 0: any).
+func iperfTuple(b *testing.B, l *lab.Lab, host string, seconds int, tuple func(try int) (cport, port int)) float64 {
+	b.Helper()
 	var last string
 	for try := 0; try < 3; try++ {
-		gbps, out, err := iperfOnce(l, host, port+10*try, seconds)
+		cport, port := tuple(try)
+		gbps, out, err := iperfOnce(l, host, cport, port, seconds)
 		if err == nil {
 			return gbps
 		}
@@ -64,13 +73,17 @@ func iperfServer(l *lab.Lab, port int) (stop func(), err error) {
 	return func() { srv.Process.Kill(); srv.Wait() }, nil
 }
 
-func iperfOnce(l *lab.Lab, host string, port, seconds int) (float64, string, error) {
+func iperfOnce(l *lab.Lab, host string, cport, port, seconds int) (float64, string, error) {
 	stop, err := iperfServer(l, port)
 	if err != nil {
 		return 0, "", err
 	}
 	defer stop()
-	out, err := l.Output(host, "iperf3", "-c", lab.Server, "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J")
+	args := []string{"iperf3", "-c", lab.Server, "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J"}
+	if cport != 0 {
+		args = append(args, "--cport", fmt.Sprint(cport)) // the data stream's; the control connection's is any
+	}
+	out, err := l.Output(host, args...)
 	var r struct {
 		Error string `json:"error"`
 		End   struct {
@@ -148,13 +161,12 @@ func machine() string {
 }
 
 // BenchmarkChainThroughput measures one TCP stream (iperf3, 4 s per
-// sample) from the globex client to the server, three ways in one lab:
+// sample) from the globex client to the server, four ways in one lab:
 //
-//   - plain: no nfsteer, the gateway forwards straight to the server (the
-//     baseline the target is set against);
-//   - static-chain: no nfsteer, fixed policy routes through the fw and dlp
-//     instances nfsteer picked in the same round (what the extra hops cost
-//     by themselves);
+//   - plain: no nfsteer, the gateway forwards straight to the server;
+//   - static-chain: no nfsteer, fixed policy routes through the same fw
+//     and dlp instances nfsteer steers the round's stream through (what
+//     the extra hops cost by themselves: the target's baseline);
 //   - nfsteer: agents on every node steering the flow through its chain;
 //   - static chain with conntrack: the static chain with connection
 //     tracking on in every node (one nftables rule that reads a flow's
@@ -162,55 +174,88 @@ func machine() string {
 //     gap to the static chain is conntrack itself, which nfsteer needs
 //     (its marks live in the connection).
 //
-// The three are measured in rounds, nfsteer then the static chain
-// back to back, plain before them in even rounds and after them in odd
-// ones. This host's throughput drifts by 10-20% over a minute; samples a
-// few seconds apart share the drift, so a round's ratio mostly does not
-// see it, where the ratio of medians taken a minute apart did. It reports
-// the medians of each and the medians of the rounds' ratios.
+// They are measured in ten rounds. Each round takes one pair of fw and
+// dlp instances (each pair two rounds in a row), and each nfsteer stream
+// leaves from a client port whose flow the map gives that pair
+// (globexChain; the agents' logs must agree). nfsteer and the static chain are measured back to back,
+// nfsteer first in even rounds and last in odd ones, so that neither
+// gains from its place (a sample right after the agents start, say) or
+// from the host's drift within a round; plain comes first in even rounds
+// and last in odd ones. This host's throughput drifts by 10-20% over a
+// minute; samples a few seconds apart share the drift, so a round's
+// ratio mostly does not see it, where the ratio of medians taken a minute
+// apart did. It reports the medians of each way and the medians of the
+// rounds' ratios.
 func BenchmarkChainThroughput(b *testing.B) {
-	const seconds, rounds = 4, 5
+	const seconds, rounds = 4, 10
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench . -benchtime 1x ./tests/...)\n", machine())
+	tab := labMapTable(b)
+	pairs := [][2]string{{"fw-1", "dlp-1"}, {"fw-1", "dlp-2"}, {"fw-2", "dlp-2"}, {"fw-2", "dlp-1"}}
 	for i := 0; i < b.N; i++ {
 		l := lab.New(b, bin)
 		l0 = l
-		port := 5300
-		sample := func() float64 {
-			port += 30 // iperf retries on port+10, port+20
-			return iperf(b, l, port, seconds)
+		port, cport := 5300, 41000
+		// sample measures one stream. fw and dlp, if set, are the
+		// instances nfsteer is to steer it through: each try leaves from
+		// the next client port whose flow the map gives them.
+		sample := func(fw, dlp string) float64 {
+			return iperfTuple(b, l, "cg", seconds, func(int) (int, int) {
+				port += 10
+				if fw == "" {
+					return 0, port
+				}
+				for {
+					cport++
+					if f, d := globexChain(tab, cport, port); f == fw && d == dlp {
+						return cport, port
+					}
+				}
+			})
 		}
 		var plain, static, tracked, steered, toStatic, toTracked, toPlain []float64
 		for r := 0; r < rounds; r++ {
-			if r%2 == 0 {
-				plain = append(plain, sample())
-			}
-			if err := l.StartAll("--keep-rules=false"); err != nil {
-				b.Fatal(err)
-			}
-			steered = append(steered, sample())
-			fw, dlp := carriedBy(l, port)
-			for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
-				if err := a.Stop(); err != nil {
+			// Each pair twice in a row, once in each order.
+			fw, dlp := pairs[r/2%len(pairs)][0], pairs[r/2%len(pairs)][1]
+			withNfsteer := func() {
+				if err := l.StartAll("--keep-rules=false"); err != nil {
 					b.Fatal(err)
 				}
+				steered = append(steered, sample(fw, dlp))
+				if f, d := carriedBy(l, cport, port); f != fw || d != dlp {
+					b.Fatalf("the agents steered the stream from port %d to port %d through %q,%q; the map gives %s,%s", cport, port, f, d, fw, dlp)
+				}
+				for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
+					if err := a.Stop(); err != nil {
+						b.Fatal(err)
+					}
+				}
 			}
-			if fw == "" || dlp == "" {
-				b.Fatalf("could not tell which instances carried the flow (fw %q, dlp %q)", fw, dlp)
-			}
-			staticChain(b, l, "add", fw, dlp)
-			static = append(static, sample())
-			conntrackOn(b, l, "add")
-			tracked = append(tracked, sample())
-			conntrackOn(b, l, "delete")
-			staticChain(b, l, "del", fw, dlp)
-			if r%2 == 1 {
-				plain = append(plain, sample())
+			order := "nfsteer first"
+			if r%2 == 0 {
+				plain = append(plain, sample("", ""))
+				withNfsteer()
+				staticChain(b, l, "add", fw, dlp)
+				static = append(static, sample("", ""))
+				conntrackOn(b, l, "add")
+				tracked = append(tracked, sample("", ""))
+				conntrackOn(b, l, "delete")
+				staticChain(b, l, "del", fw, dlp)
+			} else {
+				order = "nfsteer last"
+				staticChain(b, l, "add", fw, dlp)
+				conntrackOn(b, l, "add")
+				tracked = append(tracked, sample("", ""))
+				conntrackOn(b, l, "delete")
+				static = append(static, sample("", ""))
+				staticChain(b, l, "del", fw, dlp)
+				withNfsteer()
+				plain = append(plain, sample("", ""))
 			}
 			toStatic = append(toStatic, steered[r]/static[r])
 			toTracked = append(toTracked, steered[r]/tracked[r])
 			toPlain = append(toPlain, steered[r]/plain[r])
-			fmt.Printf("round %d (Gbit/s): plain %.2f, static chain via %s,%s %.2f (with conntrack %.2f), nfsteer %.2f: nfsteer/static-chain %.3f (with conntrack %.3f), nfsteer/plain %.3f\n",
-				r+1, plain[r], fw, dlp, static[r], tracked[r], steered[r], toStatic[r], toTracked[r], toPlain[r])
+			fmt.Printf("round %d, via %s,%s, %s (Gbit/s): plain %.2f, static chain %.2f (with conntrack %.2f), nfsteer %.2f: nfsteer/static-chain %.3f (with conntrack %.3f), nfsteer/plain %.3f\n",
+				r+1, fw, dlp, order, plain[r], static[r], tracked[r], steered[r], toStatic[r], toTracked[r], toPlain[r])
 		}
 		b.ReportMetric(median(plain), "plain-Gbit/s")
 		b.ReportMetric(median(static), "static-chain-Gbit/s")
@@ -224,24 +269,45 @@ func BenchmarkChainThroughput(b *testing.B) {
 	}
 }
 
+// labMapTable compiles the lab's map as an agent without Redis does.
+func labMapTable(b *testing.B) *steering.Table {
+	b.Helper()
+	m, err := steering.Parse([]byte(lab.Map))
+	if err != nil {
+		b.Fatal(err)
+	}
+	t, err := steering.Compile(m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return t
+}
+
+// globexChain returns the fw and dlp instances that hold, on tab, the
+// primary roles of the slot of the globex client's TCP flow from client
+// port cport to the server's port: the instances nfsteer steers it to.
+func globexChain(tab *steering.Table, cport, port int) (fw, dlp string) {
+	f := steering.Flow{Src: netip.MustParseAddr("10.20.1.2"), Dst: netip.MustParseAddr(lab.Server),
+		SrcPort: uint16(cport), DstPort: uint16(port), Proto: 6}
+	slot := tab.SlotOf(steering.AffinityCode(&f))
+	p, _ := tab.RolesFor(tab.ServiceByName("fw"), slot)
+	q, _ := tab.RolesFor(tab.ServiceByName("dlp"), slot)
+	return p.Name, q.Name
+}
+
 // carriedBy returns the fw and dlp instances whose agents logged the
-// globex flow to the server's port (the last iperf3 sample's).
-func carriedBy(l *lab.Lab, port int) (fw, dlp string) {
-	dst := fmt.Sprintf("dst=%s:", lab.Server)
+// globex client's flow from client port cport to the server's port.
+func carriedBy(l *lab.Lab, cport, port int) (fw, dlp string) {
+	flow := fmt.Sprintf("src=10.20.1.2:%d dst=%s:%d ", cport, lab.Server, port)
 	for _, in := range lab.Instances {
 		for _, a := range l.Agents(in.Name) {
-			out := a.Output()
-			if !strings.Contains(out, "src=10.20.1.2") || !strings.Contains(out, dst) {
+			if !strings.Contains(a.Output(), flow) {
 				continue
 			}
-			for try := 0; try < 3; try++ {
-				if strings.Contains(out, fmt.Sprintf("%s%d", dst, port+10*try)) {
-					if strings.HasPrefix(in.Name, "fw") {
-						fw = in.Name
-					} else {
-						dlp = in.Name
-					}
-				}
+			if strings.HasPrefix(in.Name, "fw") {
+				fw = in.Name
+			} else {
+				dlp = in.Name
 			}
 		}
 	}
