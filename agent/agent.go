@@ -150,9 +150,12 @@ type Agent struct {
 	queue *nfq.Stats
 
 	// Redis side; all nil without Redis. mirror is nil with NoMirror.
-	store         Store
-	redisSessions SessionStore
-	mirror        *sessions.Mirror
+	store  Store
+	mirror *sessions.Mirror
+	// sessionsMu guards nodeSessions, the session store of the node as
+	// it last was (sessionsOf).
+	sessionsMu   sync.Mutex
+	nodeSessions *nodeSessions
 
 	ctMu sync.Mutex // guards ct, which is not safe for concurrent use
 	ct   rules.Conntrack
@@ -252,11 +255,6 @@ func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url stri
 		return nil, err
 	}
 	if a.store != nil {
-		svc, inst := "", ""
-		if st := a.state.Load(); st.service >= 0 {
-			svc, inst = st.table.Services()[st.service].Name, cfg.Node
-		}
-		a.redisSessions = a.store.Sessions(svc, inst, cfg.RedisSessionTTL)
 		if !cfg.NoMirror {
 			a.mirror = sessions.NewMirror(recordWriter{a}, sessions.MirrorConfig{
 				Resync: a.resyncOps, Existing: a.adopt, Logger: a.log,
@@ -265,6 +263,31 @@ func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url stri
 		}
 	}
 	return a, nil
+}
+
+// nodeSessions is a session store and the service and instance it
+// writes as.
+type nodeSessions struct {
+	service, instance string
+	SessionStore
+}
+
+// sessionsOf returns the session store of the node as st has it: it
+// writes function state under the node's service and deletes the
+// sessions its instance holds; a gateway's or a spare's has neither. A
+// spare becomes an instance when a version adds it, and its store then
+// changes with it. It is safe for concurrent use.
+func (a *Agent) sessionsOf(st *state) SessionStore {
+	svc, inst := "", ""
+	if st.service >= 0 {
+		svc, inst = st.table.Services()[st.service].Name, a.cfg.Node
+	}
+	a.sessionsMu.Lock()
+	defer a.sessionsMu.Unlock()
+	if n := a.nodeSessions; n == nil || n.service != svc || n.instance != inst {
+		a.nodeSessions = &nodeSessions{svc, inst, a.store.Sessions(svc, inst, a.cfg.RedisSessionTTL)}
+	}
+	return a.nodeSessions.SessionStore
 }
 
 func (a *Agent) initialMap(dial func(string) (Store, error)) (*steering.Published, error) {

@@ -189,6 +189,8 @@ type fakeStore struct {
 	written  []sessions.Named
 	existing map[string]*sessions.Record // what a create of a flow finds
 	closed   int
+	// writers is what each Sessions call asked for: "service/instance".
+	writers []string
 
 	announce chan store.Announcement
 }
@@ -277,8 +279,14 @@ func (s *fakeStore) Restarting(_ context.Context, node string, grace time.Durati
 	return nil
 }
 
-func (s *fakeStore) Sessions(string, string, time.Duration) SessionStore { return s }
-func (s *fakeStore) Addr() string                                        { return "fake" }
+func (s *fakeStore) Sessions(service, instance string, _ time.Duration) SessionStore {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writers = append(s.writers, service+"/"+instance)
+	return s
+}
+
+func (s *fakeStore) Addr() string { return "fake" }
 
 func (s *fakeStore) Close() error {
 	s.mu.Lock()

@@ -224,7 +224,7 @@ func (a *Agent) lookupWorker(ctx context.Context) error {
 		case key = <-a.lookups:
 		}
 		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		rec, err := a.redisSessions.Get(lctx, key)
+		rec, err := a.sessionsOf(a.state.Load()).Get(lctx, key)
 		cancel()
 		switch {
 		case err == nil, errors.Is(err, store.ErrNoSession):
@@ -389,7 +389,8 @@ type recordWriter struct{ a *Agent }
 var _ sessions.Writer = recordWriter{}
 
 func (w recordWriter) Write(ctx context.Context, ops []sessions.Op) ([]sessions.Outcome, error) {
-	return w.a.redisSessions.Write(ctx, sessions.Name(w.a.state.Load().table, ops))
+	st := w.a.state.Load()
+	return w.a.sessionsOf(st).Write(ctx, sessions.Name(st.table, ops))
 }
 
 // adopt is told that another node created a session first: the flow takes

@@ -145,6 +145,49 @@ func TestNewPicksItsMap(t *testing.T) {
 	})
 }
 
+// TestSessionsWriteAsTheNode: a node writes its sessions as its service
+// and instance (what a firewall's state is filed under, and whose
+// sessions its deletes may remove), and a spare starts to once a version
+// adds it.
+func TestSessionsWriteAsTheNode(t *testing.T) {
+	for _, tc := range []struct {
+		node  string
+		spare bool
+		want  []string // what it asked the store for, on version 1 and 2
+	}{
+		{node: "gw", want: []string{"/"}},
+		{node: "fw-2", want: []string{"fw/fw-2"}},
+		{node: "dlp-1", want: []string{"dlp/dlp-1"}},
+		{node: "fw-9", spare: true, want: []string{"/", "fw/fw-9"}},
+	} {
+		t.Run(tc.node, func(t *testing.T) {
+			s := newFakeStore(labVersion(t))
+			cfg := Config{Node: tc.node, RedisURL: "redis://fake", Spare: tc.spare, Logger: discardLogger()}
+			if tc.node == "gw" {
+				cfg.Rules.Outer = []string{"outer0"}
+			}
+			a, err := newAgent(cfg, &fakeKernel{}, nil, func(string) (Store, error) { return s, nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.sessionsOf(a.state.Load())
+			v2, _ := nextVersion(t, a.state.Load().published, func(*steering.Published) (*steering.Published, error) {
+				m := labmap.Map(t)
+				m.Services["fw"].Instances["fw-9"] = steering.Addresses{"10.200.0.19", "fd00:200::19"}
+				return steering.Local(m)
+			})
+			if err := a.install(v2, false); err != nil {
+				t.Fatal(err)
+			}
+			a.sessionsOf(a.state.Load())
+			a.sessionsOf(a.state.Load()) // the same store again: nothing asked
+			if diff := cmp.Diff(tc.want, s.writers); diff != "" {
+				t.Errorf("session stores asked for (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 // TestReloadMapFile: SIGHUP on a node without Redis installs the edited
 // file, instances keeping their IDs, and refuses a bad one, keeping the
 // running map.

@@ -180,7 +180,9 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 // add` puts it in the map. New flows must land on it from that version on,
 // as many as the new map gives it, counted in its own namespace; the open
 // connections must keep their instances; and it must take about a third
-// of the slots.
+// of the slots. In Redis it must then act as a firewall: a connection's
+// verdict filed under its service, the session deleted when the
+// connection closes.
 func TestScaleOut(t *testing.T) {
 	l := redisLab(t)
 	if err := l.AddInstanceHost("fw-3", "10.200.0.13", "fd00:200::13"); err != nil {
@@ -272,6 +274,35 @@ func TestScaleOut(t *testing.T) {
 	}
 	t.Logf("after instance add (version %d): fw-1 %d, fw-2 %d, fw-3 %d of %d slots (fair share %d); fw-3 took %d of 30 new flows, as the map says",
 		version, share["fw-1"], share["fw-2"], share["fw-3"], tab.Slots(), fair, want)
+
+	// fw-3 is a firewall now, in Redis too: it files its verdict on a
+	// connection under fw, where its secondary would read it, and it
+	// deletes the session when the connection closes.
+	var local string
+	for port := 46100; local == ""; port++ {
+		f := flowOf(t, 6, fmt.Sprintf("%s:%d", lab.AcmeClient, port), "10.99.0.2:8002")
+		if in, _ := tab.InstanceByID(tab.PinsFor(acme, tab.SlotOf(steering.AffinityCode(&f)))[0]); in.Name == "fw-3" {
+			local = fmt.Sprintf("%s:%d", lab.AcmeClient, port)
+		}
+	}
+	h := holdConn(t, l, local, "10.99.0.2:8002")
+	var rec struct {
+		Hops  []sessions.Hop    `json:"hops"`
+		State map[string]string `json:"state"`
+	}
+	if !waitFor(3*time.Second, func() bool {
+		out, err := l.Nfsteer("ctl", "sessions", "show", "--redis", lab.RedisURL, h.flow, "-o", "json")
+		return err == nil && json.Unmarshal([]byte(out), &rec) == nil && rec.State["fw"] != ""
+	}) {
+		t.Fatalf("the session of a connection through fw-3 has no fw verdict in Redis: %+v", rec)
+	}
+	if len(rec.Hops) == 0 || rec.Hops[0].Primary != "fw-3" {
+		t.Errorf("the session of a connection through fw-3 names %s at fw", rec.Hops[0].Primary)
+	}
+	h.c.Close()
+	if !waitFor(5*time.Second, func() bool { return !redisHas(l, h.flow) }) {
+		t.Errorf("session %s still in Redis 5 s after its connection through fw-3 closed", h.flow)
+	}
 }
 
 // drained is what drain --migrate of an instance said, and the
