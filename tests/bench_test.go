@@ -189,7 +189,7 @@ func machine() string {
 func BenchmarkChainThroughput(b *testing.B) {
 	const seconds, rounds = 4, 10
 	fmt.Printf("machine: %s\ncommand: make bench (go test -run '^$' -bench . -benchtime 1x ./tests/...)\n", machine())
-	tab := labMapTable(b)
+	tab := tableOf(b, lab.Map) // as an agent without Redis compiles it
 	pairs := [][2]string{{"fw-1", "dlp-1"}, {"fw-1", "dlp-2"}, {"fw-2", "dlp-2"}, {"fw-2", "dlp-1"}}
 	for i := 0; i < b.N; i++ {
 		l := lab.New(b, bin)
@@ -267,20 +267,6 @@ func BenchmarkChainThroughput(b *testing.B) {
 			median(plain), median(static), median(tracked), median(steered), median(toPlain), median(toStatic), median(toTracked))
 		l.Close()
 	}
-}
-
-// labMapTable compiles the lab's map as an agent without Redis does.
-func labMapTable(b *testing.B) *steering.Table {
-	b.Helper()
-	m, err := steering.Parse([]byte(lab.Map))
-	if err != nil {
-		b.Fatal(err)
-	}
-	t, err := steering.Compile(m)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return t
 }
 
 // globexChain returns the fw and dlp instances that hold, on tab, the
