@@ -615,7 +615,7 @@ func (b *batch) settle(ops []sessions.Named, f *followUp) {
 		}
 		f.deleted = append(f.deleted, rec.Flow)
 		for _, e := range pairsOf(hops) {
-			f.stale = append(f.stale, indexEntry{e, rec.Flow})
+			f.ended = append(f.ended, indexEntry{e, rec.Flow})
 		}
 	}
 }
@@ -631,8 +631,8 @@ func (w *Sessions) holds(hops []sessions.Hop) bool {
 	return false
 }
 
-// followUp is what a batch's creates that lost leave to a second
-// pipeline.
+// followUp is what a batch leaves to a second pipeline: what its creates
+// that lost must settle, and its conditional deletes.
 type followUp struct {
 	// stale are index entries the batch added that the first writers'
 	// roles lack; idx, those the batch lacks of theirs.
@@ -642,8 +642,9 @@ type followUp struct {
 	// that lost: it goes to the state hash.
 	states []int
 	// deleted are the flows whose sessions settle found this writer's
-	// to delete.
+	// to delete, and ended their index entries.
 	deleted []string
+	ended   []indexEntry
 }
 
 // reconcile reads the creates that lost: each outcome learns the first
@@ -705,34 +706,41 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 		return nil
 	}
 	pipe := w.s.rdb.Pipeline()
-	for _, flow := range f.deleted {
-		pipe.Del(ctx, sessionKey(flow), stateKey(flow)) // one slot: {flow}
-	}
 	for _, i := range f.states {
 		flow := ops[i].Record.Flow
 		pipe.HSet(ctx, stateKey(flow), b.stField, w.s.sealState(flow, w.Service, ops[i].State), "updated", b.nowArg)
 		pipe.PExpire(ctx, stateKey(flow), w.TTL)
 	}
-	// One ZREM per index: a batch's deletes share a few pairs of
-	// instances.
-	gone := map[pair][]any{}
-	for _, e := range f.stale {
-		args, ok := gone[e.pair]
-		if !ok {
-			args = append(make([]any, 0, 16), "zrem", e.key())
-		}
-		gone[e.pair] = append(args, e.flow)
-	}
-	for _, args := range gone {
-		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...))
-	}
+	zrem(ctx, pipe, f.stale)
 	f.idx.flush(ctx, pipe, func(pair) bool { return true }) // rare: register them all
+	// The deletes last: a create of the same flow earlier in the batch
+	// may have left it state and index entries above.
+	for _, flow := range f.deleted {
+		pipe.Del(ctx, sessionKey(flow), stateKey(flow)) // one slot: {flow}
+	}
+	zrem(ctx, pipe, f.ended)
 	if cmds, err := pipe.Exec(ctx); err != nil {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
 			return fmt.Errorf("settling sessions that existed at %s: %w", w.s.addr, permission(err))
 		}
 	}
 	return nil
+}
+
+// zrem queues the removal of entries, one ZREM per index: a batch's
+// entries share a few pairs of instances.
+func zrem(ctx context.Context, pipe redis.Pipeliner, entries []indexEntry) {
+	byIndex := map[pair][]any{}
+	for _, e := range entries {
+		args, ok := byIndex[e.pair]
+		if !ok {
+			args = append(make([]any, 0, 16), "zrem", e.key())
+		}
+		byIndex[e.pair] = append(args, e.flow)
+	}
+	for _, args := range byIndex {
+		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...))
+	}
 }
 
 // failed returns the first error among cmds that is not redis.Nil, or err,

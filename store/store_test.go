@@ -665,6 +665,35 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("a create that lost and the delete of its flow in one batch leave nothing", func(t *testing.T) {
+			a := acmeSession(tab, 40650)
+			write(t, gw, op(sessions.OpCreate, a))
+			rec := get(t, a.Key)
+			// This firewall's create names the other dlp: it loses to
+			// the gateway's record, whose roles it then indexes and
+			// whose state hash takes its verdict, before the delete.
+			b := a
+			for _, in := range tab.Instances() {
+				if tab.Services()[in.Service].Name == "dlp" && in.ID != a.Pins[1] {
+					b.Pins[1] = in.ID
+				}
+			}
+			b.Rule = 1
+			w := s.NewSessions("fw", rec.Hops[0].Primary, time.Minute)
+			write(t, w, sessions.Op{Kind: sessions.OpCreateState, Index: true, Session: b}, op(sessions.OpDelete, b))
+			if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
+				t.Errorf("Get after the batch = %v, want ErrNoSession", err)
+			}
+			if n, err := store.ClientOf(s).Exists(ctx, "nfsteer:st:{"+rec.Flow+"}").Result(); err != nil || n != 0 {
+				t.Errorf("the state hash outlived the delete (%v)", err)
+			}
+			for _, h := range rec.Hops {
+				if indexed(t, h.Primary, store.RolePrimary, rec.Flow) || indexed(t, h.Secondary, store.RoleSecondary, rec.Flow) {
+					t.Errorf("after the batch, the %s hop is still indexed", h.Service)
+				}
+			}
+		})
+
 		t.Run("a malformed entry is reported with its key, not half-read", func(t *testing.T) {
 			c := store.ClientOf(s)
 			good := acmeSession(tab, 40500)
