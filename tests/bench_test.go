@@ -177,11 +177,11 @@ func machine() string {
 // They are measured in ten rounds. Each round takes one pair of fw and
 // dlp instances (each pair two rounds in a row), and each nfsteer stream
 // leaves from a client port whose flow the map gives that pair
-// (globexChain; the agents' logs must agree). nfsteer and the static chain are measured back to back,
-// nfsteer first in even rounds and last in odd ones, so that neither
-// gains from its place (a sample right after the agents start, say) or
-// from the host's drift within a round; plain comes first in even rounds
-// and last in odd ones. This host's throughput drifts by 10-20% over a
+// (globexChain; the agents' logs must agree). nfsteer and the static
+// chain are measured back to back, nfsteer first in even rounds and last
+// in odd ones, so that neither gains from its place (a sample right after
+// the agents start, say) or from the host's drift within a round; plain
+// comes first in even rounds and last in odd ones. This host's throughput drifts by 10-20% over a
 // minute; samples a few seconds apart share the drift, so a round's
 // ratio mostly does not see it, where the ratio of medians taken a minute
 // apart did. It reports the medians of each way and the medians of the
