@@ -285,9 +285,18 @@ func (a *Agent) sessionsOf(st *state) SessionStore {
 	a.sessionsMu.Lock()
 	defer a.sessionsMu.Unlock()
 	if n := a.nodeSessions; n == nil || n.service != svc || n.instance != inst {
-		a.nodeSessions = &nodeSessions{svc, inst, a.store.Sessions(svc, inst, a.cfg.RedisSessionTTL)}
+		a.nodeSessions = &nodeSessions{svc, inst, a.store.Sessions(svc, inst, a.known, a.cfg.RedisSessionTTL)}
 	}
 	return a.nodeSessions.SessionStore
+}
+
+// known reports whether the map the node runs has an instance called
+// name: a session whose record names one it no longer has (removed
+// while it carried flows) is taken over, and deleted, by the instance
+// the node's own roles name.
+func (a *Agent) known(name string) bool {
+	_, ok := a.state.Load().table.InstanceByName(name)
+	return ok
 }
 
 func (a *Agent) initialMap(dial func(string) (Store, error)) (*steering.Published, error) {

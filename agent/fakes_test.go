@@ -279,7 +279,7 @@ func (s *fakeStore) Restarting(_ context.Context, node string, grace time.Durati
 	return nil
 }
 
-func (s *fakeStore) Sessions(service, instance string, _ time.Duration) SessionStore {
+func (s *fakeStore) Sessions(service, instance string, _ func(string) bool, _ time.Duration) SessionStore {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.writers = append(s.writers, service+"/"+instance)

@@ -184,6 +184,10 @@ func TestSessionsWriteAsTheNode(t *testing.T) {
 			if diff := cmp.Diff(tc.want, s.writers); diff != "" {
 				t.Errorf("session stores asked for (-want +got):\n%s", diff)
 			}
+			// The stores tell removed instances by the running map.
+			if !a.known("fw-9") || !a.known("dlp-2") || a.known("fw-7") {
+				t.Errorf("known on version 2: fw-9 %v, dlp-2 %v, fw-7 %v; want true, true, false", a.known("fw-9"), a.known("dlp-2"), a.known("fw-7"))
+			}
 		})
 	}
 }

@@ -29,8 +29,9 @@ type Store interface {
 	// Restarting says node stopped on purpose and will beat again within grace.
 	Restarting(ctx context.Context, node string, grace time.Duration) error
 	// Sessions returns the session store of a node that holds
-	// instance, of service ("" for both on a gateway).
-	Sessions(service, instance string, ttl time.Duration) SessionStore
+	// instance, of service ("" for both on a gateway); known reports
+	// whether the map the node runs has an instance of a name.
+	Sessions(service, instance string, known func(string) bool, ttl time.Duration) SessionStore
 	// Addr says where the store is, for messages.
 	Addr() string
 	Close() error
@@ -50,8 +51,10 @@ var (
 	_ SessionStore = (*store.Sessions)(nil)
 )
 
-func (s redisStore) Sessions(service, instance string, ttl time.Duration) SessionStore {
-	return s.NewSessions(service, instance, ttl)
+func (s redisStore) Sessions(service, instance string, known func(string) bool, ttl time.Duration) SessionStore {
+	w := s.NewSessions(service, instance, ttl)
+	w.Known = known
+	return w
 }
 
 // dialRedis returns the Store at a Redis URL, connecting with files for

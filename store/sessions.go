@@ -57,11 +57,13 @@ const (
 
 // retake moves the primary roles reqs ask for: it reads every record in
 // one pipeline, checks each (its seal, and that the hop's primary is from
-// or already to), changes it and writes it back sealed in a second, each
+// or already to; for a request from "", an instance the map no longer
+// has, that gone says the hop's primary is gone), changes it and writes
+// it back sealed in a second, each
 // write conditional on the record being the one read (casScript); a
 // record that changed meanwhile is read again, up to three times. It
 // returns each request's outcome: retakeDone, retakeNone or retakeHeld.
-func (s *Store) retake(ctx context.Context, reqs []retakeReq) ([]int, error) {
+func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance string) bool) ([]int, error) {
 	out := make([]int, len(reqs))
 	pending := make([]int, len(reqs))
 	for i := range pending {
@@ -98,7 +100,7 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq) ([]int, error) {
 				continue
 			}
 			h := &m.Hops[req.hop]
-			if h.Primary != req.from && h.Primary != req.to {
+			if h.Primary != req.from && h.Primary != req.to && (req.from != "" || !gone(h.Primary)) {
 				out[r] = retakeHeld
 				continue
 			}
@@ -152,7 +154,12 @@ type Sessions struct {
 	// removes only a session whose record names it the primary at its
 	// service's hop.
 	Instance string
-	TTL      time.Duration
+	// Known, if not nil, reports whether the map the node runs has an
+	// instance of that name. A record whose hop names one it no longer
+	// has (removed while it carried flows) is then this writer's to take
+	// over, and to delete if the node's own roles name it at the hop.
+	Known func(instance string) bool
+	TTL   time.Duration
 	// trimEvery is how often the writer trims an index it adds to
 	// (trimDue).
 	trimEvery time.Duration
@@ -326,6 +333,12 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 // rewrites it (Outcome.Lost). A delete followed in the batch by another
 // operation of its flow (a new connection on the 5-tuple) is written
 // unconditionally, in order, as the node on that flow's path.
+//
+// With Known, a hop whose primary the node's map no longer has (an
+// instance removed while it carried flows) is this writer's where the
+// node's own roles name it there: a takeover from "" (what
+// [sessions.Name] calls such an instance) takes it, and a delete removes
+// the session.
 func (w *Sessions) Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	if err := w.retakeOps(ctx, ops); err != nil {
 		return nil, err
@@ -352,7 +365,7 @@ func (w *Sessions) retakeOps(ctx context.Context, ops []sessions.Named) error {
 	if len(reqs) == 0 {
 		return nil
 	}
-	_, err := w.s.retake(ctx, reqs)
+	_, err := w.s.retake(ctx, reqs, w.gone)
 	return err
 }
 
@@ -610,7 +623,7 @@ func (b *batch) settle(ops []sessions.Named, f *followUp) {
 			}
 			hops = m.Hops
 		}
-		if !b.w.holds(hops) {
+		if !b.w.holds(hops, rec.Hops) {
 			continue
 		}
 		f.deleted = append(f.deleted, rec.Flow)
@@ -620,16 +633,38 @@ func (b *batch) settle(ops []sessions.Named, f *followUp) {
 	}
 }
 
-// holds reports whether hops name w's instance the primary at w's
-// service's hop (a chain holds a service once).
-func (w *Sessions) holds(hops []sessions.Hop) bool {
+// holds reports whether the record's roles, hops, name w's instance the
+// primary at w's service's hop (a chain holds a service once), or name
+// one the map no longer has where the node's own roles, ours, name w's.
+func (w *Sessions) holds(hops, ours []sessions.Hop) bool {
+	if w.Instance == "" {
+		return false
+	}
 	for _, h := range hops {
-		if h.Service == w.Service {
-			return w.Instance != "" && h.Primary == w.Instance
+		if h.Service != w.Service {
+			continue
 		}
+		if h.Primary == w.Instance {
+			return true
+		}
+		return w.gone(h.Primary) && hopOf(ours, h.Service).Primary == w.Instance
 	}
 	return false
 }
+
+// hopOf returns the hop of service in hops (the zero Hop if none).
+func hopOf(hops []sessions.Hop, service string) sessions.Hop {
+	for _, h := range hops {
+		if h.Service == service {
+			return h
+		}
+	}
+	return sessions.Hop{}
+}
+
+// gone reports whether the map the node runs no longer has instance
+// (Known); without Known, every instance is known.
+func (w *Sessions) gone(instance string) bool { return w.Known != nil && !w.Known(instance) }
 
 // followUp is what a batch leaves to a second pipeline: what its creates
 // that lost must settle, and its conditional deletes.
@@ -1068,7 +1103,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	if len(reqs) == 0 {
 		return 0, bad, nil
 	}
-	res, err := s.retake(ctx, reqs)
+	res, err := s.retake(ctx, reqs, func(string) bool { return false })
 	if err != nil {
 		return 0, bad, fmt.Errorf("handing sessions of %s over: %w", instance, err)
 	}

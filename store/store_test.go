@@ -694,6 +694,46 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("a hop whose primary the map no longer has is the node's own primary's", func(t *testing.T) {
+			known := func(name string) bool { _, ok := tab.InstanceByName(name); return ok }
+			for i, c := range []struct {
+				name  string
+				kind  sessions.OpKind
+				known func(string) bool
+				want  string // the fw hop's primary after the write; "" for no session
+			}{
+				{"a takeover, the map known", sessions.OpTakeover, known, "fw-1"},
+				{"a takeover, the map not known", sessions.OpTakeover, nil, "fw-9"},
+				{"a delete, the map known", sessions.OpDelete, known, ""},
+				{"a delete, the map not known", sessions.OpDelete, nil, "fw-9"},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					flow := flowKey(uint16(40700 + i)).String()
+					// fw-9 held the hop and was removed from the map.
+					rec := sessions.Record{Flow: flow, Tenant: "acme", Hops: []sessions.Hop{
+						{Service: "fw", Primary: "fw-9", Secondary: "fw-1"}, {Service: "dlp", Primary: "dlp-1", Secondary: "dlp-2"}}}
+					if _, err := gw.Write(ctx, []sessions.Named{{Kind: sessions.OpCreate, Record: rec}}); err != nil {
+						t.Fatal(err)
+					}
+					// fw-1 carries the flow now, by its own roles.
+					ours := rec
+					ours.Hops = []sessions.Hop{{Service: "fw", Primary: "fw-1", Secondary: "fw-2"}, rec.Hops[1]}
+					w := s.NewSessions("fw", "fw-1", time.Minute)
+					w.Known = c.known
+					if _, err := w.Write(ctx, []sessions.Named{{Kind: c.kind, Hop: 0, From: "", Record: ours}}); err != nil {
+						t.Fatal(err)
+					}
+					got, err := gw.Get(ctx, flowKey(uint16(40700+i)))
+					switch {
+					case c.want == "" && !errors.Is(err, store.ErrNoSession):
+						t.Errorf("Get = %+v, %v; want no session", got, err)
+					case c.want != "" && (err != nil || got.Hops[0].Primary != c.want):
+						t.Errorf("Get = %+v, %v; want %s at fw", got, err, c.want)
+					}
+				})
+			}
+		})
+
 		t.Run("a malformed entry is reported with its key, not half-read", func(t *testing.T) {
 			c := store.ClientOf(s)
 			good := acmeSession(tab, 40500)
