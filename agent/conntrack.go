@@ -209,8 +209,8 @@ func (a *Agent) refresh(ctx context.Context) error {
 		now := time.Now()
 		grace := now.Add(-2 * a.cfg.RefreshInterval).UnixNano()
 		// Mirror writes are queued without blocking, as Sweep asks. A node
-		// without Redis passes no functions: the pass then only marks and
-		// forgets.
+		// that writes neither (a gateway, a node without Redis) passes no
+		// functions: the pass then only marks and forgets.
 		var refresh func(sessions.Session) bool
 		var gone func(sessions.Session)
 		if a.mirror != nil && st.role.refreshes() {
@@ -218,7 +218,7 @@ func (a *Agent) refresh(ctx context.Context) error {
 				return a.mirror.Enqueue(sessions.Op{Kind: sessions.OpRefresh, Session: s})
 			}
 		}
-		if a.mirror != nil {
+		if a.mirror != nil && st.role.hostsInstance() {
 			gone = func(s sessions.Session) {
 				if st.deletes(s.Tenant) {
 					a.mirror.Enqueue(sessions.Op{Kind: sessions.OpDelete, Session: s})

@@ -403,8 +403,8 @@ type batch struct {
 	creates   []createCmd
 	refreshes []*redis.BoolCmd
 	// deletes holds the record read for each conditional delete (settle);
-	// last, the index of the last operation of each flow the batch
-	// deletes, nil if it deletes none.
+	// last, the index of the last operation of each flow, nil in a batch
+	// that deletes nothing.
 	deletes []*redis.StringCmd
 	last    map[string]int
 	// ttlArg, nowArg and stField are arguments of most commands, boxed
@@ -447,16 +447,9 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 		creates: make([]createCmd, len(ops)), refreshes: make([]*redis.BoolCmd, len(ops)),
 		ttlArg: w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
 	}
-	for i := range ops {
-		if ops[i].Kind == sessions.OpDelete {
-			if b.last == nil {
-				b.last, b.deletes = map[string]int{}, make([]*redis.StringCmd, len(ops))
-			}
-			b.last[ops[i].Record.Flow] = i
-		}
-	}
-	for i := range ops {
-		if _, ok := b.last[ops[i].Record.Flow]; ok {
+	if slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpDelete }) {
+		b.last, b.deletes = make(map[string]int, len(ops)), make([]*redis.StringCmd, len(ops))
+		for i := range ops {
 			b.last[ops[i].Record.Flow] = i
 		}
 	}
@@ -637,19 +630,11 @@ func (b *batch) settle(ops []sessions.Named, f *followUp) {
 // primary at w's service's hop (a chain holds a service once), or name
 // one the map no longer has where the node's own roles, ours, name w's.
 func (w *Sessions) holds(hops, ours []sessions.Hop) bool {
-	if w.Instance == "" {
+	h := hopOf(hops, w.Service)
+	if w.Instance == "" || h.Service != w.Service {
 		return false
 	}
-	for _, h := range hops {
-		if h.Service != w.Service {
-			continue
-		}
-		if h.Primary == w.Instance {
-			return true
-		}
-		return w.gone(h.Primary) && hopOf(ours, h.Service).Primary == w.Instance
-	}
-	return false
+	return h.Primary == w.Instance || w.gone(h.Primary) && hopOf(ours, w.Service).Primary == w.Instance
 }
 
 // hopOf returns the hop of service in hops (the zero Hop if none).
