@@ -257,7 +257,7 @@ func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url stri
 	if a.store != nil {
 		if !cfg.NoMirror {
 			a.mirror = sessions.NewMirror(recordWriter{a}, sessions.MirrorConfig{
-				Resync: a.resyncOps, Existing: a.adopt, Logger: a.log,
+				Resync: a.resyncOps, Existing: a.adopt, Moved: a.letGoOf, Logger: a.log,
 				Written: func(d time.Duration) { a.mirrorSeconds.Observe(d.Seconds()) },
 			})
 		}

@@ -163,6 +163,31 @@ func (a *Agent) repin(old, t *steering.Table) int {
 // each, against a walk's tens of milliseconds.
 const repinFirst = 256
 
+// letGo forgets the sessions of the node's own instance once the map it
+// runs takes the instance away with its flows (Leaving: migrating, or
+// down), and returns how many. Those sessions were handed over (drain
+// --migrate) or are taken over by the instance's secondaries, and the
+// records name their new primaries. The node's conntrack still tracks the
+// flows, which now cross other instances and never end here: a walk would
+// refresh each session, indexing it under this instance again, and once
+// the flow ended elsewhere and its new primary deleted the session, the
+// refresh would find it gone and write it back (a resync).
+func (a *Agent) letGo(st *state) int {
+	if !st.role.hostsInstance() {
+		return 0
+	}
+	in := st.table.Instances()[st.node.Instance]
+	if !in.Leaving() {
+		return 0
+	}
+	return a.flows.ForgetPinnedTo(in.ID)
+}
+
+// letGoOf forgets the session of a refresh that found it no longer the
+// node's (sessions.Outcome.Moved): taken over or handed over while this
+// node did not learn it from its map (a version it skipped, say).
+func (a *Agent) letGoOf(op sessions.Op) { a.flows.Delete(op.Session.Key) }
+
 // refresh walks conntrack every RefreshInterval: live flows are marked
 // seen and, where this node holds an instance of their chain, refreshed in
 // Redis when their life there runs low (refreshDue); sessions whose

@@ -163,6 +163,62 @@ func TestRefreshFollowsConntrack(t *testing.T) {
 	}
 }
 
+// TestMigratedInstanceLetsItsSessionsGo: a firewall whose instance a
+// version takes away with its flows (drain --migrate's migrating version,
+// or marked down) forgets their sessions: its conntrack still tracks the
+// connections, now carried elsewhere, but it must neither refresh them
+// (which would index them under it again) nor delete them when they end.
+// A firewall whose instance stays keeps refreshing its own.
+func TestMigratedInstanceLetsItsSessionsGo(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, fwS, _ := roles(t, gw.Agent, &syn.Flow)
+	live := sessions.KeyOf(&syn.Flow).String()
+	for _, tc := range []struct {
+		name  string
+		edit  func(*steering.Published) (*steering.Published, error)
+		keeps bool
+	}{
+		{"migrated", func(p *steering.Published) (*steering.Published, error) { return p.Migrate(fwP.Name) }, false},
+		{"marked down", func(p *steering.Published) (*steering.Published, error) {
+			q := p.Clone()
+			q.Down = []string{fwP.Name}
+			return q, nil
+		}, false},
+		{"drained (keeps its flows)", func(p *steering.Published) (*steering.Published, error) { return p.Drain(fwP.Name) }, true},
+		{"another instance migrated", func(p *steering.Published) (*steering.Published, error) { return p.Migrate(fwS.Name) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newFakeNode(t, fwP.Name, labVersion(t), nil)
+			n.ct.conns = []rules.Conn{{Flow: syn.Flow}}
+			n.run(t)
+			if got := n.Handle(syn, nil, 0, false); got.Mark == 0 {
+				t.Fatalf("firewall did not admit the opening SYN: %+v", got)
+			}
+			waitFor(t, "the live flow refreshed", func() bool { return n.written(sessions.OpRefresh, live) >= 1 })
+			n.store.publish(nextVersion(t, labVersion(t), tc.edit))
+			waitFor(t, "version 2", func() bool { return strings.Contains(n.logs.String(), "version=2 from=1") })
+			if got, want := n.Sessions(), map[bool]int{true: 1, false: 0}[tc.keeps]; got != want {
+				t.Errorf("%d sessions after version 2; want %d", got, want)
+			}
+			// Walks every 20 ms: five of them.
+			refreshed := n.written(sessions.OpRefresh, live)
+			time.Sleep(100 * time.Millisecond)
+			if more := n.written(sessions.OpRefresh, live) - refreshed; (more > 0) != tc.keeps {
+				t.Errorf("%d refreshes of the session after version 2; want them %s", more, map[bool]string{true: "to go on", false: "to stop"}[tc.keeps])
+			}
+			// The connection ends here too: only a holder deletes.
+			n.ct.mu.Lock()
+			n.ct.conns = nil
+			n.ct.mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+			if got, want := n.written(sessions.OpDelete, live), map[bool]int{true: 1, false: 0}[tc.keeps]; got != want {
+				t.Errorf("%d deletes of the session once conntrack forgot it; want %d", got, want)
+			}
+		})
+	}
+}
+
 // TestFirstInstanceDeletesWhereNoFirewallDoes: on a chain without a
 // firewall, the instances of its first service delete the finished flows'
 // sessions from Redis. The gateway, which created them, does not: a flow

@@ -101,9 +101,11 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) er
 	a.Counters.Maps.Add(1)
 	switched := time.Now()
 	a.switchSeconds.Observe(switched.Sub(start).Seconds())
-	moved := a.repin(old.table, a.state.Load().table)
+	st := a.state.Load()
+	moved := a.repin(old.table, st.table)
+	let := a.letGo(st)
 	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(), "via", via,
-		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "down", p.Down)
+		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "let_go", let, "down", p.Down)
 	a.checkReversePath(false)
 	return nil
 }

@@ -247,6 +247,27 @@ func (t *Flows) PinnedTo(pinned func(id uint16) bool, max int) (out []Session, m
 	return out, false
 }
 
+// ForgetPinnedTo forgets every session pinned, at some hop, to instance
+// id, and returns how many it forgot. An instance the map takes away with
+// its flows (migrated, or marked down) no longer holds their sessions:
+// its host must neither refresh nor delete them, and must not write them
+// again should they leave Redis.
+func (t *Flows) ForgetPinnedTo(id uint16) int {
+	if id == 0 {
+		return 0 // no instance: an empty hop
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for pk, e := range t.entries {
+		if slices.Contains(e.pins[:], id) {
+			delete(t.entries, pk)
+			n++
+		}
+	}
+	return n
+}
+
 // KeySet is a set of flow keys without pointers, for sets as large as the
 // flow table (every live connection). The zero value is empty. It is not
 // safe for concurrent use.

@@ -264,3 +264,35 @@ func TestPinnedTo(t *testing.T) {
 		})
 	}
 }
+
+// TestForgetPinnedTo: an instance's host forgets the sessions pinned to
+// it, at whichever hop, and keeps the rest.
+func TestForgetPinnedTo(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		id   uint16
+		want []uint16 // the ports of the sessions kept
+	}{
+		{"at the first hop or the second", 3, []uint16{3, 4}},
+		{"none pinned", 9, []uint16{1, 2, 3, 4}},
+		{"an empty hop is no instance", 0, []uint16{1, 2, 3, 4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := NewFlows(time.Minute)
+			for port, pins := range map[uint16]steering.Pins{1: {3, 7}, 2: {4, 3}, 3: {4, 8}, 4: {5}} {
+				tab.Put(Session{Key: Key{A: netip.MustParseAddr("10.0.0.1"), PA: port, Proto: 6}, Tenant: "acme", Pins: pins})
+			}
+			if n := tab.ForgetPinnedTo(tc.id); n != 4-len(tc.want) {
+				t.Errorf("forgot %d sessions; want %d", n, 4-len(tc.want))
+			}
+			var got []uint16
+			for _, s := range tab.All() {
+				got = append(got, s.Key.PA)
+			}
+			slices.Sort(got)
+			if diff := gocmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("sessions kept, by port (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -109,6 +109,11 @@ type Outcome struct {
 	// Lost says a refresh found no session to refresh: Redis lost it (a
 	// restart without persistence, say). The mirror then rewrites all.
 	Lost bool
+	// Moved says a refresh found the session no longer the node's: its
+	// record names another instance the primary at the node's hop (the
+	// flow was handed over, or taken over by a secondary). Nothing was
+	// written; the mirror tells MirrorConfig.Moved.
+	Moved bool
 	// Refused, if not nil, says Redis refused this operation for good (a
 	// key of another type where the session or one of its indexes goes,
 	// written by hand) and names the key; the rest of the batch was
@@ -156,6 +161,9 @@ type MirrorConfig struct {
 	Resync func() []Op
 	// Existing is told about creates that lost the race to another writer.
 	Existing func(Op, Outcome)
+	// Moved is told about refreshes of sessions that are no longer the
+	// node's (Outcome.Moved), for the node to forget them.
+	Moved func(Op)
 	// Written, if set, is told how long each successful batch write took
 	// (for metrics).
 	Written func(time.Duration)
@@ -360,6 +368,9 @@ func (m *Mirror) write(ctx context.Context, batch []Op) bool {
 				}
 				if o.Existed && i < len(batch) && m.cfg.Existing != nil {
 					m.cfg.Existing(batch[i], o)
+				}
+				if o.Moved && i < len(batch) && m.cfg.Moved != nil {
+					m.cfg.Moved(batch[i])
 				}
 				if o.Lost {
 					lost++

@@ -334,11 +334,21 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 // operation of its flow (a new connection on the 5-tuple) is written
 // unconditionally, in order, as the node on that flow's path.
 //
+// A refresh by a writer that is an instance is conditional the same way:
+// it reads the record, and the follow-up extends the session's life and
+// its index entries, under the record's roles, only while the record
+// names the writer's instance the primary at its hop. Otherwise nothing
+// is written and the outcome says Moved: the flow was handed over or
+// taken over, and the node's conntrack, which the flow no longer crosses,
+// still tracks it. A blind refresh would index the session under the old
+// primary again and, once the flow ended elsewhere, find it gone and have
+// the node write it back (Lost).
+//
 // With Known, a hop whose primary the node's map no longer has (an
 // instance removed while it carried flows) is this writer's where the
 // node's own roles name it there: a takeover from "" (what
-// [sessions.Name] calls such an instance) takes it, and a delete removes
-// the session.
+// [sessions.Name] calls such an instance) takes it, a refresh extends it,
+// and a delete removes the session.
 func (w *Sessions) Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
 	if err := w.retakeOps(ctx, ops); err != nil {
 		return nil, err
@@ -390,23 +400,26 @@ func (c createCmd) lost() bool { return c.first != nil && c.first.Err() == nil }
 
 // batch is one Write's first pipeline and what its replies are read for.
 type batch struct {
-	s         *Store
-	w         *Sessions
-	due       []pair // indexes due a trim (Sessions.trimDue)
-	ctx       context.Context
-	pipe      redis.Pipeliner
-	idx       indexBatch
-	service   string
-	ttl       time.Duration
-	nowMS     int64
-	deadline  any // of index entries: a float64 of Unix ms, boxed once
-	creates   []createCmd
+	s        *Store
+	w        *Sessions
+	due      []pair // indexes due a trim (Sessions.trimDue)
+	ctx      context.Context
+	pipe     redis.Pipeliner
+	idx      indexBatch
+	service  string
+	ttl      time.Duration
+	nowMS    int64
+	deadline any // of index entries: a float64 of Unix ms, boxed once
+	creates  []createCmd
+	// refreshes holds the reply of each unconditional refresh (a writer
+	// that is no instance), for Outcome.Lost.
 	refreshes []*redis.BoolCmd
-	// deletes holds the record read for each conditional delete (settle);
-	// last, the index of the last operation of each flow, nil in a batch
-	// that deletes nothing.
-	deletes []*redis.StringCmd
-	last    map[string]int
+	// reads holds the record read for each conditional delete and
+	// refresh (settle), nil in a batch that has neither; last, the index
+	// of the last operation of each flow, nil in a batch that deletes
+	// nothing.
+	reads []*redis.StringCmd
+	last  map[string]int
 	// ttlArg, nowArg and stField are arguments of most commands, boxed
 	// once per batch: go-redis's typed helpers (SetArgs, PExpire, HSet)
 	// box and format every argument of every call.
@@ -448,10 +461,13 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 		ttlArg: w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
 	}
 	if slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpDelete }) {
-		b.last, b.deletes = make(map[string]int, len(ops)), make([]*redis.StringCmd, len(ops))
+		b.last, b.reads = make(map[string]int, len(ops)), make([]*redis.StringCmd, len(ops))
 		for i := range ops {
 			b.last[ops[i].Record.Flow] = i
 		}
+	}
+	if b.reads == nil && w.Instance != "" && slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpRefresh }) {
+		b.reads = make([]*redis.StringCmd, len(ops))
 	}
 	for i := range ops {
 		b.queue(i, &ops[i])
@@ -470,7 +486,7 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 		}
 	}
 	f := b.reconcile(ops, out)
-	b.settle(ops, &f)
+	b.settle(ops, out, &f)
 	if err := w.followUp(ctx, b, f, ops, out); err != nil {
 		return nil, err
 	}
@@ -546,9 +562,17 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		b.pexpire(stKey())
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpRefresh:
-		b.refreshes[i] = b.pexpire(key)
-		b.pexpire(stKey())
-		b.idx.add(rec.Flow, h, b.deadline)
+		if b.w.Instance == "" {
+			// A writer that is no instance holds no role to check.
+			b.refreshes[i] = b.pexpire(key)
+			b.pexpire(stKey())
+			b.idx.add(rec.Flow, h, b.deadline)
+			return
+		}
+		// Read first: the follow-up extends the session only while its
+		// record names this writer's instance the primary (settle).
+		b.reads[i] = redis.NewStringCmd(ctx, "get", key)
+		_ = pipe.Process(ctx, b.reads[i])
 	case sessions.OpTakeover:
 		hop := op.Hop
 		if hop < 0 || hop >= len(h) {
@@ -570,8 +594,8 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpDelete:
 		if b.last[rec.Flow] == i {
-			b.deletes[i] = redis.NewStringCmd(ctx, "get", key)
-			_ = pipe.Process(ctx, b.deletes[i])
+			b.reads[i] = redis.NewStringCmd(ctx, "get", key)
+			_ = pipe.Process(ctx, b.reads[i])
 			return
 		}
 		// Another operation of the flow follows: this node is on its path
@@ -584,19 +608,26 @@ func (b *batch) queue(i int, op *sessions.Named) {
 	}
 }
 
-// settle decides the batch's conditional deletes from the records they
-// read, for the follow-up: the sessions whose records name this writer's
-// instance the primary at its service's hop go, with their index entries
-// under the record's roles. A session already gone is left alone: whoever
-// deleted it took its entries, and the trim takes those of one that
-// expired.
-func (b *batch) settle(ops []sessions.Named, f *followUp) {
+// settle decides the batch's conditional deletes and refreshes from the
+// records they read, for the follow-up. A session whose record names this
+// writer's instance the primary at its service's hop is this writer's: a
+// delete removes it, with its index entries under the record's roles, and
+// a refresh extends its life and those entries. Any other is left alone,
+// and a refresh of it reports it Moved: its flow was handed over or taken
+// over, and the node's conntrack still tracks it. A session already gone
+// is left alone too (whoever deleted it took its entries, and the trim
+// takes those of one that expired), and a refresh of it reports it Lost.
+func (b *batch) settle(ops []sessions.Named, out []sessions.Outcome, f *followUp) {
 	var end []byte
-	for i, c := range b.deletes {
+	for i, c := range b.reads {
 		if c == nil {
 			continue
 		}
+		refresh := ops[i].Kind == sessions.OpRefresh
 		v, err := c.Result()
+		if refresh && errors.Is(err, redis.Nil) {
+			out[i].Lost = true
+		}
 		if err != nil {
 			continue // gone (redis.Nil), or the batch's error says why
 		}
@@ -616,7 +647,15 @@ func (b *batch) settle(ops []sessions.Named, f *followUp) {
 			}
 			hops = m.Hops
 		}
-		if !b.w.holds(hops, rec.Hops) {
+		switch {
+		case !b.w.holds(hops, rec.Hops):
+			out[i].Moved = refresh
+			continue
+		case refresh:
+			f.refreshed = append(f.refreshed, rec.Flow)
+			for _, e := range pairsOf(hops) {
+				f.idx.addMember(e, rec.Flow, b.deadline)
+			}
 			continue
 		}
 		f.deleted = append(f.deleted, rec.Flow)
@@ -652,7 +691,7 @@ func hopOf(hops []sessions.Hop, service string) sessions.Hop {
 func (w *Sessions) gone(instance string) bool { return w.Known != nil && !w.Known(instance) }
 
 // followUp is what a batch leaves to a second pipeline: what its creates
-// that lost must settle, and its conditional deletes.
+// that lost must settle, and its conditional refreshes and deletes.
 type followUp struct {
 	// stale are index entries the batch added that the first writers'
 	// roles lack; idx, those the batch lacks of theirs.
@@ -661,6 +700,9 @@ type followUp struct {
 	// states are the operations whose state the batch put in a record
 	// that lost: it goes to the state hash.
 	states []int
+	// refreshed are the flows whose sessions settle found this writer's
+	// to extend (their index entries are in idx).
+	refreshed []string
 	// deleted are the flows whose sessions settle found this writer's
 	// to delete, and ended their index entries.
 	deleted []string
@@ -722,17 +764,21 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f follo
 
 // followUp writes f in a second pipeline, if it holds anything.
 func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []sessions.Named, out []sessions.Outcome) error {
-	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.deleted) == 0 {
+	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.refreshed) == 0 && len(f.deleted) == 0 {
 		return nil
 	}
 	pipe := w.s.rdb.Pipeline()
+	for _, flow := range f.refreshed {
+		pipe.PExpire(ctx, sessionKey(flow), w.TTL)
+		pipe.PExpire(ctx, stateKey(flow), w.TTL)
+	}
 	for _, i := range f.states {
 		flow := ops[i].Record.Flow
 		pipe.HSet(ctx, stateKey(flow), b.stField, w.s.sealState(flow, w.Service, ops[i].State), "updated", b.nowArg)
 		pipe.PExpire(ctx, stateKey(flow), w.TTL)
 	}
 	zrem(ctx, pipe, f.stale)
-	f.idx.flush(ctx, pipe, func(pair) bool { return true }) // rare: register them all
+	f.idx.flush(ctx, pipe, func(pair) bool { return true }) // a few indexes: register them all
 	// The deletes last: a create of the same flow earlier in the batch
 	// may have left it state and index entries above.
 	for _, flow := range f.deleted {

@@ -665,6 +665,66 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("a refresh extends only a session whose record names its writer the primary", func(t *testing.T) {
+			short := s.NewSessions("", "", 10*time.Second) // the creates' life, which a refresh extends to a minute
+			for i, c := range []struct {
+				name string
+				// service and other say who refreshes: the primary at
+				// service's hop or, with other, the other instance of
+				// the service, pinned there in its own table (a flow
+				// handed over or taken over from it); "" a gateway.
+				service string
+				other   bool
+				missing bool
+				want    sessions.Outcome
+			}{
+				{name: "the firewall primary", service: "fw"},
+				{name: "the other firewall", service: "fw", other: true, want: sessions.Outcome{Moved: true}},
+				{name: "the dlp primary", service: "dlp"},
+				{name: "the other dlp", service: "dlp", other: true, want: sessions.Outcome{Moved: true}},
+				{name: "a gateway, which holds no role"},
+				{name: "the firewall primary, of a session Redis lost", service: "fw", missing: true, want: sessions.Outcome{Lost: true}},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					a := acmeSession(tab, uint16(40650+i))
+					if !c.missing {
+						write(t, short, op(sessions.OpCreate, a))
+					}
+					mine, inst := a, ""
+					for hop, svc := range []string{"fw", "dlp"} {
+						if svc != c.service {
+							continue
+						}
+						in, _ := tab.InstanceByID(a.Pins[hop])
+						for _, o := range tab.Instances() {
+							if c.other && tab.Services()[o.Service].Name == svc && o.ID != in.ID {
+								in = &o
+								break
+							}
+						}
+						mine.Pins[hop], inst = in.ID, in.Name
+					}
+					out := write(t, s.NewSessions(c.service, inst, time.Minute), op(sessions.OpRefresh, mine))
+					if diff := cmp.Diff(c.want, out[0]); diff != "" {
+						t.Errorf("outcome (-want +got):\n%s", diff)
+					}
+					if c.missing {
+						if _, err := gw.Get(ctx, a.Key); !errors.Is(err, store.ErrNoSession) {
+							t.Errorf("Get after the refresh of a lost session = %v, want ErrNoSession", err)
+						}
+						return
+					}
+					rec := get(t, a.Key)
+					if extended := rec.TTL > 10*time.Second; extended == c.want.Moved {
+						t.Errorf("after %s's refresh the session has %v to live; want it extended %t", inst, rec.TTL, !c.want.Moved)
+					}
+					if c.other && indexed(t, inst, store.RolePrimary, rec.Flow) {
+						t.Errorf("after %s's refresh, it is indexed as the session's primary; the record names %+v", inst, rec.Hops)
+					}
+				})
+			}
+		})
+
 		t.Run("a create that lost and the delete of its flow in one batch leave nothing", func(t *testing.T) {
 			a := acmeSession(tab, 40650)
 			write(t, gw, op(sessions.OpCreate, a))

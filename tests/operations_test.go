@@ -501,6 +501,77 @@ func TestMigratedUDPFlowKeepsItsSession(t *testing.T) {
 		from, to, received, sent, gap.Round(time.Millisecond), time.Since(ended).Round(100*time.Millisecond))
 }
 
+// TestMigratedConnectionLeavesTheOldFirewall holds a TCP connection
+// through its firewall, migrates it off that firewall and then closes it.
+// The old firewall's conntrack never sees the connection end (its last
+// packets cross the new one), so the old firewall still tracks it; but the
+// session is no longer its own. It must not index the session under
+// itself again (its count would hold up an instance remove), and once the
+// new firewall has deleted the finished session it must not write it
+// back. Judged from Redis: the old firewall's index, and the commands
+// Redis ran on the session's key.
+func TestMigratedConnectionLeavesTheOldFirewall(t *testing.T) {
+	l := redisLab(t)
+	const local, addr = "10.10.1.2:40733", "10.99.0.2:8063"
+	h := holdConn(t, l, local, addr)
+	from, to := primaryFW(t, flowOf(t, 6, local, addr))
+	if !waitFor(3*time.Second, func() bool { return redisHas(l, h.flow) }) {
+		t.Fatalf("session %s never reached Redis", h.flow)
+	}
+	events := watchSession(t, l, h.flow)
+	if out, err := l.Nfsteer("ctl", "instance", "drain", "--redis", lab.RedisURL, "--migrate", from); err != nil {
+		t.Fatalf("drain --migrate %s: %v\n%s", from, err, out)
+	}
+	h.ping(t, "across "+to)
+	// indexedUnder lists the indexes that name the flow with from as
+	// its primary, from Redis's own keys.
+	indexedUnder := func() []string {
+		keys, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "--scan", "--pattern", "nfsteer:i:{"+from+"}:p:*")
+		if err != nil {
+			t.Fatalf("listing %s's indexes: %v", from, err)
+		}
+		var in []string
+		for _, k := range strings.Fields(keys) {
+			if out, _ := l.Output("ctl", "redis-cli", "-h", lab.Control, "ZSCORE", k, h.flow); strings.TrimSpace(out) != "" {
+				in = append(in, k)
+			}
+		}
+		return in
+	}
+	// Four of the agents' walks (500 ms): each refreshes at least one
+	// live session the node holds.
+	time.Sleep(2 * time.Second)
+	if in := indexedUnder(); len(in) > 0 {
+		t.Errorf("2 s after the migration, %v still index the session under %s as its primary; want it under %s only", in, from, to)
+	}
+	closed := time.Now()
+	h.c.Close()
+	if !waitFor(5*time.Second, func() bool { return !redisHas(l, h.flow) }) {
+		t.Fatalf("session %s still in Redis 5 s after its connection closed through %s", h.flow, to)
+	}
+	// Six walks more: the old firewall still tracks the connection.
+	time.Sleep(3 * time.Second)
+	var after []string
+	deleted := false
+	for _, e := range events() {
+		switch {
+		case e.event == "del" && e.at.After(closed):
+			deleted = true
+		case deleted:
+			after = append(after, e.event)
+		}
+	}
+	if !deleted || len(after) > 0 {
+		t.Errorf("after the connection closed: deleted %v, then %v; want it deleted and left alone", deleted, after)
+	}
+	if redisHas(l, h.flow) {
+		t.Errorf("the finished session %s is back in Redis", h.flow)
+	}
+	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, from); err != nil {
+		t.Errorf("instance remove of %s after the migration: %v\n%s", from, err, out)
+	}
+}
+
 // TestSIGHUPReloadsTheMapFile runs the lab without Redis, takes fw-1 out
 // of the map file and sends the gateway SIGHUP: new flows must avoid fw-1.
 // A broken file sent the same way must be refused, with the agent still
