@@ -43,7 +43,13 @@ func TestDownWhenSilenceRunsOut(t *testing.T) {
 				}
 				// Before the call: Redis stamps the beat after this, so
 				// the instance cannot be due before beaten[n]+DeadAfter.
-				sent := time.Now()
+				// By the wall clock (Round(0) drops the monotonic
+				// reading, so that Since uses it too): Redis stamps and
+				// judges silence by it, and a host's wall clock may be
+				// slewed against its monotonic one (this test's VM ran it
+				// 5 ms a second fast, which made a second of Redis's
+				// silence 995 ms of monotonic time).
+				sent := time.Now().Round(0)
 				if err := s.Heartbeat(ctx, n, &store.Report{Node: n}); err != nil && ctx.Err() == nil {
 					select {
 					case beatErrs <- err:
