@@ -125,6 +125,45 @@ func BenchmarkSessionsWrite(b *testing.B) {
 		b.ReportMetric(float64(cpu)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
 		b.ReportMetric(float64(rcpu)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
 	})
+	// A walk's refreshes: each firewall extends the sessions it holds (a
+	// read, then the extension in a second round trip). Their creates
+	// are not timed.
+	b.Run("tcp-refresh", func(b *testing.B) {
+		b.ReportAllocs()
+		var cpu, rcpu time.Duration
+		for i := 0; i < b.N; i += batch {
+			b.StopTimer()
+			_, verdicts := newFlows(tab, next, batch, 6, false)
+			next += batch
+			if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
+				b.Fatal(err)
+			}
+			refs := map[string][]sessions.Op{}
+			for _, op := range verdicts {
+				op.Kind = sessions.OpRefresh
+				in, _ := tab.InstanceByID(op.Session.Pins[0])
+				refs[in.Name] = append(refs[in.Name], op)
+			}
+			redis0, client0 := redisCPU(b, s), processCPU(b)
+			b.StartTimer()
+			for name, ops := range refs {
+				out, err := holders[name].Write(ctx, sessions.Name(tab, ops))
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, o := range out {
+					if o.Moved || o.Lost {
+						b.Fatalf("a refresh by the session's primary: %+v", o)
+					}
+				}
+			}
+			b.StopTimer()
+			cpu += processCPU(b) - client0
+			rcpu += redisCPU(b, s) - redis0
+		}
+		b.ReportMetric(float64(cpu)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
+		b.ReportMetric(float64(rcpu)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
+	})
 }
 
 // verdictKey is the key of the k-th of newFlows' TCP flows.

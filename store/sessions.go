@@ -769,8 +769,8 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 	}
 	pipe := w.s.rdb.Pipeline()
 	for _, flow := range f.refreshed {
-		pipe.PExpire(ctx, sessionKey(flow), w.TTL)
-		pipe.PExpire(ctx, stateKey(flow), w.TTL)
+		_ = pipe.Process(ctx, redis.NewBoolCmd(ctx, "pexpire", sessionKey(flow), b.ttlArg))
+		_ = pipe.Process(ctx, redis.NewBoolCmd(ctx, "pexpire", stateKey(flow), b.ttlArg))
 	}
 	for _, i := range f.states {
 		flow := ops[i].Record.Flow
@@ -778,18 +778,27 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 		pipe.PExpire(ctx, stateKey(flow), w.TTL)
 	}
 	zrem(ctx, pipe, f.stale)
-	f.idx.flush(ctx, pipe, func(pair) bool { return true }) // a few indexes: register them all
+	// Registered as the first pipeline registers, and trimmed after.
+	var due []pair
+	f.idx.flush(ctx, pipe, func(e pair) bool {
+		if !w.trimDue(e, b.nowMS) {
+			return false
+		}
+		due = append(due, e)
+		return true
+	})
 	// The deletes last: a create of the same flow earlier in the batch
 	// may have left it state and index entries above.
 	for _, flow := range f.deleted {
 		pipe.Del(ctx, sessionKey(flow), stateKey(flow)) // one slot: {flow}
 	}
 	zrem(ctx, pipe, f.ended)
-	if cmds, err := pipe.Exec(ctx); err != nil {
+	if cmds, err := pipe.Exec(ctx); err != nil && !w.registrationRefused(cmds) {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
 			return fmt.Errorf("settling sessions that existed at %s: %w", w.s.addr, permission(err))
 		}
 	}
+	w.trim(ctx, due, b.nowMS)
 	return nil
 }
 
