@@ -88,11 +88,11 @@ func BenchmarkSessionsWrite(b *testing.B) {
 			b.ReportMetric(float64(redisCPU(b, s)-redis0)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
 		})
 	}
-	// The end of a TCP connection: each firewall deletes the sessions it
-	// admitted (a read, then the delete in a second round trip). Their
-	// creates are not timed.
+	// The end of a TCP connection and a walk's refreshes: each firewall
+	// writes, for the sessions it admitted, a read and then the delete or
+	// the extension in a second round trip. Their creates are not timed.
 	holders := map[string]*store.Sessions{"fw-1": fw, "fw-2": s.NewSessions("fw", "fw-2", time.Minute)}
-	b.Run("tcp-delete", func(b *testing.B) {
+	asHolders := func(b *testing.B, kind sessions.OpKind) {
 		b.ReportAllocs()
 		var cpu, rcpu time.Duration
 		for i := 0; i < b.N; i += batch {
@@ -102,58 +102,22 @@ func BenchmarkSessionsWrite(b *testing.B) {
 			if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
 				b.Fatal(err)
 			}
-			dels := map[string][]sessions.Op{}
+			byHolder := map[string][]sessions.Op{}
 			for _, op := range verdicts {
-				op.Kind = sessions.OpDelete
+				op.Kind = kind
 				in, _ := tab.InstanceByID(op.Session.Pins[0])
-				dels[in.Name] = append(dels[in.Name], op)
+				byHolder[in.Name] = append(byHolder[in.Name], op)
 			}
 			redis0, client0 := redisCPU(b, s), processCPU(b)
 			b.StartTimer()
-			for name, ops := range dels {
-				if _, err := holders[name].Write(ctx, sessions.Name(tab, ops)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			cpu += processCPU(b) - client0
-			rcpu += redisCPU(b, s) - redis0
-		}
-		if n, err := store.ClientOf(s).Exists(ctx, "nfsteer:s:{"+verdictKey(tab, next-1)+"}").Result(); err != nil || n != 0 {
-			b.Fatalf("the last flow's session is still there after its delete (%v)", err)
-		}
-		b.ReportMetric(float64(cpu)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
-		b.ReportMetric(float64(rcpu)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
-	})
-	// A walk's refreshes: each firewall extends the sessions it holds (a
-	// read, then the extension in a second round trip). Their creates
-	// are not timed.
-	b.Run("tcp-refresh", func(b *testing.B) {
-		b.ReportAllocs()
-		var cpu, rcpu time.Duration
-		for i := 0; i < b.N; i += batch {
-			b.StopTimer()
-			_, verdicts := newFlows(tab, next, batch, 6, false)
-			next += batch
-			if _, err := fw.Write(ctx, sessions.Name(tab, verdicts)); err != nil {
-				b.Fatal(err)
-			}
-			refs := map[string][]sessions.Op{}
-			for _, op := range verdicts {
-				op.Kind = sessions.OpRefresh
-				in, _ := tab.InstanceByID(op.Session.Pins[0])
-				refs[in.Name] = append(refs[in.Name], op)
-			}
-			redis0, client0 := redisCPU(b, s), processCPU(b)
-			b.StartTimer()
-			for name, ops := range refs {
+			for name, ops := range byHolder {
 				out, err := holders[name].Write(ctx, sessions.Name(tab, ops))
 				if err != nil {
 					b.Fatal(err)
 				}
 				for _, o := range out {
 					if o.Moved || o.Lost {
-						b.Fatalf("a refresh by the session's primary: %+v", o)
+						b.Fatalf("the session's primary found it not its own: %+v", o)
 					}
 				}
 			}
@@ -163,7 +127,14 @@ func BenchmarkSessionsWrite(b *testing.B) {
 		}
 		b.ReportMetric(float64(cpu)/float64(time.Microsecond)/float64(b.N), "client-µs/flow")
 		b.ReportMetric(float64(rcpu)/float64(time.Microsecond)/float64(b.N), "redis-µs/flow")
+	}
+	b.Run("tcp-delete", func(b *testing.B) {
+		asHolders(b, sessions.OpDelete)
+		if n, err := store.ClientOf(s).Exists(ctx, "nfsteer:s:{"+verdictKey(tab, next-1)+"}").Result(); err != nil || n != 0 {
+			b.Fatalf("the last flow's session is still there after its delete (%v)", err)
+		}
 	})
+	b.Run("tcp-refresh", func(b *testing.B) { asHolders(b, sessions.OpRefresh) })
 }
 
 // verdictKey is the key of the k-th of newFlows' TCP flows.
