@@ -185,8 +185,9 @@ func (a *Agent) letGo(st *state) int {
 
 // letGoOf forgets the session of a refresh that found it no longer the
 // node's (sessions.Outcome.Moved): taken over or handed over while this
-// node did not learn it from its map (a version it skipped, say).
-func (a *Agent) letGoOf(op sessions.Op) { a.flows.Delete(op.Session.Key) }
+// node did not learn it from its map (a version it skipped, say). A new
+// flow decided on the key since the refresh was queued is kept.
+func (a *Agent) letGoOf(op sessions.Op) { a.flows.DeleteCreated(op.Session.Key, op.Session.Created) }
 
 // refresh walks conntrack every RefreshInterval: live flows are marked
 // seen and, where this node holds an instance of their chain, refreshed in

@@ -219,6 +219,36 @@ func TestMigratedInstanceLetsItsSessionsGo(t *testing.T) {
 	}
 }
 
+// TestMovedSessionIsForgotten: a refresh that finds the session's record
+// naming another primary (taken over or handed over in a version this
+// node never ran) makes the node forget the session: no more refreshes,
+// and no delete when its conntrack forgets the flow.
+func TestMovedSessionIsForgotten(t *testing.T) {
+	syn := tcp(acmeOpen, server, syn)
+	gw := newFakeNode(t, "gw", labVersion(t), nil)
+	fwP, _, _ := roles(t, gw.Agent, &syn.Flow)
+	live := sessions.KeyOf(&syn.Flow).String()
+	n := newFakeNode(t, fwP.Name, labVersion(t), nil)
+	n.ct.conns = []rules.Conn{{Flow: syn.Flow}}
+	n.store.mu.Lock()
+	n.store.moved[live] = true
+	n.store.mu.Unlock()
+	n.run(t)
+	if got := n.Handle(syn, nil, 0, false); got.Mark == 0 {
+		t.Fatalf("firewall did not admit the opening SYN: %+v", got)
+	}
+	waitFor(t, "the session forgotten", func() bool { return n.written(sessions.OpRefresh, live) >= 1 && n.Sessions() == 0 })
+	refreshed := n.written(sessions.OpRefresh, live)
+	time.Sleep(100 * time.Millisecond) // five walks
+	n.ct.mu.Lock()
+	n.ct.conns = nil
+	n.ct.mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	if more, deletes := n.written(sessions.OpRefresh, live)-refreshed, n.written(sessions.OpDelete, live); more != 0 || deletes != 0 {
+		t.Errorf("after the refresh said Moved: %d refreshes more, %d deletes; want none", more, deletes)
+	}
+}
+
 // TestFirstInstanceDeletesWhereNoFirewallDoes: on a chain without a
 // firewall, the instances of its first service delete the finished flows'
 // sessions from Redis. The gateway, which created them, does not: a flow

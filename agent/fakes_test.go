@@ -188,6 +188,7 @@ type fakeStore struct {
 	records  map[sessions.Key]*sessions.Record
 	written  []sessions.Named
 	existing map[string]*sessions.Record // what a create of a flow finds
+	moved    map[string]bool             // flows whose record names another primary: a refresh says Moved
 	closed   int
 	// writers is what each Sessions call asked for: "service/instance".
 	writers []string
@@ -202,7 +203,7 @@ var (
 
 func newFakeStore(live *steering.Published) *fakeStore {
 	return &fakeStore{live: live, records: map[sessions.Key]*sessions.Record{}, existing: map[string]*sessions.Record{},
-		announce: make(chan store.Announcement, 16)}
+		moved: map[string]bool{}, announce: make(chan store.Announcement, 16)}
 }
 
 func (s *fakeStore) err() error {
@@ -319,6 +320,9 @@ func (s *fakeStore) Write(_ context.Context, ops []sessions.Named) ([]sessions.O
 	for i, op := range ops {
 		if first, ok := s.existing[op.Record.Flow]; ok && !op.Replace && (op.Kind == sessions.OpCreate || op.Kind == sessions.OpCreateState) {
 			out[i] = sessions.Outcome{Existed: true, First: first}
+		}
+		if op.Kind == sessions.OpRefresh && s.moved[op.Record.Flow] {
+			out[i] = sessions.Outcome{Moved: true}
 		}
 	}
 	return out, nil

@@ -217,6 +217,21 @@ func (t *Flows) Delete(k Key) {
 	t.mu.Unlock()
 }
 
+// DeleteCreated forgets the session of k if it is the one created at
+// created (Session.Created), and reports whether it did: a new flow on the
+// same key since, a new connection on a closed one's 5-tuple, is another
+// session and is kept.
+func (t *Flows) DeleteCreated(k Key, created int64) bool {
+	pk := packKey(k)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.entries[pk]; !ok || e.created != created {
+		return false
+	}
+	delete(t.entries, pk)
+	return true
+}
+
 // All returns a copy of every session.
 func (t *Flows) All() []Session {
 	t.mu.Lock()

@@ -296,3 +296,31 @@ func TestForgetPinnedTo(t *testing.T) {
 		})
 	}
 }
+
+// TestDeleteCreated: a session is forgotten only if it is the one asked
+// for, not a newer one on the same key.
+func TestDeleteCreated(t *testing.T) {
+	k := Key{A: netip.MustParseAddr("10.0.0.1"), PA: 1, Proto: 6}
+	for _, tc := range []struct {
+		name    string
+		created int64
+		want    bool
+	}{
+		{"the session asked for", 100, true},
+		{"a newer session on the key", 99, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := NewFlows(time.Minute)
+			tab.Put(Session{Key: k, Tenant: "acme", Created: 100})
+			if got := tab.DeleteCreated(k, tc.created); got != tc.want {
+				t.Errorf("DeleteCreated(created %d) = %t; want %t", tc.created, got, tc.want)
+			}
+			if _, kept := tab.Get(k); kept == tc.want {
+				t.Errorf("session kept %t after DeleteCreated; want %t", kept, !tc.want)
+			}
+		})
+	}
+	if NewFlows(time.Minute).DeleteCreated(k, 0) {
+		t.Error("DeleteCreated of a key the table does not hold reported a delete")
+	}
+}
