@@ -201,19 +201,28 @@ func TestMigratedInstanceLetsItsSessionsGo(t *testing.T) {
 			if got, want := n.Sessions(), map[bool]int{true: 1, false: 0}[tc.keeps]; got != want {
 				t.Errorf("%d sessions after version 2; want %d", got, want)
 			}
-			// Walks every 20 ms: five of them.
+			// A holder's walks (every 20 ms) go on refreshing and, once
+			// the connection ends here too, delete; the others' do
+			// neither, five walks on.
 			refreshed := n.written(sessions.OpRefresh, live)
-			time.Sleep(100 * time.Millisecond)
-			if more := n.written(sessions.OpRefresh, live) - refreshed; (more > 0) != tc.keeps {
-				t.Errorf("%d refreshes of the session after version 2; want them %s", more, map[bool]string{true: "to go on", false: "to stop"}[tc.keeps])
+			if tc.keeps {
+				waitFor(t, "more refreshes", func() bool { return n.written(sessions.OpRefresh, live) > refreshed })
+			} else {
+				time.Sleep(100 * time.Millisecond)
+				if more := n.written(sessions.OpRefresh, live) - refreshed; more != 0 {
+					t.Errorf("%d refreshes of the session after version 2; want none", more)
+				}
 			}
-			// The connection ends here too: only a holder deletes.
 			n.ct.mu.Lock()
 			n.ct.conns = nil
 			n.ct.mu.Unlock()
-			time.Sleep(100 * time.Millisecond)
-			if got, want := n.written(sessions.OpDelete, live), map[bool]int{true: 1, false: 0}[tc.keeps]; got != want {
-				t.Errorf("%d deletes of the session once conntrack forgot it; want %d", got, want)
+			if tc.keeps {
+				waitFor(t, "the delete", func() bool { return n.written(sessions.OpDelete, live) == 1 })
+			} else {
+				time.Sleep(100 * time.Millisecond)
+				if got := n.written(sessions.OpDelete, live); got != 0 {
+					t.Errorf("%d deletes of the session once conntrack forgot it; want none", got)
+				}
 			}
 		})
 	}
