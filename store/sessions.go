@@ -412,7 +412,8 @@ type batch struct {
 	deadline any // of index entries: a float64 of Unix ms, boxed once
 	creates  []createCmd
 	// refreshes holds the reply of each unconditional refresh (a writer
-	// that is no instance), for Outcome.Lost.
+	// that is no instance), for Outcome.Lost, nil in a batch that has
+	// none.
 	refreshes []*redis.BoolCmd
 	// reads holds the record read for each conditional delete and
 	// refresh (settle), nil in a batch that has neither; last, the index
@@ -457,8 +458,8 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 	b := &batch{
 		s: w.s, w: w, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
 		nowMS: now.UnixMilli(), deadline: any(float64(now.Add(w.TTL).UnixMilli())),
-		creates: make([]createCmd, len(ops)), refreshes: make([]*redis.BoolCmd, len(ops)),
-		ttlArg: w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
+		creates: make([]createCmd, len(ops)),
+		ttlArg:  w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
 	}
 	if slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpDelete }) {
 		b.last, b.reads = make(map[string]int, len(ops)), make([]*redis.StringCmd, len(ops))
@@ -466,8 +467,13 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.
 			b.last[ops[i].Record.Flow] = i
 		}
 	}
-	if b.reads == nil && w.Instance != "" && slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpRefresh }) {
-		b.reads = make([]*redis.StringCmd, len(ops))
+	if slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpRefresh }) {
+		switch {
+		case w.Instance == "":
+			b.refreshes = make([]*redis.BoolCmd, len(ops))
+		case b.reads == nil:
+			b.reads = make([]*redis.StringCmd, len(ops))
+		}
 	}
 	for i := range ops {
 		b.queue(i, &ops[i])
