@@ -802,7 +802,10 @@ func markValue(d steering.Decision, gateway uint16) uint32 {
 // the node's role says (state.createOp). It returns
 // the session the table holds: another packet of the flow may have been
 // decided first. A reopened flow (a new TCP connection on a closed one's
-// 5-tuple) replaces the closed one's session, here and in Redis.
+// 5-tuple) replaces the closed one's session here. In Redis, every
+// connection that opens here replaces what its 5-tuple held
+// (sessions.Op.Replace), whether or not this node knew it: an agent
+// restarted since, or another instance, carried it.
 //
 // A TCP SYN (synOpens) starts the session's life in Redis now: the node
 // that creates it does so as the SYN passes. Of any other first packet this
@@ -830,7 +833,7 @@ func (a *Agent) newSession(st *state, key sessions.Key, d steering.Decision, rul
 		s = a.flows.Put(s)
 	}
 	if kind, index, ok := st.createOp(d.Tenant, synOpens); ok && a.mirror != nil {
-		a.mirror.Enqueue(sessions.Op{Kind: kind, Replace: reopened, Index: index, Session: s})
+		a.mirror.Enqueue(sessions.Op{Kind: kind, Replace: synOpens, Index: index, Session: s})
 	}
 	return s
 }

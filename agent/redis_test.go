@@ -397,25 +397,74 @@ func TestTakeover(t *testing.T) {
 	}
 }
 
-// TestAdoptFirstWritersPins: a gateway whose create lost to another
-// gateway's re-pins the flow, in conntrack and in memory, to the first
-// writer's instances.
+// TestAdoptFirstWritersPins: a gateway whose create of a datagram flow
+// lost to another gateway's re-pins the flow, in conntrack and in memory,
+// to the first writer's instances. A TCP connection that opens here does
+// not lose: TestOpeningConnectionReplacesAnEarlierRecord.
 func TestAdoptFirstWritersPins(t *testing.T) {
-	syn := tcp(acmeOpen, server, syn)
+	dgram := &nfq.Packet{Flow: tcp(acmeOpen, server, 0).Flow}
+	dgram.Proto, dgram.Flow.Proto = nfq.ProtoUDP, nfq.ProtoUDP
 	n := newFakeNode(t, "gw", forwardVersion(t), nil)
-	fwP, fwS, dlp := roles(t, n.Agent, &syn.Flow)
-	n.ct.conns = []rules.Conn{{Flow: syn.Flow, Mark: rules.SetHalf(0, false, rules.HalfValue(fwP.ID))}}
-	first := admitted(t, n.Agent, &syn.Flow, fwS.Name, fwP.Name, "")
-	n.store.existing[sessions.KeyOf(&syn.Flow).String()] = first
+	fwP, fwS, dlp := roles(t, n.Agent, &dgram.Flow)
+	n.ct.conns = []rules.Conn{{Flow: dgram.Flow, Mark: rules.SetHalf(0, false, rules.HalfValue(fwP.ID))}}
+	first := admitted(t, n.Agent, &dgram.Flow, fwS.Name, fwP.Name, "")
+	n.store.existing[sessions.KeyOf(&dgram.Flow).String()] = first
 	n.run(t)
-	if got := n.Handle(syn, nil, 0, false); rules.Half(got.Mark, false) != rules.HalfValue(fwP.ID) {
-		t.Fatalf("SYN steered with mark %#x; want to %s, the map's primary", got.Mark, fwP.Name)
+	if got := n.Handle(dgram, nil, 0, false); rules.Half(got.Mark, false) != rules.HalfValue(fwP.ID) {
+		t.Fatalf("datagram steered with mark %#x; want to %s, the map's primary", got.Mark, fwP.Name)
 	}
 	want := rules.SetHalf(0, false, rules.HalfValue(fwS.ID))
-	waitFor(t, "conntrack re-marked to the first writer's firewall", func() bool { return n.ct.mark(syn.Flow) == want })
-	s, _ := n.flows.Get(sessions.KeyOf(&syn.Flow))
+	waitFor(t, "conntrack re-marked to the first writer's firewall", func() bool { return n.ct.mark(dgram.Flow) == want })
+	s, _ := n.flows.Get(sessions.KeyOf(&dgram.Flow))
 	if s.Pins[0] != fwS.ID || s.Pins[1] != dlp.ID {
 		t.Errorf("local pins %v; want [%d %d ...]", s.Pins, fwS.ID, dlp.ID)
+	}
+}
+
+// TestOpeningConnectionReplacesAnEarlierRecord: what Redis holds for the
+// 5-tuple of a TCP connection that opens here is an earlier connection's,
+// which this node may not know (an agent restarted since): the
+// connection's own create replaces it, and the flow keeps the map's
+// choice.
+func TestOpeningConnectionReplacesAnEarlierRecord(t *testing.T) {
+	open := tcp(acmeOpen, server, syn)
+	for _, tc := range []struct {
+		name    string
+		node    string // "": the flow's primary firewall
+		version *steering.Published
+	}{
+		{"gateway of a chain without a firewall", "gw", forwardVersion(t)},
+		{"the chain's first firewall", "", labVersion(t)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			probe := newFakeNode(t, "gw", tc.version, nil)
+			fwP, fwS, _ := roles(t, probe.Agent, &open.Flow)
+			node := tc.node
+			if node == "" {
+				node = fwP.Name
+			}
+			n := newFakeNode(t, node, tc.version, nil)
+			n.store.existing[sessions.KeyOf(&open.Flow).String()] = admitted(t, n.Agent, &open.Flow, fwS.Name, fwP.Name, "")
+			n.run(t)
+			got := n.Handle(tcp(acmeOpen, server, syn), nil, 0, false)
+			if got.Verdict != nfq.Accept {
+				t.Fatalf("SYN: %+v", got)
+			}
+			// Counted once what the store found is handled (an adoption).
+			waitFor(t, "the SYN's create written", func() bool { return n.mirror.Stats.Written.Load() > 0 })
+			var creates []sessions.Named
+			for _, op := range n.store.writes() {
+				if op.Kind == sessions.OpCreate || op.Kind == sessions.OpCreateState {
+					creates = append(creates, op)
+				}
+			}
+			if len(creates) != 1 || !creates[0].Replace || !creates[0].Index {
+				t.Errorf("creates %+v; want one that indexes and replaces", creates)
+			}
+			if s, _ := n.flows.Get(sessions.KeyOf(&open.Flow)); s.Pins[0] != fwP.ID {
+				t.Errorf("local pin %d; want %s (%d), the map's primary", s.Pins[0], fwP.Name, fwP.ID)
+			}
+		})
 	}
 }
 

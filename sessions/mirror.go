@@ -46,9 +46,13 @@ type Op struct {
 	// ID of the instance that held it.
 	Hop  int8
 	From uint16
-	// Replace, for the creates: the session is a new TCP connection on
-	// the 5-tuple of an earlier one, so it overwrites whatever Redis
-	// holds for that key instead of losing to it.
+	// Replace, for the creates: the session is a TCP connection that
+	// opened here (its SYN). What Redis holds for its 5-tuple is then an
+	// earlier connection's, which the connection's own create (one that
+	// indexes) overwrites instead of losing to it: the agent may not
+	// know that connection (it ran before a restart, or crossed another
+	// instance), and its record would outlive neither its TTL nor its
+	// roles. Another create of the connection loses to its own.
 	Replace bool
 	// Index says a create indexes the session under its roles too. An
 	// OpCreate always does; an OpCreateState only with Index, which a

@@ -44,7 +44,9 @@ func newFlows(tab *steering.Table, next uint32, n int, proto uint8, gateway bool
 		if gateway {
 			creates = append(creates, sessions.Op{Kind: sessions.OpCreate, Index: true, Session: sess})
 		}
-		verdicts = append(verdicts, sessions.Op{Kind: sessions.OpCreateState, Index: !gateway, Session: sess})
+		// A TCP connection's create is its own (it opened at the
+		// firewall): it replaces rather than loses (sessions.Op.Replace).
+		verdicts = append(verdicts, sessions.Op{Kind: sessions.OpCreateState, Index: !gateway, Replace: !gateway, Session: sess})
 	}
 	return creates, verdicts
 }

@@ -307,9 +307,13 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 // with the state of a firewall that creates a connection's session, see
 // batch.queue) unless one exists, atomically with its TTL, and replies with the
 // existing record if there was one: a loser learns the first writer's
-// roles in the same round trip. A create that replaces (a new TCP
-// connection on a closed one's 5-tuple) is a plain SET: the record it
-// finds is the closed connection's. In Redis a script cost about 38 µs a call
+// roles in the same round trip. A connection's own create, as it opens
+// (Replace with indexes: the gateway's, or its chain's first firewall's),
+// is SET GET without NX: a record it finds is an earlier connection's on
+// the 5-tuple, which the node may not know (an agent restarted since,
+// another instance carried it). Losing to it would leave the new
+// connection on that record's remaining life and roles. The follow-up
+// removes what of it would outlive it (replaced). In Redis a script cost about 38 µs a call
 // against 2-3 µs a native command (COMMANDSTATS in the new-flow
 // benchmark), and creates are per flow.
 //
@@ -393,10 +397,17 @@ type createCmd struct {
 	// stateInRecord says the record carries this writer's state, which
 	// a create that lost has yet to write to the state hash.
 	stateInRecord bool
+	// replace says the create overwrote any record there was (SET GET
+	// without NX): first, if not nil, names the earlier connection's.
+	replace bool
 }
 
-// lost reports whether the create found a first writer's record.
-func (c createCmd) lost() bool { return c.first != nil && c.first.Err() == nil }
+// found reports whether Redis held a record for the create's key.
+func (c createCmd) found() bool { return c.first != nil && c.first.Err() == nil }
+
+// lost reports whether the create found a first writer's record and so
+// wrote nothing.
+func (c createCmd) lost() bool { return !c.replace && c.found() }
 
 // batch is one Write's first pipeline and what its replies are read for.
 type batch struct {
@@ -541,20 +552,18 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		b.buf, hopsLen = mt.appendJSON(b.buf)
 		// Capped: a later append to the arena cannot reach into it.
 		m := b.s.sealRecord(rec.Flow, b.buf[start:len(b.buf):len(b.buf)])
-		if op.Replace {
-			// A new connection on a closed one's 5-tuple: the closed
-			// one's record is not a first writer to lose to, and its
-			// state hash, if it has one, holds its verdicts, which would
-			// override the new record's.
-			_ = pipe.Process(ctx, redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg))
-			if inRecord {
-				_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "del", stKey()))
-			}
-		} else {
-			first := redis.NewStatusCmd(ctx, "set", key, m, "px", b.ttlArg, "nx", "get")
-			_ = pipe.Process(ctx, first)
-			b.creates[i] = createCmd{first: first, hops: m[len(m)-hopsLen:], stateInRecord: inRecord}
+		replace := op.Replace && indexes(op)
+		args := []any{"set", key, m, "px", b.ttlArg, "nx", "get"}
+		if replace {
+			// A connection's own create (it opened here): what Redis holds
+			// for its 5-tuple is an earlier connection's, not a first
+			// writer to lose to. Its reply still names that record, for
+			// the follow-up to clear what would outlive it (reconcile).
+			args = slices.Delete(args, 5, 6)
 		}
+		first := redis.NewStatusCmd(ctx, args...)
+		_ = pipe.Process(ctx, first)
+		b.creates[i] = createCmd{first: first, hops: m[len(m)-hopsLen:], stateInRecord: inRecord, replace: replace}
 		if op.Kind == sessions.OpCreateState && b.service != "" && !inRecord {
 			writeState()
 			b.pexpire(stKey())
@@ -638,20 +647,10 @@ func (b *batch) settle(ops []sessions.Named, out []sessions.Outcome, f *followUp
 			continue // gone (redis.Nil), or the batch's error says why
 		}
 		rec := &ops[i].Record
-		hops := rec.Hops
-		// Usually the record names the roles this node knows: then it
-		// ends as this node would write it, and there is nothing to decode.
-		end = appendHopsJSON(end[:0], hops)
-		if len(v) < len(end) || v[len(v)-len(end):] != string(end) {
-			raw, err := b.s.openRecord(rec.Flow, []byte(v))
-			if err != nil {
-				continue
-			}
-			var m meta
-			if err := json.Unmarshal(raw, &m); err != nil || m.Flow != rec.Flow {
-				continue
-			}
-			hops = m.Hops
+		end = appendHopsJSON(end[:0], rec.Hops)
+		hops, ok := b.s.hopsIn(rec.Flow, v, end, rec.Hops)
+		if !ok {
+			continue
 		}
 		switch {
 		case !b.w.holds(hops, rec.Hops):
@@ -669,6 +668,26 @@ func (b *batch) settle(ops []sessions.Named, out []sessions.Outcome, f *followUp
 			f.ended = append(f.ended, indexEntry{e, rec.Flow})
 		}
 	}
+}
+
+// hopsIn returns the roles that v, flow's record as read from Redis,
+// names. Usually those the node knows, ours: then v ends as the node
+// would write it (end, their encoding), and there is nothing to decode.
+// It reports false for a record it cannot read (malformed, or sealed
+// with a key it does not trust).
+func (s *Store) hopsIn(flow, v string, end []byte, ours []sessions.Hop) ([]sessions.Hop, bool) {
+	if strings.HasSuffix(v, string(end)) {
+		return ours, true
+	}
+	raw, err := s.openRecord(flow, []byte(v))
+	if err != nil {
+		return nil, false
+	}
+	var m meta
+	if err := json.Unmarshal(raw, &m); err != nil || m.Flow != flow {
+		return nil, false
+	}
+	return m.Hops, true
 }
 
 // holds reports whether the record's roles, hops, name w's instance the
@@ -706,6 +725,10 @@ type followUp struct {
 	// states are the operations whose state the batch put in a record
 	// that lost: it goes to the state hash.
 	states []int
+	// cleared are the flows whose create replaced an earlier
+	// connection's record, whose verdict of this writer's goes from the
+	// state hash (replaced).
+	cleared []string
 	// refreshed are the flows whose sessions settle found this writer's
 	// to extend (their index entries are in idx).
 	refreshed []string
@@ -724,6 +747,9 @@ type followUp struct {
 func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f followUp) {
 	f.idx = indexBatch{}
 	for i, c := range b.creates {
+		if c.replace && c.found() {
+			b.replaced(&ops[i], c, &f)
+		}
 		if !c.lost() {
 			continue
 		}
@@ -768,12 +794,38 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f follo
 	return f
 }
 
+// replaced leaves to the follow-up what of an earlier connection on op's
+// 5-tuple would outlive its record, which op's create replaced (c): this
+// writer's verdict in the state hash, which readers would take over the
+// one in op's record, and the index entries under roles op's lack. Other
+// writers' verdicts stay: each writes its own for the new connection,
+// perhaps already.
+func (b *batch) replaced(op *sessions.Named, c createCmd, f *followUp) {
+	if c.stateInRecord {
+		f.cleared = append(f.cleared, op.Record.Flow)
+	}
+	hops, ok := b.s.hopsIn(op.Record.Flow, c.first.Val(), c.hops, op.Record.Hops)
+	if !ok {
+		return // its index entries are trimmed when they expire
+	}
+	ours := pairsOf(op.Record.Hops)
+	for _, e := range pairsOf(hops) {
+		if !slices.Contains(ours, e) {
+			f.stale = append(f.stale, indexEntry{e, op.Record.Flow})
+		}
+	}
+}
+
 // followUp writes f in a second pipeline, if it holds anything.
 func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []sessions.Named, out []sessions.Outcome) error {
-	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.refreshed) == 0 && len(f.deleted) == 0 {
+	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.cleared) == 0 && len(f.refreshed) == 0 && len(f.deleted) == 0 {
 		return nil
 	}
 	pipe := w.s.rdb.Pipeline()
+	for _, flow := range f.cleared {
+		// Its update time goes too: a hash left with no verdict is gone.
+		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hdel", stateKey(flow), b.stField, "updated"))
+	}
 	for _, flow := range f.refreshed {
 		_ = pipe.Process(ctx, redis.NewBoolCmd(ctx, "pexpire", sessionKey(flow), b.ttlArg))
 		_ = pipe.Process(ctx, redis.NewBoolCmd(ctx, "pexpire", stateKey(flow), b.ttlArg))

@@ -989,6 +989,80 @@ func TestReplacingCreateDropsTheClosedVerdict(t *testing.T) {
 	}
 }
 
+// TestConnectionReplacesAnEarlierConnectionsRecord: the create of a TCP
+// connection by its chain's first firewall replaces the record an earlier
+// connection on the 5-tuple left, which that firewall does not know (its
+// agent restarted since, or the connection crossed the other firewall).
+// Losing to it left the new connection on the earlier one's remaining
+// life, so that a failover after it ran out found no session. The new
+// record has the connection's roles and a whole TTL; the earlier one's
+// index entries under other roles and its verdict from this service go;
+// another service's verdict stays, for its own writer to replace.
+func TestConnectionReplacesAnEarlierConnectionsRecord(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		c := store.ClientOf(s)
+		tab := labTable(t)
+		conn := acmeSession(tab, 41200)
+		conn.Rule = 1
+		primary, _ := tab.InstanceByID(conn.Pins[0])
+		other := map[string]string{"fw-1": "fw-2", "fw-2": "fw-1"}[primary.Name]
+		otherIn, _ := tab.InstanceByName(other)
+		earlier := conn
+		earlier.Pins[0], earlier.Rule, earlier.Created = otherIn.ID, 5, conn.Created-int64(time.Hour)
+		write := func(w *store.Sessions, op sessions.Op) []sessions.Outcome {
+			t.Helper()
+			out, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{op}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		was := s.NewSessions("fw", other, time.Minute)
+		write(was, sessions.Op{Kind: sessions.OpCreateState, Index: true, Replace: true, Session: earlier})
+		write(was, sessions.Op{Kind: sessions.OpState, Session: earlier})
+		flow := conn.Key.String()
+		if err := c.HSet(ctx, "nfsteer:st:{"+flow+"}", "st:ips", "earlier").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.PExpire(ctx, "nfsteer:s:{"+flow+"}", 2*time.Second).Err(); err != nil {
+			t.Fatal(err)
+		}
+
+		w := s.NewSessions("fw", primary.Name, time.Minute)
+		if out := write(w, sessions.Op{Kind: sessions.OpCreateState, Index: true, Replace: true, Session: conn}); out[0].Existed {
+			t.Errorf("the connection's create lost to the earlier connection's record: %+v", out[0])
+		}
+		rec, err := w.Get(ctx, conn.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := sessions.NewRecord(tab, &conn)
+		if rec.Created != want.Created || rec.Hops[0] != want.Hops[0] {
+			t.Errorf("record created %d, first hop %+v; want the connection's: %d, %+v", rec.Created, rec.Hops[0], want.Created, want.Hops[0])
+		}
+		if rec.TTL < 50*time.Second {
+			t.Errorf("the record lives %v more; want about a minute, the connection's whole TTL", rec.TTL)
+		}
+		if diff := cmp.Diff(map[string]string{"fw": conn.FirewallState(), "ips": "earlier"}, rec.State); diff != "" {
+			t.Errorf("verdicts (-want +got):\n%s", diff)
+		}
+		for _, tc := range []struct {
+			index string
+			want  bool
+		}{
+			{"nfsteer:i:{" + other + "}:p:" + primary.Name, false},
+			{"nfsteer:i:{" + primary.Name + "}:p:" + other, true},
+		} {
+			err := c.ZScore(ctx, tc.index, flow).Err()
+			if got := err == nil; got != tc.want {
+				t.Errorf("%s names the flow: %v (%v); want %v", tc.index, got, err, tc.want)
+			}
+		}
+	})
+}
+
 func TestHeartbeatsAndLease(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		ctx := context.Background()

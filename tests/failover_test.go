@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -419,4 +420,54 @@ func TestRefusesBadMapFromRedis(t *testing.T) {
 	}
 	// Still steering on the last good map: an allowed flow crosses.
 	transfer(t, l, "ca", "10.10.1.2:40777", "10.99.0.2:5201", 1<<20)
+}
+
+// TestConnectionAfterARestartSurvivesFailover: a connection on the
+// 5-tuple of an earlier one that ended while its firewall's agent was
+// down. The restarted agent never knew the earlier connection, whose
+// record Redis still holds with a little life left. The new connection's
+// create must replace that record, not lose to it: it lost, and stayed on
+// the earlier record's life, which ran out a second later, so that the
+// secondary found no session when the primary died, and dropped the
+// connection. Ten connections opened before it keep the walks' probe
+// refreshes (the live session extended longest ago) off it meanwhile.
+func TestConnectionAfterARestartSurvivesFailover(t *testing.T) {
+	l := redisLab(t)
+	const local, addr = "10.10.1.2:40755", "10.99.0.2:8065"
+	primary, _ := primaryFW(t, flowOf(t, 6, local, addr))
+	earlier := holdConn(t, l, local, addr)
+	if !waitFor(3*time.Second, func() bool { return redisHas(l, earlier.flow) }) {
+		t.Fatalf("session %s never reached Redis", earlier.flow)
+	}
+	fw := l.Agents(primary)[0]
+	if err := fw.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	earlier.c.(*net.TCPConn).SetLinger(0) // a reset: no TIME_WAIT on the client
+	earlier.c.Close()
+	earlier.ln.Close()
+	for _, n := range append([]string{"gw"}, lab.InstanceNames()...) {
+		l.Run(n, "conntrack", "-D", "-p", "tcp", "--sport", "40755") // exits 1 where it had none
+	}
+	if _, err := l.Restart(fw, 0); err != nil {
+		t.Fatal(err)
+	}
+	anchors := 0
+	for port := 40800; anchors < 10; port++ {
+		a, srv := fmt.Sprintf("10.10.1.2:%d", port), fmt.Sprintf("10.99.0.2:%d", 8070+anchors)
+		if p, _ := primaryFW(t, flowOf(t, 6, a, srv)); p == primary {
+			holdConn(t, l, a, srv)
+			anchors++
+		}
+	}
+	if out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "PEXPIRE", "nfsteer:s:{"+earlier.flow+"}", "1000"); err != nil || strings.TrimSpace(out) != "1" {
+		t.Fatalf("shortening the earlier connection's record: %q, %v", out, err)
+	}
+	conn := holdConn(t, l, local, addr)
+	time.Sleep(2 * time.Second)
+	if !redisHas(l, conn.flow) {
+		t.Errorf("2 s after the connection opened, Redis has no session for it")
+	}
+	cutOff(t, l, primary)
+	conn.ping(t, "across the secondary")
 }

@@ -25,6 +25,7 @@ import (
 // test keeps open, to prove later that it still carries data.
 type heldConn struct {
 	c    net.Conn
+	ln   net.Listener // the server's, which accepts this connection only
 	got  chan string
 	flow string // its session key
 }
@@ -36,7 +37,7 @@ func holdConn(t *testing.T, l *lab.Lab, local, addr string) *heldConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	h := &heldConn{got: make(chan string, 16)}
+	h := &heldConn{ln: ln, got: make(chan string, 16)}
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
