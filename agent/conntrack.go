@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"time"
@@ -9,6 +11,7 @@ import (
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/store"
 	"golang.org/x/sys/unix"
 )
 
@@ -195,6 +198,20 @@ func (a *Agent) letGoOf(op sessions.Op) { a.flows.DeleteCreated(op.Session.Key, 
 // connection is gone or closed (TCP in TIME_WAIT or CLOSE) are forgotten,
 // and deleted from Redis by the instance that ends them (state.deletes).
 func (a *Agent) refresh(ctx context.Context) error {
+	// Until it succeeds, at each walk: Redis may be down at the start.
+	resumed := false
+	resume := func() {
+		n, left, err := a.resume(ctx)
+		if err != nil {
+			a.log.Warn("resuming the flows of the agent's earlier run; trying again at the next walk", "err", err)
+			return
+		}
+		resumed = true
+		if n+left > 0 {
+			a.log.Info("resumed the flows of the agent's earlier run", "flows", n, "not_this_instances", left)
+		}
+	}
+	resume()
 	// Nodes started together (a host's agents, a fleet after an upgrade)
 	// would all walk conntrack at the same moment, every interval: start
 	// at a random point of the first one.
@@ -213,6 +230,9 @@ func (a *Agent) refresh(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+		if !resumed {
+			resume()
 		}
 		a.checkReversePath(true)
 		live.Clear()
@@ -271,4 +291,95 @@ func (a *Agent) refreshDue(now time.Time) int64 {
 		return math.MaxInt64
 	}
 	return now.Add(-life).UnixNano()
+}
+
+// resume puts back in the local table the live flows that an earlier run
+// of the agent decided here: the kernel still steers them by their
+// connmarks, so their packets no longer reach this run. Without them an
+// instance would refresh none of their sessions, which would expire from
+// Redis while the flows live on (a failover would then find none), and
+// delete none when they end. Each is read from Redis and resumed only
+// where its record names this instance the primary at its service's hop,
+// as its session (roles, creation, a firewall's verdict), its life in
+// Redis unknown: the next walk refreshes it. It reports how many it
+// resumed and how many were left (no record, or another instance's).
+// It runs once, as the walks start, on an instance: a gateway neither
+// refreshes nor deletes.
+func (a *Agent) resume(ctx context.Context) (n, left int, err error) {
+	st := a.state.Load()
+	if a.ct == nil || a.mirror == nil || !st.role.hostsInstance() || st.service < 0 {
+		return 0, 0, nil
+	}
+	if self, ok := st.table.InstanceByName(a.cfg.Node); !ok || self.Leaving() {
+		return 0, 0, nil // its flows are another instance's now (letGo)
+	}
+	var keys []sessions.Key
+	a.ctMu.Lock()
+	_, err = a.ct.Walk(func(c rules.Conn) (uint32, bool) {
+		// Decided: a half names a hop or passes (the chain's last
+		// instance passes both ways). A flow of no tenant passes too.
+		if c.Closed || rules.Half(c.Mark, false) == 0 && rules.Half(c.Mark, true) == 0 {
+			return c.Mark, false
+		}
+		k := st.keyOf(&c)
+		if k.Tag == 0 && !tenantOf(st.table, c.Flow.Src) && !tenantOf(st.table, c.Flow.Dst) {
+			return c.Mark, false
+		}
+		if _, known := a.flows.Get(k); !known {
+			keys = append(keys, k)
+		}
+		return c.Mark, false
+	})
+	a.ctMu.Unlock()
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading conntrack: %w", err)
+	}
+	redis := a.sessionsOf(st)
+	svc := st.table.Services()[st.service].Name
+	for _, k := range keys {
+		rec, err := redis.Get(ctx, k)
+		switch {
+		case ctx.Err() != nil:
+			return n, left, nil
+		case err != nil && !errors.Is(err, store.ErrNoSession) && !errors.Is(err, store.ErrMalformed):
+			// Redis did not answer: the next walk tries again, for the
+			// flows not resumed yet.
+			return n, left, fmt.Errorf("reading the session of %s: %w", k, err)
+		}
+		s, ok := resumed(st, a.cfg.Node, svc, k, rec, err)
+		if !ok {
+			left++
+			continue
+		}
+		a.flows.Put(s)
+		n++
+	}
+	return n, left, nil
+}
+
+// resumed returns the local session of flow k that rec, its record as
+// read from Redis (err, if it could not be), describes, if rec names node
+// the primary at the hop of its service svc.
+func resumed(st *state, node, svc string, k sessions.Key, rec *sessions.Record, err error) (sessions.Session, bool) {
+	if err != nil || rec == nil {
+		return sessions.Session{}, false
+	}
+	ti := st.table.TenantByName(rec.Tenant)
+	if ti < 0 {
+		return sessions.Session{}, false
+	}
+	pos := st.table.Tenants()[ti].ChainPos(st.service)
+	if pos < 0 || pos >= len(rec.Hops) || rec.Hops[pos].Primary != node {
+		return sessions.Session{}, false
+	}
+	s := sessions.Session{Key: k, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: -1}
+	if st.role == Firewall {
+		v, err := sessions.ParseFirewallState(rec.State[svc])
+		if err != nil || !v.Admitted() {
+			return sessions.Session{}, false
+		}
+		s.Rule, s.TakenOver = v.Rule, v.Takeover
+	}
+	s.Pins, _ = rec.Pins(st.table)
+	return s, true
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/internal/labmap"
 	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
@@ -399,6 +401,78 @@ func TestSessionLifeKnownFromTheSYN(t *testing.T) {
 			}
 			if known := s.Extended != 0; known != tc.known {
 				t.Errorf("session's life in Redis known = %v (Extended %d); want %v", known, s.Extended, tc.known)
+			}
+		})
+	}
+}
+
+// TestResumeEarlierRunsFlows: an instance's agent, started while the
+// kernel steers flows an earlier run decided, takes back from Redis the
+// sessions of those its records name it the primary of, and refreshes
+// them; it leaves another instance's, one Redis lost, a closed one and an
+// undecided one alone. With Redis down at its start, it does so once
+// Redis answers.
+func TestResumeEarlierRunsFlows(t *testing.T) {
+	allow := `{"verdict":"allow","rule":2,"takeover":false}`
+	probe := newFakeNode(t, "gw", labVersion(t), nil)
+	var fwP, fwS *steering.Instance
+	// Flows whose firewall primary is the same instance.
+	var flows []steering.Flow
+	for port := 41000; len(flows) < 5; port++ {
+		f := tcp(fmt.Sprintf("10.10.1.2:%d", port), server, ack).Flow
+		p, s, _ := roles(t, probe.Agent, &f)
+		if fwP == nil {
+			fwP, fwS = p, s
+		}
+		if p == fwP {
+			flows = append(flows, f)
+		}
+	}
+	mark := rules.SetHalf(rules.SetHalf(0, false, rules.MarkPass), true, rules.MarkPass)
+	for _, redisDown := range []bool{false, true} {
+		t.Run(fmt.Sprintf("Redis down at the start %v", redisDown), func(t *testing.T) {
+			n := newFakeNode(t, fwP.Name, labVersion(t), nil)
+			for i, tc := range []struct {
+				record *sessions.Record
+				conn   rules.Conn
+			}{
+				{admitted(t, n.Agent, &flows[0], fwP.Name, fwS.Name, allow), rules.Conn{Flow: flows[0], Mark: mark}}, // its own
+				{admitted(t, n.Agent, &flows[1], fwS.Name, fwP.Name, allow), rules.Conn{Flow: flows[1], Mark: mark}}, // another instance's
+				{nil, rules.Conn{Flow: flows[2], Mark: mark}},                                                        // gone from Redis
+				{admitted(t, n.Agent, &flows[3], fwP.Name, fwS.Name, allow), rules.Conn{Flow: flows[3], Mark: mark, Closed: true}},
+				{admitted(t, n.Agent, &flows[4], fwP.Name, fwS.Name, allow), rules.Conn{Flow: flows[4]}}, // undecided
+			} {
+				n.ct.conns = append(n.ct.conns, tc.conn)
+				if tc.record != nil {
+					n.store.records[sessions.KeyOf(&flows[i])] = tc.record
+				}
+			}
+			if redisDown {
+				n.store.mu.Lock()
+				n.store.down = errors.New("connection refused")
+				n.store.mu.Unlock()
+			}
+			n.run(t)
+			if redisDown {
+				time.Sleep(5 * n.cfg.RefreshInterval) // walks that find Redis down
+				if got := n.flows.Len(); got != 0 {
+					t.Fatalf("%d sessions resumed while Redis was down", got)
+				}
+				n.store.mu.Lock()
+				n.store.down = nil
+				n.store.mu.Unlock()
+			}
+			own := sessions.KeyOf(&flows[0])
+			waitFor(t, "the resumed session refreshed", func() bool { return n.written(sessions.OpRefresh, own.String()) > 0 })
+			var got []string
+			for _, s := range n.flows.All() {
+				got = append(got, s.Key.String())
+				if s.Rule != 2 || s.Pins[0] != fwP.ID || s.Tenant != "acme" {
+					t.Errorf("resumed session %+v; want acme's, rule 2, pinned to %s", s, fwP.Name)
+				}
+			}
+			if diff := cmp.Diff([]string{own.String()}, got); diff != "" {
+				t.Errorf("sessions resumed (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -376,6 +376,42 @@ func TestRestartingAnInstanceAgentMovesNothing(t *testing.T) {
 	}
 }
 
+// TestRestartedFirewallKeepsRefreshingItsFlows restarts the agent of the
+// primary firewall of a held connection, on a chain of that firewall
+// alone, with sessions that live 3 s in Redis. The restarted agent never
+// sees the connection's packets (the kernel steers them by their
+// connmark), yet it must go on refreshing its session: it expired, and
+// the failover after it found none, and the secondary dropped the
+// connection. Judged from Redis, and from the server, which must get what
+// the client sends after the primary dies.
+func TestRestartedFirewallKeepsRefreshingItsFlows(t *testing.T) {
+	m := strings.Replace(labmap.Firewall, "globex: {prefixes: [10.20.1.0/24], chain: [fw]}",
+		`globex: {prefixes: [10.20.1.0/24], chain: [fw], allow: [{proto: tcp, dst: 10.99.0.0/24, ports: ["8000-8100"]}]}`, 1)
+	if m == labmap.Firewall {
+		t.Fatal("the lab's map no longer has globex as this test expects")
+	}
+	l := lab.NewWithMap(t, bin, m)
+	startMesh(t, l, "--session-ttl", "3s")
+	const local, addr = "10.20.1.2:40766", "10.99.0.2:8066"
+	primary, _ := primaryFW(t, flowOf(t, 6, local, addr))
+	h := holdConnFrom(t, l, "cg", local, addr)
+	if !waitFor(3*time.Second, func() bool { return redisHas(l, h.flow) }) {
+		t.Fatalf("session %s never reached Redis", h.flow)
+	}
+	if _, err := l.Restart(l.Agents(primary)[0], 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		time.Sleep(time.Second)
+		h.ping(t, "while the session's first life runs out")
+	}
+	if !redisHas(l, h.flow) {
+		t.Errorf("5 s after %s's agent restarted, Redis has no session for the connection it carries", primary)
+	}
+	cutOff(t, l, primary)
+	h.ping(t, "across the secondary")
+}
+
 // TestUnreachableRedisAtStart: without a map file the agent refuses to
 // start and names the address; with one it starts on it.
 func TestUnreachableRedisAtStart(t *testing.T) {

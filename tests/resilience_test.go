@@ -32,6 +32,12 @@ type heldConn struct {
 
 func holdConn(t *testing.T, l *lab.Lab, local, addr string) *heldConn {
 	t.Helper()
+	return holdConnFrom(t, l, "ca", local, addr)
+}
+
+// holdConnFrom is holdConn from the client in host.
+func holdConnFrom(t *testing.T, l *lab.Lab, host, local, addr string) *heldConn {
+	t.Helper()
 	ln, err := l.Listen("srv", "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +61,7 @@ func holdConn(t *testing.T, l *lab.Lab, local, addr string) *heldConn {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if h.c, err = l.Dial(ctx, "ca", "tcp", local, addr); err != nil {
+	if h.c, err = l.Dial(ctx, host, "tcp", local, addr); err != nil {
 		t.Fatalf("connecting %s -> %s: %v", local, addr, err)
 	}
 	t.Cleanup(func() { h.c.Close() })
