@@ -743,7 +743,8 @@ type followUp struct {
 // first writer's (another node on another map version), the follow-up
 // removes the index entries this batch added that the first writer's
 // roles lack and adds those it lacks of theirs; for a create whose state
-// was in its record, it writes the state.
+// was in its record, it writes the state. A create that replaced a record
+// leaves the follow-up what of it would outlive it (replaced).
 func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f followUp) {
 	f.idx = indexBatch{}
 	for i, c := range b.creates {
