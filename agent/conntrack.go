@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -11,7 +10,6 @@ import (
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
-	"github.com/nfsteer/nfsteer/store"
 	"golang.org/x/sys/unix"
 )
 
@@ -336,26 +334,33 @@ func (a *Agent) resume(ctx context.Context) (n, left int, err error) {
 	}
 	redis := a.sessionsOf(st)
 	svc := st.table.Services()[st.service].Name
-	for _, k := range keys {
-		rec, err := redis.Get(ctx, k)
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), resumeBatch)]
+		keys = keys[len(batch):]
+		recs, errs, err := redis.GetAll(ctx, batch)
 		switch {
 		case ctx.Err() != nil:
 			return n, left, nil
-		case err != nil && !errors.Is(err, store.ErrNoSession) && !errors.Is(err, store.ErrMalformed):
+		case err != nil:
 			// Redis did not answer: the next walk tries again, for the
 			// flows not resumed yet.
-			return n, left, fmt.Errorf("reading the session of %s: %w", k, err)
+			return n, left, fmt.Errorf("reading sessions: %w", err)
 		}
-		s, ok := resumed(st, a.cfg.Node, svc, k, rec, err)
-		if !ok {
-			left++
-			continue
+		for i, k := range batch {
+			s, ok := resumed(st, a.cfg.Node, svc, k, recs[i], errs[i])
+			if !ok {
+				left++
+				continue
+			}
+			a.flows.Put(s)
+			n++
 		}
-		a.flows.Put(s)
-		n++
 	}
 	return n, left, nil
 }
+
+// resumeBatch is how many sessions resume reads a round trip.
+const resumeBatch = 512
 
 // resumed returns the local session of flow k that rec, its record as
 // read from Redis (err, if it could not be), describes, if rec names node

@@ -296,6 +296,17 @@ func (s *fakeStore) Close() error {
 	return nil
 }
 
+func (s *fakeStore) GetAll(ctx context.Context, ks []sessions.Key) ([]*sessions.Record, []error, error) {
+	if err := s.err(); err != nil {
+		return nil, nil, err
+	}
+	recs, errs := make([]*sessions.Record, len(ks)), make([]error, len(ks))
+	for i, k := range ks {
+		recs[i], errs[i] = s.Get(ctx, k)
+	}
+	return recs, errs, nil
+}
+
 func (s *fakeStore) Get(_ context.Context, k sessions.Key) (*sessions.Record, error) {
 	if err := s.err(); err != nil {
 		return nil, err

@@ -40,6 +40,9 @@ type Store interface {
 // SessionStore reads and writes a node's sessions in the shared store.
 type SessionStore interface {
 	Get(ctx context.Context, flow sessions.Key) (*sessions.Record, error)
+	// GetAll is Get for many flows in one round trip; err says the store
+	// did not answer.
+	GetAll(ctx context.Context, flows []sessions.Key) (recs []*sessions.Record, errs []error, err error)
 	Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error)
 }
 

@@ -984,31 +984,71 @@ func (w *Sessions) Get(ctx context.Context, flow sessions.Key) (*sessions.Record
 	return w.s.Session(ctx, flow.String())
 }
 
+// GetAll reads the sessions of flows, in one pipeline: each has a record
+// or an error, as [Sessions.Get] returns them; err says Redis did not
+// answer.
+func (w *Sessions) GetAll(ctx context.Context, flows []sessions.Key) ([]*sessions.Record, []error, error) {
+	names := make([]string, len(flows))
+	for i, f := range flows {
+		names[i] = f.String()
+	}
+	return w.s.sessions(ctx, names)
+}
+
 // Session returns the session of the named flow. A key of the wrong type
 // or a record that does not decode (written by hand) gives an error
 // wrapping ErrMalformed that names the key.
 func (s *Store) Session(ctx context.Context, flow string) (*sessions.Record, error) {
-	key, stKey := sessionKey(flow), stateKey(flow)
-	pipe := s.rdb.Pipeline()
-	rec := pipe.Get(ctx, key)
-	st := pipe.HGetAll(ctx, stKey)
-	ttl := pipe.PTTL(ctx, key)
-	cmds, err := pipe.Exec(ctx)
-	err = failed(cmds, err)
-	switch {
-	case redis.HasErrorPrefix(err, "WRONGTYPE"):
-		return nil, fmt.Errorf("session %s or %s: %w: %v", key, stKey, ErrMalformed, err)
-	case err != nil:
-		return nil, fmt.Errorf("reading session %s from %s: %w", key, s.addr, permission(err))
-	case errors.Is(rec.Err(), redis.Nil):
-		return nil, fmt.Errorf("%s: %w", key, ErrNoSession)
-	}
-	r, err := s.decodeRecord(flow, rec.Val(), st.Val())
+	recs, errs, err := s.sessions(ctx, []string{flow})
 	if err != nil {
-		return nil, fmt.Errorf("session %s: %w: %v", key, ErrMalformed, err)
+		return nil, err
 	}
-	r.TTL = ttl.Val()
-	return r, nil
+	return recs[0], errs[0]
+}
+
+// sessions reads the sessions of flows in one pipeline: each record, its
+// state hash and its life left. Each flow has a record or an error
+// (ErrNoSession, ErrMalformed); err says Redis did not answer.
+func (s *Store) sessions(ctx context.Context, flows []string) (recs []*sessions.Record, errs []error, err error) {
+	type read struct {
+		rec *redis.StringCmd
+		st  *redis.MapStringStringCmd
+		ttl *redis.DurationCmd
+	}
+	pipe := s.rdb.Pipeline()
+	reads := make([]read, len(flows))
+	for i, flow := range flows {
+		reads[i] = read{pipe.Get(ctx, sessionKey(flow)), pipe.HGetAll(ctx, stateKey(flow)), pipe.PTTL(ctx, sessionKey(flow))}
+	}
+	cmds, err := pipe.Exec(ctx)
+	if err := failed(cmds, err); err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+		return nil, nil, fmt.Errorf("reading sessions from %s: %w", s.addr, permission(err))
+	}
+	recs, errs = make([]*sessions.Record, len(flows)), make([]error, len(flows))
+	for i, flow := range flows {
+		r := reads[i]
+		key := sessionKey(flow)
+		for _, c := range []redis.Cmder{r.rec, r.st} {
+			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+				errs[i] = fmt.Errorf("session %s or %s: %w: %v", key, stateKey(flow), ErrMalformed, e)
+			}
+		}
+		switch {
+		case errs[i] != nil:
+			continue
+		case errors.Is(r.rec.Err(), redis.Nil):
+			errs[i] = fmt.Errorf("%s: %w", key, ErrNoSession)
+			continue
+		}
+		rec, err := s.decodeRecord(flow, r.rec.Val(), r.st.Val())
+		if err != nil {
+			errs[i] = fmt.Errorf("session %s: %w: %v", key, ErrMalformed, err)
+			continue
+		}
+		rec.TTL = r.ttl.Val()
+		recs[i] = rec
+	}
+	return recs, errs, nil
 }
 
 // decodeRecord makes a Record of flow's record and its state hash,

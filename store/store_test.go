@@ -812,6 +812,21 @@ func TestSessions(t *testing.T) {
 			if err != nil || len(badErrs) != 2 || !slices.ContainsFunc(recs, func(r *sessions.Record) bool { return r.Flow == good.Key.String() }) {
 				t.Errorf("List with two malformed entries = %d records, %v, %v; want the good one and 2 bad", len(recs), badErrs, err)
 			}
+			// Read together, each is what Get says of it.
+			missing := flowKey(40003)
+			keys := []sessions.Key{good.Key, bad, wrongType, missing}
+			all, errs, err := gw.GetAll(ctx, keys)
+			if err != nil {
+				t.Fatalf("GetAll: %v", err)
+			}
+			for i, want := range []error{nil, store.ErrMalformed, store.ErrMalformed, store.ErrNoSession} {
+				switch {
+				case want == nil && (errs[i] != nil || all[i] == nil || all[i].Flow != good.Key.String()):
+					t.Errorf("GetAll: %s = %+v, %v; want its record", keys[i], all[i], errs[i])
+				case want != nil && (!errors.Is(errs[i], want) || !strings.Contains(errs[i].Error(), keys[i].String()) || all[i] != nil):
+					t.Errorf("GetAll: %s = %+v, %v; want %v naming the key", keys[i], all[i], errs[i], want)
+				}
+			}
 		})
 	})
 }
