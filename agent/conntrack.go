@@ -197,14 +197,14 @@ func (a *Agent) letGoOf(op sessions.Op) { a.flows.DeleteCreated(op.Session.Key, 
 // and deleted from Redis by the instance that ends them (state.deletes).
 func (a *Agent) refresh(ctx context.Context) error {
 	// Until it succeeds, at each walk: Redis may be down at the start.
-	resumed := false
+	earlierRunResumed := false
 	resume := func() {
 		n, left, err := a.resume(ctx)
 		if err != nil {
 			a.log.Warn("resuming the flows of the agent's earlier run; trying again at the next walk", "err", err)
 			return
 		}
-		resumed = true
+		earlierRunResumed = true
 		if n+left > 0 {
 			a.log.Info("resumed the flows of the agent's earlier run", "flows", n, "not_this_instances", left)
 		}
@@ -229,7 +229,7 @@ func (a *Agent) refresh(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		if !resumed {
+		if !earlierRunResumed {
 			resume()
 		}
 		a.checkReversePath(true)
