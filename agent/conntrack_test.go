@@ -200,6 +200,10 @@ func TestMigratedInstanceLetsItsSessionsGo(t *testing.T) {
 			waitFor(t, "the live flow refreshed", func() bool { return n.written(sessions.OpRefresh, live) >= 1 })
 			n.store.publish(nextVersion(t, labVersion(t), tc.edit))
 			waitFor(t, "version 2", func() bool { return strings.Contains(n.logs.String(), "version=2 from=1") })
+			// A walk may have queued a refresh before the switch, which
+			// the mirror writes after it: not one of the refreshes after.
+			queued := n.mirror.Stats.Queued.Load()
+			waitFor(t, "what was queued before version 2 written", func() bool { return n.mirror.Stats.Written.Load() >= queued })
 			if got, want := n.Sessions(), map[bool]int{true: 1, false: 0}[tc.keeps]; got != want {
 				t.Errorf("%d sessions after version 2; want %d", got, want)
 			}
