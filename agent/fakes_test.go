@@ -329,7 +329,11 @@ func (s *fakeStore) Write(_ context.Context, ops []sessions.Named) ([]sessions.O
 	s.written = append(s.written, ops...)
 	out := make([]sessions.Outcome, len(ops))
 	for i, op := range ops {
-		if first, ok := s.existing[op.Record.Flow]; ok && (op.Kind == sessions.OpCreate || op.Kind == sessions.OpCreateState) && !(op.Replace && (op.Kind == sessions.OpCreate || op.Index)) {
+		create := op.Kind == sessions.OpCreate || op.Kind == sessions.OpCreateState
+		// As the store does, a create replaces only if it indexes: it
+		// is the connection's own.
+		replaces := op.Replace && (op.Kind == sessions.OpCreate || op.Index)
+		if first, ok := s.existing[op.Record.Flow]; ok && create && !replaces {
 			out[i] = sessions.Outcome{Existed: true, First: first}
 		}
 		if op.Kind == sessions.OpRefresh && s.moved[op.Record.Flow] {

@@ -679,15 +679,23 @@ func (s *Store) hopsIn(flow, v string, end []byte, ours []sessions.Hop) ([]sessi
 	if strings.HasSuffix(v, string(end)) {
 		return ours, true
 	}
+	m, ok := s.metaIn(flow, v)
+	return m.Hops, ok
+}
+
+// metaIn decodes v, flow's record as read from Redis. It reports false
+// for a record it cannot read: malformed, sealed with a key it does not
+// trust, or copied from another flow's key.
+func (s *Store) metaIn(flow, v string) (meta, bool) {
 	raw, err := s.openRecord(flow, []byte(v))
 	if err != nil {
-		return nil, false
+		return meta{}, false
 	}
 	var m meta
 	if err := json.Unmarshal(raw, &m); err != nil || m.Flow != flow {
-		return nil, false
+		return meta{}, false
 	}
-	return m.Hops, true
+	return m, true
 }
 
 // holds reports whether the record's roles, hops, name w's instance the
@@ -766,13 +774,9 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f follo
 		rec := &ops[i].Record
 		first := &sessions.Record{Flow: rec.Flow, Tenant: rec.Tenant, Hops: rec.Hops}
 		if !strings.HasSuffix(c.first.Val(), string(c.hops)) {
-			raw, err := b.s.openRecord(rec.Flow, []byte(c.first.Val()))
-			if err != nil {
+			m, ok := b.s.metaIn(rec.Flow, c.first.Val())
+			if !ok {
 				continue // not to be trusted: this node keeps its own pins
-			}
-			var m meta
-			if err := json.Unmarshal(raw, &m); err != nil || m.Flow != rec.Flow {
-				continue
 			}
 			first = m.record()
 		}
