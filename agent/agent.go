@@ -121,6 +121,9 @@ type Counters struct {
 	// NewFlows counts flows this node recorded first; Reopened, those of
 	// them that were new TCP connections on a closed one's 5-tuple.
 	NewFlows, Reopened atomic.Uint64
+	// Resumed counts the flows an earlier run of the agent decided that
+	// this run took back as its instance's when it started (the resume).
+	Resumed atomic.Uint64
 	// Unsteered is the kernel's count of new flows forwarded without a
 	// decision, as last read (see [rules.Kernel.Unsteered]).
 	Unsteered atomic.Uint64

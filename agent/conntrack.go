@@ -353,6 +353,7 @@ func (a *Agent) resume(ctx context.Context) (n, left int, err error) {
 				continue
 			}
 			a.flows.Put(s)
+			a.Counters.Resumed.Add(1)
 			n++
 		}
 	}

@@ -478,6 +478,9 @@ func TestResumeEarlierRunsFlows(t *testing.T) {
 			if diff := cmp.Diff([]string{own.String()}, got); diff != "" {
 				t.Errorf("sessions resumed (-want +got):\n%s", diff)
 			}
+			if got := n.Counters.Resumed.Load(); got != 1 {
+				t.Errorf("resumed_flows_total counted %d; want 1", got)
+			}
 		})
 	}
 }

@@ -26,6 +26,7 @@ var (
 	descSteered     = desc("steered_total", "New flows and directions steered to each next-hop instance.", "service_instance")
 	descNewFlows    = desc("new_flows_total", "Flows this node decided first and recorded.")
 	descReopened    = desc("reopened_flows_total", "New TCP connections on the 5-tuple of a closed one, decided afresh (counted in new_flows_total too).")
+	descResumed     = desc("resumed_flows_total", "Live flows an earlier run of the agent decided that this run took back from Redis as it started, to refresh and end their sessions (an instance's).")
 	descSessions    = desc("sessions_active", "Flows in the local session table.")
 	descParseErrs   = desc("parse_errors_total", "Queued packets that could not be parsed (dropped if a tenant's, else let through undecided).")
 	descFragments   = desc("fragments_total", "Queued fragments (dropped if a tenant's, else let through undecided).")
@@ -83,6 +84,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ctr(descNewFlows, k.NewFlows.Load())
 	ctr(descReopened, k.Reopened.Load())
+	ctr(descResumed, k.Resumed.Load())
 	ch <- metrics.Gauge(descSessions, float64(a.flows.Len()))
 	ctr(descParseErrs, k.ParseError.Load())
 	ctr(descFragments, k.Fragments.Load())
