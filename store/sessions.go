@@ -47,6 +47,14 @@ type retakeReq struct {
 	nowMS    int64
 }
 
+// retaken is what retake did with one request: its outcome and, when it
+// took the hop (retakeDone), the roles the hop had before, whose index
+// the session leaves.
+type retaken struct {
+	outcome int
+	was     pair
+}
+
 // Takeover outcomes (retake).
 const (
 	retakeHeld   = -1 // a third instance holds the hop
@@ -59,12 +67,12 @@ const (
 // one pipeline, checks each (its seal, and that the hop's primary is from
 // or already to; for a request from "", an instance the map no longer
 // has, that gone says the hop's primary is gone), changes it and writes
-// it back sealed in a second, each
-// write conditional on the record being the one read (casScript); a
-// record that changed meanwhile is read again, up to three times. It
-// returns each request's outcome: retakeDone, retakeNone or retakeHeld.
-func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance string) bool) ([]int, error) {
-	out := make([]int, len(reqs))
+// it back sealed in a second, each write conditional on the record being
+// the one read (casScript); a record that changed meanwhile is read again,
+// up to three times. It returns what it did with each request: retakeDone
+// (with the roles the hop had), retakeNone or retakeHeld.
+func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance string) bool) ([]retaken, error) {
+	out := make([]retaken, len(reqs))
 	pending := make([]int, len(reqs))
 	for i := range pending {
 		pending[i] = i
@@ -86,7 +94,7 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance
 		var which []int
 		for i, r := range pending {
 			req := &reqs[r]
-			out[r] = retakeNone
+			out[r] = retaken{outcome: retakeNone}
 			old, err := gets[i].Result()
 			if err != nil {
 				continue
@@ -101,9 +109,10 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance
 			}
 			h := &m.Hops[req.hop]
 			if h.Primary != req.from && h.Primary != req.to && (req.from != "" || !gone(h.Primary)) {
-				out[r] = retakeHeld
+				out[r].outcome = retakeHeld
 				continue
 			}
+			out[r].was = pair{h.Primary, h.Secondary}
 			h.Primary, h.Secondary = req.to, req.sec
 			nb, _ := m.appendJSON(nil)
 			cas = append(cas, casScript.EvalSha(ctx, pipe, []string{sessionKey(req.flow), stateKey(req.flow)},
@@ -129,15 +138,19 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance
 		pending = pending[:0]
 		for i, c := range cas {
 			n, _ := c.Int()
-			out[which[i]] = int(n)
+			out[which[i]].outcome = int(n)
 			if n == retakeRacing {
 				pending = append(pending, which[i])
 			}
 		}
 	}
-	for i, n := range out {
-		if n == retakeRacing {
-			out[i] = retakeNone // changed three times over: leave it to whoever changes it
+	for i := range out {
+		switch out[i].outcome {
+		case retakeDone:
+		case retakeRacing:
+			out[i] = retaken{outcome: retakeNone} // changed three times over: leave it to whoever changes it
+		default:
+			out[i].was = pair{} // nothing was replaced
 		}
 	}
 	return out, nil
@@ -318,8 +331,13 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 // benchmark), and creates are per flow.
 //
 // Takeovers are written first, each a read and a conditional write
-// (retake). With a session key (Store.SealSessions) every record and
-// state is sealed.
+// (retake). Only a takeover that rewrote the record writes more: the
+// taker's verdict, and the session's index entry moved from the roles
+// the record had (whose primary may be an instance the map no longer
+// names) to the taker's. One that did not (no session, or a third
+// instance holds the hop) writes nothing: a state hash would have no
+// life, and an entry would name roles the record does not have. With a
+// session key (Store.SealSessions) every record and state is sealed.
 //
 // A delete removes a session only if its record still names this
 // writer's instance the primary at its service's hop: the node that sees
@@ -354,16 +372,20 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 // [sessions.Name] calls such an instance) takes it, a refresh extends it,
 // and a delete removes the session.
 func (w *Sessions) Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
-	if err := w.retakeOps(ctx, ops); err != nil {
+	taken, err := w.retakeOps(ctx, ops)
+	if err != nil {
 		return nil, err
 	}
-	return w.write(ctx, ops)
+	return w.write(ctx, ops, taken)
 }
 
 // retakeOps writes the takeovers among ops (retake), before the rest of
-// the batch: a state written after a takeover lands on the new record.
-func (w *Sessions) retakeOps(ctx context.Context, ops []sessions.Named) error {
+// the batch: a state written after a takeover lands on the new record. It
+// returns what retake did with each takeover, by its index in ops (nil
+// if ops has none).
+func (w *Sessions) retakeOps(ctx context.Context, ops []sessions.Named) ([]retaken, error) {
 	var reqs []retakeReq
+	var of []int // the op of each request
 	now := time.Now().UnixMilli()
 	for i := range ops {
 		op := &ops[i]
@@ -375,12 +397,20 @@ func (w *Sessions) retakeOps(ctx context.Context, ops []sessions.Named) error {
 		// says a third instance got there first.
 		reqs = append(reqs, retakeReq{flow: op.Record.Flow, hop: op.Hop, from: op.From, to: h[op.Hop].Primary,
 			sec: h[op.Hop].Secondary, ttl: w.TTL, nowMS: now})
+		of = append(of, i)
 	}
 	if len(reqs) == 0 {
-		return nil
+		return nil, nil
 	}
-	_, err := w.s.retake(ctx, reqs, w.gone)
-	return err
+	res, err := w.s.retake(ctx, reqs, w.gone)
+	if err != nil {
+		return nil, err
+	}
+	taken := make([]retaken, len(ops))
+	for j, r := range res {
+		taken[of[j]] = r
+	}
+	return taken, nil
 }
 
 // indexes reports whether op is a create that indexes its session.
@@ -422,6 +452,9 @@ type batch struct {
 	nowMS    int64
 	deadline any // of index entries: a float64 of Unix ms, boxed once
 	creates  []createCmd
+	// taken holds what the takeovers of the batch did (retakeOps), by
+	// operation, nil in a batch that has none.
+	taken []retaken
 	// refreshes holds the reply of each unconditional refresh (a writer
 	// that is no instance), for Outcome.Lost, nil in a batch that has
 	// none.
@@ -464,10 +497,10 @@ func (b *batch) pexpire(key any) *redis.BoolCmd {
 	return c
 }
 
-func (w *Sessions) write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error) {
+func (w *Sessions) write(ctx context.Context, ops []sessions.Named, taken []retaken) ([]sessions.Outcome, error) {
 	now := time.Now()
 	b := &batch{
-		s: w.s, w: w, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL,
+		s: w.s, w: w, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL, taken: taken,
 		nowMS: now.UnixMilli(), deadline: any(float64(now.Add(w.TTL).UnixMilli())),
 		creates: make([]createCmd, len(ops)),
 		ttlArg:  w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
@@ -590,21 +623,30 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		_ = pipe.Process(ctx, b.reads[i])
 	case sessions.OpTakeover:
 		hop := op.Hop
-		if hop < 0 || hop >= len(h) {
+		t := b.taken[i]
+		if hop < 0 || hop >= len(h) || t.outcome != retakeDone {
+			// The record was not rewritten (retakeOps): Redis has no
+			// session to take over (its flow ended, or its record is not
+			// to be trusted), or a third instance holds the hop. Nothing
+			// is this node's to write: a state hash written now would
+			// have no life, and an index entry would list the session
+			// under roles its record does not have.
 			return
 		}
-		// The record was rewritten before this pipeline (retakeOps). A
-		// firewall's secondary that took its own hop over writes the
-		// verdict it carries; a node that hands over another hop (a dead
-		// forwarder's, from the node in front of it) writes no state.
+		// The record was rewritten before this pipeline, with its state
+		// hash's life. A firewall's secondary that took its own hop over
+		// writes the verdict it carries; a node that hands over another
+		// hop (a dead forwarder's, from the node in front of it) writes
+		// no state.
 		if b.service != "" && h[hop].Service == b.service {
 			pipe.HSet(ctx, stateKey(rec.Flow), "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
 		}
 		b.flushIndex() // what was added before goes before the removal
-		if op.From != "" {
-			// The hop's index before the takeover: op.From primary, this
-			// node its secondary.
-			pipe.ZRem(ctx, pairKey(op.From, h[hop].Primary), rec.Flow)
+		if now := (pair{h[hop].Primary, h[hop].Secondary}); t.was != now {
+			// The hop's index before the takeover, by the roles the
+			// record had: its primary may be one the map no longer
+			// names (op.From "").
+			pipe.ZRem(ctx, t.was.key(), rec.Flow)
 		}
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpDelete:
@@ -1254,7 +1296,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	pipe := s.rdb.Pipeline()
 	counted := map[int]bool{}
 	for i, req := range reqs {
-		if res[i] != retakeDone {
+		if res[i].outcome != retakeDone {
 			continue
 		}
 		if !counted[of[i]] {

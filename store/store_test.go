@@ -780,7 +780,7 @@ func TestSessions(t *testing.T) {
 					ours.Hops = []sessions.Hop{{Service: "fw", Primary: "fw-1", Secondary: "fw-2"}, rec.Hops[1]}
 					w := s.NewSessions("fw", "fw-1", time.Minute)
 					w.Known = c.known
-					if _, err := w.Write(ctx, []sessions.Named{{Kind: c.kind, Hop: 0, From: "", Record: ours}}); err != nil {
+					if _, err := w.Write(ctx, []sessions.Named{{Kind: c.kind, Hop: 0, From: "", Record: ours, State: "admitted:0"}}); err != nil {
 						t.Fatal(err)
 					}
 					got, err := gw.Get(ctx, flowKey(uint16(40700+i)))
@@ -790,7 +790,40 @@ func TestSessions(t *testing.T) {
 					case c.want != "" && (err != nil || got.Hops[0].Primary != c.want):
 						t.Errorf("Get = %+v, %v; want %s at fw", got, err, c.want)
 					}
+					if c.kind != sessions.OpTakeover {
+						return
+					}
+					// The indexes follow the record: the session leaves
+					// the index of the roles it had (fw-9's, a name the
+					// node's map does not have) only if the takeover
+					// rewrote it, and is listed under fw-1 only then.
+					taken := c.want == "fw-1"
+					if got := indexed(t, "fw-9", store.RolePrimary, flow); got != !taken {
+						t.Errorf("after the takeover, indexed under fw-9 = %t; want %t", got, !taken)
+					}
+					if got := indexed(t, "fw-1", store.RolePrimary, flow); got != taken {
+						t.Errorf("after the takeover, indexed under fw-1 = %t; want %t", got, taken)
+					}
+					if ttl, err := store.ClientOf(s).PTTL(ctx, "nfsteer:st:{"+flow+"}").Result(); err != nil || ttl == -1 { // -1: no expiry
+						t.Errorf("the state hash after the takeover has PTTL %v (%v); want none or a life", ttl, err)
+					}
 				})
+			}
+		})
+
+		t.Run("a takeover of a session Redis does not hold writes nothing", func(t *testing.T) {
+			flow := flowKey(40710)
+			rec := sessions.Record{Flow: flow.String(), Tenant: "acme", Hops: []sessions.Hop{
+				{Service: "fw", Primary: "fw-1", Secondary: ""}, {Service: "dlp", Primary: "dlp-1", Secondary: "dlp-2"}}}
+			w := s.NewSessions("fw", "fw-1", time.Minute)
+			if _, err := w.Write(ctx, []sessions.Named{{Kind: sessions.OpTakeover, Hop: 0, From: "fw-2", Record: rec, State: "admitted:0"}}); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := store.ClientOf(s).Exists(ctx, "nfsteer:s:{"+flow.String()+"}", "nfsteer:st:{"+flow.String()+"}").Result(); err != nil || n != 0 {
+				t.Errorf("after the takeover of no session, %d of its keys exist (%v); want none", n, err)
+			}
+			if indexed(t, "fw-1", store.RolePrimary, flow.String()) {
+				t.Errorf("after the takeover of no session, fw-1 lists it")
 			}
 		})
 
