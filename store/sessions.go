@@ -364,7 +364,10 @@ func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 // taken over, and the node's conntrack, which the flow no longer crosses,
 // still tracks it. A blind refresh would index the session under the old
 // primary again and, once the flow ended elsewhere, find it gone and have
-// the node write it back (Lost).
+// the node write it back (Lost). A refresh followed in the batch by
+// another operation of its flow is not written: that one says what the
+// flow is now (a new connection's create, on roles the record read
+// before it may not have).
 //
 // With Known, a hop whose primary the node's map no longer has (an
 // instance removed while it carried flows) is this writer's where the
@@ -460,9 +463,8 @@ type batch struct {
 	// none.
 	refreshes []*redis.BoolCmd
 	// reads holds the record read for each conditional delete and
-	// refresh (settle), nil in a batch that has neither; last, the index
-	// of the last operation of each flow, nil in a batch that deletes
-	// nothing.
+	// refresh (settle); last, the index of the last operation of each
+	// flow. Both are nil in a batch that has neither.
 	reads []*redis.StringCmd
 	last  map[string]int
 	// ttlArg, nowArg and stField are arguments of most commands, boxed
@@ -505,19 +507,20 @@ func (w *Sessions) write(ctx context.Context, ops []sessions.Named, taken []reta
 		creates: make([]createCmd, len(ops)),
 		ttlArg:  w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
 	}
-	if slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpDelete }) {
+	// Deletes and an instance's refreshes read the record first (settle),
+	// and each needs to know whether a later operation of its flow follows
+	// in the batch.
+	conditional := func(op sessions.Named) bool {
+		return op.Kind == sessions.OpDelete || op.Kind == sessions.OpRefresh && w.Instance != ""
+	}
+	if slices.ContainsFunc(ops, conditional) {
 		b.last, b.reads = make(map[string]int, len(ops)), make([]*redis.StringCmd, len(ops))
 		for i := range ops {
 			b.last[ops[i].Record.Flow] = i
 		}
 	}
-	if slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpRefresh }) {
-		switch {
-		case w.Instance == "":
-			b.refreshes = make([]*redis.BoolCmd, len(ops))
-		case b.reads == nil:
-			b.reads = make([]*redis.StringCmd, len(ops))
-		}
+	if w.Instance == "" && slices.ContainsFunc(ops, func(op sessions.Named) bool { return op.Kind == sessions.OpRefresh }) {
+		b.refreshes = make([]*redis.BoolCmd, len(ops))
 	}
 	for i := range ops {
 		b.queue(i, &ops[i])
@@ -615,6 +618,14 @@ func (b *batch) queue(i int, op *sessions.Named) {
 			b.refreshes[i] = b.pexpire(key)
 			b.pexpire(stKey())
 			b.idx.add(rec.Flow, h, b.deadline)
+			return
+		}
+		if b.last[rec.Flow] != i {
+			// A later operation of the flow in this batch (a new
+			// connection's create on its 5-tuple, its state, its end)
+			// writes what the flow is now. Extended by the record read
+			// before that one, the session would be indexed again under
+			// the roles an earlier connection had.
 			return
 		}
 		// Read first: the follow-up extends the session only while its

@@ -811,6 +811,36 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("a refresh and a new connection's create of its flow in one batch index the new one's roles", func(t *testing.T) {
+			flow := flowKey(40720).String()
+			old := sessions.Record{Flow: flow, Tenant: "acme", Hops: []sessions.Hop{
+				{Service: "fw", Primary: "fw-1", Secondary: "fw-2"}, {Service: "dlp", Primary: "dlp-1", Secondary: "dlp-2"}}}
+			w := s.NewSessions("fw", "fw-1", time.Minute)
+			create := func(rec sessions.Record) sessions.Named {
+				return sessions.Named{Kind: sessions.OpCreateState, Index: true, Replace: true, Record: rec, State: "admitted:0"}
+			}
+			if _, err := w.Write(ctx, []sessions.Named{create(old)}); err != nil {
+				t.Fatal(err)
+			}
+			// The walk queued a refresh of the earlier connection; a new
+			// one on its 5-tuple, on a map where dlp-2 holds its slot,
+			// opened before the batch was written.
+			next := old
+			next.Hops = []sessions.Hop{old.Hops[0], {Service: "dlp", Primary: "dlp-2", Secondary: "dlp-1"}}
+			if _, err := w.Write(ctx, []sessions.Named{{Kind: sessions.OpRefresh, Record: old}, create(next)}); err != nil {
+				t.Fatal(err)
+			}
+			if got := get(t, flowKey(40720)).Hops[1].Primary; got != "dlp-2" {
+				t.Errorf("after the batch the dlp hop's primary is %s; want dlp-2", got)
+			}
+			if indexed(t, "dlp-1", store.RolePrimary, flow) {
+				t.Errorf("after the batch the session is still indexed under the earlier connection's dlp primary")
+			}
+			if !indexed(t, "dlp-2", store.RolePrimary, flow) {
+				t.Errorf("after the batch the session is not indexed under the new connection's dlp primary")
+			}
+		})
+
 		t.Run("a takeover of a session Redis does not hold writes nothing", func(t *testing.T) {
 			flow := flowKey(40710)
 			rec := sessions.Record{Flow: flow.String(), Tenant: "acme", Hops: []sessions.Hop{
