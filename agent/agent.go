@@ -500,7 +500,8 @@ type QueueReader interface {
 // way out it removes the rules, or keeps them and announces its restart
 // (KeepRules). The queue reader and
 // every background task (session expiry, flow log, and with Redis the map
-// watch, heartbeats, mirror and takeover lookups) run in one group: if one
+// watch, heartbeats, mirror, takeover lookups and the pruning of session
+// index names) run in one group: if one
 // fails, all stop, and Run waits for all of them.
 func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue) QueueReader) (err error) {
 	defer func() {
@@ -530,7 +531,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		tasks = append(tasks, a.watchMap, a.gc.run, a.heartbeat, a.lookupWorker, a.lookupWorker)
 	}
 	if a.mirror != nil {
-		tasks = append(tasks, a.mirror.Run)
+		tasks = append(tasks, a.mirror.Run, a.pruneIndexes)
 	}
 	for _, t := range tasks {
 		g.Go(func() error { return t(gctx) })

@@ -53,6 +53,10 @@ type Config struct {
 	// flows (default 10s). A live session is refreshed once three
 	// intervals or less are left of its RedisSessionTTL.
 	RefreshInterval time.Duration
+	// IndexPruneInterval is how often an instance forgets the session
+	// indexes it shared with instances the map no longer has, once they
+	// are gone (default 10 minutes).
+	IndexPruneInterval time.Duration
 	// HeartbeatInterval is how often the node tells Redis it is alive
 	// (default 25ms, which the controller's default of 4 misses turns into
 	// a failover in about 100ms). It reports its health every
@@ -186,6 +190,9 @@ func (c *Config) defaults() {
 	}
 	if c.RefreshInterval == 0 {
 		c.RefreshInterval = 10 * time.Second
+	}
+	if c.IndexPruneInterval == 0 {
+		c.IndexPruneInterval = 10 * time.Minute
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = 25 * time.Millisecond

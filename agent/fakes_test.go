@@ -192,6 +192,8 @@ type fakeStore struct {
 	closed   int
 	// writers is what each Sessions call asked for: "service/instance".
 	writers []string
+	// prunes counts PrunePairs calls.
+	prunes int
 
 	announce chan store.Announcement
 }
@@ -294,6 +296,16 @@ func (s *fakeStore) Close() error {
 	defer s.mu.Unlock()
 	s.closed++
 	return nil
+}
+
+func (s *fakeStore) PrunePairs(context.Context) (int, error) {
+	if err := s.err(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.prunes++
+	return 0, nil
 }
 
 func (s *fakeStore) GetAll(ctx context.Context, ks []sessions.Key) ([]*sessions.Record, []error, error) {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"runtime"
 	"time"
 
@@ -108,6 +109,40 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) er
 		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "let_go", let, "down", p.Down)
 	a.checkReversePath(false)
 	return nil
+}
+
+// pruneIndexes forgets, every IndexPruneInterval (and a random part of
+// it more, so that a fleet started together does not prune together), the
+// names of the session indexes the node's instance shared with instances
+// the map no longer has, once they are gone. Instances come and go, and
+// each name costs every listing and drain count of this instance a read.
+// A failure is logged once and tried again at the next round: nothing
+// else waits for it.
+func (a *Agent) pruneIndexes(ctx context.Context) error {
+	every := a.cfg.IndexPruneInterval
+	t := time.NewTimer(every + rand.N(every/2+1))
+	defer t.Stop()
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		t.Reset(every + rand.N(every/2+1))
+		st := a.state.Load()
+		if !st.role.hostsInstance() || st.service < 0 {
+			continue
+		}
+		n, err := a.sessionsOf(st).PrunePairs(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !warned:
+			warned = true
+			a.log.Warn("cannot prune the names of this instance's gone session indexes; trying again later", "err", err)
+		case err == nil && n > 0:
+			a.log.Info("forgot the session indexes shared with instances the map no longer has", "indexes", n)
+		}
+	}
 }
 
 // heartbeat reports the node alive every interval, with its health every

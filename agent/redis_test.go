@@ -174,6 +174,26 @@ func admitted(t testing.TB, a *Agent, f *steering.Flow, primary, secondary strin
 	}
 }
 
+// TestInstancesPruneTheirIndexNames: an instance host forgets, every
+// IndexPruneInterval, the names of the session indexes it shared with
+// instances gone from the map (the store decides which); a gateway, which
+// holds no role, asks for nothing.
+func TestInstancesPruneTheirIndexNames(t *testing.T) {
+	prunes := func(n *fakeNode) int {
+		n.store.mu.Lock()
+		defer n.store.mu.Unlock()
+		return n.store.prunes
+	}
+	fw := newFakeNode(t, "fw-1", labVersion(t), func(c *Config) { c.IndexPruneInterval = 10 * time.Millisecond })
+	gw := newFakeNode(t, "gw", labVersion(t), func(c *Config) { c.IndexPruneInterval = 10 * time.Millisecond })
+	fw.run(t)
+	gw.run(t)
+	waitFor(t, "the instance pruning its index names twice", func() bool { return prunes(fw) >= 2 })
+	if n := prunes(gw); n != 0 {
+		t.Errorf("the gateway pruned %d times; want none", n)
+	}
+}
+
 // TestFirewallLooksUpMidStream: a firewall instance holds a mid-stream
 // packet of a flow it does not know while it asks Redis, and lets it
 // through only if the mirrored session was admitted and is its to take.

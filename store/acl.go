@@ -69,7 +69,7 @@ var aclGrants = map[ACLRole]aclGrant{
 		},
 		channels: []string{Channel},
 		commands: []string{"+get", "+lrange", "+multi", "+exec", "+subscribe", "+unsubscribe",
-			"+set", "+del", "+hset", "+hdel", "+hgetall", "+pexpire", "+pttl", "+zadd", "+zrem", "+zremrangebyscore", "+sadd"},
+			"+set", "+del", "+hset", "+hdel", "+hgetall", "+pexpire", "+pttl", "+zadd", "+zrem", "+zremrangebyscore", "+sadd", "+smembers", "+srem", "+exists"},
 	},
 	ACLController: {
 		keys: []string{

@@ -87,6 +87,12 @@ func TestACLRoles(t *testing.T) {
 	taken := a
 	taken.Pins[0] = sec.ID
 	write("firewall", fw, sessions.Op{Kind: sessions.OpTakeover, Hop: 0, From: a.Pins[0], Session: taken})
+	// fw-1 once shared an index with fw-9, which the map no longer has.
+	must("operator: registering an index", store.ClientOf(op).SAdd(ctx, "nfsteer:i:{fw-1}:pairs", "p:fw-9").Err())
+	fw.Known = func(in string) bool { _, ok := tab.InstanceByName(in); return ok }
+	if n, err := fw.PrunePairs(ctx); err != nil || n != 1 {
+		t.Errorf("agent: pruning the names of gone indexes = %d, %v; want 1", n, err)
+	}
 
 	// The controller holds the lease, reads the heartbeats, scores and
 	// publishes.

@@ -290,13 +290,27 @@ func pairsOf(h []sessions.Hop) []pair {
 }
 
 // register queues on pipe what lets readers find p's index: its name in
-// its primary's and its secondary's pairsKey sets. Sets are never
-// trimmed: they hold one name per peer an instance ever had.
+// its primary's and its secondary's pairsKey sets. A writer registers an
+// index again each time it trims it (trimDue); the names of indexes gone
+// between instances the map no longer has are removed by
+// [Sessions.PrunePairs].
 func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
 	pipe.SAdd(ctx, pairsKey(p.primary), "p:"+p.secondary)
 	if p.secondary != "" {
 		pipe.SAdd(ctx, pairsKey(p.secondary), "s:"+p.primary)
 	}
+}
+
+// registered returns the index that member of instance's pairsKey set
+// names (register), and whether instance is its primary.
+func registered(instance, member string) (p pair, primary, ok bool) {
+	if peer, ok := strings.CutPrefix(member, "p:"); ok {
+		return pair{instance, peer}, true, true
+	}
+	if peer, ok := strings.CutPrefix(member, "s:"); ok {
+		return pair{peer, instance}, false, true
+	}
+	return pair{}, false, false
 }
 
 // Write writes a batch of mirror operations, named by [sessions.Name], in
@@ -1188,11 +1202,8 @@ func (s *Store) indexKeys(ctx context.Context, instance, role string) ([]string,
 	}
 	keys := []string{legacyIndexKey(instance, role)}
 	for _, n := range names {
-		if peer, ok := strings.CutPrefix(n, "p:"); ok && role == RolePrimary {
-			keys = append(keys, pairKey(instance, peer))
-		}
-		if peer, ok := strings.CutPrefix(n, "s:"); ok && role == RoleSecondary {
-			keys = append(keys, pairKey(peer, instance))
+		if p, primary, ok := registered(instance, n); ok && primary == (role == RolePrimary) {
+			keys = append(keys, p.key())
 		}
 	}
 	return keys, nil

@@ -841,6 +841,42 @@ func TestSessions(t *testing.T) {
 			}
 		})
 
+		t.Run("an instance forgets the indexes it shared with peers the map no longer has, once they are gone", func(t *testing.T) {
+			// fw-5 shared indexes with fw-6 and fw-7, which the map no
+			// longer has, with fw-2, which it has, and had sessions with
+			// no secondary. fw-7's index still lists a live session.
+			short, long := s.NewSessions("fw", "fw-5", 50*time.Millisecond), s.NewSessions("fw", "fw-5", time.Minute)
+			for i, c := range []struct {
+				w                  *store.Sessions
+				primary, secondary string
+			}{
+				{short, "fw-5", "fw-6"}, {long, "fw-7", "fw-5"}, {short, "fw-5", "fw-2"}, {short, "fw-5", ""},
+			} {
+				rec := sessions.Record{Flow: flowKey(uint16(40730 + i)).String(), Tenant: "acme", Hops: []sessions.Hop{
+					{Service: "fw", Primary: c.primary, Secondary: c.secondary}}}
+				if _, err := c.w.Write(ctx, []sessions.Named{{Kind: sessions.OpCreateState, Index: true, Record: rec, State: "admitted:0"}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(100 * time.Millisecond) // the short sessions' entries expire
+			long.Known = func(in string) bool { _, ok := tab.InstanceByName(in); return ok }
+			n, err := long.PrunePairs(ctx)
+			if err != nil || n != 1 {
+				t.Errorf("PrunePairs = %d, %v; want 1 name removed", n, err)
+			}
+			got, err := store.ClientOf(s).SMembers(ctx, "nfsteer:i:{fw-5}:pairs").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(got)
+			if diff := cmp.Diff([]string{"p:", "p:fw-2", "s:fw-7"}, got); diff != "" {
+				t.Errorf("fw-5's index names after the prune (-want +got):\n%s", diff)
+			}
+			if !indexed(t, "fw-5", store.RoleSecondary, flowKey(40731).String()) {
+				t.Errorf("after the prune, fw-5 no longer finds the live session it is the secondary of")
+			}
+		})
+
 		t.Run("a takeover of a session Redis does not hold writes nothing", func(t *testing.T) {
 			flow := flowKey(40710)
 			rec := sessions.Record{Flow: flow.String(), Tenant: "acme", Hops: []sessions.Hop{

@@ -1,0 +1,76 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// PrunePairs removes from the writer's instance's pairsKey set the names
+// of its indexes that are gone (every entry expired or removed, so Redis
+// dropped the key) and that it shares with a peer Known says the map no
+// longer has (with Known nil it removes nothing). Readers (a listing, a drain's count) read one index per
+// name, and instances come and go: without it, the set would keep every
+// peer the instance ever had. It trims an index's expired entries before
+// it looks, as a reader does, and returns how many names it removed.
+//
+// An index shared with a peer the map has keeps its name, however empty:
+// writers register an index only when they trim it, once every
+// indexTrimEvery, and a name removed between a writer's registration and
+// its entries would hide the index from readers until then. A writer still
+// on a map with the peer the map has since dropped can meet that race;
+// it costs its index at most indexTrimEvery of readers not seeing it.
+func (w *Sessions) PrunePairs(ctx context.Context) (removed int, err error) {
+	if w.Instance == "" || w.Known == nil {
+		return 0, nil // a gateway holds no role; without Known every peer counts as the map's
+	}
+	set := pairsKey(w.Instance)
+	members, err := w.s.rdb.SMembers(ctx, set).Result()
+	if err != nil {
+		return 0, fmt.Errorf("reading the names of %s's session indexes from %s: %w", w.Instance, w.s.addr, permission(err))
+	}
+	type name struct{ member, index string }
+	var gone []name
+	for _, m := range members {
+		p, primary, ok := registered(w.Instance, m)
+		peer := p.secondary
+		if !primary {
+			peer = p.primary
+		}
+		// "" is no secondary, which any pair of the map may have.
+		if ok && peer != "" && !w.Known(peer) {
+			gone = append(gone, name{m, p.key()})
+		}
+	}
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	before := "(" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+	pipe := w.s.rdb.Pipeline()
+	exists := make([]*redis.IntCmd, len(gone))
+	for i, n := range gone {
+		pipe.ZRemRangeByScore(ctx, n.index, "-inf", before)
+		exists[i] = pipe.Exists(ctx, n.index)
+	}
+	if cmds, err := pipe.Exec(ctx); err != nil {
+		if err := failed(cmds, err); err != nil {
+			return 0, fmt.Errorf("trimming %s's session indexes at %s: %w", w.Instance, w.s.addr, permission(err))
+		}
+	}
+	var srem []any
+	for i, n := range gone {
+		if exists[i].Val() == 0 {
+			srem = append(srem, n.member)
+		}
+	}
+	if len(srem) == 0 {
+		return 0, nil
+	}
+	if err := w.s.rdb.SRem(ctx, set, srem...).Err(); err != nil {
+		return 0, fmt.Errorf("removing the names of %s's gone session indexes at %s: %w", w.Instance, w.s.addr, permission(err))
+	}
+	return len(srem), nil
+}
