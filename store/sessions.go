@@ -648,8 +648,10 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		_ = pipe.Process(ctx, b.reads[i])
 	case sessions.OpTakeover:
 		hop := op.Hop
-		t := b.taken[i]
-		if hop < 0 || hop >= len(h) || t.outcome != retakeDone {
+		if hop < 0 || hop >= len(h) {
+			return // not asked of Redis (retakeOps)
+		}
+		if t := b.taken[i]; t.outcome != retakeDone {
 			// The record was not rewritten (retakeOps): Redis has no
 			// session to take over (its flow ended, or its record is not
 			// to be trusted), or a third instance holds the hop. Nothing
@@ -667,11 +669,11 @@ func (b *batch) queue(i int, op *sessions.Named) {
 			pipe.HSet(ctx, stateKey(rec.Flow), "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
 		}
 		b.flushIndex() // what was added before goes before the removal
-		if now := (pair{h[hop].Primary, h[hop].Secondary}); t.was != now {
+		if was := b.taken[i].was; was != (pair{h[hop].Primary, h[hop].Secondary}) {
 			// The hop's index before the takeover, by the roles the
 			// record had: its primary may be one the map no longer
 			// names (op.From "").
-			pipe.ZRem(ctx, t.was.key(), rec.Flow)
+			pipe.ZRem(ctx, was.key(), rec.Flow)
 		}
 		b.idx.add(rec.Flow, h, b.deadline)
 	case sessions.OpDelete:

@@ -891,6 +891,10 @@ func TestSessions(t *testing.T) {
 			if indexed(t, "fw-1", store.RolePrimary, flow.String()) {
 				t.Errorf("after the takeover of no session, fw-1 lists it")
 			}
+			// Nor does one of a hop the record does not have.
+			if _, err := w.Write(ctx, []sessions.Named{{Kind: sessions.OpTakeover, Hop: 2, From: "fw-2", Record: rec}}); err != nil {
+				t.Errorf("a takeover of hop 2 of a two-hop session: %v", err)
+			}
 		})
 
 		t.Run("a malformed entry is reported with its key, not half-read", func(t *testing.T) {
