@@ -116,13 +116,13 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) er
 // names of the session indexes the node's instance shared with instances
 // the map no longer has, once they are gone. Instances come and go, and
 // each name costs every listing and drain count of this instance a read.
-// A failure is logged once and tried again at the next round: nothing
-// else waits for it.
+// A failure is tried again at the next round, and logged unless the last
+// round failed the same way: nothing else waits for it.
 func (a *Agent) pruneIndexes(ctx context.Context) error {
 	every := a.cfg.IndexPruneInterval
 	t := time.NewTimer(every + rand.N(every/2+1))
 	defer t.Stop()
-	warned := false
+	lastErr := ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -136,11 +136,14 @@ func (a *Agent) pruneIndexes(ctx context.Context) error {
 		}
 		n, err := a.sessionsOf(st).PrunePairs(ctx)
 		switch {
-		case err != nil && ctx.Err() == nil && !warned:
-			warned = true
+		case err != nil && ctx.Err() == nil && err.Error() != lastErr:
 			a.log.Warn("cannot prune the names of this instance's gone session indexes; trying again later", "err", err)
 		case err == nil && n > 0:
 			a.log.Info("forgot the session indexes shared with instances the map no longer has", "indexes", n)
+		}
+		lastErr = ""
+		if err != nil {
+			lastErr = err.Error()
 		}
 	}
 }
