@@ -177,7 +177,8 @@ func admitted(t testing.TB, a *Agent, f *steering.Flow, primary, secondary strin
 // TestInstancesPruneTheirIndexNames: an instance host forgets, every
 // IndexPruneInterval, the names of the session indexes it shared with
 // instances gone from the map (the store decides which); a gateway, which
-// holds no role, asks for nothing.
+// holds no role, asks for nothing. A prune that keeps failing the same
+// way (Redis down, a user without the commands) is logged once.
 func TestInstancesPruneTheirIndexNames(t *testing.T) {
 	prunes := func(n *fakeNode) int {
 		n.store.mu.Lock()
@@ -191,6 +192,14 @@ func TestInstancesPruneTheirIndexNames(t *testing.T) {
 	waitFor(t, "the instance pruning its index names twice", func() bool { return prunes(fw) >= 2 })
 	if n := prunes(gw); n != 0 {
 		t.Errorf("the gateway pruned %d times; want none", n)
+	}
+	fw.store.mu.Lock()
+	fw.store.down = errors.New("NOPERM this user has no permissions to run the 'smembers' command")
+	fw.store.mu.Unlock()
+	n := prunes(fw)
+	waitFor(t, "three failed prunes", func() bool { return prunes(fw) >= n+3 })
+	if got := strings.Count(fw.logs.String(), "cannot prune"); got != 1 {
+		t.Errorf("three failed prunes logged %d times; want once\n%s", got, fw.logs.String())
 	}
 }
 
