@@ -12,10 +12,11 @@ import (
 // PrunePairs removes from the writer's instance's pairsKey set the names
 // of its indexes that are gone (every entry expired or removed, so Redis
 // dropped the key) and that it shares with a peer Known says the map no
-// longer has (with Known nil it removes nothing). Readers (a listing, a drain's count) read one index per
-// name, and instances come and go: without it, the set would keep every
-// peer the instance ever had. It trims an index's expired entries before
-// it looks, as a reader does, and returns how many names it removed.
+// longer has (with Known nil it removes nothing). Readers (a listing, a
+// drain's count) read one index per name, and instances come and go:
+// without it, the set would keep every peer the instance ever had. It
+// trims an index's expired entries before it looks, as a reader does, and
+// returns how many names it removed. It is safe for concurrent use.
 //
 // An index shared with a peer the map has keeps its name, however empty:
 // writers register an index only when they trim it, once every
