@@ -333,7 +333,6 @@ func (a *Agent) resume(ctx context.Context) (n, left int, err error) {
 		return 0, 0, fmt.Errorf("reading conntrack: %w", err)
 	}
 	redis := a.sessionsOf(st)
-	svc := st.table.Services()[st.service].Name
 	for len(keys) > 0 {
 		batch := keys[:min(len(keys), resumeBatch)]
 		keys = keys[len(batch):]
@@ -347,7 +346,7 @@ func (a *Agent) resume(ctx context.Context) (n, left int, err error) {
 			return n, left, fmt.Errorf("reading sessions: %w", err)
 		}
 		for i, k := range batch {
-			s, ok := resumed(st, a.cfg.Node, svc, k, recs[i], errs[i])
+			s, ok := resumed(st, a.cfg.Node, k, recs[i], errs[i])
 			if !ok {
 				left++
 				continue
@@ -365,27 +364,14 @@ const resumeBatch = 512
 
 // resumed returns the local session of flow k that rec, its record as
 // read from Redis (err, if it could not be), describes, if rec names node
-// the primary at the hop of its service svc.
-func resumed(st *state, node, svc string, k sessions.Key, rec *sessions.Record, err error) (sessions.Session, bool) {
+// the primary at this node's hop.
+func resumed(st *state, node string, k sessions.Key, rec *sessions.Record, err error) (sessions.Session, bool) {
 	if err != nil || rec == nil {
 		return sessions.Session{}, false
 	}
-	ti := st.table.TenantByName(rec.Tenant)
-	if ti < 0 {
+	s, pos, ok := recorded(st, k, rec)
+	if !ok || rec.Hops[pos].Primary != node {
 		return sessions.Session{}, false
 	}
-	pos := st.table.Tenants()[ti].ChainPos(st.service)
-	if pos < 0 || pos >= len(rec.Hops) || rec.Hops[pos].Primary != node {
-		return sessions.Session{}, false
-	}
-	s := sessions.Session{Key: k, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: -1}
-	if st.role == Firewall {
-		v, err := sessions.ParseFirewallState(rec.State[svc])
-		if err != nil || !v.Admitted() {
-			return sessions.Session{}, false
-		}
-		s.Rule, s.TakenOver = v.Rule, v.Takeover
-	}
-	s.Pins, _ = rec.Pins(st.table)
 	return s, true
 }

@@ -367,27 +367,46 @@ func (a *Agent) answerGateway(st *state, key sessions.Key, rec *sessions.Record,
 	}
 }
 
-// takeover decides whether node may carry the flow Redis describes in rec:
-// the firewall of rec must have admitted it, and node must hold one of its
-// roles at the node's position, or the recorded primary must be one this
-// node's map no longer steers to while node now holds the slot's primary
-// role. It returns the local session to record and, if node takes the
-// primary role from another instance, that instance's ID.
-func takeover(st *state, node string, key sessions.Key, rec *sessions.Record) (sessions.Session, uint16, bool) {
+// recorded returns the local session of flow key that rec, its record as
+// read from Redis, describes at this node's hop, and the hop's position in
+// rec. A firewall's session carries the rule its recorded verdict names,
+// and there is none without a verdict of this service that admitted the
+// flow. ok is false if rec has no hop of this node's service.
+func recorded(st *state, key sessions.Key, rec *sessions.Record) (s sessions.Session, pos int, ok bool) {
 	t := st.table
 	ti := t.TenantByName(rec.Tenant)
 	if ti < 0 || st.service < 0 {
 		return sessions.Session{}, 0, false
 	}
-	pos := t.Tenants()[ti].ChainPos(st.service)
+	pos = t.Tenants()[ti].ChainPos(st.service)
 	if pos < 0 || pos >= len(rec.Hops) {
 		return sessions.Session{}, 0, false
 	}
-	svc := t.Services()[st.service].Name
-	verdict, err := sessions.ParseFirewallState(rec.State[svc])
-	if err != nil || !verdict.Admitted() {
+	s = sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: -1}
+	if st.role == Firewall {
+		v, err := sessions.ParseFirewallState(rec.State[t.Services()[st.service].Name])
+		if err != nil || !v.Admitted() {
+			return sessions.Session{}, 0, false
+		}
+		s.Rule, s.TakenOver = v.Rule, v.Takeover
+	}
+	s.Pins, _ = rec.Pins(t) // pos is in both chains: checked above
+	return s, pos, true
+}
+
+// takeover decides whether node, a firewall instance, may carry the flow
+// Redis describes in rec: the firewall of rec must have admitted it, and
+// node must hold one of its roles at the node's position, or the recorded
+// primary must be one this node's map no longer steers to while node now
+// holds the slot's primary role. It returns the local session to record
+// and, if node takes the primary role from another instance, that
+// instance's ID.
+func takeover(st *state, node string, key sessions.Key, rec *sessions.Record) (sessions.Session, uint16, bool) {
+	s, pos, ok := recorded(st, key, rec)
+	if !ok {
 		return sessions.Session{}, 0, false
 	}
+	t := st.table
 	h := rec.Hops[pos]
 	mine := h.Primary == node || h.Secondary == node
 	if !mine {
@@ -398,8 +417,7 @@ func takeover(st *state, node string, key sessions.Key, rec *sessions.Record) (s
 	if !mine {
 		return sessions.Session{}, 0, false
 	}
-	s := sessions.Session{Key: key, Tenant: rec.Tenant, Code: rec.Code, Created: rec.Created * 1e6, Seen: time.Now().UnixNano(), Rule: verdict.Rule, TakenOver: true}
-	s.Pins, _ = rec.Pins(t) // pos is in both chains: checked above
+	s.TakenOver = true
 	self, _ := t.InstanceByName(node)
 	var from uint16
 	if h.Primary != node {
