@@ -48,8 +48,8 @@ type retakeReq struct {
 }
 
 // retaken is what retake did with one request: its outcome and, when it
-// took the hop (retakeDone), the roles the hop had before, whose index
-// the session leaves.
+// took the hop (retakeDone; otherwise was means nothing), the roles the
+// hop had before, whose index the session leaves.
 type retaken struct {
 	outcome int
 	was     pair
@@ -145,12 +145,8 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance
 		}
 	}
 	for i := range out {
-		switch out[i].outcome {
-		case retakeDone:
-		case retakeRacing:
-			out[i] = retaken{outcome: retakeNone} // changed three times over: leave it to whoever changes it
-		default:
-			out[i].was = pair{} // nothing was replaced
+		if out[i].outcome == retakeRacing {
+			out[i].outcome = retakeNone // changed three times over: leave it to whoever changes it
 		}
 	}
 	return out, nil
