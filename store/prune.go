@@ -12,11 +12,17 @@ import (
 // PrunePairs removes from the writer's instance's pairsKey set the names
 // of its indexes that are gone (every entry expired or removed, so Redis
 // dropped the key) and that it shares with a peer Known says the map no
-// longer has (with Known nil it removes nothing). Readers (a listing, a
-// drain's count) read one index per name, and instances come and go:
-// without it, the set would keep every peer the instance ever had. It
-// trims an index's expired entries before it looks, as a reader does, and
-// returns how many names it removed. It is safe for concurrent use.
+// longer has (with Known nil it removes nothing), and the same index's
+// name from the peer's set, with the name of the peer's own index with no
+// secondary once that is gone too: nothing else would, the peer's agent
+// having gone with it, and Redis drops the set with its last name. (The
+// names a dropped instance shared only with instances dropped too stay:
+// no agent that runs reads them.) Readers (a
+// listing, a drain's count) read one index per name, and instances come
+// and go: without it, the sets would keep every peer an instance ever had.
+// It trims an index's expired entries before it looks, as a reader does,
+// and returns how many of its own names it removed. It is safe for
+// concurrent use.
 //
 // An index shared with a peer the map has keeps its name, however empty:
 // writers register an index only when they trim it, once every
@@ -33,17 +39,25 @@ func (w *Sessions) PrunePairs(ctx context.Context) (removed int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("reading the names of %s's session indexes from %s: %w", w.Instance, w.s.addr, permission(err))
 	}
-	type name struct{ member, index string }
+	// A name is member in this instance's set (none: the peer's own
+	// index) and back in the peer's, of the same index.
+	type name struct{ member, index, peer, back string }
 	var gone []name
+	peers := map[string]bool{}
 	for _, m := range members {
 		p, primary, ok := registered(w.Instance, m)
-		peer := p.secondary
+		peer, back := p.secondary, "s:"+w.Instance
 		if !primary {
-			peer = p.primary
+			peer, back = p.primary, "p:"+w.Instance
 		}
 		// "" is no secondary, which any pair of the map may have.
 		if ok && peer != "" && !w.Known(peer) {
-			gone = append(gone, name{m, p.key()})
+			gone = append(gone, name{m, p.key(), peer, back})
+			if !peers[peer] {
+				// The peer's index with no secondary, named in its set alone.
+				peers[peer] = true
+				gone = append(gone, name{"", pairKey(peer, ""), peer, "p:"})
+			}
 		}
 	}
 	if len(gone) == 0 {
@@ -61,17 +75,24 @@ func (w *Sessions) PrunePairs(ctx context.Context) (removed int, err error) {
 			return 0, fmt.Errorf("trimming %s's session indexes at %s: %w", w.Instance, w.s.addr, permission(err))
 		}
 	}
-	var srem []any
+	pipe = w.s.rdb.Pipeline()
 	for i, n := range gone {
-		if exists[i].Val() == 0 {
-			srem = append(srem, n.member)
+		if exists[i].Val() != 0 {
+			continue
+		}
+		pipe.SRem(ctx, pairsKey(n.peer), n.back)
+		if n.member != "" {
+			pipe.SRem(ctx, set, n.member)
+			removed++
 		}
 	}
-	if len(srem) == 0 {
+	if pipe.Len() == 0 {
 		return 0, nil
 	}
-	if err := w.s.rdb.SRem(ctx, set, srem...).Err(); err != nil {
-		return 0, fmt.Errorf("removing the names of %s's gone session indexes at %s: %w", w.Instance, w.s.addr, permission(err))
+	if cmds, err := pipe.Exec(ctx); err != nil {
+		if err := failed(cmds, err); err != nil {
+			return 0, fmt.Errorf("removing the names of %s's gone session indexes at %s: %w", w.Instance, w.s.addr, permission(err))
+		}
 	}
-	return len(srem), nil
+	return removed, nil
 }

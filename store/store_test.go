@@ -842,15 +842,17 @@ func TestSessions(t *testing.T) {
 		})
 
 		t.Run("an instance forgets the indexes it shared with peers the map no longer has, once they are gone", func(t *testing.T) {
-			// fw-5 shared indexes with fw-6 and fw-7, which the map no
-			// longer has, with fw-2, which it has, and had sessions with
-			// no secondary. fw-7's index still lists a live session.
+			// fw-5 shared indexes with fw-6, fw-7 and fw-8, which the map
+			// no longer has, with fw-2, which it has, and had sessions with
+			// no secondary. fw-7's index with it still lists a live
+			// session, and so does fw-8's own with no secondary.
 			short, long := s.NewSessions("fw", "fw-5", 50*time.Millisecond), s.NewSessions("fw", "fw-5", time.Minute)
 			for i, c := range []struct {
 				w                  *store.Sessions
 				primary, secondary string
 			}{
 				{short, "fw-5", "fw-6"}, {long, "fw-7", "fw-5"}, {short, "fw-5", "fw-2"}, {short, "fw-5", ""},
+				{short, "fw-6", ""}, {short, "fw-8", "fw-5"}, {long, "fw-8", ""},
 			} {
 				rec := sessions.Record{Flow: flowKey(uint16(40730 + i)).String(), Tenant: "acme", Hops: []sessions.Hop{
 					{Service: "fw", Primary: c.primary, Secondary: c.secondary}}}
@@ -861,16 +863,31 @@ func TestSessions(t *testing.T) {
 			time.Sleep(100 * time.Millisecond) // the short sessions' entries expire
 			long.Known = func(in string) bool { _, ok := tab.InstanceByName(in); return ok }
 			n, err := long.PrunePairs(ctx)
-			if err != nil || n != 1 {
-				t.Errorf("PrunePairs = %d, %v; want 1 name removed", n, err)
+			if err != nil || n != 2 {
+				t.Errorf("PrunePairs = %d, %v; want 2 names removed", n, err)
 			}
-			got, err := store.ClientOf(s).SMembers(ctx, "nfsteer:i:{fw-5}:pairs").Result()
-			if err != nil {
-				t.Fatal(err)
+			// Each peer's set loses the same names, and fw-6's, left with
+			// none, is gone.
+			for _, c := range []struct {
+				instance string
+				want     []string
+			}{
+				{"fw-5", []string{"p:", "p:fw-2", "s:fw-7"}},
+				{"fw-6", []string{}},
+				{"fw-7", []string{"p:fw-5"}},
+				{"fw-8", []string{"p:"}},
+			} {
+				got, err := store.ClientOf(s).SMembers(ctx, "nfsteer:i:{"+c.instance+"}:pairs").Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				slices.Sort(got)
+				if diff := cmp.Diff(c.want, got); diff != "" {
+					t.Errorf("%s's index names after fw-5's prune (-want +got):\n%s", c.instance, diff)
+				}
 			}
-			slices.Sort(got)
-			if diff := cmp.Diff([]string{"p:", "p:fw-2", "s:fw-7"}, got); diff != "" {
-				t.Errorf("fw-5's index names after the prune (-want +got):\n%s", diff)
+			if n, err := store.ClientOf(s).Exists(ctx, "nfsteer:i:{fw-6}:pairs").Result(); err != nil || n != 0 {
+				t.Errorf("fw-6's set of index names: EXISTS = %d, %v; want it gone", n, err)
 			}
 			if !indexed(t, "fw-5", store.RoleSecondary, flowKey(40731).String()) {
 				t.Errorf("after the prune, fw-5 no longer finds the live session it is the secondary of")
