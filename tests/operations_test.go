@@ -387,6 +387,8 @@ func TestDrainMigrate(t *testing.T) {
 // is there to delete it. When the connection closes the instance of the
 // chain's first service must, so that it can be removed without --force
 // at once, not when the session's life in Redis (two minutes) runs out.
+// Once removed, the instance's peer forgets the index they shared, in
+// Redis, on both sides (--index-prune).
 func TestFinishedFlowsLeaveRedisWithoutAFirewall(t *testing.T) {
 	const guarded = `    chain: [fw, dlp]
     allow:
@@ -397,13 +399,23 @@ func TestFinishedFlowsLeaveRedisWithoutAFirewall(t *testing.T) {
 		t.Fatal("the lab map no longer gives acme the chain this test replaces")
 	}
 	l := lab.NewWithMap(t, bin, strings.Replace(labmap.Firewall, guarded, "    chain: [dlp]\n", 1))
-	startMesh(t, l)
+	startMesh(t, l, "--index-prune", "200ms")
 	local, addr := "10.10.1.2:40711", "10.99.0.2:8002"
 	h := holdConn(t, l, local, addr)
 	if !waitFor(3*time.Second, func() bool { return redisHas(l, h.flow) }) {
 		t.Fatalf("session %s never reached Redis", h.flow)
 	}
-	primary, _ := rolesOf(t, "dlp", flowOf(t, 6, local, addr))
+	primary, secondary := rolesOf(t, "dlp", flowOf(t, 6, local, addr))
+	names := func(instance string) string {
+		out, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "SMEMBERS", "nfsteer:i:{"+instance+"}:pairs")
+		if err != nil {
+			t.Fatalf("redis-cli SMEMBERS: %v", err)
+		}
+		return strings.Join(strings.Fields(out), " ")
+	}
+	if got, want := names(secondary), "s:"+primary; got != want {
+		t.Fatalf("%s's index names in Redis: %q; want %q", secondary, got, want)
+	}
 	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, primary); err == nil || !strings.Contains(err.Error(), "still carries 1 sessions") {
 		t.Fatalf("instance remove of %s while it carries a live connection: %v\n%s; want a refusal naming 1 session", primary, err, out)
 	}
@@ -415,9 +427,15 @@ func TestFinishedFlowsLeaveRedisWithoutAFirewall(t *testing.T) {
 		t.Fatalf("session %s still in Redis 5 s after its connection closed", h.flow)
 	}
 	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, primary); err != nil {
-		t.Errorf("instance remove of %s after its only connection closed: %v\n%s", primary, err, out)
+		t.Fatalf("instance remove of %s after its only connection closed: %v\n%s", primary, err, out)
 	}
 	t.Logf("session of a closed connection on a chain without a firewall left Redis within %v", time.Since(closed).Round(100*time.Millisecond))
+	removed := time.Now()
+	if !waitFor(5*time.Second, func() bool { return names(secondary) == "" && names(primary) == "" }) {
+		t.Fatalf("5 s after %s left the map, Redis still names the index it shared with %s: %q in %s's set, %q in its own",
+			primary, secondary, names(secondary), secondary, names(primary))
+	}
+	t.Logf("%s forgot the index it shared with %s, on both sides, %v after %s left the map", secondary, primary, time.Since(removed).Round(100*time.Millisecond), primary)
 }
 
 // TestMigratedUDPFlowKeepsItsSession migrates a UDP stream off its

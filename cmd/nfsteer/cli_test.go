@@ -774,6 +774,7 @@ func TestSettingsAreStrict(t *testing.T) {
 		{"a negative heartbeat in the file", nil, "heartbeat -5ms: want at least 1ms (in {file})", "node: gw\nredis: redis://r:6379\nheartbeat: -5ms\n"},
 		{"a flag wins, and is named", []string{"--heartbeat", "0s"}, "--heartbeat 0s: want at least 1ms", "node: gw\nredis: redis://r:6379\nheartbeat: 50ms\n"},
 		{"a session ttl below the refresh", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-ttl", "5s", "--refresh", "10s"}, "--session-ttl 5s: want more than --refresh (10s)", ""},
+		{"an index prune with no interval", []string{"--node", "fw-1", "--redis", "redis://r:6379", "--index-prune", "0s"}, "--index-prune 0s: want at least 10ms", ""},
 		{"a bad Redis URL", []string{"--node", "gw", "--redis", "http://r:6379"}, "--redis http://r:6379: redis: invalid URL scheme: http", ""},
 		{"too many queues", []string{"--node", "gw", "--map", "m.yaml", "--queues", "5000"}, "--queues 5000: want 0 to 1024", ""},
 		{"unsealed records accepted by a node that seals nothing", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-accept-unsealed"},

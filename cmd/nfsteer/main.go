@@ -259,7 +259,7 @@ func checkAgent(c *cli.Context) (rules.Spec, error) {
 	for _, d := range []struct {
 		name string
 		min  time.Duration
-	}{{"heartbeat", time.Millisecond}, {"refresh", 10 * time.Millisecond}, {"session-ttl", time.Second}} {
+	}{{"heartbeat", time.Millisecond}, {"refresh", 10 * time.Millisecond}, {"session-ttl", time.Second}, {"index-prune", 10 * time.Millisecond}} {
 		if v := c.Duration(d.name); v < d.min {
 			return spec, settingError(c, d.name, fmt.Sprintf("%v: want at least %v", v, d.min))
 		}
@@ -301,6 +301,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack; a session is refreshed in Redis once three of these are left of its --session-ttl", EnvVars: []string{"NFSTEER_REFRESH"}},
 			&cli.DurationFlag{Name: "session-ttl", Value: 2 * time.Minute, Usage: "life of a session in Redis after its creation or its last refresh", EnvVars: []string{"NFSTEER_SESSION_TTL"}},
+			&cli.DurationFlag{Name: "index-prune", Value: 10 * time.Minute, Usage: "how often an instance forgets the session indexes it shared with instances the map no longer has, once they are empty (plus up to half of it more, at random)", EnvVars: []string{"NFSTEER_INDEX_PRUNE"}},
 			&cli.BoolFlag{Name: "print-config", Usage: "print the settings the agent would run with (flags > NFSTEER_* > --config file) and exit"},
 		}, redisCompanions(true))),
 		Action: func(c *cli.Context) error {
@@ -340,7 +341,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 				KeepRules: c.Bool("keep-rules"), RestartGrace: c.Duration("restart-grace"), LogFlows: c.Bool("log-flows"), Spare: c.Bool("spare"),
 				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKeys: sk, NoMirror: !c.Bool("mirror"),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
-				RedisSessionTTL: c.Duration("session-ttl"), MetricsAddr: c.String("metrics"),
+				RedisSessionTTL: c.Duration("session-ttl"), IndexPruneInterval: c.Duration("index-prune"), MetricsAddr: c.String("metrics"),
 			}, k, ct)
 			if err != nil {
 				return err
