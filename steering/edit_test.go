@@ -261,3 +261,90 @@ func TestSameTenants(t *testing.T) {
 		t.Error("SameTenants(nil) = true")
 	}
 }
+
+// CheckTenant and CheckService report what Validate would of the tenant or
+// service in any map, and nothing that depends on the rest of it: each
+// problem they report, Validate reports too of a map holding the edit.
+func TestCheckAlone(t *testing.T) {
+	tests := []struct {
+		name  string
+		check func() error
+		edit  func(*Map) (*Map, error)
+		want  []FieldError
+	}{
+		{
+			name: "a well-formed tenant on a chain this map lacks",
+			check: func() error {
+				return CheckTenant("initech", Tenant{Prefixes: []string{"10.30.0.0/24"}, Chain: []string{"ids"}})
+			},
+		},
+		{
+			name: "a tenant's own mistakes",
+			check: func() error {
+				return CheckTenant("initech", Tenant{Prefixes: []string{"10.30.0.1/24", "fd00::/129"}, Chain: []string{"fw", "fw"}, Tag: 5000, Ingress: []string{"eth1/2"}, Via: "10.30.0.1"})
+			},
+			edit: func(m *Map) (*Map, error) {
+				return m.AddTenant("initech", Tenant{Prefixes: []string{"10.30.0.1/24", "fd00::/129"}, Chain: []string{"fw", "fw"}, Tag: 5000, Ingress: []string{"eth1/2"}, Via: "10.30.0.1"})
+			},
+			want: []FieldError{
+				{"tenants.initech.tag", "5000: want 1 to 4095"},
+				{"tenants.initech.prefixes[0]", "10.30.0.1/24 has host bits set (did you mean 10.30.0.0/24?)"},
+				{"tenants.initech.prefixes[1]", `"fd00::/129" is not a CIDR prefix`},
+				{"tenants.initech.via", "only a tenant with a snat address has a router of its own: the others' replies follow the gateway's main routing table"},
+				{"tenants.initech.ingress[0]", `"eth1/2" is not an interface name (1 to 15 characters, no spaces, '/' or ':')`},
+				{"tenants.initech.chain[1]", `service "fw" appears twice in the chain`},
+			},
+		},
+		{
+			name: "a well-formed service",
+			check: func() error {
+				return CheckService("ids", Service{Instances: map[string]Addresses{"ids-1": {"10.200.0.31"}}})
+			},
+		},
+		{
+			name: "a service's own mistakes",
+			check: func() error {
+				return CheckService("ids", Service{Function: "inspect", Instances: map[string]Addresses{"ids-1": {"10.200.0.300"}, "ids-2": {"10.200.0.32", "10.200.0.33"}}})
+			},
+			edit: func(m *Map) (*Map, error) {
+				return m.AddService("ids", Service{Function: "inspect", Instances: map[string]Addresses{"ids-1": {"10.200.0.300"}, "ids-2": {"10.200.0.32", "10.200.0.33"}}})
+			},
+			want: []FieldError{
+				{"services.ids.function", `unknown function "inspect" (known: forward, firewall)`},
+				{"services.ids.instances.ids-1[0]", `"10.200.0.300" is not an IP address`},
+				{"services.ids.instances.ids-2[1]", "second IPv4 address; each instance has at most one per family"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []FieldError
+			if err := tt.check(); err != nil {
+				var ve *ValidationError
+				if !errors.As(err, &ve) {
+					t.Fatalf("check: %v; want a *ValidationError", err)
+				}
+				got = ve.Problems
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+			if tt.edit == nil {
+				return
+			}
+			m, err := tt.edit(labMap(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ve *ValidationError
+			if !errors.As(m.Validate(), &ve) {
+				t.Fatalf("Validate of the map with the edit: want a *ValidationError")
+			}
+			for _, p := range got {
+				if !slices.Contains(ve.Problems, p) {
+					t.Errorf("Validate does not report %v", p)
+				}
+			}
+		})
+	}
+}

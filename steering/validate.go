@@ -221,72 +221,18 @@ func (m *Map) checkServices(v *validator) (map[string]*[2][]string, *nodeSet) {
 func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]string) []ownedPrefix {
 	t := m.Tenants[tname]
 	field := "tenants." + tname
-	v.name(field, tname)
+	own, fam := checkTenantAlone(v, tname, t)
 	if t == nil {
-		v.add(field, "is empty")
 		return nil
 	}
-	if len(t.Prefixes) == 0 {
-		v.add(field+".prefixes", "tenant has no prefixes")
-	}
-	switch {
-	case t.Tag > MaxTag:
-		v.add(field+".tag", fmt.Sprintf("%d: want 1 to %d", t.Tag, MaxTag))
-	case t.Tag == 0 && m.Overlay != nil:
+	if t.Tag == 0 && m.Overlay != nil {
 		v.add(field+".tag", fmt.Sprintf("tenant has no tag; with an overlay every tenant needs one, 1 to %d", MaxTag))
 	}
-	var own []ownedPrefix
-	var fam [2]bool
-	for i, s := range t.Prefixes {
-		pfield := fmt.Sprintf("%s.prefixes[%d]", field, i)
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			v.add(pfield, fmt.Sprintf("%q is not a CIDR prefix", s))
-			continue
-		}
-		if p.Addr().Is4In6() {
-			v.add(pfield, fmt.Sprintf("%s: write IPv4 prefixes in dotted form", p))
-			continue
-		}
-		if p != p.Masked() {
-			v.add(pfield, fmt.Sprintf("%s has host bits set (did you mean %s?)", p, p.Masked()))
-			continue
-		}
-		fam[familyIndex(p.Addr())] = true
-		own = append(own, ownedPrefix{p: p, field: pfield, tenant: tname, zoned: t.SNAT != ""})
+	if t.SNAT != "" && m.Overlay == nil {
+		v.add(field+".snat", "a tenant with a snat address needs the map's overlay: instance hosts tell it apart by its tag, not by its addresses")
 	}
-	if t.SNAT != "" {
-		m.checkSNAT(v, field, t, fam)
-	} else if t.Via != "" {
-		v.add(field+".via", "only a tenant with a snat address has a router of its own: the others' replies follow the gateway's main routing table")
-	}
-	seenIface := map[string]bool{}
-	for i, iface := range t.Ingress {
-		ifield := fmt.Sprintf("%s.ingress[%d]", field, i)
-		switch {
-		case iface == "" || len(iface) > 15 || strings.ContainsAny(iface, " /:\t"):
-			v.add(ifield, fmt.Sprintf("%q is not an interface name (1 to 15 characters, no spaces, '/' or ':')", iface))
-		case seenIface[iface]:
-			v.add(ifield, fmt.Sprintf("interface %q appears twice", iface))
-		}
-		seenIface[iface] = true
-	}
-	if len(t.Chain) == 0 {
-		v.add(field+".chain", "chain is empty")
-	}
-	if len(t.Chain) > MaxChain {
-		v.add(field+".chain", fmt.Sprintf("%d services; a chain has at most %d", len(t.Chain), MaxChain))
-	}
-	for i, a := range t.Allow {
-		compileAllow(v, fmt.Sprintf("%s.allow[%d]", field, i), a)
-	}
-	seen := map[string]bool{}
 	for i, sname := range t.Chain {
 		cfield := fmt.Sprintf("%s.chain[%d]", field, i)
-		if seen[sname] {
-			v.add(cfield, fmt.Sprintf("service %q appears twice in the chain", sname))
-		}
-		seen[sname] = true
 		svc, ok := m.Services[sname]
 		if !ok {
 			v.add(cfield, fmt.Sprintf("unknown service %q", sname))
@@ -315,11 +261,101 @@ func (m *Map) checkTenant(v *validator, tname string, lacks map[string]*[2][]str
 	return own
 }
 
+// CheckTenant checks tenant t, named name, by itself: what [Map.Validate]
+// would refuse of it in any map (its name, prefixes, addresses, interface
+// names, tag, chain's length and repeats, allow rules). It returns a
+// *[ValidationError] or nil. What depends on the rest of a map (services
+// the chain names, overlaps with other tenants, the overlay) is left to
+// Validate: a tool checks its input with it before it reads the map.
+func CheckTenant(name string, t Tenant) error {
+	var v validator
+	checkTenantAlone(&v, name, &t)
+	return v.err()
+}
+
+// CheckService checks service s, named name, by itself: what
+// [Map.Validate] would refuse of it in any map (its name, function,
+// instances' names and addresses). It returns a *[ValidationError] or nil.
+// Names and addresses shared with other services are left to Validate.
+func CheckService(name string, s Service) error {
+	var v validator
+	(&Map{Services: map[string]*Service{name: &s}}).checkServices(&v)
+	return v.err()
+}
+
+// checkTenantAlone is CheckTenant into v; it returns the tenant's
+// well-formed prefixes and the families they are of.
+func checkTenantAlone(v *validator, tname string, t *Tenant) (own []ownedPrefix, fam [2]bool) {
+	field := "tenants." + tname
+	v.name(field, tname)
+	if t == nil {
+		v.add(field, "is empty")
+		return nil, fam
+	}
+	if len(t.Prefixes) == 0 {
+		v.add(field+".prefixes", "tenant has no prefixes")
+	}
+	if t.Tag > MaxTag {
+		v.add(field+".tag", fmt.Sprintf("%d: want 1 to %d", t.Tag, MaxTag))
+	}
+	for i, s := range t.Prefixes {
+		pfield := fmt.Sprintf("%s.prefixes[%d]", field, i)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			v.add(pfield, fmt.Sprintf("%q is not a CIDR prefix", s))
+			continue
+		}
+		if p.Addr().Is4In6() {
+			v.add(pfield, fmt.Sprintf("%s: write IPv4 prefixes in dotted form", p))
+			continue
+		}
+		if p != p.Masked() {
+			v.add(pfield, fmt.Sprintf("%s has host bits set (did you mean %s?)", p, p.Masked()))
+			continue
+		}
+		fam[familyIndex(p.Addr())] = true
+		own = append(own, ownedPrefix{p: p, field: pfield, tenant: tname, zoned: t.SNAT != ""})
+	}
+	if t.SNAT != "" {
+		checkSNAT(v, field, t, fam)
+	} else if t.Via != "" {
+		v.add(field+".via", "only a tenant with a snat address has a router of its own: the others' replies follow the gateway's main routing table")
+	}
+	seenIface := map[string]bool{}
+	for i, iface := range t.Ingress {
+		ifield := fmt.Sprintf("%s.ingress[%d]", field, i)
+		switch {
+		case iface == "" || len(iface) > 15 || strings.ContainsAny(iface, " /:\t"):
+			v.add(ifield, fmt.Sprintf("%q is not an interface name (1 to 15 characters, no spaces, '/' or ':')", iface))
+		case seenIface[iface]:
+			v.add(ifield, fmt.Sprintf("interface %q appears twice", iface))
+		}
+		seenIface[iface] = true
+	}
+	if len(t.Chain) == 0 {
+		v.add(field+".chain", "chain is empty")
+	}
+	if len(t.Chain) > MaxChain {
+		v.add(field+".chain", fmt.Sprintf("%d services; a chain has at most %d", len(t.Chain), MaxChain))
+	}
+	for i, a := range t.Allow {
+		compileAllow(v, fmt.Sprintf("%s.allow[%d]", field, i), a)
+	}
+	seen := map[string]bool{}
+	for i, sname := range t.Chain {
+		if seen[sname] {
+			v.add(fmt.Sprintf("%s.chain[%d]", field, i), fmt.Sprintf("service %q appears twice in the chain", sname))
+		}
+		seen[sname] = true
+	}
+	return own, fam
+}
+
 // checkSNAT checks the snat address of tenant t (at field), whose
 // prefixes are of the families fam says: an address of their one family,
-// and what telling the tenant apart by where it enters needs, one ingress
-// interface, a tag and an overlay.
-func (m *Map) checkSNAT(v *validator, field string, t *Tenant, fam [2]bool) {
+// and what telling the tenant apart by where it enters needs of the tenant,
+// one ingress interface (and of the map, an overlay: checkTenant).
+func checkSNAT(v *validator, field string, t *Tenant, fam [2]bool) {
 	checkTenantAddr(v, field+".snat", t.SNAT, fam, false, ": their flows would leave with their own addresses")
 	if t.Via != "" {
 		checkTenantAddr(v, field+".via", t.Via, fam, true, "")
@@ -328,9 +364,6 @@ func (m *Map) checkSNAT(v *validator, field string, t *Tenant, fam [2]bool) {
 		// The tag on the service network has room for the tenant and the
 		// gateway, not for the interface: replies leave by the tenant's.
 		v.add(field+".snat", fmt.Sprintf("a tenant with a snat address has exactly one ingress interface, not %d", len(t.Ingress)))
-	}
-	if m.Overlay == nil {
-		v.add(field+".snat", "a tenant with a snat address needs the map's overlay: instance hosts tell it apart by its tag, not by its addresses")
 	}
 }
 

@@ -90,6 +90,35 @@ func liveVersion(t *testing.T, s *store.Store) uint64 {
 	return v
 }
 
+// An edit's own mistakes are named before Redis is read: with Redis
+// unreachable, a malformed tenant, service or instance is reported, not
+// the connection (which a well-formed edit reports).
+func TestCLINamesBadInputBeforeRedis(t *testing.T) {
+	const down = "redis://127.0.0.1:1"
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a prefix that is none", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/33", "--chain", "fw"}, `tenants.initech.prefixes[0]: "10.30.0.0/33" is not a CIDR prefix`},
+		{"a service twice in a chain", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw,dlp,fw"}, `tenants.initech.chain[2]: service "fw" appears twice in the chain`},
+		{"an ingress that is not an interface name", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--ingress", "eth1/2"}, "tenants.initech.ingress[0]"},
+		{"a snat address that is none", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw", "--ingress", "c3", "--snat", "10.61.0"}, `tenants.initech.snat: "10.61.0" is not an IP address`},
+		{"a service's instance with a bad address", []string{"service", "add", "ids", "--instance", "ids-1=10.200.0.300"}, `services.ids.instances.ids-1[0]: "10.200.0.300" is not an IP address`},
+		{"a service with an unknown function", []string{"service", "add", "ids", "--function", "inspect", "--instance", "ids-1=10.200.0.31"}, `services.ids.function: unknown function "inspect"`},
+		{"an instance with a bad address", []string{"instance", "add", "--service", "dlp", "dlp-3", "10.200.0.300"}, `services.dlp.instances.dlp-3[0]: "10.200.0.300" is not an IP address`},
+		{"an instance with a bad name", []string{"instance", "add", "--service", "dlp", "dlp 3", "10.200.0.31"}, `services.dlp.instances.dlp 3: name "dlp 3" must be`},
+		{"a well-formed tenant", []string{"tenant", "add", "initech", "--prefix", "10.30.0.0/24", "--chain", "fw"}, "connecting to Redis at 127.0.0.1:1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := nfsteer(t, append(tt.args, "--redis", down)...)
+			if r.code != 1 || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("nfsteer %s with Redis down: exit %d, stderr %q; want exit 1 and %q", strings.Join(tt.args, " "), r.code, r.stderr, tt.want)
+			}
+		})
+	}
+}
+
 // Every wrong thing people type gives a message naming what was wrong, a
 // non-zero status (2 for usage errors), and leaves the live map version as
 // it was.

@@ -208,6 +208,9 @@ Example:
 						}
 						t.Allow = append(t.Allow, rule)
 					}
+					if err := steering.CheckTenant(name, t); err != nil {
+						return err // before Redis: bad input is named whether or not Redis answers
+					}
 					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.AddTenant(name, t) })
 				},
 			},
@@ -278,6 +281,9 @@ func serviceCommand() *cli.Command {
 							return cli.Exit(fmt.Sprintf("--instance %q: instance %q given twice", spec, in), 2)
 						}
 						svc.Instances[in] = splitList([]string{addrs})
+					}
+					if err := steering.CheckService(name, svc); err != nil {
+						return err
 					}
 					return editMap(c, func(m *steering.Map) (*steering.Map, error) { return m.AddService(name, svc) })
 				},

@@ -35,6 +35,12 @@ Example:
 						return cli.Exit(fmt.Sprintf("instance add takes NAME and one or two addresses, got %d arguments (see --help)", c.NArg()), 2)
 					}
 					args := c.Args().Slice()
+					// Checked alone before Redis is read; its function and
+					// its other instances are the live map's.
+					probe := steering.Service{Instances: map[string]steering.Addresses{args[0]: args[1:]}}
+					if err := steering.CheckService(c.String("service"), probe); err != nil {
+						return err
+					}
 					return editMap(c, func(m *steering.Map) (*steering.Map, error) {
 						return m.AddInstance(c.String("service"), args[0], steering.Addresses(args[1:]))
 					})
