@@ -12,17 +12,18 @@ import (
 // PrunePairs removes from the writer's instance's pairsKey set the names
 // of its indexes that are gone (every entry expired or removed, so Redis
 // dropped the key) and that it shares with a peer Known says the map no
-// longer has (with Known nil it removes nothing), and the same index's
-// name from the peer's set, with the name of the peer's own index with no
-// secondary once that is gone too: nothing else would, the peer's agent
-// having gone with it, and Redis drops the set with its last name. (The
-// names a dropped instance shared only with instances dropped too stay:
-// no agent that runs reads them.) Readers (a
-// listing, a drain's count) read one index per name, and instances come
-// and go: without it, the sets would keep every peer an instance ever had.
-// It trims an index's expired entries before it looks, as a reader does,
-// and returns how many of its own names it removed. It is safe for
-// concurrent use.
+// longer has (with Known nil it removes nothing). It removes the same
+// names from the peer's set, and the name of the peer's own index with no
+// secondary once that is gone too: the peer's agent, gone with it, would
+// not, and Redis drops the set with its last name. Readers (a listing, a
+// drain's count) read one index per name, and instances come and go:
+// without it, the sets would keep every peer an instance ever had. It
+// trims an index's expired entries before it looks, as a reader does, and
+// returns how many of its own names it removed. It is safe for concurrent
+// use.
+//
+// A dropped instance's names of indexes it shared only with instances
+// dropped too stay: no running agent reads them.
 //
 // An index shared with a peer the map has keeps its name, however empty:
 // writers register an index only when they trim it, once every
