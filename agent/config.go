@@ -43,8 +43,10 @@ type Config struct {
 	// are not authenticated, which the agent logs once at start.
 	Trust *signing.Verifier
 	// NoMirror keeps sessions out of Redis (the map still comes from
-	// there). Without the mirror a secondary cannot take over established
-	// flows.
+	// there). A session has one creator (a gateway, or for a TCP
+	// connection through a firewall the chain's first firewall): without
+	// its mirror, no secondary anywhere on the flow's chain can take the
+	// flow over.
 	NoMirror bool
 	// RedisSessionTTL is how long a session lives in Redis unless its
 	// primary refreshes it (default 2m).
