@@ -6,6 +6,7 @@
 package tests
 
 import (
+	"debug/buildinfo"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,24 @@ import (
 
 // bin is the nfsteer binary under test, built once for the whole run.
 var bin string
+
+// raceBuild reports whether bin was built with -race (make
+// integration-race). The race detector's shadow memory makes an agent's
+// memory no measure of nfsteer's, so memory bounds are not checked then;
+// every other assertion is.
+func raceBuild(tb testing.TB) bool {
+	tb.Helper()
+	info, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		tb.Fatalf("reading %s's build settings: %v", bin, err)
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(func() int {

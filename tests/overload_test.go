@@ -272,7 +272,10 @@ func TestFloodOfMalformedAndForeignFlows(t *testing.T) {
 	}
 	// The good flows' sessions (about 220 B each, BENCHMARKS.md) and the
 	// runtime's slack; the other 32,000 packets must leave nothing behind.
-	if grow := int64(rss1) - int64(rss0); grow > int64(sent[0])*256+8<<20 {
+	switch grow := int64(rss1) - int64(rss0); {
+	case raceBuild(t):
+		t.Logf("a -race build: the gateway agent grew by %d MB, the race detector's memory included; the bound is not checked", grow>>20)
+	case grow > int64(sent[0])*256+8<<20:
 		t.Errorf("gateway agent grew by %d MB for %d good flows; want at most 256 B each plus 8 MB", grow>>20, sent[0])
 	}
 }

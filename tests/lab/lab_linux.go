@@ -130,6 +130,9 @@ func NewWithMap(tb testing.TB, bin, m string) *Lab {
 	l, err := UpWithMap(bin, tb.TempDir(), m)
 	if l != nil {
 		tb.Cleanup(func() {
+			for _, node := range l.racy() {
+				tb.Errorf("%s reported a data race (its log follows)", node)
+			}
 			if tb.Failed() {
 				l.dumpLogs(tb)
 			}
@@ -717,6 +720,21 @@ func (a *Process) Exited() bool {
 func (a *Process) Output() string {
 	b, _ := os.ReadFile(a.Log)
 	return string(b)
+}
+
+// racy returns the nodes whose processes logged a data race report: with
+// a -race build (make integration-race) the lab fails the test for each,
+// so that a race the test's own checks would not notice still fails it.
+func (l *Lab) racy() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, a := range l.agents {
+		if strings.Contains(a.Output(), "WARNING: DATA RACE") {
+			out = append(out, a.Node)
+		}
+	}
+	return out
 }
 
 func (l *Lab) dumpLogs(tb testing.TB) {
