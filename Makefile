@@ -13,11 +13,19 @@ FUZZMINIMIZE ?= 1000x
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build test unit fuzz integration integration-race demo bench deps vet clean install uninstall install-check
+.PHONY: FORCE build test unit fuzz integration integration-race demo bench deps vet clean install uninstall install-check
 
 build: $(BIN)
 
-$(BIN): $(shell find . -name '*.go' -not -path './tests/*') go.mod go.sum
+# bin/.version holds the version the binary was built as, and changes only
+# when the checkout's does: a commit that touches no Go file still
+# rebuilds, so that --version never names an older commit.
+FORCE:
+
+bin/.version: FORCE
+	@mkdir -p bin; [ "$$(cat $@ 2>/dev/null)" = "$(VERSION)" ] || echo "$(VERSION)" > $@
+
+$(BIN): $(shell find . -name '*.go' -not -path './tests/*') go.mod go.sum bin/.version
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/nfsteer
 
 vet:
@@ -53,7 +61,7 @@ integration: build
 # atexit_sleep_ms=0: the race runtime otherwise sleeps a second at every
 # exit, which the tests' CLI polls would count as failover time.
 integration-race: deps
-	$(GO) build -race -o bin/nfsteer-race ./cmd/nfsteer
+	$(GO) build -race -ldflags "-X main.version=$(VERSION)-race" -o bin/nfsteer-race ./cmd/nfsteer
 	GORACE="atexit_sleep_ms=0 halt_on_error=1 exitcode=66" NFSTEER_BIN=$(CURDIR)/bin/nfsteer-race \
 		$(GO) test -count=1 -timeout 20m -v ./tests/... 2>&1 | tee /tmp/nfsteer-integration-race.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
 
