@@ -260,7 +260,7 @@ func newAgent(cfg Config, k rules.Kernel, ct rules.Conntrack, dial func(url stri
 	if a.store != nil {
 		if !cfg.NoMirror {
 			a.mirror = sessions.NewMirror(recordWriter{a}, sessions.MirrorConfig{
-				Resync: a.resyncOps, Existing: a.adopt, Moved: a.letGoOf, Logger: a.log,
+				Linger: cfg.MirrorLinger, Resync: a.resyncOps, Existing: a.adopt, Moved: a.letGoOf, Logger: a.log,
 				Written: func(d time.Duration) { a.mirrorSeconds.Observe(d.Seconds()) },
 			})
 		}
@@ -498,11 +498,15 @@ type QueueReader interface {
 // Run steers until ctx is done. It binds the queues first and installs the
 // rules only then, so no flow slips past an agent that is starting; on the
 // way out it removes the rules, or keeps them and announces its restart
-// (KeepRules). The queue reader and
-// every background task (session expiry, flow log, and with Redis the map
-// watch, heartbeats, mirror, takeover lookups and the pruning of session
-// index names) run in one group: if one
-// fails, all stop, and Run waits for all of them.
+// (KeepRules). The queue reader and every background task (session
+// expiry, flow log, and with Redis the map watch, heartbeats, mirror,
+// takeover lookups and the pruning of session index names) run in one
+// group: if one fails, all stop, and Run waits for all of them. On the way
+// out the mirror stops only once everything that queues session
+// operations has (the packet path, the walks, the map watch's re-pins,
+// the takeover lookups), and writes what they queued; the heartbeat stops
+// only once the mirror has, so that the controller hears the node until
+// the restart is announced.
 func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue) QueueReader) (err error) {
 	defer func() {
 		if a.store != nil {
@@ -515,7 +519,15 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	reader := newReader(a, spec.QueueSet())
 	a.queue = reader.Counters()
 	g, gctx := errgroup.WithContext(ctx)
-	tasks := []Task{reader.Run, a.flows.Run, a.logFlows, a.readKernelCounters}
+	var producers, mirroring sync.WaitGroup // see outlasting
+	producer := func(t Task) Task {
+		producers.Add(1)
+		return func(ctx context.Context) error {
+			defer producers.Done()
+			return t(ctx)
+		}
+	}
+	tasks := []Task{producer(reader.Run), a.flows.Run, a.logFlows, a.readKernelCounters}
 	if a.cfg.MetricsAddr != "" {
 		ms, err := metrics.Listen(a.cfg.MetricsAddr, a.ready.Load, collector{a: a, reader: reader.Counters})
 		if err != nil {
@@ -525,13 +537,18 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		a.log.Info("serving metrics", "addr", ms.Addr().String())
 	}
 	if a.ct != nil {
-		tasks = append(tasks, a.refresh)
-	}
-	if a.store != nil {
-		tasks = append(tasks, a.watchMap, a.gc.run, a.heartbeat, a.lookupWorker, a.lookupWorker)
+		tasks = append(tasks, producer(a.refresh))
 	}
 	if a.mirror != nil {
-		tasks = append(tasks, a.mirror.Run, a.pruneIndexes)
+		mirroring.Add(1)
+		tasks = append(tasks, a.pruneIndexes, outlasting(&producers, func(ctx context.Context) error {
+			defer mirroring.Done()
+			return a.mirror.Run(ctx)
+		}))
+	}
+	if a.store != nil {
+		tasks = append(tasks, producer(a.watchMap), a.gc.run, producer(a.lookupWorker), producer(a.lookupWorker),
+			outlasting(&mirroring, a.heartbeat))
 	}
 	for _, t := range tasks {
 		g.Go(func() error { return t(gctx) })
@@ -586,6 +603,27 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		"fail_closed", spec.FailClosed, "overload_bypass", spec.OverloadBypass, "hops", len(spec.Hops), "map_version", st.table.Version(),
 		"redis", redis, "mirror", a.mirror != nil)
 	return g.Wait()
+}
+
+// outlasting returns t as a task whose context ends only once the group's
+// has and every task of first is done (first.Wait): the mirror outlasts
+// what queues its operations, and the heartbeat the mirror. It waits for
+// t, which it runs on a goroutine of its own, in every case.
+func outlasting(first *sync.WaitGroup, t Task) Task {
+	return func(ctx context.Context) error {
+		tctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancel()
+		errc := make(chan error, 1)
+		go func() { errc <- t(tctx) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		first.Wait() // the group's context is done: they are stopping
+		cancel()
+		return <-errc
+	}
 }
 
 // announceRestart tells the controller that this node stopped with its

@@ -48,6 +48,12 @@ type Config struct {
 	// its mirror, no secondary anywhere on the flow's chain can take the
 	// flow over.
 	NoMirror bool
+	// MirrorLinger is how long the mirror waits for a batch to fill once
+	// it holds a session operation (default 10ms; negative: not at all):
+	// fewer round trips to Redis at a high rate of new flows, against a
+	// session reaching Redis that much later (a failover within it finds
+	// the session unmirrored).
+	MirrorLinger time.Duration
 	// RedisSessionTTL is how long a session lives in Redis unless its
 	// primary refreshes it (default 2m).
 	RedisSessionTTL time.Duration

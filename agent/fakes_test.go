@@ -194,6 +194,10 @@ type fakeStore struct {
 	writers []string
 	// prunes counts PrunePairs calls, failed ones too.
 	prunes int
+	// writeDelay is how long each Write takes; beatsInWrites counts the
+	// heartbeats that arrived meanwhile.
+	writeDelay    time.Duration
+	beatsInWrites int
 
 	announce chan store.Announcement
 }
@@ -334,7 +338,12 @@ func (s *fakeStore) Write(_ context.Context, ops []sessions.Named) ([]sessions.O
 		return nil, err
 	}
 	s.mu.Lock()
+	delay, alive := s.writeDelay, s.alive
+	s.mu.Unlock()
+	time.Sleep(delay)
+	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.beatsInWrites += s.alive - alive
 	s.written = append(s.written, ops...)
 	out := make([]sessions.Outcome, len(ops))
 	for i, op := range ops {

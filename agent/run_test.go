@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/nfq"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
@@ -67,6 +68,59 @@ func TestRunInstallsOnceBoundAndRemoves(t *testing.T) {
 				t.Error("store not closed")
 			}
 		})
+	}
+}
+
+// lastPacketReader is a queue reader that hands its agent one packet as
+// its context ends: one it read just before the stop.
+type lastPacketReader struct {
+	fakeReader
+	h nfq.Handler
+	p *nfq.Packet
+}
+
+func (r *lastPacketReader) Run(ctx context.Context) error {
+	<-ctx.Done()
+	r.h.Handle(r.p, nil, 0, false)
+	return nil
+}
+
+// TestStopMirrorsTheLastFlows: a firewall whose agent stops mirrors the
+// session of a connection it admitted as the stop began, though its
+// mirror was lingering for an hour, and goes on beating while it writes,
+// so that the controller hears it until the restart notice. Without
+// that, the restarted agent would not resume the connection (no record),
+// and a failover would find no session for it.
+func TestStopMirrorsTheLastFlows(t *testing.T) {
+	p := tcp(acmeOpen, server, syn)
+	fwP, _, _ := roles(t, newFakeNode(t, "gw", labVersion(t), nil).Agent, &p.Flow)
+	n := newFakeNode(t, fwP.Name, labVersion(t), func(c *Config) { c.MirrorLinger = time.Hour; c.KeepRules = true })
+	n.store.writeDelay = 50 * time.Millisecond // ten heartbeats
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- n.Run(ctx, func(h nfq.Handler, _ []nfq.Queue) QueueReader {
+			r := &lastPacketReader{fakeReader: fakeReader{bound: make(chan struct{})}, h: h, p: p}
+			close(r.bound)
+			return r
+		})
+	}()
+	waitFor(t, "rules installed", func() bool { _, k := n.kernel.last(); return k == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := n.written(sessions.OpCreateState, sessions.KeyOf(&p.Flow).String()); got != 1 {
+		t.Errorf("the connection admitted at the stop: %d creates written, want 1", got)
+	}
+	n.store.mu.Lock()
+	beats, restarts := n.store.beatsInWrites, n.store.restarts
+	n.store.mu.Unlock()
+	if beats == 0 {
+		t.Errorf("no heartbeat while the stopping mirror wrote for 50ms")
+	}
+	if len(restarts) != 1 {
+		t.Errorf("restart notices %q, want one", restarts)
 	}
 }
 

@@ -159,6 +159,13 @@ type MirrorConfig struct {
 	// below what detecting a dead instance takes (100ms by default), so a
 	// failover still finds the session mirrored.
 	Linger time.Duration
+	// Flush bounds how long [Mirror.Run], once its context is done, goes
+	// on writing what was queued before (default 1s; negative: it writes
+	// nothing more). A node that stops, or restarts with its rules in
+	// place, has decided flows in the last linger whose sessions would
+	// otherwise never reach Redis: the restarted agent would not resume
+	// them, and a failover would find none.
+	Flush time.Duration
 	// Resync returns the operations that rewrite everything this node
 	// knows; it is called after Redis came back from a failure that cost
 	// operations, and on demand ([Mirror.Resync]).
@@ -207,6 +214,9 @@ func NewMirror(w Writer, cfg MirrorConfig) *Mirror {
 	}
 	if cfg.Linger == 0 {
 		cfg.Linger = 10 * time.Millisecond
+	}
+	if cfg.Flush == 0 {
+		cfg.Flush = time.Second
 	}
 	return &Mirror{cfg: cfg, w: w, ops: make(chan queued, cfg.Queue), wake: make(chan struct{}, 1)}
 }
@@ -266,7 +276,9 @@ func (m *Mirror) takeLater(batch []Op) ([]Op, bool) {
 // its data.
 func (m *Mirror) Resync() { m.resync.Store(true) }
 
-// Run writes until ctx is done.
+// Run writes until ctx is done, and then what was queued until then
+// (within MirrorConfig.Flush; see [Mirror.flush]). Operations queued after
+// it returned are not written: the agent stops what queues them first.
 func (m *Mirror) Run(ctx context.Context) error {
 	batch := make([]Op, 0, m.cfg.Batch)
 	linger := time.NewTimer(time.Hour)
@@ -281,15 +293,16 @@ func (m *Mirror) Run(ctx context.Context) error {
 		batch = batch[:0]
 		if more {
 			if ctx.Err() != nil {
-				return nil
+				return m.flush(batch)
 			}
 		} else {
 			idle.Reset(time.Second)
 			select {
 			case <-ctx.Done():
-				return nil
+				return m.flush(batch)
 			case q := <-m.ops:
 				batch = append(batch, m.tenants.unpack(&q))
+				m.Stats.Depth.Add(-1)
 			case <-m.wake:
 			case <-idle.C:
 				// Idle: a pending resync still has to happen.
@@ -306,22 +319,14 @@ func (m *Mirror) Run(ctx context.Context) error {
 			case <-linger.C:
 			case <-ctx.Done():
 				linger.Stop()
-				return nil
+				return m.flush(batch)
 			}
 		}
-	fill:
-		for len(batch) < cap(batch) {
-			select {
-			case q := <-m.ops:
-				batch = append(batch, m.tenants.unpack(&q))
-			default:
-				break fill
-			}
-		}
-		batch, more = m.takeLater(batch)
-		m.Stats.Depth.Add(-int64(len(batch)))
+		batch, more = m.fill(batch)
 		if !m.write(ctx, batch) {
-			return nil
+			// Cut short by ctx, perhaps mid-write: written again, as
+			// every operation can be.
+			return m.flush(batch)
 		}
 		if d := m.Stats.Dropped.Load(); d != lastDropLog {
 			m.cfg.Logger.Warn("session mirror dropped operations (queue full); they are rewritten by a resync", "dropped_total", d)
@@ -334,12 +339,93 @@ func (m *Mirror) Run(ctx context.Context) error {
 			for len(all) > 0 {
 				n := min(len(all), m.cfg.Batch)
 				if !m.write(ctx, all[:n]) {
-					return nil
+					// The rewrite is of sessions Redis has already or
+					// lost anyway; what was queued meanwhile is not.
+					return m.flush(batch[:0])
 				}
 				all = all[n:]
 			}
 		}
 	}
+}
+
+// fill tops batch up from the queue and then from EnqueueLater's
+// operations, takes what it added off Stats.Depth (which counts the
+// operations not taken yet), and reports whether EnqueueLater's are left.
+func (m *Mirror) fill(batch []Op) ([]Op, bool) {
+	n := len(batch)
+fill:
+	for len(batch) < cap(batch) {
+		select {
+		case q := <-m.ops:
+			batch = append(batch, m.tenants.unpack(&q))
+		default:
+			break fill
+		}
+	}
+	batch, more := m.takeLater(batch)
+	m.Stats.Depth.Add(-int64(len(batch) - n))
+	return batch, more
+}
+
+// flush writes, once Run's context is done, batch (taken from the queue
+// already) and every operation still queued, in batches, until none is
+// left or MirrorConfig.Flush has passed: the sessions of the flows the node
+// decided in its last moments reach Redis too. What it cannot write in
+// time is counted as dropped. It returns Run's error (nil).
+func (m *Mirror) flush(batch []Op) error {
+	lost := func(n int) {
+		total := uint64(n) + m.queuedOps()
+		if total == 0 {
+			return
+		}
+		m.Stats.Dropped.Add(total)
+		m.cfg.Logger.Warn("session mirror stopped with operations unwritten", "lost", total, "flush", m.cfg.Flush)
+	}
+	if m.cfg.Flush < 0 {
+		lost(len(batch))
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Flush)
+	defer cancel()
+	written := 0
+	for {
+		batch, _ = m.fill(batch)
+		if len(batch) == 0 {
+			break
+		}
+		if !m.write(ctx, batch) {
+			lost(len(batch))
+			return nil
+		}
+		written += len(batch)
+		batch = batch[:0]
+	}
+	if written > 0 {
+		m.cfg.Logger.Info("session mirror wrote what was queued before it stopped", "ops", written)
+	}
+	return nil
+}
+
+// queuedOps takes every operation still queued off the queue and
+// EnqueueLater's, and returns how many there were.
+func (m *Mirror) queuedOps() uint64 {
+	var n uint64
+	for {
+		select {
+		case <-m.ops:
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	m.laterMu.Lock()
+	n += uint64(len(m.later))
+	m.later = nil
+	m.laterMu.Unlock()
+	m.Stats.Depth.Add(-int64(n))
+	return n
 }
 
 // write writes batch, retrying with backoff until it succeeds or ctx is

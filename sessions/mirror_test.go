@@ -285,3 +285,108 @@ func TestMirrorEnqueueLater(t *testing.T) {
 		t.Errorf("depth %d after everything was written", m.Stats.Depth.Load())
 	}
 }
+
+// stallingWriter blocks its first write until the context is done, as a
+// write to a Redis that stopped answering does, and fails it; later writes
+// go through unless down is set. It records what it wrote.
+type stallingWriter struct {
+	flakyWriter
+	calls   int
+	stalled chan struct{} // closed once the first write is blocked
+}
+
+func (w *stallingWriter) Write(ctx context.Context, ops []Op) ([]Outcome, error) {
+	w.mu.Lock()
+	w.calls++
+	first := w.calls == 1
+	w.mu.Unlock()
+	if first {
+		close(w.stalled)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return w.flakyWriter.Write(ctx, ops)
+}
+
+// Once its context is done, Run writes what was queued before: the
+// operation it holds through its linger, the batch a stop cut short and
+// what queued behind it. What it cannot write within Flush, or at all
+// with a negative Flush, is counted as dropped, and Run still returns
+// within Flush.
+func TestMirrorFlushesOnStop(t *testing.T) {
+	codes := func(ops []Op) []uint32 {
+		var out []uint32
+		for _, op := range ops {
+			out = append(out, op.Session.Code)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name        string
+		flush       time.Duration
+		down        bool // the writer fails every write
+		stall       bool // the first write blocks until the stop
+		wantWritten []uint32
+		wantDropped uint64
+	}{
+		{name: "held through the linger", flush: time.Second, wantWritten: []uint32{0, 1, 2}},
+		{name: "a write cut short and what queued behind it", flush: time.Second, stall: true, wantWritten: []uint32{0, 1, 2}},
+		{name: "Redis down: dropped after the flush", flush: 100 * time.Millisecond, down: true, wantDropped: 3},
+		{name: "no flush", flush: -1, wantDropped: 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &stallingWriter{stalled: make(chan struct{})}
+			if !tc.stall {
+				w.calls = 1 // past the stalling write
+			}
+			w.set(tc.down)
+			linger := time.Hour // the first op is held until the stop
+			if tc.stall {
+				linger = -1 // the first op is written at once, and stalls
+			}
+			m := NewMirror(w, MirrorConfig{Batch: 64, Linger: linger, Flush: tc.flush})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- m.Run(ctx) }()
+			stopped := false
+			defer func() {
+				if !stopped { // a failed wait below: stop Run all the same
+					cancel()
+					<-done
+				}
+			}()
+			m.Enqueue(Op{Session: Session{Code: 0}})
+			if tc.stall {
+				<-w.stalled // Run took the first op and is writing it
+			} else {
+				for m.Stats.Depth.Load() != 0 { // Run took it and lingers
+					time.Sleep(time.Millisecond)
+				}
+			}
+			m.Enqueue(Op{Session: Session{Code: 1}})
+			m.Enqueue(Op{Session: Session{Code: 2}})
+			stop := time.Now()
+			cancel()
+			err := <-done
+			stopped = true
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if took, limit := time.Since(stop), max(tc.flush, 0)+time.Second; took > limit {
+				t.Errorf("Run returned %v after its stop; want within %v", took, limit)
+			}
+			w.mu.Lock()
+			got := codes(w.written)
+			w.mu.Unlock()
+			if diff := cmp.Diff(tc.wantWritten, got); diff != "" {
+				t.Errorf("sessions written (-want +got):\n%s", diff)
+			}
+			if got := m.Stats.Dropped.Load(); got != tc.wantDropped {
+				t.Errorf("dropped %d, want %d", got, tc.wantDropped)
+			}
+			if got := m.Stats.Depth.Load(); got != 0 {
+				t.Errorf("depth %d after the stop, want 0", got)
+			}
+		})
+	}
+}

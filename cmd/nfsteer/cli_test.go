@@ -803,6 +803,8 @@ func TestSettingsAreStrict(t *testing.T) {
 		{"a negative heartbeat in the file", nil, "heartbeat -5ms: want at least 1ms (in {file})", "node: gw\nredis: redis://r:6379\nheartbeat: -5ms\n"},
 		{"a flag wins, and is named", []string{"--heartbeat", "0s"}, "--heartbeat 0s: want at least 1ms", "node: gw\nredis: redis://r:6379\nheartbeat: 50ms\n"},
 		{"a session ttl below the refresh", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-ttl", "5s", "--refresh", "10s"}, "--session-ttl 5s: want more than --refresh (10s)", ""},
+		{"a mirror linger past a second", []string{"--node", "fw-1", "--redis", "redis://r:6379", "--mirror-linger", "2s"}, "--mirror-linger 2s: want 0 to 1s", ""},
+		{"a negative mirror linger in the file", nil, "mirror-linger -1ms: want 0 to 1s (in {file})", "node: fw-1\nredis: redis://r:6379\nmirror-linger: -1ms\n"},
 		{"an index prune with no interval", []string{"--node", "fw-1", "--redis", "redis://r:6379", "--index-prune", "0s"}, "--index-prune 0s: want at least 10ms", ""},
 		{"a bad Redis URL", []string{"--node", "gw", "--redis", "http://r:6379"}, "--redis http://r:6379: redis: invalid URL scheme: http", ""},
 		{"too many queues", []string{"--node", "gw", "--map", "m.yaml", "--queues", "5000"}, "--queues 5000: want 0 to 1024", ""},

@@ -264,11 +264,23 @@ func checkAgent(c *cli.Context) (rules.Spec, error) {
 			return spec, settingError(c, d.name, fmt.Sprintf("%v: want at least %v", v, d.min))
 		}
 	}
+	if v := c.Duration("mirror-linger"); v < 0 || v > time.Second {
+		return spec, settingError(c, "mirror-linger", fmt.Sprintf("%v: want 0 to 1s", v))
+	}
 	if c.Duration("session-ttl") <= c.Duration("refresh") {
 		return spec, settingError(c, "session-ttl", fmt.Sprintf("%v: want more than --refresh (%v), or live sessions expire from Redis between refreshes",
 			c.Duration("session-ttl"), c.Duration("refresh")))
 	}
 	return spec, nil
+}
+
+// lingerOf is the agent's MirrorLinger for --mirror-linger d: the flag's
+// 0 (no linger) is the Config's negative, where 0 is its default.
+func lingerOf(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func agentCommand() *cli.Command {
@@ -297,6 +309,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			&cli.BoolFlag{Name: "log-flows", Usage: "log every steering decision", EnvVars: []string{"NFSTEER_LOG_FLOWS"}},
 			redisFlag(),
 			metricsFlag(),
+			&cli.DurationFlag{Name: "mirror-linger", Value: 10 * time.Millisecond, Usage: "how long the session mirror waits for a batch to fill before it writes to Redis (0: not at all): fewer round trips at a high rate of new flows, against sessions that reach Redis that much later (a failover within it finds a session unmirrored)", EnvVars: []string{"NFSTEER_MIRROR_LINGER"}},
 			&cli.BoolFlag{Name: "mirror", Value: true, Usage: "mirror sessions to Redis (--mirror=false: the sessions this node creates, a gateway's and, for TCP through a firewall, the chain's first firewall's, are not written, and no secondary on those flows' chains can take them over)", EnvVars: []string{"NFSTEER_MIRROR"}},
 			&cli.DurationFlag{Name: "heartbeat", Value: 25 * time.Millisecond, Usage: "heartbeat `INTERVAL`", EnvVars: []string{"NFSTEER_HEARTBEAT"}},
 			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack; a session is refreshed in Redis once three of these are left of its --session-ttl", EnvVars: []string{"NFSTEER_REFRESH"}},
@@ -339,7 +352,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			a, err := agent.New(agent.Config{
 				Node: c.String("node"), MapFile: c.String("map"), Rules: spec,
 				KeepRules: c.Bool("keep-rules"), RestartGrace: c.Duration("restart-grace"), LogFlows: c.Bool("log-flows"), Spare: c.Bool("spare"),
-				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKeys: sk, NoMirror: !c.Bool("mirror"),
+				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKeys: sk, NoMirror: !c.Bool("mirror"), MirrorLinger: lingerOf(c.Duration("mirror-linger")),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
 				RedisSessionTTL: c.Duration("session-ttl"), IndexPruneInterval: c.Duration("index-prune"), MetricsAddr: c.String("metrics"),
 			}, k, ct)
