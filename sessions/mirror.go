@@ -411,14 +411,14 @@ func (m *Mirror) flush(batch []Op) error {
 // EnqueueLater's, and returns how many there were.
 func (m *Mirror) queuedOps() uint64 {
 	var n uint64
+drain:
 	for {
 		select {
 		case <-m.ops:
 			n++
-			continue
 		default:
+			break drain
 		}
-		break
 	}
 	m.laterMu.Lock()
 	n += uint64(len(m.later))
