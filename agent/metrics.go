@@ -41,7 +41,7 @@ var (
 	descSpoofed     = desc("spoofed_packets_total", "Packets dropped (by kernel rules) for entering where their source may not: outside the prefixes of the tenant bound to their ingress interface, or from a bound tenant's prefixes on another interface.")
 	descUntagged    = desc("untagged_packets_total", "Packets an overlay node dropped (by kernel rules): on an instance host, for arriving with no tenant's tag, with a tag that names no tenant, or from outside the overlay; on a gateway with zoned tenants, for arriving with a tag of no tenant, or for going to a zoned tenant's addresses without coming back through its chain.")
 	descMirrorDepth = desc("mirror_queue_depth", "Session operations waiting to be written to Redis.")
-	descMirrorOps   = desc("mirror_operations_total", "Session operations by fate: queued, written, dropped (queue full), refused (by Redis, for good: a key of another type).", "fate")
+	descMirrorOps   = desc("mirror_operations_total", "Session operations by fate: queued, written, dropped (the queue full, or not written by the end of a stopping agent's flush), refused (by Redis, for good: a key of another type).", "fate")
 	descMirrorFail  = desc("mirror_write_failures_total", "Batch writes to Redis that failed and were retried.")
 	descMirrorSync  = desc("mirror_resyncs_total", "Times every local session was rewritten to Redis.")
 	descMapVersion  = desc("map_version", "Version of the map this node steers by (0: a map file).")

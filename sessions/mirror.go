@@ -137,7 +137,9 @@ type Writer interface {
 // MirrorStats count what the mirror did; fields are updated atomically.
 type MirrorStats struct {
 	// Written counts operations written, once their outcomes (refusals,
-	// creates that found a session) have been handled.
+	// creates that found a session) have been handled. Dropped counts
+	// those never written: refused by a full queue, or still unwritten
+	// when a stop's flush ran out (MirrorConfig.Flush).
 	Queued, Written, Dropped, Failures, Resyncs atomic.Uint64
 	// Refused counts operations Redis refused for good ([Outcome.Refused]).
 	Refused atomic.Uint64
