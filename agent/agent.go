@@ -176,6 +176,10 @@ type Agent struct {
 	// logging says decisions are logged: Config.LogFlows, until Reload.
 	logging atomic.Bool
 
+	// offload is a gateway's flow offload, or nil; Run sets it before it
+	// starts the tasks that read it.
+	offload Offload
+
 	lookupMu sync.Mutex // guards pending
 	pending  map[sessions.Key][]waiter
 	lookups  chan sessions.Key
@@ -516,6 +520,12 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	spec := a.Spec()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if err := a.openOffload(); err != nil {
+		return err
+	}
+	if a.offload != nil {
+		defer a.offload.Close()
+	}
 	reader := newReader(a, spec.QueueSet())
 	a.queue = reader.Counters()
 	g, gctx := errgroup.WithContext(ctx)
@@ -538,6 +548,9 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	}
 	if a.ct != nil {
 		tasks = append(tasks, producer(a.refresh))
+	}
+	if a.offload != nil {
+		tasks = append(tasks, a.runOffload)
 	}
 	if a.mirror != nil {
 		mirroring.Add(1)
@@ -601,7 +614,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 	st.published.Prepare()
 	a.log.Info("ready", "role", role, "outer", spec.Outer, "queues", spec.WithDefaults().Queues,
 		"fail_closed", spec.FailClosed, "overload_bypass", spec.OverloadBypass, "hops", len(spec.Hops), "map_version", st.table.Version(),
-		"redis", redis, "mirror", a.mirror != nil)
+		"redis", redis, "mirror", a.mirror != nil, "offload", a.offload != nil)
 	return g.Wait()
 }
 

@@ -73,6 +73,12 @@ type Config struct {
 	// MapPoll is how often the node checks the map version besides the
 	// announcements (default 1s).
 	MapPoll time.Duration
+	// OpenOffload, if not nil, opens the flow offload that takes a
+	// gateway's established TCP packets off its netfilter and routing
+	// path (package offload). A gateway's Run opens it, refusing to start
+	// if it cannot, and closes it on the way out; an instance host never
+	// calls it.
+	OpenOffload func() (Offload, error)
 	// Rules holds everything about the kernel side except the hops, which
 	// come from the map.
 	Rules rules.Spec

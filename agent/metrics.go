@@ -48,6 +48,7 @@ var (
 	descMapSwitches = desc("map_switches_total", "Map versions installed after the first.")
 	descMapRefused  = desc("map_refused_total", "Map versions refused: invalid, not signed by a trusted key, older than the node's, or changing the node's role.")
 	descRepinned    = desc("repinned_total", "Established connections moved off instances a map took away.")
+	descOffload     = desc("offload_packets_total", "A gateway's flow offload (--offload), by what it did with a packet: forwarded it itself (offloaded), learned its flow's hop from it (learned), or let it take the kernel's path to keep its connection alive in conntrack (refreshed).", "kind")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -122,6 +123,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		a.mirrorSeconds.Collect(ch)
 	}
 	ctr(descRepinned, k.Repinned.Load())
+	if fp := a.offload; fp != nil {
+		if fs, err := fp.Stats(); err == nil {
+			ctr(descOffload, fs.Offloaded, "offloaded")
+			ctr(descOffload, fs.Learned, "learned")
+			ctr(descOffload, fs.Refreshed, "refreshed")
+		}
+	}
 }
 
 // queueTotals sums the kernel's counters over this namespace's queues.

@@ -104,6 +104,7 @@ func (a *Agent) switchMap(p *steering.Published, start time.Time, via string) er
 	a.switchSeconds.Observe(switched.Sub(start).Seconds())
 	st := a.state.Load()
 	moved := a.repin(old.table, st.table)
+	a.invalidateOffload() // after the marks moved: nothing learned before follows them
 	let := a.letGo(st)
 	a.log.Info("map switched", "version", p.Version, "from", old.table.Version(), "via", via,
 		"took", switched.Sub(start).String(), "at", switched.UnixNano(), "repinned", moved, "let_go", let, "down", p.Down)

@@ -806,6 +806,8 @@ func TestSettingsAreStrict(t *testing.T) {
 		{"a mirror linger past a second", []string{"--node", "fw-1", "--redis", "redis://r:6379", "--mirror-linger", "2s"}, "--mirror-linger 2s: want 0 to 1s", ""},
 		{"a negative mirror linger in the file", nil, "mirror-linger -1ms: want 0 to 1s (in {file})", "node: fw-1\nredis: redis://r:6379\nmirror-linger: -1ms\n"},
 		{"an index prune with no interval", []string{"--node", "fw-1", "--redis", "redis://r:6379", "--index-prune", "0s"}, "--index-prune 0s: want at least 10ms", ""},
+		{"an offload refresh too short", []string{"--node", "gw", "--map", "m.yaml", "--offload-refresh", "1ms"}, "--offload-refresh 1ms: want 10ms to 1m", ""},
+		{"an offload refresh too long", []string{"--node", "gw", "--map", "m.yaml", "--offload-refresh", "2m"}, "--offload-refresh 2m0s: want 10ms to 1m", ""},
 		{"a bad Redis URL", []string{"--node", "gw", "--redis", "http://r:6379"}, "--redis http://r:6379: redis: invalid URL scheme: http", ""},
 		{"too many queues", []string{"--node", "gw", "--map", "m.yaml", "--queues", "5000"}, "--queues 5000: want 0 to 1024", ""},
 		{"unsealed records accepted by a node that seals nothing", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-accept-unsealed"},

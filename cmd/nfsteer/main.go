@@ -18,6 +18,7 @@ import (
 
 	"github.com/nfsteer/nfsteer/agent"
 	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/offload"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/store"
 	"github.com/urfave/cli/v2"
@@ -264,6 +265,9 @@ func checkAgent(c *cli.Context) (rules.Spec, error) {
 			return spec, settingError(c, d.name, fmt.Sprintf("%v: want at least %v", v, d.min))
 		}
 	}
+	if v := c.Duration("offload-refresh"); v < 10*time.Millisecond || v > time.Minute {
+		return spec, settingError(c, "offload-refresh", fmt.Sprintf("%v: want 10ms to 1m", v))
+	}
 	if v := c.Duration("mirror-linger"); v < 0 || v > time.Second {
 		return spec, settingError(c, "mirror-linger", fmt.Sprintf("%v: want 0 to 1s", v))
 	}
@@ -315,6 +319,8 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack; a session is refreshed in Redis once three of these are left of its --session-ttl", EnvVars: []string{"NFSTEER_REFRESH"}},
 			&cli.DurationFlag{Name: "session-ttl", Value: 2 * time.Minute, Usage: "life of a session in Redis after its creation or its last refresh", EnvVars: []string{"NFSTEER_SESSION_TTL"}},
 			&cli.DurationFlag{Name: "index-prune", Value: 10 * time.Minute, Usage: "how often an instance forgets the session indexes it shared with instances the map no longer has, once they are empty (plus up to half of it more, at random)", EnvVars: []string{"NFSTEER_INDEX_PRUNE"}},
+			&cli.BoolFlag{Name: "offload", Usage: "on a gateway, forward the established packets of the IPv4 TCP flows it steers in eBPF (tc), past its netfilter and routing, as a flowtable offloads flows: more bulk throughput, and the gateway's own rules and conntrack see only each connection's opening and end (needs net.netfilter.nf_conntrack_tcp_be_liberal=1 and Linux 6.6; an instance host ignores it)", EnvVars: []string{"NFSTEER_OFFLOAD"}},
+			&cli.DurationFlag{Name: "offload-refresh", Value: time.Second, Usage: "how often each offloaded flow sends one packet the kernel's way: conntrack keeps its connection alive by it, and a hop that changed without a map version (a neighbour's new address) is learned again within it", EnvVars: []string{"NFSTEER_OFFLOAD_REFRESH"}},
 			&cli.BoolFlag{Name: "print-config", Usage: "print the settings the agent would run with (flags > NFSTEER_* > --config file) and exit"},
 		}, redisCompanions(true))),
 		Action: func(c *cli.Context) error {
@@ -349,12 +355,19 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 				return err
 			}
 			defer ct.Close()
+			var openOffload func() (agent.Offload, error)
+			if c.Bool("offload") {
+				openOffload = func() (agent.Offload, error) {
+					return offload.Open(offload.Config{Refresh: c.Duration("offload-refresh"), HopMask: rules.HopMask, FastMark: rules.MarkSteered})
+				}
+			}
 			a, err := agent.New(agent.Config{
 				Node: c.String("node"), MapFile: c.String("map"), Rules: spec,
 				KeepRules: c.Bool("keep-rules"), RestartGrace: c.Duration("restart-grace"), LogFlows: c.Bool("log-flows"), Spare: c.Bool("spare"),
 				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKeys: sk, NoMirror: !c.Bool("mirror"), MirrorLinger: lingerOf(c.Duration("mirror-linger")),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
 				RedisSessionTTL: c.Duration("session-ttl"), IndexPruneInterval: c.Duration("index-prune"), MetricsAddr: c.String("metrics"),
+				OpenOffload: openOffload,
 			}, k, ct)
 			if err != nil {
 				return err

@@ -534,6 +534,7 @@ func (l *Lab) start(node string, args []string, ready string) (*Process, error) 
 		}
 		select {
 		case <-a.done:
+			b, _ = os.ReadFile(a.Log) // what it wrote since the read above
 			return nil, fmt.Errorf("agent %s exited before it was ready (%v):\n%s", node, a.err, b)
 		case <-deadline:
 			a.Kill()

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nfsteer/nfsteer/offload"
+)
+
+// Offload is a gateway's flow offload (package offload) as the agent drives
+// it: *offload.Path in production, a fake in unit tests.
+type Offload interface {
+	// Sync attaches the offload to the node's interfaces, with steered
+	// those the gateway steers; with none it detaches.
+	Sync(steered []string) error
+	// Invalidate makes every learned flow take the slow path again.
+	Invalidate() error
+	// Stats reads its counters.
+	Stats() (offload.Stats, error)
+	// Close detaches it for good.
+	Close() error
+}
+
+var _ Offload = (*offload.Path)(nil)
+
+// offloadSync is how often the agent attaches the offload to interfaces
+// created since it last looked.
+const offloadSync = 2 * time.Second
+
+// openOffload opens a gateway's offload if the configuration asks for
+// one. An instance host never runs it, whatever it is configured with: its
+// packets must cross the service it hosts.
+func (a *Agent) openOffload() error {
+	if a.cfg.OpenOffload == nil {
+		return nil
+	}
+	if st := a.state.Load(); st.role != Gateway {
+		a.log.Info("no offload: it is for gateways", "role", st.role.String())
+		return nil
+	}
+	fp, err := a.cfg.OpenOffload()
+	if err != nil {
+		return fmt.Errorf("opening the offload: %w", err)
+	}
+	a.offload = fp
+	return nil
+}
+
+// runOffload keeps the offload attached to a gateway's interfaces while
+// ctx lasts, and detaches it on the way out. A gateway on an overlay does
+// not attach it (the offload knows no tags).
+func (a *Agent) runOffload(ctx context.Context) error {
+	fp := a.offload
+	t := time.NewTicker(offloadSync)
+	defer t.Stop()
+	var last string
+	for {
+		err := fp.Sync(a.offloadInterfaces())
+		if msg := errString(err); msg != last {
+			if err != nil {
+				a.log.Warn("attaching the offload", "err", err)
+			}
+			last = msg
+		}
+		select {
+		case <-ctx.Done():
+			return fp.Sync(nil)
+		case <-t.C:
+		}
+	}
+}
+
+// offloadInterfaces returns the interfaces the gateway steers, as the
+// offload wants them: none on an overlay.
+func (a *Agent) offloadInterfaces() []string {
+	spec := a.Spec()
+	if spec.Overlay != nil {
+		return nil
+	}
+	st, ok := spec.Steer()
+	if !ok {
+		return nil
+	}
+	out := append([]string(nil), st.Outer...)
+	for _, b := range st.Bound {
+		out = append(out, b.Ifaces...)
+	}
+	return out
+}
+
+// invalidateOffload makes a gateway's offload forget every learned hop
+// after a map switch, which may have moved flows or routes, and follows
+// the steered interfaces it may have changed (or an overlay it added).
+func (a *Agent) invalidateOffload() {
+	if a.offload == nil {
+		return
+	}
+	if err := a.offload.Sync(a.offloadInterfaces()); err != nil {
+		a.log.Warn("attaching the offload", "err", err)
+	}
+	if err := a.offload.Invalidate(); err != nil {
+		a.log.Warn("invalidating the offload", "err", err)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

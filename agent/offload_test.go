@@ -1,0 +1,114 @@
+package agent
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nfsteer/nfsteer/offload"
+	"github.com/nfsteer/nfsteer/steering"
+)
+
+// fakeOffload records what the agent asks of its offload.
+type fakeOffload struct {
+	mu          sync.Mutex // guards the fields below
+	synced      [][]string
+	invalidated int
+	closed      int
+}
+
+var _ Offload = (*fakeOffload)(nil)
+
+func (f *fakeOffload) Sync(steered []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.synced = append(f.synced, slices.Clone(steered))
+	return nil
+}
+
+func (f *fakeOffload) Invalidate() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.invalidated++
+	return nil
+}
+
+func (f *fakeOffload) Stats() (offload.Stats, error) { return offload.Stats{Offloaded: 7}, nil }
+
+func (f *fakeOffload) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed++
+	return nil
+}
+
+func (f *fakeOffload) state() (synced [][]string, invalidated, closed int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.synced), f.invalidated, f.closed
+}
+
+// TestOffloadRunsOnGatewaysOnly: a gateway opens its offload, attaches
+// it to the interfaces it steers, invalidates it at every map switch
+// (after the marks moved off a drained instance), detaches it and closes
+// it when it stops; an instance host configured the same never opens it;
+// a gateway whose offload cannot open refuses to start, saying why.
+func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
+	t.Run("gateway", func(t *testing.T) {
+		fp := &fakeOffload{}
+		v1 := labVersion(t)
+		n := newFakeNode(t, "gw", v1, func(c *Config) {
+			c.OpenOffload = func() (Offload, error) { return fp, nil }
+		})
+		stop := n.run(t)
+		waitFor(t, "offload attached", func() bool { s, _, _ := fp.state(); return len(s) > 0 })
+		v2, d := nextVersion(t, v1, func(p *steering.Published) (*steering.Published, error) { return p.Drain("fw-1") })
+		n.store.publish(v2, d)
+		waitFor(t, "offload invalidated", func() bool { _, i, _ := fp.state(); return i == 1 })
+		if err := stop(); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		synced, invalidated, closed := fp.state()
+		if diff := cmp.Diff([]string{"outer0"}, synced[0]); diff != "" {
+			t.Errorf("first attach: steered interfaces (-want +got):\n%s", diff)
+		}
+		if last := synced[len(synced)-1]; last != nil {
+			t.Errorf("last Sync(%q) on the way out; want Sync(nil), detaching", last)
+		}
+		if invalidated != 1 || closed != 1 {
+			t.Errorf("invalidated %d times, closed %d; want 1, 1", invalidated, closed)
+		}
+		if !strings.Contains(n.logs.String(), "offload=true") {
+			t.Errorf("the ready line does not say the offload runs:\n%s", n.logs)
+		}
+	})
+	t.Run("instance host", func(t *testing.T) {
+		opened := false
+		n := newFakeNode(t, "fw-1", labVersion(t), func(c *Config) {
+			c.OpenOffload = func() (Offload, error) { opened = true; return &fakeOffload{}, nil }
+		})
+		stop := n.run(t)
+		waitFor(t, "rules installed", func() bool { _, k := n.kernel.last(); return k == 1 })
+		if err := stop(); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if opened {
+			t.Error("an instance host opened the offload")
+		}
+	})
+	t.Run("cannot open", func(t *testing.T) {
+		n := newFakeNode(t, "gw", labVersion(t), func(c *Config) {
+			c.OpenOffload = func() (Offload, error) { return nil, offload.ErrNotLiberal }
+		})
+		err := n.run(t)()
+		if !errors.Is(err, offload.ErrNotLiberal) || !strings.Contains(err.Error(), "nf_conntrack_tcp_be_liberal") {
+			t.Errorf("Run = %v; want the offload's error, naming the sysctl", err)
+		}
+		if _, k := n.kernel.last(); k != 0 {
+			t.Errorf("rules installed %d times by a gateway that refused to start", k)
+		}
+	})
+}

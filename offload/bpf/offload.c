@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// nfsteer's flow offload on a gateway: two tc programs that take the established
+// packets of the TCP flows nfsteer decided off the gateway's netfilter and
+// routing path. offload_egress learns, from a packet the kernel has just
+// forwarded, where a flow's packets go (out interface and the Ethernet
+// header the kernel built); offload_ingress sends the flow's later packets
+// there at once. Which flows it may learn, and when what it learned is
+// stale, the Go side (offload_linux.go) says through the maps below: it
+// is the only writer of ifaces and config.
+//
+// Regenerate offload_bpfel.{go,o} with `go generate ./offload` (clang).
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+// A flow in one direction, as one of its two passes through the gateway
+// sees it: steered 1 when it enters by a steered interface (the gateway
+// decides its hop), 0 by any other (the chain hands the flow back, and the
+// kernel routes it on by its main table).
+struct flow_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 steered;
+};
+
+// Where the kernel sent the flow's packets, the last time it did.
+struct flow_hop {
+	__u32 in_ifindex;
+	__u32 out_ifindex;
+	__u8 src[ETH_ALEN];
+	__u8 dst[ETH_ALEN];
+	__u32 gen;   // config.gen when learned: an older one is stale
+	__u64 slow;  // when a packet last took the kernel's path (ns, monotonic)
+};
+
+struct settings {
+	__u32 gen;        // bumped by Go on every change of marks, rules or map
+	__u32 hop_mask;   // the mark's halves: a forwarded packet with none set was not steered
+	__u64 refresh_ns; // an offloaded flow sends one packet the kernel's way this often
+	__u32 fast_mark;  // a mark bit no packet leaves netfilter with: set on the offload's own
+};
+
+// Counters, per CPU: what Go's Stats sums.
+enum { STAT_OFFLOADED, STAT_LEARNED, STAT_REFRESHED, STAT_MAX };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); // Go sets the size before loading
+	__type(key, struct flow_key);
+	__type(value, struct flow_hop);
+} flows SEC(".maps");
+
+// The interfaces the programs are attached to, by index: 1 for a steered
+// one, 0 for the others. The ingress program has a variant for each kind.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &stat);
+	if (n)
+		(*n)++;
+}
+
+// parse fills key from an IPv4 TCP packet the offload may carry: no IP
+// options, no fragment, a TTL left to forward with. It returns the TCP
+// flags byte, or -1.
+static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, struct iphdr **ipp, struct ethhdr **ethp)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return -1;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return -1;
+	if (ip->ihl != 5 || ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
+		return -1;
+	struct tcphdr *th = (void *)(ip + 1);
+	if ((void *)(th + 1) > end)
+		return -1;
+	key->saddr = ip->saddr;
+	key->daddr = ip->daddr;
+	key->sport = th->source;
+	key->dport = th->dest;
+	*ipp = ip;
+	*ethp = eth;
+	return ((__u8 *)th)[13];
+}
+
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	__u8 diff = 0;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		diff |= a[i] ^ b[i];
+	return diff == 0;
+}
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
+{
+	struct flow_key key = {.steered = steered};
+	struct iphdr *ip;
+	struct ethhdr *eth;
+	int flags = parse(skb, &key, &ip, &eth);
+	if (flags < 0)
+		return TC_ACT_OK;
+	if (flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
+		// A connection opening or ending: conntrack must see it, and
+		// the rest of an ending one.
+		if (flags & (TCP_FIN | TCP_RST))
+			bpf_map_delete_elem(&flows, &key);
+		return TC_ACT_OK;
+	}
+	__u32 zero = 0;
+	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return TC_ACT_OK;
+	struct flow_hop *hop = bpf_map_lookup_elem(&flows, &key);
+	if (!hop || hop->gen != cfg->gen || hop->in_ifindex != skb->ingress_ifindex)
+		return TC_ACT_OK;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - hop->slow > cfg->refresh_ns) {
+		// One packet the kernel's way: conntrack keeps the connection
+		// alive, and the egress program relearns a changed hop.
+		hop->slow = now;
+		count(STAT_REFRESHED);
+		return TC_ACT_OK;
+	}
+	// What ip_forward does to the header: the TTL, and its checksum
+	// incrementally (RFC 1624).
+	__u32 check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+	__builtin_memcpy(eth->h_dest, hop->dst, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, hop->src, ETH_ALEN);
+	// The egress program passes it by this at once; it clears it.
+	skb->mark |= cfg->fast_mark;
+	count(STAT_OFFLOADED);
+	return bpf_redirect(hop->out_ifindex, 0);
+}
+
+// On a steered interface.
+SEC("tc")
+int offload_ingress_steered(struct __sk_buff *skb)
+{
+	return ingress(skb, 1);
+}
+
+// On the gateway's other interfaces.
+SEC("tc")
+int offload_ingress(struct __sk_buff *skb)
+{
+	return ingress(skb, 0);
+}
+
+SEC("tc")
+int offload_egress(struct __sk_buff *skb)
+{
+	__u32 in = skb->ingress_ifindex, zero = 0;
+	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || in == 0)
+		return TC_ACT_OK; // the node's own
+	if (skb->mark & cfg->fast_mark) {
+		skb->mark &= ~cfg->fast_mark; // the fast path's own
+		return TC_ACT_OK;
+	}
+	struct flow_key key = {};
+	struct iphdr *ip;
+	struct ethhdr *eth;
+	int flags = parse(skb, &key, &ip, &eth);
+	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
+		return TC_ACT_OK;
+	__u32 *steered = bpf_map_lookup_elem(&ifaces, &in);
+	if (!steered)
+		return TC_ACT_OK;
+	key.steered = *steered;
+	struct flow_hop *hop = bpf_map_lookup_elem(&flows, &key);
+	if (hop && hop->gen == cfg->gen && hop->in_ifindex == in && hop->out_ifindex == skb->ifindex &&
+	    same_mac(hop->dst, eth->h_dest) && same_mac(hop->src, eth->h_source))
+		return TC_ACT_OK; // learned already: a refresh that found the same hop
+	if (key.steered) {
+		// Steered in: only a flow the agent decided, whose restored
+		// mark names its hop.
+		if (!(skb->mark & cfg->hop_mask))
+			return TC_ACT_OK;
+	} else {
+		// Handed back by the chain: only a flow learned on its way in.
+		struct flow_key first = key;
+		first.steered = 1;
+		struct flow_hop *in_hop = bpf_map_lookup_elem(&flows, &first);
+		if (!in_hop || in_hop->gen != cfg->gen)
+			return TC_ACT_OK;
+	}
+	struct flow_hop learned = {
+		.in_ifindex = in,
+		.out_ifindex = skb->ifindex,
+		.gen = cfg->gen,
+		.slow = bpf_ktime_get_ns(),
+	};
+	__builtin_memcpy(learned.dst, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(learned.src, eth->h_source, ETH_ALEN);
+	bpf_map_update_elem(&flows, &key, &learned, BPF_ANY);
+	count(STAT_LEARNED);
+	return TC_ACT_OK;
+}
+
+char _license[] SEC("license") = "GPL";

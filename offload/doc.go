@@ -1,0 +1,44 @@
+// Package offload owns nfsteer's flow offload on a gateway: two tc
+// programs (bpf/offload.c, attached with tcx to every Ethernet interface
+// of the gateway's namespace) that take the established packets of the
+// TCP flows nfsteer decided off the gateway's netfilter and routing path,
+// as an nftables flowtable would (this kernel may have none).
+//
+// A gateway forwards each packet of a steered flow twice, once into the
+// chain and once more when the chain hands it back, and each time the
+// packet passes conntrack, nfsteer's mark restore and the ip rules. The
+// egress program learns, from a packet the kernel has just forwarded,
+// where the flow's packets go: the interface, and the Ethernet header the
+// kernel built for the next hop. The ingress program then sends the flow's
+// later packets there at once, with the TTL and checksum the kernel would
+// have written. It learns only what nfsteer decided: a packet that entered
+// by a steered interface with its hop in the mark, or one the chain hands
+// back of a flow learned on its way in.
+//
+// What it leaves to the kernel, always: a connection's opening and ending
+// (SYN, FIN, RST; an ending flow's direction is forgotten at its first FIN
+// or RST), IPv6, UDP and everything else, IP options and fragments, and
+// one packet of each offloaded flow every refresh interval (default 1 s),
+// so that conntrack keeps the connection alive and a changed hop (a
+// neighbour's new address) is learned again. [Path.Invalidate] sends every
+// offloaded flow back to the kernel's path until it is learned again: the
+// agent calls it at every map switch, after moving marks off a dead
+// instance, so that a flow moved to its secondary never follows a stale
+// hop.
+//
+// An offloaded packet skips the gateway's netfilter hooks, so conntrack
+// does not see it, and neither do the gateway's own rules (a FORWARD
+// filter, counters) past a connection's first packets: what a flowtable
+// does to them too. Conntrack therefore misses most of a connection's
+// sequence numbers, and must be liberal about them, or it would take the
+// connection's FIN for out of window: [Open] requires
+// net.netfilter.nf_conntrack_tcp_be_liberal=1 in the namespace. No service
+// runs on a gateway, so no packet crosses fewer services for it; an
+// instance host never offloads.
+//
+// Loading and attaching need CAP_BPF and CAP_NET_ADMIN in the gateway's
+// network namespace, and Linux 6.6 or later (tcx links). The programs are
+// detached when the [Path] is closed or its process ends: a killed agent
+// leaves every flow to the kernel's path, which is the offload's fallback
+// at every step.
+package offload

@@ -1,0 +1,51 @@
+package offload
+
+import "time"
+
+// Config is what [Open] loads the offload with.
+type Config struct {
+	// Flows bounds how many flow directions the offload holds, each of
+	// their two passes through the gateway counted (default 131072; 4 per
+	// connection). The least recently used make room for new ones, and
+	// take the kernel's path until learned again.
+	Flows int
+	// Refresh is how often an offloaded flow sends one packet the
+	// kernel's way (default 1s): conntrack keeps the connection alive by it, and a
+	// changed hop is learned again within it.
+	Refresh time.Duration
+	// HopMask is the part of the packet mark that carries nfsteer's hops
+	// (rules.HopMask): a packet entering by a steered interface is learned
+	// only with a hop there.
+	HopMask uint32
+	// FastMark is a mark bit that no packet leaves netfilter with
+	// (rules.MarkSteered): the offload marks its own packets with it on
+	// their way out, for an instant.
+	FastMark uint32
+}
+
+func (c *Config) defaults() {
+	if c.Flows <= 0 {
+		c.Flows = 131072
+	}
+	if c.Refresh <= 0 {
+		c.Refresh = time.Second
+	}
+}
+
+// Stats counts what the offload did since it was opened.
+type Stats struct {
+	// Offloaded is the packets it forwarded itself.
+	Offloaded uint64
+	// Learned is the flow directions it learned (again, after an
+	// invalidation or a changed hop).
+	Learned uint64
+	// Refreshed is the packets of offloaded flows it let take the
+	// kernel's path, to refresh them.
+	Refreshed uint64
+}
+
+// settle is how long after an invalidation the offload invalidates once
+// more: a packet that entered the kernel's path just before the agent
+// moved its flow's mark can reach the egress program just after, and
+// teach it the old hop; it has left the gateway long before settle is up.
+const settle = 20 * time.Millisecond

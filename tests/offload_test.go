@@ -1,0 +1,141 @@
+//go:build linux
+
+package tests
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nfsteer/nfsteer/internal/labmap"
+	"github.com/nfsteer/nfsteer/steering"
+	"github.com/nfsteer/nfsteer/tests/lab"
+)
+
+// forwarded returns how many IPv4 packets host's namespace has forwarded
+// (ForwDatagrams in its /proc/net/snmp).
+func forwarded(t testing.TB, l *lab.Lab, host string) uint64 {
+	t.Helper()
+	out, err := l.Output(host, "cat", "/proc/net/snmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out, "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "Ip:" || len(names) != len(values) {
+			continue
+		}
+		for j, n := range names {
+			if n == "ForwDatagrams" {
+				v, err := strconv.ParseUint(values[j], 10, 64)
+				if err != nil {
+					t.Fatalf("%s's ForwDatagrams %q: %v", host, values[j], err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatalf("no ForwDatagrams in %s's /proc/net/snmp:\n%s", host, out)
+	return 0
+}
+
+// liberal makes the gateway's conntrack liberal about TCP windows, as
+// --offload requires.
+func liberal(t testing.TB, l *lab.Lab) {
+	t.Helper()
+	if err := l.Run("gw", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOffloadCarriesTheChain sends 64 MiB through globex's two-service
+// chain with the gateway's flow offload on (every agent started with
+// --offload: the instance hosts ignore it). The transfer must arrive
+// byte-exact; every instance on the chain, and none off it, must see the
+// flow both ways with the TTL of its place in the chain (the offload
+// decrements it as the kernel would); the gateway's kernel must have
+// forwarded a small part of what the firewall forwarded (the offload
+// carried the rest); and conntrack on the gateway must have seen the
+// connection end, which the offload leaves to it.
+func TestOffloadCarriesTheChain(t *testing.T) {
+	l := lab.New(t, bin)
+	liberal(t, l)
+	if err := l.StartAll("--offload"); err != nil {
+		t.Fatal(err)
+	}
+	f := steering.Flow{Src: netip.MustParseAddr(lab.GlobexClient), Dst: netip.MustParseAddr(lab.Server), SrcPort: 44101, DstPort: 5203, Proto: 6}
+	chain := expectedChain(t, labTable(t), f)
+	fc := countFlow(t, l, "offloaded", f, chain)
+	gw0, fw0 := forwarded(t, l, "gw"), forwarded(t, l, chain[0])
+
+	const size = 64 << 20
+	transfer(t, l, "cg", "10.20.1.2:44101", "10.99.0.2:5203", size)
+
+	fc.check(t, l)
+	gw, fw := forwarded(t, l, "gw")-gw0, forwarded(t, l, chain[0])-fw0
+	t.Logf("64 MiB through %v: the gateway's kernel forwarded %d packets, %s's %d", chain, gw, chain[0], fw)
+	// Without the offload the gateway forwards every packet twice, twice
+	// what the firewall forwards.
+	if fw < 1000 || gw*10 > fw {
+		t.Errorf("the gateway's kernel forwarded %d packets while %s forwarded %d; want under a tenth: the offload carries the established packets", gw, chain[0], fw)
+	}
+	// The FINs took the kernel's path: conntrack saw the connection end.
+	var out string
+	ended := waitFor(3*time.Second, func() bool {
+		out, _ = l.Output("gw", "conntrack", "-L", "-p", "tcp", "--orig-port-src", "44101")
+		return strings.Contains(out, "TIME_WAIT") || strings.Contains(out, "CLOSE")
+	})
+	if !ended {
+		t.Errorf("conntrack on the gateway after the connection closed:\n%s\nwant it in TIME_WAIT or CLOSE", out)
+	}
+}
+
+// TestOffloadNeedsLiberalConntrack: a gateway asked to offload in a
+// namespace whose conntrack is strict about TCP windows refuses to start,
+// naming the setting; it installs nothing.
+func TestOffloadNeedsLiberalConntrack(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.Run("gw", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=0"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := l.StartAgent("gw", "--offload")
+	if err == nil || !strings.Contains(err.Error(), "net.netfilter.nf_conntrack_tcp_be_liberal=1") {
+		t.Fatalf("StartAgent(gw, --offload) = %v; want a refusal naming nf_conntrack_tcp_be_liberal", err)
+	}
+	if out, _ := l.Output("gw", "iptables-save", "-t", "mangle"); strings.Contains(out, "NFSTEER") {
+		t.Errorf("a gateway that refused to start left rules:\n%s", out)
+	}
+}
+
+// TestFailoverWithOffload is TestFailoverToSecondary's failover with the
+// gateway's offload on: when the primary firewall dies, the gateway moves
+// the flow's marks to the secondary and sends every offloaded flow back to
+// the kernel's path, which learns the new hop. The transfer must finish
+// byte-exact through the secondary, with no pause as long as the offload's
+// refresh, 10 s here: a stale hop would hold the flow on the dead instance
+// until the next refresh (the failover takes about 250 ms).
+func TestFailoverWithOffload(t *testing.T) {
+	l := lab.NewWithMap(t, bin, labmap.Firewall)
+	liberal(t, l)
+	startMeshWith(t, l, func(node string) []string {
+		if node == "gw" {
+			return []string{"--offload", "--offload-refresh", "10s"}
+		}
+		return nil
+	})
+	gw0 := forwarded(t, l, "gw")
+	res, _, _, secondary, udp := runFailoverIn(t, l)
+	if res.Err != nil {
+		t.Fatalf("transfer broke across the failover: %v", res.Err)
+	}
+	t.Logf("failover gap with the offload: TCP %v, UDP %v; the gateway's kernel forwarded %d packets", res.MaxGap.Round(time.Millisecond), udp.gap.Round(time.Millisecond), forwarded(t, l, "gw")-gw0)
+	if res.MaxGap >= 2*time.Second {
+		t.Errorf("the transfer paused %v across the failover; want well under the offload's 10 s refresh", res.MaxGap)
+	}
+	if p, _, err := l.Packets(secondary, "flowafter"); err != nil || p < 100 {
+		t.Errorf("secondary %s counted %d packets of the flow after the kill (%v); want it to carry the rest", secondary, p, err)
+	}
+}
