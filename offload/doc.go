@@ -16,9 +16,11 @@
 // back of a flow learned on its way in.
 //
 // What it leaves to the kernel, always: a connection's opening and ending
-// (SYN, FIN, RST; an ending flow's direction is forgotten at its first FIN
-// or RST), IPv6, UDP and everything else, IP options and fragments, and
-// one packet of each offloaded flow every refresh interval (default 1 s),
+// (at a SYN, FIN or RST it forgets the connection, both ways: a new
+// connection on an old one's 5-tuple may take another chain), IPv6, UDP
+// and everything else, IP options and fragments, a packet larger than the
+// out interface's MTU (the kernel fragments it, or answers it with ICMP),
+// and one packet of each offloaded flow every refresh interval (default 1 s),
 // so that conntrack keeps the connection alive and a changed hop (a
 // neighbour's new address) is learned again. [Path.Invalidate] sends every
 // offloaded flow back to the kernel's path until it is learned again: the

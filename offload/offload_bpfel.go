@@ -20,6 +20,8 @@ type offloadFlowHop struct {
 	Src        [6]uint8
 	Dst        [6]uint8
 	Gen        uint32
+	Mtu        uint32
+	_          [4]byte
 	Slow       uint64
 }
 

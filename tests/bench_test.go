@@ -146,6 +146,19 @@ func conntrackOn(b *testing.B, l *lab.Lab, op string) {
 	}
 }
 
+// liberalConntrack makes the gateway's conntrack liberal about TCP
+// windows (on), as --offload requires, or strict again, the default.
+func liberalConntrack(tb testing.TB, l *lab.Lab, on bool) {
+	tb.Helper()
+	v := "0"
+	if on {
+		v = "1"
+	}
+	if err := l.Run("gw", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal="+v); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 func machine() string {
 	cpu := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -172,7 +185,10 @@ func machine() string {
 //     tracking on in every node (one nftables rule that reads a flow's
 //     state). It is not the target's baseline: it shows how much of the
 //     gap to the static chain is conntrack itself, which nfsteer needs
-//     (its marks live in the connection).
+//     (its marks live in the connection);
+//   - nfsteer with the gateway's flow offload (--offload, and the
+//     gateway's conntrack liberal, as it requires, for that sample only):
+//     the gateway forwards the stream's established packets in tc.
 //
 // They are measured in ten rounds. Each round takes one pair of fw and
 // dlp instances (each pair two rounds in a row), and each nfsteer stream
@@ -212,15 +228,21 @@ func BenchmarkChainThroughput(b *testing.B) {
 				}
 			})
 		}
-		var plain, static, tracked, steered, toStatic, toTracked, toPlain []float64
+		var plain, static, tracked, steered, offloaded, toStatic, toTracked, toPlain, offToStatic []float64
 		for r := 0; r < rounds; r++ {
 			// Each pair twice in a row, once in each order.
 			fw, dlp := pairs[r/2%len(pairs)][0], pairs[r/2%len(pairs)][1]
-			withNfsteer := func() {
-				if err := l.StartAll("--keep-rules=false"); err != nil {
+			run := func(into *[]float64, offload bool) {
+				args := []string{"--keep-rules=false"}
+				if offload {
+					liberalConntrack(b, l, true)
+					defer liberalConntrack(b, l, false)
+					args = append(args, "--offload")
+				}
+				if err := l.StartAll(args...); err != nil {
 					b.Fatal(err)
 				}
-				steered = append(steered, sample(fw, dlp))
+				*into = append(*into, sample(fw, dlp))
 				if f, d := carriedBy(l, cport, port); f != fw || d != dlp {
 					b.Fatalf("the agents steered the stream from port %d to port %d through %q,%q; the map gives %s,%s", cport, port, f, d, fw, dlp)
 				}
@@ -230,10 +252,13 @@ func BenchmarkChainThroughput(b *testing.B) {
 					}
 				}
 			}
+			withNfsteer := func() { run(&steered, false) }
+			withOffload := func() { run(&offloaded, true) }
 			order := "nfsteer first"
 			if r%2 == 0 {
 				plain = append(plain, sample("", ""))
 				withNfsteer()
+				withOffload()
 				staticChain(b, l, "add", fw, dlp)
 				static = append(static, sample("", ""))
 				conntrackOn(b, l, "add")
@@ -248,14 +273,16 @@ func BenchmarkChainThroughput(b *testing.B) {
 				conntrackOn(b, l, "delete")
 				static = append(static, sample("", ""))
 				staticChain(b, l, "del", fw, dlp)
+				withOffload()
 				withNfsteer()
 				plain = append(plain, sample("", ""))
 			}
 			toStatic = append(toStatic, steered[r]/static[r])
 			toTracked = append(toTracked, steered[r]/tracked[r])
 			toPlain = append(toPlain, steered[r]/plain[r])
-			fmt.Printf("round %d, via %s,%s, %s (Gbit/s): plain %.2f, static chain %.2f (with conntrack %.2f), nfsteer %.2f: nfsteer/static-chain %.3f (with conntrack %.3f), nfsteer/plain %.3f\n",
-				r+1, fw, dlp, order, plain[r], static[r], tracked[r], steered[r], toStatic[r], toTracked[r], toPlain[r])
+			offToStatic = append(offToStatic, offloaded[r]/static[r])
+			fmt.Printf("round %d, via %s,%s, %s (Gbit/s): plain %.2f, static chain %.2f (with conntrack %.2f), nfsteer %.2f, nfsteer --offload %.2f: nfsteer/static-chain %.3f (with conntrack %.3f), nfsteer/plain %.3f, nfsteer-offload/static-chain %.3f\n",
+				r+1, fw, dlp, order, plain[r], static[r], tracked[r], steered[r], offloaded[r], toStatic[r], toTracked[r], toPlain[r], offToStatic[r])
 		}
 		b.ReportMetric(median(plain), "plain-Gbit/s")
 		b.ReportMetric(median(static), "static-chain-Gbit/s")
@@ -263,8 +290,9 @@ func BenchmarkChainThroughput(b *testing.B) {
 		b.ReportMetric(median(toPlain), "nfsteer/plain")
 		b.ReportMetric(median(toStatic), "nfsteer/static-chain")
 		b.ReportMetric(median(toTracked), "nfsteer/static-chain-conntrack")
-		fmt.Printf("medians: plain %.2f Gbit/s, static chain %.2f Gbit/s (with conntrack %.2f), nfsteer chain %.2f Gbit/s; of the rounds' ratios: nfsteer/plain %.3f, nfsteer/static-chain %.3f (target >= 0.95), nfsteer/static-chain-with-conntrack %.3f\n",
-			median(plain), median(static), median(tracked), median(steered), median(toPlain), median(toStatic), median(toTracked))
+		b.ReportMetric(median(offToStatic), "nfsteer-offload/static-chain")
+		fmt.Printf("medians: plain %.2f Gbit/s, static chain %.2f Gbit/s (with conntrack %.2f), nfsteer chain %.2f Gbit/s (with --offload %.2f); of the rounds' ratios: nfsteer/plain %.3f, nfsteer/static-chain %.3f (target >= 0.95), nfsteer/static-chain-with-conntrack %.3f, nfsteer-offload/static-chain %.3f\n",
+			median(plain), median(static), median(tracked), median(steered), median(offloaded), median(toPlain), median(toStatic), median(toTracked), median(offToStatic))
 		l.Close()
 	}
 }

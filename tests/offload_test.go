@@ -42,15 +42,6 @@ func forwarded(t testing.TB, l *lab.Lab, host string) uint64 {
 	return 0
 }
 
-// liberal makes the gateway's conntrack liberal about TCP windows, as
-// --offload requires.
-func liberal(t testing.TB, l *lab.Lab) {
-	t.Helper()
-	if err := l.Run("gw", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestOffloadCarriesTheChain sends 64 MiB through globex's two-service
 // chain with the gateway's flow offload on (every agent started with
 // --offload: the instance hosts ignore it). The transfer must arrive
@@ -62,7 +53,7 @@ func liberal(t testing.TB, l *lab.Lab) {
 // connection end, which the offload leaves to it.
 func TestOffloadCarriesTheChain(t *testing.T) {
 	l := lab.New(t, bin)
-	liberal(t, l)
+	liberalConntrack(t, l, true)
 	if err := l.StartAll("--offload"); err != nil {
 		t.Fatal(err)
 	}
@@ -98,9 +89,7 @@ func TestOffloadCarriesTheChain(t *testing.T) {
 // naming the setting; it installs nothing.
 func TestOffloadNeedsLiberalConntrack(t *testing.T) {
 	l := lab.New(t, bin)
-	if err := l.Run("gw", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=0"); err != nil {
-		t.Fatal(err)
-	}
+	liberalConntrack(t, l, false)
 	_, err := l.StartAgent("gw", "--offload")
 	if err == nil || !strings.Contains(err.Error(), "net.netfilter.nf_conntrack_tcp_be_liberal=1") {
 		t.Fatalf("StartAgent(gw, --offload) = %v; want a refusal naming nf_conntrack_tcp_be_liberal", err)
@@ -119,7 +108,7 @@ func TestOffloadNeedsLiberalConntrack(t *testing.T) {
 // until the next refresh (the failover takes about 250 ms).
 func TestFailoverWithOffload(t *testing.T) {
 	l := lab.NewWithMap(t, bin, labmap.Firewall)
-	liberal(t, l)
+	liberalConntrack(t, l, true)
 	startMeshWith(t, l, func(node string) []string {
 		if node == "gw" {
 			return []string{"--offload", "--offload-refresh", "10s"}
@@ -138,4 +127,45 @@ func TestFailoverWithOffload(t *testing.T) {
 	if p, _, err := l.Packets(secondary, "flowafter"); err != nil || p < 100 {
 		t.Errorf("secondary %s counted %d packets of the flow after the kill (%v); want it to carry the rest", secondary, p, err)
 	}
+}
+
+// TestOffloadLeavesLargePacketsToTheKernel lowers the MTU of the
+// gateway's link to the server to 1280 (both ends) and sends 8 MiB, in
+// packets of the client's 1500-byte MTU, through the chain
+// with the offload on. Packets too large for it must take the kernel's
+// path, which tells the client so (ICMP, path MTU discovery): redirected
+// by the offload instead, the link would drop them, and the transfer
+// would stall until a refresh.
+func TestOffloadLeavesLargePacketsToTheKernel(t *testing.T) {
+	l := lab.New(t, bin)
+	liberalConntrack(t, l, true)
+	for _, end := range [][2]string{{"gw", "srv0"}, {"srv", "eth0"}} {
+		if err := l.Run(end[0], "ip", "link", "set", end[1], "mtu", "1280"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The server offers the client a larger segment than its link takes,
+	// as a server behind a smaller link than its own does: the client
+	// learns the path's MTU only from the gateway's ICMP.
+	if err := l.Run("srv", "ip", "route", "change", "default", "via", "10.99.0.1", "advmss", "1460"); err != nil {
+		t.Fatal(err)
+	}
+	// Full-sized packets, one by one: a veth takes a GSO packet of any
+	// size, as it would never reach a wire.
+	if err := l.Run("cg", "ip", "link", "set", "eth0", "gso_max_segs", "1"); err != nil {
+		t.Fatal(err)
+	}
+	// A refresh, which would send a packet the kernel's way and so
+	// trigger the ICMP, once in 10 s: the transfer takes well under 1 s.
+	if err := l.StartAll("--offload", "--offload-refresh", "10s"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := l.Stream("cg", "10.20.1.2:44102", "10.99.0.2:5204", 8<<20, 0, 5*time.Second)
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		t.Fatalf("8 MiB through a 1280-byte link with the offload on: %v", err)
+	}
+	t.Logf("8 MiB byte-exact through the 1280-byte link in %v", res.Elapsed.Round(time.Millisecond))
 }

@@ -38,7 +38,8 @@ struct flow_hop {
 	__u32 out_ifindex;
 	__u8 src[ETH_ALEN];
 	__u8 dst[ETH_ALEN];
-	__u32 gen;   // config.gen when learned: an older one is stale
+	__u32 gen;   // settings.gen when learned: an older one is stale
+	__u32 mtu;   // of the out interface: a larger packet takes the kernel's path
 	__u64 slow;  // when a packet last took the kernel's path (ns, monotonic)
 };
 
@@ -91,8 +92,9 @@ static __always_inline void count(__u32 stat)
 
 // parse fills key from an IPv4 TCP packet the offload may carry: no IP
 // options, no fragment, a TTL left to forward with. It returns the TCP
-// flags byte, or -1.
-static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, struct iphdr **ipp, struct ethhdr **ethp)
+// flags byte, or -1, and in *seg the largest IP packet it is (or, sent
+// as segments, will be).
+static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, struct iphdr **ipp, struct ethhdr **ethp, __u32 *seg)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
@@ -112,7 +114,31 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, st
 	key->dport = th->dest;
 	*ipp = ip;
 	*ethp = eth;
+	*seg = skb->len - sizeof(*eth);
+	if (skb->gso_size)
+		*seg = sizeof(*ip) + th->doff * 4 + skb->gso_size;
 	return ((__u8 *)th)[13];
+}
+
+// forget drops what the offload learned of the connection of key, both
+// ways and both passes: it is opening (a new connection on the 5-tuple of
+// an old one may take another chain) or ending (conntrack must see the
+// rest).
+static __always_inline void forget(struct flow_key *key)
+{
+	struct flow_key k = *key;
+#pragma unroll
+	for (int rev = 0; rev < 2; rev++) {
+#pragma unroll
+		for (int steered = 0; steered < 2; steered++) {
+			k.steered = steered;
+			bpf_map_delete_elem(&flows, &k);
+		}
+		k.saddr = key->daddr;
+		k.daddr = key->saddr;
+		k.sport = key->dport;
+		k.dport = key->sport;
+	}
 }
 
 static __always_inline int same_mac(const __u8 *a, const __u8 *b)
@@ -133,14 +159,12 @@ static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
 	struct flow_key key = {.steered = steered};
 	struct iphdr *ip;
 	struct ethhdr *eth;
-	int flags = parse(skb, &key, &ip, &eth);
+	__u32 seg;
+	int flags = parse(skb, &key, &ip, &eth, &seg);
 	if (flags < 0)
 		return TC_ACT_OK;
 	if (flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
-		// A connection opening or ending: conntrack must see it, and
-		// the rest of an ending one.
-		if (flags & (TCP_FIN | TCP_RST))
-			bpf_map_delete_elem(&flows, &key);
+		forget(&key);
 		return TC_ACT_OK;
 	}
 	__u32 zero = 0;
@@ -148,8 +172,8 @@ static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
 	if (!cfg)
 		return TC_ACT_OK;
 	struct flow_hop *hop = bpf_map_lookup_elem(&flows, &key);
-	if (!hop || hop->gen != cfg->gen || hop->in_ifindex != skb->ingress_ifindex)
-		return TC_ACT_OK;
+	if (!hop || hop->gen != cfg->gen || hop->in_ifindex != skb->ingress_ifindex || seg > hop->mtu)
+		return TC_ACT_OK; // too large: the kernel fragments it or says so (ICMP)
 	__u64 now = bpf_ktime_get_ns();
 	if (now - hop->slow > cfg->refresh_ns) {
 		// One packet the kernel's way: conntrack keeps the connection
@@ -200,15 +224,19 @@ int offload_egress(struct __sk_buff *skb)
 	struct flow_key key = {};
 	struct iphdr *ip;
 	struct ethhdr *eth;
-	int flags = parse(skb, &key, &ip, &eth);
+	__u32 seg;
+	int flags = parse(skb, &key, &ip, &eth, &seg);
 	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return TC_ACT_OK;
 	__u32 *steered = bpf_map_lookup_elem(&ifaces, &in);
 	if (!steered)
 		return TC_ACT_OK;
 	key.steered = *steered;
+	// The out interface's MTU (0, which offloads nothing, if unknown).
+	__u32 mtu = 0;
+	bpf_check_mtu(skb, 0, &mtu, 0, 0);
 	struct flow_hop *hop = bpf_map_lookup_elem(&flows, &key);
-	if (hop && hop->gen == cfg->gen && hop->in_ifindex == in && hop->out_ifindex == skb->ifindex &&
+	if (hop && hop->gen == cfg->gen && hop->in_ifindex == in && hop->out_ifindex == skb->ifindex && hop->mtu == mtu &&
 	    same_mac(hop->dst, eth->h_dest) && same_mac(hop->src, eth->h_source))
 		return TC_ACT_OK; // learned already: a refresh that found the same hop
 	if (key.steered) {
@@ -228,6 +256,7 @@ int offload_egress(struct __sk_buff *skb)
 		.in_ifindex = in,
 		.out_ifindex = skb->ifindex,
 		.gen = cfg->gen,
+		.mtu = mtu,
 		.slow = bpf_ktime_get_ns(),
 	};
 	__builtin_memcpy(learned.dst, eth->h_dest, ETH_ALEN);
