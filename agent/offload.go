@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -14,7 +15,8 @@ type Offload interface {
 	// Sync attaches the offload to the node's interfaces, with steered
 	// those the gateway steers; with none it detaches.
 	Sync(steered []string) error
-	// Invalidate makes every learned flow take the slow path again.
+	// Invalidate sends every offloaded flow back to the kernel's path
+	// until the offload learns it again.
 	Invalidate() error
 	// Stats reads its counters.
 	Stats() (offload.Stats, error)
@@ -29,8 +31,11 @@ var _ Offload = (*offload.Path)(nil)
 const offloadSync = 2 * time.Second
 
 // openOffload opens a gateway's offload if the configuration asks for
-// one. An instance host never runs it, whatever it is configured with: its
-// packets must cross the service it hosts.
+// one, and attaches it: a kernel that cannot attach it
+// (offload.ErrUnsupported) stops the agent from starting, as a namespace
+// whose conntrack is not liberal does. An instance host never runs it,
+// whatever it is configured with: its packets must cross the service it
+// hosts.
 func (a *Agent) openOffload() error {
 	if a.cfg.OpenOffload == nil {
 		return nil
@@ -39,11 +44,14 @@ func (a *Agent) openOffload() error {
 		a.log.Info("no offload: it is for gateways", "role", st.role.String())
 		return nil
 	}
-	fp, err := a.cfg.OpenOffload()
+	o, err := a.cfg.OpenOffload()
 	if err != nil {
 		return fmt.Errorf("opening the offload: %w", err)
 	}
-	a.offload = fp
+	if err := o.Sync(a.offloadInterfaces()); errors.Is(err, offload.ErrUnsupported) {
+		return errors.Join(fmt.Errorf("attaching the offload: %w", err), o.Close())
+	}
+	a.offload = o
 	return nil
 }
 
@@ -51,12 +59,12 @@ func (a *Agent) openOffload() error {
 // ctx lasts, and detaches it on the way out. A gateway on an overlay does
 // not attach it (the offload knows no tags).
 func (a *Agent) runOffload(ctx context.Context) error {
-	fp := a.offload
+	o := a.offload
 	t := time.NewTicker(offloadSync)
 	defer t.Stop()
 	var last string
 	for {
-		err := fp.Sync(a.offloadInterfaces())
+		err := o.Sync(a.offloadInterfaces())
 		if msg := errString(err); msg != last {
 			if err != nil {
 				a.log.Warn("attaching the offload", "err", err)
@@ -65,7 +73,7 @@ func (a *Agent) runOffload(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fp.Sync(nil)
+			return o.Sync(nil)
 		case <-t.C:
 		}
 	}

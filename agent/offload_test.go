@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ type fakeOffload struct {
 	synced      [][]string
 	invalidated int
 	closed      int
+	syncErr     error // returned by Sync when set
 }
 
 var _ Offload = (*fakeOffload)(nil)
@@ -26,7 +28,7 @@ func (f *fakeOffload) Sync(steered []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.synced = append(f.synced, slices.Clone(steered))
-	return nil
+	return f.syncErr
 }
 
 func (f *fakeOffload) Invalidate() error {
@@ -55,23 +57,24 @@ func (f *fakeOffload) state() (synced [][]string, invalidated, closed int) {
 // it to the interfaces it steers, invalidates it at every map switch
 // (after the marks moved off a drained instance), detaches it and closes
 // it when it stops; an instance host configured the same never opens it;
-// a gateway whose offload cannot open refuses to start, saying why.
+// a gateway whose offload cannot open, or cannot attach on this kernel,
+// refuses to start, saying why.
 func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 	t.Run("gateway", func(t *testing.T) {
-		fp := &fakeOffload{}
+		fo := &fakeOffload{}
 		v1 := labVersion(t)
 		n := newFakeNode(t, "gw", v1, func(c *Config) {
-			c.OpenOffload = func() (Offload, error) { return fp, nil }
+			c.OpenOffload = func() (Offload, error) { return fo, nil }
 		})
 		stop := n.run(t)
-		waitFor(t, "offload attached", func() bool { s, _, _ := fp.state(); return len(s) > 0 })
+		waitFor(t, "offload attached", func() bool { s, _, _ := fo.state(); return len(s) > 0 })
 		v2, d := nextVersion(t, v1, func(p *steering.Published) (*steering.Published, error) { return p.Drain("fw-1") })
 		n.store.publish(v2, d)
-		waitFor(t, "offload invalidated", func() bool { _, i, _ := fp.state(); return i == 1 })
+		waitFor(t, "offload invalidated", func() bool { _, i, _ := fo.state(); return i == 1 })
 		if err := stop(); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
-		synced, invalidated, closed := fp.state()
+		synced, invalidated, closed := fo.state()
 		if diff := cmp.Diff([]string{"outer0"}, synced[0]); diff != "" {
 			t.Errorf("first attach: steered interfaces (-want +got):\n%s", diff)
 		}
@@ -109,6 +112,19 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 		}
 		if _, k := n.kernel.last(); k != 0 {
 			t.Errorf("rules installed %d times by a gateway that refused to start", k)
+		}
+	})
+	t.Run("cannot attach", func(t *testing.T) {
+		fo := &fakeOffload{syncErr: fmt.Errorf("attaching the offload to interface 3: %w", offload.ErrUnsupported)}
+		n := newFakeNode(t, "gw", labVersion(t), func(c *Config) {
+			c.OpenOffload = func() (Offload, error) { return fo, nil }
+		})
+		err := n.run(t)()
+		if !errors.Is(err, offload.ErrUnsupported) {
+			t.Errorf("Run = %v; want the offload's ErrUnsupported", err)
+		}
+		if _, _, closed := fo.state(); closed != 1 {
+			t.Errorf("an offload that could not attach was closed %d times, want 1", closed)
 		}
 	})
 }

@@ -58,6 +58,9 @@ func Open(cfg Config) (*Path, error) {
 	spec.Maps[offloadMapFlows].MaxEntries = uint32(cfg.Flows)
 	p := &Path{refresh: uint64(cfg.Refresh.Nanoseconds()), hopMask: cfg.HopMask, fastMark: cfg.FastMark, links: map[int]attached{}}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("loading the offload's programs needs CAP_BPF and CAP_NET_ADMIN: %w", err)
+		}
 		return nil, fmt.Errorf("loading the offload's programs: %w", err)
 	}
 	if err := p.setGen(0); err != nil {
@@ -153,19 +156,6 @@ func attachError(idx int, err error) error {
 		err = ErrUnsupported
 	}
 	return fmt.Errorf("attaching the offload to interface %d: %w", idx, err)
-}
-
-// Attached returns the indexes of the interfaces the programs are
-// attached to, sorted.
-func (p *Path) Attached() []int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []int
-	for idx := range p.links {
-		out = append(out, idx)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // Invalidate sends every offloaded flow back to the kernel's path until it

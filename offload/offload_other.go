@@ -11,9 +11,6 @@ func Open(Config) (*Path, error) { return nil, ErrUnsupported }
 // Sync does nothing.
 func (*Path) Sync([]string) error { return ErrUnsupported }
 
-// Attached returns nothing.
-func (*Path) Attached() []int { return nil }
-
 // Invalidate does nothing.
 func (*Path) Invalidate() error { return ErrUnsupported }
 

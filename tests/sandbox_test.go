@@ -138,9 +138,9 @@ func (sb sandbox) check(t testing.TB, node string, pid int) {
 	t.Helper()
 	var want uint64
 	for _, c := range sb.caps {
-		bit, ok := map[string]uint{"net_admin": unix.CAP_NET_ADMIN, "net_raw": unix.CAP_NET_RAW}[c]
+		bit, ok := map[string]uint{"net_admin": unix.CAP_NET_ADMIN, "net_raw": unix.CAP_NET_RAW, "bpf": unix.CAP_BPF}[c]
 		if !ok {
-			t.Fatalf("capability %q: the test knows net_admin and net_raw", c)
+			t.Fatalf("capability %q: the test knows net_admin, net_raw and bpf", c)
 		}
 		want |= 1 << bit
 	}
@@ -217,6 +217,33 @@ func TestAgentRunsInItsUnitsSandbox(t *testing.T) {
 			transfer(t, l, "cg", lab.GlobexClient+":7401", lab.Server+":5201", 1<<20)
 			fc.check(t, l)
 		})
+	}
+}
+
+// TestOffloadInTheUnitsSandbox runs the lab's agents with --offload in the
+// agent unit's sandbox with CAP_BPF added, as README's drop-in for the
+// offload does: the gateway's offload loads and attaches, and carries the
+// flow's established packets (the gateway's kernel forwards a small part
+// of what the firewall does) through its chain, in order, byte-exact.
+func TestOffloadInTheUnitsSandbox(t *testing.T) {
+	sb := unitSandbox(t, "../packaging/nfsteer-agent.service")
+	sb.caps = append(slices.Clone(sb.caps), "bpf")
+	l := lab.NewWithMap(t, sb.wrap(t, bin), lab.Map)
+	liberalConntrack(t, l, true)
+	if err := l.StartAll("--offload"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {
+		sb.check(t, a.Node+"'s agent", a.Pid())
+	}
+	f := steering.Flow{Src: netip.MustParseAddr(lab.GlobexClient), Dst: netip.MustParseAddr(lab.Server), SrcPort: 7402, DstPort: 5201, Proto: 6}
+	chain := expectedChain(t, labTable(t), f)
+	fc := countFlow(t, l, "g", f, chain)
+	gw0, fw0 := forwarded(t, l, "gw"), forwarded(t, l, chain[0])
+	transfer(t, l, "cg", lab.GlobexClient+":7402", lab.Server+":5201", 16<<20)
+	fc.check(t, l)
+	if gw, fw := forwarded(t, l, "gw")-gw0, forwarded(t, l, chain[0])-fw0; fw < 500 || gw*10 > fw {
+		t.Errorf("the gateway's kernel forwarded %d packets while %s forwarded %d: the sandboxed offload did not carry the flow", gw, chain[0], fw)
 	}
 }
 

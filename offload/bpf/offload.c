@@ -218,7 +218,7 @@ int offload_egress(struct __sk_buff *skb)
 	if (!cfg || in == 0)
 		return TC_ACT_OK; // the node's own
 	if (skb->mark & cfg->fast_mark) {
-		skb->mark &= ~cfg->fast_mark; // the fast path's own
+		skb->mark &= ~cfg->fast_mark; // the offload's own
 		return TC_ACT_OK;
 	}
 	struct flow_key key = {};
