@@ -123,8 +123,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		a.mirrorSeconds.Collect(ch)
 	}
 	ctr(descRepinned, k.Repinned.Load())
-	if fp := a.offload; fp != nil {
-		if fs, err := fp.Stats(); err == nil {
+	if o := a.offload; o != nil {
+		if fs, err := o.Stats(); err == nil {
 			ctr(descOffload, fs.Offloaded, "offloaded")
 			ctr(descOffload, fs.Learned, "learned")
 			ctr(descOffload, fs.Refreshed, "refreshed")

@@ -17,10 +17,10 @@ type Config struct {
 	// (rules.HopMask): a packet entering by a steered interface is learned
 	// only with a hop there.
 	HopMask uint32
-	// FastMark is a mark bit that no packet leaves netfilter with
+	// OwnMark is a mark bit that no packet leaves netfilter with
 	// (rules.MarkSteered): the offload marks its own packets with it on
 	// their way out, for an instant.
-	FastMark uint32
+	OwnMark uint32
 }
 
 func (c *Config) defaults() {

@@ -39,7 +39,7 @@ type offloadSettings struct {
 	Gen       uint32
 	HopMask   uint32
 	RefreshNs uint64
-	FastMark  uint32
+	OwnMark   uint32
 	_         [4]byte
 }
 

@@ -17,10 +17,10 @@ import (
 // Path is the flow offload loaded into the kernel. Its methods are safe for
 // concurrent use.
 type Path struct {
-	objs     offloadObjects
-	refresh  uint64
-	hopMask  uint32
-	fastMark uint32
+	objs    offloadObjects
+	refresh uint64
+	hopMask uint32
+	ownMark uint32
 
 	mu sync.Mutex // guards links, gen, again and closed
 	// links holds the links of each interface the programs are attached
@@ -56,7 +56,7 @@ func Open(cfg Config) (*Path, error) {
 		return nil, err
 	}
 	spec.Maps[offloadMapFlows].MaxEntries = uint32(cfg.Flows)
-	p := &Path{refresh: uint64(cfg.Refresh.Nanoseconds()), hopMask: cfg.HopMask, fastMark: cfg.FastMark, links: map[int]attached{}}
+	p := &Path{refresh: uint64(cfg.Refresh.Nanoseconds()), hopMask: cfg.HopMask, ownMark: cfg.OwnMark, links: map[int]attached{}}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("loading the offload's programs needs CAP_BPF and CAP_NET_ADMIN: %w", err)
@@ -72,7 +72,7 @@ func Open(cfg Config) (*Path, error) {
 
 // setGen writes the settings with generation gen.
 func (p *Path) setGen(gen uint32) error {
-	s := offloadSettings{Gen: gen, HopMask: p.hopMask, RefreshNs: p.refresh, FastMark: p.fastMark}
+	s := offloadSettings{Gen: gen, HopMask: p.hopMask, RefreshNs: p.refresh, OwnMark: p.ownMark}
 	if err := p.objs.Config.Update(uint32(0), &s, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("writing the offload's settings: %w", err)
 	}

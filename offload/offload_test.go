@@ -13,7 +13,7 @@ func TestConfigDefaults(t *testing.T) {
 		in, want Config
 	}{
 		{"zero", Config{}, Config{Flows: 131072, Refresh: time.Second}},
-		{"set", Config{Flows: 8, Refresh: 10 * time.Millisecond, HopMask: 0xffffff, FastMark: 1 << 27}, Config{Flows: 8, Refresh: 10 * time.Millisecond, HopMask: 0xffffff, FastMark: 1 << 27}},
+		{"set", Config{Flows: 8, Refresh: 10 * time.Millisecond, HopMask: 0xffffff, OwnMark: 1 << 27}, Config{Flows: 8, Refresh: 10 * time.Millisecond, HopMask: 0xffffff, OwnMark: 1 << 27}},
 		{"negative", Config{Flows: -1, Refresh: -time.Second}, Config{Flows: 131072, Refresh: time.Second}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,7 +4,6 @@ package tests
 
 import (
 	"net/netip"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,32 +13,14 @@ import (
 	"github.com/nfsteer/nfsteer/tests/lab"
 )
 
-// forwarded returns how many IPv4 packets host's namespace has forwarded
-// (ForwDatagrams in its /proc/net/snmp).
+// forwarded is l.Forwarded(host), failing t on an error.
 func forwarded(t testing.TB, l *lab.Lab, host string) uint64 {
 	t.Helper()
-	out, err := l.Output(host, "cat", "/proc/net/snmp")
+	n, err := l.Forwarded(host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(out, "\n")
-	for i := 0; i+1 < len(lines); i += 2 {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != "Ip:" || len(names) != len(values) {
-			continue
-		}
-		for j, n := range names {
-			if n == "ForwDatagrams" {
-				v, err := strconv.ParseUint(values[j], 10, 64)
-				if err != nil {
-					t.Fatalf("%s's ForwDatagrams %q: %v", host, values[j], err)
-				}
-				return v
-			}
-		}
-	}
-	t.Fatalf("no ForwDatagrams in %s's /proc/net/snmp:\n%s", host, out)
-	return 0
+	return n
 }
 
 // TestOffloadCarriesTheChain sends 64 MiB through globex's two-service

@@ -358,7 +358,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			var openOffload func() (agent.Offload, error)
 			if c.Bool("offload") {
 				openOffload = func() (agent.Offload, error) {
-					return offload.Open(offload.Config{Refresh: c.Duration("offload-refresh"), HopMask: rules.HopMask, FastMark: rules.MarkSteered})
+					return offload.Open(offload.Config{Refresh: c.Duration("offload-refresh"), HopMask: rules.HopMask, OwnMark: rules.MarkSteered})
 				}
 			}
 			a, err := agent.New(agent.Config{

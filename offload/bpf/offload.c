@@ -47,7 +47,7 @@ struct settings {
 	__u32 gen;        // bumped by Go on every change of marks, rules or map
 	__u32 hop_mask;   // the mark's halves: a forwarded packet with none set was not steered
 	__u64 refresh_ns; // an offloaded flow sends one packet the kernel's way this often
-	__u32 fast_mark;  // a mark bit no packet leaves netfilter with: set on the offload's own
+	__u32 own_mark;  // a mark bit no packet leaves netfilter with: set on the offload's own
 };
 
 // Counters, per CPU: what Go's Stats sums.
@@ -191,7 +191,7 @@ static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
 	__builtin_memcpy(eth->h_dest, hop->dst, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, hop->src, ETH_ALEN);
 	// The egress program passes it by this at once; it clears it.
-	skb->mark |= cfg->fast_mark;
+	skb->mark |= cfg->own_mark;
 	count(STAT_OFFLOADED);
 	return bpf_redirect(hop->out_ifindex, 0);
 }
@@ -217,8 +217,8 @@ int offload_egress(struct __sk_buff *skb)
 	struct settings *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || in == 0)
 		return TC_ACT_OK; // the node's own
-	if (skb->mark & cfg->fast_mark) {
-		skb->mark &= ~cfg->fast_mark; // the offload's own
+	if (skb->mark & cfg->own_mark) {
+		skb->mark &= ~cfg->own_mark; // the offload's own
 		return TC_ACT_OK;
 	}
 	struct flow_key key = {};

@@ -31,6 +31,11 @@
 // reached it around its chain; with --overload bypass, an operator's
 // explicit choice, what the queues cannot hold goes around, counted.
 //
+// Part 6 sends a flow through the same chain with the gateway's flow
+// offload off, then on: the kernels' own forwarding counters show the
+// gateway's kernel left with a handful of each connection's packets, and
+// the instances' that the flow still crossed them all.
+//
 // Each part tears its lab down, on every way out.
 package main
 
@@ -88,7 +93,11 @@ func run() error {
 		return err
 	}
 	fmt.Println("\n########## part 5: a flood of new flows far past what the agents decide; none goes around its chain unless the operator chose bypass")
-	return withLab(bin, lab.Map, overload)
+	if err := withLab(bin, lab.Map, overload); err != nil {
+		return err
+	}
+	fmt.Println("\n########## part 6: with --offload, a gateway forwards its steered TCP flows' established packets in tc, past its netfilter and routing; every service still sees them")
+	return withLab(bin, lab.Map, offloaded)
 }
 
 // overlap is part 4.

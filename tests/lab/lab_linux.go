@@ -433,6 +433,32 @@ func (l *Lab) Run(host string, args ...string) error {
 	return err
 }
 
+// Forwarded returns how many IPv4 packets host's kernel has forwarded:
+// ForwDatagrams in its /proc/net/snmp.
+func (l *Lab) Forwarded(host string) (uint64, error) {
+	out, err := l.Output(host, "cat", "/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	lines := strings.Split(out, "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "Ip:" || len(names) != len(values) {
+			continue
+		}
+		for j, n := range names {
+			if n == "ForwDatagrams" {
+				v, err := strconv.ParseUint(values[j], 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("%s's ForwDatagrams %q: %w", host, values[j], err)
+				}
+				return v, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no ForwDatagrams in %s's /proc/net/snmp", host)
+}
+
 // Output runs a command in the namespace of host and returns its stdout.
 func (l *Lab) Output(host string, args ...string) (string, error) {
 	return output("ip", append([]string{"netns", "exec", l.NS(host)}, args...)...)
