@@ -35,7 +35,8 @@ func forwarded(t testing.TB, l *lab.Lab, host string) uint64 {
 func TestOffloadCarriesTheChain(t *testing.T) {
 	l := lab.New(t, bin)
 	liberalConntrack(t, l, true)
-	if err := l.StartAll("--offload"); err != nil {
+	// A small table: room enough for this connection's four directions.
+	if err := l.StartAll("--offload", "--offload-flows", "1024"); err != nil {
 		t.Fatal(err)
 	}
 	f := steering.Flow{Src: netip.MustParseAddr(lab.GlobexClient), Dst: netip.MustParseAddr(lab.Server), SrcPort: 44101, DstPort: 5203, Proto: 6}

@@ -808,6 +808,8 @@ func TestSettingsAreStrict(t *testing.T) {
 		{"an index prune with no interval", []string{"--node", "fw-1", "--redis", "redis://r:6379", "--index-prune", "0s"}, "--index-prune 0s: want at least 10ms", ""},
 		{"an offload refresh too short", []string{"--node", "gw", "--map", "m.yaml", "--offload-refresh", "1ms"}, "--offload-refresh 1ms: want 10ms to 1m", ""},
 		{"an offload refresh too long", []string{"--node", "gw", "--map", "m.yaml", "--offload-refresh", "2m"}, "--offload-refresh 2m0s: want 10ms to 1m", ""},
+		{"an offload table too small", []string{"--node", "gw", "--map", "m.yaml", "--offload-flows", "10"}, "--offload-flows 10: want 1024 to 4194304", ""},
+		{"an offload table size that is no number", nil, `--config {file}: line 2: offload-flows: want a whole number, not "many"`, "node: gw\noffload-flows: many\n"},
 		{"a bad Redis URL", []string{"--node", "gw", "--redis", "http://r:6379"}, "--redis http://r:6379: redis: invalid URL scheme: http", ""},
 		{"too many queues", []string{"--node", "gw", "--map", "m.yaml", "--queues", "5000"}, "--queues 5000: want 0 to 1024", ""},
 		{"unsealed records accepted by a node that seals nothing", []string{"--node", "gw", "--redis", "redis://r:6379", "--session-accept-unsealed"},

@@ -268,6 +268,9 @@ func checkAgent(c *cli.Context) (rules.Spec, error) {
 	if v := c.Duration("offload-refresh"); v < 10*time.Millisecond || v > time.Minute {
 		return spec, settingError(c, "offload-refresh", fmt.Sprintf("%v: want 10ms to 1m", v))
 	}
+	if v := c.Int("offload-flows"); v < 1024 || v > 1<<22 {
+		return spec, settingError(c, "offload-flows", fmt.Sprintf("%d: want 1024 to %d", v, 1<<22))
+	}
 	if v := c.Duration("mirror-linger"); v < 0 || v > time.Second {
 		return spec, settingError(c, "mirror-linger", fmt.Sprintf("%v: want 0 to 1s", v))
 	}
@@ -321,6 +324,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			&cli.DurationFlag{Name: "index-prune", Value: 10 * time.Minute, Usage: "how often an instance forgets the session indexes it shared with instances the map no longer has, once they are empty (plus up to half of it more, at random)", EnvVars: []string{"NFSTEER_INDEX_PRUNE"}},
 			&cli.BoolFlag{Name: "offload", Usage: "on a gateway, forward the established packets of the IPv4 TCP flows it steers in eBPF (tc), past its netfilter and routing, as a flowtable offloads flows: more bulk throughput, and the gateway's own rules and conntrack see only each connection's opening and end (needs net.netfilter.nf_conntrack_tcp_be_liberal=1 and Linux 6.6; an instance host ignores it)", EnvVars: []string{"NFSTEER_OFFLOAD"}},
 			&cli.DurationFlag{Name: "offload-refresh", Value: time.Second, Usage: "how often each offloaded flow sends one packet the kernel's way: conntrack keeps its connection alive by it, and a hop that changed without a map version (a neighbour's new address) is learned again within it", EnvVars: []string{"NFSTEER_OFFLOAD_REFRESH"}},
+			&cli.IntFlag{Name: "offload-flows", Value: 131072, Usage: "how many flow directions the offload holds (4 per connection; about 100 bytes of kernel memory each, taken at start); beyond it, the least recently used take the kernel's path", EnvVars: []string{"NFSTEER_OFFLOAD_FLOWS"}},
 			&cli.BoolFlag{Name: "print-config", Usage: "print the settings the agent would run with (flags > NFSTEER_* > --config file) and exit"},
 		}, redisCompanions(true))),
 		Action: func(c *cli.Context) error {
@@ -358,7 +362,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			var openOffload func() (agent.Offload, error)
 			if c.Bool("offload") {
 				openOffload = func() (agent.Offload, error) {
-					return offload.Open(offload.Config{Refresh: c.Duration("offload-refresh"), HopMask: rules.HopMask, OwnMark: rules.MarkSteered})
+					return offload.Open(offload.Config{Flows: c.Int("offload-flows"), Refresh: c.Duration("offload-refresh"), HopMask: rules.HopMask, OwnMark: rules.MarkSteered})
 				}
 			}
 			a, err := agent.New(agent.Config{
