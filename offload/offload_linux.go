@@ -83,8 +83,9 @@ func (p *Path) setGen(gen uint32) error {
 // that is up, with steered (by name) those the gateway steers, and
 // detaches them from interfaces that are gone or down. With no steered
 // interface there is nothing to learn, and it detaches from all. It is
-// idempotent: the agent calls it periodically, so that an interface
-// created after the start is taken too.
+// idempotent, and when everything is in place it only reads: the agent
+// calls it periodically, so that an interface created after the start is
+// taken too.
 func (p *Path) Sync(steered []string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -122,13 +123,13 @@ func (p *Path) Sync(steered []string) error {
 		}
 	}
 	for idx, s := range want {
+		if _, ok := p.links[idx]; ok {
+			continue // attached as it should be: nothing to write
+		}
 		// The flag first: a program attached to an interface it does
 		// not know leaves its packets alone.
 		if err := p.objs.Ifaces.Update(uint32(idx), s, ebpf.UpdateAny); err != nil {
 			errs = append(errs, fmt.Errorf("noting interface %d: %w", idx, err))
-			continue
-		}
-		if _, ok := p.links[idx]; ok {
 			continue
 		}
 		prog := p.objs.OffloadIngress
