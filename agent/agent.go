@@ -550,7 +550,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		tasks = append(tasks, producer(a.refresh))
 	}
 	if a.offload != nil {
-		tasks = append(tasks, a.runOffload)
+		tasks = append(tasks, a.runOffload, a.offload.Run)
 	}
 	if a.mirror != nil {
 		mirroring.Add(1)

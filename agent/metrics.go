@@ -49,6 +49,7 @@ var (
 	descMapRefused  = desc("map_refused_total", "Map versions refused: invalid, not signed by a trusted key, older than the node's, or changing the node's role.")
 	descRepinned    = desc("repinned_total", "Established connections moved off instances a map took away.")
 	descOffload     = desc("offload_packets_total", "A gateway's flow offload (--offload), by what it did with a packet: forwarded it itself (offloaded), learned its flow's hop from it (learned), or let it take the kernel's path to keep its connection alive in conntrack (refreshed).", "kind")
+	descLiberal     = desc("offload_liberal_total", "Connections a gateway's flow offload found in conntrack but not yet liberal about TCP windows (asked), and those the agent then made liberal (made) or could not (failed): the offload carries a connection only once it is.", "kind")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -128,6 +129,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ctr(descOffload, fs.Offloaded, "offloaded")
 			ctr(descOffload, fs.Learned, "learned")
 			ctr(descOffload, fs.Refreshed, "refreshed")
+			ctr(descLiberal, fs.Asked, "asked")
+			ctr(descLiberal, fs.Liberal, "made")
+			ctr(descLiberal, fs.Failed, "failed")
 		}
 	}
 }

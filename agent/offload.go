@@ -18,9 +18,12 @@ type Offload interface {
 	// Invalidate sends every offloaded flow back to the kernel's path
 	// until the offload learns it again.
 	Invalidate() error
+	// Run does the offload's own work while ctx lasts: making the
+	// connections it is about to offload liberal in conntrack.
+	Run(ctx context.Context) error
 	// Stats reads its counters.
 	Stats() (offload.Stats, error)
-	// Close detaches it for good.
+	// Close detaches it for good, after Run returned.
 	Close() error
 }
 
@@ -32,8 +35,8 @@ const offloadSync = 2 * time.Second
 
 // openOffload opens a gateway's offload if the configuration asks for
 // one, and attaches it: a kernel that cannot attach it
-// (offload.ErrUnsupported) stops the agent from starting, as a namespace
-// whose conntrack is not liberal does. An instance host never runs it,
+// (offload.ErrUnsupported) stops the agent from starting, as one that
+// cannot load it does. An instance host never runs it,
 // whatever it is configured with: its packets must cross the service it
 // hosts.
 func (a *Agent) openOffload() error {

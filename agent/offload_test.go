@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,6 +20,7 @@ type fakeOffload struct {
 	synced      [][]string
 	invalidated int
 	closed      int
+	ran         int
 	syncErr     error // returned by Sync when set
 }
 
@@ -38,6 +40,14 @@ func (f *fakeOffload) Invalidate() error {
 	return nil
 }
 
+func (f *fakeOffload) Run(ctx context.Context) error {
+	f.mu.Lock()
+	f.ran++
+	f.mu.Unlock()
+	<-ctx.Done()
+	return nil
+}
+
 func (f *fakeOffload) Stats() (offload.Stats, error) { return offload.Stats{Offloaded: 7}, nil }
 
 func (f *fakeOffload) Close() error {
@@ -52,6 +62,14 @@ func (f *fakeOffload) state() (synced [][]string, invalidated, closed int) {
 	defer f.mu.Unlock()
 	return slices.Clone(f.synced), f.invalidated, f.closed
 }
+
+func (f *fakeOffload) runs() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ran
+}
+
+var errNoBPF = errors.New("loading the offload's programs needs CAP_BPF and CAP_NET_ADMIN: operation not permitted")
 
 // TestOffloadRunsOnGatewaysOnly: a gateway opens its offload, attaches
 // it to the interfaces it steers, invalidates it at every map switch
@@ -81,8 +99,8 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 		if last := synced[len(synced)-1]; last != nil {
 			t.Errorf("last Sync(%q) on the way out; want Sync(nil), detaching", last)
 		}
-		if invalidated != 1 || closed != 1 {
-			t.Errorf("invalidated %d times, closed %d; want 1, 1", invalidated, closed)
+		if invalidated != 1 || closed != 1 || fo.runs() != 1 {
+			t.Errorf("invalidated %d times, closed %d, ran %d; want 1, 1, 1", invalidated, closed, fo.runs())
 		}
 		if !strings.Contains(n.logs.String(), "offload=true") {
 			t.Errorf("the ready line does not say the offload runs:\n%s", n.logs)
@@ -104,11 +122,11 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 	})
 	t.Run("cannot open", func(t *testing.T) {
 		n := newFakeNode(t, "gw", labVersion(t), func(c *Config) {
-			c.OpenOffload = func() (Offload, error) { return nil, offload.ErrNotLiberal }
+			c.OpenOffload = func() (Offload, error) { return nil, errNoBPF }
 		})
 		err := n.run(t)()
-		if !errors.Is(err, offload.ErrNotLiberal) || !strings.Contains(err.Error(), "nf_conntrack_tcp_be_liberal") {
-			t.Errorf("Run = %v; want the offload's error, naming the sysctl", err)
+		if !errors.Is(err, errNoBPF) || !strings.Contains(err.Error(), "opening the offload") {
+			t.Errorf("Run = %v; want the offload's error, wrapped", err)
 		}
 		if _, k := n.kernel.last(); k != 0 {
 			t.Errorf("rules installed %d times by a gateway that refused to start", k)

@@ -32,10 +32,19 @@
 // does not see it, and neither do the gateway's own rules (a FORWARD
 // filter, counters) past a connection's first packets: what a flowtable
 // does to them too. Conntrack therefore misses most of a connection's
-// sequence numbers, and must be liberal about them, or it would take the
-// connection's FIN for out of window: [Open] requires
-// net.netfilter.nf_conntrack_tcp_be_liberal=1 in the namespace. No service
-// runs on a gateway, so no packet crosses fewer services for it; an
+// sequence numbers, and unless it is liberal about them it takes the
+// connection's later packets on the kernel's path (a refresh, the FIN)
+// for out of window: they lose their connection, and its mark, and the
+// connection never ends in conntrack. As the kernel's flowtable does, the
+// offload makes each connection it is about to carry liberal, that
+// connection only: before it learns a connection's hop, the egress
+// program asks [Path.Run] on a ring buffer, which marks the connection so
+// through ctnetlink (rules.Liberal), in batches, and answers in a map; the
+// connection's packets take the kernel's path until then (a few
+// milliseconds). The namespace's nf_conntrack_tcp_be_liberal is left as it
+// is. A connection conntrack does not hold by the addresses on the wire
+// (NATed, or in another zone) is never offloaded. No service runs on a
+// gateway, so no packet crosses fewer services for the offload; an
 // instance host never offloads.
 //
 // Loading and attaching need CAP_BPF and CAP_NET_ADMIN in the gateway's

@@ -42,6 +42,13 @@ type Stats struct {
 	// Refreshed is the packets of offloaded flows it let take the
 	// kernel's path, to refresh them.
 	Refreshed uint64
+	// Asked is the connections the programs found tracked but not yet
+	// liberal, and asked [Path.Run] to make so (again, a second later,
+	// if it did not).
+	Asked uint64
+	// Liberal is the connections Run made liberal in conntrack, and
+	// Failed those it could not (conntrack refused the update).
+	Liberal, Failed uint64
 }
 
 // settle is how long after an invalidation the offload invalidates once

@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type offloadConnKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+}
+
+type offloadConnState struct {
+	_       structs.HostLayout
+	AskedNs uint64
+	State   uint32
+	Pad     uint32
+}
+
 type offloadFlowHop struct {
 	_          structs.HostLayout
 	InIfindex  uint32
@@ -47,7 +62,9 @@ type offloadSettings struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	offloadMapAsks                   = "asks"
 	offloadMapConfig                 = "config"
+	offloadMapConns                  = "conns"
 	offloadMapFlows                  = "flows"
 	offloadMapIfaces                 = "ifaces"
 	offloadMapStats                  = "stats"
@@ -107,7 +124,9 @@ type offloadProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offloadMapSpecs struct {
+	Asks   *ebpf.MapSpec `ebpf:"asks"`
 	Config *ebpf.MapSpec `ebpf:"config"`
+	Conns  *ebpf.MapSpec `ebpf:"conns"`
 	Flows  *ebpf.MapSpec `ebpf:"flows"`
 	Ifaces *ebpf.MapSpec `ebpf:"ifaces"`
 	Stats  *ebpf.MapSpec `ebpf:"stats"`
@@ -139,7 +158,9 @@ func (o *offloadObjects) Close() error {
 //
 // It can be passed to loadOffloadObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offloadMaps struct {
+	Asks   *ebpf.Map `ebpf:"asks"`
 	Config *ebpf.Map `ebpf:"config"`
+	Conns  *ebpf.Map `ebpf:"conns"`
 	Flows  *ebpf.Map `ebpf:"flows"`
 	Ifaces *ebpf.Map `ebpf:"ifaces"`
 	Stats  *ebpf.Map `ebpf:"stats"`
@@ -147,7 +168,9 @@ type offloadMaps struct {
 
 func (m *offloadMaps) Close() error {
 	return _OffloadClose(
+		m.Asks,
 		m.Config,
+		m.Conns,
 		m.Flows,
 		m.Ifaces,
 		m.Stats,

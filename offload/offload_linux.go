@@ -1,17 +1,21 @@
 package offload
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"slices"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/nfsteer/nfsteer/rules"
 )
 
 // Path is the flow offload loaded into the kernel. Its methods are safe for
@@ -21,6 +25,13 @@ type Path struct {
 	refresh uint64
 	hopMask uint32
 	ownMark uint32
+
+	// liberal is Run's alone: it writes the connections the programs
+	// ask for.
+	liberal *rules.Liberal
+	// made and failed count the connections Run made liberal, and those
+	// it could not.
+	made, failed atomic.Uint64
 
 	mu sync.Mutex // guards links, gen, again and closed
 	// links holds the links of each interface the programs are attached
@@ -40,34 +51,163 @@ type attached struct {
 
 func (a attached) close() error { return errors.Join(a.in.Close(), a.out.Close()) }
 
-// Open loads the programs and their maps; [Path.Sync] attaches them. It
-// checks that the namespace's conntrack is liberal (ErrNotLiberal).
+// Open loads the programs and their maps, and opens ctnetlink in the
+// caller's network namespace; [Path.Sync] attaches the programs, and
+// [Path.Run] makes the connections they ask for liberal.
 func Open(cfg Config) (*Path, error) {
 	cfg.defaults()
-	b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
-	if err != nil {
-		return nil, fmt.Errorf("reading nf_conntrack_tcp_be_liberal (is conntrack loaded?): %w", err)
-	}
-	if strings.TrimSpace(string(b)) != "1" {
-		return nil, ErrNotLiberal
-	}
 	spec, err := loadOffload()
 	if err != nil {
 		return nil, err
 	}
 	spec.Maps[offloadMapFlows].MaxEntries = uint32(cfg.Flows)
-	p := &Path{refresh: uint64(cfg.Refresh.Nanoseconds()), hopMask: cfg.HopMask, ownMark: cfg.OwnMark, links: map[int]attached{}}
+	spec.Maps[offloadMapConns].MaxEntries = uint32(max(cfg.Flows/4, 1024)) // four directions a connection
+	lib, err := rules.NewLiberal()
+	if err != nil {
+		return nil, err
+	}
+	p := &Path{refresh: uint64(cfg.Refresh.Nanoseconds()), hopMask: cfg.HopMask, ownMark: cfg.OwnMark, liberal: lib, links: map[int]attached{}}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+		lib.Close()
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("loading the offload's programs needs CAP_BPF and CAP_NET_ADMIN: %w", err)
 		}
 		return nil, fmt.Errorf("loading the offload's programs: %w", err)
 	}
 	if err := p.setGen(0); err != nil {
+		lib.Close()
 		p.objs.Close()
 		return nil, err
 	}
 	return p, nil
+}
+
+// askPace is the least time between two batches of Run's updates: the
+// connections asked for meanwhile wait for the next batch, so that a burst
+// of new connections costs a few wake-ups and system calls, not one each.
+// Their packets take the kernel's path until then.
+const askPace = 2 * time.Millisecond
+
+// Run makes the connections the programs ask for liberal in conntrack
+// (see [rules.Liberal]), in batches, and tells the programs which it did,
+// until ctx is done; the programs offload a connection only once it is.
+// A connection conntrack does not hold by the addresses on the wire
+// (NATed, or in a zone) is marked untracked: the kernel's until it ends.
+// Run returns an error only if it cannot read the programs' asks; an
+// update that fails is counted ([Stats].Failed), and the programs ask
+// again a second later.
+func (p *Path) Run(ctx context.Context) error {
+	rd, err := ringbuf.NewReader(p.objs.Asks)
+	if err != nil {
+		return fmt.Errorf("reading the offload's asks: %w", err)
+	}
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		rd.Close()
+		close(closed)
+	})
+	defer func() {
+		if !stop() {
+			<-closed
+		}
+		rd.Close()
+	}()
+	var rec ringbuf.Record
+	asks := make([]ask, 0, rules.LiberalBatch)
+	conns := make([]rules.LiberalConn, 0, rules.LiberalBatch)
+	held := make([]bool, rules.LiberalBatch)
+	pace := time.NewTimer(0)
+	defer pace.Stop()
+	for {
+		rd.SetDeadline(time.Time{})
+		if err := rd.ReadInto(&rec); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("reading the offload's asks: %w", err)
+		}
+		asks = append(asks[:0], askOf(rec.RawSample))
+		rd.SetDeadline(time.Now()) // what else is waiting, without blocking
+		for len(asks) < cap(asks) && rd.ReadInto(&rec) == nil {
+			asks = append(asks, askOf(rec.RawSample))
+		}
+		conns = conns[:0]
+		for _, a := range asks {
+			conns = append(conns, a.conn())
+		}
+		if err := p.liberal.Set(conns, held); err != nil {
+			p.failed.Add(uint64(len(asks)))
+		} else {
+			for i, a := range asks {
+				state := uint32(connUntracked)
+				if held[i] {
+					state = connLiberal
+					p.made.Add(1)
+				}
+				p.answer(a, state)
+			}
+		}
+		pace.Reset(askPace)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-pace.C:
+		}
+	}
+}
+
+// The states of a connection in the programs' map conns (CONN_*).
+const (
+	connAsked = iota
+	connLiberal
+	connUntracked
+)
+
+// ask is one of the programs' asks (struct ask).
+type ask struct {
+	key     offloadConnKey // the addresses and ports in the packet's byte order
+	askedNs uint64
+}
+
+// askOf decodes an ask as the program wrote it; a record too short for
+// one decodes to the zero ask, which no connection has.
+func askOf(b []byte) ask {
+	var a ask
+	if len(b) < 24 {
+		return a
+	}
+	a.key.Saddr = binary.NativeEndian.Uint32(b[0:4])
+	a.key.Daddr = binary.NativeEndian.Uint32(b[4:8])
+	a.key.Sport = binary.NativeEndian.Uint16(b[8:10])
+	a.key.Dport = binary.NativeEndian.Uint16(b[10:12])
+	a.askedNs = binary.NativeEndian.Uint64(b[16:24])
+	return a
+}
+
+// conn is the connection asked for, as ctnetlink takes it.
+func (a ask) conn() rules.LiberalConn {
+	var c rules.LiberalConn
+	binary.NativeEndian.PutUint32(c.Src[:], a.key.Saddr)
+	binary.NativeEndian.PutUint32(c.Dst[:], a.key.Daddr)
+	var port [2]byte
+	binary.NativeEndian.PutUint16(port[:], a.key.Sport)
+	c.SrcPort = binary.BigEndian.Uint16(port[:])
+	binary.NativeEndian.PutUint16(port[:], a.key.Dport)
+	c.DstPort = binary.BigEndian.Uint16(port[:])
+	return c
+}
+
+// answer tells the programs what became of ask a, if the connection is
+// still the one asked about: one that ended and opened again on the same
+// addresses since (its SYN cleared the entry, its first packet asked
+// anew) is another entry in conntrack, and waits for its own answer.
+func (p *Path) answer(a ask, state uint32) {
+	var st offloadConnState
+	if err := p.objs.Conns.Lookup(&a.key, &st); err != nil || st.AskedNs != a.askedNs || st.State != connAsked {
+		return
+	}
+	st.State = state
+	p.objs.Conns.Update(&a.key, &st, ebpf.UpdateExist) // gone meanwhile: nothing to tell
 }
 
 // setGen writes the settings with generation gen.
@@ -186,7 +326,7 @@ func (p *Path) Invalidate() error {
 // Stats sums the programs' counters over the CPUs.
 func (p *Path) Stats() (Stats, error) {
 	var s Stats
-	for i, to := range []*uint64{&s.Offloaded, &s.Learned, &s.Refreshed} {
+	for i, to := range []*uint64{&s.Offloaded, &s.Learned, &s.Refreshed, &s.Asked} {
 		var per []uint64
 		if err := p.objs.Stats.Lookup(uint32(i), &per); err != nil {
 			return Stats{}, fmt.Errorf("reading the offload's counters: %w", err)
@@ -195,6 +335,7 @@ func (p *Path) Stats() (Stats, error) {
 			*to += n
 		}
 	}
+	s.Liberal, s.Failed = p.made.Load(), p.failed.Load()
 	return s, nil
 }
 
@@ -215,6 +356,6 @@ func (p *Path) Close() error {
 		errs = append(errs, at.close())
 		delete(p.links, idx)
 	}
-	errs = append(errs, p.objs.Close())
+	errs = append(errs, p.objs.Close(), p.liberal.Close())
 	return errors.Join(errs...)
 }

@@ -2,6 +2,8 @@
 
 package offload
 
+import "context"
+
 // Path is the flow offload; it exists on Linux only.
 type Path struct{}
 
@@ -16,6 +18,9 @@ func (*Path) Invalidate() error { return ErrUnsupported }
 
 // Stats returns nothing.
 func (*Path) Stats() (Stats, error) { return Stats{}, ErrUnsupported }
+
+// Run does nothing.
+func (*Path) Run(context.Context) error { return ErrUnsupported }
 
 // Close does nothing.
 func (*Path) Close() error { return nil }

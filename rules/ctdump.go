@@ -51,8 +51,10 @@ const (
 	ctaProtoICMPv6Type = 8
 	ctaProtoICMPv6Code = 9
 
-	ctaProtoinfoTCP      = 1
-	ctaProtoinfoTCPState = 1
+	ctaProtoinfoTCP           = 1
+	ctaProtoinfoTCPState      = 1
+	ctaProtoinfoTCPFlagsOrig  = 4
+	ctaProtoinfoTCPFlagsReply = 5
 
 	nfgenLen = 4 // struct nfgenmsg
 )

@@ -146,19 +146,6 @@ func conntrackOn(b *testing.B, l *lab.Lab, op string) {
 	}
 }
 
-// liberalConntrack makes the gateway's conntrack liberal about TCP
-// windows (on), as --offload requires, or strict again, the default.
-func liberalConntrack(tb testing.TB, l *lab.Lab, on bool) {
-	tb.Helper()
-	v := "0"
-	if on {
-		v = "1"
-	}
-	if err := l.Run("gw", "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal="+v); err != nil {
-		tb.Fatal(err)
-	}
-}
-
 func machine() string {
 	cpu := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -235,8 +222,6 @@ func BenchmarkChainThroughput(b *testing.B) {
 			run := func(into *[]float64, offload bool) {
 				args := []string{"--keep-rules=false"}
 				if offload {
-					liberalConntrack(b, l, true)
-					defer liberalConntrack(b, l, false)
 					args = append(args, "--offload")
 				}
 				if err := l.StartAll(args...); err != nil {

@@ -229,7 +229,6 @@ func TestOffloadInTheUnitsSandbox(t *testing.T) {
 	sb := unitSandbox(t, "../packaging/nfsteer-agent.service")
 	sb.caps = append(slices.Clone(sb.caps), "bpf")
 	l := lab.NewWithMap(t, sb.wrap(t, bin), lab.Map)
-	liberalConntrack(t, l, true)
 	if err := l.StartAll("--offload"); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,15 @@
 // stale, the Go side (offload_linux.go) says through the maps below: it
 // is the only writer of ifaces and config.
 //
+// It offloads only connections that conntrack holds by the addresses and
+// ports on the wire (no NAT, zone 0) and is liberal about
+// (IP_CT_TCP_FLAG_BE_LIBERAL, both ways): conntrack sees few of an
+// offloaded connection's sequence numbers and would otherwise take its
+// later packets on the kernel's path for out of window. The egress program
+// asks Go for a connection on the ring buffer asks; Go marks it liberal
+// through ctnetlink and says so in conns. Its packets take the kernel's
+// path until then.
+//
 // Regenerate offload_bpfel.{go,o} with `go generate ./offload` (clang).
 
 #include <linux/bpf.h>
@@ -50,8 +59,38 @@ struct settings {
 	__u32 own_mark;  // a mark bit no packet leaves netfilter with: set on the offload's own
 };
 
+// A connection, by the tuple of its direction with the lower address (and
+// port): the key of conns.
+struct conn_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
+
+// What the offload knows of a connection in conntrack.
+enum { CONN_ASKED, CONN_LIBERAL, CONN_UNTRACKED };
+
+struct conn_state {
+	__u64 asked_ns; // when the egress program asked for it
+	__u32 state;    // CONN_*: Go writes the last two, for that ask only
+	__u32 pad;
+};
+
+// An ask on the ring buffer: make key's connection liberal. asked_ns
+// names the ask, so that Go's answer cannot land on a later connection
+// of the same tuple.
+struct ask {
+	struct conn_key key;
+	__u64 asked_ns;
+};
+
 // Counters, per CPU: what Go's Stats sums.
-enum { STAT_OFFLOADED, STAT_LEARNED, STAT_REFRESHED, STAT_MAX };
+enum { STAT_OFFLOADED, STAT_LEARNED, STAT_REFRESHED, STAT_ASKED, STAT_MAX };
+
+// How long the offload waits for an answer before it asks again (an ask
+// lost to a full ring, or a failed update).
+#define ASK_AGAIN_NS 1000000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -82,6 +121,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} asks SEC(".maps");
+
+// The connections asked for, and Go's answers. Go sizes it before
+// loading; one connection, its four flow directions.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
 
 static __always_inline void count(__u32 stat)
 {
@@ -120,12 +173,34 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, st
 	return ((__u8 *)th)[13];
 }
 
+// conn_of is the key of the connection of key, either way round.
+static __always_inline void conn_of(struct flow_key *key, struct conn_key *c)
+{
+	if (key->saddr < key->daddr || (key->saddr == key->daddr && key->sport <= key->dport)) {
+		c->saddr = key->saddr;
+		c->daddr = key->daddr;
+		c->sport = key->sport;
+		c->dport = key->dport;
+	} else {
+		c->saddr = key->daddr;
+		c->daddr = key->saddr;
+		c->sport = key->dport;
+		c->dport = key->sport;
+	}
+}
+
 // forget drops what the offload learned of the connection of key, both
 // ways and both passes: it is opening (a new connection on the 5-tuple of
 // an old one may take another chain) or ending (conntrack must see the
-// rest).
-static __always_inline void forget(struct flow_key *key)
+// rest). Opening, it also drops what it knew of the connection in
+// conntrack: a new connection is a new entry there, not yet liberal.
+static __always_inline void forget(struct flow_key *key, int opening)
 {
+	if (opening) {
+		struct conn_key c;
+		conn_of(key, &c);
+		bpf_map_delete_elem(&conns, &c);
+	}
 	struct flow_key k = *key;
 #pragma unroll
 	for (int rev = 0; rev < 2; rev++) {
@@ -139,6 +214,27 @@ static __always_inline void forget(struct flow_key *key)
 		k.sport = key->dport;
 		k.dport = key->sport;
 	}
+}
+
+// liberal reports whether Go has made key's connection liberal in
+// conntrack; if it has not been asked (or not for a second), it asks.
+static __always_inline int liberal(struct flow_key *key)
+{
+	struct ask a;
+	__builtin_memset(&a, 0, sizeof(a)); // padding included, as in learning
+	conn_of(key, &a.key);
+	struct conn_state *st = bpf_map_lookup_elem(&conns, &a.key);
+	if (st && st->state == CONN_LIBERAL)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	if (st && (st->state == CONN_UNTRACKED || now - st->asked_ns < ASK_AGAIN_NS))
+		return 0; // the kernel's until it ends; or waiting for Go
+	struct conn_state asked = {.asked_ns = now, .state = CONN_ASKED};
+	a.asked_ns = now;
+	if (bpf_map_update_elem(&conns, &a.key, &asked, BPF_ANY) == 0 &&
+	    bpf_ringbuf_output(&asks, &a, sizeof(a), 0) == 0)
+		count(STAT_ASKED);
+	return 0;
 }
 
 static __always_inline int same_mac(const __u8 *a, const __u8 *b)
@@ -164,7 +260,7 @@ static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
 	if (flags < 0)
 		return TC_ACT_OK;
 	if (flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
-		forget(&key);
+		forget(&key, flags & TCP_SYN);
 		return TC_ACT_OK;
 	}
 	__u32 zero = 0;
@@ -252,13 +348,17 @@ int offload_egress(struct __sk_buff *skb)
 		if (!in_hop || in_hop->gen != cfg->gen)
 			return TC_ACT_OK;
 	}
-	struct flow_hop learned = {
-		.in_ifindex = in,
-		.out_ifindex = skb->ifindex,
-		.gen = cfg->gen,
-		.mtu = mtu,
-		.slow = bpf_ktime_get_ns(),
-	};
+	if (!liberal(&key))
+		return TC_ACT_OK;
+	// Zeroed whole, padding included: a program loaded without
+	// CAP_PERFMON may not pass uninitialized stack bytes to a helper.
+	struct flow_hop learned;
+	__builtin_memset(&learned, 0, sizeof(learned));
+	learned.in_ifindex = in;
+	learned.out_ifindex = skb->ifindex;
+	learned.gen = cfg->gen;
+	learned.mtu = mtu;
+	learned.slow = bpf_ktime_get_ns();
 	__builtin_memcpy(learned.dst, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(learned.src, eth->h_source, ETH_ALEN);
 	bpf_map_update_elem(&flows, &key, &learned, BPF_ANY);

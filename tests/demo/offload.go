@@ -14,10 +14,6 @@ import (
 // counters show how many packets the gateway's kernel forwarded, and the
 // instances' counters that both flows crossed their chain.
 func offloaded(l *lab.Lab) error {
-	fmt.Println("== the gateway's conntrack made liberal about TCP windows, as --offload requires")
-	if err := l.Run("gw", "sysctl", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1"); err != nil {
-		return err
-	}
 	flows := []flow{
 		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7031, false},
 		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7032, false},
