@@ -75,10 +75,13 @@ type Config struct {
 	MapPoll time.Duration
 	// OpenOffload, if not nil, opens the flow offload that takes a
 	// gateway's established TCP packets off its netfilter and routing
-	// path (package offload). A gateway's Run opens it, refusing to start
-	// if it cannot, and closes it on the way out; an instance host never
-	// calls it.
+	// path (package offload). A gateway's Run opens it and closes it on
+	// the way out; an instance host never calls it.
 	OpenOffload func() (Offload, error)
+	// OffloadRequired makes a gateway whose offload cannot open or attach
+	// (an older kernel, no CAP_BPF) refuse to start: the operator asked
+	// for it. Otherwise the gateway logs why and steers without it.
+	OffloadRequired bool
 	// Rules holds everything about the kernel side except the hops, which
 	// come from the map.
 	Rules rules.Spec

@@ -34,11 +34,12 @@ var _ Offload = (*offload.Path)(nil)
 const offloadSync = 2 * time.Second
 
 // openOffload opens a gateway's offload if the configuration asks for
-// one, and attaches it: a kernel that cannot attach it
-// (offload.ErrUnsupported) stops the agent from starting, as one that
-// cannot load it does. An instance host never runs it,
-// whatever it is configured with: its packets must cross the service it
-// hosts.
+// one, and attaches it. If it cannot open, or the kernel cannot attach it
+// (offload.ErrUnsupported), a gateway that requires it
+// (Config.OffloadRequired) does not start, and one that does not logs why
+// and steers without it, every packet on the kernel's path. An instance
+// host never runs it, whatever it is configured with: its packets must
+// cross the service it hosts.
 func (a *Agent) openOffload() error {
 	if a.cfg.OpenOffload == nil {
 		return nil
@@ -47,12 +48,19 @@ func (a *Agent) openOffload() error {
 		a.log.Info("no offload: it is for gateways", "role", st.role.String())
 		return nil
 	}
+	without := func(err error) error {
+		if a.cfg.OffloadRequired {
+			return err
+		}
+		a.log.Warn("steering without the offload: every packet takes the kernel's path", "err", err)
+		return nil
+	}
 	o, err := a.cfg.OpenOffload()
 	if err != nil {
-		return fmt.Errorf("opening the offload: %w", err)
+		return without(fmt.Errorf("opening the offload: %w", err))
 	}
 	if err := o.Sync(a.offloadInterfaces()); errors.Is(err, offload.ErrUnsupported) {
-		return errors.Join(fmt.Errorf("attaching the offload: %w", err), o.Close())
+		return without(errors.Join(fmt.Errorf("attaching the offload: %w", err), o.Close()))
 	}
 	a.offload = o
 	return nil

@@ -76,7 +76,8 @@ var errNoBPF = errors.New("loading the offload's programs needs CAP_BPF and CAP_
 // (after the marks moved off a drained instance), detaches it and closes
 // it when it stops; an instance host configured the same never opens it;
 // a gateway whose offload cannot open, or cannot attach on this kernel,
-// refuses to start, saying why.
+// refuses to start if the offload is required, and otherwise steers
+// without it, saying why.
 func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 	t.Run("gateway", func(t *testing.T) {
 		fo := &fakeOffload{}
@@ -120,29 +121,49 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 			t.Error("an instance host opened the offload")
 		}
 	})
-	t.Run("cannot open", func(t *testing.T) {
-		n := newFakeNode(t, "gw", labVersion(t), func(c *Config) {
-			c.OpenOffload = func() (Offload, error) { return nil, errNoBPF }
+	for _, tc := range []struct {
+		name     string
+		open     func() (Offload, error)
+		closed   *fakeOffload // the offload that must have been closed, if any
+		required bool
+		want     error
+	}{
+		{name: "cannot open, required", open: func() (Offload, error) { return nil, errNoBPF }, required: true, want: errNoBPF},
+		{name: "cannot open, by default", open: func() (Offload, error) { return nil, errNoBPF }},
+		{name: "cannot attach, required", required: true, want: offload.ErrUnsupported},
+		{name: "cannot attach, by default"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.open == nil {
+				tc.closed = &fakeOffload{syncErr: fmt.Errorf("attaching the offload to interface 3: %w", offload.ErrUnsupported)}
+				tc.open = func() (Offload, error) { return tc.closed, nil }
+			}
+			n := newFakeNode(t, "gw", labVersion(t), func(c *Config) {
+				c.OpenOffload, c.OffloadRequired = tc.open, tc.required
+			})
+			if tc.want != nil {
+				err := n.run(t)()
+				if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), "the offload") {
+					t.Errorf("Run = %v; want the offload's error, wrapped", err)
+				}
+				if _, k := n.kernel.last(); k != 0 {
+					t.Errorf("rules installed %d times by a gateway that refused to start", k)
+				}
+			} else {
+				stop := n.run(t)
+				waitFor(t, "rules installed", func() bool { _, k := n.kernel.last(); return k == 1 })
+				if err := stop(); err != nil {
+					t.Fatalf("Run = %v; want a gateway steering without the offload", err)
+				}
+				if logs := n.logs.String(); !strings.Contains(logs, "steering without the offload") || !strings.Contains(logs, "offload=false") {
+					t.Errorf("the log does not say the gateway steers without the offload, and why:\n%s", logs)
+				}
+			}
+			if tc.closed != nil {
+				if _, _, closed := tc.closed.state(); closed != 1 {
+					t.Errorf("an offload that could not attach was closed %d times, want 1", closed)
+				}
+			}
 		})
-		err := n.run(t)()
-		if !errors.Is(err, errNoBPF) || !strings.Contains(err.Error(), "opening the offload") {
-			t.Errorf("Run = %v; want the offload's error, wrapped", err)
-		}
-		if _, k := n.kernel.last(); k != 0 {
-			t.Errorf("rules installed %d times by a gateway that refused to start", k)
-		}
-	})
-	t.Run("cannot attach", func(t *testing.T) {
-		fo := &fakeOffload{syncErr: fmt.Errorf("attaching the offload to interface 3: %w", offload.ErrUnsupported)}
-		n := newFakeNode(t, "gw", labVersion(t), func(c *Config) {
-			c.OpenOffload = func() (Offload, error) { return fo, nil }
-		})
-		err := n.run(t)()
-		if !errors.Is(err, offload.ErrUnsupported) {
-			t.Errorf("Run = %v; want the offload's ErrUnsupported", err)
-		}
-		if _, _, closed := fo.state(); closed != 1 {
-			t.Errorf("an offload that could not attach was closed %d times, want 1", closed)
-		}
-	})
+	}
 }

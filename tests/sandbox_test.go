@@ -220,16 +220,16 @@ func TestAgentRunsInItsUnitsSandbox(t *testing.T) {
 	}
 }
 
-// TestOffloadInTheUnitsSandbox runs the lab's agents with --offload in the
-// agent unit's sandbox with CAP_BPF added, as README's drop-in for the
-// offload does: the gateway's offload loads and attaches, and carries the
-// flow's established packets (the gateway's kernel forwards a small part
-// of what the firewall does) through its chain, in order, byte-exact.
+// TestOffloadInTheUnitsSandbox runs the lab's agents as the package does,
+// with their defaults, in the agent unit's sandbox: the gateway's offload,
+// on by default, loads and attaches with the unit's capabilities, and
+// carries the flow's established packets (the gateway's kernel forwards a
+// small part of what the firewall does) through its chain, in order,
+// byte-exact.
 func TestOffloadInTheUnitsSandbox(t *testing.T) {
 	sb := unitSandbox(t, "../packaging/nfsteer-agent.service")
-	sb.caps = append(slices.Clone(sb.caps), "bpf")
 	l := lab.NewWithMap(t, sb.wrap(t, bin), lab.Map)
-	if err := l.StartAll("--offload"); err != nil {
+	if err := l.StartAll(); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range append(l.Agents("gw"), l.InstanceAgents()...) {

@@ -322,7 +322,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 			&cli.DurationFlag{Name: "refresh", Value: 10 * time.Second, Usage: "how often live flows are checked in conntrack; a session is refreshed in Redis once three of these are left of its --session-ttl", EnvVars: []string{"NFSTEER_REFRESH"}},
 			&cli.DurationFlag{Name: "session-ttl", Value: 2 * time.Minute, Usage: "life of a session in Redis after its creation or its last refresh", EnvVars: []string{"NFSTEER_SESSION_TTL"}},
 			&cli.DurationFlag{Name: "index-prune", Value: 10 * time.Minute, Usage: "how often an instance forgets the session indexes it shared with instances the map no longer has, once they are empty (plus up to half of it more, at random)", EnvVars: []string{"NFSTEER_INDEX_PRUNE"}},
-			&cli.BoolFlag{Name: "offload", Usage: "on a gateway, forward the established packets of the IPv4 TCP flows it steers in eBPF (tc), past its netfilter and routing, as a flowtable offloads flows: more bulk throughput, and the gateway's own rules see only each connection's opening and end, and conntrack is made liberal about those connections' TCP windows (needs Linux 6.6 and CAP_BPF; an instance host ignores it)", EnvVars: []string{"NFSTEER_OFFLOAD"}},
+			&cli.BoolFlag{Name: "offload", Value: true, Usage: "on a gateway, forward the established packets of the IPv4 TCP flows it steers in eBPF (tc), past its netfilter and routing, as a flowtable offloads flows: more bulk throughput, and the gateway's own rules see only each connection's opening and end, and conntrack is made liberal about those connections' TCP windows (needs Linux 6.6 and CAP_BPF; by default a gateway that cannot run it steers without it, saying why, and one given --offload explicitly refuses to start; --offload=false keeps every packet on the kernel's path; an instance host ignores it)", EnvVars: []string{"NFSTEER_OFFLOAD"}},
 			&cli.DurationFlag{Name: "offload-refresh", Value: time.Second, Usage: "how often each offloaded flow sends one packet the kernel's way: conntrack keeps its connection alive by it, and a hop that changed without a map version (a neighbour's new address) is learned again within it", EnvVars: []string{"NFSTEER_OFFLOAD_REFRESH"}},
 			&cli.IntFlag{Name: "offload-flows", Value: 131072, Usage: "how many flow directions the offload holds (4 per connection; about 100 bytes of kernel memory each, taken at start); beyond it, the least recently used take the kernel's path", EnvVars: []string{"NFSTEER_OFFLOAD_FLOWS"}},
 			&cli.BoolFlag{Name: "print-config", Usage: "print the settings the agent would run with (flags > NFSTEER_* > --config file) and exit"},
@@ -371,7 +371,7 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 				RedisURL: c.String("redis"), RedisTLS: tlsOf(c), Trust: trust, SessionKeys: sk, NoMirror: !c.Bool("mirror"), MirrorLinger: lingerOf(c.Duration("mirror-linger")),
 				HeartbeatInterval: c.Duration("heartbeat"), RefreshInterval: c.Duration("refresh"),
 				RedisSessionTTL: c.Duration("session-ttl"), IndexPruneInterval: c.Duration("index-prune"), MetricsAddr: c.String("metrics"),
-				OpenOffload: openOffload,
+				OpenOffload: openOffload, OffloadRequired: c.IsSet("offload"),
 			}, k, ct)
 			if err != nil {
 				return err

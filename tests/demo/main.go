@@ -32,7 +32,7 @@
 // explicit choice, what the queues cannot hold goes around, counted.
 //
 // Part 6 sends a flow through the same chain with the gateway's flow
-// offload off, then on: the kernels' own forwarding counters show the
+// offload off, then on, as by default: the kernels' own forwarding counters show the
 // gateway's kernel left with a handful of each connection's packets, and
 // the instances' that the flow still crossed them all.
 //
@@ -96,7 +96,7 @@ func run() error {
 	if err := withLab(bin, lab.Map, overload); err != nil {
 		return err
 	}
-	fmt.Println("\n########## part 6: with --offload, a gateway forwards its steered TCP flows' established packets in tc, past its netfilter and routing; every service still sees them")
+	fmt.Println("\n########## part 6: a gateway forwards its steered TCP flows' established packets in tc (the offload, on by default), past its netfilter and routing; every service still sees them")
 	return withLab(bin, lab.Map, offloaded)
 }
 

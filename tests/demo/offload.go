@@ -9,10 +9,11 @@ import (
 )
 
 // offloaded is part 6: the gateway's flow offload. Two globex flows send
-// 4 MiB each through fw and dlp, first with the plain agents, then with
-// the gateway's agent offloading; each time the kernels' own forwarding
-// counters show how many packets the gateway's kernel forwarded, and the
-// instances' counters that both flows crossed their chain.
+// 4 MiB each through fw and dlp, first with the gateway's offload turned
+// off, then with the agents' defaults, which offload; each time the
+// kernels' own forwarding counters show how many packets the gateway's
+// kernel forwarded, and the instances' counters that both flows crossed
+// their chain.
 func offloaded(l *lab.Lab) error {
 	flows := []flow{
 		{"globex  tcp  10.20.1.2 -> 10.99.0.2", "cg", "10.20.1.2", "10.99.0.2", 7031, false},
@@ -21,11 +22,11 @@ func offloaded(l *lab.Lab) error {
 	if err := countFlows(l, flows, ""); err != nil {
 		return err
 	}
-	for i, args := range [][]string{nil, {"--offload"}} {
+	for i, args := range [][]string{{"--offload=false"}, nil} {
 		f := flows[i]
-		what := "agents as in part 1"
-		if args != nil {
-			what = "the gateway's agent with --offload (the instances' ignore it)"
+		what := "the agents with --offload=false: every packet on the kernels' path"
+		if args == nil {
+			what = "the agents as installed: the gateway's offloads (the instances ignore it)"
 		}
 		fmt.Printf("== %s; 4 MiB over %s port %d\n", what, f.label, f.port)
 		if err := l.StartAll(append(args, "--keep-rules=false")...); err != nil {
