@@ -217,8 +217,10 @@ static __always_inline void forget(struct flow_key *key, int opening)
 }
 
 // liberal reports whether Go has made key's connection liberal in
-// conntrack; if it has not been asked (or not for a second), it asks.
-static __always_inline int liberal(struct flow_key *key)
+// conntrack; if it has not been asked (or not for a second), it asks, from
+// a packet that carries data only: a connection that opens and closes
+// with nothing but its handshake is not worth a conntrack update.
+static __always_inline int liberal(struct flow_key *key, int data)
 {
 	struct ask a;
 	__builtin_memset(&a, 0, sizeof(a)); // padding included, as in learning
@@ -226,6 +228,8 @@ static __always_inline int liberal(struct flow_key *key)
 	struct conn_state *st = bpf_map_lookup_elem(&conns, &a.key);
 	if (st && st->state == CONN_LIBERAL)
 		return 1;
+	if (!data)
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	if (st && (st->state == CONN_UNTRACKED || now - st->asked_ns < ASK_AGAIN_NS))
 		return 0; // the kernel's until it ends; or waiting for Go
@@ -348,7 +352,8 @@ int offload_egress(struct __sk_buff *skb)
 		if (!in_hop || in_hop->gen != cfg->gen)
 			return TC_ACT_OK;
 	}
-	if (!liberal(&key))
+	struct tcphdr *th = (void *)(ip + 1);
+	if (!liberal(&key, skb->len > sizeof(*eth) + sizeof(*ip) + th->doff * 4))
 		return TC_ACT_OK;
 	// Zeroed whole, padding included: a program loaded without
 	// CAP_PERFMON may not pass uninitialized stack bytes to a helper.
