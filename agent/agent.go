@@ -179,6 +179,10 @@ type Agent struct {
 	// offload is a gateway's flow offload, or nil; Run sets it before it
 	// starts the tasks that read it.
 	offload Offload
+	// offloadUnavailable says the gateway's offload could not open or
+	// attach, and the gateway steers without it; Run sets it with
+	// offload.
+	offloadUnavailable bool
 
 	lookupMu sync.Mutex // guards pending
 	pending  map[sessions.Key][]waiter

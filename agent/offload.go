@@ -53,6 +53,7 @@ func (a *Agent) openOffload() error {
 			return err
 		}
 		a.log.Warn("steering without the offload: every packet takes the kernel's path", "err", err)
+		a.offloadUnavailable = true
 		return nil
 	}
 	o, err := a.cfg.OpenOffload()
@@ -121,6 +122,28 @@ func (a *Agent) invalidateOffload() {
 	if err := a.offload.Invalidate(); err != nil {
 		a.log.Warn("invalidating the offload", "err", err)
 	}
+}
+
+// offloadReport is what a node's heartbeat says of its offload (see
+// store.Report.Offload): on a gateway its state and the packets it
+// forwarded; nothing on an instance host.
+func (a *Agent) offloadReport() (state string, offloaded uint64) {
+	if a.state.Load().role != Gateway {
+		return "", 0
+	}
+	switch {
+	case a.offload == nil && a.offloadUnavailable:
+		return "unavailable", 0
+	case a.offload == nil:
+		return "off", 0
+	}
+	if fs, err := a.offload.Stats(); err == nil {
+		offloaded = fs.Offloaded
+	}
+	if a.Spec().Overlay != nil {
+		return "overlay", offloaded
+	}
+	return "on", offloaded
 }
 
 func errString(err error) string {

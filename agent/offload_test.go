@@ -69,6 +69,17 @@ func (f *fakeOffload) runs() int {
 	return f.ran
 }
 
+// lastOffload is what n's last heartbeat said of its offload: its state
+// and packets, or "none" before any report.
+func lastOffload(n *fakeNode) string {
+	rs := n.store.reports()
+	if len(rs) == 0 {
+		return "none"
+	}
+	r := rs[len(rs)-1]
+	return fmt.Sprintf("%s %d", r.Offload, r.Offloaded)
+}
+
 var errNoBPF = errors.New("loading the offload's programs needs CAP_BPF and CAP_NET_ADMIN: operation not permitted")
 
 // TestOffloadRunsOnGatewaysOnly: a gateway opens its offload, attaches
@@ -87,6 +98,7 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 		})
 		stop := n.run(t)
 		waitFor(t, "offload attached", func() bool { s, _, _ := fo.state(); return len(s) > 0 })
+		waitFor(t, "a report of the offload", func() bool { return lastOffload(n) == "on 7" })
 		v2, d := nextVersion(t, v1, func(p *steering.Published) (*steering.Published, error) { return p.Drain("fw-1") })
 		n.store.publish(v2, d)
 		waitFor(t, "offload invalidated", func() bool { _, i, _ := fo.state(); return i == 1 })
@@ -114,11 +126,15 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 		})
 		stop := n.run(t)
 		waitFor(t, "rules installed", func() bool { _, k := n.kernel.last(); return k == 1 })
+		waitFor(t, "a report", func() bool { return lastOffload(n) != "none" })
 		if err := stop(); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
 		if opened {
 			t.Error("an instance host opened the offload")
+		}
+		if got := lastOffload(n); got != " 0" {
+			t.Errorf("an instance host reported its offload as %q; want nothing", got)
 		}
 	})
 	for _, tc := range []struct {
@@ -152,11 +168,15 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 			} else {
 				stop := n.run(t)
 				waitFor(t, "rules installed", func() bool { _, k := n.kernel.last(); return k == 1 })
+				waitFor(t, "a report", func() bool { return lastOffload(n) != "none" })
 				if err := stop(); err != nil {
 					t.Fatalf("Run = %v; want a gateway steering without the offload", err)
 				}
 				if logs := n.logs.String(); !strings.Contains(logs, "steering without the offload") || !strings.Contains(logs, "offload=false") {
 					t.Errorf("the log does not say the gateway steers without the offload, and why:\n%s", logs)
+				}
+				if got := lastOffload(n); got != "unavailable 0" {
+					t.Errorf("reported the offload as %q; want unavailable", got)
 				}
 			}
 			if tc.closed != nil {

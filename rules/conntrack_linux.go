@@ -87,60 +87,27 @@ func (k *LinuxConntrack) Walk(fn func(c Conn) (uint32, bool)) (int, error) {
 // must not keep the entry.
 func (k *LinuxConntrack) stream(fn func(*ctEntry)) error {
 	k.seq++
-	var werr error
-	if err := k.raw.Write(func(fd uintptr) bool {
-		_, werr = unix.Write(int(fd), dumpRequest(k.seq))
-		return werr != unix.EAGAIN
-	}); err != nil {
+	if err := writeMsgs(k.raw, dumpRequest(k.seq)); err != nil {
 		return err
 	}
-	if werr != nil {
-		return werr
-	}
 	var e ctEntry
-	var derr error
-	done := false
-	for !done && derr == nil {
-		err := k.raw.Read(func(fd uintptr) bool {
-			n, err := unix.Read(int(fd), k.buf)
-			if err == unix.EAGAIN || err == unix.EINTR {
-				return false
-			}
-			if err != nil {
-				derr = err
-				return true
-			}
-			for b := k.buf[:n]; len(b) > 0; {
-				typ, _, body, rest, err := nlmsg.Next(b)
-				if err != nil {
-					derr = err
-					return true
-				}
-				b = rest
-				switch typ {
-				case nlmsg.Done:
-					done = true
-					return true
-				case nlmsg.Error:
-					if len(body) >= 4 {
-						if code := int32(binary.NativeEndian.Uint32(body)); code != 0 {
-							derr = unix.Errno(-code)
-							return true
-						}
-					}
-				case subsysCtnetlink<<8 | ctMsgNew:
-					if parseCT(body, &e) == nil {
-						fn(&e)
-					}
+	return readMsgs(k.raw, k.buf, func(typ uint16, body []byte) (bool, error) {
+		switch typ {
+		case nlmsg.Done:
+			return true, nil
+		case nlmsg.Error:
+			if len(body) >= 4 {
+				if code := int32(binary.NativeEndian.Uint32(body)); code != 0 {
+					return true, unix.Errno(-code)
 				}
 			}
-			return true
-		})
-		if err != nil {
-			return err
+		case subsysCtnetlink<<8 | ctMsgNew:
+			if parseCT(body, &e) == nil {
+				fn(&e)
+			}
 		}
-	}
-	return derr
+		return false, nil
+	})
 }
 
 // tupleOf is the original tuple of e, as ti-mo/conntrack takes it.

@@ -100,60 +100,28 @@ func (l *Liberal) set(conns []LiberalConn, held []bool) error {
 	}
 	l.out = b
 	last := l.seq
-	var werr error
-	if err := l.raw.Write(func(fd uintptr) bool {
-		_, werr = unix.Write(int(fd), b)
-		return werr != unix.EAGAIN
-	}); err != nil {
+	if err := writeMsgs(l.raw, b); err != nil {
 		return fmt.Errorf("updating conntrack: %w", err)
 	}
-	if werr != nil {
-		return fmt.Errorf("updating conntrack: %w", werr)
-	}
 	var errs []error
-	for done := false; !done; {
-		var rerr error
-		if err := l.raw.Read(func(fd uintptr) bool {
-			n, err := unix.Read(int(fd), l.in)
-			if err == unix.EAGAIN || err == unix.EINTR {
-				return false
-			}
-			if err != nil {
-				rerr = err
-				return true
-			}
-			for m := l.in[:n]; len(m) > 0; {
-				typ, _, body, rest, err := nlmsg.Next(m)
-				if err != nil {
-					rerr = err
-					return true
-				}
-				m = rest
-				if typ != nlmsg.Error || len(body) < 4+nlmsg.HeaderLen {
-					continue
-				}
-				code := int32(binary.NativeEndian.Uint32(body))
-				seq := binary.NativeEndian.Uint32(body[4+8 : 4+12]) // the request's header
-				if seq < first || seq > last {
-					continue // an earlier batch's, read late
-				}
-				if code != 0 {
-					held[seq-first] = false
-					if e := unix.Errno(-code); e != unix.ENOENT {
-						errs = append(errs, e)
-					}
-				}
-				if seq == last {
-					done = true
-				}
-			}
-			return true
-		}); err != nil {
-			return fmt.Errorf("reading conntrack's answer: %w", err)
+	if err := readMsgs(l.raw, l.in, func(typ uint16, body []byte) (bool, error) {
+		if typ != nlmsg.Error || len(body) < 4+nlmsg.HeaderLen {
+			return false, nil
 		}
-		if rerr != nil {
-			return fmt.Errorf("reading conntrack's answer: %w", rerr)
+		code := int32(binary.NativeEndian.Uint32(body))
+		seq := binary.NativeEndian.Uint32(body[4+8 : 4+12]) // the request's header
+		if seq < first || seq > last {
+			return false, nil // an earlier batch's, read late
 		}
+		if code != 0 {
+			held[seq-first] = false
+			if e := unix.Errno(-code); e != unix.ENOENT {
+				errs = append(errs, e)
+			}
+		}
+		return seq == last, nil
+	}); err != nil {
+		return fmt.Errorf("reading conntrack's answer: %w", err)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("making %d connections liberal in conntrack: %w", len(errs), errors.Join(errs...))

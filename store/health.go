@@ -50,6 +50,13 @@ type Report struct {
 	Trusts         []string `json:"trusts,omitempty"`
 	TrustsUnsealed bool     `json:"trusts_unsealed,omitempty"`
 	ChecksMaps     bool     `json:"checks_maps,omitempty"`
+	// Offload is a gateway's flow offload: "on"; "off" (--offload=false);
+	// "unavailable" (it could not load or attach here, and the gateway
+	// steers without it); "overlay" (loaded, but a gateway on an overlay
+	// does not attach it). Empty on an instance host. Offloaded counts
+	// the packets it forwarded (a running total).
+	Offload   string `json:"offload,omitempty"`
+	Offloaded uint64 `json:"offloaded,omitempty"`
 	// ReversePathDrops lists, on a gateway, the zoned tenants' prefixes
 	// ("tenant prefix") whose flows the kernel's reverse-path filter
 	// drops when the chain hands them back (see

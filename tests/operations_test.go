@@ -131,6 +131,10 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 		t.Errorf("status does not say fw-1 is unhealthy with exit 4 (degraded): %v\n%s", err, status)
 	}
 	t.Logf("status while fw-1 is stalled:\n%s", status)
+	// The gateway's offload runs, by default, and its heartbeat says so.
+	if gw := lineStarting(status, "gw "); !strings.Contains(status, "OFFLOAD") || !strings.Contains(gw, " on, ") {
+		t.Errorf("status does not show the gateway's offload on: its line %q", gw)
+	}
 	// The score is one report's: a heartbeat that lands in a run window
 	// can score 100 while the hysteresis still keeps fw-1 out, so the
 	// test reads what is out, and only the steady fw-2's score.
@@ -632,4 +636,15 @@ func TestSIGHUPReloadsTheMapFile(t *testing.T) {
 	if got := counted(t, l, "fw-2", "new"); got != 9 {
 		t.Errorf("after a refused reload fw-2 saw %d of 9 new flows: the running map should have stayed", got)
 	}
+}
+
+// lineStarting returns the first line of text that starts with prefix,
+// or "".
+func lineStarting(text, prefix string) string {
+	for _, ln := range strings.Split(text, "\n") {
+		if strings.HasPrefix(ln, prefix) {
+			return ln
+		}
+	}
+	return ""
 }

@@ -658,6 +658,9 @@ func TestCLIStatus(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, n := range nodes {
 				rep := &store.Report{Node: n, MapVersion: liveVersion(t, s), ChecksMaps: n == "gw"}
+				if n == "gw" {
+					rep.Offload, rep.Offloaded = "on", 42
+				}
 				rep.SetSessionKeys(tc.keys(n))
 				if err := s.Heartbeat(ctx, n, rep); err != nil {
 					t.Fatal(err)
@@ -679,6 +682,16 @@ func TestCLIStatus(t *testing.T) {
 			text := nfsteer(t, "status").stdout
 			if !strings.Contains(text, "TRUST") || !strings.Contains(text, tc.trust) {
 				t.Errorf("status lacks the TRUST column or gw's %q:\n%s", tc.trust, text)
+			}
+			// The gateway's offload, in the table and the JSON; the
+			// instances have none.
+			if !strings.Contains(text, "OFFLOAD") || !strings.Contains(text, "on, 42 packets") {
+				t.Errorf("status lacks the OFFLOAD column or gw's \"on, 42 packets\":\n%s", text)
+			}
+			for _, a := range st.Agents {
+				if want := map[bool]string{true: "on"}[a.Node == "gw"]; a.Report != nil && a.Report.Offload != want {
+					t.Errorf("agent %s's offload %q; want %q", a.Node, a.Report.Offload, want)
+				}
 			}
 		})
 	}

@@ -283,6 +283,10 @@ type reportView struct {
 	RTTS         float64 `json:"rtt_s"`
 	MirrorDepth  int64   `json:"mirror_depth"`
 	MirrorDrops  uint64  `json:"mirror_drops"`
+	// Offload and Offloaded are store.Report's: a gateway's flow offload
+	// and the packets it forwarded.
+	Offload   string `json:"offload,omitempty"`
+	Offloaded uint64 `json:"offloaded"`
 	// Sealed, SealKey, Trusts, TrustsUnsealed and ChecksMaps are
 	// store.Report's.
 	Sealed         bool     `json:"sealed"`
@@ -293,6 +297,18 @@ type reportView struct {
 	// ReversePathDrops is store.Report's: "tenant prefix", each a zoned
 	// tenant's prefix the gateway's reverse-path filter drops.
 	ReversePathDrops []string `json:"reverse_path_drops"`
+}
+
+// offload is r's node's flow offload, for the status table: a gateway's
+// state, and while on, the packets it forwarded; "-" on an instance host.
+func (r *reportView) offload() string {
+	switch r.Offload {
+	case "":
+		return "-"
+	case "on", "overlay":
+		return fmt.Sprintf("%s, %d packets", r.Offload, r.Offloaded)
+	}
+	return r.Offload
 }
 
 // trust is what r's node checks, for the status table.
@@ -330,7 +346,7 @@ func (r *reportView) trust() string {
 func viewReport(r store.Report) *reportView {
 	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed, Untagged: r.Untagged,
 		SlowestS: (time.Duration(r.LatencyUS) * time.Microsecond).Seconds(), RTTS: (time.Duration(r.RTTUS) * time.Microsecond).Seconds(),
-		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops,
+		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops, Offload: r.Offload, Offloaded: r.Offloaded,
 		Sealed: r.Sealed, SealKey: r.SealKey, Trusts: r.Trusts, TrustsUnsealed: r.TrustsUnsealed, ChecksMaps: r.ChecksMaps,
 		ReversePathDrops: r.ReversePathDrops}
 }
@@ -584,7 +600,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			}
 			fmt.Fprintln(w)
 		}
-		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SPOOFED", "UNTAGGED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS", "TRUST")
+		row(w, "AGENT", "ROLE", "STATE", "SCORE", "MAP", "HEARTBEAT", "RTT", "SESSIONS", "QUEUE BACKLOG", "QUEUE DROPS", "UNSTEERED", "SPOOFED", "UNTAGGED", "SLOWEST PACKET", "MIRROR DEPTH", "MIRROR DROPS", "OFFLOAD", "TRUST")
 		for _, a := range st.Agents {
 			score, mv, hb := "unknown", "", "never"
 			if a.Score != nil {
@@ -602,7 +618,7 @@ func status(c *cli.Context, out printer, s *store.Store) error {
 			}
 			if rep := a.Report; rep != nil {
 				row(w, a.Node, a.Role, a.State, score, mv, hb, micros(rep.RTTS), rep.Sessions, rep.QueueBacklog, rep.QueueDrops, rep.Unsteered, rep.Spoofed, rep.Untagged,
-					micros(rep.SlowestS), rep.MirrorDepth, rep.MirrorDrops, rep.trust())
+					micros(rep.SlowestS), rep.MirrorDepth, rep.MirrorDrops, rep.offload(), rep.trust())
 			} else {
 				row(w, a.Node, a.Role, a.State, score, mv, hb) // no report: the other columns are "-"
 			}
