@@ -7,7 +7,7 @@
 // header the kernel built); offload_ingress sends the flow's later packets
 // there at once. Which flows it may learn, and when what it learned is
 // stale, the Go side (offload_linux.go) says through the maps below: it
-// is the only writer of ifaces and config.
+// is the only writer of ifaces and config, and of the answers in conns.
 //
 // It offloads only connections that conntrack holds by the addresses and
 // ports on the wire (no NAT, zone 0) and is liberal about
@@ -128,7 +128,7 @@ struct {
 } asks SEC(".maps");
 
 // The connections asked for, and Go's answers. Go sizes it before
-// loading; one connection, its four flow directions.
+// loading, to a quarter of flows: a connection has four flow directions.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
