@@ -130,7 +130,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ctr(descOffload, fs.Learned, "learned")
 			ctr(descOffload, fs.Refreshed, "refreshed")
 			ctr(descLiberal, fs.Asked, "asked")
-			ctr(descLiberal, fs.Liberal, "made")
+			ctr(descLiberal, fs.Made, "made")
 			ctr(descLiberal, fs.Failed, "failed")
 		}
 	}

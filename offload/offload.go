@@ -46,9 +46,9 @@ type Stats struct {
 	// liberal, and asked [Path.Run] to make so (again, a second later,
 	// if it did not).
 	Asked uint64
-	// Liberal is the connections Run made liberal in conntrack, and
-	// Failed those it could not (conntrack refused the update).
-	Liberal, Failed uint64
+	// Made is the connections Run made liberal in conntrack, and Failed
+	// those it could not (conntrack refused the update).
+	Made, Failed uint64
 }
 
 // settle is how long after an invalidation the offload invalidates once

@@ -133,7 +133,7 @@ func (p *Path) Run(ctx context.Context) error {
 		}
 		conns = conns[:0]
 		for _, a := range asks {
-			conns = append(conns, a.conn())
+			conns = append(conns, a.conn)
 		}
 		if err := p.liberal.Set(conns, held); err != nil {
 			p.failed.Add(uint64(len(asks)))
@@ -163,14 +163,18 @@ const (
 	connUntracked
 )
 
-// ask is one of the programs' asks (struct ask).
+// ask is one of the programs' asks (struct ask): the connection, as the
+// programs' map conns keys it and as ctnetlink takes it, and when it was
+// asked for.
 type ask struct {
-	key     offloadConnKey // the addresses and ports in the packet's byte order
+	key     offloadConnKey
+	conn    rules.LiberalConn
 	askedNs uint64
 }
 
-// askOf decodes an ask as the program wrote it; a record too short for
-// one decodes to the zero ask, which no connection has.
+// askOf decodes an ask as the program wrote it: addresses and ports as
+// the packet carries them, padding, the time. A record too short for one
+// decodes to the zero ask, which no connection has.
 func askOf(b []byte) ask {
 	var a ask
 	if len(b) < 24 {
@@ -180,21 +184,12 @@ func askOf(b []byte) ask {
 	a.key.Daddr = binary.NativeEndian.Uint32(b[4:8])
 	a.key.Sport = binary.NativeEndian.Uint16(b[8:10])
 	a.key.Dport = binary.NativeEndian.Uint16(b[10:12])
+	copy(a.conn.Src[:], b[0:4])
+	copy(a.conn.Dst[:], b[4:8])
+	a.conn.SrcPort = binary.BigEndian.Uint16(b[8:10])
+	a.conn.DstPort = binary.BigEndian.Uint16(b[10:12])
 	a.askedNs = binary.NativeEndian.Uint64(b[16:24])
 	return a
-}
-
-// conn is the connection asked for, as ctnetlink takes it.
-func (a ask) conn() rules.LiberalConn {
-	var c rules.LiberalConn
-	binary.NativeEndian.PutUint32(c.Src[:], a.key.Saddr)
-	binary.NativeEndian.PutUint32(c.Dst[:], a.key.Daddr)
-	var port [2]byte
-	binary.NativeEndian.PutUint16(port[:], a.key.Sport)
-	c.SrcPort = binary.BigEndian.Uint16(port[:])
-	binary.NativeEndian.PutUint16(port[:], a.key.Dport)
-	c.DstPort = binary.BigEndian.Uint16(port[:])
-	return c
 }
 
 // answer tells the programs what became of ask a, if the connection is
@@ -335,7 +330,7 @@ func (p *Path) Stats() (Stats, error) {
 			*to += n
 		}
 	}
-	s.Liberal, s.Failed = p.made.Load(), p.failed.Load()
+	s.Made, s.Failed = p.made.Load(), p.failed.Load()
 	return s, nil
 }
 

@@ -36,7 +36,7 @@ func TestAskOf(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := askOf(tc.rec)
-			if diff := cmp.Diff(tc.conn, a.conn()); diff != "" || a.askedNs != tc.askedNs {
+			if diff := cmp.Diff(tc.conn, a.conn); diff != "" || a.askedNs != tc.askedNs {
 				t.Errorf("askOf: asked at %#x, want %#x; connection (-want +got):\n%s", a.askedNs, tc.askedNs, diff)
 			}
 		})

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"syscall"
 
 	"github.com/mdlayher/netlink"
@@ -158,11 +157,6 @@ func appendLiberal(b []byte, c LiberalConn, flags uint16, seq uint32) []byte {
 	nlmsg.PutAttrHeader(p[16:], ctaProtoinfoTCPFlagsReply, 2)
 	p[20], p[21] = tcpFlagBeLiberal, tcpFlagBeLiberal
 	return b
-}
-
-// LiberalConnOf is the LiberalConn of an IPv4 connection.
-func LiberalConnOf(src, dst netip.AddrPort) LiberalConn {
-	return LiberalConn{Src: src.Addr().As4(), Dst: dst.Addr().As4(), SrcPort: src.Port(), DstPort: dst.Port()}
 }
 
 // Close closes the socket. It is safe to call twice.

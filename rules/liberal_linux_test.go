@@ -16,6 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// liberalConnOf is the LiberalConn of an IPv4 connection.
+func liberalConnOf(src, dst netip.AddrPort) LiberalConn {
+	return LiberalConn{Src: src.Addr().As4(), Dst: dst.Addr().As4(), SrcPort: src.Port(), DstPort: dst.Port()}
+}
+
 // liberalUpdate is what appendLiberal's message says, read back.
 type liberalUpdate struct {
 	Type, Flags     uint16
@@ -96,8 +101,8 @@ func readLiberal(t *testing.T, b []byte) (liberalUpdate, []byte) {
 // asks for an ack.
 func TestAppendLiberal(t *testing.T) {
 	conns := []LiberalConn{
-		LiberalConnOf(netip.MustParseAddrPort("10.20.1.2:44101"), netip.MustParseAddrPort("10.99.0.2:5203")),
-		LiberalConnOf(netip.MustParseAddrPort("192.168.0.1:65535"), netip.MustParseAddrPort("10.0.0.1:1")),
+		liberalConnOf(netip.MustParseAddrPort("10.20.1.2:44101"), netip.MustParseAddrPort("10.99.0.2:5203")),
+		liberalConnOf(netip.MustParseAddrPort("192.168.0.1:65535"), netip.MustParseAddrPort("10.0.0.1:1")),
 	}
 	var b []byte
 	for i, c := range conns {
@@ -175,7 +180,7 @@ func TestLiberalSetsTheFlag(t *testing.T) {
 		defer l.Close()
 		// The reply direction's tuple names the same connection.
 		held := make([]bool, 2)
-		err = l.Set([]LiberalConn{LiberalConnOf(dst, src), LiberalConnOf(src, netip.MustParseAddrPort("10.99.0.3:5203"))}, held)
+		err = l.Set([]LiberalConn{liberalConnOf(dst, src), liberalConnOf(src, netip.MustParseAddrPort("10.99.0.3:5203"))}, held)
 		if diff := cmp.Diff([]bool{true, false}, held); diff != "" || err != nil {
 			t.Errorf("Set = %v; held (-want +got):\n%s\nwant nil, and the connection conntrack does not hold not held", err, diff)
 		}

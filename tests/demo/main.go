@@ -32,9 +32,10 @@
 // explicit choice, what the queues cannot hold goes around, counted.
 //
 // Part 6 sends a flow through the same chain with the gateway's flow
-// offload off, then on, as by default: the kernels' own forwarding counters show the
-// gateway's kernel left with a handful of each connection's packets, and
-// the instances' that the flow still crossed them all.
+// offload off, then on, as by default: the kernels' own forwarding
+// counters show the gateway's kernel left with a handful of each
+// connection's packets, and the instances' that the flow still crossed
+// them all.
 //
 // Each part tears its lab down, on every way out.
 package main
