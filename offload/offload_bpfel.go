@@ -15,8 +15,8 @@ import (
 
 type offloadConnKey struct {
 	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
+	Saddr [4]uint32
+	Daddr [4]uint32
 	Sport uint16
 	Dport uint16
 }
@@ -35,15 +35,15 @@ type offloadFlowHop struct {
 	Src        [6]uint8
 	Dst        [6]uint8
 	Gen        uint32
-	Mtu        uint32
+	Pad        uint32
 	_          [4]byte
 	Slow       uint64
 }
 
 type offloadFlowKey struct {
 	_       structs.HostLayout
-	Saddr   uint32
-	Daddr   uint32
+	Saddr   [4]uint32
+	Daddr   [4]uint32
 	Sport   uint16
 	Dport   uint16
 	Steered uint32

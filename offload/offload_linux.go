@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -172,23 +173,28 @@ type ask struct {
 	askedNs uint64
 }
 
-// askOf decodes an ask as the program wrote it: addresses and ports as
-// the packet carries them, padding, the time. A record too short for one
+// askLen is the length of struct ask: the addresses (IPv6, an IPv4 one
+// mapped) and ports as the packet carries them, padding, the time.
+const askLen = 48
+
+// askOf decodes an ask as the program wrote it. A record too short for one
 // decodes to the zero ask, which no connection has.
 func askOf(b []byte) ask {
 	var a ask
-	if len(b) < 24 {
+	if len(b) < askLen {
 		return a
 	}
-	a.key.Saddr = binary.NativeEndian.Uint32(b[0:4])
-	a.key.Daddr = binary.NativeEndian.Uint32(b[4:8])
-	a.key.Sport = binary.NativeEndian.Uint16(b[8:10])
-	a.key.Dport = binary.NativeEndian.Uint16(b[10:12])
-	copy(a.conn.Src[:], b[0:4])
-	copy(a.conn.Dst[:], b[4:8])
-	a.conn.SrcPort = binary.BigEndian.Uint16(b[8:10])
-	a.conn.DstPort = binary.BigEndian.Uint16(b[10:12])
-	a.askedNs = binary.NativeEndian.Uint64(b[16:24])
+	for i := range 4 {
+		a.key.Saddr[i] = binary.NativeEndian.Uint32(b[4*i:])
+		a.key.Daddr[i] = binary.NativeEndian.Uint32(b[16+4*i:])
+	}
+	a.key.Sport = binary.NativeEndian.Uint16(b[32:34])
+	a.key.Dport = binary.NativeEndian.Uint16(b[34:36])
+	a.conn.Src = netip.AddrFrom16([16]byte(b[0:16])).Unmap()
+	a.conn.Dst = netip.AddrFrom16([16]byte(b[16:32])).Unmap()
+	a.conn.SrcPort = binary.BigEndian.Uint16(b[32:34])
+	a.conn.DstPort = binary.BigEndian.Uint16(b[34:36])
+	a.askedNs = binary.NativeEndian.Uint64(b[40:48])
 	return a
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"syscall"
 
 	"github.com/mdlayher/netlink"
@@ -21,9 +22,13 @@ const (
 	tcpFlagBeLiberal = 0x08 // IP_CT_TCP_FLAG_BE_LIBERAL
 )
 
-// liberalMsgLen is one update's length: the header, nfgenmsg, the tuple
-// (addresses and ports) and the protocol info (both directions' flags).
-const liberalMsgLen = nlmsg.HeaderLen + nfgenLen + 52 + 24
+// liberalMsgLen4 and liberalMsgLen6 are one update's length, of an IPv4
+// and an IPv6 connection: the header, nfgenmsg, the tuple (addresses and
+// ports) and the protocol info (both directions' flags).
+const (
+	liberalMsgLen4 = nlmsg.HeaderLen + nfgenLen + 52 + 24
+	liberalMsgLen6 = liberalMsgLen4 + 2*12
+)
 
 // LiberalBatch bounds how many connections [Liberal.Set] updates in one
 // system call.
@@ -55,14 +60,14 @@ func NewLiberal() (*Liberal, error) {
 		c.Close()
 		return nil, fmt.Errorf("opening ctnetlink: %w", err)
 	}
-	return &Liberal{c: c, raw: raw, out: make([]byte, 0, LiberalBatch*liberalMsgLen), in: make([]byte, 8192)}, nil
+	return &Liberal{c: c, raw: raw, out: make([]byte, 0, LiberalBatch*liberalMsgLen6), in: make([]byte, 8192)}, nil
 }
 
 // LiberalConn is a TCP connection [Liberal.Set] takes, by the addresses
-// and ports of either of its directions (IPv4; conntrack finds the
-// connection by either).
+// and ports of either of its directions (conntrack finds the connection by
+// either). Src and Dst are both IPv4 or both IPv6, neither mapped.
 type LiberalConn struct {
-	Src, Dst         [4]byte
+	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
 }
 
@@ -130,26 +135,32 @@ func (l *Liberal) set(conns []LiberalConn, held []bool) error {
 
 // appendLiberal appends the update that makes c liberal both ways.
 func appendLiberal(b []byte, c LiberalConn, flags uint16, seq uint32) []byte {
+	family, alen, srcAttr, dstAttr, n := uint8(unix.AF_INET), 4, uint16(ctaIPv4Src), uint16(ctaIPv4Dst), liberalMsgLen4
+	if c.Src.Is6() {
+		family, alen, srcAttr, dstAttr, n = unix.AF_INET6, 16, ctaIPv6Src, ctaIPv6Dst, liberalMsgLen6
+	}
 	start := len(b)
-	b = append(b, make([]byte, liberalMsgLen)...)
+	b = append(b, make([]byte, n)...)
 	m := b[start:]
-	nlmsg.PutHeader(m, liberalMsgLen, subsysCtnetlink<<8|ctMsgNew, flags, seq)
-	m[16] = unix.AF_INET // nfgenmsg: family, version 0, res_id 0
+	nlmsg.PutHeader(m, n, subsysCtnetlink<<8|ctMsgNew, flags, seq)
+	m[16] = family // nfgenmsg: family, version 0, res_id 0
 	a := m[nlmsg.HeaderLen+nfgenLen:]
-	nlmsg.PutAttrHeader(a, ctaTupleOrig|nlaFNested, 48)
-	nlmsg.PutAttrHeader(a[4:], ctaTupleIP|nlaFNested, 16)
-	nlmsg.PutAttrHeader(a[8:], ctaIPv4Src, 4)
-	copy(a[12:16], c.Src[:])
-	nlmsg.PutAttrHeader(a[16:], ctaIPv4Dst, 4)
-	copy(a[20:24], c.Dst[:])
-	nlmsg.PutAttrHeader(a[24:], ctaTupleProto|nlaFNested, 24)
-	nlmsg.PutAttrHeader(a[28:], ctaProtoNum, 1)
-	a[32] = unix.IPPROTO_TCP
-	nlmsg.PutAttrHeader(a[36:], ctaProtoSrcPort, 2)
-	binary.BigEndian.PutUint16(a[40:], c.SrcPort)
-	nlmsg.PutAttrHeader(a[44:], ctaProtoDstPort, 2)
-	binary.BigEndian.PutUint16(a[48:], c.DstPort)
-	p := a[52:]
+	ip := 2 * (4 + alen) // the addresses' attributes
+	nlmsg.PutAttrHeader(a, ctaTupleOrig|nlaFNested, 4+ip+28)
+	nlmsg.PutAttrHeader(a[4:], ctaTupleIP|nlaFNested, ip)
+	nlmsg.PutAttrHeader(a[8:], srcAttr, alen)
+	putAddr(a[12:], c.Src)
+	nlmsg.PutAttrHeader(a[12+alen:], dstAttr, alen)
+	putAddr(a[16+alen:], c.Dst)
+	a = a[8+ip:]
+	nlmsg.PutAttrHeader(a, ctaTupleProto|nlaFNested, 24)
+	nlmsg.PutAttrHeader(a[4:], ctaProtoNum, 1)
+	a[8] = unix.IPPROTO_TCP
+	nlmsg.PutAttrHeader(a[12:], ctaProtoSrcPort, 2)
+	binary.BigEndian.PutUint16(a[16:], c.SrcPort)
+	nlmsg.PutAttrHeader(a[20:], ctaProtoDstPort, 2)
+	binary.BigEndian.PutUint16(a[24:], c.DstPort)
+	p := a[28:]
 	nlmsg.PutAttrHeader(p, ctaProtoinfo|nlaFNested, 20)
 	nlmsg.PutAttrHeader(p[4:], ctaProtoinfoTCP|nlaFNested, 16)
 	nlmsg.PutAttrHeader(p[8:], ctaProtoinfoTCPFlagsOrig, 2)
@@ -157,6 +168,18 @@ func appendLiberal(b []byte, c LiberalConn, flags uint16, seq uint32) []byte {
 	nlmsg.PutAttrHeader(p[16:], ctaProtoinfoTCPFlagsReply, 2)
 	p[20], p[21] = tcpFlagBeLiberal, tcpFlagBeLiberal
 	return b
+}
+
+// putAddr puts a's bytes at the start of b; the zero Addr puts none.
+func putAddr(b []byte, a netip.Addr) {
+	switch {
+	case a.Is4():
+		x := a.As4()
+		copy(b, x[:])
+	case a.Is6():
+		x := a.As16()
+		copy(b, x[:])
+	}
 }
 
 // Close closes the socket. It is safe to call twice.

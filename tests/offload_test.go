@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -23,51 +24,60 @@ func forwarded(t testing.TB, l *lab.Lab, host string) uint64 {
 	return n
 }
 
-// TestOffloadCarriesTheChain sends 64 MiB through globex's two-service
-// chain with the gateway's flow offload on (every agent started with
-// --offload: the instance hosts ignore it). The transfer must arrive
-// byte-exact; every instance on the chain, and none off it, must see the
-// flow both ways with the TTL of its place in the chain (the offload
-// decrements it as the kernel would); the gateway's kernel must have
-// forwarded a small part of what the firewall forwarded (the offload
-// carried the rest); and conntrack on the gateway, strict about TCP
-// windows as by default, must have followed the connection to its end,
-// which the offload leaves to it: it saw few of the connection's sequence
-// numbers, and only the agent's marking the connection liberal lets it
-// take the FINs for in window.
+// TestOffloadCarriesTheChain sends 64 MiB through a tenant's chain with
+// the gateway's flow offload on (every agent started with --offload: the
+// instance hosts ignore it), over IPv4 through globex's two services and
+// over IPv6 through acme's one. The transfer must arrive byte-exact; every
+// instance on the chain, and none off it, must see the flow both ways with
+// the TTL (hop limit) of its place in the chain (the offload decrements it
+// as the kernel would); the gateway's kernel must have forwarded a small
+// part of what the firewall forwarded (the offload carried the rest); and
+// conntrack on the gateway, strict about TCP windows as by default, must
+// have followed the connection to its end, which the offload leaves to it:
+// it saw few of the connection's sequence numbers, and only the agent's
+// marking the connection liberal lets it take the FINs for in window.
 func TestOffloadCarriesTheChain(t *testing.T) {
-	l := lab.New(t, bin)
-	if v, err := l.Output("gw", "sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"); err != nil || strings.TrimSpace(v) != "0" {
-		t.Fatalf("the gateway's nf_conntrack_tcp_be_liberal = %q (%v); want the kernel's default, 0", v, err)
-	}
-	// A small table: room enough for this connection's four directions.
-	if err := l.StartAll("--offload", "--offload-flows", "1024"); err != nil {
-		t.Fatal(err)
-	}
-	f := steering.Flow{Src: netip.MustParseAddr(lab.GlobexClient), Dst: netip.MustParseAddr(lab.Server), SrcPort: 44101, DstPort: 5203, Proto: 6}
-	chain := expectedChain(t, labTable(t), f)
-	fc := countFlow(t, l, "offloaded", f, chain)
-	gw0, fw0 := forwarded(t, l, "gw"), forwarded(t, l, chain[0])
+	for _, tc := range []struct {
+		name, host, client, server, family string
+	}{
+		{"IPv4", "cg", lab.GlobexClient, lab.Server, "ipv4"},
+		{"IPv6", "ca", lab.AcmeClient6, lab.Server6, "ipv6"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.New(t, bin)
+			if v, err := l.Output("gw", "sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"); err != nil || strings.TrimSpace(v) != "0" {
+				t.Fatalf("the gateway's nf_conntrack_tcp_be_liberal = %q (%v); want the kernel's default, 0", v, err)
+			}
+			// A small table: room enough for this connection's four directions.
+			if err := l.StartAll("--offload", "--offload-flows", "1024"); err != nil {
+				t.Fatal(err)
+			}
+			f := steering.Flow{Src: netip.MustParseAddr(tc.client), Dst: netip.MustParseAddr(tc.server), SrcPort: 44101, DstPort: 5203, Proto: 6}
+			chain := expectedChain(t, labTable(t), f)
+			fc := countFlow(t, l, "offloaded", f, chain)
+			gw0, fw0 := forwarded(t, l, "gw"), forwarded(t, l, chain[0])
 
-	const size = 64 << 20
-	transfer(t, l, "cg", "10.20.1.2:44101", "10.99.0.2:5203", size)
+			const size = 64 << 20
+			transfer(t, l, tc.host, netip.AddrPortFrom(f.Src, f.SrcPort).String(), netip.AddrPortFrom(f.Dst, f.DstPort).String(), size)
 
-	fc.check(t, l)
-	gw, fw := forwarded(t, l, "gw")-gw0, forwarded(t, l, chain[0])-fw0
-	t.Logf("64 MiB through %v: the gateway's kernel forwarded %d packets, %s's %d", chain, gw, chain[0], fw)
-	// Without the offload the gateway forwards every packet twice, twice
-	// what the firewall forwards.
-	if fw < 1000 || gw*10 > fw {
-		t.Errorf("the gateway's kernel forwarded %d packets while %s forwarded %d; want under a tenth: the offload carries the established packets", gw, chain[0], fw)
-	}
-	// The FINs took the kernel's path: conntrack saw the connection end.
-	var out string
-	ended := waitFor(3*time.Second, func() bool {
-		out, _ = l.Output("gw", "conntrack", "-L", "-p", "tcp", "--orig-port-src", "44101")
-		return strings.Contains(out, "TIME_WAIT") || strings.Contains(out, "CLOSE")
-	})
-	if !ended {
-		t.Errorf("conntrack on the gateway after the connection closed:\n%s\nwant it in TIME_WAIT or CLOSE", out)
+			fc.check(t, l)
+			gw, fw := forwarded(t, l, "gw")-gw0, forwarded(t, l, chain[0])-fw0
+			t.Logf("64 MiB through %v: the gateway's kernel forwarded %d packets, %s's %d", chain, gw, chain[0], fw)
+			// Without the offload the gateway forwards every packet twice, twice
+			// what the firewall forwards.
+			if fw < 1000 || gw*10 > fw {
+				t.Errorf("the gateway's kernel forwarded %d packets while %s forwarded %d; want under a tenth: the offload carries the established packets", gw, chain[0], fw)
+			}
+			// The FINs took the kernel's path: conntrack saw the connection end.
+			var out string
+			ended := waitFor(3*time.Second, func() bool {
+				out, _ = l.Output("gw", "conntrack", "-L", "-f", tc.family, "-p", "tcp", "--orig-port-src", "44101")
+				return strings.Contains(out, "TIME_WAIT") || strings.Contains(out, "CLOSE")
+			})
+			if !ended {
+				t.Errorf("conntrack on the gateway after the connection closed:\n%s\nwant it in TIME_WAIT or CLOSE", out)
+			}
+		})
 	}
 }
 
@@ -100,42 +110,63 @@ func TestFailoverWithOffload(t *testing.T) {
 	}
 }
 
-// TestOffloadLeavesLargePacketsToTheKernel lowers the MTU of the
-// gateway's link to the server to 1280 (both ends) and sends 8 MiB, in
-// packets of the client's 1500-byte MTU, through the chain
-// with the offload on. Packets too large for it must take the kernel's
-// path, which tells the client so (ICMP, path MTU discovery): redirected
-// by the offload instead, the link would drop them, and the transfer
-// would stall until a refresh.
+// TestOffloadLeavesLargePacketsToTheKernel streams 16 MiB through the
+// chain with the offload on, in packets of the client's 1500-byte MTU,
+// over IPv4 and IPv6, and a second into it lowers the MTU of the gateway's
+// link to the server to 1280 (both ends). The offload learned the flow at
+// 1500; its later packets, too large for the link now, must take the
+// kernel's path, which tells the client so (ICMP, path MTU discovery).
+// Redirected by the offload instead, the link would drop them, and the
+// transfer would stall until a refresh (10 s here).
 func TestOffloadLeavesLargePacketsToTheKernel(t *testing.T) {
-	l := lab.New(t, bin)
-	for _, end := range [][2]string{{"gw", "srv0"}, {"srv", "eth0"}} {
-		if err := l.Run(end[0], "ip", "link", "set", end[1], "mtu", "1280"); err != nil {
-			t.Fatal(err)
-		}
+	for _, tc := range []struct {
+		name, host, local, remote string
+	}{
+		{"IPv4", "cg", "10.20.1.2:44102", "10.99.0.2:5204"},
+		{"IPv6", "ca", "[fd00:10::2]:44102", "[fd00:99::2]:5204"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := lab.New(t, bin)
+			// Full-sized packets, one by one: a veth takes a GSO packet of any
+			// size, as it would never reach a wire.
+			if err := l.Run(tc.host, "ip", "link", "set", "eth0", "gso_max_segs", "1"); err != nil {
+				t.Fatal(err)
+			}
+			// A refresh, which would send a packet the kernel's way and so
+			// trigger the ICMP, once in 10 s: the transfer takes about 2 s.
+			if err := l.StartAll("--offload", "--offload-refresh", "10s"); err != nil {
+				t.Fatal(err)
+			}
+			gw0 := forwarded(t, l, "gw")
+			lowered := make(chan error, 1)
+			go func() {
+				time.Sleep(time.Second)
+				var err error
+				for _, end := range [][2]string{{"gw", "srv0"}, {"srv", "eth0"}} {
+					err = errors.Join(err, l.Run(end[0], "ip", "link", "set", end[1], "mtu", "1280"))
+				}
+				lowered <- err
+			}()
+			// 16 KiB a millisecond: about 2 s.
+			res, err := l.Stream(tc.host, tc.local, tc.remote, 16<<20, time.Millisecond, 8*time.Second)
+			if err := <-lowered; err != nil {
+				t.Fatal(err)
+			}
+			if err == nil {
+				err = res.Err
+			}
+			if err != nil {
+				t.Fatalf("16 MiB with the offload on, the link lowered to 1280 bytes during it: %v", err)
+			}
+			gw := forwarded(t, l, "gw") - gw0
+			t.Logf("16 MiB byte-exact in %v, the link lowered to 1280 bytes during it; longest pause %v; the gateway's kernel forwarded %d packets", res.Elapsed.Round(time.Millisecond), res.MaxGap.Round(time.Millisecond), gw)
+			if res.MaxGap > 2*time.Second {
+				t.Errorf("the transfer paused %v when the link's MTU fell; want well under the offload's 10 s refresh", res.MaxGap)
+			}
+			// Offloaded before the change: else this tests the kernel alone.
+			if gw > 4000 {
+				t.Errorf("the gateway's kernel forwarded %d packets; want under 4,000 (without the offload, about 29,000: every packet and ACK twice)", gw)
+			}
+		})
 	}
-	// The server offers the client a larger segment than its link takes,
-	// as a server behind a smaller link than its own does: the client
-	// learns the path's MTU only from the gateway's ICMP.
-	if err := l.Run("srv", "ip", "route", "change", "default", "via", "10.99.0.1", "advmss", "1460"); err != nil {
-		t.Fatal(err)
-	}
-	// Full-sized packets, one by one: a veth takes a GSO packet of any
-	// size, as it would never reach a wire.
-	if err := l.Run("cg", "ip", "link", "set", "eth0", "gso_max_segs", "1"); err != nil {
-		t.Fatal(err)
-	}
-	// A refresh, which would send a packet the kernel's way and so
-	// trigger the ICMP, once in 10 s: the transfer takes well under 1 s.
-	if err := l.StartAll("--offload", "--offload-refresh", "10s"); err != nil {
-		t.Fatal(err)
-	}
-	res, err := l.Stream("cg", "10.20.1.2:44102", "10.99.0.2:5204", 8<<20, 0, 5*time.Second)
-	if err == nil {
-		err = res.Err
-	}
-	if err != nil {
-		t.Fatalf("8 MiB through a 1280-byte link with the offload on: %v", err)
-	}
-	t.Logf("8 MiB byte-exact through the 1280-byte link in %v", res.Elapsed.Round(time.Millisecond))
 }

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// nfsteer's flow offload on a gateway: two tc programs that take the established
-// packets of the TCP flows nfsteer decided off the gateway's netfilter and
-// routing path. offload_egress learns, from a packet the kernel has just
-// forwarded, where a flow's packets go (out interface and the Ethernet
-// header the kernel built); offload_ingress sends the flow's later packets
-// there at once. Which flows it may learn, and when what it learned is
+// nfsteer's flow offload on a gateway: two tc programs that take the
+// established packets of the TCP flows nfsteer decided, over IPv4 and IPv6,
+// off the gateway's netfilter and routing path. offload_egress learns,
+// from a packet the kernel has just forwarded, where a flow's packets go
+// (out interface and the Ethernet header the kernel built);
+// offload_ingress sends the flow's later packets there at once. Which flows it may learn, and when what it learned is
 // stale, the Go side (offload_linux.go) says through the maps below: it
 // is the only writer of ifaces and config, and of the answers in conns.
 //
@@ -24,6 +24,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
@@ -32,10 +33,12 @@
 // A flow in one direction, as one of its two passes through the gateway
 // sees it: steered 1 when it enters by a steered interface (the gateway
 // decides its hop), 0 by any other (the chain hands the flow back, and the
-// kernel routes it on by its main table).
+// kernel routes it on by its main table). Addresses are IPv6, an IPv4
+// one mapped (::ffff:a.b.c.d), so that one key and one path serve both
+// families.
 struct flow_key {
-	__u32 saddr;
-	__u32 daddr;
+	__u32 saddr[4];
+	__u32 daddr[4];
 	__u16 sport;
 	__u16 dport;
 	__u32 steered;
@@ -48,7 +51,7 @@ struct flow_hop {
 	__u8 src[ETH_ALEN];
 	__u8 dst[ETH_ALEN];
 	__u32 gen;   // settings.gen when learned: an older one is stale
-	__u32 mtu;   // of the out interface: a larger packet takes the kernel's path
+	__u32 pad;   // (alignment)
 	__u64 slow;  // when a packet last took the kernel's path (ns, monotonic)
 };
 
@@ -62,8 +65,8 @@ struct settings {
 // A connection, by the tuple of its direction with the lower address (and
 // port): the key of conns.
 struct conn_key {
-	__u32 saddr;
-	__u32 daddr;
+	__u32 saddr[4];
+	__u32 daddr[4];
 	__u16 sport;
 	__u16 dport;
 };
@@ -82,6 +85,7 @@ struct conn_state {
 // of the same tuple.
 struct ask {
 	struct conn_key key;
+	__u32 pad;
 	__u64 asked_ns;
 };
 
@@ -143,47 +147,87 @@ static __always_inline void count(__u32 stat)
 		(*n)++;
 }
 
-// parse fills key from an IPv4 TCP packet the offload may carry: no IP
-// options, no fragment, a TTL left to forward with. It returns the TCP
-// flags byte, or -1, and in *seg the largest IP packet it is (or, sent
-// as segments, will be).
-static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, struct iphdr **ipp, struct ethhdr **ethp, __u32 *seg)
+// l3 is where parse found a packet's network header. Which kind it is,
+// v6 says: a program loaded without CAP_PERFMON may not test a packet
+// pointer against null.
+struct l3 {
+	void *ip;   // struct iphdr, or struct ipv6hdr if v6
+	__u32 v6;
+	__u32 hdrs; // the IP and TCP headers' length
+};
+
+// parse fills key from a TCP packet the offload may carry: IPv4 without
+// options or fragments, or IPv6 with TCP right after its header (no
+// extension header), with a TTL (hop limit) left to forward with. It
+// returns the TCP flags byte, or -1, and in *seg the largest IP packet it
+// is (or, sent as segments, will be).
+static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, struct l3 *l3, struct ethhdr **ethp, __u32 *seg)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > end)
 		return -1;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end)
+	struct tcphdr *th;
+	__u32 iplen;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return -1;
+		if (ip->ihl != 5 || ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
+			return -1;
+		key->saddr[2] = key->daddr[2] = bpf_htonl(0xffff);
+		key->saddr[3] = ip->saddr;
+		key->daddr[3] = ip->daddr;
+		l3->ip = ip;
+		l3->v6 = 0;
+		iplen = sizeof(*ip);
+		th = (void *)(ip + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		if (ip6->nexthdr != IPPROTO_TCP || ip6->hop_limit <= 1)
+			return -1;
+		__builtin_memcpy(key->saddr, &ip6->saddr, sizeof(key->saddr));
+		__builtin_memcpy(key->daddr, &ip6->daddr, sizeof(key->daddr));
+		l3->ip = ip6;
+		l3->v6 = 1;
+		iplen = sizeof(*ip6);
+		th = (void *)(ip6 + 1);
+	} else {
 		return -1;
-	if (ip->ihl != 5 || ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
-		return -1;
-	struct tcphdr *th = (void *)(ip + 1);
+	}
 	if ((void *)(th + 1) > end)
 		return -1;
-	key->saddr = ip->saddr;
-	key->daddr = ip->daddr;
 	key->sport = th->source;
 	key->dport = th->dest;
-	*ipp = ip;
+	l3->hdrs = iplen + th->doff * 4;
 	*ethp = eth;
 	*seg = skb->len - sizeof(*eth);
 	if (skb->gso_size)
-		*seg = sizeof(*ip) + th->doff * 4 + skb->gso_size;
+		*seg = l3->hdrs + skb->gso_size;
 	return ((__u8 *)th)[13];
 }
 
 // conn_of is the key of the connection of key, either way round.
 static __always_inline void conn_of(struct flow_key *key, struct conn_key *c)
 {
-	if (key->saddr < key->daddr || (key->saddr == key->daddr && key->sport <= key->dport)) {
-		c->saddr = key->saddr;
-		c->daddr = key->daddr;
+	// Any order both directions agree on will do: the source first if
+	// it is the lower, word by word, then by port.
+	int lower = key->sport <= key->dport;
+#pragma unroll
+	for (int i = 3; i >= 0; i--) {
+		if (key->saddr[i] != key->daddr[i])
+			lower = key->saddr[i] < key->daddr[i];
+	}
+	if (lower) {
+		__builtin_memcpy(c->saddr, key->saddr, sizeof(c->saddr));
+		__builtin_memcpy(c->daddr, key->daddr, sizeof(c->daddr));
 		c->sport = key->sport;
 		c->dport = key->dport;
 	} else {
-		c->saddr = key->daddr;
-		c->daddr = key->saddr;
+		__builtin_memcpy(c->saddr, key->daddr, sizeof(c->saddr));
+		__builtin_memcpy(c->daddr, key->saddr, sizeof(c->daddr));
 		c->sport = key->dport;
 		c->dport = key->sport;
 	}
@@ -198,6 +242,7 @@ static __always_inline void forget(struct flow_key *key, int opening)
 {
 	if (opening) {
 		struct conn_key c;
+		__builtin_memset(&c, 0, sizeof(c));
 		conn_of(key, &c);
 		bpf_map_delete_elem(&conns, &c);
 	}
@@ -209,8 +254,8 @@ static __always_inline void forget(struct flow_key *key, int opening)
 			k.steered = steered;
 			bpf_map_delete_elem(&flows, &k);
 		}
-		k.saddr = key->daddr;
-		k.daddr = key->saddr;
+		__builtin_memcpy(k.saddr, key->daddr, sizeof(k.saddr));
+		__builtin_memcpy(k.daddr, key->saddr, sizeof(k.daddr));
 		k.sport = key->dport;
 		k.dport = key->sport;
 	}
@@ -256,11 +301,13 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 
 static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
 {
-	struct flow_key key = {.steered = steered};
-	struct iphdr *ip;
+	struct flow_key key;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.steered = steered;
+	struct l3 l3;
 	struct ethhdr *eth;
 	__u32 seg;
-	int flags = parse(skb, &key, &ip, &eth, &seg);
+	int flags = parse(skb, &key, &l3, &eth, &seg);
 	if (flags < 0)
 		return TC_ACT_OK;
 	if (flags & (TCP_SYN | TCP_FIN | TCP_RST)) {
@@ -272,8 +319,16 @@ static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
 	if (!cfg)
 		return TC_ACT_OK;
 	struct flow_hop *hop = bpf_map_lookup_elem(&flows, &key);
-	if (!hop || hop->gen != cfg->gen || hop->in_ifindex != skb->ingress_ifindex || seg > hop->mtu)
-		return TC_ACT_OK; // too large: the kernel fragments it or says so (ICMP)
+	if (!hop || hop->gen != cfg->gen || hop->in_ifindex != skb->ingress_ifindex)
+		return TC_ACT_OK;
+	// Checked against the out interface's MTU as it is now, not as it
+	// was when learned: a packet too large for it takes the kernel's
+	// path, which fragments it or says so (ICMP).
+	// (The helper's verdict passes a GSO packet whatever its segments:
+	// it is compared here by seg, the size of each.)
+	__u32 mtu = 0;
+	if (bpf_check_mtu(skb, hop->out_ifindex, &mtu, 0, 0) < 0 || seg > mtu)
+		return TC_ACT_OK;
 	__u64 now = bpf_ktime_get_ns();
 	if (now - hop->slow > cfg->refresh_ns) {
 		// One packet the kernel's way: conntrack keeps the connection
@@ -283,11 +338,17 @@ static __always_inline int ingress(struct __sk_buff *skb, __u32 steered)
 		return TC_ACT_OK;
 	}
 	// What ip_forward does to the header: the TTL, and its checksum
-	// incrementally (RFC 1624).
-	__u32 check = ip->check;
-	check += bpf_htons(0x0100);
-	ip->check = (__u16)(check + (check >= 0xffff));
-	ip->ttl--;
+	// incrementally (RFC 1624); what ip6_forward does, the hop limit.
+	if (l3.v6) {
+		struct ipv6hdr *ip6 = l3.ip;
+		ip6->hop_limit--;
+	} else {
+		struct iphdr *ip = l3.ip;
+		__u32 check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xffff));
+		ip->ttl--;
+	}
 	__builtin_memcpy(eth->h_dest, hop->dst, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, hop->src, ETH_ALEN);
 	// The egress program passes it by this at once; it clears it.
@@ -321,22 +382,20 @@ int offload_egress(struct __sk_buff *skb)
 		skb->mark &= ~cfg->own_mark; // the offload's own
 		return TC_ACT_OK;
 	}
-	struct flow_key key = {};
-	struct iphdr *ip;
+	struct flow_key key;
+	__builtin_memset(&key, 0, sizeof(key));
+	struct l3 l3;
 	struct ethhdr *eth;
 	__u32 seg;
-	int flags = parse(skb, &key, &ip, &eth, &seg);
+	int flags = parse(skb, &key, &l3, &eth, &seg);
 	if (flags < 0 || (flags & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return TC_ACT_OK;
 	__u32 *steered = bpf_map_lookup_elem(&ifaces, &in);
 	if (!steered)
 		return TC_ACT_OK;
 	key.steered = *steered;
-	// The out interface's MTU (0, which offloads nothing, if unknown).
-	__u32 mtu = 0;
-	bpf_check_mtu(skb, 0, &mtu, 0, 0);
 	struct flow_hop *hop = bpf_map_lookup_elem(&flows, &key);
-	if (hop && hop->gen == cfg->gen && hop->in_ifindex == in && hop->out_ifindex == skb->ifindex && hop->mtu == mtu &&
+	if (hop && hop->gen == cfg->gen && hop->in_ifindex == in && hop->out_ifindex == skb->ifindex &&
 	    same_mac(hop->dst, eth->h_dest) && same_mac(hop->src, eth->h_source))
 		return TC_ACT_OK; // learned already: a refresh that found the same hop
 	if (key.steered) {
@@ -352,8 +411,7 @@ int offload_egress(struct __sk_buff *skb)
 		if (!in_hop || in_hop->gen != cfg->gen)
 			return TC_ACT_OK;
 	}
-	struct tcphdr *th = (void *)(ip + 1);
-	if (!liberal(&key, skb->len > sizeof(*eth) + sizeof(*ip) + th->doff * 4))
+	if (!liberal(&key, skb->len > sizeof(*eth) + l3.hdrs))
 		return TC_ACT_OK;
 	// Zeroed whole, padding included: a program loaded without
 	// CAP_PERFMON may not pass uninitialized stack bytes to a helper.
@@ -362,7 +420,6 @@ int offload_egress(struct __sk_buff *skb)
 	learned.in_ifindex = in;
 	learned.out_ifindex = skb->ifindex;
 	learned.gen = cfg->gen;
-	learned.mtu = mtu;
 	learned.slow = bpf_ktime_get_ns();
 	__builtin_memcpy(learned.dst, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(learned.src, eth->h_source, ETH_ALEN);

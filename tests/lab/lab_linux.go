@@ -433,30 +433,48 @@ func (l *Lab) Run(host string, args ...string) error {
 	return err
 }
 
-// Forwarded returns how many IPv4 packets host's kernel has forwarded:
-// ForwDatagrams in its /proc/net/snmp.
+// Forwarded returns how many packets host's kernel has forwarded, IPv4
+// and IPv6: ForwDatagrams in its /proc/net/snmp and Ip6OutForwDatagrams in
+// its /proc/net/snmp6.
 func (l *Lab) Forwarded(host string) (uint64, error) {
-	out, err := l.Output(host, "cat", "/proc/net/snmp")
+	out, err := l.Output(host, "cat", "/proc/net/snmp", "/proc/net/snmp6")
 	if err != nil {
 		return 0, err
 	}
+	var n uint64
+	found := 0
 	lines := strings.Split(out, "\n")
-	for i := 0; i+1 < len(lines); i += 2 {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != "Ip:" || len(names) != len(values) {
-			continue
-		}
-		for j, n := range names {
-			if n == "ForwDatagrams" {
-				v, err := strconv.ParseUint(values[j], 10, 64)
-				if err != nil {
-					return 0, fmt.Errorf("%s's ForwDatagrams %q: %w", host, values[j], err)
+	for i, line := range lines {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "Ip6OutForwDatagrams":
+			v, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s's Ip6OutForwDatagrams %q: %w", host, f[1], err)
+			}
+			n += v
+			found++
+		case len(f) > 0 && f[0] == "Ip:" && i+1 < len(lines):
+			values := strings.Fields(lines[i+1])
+			if len(values) != len(f) || values[0] != "Ip:" {
+				continue
+			}
+			for j, name := range f {
+				if name == "ForwDatagrams" && values[j] != name {
+					v, err := strconv.ParseUint(values[j], 10, 64)
+					if err != nil {
+						return 0, fmt.Errorf("%s's ForwDatagrams %q: %w", host, values[j], err)
+					}
+					n += v
+					found++
 				}
-				return v, nil
 			}
 		}
 	}
-	return 0, fmt.Errorf("no ForwDatagrams in %s's /proc/net/snmp", host)
+	if found != 2 {
+		return 0, fmt.Errorf("%s's /proc/net/snmp and snmp6: found %d of ForwDatagrams and Ip6OutForwDatagrams", host, found)
+	}
+	return n, nil
 }
 
 // Output runs a command in the namespace of host and returns its stdout.
