@@ -76,8 +76,9 @@ type Config struct {
 	// OpenOffload, if not nil, opens the flow offload that takes a
 	// gateway's established TCP packets off its netfilter and routing
 	// path (package offload). A gateway's Run opens it and closes it on
-	// the way out; an instance host never calls it.
-	OpenOffload func() (Offload, error)
+	// the way out, and gives it the node's logger; an instance host never
+	// calls it.
+	OpenOffload func(*slog.Logger) (Offload, error)
 	// OffloadRequired makes a gateway whose offload cannot open or attach
 	// (an older kernel, no CAP_BPF) refuse to start: the operator asked
 	// for it. Otherwise the gateway logs why and steers without it.

@@ -56,7 +56,7 @@ func (a *Agent) openOffload() error {
 		a.offloadUnavailable = true
 		return nil
 	}
-	o, err := a.cfg.OpenOffload()
+	o, err := a.cfg.OpenOffload(a.log)
 	if err != nil {
 		return without(fmt.Errorf("opening the offload: %w", err))
 	}

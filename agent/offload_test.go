@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -94,7 +95,12 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 		fo := &fakeOffload{}
 		v1 := labVersion(t)
 		n := newFakeNode(t, "gw", v1, func(c *Config) {
-			c.OpenOffload = func() (Offload, error) { return fo, nil }
+			c.OpenOffload = func(log *slog.Logger) (Offload, error) {
+				if log == nil {
+					t.Error("the offload opened without the node's logger")
+				}
+				return fo, nil
+			}
 		})
 		stop := n.run(t)
 		waitFor(t, "offload attached", func() bool { s, _, _ := fo.state(); return len(s) > 0 })
@@ -122,7 +128,7 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 	t.Run("instance host", func(t *testing.T) {
 		opened := false
 		n := newFakeNode(t, "fw-1", labVersion(t), func(c *Config) {
-			c.OpenOffload = func() (Offload, error) { opened = true; return &fakeOffload{}, nil }
+			c.OpenOffload = func(*slog.Logger) (Offload, error) { opened = true; return &fakeOffload{}, nil }
 		})
 		stop := n.run(t)
 		waitFor(t, "rules installed", func() bool { _, k := n.kernel.last(); return k == 1 })
@@ -139,20 +145,20 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 	})
 	for _, tc := range []struct {
 		name     string
-		open     func() (Offload, error)
+		open     func(*slog.Logger) (Offload, error)
 		closed   *fakeOffload // the offload that must have been closed, if any
 		required bool
 		want     error
 	}{
-		{name: "cannot open, required", open: func() (Offload, error) { return nil, errNoBPF }, required: true, want: errNoBPF},
-		{name: "cannot open, by default", open: func() (Offload, error) { return nil, errNoBPF }},
+		{name: "cannot open, required", open: func(*slog.Logger) (Offload, error) { return nil, errNoBPF }, required: true, want: errNoBPF},
+		{name: "cannot open, by default", open: func(*slog.Logger) (Offload, error) { return nil, errNoBPF }},
 		{name: "cannot attach, required", required: true, want: offload.ErrUnsupported},
 		{name: "cannot attach, by default"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.open == nil {
 				tc.closed = &fakeOffload{syncErr: fmt.Errorf("attaching the offload to interface 3: %w", offload.ErrUnsupported)}
-				tc.open = func() (Offload, error) { return tc.closed, nil }
+				tc.open = func(*slog.Logger) (Offload, error) { return tc.closed, nil }
 			}
 			n := newFakeNode(t, "gw", labVersion(t), func(c *Config) {
 				c.OpenOffload, c.OffloadRequired = tc.open, tc.required

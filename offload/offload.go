@@ -1,6 +1,9 @@
 package offload
 
-import "time"
+import (
+	"log/slog"
+	"time"
+)
 
 // Config is what [Open] loads the offload with.
 type Config struct {
@@ -21,6 +24,9 @@ type Config struct {
 	// (rules.MarkSteered): the offload marks its own packets with it on
 	// their way out, for an instant.
 	OwnMark uint32
+	// Logger is told when connections cannot be made liberal in conntrack
+	// (at most once a minute); default slog.Default().
+	Logger *slog.Logger
 }
 
 func (c *Config) defaults() {
@@ -30,6 +36,31 @@ func (c *Config) defaults() {
 	if c.Refresh <= 0 {
 		c.Refresh = time.Second
 	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// failureLogEvery is how often at most [Path.Run] logs that it cannot make
+// connections liberal: a conntrack that refuses every update would
+// otherwise log every batch.
+const failureLogEvery = time.Minute
+
+// throttle says whether something that happens often may be logged now:
+// the first time, and then once every every. Its zero value with every set
+// is ready; it is not safe for concurrent use.
+type throttle struct {
+	every time.Duration
+	last  time.Time
+}
+
+// ok reports whether to log at now, and if so counts it as logged.
+func (t *throttle) ok(now time.Time) bool {
+	if !t.last.IsZero() && now.Sub(t.last) < t.every {
+		return false
+	}
+	t.last = now
+	return true
 }
 
 // Stats counts what the offload did since it was opened.

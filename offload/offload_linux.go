@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -26,6 +27,7 @@ type Path struct {
 	refresh uint64
 	hopMask uint32
 	ownMark uint32
+	log     *slog.Logger
 
 	// liberal is Run's alone: it writes the connections the programs
 	// ask for.
@@ -67,7 +69,7 @@ func Open(cfg Config) (*Path, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Path{refresh: uint64(cfg.Refresh.Nanoseconds()), hopMask: cfg.HopMask, ownMark: cfg.OwnMark, liberal: lib, links: map[int]attached{}}
+	p := &Path{refresh: uint64(cfg.Refresh.Nanoseconds()), hopMask: cfg.HopMask, ownMark: cfg.OwnMark, log: cfg.Logger, liberal: lib, links: map[int]attached{}}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		lib.Close()
 		if errors.Is(err, os.ErrPermission) {
@@ -95,8 +97,8 @@ const askPace = 2 * time.Millisecond
 // A connection conntrack does not hold by the addresses on the wire
 // (NATed, or in a zone) is marked untracked: the kernel's until it ends.
 // Run returns an error only if it cannot read the programs' asks; an
-// update that fails is counted ([Stats].Failed), and the programs ask
-// again a second later.
+// update that fails is counted ([Stats].Failed) and logged (at most once a
+// minute), and the programs ask again a second later.
 func (p *Path) Run(ctx context.Context) error {
 	rd, err := ringbuf.NewReader(p.objs.Asks)
 	if err != nil {
@@ -119,6 +121,7 @@ func (p *Path) Run(ctx context.Context) error {
 	held := make([]bool, rules.LiberalBatch)
 	pace := time.NewTimer(0)
 	defer pace.Stop()
+	failures := throttle{every: failureLogEvery}
 	for {
 		rd.SetDeadline(time.Time{})
 		if err := rd.ReadInto(&rec); err != nil {
@@ -137,7 +140,10 @@ func (p *Path) Run(ctx context.Context) error {
 			conns = append(conns, a.conn)
 		}
 		if err := p.liberal.Set(conns, held); err != nil {
-			p.failed.Add(uint64(len(asks)))
+			n := p.failed.Add(uint64(len(asks)))
+			if failures.ok(time.Now()) {
+				p.log.Warn("cannot make connections liberal in conntrack: they take the kernel's path, and are asked for again a second later", "err", err, "failed_total", n)
+			}
 		} else {
 			for i, a := range asks {
 				state := uint32(connUntracked)

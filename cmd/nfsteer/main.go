@@ -359,10 +359,10 @@ node without Redis, the --map file (validated; a bad one is refused).`,
 				return err
 			}
 			defer ct.Close()
-			var openOffload func() (agent.Offload, error)
+			var openOffload func(*slog.Logger) (agent.Offload, error)
 			if c.Bool("offload") {
-				openOffload = func() (agent.Offload, error) {
-					return offload.Open(offload.Config{Flows: c.Int("offload-flows"), Refresh: c.Duration("offload-refresh"), HopMask: rules.HopMask, OwnMark: rules.MarkSteered})
+				openOffload = func(log *slog.Logger) (agent.Offload, error) {
+					return offload.Open(offload.Config{Flows: c.Int("offload-flows"), Refresh: c.Duration("offload-refresh"), HopMask: rules.HopMask, OwnMark: rules.MarkSteered, Logger: log})
 				}
 			}
 			a, err := agent.New(agent.Config{
