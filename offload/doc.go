@@ -19,12 +19,13 @@
 // What it leaves to the kernel, always: a connection's opening and ending
 // (at a SYN, FIN or RST it forgets the connection, both ways: a new
 // connection on an old one's 5-tuple may take another chain), UDP and
-// everything else, IPv4 options, IPv6 extension headers and fragments, a
-// packet larger than the out interface's MTU as it is when the packet
-// passes (the kernel fragments it, or answers it with ICMP),
-// and one packet of each offloaded flow every refresh interval (default 1 s),
-// so that conntrack keeps the connection alive and a changed hop (a
-// neighbour's new address) is learned again. [Path.Invalidate] sends every
+// everything else, IPv4 options, IPv6 extension headers or IPv4-mapped
+// addresses (which the kernel drops), fragments, a packet larger than the
+// out interface's MTU as it is when the packet passes (the kernel
+// fragments it, or answers it with ICMP), and one packet of each
+// offloaded flow every refresh interval (default 1 s), so that conntrack
+// keeps the connection alive and a changed hop (a neighbour's new
+// address) is learned again. [Path.Invalidate] sends every
 // offloaded flow back to the kernel's path until it is learned again: the
 // agent calls it at every map switch, after moving marks off a dead
 // instance, so that a flow moved to its secondary never follows a stale

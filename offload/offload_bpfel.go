@@ -35,8 +35,6 @@ type offloadFlowHop struct {
 	Src        [6]uint8
 	Dst        [6]uint8
 	Gen        uint32
-	Pad        uint32
-	_          [4]byte
 	Slow       uint64
 }
 

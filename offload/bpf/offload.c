@@ -51,7 +51,6 @@ struct flow_hop {
 	__u8 src[ETH_ALEN];
 	__u8 dst[ETH_ALEN];
 	__u32 gen;   // settings.gen when learned: an older one is stale
-	__u32 pad;   // (alignment)
 	__u64 slow;  // when a packet last took the kernel's path (ns, monotonic)
 };
 
@@ -147,6 +146,13 @@ static __always_inline void count(__u32 stat)
 		(*n)++;
 }
 
+// v4mapped reports whether a is an IPv4-mapped IPv6 address
+// (::ffff:a.b.c.d), the form the keys give IPv4 addresses.
+static __always_inline int v4mapped(const struct in6_addr *a)
+{
+	return a->in6_u.u6_addr32[0] == 0 && a->in6_u.u6_addr32[1] == 0 && a->in6_u.u6_addr32[2] == bpf_htonl(0xffff);
+}
+
 // l3 is where parse found a packet's network header. Which kind it is,
 // v6 says: a program loaded without CAP_PERFMON may not test a packet
 // pointer against null.
@@ -187,6 +193,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, st
 		if ((void *)(ip6 + 1) > end)
 			return -1;
 		if (ip6->nexthdr != IPPROTO_TCP || ip6->hop_limit <= 1)
+			return -1;
+		// An IPv4-mapped address would share an IPv4 flow's key; the
+		// kernel drops such packets (ip6_rcv_core), and so must this.
+		if (v4mapped(&ip6->saddr) || v4mapped(&ip6->daddr))
 			return -1;
 		__builtin_memcpy(key->saddr, &ip6->saddr, sizeof(key->saddr));
 		__builtin_memcpy(key->daddr, &ip6->daddr, sizeof(key->daddr));

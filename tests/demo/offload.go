@@ -61,7 +61,7 @@ func offloaded(l *lab.Lab) error {
 	return nil
 }
 
-// forwardedAll reads how many IPv4 packets the gateway's and each
+// forwardedAll reads how many packets (IPv4 and IPv6) the gateway's and each
 // instance's kernel has forwarded.
 func forwardedAll(l *lab.Lab) (map[string]uint64, error) {
 	out := map[string]uint64{}

@@ -1,0 +1,195 @@
+//go:build linux
+
+package offload
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+)
+
+// What the programs return: tc's verdicts.
+const (
+	tcActOK       = 0
+	tcActRedirect = 7
+)
+
+// skbCtx is the head of struct __sk_buff, as far as BPF_PROG_TEST_RUN
+// takes it in: the mark, and the interface a packet came in by.
+type skbCtx struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority, IngressIfindex, Ifindex uint32
+}
+
+// Ethernet addresses of the test's packets, and of the hop it learned.
+var (
+	macIn   = [6]byte{2, 0, 0, 0, 0, 1}
+	macGW   = [6]byte{2, 0, 0, 0, 0, 2}
+	hopSrc  = [6]byte{2, 0, 0, 0, 0, 3}
+	hopDst  = [6]byte{2, 0, 0, 0, 0, 4}
+	payload = []byte("nfsteer offload test payload")
+)
+
+// packet returns an Ethernet frame of a TCP segment from src to dst with
+// flags and a payload, its TTL (hop limit) 64. An IPv4 header has a
+// valid checksum.
+func packet(src, dst netip.AddrPort, flags byte) []byte {
+	b := append(append([]byte{}, macGW[:]...), macIn[:]...)
+	tcp := make([]byte, 20)
+	binary.BigEndian.PutUint16(tcp[0:], src.Port())
+	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	tcp[12] = 5 << 4
+	tcp[13] = flags
+	tcp = append(tcp, payload...)
+	if src.Addr().Is4() {
+		b = binary.BigEndian.AppendUint16(b, unix.ETH_P_IP)
+		ip := make([]byte, 20)
+		ip[0] = 0x45
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(tcp)))
+		ip[6] = 0x40 // DF
+		ip[8] = 64
+		ip[9] = unix.IPPROTO_TCP
+		s, d := src.Addr().As4(), dst.Addr().As4()
+		copy(ip[12:], s[:])
+		copy(ip[16:], d[:])
+		binary.BigEndian.PutUint16(ip[10:], ^ipSum(ip))
+		return append(append(b, ip...), tcp...)
+	}
+	b = binary.BigEndian.AppendUint16(b, unix.ETH_P_IPV6)
+	ip := make([]byte, 40)
+	ip[0] = 6 << 4
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(tcp)))
+	ip[6] = unix.IPPROTO_TCP
+	ip[7] = 64
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	copy(ip[8:], s[:])
+	copy(ip[24:], d[:])
+	return append(append(b, ip...), tcp...)
+}
+
+// ipSum is the ones' complement sum of an IPv4 header, folded: 0xffff
+// for a header whose checksum is right.
+func ipSum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
+}
+
+// keyOf is the programs' key of the flow from src to dst: addresses as
+// IPv6 (an IPv4 one mapped) and ports in the packet's bytes, read as the
+// machine reads them.
+func keyOf(src, dst netip.AddrPort, steered uint32) offloadFlowKey {
+	k := offloadFlowKey{Steered: steered}
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	for i := range 4 {
+		k.Saddr[i] = binary.NativeEndian.Uint32(s[4*i:])
+		k.Daddr[i] = binary.NativeEndian.Uint32(d[4*i:])
+	}
+	var p [4]byte
+	binary.BigEndian.PutUint16(p[0:], src.Port())
+	binary.BigEndian.PutUint16(p[2:], dst.Port())
+	k.Sport, k.Dport = binary.NativeEndian.Uint16(p[0:]), binary.NativeEndian.Uint16(p[2:])
+	return k
+}
+
+// TestIngress runs the ingress program of a steered interface on packets
+// (BPF_PROG_TEST_RUN) with a learned hop for an IPv4 flow and an IPv6
+// one: a packet of either is sent to the hop with its TTL (hop limit) one
+// less, a valid IPv4 checksum, the hop's Ethernet addresses and the
+// offload's own mark; any other, or one the offload must leave to the
+// kernel, is passed on untouched; and after an invalidation, every
+// packet is. It needs CAP_BPF (root).
+func TestIngress(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads BPF programs")
+	}
+	const ownMark, hopMask = 1 << 27, 0xffffff
+	p, err := Open(Config{HopMask: hopMask, OwnMark: ownMark})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	const in, out = 1, 1 // lo: an interface of every namespace, for the MTU
+	ap := netip.MustParseAddrPort
+	v4src, v4dst := ap("10.20.1.2:44101"), ap("10.99.0.2:5203")
+	v6src, v6dst := ap("[fd00:10::2]:44101"), ap("[fd00:99::2]:5203")
+	hop := offloadFlowHop{InIfindex: in, OutIfindex: out, Src: hopSrc, Dst: hopDst, Slow: uint64(ts.Nano())}
+	for _, k := range []offloadFlowKey{keyOf(v4src, v4dst, 1), keyOf(v6src, v6dst, 1)} {
+		if err := p.objs.Flows.Put(&k, &hop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const ack, syn = 0x10, 0x02
+	for _, tc := range []struct {
+		name     string
+		pkt      []byte
+		want     uint32 // the verdict
+		ttlAfter byte   // of a packet sent on
+		before   func() error
+	}{
+		{"IPv4", packet(v4src, v4dst, ack), tcActRedirect, 63, nil},
+		{"IPv6", packet(v6src, v6dst, ack), tcActRedirect, 63, nil},
+		{"IPv4, the other way", packet(v4dst, v4src, ack), tcActOK, 0, nil},
+		{"IPv6 with IPv4-mapped addresses", packet(ap("[::ffff:10.20.1.2]:44101"), ap("[::ffff:10.99.0.2]:5203"), ack), tcActOK, 0, nil},
+		{"IPv6, an unknown flow", packet(ap("[fd00:10::3]:44101"), v6dst, ack), tcActOK, 0, nil},
+		{"IPv6 SYN", packet(v6src, v6dst, syn), tcActOK, 0, nil},
+		{"IPv6 after its SYN: forgotten", packet(v6src, v6dst, ack), tcActOK, 0, nil},
+		{"IPv4 still", packet(v4src, v4dst, ack), tcActRedirect, 63, nil},
+		{"IPv4 after an invalidation", packet(v4src, v4dst, ack), tcActOK, 0, p.Invalidate},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.before != nil {
+				if err := tc.before(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out := make([]byte, len(tc.pkt)+256)
+			var ctxOut [256]byte // struct __sk_buff, whole
+			ret, err := p.objs.OffloadIngressSteered.Run(&ebpf.RunOptions{
+				Data: tc.pkt, DataOut: out,
+				Context: skbCtx{IngressIfindex: in}, ContextOut: &ctxOut,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = out[:len(tc.pkt)]
+			if ret != tc.want {
+				t.Fatalf("verdict %d; want %d", ret, tc.want)
+			}
+			want := tc.pkt
+			if ret == tcActRedirect {
+				want = append([]byte{}, tc.pkt...)
+				copy(want[0:6], hopDst[:])
+				copy(want[6:12], hopSrc[:])
+				if want[12] == 0x08 { // IPv4: the TTL and checksum
+					want[14+8] = tc.ttlAfter
+					if s := ipSum(out[14:34]); s != 0xffff {
+						t.Errorf("the IPv4 header's checksum is wrong after the TTL: sum %#04x", s)
+					}
+					copy(want[14+10:14+12], out[14+10:14+12])
+				} else {
+					want[14+7] = tc.ttlAfter
+				}
+				if mark := binary.NativeEndian.Uint32(ctxOut[8:]); mark&ownMark == 0 {
+					t.Errorf("mark %#x; want the offload's own bit %#x", mark, ownMark)
+				}
+			}
+			if diff := cmp.Diff(want, out); diff != "" {
+				t.Errorf("packet (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
