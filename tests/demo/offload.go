@@ -43,7 +43,7 @@ func offloaded(l *lab.Lab) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("   packets each kernel forwarded meanwhile (ForwDatagrams in its /proc/net/snmp): gw %d", after["gw"]-before["gw"])
+		fmt.Printf("   packets each kernel forwarded meanwhile (ForwDatagrams and Ip6OutForwDatagrams in its /proc/net/snmp, snmp6): gw %d", after["gw"]-before["gw"])
 		for _, in := range lab.InstanceNames() {
 			fmt.Printf(", %s %d", in, after[in]-before[in])
 		}
