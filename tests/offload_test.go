@@ -170,3 +170,53 @@ func TestOffloadLeavesLargePacketsToTheKernel(t *testing.T) {
 		})
 	}
 }
+
+// TestOffloadFollowsANeighboursNewAddress streams 16 MiB through globex's
+// chain with the offload on and its refresh at 200 ms, and a second into
+// it gives the chain's first instance a new Ethernet address, which the
+// gateway learns (as from the instance's gratuitous ARP). The offload
+// learned the old one with the hop; the next refresh, which takes the
+// kernel's path, must relearn the hop, so that the stream pauses for
+// about a refresh and a retransmission, not until the next map version.
+func TestOffloadFollowsANeighboursNewAddress(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.StartAll("--offload-refresh", "200ms"); err != nil {
+		t.Fatal(err)
+	}
+	f := steering.Flow{Src: netip.MustParseAddr(lab.GlobexClient), Dst: netip.MustParseAddr(lab.Server), SrcPort: 44103, DstPort: 5205, Proto: 6}
+	first := expectedChain(t, labTable(t), f)[0]
+	var addr string
+	for _, in := range lab.Instances {
+		if in.Name == first {
+			addr = in.V4
+		}
+	}
+	const mac = "02:00:00:0a:0b:0c"
+	gw0 := forwarded(t, l, "gw")
+	changed := make(chan error, 1)
+	go func() {
+		time.Sleep(time.Second)
+		changed <- errors.Join(
+			l.Run(first, "ip", "link", "set", "eth0", "address", mac),
+			l.Run("gw", "ip", "neigh", "replace", addr, "lladdr", mac, "dev", "svc0", "nud", "reachable"))
+	}()
+	// 16 KiB a millisecond: about 2 s.
+	res, err := l.Stream("cg", netip.AddrPortFrom(f.Src, f.SrcPort).String(), netip.AddrPortFrom(f.Dst, f.DstPort).String(), 16<<20, time.Millisecond, 8*time.Second)
+	if err := <-changed; err != nil {
+		t.Fatal(err)
+	}
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		t.Fatalf("16 MiB with the offload on, %s given a new Ethernet address during it: %v", first, err)
+	}
+	gw := forwarded(t, l, "gw") - gw0
+	t.Logf("16 MiB byte-exact in %v, %s given a new Ethernet address during it; longest pause %v; the gateway's kernel forwarded %d packets", res.Elapsed.Round(time.Millisecond), first, res.MaxGap.Round(time.Millisecond), gw)
+	if res.MaxGap > 1500*time.Millisecond {
+		t.Errorf("the transfer paused %v when %s's address changed; want about a refresh (200 ms) and a retransmission", res.MaxGap, first)
+	}
+	if gw > 4000 {
+		t.Errorf("the gateway's kernel forwarded %d packets; want under 4,000 (without the offload, about 29,000)", gw)
+	}
+}
