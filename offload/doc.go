@@ -1,9 +1,9 @@
 // Package offload owns nfsteer's flow offload on a gateway: two tc
 // programs (bpf/offload.c, attached with tcx to every Ethernet interface
 // of the gateway's namespace) that take the established packets of the
-// TCP flows nfsteer decided, over IPv4 and IPv6, off the gateway's
-// netfilter and routing path, as an nftables flowtable would (this kernel
-// may have none).
+// TCP and UDP flows nfsteer decided, over IPv4 and IPv6, off the
+// gateway's netfilter and routing path, as an nftables flowtable would
+// (this kernel may have none).
 //
 // A gateway forwards each packet of a steered flow twice, once into the
 // chain and once more when the chain hands it back, and each time the
@@ -12,14 +12,17 @@
 // where the flow's packets go: the interface, and the Ethernet header the
 // kernel built for the next hop. The ingress program then sends the flow's
 // later packets there at once, with the TTL and checksum (or the IPv6 hop
-// limit) the kernel would have written. It learns only what nfsteer decided: a packet that entered
-// by a steered interface with its hop in the mark, or one the chain hands
-// back of a flow learned on its way in.
+// limit) the kernel would have written. It learns only what nfsteer
+// decided: a packet that entered by a steered interface with its hop in
+// the mark, or one the chain hands back of a flow learned on its way in.
+// A UDP flow direction is learned at its eighth packet on the kernel's
+// path, so that the many flows of a datagram or two (DNS) never take the
+// table's places from those that would use them.
 //
 // What it leaves to the kernel, always: a connection's opening and ending
 // (at a SYN, FIN or RST it forgets the connection, both ways: a new
-// connection on an old one's 5-tuple may take another chain), UDP and
-// everything else, IPv4 options, IPv6 extension headers or IPv4-mapped
+// connection on an old one's 5-tuple may take another chain), a UDP
+// flow's first packets, every other protocol, IPv4 options, IPv6 extension headers or IPv4-mapped
 // addresses (which the kernel drops), fragments, a packet larger than the
 // out interface's MTU as it is when the packet passes (the kernel
 // fragments it, or answers it with ICMP), and one packet of each

@@ -44,7 +44,9 @@ type offloadFlowKey struct {
 	Daddr   [4]uint32
 	Sport   uint16
 	Dport   uint16
-	Steered uint32
+	Proto   uint8
+	Steered uint8
+	Pad     uint16
 }
 
 type offloadSettings struct {
@@ -66,6 +68,7 @@ const (
 	offloadMapFlows                  = "flows"
 	offloadMapIfaces                 = "ifaces"
 	offloadMapStats                  = "stats"
+	offloadMapUdpSeen                = "udp_seen"
 	offloadProgOffloadEgress         = "offload_egress"
 	offloadProgOffloadIngress        = "offload_ingress"
 	offloadProgOffloadIngressSteered = "offload_ingress_steered"
@@ -122,12 +125,13 @@ type offloadProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offloadMapSpecs struct {
-	Asks   *ebpf.MapSpec `ebpf:"asks"`
-	Config *ebpf.MapSpec `ebpf:"config"`
-	Conns  *ebpf.MapSpec `ebpf:"conns"`
-	Flows  *ebpf.MapSpec `ebpf:"flows"`
-	Ifaces *ebpf.MapSpec `ebpf:"ifaces"`
-	Stats  *ebpf.MapSpec `ebpf:"stats"`
+	Asks    *ebpf.MapSpec `ebpf:"asks"`
+	Config  *ebpf.MapSpec `ebpf:"config"`
+	Conns   *ebpf.MapSpec `ebpf:"conns"`
+	Flows   *ebpf.MapSpec `ebpf:"flows"`
+	Ifaces  *ebpf.MapSpec `ebpf:"ifaces"`
+	Stats   *ebpf.MapSpec `ebpf:"stats"`
+	UdpSeen *ebpf.MapSpec `ebpf:"udp_seen"`
 }
 
 // offloadVariableSpecs contains global variables before they are loaded into the kernel.
@@ -156,12 +160,13 @@ func (o *offloadObjects) Close() error {
 //
 // It can be passed to loadOffloadObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offloadMaps struct {
-	Asks   *ebpf.Map `ebpf:"asks"`
-	Config *ebpf.Map `ebpf:"config"`
-	Conns  *ebpf.Map `ebpf:"conns"`
-	Flows  *ebpf.Map `ebpf:"flows"`
-	Ifaces *ebpf.Map `ebpf:"ifaces"`
-	Stats  *ebpf.Map `ebpf:"stats"`
+	Asks    *ebpf.Map `ebpf:"asks"`
+	Config  *ebpf.Map `ebpf:"config"`
+	Conns   *ebpf.Map `ebpf:"conns"`
+	Flows   *ebpf.Map `ebpf:"flows"`
+	Ifaces  *ebpf.Map `ebpf:"ifaces"`
+	Stats   *ebpf.Map `ebpf:"stats"`
+	UdpSeen *ebpf.Map `ebpf:"udp_seen"`
 }
 
 func (m *offloadMaps) Close() error {
@@ -172,6 +177,7 @@ func (m *offloadMaps) Close() error {
 		m.Flows,
 		m.Ifaces,
 		m.Stats,
+		m.UdpSeen,
 	)
 }
 

@@ -65,6 +65,7 @@ func Open(cfg Config) (*Path, error) {
 	}
 	spec.Maps[offloadMapFlows].MaxEntries = uint32(cfg.Flows)
 	spec.Maps[offloadMapConns].MaxEntries = uint32(max(cfg.Flows/4, 1024)) // four directions a connection
+	spec.Maps[offloadMapUdpSeen].MaxEntries = uint32(max(cfg.Flows/4, 1024))
 	lib, err := rules.NewLiberal()
 	if err != nil {
 		return nil, err

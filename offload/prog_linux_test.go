@@ -38,37 +38,51 @@ var (
 // flags and a payload, its TTL (hop limit) 64. An IPv4 header has a
 // valid checksum.
 func packet(src, dst netip.AddrPort, flags byte) []byte {
-	b := append(append([]byte{}, macGW[:]...), macIn[:]...)
 	tcp := make([]byte, 20)
 	binary.BigEndian.PutUint16(tcp[0:], src.Port())
 	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
 	tcp[12] = 5 << 4
 	tcp[13] = flags
-	tcp = append(tcp, payload...)
-	if src.Addr().Is4() {
+	return frame(src.Addr(), dst.Addr(), unix.IPPROTO_TCP, append(tcp, payload...))
+}
+
+// datagram is packet for a UDP datagram.
+func datagram(src, dst netip.AddrPort) []byte {
+	udp := make([]byte, 8)
+	binary.BigEndian.PutUint16(udp[0:], src.Port())
+	binary.BigEndian.PutUint16(udp[2:], dst.Port())
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	return frame(src.Addr(), dst.Addr(), unix.IPPROTO_UDP, append(udp, payload...))
+}
+
+// frame returns an Ethernet frame of an IP packet from src to dst with
+// protocol proto and payload l4.
+func frame(src, dst netip.Addr, proto byte, l4 []byte) []byte {
+	b := append(append([]byte{}, macGW[:]...), macIn[:]...)
+	if src.Is4() {
 		b = binary.BigEndian.AppendUint16(b, unix.ETH_P_IP)
 		ip := make([]byte, 20)
 		ip[0] = 0x45
-		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(tcp)))
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
 		ip[6] = 0x40 // DF
 		ip[8] = 64
-		ip[9] = unix.IPPROTO_TCP
-		s, d := src.Addr().As4(), dst.Addr().As4()
+		ip[9] = proto
+		s, d := src.As4(), dst.As4()
 		copy(ip[12:], s[:])
 		copy(ip[16:], d[:])
 		binary.BigEndian.PutUint16(ip[10:], ^ipSum(ip))
-		return append(append(b, ip...), tcp...)
+		return append(append(b, ip...), l4...)
 	}
 	b = binary.BigEndian.AppendUint16(b, unix.ETH_P_IPV6)
 	ip := make([]byte, 40)
 	ip[0] = 6 << 4
-	binary.BigEndian.PutUint16(ip[4:], uint16(len(tcp)))
-	ip[6] = unix.IPPROTO_TCP
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
+	ip[6] = proto
 	ip[7] = 64
-	s, d := src.Addr().As16(), dst.Addr().As16()
+	s, d := src.As16(), dst.As16()
 	copy(ip[8:], s[:])
 	copy(ip[24:], d[:])
-	return append(append(b, ip...), tcp...)
+	return append(append(b, ip...), l4...)
 }
 
 // ipSum is the ones' complement sum of an IPv4 header, folded: 0xffff
@@ -87,8 +101,8 @@ func ipSum(h []byte) uint16 {
 // keyOf is the programs' key of the flow from src to dst: addresses as
 // IPv6 (an IPv4 one mapped) and ports in the packet's bytes, read as the
 // machine reads them.
-func keyOf(src, dst netip.AddrPort, steered uint32) offloadFlowKey {
-	k := offloadFlowKey{Steered: steered}
+func keyOf(src, dst netip.AddrPort, proto, steered uint8) offloadFlowKey {
+	k := offloadFlowKey{Proto: proto, Steered: steered}
 	s, d := src.Addr().As16(), dst.Addr().As16()
 	for i := range 4 {
 		k.Saddr[i] = binary.NativeEndian.Uint32(s[4*i:])
@@ -127,7 +141,7 @@ func TestIngress(t *testing.T) {
 	v4src, v4dst := ap("10.20.1.2:44101"), ap("10.99.0.2:5203")
 	v6src, v6dst := ap("[fd00:10::2]:44101"), ap("[fd00:99::2]:5203")
 	hop := offloadFlowHop{InIfindex: in, OutIfindex: out, Src: hopSrc, Dst: hopDst, Slow: uint64(ts.Nano())}
-	for _, k := range []offloadFlowKey{keyOf(v4src, v4dst, 1), keyOf(v6src, v6dst, 1)} {
+	for _, k := range []offloadFlowKey{keyOf(v4src, v4dst, unix.IPPROTO_TCP, 1), keyOf(v6src, v6dst, unix.IPPROTO_TCP, 1), keyOf(v4src, v4dst, unix.IPPROTO_UDP, 1)} {
 		if err := p.objs.Flows.Put(&k, &hop); err != nil {
 			t.Fatal(err)
 		}
@@ -143,6 +157,8 @@ func TestIngress(t *testing.T) {
 		{"IPv4", packet(v4src, v4dst, ack), tcActRedirect, 63, nil},
 		{"IPv6", packet(v6src, v6dst, ack), tcActRedirect, 63, nil},
 		{"IPv4, the other way", packet(v4dst, v4src, ack), tcActOK, 0, nil},
+		{"UDP over IPv4", datagram(v4src, v4dst), tcActRedirect, 63, nil},
+		{"UDP over IPv6: the TCP flow's addresses and ports", datagram(v6src, v6dst), tcActOK, 0, nil},
 		{"IPv6 with IPv4-mapped addresses", packet(ap("[::ffff:10.20.1.2]:44101"), ap("[::ffff:10.99.0.2]:5203"), ack), tcActOK, 0, nil},
 		{"IPv6, an unknown flow", packet(ap("[fd00:10::3]:44101"), v6dst, ack), tcActOK, 0, nil},
 		{"IPv6 SYN", packet(v6src, v6dst, syn), tcActOK, 0, nil},
@@ -191,5 +207,59 @@ func TestIngress(t *testing.T) {
 				t.Errorf("packet (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestEgressLearnsUDPAfterSome runs the egress program (BPF_PROG_TEST_RUN)
+// on the packets of a UDP flow the agent decided, as the kernel forwards
+// them: the offload learns the flow direction only at its
+// UDP_LEARN_AFTER-th packet (8), so that a flow of a datagram or two never
+// takes a place in the flow table; a TCP connection's, for comparison, is
+// learned once conntrack is liberal about it (the agent's answer), and
+// not before.
+func TestEgressLearnsUDPAfterSome(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads BPF programs")
+	}
+	const ownMark, hopMask, hop = 1 << 27, 0xffffff, 0x5
+	p, err := Open(Config{HopMask: hopMask, OwnMark: ownMark})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	const in = 1 // lo, steered here
+	if err := p.objs.Ifaces.Put(uint32(in), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	src, dst := ap("10.20.1.2:40000"), ap("10.99.0.2:53")
+	learned := func(proto uint8) bool {
+		var h offloadFlowHop
+		k := keyOf(src, dst, proto, 1)
+		return p.objs.Flows.Lookup(&k, &h) == nil
+	}
+	egress := func(pkt []byte) {
+		t.Helper()
+		var ctxOut [256]byte
+		if _, err := p.objs.OffloadEgress.Run(&ebpf.RunOptions{
+			Data: pkt, Context: skbCtx{Mark: hop, IngressIfindex: in}, ContextOut: &ctxOut,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []bool
+	for range 9 {
+		egress(datagram(src, dst))
+		got = append(got, learned(unix.IPPROTO_UDP))
+	}
+	want := []bool{false, false, false, false, false, false, false, true, true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("UDP flow learned after each of its packets (-want +got):\n%s", diff)
+	}
+	for range 9 {
+		egress(packet(src, dst, 0x10))
+	}
+	if learned(unix.IPPROTO_TCP) {
+		t.Error("a TCP connection on the same addresses and ports was learned without conntrack's liberal answer")
 	}
 }

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //
 // nfsteer's flow offload on a gateway: two tc programs that take the
-// established packets of the TCP flows nfsteer decided, over IPv4 and IPv6,
-// off the gateway's netfilter and routing path. offload_egress learns,
+// established packets of the TCP and UDP flows nfsteer decided, over IPv4
+// and IPv6, off the gateway's netfilter and routing path. offload_egress learns,
 // from a packet the kernel has just forwarded, where a flow's packets go
 // (out interface and the Ethernet header the kernel built);
 // offload_ingress sends the flow's later packets there at once. Which flows it may learn, and when what it learned is
@@ -27,6 +27,7 @@
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -41,7 +42,9 @@ struct flow_key {
 	__u32 daddr[4];
 	__u16 sport;
 	__u16 dport;
-	__u32 steered;
+	__u8 proto; // IPPROTO_TCP or IPPROTO_UDP
+	__u8 steered;
+	__u16 pad;
 };
 
 // Where the kernel sent the flow's packets, the last time it did.
@@ -130,6 +133,15 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } asks SEC(".maps");
 
+// How many packets of each UDP flow direction not learned yet took the
+// kernel's path (see seen_enough). Go sizes it before loading, as conns.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} udp_seen SEC(".maps");
+
 // The connections asked for, and Go's answers. Go sizes it before
 // loading, to a quarter of flows: a connection has four flow directions.
 struct {
@@ -159,41 +171,44 @@ static __always_inline int v4mapped(const struct in6_addr *a)
 struct l3 {
 	void *ip;   // struct iphdr, or struct ipv6hdr if v6
 	__u32 v6;
-	__u32 hdrs; // the IP and TCP headers' length
+	__u32 hdrs; // the IP and TCP (UDP) headers' length
 };
 
-// parse fills key from a TCP packet the offload may carry: IPv4 without
-// options or fragments, or IPv6 with TCP right after its header (no
-// extension header), with a TTL (hop limit) left to forward with. It
-// returns the TCP flags byte, or -1, and in *seg the largest IP packet it
-// is (or, sent as segments, will be).
+// parse fills key from a TCP or UDP packet the offload may carry: IPv4
+// without options or fragments, or IPv6 with TCP or UDP right after its
+// header (no extension header), with a TTL (hop limit) left to forward
+// with. It returns the TCP flags byte (0 for UDP), or -1, and in *seg the
+// largest IP packet it is (or, sent as segments, will be).
 static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, struct l3 *l3, struct ethhdr **ethp, __u32 *seg)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return -1;
-	struct tcphdr *th;
+	void *l4;
 	__u32 iplen;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) > end)
 			return -1;
-		if (ip->ihl != 5 || ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
+		if (ip->ihl != 5 || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
+		    (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
 			return -1;
+		key->proto = ip->protocol;
 		key->saddr[2] = key->daddr[2] = bpf_htonl(0xffff);
 		key->saddr[3] = ip->saddr;
 		key->daddr[3] = ip->daddr;
 		l3->ip = ip;
 		l3->v6 = 0;
 		iplen = sizeof(*ip);
-		th = (void *)(ip + 1);
+		l4 = ip + 1;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return -1;
-		if (ip6->nexthdr != IPPROTO_TCP || ip6->hop_limit <= 1)
+		if ((ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP) || ip6->hop_limit <= 1)
 			return -1;
+		key->proto = ip6->nexthdr;
 		// An IPv4-mapped address would share an IPv4 flow's key; the
 		// kernel drops such packets (ip6_rcv_core), and so must this.
 		if (v4mapped(&ip6->saddr) || v4mapped(&ip6->daddr))
@@ -203,20 +218,32 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *key, st
 		l3->ip = ip6;
 		l3->v6 = 1;
 		iplen = sizeof(*ip6);
-		th = (void *)(ip6 + 1);
+		l4 = ip6 + 1;
 	} else {
 		return -1;
 	}
-	if ((void *)(th + 1) > end)
-		return -1;
-	key->sport = th->source;
-	key->dport = th->dest;
-	l3->hdrs = iplen + th->doff * 4;
+	int flags = 0;
+	if (key->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return -1;
+		key->sport = th->source;
+		key->dport = th->dest;
+		l3->hdrs = iplen + th->doff * 4;
+		flags = ((__u8 *)th)[13];
+	} else {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return -1;
+		key->sport = uh->source;
+		key->dport = uh->dest;
+		l3->hdrs = iplen + sizeof(*uh);
+	}
 	*ethp = eth;
 	*seg = skb->len - sizeof(*eth);
 	if (skb->gso_size)
 		*seg = l3->hdrs + skb->gso_size;
-	return ((__u8 *)th)[13];
+	return flags;
 }
 
 // conn_of is the key of the connection of key, either way round.
@@ -294,6 +321,28 @@ static __always_inline int liberal(struct flow_key *key, int data)
 	    bpf_ringbuf_output(&asks, &a, sizeof(a), 0) == 0)
 		count(STAT_ASKED);
 	return 0;
+}
+
+// UDP_LEARN_AFTER is how many packets of a UDP flow direction take the
+// kernel's path before the offload learns it: a flow of a datagram or
+// two (a DNS query) would take a place in flows that it never uses, and
+// push out one that does.
+#define UDP_LEARN_AFTER 8
+
+// seen_enough counts a packet of key's UDP flow direction on the kernel's
+// path, and reports whether it was the UDP_LEARN_AFTER-th.
+static __always_inline int seen_enough(struct flow_key *key)
+{
+	__u32 *n = bpf_map_lookup_elem(&udp_seen, key);
+	if (!n) {
+		__u32 one = 1;
+		bpf_map_update_elem(&udp_seen, key, &one, BPF_ANY);
+		return 0;
+	}
+	if (++*n < UDP_LEARN_AFTER)
+		return 0;
+	bpf_map_delete_elem(&udp_seen, key);
+	return 1;
 }
 
 static __always_inline int same_mac(const __u8 *a, const __u8 *b)
@@ -421,8 +470,14 @@ int offload_egress(struct __sk_buff *skb)
 		if (!in_hop || in_hop->gen != cfg->gen)
 			return TC_ACT_OK;
 	}
-	if (!liberal(&key, skb->len > sizeof(*eth) + l3.hdrs))
+	if (key.proto == IPPROTO_TCP) {
+		if (!liberal(&key, skb->len > sizeof(*eth) + l3.hdrs))
+			return TC_ACT_OK;
+	} else if (!hop && !seen_enough(&key)) {
+		// A flow learned before (a changed hop, an invalidation) is
+		// learned again at once.
 		return TC_ACT_OK;
+	}
 	// Zeroed whole, padding included: a program loaded without
 	// CAP_PERFMON may not pass uninitialized stack bytes to a helper.
 	struct flow_hop learned;
