@@ -4,6 +4,7 @@ package tests
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -246,5 +247,68 @@ func TestOffloadCarriesUDP(t *testing.T) {
 	t.Logf("%d datagrams each way through %v: the gateway's kernel forwarded %d packets, %s's %d", count, chain, gw, chain[0], fw)
 	if fw < 2*count || gw*10 > fw {
 		t.Errorf("the gateway's kernel forwarded %d packets while %s forwarded %d; want under a tenth: the offload carries the flow once learned", gw, chain[0], fw)
+	}
+}
+
+// TestOffloadSurvivesAConntrackFlush streams 32 MiB through globex's chain
+// with the offload on (refresh 200 ms), and a second into it flushes the
+// gateway's conntrack table, as an operator's `conntrack -F` would: the
+// offload's learned hop and its liberal answer outlive the entry they were
+// made for. The stream must arrive byte-exact without a pause; every
+// packet the server receives must have crossed the whole chain (its TTL),
+// as every instance on it must have seen the flow; and conntrack, which
+// picks the connection up again from a refresh, must see it end.
+func TestOffloadSurvivesAConntrackFlush(t *testing.T) {
+	l := lab.New(t, bin)
+	if err := l.StartAll("--offload", "--offload-refresh", "200ms"); err != nil {
+		t.Fatal(err)
+	}
+	f := steering.Flow{Src: netip.MustParseAddr(lab.GlobexClient), Dst: netip.MustParseAddr(lab.Server), SrcPort: 44105, DstPort: 5207, Proto: 6}
+	chain := expectedChain(t, labTable(t), f)
+	fc := countFlow(t, l, "flushed", f, chain)
+	// Client and server send with TTL 64: 60 is the gateway, the chain's
+	// two services and the gateway again.
+	arrived := fmt.Sprintf("ip saddr %s tcp sport %d", f.Src, f.SrcPort)
+	for name, expr := range map[string]string{"flushed_all": arrived, "flushed_chain": arrived + " ip ttl 60"} {
+		if err := l.Count("srv", name, expr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flushed := make(chan error, 1)
+	go func() {
+		time.Sleep(time.Second)
+		flushed <- l.Run("gw", "conntrack", "-F")
+	}()
+	// 16 KiB a millisecond: about 2.5 s.
+	res, err := l.Stream("cg", netip.AddrPortFrom(f.Src, f.SrcPort).String(), netip.AddrPortFrom(f.Dst, f.DstPort).String(), 32<<20, time.Millisecond, 10*time.Second)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		t.Fatalf("32 MiB with the offload on, the gateway's conntrack flushed during it: %v", err)
+	}
+	if res.MaxGap > time.Second {
+		t.Errorf("the transfer paused %v when the gateway's conntrack was flushed", res.MaxGap)
+	}
+	fc.check(t, l)
+	all, _, err1 := l.Packets("srv", "flushed_all")
+	onChain, _, err2 := l.Packets("srv", "flushed_chain")
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("32 MiB byte-exact, the gateway's conntrack flushed during it; longest pause %v; the server received %d packets, %d across the whole chain", res.MaxGap.Round(time.Millisecond), all, onChain)
+	if all == 0 || onChain != all {
+		t.Errorf("the server received %d packets of the flow, %d with TTL 60; want every one across the chain", all, onChain)
+	}
+	var out string
+	ended := waitFor(3*time.Second, func() bool {
+		out, _ = l.Output("gw", "conntrack", "-L", "-p", "tcp", "--orig-port-src", fmt.Sprint(f.SrcPort))
+		return strings.Contains(out, "TIME_WAIT") || strings.Contains(out, "CLOSE")
+	})
+	if !ended {
+		t.Errorf("conntrack on the gateway after the connection closed:\n%s\nwant it in TIME_WAIT or CLOSE", out)
 	}
 }
