@@ -25,6 +25,31 @@ func forwarded(t testing.TB, l *lab.Lab, host string) uint64 {
 	return n
 }
 
+// streamDuring streams n bytes over TCP from local in host to remote on the
+// server, 16 KiB a millisecond (16 MiB in about 2 s), with the offload
+// on, and a second into it runs change, which during names. It fails t if
+// change fails, or if the stream does not arrive byte-exact within
+// deadline, and returns the transfer.
+func streamDuring(t *testing.T, l *lab.Lab, host, local, remote string, n int64, deadline time.Duration, during string, change func() error) lab.Transfer {
+	t.Helper()
+	changed := make(chan error, 1)
+	go func() {
+		time.Sleep(time.Second)
+		changed <- change()
+	}()
+	res, err := l.Stream(host, local, remote, n, time.Millisecond, deadline)
+	if err := <-changed; err != nil {
+		t.Fatal(err)
+	}
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		t.Fatalf("%d MiB with the offload on, %s during it: %v", n>>20, during, err)
+	}
+	return res
+}
+
 // TestOffloadCarriesTheChain sends 64 MiB through a tenant's chain with
 // the gateway's flow offload on (every agent started with --offload: the
 // instance hosts ignore it), over IPv4 through globex's two services and
@@ -139,26 +164,12 @@ func TestOffloadLeavesLargePacketsToTheKernel(t *testing.T) {
 				t.Fatal(err)
 			}
 			gw0 := forwarded(t, l, "gw")
-			lowered := make(chan error, 1)
-			go func() {
-				time.Sleep(time.Second)
-				var err error
+			res := streamDuring(t, l, tc.host, tc.local, tc.remote, 16<<20, 8*time.Second, "the link lowered to 1280 bytes", func() (err error) {
 				for _, end := range [][2]string{{"gw", "srv0"}, {"srv", "eth0"}} {
 					err = errors.Join(err, l.Run(end[0], "ip", "link", "set", end[1], "mtu", "1280"))
 				}
-				lowered <- err
-			}()
-			// 16 KiB a millisecond: about 2 s.
-			res, err := l.Stream(tc.host, tc.local, tc.remote, 16<<20, time.Millisecond, 8*time.Second)
-			if err := <-lowered; err != nil {
-				t.Fatal(err)
-			}
-			if err == nil {
-				err = res.Err
-			}
-			if err != nil {
-				t.Fatalf("16 MiB with the offload on, the link lowered to 1280 bytes during it: %v", err)
-			}
+				return err
+			})
 			gw := forwarded(t, l, "gw") - gw0
 			t.Logf("16 MiB byte-exact in %v, the link lowered to 1280 bytes during it; longest pause %v; the gateway's kernel forwarded %d packets", res.Elapsed.Round(time.Millisecond), res.MaxGap.Round(time.Millisecond), gw)
 			if res.MaxGap > 2*time.Second {
@@ -194,24 +205,11 @@ func TestOffloadFollowsANeighboursNewAddress(t *testing.T) {
 	}
 	const mac = "02:00:00:0a:0b:0c"
 	gw0 := forwarded(t, l, "gw")
-	changed := make(chan error, 1)
-	go func() {
-		time.Sleep(time.Second)
-		changed <- errors.Join(
+	res := streamDuring(t, l, "cg", netip.AddrPortFrom(f.Src, f.SrcPort).String(), netip.AddrPortFrom(f.Dst, f.DstPort).String(), 16<<20, 8*time.Second, first+" given a new Ethernet address", func() error {
+		return errors.Join(
 			l.Run(first, "ip", "link", "set", "eth0", "address", mac),
 			l.Run("gw", "ip", "neigh", "replace", addr, "lladdr", mac, "dev", "svc0", "nud", "reachable"))
-	}()
-	// 16 KiB a millisecond: about 2 s.
-	res, err := l.Stream("cg", netip.AddrPortFrom(f.Src, f.SrcPort).String(), netip.AddrPortFrom(f.Dst, f.DstPort).String(), 16<<20, time.Millisecond, 8*time.Second)
-	if err := <-changed; err != nil {
-		t.Fatal(err)
-	}
-	if err == nil {
-		err = res.Err
-	}
-	if err != nil {
-		t.Fatalf("16 MiB with the offload on, %s given a new Ethernet address during it: %v", first, err)
-	}
+	})
 	gw := forwarded(t, l, "gw") - gw0
 	t.Logf("16 MiB byte-exact in %v, %s given a new Ethernet address during it; longest pause %v; the gateway's kernel forwarded %d packets", res.Elapsed.Round(time.Millisecond), first, res.MaxGap.Round(time.Millisecond), gw)
 	if res.MaxGap > 1500*time.Millisecond {
@@ -274,22 +272,9 @@ func TestOffloadSurvivesAConntrackFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	flushed := make(chan error, 1)
-	go func() {
-		time.Sleep(time.Second)
-		flushed <- l.Run("gw", "conntrack", "-F")
-	}()
-	// 16 KiB a millisecond: about 2.5 s.
-	res, err := l.Stream("cg", netip.AddrPortFrom(f.Src, f.SrcPort).String(), netip.AddrPortFrom(f.Dst, f.DstPort).String(), 32<<20, time.Millisecond, 10*time.Second)
-	if err := <-flushed; err != nil {
-		t.Fatal(err)
-	}
-	if err == nil {
-		err = res.Err
-	}
-	if err != nil {
-		t.Fatalf("32 MiB with the offload on, the gateway's conntrack flushed during it: %v", err)
-	}
+	res := streamDuring(t, l, "cg", netip.AddrPortFrom(f.Src, f.SrcPort).String(), netip.AddrPortFrom(f.Dst, f.DstPort).String(), 32<<20, 10*time.Second, "the gateway's conntrack flushed", func() error {
+		return l.Run("gw", "conntrack", "-F")
+	})
 	if res.MaxGap > time.Second {
 		t.Errorf("the transfer paused %v when the gateway's conntrack was flushed", res.MaxGap)
 	}
