@@ -297,3 +297,61 @@ func TestOffloadSurvivesAConntrackFlush(t *testing.T) {
 		t.Errorf("conntrack on the gateway after the connection closed:\n%s\nwant it in TIME_WAIT or CLOSE", out)
 	}
 }
+
+// TestOffloadedUDPFlowOutlivesItsConntrackEntries echoes a UDP flow
+// through acme's chain with the gateway offloading it, lets it go quiet
+// for longer than any node's conntrack keeps an idle UDP entry (2 s here),
+// and echoes again on the same 5-tuple. The gateway's learned hops outlive
+// its entry; the firewall, its entry gone, deletes the session from Redis.
+// When the flow comes back its first packet must reach the kernel (the
+// refresh is long due), so the gateway's conntrack tracks it again and its
+// agent writes its session back; and every packet before and after the
+// quiet must cross the whole chain in order, as the instances' own
+// counters tell.
+func TestOffloadedUDPFlowOutlivesItsConntrackEntries(t *testing.T) {
+	l := redisLab(t, "--offload-refresh", "200ms")
+	for _, n := range append([]string{"gw"}, lab.InstanceNames()...) {
+		if err := l.Run(n, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=2", "net.netfilter.nf_conntrack_udp_timeout_stream=2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const local, server = "10.10.1.2:40741", "10.99.0.2:8071"
+	f := flowOf(t, 17, local, server)
+	chain := expectedChain(t, labmap.Table(t), f)
+	flow := sessionOf(t, f)
+	tracked := func() bool {
+		out, _ := l.Output("gw", "conntrack", "-L", "-p", "udp", "--sport", fmt.Sprint(f.SrcPort))
+		return strings.Contains(out, "dport="+fmt.Sprint(f.DstPort))
+	}
+	const count = 400
+	echo := func(part string) {
+		t.Helper()
+		fc := countFlow(t, l, "quiet"+part, f, chain)
+		gw0, fw0 := forwarded(t, l, "gw"), forwarded(t, l, chain[0])
+		if back := udpEchoVia(t, l, "srv", "ca", local, server, count); back != count {
+			t.Fatalf("%s the quiet: %d of %d datagrams came back", part, back, count)
+		}
+		fc.check(t, l)
+		gw, fw := forwarded(t, l, "gw")-gw0, forwarded(t, l, chain[0])-fw0
+		t.Logf("%s the quiet: the gateway's kernel forwarded %d packets, %s's %d", part, gw, chain[0], fw)
+		if part == "after" && gw*10 > fw {
+			t.Errorf("the gateway's kernel forwarded %d packets of the flow after the quiet, %s's %d: the offload did not carry it", gw, chain[0], fw)
+		}
+	}
+	echo("before")
+	if !tracked() || !redisHas(l, flow) {
+		t.Fatalf("after the first %d datagrams: tracked by the gateway's conntrack %v, session in Redis %v; want both", count, tracked(), redisHas(l, flow))
+	}
+	quiet := time.Now()
+	if !waitFor(8*time.Second, func() bool { return !tracked() && !redisHas(l, flow) }) {
+		t.Fatalf("8 s into the quiet: tracked by the gateway's conntrack %v, session in Redis %v; want both gone", tracked(), redisHas(l, flow))
+	}
+	t.Logf("the gateway's conntrack and Redis forgot the flow %v into the quiet", time.Since(quiet).Round(100*time.Millisecond))
+	echo("after")
+	if !tracked() {
+		t.Errorf("the gateway's conntrack does not track the flow after it came back: the offload carried it past the kernel")
+	}
+	if !waitFor(3*time.Second, func() bool { return redisHas(l, flow) }) {
+		t.Errorf("the flow's session is not back in Redis 3 s after the flow came back")
+	}
+}
