@@ -49,6 +49,7 @@ func BenchmarkNewFlows(b *testing.B) {
 			b.Fatalf("apply: %v\n%s", err, out)
 		}
 		rates := map[bool][]float64{}
+		perConn := map[bool][]cpuUse{} // each round's CPU a connection
 		for r := 0; r < 2*rounds; r++ {
 			mirror := r%2 == 1
 			// A port of its own: the round's connections are new to Redis.
@@ -77,6 +78,7 @@ func BenchmarkNewFlows(b *testing.B) {
 			rates[mirror] = append(rates[mirror], rate)
 			fmt.Printf("mirror=%t: %d connections in %v (%.0f/s), %d failed; the gateway's kernel queued %d packets\n", mirror, n, window, rate, failed, queued)
 			fmt.Printf("  CPU per connection: %s\n", cpu.per(n))
+			perConn[mirror] = append(perConn[mirror], cpu.over(n))
 			// The rate is one of new flows only if the connections' SYNs
 			// crossed to the agent. Dialers reuse ports within seconds;
 			// conntrack gives a connection on a closed one's 5-tuple a
@@ -101,6 +103,24 @@ func BenchmarkNewFlows(b *testing.B) {
 		b.ReportMetric(ratio, "on/off")
 		b.ReportMetric(five, "on/off-first-5")
 		fmt.Printf("on/off of each pair: %s\n", ratios(pairs))
+		// What the mirror cost, from the CPU each pair's rounds used a
+		// connection: the rate ratio also moves with whatever else the
+		// host did during one round of a pair and not the other, which
+		// shows here in the dialers' and the server's share, the same
+		// work either way.
+		var cost [4][]float64
+		for r := range perConn[true] {
+			on, off := perConn[true][r], perConn[false][r]
+			for k, d := range []time.Duration{on.machine - off.machine, on.redis - off.redis, on.agents - off.agents, on.self - off.self} {
+				cost[k] = append(cost[k], float64(d)/float64(time.Microsecond))
+			}
+		}
+		offMachine := make([]float64, 0, len(perConn[false]))
+		for _, u := range perConn[false] {
+			offMachine = append(offMachine, float64(u.machine)/float64(time.Microsecond))
+		}
+		fmt.Printf("the mirror's CPU a connection, on minus off by pair (medians): machine %+.1f µs (%.1f%% of its %.1f µs off), redis-server %+.1f, the agents %+.1f, the dialers and the server %+.1f\n",
+			median(cost[0]), 100*median(cost[0])/median(offMachine), median(offMachine), median(cost[1]), median(cost[2]), median(cost[3]))
 		fmt.Printf("new flows/s: mirror off %.0f, mirror on %.0f (medians); on/off by pair %.3f (target >= 0.9); of the first five pairs %.3f\n", off, on, ratio, five)
 		l.Close()
 	}
@@ -139,6 +159,12 @@ func cpuSplit(b *testing.B, agents []*lab.Process, redis int) cpuUse {
 
 func (u cpuUse) minus(v cpuUse) cpuUse {
 	return cpuUse{u.agents - v.agents, u.redis - v.redis, u.self - v.self, u.machine - v.machine}
+}
+
+// over is u per connection of n.
+func (u cpuUse) over(n int64) cpuUse {
+	n = max(n, 1)
+	return cpuUse{u.agents / time.Duration(n), u.redis / time.Duration(n), u.self / time.Duration(n), u.machine / time.Duration(n)}
 }
 
 // per is u per connection of n, in µs.
