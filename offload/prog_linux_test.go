@@ -115,6 +115,31 @@ func keyOf(src, dst netip.AddrPort, proto, steered uint8) offloadFlowKey {
 	return k
 }
 
+// The test programs' settings: the offload's own mark, and the mask of
+// the hop in a packet's mark.
+const testOwnMark, testHopMask = 1 << 27, 0xffffff
+
+// openPath loads the programs with the test settings, to run them with
+// BPF_PROG_TEST_RUN, and closes them when tb ends; it skips tb unless it
+// runs as root (CAP_BPF). It also returns the monotonic clock's time, the
+// programs' own, to date a learned hop with.
+func openPath(tb testing.TB) (*Path, uint64) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: loads BPF programs")
+	}
+	p, err := Open(Config{HopMask: testHopMask, OwnMark: testOwnMark})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		tb.Fatal(err)
+	}
+	return p, uint64(ts.Nano())
+}
+
 // TestIngress runs the ingress program of a steered interface on packets
 // (BPF_PROG_TEST_RUN) with a learned hop for an IPv4 flow and an IPv6
 // one: a packet of either is sent to the hop with its TTL (hop limit) one
@@ -123,24 +148,12 @@ func keyOf(src, dst netip.AddrPort, proto, steered uint8) offloadFlowKey {
 // kernel, is passed on untouched; and after an invalidation, every
 // packet is. It needs CAP_BPF (root).
 func TestIngress(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads BPF programs")
-	}
-	const ownMark, hopMask = 1 << 27, 0xffffff
-	p, err := Open(Config{HopMask: hopMask, OwnMark: ownMark})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		t.Fatal(err)
-	}
+	p, now := openPath(t)
 	const in, out = 1, 1 // lo: an interface of every namespace, for the MTU
 	ap := netip.MustParseAddrPort
 	v4src, v4dst := ap("10.20.1.2:44101"), ap("10.99.0.2:5203")
 	v6src, v6dst := ap("[fd00:10::2]:44101"), ap("[fd00:99::2]:5203")
-	hop := offloadFlowHop{InIfindex: in, OutIfindex: out, Src: hopSrc, Dst: hopDst, Slow: uint64(ts.Nano())}
+	hop := offloadFlowHop{InIfindex: in, OutIfindex: out, Src: hopSrc, Dst: hopDst, Slow: now}
 	for _, k := range []offloadFlowKey{keyOf(v4src, v4dst, unix.IPPROTO_TCP, 1), keyOf(v6src, v6dst, unix.IPPROTO_TCP, 1), keyOf(v4src, v4dst, unix.IPPROTO_UDP, 1)} {
 		if err := p.objs.Flows.Put(&k, &hop); err != nil {
 			t.Fatal(err)
@@ -199,8 +212,8 @@ func TestIngress(t *testing.T) {
 				} else {
 					want[14+7] = tc.ttlAfter
 				}
-				if mark := binary.NativeEndian.Uint32(ctxOut[8:]); mark&ownMark == 0 {
-					t.Errorf("mark %#x; want the offload's own bit %#x", mark, ownMark)
+				if mark := binary.NativeEndian.Uint32(ctxOut[8:]); mark&testOwnMark == 0 {
+					t.Errorf("mark %#x; want the offload's own bit %#x", mark, testOwnMark)
 				}
 			}
 			if diff := cmp.Diff(want, out); diff != "" {
@@ -218,15 +231,8 @@ func TestIngress(t *testing.T) {
 // learned once conntrack is liberal about it (the agent's answer), and
 // not before.
 func TestEgressLearnsUDPAfterSome(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads BPF programs")
-	}
-	const ownMark, hopMask, hop = 1 << 27, 0xffffff, 0x5
-	p, err := Open(Config{HopMask: hopMask, OwnMark: ownMark})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
+	p, _ := openPath(t)
+	const hop = 0x5
 	const in = 1 // lo, steered here
 	if err := p.objs.Ifaces.Put(uint32(in), uint32(1)); err != nil {
 		t.Fatal(err)
@@ -270,21 +276,10 @@ func TestEgressLearnsUDPAfterSome(t *testing.T) {
 // by BPF_PROG_TEST_RUN, 200 times a call. The packets start with a TTL
 // (hop limit) of 255, so that every run takes the forwarding path.
 func BenchmarkIngress(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: loads BPF programs")
-	}
-	p, err := Open(Config{HopMask: 0xffffff, OwnMark: 1 << 27})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { p.Close() })
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		b.Fatal(err)
-	}
+	p, now := openPath(b)
 	const lo, repeat = 1, 200
 	ap := netip.MustParseAddrPort
-	hop := offloadFlowHop{InIfindex: lo, OutIfindex: lo, Src: hopSrc, Dst: hopDst, Slow: uint64(ts.Nano())}
+	hop := offloadFlowHop{InIfindex: lo, OutIfindex: lo, Src: hopSrc, Dst: hopDst, Slow: now}
 	for _, f := range []struct {
 		name     string
 		src, dst netip.AddrPort
