@@ -32,7 +32,8 @@
 // offloaded flow back to the kernel's path until it is learned again: the
 // agent calls it at every map switch, after moving marks off a dead
 // instance, so that a flow moved to its secondary never follows a stale
-// hop.
+// hop. [Path.Occupancy] counts what the flow table holds, live and
+// idle, for a check that it is large enough.
 //
 // An offloaded packet skips the gateway's netfilter hooks, so conntrack
 // does not see it, and neither do the gateway's own rules (a FORWARD

@@ -82,6 +82,28 @@ type Stats struct {
 	Made, Failed uint64
 }
 
+// Occupancy is how full the offload's flow table is, in flow directions
+// (four a connection).
+type Occupancy struct {
+	// Live is those learned since the last invalidation that let a
+	// packet take the kernel's path within the last two refresh
+	// intervals: flows that are passing now.
+	Live int
+	// Held is every one the table holds: live, idle (a UDP flow that
+	// went quiet) or stale (learned before an invalidation). Idle and
+	// stale ones are the least recently used, and the first to make
+	// room.
+	Held int
+	// Capacity is how many the table holds at most ([Config].Flows).
+	Capacity int
+}
+
+// Full reports whether live flows take nine places in ten of the table
+// or more: a new flow may then evict one that is passing, which takes the
+// kernel's path until learned again. A table full of idle and stale
+// flows is not full.
+func (o Occupancy) Full() bool { return o.Capacity > 0 && o.Live*10 >= o.Capacity*9 }
+
 // settle is how long after an invalidation the offload invalidates once
 // more: a packet that entered the kernel's path just before the agent
 // moved its flow's mark can reach the egress program just after, and

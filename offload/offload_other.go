@@ -19,6 +19,9 @@ func (*Path) Invalidate() error { return ErrUnsupported }
 // Stats returns nothing.
 func (*Path) Stats() (Stats, error) { return Stats{}, ErrUnsupported }
 
+// Occupancy returns nothing.
+func (*Path) Occupancy() (Occupancy, error) { return Occupancy{}, ErrUnsupported }
+
 // Run does nothing.
 func (*Path) Run(context.Context) error { return ErrUnsupported }
 

@@ -49,3 +49,23 @@ func TestThrottle(t *testing.T) {
 		t.Errorf("ok at 0, 1 s, 59 s, 1 min, 1 min 1 s, 2 min 1 s (-want +got):\n%s", diff)
 	}
 }
+
+func TestOccupancyFull(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    Occupancy
+		want bool
+	}{
+		{"empty", Occupancy{Capacity: 1000}, false},
+		{"held all, few live", Occupancy{Live: 100, Held: 1000, Capacity: 1000}, false},
+		{"live just under nine in ten", Occupancy{Live: 899, Held: 1000, Capacity: 1000}, false},
+		{"live nine in ten", Occupancy{Live: 900, Held: 1000, Capacity: 1000}, true},
+		{"no table", Occupancy{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.o.Full(); got != tc.want {
+				t.Errorf("%+v.Full() = %v; want %v", tc.o, got, tc.want)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
@@ -313,5 +314,73 @@ func BenchmarkIngress(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*repeat), "ns/packet")
 		})
+	}
+}
+
+// TestOccupancy counts a flow table holding live flows (a packet the
+// kernel's way just now), idle ones (none for ten refresh intervals) and
+// stale ones (learned before an invalidation): all are held, only the
+// live ones are live, and after an invalidation none is.
+func TestOccupancy(t *testing.T) {
+	p, now := openPath(t)
+	refresh := uint64(time.Second.Nanoseconds()) // Config's default
+	put := func(i int, gen uint32, slow uint64) {
+		t.Helper()
+		k := keyOf(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 20, 1, byte(i)}), 44101), netip.MustParseAddrPort("10.99.0.2:5203"), unix.IPPROTO_TCP, 1)
+		h := offloadFlowHop{InIfindex: 1, OutIfindex: 1, Gen: gen, Slow: slow}
+		if err := p.objs.Flows.Put(&k, &h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		put(i, 0, now)
+	}
+	for i := 3; i < 5; i++ {
+		put(i, 0, now-10*refresh)
+	}
+	put(5, 7, now) // of another generation
+	got, err := p.Occupancy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Occupancy{Live: 3, Held: 6, Capacity: 131072}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("occupancy (-want +got):\n%s", diff)
+	}
+	if err := p.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err = p.Occupancy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Occupancy{Live: 0, Held: 6, Capacity: 131072}); got != want {
+		t.Errorf("after an invalidation: occupancy %+v; want %+v", got, want)
+	}
+}
+
+// BenchmarkOccupancy counts a full flow table of the default size, as the
+// agent does every 30 s.
+func BenchmarkOccupancy(b *testing.B) {
+	p, now := openPath(b)
+	n := int(p.objs.Flows.MaxEntries())
+	keys := make([]offloadFlowKey, n)
+	hops := make([]offloadFlowHop, n)
+	for i := range keys {
+		keys[i] = keyOf(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 44101), netip.MustParseAddrPort("10.99.0.2:5203"), unix.IPPROTO_TCP, 1)
+		hops[i] = offloadFlowHop{InIfindex: 1, OutIfindex: 1, Slow: now}
+	}
+	if _, err := p.objs.Flows.BatchUpdate(keys, hops, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		o, err := p.Occupancy()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if o.Held < n*9/10 {
+			b.Fatalf("counted %d of %d", o.Held, n)
+		}
 	}
 }
