@@ -15,6 +15,7 @@ import (
 
 	"github.com/nfsteer/nfsteer/metrics"
 	"github.com/nfsteer/nfsteer/nfq"
+	"github.com/nfsteer/nfsteer/offload"
 	"github.com/nfsteer/nfsteer/rules"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
@@ -183,6 +184,9 @@ type Agent struct {
 	// attach, and the gateway steers without it; Run sets it with
 	// offload.
 	offloadUnavailable bool
+	// offloadHeld is what the offload's flow table held when
+	// watchOffload last counted it, nil before.
+	offloadHeld atomic.Pointer[offload.Occupancy]
 
 	lookupMu sync.Mutex // guards pending
 	pending  map[sessions.Key][]waiter
@@ -554,7 +558,7 @@ func (a *Agent) Run(ctx context.Context, newReader func(nfq.Handler, []nfq.Queue
 		tasks = append(tasks, producer(a.refresh))
 	}
 	if a.offload != nil {
-		tasks = append(tasks, a.runOffload, a.offload.Run)
+		tasks = append(tasks, a.runOffload, a.watchOffload, a.offload.Run)
 	}
 	if a.mirror != nil {
 		mirroring.Add(1)

@@ -49,6 +49,8 @@ var (
 	descMapRefused  = desc("map_refused_total", "Map versions refused: invalid, not signed by a trusted key, older than the node's, or changing the node's role.")
 	descRepinned    = desc("repinned_total", "Established connections moved off instances a map took away.")
 	descOffload     = desc("offload_packets_total", "A gateway's flow offload (--offload), by what it did with a packet: forwarded it itself (offloaded), learned its flow's hop from it (learned), or let it take the kernel's path to keep its connection alive in conntrack (refreshed).", "kind")
+	descOffloadHeld = desc("offload_flows", "Flow directions (four a connection) a gateway's flow offload holds, counted every 30 s at the default size: live (learned since the last map switch, passing in the last two --offload-refresh intervals) and held (live, idle or from before the switch; the least recently used make room).", "state")
+	descOffloadCap  = desc("offload_flows_capacity", "Flow directions a gateway's flow offload can hold (--offload-flows). With live ones near it, new flows evict passing ones, which take the kernel's path until learned again.")
 	descLiberal     = desc("offload_liberal_total", "Connections a gateway's flow offload found in conntrack but not yet liberal about TCP windows (asked), and those the agent then made liberal (made) or could not (failed): the offload carries a connection only once it is.", "kind")
 )
 
@@ -132,6 +134,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ctr(descLiberal, fs.Asked, "asked")
 			ctr(descLiberal, fs.Made, "made")
 			ctr(descLiberal, fs.Failed, "failed")
+		}
+		if held := a.offloadHeld.Load(); held != nil {
+			ch <- metrics.Gauge(descOffloadHeld, float64(held.Live), "live")
+			ch <- metrics.Gauge(descOffloadHeld, float64(held.Held), "held")
+			ch <- metrics.Gauge(descOffloadCap, float64(held.Capacity))
 		}
 	}
 }

@@ -23,6 +23,9 @@ type Offload interface {
 	Run(ctx context.Context) error
 	// Stats reads its counters.
 	Stats() (offload.Stats, error)
+	// Occupancy counts what its flow table holds: a read of the whole
+	// table.
+	Occupancy() (offload.Occupancy, error)
 	// Close detaches it for good, after Run returned.
 	Close() error
 }
@@ -88,6 +91,67 @@ func (a *Agent) runOffload(ctx context.Context) error {
 			return o.Sync(nil)
 		case <-t.C:
 		}
+	}
+}
+
+// offloadWatch is how often the agent counts what a gateway's offload
+// holds at the default size (a read of its whole flow table: about 40 ms
+// of a CPU when it is full, 0.15% of one every 30 s), and
+// offloadFullLogEvery how often at most it warns that live flows fill it.
+const (
+	offloadWatch        = 30 * time.Second
+	offloadFullLogEvery = 10 * time.Minute
+)
+
+// offloadWatchEvery is how often the agent counts a flow table of
+// capacity places: every offloadWatch up to the default size, and as much
+// less often as the table is larger, so that counting costs about the
+// same share of a CPU whatever the size (a table of 4 million, the
+// largest, every 16 minutes).
+func offloadWatchEvery(capacity int) time.Duration {
+	return offloadWatch * time.Duration(max(1, capacity/131072))
+}
+
+// watchOffload counts what the gateway's offload holds while ctx lasts
+// (checkOffload), every offloadWatchEvery.
+func (a *Agent) watchOffload(ctx context.Context) error {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	var warned time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		a.checkOffload(&warned, time.Now())
+		every := offloadWatch
+		if held := a.offloadHeld.Load(); held != nil {
+			every = offloadWatchEvery(held.Capacity)
+		}
+		t.Reset(every)
+	}
+}
+
+// checkOffload counts what the offload's flow table holds, for the
+// metrics, and warns, at most once every offloadFullLogEvery since
+// warned, when live flows fill it: flows it has no room for then evict
+// passing ones, and take the kernel's path, which costs throughput, not
+// the chain.
+func (a *Agent) checkOffload(warned *time.Time, now time.Time) {
+	o, err := a.offload.Occupancy()
+	if err != nil {
+		if warned.IsZero() || now.Sub(*warned) >= offloadFullLogEvery {
+			*warned = now
+			a.log.Warn("counting the offload's flows", "err", err)
+		}
+		return
+	}
+	a.offloadHeld.Store(&o)
+	if o.Full() && (warned.IsZero() || now.Sub(*warned) >= offloadFullLogEvery) {
+		*warned = now
+		a.log.Warn("the offload's flow table is nearly full of live flows: flows it has no room for take the kernel's path; raise --offload-flows",
+			"live", o.Live, "held", o.Held, "capacity", o.Capacity)
 	}
 }
 

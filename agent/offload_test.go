@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/offload"
@@ -23,6 +25,8 @@ type fakeOffload struct {
 	closed      int
 	ran         int
 	syncErr     error // returned by Sync when set
+	held        offload.Occupancy
+	heldErr     error // returned by Occupancy when set
 }
 
 var _ Offload = (*fakeOffload)(nil)
@@ -50,6 +54,12 @@ func (f *fakeOffload) Run(ctx context.Context) error {
 }
 
 func (f *fakeOffload) Stats() (offload.Stats, error) { return offload.Stats{Offloaded: 7}, nil }
+
+func (f *fakeOffload) Occupancy() (offload.Occupancy, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held, f.heldErr
+}
 
 func (f *fakeOffload) Close() error {
 	f.mu.Lock()
@@ -191,5 +201,78 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckOffload counts a gateway's offload table and warns when live
+// flows fill it, at most once every offloadFullLogEvery; a table full of
+// idle flows, or one that cannot be read, is no cause for that warning,
+// and a count that failed leaves the last one in the metrics.
+func TestCheckOffload(t *testing.T) {
+	const capacity = 1000
+	full := offload.Occupancy{Live: 950, Held: 1000, Capacity: capacity}
+	idle := offload.Occupancy{Live: 10, Held: 1000, Capacity: capacity}
+	unreadable := errors.New("no table")
+	type step struct {
+		after time.Duration // since the first step
+		held  offload.Occupancy
+		err   error
+	}
+	for _, tc := range []struct {
+		name     string
+		steps    []step
+		warnings []string // the messages logged, in order
+		last     *offload.Occupancy
+	}{
+		{"full, then full again a minute later and eleven minutes later", []step{{0, full, nil}, {time.Minute, full, nil}, {11 * time.Minute, full, nil}},
+			[]string{"nearly full", "nearly full"}, &full},
+		{"full of idle flows", []step{{0, idle, nil}, {time.Minute, idle, nil}}, nil, &idle},
+		{"unreadable after a count", []step{{0, idle, nil}, {time.Minute, offload.Occupancy{}, unreadable}}, []string{"counting"}, &idle},
+		{"never read", []step{{0, offload.Occupancy{}, unreadable}, {time.Minute, offload.Occupancy{}, unreadable}}, []string{"counting"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			f := &fakeOffload{}
+			a := &Agent{log: slog.New(slog.NewTextHandler(&logs, nil)), offload: f}
+			start := time.Now()
+			var warned time.Time
+			for _, s := range tc.steps {
+				f.mu.Lock()
+				f.held, f.heldErr = s.held, s.err
+				f.mu.Unlock()
+				a.checkOffload(&warned, start.Add(s.after))
+			}
+			var got []string
+			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				switch {
+				case strings.Contains(line, "nearly full"):
+					got = append(got, "nearly full")
+				case strings.Contains(line, "counting the offload"):
+					got = append(got, "counting")
+				}
+			}
+			if diff := cmp.Diff(tc.warnings, got); diff != "" {
+				t.Errorf("warnings (-want +got):\n%s\nlog:\n%s", diff, logs.String())
+			}
+			if diff := cmp.Diff(tc.last, a.offloadHeld.Load()); diff != "" {
+				t.Errorf("what the metrics read (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestOffloadWatchEvery(t *testing.T) {
+	for _, tc := range []struct {
+		capacity int
+		want     time.Duration
+	}{
+		{1024, 30 * time.Second},
+		{131072, 30 * time.Second},
+		{262144, time.Minute},
+		{1 << 22, 16 * time.Minute},
+	} {
+		if got := offloadWatchEvery(tc.capacity); got != tc.want {
+			t.Errorf("offloadWatchEvery(%d) = %v; want %v", tc.capacity, got, tc.want)
+		}
 	}
 }

@@ -108,6 +108,17 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	if n, ok := after[`nfsteer_map_switch_seconds_count`]; !ok || n != 0 || !hasPrefix(after, "nfsteer_build_info{") {
 		t.Errorf("want nfsteer_build_info and an empty map switch histogram (a map file: no switch); got %v", after)
 	}
+	// The gateway offloads by default, and counts its flow table as it
+	// starts (then every 30 s): the kernel's table, at its default size.
+	var m map[string]float64
+	if !waitFor(3*time.Second, func() bool {
+		m = scrape(t, l, "gw")
+		_, ok := m[`nfsteer_offload_flows{state="held"}`]
+		return ok
+	}) || m["nfsteer_offload_flows_capacity"] != 131072 {
+		t.Errorf("the gateway's offload table: held %v, capacity %v; want it counted, of 131072",
+			m[`nfsteer_offload_flows{state="held"}`], m["nfsteer_offload_flows_capacity"])
+	}
 }
 
 // httpGet returns the whole response to GET path from addr in host's
