@@ -132,7 +132,7 @@ demo: deps build
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./tests/... | tee /tmp/nfsteer-bench.txt
 	$(GO) test -run '^$$' -bench SessionsWrite -benchtime 20000x -benchmem -count 1 ./store | tee -a /tmp/nfsteer-bench.txt
-	$(GO) test -run '^$$' -bench Ingress -count 3 ./offload | tee -a /tmp/nfsteer-bench.txt
+	$(GO) test -run '^$$' -bench 'Ingress|Occupancy' -count 3 ./offload | tee -a /tmp/nfsteer-bench.txt
 
 clean:
 	rm -rf bin
