@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nfsteer/nfsteer/offload"
+	"github.com/nfsteer/nfsteer/store"
 )
 
 // Offload is a gateway's flow offload (package offload) as the agent drives
@@ -188,26 +189,31 @@ func (a *Agent) invalidateOffload() {
 	}
 }
 
-// offloadReport is what a node's heartbeat says of its offload (see
-// store.Report.Offload): on a gateway its state and the packets it
-// forwarded; nothing on an instance host.
-func (a *Agent) offloadReport() (state string, offloaded uint64) {
+// offloadReport fills in what a node's heartbeat says of its offload
+// (see store.Report.Offload): on a gateway its state, the packets it
+// forwarded and its flow table's last count; nothing on an instance host.
+func (a *Agent) offloadReport(r *store.Report) {
 	if a.state.Load().role != Gateway {
-		return "", 0
+		return
 	}
 	switch {
 	case a.offload == nil && a.offloadUnavailable:
-		return "unavailable", 0
+		r.Offload = "unavailable"
+		return
 	case a.offload == nil:
-		return "off", 0
+		r.Offload = "off"
+		return
 	}
 	if fs, err := a.offload.Stats(); err == nil {
-		offloaded = fs.Offloaded
+		r.Offloaded = fs.Offloaded
 	}
+	if held := a.offloadHeld.Load(); held != nil {
+		r.OffloadLive, r.OffloadCapacity = held.Live, held.Capacity
+	}
+	r.Offload = "on"
 	if a.Spec().Overlay != nil {
-		return "overlay", offloaded
+		r.Offload = "overlay"
 	}
-	return "on", offloaded
 }
 
 func errString(err error) string {

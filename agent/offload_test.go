@@ -80,15 +80,16 @@ func (f *fakeOffload) runs() int {
 	return f.ran
 }
 
-// lastOffload is what n's last heartbeat said of its offload: its state
-// and packets, or "none" before any report.
+// lastOffload is what n's last heartbeat said of its offload: its state,
+// packets, and live flow directions of its table's capacity, or "none"
+// before any report.
 func lastOffload(n *fakeNode) string {
 	rs := n.store.reports()
 	if len(rs) == 0 {
 		return "none"
 	}
 	r := rs[len(rs)-1]
-	return fmt.Sprintf("%s %d", r.Offload, r.Offloaded)
+	return fmt.Sprintf("%s %d %d/%d", r.Offload, r.Offloaded, r.OffloadLive, r.OffloadCapacity)
 }
 
 var errNoBPF = errors.New("loading the offload's programs needs CAP_BPF and CAP_NET_ADMIN: operation not permitted")
@@ -102,7 +103,7 @@ var errNoBPF = errors.New("loading the offload's programs needs CAP_BPF and CAP_
 // without it, saying why.
 func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 	t.Run("gateway", func(t *testing.T) {
-		fo := &fakeOffload{}
+		fo := &fakeOffload{held: offload.Occupancy{Live: 3, Held: 5, Capacity: 1024}}
 		v1 := labVersion(t)
 		n := newFakeNode(t, "gw", v1, func(c *Config) {
 			c.OpenOffload = func(log *slog.Logger) (Offload, error) {
@@ -114,7 +115,7 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 		})
 		stop := n.run(t)
 		waitFor(t, "offload attached", func() bool { s, _, _ := fo.state(); return len(s) > 0 })
-		waitFor(t, "a report of the offload", func() bool { return lastOffload(n) == "on 7" })
+		waitFor(t, "a report of the offload", func() bool { return lastOffload(n) == "on 7 3/1024" })
 		v2, d := nextVersion(t, v1, func(p *steering.Published) (*steering.Published, error) { return p.Drain("fw-1") })
 		n.store.publish(v2, d)
 		waitFor(t, "offload invalidated", func() bool { _, i, _ := fo.state(); return i == 1 })
@@ -149,7 +150,7 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 		if opened {
 			t.Error("an instance host opened the offload")
 		}
-		if got := lastOffload(n); got != " 0" {
+		if got := lastOffload(n); got != " 0 0/0" {
 			t.Errorf("an instance host reported its offload as %q; want nothing", got)
 		}
 	})
@@ -191,7 +192,7 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 				if logs := n.logs.String(); !strings.Contains(logs, "steering without the offload") || !strings.Contains(logs, "offload=false") {
 					t.Errorf("the log does not say the gateway steers without the offload, and why:\n%s", logs)
 				}
-				if got := lastOffload(n); got != "unavailable 0" {
+				if got := lastOffload(n); got != "unavailable 0 0/0" {
 					t.Errorf("reported the offload as %q; want unavailable", got)
 				}
 			}

@@ -210,7 +210,7 @@ func (a *Agent) report(rtt time.Duration) *store.Report {
 	r.Unsteered = a.Counters.Unsteered.Load()
 	r.Spoofed = a.Counters.Spoofed.Load()
 	r.Untagged = a.Counters.Untagged.Load()
-	r.Offload, r.Offloaded = a.offloadReport()
+	a.offloadReport(r)
 	if rp := a.rpReport.Load(); rp != nil {
 		r.ReversePathDrops = *rp
 	}

@@ -54,9 +54,14 @@ type Report struct {
 	// "unavailable" (it could not load or attach here, and the gateway
 	// steers without it); "overlay" (loaded, but a gateway on an overlay
 	// does not attach it). Empty on an instance host. Offloaded counts
-	// the packets it forwarded (a running total).
-	Offload   string `json:"offload,omitempty"`
-	Offloaded uint64 `json:"offloaded,omitempty"`
+	// the packets it forwarded (a running total). OffloadLive and
+	// OffloadCapacity are what its flow table held at its last count:
+	// the flow directions passing, and how many it can hold (0 before a
+	// count); live ones near the capacity evict each other.
+	Offload         string `json:"offload,omitempty"`
+	Offloaded       uint64 `json:"offloaded,omitempty"`
+	OffloadLive     int    `json:"offload_live,omitempty"`
+	OffloadCapacity int    `json:"offload_capacity,omitempty"`
 	// ReversePathDrops lists, on a gateway, the zoned tenants' prefixes
 	// ("tenant prefix") whose flows the kernel's reverse-path filter
 	// drops when the chain hands them back (see

@@ -131,9 +131,10 @@ func TestUnhealthyInstanceTakesNoNewFlows(t *testing.T) {
 		t.Errorf("status does not say fw-1 is unhealthy with exit 4 (degraded): %v\n%s", err, status)
 	}
 	t.Logf("status while fw-1 is stalled:\n%s", status)
-	// The gateway's offload runs, by default, and its heartbeat says so.
-	if gw := lineStarting(status, "gw "); !strings.Contains(status, "OFFLOAD") || !strings.Contains(gw, " on, ") {
-		t.Errorf("status does not show the gateway's offload on: its line %q", gw)
+	// The gateway's offload runs, by default, and its heartbeat says so,
+	// with its flow table's count.
+	if gw := lineStarting(status, "gw "); !strings.Contains(status, "OFFLOAD") || !strings.Contains(gw, " on, ") || !strings.Contains(gw, "% of its table live") {
+		t.Errorf("status does not show the gateway's offload on, with its table: its line %q", gw)
 	}
 	// The score is one report's: a heartbeat that lands in a run window
 	// can score 100 while the hysteresis still keeps fw-1 out, so the

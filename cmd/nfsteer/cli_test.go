@@ -660,6 +660,7 @@ func TestCLIStatus(t *testing.T) {
 				rep := &store.Report{Node: n, MapVersion: liveVersion(t, s), ChecksMaps: n == "gw"}
 				if n == "gw" {
 					rep.Offload, rep.Offloaded = "on", 42
+					rep.OffloadLive, rep.OffloadCapacity = 1900, 2048
 				}
 				rep.SetSessionKeys(tc.keys(n))
 				if err := s.Heartbeat(ctx, n, rep); err != nil {
@@ -685,12 +686,16 @@ func TestCLIStatus(t *testing.T) {
 			}
 			// The gateway's offload, in the table and the JSON; the
 			// instances have none.
-			if !strings.Contains(text, "OFFLOAD") || !strings.Contains(text, "on, 42 packets") {
-				t.Errorf("status lacks the OFFLOAD column or gw's \"on, 42 packets\":\n%s", text)
+			const offloadCell = "on, 42 packets, 92% of its table live (FULL: raise --offload-flows)"
+			if !strings.Contains(text, "OFFLOAD") || !strings.Contains(text, offloadCell) {
+				t.Errorf("status lacks the OFFLOAD column or gw's %q:\n%s", offloadCell, text)
 			}
 			for _, a := range st.Agents {
 				if want := map[bool]string{true: "on"}[a.Node == "gw"]; a.Report != nil && a.Report.Offload != want {
 					t.Errorf("agent %s's offload %q; want %q", a.Node, a.Report.Offload, want)
+				}
+				if a.Node == "gw" && a.Report != nil && (a.Report.OffloadLive != 1900 || a.Report.OffloadCapacity != 2048) {
+					t.Errorf("gw's offload table in the JSON: %d of %d live; want 1900 of 2048", a.Report.OffloadLive, a.Report.OffloadCapacity)
 				}
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nfsteer/nfsteer/offload"
 	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/nfsteer/nfsteer/steering"
 	"github.com/nfsteer/nfsteer/store"
@@ -283,10 +284,13 @@ type reportView struct {
 	RTTS         float64 `json:"rtt_s"`
 	MirrorDepth  int64   `json:"mirror_depth"`
 	MirrorDrops  uint64  `json:"mirror_drops"`
-	// Offload and Offloaded are store.Report's: a gateway's flow offload
-	// and the packets it forwarded.
-	Offload   string `json:"offload,omitempty"`
-	Offloaded uint64 `json:"offloaded"`
+	// Offload, Offloaded, OffloadLive and OffloadCapacity are
+	// store.Report's: a gateway's flow offload, the packets it forwarded,
+	// and the flow directions passing in its table and its size.
+	Offload         string `json:"offload,omitempty"`
+	Offloaded       uint64 `json:"offloaded"`
+	OffloadLive     int    `json:"offload_live"`
+	OffloadCapacity int    `json:"offload_capacity"`
 	// Sealed, SealKey, Trusts, TrustsUnsealed and ChecksMaps are
 	// store.Report's.
 	Sealed         bool     `json:"sealed"`
@@ -300,13 +304,22 @@ type reportView struct {
 }
 
 // offload is r's node's flow offload, for the status table: a gateway's
-// state, and while on, the packets it forwarded; "-" on an instance host.
+// state, and while on, the packets it forwarded and how much of its flow
+// table live flows take (FULL from nine places in ten, when they evict
+// each other); "-" on an instance host.
 func (r *reportView) offload() string {
 	switch r.Offload {
 	case "":
 		return "-"
 	case "on", "overlay":
-		return fmt.Sprintf("%s, %d packets", r.Offload, r.Offloaded)
+		s := fmt.Sprintf("%s, %d packets", r.Offload, r.Offloaded)
+		if o := (offload.Occupancy{Live: r.OffloadLive, Capacity: r.OffloadCapacity}); o.Capacity > 0 {
+			s += fmt.Sprintf(", %d%% of its table live", 100*o.Live/o.Capacity)
+			if o.Full() {
+				s += " (FULL: raise --offload-flows)"
+			}
+		}
+		return s
 	}
 	return r.Offload
 }
@@ -347,6 +360,7 @@ func viewReport(r store.Report) *reportView {
 	return &reportView{Sessions: r.Sessions, QueueBacklog: r.QueueBacklog, QueueDrops: r.QueueDrops, Unsteered: r.Unsteered, Spoofed: r.Spoofed, Untagged: r.Untagged,
 		SlowestS: (time.Duration(r.LatencyUS) * time.Microsecond).Seconds(), RTTS: (time.Duration(r.RTTUS) * time.Microsecond).Seconds(),
 		MirrorDepth: r.MirrorDepth, MirrorDrops: r.MirrorDrops, Offload: r.Offload, Offloaded: r.Offloaded,
+		OffloadLive: r.OffloadLive, OffloadCapacity: r.OffloadCapacity,
 		Sealed: r.Sealed, SealKey: r.SealKey, Trusts: r.Trusts, TrustsUnsealed: r.TrustsUnsealed, ChecksMaps: r.ChecksMaps,
 		ReversePathDrops: r.ReversePathDrops}
 }
