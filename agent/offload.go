@@ -110,7 +110,7 @@ const (
 // same share of a CPU whatever the size (a table of 4 million, the
 // largest, every 16 minutes).
 func offloadWatchEvery(capacity int) time.Duration {
-	return offloadWatch * time.Duration(max(1, capacity/131072))
+	return offloadWatch * time.Duration(max(1, capacity/offload.DefaultFlows))
 }
 
 // watchOffload counts what the gateway's offload holds while ctx lasts

@@ -5,10 +5,14 @@ import (
 	"time"
 )
 
+// DefaultFlows is how many flow directions the offload holds unless
+// [Config].Flows says otherwise: 32,768 connections.
+const DefaultFlows = 131072
+
 // Config is what [Open] loads the offload with.
 type Config struct {
 	// Flows bounds how many flow directions the offload holds, each of
-	// their two passes through the gateway counted (default 131072; 4 per
+	// their two passes through the gateway counted (DefaultFlows; 4 per
 	// connection). The least recently used make room for new ones, and
 	// take the kernel's path until learned again.
 	Flows int
@@ -31,7 +35,7 @@ type Config struct {
 
 func (c *Config) defaults() {
 	if c.Flows <= 0 {
-		c.Flows = 131072
+		c.Flows = DefaultFlows
 	}
 	if c.Refresh <= 0 {
 		c.Refresh = time.Second
