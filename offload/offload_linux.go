@@ -348,6 +348,15 @@ func (p *Path) Stats() (Stats, error) {
 	return s, nil
 }
 
+// monotonic is the time on the programs' clock (bpf_ktime_get_ns), in ns.
+func monotonic() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("reading the clock: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
+
 // occupancyBatch is how many flow directions Occupancy reads a system
 // call.
 const occupancyBatch = 4096
@@ -362,11 +371,10 @@ func (p *Path) Occupancy() (Occupancy, error) {
 	p.mu.Lock()
 	gen := p.gen
 	p.mu.Unlock()
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil { // the programs' clock
-		return Occupancy{}, fmt.Errorf("reading the clock: %w", err)
+	now, err := monotonic()
+	if err != nil {
+		return Occupancy{}, err
 	}
-	now := uint64(ts.Nano())
 	o := Occupancy{Capacity: int(p.objs.Flows.MaxEntries())}
 	keys := make([]offloadFlowKey, occupancyBatch)
 	hops := make([]offloadFlowHop, occupancyBatch)

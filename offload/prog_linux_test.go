@@ -134,11 +134,11 @@ func openPath(tb testing.TB) (*Path, uint64) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { p.Close() })
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+	now, err := monotonic()
+	if err != nil {
 		tb.Fatal(err)
 	}
-	return p, uint64(ts.Nano())
+	return p, now
 }
 
 // TestIngress runs the ingress program of a steered interface on packets
