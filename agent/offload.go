@@ -118,7 +118,7 @@ func offloadWatchEvery(capacity int) time.Duration {
 func (a *Agent) watchOffload(ctx context.Context) error {
 	t := time.NewTimer(0)
 	defer t.Stop()
-	var warned time.Time
+	var warned offloadWarned
 	for {
 		select {
 		case <-ctx.Done():
@@ -134,23 +134,37 @@ func (a *Agent) watchOffload(ctx context.Context) error {
 	}
 }
 
+// offloadWarned holds when the agent last warned of each kind of trouble
+// with the offload's flow table, so that a warning of one kind does not
+// hide the other: a count that fails now and then, and a table full of
+// live flows, are different problems for the operator.
+type offloadWarned struct{ count, full time.Time }
+
+// warnDue reports whether a warning last logged at *last may be logged again
+// at now (offloadFullLogEvery since), and if so counts it logged.
+func warnDue(last *time.Time, now time.Time) bool {
+	if !last.IsZero() && now.Sub(*last) < offloadFullLogEvery {
+		return false
+	}
+	*last = now
+	return true
+}
+
 // checkOffload counts what the offload's flow table holds, for the
-// metrics, and warns, at most once every offloadFullLogEvery since
-// warned, when live flows fill it: flows it has no room for then evict
-// passing ones, and take the kernel's path, which costs throughput, not
-// the chain.
-func (a *Agent) checkOffload(warned *time.Time, now time.Time) {
+// metrics, and warns, at most once every offloadFullLogEvery for each
+// kind, when it cannot count or when live flows fill the table: flows it
+// has no room for then evict passing ones, and take the kernel's path,
+// which costs throughput, not the chain.
+func (a *Agent) checkOffload(warned *offloadWarned, now time.Time) {
 	o, err := a.offload.Occupancy()
 	if err != nil {
-		if warned.IsZero() || now.Sub(*warned) >= offloadFullLogEvery {
-			*warned = now
+		if warnDue(&warned.count, now) {
 			a.log.Warn("counting the offload's flows", "err", err)
 		}
 		return
 	}
 	a.offloadHeld.Store(&o)
-	if o.Full() && (warned.IsZero() || now.Sub(*warned) >= offloadFullLogEvery) {
-		*warned = now
+	if o.Full() && warnDue(&warned.full, now) {
 		a.log.Warn("the offload's flow table is nearly full of live flows: flows it has no room for take the kernel's path; raise --offload-flows",
 			"live", o.Live, "held", o.Held, "capacity", o.Capacity)
 	}

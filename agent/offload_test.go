@@ -230,13 +230,15 @@ func TestCheckOffload(t *testing.T) {
 		{"full of idle flows", []step{{0, idle, nil}, {time.Minute, idle, nil}}, nil, &idle},
 		{"unreadable after a count", []step{{0, idle, nil}, {time.Minute, offload.Occupancy{}, unreadable}}, []string{"counting"}, &idle},
 		{"never read", []step{{0, offload.Occupancy{}, unreadable}, {time.Minute, offload.Occupancy{}, unreadable}}, []string{"counting"}, nil},
+		{"unreadable, then full a minute later", []step{{0, offload.Occupancy{}, unreadable}, {time.Minute, full, nil}}, []string{"counting", "nearly full"}, &full},
+		{"full, then unreadable a minute later", []step{{0, full, nil}, {time.Minute, offload.Occupancy{}, unreadable}}, []string{"nearly full", "counting"}, &full},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs bytes.Buffer
 			f := &fakeOffload{}
 			a := &Agent{log: slog.New(slog.NewTextHandler(&logs, nil)), offload: f}
 			start := time.Now()
-			var warned time.Time
+			var warned offloadWarned
 			for _, s := range tc.steps {
 				f.mu.Lock()
 				f.held, f.heldErr = s.held, s.err
