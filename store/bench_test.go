@@ -63,8 +63,8 @@ func newFlows(tab *steering.Table, next uint32, n int, proto uint8, gateway bool
 // collector pays for), and the CPU a flow costs the writers (this
 // process: naming the operations and writing them) and Redis. The flows
 // are made before the clock starts: making them is the packet path's
-// work, which the CPU figures would otherwise count (until session 46
-// they did, about half of the writers' figure).
+// work, which the CPU figures (read from getrusage, which b.StopTimer
+// does not stop) would otherwise count.
 func BenchmarkSessionsWrite(b *testing.B) {
 	ctx := context.Background()
 	s := open(b, redislab.Start(b, redislab.Options{}).URL)
