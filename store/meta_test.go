@@ -17,19 +17,32 @@ func TestMetaJSON(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		m    meta
+		// as, if set, is the meta encoding/json sees as m: m's creator
+		// as its State.
+		as *meta
 	}{
-		{"a create", meta{Flow: "6:10.10.1.2:40000-10.99.0.2:5201", Tenant: "acme", Code: 7, Slot: 7, Version: 3, Created: 1700000000000, Hops: hops}},
+		{"a create", meta{Flow: "6:10.10.1.2:40000-10.99.0.2:5201", Tenant: "acme", Code: 7, Slot: 7, Version: 3, Created: 1700000000000, Hops: hops}, nil},
 		{"a firewall's create, with its verdict", meta{Flow: "6:10.10.1.2:40000-10.99.0.2:5201", Tenant: "acme", Code: 1 << 31, Slot: 4095, Version: 1<<64 - 1, Created: -1,
-			State: map[string]string{"fw": (&sessions.Session{Rule: 3}).FirewallState()}, Hops: hops}},
-		{"states in key order", meta{Flow: "f", State: map[string]string{"ips": "{}", "fw": `{"verdict":"none"}`, "dlp": ""}, Hops: hops}},
-		{"an empty state is none", meta{Flow: "f", State: map[string]string{}, Hops: hops}},
-		{"no hops", meta{Flow: "f"}},
-		{"no hop", meta{Flow: "f", Hops: []sessions.Hop{}}},
-		{"quotes and backslashes", meta{Flow: `a"b\c`, Tenant: `\"`, Hops: []sessions.Hop{{Service: `"`, Primary: `\`}}}},
-		{"what encoding/json escapes its own way", meta{Flow: "<a&b>", Tenant: "\x00\n\t\u2028é\xff", Hops: []sessions.Hop{{Service: "\x7f", Primary: "ü"}}}},
+			State: map[string]string{"fw": (&sessions.Session{Rule: 3}).FirewallState()}, Hops: hops}, nil},
+		{"a firewall's create, its verdict its creator's", meta{Flow: "6:10.10.1.2:40000-10.99.0.2:5201", Tenant: "acme", Created: 1,
+			creator: ownState{"fw", (&sessions.Session{Rule: 3}).FirewallState()}, Hops: hops},
+			&meta{Flow: "6:10.10.1.2:40000-10.99.0.2:5201", Tenant: "acme", Created: 1,
+				State: map[string]string{"fw": (&sessions.Session{Rule: 3}).FirewallState()}, Hops: hops}},
+		{"a creator's empty state, escaped", meta{Flow: "f", creator: ownState{`"fw"`, ""}, Hops: hops},
+			&meta{Flow: "f", State: map[string]string{`"fw"`: ""}, Hops: hops}},
+		{"states in key order", meta{Flow: "f", State: map[string]string{"ips": "{}", "fw": `{"verdict":"none"}`, "dlp": ""}, Hops: hops}, nil},
+		{"an empty state is none", meta{Flow: "f", State: map[string]string{}, Hops: hops}, nil},
+		{"no hops", meta{Flow: "f"}, nil},
+		{"no hop", meta{Flow: "f", Hops: []sessions.Hop{}}, nil},
+		{"quotes and backslashes", meta{Flow: `a"b\c`, Tenant: `\"`, Hops: []sessions.Hop{{Service: `"`, Primary: `\`}}}, nil},
+		{"what encoding/json escapes its own way", meta{Flow: "<a&b>", Tenant: "\x00\n\t\u2028é\xff", Hops: []sessions.Hop{{Service: "\x7f", Primary: "ü"}}}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			want, err := json.Marshal(tc.m)
+			as := &tc.m
+			if tc.as != nil {
+				as = tc.as
+			}
+			want, err := json.Marshal(as)
 			if err != nil {
 				t.Fatal(err)
 			}

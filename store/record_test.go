@@ -60,6 +60,18 @@ func FuzzDecodeRecord(f *testing.F) {
 		if tail := string(b[len(b)-hopsLen:]); !strings.HasPrefix(tail, `,"hops":`) {
 			t.Fatalf("meta.appendJSON says its hops start at %q", tail)
 		}
+		// A create writes its own state as the creator's, without a map:
+		// the same bytes as a State of that one entry.
+		for svc, st := range m.State {
+			if len(m.State) != 1 {
+				break
+			}
+			c := m
+			c.State, c.creator = nil, ownState{svc, st}
+			if got, _ := c.appendJSON(nil); string(got) != string(b) {
+				t.Fatalf("meta.appendJSON wrote the creator's state as\n%s\nand as State's only entry\n%s", got, b)
+			}
+		}
 		again, err := plain.decodeRecord(flow, string(b), map[string]string{"updated": updated, "st:fw": state})
 		if err != nil {
 			t.Fatalf("a record written back does not decode: %v", err)

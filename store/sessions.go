@@ -588,7 +588,7 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		// until its state changes.
 		inRecord := op.Kind == sessions.OpCreateState && op.Index && b.service != ""
 		if inRecord {
-			mt.State = map[string]string{b.service: op.State}
+			mt.creator = ownState{b.service, op.State}
 		}
 		if b.buf == nil {
 			b.buf = make([]byte, 0, recordSize*(len(b.creates)-i))
@@ -1012,8 +1012,10 @@ type indexEntry struct {
 // indexBatch gathers index entries by index, each as the arguments of its
 // ZADD: two slots for the command and the index's key (named once per
 // batch, at flush), then score and member pairs, the score (the batch's
-// deadline) boxed once for all of them.
-type indexBatch map[pair][]any
+// deadline) boxed once for all of them. The arguments are held by
+// pointer, so that an entry costs one map lookup: a batch adds one per
+// hop of every flow it creates.
+type indexBatch map[pair]*[]any
 
 // add indexes flow under the roles of each of h's hops until deadline (a
 // float64 of Unix milliseconds).
@@ -1027,9 +1029,11 @@ func (b indexBatch) add(flow string, h []sessions.Hop, deadline any) {
 func (b indexBatch) addMember(e pair, member, deadline any) {
 	args, ok := b[e]
 	if !ok {
-		args = make([]any, 2, 16)
+		s := make([]any, 2, 16)
+		args = &s
+		b[e] = args
 	}
-	b[e] = append(args, deadline, member)
+	*args = append(*args, deadline, member)
 }
 
 // flush queues what b holds on pipe, one ZADD per index, each after its
@@ -1041,8 +1045,9 @@ func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner, due func(pa
 			// reader that finds an entry can find its index.
 			register(ctx, pipe, e)
 		}
-		args[0], args[1] = "zadd", e.key()
-		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...)) // a pipeline only queues
+		a := *args
+		a[0], a[1] = "zadd", e.key()
+		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, a...)) // a pipeline only queues
 		delete(b, e)
 	}
 }
