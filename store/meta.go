@@ -29,9 +29,10 @@ type meta struct {
 	Hops  []sessions.Hop    `json:"hops"`
 	// creator, when State is empty, is the one state a create writes, its
 	// writer's own, which appendJSON encodes as State's only entry: a
-	// firewall creates a record per new connection, and a map per record
-	// was an eighth of the writer's CPU (BenchmarkSessionsWrite).
-	// encoding/json, which only reads records, does not see it.
+	// firewall creates a record per new connection, and building a map
+	// for each would cost an eighth of the writer's CPU
+	// (BenchmarkSessionsWrite). encoding/json, which only reads records,
+	// does not see it.
 	creator ownState
 }
 
