@@ -27,8 +27,9 @@ type meta struct {
 	// Hops, whose encoding ends a record (createCmd.hops).
 	State map[string]string `json:"state,omitempty"`
 	Hops  []sessions.Hop    `json:"hops"`
-	// creator, when State is empty, is the one state a create writes, its
-	// writer's own, which appendJSON encodes as State's only entry: a
+	// creator, when State is empty and its service is named (a gateway,
+	// which has none, writes no state), is the one state a create writes,
+	// its writer's own, which appendJSON encodes as State's only entry: a
 	// firewall creates a record per new connection, and building a map
 	// for each would cost an eighth of the writer's CPU
 	// (BenchmarkSessionsWrite). encoding/json, which only reads records,

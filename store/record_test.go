@@ -61,9 +61,10 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Fatalf("meta.appendJSON says its hops start at %q", tail)
 		}
 		// A create writes its own state as the creator's, without a map:
-		// the same bytes as a State of that one entry.
+		// the same bytes as a State of that one entry. A creator is a
+		// function, whose service has a name: one without is none.
 		for svc, st := range m.State {
-			if len(m.State) != 1 {
+			if len(m.State) != 1 || svc == "" {
 				break
 			}
 			c := m
