@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nfsteer/nfsteer/internal/throttle"
 	"github.com/nfsteer/nfsteer/offload"
 	"github.com/nfsteer/nfsteer/store"
 )
@@ -98,10 +99,11 @@ func (a *Agent) runOffload(ctx context.Context) error {
 // offloadWatch is how often the agent counts what a gateway's offload
 // holds at the default size (a read of its whole flow table: about 40 ms
 // of a CPU when it is full, 0.15% of one every 30 s), and
-// offloadFullLogEvery how often at most it warns that live flows fill it.
+// offloadWarnEvery how often at most it warns of each kind of trouble
+// with the table (checkOffload).
 const (
-	offloadWatch        = 30 * time.Second
-	offloadFullLogEvery = 10 * time.Minute
+	offloadWatch     = 30 * time.Second
+	offloadWarnEvery = 10 * time.Minute
 )
 
 // offloadWatchEvery is how often the agent counts a flow table of
@@ -118,7 +120,7 @@ func offloadWatchEvery(capacity int) time.Duration {
 func (a *Agent) watchOffload(ctx context.Context) error {
 	t := time.NewTimer(0)
 	defer t.Stop()
-	var warned offloadWarned
+	warned := newOffloadWarned()
 	for {
 		select {
 		case <-ctx.Done():
@@ -134,37 +136,33 @@ func (a *Agent) watchOffload(ctx context.Context) error {
 	}
 }
 
-// offloadWarned holds when the agent last warned of each kind of trouble
-// with the offload's flow table, so that a warning of one kind does not
-// hide the other: a count that fails now and then, and a table full of
-// live flows, are different problems for the operator.
-type offloadWarned struct{ count, full time.Time }
+// offloadWarned throttles the agent's warnings of each kind of trouble
+// with the offload's flow table apart, so that a warning of one kind does
+// not hide the other: a count that fails now and then, and a table full
+// of live flows, are different problems for the operator.
+type offloadWarned struct{ count, full throttle.Log }
 
-// warnDue reports whether a warning last logged at *last may be logged again
-// at now (offloadFullLogEvery since), and if so counts it logged.
-func warnDue(last *time.Time, now time.Time) bool {
-	if !last.IsZero() && now.Sub(*last) < offloadFullLogEvery {
-		return false
-	}
-	*last = now
-	return true
+// newOffloadWarned returns the throttles of a watch that has warned of
+// nothing yet.
+func newOffloadWarned() offloadWarned {
+	return offloadWarned{count: throttle.Log{Every: offloadWarnEvery}, full: throttle.Log{Every: offloadWarnEvery}}
 }
 
 // checkOffload counts what the offload's flow table holds, for the
-// metrics, and warns, at most once every offloadFullLogEvery for each
+// metrics, and warns, at most once every offloadWarnEvery for each
 // kind, when it cannot count or when live flows fill the table: flows it
 // has no room for then evict passing ones, and take the kernel's path,
 // which costs throughput, not the chain.
 func (a *Agent) checkOffload(warned *offloadWarned, now time.Time) {
 	o, err := a.offload.Occupancy()
 	if err != nil {
-		if warnDue(&warned.count, now) {
+		if warned.count.OK(now) {
 			a.log.Warn("counting the offload's flows", "err", err)
 		}
 		return
 	}
 	a.offloadHeld.Store(&o)
-	if o.Full() && warnDue(&warned.full, now) {
+	if o.Full() && warned.full.OK(now) {
 		a.log.Warn("the offload's flow table is nearly full of live flows: flows it has no room for take the kernel's path; raise --offload-flows",
 			"live", o.Live, "held", o.Held, "capacity", o.Capacity)
 	}

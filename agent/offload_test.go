@@ -206,7 +206,7 @@ func TestOffloadRunsOnGatewaysOnly(t *testing.T) {
 }
 
 // TestCheckOffload counts a gateway's offload table and warns when live
-// flows fill it, at most once every offloadFullLogEvery; a table full of
+// flows fill it, at most once every offloadWarnEvery; a table full of
 // idle flows, or one that cannot be read, is no cause for that warning,
 // and a count that failed leaves the last one in the metrics.
 func TestCheckOffload(t *testing.T) {
@@ -238,7 +238,7 @@ func TestCheckOffload(t *testing.T) {
 			f := &fakeOffload{}
 			a := &Agent{log: slog.New(slog.NewTextHandler(&logs, nil)), offload: f}
 			start := time.Now()
-			var warned offloadWarned
+			warned := newOffloadWarned()
 			for _, s := range tc.steps {
 				f.mu.Lock()
 				f.held, f.heldErr = s.held, s.err

@@ -50,23 +50,6 @@ func (c *Config) defaults() {
 // otherwise log every batch.
 const failureLogEvery = time.Minute
 
-// throttle says whether something that happens often may be logged now:
-// the first time, and then once every every. Its zero value with every set
-// is ready; it is not safe for concurrent use.
-type throttle struct {
-	every time.Duration
-	last  time.Time
-}
-
-// ok reports whether to log at now, and if so counts it as logged.
-func (t *throttle) ok(now time.Time) bool {
-	if !t.last.IsZero() && now.Sub(t.last) < t.every {
-		return false
-	}
-	t.last = now
-	return true
-}
-
 // Stats counts what the offload did since it was opened.
 type Stats struct {
 	// Offloaded is the packets it forwarded itself.

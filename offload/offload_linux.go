@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/nfsteer/nfsteer/internal/throttle"
 	"github.com/nfsteer/nfsteer/rules"
 	"golang.org/x/sys/unix"
 )
@@ -123,7 +124,7 @@ func (p *Path) Run(ctx context.Context) error {
 	held := make([]bool, rules.LiberalBatch)
 	pace := time.NewTimer(0)
 	defer pace.Stop()
-	failures := throttle{every: failureLogEvery}
+	failures := throttle.Log{Every: failureLogEvery}
 	for {
 		rd.SetDeadline(time.Time{})
 		if err := rd.ReadInto(&rec); err != nil {
@@ -143,7 +144,7 @@ func (p *Path) Run(ctx context.Context) error {
 		}
 		if err := p.liberal.Set(conns, held); err != nil {
 			n := p.failed.Add(uint64(len(asks)))
-			if failures.ok(time.Now()) {
+			if failures.OK(time.Now()) {
 				p.log.Warn("cannot make connections liberal in conntrack: they take the kernel's path, and are asked for again a second later", "err", err, "failed_total", n)
 			}
 		} else {
