@@ -167,11 +167,12 @@ func (u cpuUse) over(n int64) cpuUse {
 	return cpuUse{u.agents / time.Duration(n), u.redis / time.Duration(n), u.self / time.Duration(n), u.machine / time.Duration(n)}
 }
 
-// per is u per connection of n, in µs.
+// per is u per connection of n (over), in µs.
 func (u cpuUse) per(n int64) string {
-	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(max(n, 1)) }
+	v := u.over(n)
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	return fmt.Sprintf("agents %.1f µs, redis-server %.1f µs, dialers and server %.1f µs, machine %.1f µs",
-		us(u.agents), us(u.redis), us(u.self), us(u.machine))
+		us(v.agents), us(v.redis), us(v.self), us(v.machine))
 }
 
 // dialFor opens and resets TCP connections from the acme client to addr
