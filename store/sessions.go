@@ -335,8 +335,10 @@ func registered(instance, member string) (p pair, primary, ok bool) {
 // is SET GET without NX: a record it finds is an earlier connection's on
 // the 5-tuple, which the node may not know (an agent restarted since,
 // another instance carried it). Losing to it would leave the new
-// connection on that record's remaining life and roles. The follow-up
-// removes what of it would outlive it (replaced). In Redis a script cost about 38 µs a call
+// connection on that record's remaining life and roles. What of it would
+// outlive it goes: this writer's verdict in the state hash by a HDEL in
+// the create's own round trip, its index entries under other roles in
+// the follow-up (replaced). In Redis a script cost about 38 µs a call
 // against 2-3 µs a native command (COMMANDSTATS in the new-flow
 // benchmark), and creates are per flow.
 //
@@ -609,6 +611,16 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		}
 		first := redis.NewStatusCmd(ctx, args...)
 		_ = pipe.Process(ctx, first)
+		if replace && inRecord {
+			// An earlier connection's verdict of this writer's, in the
+			// state hash, would override the one in the new record. It
+			// goes in the same round trip, whether or not there was an
+			// earlier connection: a HDEL of nothing costs Redis less
+			// than a second round trip per batch costs both sides.
+			// Its update time goes too: a hash left with no verdict is
+			// gone.
+			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hdel", stKey(), b.stField, "updated"))
+		}
 		b.creates[i] = createCmd{first: first, hops: m[len(m)-hopsLen:], stateInRecord: inRecord, replace: replace}
 		if op.Kind == sessions.OpCreateState && b.service != "" && !inRecord {
 			writeState()
@@ -798,10 +810,6 @@ type followUp struct {
 	// states are the operations whose state the batch put in a record
 	// that lost: it goes to the state hash.
 	states []int
-	// cleared are the flows whose create replaced an earlier
-	// connection's record, whose verdict of this writer's goes from the
-	// state hash (replaced).
-	cleared []string
 	// refreshed are the flows whose sessions settle found this writer's
 	// to extend (their index entries are in idx).
 	refreshed []string
@@ -865,15 +873,12 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f follo
 }
 
 // replaced leaves to the follow-up what of an earlier connection on op's
-// 5-tuple would outlive its record, which op's create replaced (c): this
-// writer's verdict in the state hash, which readers would take over the
-// one in op's record, and the index entries under roles op's lack. Other
-// writers' verdicts stay: each writes its own for the new connection,
-// perhaps already.
+// 5-tuple would outlive its record, which op's create replaced (c): the
+// index entries under roles op's lack. This writer's verdict in the state
+// hash, which readers would take over the one in op's record, went in
+// the create's own round trip (batch.queue); other writers' verdicts
+// stay: each writes its own for the new connection, perhaps already.
 func (b *batch) replaced(op *sessions.Named, c createCmd, f *followUp) {
-	if c.stateInRecord {
-		f.cleared = append(f.cleared, op.Record.Flow)
-	}
 	hops, ok := b.s.hopsIn(op.Record.Flow, c.first.Val(), c.hops, op.Record.Hops)
 	if !ok {
 		return // its index entries are trimmed when they expire
@@ -888,14 +893,10 @@ func (b *batch) replaced(op *sessions.Named, c createCmd, f *followUp) {
 
 // followUp writes f in a second pipeline, if it holds anything.
 func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []sessions.Named, out []sessions.Outcome) error {
-	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.cleared) == 0 && len(f.refreshed) == 0 && len(f.deleted) == 0 {
+	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.refreshed) == 0 && len(f.deleted) == 0 {
 		return nil
 	}
 	pipe := w.s.rdb.Pipeline()
-	for _, flow := range f.cleared {
-		// Its update time goes too: a hash left with no verdict is gone.
-		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hdel", stateKey(flow), b.stField, "updated"))
-	}
 	for _, flow := range f.refreshed {
 		_ = pipe.Process(ctx, redis.NewBoolCmd(ctx, "pexpire", sessionKey(flow), b.ttlArg))
 		_ = pipe.Process(ctx, redis.NewBoolCmd(ctx, "pexpire", stateKey(flow), b.ttlArg))

@@ -1093,34 +1093,57 @@ func TestReplacingCreateOverwrites(t *testing.T) {
 // TestReplacingCreateDropsTheClosedVerdict: a firewall that creates the
 // session of a new connection on a closed one's 5-tuple keeps its
 // verdict in the new record, and the closed connection's state hash,
-// which would override it, is gone.
+// which would override it, is gone. A verdict the firewall writes for
+// the new connection in the same batch as its create stays.
 func TestReplacingCreateDropsTheClosedVerdict(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, redislab.Start(t, redislab.Options{}).URL)
 	tab := labTable(t)
 	gw, fw := s.NewSessions("", "", time.Minute), s.NewSessions("fw", "fw-1", time.Minute)
-	write := func(w *store.Sessions, op sessions.Op) {
+	write := func(w *store.Sessions, ops ...sessions.Op) {
 		t.Helper()
-		if _, err := w.Write(ctx, sessions.Name(tab, []sessions.Op{op})); err != nil {
+		if _, err := w.Write(ctx, sessions.Name(tab, ops)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	closed := acmeSession(tab, 41100)
-	closed.Rule = 5
-	write(gw, sessions.Op{Kind: sessions.OpCreate, Index: true, Session: closed})
-	write(fw, sessions.Op{Kind: sessions.OpState, Session: closed})
-	reopened := closed
-	reopened.Rule = 1
-	write(fw, sessions.Op{Kind: sessions.OpCreateState, Index: true, Replace: true, Session: reopened})
-	rec, err := fw.Get(ctx, reopened.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(map[string]string{"fw": reopened.FirewallState()}, rec.State); diff != "" {
-		t.Errorf("state after the replacing create (-want +got):\n%s", diff)
-	}
-	if n := store.ClientOf(s).Exists(ctx, "nfsteer:st:{"+rec.Flow+"}").Val(); n != 0 {
-		t.Errorf("the closed connection's state hash is still there")
+	for _, tc := range []struct {
+		name string
+		port uint16
+		// then, if set, is the rule of a verdict the firewall writes
+		// after its create, in the same batch.
+		then      int16
+		wantState bool // the state hash is left, with then's verdict
+	}{
+		{name: "create alone", port: 41100},
+		{name: "create and a verdict in one batch", port: 41101, then: 3, wantState: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			closed := acmeSession(tab, tc.port)
+			closed.Rule = 5
+			write(gw, sessions.Op{Kind: sessions.OpCreate, Index: true, Session: closed})
+			write(fw, sessions.Op{Kind: sessions.OpState, Session: closed})
+			reopened := closed
+			reopened.Rule = 1
+			ops := []sessions.Op{{Kind: sessions.OpCreateState, Index: true, Replace: true, Session: reopened}}
+			want := reopened.FirewallState()
+			if tc.then != 0 {
+				later := reopened
+				later.Rule = tc.then
+				ops = append(ops, sessions.Op{Kind: sessions.OpState, Session: later})
+				want = later.FirewallState()
+			}
+			write(fw, ops...)
+			rec, err := fw.Get(ctx, reopened.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(map[string]string{"fw": want}, rec.State); diff != "" {
+				t.Errorf("state after the replacing create (-want +got):\n%s", diff)
+			}
+			if n := store.ClientOf(s).Exists(ctx, "nfsteer:st:{"+rec.Flow+"}").Val(); (n != 0) != tc.wantState {
+				t.Errorf("state hash exists: %v; want %v", n != 0, tc.wantState)
+			}
+		})
 	}
 }
 
