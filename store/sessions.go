@@ -614,11 +614,12 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		if replace && inRecord {
 			// An earlier connection's verdict of this writer's, in the
 			// state hash, would override the one in the new record. It
-			// goes in the same round trip, whether or not there was an
-			// earlier connection: a HDEL of nothing costs Redis less
-			// than a second round trip per batch costs both sides.
-			// Its update time goes too: a hash left with no verdict is
-			// gone.
+			// goes right after the create, whether or not there was an
+			// earlier connection, so that a verdict the batch writes
+			// after the create stays. (A HDEL per create against a
+			// follow-up round trip per batch: about even in the lab,
+			// BENCHMARKS.md, session 47.) Its update time goes too: a
+			// hash left with no verdict is gone.
 			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, "hdel", stKey(), b.stField, "updated"))
 		}
 		b.creates[i] = createCmd{first: first, hops: m[len(m)-hopsLen:], stateInRecord: inRecord, replace: replace}
