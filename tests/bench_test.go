@@ -157,7 +157,26 @@ func machine() string {
 		}
 	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return fmt.Sprintf("%d CPUs (%s), kernel %s, %s", runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version())
+	return fmt.Sprintf("%d CPUs (%s), kernel %s, %s, %s", runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version(), idle())
+}
+
+// idle names how the machine's idle CPUs wait: a connect through the
+// chain starts with a wake-up on every node, and a virtual CPU that halts
+// at once (the haltpoll governor with guest_halt_poll_ns 0) wakes slowly
+// (README, "Operator guide").
+func idle() string {
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "?"
+		}
+		return strings.TrimSpace(string(b))
+	}
+	gov := read("/sys/devices/system/cpu/cpuidle/current_governor")
+	if gov == "haltpoll" {
+		return "idle governor haltpoll, guest_halt_poll_ns " + read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+	}
+	return "idle governor " + gov
 }
 
 // BenchmarkChainThroughput measures one TCP stream (iperf3, 4 s per
