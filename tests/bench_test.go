@@ -168,7 +168,7 @@ func idle() string {
 	read := func(path string) string {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return "?"
+			return "unknown"
 		}
 		return strings.TrimSpace(string(b))
 	}
