@@ -192,7 +192,7 @@ type fakeStore struct {
 	closed   int
 	// writers is what each Sessions call asked for: "service/instance".
 	writers []string
-	// prunes counts PrunePairs calls, failed ones too.
+	// prunes counts PruneIndexNames calls, failed ones too.
 	prunes int
 	// writeDelay is how long each Write takes; beatsInWrites counts the
 	// heartbeats that arrived meanwhile.
@@ -302,7 +302,7 @@ func (s *fakeStore) Close() error {
 	return nil
 }
 
-func (s *fakeStore) PrunePairs(context.Context) (int, error) {
+func (s *fakeStore) PruneIndexNames(context.Context) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.prunes++

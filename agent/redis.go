@@ -135,7 +135,7 @@ func (a *Agent) pruneIndexes(ctx context.Context) error {
 		if !st.role.hostsInstance() || st.service < 0 {
 			continue
 		}
-		n, err := a.sessionsOf(st).PrunePairs(ctx)
+		n, err := a.sessionsOf(st).PruneIndexNames(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil && err.Error() != lastErr:
 			a.log.Warn("cannot prune the names of this instance's gone session indexes; trying again later", "err", err)

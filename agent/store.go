@@ -44,10 +44,10 @@ type SessionStore interface {
 	// did not answer.
 	GetAll(ctx context.Context, flows []sessions.Key) (recs []*sessions.Record, errs []error, err error)
 	Write(ctx context.Context, ops []sessions.Named) ([]sessions.Outcome, error)
-	// PrunePairs forgets the names of the node's instance's session
+	// PruneIndexNames forgets the names of the node's instance's session
 	// indexes that are gone and that it shared with instances the map no
-	// longer has, and returns how many (see store.Sessions.PrunePairs).
-	PrunePairs(ctx context.Context) (int, error)
+	// longer has, and returns how many (see store.Sessions.PruneIndexNames).
+	PruneIndexNames(ctx context.Context) (int, error)
 }
 
 // redisStore is a *store.Store as the agent's Store.

@@ -90,7 +90,7 @@ func TestACLRoles(t *testing.T) {
 	// fw-1 once shared an index with fw-9, which the map no longer has.
 	must("operator: registering an index", store.ClientOf(op).SAdd(ctx, "nfsteer:i:{fw-1}:pairs", "p:fw-9").Err())
 	fw.Known = func(in string) bool { _, ok := tab.InstanceByName(in); return ok }
-	if n, err := fw.PrunePairs(ctx); err != nil || n != 1 {
+	if n, err := fw.PruneIndexNames(ctx); err != nil || n != 1 {
 		t.Errorf("agent: pruning the names of gone indexes = %d, %v; want 1", n, err)
 	}
 
@@ -200,7 +200,7 @@ func TestSessionsUnderAnOlderGrant(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Get: %v", err)
 	}
-	if n, err := admin.ZScore(ctx, store.PairKey(rec.Hops[0].Primary, rec.Hops[0].Secondary), rec.Flow).Result(); err != nil || n <= 0 {
+	if n, err := admin.ZScore(ctx, store.RolesKey(rec.Hops), rec.Flow).Result(); err != nil || n <= 0 {
 		t.Errorf("index entry of %s: %v, %v; want it indexed", rec.Flow, n, err)
 	}
 }

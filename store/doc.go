@@ -13,14 +13,17 @@
 //   - sessions: per flow, a record created first-writer-wins with its
 //     expiry in one command (with its creator's state, when a firewall
 //     creates it), and a hash of the functions' later state; per
-//     instance and role, sorted-set indexes that list an instance's
-//     sessions without scanning the keyspace;
+//     combination of the roles at a chain's hops, a sorted-set index of
+//     the sessions that have them, named in a set per instance, so that
+//     an instance's sessions of either role are listed and counted
+//     without scanning the keyspace;
 //   - agents' heartbeats and reports, stamped with Redis's clock;
 //   - the controller lease.
 //
 // Keys carry hash tags so that what one script or transaction touches
 // lives in one Cluster slot: {map} for the map, the flow for a session,
-// the instance for its indexes, {hb} for heartbeats, {ctl} for the lease.
+// the roles for an index, the instance for its set of index names, {hb}
+// for heartbeats, {ctl} for the lease.
 //
 // The package needs no privilege; a Store is safe for concurrent use.
 package store

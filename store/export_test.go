@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"time"
 
+	"github.com/nfsteer/nfsteer/sessions"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -31,3 +32,6 @@ var Dialer = dialer
 
 // ApplyTLS loads files into c, as Open does for a rediss:// URL.
 func ApplyTLS(files TLSFiles, c *tls.Config) error { return files.apply(c) }
+
+// RolesKey names the index of the sessions whose hops have the roles of h.
+func RolesKey(h []sessions.Hop) string { return rolesOf(h).key() }

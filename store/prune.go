@@ -3,69 +3,99 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// PrunePairs removes from the writer's instance's pairsKey set the names
-// of its indexes that are gone (every entry expired or removed, so Redis
-// dropped the key) and that it shares with a peer Known says the map no
+// PruneIndexNames removes from the writer's instance's pairsKey set the
+// names of its indexes that are gone (every entry expired or removed, so
+// Redis dropped the key) and that name an instance Known says the map no
 // longer has (with Known nil it removes nothing). It removes the same
-// names from the peer's set, and the name of the peer's own index with no
-// secondary once that is gone too: the peer's agent, gone with it, would
-// not, and Redis drops the set with its last name. Readers (a listing, a
-// drain's count) read one index per name, and instances come and go:
-// without it, the sets would keep every peer an instance ever had. It
-// trims an index's expired entries before it looks, as a reader does, and
-// returns how many of its own names it removed. It is safe for concurrent
-// use.
+// names from the sets of the other instances each names: an agent gone
+// with its instance would not, and Redis drops a set with its last name.
+// From the set of each such instance it removes too the names of gone
+// indexes that name only instances the map no longer has (its own pair
+// index with no secondary, of an earlier version; the roles of a chain
+// with none of the map's instances). Readers (a listing, a drain's count)
+// read one index per name, and instances come and go: without it, the
+// sets would keep every peer an instance ever had. It trims an index's
+// expired entries before it looks, as a reader does, and returns how many
+// of its own names it removed. It is safe for concurrent use.
 //
-// A dropped instance's names of indexes it shared only with instances
-// dropped too stay: no running agent reads them.
-//
-// An index shared with a peer the map has keeps its name, however empty:
-// writers register an index only when they trim it, once every
+// An index that names only instances the map has keeps its name, however
+// empty: writers register an index only when they trim it, once every
 // indexTrimEvery, and a name removed between a writer's registration and
 // its entries would hide the index from readers until then. A writer still
-// on a map with the peer the map has since dropped can meet that race;
+// on a map with an instance the map has since dropped can meet that race;
 // it costs its index at most indexTrimEvery of readers not seeing it.
-func (w *Sessions) PrunePairs(ctx context.Context) (removed int, err error) {
+func (w *Sessions) PruneIndexNames(ctx context.Context) (removed int, err error) {
 	if w.Instance == "" || w.Known == nil {
-		return 0, nil // a gateway holds no role; without Known every peer counts as the map's
+		return 0, nil // a gateway holds no role; without Known every instance counts as the map's
 	}
 	set := pairsKey(w.Instance)
 	members, err := w.s.rdb.SMembers(ctx, set).Result()
 	if err != nil {
 		return 0, fmt.Errorf("reading the names of %s's session indexes from %s: %w", w.Instance, w.s.addr, permission(err))
 	}
-	// A name is member in this instance's set (none: the peer's own
-	// index) and back in the peer's, of the same index.
-	type name struct{ member, index, peer, back string }
+	// A gone index is named by member in this instance's set ("" for
+	// none: an index of gone peers only) and in each of its peers'.
+	type name struct {
+		member, index string
+		peers         []peerName
+	}
 	var gone []name
-	peers := map[string]bool{}
+	var peers []string // the gone peers, once each
 	for _, m := range members {
-		p, primary, ok := registered(w.Instance, m)
-		peer, back := p.secondary, "s:"+w.Instance
-		if !primary {
-			peer, back = p.primary, "p:"+w.Instance
+		r, ok := registeredAs(w.Instance, m)
+		if !ok {
+			continue
 		}
-		// "" is no secondary, which any pair of the map may have.
-		if ok && peer != "" && !w.Known(peer) {
-			gone = append(gone, name{m, p.key(), peer, back})
-			if !peers[peer] {
-				// The peer's index with no secondary, named in its set alone.
-				peers[peer] = true
-				gone = append(gone, name{"", pairKey(peer, ""), peer, "p:"})
+		dropped := false
+		for _, p := range r.peers {
+			if !w.Known(p.instance) {
+				dropped = true
+				if !slices.Contains(peers, p.instance) {
+					peers = append(peers, p.instance)
+				}
 			}
+		}
+		if dropped {
+			gone = append(gone, name{m, r.key, r.peers})
 		}
 	}
 	if len(gone) == 0 {
 		return 0, nil
 	}
-	before := "(" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+	// A gone peer's names of indexes that name only instances gone too
+	// (its own pair index with no secondary, a chain's roles with no
+	// instance the map has): no running agent would remove them, and
+	// the peer's set would stay for good.
 	pipe := w.s.rdb.Pipeline()
+	theirs := make([]*redis.StringSliceCmd, len(peers))
+	for i, p := range peers {
+		theirs[i] = pipe.SMembers(ctx, pairsKey(p))
+	}
+	if cmds, err := pipe.Exec(ctx); err != nil {
+		if err := failed(cmds, err); err != nil {
+			return 0, fmt.Errorf("reading the names of the session indexes of instances the map no longer has from %s: %w", w.s.addr, permission(err))
+		}
+	}
+	seen := map[string]bool{}
+	for i, p := range peers {
+		for _, m := range theirs[i].Val() {
+			r, ok := registeredAs(p, m)
+			if !ok || seen[r.key] || slices.ContainsFunc(r.peers, func(n peerName) bool { return w.Known(n.instance) }) {
+				continue
+			}
+			seen[r.key] = true
+			gone = append(gone, name{"", r.key, append(r.peers, peerName{p, m})})
+		}
+	}
+	before := "(" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+	pipe = w.s.rdb.Pipeline()
 	exists := make([]*redis.IntCmd, len(gone))
 	for i, n := range gone {
 		pipe.ZRemRangeByScore(ctx, n.index, "-inf", before)
@@ -81,7 +111,9 @@ func (w *Sessions) PrunePairs(ctx context.Context) (removed int, err error) {
 		if exists[i].Val() != 0 {
 			continue
 		}
-		pipe.SRem(ctx, pairsKey(n.peer), n.back)
+		for _, p := range n.peers {
+			pipe.SRem(ctx, pairsKey(p.instance), p.member)
+		}
 		if n.member != "" {
 			pipe.SRem(ctx, set, n.member)
 			removed++

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,11 +47,19 @@ type retakeReq struct {
 }
 
 // retaken is what retake did with one request: its outcome and, when it
-// took the hop (retakeDone; otherwise was means nothing), the roles the
-// hop had before, whose index the session leaves.
+// took the hop (retakeDone; otherwise before is nil), the roles the
+// record had before, whose index the session leaves.
 type retaken struct {
 	outcome int
-	was     pair
+	before  []sessions.Hop
+}
+
+// after returns the roles the record has after t, a takeover of hop by
+// to with secondary sec.
+func (t retaken) after(hop int, to, sec string) []sessions.Hop {
+	h := slices.Clone(t.before)
+	h[hop].Primary, h[hop].Secondary = to, sec
+	return h
 }
 
 // Takeover outcomes (retake).
@@ -112,7 +119,7 @@ func (s *Store) retake(ctx context.Context, reqs []retakeReq, gone func(instance
 				out[r].outcome = retakeHeld
 				continue
 			}
-			out[r].was = pair{h.Primary, h.Secondary}
+			out[r].before = slices.Clone(m.Hops)
 			h.Primary, h.Secondary = req.to, req.sec
 			nb, _ := m.appendJSON(nil)
 			cas = append(cas, casScript.EvalSha(ctx, pipe, []string{sessionKey(req.flow), stateKey(req.flow)},
@@ -176,7 +183,7 @@ type Sessions struct {
 	mu sync.Mutex
 	// trimmed holds when the writer last trimmed each index, and
 	// registered it in its instances' pairsKey sets (Unix ms).
-	trimmed map[pair]int64
+	trimmed map[roles]int64
 	// trimWarned and registerWarned say a refused trim or registration
 	// was logged.
 	trimWarned, registerWarned bool
@@ -190,130 +197,14 @@ const indexTrimEvery = 10 * time.Second
 // instance, of service ("" for both on a gateway). Sessions live ttl in
 // Redis unless refreshed.
 func (s *Store) NewSessions(service, instance string, ttl time.Duration) *Sessions {
-	return &Sessions{s: s, Service: service, Instance: instance, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[pair]int64{}}
-}
-
-// trimDue reports whether the index e is due a trim at nowMS, and if so
-// counts it trimmed. An index entry leaves with its session's delete,
-// which only a firewall sends: the sessions of a chain without one, and
-// of a node that died, expire in Redis but would stay in their indexes
-// for good. Each writer trims the indexes it adds to, once per trimEvery:
-// one command per index and interval, and each entry removed once. An
-// index due a trim is registered again too (batch.register).
-func (w *Sessions) trimDue(e pair, nowMS int64) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if nowMS-w.trimmed[e] < w.trimEvery.Milliseconds() {
-		return false
-	}
-	w.trimmed[e] = nowMS
-	return true
-}
-
-// trim removes the entries of the indexes due whose sessions expired
-// before nowMS, in a pipeline of its own, after the batch: a trim is
-// best-effort, the entries it would remove are of sessions that no longer
-// exist, which readers skip, and its failure must fail nothing else. It
-// logs a failure once per writer (under the agent ACL of a version that
-// did not trim, say).
-func (w *Sessions) trim(ctx context.Context, due []pair, nowMS int64) {
-	if len(due) == 0 {
-		return
-	}
-	pipe := w.s.rdb.Pipeline()
-	before := "(" + strconv.FormatInt(nowMS, 10)
-	for _, e := range due {
-		pipe.ZRemRangeByScore(ctx, e.key(), "-inf", before)
-	}
-	_, err := pipe.Exec(ctx)
-	if err == nil || ctx.Err() != nil {
-		return
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.trimWarned {
-		return
-	}
-	w.trimWarned = true
-	slog.Warn("cannot trim the expired entries of the session indexes; they stay until a listing trims them (the agent's Redis user needs ZREMRANGEBYSCORE: nfsteer redis acl)",
-		"redis", w.s.addr, "err", err)
-}
-
-// registrationRefused reports whether the only commands of cmds Redis
-// refused are registrations (register) it refused for the user's ACL: a
-// grant of a version before the pair indexes, which has no SADD. The
-// sessions and their index entries are written; only readers cannot
-// find the indexes, which the writer logs once rather than stop
-// mirroring, as for a trim.
-func (w *Sessions) registrationRefused(cmds []redis.Cmder) bool {
-	var refusal error
-	for _, c := range cmds {
-		err := c.Err()
-		if err == nil || errors.Is(err, redis.Nil) {
-			continue
-		}
-		if c.Name() != "sadd" || !redis.HasErrorPrefix(err, "NOPERM") {
-			return false
-		}
-		refusal = err
-	}
-	if refusal == nil {
-		return false
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.registerWarned {
-		w.registerWarned = true
-		slog.Warn("cannot register the session indexes: instance drain and sessions list do not see the sessions this node writes (the agent's Redis user needs SADD: nfsteer redis acl)",
-			"redis", w.s.addr, "err", refusal)
-	}
-	return true
-}
-
-// pair is the roles at one hop of a session: its primary and its
-// secondary ("" for none), the index the session is listed in (pairKey).
-type pair struct{ primary, secondary string }
-
-func (p pair) key() string { return pairKey(p.primary, p.secondary) }
-
-// pairsOf returns the index of each of h's hops.
-func pairsOf(h []sessions.Hop) []pair {
-	out := make([]pair, len(h))
-	for i, x := range h {
-		out[i] = pair{x.Primary, x.Secondary}
-	}
-	return out
-}
-
-// register queues on pipe what lets readers find p's index: its name in
-// its primary's and its secondary's pairsKey sets. A writer registers an
-// index again each time it trims it (trimDue); the names of indexes gone
-// between instances the map no longer has are removed by
-// [Sessions.PrunePairs].
-func register(ctx context.Context, pipe redis.Pipeliner, p pair) {
-	pipe.SAdd(ctx, pairsKey(p.primary), "p:"+p.secondary)
-	if p.secondary != "" {
-		pipe.SAdd(ctx, pairsKey(p.secondary), "s:"+p.primary)
-	}
-}
-
-// registered returns the index that member of instance's pairsKey set
-// names (register), and whether instance is its primary.
-func registered(instance, member string) (p pair, primary, ok bool) {
-	if peer, ok := strings.CutPrefix(member, "p:"); ok {
-		return pair{instance, peer}, true, true
-	}
-	if peer, ok := strings.CutPrefix(member, "s:"); ok {
-		return pair{peer, instance}, false, true
-	}
-	return pair{}, false, false
+	return &Sessions{s: s, Service: service, Instance: instance, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[roles]int64{}}
 }
 
 // Write writes a batch of mirror operations, named by [sessions.Name], in
 // one pipeline; an operation without hops (its tenant left the map) is
-// skipped. Index entries are gathered per index (the pair of instances
-// holding a hop's roles), so a batch costs each index one ZADD, not one
-// per session.
+// skipped. A session is listed in one index, named by the roles at all
+// its hops (roles), and index entries are gathered per index, so a batch
+// costs each index one ZADD, not one per session.
 //
 // Who indexes a new session: the create that says so (indexes), in the
 // same pipeline, before it knows whether it won: a gateway's (OpCreate),
@@ -458,7 +349,7 @@ func (c createCmd) lost() bool { return !c.replace && c.found() }
 type batch struct {
 	s       *Store
 	w       *Sessions
-	due     []pair // indexes due a trim (Sessions.trimDue)
+	due     []roles // indexes due a trim (Sessions.trimDue)
 	ctx     context.Context
 	pipe    redis.Pipeliner
 	idx     indexBatch
@@ -498,7 +389,7 @@ const recordSize = 384
 // flushIndex queues the batch's index entries (indexBatch.flush), and
 // registers and remembers for a trim the indexes due one.
 func (b *batch) flushIndex() {
-	b.idx.flush(b.ctx, b.pipe, func(e pair) bool {
+	b.idx.flush(b.ctx, b.pipe, func(e roles) bool {
 		if !b.w.trimDue(e, b.nowMS) {
 			return false
 		}
@@ -517,7 +408,7 @@ func (b *batch) pexpire(key any) *redis.BoolCmd {
 func (w *Sessions) write(ctx context.Context, ops []sessions.Named, taken []retaken) ([]sessions.Outcome, error) {
 	now := time.Now()
 	b := &batch{
-		s: w.s, w: w, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: indexBatch{}, service: w.Service, ttl: w.TTL, taken: taken,
+		s: w.s, w: w, ctx: ctx, pipe: w.s.rdb.Pipeline(), idx: newIndexBatch(), service: w.Service, ttl: w.TTL, taken: taken,
 		nowMS: now.UnixMilli(), deadline: any(strconv.FormatInt(now.Add(w.TTL).UnixMilli(), 10)),
 		creates: make([]createCmd, len(ops)),
 		ttlArg:  w.TTL.Milliseconds(), nowArg: now.UnixMilli(), stField: "st:" + w.Service,
@@ -681,13 +572,18 @@ func (b *batch) queue(i int, op *sessions.Named) {
 			pipe.HSet(ctx, stateKey(rec.Flow), "st:"+b.service, b.s.sealState(rec.Flow, b.service, op.State))
 		}
 		b.flushIndex() // what was added before goes before the removal
-		if was := b.taken[i].was; was != (pair{h[hop].Primary, h[hop].Secondary}) {
-			// The hop's index before the takeover, by the roles the
-			// record had: its primary may be one the map no longer
-			// names (op.From "").
-			pipe.ZRem(ctx, was.key(), rec.Flow)
+		// The session leaves the index of the roles its record had: the
+		// hop's primary may be one the map no longer names (op.From ""),
+		// and another hop's roles may differ from the node's. The
+		// entries an earlier version wrote go too.
+		t := b.taken[i]
+		after := t.after(hop, h[hop].Primary, h[hop].Secondary)
+		if !sameRoles(t.before, after) {
+			for _, e := range entriesOf(rec.Flow, t.before) {
+				pipe.ZRem(ctx, e.key, e.flow)
+			}
 		}
-		b.idx.add(rec.Flow, h, b.deadline)
+		b.idx.add(rec.Flow, after, b.deadline)
 	case sessions.OpDelete:
 		if b.last[rec.Flow] == i {
 			b.reads[i] = redis.NewStringCmd(ctx, "get", key)
@@ -698,8 +594,8 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		// again, and the old session must be gone before it.
 		b.flushIndex()
 		pipe.Del(ctx, keyS, stateKey(rec.Flow))
-		for _, e := range pairsOf(h) {
-			pipe.ZRem(ctx, e.key(), rec.Flow)
+		for _, e := range entriesOf(rec.Flow, h) {
+			pipe.ZRem(ctx, e.key, e.flow)
 		}
 	}
 }
@@ -739,15 +635,11 @@ func (b *batch) settle(ops []sessions.Named, out []sessions.Outcome, f *followUp
 			continue
 		case refresh:
 			f.refreshed = append(f.refreshed, rec.Flow)
-			for _, e := range pairsOf(hops) {
-				f.idx.addMember(e, rec.Flow, b.deadline)
-			}
+			f.idx.add(rec.Flow, hops, b.deadline)
 			continue
 		}
 		f.deleted = append(f.deleted, rec.Flow)
-		for _, e := range pairsOf(hops) {
-			f.ended = append(f.ended, indexEntry{e, rec.Flow})
-		}
+		f.ended.remove(rec.Flow, hops)
 	}
 }
 
@@ -818,9 +710,9 @@ type followUp struct {
 	// to extend (their index entries are in idx).
 	refreshed []string
 	// deleted are the flows whose sessions settle found this writer's
-	// to delete, and ended their index entries.
+	// to delete, and ended their index entries (flushed as removals).
 	deleted []string
-	ended   []indexEntry
+	ended   indexBatch
 }
 
 // reconcile reads the creates that lost: each outcome learns the first
@@ -831,7 +723,7 @@ type followUp struct {
 // was in its record, it writes the state. A create that replaced a record
 // leaves the follow-up what of it would outlive it (replaced).
 func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f followUp) {
-	f.idx = indexBatch{}
+	f.idx, f.ended = newIndexBatch(), newIndexBatch()
 	for i, c := range b.creates {
 		if c.replace && c.found() {
 			b.replaced(&ops[i], c, &f)
@@ -861,16 +753,9 @@ func (b *batch) reconcile(ops []sessions.Named, out []sessions.Outcome) (f follo
 		if !indexes(&ops[i]) {
 			continue
 		}
-		ours, theirs := pairsOf(rec.Hops), pairsOf(first.Hops)
-		for _, e := range ours {
-			if !slices.Contains(theirs, e) {
-				f.stale = append(f.stale, indexEntry{e, rec.Flow})
-			}
-		}
-		for _, e := range theirs {
-			if !slices.Contains(ours, e) {
-				f.idx.addMember(e, rec.Flow, b.deadline)
-			}
+		if !sameRoles(rec.Hops, first.Hops) {
+			f.stale = append(f.stale, indexEntry{rolesOf(rec.Hops).key(), rec.Flow})
+			f.idx.add(rec.Flow, first.Hops, b.deadline)
 		}
 	}
 	return f
@@ -887,17 +772,14 @@ func (b *batch) replaced(op *sessions.Named, c createCmd, f *followUp) {
 	if !ok {
 		return // its index entries are trimmed when they expire
 	}
-	ours := pairsOf(op.Record.Hops)
-	for _, e := range pairsOf(hops) {
-		if !slices.Contains(ours, e) {
-			f.stale = append(f.stale, indexEntry{e, op.Record.Flow})
-		}
+	if !sameRoles(hops, op.Record.Hops) {
+		f.stale = append(f.stale, indexEntry{rolesOf(hops).key(), op.Record.Flow})
 	}
 }
 
 // followUp writes f in a second pipeline, if it holds anything.
 func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []sessions.Named, out []sessions.Outcome) error {
-	if len(f.stale) == 0 && len(f.idx) == 0 && len(f.states) == 0 && len(f.refreshed) == 0 && len(f.deleted) == 0 {
+	if len(f.stale) == 0 && f.idx.empty() && len(f.states) == 0 && len(f.refreshed) == 0 && len(f.deleted) == 0 {
 		return nil
 	}
 	pipe := w.s.rdb.Pipeline()
@@ -912,8 +794,8 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 	}
 	zrem(ctx, pipe, f.stale)
 	// Registered as the first pipeline registers, and trimmed after.
-	var due []pair
-	f.idx.flush(ctx, pipe, func(e pair) bool {
+	var due []roles
+	f.idx.flush(ctx, pipe, func(e roles) bool {
 		if !w.trimDue(e, b.nowMS) {
 			return false
 		}
@@ -925,7 +807,7 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 	for _, flow := range f.deleted {
 		pipe.Del(ctx, sessionKey(flow), stateKey(flow)) // one slot: {flow}
 	}
-	zrem(ctx, pipe, f.ended)
+	f.ended.flushRemovals(ctx, pipe)
 	if cmds, err := pipe.Exec(ctx); err != nil && !w.registrationRefused(cmds) {
 		if err := failed(cmds, err); err != nil && !refused(cmds, ops, out) {
 			return fmt.Errorf("settling sessions that existed at %s: %w", w.s.addr, permission(err))
@@ -933,22 +815,6 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 	}
 	w.trim(ctx, due, b.nowMS)
 	return nil
-}
-
-// zrem queues the removal of entries, one ZREM per index: a batch's
-// entries share a few pairs of instances.
-func zrem(ctx context.Context, pipe redis.Pipeliner, entries []indexEntry) {
-	byIndex := map[pair][]any{}
-	for _, e := range entries {
-		args, ok := byIndex[e.pair]
-		if !ok {
-			args = append(make([]any, 0, 16), "zrem", e.key())
-		}
-		byIndex[e.pair] = append(args, e.flow)
-	}
-	for _, args := range byIndex {
-		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...))
-	}
 }
 
 // failed returns the first error among cmds that is not redis.Nil, or err,
@@ -997,8 +863,8 @@ func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) b
 	for i := range ops {
 		flow := ops[i].Record.Flow
 		mine := []string{sessionKey(flow), stateKey(flow)}
-		for _, e := range pairsOf(ops[i].Record.Hops) {
-			mine = append(mine, e.key())
+		for _, e := range entriesOf(flow, ops[i].Record.Hops) {
+			mine = append(mine, e.key)
 		}
 		for j, k := range keys {
 			if out[i].Refused == nil && slices.Contains(mine, k) {
@@ -1007,54 +873,6 @@ func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) b
 		}
 	}
 	return true
-}
-
-type indexEntry struct {
-	pair
-	flow string
-}
-
-// indexBatch gathers index entries by index, each as the arguments of its
-// ZADD: two slots for the command and the index's key (named once per
-// batch, at flush), then score and member pairs, the score (the batch's
-// deadline) boxed once for all of them. The arguments are held by
-// pointer, so that an entry costs one map lookup: a batch adds one per
-// hop of every flow it creates.
-type indexBatch map[pair]*[]any
-
-// add indexes flow under the roles of each of h's hops until deadline
-// (Unix milliseconds, in decimal: ZADD's score).
-func (b indexBatch) add(flow string, h []sessions.Hop, deadline any) {
-	var member any = flow // boxed once, not once per entry
-	for _, x := range h {
-		b.addMember(pair{x.Primary, x.Secondary}, member, deadline)
-	}
-}
-
-func (b indexBatch) addMember(e pair, member, deadline any) {
-	args, ok := b[e]
-	if !ok {
-		s := make([]any, 2, 16)
-		args = &s
-		b[e] = args
-	}
-	*args = append(*args, deadline, member)
-}
-
-// flush queues what b holds on pipe, one ZADD per index, each after its
-// registration if due says so, and empties b.
-func (b indexBatch) flush(ctx context.Context, pipe redis.Pipeliner, due func(pair) bool) {
-	for e, args := range b {
-		if due(e) {
-			// Registered before its entries, in the same pipeline: a
-			// reader that finds an entry can find its index.
-			register(ctx, pipe, e)
-		}
-		a := *args
-		a[0], a[1] = "zadd", e.key()
-		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, a...)) // a pipeline only queues
-		delete(b, e)
-	}
 }
 
 // Get returns the session of flow as Redis holds it. A malformed entry gives
@@ -1200,85 +1018,10 @@ func (s *Store) List(ctx context.Context, instance, role string) (recs []*sessio
 	return recs, bad, nil
 }
 
-// indexKeys returns the keys of the indexes that list the sessions for
-// which instance holds role: the pair indexes its pairsKey set names, and
-// the index of the versions before them (legacyIndexKey).
-func (s *Store) indexKeys(ctx context.Context, instance, role string) ([]string, error) {
-	names, err := s.rdb.SMembers(ctx, pairsKey(instance)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("reading the indexes of %s from %s: %w", instance, s.addr, permission(err))
-	}
-	keys := []string{legacyIndexKey(instance, role)}
-	for _, n := range names {
-		if p, primary, ok := registered(instance, n); ok && primary == (role == RolePrimary) {
-			keys = append(keys, p.key())
-		}
-	}
-	return keys, nil
-}
-
-// indexed returns the flows of instance's indexes of role whose deadline
-// has not passed, and prunes the others (best-effort: a user that may
-// only read still reads).
-func (s *Store) indexed(ctx context.Context, instance, role string) ([]string, error) {
-	keys, err := s.indexKeys(ctx, instance, role)
-	if err != nil {
-		return nil, err
-	}
-	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	pipe := s.rdb.Pipeline()
-	ranges := make([]*redis.StringSliceCmd, len(keys))
-	for i, k := range keys {
-		pipe.ZRemRangeByScore(ctx, k, "-inf", "("+now)
-		ranges[i] = pipe.ZRangeByScore(ctx, k, &redis.ZRangeBy{Min: now, Max: "+inf"})
-	}
-	_, _ = pipe.Exec(ctx) // each reply is read below
-	var flows []string
-	seen := map[string]bool{}
-	for i, r := range ranges {
-		got, err := r.Result()
-		if err != nil {
-			return nil, fmt.Errorf("reading index %s from %s: %w", keys[i], s.addr, permission(err))
-		}
-		for _, f := range got {
-			if !seen[f] {
-				seen[f] = true
-				flows = append(flows, f)
-			}
-		}
-	}
-	return flows, nil
-}
-
-// Count returns how many live sessions instance holds role for, from its
-// indexes (entries whose deadline passed are not counted): a set read and
-// one ZCOUNT per index, in one round trip, for each peer the instance
-// has had and for the index of earlier versions.
-func (s *Store) Count(ctx context.Context, instance, role string) (int64, error) {
-	keys, err := s.indexKeys(ctx, instance, role)
-	if err != nil {
-		return 0, err
-	}
-	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	pipe := s.rdb.Pipeline()
-	counts := make([]*redis.IntCmd, len(keys))
-	for i, k := range keys {
-		counts[i] = pipe.ZCount(ctx, k, now, "+inf")
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return 0, fmt.Errorf("counting %s sessions of %s at %s: %w", role, instance, s.addr, permission(err))
-	}
-	var n int64
-	for _, c := range counts {
-		n += c.Val()
-	}
-	return n, nil
-}
-
 // Handover gives the sessions for which instance holds the primary role to
 // the instances that hold their slots' primary roles on next (a table on
-// which instance holds none): the record's pins and roles, and both
-// instances' indexes, change in Redis with the session's state untouched.
+// which instance holds none): the record's pins and roles, and the index
+// it is listed in, change in Redis with the session's state untouched.
 // A node that then meets one of these flows finds it under its own primary
 // role. Entries another node changed meanwhile are left alone. It returns
 // how many sessions moved; malformed entries are skipped and returned in
@@ -1290,8 +1033,7 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	}
 	now := time.Now()
 	var reqs []retakeReq
-	var of []int        // the record of each request
-	var before []string // the secondary at each request's hop, as listed
+	var of []int // the record of each request
 	for i, r := range recs {
 		ttl := max(r.TTL, time.Minute)
 		for hop, h := range r.Hops {
@@ -1312,7 +1054,6 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			}
 			reqs = append(reqs, retakeReq{flow: r.Flow, hop: hop, from: instance, to: to.Name, sec: secName, ttl: ttl, nowMS: now.UnixMilli()})
 			of = append(of, i)
-			before = append(before, h.Secondary)
 		}
 	}
 	if len(reqs) == 0 {
@@ -1322,26 +1063,29 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	if err != nil {
 		return 0, bad, fmt.Errorf("handing sessions of %s over: %w", instance, err)
 	}
-	// The indexes follow the records that moved, in one pipeline.
+	// The indexes follow the records that moved, in one pipeline: each
+	// leaves the index of the roles it was listed with, and the entries
+	// an earlier version wrote (in its hop's pair index, or in the
+	// instances' indexes of one role each), for that of its new roles.
 	pipe := s.rdb.Pipeline()
 	counted := map[int]bool{}
 	for i, req := range reqs {
-		if res[i].outcome != retakeDone {
+		t := res[i]
+		if t.outcome != retakeDone {
 			continue
 		}
 		if !counted[of[i]] {
 			counted[of[i]] = true
 			moved++
 		}
-		deadline := float64(now.Add(req.ttl).UnixMilli())
-		pipe.ZRem(ctx, pairKey(instance, before[i]), req.flow)
-		// A session written before the pair indexes is listed in its
-		// instances' indexes of one role each.
+		after := rolesOf(t.after(req.hop, req.to, req.sec))
+		for _, e := range entriesOf(req.flow, t.before) {
+			pipe.ZRem(ctx, e.key, e.flow)
+		}
 		pipe.ZRem(ctx, legacyIndexKey(instance, RolePrimary), req.flow)
 		pipe.ZRem(ctx, legacyIndexKey(req.to, RoleSecondary), req.flow)
-		to := pair{req.to, req.sec}
-		register(ctx, pipe, to)
-		pipe.ZAdd(ctx, to.key(), redis.Z{Score: deadline, Member: req.flow})
+		register(ctx, pipe, after)
+		pipe.ZAdd(ctx, after.key(), redis.Z{Score: float64(now.Add(req.ttl).UnixMilli()), Member: req.flow})
 	}
 	if moved > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {

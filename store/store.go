@@ -46,12 +46,15 @@ const (
 func sessionKey(flow string) string { return "nfsteer:s:{" + flow + "}" }
 func stateKey(flow string) string   { return "nfsteer:st:{" + flow + "}" }
 
-// pairKey names the role index of the sessions for which primary holds
-// the primary role at a hop and secondary ("" for none) the secondary
-// role: a sorted set of flows scored by expiry. One entry serves both
-// instances' views, so a hop costs one entry, not one per role.
-// pairsKey names the set of an instance's pair indexes ("p:S" where it
-// is primary with secondary S, "s:P" where it is secondary of P), by
+// pairKey names the role index an earlier version wrote for the sessions
+// for which primary holds the primary role at a hop and secondary ("" for
+// none) the secondary role: a sorted set of flows scored by expiry, one
+// entry per hop. Readers still read it, and whoever removes a session's
+// entries removes them there too, until the sessions it lists expire;
+// this version lists a session once, by the roles at all its hops
+// (roles.key). pairsKey names the set of the names of an instance's
+// indexes ("r:ROLES" for a roles index; "p:S" where it is primary with
+// secondary S, "s:P" where it is secondary of P, for a pair index), by
 // which readers find them. Both carry instance's hash tag (the
 // primary's, for pairKey).
 func pairKey(primary, secondary string) string { return "nfsteer:i:{" + primary + "}:p:" + secondary }

@@ -860,11 +860,22 @@ func TestSessions(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// An earlier version's pair indexes, expired: fw-5's with
+			// fw-6, and fw-6's own with no secondary.
+			c := store.ClientOf(s)
+			for _, e := range []struct{ index, set, member string }{
+				{store.PairKey("fw-5", "fw-6"), "fw-5", "p:fw-6"},
+				{store.PairKey("fw-5", "fw-6"), "fw-6", "s:fw-5"},
+				{store.PairKey("fw-6", ""), "fw-6", "p:"},
+			} {
+				c.ZAdd(ctx, e.index, redis.Z{Score: float64(time.Now().UnixMilli() + 50), Member: flowKey(40740).String()})
+				c.SAdd(ctx, "nfsteer:i:{"+e.set+"}:pairs", e.member)
+			}
 			time.Sleep(100 * time.Millisecond) // the short sessions' entries expire
 			long.Known = func(in string) bool { _, ok := tab.InstanceByName(in); return ok }
-			n, err := long.PrunePairs(ctx)
-			if err != nil || n != 2 {
-				t.Errorf("PrunePairs = %d, %v; want 2 names removed", n, err)
+			n, err := long.PruneIndexNames(ctx)
+			if err != nil || n != 3 {
+				t.Errorf("PruneIndexNames = %d, %v; want 3 names removed", n, err)
 			}
 			// Each peer's set loses the same names, and fw-6's, left with
 			// none, is gone.
@@ -872,10 +883,10 @@ func TestSessions(t *testing.T) {
 				instance string
 				want     []string
 			}{
-				{"fw-5", []string{"p:", "p:fw-2", "s:fw-7"}},
+				{"fw-5", []string{"r:fw-5/", "r:fw-5/fw-2", "r:fw-7/fw-5"}},
 				{"fw-6", []string{}},
-				{"fw-7", []string{"p:fw-5"}},
-				{"fw-8", []string{"p:"}},
+				{"fw-7", []string{"r:fw-7/fw-5"}},
+				{"fw-8", []string{"r:fw-8/"}},
 			} {
 				got, err := store.ClientOf(s).SMembers(ctx, "nfsteer:i:{"+c.instance+"}:pairs").Result()
 				if err != nil {
@@ -989,7 +1000,7 @@ func TestSessionWriteRefusedForGood(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		index := store.PairKey(rec.Hops[0].Primary, rec.Hops[0].Secondary)
+		index := store.RolesKey(rec.Hops)
 		if err := c.Del(ctx, index).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -1197,6 +1208,7 @@ func TestConnectionReplacesAnEarlierConnectionsRecord(t *testing.T) {
 			t.Fatal(err)
 		}
 		want, _ := sessions.NewRecord(tab, &conn)
+		wasRec, _ := sessions.NewRecord(tab, &earlier)
 		if rec.Created != want.Created || rec.Hops[0] != want.Hops[0] {
 			t.Errorf("record created %d, first hop %+v; want the connection's: %d, %+v", rec.Created, rec.Hops[0], want.Created, want.Hops[0])
 		}
@@ -1210,8 +1222,8 @@ func TestConnectionReplacesAnEarlierConnectionsRecord(t *testing.T) {
 			index string
 			want  bool
 		}{
-			{"nfsteer:i:{" + other + "}:p:" + primary.Name, false},
-			{"nfsteer:i:{" + primary.Name + "}:p:" + other, true},
+			{store.RolesKey(wasRec.Hops), false},
+			{store.RolesKey(want.Hops), true},
 		} {
 			err := c.ZScore(ctx, tc.index, flow).Err()
 			if got := err == nil; got != tc.want {
@@ -1518,5 +1530,151 @@ func TestRoleIndexes(t *testing.T) {
 		if diff := cmp.Diff(counts{"fw-2": {0, 1}}, count(t)); diff != "" {
 			t.Errorf("counts after fw-2's deletes (-want +got):\n%s", diff)
 		}
+	})
+}
+
+// TestPairIndexesOfAnEarlierVersion: the sessions an earlier version
+// listed once per hop, in the index of the hop's pair of instances, named
+// in their sets as "p:SECONDARY" and "s:PRIMARY", are counted and listed
+// until they end; whoever ends them, takes them over or hands them over
+// removes those entries too, so that a drain's count reaches zero.
+func TestPairIndexesOfAnEarlierVersion(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		c := store.ClientOf(s)
+		tab := labTable(t)
+		gw := s.NewSessions("", "", time.Minute)
+		// earlier writes the sessions of sports as the gateway of an
+		// earlier version did.
+		earlier := func(t *testing.T, sports ...uint16) []*sessions.Record {
+			t.Helper()
+			var ops []sessions.Op
+			for _, p := range sports {
+				ops = append(ops, sessions.Op{Kind: sessions.OpCreate, Session: acmeSession(tab, p)})
+			}
+			if _, err := gw.Write(ctx, sessions.Name(tab, ops)); err != nil {
+				t.Fatal(err)
+			}
+			var recs []*sessions.Record
+			for _, o := range ops {
+				rec, err := gw.Get(ctx, o.Session.Key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pipe := c.Pipeline()
+				pipe.ZRem(ctx, store.RolesKey(rec.Hops), rec.Flow)
+				for _, h := range rec.Hops {
+					pipe.ZAdd(ctx, store.PairKey(h.Primary, h.Secondary), redisZ(rec.Flow))
+					pipe.SAdd(ctx, "nfsteer:i:{"+h.Primary+"}:pairs", "p:"+h.Secondary)
+					if h.Secondary != "" {
+						pipe.SAdd(ctx, "nfsteer:i:{"+h.Secondary+"}:pairs", "s:"+h.Primary)
+					}
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					t.Fatal(err)
+				}
+				recs = append(recs, rec)
+			}
+			return recs
+		}
+		// indexed returns the instances whose indexes of role list flow,
+		// of those the lab map has.
+		indexed := func(t *testing.T, role, flow string) []string {
+			t.Helper()
+			var out []string
+			for _, in := range tab.Instances() {
+				keys, err := store.IndexKeys(s, in.Name, role)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, k := range keys {
+					if err := c.ZScore(ctx, k, flow).Err(); err == nil {
+						out = append(out, in.Name)
+					}
+				}
+			}
+			slices.Sort(out)
+			return out
+		}
+		// roles returns the instances rec names in role, as indexed
+		// wants them.
+		roles := func(rec *sessions.Record, role string) []string {
+			var out []string
+			for _, h := range rec.Hops {
+				if role == store.RolePrimary {
+					out = append(out, h.Primary)
+				} else if h.Secondary != "" {
+					out = append(out, h.Secondary)
+				}
+			}
+			slices.Sort(out)
+			return out
+		}
+		check := func(t *testing.T, rec *sessions.Record, what string) {
+			t.Helper()
+			for _, role := range []string{store.RolePrimary, store.RoleSecondary} {
+				if diff := cmp.Diff(roles(rec, role), indexed(t, role, rec.Flow)); diff != "" {
+					t.Errorf("%s, the instances whose %s indexes list %s (-want +got):\n%s", what, role, rec.Flow, diff)
+				}
+			}
+		}
+
+		t.Run("counted and listed", func(t *testing.T) {
+			rec := earlier(t, 43500)[0]
+			check(t, rec, "as an earlier version wrote it")
+			recs, _, err := s.List(ctx, rec.Hops[1].Primary, store.RolePrimary)
+			if err != nil || !slices.ContainsFunc(recs, func(r *sessions.Record) bool { return r.Flow == rec.Flow }) {
+				t.Errorf("List(%s, primary) = %d sessions, %v; want %s among them", rec.Hops[1].Primary, len(recs), err, rec.Flow)
+			}
+		})
+
+		t.Run("a delete removes its entries", func(t *testing.T) {
+			rec := earlier(t, 43510)[0]
+			fw := s.NewSessions("fw", rec.Hops[0].Primary, time.Minute)
+			if _, err := fw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpDelete, Session: acmeSession(tab, 43510)}})); err != nil {
+				t.Fatal(err)
+			}
+			check(t, &sessions.Record{Flow: rec.Flow}, "after the firewall's delete")
+		})
+
+		t.Run("a takeover moves it to the index of its new roles", func(t *testing.T) {
+			rec := earlier(t, 43520)[0]
+			a := acmeSession(tab, 43520)
+			sec, _ := tab.InstanceByName(rec.Hops[0].Secondary)
+			from := a.Pins[0]
+			a.Pins[0] = sec.ID
+			fw := s.NewSessions("fw", sec.Name, time.Minute)
+			if _, err := fw.Write(ctx, sessions.Name(tab, []sessions.Op{{Kind: sessions.OpTakeover, Hop: 0, From: from, Session: a}})); err != nil {
+				t.Fatal(err)
+			}
+			after, err := gw.Get(ctx, a.Key)
+			if err != nil || after.Hops[0].Primary != sec.Name {
+				t.Fatalf("after the takeover: %+v, %v; want %s the primary", after, err, sec.Name)
+			}
+			check(t, after, "after the takeover")
+		})
+
+		t.Run("a handover moves it to the index of its new roles", func(t *testing.T) {
+			rec := earlier(t, 43530)[0]
+			from := rec.Hops[1].Primary
+			live, err := steeringLab(t).Drain(from)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if moved, bad, err := s.Handover(ctx, from, compiled(t, live)); err != nil || len(bad) != 0 || moved == 0 {
+				t.Fatalf("Handover(%s) = %d, %v, %v; want sessions moved", from, moved, bad, err)
+			}
+			after, err := gw.Get(ctx, acmeSession(tab, 43530).Key)
+			if err != nil || after.Hops[1].Primary == from {
+				t.Fatalf("after the handover: %+v, %v; want another primary than %s", after, err, from)
+			}
+			if n, err := s.Count(ctx, from, store.RolePrimary); err != nil || n != 0 {
+				t.Errorf("Count(%s, primary) after its handover = %d, %v; want 0", from, n, err)
+			}
+			if err := c.ZScore(ctx, store.RolesKey(after.Hops), rec.Flow).Err(); err != nil {
+				t.Errorf("the index of the session's roles after the handover: %v", err)
+			}
+		})
 	})
 }

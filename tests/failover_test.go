@@ -154,6 +154,17 @@ func rolesOf(t *testing.T, service string, f steering.Flow) (primary, secondary 
 	return p.Name, s.Name
 }
 
+// rolesIndex names the index in which Redis lists the sessions whose
+// hops have the roles of hops: one per combination of roles,
+// "nfsteer:i:r:{PRIMARY/SECONDARY,...}" (store's roles.key).
+func rolesIndex(hops []sessions.Hop) string {
+	var r []string
+	for _, h := range hops {
+		r = append(r, h.Primary+"/"+h.Secondary)
+	}
+	return "nfsteer:i:r:{" + strings.Join(r, ",") + "}"
+}
+
 // TestFailoverToSecondary kills the primary firewall of a running TCP
 // transfer and UDP stream (SIGKILL and link down). The transfer must
 // finish byte-exact with no reset, the secondary must carry the rest, and
@@ -184,12 +195,8 @@ func TestFailoverToSecondary(t *testing.T) {
 	if err != nil || len(rec.Hops) == 0 || rec.Hops[0].Primary != secondary {
 		t.Errorf("Redis holds %+v (%v) as the flow's hops, want %s as the firewall's primary", rec.Hops, err, secondary)
 	}
-	// The index of the hop's roles (store.pairKey): the new primary's
-	// with the secondary the record names.
-	index := "nfsteer:i:{" + secondary + "}:p:"
-	if len(rec.Hops) > 0 {
-		index += rec.Hops[0].Secondary
-	}
+	// The index of the record's roles.
+	index := rolesIndex(rec.Hops)
 	out, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", index, "0", "-1")
 	if !strings.Contains(out, k.String()) {
 		t.Errorf("index %s holds %q, want the flow %s", index, out, k)
@@ -226,8 +233,8 @@ func TestForwarderFailoverHandsSessionsOver(t *testing.T) {
 		if err != nil || json.Unmarshal([]byte(out), &rec) != nil || len(rec.Hops) != 2 || rec.Hops[1].Primary != secondary {
 			return false
 		}
-		// The index of the hop's roles (store.pairKey).
-		index, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", "nfsteer:i:{"+secondary+"}:p:"+rec.Hops[1].Secondary, "0", "-1")
+		// The index of the record's roles.
+		index, _ = l.Output("ctl", "redis-cli", "-h", lab.Control, "ZRANGE", rolesIndex(rec.Hops), "0", "-1")
 		return strings.Contains(index, k)
 	}) {
 		t.Errorf("Redis holds %+v as the flow's hops, and %q in the index of %s as primary; want %s as dlp's primary, not the dead %s, and the flow %s indexed",

@@ -418,7 +418,7 @@ func TestFinishedFlowsLeaveRedisWithoutAFirewall(t *testing.T) {
 		}
 		return strings.Join(strings.Fields(out), " ")
 	}
-	if got, want := names(secondary), "s:"+primary; got != want {
+	if got, want := names(secondary), "r:"+primary+"/"+secondary; got != want {
 		t.Fatalf("%s's index names in Redis: %q; want %q", secondary, got, want)
 	}
 	if out, err := l.Nfsteer("ctl", "instance", "remove", "--redis", lab.RedisURL, primary); err == nil || !strings.Contains(err.Error(), "still carries 1 sessions") {
@@ -547,14 +547,17 @@ func TestMigratedConnectionLeavesTheOldFirewall(t *testing.T) {
 	}
 	h.ping(t, "across "+to)
 	// indexedUnder lists the indexes that name the flow with from as
-	// its primary, from Redis's own keys.
+	// its primary at a hop (rolesIndex), from Redis's own keys.
 	indexedUnder := func() []string {
-		keys, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "--scan", "--pattern", "nfsteer:i:{"+from+"}:p:*")
+		keys, err := l.Output("ctl", "redis-cli", "-h", lab.Control, "--scan", "--pattern", "nfsteer:i:r:*")
 		if err != nil {
-			t.Fatalf("listing %s's indexes: %v", from, err)
+			t.Fatalf("listing the indexes: %v", err)
 		}
 		var in []string
 		for _, k := range strings.Fields(keys) {
+			if !strings.Contains(k, "{"+from+"/") && !strings.Contains(k, ","+from+"/") {
+				continue
+			}
 			if out, _ := l.Output("ctl", "redis-cli", "-h", lab.Control, "ZSCORE", k, h.flow); strings.TrimSpace(out) != "" {
 				in = append(in, k)
 			}
