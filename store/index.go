@@ -110,9 +110,9 @@ func pairsOf(h []sessions.Hop) []pair {
 
 // register queues on pipe what lets readers find r's index: its name in
 // the pairsKey set of each instance it names. A writer registers an
-// index again each time it trims it (trimDue); the names of indexes that
-// are gone and name an instance the map no longer has are removed by
-// [Sessions.PruneIndexNames].
+// index when it first adds to it, and again once in a while (upkeepDue);
+// the names of indexes that are gone and name an instance the map no
+// longer has are removed by [Sessions.PruneIndexNames].
 func register(ctx context.Context, pipe redis.Pipeliner, r roles) {
 	var member any = r.member()
 	r.instances(func(in string, _ bool) {
@@ -223,10 +223,10 @@ func (b *indexBatch) remove(flow string, h []sessions.Hop) {
 func (b *indexBatch) empty() bool { return len(b.m) == 0 }
 
 // flush queues what b holds on pipe, one ZADD per index, each after its
-// registration if due says so, and empties b.
-func (b *indexBatch) flush(ctx context.Context, pipe redis.Pipeliner, due func(roles) bool) {
+// registration if registerDue says so, and empties b.
+func (b *indexBatch) flush(ctx context.Context, pipe redis.Pipeliner, registerDue func(roles) bool) {
 	for r, args := range b.m {
-		if due(r) {
+		if registerDue(r) {
 			// Registered before its entries, in the same pipeline: a
 			// reader that finds an entry can find its index.
 			register(ctx, pipe, r)
@@ -281,21 +281,51 @@ func entriesOf(flow string, h []sessions.Hop) []indexEntry {
 	return out
 }
 
-// trimDue reports whether the index r is due a trim at nowMS, and if so
-// counts it trimmed. An index entry leaves with its session's delete,
-// which only a firewall sends: the sessions of a chain without one, and
-// of a node that died, expire in Redis but would stay in their indexes
-// for good. Each writer trims the indexes it adds to, once per trimEvery:
-// one command per index and interval, and each entry removed once. An
-// index due a trim is registered again too (indexBatch.flush).
-func (w *Sessions) trimDue(r roles, nowMS int64) bool {
+// indexUpkeep is when a writer last trimmed an index it adds to, and
+// last registered it (Unix ms).
+type indexUpkeep struct{ trimmed, registered int64 }
+
+// upkeepDue reports whether the index r, which the writer adds to at
+// nowMS, is due a trim and a registration, and counts it trimmed and
+// registered if so.
+//
+// An index entry leaves with its session's delete, which only a firewall
+// sends: the sessions of a chain without one, and of a node that died,
+// expire in Redis but would stay in their indexes for good. Each writer
+// trims the indexes it adds to, once per trimEvery: one command per index
+// and interval, and each entry removed once. A writer registers an index
+// the first time it adds to it, and again once per registerEvery, in case
+// a prune removed its name while it was empty (PruneIndexNames). There is
+// an index per combination of roles of a chain's slots, and a gateway
+// adds to those of every chain: the registration, a SADD for each
+// instance an index names, is the larger cost, and comes less often.
+//
+// Once per registerEvery the writer forgets the indexes due both: it
+// keeps only those it added to lately.
+func (w *Sessions) upkeepDue(r roles, nowMS int64) (trim, register bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if nowMS-w.trimmed[r] < w.trimEvery.Milliseconds() {
-		return false
+	if nowMS-w.swept >= w.registerEvery.Milliseconds() {
+		w.swept = nowMS
+		for k, u := range w.upkeep {
+			if nowMS-u.trimmed >= w.trimEvery.Milliseconds() && nowMS-u.registered >= w.registerEvery.Milliseconds() {
+				delete(w.upkeep, k)
+			}
+		}
 	}
-	w.trimmed[r] = nowMS
-	return true
+	u, ok := w.upkeep[r]
+	trim = !ok || nowMS-u.trimmed >= w.trimEvery.Milliseconds()
+	register = !ok || nowMS-u.registered >= w.registerEvery.Milliseconds()
+	if trim {
+		u.trimmed = nowMS
+	}
+	if register {
+		u.registered = nowMS
+	}
+	if trim || register {
+		w.upkeep[r] = u
+	}
+	return trim, register
 }
 
 // trim removes the entries of the indexes due whose sessions expired

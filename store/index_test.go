@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nfsteer/nfsteer/sessions"
@@ -92,4 +93,42 @@ func FuzzRegisteredAs(f *testing.F) {
 			t.Fatalf("registeredAs(%q, %q) = %+v, %v; want key %q", p1, r.member(), reg, ok, r.key())
 		}
 	})
+}
+
+// TestUpkeepDue: a writer trims an index it adds to at its first add and
+// then once per trimEvery, registers it at its first add and then once
+// per registerEvery, and forgets the indexes it no longer adds to.
+func TestUpkeepDue(t *testing.T) {
+	w := &Sessions{trimEvery: 10 * time.Second, registerEvery: time.Minute, upkeep: map[roles]indexUpkeep{}}
+	type due struct{ Trim, Register bool }
+	for _, tc := range []struct {
+		at   int64 // ms
+		r    roles
+		want due
+	}{
+		{1_000, "fw-1/fw-2", due{true, true}},
+		{1_000, "fw-2/fw-1", due{true, true}},
+		{5_000, "fw-1/fw-2", due{false, false}},
+		{11_000, "fw-1/fw-2", due{true, false}},
+		{20_000, "fw-1/fw-2", due{false, false}},
+		{21_000, "fw-1/fw-2", due{true, false}},
+		{61_000, "fw-1/fw-2", due{true, true}},
+		// fw-2/fw-1, not added to since 1 s, was forgotten at 61 s:
+		// its next add trims and registers it as a first one.
+		{62_000, "fw-2/fw-1", due{true, true}},
+	} {
+		trim, register := w.upkeepDue(tc.r, tc.at)
+		if diff := cmp.Diff(tc.want, due{trim, register}); diff != "" {
+			t.Errorf("at %d ms, %s (-want +got):\n%s", tc.at, tc.r, diff)
+		}
+	}
+	if len(w.upkeep) != 2 {
+		t.Errorf("the writer keeps the upkeep of %d indexes; want 2", len(w.upkeep))
+	}
+	// A minute later, neither added to since: both are forgotten at the
+	// next add (of a third).
+	w.upkeepDue("fw-3/", 130_000)
+	if _, ok := w.upkeep["fw-1/fw-2"]; ok || len(w.upkeep) != 1 {
+		t.Errorf("after a minute without adds, the writer keeps %d indexes' upkeep; want the third's only", len(w.upkeep))
+	}
 }

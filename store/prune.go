@@ -26,11 +26,12 @@ import (
 // of its own names it removed. It is safe for concurrent use.
 //
 // An index that names only instances the map has keeps its name, however
-// empty: writers register an index only when they trim it, once every
-// indexTrimEvery, and a name removed between a writer's registration and
-// its entries would hide the index from readers until then. A writer still
-// on a map with an instance the map has since dropped can meet that race;
-// it costs its index at most indexTrimEvery of readers not seeing it.
+// empty: a writer registers an index when it first adds to it and then
+// once every indexRegisterEvery, and a name removed between a writer's
+// registration and its entries would hide the index from readers until
+// then. A writer still on a map with an instance the map has since
+// dropped can meet that race; it costs its index at most
+// indexRegisterEvery of readers not seeing it.
 func (w *Sessions) PruneIndexNames(ctx context.Context) (removed int, err error) {
 	if w.Instance == "" || w.Known == nil {
 		return 0, nil // a gateway holds no role; without Known every instance counts as the map's

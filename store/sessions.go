@@ -176,28 +176,35 @@ type Sessions struct {
 	// over, and to delete if the node's own roles name it at the hop.
 	Known func(instance string) bool
 	TTL   time.Duration
-	// trimEvery is how often the writer trims an index it adds to
-	// (trimDue).
-	trimEvery time.Duration
-	// mu guards trimmed, trimWarned and registerWarned.
+	// trimEvery and registerEvery are how often the writer trims an
+	// index it adds to, and registers it (Sessions.upkeepDue).
+	trimEvery, registerEvery time.Duration
+	// mu guards upkeep, swept, trimWarned and registerWarned.
 	mu sync.Mutex
-	// trimmed holds when the writer last trimmed each index, and
-	// registered it in its instances' pairsKey sets (Unix ms).
-	trimmed map[roles]int64
+	// upkeep holds when the writer last trimmed and registered each
+	// index it added to since swept (Unix ms), when it last forgot those
+	// due both.
+	upkeep map[roles]indexUpkeep
+	swept  int64
 	// trimWarned and registerWarned say a refused trim or registration
 	// was logged.
 	trimWarned, registerWarned bool
 }
 
 // indexTrimEvery is how often a writer trims the expired entries of an
-// index it adds to.
-const indexTrimEvery = 10 * time.Second
+// index it adds to; indexRegisterEvery, how often it names the index
+// again in its instances' sets.
+const (
+	indexTrimEvery     = 10 * time.Second
+	indexRegisterEvery = time.Minute
+)
 
 // NewSessions returns the session writer and reader of a node that holds
 // instance, of service ("" for both on a gateway). Sessions live ttl in
 // Redis unless refreshed.
 func (s *Store) NewSessions(service, instance string, ttl time.Duration) *Sessions {
-	return &Sessions{s: s, Service: service, Instance: instance, TTL: ttl, trimEvery: indexTrimEvery, trimmed: map[roles]int64{}}
+	return &Sessions{s: s, Service: service, Instance: instance, TTL: ttl,
+		trimEvery: indexTrimEvery, registerEvery: indexRegisterEvery, upkeep: map[roles]indexUpkeep{}}
 }
 
 // Write writes a batch of mirror operations, named by [sessions.Name], in
@@ -349,7 +356,7 @@ func (c createCmd) lost() bool { return !c.replace && c.found() }
 type batch struct {
 	s       *Store
 	w       *Sessions
-	due     []roles // indexes due a trim (Sessions.trimDue)
+	due     []roles // indexes due a trim (Sessions.upkeepDue)
 	ctx     context.Context
 	pipe    redis.Pipeliner
 	idx     indexBatch
@@ -387,14 +394,14 @@ type batch struct {
 const recordSize = 384
 
 // flushIndex queues the batch's index entries (indexBatch.flush), and
-// registers and remembers for a trim the indexes due one.
+// registers, and remembers for a trim, the indexes due either.
 func (b *batch) flushIndex() {
-	b.idx.flush(b.ctx, b.pipe, func(e roles) bool {
-		if !b.w.trimDue(e, b.nowMS) {
-			return false
+	b.idx.flush(b.ctx, b.pipe, func(r roles) bool {
+		trim, register := b.w.upkeepDue(r, b.nowMS)
+		if trim {
+			b.due = append(b.due, r)
 		}
-		b.due = append(b.due, e)
-		return true
+		return register
 	})
 }
 
@@ -795,12 +802,12 @@ func (w *Sessions) followUp(ctx context.Context, b *batch, f followUp, ops []ses
 	zrem(ctx, pipe, f.stale)
 	// Registered as the first pipeline registers, and trimmed after.
 	var due []roles
-	f.idx.flush(ctx, pipe, func(e roles) bool {
-		if !w.trimDue(e, b.nowMS) {
-			return false
+	f.idx.flush(ctx, pipe, func(r roles) bool {
+		trim, register := w.upkeepDue(r, b.nowMS)
+		if trim {
+			due = append(due, r)
 		}
-		due = append(due, e)
-		return true
+		return register
 	})
 	// The deletes last: a create of the same flow earlier in the batch
 	// may have left it state and index entries above.
