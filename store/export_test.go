@@ -17,9 +17,6 @@ func ClientOf(s *Store) redis.UniversalClient { return s.rdb }
 // TrimEvery sets how often w trims the indexes it adds to.
 func TrimEvery(w *Sessions, d time.Duration) { w.trimEvery = d }
 
-// RegisterEvery sets how often w registers the indexes it adds to.
-func RegisterEvery(w *Sessions, d time.Duration) { w.registerEvery = d }
-
 // IndexKeys returns the keys of the indexes that list the sessions for
 // which instance holds role, as readers find them.
 func IndexKeys(s *Store, instance, role string) ([]string, error) {

@@ -190,34 +190,26 @@ func newIndexBatch() indexBatch { return indexBatch{m: map[roles]*[]any{}} }
 // add indexes flow under the roles of h until deadline (Unix
 // milliseconds, in decimal: ZADD's score).
 func (b *indexBatch) add(flow string, h []sessions.Hop, deadline any) {
-	b.buf = appendRoles(b.buf[:0], h)
-	if args, ok := b.m[roles(b.buf)]; ok {
-		*args = append(*args, deadline, flow)
-		return
-	}
-	b.addMember(roles(b.buf), flow, deadline)
-}
-
-func (b *indexBatch) addMember(r roles, member, deadline any) {
-	args, ok := b.m[r]
-	if !ok {
-		s := make([]any, 2, 16)
-		args = &s
-		b.m[r] = args
-	}
-	*args = append(*args, deadline, member)
+	args := b.entries(h)
+	*args = append(*args, deadline, flow)
 }
 
 // remove queues the removal of flow from the index of h's roles.
 func (b *indexBatch) remove(flow string, h []sessions.Hop) {
-	b.buf = appendRoles(b.buf[:0], h)
-	args, ok := b.m[roles(b.buf)]
-	if !ok {
-		s := make([]any, 2, 16)
-		args = &s
-		b.m[roles(b.buf)] = args
-	}
+	args := b.entries(h)
 	*args = append(*args, flow)
+}
+
+// entries returns the arguments gathered for the index of h's roles,
+// made empty if there are none yet.
+func (b *indexBatch) entries(h []sessions.Hop) *[]any {
+	b.buf = appendRoles(b.buf[:0], h)
+	if args, ok := b.m[roles(b.buf)]; ok {
+		return args
+	}
+	s := make([]any, 2, 16)
+	b.m[roles(b.buf)] = &s
+	return &s
 }
 
 func (b *indexBatch) empty() bool { return len(b.m) == 0 }

@@ -1072,10 +1072,12 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 	}
 	// The indexes follow the records that moved, in one pipeline: each
 	// leaves the index of the roles it was listed with, and the entries
-	// an earlier version wrote (in its hop's pair index, or in the
-	// instances' indexes of one role each), for that of its new roles.
+	// an earlier version wrote (in its hops' pair indexes, or in the
+	// instances' indexes of one role each), for that of its new roles,
+	// registered once.
 	pipe := s.rdb.Pipeline()
 	counted := map[int]bool{}
+	named := map[roles]bool{}
 	for i, req := range reqs {
 		t := res[i]
 		if t.outcome != retakeDone {
@@ -1091,7 +1093,10 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 		}
 		pipe.ZRem(ctx, legacyIndexKey(instance, RolePrimary), req.flow)
 		pipe.ZRem(ctx, legacyIndexKey(req.to, RoleSecondary), req.flow)
-		register(ctx, pipe, after)
+		if !named[after] {
+			named[after] = true
+			register(ctx, pipe, after)
+		}
 		pipe.ZAdd(ctx, after.key(), redis.Z{Score: float64(now.Add(req.ttl).UnixMilli()), Member: req.flow})
 	}
 	if moved > 0 {
