@@ -56,6 +56,15 @@ func sameRoles(a, b []sessions.Hop) bool {
 // fleet spread over a cluster's nodes.
 func (r roles) key() string { return "nfsteer:i:r:{" + string(r) + "}" }
 
+// keys names every index that may list a session with roles r: r's own,
+// and the pair index of each of its hops that an earlier version wrote
+// (pair). Whoever removes a session's entries removes them from all.
+func (r roles) keys() []string {
+	out := []string{r.key()}
+	r.pairs(func(p pair) { out = append(out, p.key()) })
+	return out
+}
+
 // member is r's name in the pairsKey set of each instance it names.
 func (r roles) member() string { return "r:" + string(r) }
 
@@ -98,15 +107,6 @@ func (r roles) holds(instance string) (primary, ok bool) {
 type pair struct{ primary, secondary string }
 
 func (p pair) key() string { return pairKey(p.primary, p.secondary) }
-
-// pairsOf returns the pair of each of h's hops.
-func pairsOf(h []sessions.Hop) []pair {
-	out := make([]pair, len(h))
-	for i, x := range h {
-		out[i] = pair{x.Primary, x.Secondary}
-	}
-	return out
-}
 
 // register queues on pipe what lets readers find r's index: its name in
 // the pairsKey set of each instance it names. A writer registers an
@@ -230,19 +230,18 @@ func (b *indexBatch) flush(ctx context.Context, pipe redis.Pipeliner, registerDu
 	}
 }
 
-// flushRemovals queues on pipe what b holds (remove), one ZREM per index,
-// and one per pair index of an earlier version of the same hops, and
-// empties b.
+// flushRemovals queues on pipe what b holds (remove), one ZREM per index
+// that may list the sessions (roles.keys), and empties b.
 func (b *indexBatch) flushRemovals(ctx context.Context, pipe redis.Pipeliner) {
 	for r, args := range b.m {
-		a := *args
-		a[0], a[1] = "zrem", r.key()
-		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, a...))
-		r.pairs(func(p pair) {
-			c := slices.Clone(a)
-			c[1] = p.key()
-			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, c...))
-		})
+		for i, k := range r.keys() {
+			a := *args
+			if i > 0 {
+				a = slices.Clone(a) // a command keeps its arguments until the pipeline runs
+			}
+			a[0], a[1] = "zrem", k
+			_ = pipe.Process(ctx, redis.NewIntCmd(ctx, a...))
+		}
 		delete(b.m, r)
 	}
 }
@@ -261,16 +260,6 @@ func zrem(ctx context.Context, pipe redis.Pipeliner, entries []indexEntry) {
 	for _, args := range byIndex {
 		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args...))
 	}
-}
-
-// entriesOf returns the index entries of flow's session with roles h:
-// its roles index's, and those an earlier version wrote in its pairs'.
-func entriesOf(flow string, h []sessions.Hop) []indexEntry {
-	out := []indexEntry{{rolesOf(h).key(), flow}}
-	for _, p := range pairsOf(h) {
-		out = append(out, indexEntry{p.key(), flow})
-	}
-	return out
 }
 
 // indexUpkeep is when a writer last trimmed an index it adds to, and
@@ -434,9 +423,10 @@ func (s *Store) indexed(ctx context.Context, instance, role string) ([]string, e
 // Count returns how many live sessions instance holds role for, from its
 // indexes (entries whose deadline passed are not counted): a set read and
 // one ZCOUNT per index, in one round trip. A session an earlier version
-// indexed, whose record a later connection on its 5-tuple replaced, is
-// counted twice until its entry's deadline: once in the earlier
-// version's index, once in its roles index.
+// indexed that this version indexed again (a refresh, or a later
+// connection's create on its 5-tuple) is counted twice until the earlier
+// entry's deadline: once in the earlier version's index, once in its
+// roles index.
 func (s *Store) Count(ctx context.Context, instance, role string) (int64, error) {
 	keys, err := s.indexKeys(ctx, instance, role)
 	if err != nil {

@@ -586,8 +586,8 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		t := b.taken[i]
 		after := t.after(hop, h[hop].Primary, h[hop].Secondary)
 		if !sameRoles(t.before, after) {
-			for _, e := range entriesOf(rec.Flow, t.before) {
-				pipe.ZRem(ctx, e.key, e.flow)
+			for _, k := range rolesOf(t.before).keys() {
+				pipe.ZRem(ctx, k, rec.Flow)
 			}
 		}
 		b.idx.add(rec.Flow, after, b.deadline)
@@ -601,8 +601,8 @@ func (b *batch) queue(i int, op *sessions.Named) {
 		// again, and the old session must be gone before it.
 		b.flushIndex()
 		pipe.Del(ctx, keyS, stateKey(rec.Flow))
-		for _, e := range entriesOf(rec.Flow, h) {
-			pipe.ZRem(ctx, e.key, e.flow)
+		for _, k := range rolesOf(h).keys() {
+			pipe.ZRem(ctx, k, rec.Flow)
 		}
 	}
 }
@@ -869,10 +869,7 @@ func refused(cmds []redis.Cmder, ops []sessions.Named, out []sessions.Outcome) b
 	// than remembered for every batch.
 	for i := range ops {
 		flow := ops[i].Record.Flow
-		mine := []string{sessionKey(flow), stateKey(flow)}
-		for _, e := range entriesOf(flow, ops[i].Record.Hops) {
-			mine = append(mine, e.key)
-		}
+		mine := append([]string{sessionKey(flow), stateKey(flow)}, rolesOf(ops[i].Record.Hops).keys()...)
 		for j, k := range keys {
 			if out[i].Refused == nil && slices.Contains(mine, k) {
 				out[i].Refused = fmt.Errorf("session %s: key %s: %w: %v", flow, k, ErrMalformed, errs[j])
@@ -1088,8 +1085,8 @@ func (s *Store) Handover(ctx context.Context, instance string, next *steering.Ta
 			moved++
 		}
 		after := rolesOf(t.after(req.hop, req.to, req.sec))
-		for _, e := range entriesOf(req.flow, t.before) {
-			pipe.ZRem(ctx, e.key, e.flow)
+		for _, k := range rolesOf(t.before).keys() {
+			pipe.ZRem(ctx, k, req.flow)
 		}
 		pipe.ZRem(ctx, legacyIndexKey(instance, RolePrimary), req.flow)
 		pipe.ZRem(ctx, legacyIndexKey(req.to, RoleSecondary), req.flow)
