@@ -52,11 +52,10 @@ func BenchmarkNewFlows(b *testing.B) {
 
 // BenchmarkNewFlowsSteady is BenchmarkNewFlows later in each round: the
 // dialers dial for 35 s before each 10-s window, from sixteen client
-// addresses whose ports come back after about half a minute, so that
-// Redis's index has grown to what half a minute of sessions makes and a
-// walk ends sessions inside the window (about one for every two
-// connections in this lab). It prints Redis's commands a connection in
-// each window, ends included. It takes about ten minutes, so `make
+// addresses, so that Redis's index has grown to what half a minute of
+// sessions makes and a walk ends sessions inside the window (about one
+// for every two connections in this lab: BENCHMARKS.md, session 49). It
+// prints Redis's commands a connection in each window, ends included. It takes about ten minutes, so `make
 // bench` leaves it out; NFSTEER_BENCH_STEADY=1 runs it:
 //
 //	NFSTEER_BENCH_STEADY=1 go test -run '^$' -bench NewFlowsSteady -benchtime 1x ./tests
